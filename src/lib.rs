@@ -1,1 +1,17 @@
+//! bursar: an LLM gateway appliance that keeps the books.
+//!
+//! See docs/ARCHITECTURE.md for the bird's-eye view and the code map.
 
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod http;
+pub mod limits;
+pub mod logging;
+pub mod metrics;
+pub mod providers;
+pub mod proxy;
+pub mod runtime;
+pub mod upstream;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `bursar` binary: everything lives in the library.
+
+fn main() {
+    std::process::exit(bursar::cli::main());
+}

@@ -1,0 +1,256 @@
+//! The catalog: read-mostly state every worker consults on every request
+//! (providers, model routes, virtual keys).
+//!
+//! It is immutable. A change (a reload, later the admin API) builds a new
+//! catalog and publishes it with one atomic pointer swap ([`CatalogHandle`]);
+//! workers never see a half-applied change and never lock.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use subtle::ConstantTimeEq;
+
+use crate::config::{Config, ProviderKind, UpstreamTarget};
+
+/// Index of a provider in [`Catalog::providers`].
+pub type ProviderId = u32;
+/// Index of a key in [`Catalog::keys`].
+pub type KeyId = u32;
+
+#[derive(Debug)]
+pub struct Provider {
+    pub id: ProviderId,
+    pub name: String,
+    pub kind: ProviderKind,
+    pub upstream: Option<Arc<UpstreamTarget>>,
+    /// The full `Authorization` header value sent upstream, if any. Never logged.
+    auth_header: Option<Box<str>>,
+    pub models: Vec<String>,
+}
+
+impl Provider {
+    pub fn auth_header(&self) -> Option<&str> {
+        self.auth_header.as_deref()
+    }
+}
+
+#[derive(Debug)]
+pub struct VirtualKey {
+    pub id: KeyId,
+    pub name: String,
+    key_sha256: [u8; 32],
+    all_models: bool,
+    allowed_models: Vec<String>,
+}
+
+impl VirtualKey {
+    /// Whether this key may use `model`. Patterns ending in `*` match by prefix.
+    pub fn allows(&self, model: &str) -> bool {
+        self.all_models
+            || self
+                .allowed_models
+                .iter()
+                .any(|p| match p.strip_suffix('*') {
+                    Some(prefix) => model.starts_with(prefix),
+                    None => p == model,
+                })
+    }
+}
+
+/// Hashes a SHA-256 digest by its first eight bytes: they are already uniform.
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes.iter().take(8) {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+}
+
+type DigestMap<V> = HashMap<[u8; 32], V, BuildHasherDefault<DigestHasher>>;
+
+/// An immutable snapshot of everything routing and auth need.
+#[derive(Debug)]
+pub struct Catalog {
+    /// Increases by one with every published change.
+    pub version: u64,
+    pub providers: Vec<Provider>,
+    pub keys: Vec<VirtualKey>,
+    routes: HashMap<String, ProviderId>,
+    fallback: Option<ProviderId>,
+    keys_by_digest: DigestMap<KeyId>,
+}
+
+impl Catalog {
+    pub fn from_config(config: &Config, version: u64) -> Catalog {
+        let mut providers = Vec::with_capacity(config.providers.len());
+        let mut routes = HashMap::new();
+        let mut fallback = None;
+        for (i, p) in config.providers.iter().enumerate() {
+            let id = i as ProviderId;
+            for m in &p.models {
+                if m == "*" {
+                    fallback = Some(id);
+                } else {
+                    routes.insert(m.clone(), id);
+                }
+            }
+            providers.push(Provider {
+                id,
+                name: p.name.clone(),
+                kind: p.kind,
+                upstream: p.upstream.clone().map(Arc::new),
+                auth_header: p
+                    .api_key
+                    .as_ref()
+                    .map(|k| format!("Bearer {}", k.expose()).into_boxed_str()),
+                models: p.models.clone(),
+            });
+        }
+        let mut keys = Vec::with_capacity(config.keys.len());
+        let mut keys_by_digest = DigestMap::default();
+        for (i, k) in config.keys.iter().enumerate() {
+            let id = i as KeyId;
+            keys_by_digest.insert(k.key_sha256, id);
+            keys.push(VirtualKey {
+                id,
+                name: k.name.clone(),
+                key_sha256: k.key_sha256,
+                all_models: k.all_models,
+                allowed_models: k.allowed_models.clone(),
+            });
+        }
+        Catalog {
+            version,
+            providers,
+            keys,
+            routes,
+            fallback,
+            keys_by_digest,
+        }
+    }
+
+    /// The provider that serves `model`: an exact route first, then the fallback.
+    #[inline]
+    pub fn route(&self, model: &str) -> Option<&Provider> {
+        let id = self.routes.get(model).copied().or(self.fallback)?;
+        self.providers.get(id as usize)
+    }
+
+    /// The key whose secret is `presented`. The digest lookup is by hash; the
+    /// final comparison of the stored and computed digests is constant-time.
+    #[inline]
+    pub fn authenticate(&self, presented: &[u8]) -> Option<&VirtualKey> {
+        let digest: [u8; 32] = {
+            use sha2::Digest;
+            sha2::Sha256::digest(presented).into()
+        };
+        let id = *self.keys_by_digest.get(&digest)?;
+        let key = self.keys.get(id as usize)?;
+        bool::from(key.key_sha256.ct_eq(&digest)).then_some(key)
+    }
+
+    /// Model ids to list on GET /v1/models for `key`: every exactly routed model
+    /// the key may use, sorted.
+    pub fn models_for(&self, key: &VirtualKey) -> Vec<(&str, &str)> {
+        let mut out: Vec<(&str, &str)> = self
+            .routes
+            .iter()
+            .filter(|(m, _)| key.allows(m))
+            .map(|(m, &p)| (m.as_str(), self.providers[p as usize].name.as_str()))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Whether `model` is listed exactly (not only served by the fallback).
+    pub fn is_listed(&self, model: &str) -> bool {
+        self.routes.contains_key(model)
+    }
+}
+
+/// The published catalog: workers load it with one atomic read per request.
+#[derive(Clone)]
+pub struct CatalogHandle(Arc<ArcSwap<Catalog>>);
+
+impl CatalogHandle {
+    pub fn new(catalog: Catalog) -> Self {
+        CatalogHandle(Arc::new(ArcSwap::from_pointee(catalog)))
+    }
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Catalog>> {
+        self.0.load()
+    }
+    pub fn load_full(&self) -> Arc<Catalog> {
+        self.0.load_full()
+    }
+    /// Publishes a new catalog built from `config`, with the next version number.
+    pub fn publish(&self, config: &Config) -> u64 {
+        let version = self.0.load().version + 1;
+        self.0
+            .store(Arc::new(Catalog::from_config(config, version)));
+        version
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        let c = Config::from_toml(
+            r#"
+[[providers]]
+name = "a"
+kind = "mock"
+models = ["gpt-4o-mini", "o3"]
+[[providers]]
+name = "b"
+kind = "mock"
+models = ["*"]
+[[virtual_keys]]
+name = "all"
+key = "sk-all-models"
+[[virtual_keys]]
+name = "mini"
+key = "sk-mini-only"
+allowed_models = ["gpt-4o-mini", "claude-*"]
+"#,
+            None,
+        )
+        .unwrap();
+        Catalog::from_config(&c, 1)
+    }
+
+    #[test]
+    fn routes_exact_then_fallback() {
+        let c = catalog();
+        assert_eq!(c.route("o3").unwrap().name, "a");
+        assert_eq!(c.route("llama-3").unwrap().name, "b");
+    }
+
+    #[test]
+    fn authenticates_by_secret_only() {
+        let c = catalog();
+        assert_eq!(c.authenticate(b"sk-all-models").unwrap().name, "all");
+        assert!(c.authenticate(b"sk-all-modelz").is_none());
+        assert!(c.authenticate(b"").is_none());
+    }
+
+    #[test]
+    fn allowed_models_with_prefix_patterns() {
+        let c = catalog();
+        let k = c.authenticate(b"sk-mini-only").unwrap();
+        assert!(k.allows("gpt-4o-mini"));
+        assert!(k.allows("claude-3-5-sonnet"));
+        assert!(!k.allows("o3"));
+        assert_eq!(c.models_for(k), vec![("gpt-4o-mini", "a")]);
+    }
+}

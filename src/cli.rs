@@ -1,0 +1,152 @@
+//! The command line: `bursar serve`, `bursar check-config`, `bursar hash-key`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, IoDriverChoice};
+use crate::runtime::Gateway;
+
+#[derive(Parser)]
+#[command(
+    name = "bursar",
+    version,
+    about = "An LLM gateway that keeps the books"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (on the built-in default when no --config is given).
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override [server].listen.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Override [server].admin_listen ("off" disables it).
+        #[arg(long)]
+        admin_listen: Option<String>,
+        /// Override [server].workers.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Override [server].io_driver: auto, io_uring or legacy.
+        #[arg(long)]
+        io_driver: Option<String>,
+    },
+    /// Validate a config file and exit (0 when valid), like `nginx -t`.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the SHA-256 of a virtual key, for `key_sha256` in the config.
+    HashKey { key: String },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    crate::logging::init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+            workers,
+            io_driver,
+        } => {
+            let loaded = match &config {
+                Some(path) => Config::load(path),
+                None => Ok(Config::builtin_default()),
+            };
+            let mut cfg = match loaded {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("bursar: invalid configuration: {e}");
+                    return 2;
+                }
+            };
+            if let Err(e) = apply_overrides(&mut cfg, listen, admin_listen, workers, io_driver) {
+                eprintln!("bursar: {e}");
+                return 2;
+            }
+            if config.is_none() {
+                log::info!(
+                    "no --config given: serving the built-in default (mock provider, key {})",
+                    crate::config::DEMO_KEY
+                );
+            }
+            match Gateway::start(cfg).and_then(Gateway::run_until_signalled) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("bursar: {e:#}");
+                    1
+                }
+            }
+        }
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} providers, {} virtual keys, {} workers)",
+                    config.display(),
+                    c.providers.len(),
+                    c.keys.len(),
+                    c.server.workers
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("{}: invalid: {e}", config.display());
+                1
+            }
+        },
+        Command::HashKey { key } => {
+            println!("{}", hex::encode(crate::config::hash_key(&key)));
+            0
+        }
+    }
+}
+
+fn apply_overrides(
+    cfg: &mut Config,
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    workers: Option<usize>,
+    io_driver: Option<String>,
+) -> anyhow::Result<()> {
+    if let Some(l) = listen {
+        cfg.server.listen = l
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--listen {l:?} is not an address"))?;
+    }
+    if let Some(a) = admin_listen {
+        cfg.server.admin_listen = if a == "off" {
+            None
+        } else {
+            Some(
+                a.parse()
+                    .map_err(|_| anyhow::anyhow!("--admin-listen {a:?} is not an address"))?,
+            )
+        };
+    }
+    if let Some(w) = workers {
+        anyhow::ensure!(
+            (1..=crate::limits::WORKERS_MAX).contains(&w),
+            "--workers must be 1 to {}",
+            crate::limits::WORKERS_MAX
+        );
+        cfg.server.workers = w;
+    }
+    if let Some(d) = io_driver {
+        cfg.server.io_driver = match d.as_str() {
+            "auto" => IoDriverChoice::Auto,
+            "io_uring" | "iouring" => IoDriverChoice::IoUring,
+            "legacy" | "epoll" => IoDriverChoice::Legacy,
+            other => anyhow::bail!("--io-driver {other:?}: use auto, io_uring or legacy"),
+        };
+    }
+    Ok(())
+}

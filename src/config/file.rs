@@ -1,0 +1,85 @@
+//! The TOML file, mirrored as serde structs. Nothing here is validated; see
+//! `config::validate` for the conversion into the types the gateway runs on.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub providers: Vec<ProviderSection>,
+    #[serde(default)]
+    pub virtual_keys: Vec<KeySection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Data-plane listen address, e.g. "127.0.0.1:8080".
+    pub listen: Option<String>,
+    /// Control-plane listen address (metrics, health; the admin API later).
+    /// The string "off" disables the control plane listener.
+    pub admin_listen: Option<String>,
+    /// Worker threads; default: the number of available cores.
+    pub workers: Option<usize>,
+    /// "auto" (default), "io_uring" or "legacy".
+    pub io_driver: Option<String>,
+    /// Pin worker i to core i (default true).
+    pub pin_workers: Option<bool>,
+    /// io_uring submission queue entries per worker (default 1024).
+    pub uring_entries: Option<u32>,
+    /// Root certificates for upstream TLS: "webpki" (default), "system" or "both".
+    pub tls_roots: Option<String>,
+    /// How often upstream host names are resolved again, e.g. "30s".
+    pub dns_refresh: Option<String>,
+    /// How long SIGTERM waits for in-flight requests, e.g. "15s".
+    pub shutdown_drain_timeout: Option<String>,
+    /// Directory for state (journal, snapshots, request log).
+    pub state_dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub header_bytes_max: Option<usize>,
+    pub body_bytes_max: Option<usize>,
+    pub upstream_header_bytes_max: Option<usize>,
+    pub upstream_body_bytes_max: Option<usize>,
+    pub request_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub upstream_connect_timeout: Option<String>,
+    pub upstream_read_timeout: Option<String>,
+    pub pool_idle_timeout: Option<String>,
+    pub pool_idle_per_upstream_max: Option<usize>,
+    pub connections_per_worker_max: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    pub name: String,
+    /// "openai" or "mock".
+    pub kind: String,
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+    pub api_key_env: Option<String>,
+    /// Models this provider serves; "*" makes it the fallback for any model.
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySection {
+    pub name: String,
+    /// The secret in plain text; hashed at load and never kept.
+    pub key: Option<String>,
+    /// Or its SHA-256, hex.
+    pub key_sha256: Option<String>,
+    /// Models the key may use; "*" for all (the default).
+    pub allowed_models: Option<Vec<String>>,
+}

@@ -1,0 +1,781 @@
+//! Configuration: one TOML file, converted once into validated types.
+//!
+//! Two layers, as in monolake: [`file`] mirrors the TOML with serde; this
+//! module turns it into [`Config`], with real `Duration`s, parsed addresses and
+//! hashed keys, and refuses anything it cannot run on with a message that
+//! names the field. Nothing downstream re-validates.
+
+pub mod file;
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::limits::{self, Limits};
+use file::{FileConfig, KeySection, ProviderSection};
+
+/// The key of the built-in default configuration's demo virtual key.
+pub const DEMO_KEY: &str = "sk-bursar-demo";
+/// The built-in default data-plane address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The built-in default control-plane address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: Limits,
+    pub providers: Vec<ProviderConfig>,
+    pub keys: Vec<KeyConfig>,
+    /// The file it came from, if any (for reload).
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub workers: usize,
+    pub io_driver: IoDriverChoice,
+    pub pin_workers: bool,
+    pub uring_entries: u32,
+    pub tls_roots: TlsRoots,
+    pub dns_refresh: Duration,
+    pub shutdown_drain_timeout: Duration,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoDriverChoice {
+    /// io_uring where the kernel (and seccomp) allow it, else the legacy driver.
+    Auto,
+    IoUring,
+    Legacy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsRoots {
+    Webpki,
+    System,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// OpenAI or any OpenAI-compatible server.
+    OpenAi,
+    /// The in-process deterministic provider.
+    Mock,
+}
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Where an HTTP upstream lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    pub tls: bool,
+    /// Host name or IP literal (without brackets).
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash, e.g. "/v1"; may be empty.
+    pub base_path: String,
+    /// The Host header value.
+    pub host_header: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub upstream: Option<UpstreamTarget>,
+    pub api_key: Option<Secret>,
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub name: String,
+    pub key_sha256: [u8; 32],
+    /// Empty means every model.
+    pub allowed_models: Vec<String>,
+    pub all_models: bool,
+}
+
+/// A config error: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The SHA-256 of a virtual key, as stored.
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+impl Config {
+    /// The built-in default: the mock provider on 127.0.0.1:8080 and a demo key,
+    /// so `bursar serve` works offline at once.
+    pub fn builtin_default() -> Config {
+        let text = format!(
+            r#"
+[server]
+listen = "{DEFAULT_LISTEN}"
+admin_listen = "{DEFAULT_ADMIN_LISTEN}"
+
+[[providers]]
+name = "mock"
+kind = "mock"
+models = ["gpt-4o-mini", "gpt-4o", "o3-mini", "text-embedding-3-small", "*"]
+
+[[virtual_keys]]
+name = "demo"
+key = "{DEMO_KEY}"
+allowed_models = ["*"]
+"#
+        );
+        Config::from_toml(&text, None).expect("the built-in default config is valid")
+    }
+
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(path.display().to_string(), format!("cannot read: {e}")))?;
+        Config::from_toml(&text, Some(path.to_path_buf()))
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str, source: Option<PathBuf>) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let field = match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}")
+                }
+                None => "config".to_string(),
+            };
+            err(field, e.message().to_string())
+        })?;
+        validate(file, source)
+    }
+}
+
+/// Parses "500ms", "30s", "5m", "2h" (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    };
+    Some(d)
+}
+
+fn duration_field(
+    field: &str,
+    value: &Option<String>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    let d = parse_duration(text).ok_or_else(|| {
+        err(
+            field,
+            format!("{text:?} is not a duration (use e.g. \"500ms\", \"30s\", \"5m\")"),
+        )
+    })?;
+    if d.is_zero() || d > max {
+        return Err(err(
+            field,
+            format!("must be above zero and at most {}s", max.as_secs()),
+        ));
+    }
+    Ok(d)
+}
+
+fn bytes_field(
+    field: &str,
+    value: Option<usize>,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    let v = value.unwrap_or(default);
+    if v < min || v > max {
+        return Err(err(field, format!("must be between {min} and {max}")));
+    }
+    Ok(v)
+}
+
+fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    s.to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| err(field, format!("{s:?} is not a host:port address")))
+}
+
+fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigError> {
+    let s = &file.server;
+    let listen = parse_addr(
+        "server.listen",
+        s.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+    )?;
+    let admin_listen = match s.admin_listen.as_deref() {
+        Some("off") => None,
+        other => Some(parse_addr(
+            "server.admin_listen",
+            other.unwrap_or(DEFAULT_ADMIN_LISTEN),
+        )?),
+    };
+    if admin_listen == Some(listen) {
+        return Err(err("server.admin_listen", "must differ from server.listen"));
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = s.workers.unwrap_or(cores);
+    if workers == 0 || workers > limits::WORKERS_MAX {
+        return Err(err(
+            "server.workers",
+            format!("must be between 1 and {}", limits::WORKERS_MAX),
+        ));
+    }
+    let io_driver = match s.io_driver.as_deref().unwrap_or("auto") {
+        "auto" => IoDriverChoice::Auto,
+        "io_uring" | "iouring" => IoDriverChoice::IoUring,
+        "legacy" | "epoll" => IoDriverChoice::Legacy,
+        other => {
+            return Err(err(
+                "server.io_driver",
+                format!("{other:?}: use \"auto\", \"io_uring\" or \"legacy\""),
+            ))
+        }
+    };
+    let tls_roots = match s.tls_roots.as_deref().unwrap_or("webpki") {
+        "webpki" => TlsRoots::Webpki,
+        "system" => TlsRoots::System,
+        "both" => TlsRoots::Both,
+        other => {
+            return Err(err(
+                "server.tls_roots",
+                format!("{other:?}: use \"webpki\", \"system\" or \"both\""),
+            ))
+        }
+    };
+    let uring_entries = s.uring_entries.unwrap_or(1024);
+    if !(8..=32768).contains(&uring_entries) || !uring_entries.is_power_of_two() {
+        return Err(err(
+            "server.uring_entries",
+            "must be a power of two between 8 and 32768",
+        ));
+    }
+    let server = ServerConfig {
+        listen,
+        admin_listen,
+        workers,
+        io_driver,
+        pin_workers: s.pin_workers.unwrap_or(true),
+        uring_entries,
+        tls_roots,
+        dns_refresh: duration_field(
+            "server.dns_refresh",
+            &s.dns_refresh,
+            limits::DNS_REFRESH_DEFAULT,
+            Duration::from_secs(86_400),
+        )?,
+        shutdown_drain_timeout: duration_field(
+            "server.shutdown_drain_timeout",
+            &s.shutdown_drain_timeout,
+            limits::SHUTDOWN_DRAIN_TIMEOUT_DEFAULT,
+            Duration::from_secs(3600),
+        )?,
+        state_dir: PathBuf::from(s.state_dir.as_deref().unwrap_or("./bursar-state")),
+    };
+
+    let l = &file.limits;
+    let hour = Duration::from_secs(3600);
+    let limits = Limits {
+        header_bytes_max: bytes_field(
+            "limits.header_bytes_max",
+            l.header_bytes_max,
+            limits::HEADER_BYTES_MAX_DEFAULT,
+            1024,
+            limits::HEADER_BYTES_MAX_CEILING,
+        )?,
+        body_bytes_max: bytes_field(
+            "limits.body_bytes_max",
+            l.body_bytes_max,
+            limits::BODY_BYTES_MAX_DEFAULT,
+            1024,
+            limits::BODY_BYTES_MAX_CEILING,
+        )?,
+        upstream_header_bytes_max: bytes_field(
+            "limits.upstream_header_bytes_max",
+            l.upstream_header_bytes_max,
+            limits::UPSTREAM_HEADER_BYTES_MAX_DEFAULT,
+            1024,
+            limits::HEADER_BYTES_MAX_CEILING,
+        )?,
+        upstream_body_bytes_max: bytes_field(
+            "limits.upstream_body_bytes_max",
+            l.upstream_body_bytes_max,
+            limits::UPSTREAM_BODY_BYTES_MAX_DEFAULT,
+            1024,
+            limits::BODY_BYTES_MAX_CEILING,
+        )?,
+        request_timeout: duration_field(
+            "limits.request_timeout",
+            &l.request_timeout,
+            limits::REQUEST_TIMEOUT_DEFAULT,
+            hour,
+        )?,
+        idle_timeout: duration_field(
+            "limits.idle_timeout",
+            &l.idle_timeout,
+            limits::IDLE_TIMEOUT_DEFAULT,
+            hour,
+        )?,
+        upstream_connect_timeout: duration_field(
+            "limits.upstream_connect_timeout",
+            &l.upstream_connect_timeout,
+            limits::UPSTREAM_CONNECT_TIMEOUT_DEFAULT,
+            hour,
+        )?,
+        upstream_read_timeout: duration_field(
+            "limits.upstream_read_timeout",
+            &l.upstream_read_timeout,
+            limits::UPSTREAM_READ_TIMEOUT_DEFAULT,
+            hour,
+        )?,
+        pool_idle_timeout: duration_field(
+            "limits.pool_idle_timeout",
+            &l.pool_idle_timeout,
+            limits::POOL_IDLE_TIMEOUT_DEFAULT,
+            hour,
+        )?,
+        pool_idle_per_upstream_max: bytes_field(
+            "limits.pool_idle_per_upstream_max",
+            l.pool_idle_per_upstream_max,
+            limits::POOL_IDLE_PER_UPSTREAM_MAX_DEFAULT,
+            0,
+            65_536,
+        )?,
+        connections_per_worker_max: bytes_field(
+            "limits.connections_per_worker_max",
+            l.connections_per_worker_max,
+            limits::CONNECTIONS_PER_WORKER_MAX_DEFAULT,
+            1,
+            1_000_000,
+        )?,
+    };
+
+    if file.providers.is_empty() {
+        return Err(err("providers", "at least one [[providers]] is required"));
+    }
+    if file.providers.len() > limits::PROVIDERS_MAX {
+        return Err(err(
+            "providers",
+            format!("at most {} providers", limits::PROVIDERS_MAX),
+        ));
+    }
+    let mut providers = Vec::with_capacity(file.providers.len());
+    for (i, p) in file.providers.iter().enumerate() {
+        let field = format!("providers[{i}] ({:?})", p.name);
+        if providers.iter().any(|q: &ProviderConfig| q.name == p.name) {
+            return Err(err(field, "duplicate provider name"));
+        }
+        providers.push(validate_provider(&field, p)?);
+    }
+    check_model_overlap(&providers)?;
+
+    if file.virtual_keys.len() > limits::VIRTUAL_KEYS_MAX {
+        return Err(err(
+            "virtual_keys",
+            format!("at most {} keys", limits::VIRTUAL_KEYS_MAX),
+        ));
+    }
+    let mut keys: Vec<KeyConfig> = Vec::with_capacity(file.virtual_keys.len());
+    for (i, k) in file.virtual_keys.iter().enumerate() {
+        let field = format!("virtual_keys[{i}] ({:?})", k.name);
+        let key = validate_key(&field, k)?;
+        if keys.iter().any(|q| q.name == key.name) {
+            return Err(err(field, "duplicate key name"));
+        }
+        if keys.iter().any(|q| q.key_sha256 == key.key_sha256) {
+            return Err(err(field, "the same secret is used by another key"));
+        }
+        keys.push(key);
+    }
+
+    Ok(Config {
+        server,
+        limits,
+        providers,
+        keys,
+        source,
+    })
+}
+
+fn validate_provider(field: &str, p: &ProviderSection) -> Result<ProviderConfig, ConfigError> {
+    if p.name.is_empty() || p.name.len() > 64 {
+        return Err(err(field, "name must be 1 to 64 bytes"));
+    }
+    let kind = match p.kind.as_str() {
+        "openai" => ProviderKind::OpenAi,
+        "mock" => ProviderKind::Mock,
+        other => {
+            return Err(err(
+                format!("{field}.kind"),
+                format!("{other:?}: use \"openai\" or \"mock\""),
+            ))
+        }
+    };
+    if p.models.is_empty() {
+        return Err(err(
+            format!("{field}.models"),
+            "list the models this provider serves (\"*\" for any)",
+        ));
+    }
+    if p.models.len() > limits::MODELS_PER_PROVIDER_MAX {
+        return Err(err(format!("{field}.models"), "too many models"));
+    }
+    for m in &p.models {
+        if m.is_empty() || m.len() > limits::MODEL_NAME_BYTES_MAX {
+            return Err(err(
+                format!("{field}.models"),
+                format!(
+                    "model names must be 1 to {} bytes",
+                    limits::MODEL_NAME_BYTES_MAX
+                ),
+            ));
+        }
+    }
+    let upstream = match (kind, &p.base_url) {
+        (ProviderKind::OpenAi, None) => {
+            return Err(err(
+                format!("{field}.base_url"),
+                "required for kind \"openai\"",
+            ))
+        }
+        (ProviderKind::Mock, Some(_)) => {
+            return Err(err(
+                format!("{field}.base_url"),
+                "kind \"mock\" runs in process and takes no base_url",
+            ))
+        }
+        (ProviderKind::Mock, None) => None,
+        (ProviderKind::OpenAi, Some(url)) => {
+            Some(parse_base_url(&format!("{field}.base_url"), url)?)
+        }
+    };
+    let api_key = match (&p.api_key, &p.api_key_env) {
+        (Some(_), Some(_)) => {
+            return Err(err(field, "set api_key or api_key_env, not both"));
+        }
+        (Some(k), None) => Some(Secret(k.clone())),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(Secret(v)),
+            _ => {
+                return Err(err(
+                    format!("{field}.api_key_env"),
+                    format!("environment variable {var} is not set"),
+                ))
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some(k) = &api_key {
+        if k.0.bytes().any(|b| b == b'\r' || b == b'\n' || b < 0x20) {
+            return Err(err(field, "api key contains control characters"));
+        }
+    }
+    Ok(ProviderConfig {
+        name: p.name.clone(),
+        kind,
+        upstream,
+        api_key,
+        models: p.models.clone(),
+    })
+}
+
+/// Parses an upstream base URL such as "https://api.openai.com/v1".
+pub fn parse_base_url(field: &str, text: &str) -> Result<UpstreamTarget, ConfigError> {
+    let url = url::Url::parse(text).map_err(|e| err(field, format!("{text:?}: {e}")))?;
+    let tls = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        other => return Err(err(field, format!("scheme {other:?}: use http or https"))),
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(err(
+            field,
+            "credentials in the URL are not supported; use api_key",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(err(field, "a base URL takes no query or fragment"));
+    }
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) => d.to_string(),
+        Some(url::Host::Ipv4(a)) => a.to_string(),
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        None => return Err(err(field, "no host")),
+    };
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| err(field, "no port"))?;
+    let default_port = if tls { 443 } else { 80 };
+    let host_for_header = match url.host() {
+        Some(url::Host::Ipv6(a)) => format!("[{a}]"),
+        _ => host.clone(),
+    };
+    let host_header = if port == default_port {
+        host_for_header
+    } else {
+        format!("{host_for_header}:{port}")
+    };
+    let base_path = url.path().trim_end_matches('/').to_string();
+    Ok(UpstreamTarget {
+        tls,
+        host,
+        port,
+        base_path,
+        host_header,
+    })
+}
+
+fn check_model_overlap(providers: &[ProviderConfig]) -> Result<(), ConfigError> {
+    let mut seen: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for p in providers {
+        for m in &p.models {
+            if let Some(prev) = seen.insert(m.as_str(), p.name.as_str()) {
+                let what = if m == "*" {
+                    "the fallback \"*\"".to_string()
+                } else {
+                    format!("model {m:?}")
+                };
+                return Err(err(
+                    format!("providers ({:?})", p.name),
+                    format!("{what} is already served by provider {prev:?}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_key(field: &str, k: &KeySection) -> Result<KeyConfig, ConfigError> {
+    if k.name.is_empty() || k.name.len() > 128 {
+        return Err(err(field, "name must be 1 to 128 bytes"));
+    }
+    let key_sha256 = match (&k.key, &k.key_sha256) {
+        (Some(_), Some(_)) => return Err(err(field, "set key or key_sha256, not both")),
+        (None, None) => return Err(err(field, "set key or key_sha256")),
+        (Some(key), None) => {
+            if key.len() < 8 || key.len() > 256 {
+                return Err(err(format!("{field}.key"), "must be 8 to 256 bytes"));
+            }
+            if key.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+                return Err(err(
+                    format!("{field}.key"),
+                    "must be printable ASCII without spaces",
+                ));
+            }
+            hash_key(key)
+        }
+        (None, Some(hex_text)) => {
+            let bytes = hex::decode(hex_text.trim())
+                .map_err(|_| err(format!("{field}.key_sha256"), "not hex"))?;
+            bytes.try_into().map_err(|_| {
+                err(
+                    format!("{field}.key_sha256"),
+                    "must be 32 bytes (64 hex digits)",
+                )
+            })?
+        }
+    };
+    let models = k.allowed_models.clone().unwrap_or_else(|| vec!["*".into()]);
+    let all_models = models.iter().any(|m| m == "*");
+    Ok(KeyConfig {
+        name: k.name.clone(),
+        key_sha256,
+        allowed_models: if all_models { Vec::new() } else { models },
+        all_models,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTRACT: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+workers = 2
+[[providers]]
+name = "local"
+kind = "openai"
+base_url = "http://127.0.0.1:9000/v1"
+api_key = "sk-upstream"
+models = ["gpt-4o-mini", "text-embedding-3-small"]
+[[virtual_keys]]
+name = "demo"
+key = "sk-bursar-demo"
+allowed_models = ["*"]
+"#;
+
+    #[test]
+    fn the_interface_contract_example_is_valid() {
+        let c = Config::from_toml(CONTRACT, None).unwrap();
+        assert_eq!(c.server.workers, 2);
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        let up = c.providers[0].upstream.as_ref().unwrap();
+        assert_eq!(
+            (up.tls, up.port, up.base_path.as_str()),
+            (false, 9000, "/v1")
+        );
+        assert_eq!(up.host_header, "127.0.0.1:9000");
+        assert_eq!(c.keys[0].key_sha256, hash_key("sk-bursar-demo"));
+        assert!(c.keys[0].all_models);
+    }
+
+    #[test]
+    fn the_builtin_default_is_valid_and_offline() {
+        let c = Config::builtin_default();
+        assert_eq!(c.providers[0].kind, ProviderKind::Mock);
+        assert_eq!(c.server.listen, DEFAULT_LISTEN.parse().unwrap());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = Config::from_toml(CONTRACT, None).unwrap();
+        let dump = format!("{c:?}");
+        assert!(!dump.contains("sk-upstream"), "{dump}");
+        assert!(!dump.contains("sk-bursar-demo"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = CONTRACT.replace("kind = \"openai\"", "kind = \"openapi\"");
+        let e = Config::from_toml(&bad, None).unwrap_err();
+        assert!(
+            e.field.contains("providers[0]") && e.field.ends_with(".kind"),
+            "{e}"
+        );
+
+        let bad = CONTRACT.replace("workers = 2", "workers = 0");
+        assert_eq!(
+            Config::from_toml(&bad, None).unwrap_err().field,
+            "server.workers"
+        );
+
+        let bad = CONTRACT.replace("listen = ", "lisen = ");
+        let e = Config::from_toml(&bad, None).unwrap_err();
+        assert!(e.message.contains("lisen"), "{e}");
+
+        let bad = CONTRACT.replace("http://127.0.0.1:9000/v1", "ftp://x/v1");
+        assert!(Config::from_toml(&bad, None)
+            .unwrap_err()
+            .message
+            .contains("scheme"));
+    }
+
+    #[test]
+    fn api_key_env_is_read_and_missing_env_is_an_error() {
+        let t = CONTRACT.replace(
+            "api_key = \"sk-upstream\"",
+            "api_key_env = \"BURSAR_TEST_SURELY_UNSET_VAR\"",
+        );
+        let e = Config::from_toml(&t, None).unwrap_err();
+        assert!(e.message.contains("BURSAR_TEST_SURELY_UNSET_VAR"));
+    }
+
+    #[test]
+    fn key_sha256_is_accepted() {
+        let h = hex::encode(hash_key("sk-some-secret"));
+        let t = CONTRACT.replace("key = \"sk-bursar-demo\"", &format!("key_sha256 = \"{h}\""));
+        let c = Config::from_toml(&t, None).unwrap();
+        assert_eq!(c.keys[0].key_sha256, hash_key("sk-some-secret"));
+    }
+
+    #[test]
+    fn overlapping_models_are_refused() {
+        let t = format!(
+            "{CONTRACT}\n[[providers]]\nname = \"b\"\nkind = \"mock\"\nmodels = [\"gpt-4o-mini\"]\n"
+        );
+        let e = Config::from_toml(&t, None).unwrap_err();
+        assert!(e.message.contains("already served"), "{e}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_duration("5d"), None);
+        assert_eq!(parse_duration("99999999999999999999h"), None);
+    }
+
+    #[test]
+    fn https_base_urls_default_to_443() {
+        let t = parse_base_url("f", "https://api.openai.com/v1/").unwrap();
+        assert_eq!(
+            (t.tls, t.port, t.host_header.as_str()),
+            (true, 443, "api.openai.com")
+        );
+        assert_eq!(t.base_path, "/v1");
+        let t = parse_base_url("f", "http://[::1]:9000").unwrap();
+        assert_eq!(
+            (
+                t.host.as_str(),
+                t.host_header.as_str(),
+                t.base_path.as_str()
+            ),
+            ("::1", "[::1]:9000", "")
+        );
+    }
+}

@@ -1,0 +1,117 @@
+//! The control plane listener: /metrics, /health, /ready. (The admin API
+//! joins it.) It runs on its own thread with its own small runtime and reads
+//! worker state only through the published counters.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use anyhow::Context;
+use monoio::net::TcpListener;
+
+use crate::error::ApiError;
+use crate::http::response::{self, ResponseFraming};
+use crate::http::server::{ReadError, ServerConn};
+use crate::http::Method;
+use crate::limits::{Limits, ADMIN_BODY_BYTES_MAX, ADMIN_CONNECTIONS_MAX};
+use crate::metrics::Registry;
+
+/// Binds `addr` and serves the control plane on a new thread; returns the bound address.
+pub fn start(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    limits: Limits,
+) -> anyhow::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on {addr} (admin_listen)"))?;
+    let bound = std_listener.local_addr()?;
+    std_listener.set_nonblocking(true)?;
+    let limits = Limits {
+        body_bytes_max: ADMIN_BODY_BYTES_MAX,
+        ..limits
+    };
+    std::thread::Builder::new()
+        .name("bursar-control".into())
+        .spawn(move || {
+            let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build();
+            let mut rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => {
+                    log::error!("control plane runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        log::error!("control plane listener: {e}");
+                        return;
+                    }
+                };
+                let state = Rc::new((registry, limits, std::cell::Cell::new(0usize)));
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    if state.2.get() >= ADMIN_CONNECTIONS_MAX {
+                        continue;
+                    }
+                    state.2.set(state.2.get() + 1);
+                    let st = Rc::clone(&state);
+                    monoio::spawn(async move {
+                        serve(&st.0, &st.1, stream).await;
+                        st.2.set(st.2.get() - 1);
+                    });
+                }
+            });
+        })
+        .context("spawning the control plane thread")?;
+    Ok(bound)
+}
+
+async fn serve(registry: &Registry, limits: &Limits, stream: monoio::net::TcpStream) {
+    let mut conn = ServerConn::new(stream);
+    loop {
+        match conn.read_request(limits).await {
+            Ok(()) => {}
+            Err(ReadError::Reject(e)) => {
+                conn.wbuf.clear();
+                response::error(&mut conn.wbuf, &e, "control", false);
+                let _ = conn.flush(limits).await;
+                return;
+            }
+            Err(_) => return,
+        }
+        let keep = conn.head.keep_alive;
+        let path = conn.head.path(conn.head_bytes()).to_string();
+        let method = conn.head.method();
+        conn.wbuf.clear();
+        match (method, path.as_str()) {
+            (Method::Get, "/metrics") => {
+                let body = registry.render();
+                response::begin(&mut conn.wbuf, 200);
+                response::header(&mut conn.wbuf, "content-type", b"text/plain; version=0.0.4");
+                response::finish(&mut conn.wbuf, ResponseFraming::Length(body.len()), keep);
+                conn.wbuf.extend_from_slice(body.as_bytes());
+            }
+            (Method::Get, "/health" | "/healthz" | "/ready" | "/readyz") => {
+                let body = format!(r#"{{"status":"ok","io_driver":"{}"}}"#, registry.driver());
+                response::json(&mut conn.wbuf, 200, "control", keep, body.as_bytes());
+            }
+            _ => {
+                let e = ApiError::not_found(
+                    "unknown_url",
+                    format!("unknown control-plane URL: {path}"),
+                );
+                response::error(&mut conn.wbuf, &e, "control", keep);
+            }
+        }
+        if conn.flush(limits).await.is_err() || !keep {
+            return;
+        }
+    }
+}

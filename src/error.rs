@@ -1,0 +1,184 @@
+//! One error type that classifies: what failed, whose fault it was, whether a
+//! retry may help, and how it looks to an OpenAI client.
+//!
+//! Every error a client sees is rendered by [`ApiError::to_json`] in OpenAI's
+//! shape: `{"error":{"message":..,"type":..,"param":null,"code":..}}`.
+
+use std::fmt;
+
+/// Whose fault an error is. Retry and failover decide on this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something we refuse.
+    Client,
+    /// The upstream failed, timed out or answered nonsense.
+    Upstream,
+    /// A bug or resource exhaustion of our own.
+    Internal,
+}
+
+/// An error answered to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    /// OpenAI's `type` field, e.g. `invalid_request_error`.
+    pub kind: &'static str,
+    /// OpenAI's `code` field, e.g. `model_not_found`.
+    pub code: &'static str,
+    pub message: String,
+    pub fault: Fault,
+    /// True when the same request may succeed if retried (on this or another upstream).
+    pub retryable: bool,
+    /// Extra response headers (e.g. `retry-after`).
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    fn new(
+        status: u16,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        let fault = if status >= 500 {
+            Fault::Upstream
+        } else {
+            Fault::Client
+        };
+        ApiError {
+            status,
+            kind,
+            code,
+            message: message.into(),
+            fault,
+            retryable: false,
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(400, "invalid_request_error", code, message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(401, "invalid_request_error", "invalid_api_key", message)
+    }
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(403, "permission_error", code, message)
+    }
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(404, "invalid_request_error", code, message)
+    }
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(405, "invalid_request_error", "method_not_allowed", message)
+    }
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(408, "invalid_request_error", "request_timeout", message)
+    }
+    pub fn length_required(message: impl Into<String>) -> Self {
+        Self::new(411, "invalid_request_error", "length_required", message)
+    }
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "invalid_request_error",
+            "request_too_large",
+            format!("request body exceeds the gateway's limit of {limit} bytes"),
+        )
+    }
+    pub fn headers_too_large(message: impl Into<String>) -> Self {
+        Self::new(
+            431,
+            "invalid_request_error",
+            "request_headers_too_large",
+            message,
+        )
+    }
+    pub fn not_implemented(message: impl Into<String>) -> Self {
+        let mut e = Self::new(501, "invalid_request_error", "not_implemented", message);
+        e.fault = Fault::Client;
+        e
+    }
+    pub fn version_not_supported() -> Self {
+        let mut e = Self::new(
+            505,
+            "invalid_request_error",
+            "http_version_not_supported",
+            "only HTTP/1.0 and HTTP/1.1 are supported",
+        );
+        e.fault = Fault::Client;
+        e
+    }
+    pub fn service_unavailable(message: impl Into<String>) -> Self {
+        let mut e = Self::new(503, "server_error", "service_unavailable", message);
+        e.fault = Fault::Internal;
+        e.retryable = true;
+        e
+    }
+    /// The upstream could not be reached or answered something we cannot use.
+    pub fn bad_gateway(code: &'static str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(502, "upstream_error", code, message);
+        e.retryable = true;
+        e
+    }
+    /// The upstream did not answer in time.
+    pub fn gateway_timeout(message: impl Into<String>) -> Self {
+        let mut e = Self::new(504, "upstream_error", "upstream_timeout", message);
+        e.retryable = true;
+        e
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        let mut e = Self::new(500, "server_error", "internal_error", message);
+        e.fault = Fault::Internal;
+        e
+    }
+
+    /// The OpenAI-shaped JSON body.
+    pub fn to_json(&self) -> Vec<u8> {
+        let body = serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": null,
+                "code": self.code,
+            }
+        });
+        serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":{}}".to_vec())
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_render_in_openai_shape() {
+        let e = ApiError::payload_too_large(10);
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "request_too_large");
+        assert!(v["error"]["message"].as_str().unwrap().contains("10 bytes"));
+        assert!(v["error"]["param"].is_null());
+    }
+
+    #[test]
+    fn upstream_errors_are_retryable_and_classified() {
+        let e = ApiError::bad_gateway("upstream_unreachable", "x");
+        assert_eq!(
+            (e.status, e.fault, e.retryable),
+            (502, Fault::Upstream, true)
+        );
+        let e = ApiError::bad_request("invalid_json", "x");
+        assert_eq!(
+            (e.status, e.fault, e.retryable),
+            (400, Fault::Client, false)
+        );
+    }
+}

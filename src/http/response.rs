@@ -1,0 +1,113 @@
+//! Building response heads into a byte buffer. Pure; the server writes them.
+
+use std::io::Write;
+
+use crate::error::ApiError;
+
+/// How a response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    Length(usize),
+    Chunked,
+    /// Delimited by closing the connection (for HTTP/1.0 clients).
+    Close,
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Status",
+    }
+}
+
+/// Starts a response: the status line.
+pub fn begin(out: &mut Vec<u8>, status: u16) {
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status, reason(status));
+}
+
+/// Appends one header line.
+#[inline]
+pub fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Ends the head: framing, connection and the blank line.
+pub fn finish(out: &mut Vec<u8>, framing: ResponseFraming, keep_alive: bool) {
+    match framing {
+        ResponseFraming::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        ResponseFraming::Close => {}
+    }
+    if !keep_alive || framing == ResponseFraming::Close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A complete JSON response (head and body) appended to `out`.
+pub fn json(out: &mut Vec<u8>, status: u16, request_id: &str, keep_alive: bool, body: &[u8]) {
+    begin(out, status);
+    header(out, "content-type", b"application/json");
+    header(out, "x-request-id", request_id.as_bytes());
+    finish(out, ResponseFraming::Length(body.len()), keep_alive);
+    out.extend_from_slice(body);
+}
+
+/// A complete OpenAI-style error response appended to `out`.
+pub fn error(out: &mut Vec<u8>, e: &ApiError, request_id: &str, keep_alive: bool) {
+    let body = e.to_json();
+    begin(out, e.status);
+    header(out, "content-type", b"application/json");
+    header(out, "x-request-id", request_id.as_bytes());
+    if let Some(secs) = e.retry_after_secs {
+        header(out, "retry-after", secs.to_string().as_bytes());
+    }
+    finish(out, ResponseFraming::Length(body.len()), keep_alive);
+    out.extend_from_slice(&body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_responses_are_complete_http() {
+        let mut out = Vec::new();
+        error(&mut out, &ApiError::payload_too_large(5), "req_1", false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 413 Content Too Large\r\n"));
+        assert!(text.contains("x-request-id: req_1\r\n"));
+        assert!(text.contains("connection: close\r\n"));
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(body.contains("request_too_large"));
+    }
+}

@@ -1,0 +1,108 @@
+//! Every bound in bursar, named in one place.
+//!
+//! "Put a limit on everything": each queue, buffer, header and body has an
+//! upper bound. Compile-time bounds are constants here; bounds an operator may
+//! tune live in [`Limits`], whose defaults are the constants below and whose
+//! values are checked against the hard ceilings when the config is loaded.
+//! Units and qualifiers go last in names (`body_bytes_max`).
+
+use std::time::Duration;
+
+/// Most request headers we parse; one more is a 431. Fixed at compile time
+/// because the header array lives on the stack.
+pub const HEADER_COUNT_MAX: usize = 64;
+/// Most response headers we accept from an upstream.
+pub const UPSTREAM_HEADER_COUNT_MAX: usize = 96;
+
+/// Default bound on a request's head (request line + headers).
+pub const HEADER_BYTES_MAX_DEFAULT: usize = 16 * 1024;
+/// Hard ceiling on `header_bytes_max`.
+pub const HEADER_BYTES_MAX_CEILING: usize = 1024 * 1024;
+/// Default bound on a request body (OpenAI accepts images inline, so be generous).
+pub const BODY_BYTES_MAX_DEFAULT: usize = 8 * 1024 * 1024;
+/// Hard ceiling on `body_bytes_max`.
+pub const BODY_BYTES_MAX_CEILING: usize = 256 * 1024 * 1024;
+/// Default bound on a non-streamed upstream response body.
+pub const UPSTREAM_BODY_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
+/// Default bound on an upstream response head.
+pub const UPSTREAM_HEADER_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// Longest chunk-size line (hex digits plus extensions) we accept in a chunked body.
+pub const CHUNK_LINE_BYTES_MAX: usize = 1024;
+/// Most trailer bytes we skip after the last chunk.
+pub const CHUNK_TRAILER_BYTES_MAX: usize = 8 * 1024;
+
+/// Initial size of a connection's read buffer; it grows only as far as a
+/// request needs, within the bounds above.
+pub const READ_BUFFER_BYTES_INITIAL: usize = 8 * 1024;
+/// Size of one read from an upstream while relaying a stream.
+pub const STREAM_READ_BYTES: usize = 16 * 1024;
+
+/// Idle upstream connections kept per upstream address per worker.
+pub const POOL_IDLE_PER_UPSTREAM_MAX_DEFAULT: usize = 256;
+/// Concurrent client connections one worker accepts before refusing more.
+pub const CONNECTIONS_PER_WORKER_MAX_DEFAULT: usize = 16 * 1024;
+/// Most workers (threads) a gateway may run.
+pub const WORKERS_MAX: usize = 256;
+/// Most providers, models per provider, and virtual keys in one catalog.
+pub const PROVIDERS_MAX: usize = 1024;
+pub const MODELS_PER_PROVIDER_MAX: usize = 4096;
+pub const VIRTUAL_KEYS_MAX: usize = 1_000_000;
+/// Longest model name we route.
+pub const MODEL_NAME_BYTES_MAX: usize = 256;
+
+/// Defaults for the timeouts.
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+pub const UPSTREAM_CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+pub const UPSTREAM_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
+pub const POOL_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+pub const DNS_REFRESH_DEFAULT: Duration = Duration::from_secs(30);
+pub const SHUTDOWN_DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(15);
+/// How often an idle accept loop looks at the shutdown flag.
+pub const ACCEPT_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Admin (control-plane) request bounds: small, it is a localhost API.
+pub const ADMIN_BODY_BYTES_MAX: usize = 1024 * 1024;
+pub const ADMIN_CONNECTIONS_MAX: usize = 256;
+
+/// The tunable bounds of one gateway, validated at config load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub header_bytes_max: usize,
+    pub body_bytes_max: usize,
+    pub upstream_header_bytes_max: usize,
+    pub upstream_body_bytes_max: usize,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_read_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_idle_per_upstream_max: usize,
+    pub connections_per_worker_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_bytes_max: HEADER_BYTES_MAX_DEFAULT,
+            body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+            upstream_header_bytes_max: UPSTREAM_HEADER_BYTES_MAX_DEFAULT,
+            upstream_body_bytes_max: UPSTREAM_BODY_BYTES_MAX_DEFAULT,
+            request_timeout: REQUEST_TIMEOUT_DEFAULT,
+            idle_timeout: IDLE_TIMEOUT_DEFAULT,
+            upstream_connect_timeout: UPSTREAM_CONNECT_TIMEOUT_DEFAULT,
+            upstream_read_timeout: UPSTREAM_READ_TIMEOUT_DEFAULT,
+            pool_idle_timeout: POOL_IDLE_TIMEOUT_DEFAULT,
+            pool_idle_per_upstream_max: POOL_IDLE_PER_UPSTREAM_MAX_DEFAULT,
+            connections_per_worker_max: CONNECTIONS_PER_WORKER_MAX_DEFAULT,
+        }
+    }
+}
+
+const _: () = {
+    assert!(HEADER_BYTES_MAX_DEFAULT <= HEADER_BYTES_MAX_CEILING);
+    assert!(BODY_BYTES_MAX_DEFAULT <= BODY_BYTES_MAX_CEILING);
+    assert!(READ_BUFFER_BYTES_INITIAL <= HEADER_BYTES_MAX_DEFAULT);
+    assert!(CHUNK_LINE_BYTES_MAX < READ_BUFFER_BYTES_INITIAL);
+    assert!(HEADER_COUNT_MAX >= 16);
+};

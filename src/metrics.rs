@@ -1,0 +1,297 @@
+//! Per-worker counters and their Prometheus rendering.
+//!
+//! Each counter has exactly one writer (its worker), so an increment is a
+//! relaxed load and store, not a locked read-modify-write; the control plane
+//! reads them with relaxed loads and sums across workers.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A monotonically increasing counter with a single writer.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A gauge with a single writer.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    #[inline]
+    pub fn add(&self, n: i64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    #[inline]
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Relaxed);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// The I/O driver a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    Unknown = 0,
+    IoUring = 1,
+    Legacy = 2,
+}
+
+impl DriverKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverKind::Unknown => "unknown",
+            DriverKind::IoUring => "io_uring",
+            DriverKind::Legacy => "legacy",
+        }
+    }
+    fn from_u8(v: u8) -> DriverKind {
+        match v {
+            1 => DriverKind::IoUring,
+            2 => DriverKind::Legacy,
+            _ => DriverKind::Unknown,
+        }
+    }
+}
+
+/// What one worker counts.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    driver: AtomicU8,
+    pub connections_accepted: Counter,
+    pub connections_refused: Counter,
+    pub connections_active: Gauge,
+    /// Responses by status class: index 1 for 1xx ... 5 for 5xx.
+    pub responses: [Counter; 6],
+    pub requests_inflight: Gauge,
+    pub bad_requests: Counter,
+    pub upstream_connects: Counter,
+    pub upstream_reuses: Counter,
+    pub upstream_stale_retries: Counter,
+    pub upstream_errors: Counter,
+    pub upstream_timeouts: Counter,
+    pub streams_completed: Counter,
+    pub streams_client_aborted: Counter,
+    pub streams_upstream_aborted: Counter,
+    pub pool_idle: Gauge,
+}
+
+impl WorkerStats {
+    pub fn set_driver(&self, d: DriverKind) {
+        self.driver.store(d as u8, Relaxed);
+    }
+    pub fn driver(&self) -> DriverKind {
+        DriverKind::from_u8(self.driver.load(Relaxed))
+    }
+    #[inline]
+    pub fn response(&self, status: u16) {
+        let class = (status / 100) as usize;
+        if let Some(c) = self.responses.get(class) {
+            c.inc();
+        }
+    }
+}
+
+/// Everything /metrics shows.
+pub struct Registry {
+    pub workers: Vec<Arc<WorkerStats>>,
+    pub started: Instant,
+    pub catalog_version: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl Registry {
+    /// The driver the workers run ("mixed" if they differ).
+    pub fn driver(&self) -> &'static str {
+        let mut kinds = self.workers.iter().map(|w| w.driver());
+        let first = kinds.next().unwrap_or(DriverKind::Unknown);
+        if kinds.all(|k| k == first) {
+            first.name()
+        } else {
+            "mixed"
+        }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "# HELP bursar_build_info Build and runtime facts.\n# TYPE bursar_build_info gauge\nbursar_build_info{{version=\"{}\",io_driver=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            self.driver()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bursar_io_driver The I/O driver each worker runs (1 = running).\n# TYPE bursar_io_driver gauge"
+        );
+        for (i, w) in self.workers.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "bursar_io_driver{{worker=\"{i}\",driver=\"{}\"}} 1",
+                w.driver().name()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP bursar_uptime_seconds Seconds since start.\n# TYPE bursar_uptime_seconds gauge\nbursar_uptime_seconds {}",
+            self.started.elapsed().as_secs()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bursar_catalog_version Version of the published catalog.\n# TYPE bursar_catalog_version gauge\nbursar_catalog_version {}",
+            (self.catalog_version)()
+        );
+        type Get = fn(&WorkerStats) -> i64;
+        let series: [(&str, &str, &str, Get); 15] = [
+            (
+                "bursar_connections_accepted_total",
+                "counter",
+                "Client connections accepted.",
+                |w| w.connections_accepted.get() as i64,
+            ),
+            (
+                "bursar_connections_refused_total",
+                "counter",
+                "Client connections refused at the per-worker bound.",
+                |w| w.connections_refused.get() as i64,
+            ),
+            (
+                "bursar_connections_active",
+                "gauge",
+                "Open client connections.",
+                |w| w.connections_active.get(),
+            ),
+            (
+                "bursar_requests_inflight",
+                "gauge",
+                "Requests being handled.",
+                |w| w.requests_inflight.get(),
+            ),
+            (
+                "bursar_bad_requests_total",
+                "counter",
+                "Requests refused while parsing.",
+                |w| w.bad_requests.get() as i64,
+            ),
+            (
+                "bursar_upstream_connects_total",
+                "counter",
+                "New upstream connections.",
+                |w| w.upstream_connects.get() as i64,
+            ),
+            (
+                "bursar_upstream_reuses_total",
+                "counter",
+                "Requests sent on a pooled upstream connection.",
+                |w| w.upstream_reuses.get() as i64,
+            ),
+            (
+                "bursar_upstream_stale_retries_total",
+                "counter",
+                "Requests retried because a pooled connection had gone stale.",
+                |w| w.upstream_stale_retries.get() as i64,
+            ),
+            (
+                "bursar_upstream_errors_total",
+                "counter",
+                "Upstream failures answered 502.",
+                |w| w.upstream_errors.get() as i64,
+            ),
+            (
+                "bursar_upstream_timeouts_total",
+                "counter",
+                "Upstream timeouts answered 504.",
+                |w| w.upstream_timeouts.get() as i64,
+            ),
+            (
+                "bursar_streams_completed_total",
+                "counter",
+                "Streams relayed to the end.",
+                |w| w.streams_completed.get() as i64,
+            ),
+            (
+                "bursar_streams_client_aborted_total",
+                "counter",
+                "Streams the client left before the end.",
+                |w| w.streams_client_aborted.get() as i64,
+            ),
+            (
+                "bursar_streams_upstream_aborted_total",
+                "counter",
+                "Streams the upstream cut before the end.",
+                |w| w.streams_upstream_aborted.get() as i64,
+            ),
+            (
+                "bursar_upstream_pool_idle",
+                "gauge",
+                "Idle pooled upstream connections.",
+                |w| w.pool_idle.get(),
+            ),
+            (
+                "bursar_responses_5xx_total",
+                "counter",
+                "Responses with a 5xx status (see bursar_responses_total).",
+                |w| w.responses[5].get() as i64,
+            ),
+        ];
+        for (name, kind, help, get) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (i, w) in self.workers.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", get(w));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP bursar_responses_total Responses by status class.\n# TYPE bursar_responses_total counter"
+        );
+        for (i, w) in self.workers.iter().enumerate() {
+            for class in 1..=5 {
+                let _ = writeln!(
+                    out,
+                    "bursar_responses_total{{worker=\"{i}\",class=\"{class}xx\"}} {}",
+                    w.responses[class].get()
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_per_worker_series_and_the_driver() {
+        let a = Arc::new(WorkerStats::default());
+        a.set_driver(DriverKind::Legacy);
+        a.response(200);
+        a.response(502);
+        let r = Registry {
+            workers: vec![a],
+            started: Instant::now(),
+            catalog_version: Box::new(|| 3),
+        };
+        let text = r.render();
+        assert!(text.contains("io_driver=\"legacy\""));
+        assert!(text.contains("bursar_responses_total{worker=\"0\",class=\"2xx\"} 1"));
+        assert!(text.contains("bursar_responses_5xx_total{worker=\"0\"} 1"));
+        assert!(text.contains("bursar_catalog_version 3"));
+    }
+}

@@ -1,0 +1,370 @@
+//! Phase 3, forward: send the request upstream on a pooled connection, read
+//! the response head, and answer non-streamed responses whole. Streamed
+//! (`text/event-stream`) responses go on to [`super::stream`].
+
+use std::sync::Arc;
+
+use super::route::Endpoint;
+use super::{RequestId, Worker};
+use crate::config::UpstreamTarget;
+use crate::error::ApiError;
+use crate::http::chunked::{ChunkError, ChunkedDecoder};
+use crate::http::response::{self, ResponseFraming};
+use crate::http::server::{ClientOut, RequestView};
+use crate::upstream::response::{parse_head, HeadError, UpstreamFraming, UpstreamHead};
+use crate::upstream::{PoolKey, ReadOutcome, UpstreamConn, UpstreamIoError};
+
+/// Client request headers never sent upstream: hop-by-hop ones, the client's
+/// credentials, framing we redo, compression we cannot count tokens through,
+/// and our own control headers.
+fn is_dropped(name: &[u8]) -> bool {
+    const DROP: [&[u8]; 17] = [
+        b"host",
+        b"authorization",
+        b"api-key",
+        b"x-api-key",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"expect",
+        b"accept-encoding",
+        b"x-request-id",
+        b"cookie",
+    ];
+    DROP.iter().any(|d| name.eq_ignore_ascii_case(d))
+        || (name.len() >= 9 && name[..9].eq_ignore_ascii_case(b"x-bursar-"))
+}
+
+/// Writes the upstream request (head and body) into `out`.
+pub fn build_request(
+    out: &mut Vec<u8>,
+    target: &UpstreamTarget,
+    auth: Option<&str>,
+    endpoint: Endpoint,
+    req: &RequestView<'_>,
+    rid: &RequestId,
+) {
+    let query = req.head.target(req.bytes).split_once('?').map(|(_, q)| q);
+    out.reserve(512 + req.body.len());
+    out.extend_from_slice(b"POST ");
+    out.extend_from_slice(target.base_path.as_bytes());
+    out.extend_from_slice(endpoint.suffix().as_bytes());
+    if let Some(q) = query {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(target.host_header.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(a) = auth {
+        response::header(out, "authorization", a.as_bytes());
+    }
+    for (name, value) in req.head.headers(req.bytes) {
+        if !is_dropped(name) {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    response::header(out, "x-request-id", rid.as_str().as_bytes());
+    out.extend_from_slice(b"accept-encoding: identity\r\ncontent-length: ");
+    out.extend_from_slice(req.body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(req.body);
+}
+
+fn io_error(e: UpstreamIoError, target: &UpstreamTarget, when: &str) -> ApiError {
+    match e {
+        UpstreamIoError::Timeout => ApiError::gateway_timeout(format!(
+            "the upstream {} did not answer in time ({when})",
+            target.host_header
+        )),
+        UpstreamIoError::TooLarge => ApiError::bad_gateway(
+            "upstream_response_too_large",
+            format!(
+                "the upstream {}'s response exceeds the gateway's bound",
+                target.host_header
+            ),
+        ),
+        UpstreamIoError::Io(e) => ApiError::bad_gateway(
+            "upstream_connection_failed",
+            format!(
+                "the connection to the upstream {} failed ({when}): {e}",
+                target.host_header
+            ),
+        ),
+    }
+}
+
+/// Sends the request and reads the response head, retrying once on a fresh
+/// connection when a pooled one turns out to be stale (closed or reset before
+/// a single response byte arrived).
+async fn exchange(
+    w: &Worker,
+    target: &Arc<UpstreamTarget>,
+    request: Vec<u8>,
+) -> Result<(UpstreamConn, UpstreamHead), ApiError> {
+    let addr = w
+        .resolver
+        .pick(&target.host, target.port, w.spin())
+        .ok_or_else(|| {
+            ApiError::bad_gateway(
+                "upstream_unresolved",
+                format!("the upstream host {} has not been resolved", target.host),
+            )
+        })?;
+    let key = PoolKey {
+        addr,
+        tls: target.tls,
+        host: Arc::from(target.host_header.as_str()),
+    };
+    let limits = &w.limits;
+    let mut request = request;
+    for attempt in 0..2 {
+        let pooled = if attempt == 0 {
+            w.pool.borrow_mut().checkout(&key)
+        } else {
+            None
+        };
+        let mut conn = match pooled {
+            Some(c) => {
+                w.stats.upstream_reuses.inc();
+                c
+            }
+            None => {
+                w.stats.upstream_connects.inc();
+                crate::upstream::connect(
+                    &w.tls,
+                    key.clone(),
+                    target,
+                    limits.upstream_connect_timeout,
+                )
+                .await?
+            }
+        };
+        let (res, back) = conn.write_all(request, limits.upstream_read_timeout).await;
+        match (res, back) {
+            (Ok(()), Some(buf)) => request = buf,
+            (Err(UpstreamIoError::Io(_)), Some(buf)) if conn.reused => {
+                w.stats.upstream_stale_retries.inc();
+                request = buf;
+                continue;
+            }
+            (Err(e), _) => return Err(io_error(e, target, "sending the request")),
+            (Ok(()), None) => return Err(ApiError::internal("write buffer lost")),
+        }
+        loop {
+            match parse_head(&conn.rbuf, limits.upstream_header_bytes_max) {
+                Ok(Some(head)) if (100..200).contains(&head.status) => {
+                    conn.rbuf.drain(..head.head_len);
+                    continue;
+                }
+                Ok(Some(head)) => return Ok((conn, head)),
+                Ok(None) => {}
+                Err(HeadError::TooLarge) => {
+                    return Err(ApiError::bad_gateway(
+                        "upstream_bad_response",
+                        "the upstream's response head is too large",
+                    ))
+                }
+                Err(HeadError::Malformed(m)) => {
+                    return Err(ApiError::bad_gateway(
+                        "upstream_bad_response",
+                        format!("the upstream answered malformed HTTP: {m}"),
+                    ))
+                }
+            }
+            let stale = conn.reused && conn.rbuf.is_empty() && attempt == 0;
+            match conn
+                .read_more(
+                    limits.upstream_header_bytes_max,
+                    limits.upstream_read_timeout,
+                )
+                .await
+            {
+                Ok(ReadOutcome::Data(_)) => {}
+                Ok(ReadOutcome::Eof) | Err(UpstreamIoError::Io(_)) if stale => {
+                    w.stats.upstream_stale_retries.inc();
+                    break;
+                }
+                Ok(ReadOutcome::Eof) => {
+                    return Err(ApiError::bad_gateway(
+                        "upstream_closed",
+                        format!(
+                            "the upstream {} closed the connection without a response",
+                            target.host_header
+                        ),
+                    ))
+                }
+                Err(e) => return Err(io_error(e, target, "waiting for the response")),
+            }
+        }
+    }
+    Err(ApiError::bad_gateway(
+        "upstream_closed",
+        format!(
+            "the upstream {} closed the connection without a response",
+            target.host_header
+        ),
+    ))
+}
+
+/// Reads a whole non-streamed body (the head already drained from `rbuf`).
+async fn read_body(
+    w: &Worker,
+    conn: &mut UpstreamConn,
+    head: &UpstreamHead,
+    target: &UpstreamTarget,
+) -> Result<Vec<u8>, ApiError> {
+    let max = w.limits.upstream_body_bytes_max;
+    let wait = w.limits.upstream_read_timeout;
+    match head.framing {
+        UpstreamFraming::None => Ok(Vec::new()),
+        UpstreamFraming::Length(n) => {
+            if n > max as u64 {
+                return Err(io_error(
+                    UpstreamIoError::TooLarge,
+                    target,
+                    "reading the body",
+                ));
+            }
+            let n = n as usize;
+            while conn.rbuf.len() < n {
+                match conn.read_more(n, wait).await {
+                    Ok(ReadOutcome::Data(_)) => {}
+                    Ok(ReadOutcome::Eof) => {
+                        return Err(ApiError::bad_gateway(
+                            "upstream_closed",
+                            "the upstream closed the connection mid-body",
+                        ))
+                    }
+                    Err(e) => return Err(io_error(e, target, "reading the body")),
+                }
+            }
+            let rest = conn.rbuf.split_off(n);
+            Ok(std::mem::replace(&mut conn.rbuf, rest))
+        }
+        UpstreamFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            let mut body = Vec::new();
+            loop {
+                let n = decoder
+                    .decode(&conn.rbuf, &mut body, max)
+                    .map_err(|e| match e {
+                        ChunkError::TooLarge => {
+                            io_error(UpstreamIoError::TooLarge, target, "reading the body")
+                        }
+                        _ => ApiError::bad_gateway(
+                            "upstream_bad_response",
+                            "the upstream sent invalid chunked framing",
+                        ),
+                    })?;
+                conn.rbuf.drain(..n);
+                if decoder.is_done() {
+                    return Ok(body);
+                }
+                match conn.read_more(max, wait).await {
+                    Ok(ReadOutcome::Data(_)) => {}
+                    Ok(ReadOutcome::Eof) => {
+                        return Err(ApiError::bad_gateway(
+                            "upstream_closed",
+                            "the upstream closed the connection mid-body",
+                        ))
+                    }
+                    Err(e) => return Err(io_error(e, target, "reading the body")),
+                }
+            }
+        }
+        UpstreamFraming::Close => loop {
+            match conn.read_more(max, wait).await {
+                Ok(ReadOutcome::Data(_)) => {}
+                Ok(ReadOutcome::Eof) => return Ok(std::mem::take(&mut conn.rbuf)),
+                Err(e) => return Err(io_error(e, target, "reading the body")),
+            }
+        },
+    }
+}
+
+/// Forwards one request and answers the client. `Err` means nothing was
+/// written to the client yet.
+#[allow(clippy::too_many_arguments)]
+pub async fn forward(
+    w: &Worker,
+    target: &Arc<UpstreamTarget>,
+    auth: Option<&str>,
+    endpoint: Endpoint,
+    req: &RequestView<'_>,
+    out: &mut ClientOut<'_>,
+    rid: &RequestId,
+    keep: bool,
+) -> Result<bool, ApiError> {
+    let mut request = Vec::new();
+    build_request(&mut request, target, auth, endpoint, req, rid);
+    let (mut conn, head) = exchange(w, target, request).await?;
+    conn.rbuf.drain(..head.head_len);
+    let http10 = req.head.version_minor == 0;
+    if head.event_stream {
+        return Ok(super::stream::relay(w, out, conn, &head, target, rid, keep, http10).await);
+    }
+    let body = read_body(w, &mut conn, &head, target).await?;
+    if head.keep_alive {
+        w.pool.borrow_mut().checkin(conn);
+    }
+    w.stats.pool_idle.set(w.pool.borrow().idle_count() as i64);
+    w.stats.response(head.status);
+    response::begin(out.wbuf, head.status);
+    out.wbuf.extend_from_slice(&head.forward);
+    response::header(out.wbuf, "x-request-id", rid.as_str().as_bytes());
+    response::finish(out.wbuf, ResponseFraming::Length(body.len()), keep);
+    out.wbuf.extend_from_slice(&body);
+    Ok(out.flush().await.is_ok() && keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::{parse_head as parse_request, RequestHead};
+
+    #[test]
+    fn upstream_requests_carry_the_provider_key_not_the_clients() {
+        let raw = b"POST /v1/chat/completions?api-version=1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk-virtual\r\nContent-Type: application/json\r\nAccept-Encoding: gzip\r\nX-Mock-Delay-Ms: 5\r\nX-Bursar-Tags: a=b\r\nContent-Length: 2\r\n\r\n{}";
+        let mut head = RequestHead::default();
+        assert!(parse_request(raw, 4096, 4096, &mut head).unwrap());
+        let req = RequestView {
+            head: &head,
+            bytes: &raw[..head.head_len],
+            body: b"{}",
+        };
+        let target = crate::config::parse_base_url("t", "https://api.example.com/v1").unwrap();
+        let rid = super::super::RequestIds::new(1, 0).next();
+        let mut out = Vec::new();
+        build_request(
+            &mut out,
+            &target,
+            Some("Bearer sk-upstream"),
+            Endpoint::ChatCompletions,
+            &req,
+            &rid,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with(
+                "POST /v1/chat/completions?api-version=1 HTTP/1.1\r\nhost: api.example.com\r\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("authorization: Bearer sk-upstream\r\n"));
+        assert!(!text.contains("sk-virtual"));
+        assert!(text.contains("X-Mock-Delay-Ms: 5\r\n"));
+        assert!(!text.to_ascii_lowercase().contains("x-bursar-tags"));
+        assert!(!text.contains("gzip"));
+        assert!(text.ends_with("content-length: 2\r\n\r\n{}"));
+    }
+}

@@ -1,0 +1,353 @@
+//! The request path, laid out as named phases over one per-request context:
+//! read (http), route ([`route`]), admit ([`admit`]), forward ([`forward`]),
+//! stream ([`stream`]). Budgets (settle) and the request log slot in after
+//! forward and stream.
+//!
+//! Everything here runs on a worker thread: it never locks and never blocks.
+
+pub mod admit;
+pub mod forward;
+pub mod route;
+pub mod stream;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use monoio::net::TcpStream;
+use serde_json::json;
+
+use crate::catalog::CatalogHandle;
+use crate::config::ProviderKind;
+use crate::error::ApiError;
+use crate::http::response;
+use crate::http::server::{ClientOut, ReadError, RequestView, ServerConn};
+use crate::limits::Limits;
+use crate::metrics::WorkerStats;
+use crate::providers::mock::{self, MockReply};
+use crate::upstream::resolver::Resolver;
+use crate::upstream::Pool;
+use route::{classify, Endpoint, Route};
+
+/// A worker's state, shared by its connection tasks (one thread, `Rc`).
+pub struct Worker {
+    pub id: usize,
+    pub catalog: CatalogHandle,
+    pub limits: Limits,
+    pub stats: Arc<WorkerStats>,
+    pub resolver: Arc<Resolver>,
+    pub pool: RefCell<Pool>,
+    pub tls: monoio_rustls::TlsConnector,
+    pub shutdown: Arc<AtomicBool>,
+    ids: RequestIds,
+    spin: Cell<usize>,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: usize,
+        catalog: CatalogHandle,
+        limits: Limits,
+        stats: Arc<WorkerStats>,
+        resolver: Arc<Resolver>,
+        tls: Arc<rustls::ClientConfig>,
+        shutdown: Arc<AtomicBool>,
+        id_salt: u64,
+    ) -> Worker {
+        let pool = Pool::new(limits.pool_idle_per_upstream_max, limits.pool_idle_timeout);
+        Worker {
+            id,
+            catalog,
+            stats,
+            resolver,
+            pool: RefCell::new(pool),
+            tls: monoio_rustls::TlsConnector::from(tls),
+            shutdown,
+            ids: RequestIds::new(id_salt, id),
+            spin: Cell::new(id),
+            limits,
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    /// A rotating number for spreading requests over an upstream's addresses.
+    pub fn spin(&self) -> usize {
+        let s = self.spin.get().wrapping_add(1);
+        self.spin.set(s);
+        s
+    }
+}
+
+/// A request id: `req_` then 28 hex digits, unique across workers and restarts
+/// (a random per-process salt, the worker, a per-worker counter).
+#[derive(Clone, Copy)]
+pub struct RequestId([u8; 32]);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex and "req_" are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("req_invalid")
+    }
+}
+
+struct RequestIds {
+    prefix: u64,
+    counter: Cell<u64>,
+}
+
+impl RequestIds {
+    fn new(salt: u64, worker: usize) -> Self {
+        RequestIds {
+            prefix: (salt & !0xff) | (worker as u64 & 0xff),
+            counter: Cell::new(0),
+        }
+    }
+
+    fn next(&self) -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = self.counter.get().wrapping_add(1);
+        self.counter.set(n);
+        let mut out = *b"req_0000000000000000000000000000";
+        for i in 0..16 {
+            out[4 + i] = HEX[((self.prefix >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        for i in 0..12 {
+            out[20 + i] = HEX[((n >> (44 - 4 * i)) & 0xf) as usize];
+        }
+        RequestId(out)
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Serves one client connection until it closes, times out or errs.
+pub async fn serve_connection(w: Rc<Worker>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = ServerConn::new(stream);
+    loop {
+        match conn.read_request(&w.limits).await {
+            Ok(()) => {}
+            Err(ReadError::Closed | ReadError::Idle | ReadError::Io(_)) => break,
+            Err(ReadError::Reject(e)) => {
+                w.stats.bad_requests.inc();
+                w.stats.response(e.status);
+                let rid = w.ids.next();
+                conn.wbuf.clear();
+                response::error(&mut conn.wbuf, &e, rid.as_str(), false);
+                let _ = conn.flush(&w.limits).await;
+                break;
+            }
+        }
+        let rid = w.ids.next();
+        w.stats.requests_inflight.add(1);
+        let keep = handle(&w, &mut conn, &rid).await;
+        w.stats.requests_inflight.add(-1);
+        if !keep || w.draining() {
+            break;
+        }
+    }
+}
+
+/// Handles one request; returns whether the connection may serve another.
+async fn handle(w: &Worker, conn: &mut ServerConn, rid: &RequestId) -> bool {
+    let (req, mut out) = conn.split(w.limits.idle_timeout);
+    let keep = req.head.keep_alive && !w.draining();
+    let path = req.head.path(req.bytes);
+    let result = match classify(req.head.method(), path) {
+        Route::Api(endpoint) => proxy_api(w, &req, &mut out, endpoint, rid, keep).await,
+        Route::ListModels => list_models(w, &req, &mut out, rid, keep).await,
+        Route::GetModel(id) => get_model(w, &req, &mut out, id, rid, keep).await,
+        Route::Health => {
+            let body = br#"{"status":"ok"}"#;
+            response::json(out.wbuf, 200, rid.as_str(), keep, body);
+            w.stats.response(200);
+            Ok(out.flush().await.is_ok() && keep)
+        }
+        Route::MethodNotAllowed => Err(ApiError::method_not_allowed(format!(
+            "method not allowed for {path}"
+        ))),
+        Route::NotFound => Err(ApiError::not_found(
+            "unknown_url",
+            format!("unknown request URL: {path}"),
+        )),
+    };
+    match result {
+        Ok(keep) => keep,
+        Err(e) => {
+            w.stats.response(e.status);
+            if e.status == 502 {
+                w.stats.upstream_errors.inc();
+            } else if e.status == 504 {
+                w.stats.upstream_timeouts.inc();
+            }
+            out.wbuf.clear();
+            response::error(out.wbuf, &e, rid.as_str(), keep);
+            out.flush().await.is_ok() && keep
+        }
+    }
+}
+
+/// Route, admit, then answer from the mock or forward upstream. An `Err` means
+/// nothing has been written to the client yet.
+async fn proxy_api(
+    w: &Worker,
+    req: &RequestView<'_>,
+    out: &mut ClientOut<'_>,
+    endpoint: Endpoint,
+    rid: &RequestId,
+    keep: bool,
+) -> Result<bool, ApiError> {
+    let catalog = w.catalog.load();
+    let key = admit::authenticate(&catalog, req)?;
+    let probe = route::probe(req.body)?;
+    let model = probe.model.as_deref().unwrap_or_default();
+    if !key.allows(model) {
+        return Err(ApiError::forbidden(
+            "model_not_allowed",
+            format!("this API key may not use the model {model:?}"),
+        ));
+    }
+    let provider = catalog.route(model).ok_or_else(|| {
+        ApiError::not_found(
+            "model_not_found",
+            format!("the model {model:?} does not exist or is not served by this gateway"),
+        )
+    })?;
+    match provider.kind {
+        ProviderKind::Mock => {
+            let reply = mock::respond(endpoint, req.body, rid.as_str(), unix_now())?;
+            Ok(send_mock(w, out, reply, rid, keep, req.head.version_minor == 0).await)
+        }
+        ProviderKind::OpenAi => {
+            let target = provider
+                .upstream
+                .clone()
+                .ok_or_else(|| ApiError::internal("provider has no upstream"))?;
+            let auth = provider.auth_header().map(str::to_owned);
+            drop(catalog);
+            forward::forward(w, &target, auth.as_deref(), endpoint, req, out, rid, keep).await
+        }
+    }
+}
+
+async fn send_mock(
+    w: &Worker,
+    out: &mut ClientOut<'_>,
+    reply: MockReply,
+    rid: &RequestId,
+    keep: bool,
+    http10: bool,
+) -> bool {
+    w.stats.response(200);
+    match reply {
+        MockReply::Json(body) => {
+            response::json(out.wbuf, 200, rid.as_str(), keep, &body);
+            out.flush().await.is_ok() && keep
+        }
+        MockReply::Events(events) => {
+            let framing = if http10 {
+                response::ResponseFraming::Close
+            } else {
+                response::ResponseFraming::Chunked
+            };
+            response::begin(out.wbuf, 200);
+            response::header(
+                out.wbuf,
+                "content-type",
+                b"text/event-stream; charset=utf-8",
+            );
+            response::header(out.wbuf, "cache-control", b"no-cache");
+            response::header(out.wbuf, "x-request-id", rid.as_str().as_bytes());
+            response::finish(out.wbuf, framing, keep);
+            for e in &events {
+                if framing == response::ResponseFraming::Chunked {
+                    crate::http::chunked::write_chunk_header(out.wbuf, e.len());
+                    out.wbuf.extend_from_slice(e);
+                    out.wbuf.extend_from_slice(b"\r\n");
+                } else {
+                    out.wbuf.extend_from_slice(e);
+                }
+            }
+            if framing == response::ResponseFraming::Chunked {
+                out.wbuf.extend_from_slice(b"0\r\n\r\n");
+            }
+            w.stats.streams_completed.inc();
+            out.flush().await.is_ok() && keep && !http10
+        }
+    }
+}
+
+async fn list_models(
+    w: &Worker,
+    req: &RequestView<'_>,
+    out: &mut ClientOut<'_>,
+    rid: &RequestId,
+    keep: bool,
+) -> Result<bool, ApiError> {
+    let catalog = w.catalog.load();
+    let key = admit::authenticate(&catalog, req)?;
+    let data: Vec<_> = catalog
+        .models_for(key)
+        .into_iter()
+        .map(|(id, provider)| json!({"id": id, "object": "model", "created": 0, "owned_by": provider}))
+        .collect();
+    let body = json!({"object": "list", "data": data}).to_string();
+    response::json(out.wbuf, 200, rid.as_str(), keep, body.as_bytes());
+    w.stats.response(200);
+    Ok(out.flush().await.is_ok() && keep)
+}
+
+async fn get_model(
+    w: &Worker,
+    req: &RequestView<'_>,
+    out: &mut ClientOut<'_>,
+    id: &str,
+    rid: &RequestId,
+    keep: bool,
+) -> Result<bool, ApiError> {
+    let catalog = w.catalog.load();
+    let key = admit::authenticate(&catalog, req)?;
+    let provider = catalog
+        .is_listed(id)
+        .then(|| catalog.route(id))
+        .flatten()
+        .filter(|_| key.allows(id))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "model_not_found",
+                format!("the model {id:?} does not exist"),
+            )
+        })?;
+    let body =
+        json!({"id": id, "object": "model", "created": 0, "owned_by": provider.name}).to_string();
+    response::json(out.wbuf, 200, rid.as_str(), keep, body.as_bytes());
+    w.stats.response(200);
+    Ok(out.flush().await.is_ok() && keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_and_well_formed() {
+        let ids = RequestIds::new(0x1234_5678_9abc_def0, 3);
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a.as_str(), b.as_str());
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a.as_str().starts_with("req_123456789abcde03"));
+        assert!(b.as_str().ends_with("000000000002"));
+        let other_worker = RequestIds::new(0x1234_5678_9abc_def0, 4).next();
+        assert_ne!(a.as_str(), other_worker.as_str());
+    }
+}

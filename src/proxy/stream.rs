@@ -1,0 +1,177 @@
+//! Phase 4, stream: relay a `text/event-stream` response chunk by chunk as it
+//! arrives, never buffering the whole response.
+//!
+//! Each upstream read is de-framed and sent on to the client as one chunk
+//! (one copy, into a frame whose chunk-size line is reserved up front). The
+//! per-chunk work is synchronous; the token counter will hook in here.
+
+use std::sync::Arc;
+
+use super::{RequestId, Worker};
+use crate::config::UpstreamTarget;
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::response::{self, ResponseFraming};
+use crate::http::server::ClientOut;
+use crate::limits::STREAM_READ_BYTES;
+use crate::upstream::response::{UpstreamFraming, UpstreamHead};
+use crate::upstream::{ReadOutcome, UpstreamConn, UpstreamIoError};
+
+/// Bytes reserved at a frame's start for the chunk-size line ("%08x\r\n").
+const FRAME_HEADER_BYTES: usize = 10;
+
+/// How a relayed stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    Complete,
+    ClientGone,
+    UpstreamFailed,
+}
+
+enum Source {
+    Chunked(ChunkedDecoder),
+    Length(u64),
+    Close,
+}
+
+impl Source {
+    fn done(&self) -> bool {
+        match self {
+            Source::Chunked(d) => d.is_done(),
+            Source::Length(n) => *n == 0,
+            Source::Close => false,
+        }
+    }
+
+    /// Moves whatever body bytes `rbuf` holds into `frame`.
+    fn take(&mut self, rbuf: &mut Vec<u8>, frame: &mut Vec<u8>) -> Result<(), ()> {
+        match self {
+            Source::Chunked(d) => {
+                let n = d.decode(rbuf, frame, usize::MAX).map_err(|_| ())?;
+                rbuf.drain(..n);
+            }
+            Source::Length(left) => {
+                let n = (*left).min(rbuf.len() as u64) as usize;
+                frame.extend_from_slice(&rbuf[..n]);
+                rbuf.drain(..n);
+                *left -= n as u64;
+            }
+            Source::Close => {
+                frame.extend_from_slice(rbuf);
+                rbuf.clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Relays the stream to the client; returns whether the client connection
+/// may serve another request.
+#[allow(clippy::too_many_arguments)]
+pub async fn relay(
+    w: &Worker,
+    out: &mut ClientOut<'_>,
+    mut conn: UpstreamConn,
+    head: &UpstreamHead,
+    target: &Arc<UpstreamTarget>,
+    rid: &RequestId,
+    keep: bool,
+    http10: bool,
+) -> bool {
+    let chunked_out = !http10;
+    w.stats.response(head.status);
+    response::begin(out.wbuf, head.status);
+    out.wbuf.extend_from_slice(&head.forward);
+    response::header(out.wbuf, "x-request-id", rid.as_str().as_bytes());
+    let framing = if chunked_out {
+        ResponseFraming::Chunked
+    } else {
+        ResponseFraming::Close
+    };
+    response::finish(out.wbuf, framing, keep);
+    if out.flush().await.is_err() {
+        w.stats.streams_client_aborted.inc();
+        return false;
+    }
+
+    let mut source = match head.framing {
+        UpstreamFraming::Chunked => Source::Chunked(ChunkedDecoder::new()),
+        UpstreamFraming::Length(n) => Source::Length(n),
+        UpstreamFraming::Close => Source::Close,
+        UpstreamFraming::None => Source::Length(0),
+    };
+    let mut frame: Vec<u8> = Vec::with_capacity(STREAM_READ_BYTES + 64);
+    let end = loop {
+        frame.clear();
+        if chunked_out {
+            frame.resize(FRAME_HEADER_BYTES, 0);
+        }
+        if source.take(&mut conn.rbuf, &mut frame).is_err() {
+            break StreamEnd::UpstreamFailed;
+        }
+        let data_len = frame.len() - if chunked_out { FRAME_HEADER_BYTES } else { 0 };
+        if data_len > 0 {
+            if chunked_out {
+                let size = format!("{data_len:08x}\r\n");
+                frame[..FRAME_HEADER_BYTES].copy_from_slice(size.as_bytes());
+                frame.extend_from_slice(b"\r\n");
+            }
+            let (res, back) = out.write_owned(std::mem::take(&mut frame)).await;
+            frame = back;
+            if res.is_err() {
+                break StreamEnd::ClientGone;
+            }
+        }
+        if source.done() {
+            break StreamEnd::Complete;
+        }
+        match conn
+            .read_more(STREAM_READ_BYTES * 4, w.limits.upstream_read_timeout)
+            .await
+        {
+            Ok(ReadOutcome::Data(_)) => {}
+            Ok(ReadOutcome::Eof) if matches!(source, Source::Close) => break StreamEnd::Complete,
+            Ok(ReadOutcome::Eof)
+            | Err(UpstreamIoError::Io(_) | UpstreamIoError::Timeout | UpstreamIoError::TooLarge) => {
+                break StreamEnd::UpstreamFailed
+            }
+        }
+    };
+
+    match end {
+        StreamEnd::Complete => {
+            w.stats.streams_completed.inc();
+            if head.keep_alive && !matches!(source, Source::Close) {
+                w.pool.borrow_mut().checkin(conn);
+            }
+            if !chunked_out {
+                return false;
+            }
+            out.wbuf.extend_from_slice(b"0\r\n\r\n");
+            out.flush().await.is_ok() && keep
+        }
+        StreamEnd::ClientGone => {
+            // The upstream connection is mid-response: drop it, never pool it.
+            w.stats.streams_client_aborted.inc();
+            false
+        }
+        StreamEnd::UpstreamFailed => {
+            w.stats.streams_upstream_aborted.inc();
+            log::warn!(
+                "request {}: the upstream {} cut the stream short",
+                rid.as_str(),
+                target.host_header
+            );
+            // Tell the client in the stream itself (the OpenAI SDKs raise on an
+            // `error` event), then end the body properly.
+            let event = b"data: {\"error\":{\"message\":\"the upstream ended the stream early\",\"type\":\"upstream_error\",\"param\":null,\"code\":\"upstream_stream_cut\"}}\n\n";
+            if chunked_out {
+                crate::http::chunked::write_chunk_header(out.wbuf, event.len());
+                out.wbuf.extend_from_slice(event);
+                out.wbuf.extend_from_slice(b"\r\n0\r\n\r\n");
+            } else {
+                out.wbuf.extend_from_slice(event);
+            }
+            out.flush().await.is_ok() && keep && chunked_out
+        }
+    }
+}

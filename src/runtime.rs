@@ -1,0 +1,409 @@
+//! Start-up, workers, signals and shutdown: how the threads are laid out.
+//!
+//! One monoio runtime per worker thread, pinned to a core, each with its own
+//! SO_REUSEPORT listener, upstream pool and counters. The main thread only
+//! handles signals (reload on SIGHUP, drain on SIGTERM/SIGINT); a control
+//! thread serves /metrics and health; a resolver thread refreshes addresses.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use monoio::net::{ListenerOpts, TcpListener};
+
+use crate::catalog::{Catalog, CatalogHandle};
+use crate::config::{Config, IoDriverChoice};
+use crate::limits::ACCEPT_POLL_INTERVAL;
+use crate::metrics::{DriverKind, Registry, WorkerStats};
+use crate::proxy::{serve_connection, Worker};
+use crate::upstream::resolver::Resolver;
+
+/// What a worker thread needs to start.
+#[derive(Clone)]
+struct WorkerSeed {
+    id: usize,
+    listen: SocketAddr,
+    driver: IoDriverChoice,
+    pin: bool,
+    uring_entries: u32,
+    catalog: CatalogHandle,
+    limits: crate::limits::Limits,
+    stats: Arc<WorkerStats>,
+    resolver: Arc<Resolver>,
+    tls: Arc<rustls::ClientConfig>,
+    shutdown: Arc<AtomicBool>,
+    id_salt: u64,
+}
+
+/// A handle to a running gateway.
+pub struct Gateway {
+    pub config: Config,
+    pub catalog: CatalogHandle,
+    pub resolver: Arc<Resolver>,
+    pub registry: Arc<Registry>,
+    shutdown: Arc<AtomicBool>,
+    stop_workers: Vec<futures_channel::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// The data-plane address actually bound (port 0 resolved).
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+}
+
+fn random_salt() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+    {
+        return u64::from_le_bytes(b);
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+fn upstream_hosts(config: &Config) -> Vec<String> {
+    config
+        .providers
+        .iter()
+        .filter_map(|p| p.upstream.as_ref().map(|u| u.host.clone()))
+        .collect()
+}
+
+impl Gateway {
+    /// Starts every thread; returns once all listeners are bound.
+    pub fn start(config: Config) -> anyhow::Result<Gateway> {
+        let catalog = CatalogHandle::new(Catalog::from_config(&config, 1));
+        let resolver = Resolver::new();
+        resolver.set_hosts(upstream_hosts(&config));
+        resolver
+            .spawn_refresher(config.server.dns_refresh)
+            .context("starting the resolver thread")?;
+        let tls = crate::upstream::tls::client_config(config.server.tls_roots)?;
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let id_salt = random_salt();
+
+        // Bind once here so that port 0 resolves to one port all workers share.
+        let listen = {
+            let probe = std::net::TcpListener::bind(config.server.listen)
+                .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+            let addr = probe.local_addr()?;
+            drop(probe);
+            addr
+        };
+
+        let mut stats = Vec::new();
+        let mut threads = Vec::new();
+        let mut stop_workers = Vec::new();
+        let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<DriverKind, String>)>();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for id in 0..config.server.workers {
+            let s = Arc::new(WorkerStats::default());
+            stats.push(Arc::clone(&s));
+            let seed = WorkerSeed {
+                id,
+                listen,
+                driver: config.server.io_driver,
+                pin: config.server.pin_workers && config.server.workers <= cores,
+                uring_entries: config.server.uring_entries,
+                catalog: catalog.clone(),
+                limits: config.limits.clone(),
+                stats: s,
+                resolver: Arc::clone(&resolver),
+                tls: Arc::clone(&tls),
+                shutdown: Arc::clone(&shutdown),
+                id_salt,
+            };
+            let (stop_tx, stop_rx) = futures_channel::oneshot::channel();
+            stop_workers.push(stop_tx);
+            let ready = ready_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("bursar-worker-{id}"))
+                .spawn(move || worker_thread(seed, stop_rx, ready))
+                .context("spawning a worker thread")?;
+            threads.push(handle);
+        }
+        drop(ready_tx);
+        let mut drivers = Vec::new();
+        for _ in 0..config.server.workers {
+            let (id, res) = ready_rx
+                .recv_timeout(Duration::from_secs(30))
+                .context("a worker did not start")?;
+            match res {
+                Ok(d) => drivers.push(d),
+                Err(e) => {
+                    shutdown.store(true, Ordering::SeqCst);
+                    anyhow::bail!("worker {id} failed to start: {e}");
+                }
+            }
+        }
+
+        let catalog_for_metrics = catalog.clone();
+        let registry = Arc::new(Registry {
+            workers: stats,
+            started: Instant::now(),
+            catalog_version: Box::new(move || catalog_for_metrics.load().version),
+        });
+        let admin_listen = match config.server.admin_listen {
+            Some(addr) => Some(crate::control::start(
+                addr,
+                Arc::clone(&registry),
+                config.limits.clone(),
+            )?),
+            None => None,
+        };
+        log::info!(
+            "bursar {} listening on {} with {} workers, I/O driver {}{}",
+            env!("CARGO_PKG_VERSION"),
+            listen,
+            config.server.workers,
+            registry.driver(),
+            admin_listen.map_or(String::new(), |a| format!("; control plane on {a}"))
+        );
+        if drivers.contains(&DriverKind::Legacy) && config.server.io_driver == IoDriverChoice::Auto
+        {
+            log::warn!("io_uring is unavailable here (kernel or seccomp); running on the legacy epoll driver");
+        }
+        Ok(Gateway {
+            config,
+            catalog,
+            resolver,
+            registry,
+            shutdown,
+            stop_workers,
+            threads,
+            listen,
+            admin_listen,
+        })
+    }
+
+    /// Reloads the catalog from the config file. Settings that need a restart
+    /// are reported and left as they are.
+    pub fn reload(&mut self) {
+        let Some(path) = self.config.source.clone() else {
+            log::info!("SIGHUP: running on the built-in default; nothing to reload");
+            return;
+        };
+        match Config::load(&path) {
+            Ok(next) => {
+                if next.server != self.config.server || next.limits != self.config.limits {
+                    log::warn!(
+                        "reload: [server] and [limits] changes take effect only after a restart; \
+                         providers and keys are reloaded now"
+                    );
+                }
+                self.resolver.set_hosts(upstream_hosts(&next));
+                let version = self.catalog.publish(&next);
+                log::info!(
+                    "reloaded {}: catalog version {version}, {} providers, {} keys",
+                    path.display(),
+                    next.providers.len(),
+                    next.keys.len()
+                );
+                let server = self.config.server.clone();
+                let limits = self.config.limits.clone();
+                self.config = Config {
+                    server,
+                    limits,
+                    ..next
+                };
+            }
+            Err(e) => log::error!(
+                "reload of {} refused, keeping the running config: {e}",
+                path.display()
+            ),
+        }
+    }
+
+    /// Stops accepting, waits up to the drain timeout for in-flight requests.
+    pub fn shutdown(mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        for tx in self.stop_workers.drain(..) {
+            let _ = tx.send(());
+        }
+        let deadline = Instant::now() + self.config.server.shutdown_drain_timeout;
+        loop {
+            let inflight: i64 = self
+                .registry
+                .workers
+                .iter()
+                .map(|w| w.requests_inflight.get())
+                .sum();
+            if inflight <= 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                log::warn!("shutdown: {inflight} requests still in flight at the drain deadline");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        log::info!("shutdown complete");
+        drop(self.threads);
+    }
+
+    /// Runs until SIGTERM or SIGINT; reloads on SIGHUP.
+    pub fn run_until_signalled(mut self) -> anyhow::Result<()> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        for sig in signals.forever() {
+            match sig {
+                SIGHUP => {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                    self.reload();
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                }
+                _ => {
+                    log::info!("signal {sig}: draining");
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+                    break;
+                }
+            }
+        }
+        self.shutdown();
+        Ok(())
+    }
+}
+
+fn worker_thread(
+    seed: WorkerSeed,
+    stop: futures_channel::oneshot::Receiver<()>,
+    ready: mpsc::Sender<(usize, Result<DriverKind, String>)>,
+) {
+    if seed.pin {
+        if let Err(e) = monoio::utils::bind_to_cpu_set([seed.id]) {
+            log::warn!("worker {}: cannot pin to core {}: {e:?}", seed.id, seed.id);
+        }
+    }
+    let id = seed.id;
+    let want_uring = match seed.driver {
+        IoDriverChoice::Legacy => false,
+        IoDriverChoice::IoUring => true,
+        IoDriverChoice::Auto => monoio::utils::detect_uring(),
+    };
+    let mut stop = Some(stop);
+    if want_uring {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(seed.uring_entries)
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => {
+                seed.stats.set_driver(DriverKind::IoUring);
+                let stop = stop
+                    .take()
+                    .unwrap_or_else(|| futures_channel::oneshot::channel().1);
+                rt.block_on(worker_main(seed, stop, ready, DriverKind::IoUring));
+                return;
+            }
+            Err(e) if seed.driver == IoDriverChoice::IoUring => {
+                let _ = ready.send((id, Err(format!("io_uring runtime: {e}"))));
+                return;
+            }
+            Err(e) => {
+                log::warn!("worker {id}: io_uring runtime failed ({e}); using the legacy driver")
+            }
+        }
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
+        Ok(mut rt) => {
+            seed.stats.set_driver(DriverKind::Legacy);
+            let stop = stop
+                .take()
+                .unwrap_or_else(|| futures_channel::oneshot::channel().1);
+            rt.block_on(worker_main(seed, stop, ready, DriverKind::Legacy));
+        }
+        Err(e) => {
+            let _ = ready.send((id, Err(format!("legacy runtime: {e}"))));
+        }
+    }
+}
+
+async fn worker_main(
+    seed: WorkerSeed,
+    mut stop: futures_channel::oneshot::Receiver<()>,
+    ready: mpsc::Sender<(usize, Result<DriverKind, String>)>,
+    driver: DriverKind,
+) {
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(4096);
+    let listener = match TcpListener::bind_with_config(seed.listen, &opts) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send((
+                seed.id,
+                Err(format!("cannot listen on {}: {e}", seed.listen)),
+            ));
+            return;
+        }
+    };
+    let max_conns = seed.limits.connections_per_worker_max as i64;
+    let worker = Rc::new(Worker::new(
+        seed.id,
+        seed.catalog,
+        seed.limits,
+        Arc::clone(&seed.stats),
+        seed.resolver,
+        seed.tls,
+        seed.shutdown,
+        seed.id_salt,
+    ));
+    let _ = ready.send((seed.id, Ok(driver)));
+
+    // Housekeeping: expire idle upstream connections.
+    let housekeeper = Rc::clone(&worker);
+    monoio::spawn(async move {
+        while !housekeeper.draining() {
+            monoio::time::sleep(ACCEPT_POLL_INTERVAL * 5).await;
+            let mut pool = housekeeper.pool.borrow_mut();
+            pool.evict_expired();
+            housekeeper.stats.pool_idle.set(pool.idle_count() as i64);
+        }
+    });
+
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = &mut stop => break,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                let stats = &worker.stats;
+                if stats.connections_active.get() >= max_conns {
+                    stats.connections_refused.inc();
+                    drop(stream);
+                    continue;
+                }
+                stats.connections_accepted.inc();
+                stats.connections_active.add(1);
+                let w = Rc::clone(&worker);
+                monoio::spawn(async move {
+                    serve_connection(Rc::clone(&w), stream).await;
+                    w.stats.connections_active.add(-1);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                log::warn!("worker {}: accept failed: {e}", worker.id);
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    // Let in-flight connections finish; the main thread bounds the wait.
+    while worker.stats.connections_active.get() > 0 {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,365 @@
+//! Test support: start the real `bursar` binary and the real mock upstream
+//! (`bursar-load mock`) on free loopback ports, and talk HTTP/1.1 to them over
+//! plain sockets so every byte on the wire is under the test's control.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_bursar")).parent().unwrap().to_path_buf()
+}
+
+/// A fresh directory under the target dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = bin_dir().join("test-tmp").join(format!("{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on {addr}");
+}
+
+/// The mock upstream, killed on drop.
+pub struct Mock {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Mock {
+    pub fn start(extra: &[&str]) -> Mock {
+        let exe = bin_dir().join("bursar-load");
+        assert!(
+            exe.exists(),
+            "{} is missing: build the workspace first (cargo build --workspace)",
+            exe.display()
+        );
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut child = Command::new(exe)
+            .args(["mock", "--listen", &addr.to_string(), "--quiet"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start bursar-load mock");
+        wait_for_port(addr, &mut child, "the mock upstream");
+        Mock { child, addr }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running gateway, killed on drop.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+}
+
+impl Gateway {
+    /// Starts `bursar serve` on `config` (TOML without [server] listen
+    /// addresses; the test picks free ports) with extra CLI arguments.
+    pub fn start(config: &str, extra: &[&str]) -> Gateway {
+        let dir = TempDir::new("gw");
+        let port = free_port();
+        let admin_port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+        let config_path = dir.0.join("bursar.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bursar"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .args(["--listen", &addr.to_string(), "--admin-listen", &admin.to_string()])
+            .args(extra)
+            .current_dir(&dir.0)
+            .env("BURSAR_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start bursar");
+        // The control plane starts only after every worker has bound the data
+        // port, so waiting on it alone leaves the data plane's counters clean.
+        wait_for_port(admin, &mut child, "bursar's control plane");
+        Gateway {
+            child,
+            addr,
+            admin,
+            dir,
+            config_path,
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    pub fn metrics(&self) -> String {
+        let mut c = Client::connect(self.admin);
+        let r = c.request("GET", "/metrics", &[], b"");
+        assert_eq!(r.status, 200);
+        r.text()
+    }
+
+    /// The sum over workers of a per-worker metric.
+    pub fn metric_sum(&self, name: &str) -> u64 {
+        per_worker(&self.metrics(), name).iter().sum()
+    }
+}
+
+/// Values of `name{worker="i"}` lines, in order.
+pub fn per_worker(metrics: &str, name: &str) -> Vec<u64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{worker=")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// For chunked bodies: each chunk's payload as received.
+    pub chunks: Vec<Vec<u8>>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    /// The OpenAI error code of an error response.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
+    }
+}
+
+/// A keep-alive HTTP/1.1 client over one socket.
+pub struct Client {
+    pub reader: BufReader<TcpStream>,
+    pub addr: SocketAddr,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client {
+            reader: BufReader::new(s),
+            addr,
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).unwrap();
+    }
+
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        self.send_raw(&format_request(method, path, headers, body));
+        self.read_response().expect("a response")
+    }
+
+    /// POSTs JSON with a bearer key.
+    pub fn post(&mut self, path: &str, key: &str, body: &str, headers: &[(&str, &str)]) -> Response {
+        let auth = format!("Bearer {key}");
+        let mut h = vec![("authorization", auth.as_str()), ("content-type", "application/json")];
+        h.extend_from_slice(headers);
+        self.request("POST", path, &h, body.as_bytes())
+    }
+
+    /// Reads one response; `None` on a clean close before any byte.
+    pub fn read_response(&mut self) -> Option<Response> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let status: u16 = line.split(' ').nth(1)?.parse().ok()?;
+        let mut headers = Vec::new();
+        loop {
+            let mut l = String::new();
+            self.reader.read_line(&mut l).ok()?;
+            let l = l.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (n, v) = l.split_once(':')?;
+            headers.push((n.trim().to_string(), v.trim().to_string()));
+        }
+        let mut resp = Response {
+            status,
+            headers,
+            body: Vec::new(),
+            chunks: Vec::new(),
+        };
+        if status == 100 {
+            return self.read_response();
+        }
+        if let Some(n) = resp.header("content-length") {
+            let n: usize = n.parse().ok()?;
+            resp.body.resize(n, 0);
+            self.reader.read_exact(&mut resp.body).ok()?;
+        } else if resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size).ok()?;
+                let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+                if n == 0 {
+                    let mut end = String::new();
+                    self.reader.read_line(&mut end).ok()?;
+                    break;
+                }
+                let mut chunk = vec![0; n];
+                self.reader.read_exact(&mut chunk).ok()?;
+                let mut crlf = [0; 2];
+                self.reader.read_exact(&mut crlf).ok()?;
+                resp.body.extend_from_slice(&chunk);
+                resp.chunks.push(chunk);
+            }
+        } else {
+            self.reader.read_to_end(&mut resp.body).ok()?;
+        }
+        Some(resp)
+    }
+
+    /// True when the server has closed the connection (read gives EOF).
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+pub fn format_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nhost: test\r\n").into_bytes();
+    for (n, v) in headers {
+        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    if method != "GET" || !body.is_empty() {
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// Sends raw bytes on a fresh connection and reads one response.
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Response {
+    let mut c = Client::connect(addr);
+    c.send_raw(bytes);
+    c.read_response().expect("a response")
+}
+
+/// A config for one OpenAI-kind provider at `base_url` and two keys.
+pub fn proxy_config(base_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+workers = 2
+
+[[providers]]
+name = "local"
+kind = "openai"
+base_url = "{base_url}"
+api_key = "sk-upstream-secret"
+models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "o3-mini"]
+
+[[providers]]
+name = "inproc"
+kind = "mock"
+models = ["mock-model"]
+
+[[virtual_keys]]
+name = "demo"
+key = "sk-bursar-demo"
+allowed_models = ["*"]
+
+[[virtual_keys]]
+name = "mini-only"
+key = "sk-mini-only"
+allowed_models = ["gpt-4o-mini"]
+{extra}
+"#
+    )
+}
+
+pub const CHAT: &str = r#"{"model":"gpt-4o-mini","max_tokens":5,"messages":[{"role":"user","content":"hello there"}]}"#;
+pub const CHAT_STREAM: &str = r#"{"model":"gpt-4o-mini","stream":true,"max_tokens":5,"messages":[{"role":"user","content":"hello there"}]}"#;
+
+/// SSE `data:` payloads of a streamed body.
+pub fn sse_data(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|ev| {
+            ev.lines()
+                .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+                .map(|d| d.trim().to_string())
+        })
+        .collect()
+}

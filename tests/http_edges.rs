@@ -16,7 +16,8 @@ request_timeout = "1s"
 idle_timeout = "3s"
 "#;
 
-const MOCK_CHAT: &str = r#"{"model":"mock-model","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
+const MOCK_CHAT: &str =
+    r#"{"model":"mock-model","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
 
 fn gateway() -> Gateway {
     // The "local" provider points at a port nobody listens on.
@@ -27,9 +28,16 @@ fn gateway() -> Gateway {
 fn assert_openai_error(r: &Response, status: u16) {
     assert_eq!(r.status, status, "{}", r.text());
     let v = r.json();
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
     assert!(v["error"]["type"].is_string(), "{v}");
-    assert!(r.header("x-request-id").is_some_and(|id| id.starts_with("req_")));
+    assert!(r
+        .header("x-request-id")
+        .is_some_and(|id| id.starts_with("req_")));
 }
 
 #[test]
@@ -83,9 +91,14 @@ fn every_framing_error_has_its_status_and_an_openai_body() {
     for (name, bytes, status) in cases {
         let mut c = Client::connect(gw.addr);
         c.send_raw(&bytes);
-        let r = c.read_response().unwrap_or_else(|| panic!("{name}: no response"));
+        let r = c
+            .read_response()
+            .unwrap_or_else(|| panic!("{name}: no response"));
         assert_openai_error(&r, status);
-        assert!(c.is_closed(), "{name}: the connection must close after a framing error");
+        assert!(
+            c.is_closed(),
+            "{name}: the connection must close after a framing error"
+        );
     }
 }
 
@@ -93,7 +106,14 @@ fn every_framing_error_has_its_status_and_an_openai_body() {
 fn malformed_json_and_bad_bodies_are_400() {
     let gw = gateway();
     let mut c = Client::connect(gw.addr);
-    for body in ["{", "[]", "not json", r#"{"messages":[]}"#, r#"{"model":42}"#, ""] {
+    for body in [
+        "{",
+        "[]",
+        "not json",
+        r#"{"messages":[]}"#,
+        r#"{"model":42}"#,
+        "",
+    ] {
         let r = c.post("/v1/chat/completions", "sk-bursar-demo", body, &[]);
         assert_openai_error(&r, 400);
     }
@@ -114,11 +134,17 @@ fn slow_requests_get_408_and_idle_connections_close() {
     assert!(started.elapsed() < Duration::from_secs(10));
     // A body that never arrives in full: 408 as well.
     let mut c = Client::connect(gw.addr);
-    c.send_raw(b"POST /v1/chat/completions HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\n{\"model\"");
+    c.send_raw(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\n{\"model\"",
+    );
     assert_openai_error(&c.read_response().expect("a 408"), 408);
     // An idle keep-alive connection is closed silently after the idle timeout (3s).
     let mut c = Client::connect(gw.addr);
-    assert_eq!(c.post("/v1/chat/completions", "sk-bursar-demo", MOCK_CHAT, &[]).status, 200);
+    assert_eq!(
+        c.post("/v1/chat/completions", "sk-bursar-demo", MOCK_CHAT, &[])
+            .status,
+        200
+    );
     assert!(c.is_closed());
 }
 
@@ -133,7 +159,12 @@ fn auth_and_routing_errors() {
     assert_eq!(r.error_code(), "invalid_api_key");
     let r = c.post("/v1/chat/completions", "sk-mini-only", MOCK_CHAT, &[]);
     assert_openai_error(&r, 403);
-    let r = c.post("/v1/chat/completions", "sk-bursar-demo", r#"{"model":"nope","messages":[]}"#, &[]);
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-bursar-demo",
+        r#"{"model":"nope","messages":[]}"#,
+        &[],
+    );
     assert_openai_error(&r, 404);
     assert_eq!(r.error_code(), "model_not_found");
     let r = c.request("GET", "/v1/chat/completions", &[], b"");
@@ -141,7 +172,11 @@ fn auth_and_routing_errors() {
     let r = c.request("GET", "/v2/whatever", &[], b"");
     assert_openai_error(&r, 404);
     // Still the same connection.
-    assert_eq!(c.post("/v1/chat/completions", "sk-bursar-demo", MOCK_CHAT, &[]).status, 200);
+    assert_eq!(
+        c.post("/v1/chat/completions", "sk-bursar-demo", MOCK_CHAT, &[])
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -179,7 +214,9 @@ fn pipelined_requests_are_answered_in_order() {
     let mut c = Client::connect(gw.addr);
     let mut all = Vec::new();
     for n in 1..=5 {
-        let body = format!(r#"{{"model":"mock-model","max_tokens":{n},"messages":[{{"role":"user","content":"x"}}]}}"#);
+        let body = format!(
+            r#"{{"model":"mock-model","max_tokens":{n},"messages":[{{"role":"user","content":"x"}}]}}"#
+        );
         all.extend(format_request(
             "POST",
             "/v1/chat/completions",
@@ -205,7 +242,10 @@ fn a_thousand_keep_alive_requests_on_one_connection() {
     for _ in 0..1000 {
         let r = c.post("/v1/chat/completions", "sk-bursar-demo", MOCK_CHAT, &[]);
         assert_eq!(r.status, 200);
-        assert!(ids.insert(r.header("x-request-id").unwrap().to_string()), "request ids are unique");
+        assert!(
+            ids.insert(r.header("x-request-id").unwrap().to_string()),
+            "request ids are unique"
+        );
     }
     // All of it on one data-plane connection (metrics are scraped on the control plane).
     assert_eq!(gw.metric_sum("bursar_connections_accepted_total"), 1);
@@ -235,7 +275,11 @@ fn upstream_down_is_502_in_openai_shape() {
     assert_openai_error(&r, 502);
     assert_eq!(r.error_code(), "upstream_unreachable");
     // The worker goes on serving.
-    assert_eq!(c.post("/v1/chat/completions", "sk-bursar-demo", MOCK_CHAT, &[]).status, 200);
+    assert_eq!(
+        c.post("/v1/chat/completions", "sk-bursar-demo", MOCK_CHAT, &[])
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -247,7 +291,11 @@ fn concurrent_connections_reach_every_worker() {
             std::thread::spawn(move || {
                 let mut c = Client::connect(addr);
                 for _ in 0..20 {
-                    assert_eq!(c.post("/v1/chat/completions", "sk-bursar-demo", MOCK_CHAT, &[]).status, 200);
+                    assert_eq!(
+                        c.post("/v1/chat/completions", "sk-bursar-demo", MOCK_CHAT, &[])
+                            .status,
+                        200
+                    );
                 }
             })
         })
@@ -257,7 +305,10 @@ fn concurrent_connections_reach_every_worker() {
     }
     let per = per_worker(&gw.metrics(), "bursar_connections_accepted_total");
     assert_eq!(per.len(), 2);
-    assert!(per.iter().all(|&n| n > 0), "every worker accepted connections: {per:?}");
+    assert!(
+        per.iter().all(|&n| n > 0),
+        "every worker accepted connections: {per:?}"
+    );
     let ok: u64 = gw
         .metrics()
         .lines()
@@ -273,7 +324,11 @@ fn the_legacy_driver_can_be_forced_and_serves() {
     let gw = Gateway::start(&proxy_config(&down, ""), &["--io-driver", "legacy"]);
     let mut c = Client::connect(gw.addr);
     for _ in 0..50 {
-        assert_eq!(c.post("/v1/chat/completions", "sk-bursar-demo", MOCK_CHAT, &[]).status, 200);
+        assert_eq!(
+            c.post("/v1/chat/completions", "sk-bursar-demo", MOCK_CHAT, &[])
+                .status,
+            200
+        );
     }
     let m = gw.metrics();
     assert!(m.contains("io_driver=\"legacy\""), "{m}");
@@ -285,7 +340,10 @@ fn the_default_driver_is_io_uring_here() {
     // This machine kind has io_uring; `auto` must pick it and say so.
     let gw = gateway();
     let m = gw.metrics();
-    assert!(m.contains("bursar_io_driver{worker=\"0\",driver=\"io_uring\"} 1"), "{m}");
+    assert!(
+        m.contains("bursar_io_driver{worker=\"0\",driver=\"io_uring\"} 1"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -298,13 +356,21 @@ fn check_config_validates_files() {
         .arg(&good)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 
     let bad = dir.0.join("bad.toml");
     let mut f = std::fs::File::create(&bad).unwrap();
-    f.write_all(proxy_config("http://127.0.0.1:9/v1", "").replace("kind = \"openai\"", "kind = \"openia\"").as_bytes())
-        .unwrap();
+    f.write_all(
+        proxy_config("http://127.0.0.1:9/v1", "")
+            .replace("kind = \"openai\"", "kind = \"openia\"")
+            .as_bytes(),
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bursar"))
         .args(["check-config", "--config"])
         .arg(&bad)
@@ -312,14 +378,21 @@ fn check_config_validates_files() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("providers[0]") && err.contains("openia"), "{err}");
+    assert!(
+        err.contains("providers[0]") && err.contains("openia"),
+        "{err}"
+    );
 }
 
 #[test]
 fn sighup_reloads_keys_without_dropping_connections() {
     let gw = gateway();
     let mut c = Client::connect(gw.addr);
-    assert_eq!(c.post("/v1/chat/completions", "sk-new-key-123", MOCK_CHAT, &[]).status, 401);
+    assert_eq!(
+        c.post("/v1/chat/completions", "sk-new-key-123", MOCK_CHAT, &[])
+            .status,
+        401
+    );
     let next = std::fs::read_to_string(&gw.config_path).unwrap()
         + "\n[[virtual_keys]]\nname = \"new\"\nkey = \"sk-new-key-123\"\n";
     std::fs::write(&gw.config_path, next).unwrap();
@@ -338,5 +411,9 @@ fn sighup_reloads_keys_without_dropping_connections() {
     std::fs::write(&gw.config_path, "this is not toml [").unwrap();
     gw.signal("HUP");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(c.post("/v1/chat/completions", "sk-new-key-123", MOCK_CHAT, &[]).status, 200);
+    assert_eq!(
+        c.post("/v1/chat/completions", "sk-new-key-123", MOCK_CHAT, &[])
+            .status,
+        200
+    );
 }

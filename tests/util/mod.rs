@@ -10,11 +10,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_bursar")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_BIN_EXE_bursar"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A fresh directory under the target dir, removed on drop.
@@ -24,7 +31,9 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let dir = bin_dir().join("test-tmp").join(format!("{tag}-{}-{n}", std::process::id()));
+        let dir = bin_dir()
+            .join("test-tmp")
+            .join(format!("{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
@@ -113,7 +122,12 @@ impl Gateway {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bursar"))
             .args(["serve", "--config"])
             .arg(&config_path)
-            .args(["--listen", &addr.to_string(), "--admin-listen", &admin.to_string()])
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
             .args(extra)
             .current_dir(&dir.0)
             .env("BURSAR_LOG", "warn")
@@ -197,7 +211,10 @@ impl Response {
     }
     /// The OpenAI error code of an error response.
     pub fn error_code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 }
 
@@ -222,15 +239,30 @@ impl Client {
         self.reader.get_mut().write_all(bytes).unwrap();
     }
 
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         self.send_raw(&format_request(method, path, headers, body));
         self.read_response().expect("a response")
     }
 
     /// POSTs JSON with a bearer key.
-    pub fn post(&mut self, path: &str, key: &str, body: &str, headers: &[(&str, &str)]) -> Response {
+    pub fn post(
+        &mut self,
+        path: &str,
+        key: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Response {
         let auth = format!("Bearer {key}");
-        let mut h = vec![("authorization", auth.as_str()), ("content-type", "application/json")];
+        let mut h = vec![
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
         h.extend_from_slice(headers);
         self.request("POST", path, &h, body.as_bytes())
     }
@@ -266,7 +298,10 @@ impl Client {
             let n: usize = n.parse().ok()?;
             resp.body.resize(n, 0);
             self.reader.read_exact(&mut resp.body).ok()?;
-        } else if resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        } else if resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
             loop {
                 let mut size = String::new();
                 self.reader.read_line(&mut size).ok()?;

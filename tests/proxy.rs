@@ -1,0 +1,400 @@
+//! The data plane end to end: the real gateway in front of the real mock
+//! upstream (`bursar-load mock`), over real sockets.
+
+mod util;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+use util::*;
+
+fn setup(extra: &str) -> (Mock, Gateway) {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&proxy_config(&mock.base_url(), extra), &[]);
+    (mock, gw)
+}
+
+#[test]
+fn chat_completions_pass_through_with_usage_and_request_id() {
+    let (_mock, gw) = setup("");
+    let mut c = Client::connect(gw.addr);
+    let r = c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "gpt-4o-mini");
+    // The mock's documented rule: 3 + (3 + words) per message; 5 completion words.
+    assert_eq!(v["usage"]["prompt_tokens"], 3 + 3 + 2);
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    assert_eq!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .count(),
+        5
+    );
+    let id = r.header("x-request-id").unwrap();
+    assert!(id.starts_with("req_") && id.len() == 32, "{id}");
+}
+
+#[test]
+fn the_upstream_sees_the_provider_key_and_our_request_id_never_the_virtual_key() {
+    let (mock, gw) = setup("");
+    let mut c = Client::connect(gw.addr);
+    let r = c.post(
+        "/v1/chat/completions?trace=1",
+        "sk-bursar-demo",
+        CHAT,
+        &[("x-bursar-tags", "a=b"), ("openai-organization", "org-1")],
+    );
+    assert_eq!(r.status, 200);
+    let mut m = Client::connect(mock.addr);
+    let seen = m.request("GET", "/v1/_mock/last-request", &[], b"").json();
+    let headers = &seen["headers"];
+    assert_eq!(
+        headers["authorization"], "Bearer sk-upstream-secret",
+        "{seen}"
+    );
+    assert_eq!(headers["x-request-id"], r.header("x-request-id").unwrap());
+    assert_eq!(headers["openai-organization"], "org-1");
+    assert!(headers.get("x-bursar-tags").is_none());
+    assert!(!seen.to_string().contains("sk-bursar-demo"));
+    assert_eq!(
+        seen["body"],
+        serde_json::from_str::<serde_json::Value>(CHAT).unwrap(),
+        "the body passes through"
+    );
+    assert!(seen["path"]
+        .as_str()
+        .unwrap()
+        .starts_with("/v1/chat/completions"));
+}
+
+#[test]
+fn every_endpoint_streamed_and_not() {
+    let (_mock, gw) = setup("");
+    let mut c = Client::connect(gw.addr);
+    let r = c.post(
+        "/v1/completions",
+        "sk-bursar-demo",
+        r#"{"model":"gpt-4o-mini","prompt":"one two three","max_tokens":4}"#,
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["usage"]["prompt_tokens"], 3);
+    let r = c.post(
+        "/v1/embeddings",
+        "sk-bursar-demo",
+        r#"{"model":"text-embedding-3-small","input":["a b","c"]}"#,
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 2);
+    let r = c.post(
+        "/v1/responses",
+        "sk-bursar-demo",
+        r#"{"model":"gpt-4o-mini","input":"say hi","max_output_tokens":3}"#,
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["usage"]["output_tokens"], 3);
+
+    let r = c.post("/v1/chat/completions", "sk-bursar-demo", CHAT_STREAM, &[]);
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let data = sse_data(&r.body);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    assert!(
+        !data.iter().any(|d| d.contains("\"usage\":{")),
+        "no usage unless asked"
+    );
+    let with_usage = CHAT_STREAM.replace(
+        "\"stream\":true",
+        "\"stream\":true,\"stream_options\":{\"include_usage\":true}",
+    );
+    let r = c.post("/v1/chat/completions", "sk-bursar-demo", &with_usage, &[]);
+    let data = sse_data(&r.body);
+    let usage: serde_json::Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+
+    let r = c.post(
+        "/v1/responses",
+        "sk-bursar-demo",
+        r#"{"model":"gpt-4o-mini","input":"hi","stream":true}"#,
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("response.completed"));
+    let r = c.post(
+        "/v1/completions",
+        "sk-bursar-demo",
+        r#"{"model":"gpt-4o-mini","prompt":"x","stream":true}"#,
+        &[],
+    );
+    assert_eq!(sse_data(&r.body).last().unwrap(), "[DONE]");
+}
+
+#[test]
+fn streams_are_relayed_chunk_by_chunk_as_they_arrive() {
+    let (_mock, gw) = setup("");
+    let mut c = Client::connect(gw.addr);
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"max_tokens":6,"messages":[{"role":"user","content":"hi"}]}"#;
+    let req = format_request(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("authorization", "Bearer sk-bursar-demo"),
+            ("x-mock-stream-interval-ms", "150"),
+        ],
+        body.as_bytes(),
+    );
+    let started = Instant::now();
+    c.send_raw(&req);
+    // The head and the first event arrive long before the stream ends (~1.2 s).
+    let mut first = [0u8; 64];
+    c.reader.get_mut().read_exact(&mut first).unwrap();
+    let first_at = started.elapsed();
+    let mut rest = Vec::new();
+    let _ = c
+        .reader
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&rest).contains("[DONE]") {
+        let n = c.reader.get_mut().read(&mut buf).unwrap();
+        assert!(n > 0);
+        rest.extend_from_slice(&buf[..n]);
+    }
+    let total = started.elapsed();
+    assert!(
+        total >= Duration::from_millis(900),
+        "paced stream took {total:?}"
+    );
+    assert!(
+        first_at * 3 < total,
+        "first bytes at {first_at:?} of {total:?}: the stream was buffered"
+    );
+}
+
+#[test]
+fn upstream_errors_pass_through_and_timeouts_are_504() {
+    let (_mock, gw) = setup("[limits]\nupstream_read_timeout = \"500ms\"\n");
+    let mut c = Client::connect(gw.addr);
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-bursar-demo",
+        CHAT,
+        &[("x-mock-status", "500")],
+    );
+    assert_eq!(r.status, 500);
+    assert!(r.json()["error"].is_object());
+    assert!(r.header("x-request-id").is_some());
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-bursar-demo",
+        CHAT,
+        &[("x-mock-status", "429")],
+    );
+    assert_eq!(r.status, 429);
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-bursar-demo",
+        CHAT,
+        &[("x-mock-delay-ms", "2000")],
+    );
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.error_code(), "upstream_timeout");
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-bursar-demo",
+        CHAT,
+        &[("x-mock-reset-after", "0")],
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(
+        c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &[])
+            .status,
+        200
+    );
+    assert!(gw.metric_sum("bursar_upstream_timeouts_total") >= 1);
+}
+
+#[test]
+fn an_upstream_reset_mid_stream_ends_the_stream_with_an_error_event() {
+    let (_mock, gw) = setup("");
+    let mut c = Client::connect(gw.addr);
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-bursar-demo",
+        CHAT_STREAM,
+        &[("x-mock-reset-after", "2")],
+    );
+    assert_eq!(r.status, 200);
+    let data = sse_data(&r.body);
+    assert!(data.len() >= 2, "{data:?}");
+    let last: serde_json::Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_stream_cut");
+    // The client connection is intact and the worker goes on.
+    assert_eq!(
+        c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &[])
+            .status,
+        200
+    );
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-bursar-demo",
+        CHAT_STREAM,
+        &[("x-mock-close-after", "1")],
+    );
+    assert!(r.text().contains("upstream_stream_cut"));
+    assert_eq!(gw.metric_sum("bursar_streams_upstream_aborted_total"), 2);
+}
+
+#[test]
+fn a_client_leaving_mid_stream_does_not_disturb_the_worker() {
+    let (_mock, gw) = setup("");
+    for _ in 0..4 {
+        let mut c = Client::connect(gw.addr);
+        let body = r#"{"model":"gpt-4o-mini","stream":true,"max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+        c.send_raw(&format_request(
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("authorization", "Bearer sk-bursar-demo"),
+                ("x-mock-stream-interval-ms", "20"),
+            ],
+            body.as_bytes(),
+        ));
+        let mut some = [0u8; 300];
+        c.reader.get_mut().read_exact(&mut some).unwrap();
+        drop(c); // leave mid-stream
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.metric_sum("bursar_streams_client_aborted_total") < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "aborts not noticed: {}",
+            gw.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = Client::connect(gw.addr);
+    for _ in 0..20 {
+        assert_eq!(
+            c.post("/v1/chat/completions", "sk-bursar-demo", CHAT_STREAM, &[])
+                .status,
+            200
+        );
+    }
+    assert_eq!(gw.metric_sum("bursar_requests_inflight"), 0);
+}
+
+#[test]
+fn upstream_connections_are_pooled_and_stale_ones_retried() {
+    let (mock, gw) = setup("");
+    let mut c = Client::connect(gw.addr);
+    for _ in 0..20 {
+        assert_eq!(
+            c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &[])
+                .status,
+            200
+        );
+    }
+    let connects = gw.metric_sum("bursar_upstream_connects_total");
+    assert!(
+        connects <= 2,
+        "20 sequential requests opened {connects} upstream connections"
+    );
+    assert!(gw.metric_sum("bursar_upstream_reuses_total") >= 18);
+    // Restart the upstream: pooled connections are now dead; requests still succeed.
+    let addr = mock.addr;
+    drop(mock);
+    let _mock2 = {
+        let mut child = std::process::Command::new(
+            std::path::Path::new(env!("CARGO_BIN_EXE_bursar"))
+                .parent()
+                .unwrap()
+                .join("bursar-load"),
+        )
+        .args(["mock", "--listen", &addr.to_string(), "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline);
+            assert!(child.try_wait().unwrap().is_none());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mock { child, addr }
+    };
+    for _ in 0..10 {
+        assert_eq!(
+            c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &[])
+                .status,
+            200
+        );
+    }
+}
+
+#[test]
+fn models_are_listed_per_key() {
+    let (_mock, gw) = setup("");
+    let mut c = Client::connect(gw.addr);
+    let r = c.request(
+        "GET",
+        "/v1/models",
+        &[("authorization", "Bearer sk-mini-only")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let ids: Vec<String> = r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["gpt-4o-mini"]);
+    let r = c.request(
+        "GET",
+        "/v1/models/gpt-4o",
+        &[("authorization", "Bearer sk-bursar-demo")],
+        b"",
+    );
+    assert_eq!(r.json()["id"], "gpt-4o");
+    let r = c.request(
+        "GET",
+        "/v1/models/gpt-4o",
+        &[("authorization", "Bearer sk-mini-only")],
+        b"",
+    );
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    let (_mock, gw) = setup("");
+    let addr = gw.addr;
+    let slow = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.post(
+            "/v1/chat/completions",
+            "sk-bursar-demo",
+            CHAT,
+            &[("x-mock-delay-ms", "800")],
+        )
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    gw.signal("TERM");
+    let r = slow.join().unwrap();
+    assert_eq!(
+        r.status, 200,
+        "the in-flight request completed during the drain"
+    );
+    let mut gw = gw;
+    let status = gw.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}

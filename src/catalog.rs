@@ -28,6 +28,19 @@ pub struct Provider {
     /// The full `Authorization` header value sent upstream, if any. Never logged.
     auth_header: Option<Box<str>>,
     pub models: Vec<String>,
+    /// This provider's own TLS connector when it trusts extra roots; `None`
+    /// uses the worker's default connector.
+    pub tls: Option<ProviderTls>,
+}
+
+/// A provider's own TLS connector (it trusts a private CA).
+#[derive(Clone)]
+pub struct ProviderTls(pub monoio_rustls::TlsConnector);
+
+impl std::fmt::Debug for ProviderTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProviderTls(private roots)")
+    }
 }
 
 impl Provider {
@@ -112,6 +125,7 @@ impl Catalog {
                     .as_ref()
                     .map(|k| format!("Bearer {}", k.expose()).into_boxed_str()),
                 models: p.models.clone(),
+                tls: provider_tls(config, p),
             });
         }
         let mut keys = Vec::with_capacity(config.keys.len());
@@ -173,6 +187,32 @@ impl Catalog {
     /// Whether `model` is listed exactly (not only served by the fallback).
     pub fn is_listed(&self, model: &str) -> bool {
         self.routes.contains_key(model)
+    }
+}
+
+fn provider_tls(config: &Config, p: &crate::config::ProviderConfig) -> Option<ProviderTls> {
+    if p.extra_roots.is_empty() {
+        return None;
+    }
+    match crate::upstream::tls::client_config_with(config.server.tls_roots, &p.extra_roots) {
+        Ok(c) => Some(ProviderTls(monoio_rustls::TlsConnector::from(c))),
+        Err(e) => {
+            // Validation already parsed the certificates; a failure here means
+            // the store refused one. Fail closed: no connector, no fallback to
+            // the default roots for a provider that asked for a private CA.
+            log::error!("provider {}: cannot build its TLS config: {e}", p.name);
+            Some(ProviderTls(monoio_rustls::TlsConnector::from(
+                std::sync::Arc::new(
+                    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .with_safe_default_protocol_versions()
+                    .ok()?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+                ),
+            )))
+        }
     }
 }
 

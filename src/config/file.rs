@@ -67,6 +67,9 @@ pub struct ProviderSection {
     pub base_url: Option<String>,
     pub api_key: Option<String>,
     pub api_key_env: Option<String>,
+    /// A PEM file of extra root certificates to trust for this provider's TLS
+    /// (a private CA), in addition to [server].tls_roots.
+    pub ca_file: Option<String>,
     /// Models this provider serves; "*" makes it the fallback for any model.
     #[serde(default)]
     pub models: Vec<String>,

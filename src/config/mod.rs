@@ -108,6 +108,8 @@ pub struct ProviderConfig {
     pub upstream: Option<UpstreamTarget>,
     pub api_key: Option<Secret>,
     pub models: Vec<String>,
+    /// Extra trusted roots (DER) from `ca_file`.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 #[derive(Debug, Clone)]
@@ -530,12 +532,37 @@ fn validate_provider(field: &str, p: &ProviderSection) -> Result<ProviderConfig,
             return Err(err(field, "api key contains control characters"));
         }
     }
+    let extra_roots = match &p.ca_file {
+        None => Vec::new(),
+        Some(path) => {
+            use rustls::pki_types::pem::PemObject;
+            if upstream.as_ref().is_none_or(|u| !u.tls) {
+                return Err(err(
+                    format!("{field}.ca_file"),
+                    "only an https base_url uses a CA file",
+                ));
+            }
+            let certs: Result<Vec<_>, _> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| err(format!("{field}.ca_file"), format!("{path}: {e}")))?
+                .collect();
+            let certs =
+                certs.map_err(|e| err(format!("{field}.ca_file"), format!("{path}: {e}")))?;
+            if certs.is_empty() {
+                return Err(err(
+                    format!("{field}.ca_file"),
+                    format!("{path} holds no PEM certificate"),
+                ));
+            }
+            certs
+        }
+    };
     Ok(ProviderConfig {
         name: p.name.clone(),
         kind,
         upstream,
         api_key,
         models: p.models.clone(),
+        extra_roots,
     })
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::route::Endpoint;
 use super::{RequestId, Worker};
+use crate::catalog::Provider;
 use crate::config::UpstreamTarget;
 use crate::error::ApiError;
 use crate::http::chunked::{ChunkError, ChunkedDecoder};
@@ -109,6 +110,7 @@ fn io_error(e: UpstreamIoError, target: &UpstreamTarget, when: &str) -> ApiError
 async fn exchange(
     w: &Worker,
     target: &Arc<UpstreamTarget>,
+    tls: &monoio_rustls::TlsConnector,
     request: Vec<u8>,
 ) -> Result<(UpstreamConn, UpstreamHead), ApiError> {
     let addr = w
@@ -140,13 +142,8 @@ async fn exchange(
             }
             None => {
                 w.stats.upstream_connects.inc();
-                crate::upstream::connect(
-                    &w.tls,
-                    key.clone(),
-                    target,
-                    limits.upstream_connect_timeout,
-                )
-                .await?
+                crate::upstream::connect(tls, key.clone(), target, limits.upstream_connect_timeout)
+                    .await?
             }
         };
         let (res, back) = conn.write_all(request, limits.upstream_read_timeout).await;
@@ -297,17 +294,28 @@ async fn read_body(
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
     w: &Worker,
-    target: &Arc<UpstreamTarget>,
-    auth: Option<&str>,
+    provider: &Provider,
     endpoint: Endpoint,
     req: &RequestView<'_>,
     out: &mut ClientOut<'_>,
     rid: &RequestId,
     keep: bool,
 ) -> Result<bool, ApiError> {
+    let target = provider
+        .upstream
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("an openai provider without an upstream"))?;
     let mut request = Vec::new();
-    build_request(&mut request, target, auth, endpoint, req, rid);
-    let (mut conn, head) = exchange(w, target, request).await?;
+    build_request(
+        &mut request,
+        target,
+        provider.auth_header(),
+        endpoint,
+        req,
+        rid,
+    );
+    let tls = provider.tls.as_ref().map_or(&w.tls, |t| &t.0);
+    let (mut conn, head) = exchange(w, target, tls, request).await?;
     conn.rbuf.drain(..head.head_len);
     let http10 = req.head.version_minor == 0;
     if head.event_stream {

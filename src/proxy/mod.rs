@@ -18,7 +18,7 @@ use std::sync::Arc;
 use monoio::net::TcpStream;
 use serde_json::json;
 
-use crate::catalog::CatalogHandle;
+use crate::catalog::{Catalog, CatalogHandle};
 use crate::config::ProviderKind;
 use crate::error::ApiError;
 use crate::http::response;
@@ -42,6 +42,9 @@ pub struct Worker {
     pub shutdown: Arc<AtomicBool>,
     ids: RequestIds,
     spin: Cell<usize>,
+    /// The catalog as this worker last saw it: cloning an `Rc` per request
+    /// keeps the shared `Arc` count (one cache line for all workers) cold.
+    catalog_cache: RefCell<Rc<Arc<Catalog>>>,
 }
 
 impl Worker {
@@ -59,7 +62,6 @@ impl Worker {
         let pool = Pool::new(limits.pool_idle_per_upstream_max, limits.pool_idle_timeout);
         Worker {
             id,
-            catalog,
             stats,
             resolver,
             pool: RefCell::new(pool),
@@ -67,8 +69,20 @@ impl Worker {
             shutdown,
             ids: RequestIds::new(id_salt, id),
             spin: Cell::new(id),
+            catalog_cache: RefCell::new(Rc::new(catalog.load_full())),
+            catalog,
             limits,
         }
+    }
+
+    /// The current catalog, to hold for a whole request (across awaits).
+    pub fn catalog(&self) -> Rc<Arc<Catalog>> {
+        let current = self.catalog.load();
+        let mut cached = self.catalog_cache.borrow_mut();
+        if !Arc::ptr_eq(&current, &**cached) {
+            *cached = Rc::new(Arc::clone(&current));
+        }
+        Rc::clone(&cached)
     }
 
     pub fn draining(&self) -> bool {
@@ -206,7 +220,7 @@ async fn proxy_api(
     rid: &RequestId,
     keep: bool,
 ) -> Result<bool, ApiError> {
-    let catalog = w.catalog.load();
+    let catalog = w.catalog();
     let key = admit::authenticate(&catalog, req)?;
     let probe = route::probe(req.body)?;
     let model = probe.model.as_deref().unwrap_or_default();
@@ -227,15 +241,7 @@ async fn proxy_api(
             let reply = mock::respond(endpoint, req.body, rid.as_str(), unix_now())?;
             Ok(send_mock(w, out, reply, rid, keep, req.head.version_minor == 0).await)
         }
-        ProviderKind::OpenAi => {
-            let target = provider
-                .upstream
-                .clone()
-                .ok_or_else(|| ApiError::internal("provider has no upstream"))?;
-            let auth = provider.auth_header().map(str::to_owned);
-            drop(catalog);
-            forward::forward(w, &target, auth.as_deref(), endpoint, req, out, rid, keep).await
-        }
+        ProviderKind::OpenAi => forward::forward(w, provider, endpoint, req, out, rid, keep).await,
     }
 }
 

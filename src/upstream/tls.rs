@@ -6,7 +6,18 @@ use std::sync::Arc;
 use crate::config::TlsRoots;
 
 pub fn client_config(roots: TlsRoots) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    client_config_with(roots, &[])
+}
+
+/// A client config trusting `roots` plus `extra` (a provider's private CA).
+pub fn client_config_with(
+    roots: TlsRoots,
+    extra: &[rustls::pki_types::CertificateDer<'static>],
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut store = rustls::RootCertStore::empty();
+    for cert in extra {
+        store.add(cert.clone())?;
+    }
     if matches!(roots, TlsRoots::Webpki | TlsRoots::Both) {
         store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }

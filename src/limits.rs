@@ -58,8 +58,11 @@ pub const UPSTREAM_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
 pub const POOL_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 pub const DNS_REFRESH_DEFAULT: Duration = Duration::from_secs(30);
 pub const SHUTDOWN_DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(15);
-/// How often an idle accept loop looks at the shutdown flag.
-pub const ACCEPT_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How often a worker publishes its overhead histogram and evicts idle
+/// upstream connections.
+pub const OVERHEAD_PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
+/// The overhead histogram's range: 1 ns to this, 3 significant digits.
+pub const OVERHEAD_NS_MAX: u64 = 60_000_000_000;
 
 /// Admin (control-plane) request bounds: small, it is a localhost API.
 pub const ADMIN_BODY_BYTES_MAX: usize = 1024 * 1024;

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
+use hdrhistogram::Histogram;
+
 /// A monotonically increasing counter with a single writer.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -90,6 +92,9 @@ pub struct WorkerStats {
     pub streams_client_aborted: Counter,
     pub streams_upstream_aborted: Counter,
     pub pool_idle: Gauge,
+    /// The worker's overhead histogram as last published (every
+    /// `OVERHEAD_PUBLISH_INTERVAL`); the worker's own copy is never shared.
+    overhead: arc_swap::ArcSwapOption<Histogram<u64>>,
 }
 
 impl WorkerStats {
@@ -99,6 +104,10 @@ impl WorkerStats {
     pub fn driver(&self) -> DriverKind {
         DriverKind::from_u8(self.driver.load(Relaxed))
     }
+    pub fn publish_overhead(&self, h: Histogram<u64>) {
+        self.overhead.store(Some(Arc::new(h)));
+    }
+
     #[inline]
     pub fn response(&self, status: u16) {
         let class = (status / 100) as usize;
@@ -106,6 +115,12 @@ impl WorkerStats {
             c.inc();
         }
     }
+}
+
+/// A fresh overhead histogram: nanoseconds, 1 ns to `OVERHEAD_NS_MAX`, 3 digits.
+pub fn overhead_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, crate::limits::OVERHEAD_NS_MAX, 3)
+        .expect("valid histogram bounds")
 }
 
 /// Everything /metrics shows.
@@ -127,9 +142,43 @@ impl Registry {
         }
     }
 
+    /// The workers' overhead histograms merged.
+    pub fn overhead(&self) -> Histogram<u64> {
+        let mut merged = overhead_histogram();
+        for w in &self.workers {
+            if let Some(h) = w.overhead.load_full() {
+                let _ = merged.add(&*h);
+            }
+        }
+        merged
+    }
+
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
+        let h = self.overhead();
+        let _ = writeln!(
+            out,
+            "# HELP bursar_overhead_seconds Internal overhead per forwarded request: request read to upstream write, plus upstream response to client write (new-connection time excluded).\n# TYPE bursar_overhead_seconds summary"
+        );
+        for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
+            let v = if q >= 1.0 {
+                h.max()
+            } else {
+                h.value_at_quantile(q)
+            };
+            let _ = writeln!(
+                out,
+                "bursar_overhead_seconds{{quantile=\"{q}\"}} {:.9}",
+                v as f64 / 1e9
+            );
+        }
+        let _ = writeln!(
+            out,
+            "bursar_overhead_seconds_sum {:.9}\nbursar_overhead_seconds_count {}",
+            h.mean() * h.len() as f64 / 1e9,
+            h.len()
+        );
         let _ = writeln!(
             out,
             "# HELP bursar_build_info Build and runtime facts.\n# TYPE bursar_build_info gauge\nbursar_build_info{{version=\"{}\",io_driver=\"{}\"}} 1",

@@ -17,7 +17,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::catalog::{Catalog, CatalogHandle};
 use crate::config::{Config, IoDriverChoice};
-use crate::limits::ACCEPT_POLL_INTERVAL;
+use crate::limits::OVERHEAD_PUBLISH_INTERVAL;
 use crate::metrics::{DriverKind, Registry, WorkerStats};
 use crate::proxy::{serve_connection, Worker};
 use crate::upstream::resolver::Resolver;
@@ -366,10 +366,12 @@ async fn worker_main(
     let housekeeper = Rc::clone(&worker);
     monoio::spawn(async move {
         while !housekeeper.draining() {
-            monoio::time::sleep(ACCEPT_POLL_INTERVAL * 5).await;
+            monoio::time::sleep(OVERHEAD_PUBLISH_INTERVAL).await;
             let mut pool = housekeeper.pool.borrow_mut();
             pool.evict_expired();
             housekeeper.stats.pool_idle.set(pool.idle_count() as i64);
+            drop(pool);
+            housekeeper.publish_overhead();
         }
     });
 

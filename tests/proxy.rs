@@ -398,3 +398,62 @@ fn sigterm_drains_in_flight_requests() {
     let status = gw.child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn internal_overhead_is_measured_per_forwarded_request() {
+    let (_mock, gw) = setup("");
+    let mut c = Client::connect(gw.addr);
+    for _ in 0..7 {
+        assert_eq!(
+            c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &[])
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        c.post("/v1/chat/completions", "sk-bursar-demo", CHAT_STREAM, &[])
+            .status,
+        200
+    );
+    // Not forwarded, so not counted: the in-process mock and a refusal.
+    assert_eq!(
+        c.post(
+            "/v1/chat/completions",
+            "sk-bursar-demo",
+            r#"{"model":"mock-model","messages":[]}"#,
+            &[]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        c.post("/v1/chat/completions", "sk-wrong", CHAT, &[]).status,
+        401
+    );
+    let count = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("bursar_overhead_seconds_count "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = gw.metrics();
+        if count(&m) == 8 {
+            let p50: f64 = m
+                .lines()
+                .find_map(|l| l.strip_prefix("bursar_overhead_seconds{quantile=\"0.5\"} "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(p50 > 0.0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "overhead count {} != 8:\n{m}",
+            count(&m)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -99,6 +99,8 @@ pub struct UpstreamTarget {
     pub base_path: String,
     /// The Host header value.
     pub host_header: String,
+    /// `host_header` shared, for pool keys (no allocation per request).
+    pub pool_host: std::sync::Arc<str>,
 }
 
 #[derive(Debug, Clone)]
@@ -608,6 +610,7 @@ pub fn parse_base_url(field: &str, text: &str) -> Result<UpstreamTarget, ConfigE
         host,
         port,
         base_path,
+        pool_host: std::sync::Arc::from(host_header.as_str()),
         host_header,
     })
 }

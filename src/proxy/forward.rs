@@ -3,6 +3,7 @@
 //! (`text/event-stream`) responses go on to [`super::stream`].
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::route::Endpoint;
 use super::{RequestId, Worker};
@@ -104,6 +105,19 @@ fn io_error(e: UpstreamIoError, target: &UpstreamTarget, when: &str) -> ApiError
     }
 }
 
+/// An upstream exchange up to the response head, with the instants the
+/// overhead histogram needs.
+struct Exchanged {
+    conn: UpstreamConn,
+    head: UpstreamHead,
+    /// Just before the request was written upstream.
+    sent_at: Instant,
+    /// Time spent opening new upstream connections (not gateway overhead).
+    connecting: Duration,
+    /// When the response head was complete.
+    head_at: Instant,
+}
+
 /// Sends the request and reads the response head, retrying once on a fresh
 /// connection when a pooled one turns out to be stale (closed or reset before
 /// a single response byte arrived).
@@ -112,7 +126,7 @@ async fn exchange(
     target: &Arc<UpstreamTarget>,
     tls: &monoio_rustls::TlsConnector,
     request: Vec<u8>,
-) -> Result<(UpstreamConn, UpstreamHead), ApiError> {
+) -> Result<Exchanged, ApiError> {
     let addr = w
         .resolver
         .pick(&target.host, target.port, w.spin())
@@ -125,10 +139,11 @@ async fn exchange(
     let key = PoolKey {
         addr,
         tls: target.tls,
-        host: Arc::from(target.host_header.as_str()),
+        host: Arc::clone(&target.pool_host),
     };
     let limits = &w.limits;
     let mut request = request;
+    let mut connecting = Duration::ZERO;
     for attempt in 0..2 {
         let pooled = if attempt == 0 {
             w.pool.borrow_mut().checkout(&key)
@@ -142,10 +157,19 @@ async fn exchange(
             }
             None => {
                 w.stats.upstream_connects.inc();
-                crate::upstream::connect(tls, key.clone(), target, limits.upstream_connect_timeout)
-                    .await?
+                let started = Instant::now();
+                let c = crate::upstream::connect(
+                    tls,
+                    key.clone(),
+                    target,
+                    limits.upstream_connect_timeout,
+                )
+                .await?;
+                connecting += started.elapsed();
+                c
             }
         };
+        let sent_at = Instant::now();
         let (res, back) = conn.write_all(request, limits.upstream_read_timeout).await;
         match (res, back) {
             (Ok(()), Some(buf)) => request = buf,
@@ -163,7 +187,15 @@ async fn exchange(
                     conn.rbuf.drain(..head.head_len);
                     continue;
                 }
-                Ok(Some(head)) => return Ok((conn, head)),
+                Ok(Some(head)) => {
+                    return Ok(Exchanged {
+                        conn,
+                        head,
+                        sent_at,
+                        connecting,
+                        head_at: Instant::now(),
+                    })
+                }
                 Ok(None) => {}
                 Err(HeadError::TooLarge) => {
                     return Err(ApiError::bad_gateway(
@@ -300,6 +332,7 @@ pub async fn forward(
     out: &mut ClientOut<'_>,
     rid: &RequestId,
     keep: bool,
+    ready_at: Instant,
 ) -> Result<bool, ApiError> {
     let target = provider
         .upstream
@@ -315,13 +348,27 @@ pub async fn forward(
         rid,
     );
     let tls = provider.tls.as_ref().map_or(&w.tls, |t| &t.0);
-    let (mut conn, head) = exchange(w, target, tls, request).await?;
+    let Exchanged {
+        mut conn,
+        head,
+        sent_at,
+        connecting,
+        head_at,
+    } = exchange(w, target, tls, request).await?;
+    // Overhead on the way in: request read -> upstream write, minus connecting.
+    let inbound = sent_at
+        .saturating_duration_since(ready_at)
+        .saturating_sub(connecting);
     conn.rbuf.drain(..head.head_len);
     let http10 = req.head.version_minor == 0;
     if head.event_stream {
-        return Ok(super::stream::relay(w, out, conn, &head, target, rid, keep, http10).await);
+        let timing = super::stream::Timing { inbound, head_at };
+        return Ok(
+            super::stream::relay(w, out, conn, &head, target, rid, keep, http10, timing).await,
+        );
     }
     let body = read_body(w, &mut conn, &head, target).await?;
+    let body_at = Instant::now();
     if head.keep_alive {
         w.pool.borrow_mut().checkin(conn);
     }
@@ -332,6 +379,9 @@ pub async fn forward(
     response::header(out.wbuf, "x-request-id", rid.as_str().as_bytes());
     response::finish(out.wbuf, ResponseFraming::Length(body.len()), keep);
     out.wbuf.extend_from_slice(&body);
+    // Overhead on the way out: response complete -> client write.
+    w.record_overhead(inbound + body_at.elapsed());
+    let _ = head_at;
     Ok(out.flush().await.is_ok() && keep)
 }
 

@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use monoio::net::TcpStream;
 use serde_json::json;
@@ -42,6 +43,8 @@ pub struct Worker {
     pub shutdown: Arc<AtomicBool>,
     ids: RequestIds,
     spin: Cell<usize>,
+    /// Internal overhead per forwarded request, in nanoseconds.
+    overhead: RefCell<hdrhistogram::Histogram<u64>>,
     /// The catalog as this worker last saw it: cloning an `Rc` per request
     /// keeps the shared `Arc` count (one cache line for all workers) cold.
     catalog_cache: RefCell<Rc<Arc<Catalog>>>,
@@ -70,6 +73,7 @@ impl Worker {
             ids: RequestIds::new(id_salt, id),
             spin: Cell::new(id),
             catalog_cache: RefCell::new(Rc::new(catalog.load_full())),
+            overhead: RefCell::new(crate::metrics::overhead_histogram()),
             catalog,
             limits,
         }
@@ -83,6 +87,18 @@ impl Worker {
             *cached = Rc::new(Arc::clone(&current));
         }
         Rc::clone(&cached)
+    }
+
+    /// Records one request's internal overhead.
+    #[inline]
+    pub fn record_overhead(&self, d: std::time::Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.overhead.borrow_mut().saturating_record(ns.max(1));
+    }
+
+    /// Publishes a copy of the overhead histogram for the control plane.
+    pub fn publish_overhead(&self) {
+        self.stats.publish_overhead(self.overhead.borrow().clone());
     }
 
     pub fn draining(&self) -> bool {
@@ -161,9 +177,10 @@ pub async fn serve_connection(w: Rc<Worker>, stream: TcpStream) {
                 break;
             }
         }
+        let ready_at = Instant::now();
         let rid = w.ids.next();
         w.stats.requests_inflight.add(1);
-        let keep = handle(&w, &mut conn, &rid).await;
+        let keep = handle(&w, &mut conn, &rid, ready_at).await;
         w.stats.requests_inflight.add(-1);
         if !keep || w.draining() {
             break;
@@ -172,12 +189,12 @@ pub async fn serve_connection(w: Rc<Worker>, stream: TcpStream) {
 }
 
 /// Handles one request; returns whether the connection may serve another.
-async fn handle(w: &Worker, conn: &mut ServerConn, rid: &RequestId) -> bool {
+async fn handle(w: &Worker, conn: &mut ServerConn, rid: &RequestId, ready_at: Instant) -> bool {
     let (req, mut out) = conn.split(w.limits.idle_timeout);
     let keep = req.head.keep_alive && !w.draining();
     let path = req.head.path(req.bytes);
     let result = match classify(req.head.method(), path) {
-        Route::Api(endpoint) => proxy_api(w, &req, &mut out, endpoint, rid, keep).await,
+        Route::Api(endpoint) => proxy_api(w, &req, &mut out, endpoint, rid, keep, ready_at).await,
         Route::ListModels => list_models(w, &req, &mut out, rid, keep).await,
         Route::GetModel(id) => get_model(w, &req, &mut out, id, rid, keep).await,
         Route::Health => {
@@ -219,6 +236,7 @@ async fn proxy_api(
     endpoint: Endpoint,
     rid: &RequestId,
     keep: bool,
+    ready_at: Instant,
 ) -> Result<bool, ApiError> {
     let catalog = w.catalog();
     let key = admit::authenticate(&catalog, req)?;
@@ -241,7 +259,9 @@ async fn proxy_api(
             let reply = mock::respond(endpoint, req.body, rid.as_str(), unix_now())?;
             Ok(send_mock(w, out, reply, rid, keep, req.head.version_minor == 0).await)
         }
-        ProviderKind::OpenAi => forward::forward(w, provider, endpoint, req, out, rid, keep).await,
+        ProviderKind::OpenAi => {
+            forward::forward(w, provider, endpoint, req, out, rid, keep, ready_at).await
+        }
     }
 }
 

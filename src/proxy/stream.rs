@@ -6,6 +6,7 @@
 //! per-chunk work is synchronous; the token counter will hook in here.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{RequestId, Worker};
 use crate::config::UpstreamTarget;
@@ -18,6 +19,14 @@ use crate::upstream::{ReadOutcome, UpstreamConn, UpstreamIoError};
 
 /// Bytes reserved at a frame's start for the chunk-size line ("%08x\r\n").
 const FRAME_HEADER_BYTES: usize = 10;
+
+/// Instants for the overhead histogram.
+pub struct Timing {
+    /// Overhead already spent on the way in.
+    pub inbound: Duration,
+    /// When the upstream's response head was complete.
+    pub head_at: Instant,
+}
 
 /// How a relayed stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +85,7 @@ pub async fn relay(
     rid: &RequestId,
     keep: bool,
     http10: bool,
+    timing: Timing,
 ) -> bool {
     let chunked_out = !http10;
     w.stats.response(head.status);
@@ -88,6 +98,7 @@ pub async fn relay(
         ResponseFraming::Close
     };
     response::finish(out.wbuf, framing, keep);
+    w.record_overhead(timing.inbound + timing.head_at.elapsed());
     if out.flush().await.is_err() {
         w.stats.streams_client_aborted.inc();
         return false;

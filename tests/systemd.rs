@@ -14,10 +14,17 @@ fn notifies_ready_after_listening_and_stopping_on_sigterm() {
     let dir = TempDir::new("notify");
     let sock_path = dir.0.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_bursar"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "off"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            "off",
+        ])
         .env("NOTIFY_SOCKET", &sock_path)
         .env("BURSAR_LOG", "warn")
         .current_dir(&dir.0)
@@ -38,7 +45,10 @@ fn notifies_ready_after_listening_and_stopping_on_sigterm() {
     );
     assert_eq!(r.status, 200);
     drop(c);
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let n = sock.recv(&mut buf).expect("a stopping notification");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert!(child.wait().unwrap().success());
@@ -52,5 +62,9 @@ fn the_shipped_example_config_is_valid() {
         .env("OPENAI_API_KEY", "sk-test")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -699,7 +699,10 @@ allowed_models = ["*"]
     fn the_interface_contract_example_is_valid() {
         let c = Config::from_toml(CONTRACT, None).unwrap();
         assert_eq!(c.server.workers, 2);
-        assert_eq!(c.server.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            c.server.listen,
+            "127.0.0.1:8080".parse::<SocketAddr>().unwrap()
+        );
         let up = c.providers[0].upstream.as_ref().unwrap();
         assert_eq!(
             (up.tls, up.port, up.base_path.as_str()),
@@ -714,7 +717,10 @@ allowed_models = ["*"]
     fn the_builtin_default_is_valid_and_offline() {
         let c = Config::builtin_default();
         assert_eq!(c.providers[0].kind, ProviderKind::Mock);
-        assert_eq!(c.server.listen, DEFAULT_LISTEN.parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            c.server.listen,
+            DEFAULT_LISTEN.parse::<SocketAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -2,16 +2,21 @@
 //!
 //! See docs/ARCHITECTURE.md for the bird's-eye view and the code map.
 
+pub mod budget;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;
 pub mod http;
+pub mod ledger;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod money;
+pub mod prices;
 pub mod providers;
 pub mod proxy;
 pub mod runtime;
+pub mod tokens;
 pub mod upstream;

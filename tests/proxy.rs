@@ -457,3 +457,39 @@ fn internal_overhead_is_measured_per_forwarded_request() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_cut_inside_an_event_still_delivers_the_error_as_its_own_event() {
+    use std::io::Write;
+    // A raw upstream: one whole event, half of another, then it closes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut s = stream.unwrap();
+            let mut buf = [0u8; 65536];
+            let _ = s.read(&mut buf);
+            let whole = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n";
+            let half = "data: {\"choices\":[{\"del";
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{whole}\r\n{:x}\r\n{half}\r\n",
+                whole.len(),
+                half.len()
+            );
+            let _ = s.flush();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let gw = Gateway::start(
+        &proxy_config(&format!("http://127.0.0.1:{port}/v1"), ""),
+        &[],
+    );
+    let mut c = Client::connect(gw.addr);
+    let r = c.post("/v1/chat/completions", "sk-bursar-demo", CHAT_STREAM, &[]);
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(text.contains("{\"del\n\ndata: {\"error\""), "{text:?}");
+    let last: serde_json::Value = serde_json::from_str(sse_data(&r.body).last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_stream_cut");
+}

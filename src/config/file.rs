@@ -14,6 +14,102 @@ pub struct FileConfig {
     pub providers: Vec<ProviderSection>,
     #[serde(default)]
     pub virtual_keys: Vec<KeySection>,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub customers: Vec<CustomerSection>,
+    #[serde(default)]
+    pub teams: Vec<TeamSection>,
+    #[serde(default)]
+    pub prices: Vec<PriceSection>,
+    #[serde(default)]
+    pub pricing: PricingSection,
+    #[serde(default)]
+    pub ledger: LedgerSection,
+}
+
+/// The admin API's bearer token.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+}
+
+/// A budget as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSection {
+    /// USD as a decimal string, e.g. "12.50".
+    pub limit_usd: String,
+    /// "1m" "1h" "1d" "1w" "1M" "1Q" "1Y"; absent: prepaid (no reset).
+    pub reset: Option<String>,
+    #[serde(default)]
+    pub calendar_aligned: bool,
+    /// "strict" (default) or "soft".
+    pub mode: Option<String>,
+    /// Spend at which alerts fire, USD.
+    pub soft_limit_usd: Option<String>,
+}
+
+/// Rate limits of a key or team.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
+    pub concurrent: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerSection {
+    pub name: String,
+    pub budget: Option<BudgetSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamSection {
+    pub name: String,
+    pub customer: Option<String>,
+    pub budget: Option<BudgetSection>,
+    pub rate_limit: Option<RateLimitSection>,
+    pub allowed_models: Option<Vec<String>>,
+}
+
+/// A price override, USD per million tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSection {
+    pub model: String,
+    pub input_per_mtok_usd: Option<String>,
+    pub output_per_mtok_usd: Option<String>,
+    pub cached_input_per_mtok_usd: Option<String>,
+    pub cache_write_per_mtok_usd: Option<String>,
+    pub reasoning_per_mtok_usd: Option<String>,
+    #[serde(default)]
+    pub free: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingSection {
+    /// What to do with a request for a model without a price: "refuse"
+    /// (default) or "allow" (admitted uncharged, counted and logged loudly).
+    pub unpriced: Option<String>,
+    /// Output tokens assumed when a request sets no max_tokens (strict
+    /// budgets reserve this many). Default 16384.
+    pub default_max_output_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSection {
+    /// How often the journal is fsynced, e.g. "10ms".
+    pub fsync_interval: Option<String>,
+    /// How often a snapshot is written, e.g. "60s".
+    pub snapshot_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +169,7 @@ pub struct ProviderSection {
     /// Models this provider serves; "*" makes it the fallback for any model.
     #[serde(default)]
     pub models: Vec<String>,
+    pub budget: Option<BudgetSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,4 +182,10 @@ pub struct KeySection {
     pub key_sha256: Option<String>,
     /// Models the key may use; "*" for all (the default).
     pub allowed_models: Option<Vec<String>>,
+    /// The team the key belongs to (and through it, the customer).
+    pub team: Option<String>,
+    /// For a key without a team: the customer it belongs to directly.
+    pub customer: Option<String>,
+    pub budget: Option<BudgetSection>,
+    pub rate_limit: Option<RateLimitSection>,
 }

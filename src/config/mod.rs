@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::budget::Budget;
 use crate::limits::{self, Limits};
-use file::{FileConfig, KeySection, ProviderSection};
+use crate::prices::{ModelEntry, PriceTable};
+use file::{BudgetSection, FileConfig, KeySection, ProviderSection, RateLimitSection};
 
 /// The key of the built-in default configuration's demo virtual key.
 pub const DEMO_KEY: &str = "sk-bursar-demo";
@@ -31,8 +33,60 @@ pub struct Config {
     pub limits: Limits,
     pub providers: Vec<ProviderConfig>,
     pub keys: Vec<KeyConfig>,
+    pub customers: Vec<CustomerConfig>,
+    pub teams: Vec<TeamConfig>,
+    /// The admin API's bearer token; `None` disables the admin API.
+    pub admin_token: Option<Secret>,
+    pub prices: PriceTable,
+    pub pricing: Pricing,
+    pub ledger: LedgerConfig,
     /// The file it came from, if any (for reload).
     pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CustomerConfig {
+    pub name: String,
+    pub budget: Option<Budget>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TeamConfig {
+    pub name: String,
+    pub customer: Option<String>,
+    pub budget: Option<Budget>,
+    pub rate_limit: RateLimit,
+    /// Empty with `all_models` true means every model.
+    pub allowed_models: Vec<String>,
+    pub all_models: bool,
+}
+
+/// Per-minute and concurrency limits; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
+    pub concurrent: Option<u32>,
+}
+
+impl RateLimit {
+    pub fn is_unlimited(&self) -> bool {
+        *self == RateLimit::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pricing {
+    /// Refuse requests for models without a price (default), or admit them
+    /// uncharged and count them.
+    pub refuse_unpriced: bool,
+    pub default_max_output_tokens: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerConfig {
+    pub fsync_interval: Duration,
+    pub snapshot_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -110,6 +164,7 @@ pub struct ProviderConfig {
     pub upstream: Option<UpstreamTarget>,
     pub api_key: Option<Secret>,
     pub models: Vec<String>,
+    pub budget: Option<Budget>,
     /// Extra trusted roots (DER) from `ca_file`.
     pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
@@ -121,6 +176,10 @@ pub struct KeyConfig {
     /// Empty means every model.
     pub allowed_models: Vec<String>,
     pub all_models: bool,
+    pub team: Option<String>,
+    pub customer: Option<String>,
+    pub budget: Option<Budget>,
+    pub rate_limit: RateLimit,
 }
 
 /// A config error: which field, and what is wrong with it.
@@ -452,12 +511,206 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         keys.push(key);
     }
 
+    let mut customers: Vec<CustomerConfig> = Vec::with_capacity(file.customers.len());
+    for (i, c) in file.customers.iter().enumerate() {
+        let field = format!("customers[{i}] ({:?})", c.name);
+        check_name(&field, &c.name)?;
+        if customers.iter().any(|q| q.name == c.name) {
+            return Err(err(field, "duplicate customer name"));
+        }
+        customers.push(CustomerConfig {
+            name: c.name.clone(),
+            budget: budget_field(&field, &c.budget)?,
+        });
+    }
+    let mut teams: Vec<TeamConfig> = Vec::with_capacity(file.teams.len());
+    for (i, t) in file.teams.iter().enumerate() {
+        let field = format!("teams[{i}] ({:?})", t.name);
+        check_name(&field, &t.name)?;
+        if teams.iter().any(|q| q.name == t.name) {
+            return Err(err(field, "duplicate team name"));
+        }
+        if let Some(c) = &t.customer {
+            if !customers.iter().any(|q| &q.name == c) {
+                return Err(err(
+                    format!("{field}.customer"),
+                    format!("no customer named {c:?}"),
+                ));
+            }
+        }
+        let models = t.allowed_models.clone().unwrap_or_else(|| vec!["*".into()]);
+        let all_models = models.iter().any(|m| m == "*");
+        teams.push(TeamConfig {
+            name: t.name.clone(),
+            customer: t.customer.clone(),
+            budget: budget_field(&field, &t.budget)?,
+            rate_limit: rate_limit_field(&field, &t.rate_limit)?,
+            allowed_models: if all_models { Vec::new() } else { models },
+            all_models,
+        });
+    }
+    for (i, (k, section)) in keys.iter().zip(&file.virtual_keys).enumerate() {
+        let field = format!("virtual_keys[{i}] ({:?})", k.name);
+        match (&section.team, &section.customer) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    field,
+                    "set team or customer, not both (a team already belongs to its customer)",
+                ))
+            }
+            (Some(t), None) if !teams.iter().any(|q| &q.name == t) => {
+                return Err(err(format!("{field}.team"), format!("no team named {t:?}")))
+            }
+            (None, Some(c)) if !customers.iter().any(|q| &q.name == c) => {
+                return Err(err(
+                    format!("{field}.customer"),
+                    format!("no customer named {c:?}"),
+                ))
+            }
+            _ => {}
+        }
+    }
+    for (k, section) in keys.iter_mut().zip(&file.virtual_keys) {
+        let field = format!("virtual_keys ({:?})", k.name);
+        k.team = section.team.clone();
+        k.customer = section.customer.clone();
+        k.budget = budget_field(&field, &section.budget)?;
+        k.rate_limit = rate_limit_field(&field, &section.rate_limit)?;
+    }
+    for (p, section) in providers.iter_mut().zip(&file.providers) {
+        p.budget = budget_field(&format!("providers ({:?})", p.name), &section.budget)?;
+    }
+
+    let admin_token = match (&file.admin.token, &file.admin.token_env) {
+        (Some(_), Some(_)) => return Err(err("admin", "set token or token_env, not both")),
+        (Some(t), None) => Some(Secret(t.clone())),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(Secret(v)),
+            _ => {
+                return Err(err(
+                    "admin.token_env",
+                    format!("environment variable {var} is not set"),
+                ))
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some(t) = &admin_token {
+        if t.0.len() < 16 {
+            return Err(err("admin.token", "must be at least 16 characters"));
+        }
+    }
+
+    let overrides: Vec<ModelEntry> = file
+        .prices
+        .iter()
+        .map(|p| ModelEntry {
+            id: p.model.clone(),
+            aliases: Vec::new(),
+            input: p.input_per_mtok_usd.clone(),
+            output: p.output_per_mtok_usd.clone(),
+            cached_input: p.cached_input_per_mtok_usd.clone(),
+            cache_write: p.cache_write_per_mtok_usd.clone(),
+            reasoning: p.reasoning_per_mtok_usd.clone(),
+            long_context_threshold: None,
+            long_input: None,
+            long_output: None,
+            long_cached_input: None,
+            long_cache_write: None,
+            free: p.free,
+        })
+        .collect();
+    let prices = PriceTable::shipped(&overrides).map_err(|e| err("prices", e))?;
+    let pricing = Pricing {
+        refuse_unpriced: match file.pricing.unpriced.as_deref().unwrap_or("refuse") {
+            "refuse" => true,
+            "allow" => false,
+            other => {
+                return Err(err(
+                    "pricing.unpriced",
+                    format!("{other:?}: use \"refuse\" or \"allow\""),
+                ))
+            }
+        },
+        default_max_output_tokens: match file.pricing.default_max_output_tokens {
+            None => 16_384,
+            Some(n) if (1..=10_000_000).contains(&n) => n,
+            Some(_) => {
+                return Err(err(
+                    "pricing.default_max_output_tokens",
+                    "must be between 1 and 10000000",
+                ))
+            }
+        },
+    };
+    let ledger = LedgerConfig {
+        fsync_interval: duration_field(
+            "ledger.fsync_interval",
+            &file.ledger.fsync_interval,
+            Duration::from_millis(10),
+            Duration::from_secs(10),
+        )?,
+        snapshot_interval: duration_field(
+            "ledger.snapshot_interval",
+            &file.ledger.snapshot_interval,
+            Duration::from_secs(60),
+            Duration::from_secs(86_400),
+        )?,
+    };
+
     Ok(Config {
         server,
         limits,
         providers,
         keys,
+        customers,
+        teams,
+        admin_token,
+        prices,
+        pricing,
+        ledger,
         source,
+    })
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 128 || name.contains(['/', '?', '#', ' ']) {
+        return Err(err(
+            field,
+            "name must be 1 to 128 bytes without '/', '?', '#' or spaces",
+        ));
+    }
+    Ok(())
+}
+
+fn budget_field(field: &str, b: &Option<BudgetSection>) -> Result<Option<Budget>, ConfigError> {
+    let Some(b) = b else { return Ok(None) };
+    Budget::parse(
+        &b.limit_usd,
+        b.reset.as_deref(),
+        b.calendar_aligned,
+        b.mode.as_deref(),
+        b.soft_limit_usd.as_deref(),
+    )
+    .map(Some)
+    .map_err(|e| err(format!("{field}.budget"), e.to_string()))
+}
+
+fn rate_limit_field(field: &str, r: &Option<RateLimitSection>) -> Result<RateLimit, ConfigError> {
+    let Some(r) = r else {
+        return Ok(RateLimit::default());
+    };
+    if r.requests_per_minute == Some(0) || r.tokens_per_minute == Some(0) || r.concurrent == Some(0)
+    {
+        return Err(err(
+            format!("{field}.rate_limit"),
+            "limits must be above zero (omit a limit for none)",
+        ));
+    }
+    Ok(RateLimit {
+        requests_per_minute: r.requests_per_minute,
+        tokens_per_minute: r.tokens_per_minute,
+        concurrent: r.concurrent,
     })
 }
 
@@ -564,6 +817,7 @@ fn validate_provider(field: &str, p: &ProviderSection) -> Result<ProviderConfig,
         upstream,
         api_key,
         models: p.models.clone(),
+        budget: None,
         extra_roots,
     })
 }
@@ -672,6 +926,10 @@ fn validate_key(field: &str, k: &KeySection) -> Result<KeyConfig, ConfigError> {
         key_sha256,
         allowed_models: if all_models { Vec::new() } else { models },
         all_models,
+        team: None,
+        customer: None,
+        budget: None,
+        rate_limit: RateLimit::default(),
     })
 }
 
@@ -711,6 +969,88 @@ allowed_models = ["*"]
         assert_eq!(up.host_header, "127.0.0.1:9000");
         assert_eq!(c.keys[0].key_sha256, hash_key("sk-bursar-demo"));
         assert!(c.keys[0].all_models);
+    }
+
+    /// The books issue's interface contract, verbatim.
+    const BOOKS: &str = r#"
+[server]
+admin_listen = "127.0.0.1:8081"
+state_dir = "./bursar-state"
+[admin]
+token = "admin-secret-of-16+"
+[[customers]]
+name = "acme"
+budget = { limit_usd = "100", reset = "1M", calendar_aligned = true }
+[[teams]]
+name = "search"
+customer = "acme"
+budget = { limit_usd = "5", reset = "1d", mode = "strict" }
+[[providers]]
+name = "m"
+kind = "mock"
+models = ["*"]
+[[virtual_keys]]
+name = "search-prod"
+team = "search"
+key = "sk-search-prod"
+budget = { limit_usd = "1.00", reset = "1h" }
+rate_limit = { requests_per_minute = 600, tokens_per_minute = 200000, concurrent = 64 }
+[[prices]]
+model = "gpt-4o-mini"
+input_per_mtok_usd = "0.15"
+output_per_mtok_usd = "0.60"
+"#;
+
+    #[test]
+    fn the_books_contract_example_is_valid() {
+        let c = Config::from_toml(BOOKS, None).unwrap();
+        assert_eq!(
+            c.customers[0].budget.unwrap().limit,
+            crate::money::Money::from_usd(100)
+        );
+        assert_eq!(c.teams[0].customer.as_deref(), Some("acme"));
+        let k = &c.keys[0];
+        assert_eq!(k.team.as_deref(), Some("search"));
+        assert_eq!(k.rate_limit.concurrent, Some(64));
+        assert_eq!(
+            k.budget.unwrap().limit,
+            crate::money::Money::parse_usd("1").unwrap()
+        );
+        assert!(c.prices.version.ends_with("+config"));
+        assert!(format!("{c:?}").find("admin-secret").is_none());
+    }
+
+    #[test]
+    fn governance_references_must_resolve() {
+        let e = Config::from_toml(
+            &BOOKS.replace("customer = \"acme\"", "customer = \"acne\""),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.field.starts_with("teams[0]") && e.message.contains("acne"),
+            "{e}"
+        );
+        let e = Config::from_toml(
+            &BOOKS.replace("team = \"search\"", "team = \"serch\""),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("serch"), "{e}");
+        let e = Config::from_toml(
+            &BOOKS.replace("limit_usd = \"5\"", "limit_usd = \"5.x\""),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.field.ends_with(".budget"), "{e}");
+        let e = Config::from_toml(&BOOKS.replace("reset = \"1d\"", "reset = \"2 days\""), None)
+            .unwrap_err();
+        assert!(e.field.ends_with(".budget"), "{e}");
+        let e = Config::from_toml(&BOOKS.replace("concurrent = 64", "concurrent = 0"), None)
+            .unwrap_err();
+        assert!(e.field.ends_with(".rate_limit"), "{e}");
+        let e = Config::from_toml(&BOOKS.replace("\"0.15\"", "\"0.1500001\""), None).unwrap_err();
+        assert_eq!(e.field, "prices");
     }
 
     #[test]

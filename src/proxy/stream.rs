@@ -111,6 +111,8 @@ pub async fn relay(
         UpstreamFraming::None => Source::Length(0),
     };
     let mut frame: Vec<u8> = Vec::with_capacity(STREAM_READ_BYTES + 64);
+    // The last two bytes relayed: whether the client is between SSE events.
+    let mut tail: [u8; 2] = *b"\n\n";
     let end = loop {
         frame.clear();
         if chunked_out {
@@ -125,6 +127,12 @@ pub async fn relay(
                 let size = format!("{data_len:08x}\r\n");
                 frame[..FRAME_HEADER_BYTES].copy_from_slice(size.as_bytes());
                 frame.extend_from_slice(b"\r\n");
+            }
+            let data_end = frame.len() - if chunked_out { 2 } else { 0 };
+            if data_len >= 2 {
+                tail.copy_from_slice(&frame[data_end - 2..data_end]);
+            } else {
+                tail = [tail[1], frame[data_end - 1]];
             }
             let (res, back) = out.write_owned(std::mem::take(&mut frame)).await;
             frame = back;
@@ -174,13 +182,19 @@ pub async fn relay(
             );
             // Tell the client in the stream itself (the OpenAI SDKs raise on an
             // `error` event), then end the body properly.
-            let event = b"data: {\"error\":{\"message\":\"the upstream ended the stream early\",\"type\":\"upstream_error\",\"param\":null,\"code\":\"upstream_stream_cut\"}}\n\n";
+            // If the cut fell inside an event, end that event first so the
+            // error arrives as an event of its own, not glued to a fragment.
+            let mut event = Vec::with_capacity(160);
+            if &tail != b"\n\n" {
+                event.extend_from_slice(b"\n\n");
+            }
+            event.extend_from_slice(b"data: {\"error\":{\"message\":\"the upstream ended the stream early\",\"type\":\"upstream_error\",\"param\":null,\"code\":\"upstream_stream_cut\"}}\n\n");
             if chunked_out {
                 crate::http::chunked::write_chunk_header(out.wbuf, event.len());
-                out.wbuf.extend_from_slice(event);
+                out.wbuf.extend_from_slice(&event);
                 out.wbuf.extend_from_slice(b"\r\n0\r\n\r\n");
             } else {
-                out.wbuf.extend_from_slice(event);
+                out.wbuf.extend_from_slice(&event);
             }
             out.flush().await.is_ok() && keep && chunked_out
         }

@@ -73,6 +73,15 @@ pub fn main() -> i32 {
                 eprintln!("bursar: {e}");
                 return 2;
             }
+            let unenforced = cfg.unenforced_controls();
+            if !unenforced.is_empty() {
+                eprintln!(
+                    "bursar: this build validates budgets and rate limits but does not enforce them yet; \
+                     refusing to serve rather than let spend through unchecked. Remove: {}",
+                    unenforced.join(", ")
+                );
+                return 2;
+            }
             if config.is_none() {
                 log::info!(
                     "no --config given: serving the built-in default (mock provider, key {})",

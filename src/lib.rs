@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod http;
+pub mod io;
 pub mod ledger;
 pub mod limits;
 pub mod logging;

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
 use super::chunked::{ChunkError, ChunkedDecoder};
@@ -311,13 +311,7 @@ pub async fn write_all_timeout(
     buf: Vec<u8>,
     wait: Duration,
 ) -> io::Result<(io::Result<()>, Vec<u8>)> {
-    match monoio::time::timeout(wait, stream.write_all(buf)).await {
-        Ok((res, buf)) => Ok((res.map(|_| ()), buf)),
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "client write timed out",
-        )),
-    }
+    crate::io::write_all_fast(stream, buf, wait).await
 }
 
 fn remaining(started: Instant, total: Duration) -> Option<Duration> {

@@ -40,7 +40,16 @@ impl Io {
 
     async fn write_all(&mut self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
         match self {
-            Io::Plain(s) => s.write_all(buf).await,
+            Io::Plain(s) => {
+                use monoio::buf::IoBuf;
+                let len = buf.len();
+                let sent = crate::io::send_now(std::os::fd::AsRawFd::as_raw_fd(s), &buf);
+                if sent == len {
+                    return (Ok(len), buf);
+                }
+                let (res, slice) = s.write_all(buf.slice(sent..)).await;
+                (res.map(|n| n + sent), slice.into_inner())
+            }
             Io::Tls(s) => s.write_all(buf).await,
         }
     }

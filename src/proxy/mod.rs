@@ -183,6 +183,9 @@ pub async fn serve_connection(w: Rc<Worker>, stream: TcpStream) {
         let ready_at = Instant::now();
         let rid = w.ids.next();
         w.stats.requests_inflight.add(1);
+        crate::io::set_eager_writes(
+            w.stats.requests_inflight.get() <= crate::io::EAGER_WRITE_INFLIGHT_MAX,
+        );
         let keep = handle(&w, &mut conn, &rid, ready_at).await;
         w.stats.requests_inflight.add(-1);
         if !keep || w.draining() {

@@ -43,7 +43,11 @@ impl Io {
             Io::Plain(s) => {
                 use monoio::buf::IoBuf;
                 let len = buf.len();
-                let sent = crate::io::send_now(std::os::fd::AsRawFd::as_raw_fd(s), &buf);
+                let sent = if crate::io::eager_writes() {
+                    crate::io::send_now(std::os::fd::AsRawFd::as_raw_fd(s), &buf)
+                } else {
+                    0
+                };
                 if sent == len {
                     return (Ok(len), buf);
                 }

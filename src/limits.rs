@@ -64,6 +64,10 @@ pub const OVERHEAD_PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 /// The overhead histogram's range: 1 ns to this, 3 significant digits.
 pub const OVERHEAD_NS_MAX: u64 = 60_000_000_000;
 
+/// Tokenizer counts (streams without provider usage) waiting for the
+/// tokenizer thread; past this a worker counts inline.
+pub const COUNT_JOBS_QUEUE_MAX: usize = 1024;
+
 /// Admin (control-plane) request bounds: small, it is a localhost API.
 pub const ADMIN_BODY_BYTES_MAX: usize = 1024 * 1024;
 pub const ADMIN_CONNECTIONS_MAX: usize = 256;

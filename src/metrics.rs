@@ -72,6 +72,38 @@ impl DriverKind {
     }
 }
 
+/// Tokens seen in responses, by kind. One writer per instance (a worker, or
+/// the tokenizer thread for counts it estimates).
+#[derive(Debug, Default)]
+pub struct TokenCounters {
+    pub prompt: Counter,
+    pub completion: Counter,
+    pub cached: Counter,
+    pub reasoning: Counter,
+    /// Responses whose usage the provider reported.
+    pub usage_reported: Counter,
+    /// Responses counted (in part) by the gateway's tokenizer.
+    pub usage_estimated: Counter,
+    /// Non-streamed successful responses without a usage object.
+    pub usage_missing: Counter,
+    /// Usage chunks the gateway asked for and removed from the client's stream.
+    pub usage_chunks_stripped: Counter,
+}
+
+impl TokenCounters {
+    pub fn record(&self, u: &crate::tokens::Usage, estimated: bool) {
+        self.prompt.add(u.prompt_tokens);
+        self.completion.add(u.completion_tokens);
+        self.cached.add(u.cached_tokens);
+        self.reasoning.add(u.reasoning_tokens);
+        if estimated {
+            self.usage_estimated.inc();
+        } else {
+            self.usage_reported.inc();
+        }
+    }
+}
+
 /// What one worker counts.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -92,6 +124,7 @@ pub struct WorkerStats {
     pub streams_client_aborted: Counter,
     pub streams_upstream_aborted: Counter,
     pub pool_idle: Gauge,
+    pub tokens: TokenCounters,
     /// The worker's overhead histogram as last published (every
     /// `OVERHEAD_PUBLISH_INTERVAL`); the worker's own copy is never shared.
     overhead: arc_swap::ArcSwapOption<Histogram<u64>>,
@@ -126,6 +159,8 @@ pub fn overhead_histogram() -> Histogram<u64> {
 /// Everything /metrics shows.
 pub struct Registry {
     pub workers: Vec<Arc<WorkerStats>>,
+    /// Counts the tokenizer thread estimated.
+    pub tokenizer: Arc<TokenCounters>,
     pub started: Instant,
     pub catalog_version: Box<dyn Fn() -> u64 + Send + Sync>,
 }
@@ -305,6 +340,58 @@ impl Registry {
                 let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", get(w));
             }
         }
+        type Tok = fn(&TokenCounters) -> u64;
+        let token_series: [(&str, &str, Tok); 8] = [
+            (
+                "bursar_tokens_prompt_total",
+                "Prompt tokens in responses (provider usage, or estimated).",
+                |t| t.prompt.get(),
+            ),
+            (
+                "bursar_tokens_completion_total",
+                "Completion tokens in responses, reasoning included.",
+                |t| t.completion.get(),
+            ),
+            (
+                "bursar_tokens_cached_total",
+                "Prompt tokens read from the provider's cache.",
+                |t| t.cached.get(),
+            ),
+            ("bursar_tokens_reasoning_total", "Reasoning tokens.", |t| {
+                t.reasoning.get()
+            }),
+            (
+                "bursar_usage_reported_total",
+                "Responses whose usage the provider reported.",
+                |t| t.usage_reported.get(),
+            ),
+            (
+                "bursar_usage_estimated_total",
+                "Responses counted by the gateway's tokenizer.",
+                |t| t.usage_estimated.get(),
+            ),
+            (
+                "bursar_usage_missing_total",
+                "Successful non-streamed responses without usage.",
+                |t| t.usage_missing.get(),
+            ),
+            (
+                "bursar_usage_chunks_stripped_total",
+                "Usage chunks the gateway requested and removed from the client's stream.",
+                |t| t.usage_chunks_stripped.get(),
+            ),
+        ];
+        for (name, help, get) in token_series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (i, w) in self.workers.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", get(&w.tokens));
+            }
+            let _ = writeln!(
+                out,
+                "{name}{{worker=\"tokenizer\"}} {}",
+                get(&self.tokenizer)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP bursar_responses_total Responses by status class.\n# TYPE bursar_responses_total counter"
@@ -334,6 +421,7 @@ mod tests {
         a.response(502);
         let r = Registry {
             workers: vec![a],
+            tokenizer: Arc::default(),
             started: Instant::now(),
             catalog_version: Box::new(|| 3),
         };

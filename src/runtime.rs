@@ -37,6 +37,7 @@ struct WorkerSeed {
     tls: Arc<rustls::ClientConfig>,
     shutdown: Arc<AtomicBool>,
     id_salt: u64,
+    count_jobs: crossbeam_channel::Sender<crate::tokens::CountJob>,
 }
 
 /// A handle to a running gateway.
@@ -88,6 +89,8 @@ impl Gateway {
         let tls = crate::upstream::tls::client_config(config.server.tls_roots)?;
         let shutdown = Arc::new(AtomicBool::new(false));
         let id_salt = random_salt();
+        let tokenizer_stats = Arc::new(crate::metrics::TokenCounters::default());
+        let count_jobs = spawn_tokenizer(Arc::clone(&tokenizer_stats))?;
 
         // Bind once here so that port 0 resolves to one port all workers share.
         let listen = {
@@ -119,6 +122,7 @@ impl Gateway {
                 tls: Arc::clone(&tls),
                 shutdown: Arc::clone(&shutdown),
                 id_salt,
+                count_jobs: count_jobs.clone(),
             };
             let (stop_tx, stop_rx) = futures_channel::oneshot::channel();
             stop_workers.push(stop_tx);
@@ -147,6 +151,7 @@ impl Gateway {
         let catalog_for_metrics = catalog.clone();
         let registry = Arc::new(Registry {
             workers: stats,
+            tokenizer: tokenizer_stats,
             started: Instant::now(),
             catalog_version: Box::new(move || catalog_for_metrics.load().version),
         });
@@ -272,6 +277,26 @@ impl Gateway {
     }
 }
 
+/// The tokenizer thread: counts the text of streams that ended without the
+/// provider's usage, off the workers (a count can take milliseconds).
+fn spawn_tokenizer(
+    stats: Arc<crate::metrics::TokenCounters>,
+) -> anyhow::Result<crossbeam_channel::Sender<crate::tokens::CountJob>> {
+    let (tx, rx) =
+        crossbeam_channel::bounded::<crate::tokens::CountJob>(crate::limits::COUNT_JOBS_QUEUE_MAX);
+    std::thread::Builder::new()
+        .name("bursar-tokenizer".into())
+        .spawn(move || {
+            crate::tokens::warm_up();
+            for job in rx {
+                let outcome = job.run();
+                stats.record(&outcome.usage, true);
+            }
+        })
+        .context("spawning the tokenizer thread")?;
+    Ok(tx)
+}
+
 fn worker_thread(
     seed: WorkerSeed,
     stop: futures_channel::oneshot::Receiver<()>,
@@ -359,6 +384,7 @@ async fn worker_main(
         seed.tls,
         seed.shutdown,
         seed.id_salt,
+        seed.count_jobs,
     ));
     let _ = ready.send((seed.id, Ok(driver)));
 

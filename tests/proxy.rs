@@ -289,7 +289,13 @@ fn a_client_leaving_mid_stream_does_not_disturb_the_worker() {
             200
         );
     }
-    assert_eq!(gw.metric_sum("bursar_requests_inflight"), 0);
+    // The worker finishes its bookkeeping just after the client has the last
+    // byte, so the gauge reaches zero shortly after, not necessarily before.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.metric_sum("bursar_requests_inflight") != 0 {
+        assert!(Instant::now() < deadline, "requests stuck in flight");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -492,4 +498,112 @@ fn a_cut_inside_an_event_still_delivers_the_error_as_its_own_event() {
     assert!(text.contains("{\"del\n\ndata: {\"error\""), "{text:?}");
     let last: serde_json::Value = serde_json::from_str(sse_data(&r.body).last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "upstream_stream_cut");
+}
+
+fn metric(gw: &Gateway, name: &str, worker: &str) -> u64 {
+    gw.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}{{worker=\"{worker}\"}} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn streams_are_metered_with_usage_requested_and_the_extra_chunk_removed() {
+    let mock = Mock::start(&[]);
+    let cfg = proxy_config(&mock.base_url(), "").replace("workers = 2", "workers = 1");
+    let gw = Gateway::start(&cfg, &[]);
+    let mut c = Client::connect(gw.addr);
+
+    // A stream without include_usage: the upstream is asked for usage, the
+    // client sees none of it (no usage chunk, no "usage":null members).
+    let r = c.post("/v1/chat/completions", "sk-bursar-demo", CHAT_STREAM, &[]);
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(!text.contains("usage"), "{text}");
+    assert_eq!(sse_data(&r.body).last().unwrap(), "[DONE]");
+    let seen = Client::connect(mock.addr)
+        .request("GET", "/v1/_mock/last-request", &[], b"")
+        .json();
+    assert_eq!(
+        seen["body"]["stream_options"]["include_usage"], true,
+        "{seen}"
+    );
+    assert_eq!(metric(&gw, "bursar_usage_chunks_stripped_total", "0"), 1);
+    assert_eq!(metric(&gw, "bursar_tokens_prompt_total", "0"), 8);
+    assert_eq!(metric(&gw, "bursar_tokens_completion_total", "0"), 5);
+
+    // The same stream, split at every byte by the upstream: same result.
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-bursar-demo",
+        CHAT_STREAM,
+        &[("x-mock-split", "byte")],
+    );
+    assert!(!r.text().contains("usage"));
+    assert_eq!(metric(&gw, "bursar_tokens_completion_total", "0"), 10);
+
+    // The client asks for usage itself: nothing is removed.
+    let with_usage = CHAT_STREAM.replace(
+        "\"stream\":true",
+        "\"stream\":true,\"stream_options\":{\"include_usage\":true}",
+    );
+    let r = c.post("/v1/chat/completions", "sk-bursar-demo", &with_usage, &[]);
+    assert!(r.text().contains("\"usage\":{"));
+    assert_eq!(
+        metric(&gw, "bursar_usage_chunks_stripped_total", "0"),
+        2,
+        "one per stream we asked for"
+    );
+    assert_eq!(metric(&gw, "bursar_tokens_completion_total", "0"), 15);
+
+    // Non-streamed: usage from the body, reasoning and cached counted.
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-bursar-demo",
+        CHAT,
+        &[
+            ("x-mock-reasoning-tokens", "7"),
+            ("x-mock-cached-tokens", "4"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        metric(&gw, "bursar_tokens_completion_total", "0"),
+        15 + 5 + 7
+    );
+    assert_eq!(metric(&gw, "bursar_tokens_reasoning_total", "0"), 7);
+    assert_eq!(metric(&gw, "bursar_tokens_cached_total", "0"), 4);
+    assert_eq!(metric(&gw, "bursar_usage_reported_total", "0"), 4);
+
+    // No usage from the upstream: the tokenizer thread estimates the text.
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-bursar-demo",
+        CHAT_STREAM,
+        &[("x-mock-omit-usage", "1")],
+    );
+    let generated: String = sse_data(&r.body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    let expect = bursar::tokens::count_tokens(
+        bursar::tokens::ModelFamily::for_model("gpt-4o-mini").encoding,
+        &generated,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&gw, "bursar_usage_estimated_total", "tokenizer") < 1 {
+        assert!(Instant::now() < deadline, "no estimate");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(expect >= 5);
+    assert_eq!(
+        metric(&gw, "bursar_tokens_completion_total", "tokenizer"),
+        expect
+    );
 }

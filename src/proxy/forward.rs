@@ -43,17 +43,28 @@ fn is_dropped(name: &[u8]) -> bool {
         || (name.len() >= 9 && name[..9].eq_ignore_ascii_case(b"x-bursar-"))
 }
 
-/// Writes the upstream request (head and body) into `out`.
+/// How a response's tokens are counted.
+pub struct MeterPlan<'a> {
+    pub protocol: crate::tokens::Protocol,
+    /// The gateway asked for usage the client did not: remove that chunk.
+    pub strip_usage_chunk: bool,
+    pub model: &'a str,
+    /// The body to send upstream (the client's, or with usage requested).
+    pub body: &'a [u8],
+}
+
+/// Writes the upstream request (head and `body`) into `out`.
 pub fn build_request(
     out: &mut Vec<u8>,
     target: &UpstreamTarget,
     auth: Option<&str>,
     endpoint: Endpoint,
     req: &RequestView<'_>,
+    body: &[u8],
     rid: &RequestId,
 ) {
     let query = req.head.target(req.bytes).split_once('?').map(|(_, q)| q);
-    out.reserve(512 + req.body.len());
+    out.reserve(512 + body.len());
     out.extend_from_slice(b"POST ");
     out.extend_from_slice(target.base_path.as_bytes());
     out.extend_from_slice(endpoint.suffix().as_bytes());
@@ -77,9 +88,9 @@ pub fn build_request(
     }
     response::header(out, "x-request-id", rid.as_str().as_bytes());
     out.extend_from_slice(b"accept-encoding: identity\r\ncontent-length: ");
-    out.extend_from_slice(req.body.len().to_string().as_bytes());
+    out.extend_from_slice(body.len().to_string().as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(req.body);
+    out.extend_from_slice(body);
 }
 
 fn io_error(e: UpstreamIoError, target: &UpstreamTarget, when: &str) -> ApiError {
@@ -333,6 +344,7 @@ pub async fn forward(
     rid: &RequestId,
     keep: bool,
     ready_at: Instant,
+    plan: MeterPlan<'_>,
 ) -> Result<bool, ApiError> {
     let target = provider
         .upstream
@@ -345,6 +357,7 @@ pub async fn forward(
         provider.auth_header(),
         endpoint,
         req,
+        plan.body,
         rid,
     );
     let tls = provider.tls.as_ref().map_or(&w.tls, |t| &t.0);
@@ -363,12 +376,19 @@ pub async fn forward(
     let http10 = req.head.version_minor == 0;
     if head.event_stream {
         let timing = super::stream::Timing { inbound, head_at };
-        return Ok(
-            super::stream::relay(w, out, conn, &head, target, rid, keep, http10, timing).await,
-        );
+        return Ok(super::stream::relay(
+            w, out, conn, &head, target, rid, keep, http10, timing, &plan,
+        )
+        .await);
     }
     let body = read_body(w, &mut conn, &head, target).await?;
     let body_at = Instant::now();
+    if (200..300).contains(&head.status) {
+        match crate::tokens::usage_from_body(plan.protocol, &body) {
+            Some(usage) => w.stats.tokens.record(&usage, false),
+            None => w.stats.tokens.usage_missing.inc(),
+        }
+    }
     if head.keep_alive {
         w.pool.borrow_mut().checkin(conn);
     }
@@ -409,6 +429,7 @@ mod tests {
             Some("Bearer sk-upstream"),
             Endpoint::ChatCompletions,
             &req,
+            req.body,
             &rid,
         );
         let text = String::from_utf8(out).unwrap();

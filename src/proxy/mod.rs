@@ -41,6 +41,8 @@ pub struct Worker {
     pub pool: RefCell<Pool>,
     pub tls: monoio_rustls::TlsConnector,
     pub shutdown: Arc<AtomicBool>,
+    /// Tokenizer counts for streams without usage go to the tokenizer thread.
+    pub count_jobs: crossbeam_channel::Sender<crate::tokens::CountJob>,
     ids: RequestIds,
     spin: Cell<usize>,
     /// Internal overhead per forwarded request, in nanoseconds.
@@ -63,6 +65,7 @@ impl Worker {
         tls: Arc<rustls::ClientConfig>,
         shutdown: Arc<AtomicBool>,
         id_salt: u64,
+        count_jobs: crossbeam_channel::Sender<crate::tokens::CountJob>,
     ) -> Worker {
         let pool = Pool::new(limits.pool_idle_per_upstream_max, limits.pool_idle_timeout);
         Worker {
@@ -72,6 +75,7 @@ impl Worker {
             pool: RefCell::new(pool),
             tls: monoio_rustls::TlsConnector::from(tls),
             shutdown,
+            count_jobs,
             ids: RequestIds::new(id_salt, id),
             spin: Cell::new(id),
             catalog_cache: RefCell::new(Rc::new(catalog.load_full())),
@@ -266,7 +270,25 @@ async fn proxy_api(
             Ok(send_mock(w, out, reply, rid, keep, req.head.version_minor == 0).await)
         }
         ProviderKind::OpenAi => {
-            forward::forward(w, provider, endpoint, req, out, rid, keep, ready_at).await
+            // Ask for usage on every stream that carries it only on request,
+            // and strip the extra chunk from what the client receives.
+            let rewritten = if probe.streaming()
+                && endpoint.usage_on_request()
+                && !probe.client_wants_usage()
+            {
+                let has_options = probe.stream_options.is_some()
+                    || memchr::memmem::find(req.body, b"\"stream_options\"").is_some();
+                route::with_usage_requested(req.body, has_options)
+            } else {
+                None
+            };
+            let plan = forward::MeterPlan {
+                protocol: endpoint.protocol(),
+                strip_usage_chunk: rewritten.is_some(),
+                model,
+                body: rewritten.as_deref().unwrap_or(req.body),
+            };
+            forward::forward(w, provider, endpoint, req, out, rid, keep, ready_at, plan).await
         }
     }
 }

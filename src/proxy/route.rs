@@ -106,6 +106,73 @@ pub struct Probe<'a> {
     pub model: Option<Cow<'a, str>>,
     #[serde(default)]
     pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+impl Probe<'_> {
+    pub fn streaming(&self) -> bool {
+        self.stream == Some(true)
+    }
+    /// Whether the client asked for the final usage chunk itself.
+    pub fn client_wants_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+}
+
+impl Endpoint {
+    /// The protocol whose usage this endpoint's responses carry.
+    pub fn protocol(self) -> crate::tokens::Protocol {
+        use crate::tokens::Protocol;
+        match self {
+            Endpoint::ChatCompletions => Protocol::ChatCompletions,
+            Endpoint::Completions => Protocol::Completions,
+            Endpoint::Embeddings => Protocol::Embeddings,
+            Endpoint::Responses => Protocol::Responses,
+        }
+    }
+    /// Whether a stream of this endpoint carries usage only when asked
+    /// (`stream_options.include_usage`); the Responses API always sends it.
+    pub fn usage_on_request(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+    }
+}
+
+/// The body with `stream_options.include_usage` set to true, so the upstream
+/// reports usage on a stream the client did not ask it for. When the body has
+/// no `stream_options` the member is inserted after the opening brace (no
+/// parse: the body is a JSON object with at least `model`, so a member always
+/// follows); otherwise the body is parsed and written again.
+pub fn with_usage_requested(body: &[u8], has_stream_options: bool) -> Option<Vec<u8>> {
+    const MEMBER: &[u8] = br#""stream_options":{"include_usage":true},"#;
+    if !has_stream_options {
+        let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
+        if body[open] != b'{' {
+            return None;
+        }
+        let mut out = Vec::with_capacity(body.len() + MEMBER.len());
+        out.extend_from_slice(&body[..=open]);
+        out.extend_from_slice(MEMBER);
+        out.extend_from_slice(&body[open + 1..]);
+        return Some(out);
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let opts = v.as_object_mut()?.get_mut("stream_options")?;
+    if !opts.is_object() {
+        return None;
+    }
+    opts.as_object_mut()?
+        .insert("include_usage".into(), serde_json::Value::Bool(true));
+    serde_json::to_vec(&v).ok()
 }
 
 /// Reads the body's model and stream flag; a body that is not a JSON object
@@ -165,6 +232,28 @@ mod tests {
         );
         assert_eq!(classify(Method::Get, "/v1/nope"), Route::NotFound);
         assert_eq!(classify(Method::Get, "/health"), Route::Health);
+    }
+
+    #[test]
+    fn usage_is_requested_without_changing_anything_else() {
+        let body = br#" {"model":"m","stream":true,"messages":[]}"#;
+        let p = probe(body).unwrap();
+        assert!(p.streaming() && !p.client_wants_usage());
+        let out = with_usage_requested(body, false).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "m");
+        assert_eq!(v["messages"], serde_json::json!([]));
+        let body = br#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#;
+        let p = probe(body).unwrap();
+        assert!(!p.client_wants_usage());
+        let out = with_usage_requested(body, p.stream_options.is_some()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage": true, "x": 1})
+        );
+        assert!(with_usage_requested(br#"{"model":"m","stream_options":null}"#, true).is_none());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::response::{self, ResponseFraming};
 use crate::http::server::ClientOut;
 use crate::limits::STREAM_READ_BYTES;
+use crate::tokens::{Finished, ModelFamily, StreamEnding, StreamMeter};
 use crate::upstream::response::{UpstreamFraming, UpstreamHead};
 use crate::upstream::{ReadOutcome, UpstreamConn, UpstreamIoError};
 
@@ -26,6 +27,28 @@ pub struct Timing {
     pub inbound: Duration,
     /// When the upstream's response head was complete.
     pub head_at: Instant,
+}
+
+/// Removes the `"usage":null` members OpenAI adds to every chunk when usage is
+/// requested, from `buf[start..]`, so a client that did not ask for usage sees
+/// the chunks it would have seen without the gateway. Only called while
+/// stripping, when the meter forwards whole events only, so a member is never
+/// split across calls. Inside JSON strings quotes are escaped, so the
+/// unescaped pattern can only be a member.
+fn remove_null_usage(buf: &mut Vec<u8>, start: usize) {
+    for pattern in [&b",\"usage\":null"[..], &b"\"usage\":null,"[..]] {
+        let finder = memchr::memmem::Finder::new(pattern);
+        let mut read = start;
+        let mut write = start;
+        while let Some(i) = finder.find(&buf[read..]) {
+            buf.copy_within(read..read + i, write);
+            write += i;
+            read += i + pattern.len();
+        }
+        let rest = buf.len() - read;
+        buf.copy_within(read.., write);
+        buf.truncate(write + rest);
+    }
 }
 
 /// How a relayed stream ended.
@@ -86,6 +109,7 @@ pub async fn relay(
     keep: bool,
     http10: bool,
     timing: Timing,
+    plan: &super::forward::MeterPlan<'_>,
 ) -> bool {
     let chunked_out = !http10;
     w.stats.response(head.status);
@@ -110,6 +134,12 @@ pub async fn relay(
         UpstreamFraming::Close => Source::Close,
         UpstreamFraming::None => Source::Length(0),
     };
+    let mut meter = StreamMeter::new(
+        plan.protocol,
+        plan.strip_usage_chunk,
+        ModelFamily::for_model(plan.model),
+    );
+    let data_start = if chunked_out { FRAME_HEADER_BYTES } else { 0 };
     let mut frame: Vec<u8> = Vec::with_capacity(STREAM_READ_BYTES + 64);
     // The last two bytes relayed: whether the client is between SSE events.
     let mut tail: [u8; 2] = *b"\n\n";
@@ -121,7 +151,11 @@ pub async fn relay(
         if source.take(&mut conn.rbuf, &mut frame).is_err() {
             break StreamEnd::UpstreamFailed;
         }
-        let data_len = frame.len() - if chunked_out { FRAME_HEADER_BYTES } else { 0 };
+        meter.feed_in_place(&mut frame, data_start);
+        if plan.strip_usage_chunk {
+            remove_null_usage(&mut frame, data_start);
+        }
+        let data_len = frame.len() - data_start;
         if data_len > 0 {
             if chunked_out {
                 let size = format!("{data_len:08x}\r\n");
@@ -155,6 +189,47 @@ pub async fn relay(
             }
         }
     };
+
+    // Count the stream's tokens; bytes the meter held back (an incomplete
+    // event while stripping) go to the client before the stream ends.
+    let ending = match end {
+        StreamEnd::Complete => StreamEnding::Complete,
+        StreamEnd::ClientGone => StreamEnding::ClientGone,
+        StreamEnd::UpstreamFailed => StreamEnding::UpstreamCut,
+    };
+    let mut held = Vec::new();
+    match meter.finish_deferred(ending, &mut held) {
+        Finished::Ready(outcome) => {
+            w.stats
+                .tokens
+                .usage_chunks_stripped
+                .add(u64::from(outcome.usage_chunks_stripped));
+            w.stats.tokens.record(&outcome.usage, outcome.estimated);
+        }
+        Finished::NeedsCount(job) => {
+            if let Err(e) = w.count_jobs.try_send(job) {
+                // The tokenizer thread is saturated: count here rather than
+                // lose the count (rare; it costs this worker a tokenizer run).
+                let outcome = e.into_inner().run();
+                w.stats.tokens.record(&outcome.usage, true);
+            }
+        }
+    }
+    if plan.strip_usage_chunk && !held.is_empty() {
+        remove_null_usage(&mut held, 0);
+    }
+    if !held.is_empty() && end != StreamEnd::ClientGone {
+        if chunked_out {
+            crate::http::chunked::write_chunk_header(out.wbuf, held.len());
+            out.wbuf.extend_from_slice(&held);
+            out.wbuf.extend_from_slice(b"\r\n");
+        } else {
+            out.wbuf.extend_from_slice(&held);
+        }
+        if held.len() >= 2 {
+            tail.copy_from_slice(&held[held.len() - 2..]);
+        }
+    }
 
     match end {
         StreamEnd::Complete => {
@@ -198,5 +273,20 @@ pub async fn relay(
             }
             out.flush().await.is_ok() && keep && chunked_out
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remove_null_usage;
+
+    #[test]
+    fn null_usage_members_are_removed_and_nothing_else() {
+        let mut b = b"HDR{\"id\":1,\"choices\":[],\"usage\":null}\n\n{\"usage\":null,\"x\":\"\\\"usage\\\":null\"}".to_vec();
+        remove_null_usage(&mut b, 3);
+        assert_eq!(
+            String::from_utf8(b).unwrap(),
+            "HDR{\"id\":1,\"choices\":[]}\n\n{\"x\":\"\\\"usage\\\":null\"}"
+        );
     }
 }

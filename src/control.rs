@@ -73,6 +73,19 @@ pub fn start(
     Ok(bound)
 }
 
+/// Control-plane request ids: `ctl_` and a per-process counter (this thread
+/// is the only writer).
+fn next_id() -> String {
+    thread_local! {
+        static N: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    let n = N.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    format!("ctl_{n:012x}")
+}
+
 async fn serve(registry: &Registry, limits: &Limits, stream: monoio::net::TcpStream) {
     let mut conn = ServerConn::new(stream);
     loop {
@@ -80,13 +93,14 @@ async fn serve(registry: &Registry, limits: &Limits, stream: monoio::net::TcpStr
             Ok(()) => {}
             Err(ReadError::Reject(e)) => {
                 conn.wbuf.clear();
-                response::error(&mut conn.wbuf, &e, "control", false);
+                response::error(&mut conn.wbuf, &e, &next_id(), false);
                 let _ = conn.flush(limits).await;
                 return;
             }
             Err(_) => return,
         }
         let keep = conn.head.keep_alive;
+        let id = next_id();
         let path = conn.head.path(conn.head_bytes()).to_string();
         let method = conn.head.method();
         conn.wbuf.clear();
@@ -95,19 +109,20 @@ async fn serve(registry: &Registry, limits: &Limits, stream: monoio::net::TcpStr
                 let body = registry.render();
                 response::begin(&mut conn.wbuf, 200);
                 response::header(&mut conn.wbuf, "content-type", b"text/plain; version=0.0.4");
+                response::header(&mut conn.wbuf, "x-request-id", id.as_bytes());
                 response::finish(&mut conn.wbuf, ResponseFraming::Length(body.len()), keep);
                 conn.wbuf.extend_from_slice(body.as_bytes());
             }
             (Method::Get, "/health" | "/healthz" | "/ready" | "/readyz") => {
                 let body = format!(r#"{{"status":"ok","io_driver":"{}"}}"#, registry.driver());
-                response::json(&mut conn.wbuf, 200, "control", keep, body.as_bytes());
+                response::json(&mut conn.wbuf, 200, &id, keep, body.as_bytes());
             }
             _ => {
                 let e = ApiError::not_found(
                     "unknown_url",
                     format!("unknown control-plane URL: {path}"),
                 );
-                response::error(&mut conn.wbuf, &e, "control", keep);
+                response::error(&mut conn.wbuf, &e, &id, keep);
             }
         }
         if conn.flush(limits).await.is_err() || !keep {

@@ -160,6 +160,9 @@ impl Gateway {
         let mut c = Client::connect(self.admin);
         let r = c.request("GET", "/metrics", &[], b"");
         assert_eq!(r.status, 200);
+        assert!(r
+            .header("x-request-id")
+            .is_some_and(|id| id.starts_with("ctl_")));
         r.text()
     }
 

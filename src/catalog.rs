@@ -99,6 +99,8 @@ pub struct Catalog {
     routes: HashMap<String, ProviderId>,
     fallback: Option<ProviderId>,
     keys_by_digest: DigestMap<KeyId>,
+    /// The prices in force (shipped table plus config overrides).
+    pub prices: Arc<crate::prices::PriceTable>,
 }
 
 impl Catalog {
@@ -148,6 +150,7 @@ impl Catalog {
             routes,
             fallback,
             keys_by_digest,
+            prices: Arc::new(config.prices.clone()),
         }
     }
 

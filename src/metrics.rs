@@ -88,10 +88,27 @@ pub struct TokenCounters {
     pub usage_missing: Counter,
     /// Usage chunks the gateway asked for and removed from the client's stream.
     pub usage_chunks_stripped: Counter,
+    /// Cost of the counted tokens at the price table's list prices, in
+    /// picodollars (a counter: it wraps, like a restart, after $18.4M).
+    pub cost_picodollars: Counter,
+    /// Responses for a model with no price (not costed; never "free").
+    pub unpriced: Counter,
 }
 
 impl TokenCounters {
-    pub fn record(&self, u: &crate::tokens::Usage, estimated: bool) {
+    /// Counts `u`, and its cost at `price` (`None`: the model is unpriced).
+    pub fn record(
+        &self,
+        u: &crate::tokens::Usage,
+        estimated: bool,
+        price: Option<&crate::prices::Price>,
+    ) {
+        match price.and_then(|p| p.cost(&crate::prices::TokenCounts::from(u))) {
+            Some(cost) => self
+                .cost_picodollars
+                .add(u64::try_from(cost.picodollars()).unwrap_or(u64::MAX)),
+            None => self.unpriced.inc(),
+        }
         self.prompt.add(u.prompt_tokens);
         self.completion.add(u.completion_tokens);
         self.cached.add(u.cached_tokens);
@@ -341,7 +358,9 @@ impl Registry {
             }
         }
         type Tok = fn(&TokenCounters) -> u64;
-        let token_series: [(&str, &str, Tok); 8] = [
+        let token_series: [(&str, &str, Tok); 10] = [
+            ("bursar_cost_picodollars_total", "Cost of counted tokens at list prices, in 1e-12 USD (observed spend, not a budget).", |t| t.cost_picodollars.get()),
+            ("bursar_unpriced_responses_total", "Responses for models without a price (not costed).", |t| t.unpriced.get()),
             (
                 "bursar_tokens_prompt_total",
                 "Prompt tokens in responses (provider usage, or estimated).",

@@ -56,6 +56,19 @@ pub struct TokenCounts {
     pub reasoning: u64,
 }
 
+impl From<&crate::tokens::Usage> for TokenCounts {
+    /// The meter's usage is already normalized the same way.
+    fn from(u: &crate::tokens::Usage) -> TokenCounts {
+        TokenCounts {
+            prompt: u.prompt_tokens,
+            cached: u.cached_tokens,
+            cache_write: u.cache_write_tokens,
+            completion: u.completion_tokens,
+            reasoning: u.reasoning_tokens,
+        }
+    }
+}
+
 impl Price {
     fn rates(&self, prompt_tokens: u64) -> (Money, Money, Money, Money) {
         match &self.long {

@@ -37,7 +37,7 @@ struct WorkerSeed {
     tls: Arc<rustls::ClientConfig>,
     shutdown: Arc<AtomicBool>,
     id_salt: u64,
-    count_jobs: crossbeam_channel::Sender<crate::tokens::CountJob>,
+    count_jobs: crossbeam_channel::Sender<crate::proxy::CountRequest>,
 }
 
 /// A handle to a running gateway.
@@ -281,16 +281,17 @@ impl Gateway {
 /// provider's usage, off the workers (a count can take milliseconds).
 fn spawn_tokenizer(
     stats: Arc<crate::metrics::TokenCounters>,
-) -> anyhow::Result<crossbeam_channel::Sender<crate::tokens::CountJob>> {
-    let (tx, rx) =
-        crossbeam_channel::bounded::<crate::tokens::CountJob>(crate::limits::COUNT_JOBS_QUEUE_MAX);
+) -> anyhow::Result<crossbeam_channel::Sender<crate::proxy::CountRequest>> {
+    let (tx, rx) = crossbeam_channel::bounded::<crate::proxy::CountRequest>(
+        crate::limits::COUNT_JOBS_QUEUE_MAX,
+    );
     std::thread::Builder::new()
         .name("bursar-tokenizer".into())
         .spawn(move || {
             crate::tokens::warm_up();
-            for job in rx {
-                let outcome = job.run();
-                stats.record(&outcome.usage, true);
+            for req in rx {
+                let outcome = req.job.run();
+                stats.record(&outcome.usage, true, req.price.as_ref());
             }
         })
         .context("spawning the tokenizer thread")?;

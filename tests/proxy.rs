@@ -532,6 +532,11 @@ fn streams_are_metered_with_usage_requested_and_the_extra_chunk_removed() {
     assert_eq!(metric(&gw, "bursar_usage_chunks_stripped_total", "0"), 1);
     assert_eq!(metric(&gw, "bursar_tokens_prompt_total", "0"), 8);
     assert_eq!(metric(&gw, "bursar_tokens_completion_total", "0"), 5);
+    // gpt-4o-mini at $0.15 / $0.60 per million: 8 in, 5 out, exactly.
+    assert_eq!(
+        metric(&gw, "bursar_cost_picodollars_total", "0"),
+        8 * 150_000 + 5 * 600_000
+    );
 
     // The same stream, split at every byte by the upstream: same result.
     let r = c.post(

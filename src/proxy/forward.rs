@@ -49,6 +49,8 @@ pub struct MeterPlan<'a> {
     /// The gateway asked for usage the client did not: remove that chunk.
     pub strip_usage_chunk: bool,
     pub model: &'a str,
+    /// The model's price, `None` when unpriced.
+    pub price: Option<&'a crate::prices::Price>,
     /// The body to send upstream (the client's, or with usage requested).
     pub body: &'a [u8],
 }
@@ -385,7 +387,7 @@ pub async fn forward(
     let body_at = Instant::now();
     if (200..300).contains(&head.status) {
         match crate::tokens::usage_from_body(plan.protocol, &body) {
-            Some(usage) => w.stats.tokens.record(&usage, false),
+            Some(usage) => w.stats.tokens.record(&usage, false, plan.price),
             None => w.stats.tokens.usage_missing.inc(),
         }
     }

@@ -42,7 +42,7 @@ pub struct Worker {
     pub tls: monoio_rustls::TlsConnector,
     pub shutdown: Arc<AtomicBool>,
     /// Tokenizer counts for streams without usage go to the tokenizer thread.
-    pub count_jobs: crossbeam_channel::Sender<crate::tokens::CountJob>,
+    pub count_jobs: crossbeam_channel::Sender<CountRequest>,
     ids: RequestIds,
     spin: Cell<usize>,
     /// Internal overhead per forwarded request, in nanoseconds.
@@ -65,7 +65,7 @@ impl Worker {
         tls: Arc<rustls::ClientConfig>,
         shutdown: Arc<AtomicBool>,
         id_salt: u64,
-        count_jobs: crossbeam_channel::Sender<crate::tokens::CountJob>,
+        count_jobs: crossbeam_channel::Sender<CountRequest>,
     ) -> Worker {
         let pool = Pool::new(limits.pool_idle_per_upstream_max, limits.pool_idle_timeout);
         Worker {
@@ -118,6 +118,12 @@ impl Worker {
         self.spin.set(s);
         s
     }
+}
+
+/// A tokenizer count for the tokenizer thread, with the price to cost it at.
+pub struct CountRequest {
+    pub job: crate::tokens::CountJob,
+    pub price: Option<crate::prices::Price>,
 }
 
 /// A request id: `req_` then 28 hex digits, unique across workers and restarts
@@ -286,6 +292,7 @@ async fn proxy_api(
                 protocol: endpoint.protocol(),
                 strip_usage_chunk: rewritten.is_some(),
                 model,
+                price: catalog.prices.get(model),
                 body: rewritten.as_deref().unwrap_or(req.body),
             };
             forward::forward(w, provider, endpoint, req, out, rid, keep, ready_at, plan).await

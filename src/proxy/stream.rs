@@ -204,14 +204,20 @@ pub async fn relay(
                 .tokens
                 .usage_chunks_stripped
                 .add(u64::from(outcome.usage_chunks_stripped));
-            w.stats.tokens.record(&outcome.usage, outcome.estimated);
+            w.stats
+                .tokens
+                .record(&outcome.usage, outcome.estimated, plan.price);
         }
         Finished::NeedsCount(job) => {
-            if let Err(e) = w.count_jobs.try_send(job) {
+            let req = super::CountRequest {
+                job,
+                price: plan.price.cloned(),
+            };
+            if let Err(e) = w.count_jobs.try_send(req) {
                 // The tokenizer thread is saturated: count here rather than
                 // lose the count (rare; it costs this worker a tokenizer run).
-                let outcome = e.into_inner().run();
-                w.stats.tokens.record(&outcome.usage, true);
+                let outcome = e.into_inner().job.run();
+                w.stats.tokens.record(&outcome.usage, true, plan.price);
             }
         }
     }

@@ -258,6 +258,24 @@ async fn exchange(
     ))
 }
 
+/// Reads more of a body whose end has not arrived; an EOF is the upstream
+/// closing mid-body.
+async fn read_more_of_body(
+    conn: &mut UpstreamConn,
+    max: usize,
+    wait: Duration,
+    target: &UpstreamTarget,
+) -> Result<(), ApiError> {
+    match conn.read_more(max, wait).await {
+        Ok(ReadOutcome::Data(_)) => Ok(()),
+        Ok(ReadOutcome::Eof) => Err(ApiError::bad_gateway(
+            "upstream_closed",
+            "the upstream closed the connection mid-body",
+        )),
+        Err(e) => Err(io_error(e, target, "reading the body")),
+    }
+}
+
 /// Reads a whole non-streamed body (the head already drained from `rbuf`).
 async fn read_body(
     w: &Worker,
@@ -279,16 +297,7 @@ async fn read_body(
             }
             let n = n as usize;
             while conn.rbuf.len() < n {
-                match conn.read_more(n, wait).await {
-                    Ok(ReadOutcome::Data(_)) => {}
-                    Ok(ReadOutcome::Eof) => {
-                        return Err(ApiError::bad_gateway(
-                            "upstream_closed",
-                            "the upstream closed the connection mid-body",
-                        ))
-                    }
-                    Err(e) => return Err(io_error(e, target, "reading the body")),
-                }
+                read_more_of_body(conn, n, wait, target).await?;
             }
             let rest = conn.rbuf.split_off(n);
             Ok(std::mem::replace(&mut conn.rbuf, rest))
@@ -312,16 +321,7 @@ async fn read_body(
                 if decoder.is_done() {
                     return Ok(body);
                 }
-                match conn.read_more(max, wait).await {
-                    Ok(ReadOutcome::Data(_)) => {}
-                    Ok(ReadOutcome::Eof) => {
-                        return Err(ApiError::bad_gateway(
-                            "upstream_closed",
-                            "the upstream closed the connection mid-body",
-                        ))
-                    }
-                    Err(e) => return Err(io_error(e, target, "reading the body")),
-                }
+                read_more_of_body(conn, max, wait, target).await?;
             }
         }
         UpstreamFraming::Close => loop {

@@ -1,0 +1,19 @@
+//! The books wired to the workers: stable entity ids, the per-worker durable
+//! settle rings, the ledger thread, and the worker's lease shard.
+//!
+//! See docs/decisions/0003-wiring-the-books.md. The pieces:
+//! - [`registry`]: `(kind, name) ↔ EntityId`, persistent in `entities.log`.
+//! - [`ring`]: each worker's settle ring in a memory-mapped file, so a settle
+//!   published before the response is written survives SIGKILL.
+//! - [`thread`]: the one thread that owns the [`crate::ledger::Ledger`]:
+//!   commands in over one bounded channel, settles in from the rings, events
+//!   out to each worker.
+//! - [`shard`]: a worker's leases and reservations (pure, single-threaded).
+
+pub mod registry;
+pub mod ring;
+pub mod shard;
+pub mod thread;
+
+pub use registry::{EntityRegistry, RegistryError};
+pub use ring::{RingConsumer, RingError, RingFull, RingProducer, SettleRecord};

@@ -1,0 +1,289 @@
+//! Stable entity ids: the `(kind, name) → EntityId` map that the journal and
+//! snapshots rely on.
+//!
+//! The ledger names entities by a dense [`EntityId`]; the config and the admin
+//! API name them by kind and name. The mapping must survive restarts and config
+//! edits (a journal record for id 7 must mean the same key forever), so it is
+//! kept in `entities.log` in the state directory: one `"{id}\t{kind}\t{name}\n"`
+//! line per entity, appended and fsynced before the new id is handed out.
+//! Ids are assigned in order and never reused, even when an entity leaves the
+//! config: its history in the journal still names it.
+//!
+//! Crash safety: a line is written with one `write` and then `fsync`ed; a crash
+//! in between can leave a last line without its `\n`. That id was never
+//! returned to anyone, so the torn line is cut off on open (and the id is
+//! assigned again). A *complete* line that does not parse is real corruption
+//! (no crash produces it) and stops the open with the file and line number.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::ledger::{EntityId, EntityKind};
+
+/// The registry file's name in the state directory.
+pub const REGISTRY_FILE: &str = "entities.log";
+/// Longest entity name accepted, in bytes. Config names are far shorter; the
+/// bound keeps a corrupt file from being read as one giant name.
+pub const ENTITY_NAME_BYTES_MAX: usize = 256;
+/// Largest registry file read on open: `ENTITIES_MAX` lines of the longest
+/// form. Anything bigger is refused rather than read into memory.
+pub const REGISTRY_FILE_BYTES_MAX: u64 =
+    crate::ledger::state::ENTITIES_MAX as u64 * (ENTITY_NAME_BYTES_MAX as u64 + 32);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("entity registry {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("entity registry {path}, line {line}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("entity registry {path} is {len} bytes, more than the {REGISTRY_FILE_BYTES_MAX} a registry can hold")]
+    TooLarge { path: PathBuf, len: u64 },
+    #[error("entity name {name:?} is not acceptable: {reason}")]
+    BadName { name: String, reason: &'static str },
+    #[error(
+        "the registry is full: ids are below {}",
+        crate::ledger::state::ENTITIES_MAX
+    )]
+    Full,
+}
+
+/// The registry's text for a kind.
+pub fn kind_str(kind: EntityKind) -> &'static str {
+    match kind {
+        EntityKind::Customer => "customer",
+        EntityKind::Team => "team",
+        EntityKind::Key => "key",
+        EntityKind::Provider => "provider",
+        EntityKind::Model => "model",
+    }
+}
+
+fn kind_from_str(s: &str) -> Option<EntityKind> {
+    EntityKind::ALL.into_iter().find(|k| kind_str(*k) == s)
+}
+
+/// Why a name cannot be registered, if it cannot.
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty");
+    }
+    if name.len() > ENTITY_NAME_BYTES_MAX {
+        return Err("longer than ENTITY_NAME_BYTES_MAX bytes");
+    }
+    if name.bytes().any(|b| b == b'\t' || b == b'\n' || b == b'\r') {
+        return Err("contains a tab or a line break");
+    }
+    Ok(())
+}
+
+/// The persistent `(kind, name) ↔ id` map. Owned by one thread (the control
+/// plane); wrap it in a mutex to share.
+#[derive(Debug)]
+pub struct EntityRegistry {
+    path: PathBuf,
+    file: File,
+    by_name: HashMap<(EntityKind, String), EntityId>,
+    /// Indexed by id: every id below `names.len()` is assigned.
+    names: Vec<(EntityKind, String)>,
+    /// The file's length: where the next line goes.
+    len: u64,
+    /// An append failed and its partial line could not be cut: refuse more.
+    poisoned: bool,
+}
+
+impl EntityRegistry {
+    /// Opens (or creates) `state_dir/entities.log`, cutting a torn last line.
+    pub fn open(state_dir: &Path) -> Result<EntityRegistry, RegistryError> {
+        let path = state_dir.join(REGISTRY_FILE);
+        let io = |source| RegistryError::Io {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(state_dir).map_err(|source| RegistryError::Io {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let existed = path.exists();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io)?;
+        if !existed {
+            sync_dir(state_dir)?;
+        }
+        let len = file.metadata().map_err(io)?.len();
+        if len > REGISTRY_FILE_BYTES_MAX {
+            return Err(RegistryError::TooLarge { path, len });
+        }
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut bytes).map_err(io)?;
+        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if whole < bytes.len() {
+            log::warn!(
+                "entity registry {}: cutting a torn last line of {} bytes",
+                path.display(),
+                bytes.len() - whole
+            );
+            file.set_len(whole as u64).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        let mut registry = EntityRegistry {
+            path: path.clone(),
+            file,
+            by_name: HashMap::new(),
+            names: Vec::new(),
+            len: whole as u64,
+            poisoned: false,
+        };
+        let total_lines = bytes[..whole].split(|&b| b == b'\n').count();
+        for (i, line) in bytes[..whole].split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                if i + 1 == total_lines {
+                    // The empty remainder after the final '\n'.
+                    continue;
+                }
+                return Err(RegistryError::Corrupt {
+                    path: path.clone(),
+                    line: i + 1,
+                    reason: "empty line".into(),
+                });
+            }
+            let corrupt = |reason: String| RegistryError::Corrupt {
+                path: path.clone(),
+                line: i + 1,
+                reason,
+            };
+            let text = std::str::from_utf8(line).map_err(|_| corrupt("not UTF-8".into()))?;
+            let mut fields = text.split('\t');
+            let (Some(id), Some(kind), Some(name), None) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                return Err(corrupt(format!(
+                    "expected `id<TAB>kind<TAB>name`, found {text:?}"
+                )));
+            };
+            let id: u32 = id
+                .parse()
+                .map_err(|_| corrupt(format!("id {id:?} is not a number")))?;
+            let expected = registry.names.len();
+            if id as usize != expected {
+                return Err(corrupt(format!(
+                    "id {id} where id {expected} was expected (ids are assigned in order)"
+                )));
+            }
+            if id >= crate::ledger::state::ENTITIES_MAX {
+                return Err(corrupt(format!("id {id} is out of range")));
+            }
+            let kind =
+                kind_from_str(kind).ok_or_else(|| corrupt(format!("unknown kind {kind:?}")))?;
+            check_name(name).map_err(|why| corrupt(format!("name {name:?} is {why}")))?;
+            if registry.by_name.contains_key(&(kind, name.to_owned())) {
+                return Err(corrupt(format!(
+                    "{} {name:?} is registered twice",
+                    kind_str(kind)
+                )));
+            }
+            registry.insert(kind, name.to_owned());
+        }
+        Ok(registry)
+    }
+
+    fn insert(&mut self, kind: EntityKind, name: String) -> EntityId {
+        let id = EntityId(self.names.len() as u32);
+        self.by_name.insert((kind, name.clone()), id);
+        self.names.push((kind, name));
+        id
+    }
+
+    /// The id of `(kind, name)`, assigning (and durably recording) the next one
+    /// on first sight. When this returns, the line is fsynced.
+    pub fn id_for(&mut self, kind: EntityKind, name: &str) -> Result<EntityId, RegistryError> {
+        if let Some(id) = self.lookup(kind, name) {
+            return Ok(id);
+        }
+        check_name(name).map_err(|reason| RegistryError::BadName {
+            name: name.chars().take(ENTITY_NAME_BYTES_MAX).collect(),
+            reason,
+        })?;
+        let next = self.names.len() as u32;
+        if next >= crate::ledger::state::ENTITIES_MAX {
+            return Err(RegistryError::Full);
+        }
+        let line = format!("{next}\t{}\t{name}\n", kind_str(kind));
+        let path = self.path.clone();
+        let io = |source| RegistryError::Io { path, source };
+        if self.poisoned {
+            return Err(io(std::io::Error::other(
+                "an earlier append failed and could not be undone; reopen the registry",
+            )));
+        }
+        // One write: a crash leaves a prefix of it at worst, which open cuts.
+        let written = self
+            .file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // Undo a partial line, or the next append would follow it and
+            // make a corrupt line in the middle of the file.
+            if self
+                .file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_data())
+                .is_err()
+            {
+                self.poisoned = true;
+            }
+            return Err(io(e));
+        }
+        self.len += line.len() as u64;
+        let id = self.insert(kind, name.to_owned());
+        debug_assert_eq!(id.0, next);
+        Ok(id)
+    }
+
+    pub fn lookup(&self, kind: EntityKind, name: &str) -> Option<EntityId> {
+        // The key is (kind, String); a borrowed lookup would need a custom
+        // Borrow impl, and this is the control plane, not the request path.
+        self.by_name.get(&(kind, name.to_owned())).copied()
+    }
+
+    pub fn name_of(&self, id: EntityId) -> Option<(EntityKind, &str)> {
+        self.names
+            .get(id.0 as usize)
+            .map(|(kind, name)| (*kind, name.as_str()))
+    }
+
+    /// Ids assigned so far (all ids below this are taken).
+    pub fn len(&self) -> u32 {
+        self.names.len() as u32
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), RegistryError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| RegistryError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
+}

@@ -1,0 +1,662 @@
+//! The durable settle ring: one per worker, in a memory-mapped file.
+//!
+//! # Why
+//!
+//! The crash test demands that every charge a client saw in
+//! `x-bursar-cost-usd` is in the ledger after SIGKILL. Waiting for the ledger
+//! thread to journal (and fsync) each settle before answering would put a
+//! cross-thread round trip and milliseconds on every response. Instead the
+//! worker appends its settle to this ring (memory stores into a shared file
+//! mapping: no system call, no lock) and publishes it before it writes the
+//! response. The ledger thread consumes the ring and journals the settles.
+//!
+//! # Layout (`settle-ring-{worker}.bin`)
+//!
+//! A [`HEADER_BYTES`] header page, then `slots` fixed slots of [`SLOT_BYTES`]:
+//!
+//! ```text
+//! header: magic "BRSRNG01" | slots u32 | slot_bytes u32 | worker u16 | pad | crc32c u32 @20 (of bytes 0..20)
+//!         head AtomicU64 @64 (next position the producer writes)
+//!         tail AtomicU64 @128 (next position the consumer has not released)
+//! slot:   request_id u128 | worker u16 | estimated u8 | count u8 | pad u32 | pos u64
+//!         | count × (entity u32 | amount i128 | from_lease u8)  (21 bytes each)
+//!         | crc32c u32 @SLOT_BYTES-4 (of everything before it)
+//! ```
+//!
+//! Positions are absolute and only grow (a u64 does not wrap in practice);
+//! position `p` lives in slot `p % slots`. `pos` inside a slot is the position
+//! it was written for, so a stale slot from a previous lap is never mistaken
+//! for a new one.
+//!
+//! # Memory ordering
+//!
+//! Single producer (the worker thread), single consumer (the ledger thread).
+//! Slots in `[tail, head)` belong to the consumer, all others to the producer.
+//! - Producer: check `head - tail < slots` with `tail.load(Acquire)` (pairs with
+//!   the consumer's release of `tail`: its reads of a slot happen before the
+//!   producer overwrites it); write the slot with plain stores; then
+//!   `head.store(head + 1, Release)`.
+//! - Consumer: `head.load(Acquire)` (pairs with the producer's release: the
+//!   slot's bytes are visible), read and verify slots up to it, and later
+//!   `tail.store(pos, Release)` once those settles are durable in the journal.
+//!
+//! The consumer's *read cursor* is separate from `tail`: the ledger journals a
+//! settle into a user-space batch first, so if `tail` moved as soon as a slot
+//! was read, a SIGKILL before the batch reached the journal file would lose the
+//! settle (the ring would say "consumed", the journal would not have it). The
+//! ledger thread releases up to the read cursor only after
+//! [`crate::ledger::Ledger::durable_seq`] covers what it applied.
+//!
+//! # What survives what
+//!
+//! - SIGKILL (or any crash of the process): every slot whose `head` store
+//!   happened is in the file: the mapping is `MAP_SHARED`, its pages belong to
+//!   the kernel's page cache, not to the process, and the kernel writes them
+//!   back whether or not the process lives. On restart `[tail, head)` are the
+//!   settles to replay; those already journaled come back as `Duplicate`
+//!   (idempotent by request id in the ledger).
+//! - Power loss: nothing is `msync`ed, so published slots not yet journaled and
+//!   fsynced can be lost: the same window as the journal's batched fsync
+//!   (`sync_interval_ms`). Pages are also written back in no particular order,
+//!   so after a power loss a pending slot can fail its checksum: that is
+//!   reported as [`RingError::Corrupt`] naming the slot (start-up stops; the
+//!   operator decides, e.g. moving the file aside: its unjournaled settles are
+//!   the ones the power loss window allows to be lost). An `msync` after
+//!   journaling would buy nothing: journaled settles are already durable.
+//!
+//! # Page faults
+//!
+//! The file is written in full with zeros at creation (blocks allocated, so a
+//! full disk cannot SIGBUS a worker later) and every page of the mapping is
+//! touched by a write on open, so the worker's stores never take a major fault.
+//! After the kernel writes a dirty page back it write-protects it again, so
+//! the next store takes a minor fault (no I/O): that cannot be avoided with a
+//! shared file mapping short of `mlock`, and it costs about a microsecond.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use memmap2::MmapMut;
+
+use crate::ledger::state::CHARGES_PER_SETTLE_MAX;
+use crate::ledger::{Charge, Charges, Command, EntityId};
+use crate::money::Money;
+
+/// Slots in a ring created by bursar: a power of two. 16 Ki slots of 256 bytes
+/// is 4 MiB per worker; at the ledger's ~1 M settles per second that is about
+/// 16 ms of settles in flight before a worker would have to wait.
+pub const RING_SLOTS: u32 = 1 << 14;
+/// Largest ring accepted from a file (1 Mi slots, 256 MiB).
+pub const RING_SLOTS_MAX: u32 = 1 << 20;
+/// Bytes per slot: one settle with up to [`CHARGES_PER_SETTLE_MAX`] charges.
+pub const SLOT_BYTES: usize = 256;
+/// The header page.
+pub const HEADER_BYTES: usize = 4096;
+const PAGE_BYTES: usize = 4096;
+
+const MAGIC: &[u8; 8] = b"BRSRNG01";
+const HEAD_OFFSET: usize = 64;
+const TAIL_OFFSET: usize = 128;
+const CHARGES_OFFSET: usize = 32;
+const CHARGE_BYTES: usize = 21;
+const CRC_OFFSET: usize = SLOT_BYTES - 4;
+
+const _: () = assert!(RING_SLOTS.is_power_of_two() && RING_SLOTS <= RING_SLOTS_MAX);
+const _: () = assert!(CHARGES_OFFSET + CHARGES_PER_SETTLE_MAX * CHARGE_BYTES <= CRC_OFFSET);
+const _: () =
+    assert!(HEADER_BYTES.is_multiple_of(PAGE_BYTES) && PAGE_BYTES.is_multiple_of(SLOT_BYTES));
+
+/// The file name of worker `worker`'s ring.
+pub fn ring_file_name(worker: u16) -> String {
+    format!("settle-ring-{worker}.bin")
+}
+
+/// Workers that have a ring file in `dir` (sorted), e.g. to drain rings of
+/// workers that no longer exist after the worker count was lowered.
+pub fn ring_workers_in(dir: &Path) -> Result<Vec<u16>, RingError> {
+    let mut workers = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(workers),
+        Err(source) => {
+            return Err(RingError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for entry in entries {
+        let entry = entry.map_err(|source| RingError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(n) = name
+            .strip_prefix("settle-ring-")
+            .and_then(|s| s.strip_suffix(".bin"))
+        else {
+            continue;
+        };
+        if let Ok(w) = n.parse::<u16>() {
+            if ring_file_name(w) == name {
+                workers.push(w);
+            }
+        }
+    }
+    workers.sort_unstable();
+    Ok(workers)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("settle ring {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("settle ring {path}: bad header: {reason}")]
+    BadHeader { path: PathBuf, reason: String },
+    #[error("settle ring {path}: slot {slot} (position {pos}) is corrupt: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        slot: u64,
+        pos: u64,
+        reason: String,
+    },
+}
+
+/// The ring is full: the ledger thread has not caught up. The caller must not
+/// answer the client yet (the charge is not durable anywhere): it waits (yield
+/// to its runtime briefly) and retries. A full ring means the ledger thread is
+/// stalled or overloaded, which is a health problem worth a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the settle ring is full ({slots} slots not yet consumed)")]
+pub struct RingFull {
+    pub slots: u32,
+}
+
+/// One settle as stored in a ring slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettleRecord {
+    pub request_id: u128,
+    pub worker: u16,
+    pub estimated: bool,
+    pub charges: Charges,
+}
+
+impl SettleRecord {
+    pub fn to_command(&self) -> Command {
+        Command::Settle {
+            request_id: self.request_id,
+            worker: self.worker,
+            estimated: self.estimated,
+            charges: self.charges,
+        }
+    }
+}
+
+/// The shared mapping. Producer and consumer each hold an `Arc` of it and touch
+/// disjoint slots (see the module docs), plus the two atomics.
+struct RingMap {
+    /// Kept alive for `base`; never accessed through a reference after open.
+    _map: MmapMut,
+    base: *mut u8,
+    slots: u32,
+    worker: u16,
+    path: PathBuf,
+}
+
+// SAFETY: the mapping lives as long as the Arc; concurrent access is limited to
+// the two atomics and to slots owned by one side at a time, per the protocol in
+// the module docs (the producer writes only slots outside [tail, head), the
+// consumer reads only slots inside it).
+unsafe impl Send for RingMap {}
+unsafe impl Sync for RingMap {}
+
+impl RingMap {
+    fn atomic(&self, offset: usize) -> &AtomicU64 {
+        debug_assert!(offset == HEAD_OFFSET || offset == TAIL_OFFSET);
+        // SAFETY: offset is within the header page, 8-aligned (the mapping is
+        // page-aligned), and only ever accessed atomically.
+        unsafe { &*(self.base.add(offset) as *const AtomicU64) }
+    }
+
+    fn head(&self) -> &AtomicU64 {
+        self.atomic(HEAD_OFFSET)
+    }
+
+    fn tail(&self) -> &AtomicU64 {
+        self.atomic(TAIL_OFFSET)
+    }
+
+    fn slot_ptr(&self, pos: u64) -> *mut u8 {
+        let index = (pos & u64::from(self.slots - 1)) as usize;
+        // SAFETY: index < slots, and the mapping is HEADER_BYTES + slots × SLOT_BYTES.
+        unsafe { self.base.add(HEADER_BYTES + index * SLOT_BYTES) }
+    }
+}
+
+fn file_bytes(slots: u32) -> usize {
+    HEADER_BYTES + slots as usize * SLOT_BYTES
+}
+
+fn header_bytes(slots: u32, worker: u16) -> [u8; 24] {
+    let mut h = [0u8; 24];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&slots.to_le_bytes());
+    h[12..16].copy_from_slice(&(SLOT_BYTES as u32).to_le_bytes());
+    h[16..18].copy_from_slice(&worker.to_le_bytes());
+    let crc = crc32c::crc32c(&h[0..20]);
+    h[20..24].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Opens (creating if missing) worker `worker`'s ring in `dir`. A new ring has
+/// `slots` slots (a power of two, at most [`RING_SLOTS_MAX`]); an existing one
+/// keeps the size it was created with. Returns the two ends: the producer for
+/// the worker, the consumer for the ledger thread, whose pending slots
+/// (`[tail, head)`) are those a previous process published and did not release.
+pub fn open_ring(
+    dir: &Path,
+    worker: u16,
+    slots: u32,
+) -> Result<(RingProducer, RingConsumer), RingError> {
+    let path = dir.join(ring_file_name(worker));
+    let io = |source| RingError::Io {
+        path: path.clone(),
+        source,
+    };
+    let bad = |reason: String| RingError::BadHeader {
+        path: path.clone(),
+        reason,
+    };
+    if !slots.is_power_of_two() || slots > RING_SLOTS_MAX {
+        return Err(bad(format!(
+            "{slots} slots requested: must be a power of two up to {RING_SLOTS_MAX}"
+        )));
+    }
+    fs::create_dir_all(dir).map_err(|source| RingError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    if !path.exists() {
+        create_file(dir, &path, slots, worker)?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len < HEADER_BYTES as u64 {
+        return Err(bad(format!("file is {len} bytes, shorter than the header")));
+    }
+    // SAFETY: the file is bursar's own in its state directory; nothing else is
+    // expected to truncate it while mapped (that would SIGBUS, as for any mmap).
+    let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(io)?;
+    let h = &map[0..24];
+    if &h[0..8] != MAGIC {
+        return Err(bad("bad magic".into()));
+    }
+    let crc = u32::from_le_bytes(h[20..24].try_into().expect("4 bytes"));
+    if crc != crc32c::crc32c(&h[0..20]) {
+        return Err(bad("header checksum mismatch".into()));
+    }
+    let file_slots = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+    let slot_bytes = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
+    let file_worker = u16::from_le_bytes(h[16..18].try_into().expect("2 bytes"));
+    if !file_slots.is_power_of_two() || file_slots > RING_SLOTS_MAX {
+        return Err(bad(format!("{file_slots} slots")));
+    }
+    if slot_bytes as usize != SLOT_BYTES {
+        return Err(bad(format!(
+            "slot size {slot_bytes}, this build uses {SLOT_BYTES}"
+        )));
+    }
+    if file_worker != worker {
+        return Err(bad(format!("belongs to worker {file_worker}")));
+    }
+    if len != file_bytes(file_slots) as u64 {
+        return Err(bad(format!(
+            "file is {len} bytes, {file_slots} slots need {}",
+            file_bytes(file_slots)
+        )));
+    }
+    prefault(&mut map);
+    let base = map.as_mut_ptr();
+    let ring = Arc::new(RingMap {
+        _map: map,
+        base,
+        slots: file_slots,
+        worker,
+        path: path.clone(),
+    });
+    let head = ring.head().load(Ordering::Acquire);
+    let tail = ring.tail().load(Ordering::Acquire);
+    if tail > head || head - tail > u64::from(file_slots) {
+        return Err(bad(format!(
+            "head {head} and tail {tail} are inconsistent with {file_slots} slots"
+        )));
+    }
+    Ok((
+        RingProducer {
+            ring: ring.clone(),
+            head,
+            tail_seen: tail,
+        },
+        RingConsumer { ring, read: tail },
+    ))
+}
+
+/// Writes a zeroed file of the full size (so its blocks exist: no SIGBUS on a
+/// full disk later), with the header, synced, then renamed into place.
+fn create_file(dir: &Path, path: &Path, slots: u32, worker: u16) -> Result<(), RingError> {
+    let tmp = path.with_extension("bin.tmp");
+    let io = |source| RingError::Io {
+        path: tmp.clone(),
+        source,
+    };
+    let mut f = File::create(&tmp).map_err(io)?;
+    let mut first = vec![0u8; HEADER_BYTES];
+    first[0..24].copy_from_slice(&header_bytes(slots, worker));
+    f.write_all(&first).map_err(io)?;
+    let zeros = vec![0u8; 1 << 16];
+    let mut left = file_bytes(slots) - HEADER_BYTES;
+    while left > 0 {
+        let n = left.min(zeros.len());
+        f.write_all(&zeros[..n]).map_err(io)?;
+        left -= n;
+    }
+    f.sync_all().map_err(io)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|source| RingError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| RingError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Touches every page with a write of its own first byte, so the worker's
+/// later stores find the pages mapped and writable. Nothing else uses the
+/// mapping yet.
+fn prefault(map: &mut MmapMut) {
+    for offset in (0..map.len()).step_by(PAGE_BYTES) {
+        let p = map[offset..].as_mut_ptr();
+        // SAFETY: p is within the mapping; volatile so the store is not elided.
+        unsafe { std::ptr::write_volatile(p, std::ptr::read_volatile(p)) };
+    }
+}
+
+fn encode_slot(buf: &mut [u8; SLOT_BYTES], pos: u64, rec: &SettleRecord) {
+    buf.fill(0);
+    buf[0..16].copy_from_slice(&rec.request_id.to_le_bytes());
+    buf[16..18].copy_from_slice(&rec.worker.to_le_bytes());
+    buf[18] = u8::from(rec.estimated);
+    buf[19] = rec.charges.len() as u8;
+    buf[24..32].copy_from_slice(&pos.to_le_bytes());
+    for (i, c) in rec.charges.as_slice().iter().enumerate() {
+        let o = CHARGES_OFFSET + i * CHARGE_BYTES;
+        buf[o..o + 4].copy_from_slice(&c.entity.0.to_le_bytes());
+        buf[o + 4..o + 20].copy_from_slice(&c.amount.picodollars().to_le_bytes());
+        buf[o + 20] = u8::from(c.from_lease);
+    }
+    let crc = crc32c::crc32c(&buf[..CRC_OFFSET]);
+    buf[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn decode_slot(buf: &[u8; SLOT_BYTES], pos: u64) -> Result<SettleRecord, String> {
+    let crc = u32::from_le_bytes(buf[CRC_OFFSET..].try_into().expect("4 bytes"));
+    if crc != crc32c::crc32c(&buf[..CRC_OFFSET]) {
+        return Err("checksum mismatch".into());
+    }
+    let written_for = u64::from_le_bytes(buf[24..32].try_into().expect("8 bytes"));
+    if written_for != pos {
+        return Err(format!(
+            "holds position {written_for} (a stale slot, not yet written for this lap)"
+        ));
+    }
+    let count = usize::from(buf[19]);
+    if count == 0 || count > CHARGES_PER_SETTLE_MAX {
+        return Err(format!("{count} charges"));
+    }
+    let estimated = match buf[18] {
+        0 => false,
+        1 => true,
+        b => return Err(format!("estimated flag {b}")),
+    };
+    let mut charges = Charges::new();
+    for i in 0..count {
+        let o = CHARGES_OFFSET + i * CHARGE_BYTES;
+        let entity = EntityId(u32::from_le_bytes(buf[o..o + 4].try_into().expect("4")));
+        let units = i128::from_le_bytes(buf[o + 4..o + 20].try_into().expect("16"));
+        let amount = Money::from_picodollars(units)
+            .ok_or_else(|| format!("charge {i}: amount {units} out of range"))?;
+        let from_lease = match buf[o + 20] {
+            0 => false,
+            1 => true,
+            b => return Err(format!("charge {i}: from_lease flag {b}")),
+        };
+        charges
+            .push(Charge {
+                entity,
+                amount,
+                from_lease,
+            })
+            .expect("count <= CHARGES_PER_SETTLE_MAX");
+    }
+    Ok(SettleRecord {
+        request_id: u128::from_le_bytes(buf[0..16].try_into().expect("16 bytes")),
+        worker: u16::from_le_bytes(buf[16..18].try_into().expect("2 bytes")),
+        estimated,
+        charges,
+    })
+}
+
+/// The worker's end. Not `Clone`: one producer per ring.
+pub struct RingProducer {
+    ring: Arc<RingMap>,
+    /// Our own copy of `head` (only we write it).
+    head: u64,
+    /// The last `tail` read; refreshed only when the ring looks full.
+    tail_seen: u64,
+}
+
+impl std::fmt::Debug for RingProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingProducer")
+            .field("path", &self.ring.path)
+            .field("head", &self.head)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RingProducer {
+    /// Appends and publishes one settle. When this returns `Ok`, the settle
+    /// survives the process being killed (see the module docs); only then may
+    /// the worker show the charge to the client. Returns the position.
+    pub fn push(
+        &mut self,
+        request_id: u128,
+        estimated: bool,
+        charges: &Charges,
+    ) -> Result<u64, RingFull> {
+        let slots = u64::from(self.ring.slots);
+        if self.head - self.tail_seen >= slots {
+            self.tail_seen = self.ring.tail().load(Ordering::Acquire);
+            if self.head - self.tail_seen >= slots {
+                return Err(RingFull {
+                    slots: self.ring.slots,
+                });
+            }
+        }
+        let mut buf = [0u8; SLOT_BYTES];
+        encode_slot(
+            &mut buf,
+            self.head,
+            &SettleRecord {
+                request_id,
+                worker: self.ring.worker,
+                estimated,
+                charges: *charges,
+            },
+        );
+        // SAFETY: slot `head` is outside [tail, head): the consumer does not
+        // read it until the release store below publishes it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.ring.slot_ptr(self.head), SLOT_BYTES)
+        };
+        self.head += 1;
+        self.ring.head().store(self.head, Ordering::Release);
+        Ok(self.head - 1)
+    }
+
+    pub fn worker(&self) -> u16 {
+        self.ring.worker
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.ring.slots
+    }
+}
+
+/// The ledger thread's end.
+pub struct RingConsumer {
+    ring: Arc<RingMap>,
+    /// Next position to read; `tail <= read <= head`.
+    read: u64,
+}
+
+impl std::fmt::Debug for RingConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingConsumer")
+            .field("path", &self.ring.path)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RingConsumer {
+    /// Slots published and not yet read.
+    pub fn unread(&self) -> u64 {
+        self.ring.head().load(Ordering::Acquire) - self.read
+    }
+
+    /// Slots published and not yet released (read or not).
+    pub fn unreleased(&self) -> u64 {
+        self.ring.head().load(Ordering::Acquire) - self.ring.tail().load(Ordering::Relaxed)
+    }
+
+    /// Reads up to `max` published slots in order, verifying each, and hands
+    /// them to `f` with their position. Advances the read cursor, not `tail`:
+    /// call [`RingConsumer::release`] once what `f` did with them is durable.
+    /// A slot that does not verify stops the read at it (the cursor stays on
+    /// it) with an error naming it.
+    pub fn read(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(u64, &SettleRecord),
+    ) -> Result<usize, RingError> {
+        let head = self.ring.head().load(Ordering::Acquire);
+        let mut n = 0;
+        while self.read < head && n < max {
+            let mut buf = [0u8; SLOT_BYTES];
+            // SAFETY: `read` is in [tail, head): the producer published this
+            // slot (acquire above) and will not touch it until we release.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.ring.slot_ptr(self.read),
+                    buf.as_mut_ptr(),
+                    SLOT_BYTES,
+                )
+            };
+            let rec = decode_slot(&buf, self.read).map_err(|reason| RingError::Corrupt {
+                path: self.ring.path.clone(),
+                slot: self.read & u64::from(self.ring.slots - 1),
+                pos: self.read,
+                reason,
+            })?;
+            f(self.read, &rec);
+            self.read += 1;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.ring.slots
+    }
+
+    /// The next position to read: everything before it has been read.
+    pub fn read_cursor(&self) -> u64 {
+        self.read
+    }
+
+    /// Gives slots before `pos` back to the producer. `pos` must not pass the
+    /// read cursor; a `pos` behind the current tail is ignored.
+    pub fn release(&mut self, pos: u64) {
+        assert!(pos <= self.read, "release past the read cursor");
+        let tail = self.ring.tail();
+        if pos > tail.load(Ordering::Relaxed) {
+            tail.store(pos, Ordering::Release);
+        }
+    }
+
+    /// Releases everything read.
+    pub fn release_read(&mut self) {
+        self.release(self.read);
+    }
+
+    pub fn worker(&self) -> u16 {
+        self.ring.worker
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.ring.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_round_trip_and_rejections() {
+        let charges = Charges::from_slice(&[
+            Charge {
+                entity: EntityId(3),
+                amount: Money::parse_usd("1.5").unwrap(),
+                from_lease: true,
+            },
+            Charge {
+                entity: EntityId(9),
+                amount: Money::MAX,
+                from_lease: false,
+            },
+        ])
+        .unwrap();
+        let rec = SettleRecord {
+            request_id: u128::MAX - 1,
+            worker: 7,
+            estimated: true,
+            charges,
+        };
+        let mut buf = [0u8; SLOT_BYTES];
+        encode_slot(&mut buf, 42, &rec);
+        assert_eq!(decode_slot(&buf, 42), Ok(rec));
+        assert!(decode_slot(&buf, 42 + 16).unwrap_err().contains("stale"));
+        let mut bad = buf;
+        bad[40] ^= 1;
+        assert!(decode_slot(&bad, 42).unwrap_err().contains("checksum"));
+        assert!(decode_slot(&[0u8; SLOT_BYTES], 0).is_err());
+    }
+}

@@ -1,0 +1,758 @@
+//! The ledger thread: the one owner of [`Ledger`].
+//!
+//! Workers and the control plane send [`Msg`]s over one bounded crossbeam
+//! channel ([`LEDGER_QUEUE_MAX`]); workers' settles arrive through their
+//! [`ring`](super::ring)s instead, so a settle is safe from SIGKILL before the
+//! response is written without a round trip to this thread. Each iteration the
+//! thread:
+//!
+//! 1. waits for a message at most [`RING_POLL_INTERVAL`] (so rings are polled
+//!    even when no message comes), then takes what else is queued, up to
+//!    [`MSGS_PER_ITERATION_MAX`], applying each command;
+//! 2. reads every ring (up to [`RING_READ_BATCH_MAX`] slots each) and applies
+//!    the settles;
+//! 3. sends `Tick` every [`TICK_INTERVAL_MS`] (again at once while the ledger
+//!    says more rollovers are due);
+//! 4. `flush_if_due`, then releases ring slots whose settles are durable;
+//! 5. checkpoints every `snapshot_interval_ms`.
+//!
+//! After every apply it broadcasts the ledger's events to every worker's
+//! bounded event channel with `try_send`; a full channel sets that worker's
+//! `resync` flag instead of blocking the ledger: events are hints (a worker
+//! that missed `Unblocked` learns it at its next lease request), never money.
+//!
+//! # Ring release and durability
+//!
+//! A ring slot is released (its `tail` moved past it) only once the journal
+//! record of its settle is durable ([`Ledger::durable_seq`]). Releasing when
+//! the slot is merely applied would lose the settle to a SIGKILL that hits
+//! before the journal batch is written: the journal batch lives in this
+//! process's memory until then. Between a durable journal write and the
+//! release, a crash leaves slots that are replayed on start and answered
+//! `Duplicate` (the ledger's settled-id window, 1 Mi ids by default, is far
+//! larger than one journal batch, 4096 records by default).
+//!
+//! # Start
+//!
+//! [`Books::start`] does all recovery before the thread runs, so its errors
+//! return to the caller: open the ledger (snapshot + journal replay), drain the
+//! pending slots of every ring file in the directory (including rings of
+//! workers beyond today's count, whose settles are applied as worker 0's: no
+//! worker holds a lease yet, so the worker named in a settle changes nothing
+//! but the journal's note of it), make every configured entity exist with its
+//! configured budget (an entity with no budget must exist too: settles charge
+//! it for its lifetime spend), flush, and release the drained slots.
+//!
+//! A replayed settle marked `from_lease` finds no lease (leases die with the
+//! process), so the ledger counts it as uncovered and emits `Overrun`; that is
+//! accurate accounting of a lease that no longer exists, not an overspend
+//! (the lease it drew on was within the limit before the crash).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use futures_channel::oneshot;
+
+use super::registry::{EntityRegistry, RegistryError};
+use super::ring::{self, RingConsumer, RingError, RingFull, RingProducer, SettleRecord};
+use crate::budget::Budget;
+use crate::config::Config;
+use crate::ledger::{
+    Charges, Command, EntityId, EntityKind, EntityView, Event, Ledger, LedgerConfig, LedgerError,
+    Reply,
+};
+
+/// Bound of the command channel shared by all workers and the control plane.
+pub const LEDGER_QUEUE_MAX: usize = 1 << 16;
+/// Bound of each worker's event channel. A worker that falls this far behind
+/// gets its `resync` flag set instead.
+pub const EVENT_QUEUE_MAX: usize = 4096;
+/// Longest the thread waits for a message before polling the rings.
+pub const RING_POLL_INTERVAL: Duration = Duration::from_millis(1);
+/// Most slots read from one ring per iteration, so one busy worker cannot
+/// starve the command channel.
+pub const RING_READ_BATCH_MAX: usize = 4096;
+/// Most messages taken per iteration before the rings get their turn.
+pub const MSGS_PER_ITERATION_MAX: usize = 4096;
+/// How often the ledger is sent `Tick` (rollovers of idle entities).
+pub const TICK_INTERVAL_MS: i64 = 1000;
+/// Default snapshot interval when the config gives none.
+pub const SNAPSHOT_INTERVAL_MS_DEFAULT: u64 = 5 * 60 * 1000;
+/// Most (read cursor, journal seq) marks remembered per ring while waiting for
+/// the journal to become durable. When full the newest mark is moved forward,
+/// which only delays a release (safe).
+const RELEASE_MARKS_MAX: usize = 64;
+
+/// The ledger's clock: unix milliseconds. Injected so period tests can drive it.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+}
+
+/// A clock that moves only when told to. For tests.
+#[derive(Debug, Default)]
+pub struct TestClock(AtomicI64);
+
+impl TestClock {
+    pub fn new(now_ms: i64) -> TestClock {
+        TestClock(AtomicI64::new(now_ms))
+    }
+
+    pub fn set(&self, now_ms: i64) {
+        self.0.store(now_ms, Ordering::SeqCst);
+    }
+
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for TestClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What the books need from the config.
+#[derive(Debug, Clone)]
+pub struct BooksConfig {
+    /// Worker threads; worker ids are `0..workers`.
+    pub workers: u16,
+    pub ledger: LedgerConfig,
+    pub snapshot_interval_ms: u64,
+    /// Slots of a newly created ring (existing rings keep their size).
+    pub ring_slots: u32,
+    /// Every configured entity, with its budget (`None`: tracked, no limit).
+    pub entities: Vec<(EntityKind, String, Option<Budget>)>,
+}
+
+impl BooksConfig {
+    /// The books' part of a validated config: worker count, journal interval,
+    /// snapshot interval, and every customer, team, key and provider.
+    pub fn from_config(config: &Config) -> BooksConfig {
+        let mut ledger = LedgerConfig::default();
+        ledger.state.workers = config.server.workers.clamp(1, usize::from(u16::MAX)) as u16;
+        let fsync_ms = config.ledger.fsync_interval.as_millis();
+        ledger.journal.sync_interval_ms = fsync_ms.clamp(1, u128::from(u32::MAX)) as u32;
+        let mut entities = Vec::new();
+        for c in &config.customers {
+            entities.push((EntityKind::Customer, c.name.clone(), c.budget));
+        }
+        for t in &config.teams {
+            entities.push((EntityKind::Team, t.name.clone(), t.budget));
+        }
+        for k in &config.keys {
+            entities.push((EntityKind::Key, k.name.clone(), k.budget));
+        }
+        for p in &config.providers {
+            entities.push((EntityKind::Provider, p.name.clone(), p.budget));
+        }
+        BooksConfig {
+            workers: ledger.state.workers,
+            ledger,
+            snapshot_interval_ms: config.ledger.snapshot_interval.as_millis().max(1) as u64,
+            ring_slots: ring::RING_SLOTS,
+            entities,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BooksError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("books config: {0}")]
+    Config(String),
+    #[error("the ledger thread is gone")]
+    Stopped,
+    #[error("the ledger queue is full")]
+    QueueFull,
+    #[error("could not start the ledger thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Where a command's reply goes.
+#[derive(Debug)]
+pub enum ReplyTo {
+    None,
+    /// A worker's async wait (wakes a monoio runtime from this thread).
+    Async(oneshot::Sender<Reply>),
+    /// A blocking caller (control plane, tests).
+    Sync(mpsc::Sender<Reply>),
+}
+
+/// A message to the ledger thread. Fixed size (a command carries a settle's
+/// charges inline) so it crosses the channel without an allocation; hence the
+/// lint allowance, as for [`Command`].
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Msg {
+    Command {
+        cmd: Command,
+        reply: ReplyTo,
+    },
+    /// The control plane asks for an entity as of now.
+    View {
+        entity: EntityId,
+        reply: mpsc::Sender<Option<EntityView>>,
+    },
+    /// Flush the journal, checkpoint, release the rings, reply, and stop.
+    Shutdown {
+        reply: mpsc::Sender<Result<(), String>>,
+    },
+    /// Stop at once without flushing the journal or releasing ring slots, as
+    /// a SIGKILL would. For crash tests.
+    #[doc(hidden)]
+    Crash,
+}
+
+/// Counters the thread keeps, readable from anywhere.
+#[derive(Debug, Default)]
+pub struct BooksStats {
+    pub commands: AtomicU64,
+    pub ring_settles: AtomicU64,
+    /// Ring settles answered `Duplicate` (replays after a crash).
+    pub ring_duplicates: AtomicU64,
+    /// Ring settles the ledger refused (e.g. an unknown entity): a bug
+    /// upstream, and money not recorded; logged at error level.
+    pub ring_rejected: AtomicU64,
+    pub events_dropped: AtomicU64,
+    pub checkpoints: AtomicU64,
+}
+
+/// What a worker holds to talk to the books.
+#[derive(Debug)]
+pub struct WorkerLink {
+    pub worker: u16,
+    pub ring: RingProducer,
+    pub commands: Sender<Msg>,
+    pub events: Receiver<Event>,
+    /// Set by the ledger thread when an event could not be delivered: the
+    /// worker should refresh what it believes (e.g. re-ask leases) and clear it.
+    pub resync: Arc<AtomicBool>,
+}
+
+impl WorkerLink {
+    /// Sends a command whose reply the worker awaits. Never blocks: a full
+    /// queue is an error (the ledger is overloaded; the caller backs off).
+    pub fn request(&self, cmd: Command) -> Result<oneshot::Receiver<Reply>, BooksError> {
+        let (tx, rx) = oneshot::channel();
+        send(
+            &self.commands,
+            Msg::Command {
+                cmd,
+                reply: ReplyTo::Async(tx),
+            },
+        )?;
+        Ok(rx)
+    }
+
+    /// Sends a command without waiting for a reply (e.g. `LeaseReturn`).
+    pub fn tell(&self, cmd: Command) -> Result<(), BooksError> {
+        send(
+            &self.commands,
+            Msg::Command {
+                cmd,
+                reply: ReplyTo::None,
+            },
+        )
+    }
+
+    /// Publishes a settle in this worker's ring. When `Ok`, the charge survives
+    /// a crash of the process and the response may be written.
+    pub fn settle(
+        &mut self,
+        request_id: u128,
+        estimated: bool,
+        charges: &Charges,
+    ) -> Result<u64, RingFull> {
+        self.ring.push(request_id, estimated, charges)
+    }
+}
+
+fn send(tx: &Sender<Msg>, msg: Msg) -> Result<(), BooksError> {
+    tx.try_send(msg).map_err(|e| match e {
+        TrySendError::Full(_) => BooksError::QueueFull,
+        TrySendError::Disconnected(_) => BooksError::Stopped,
+    })
+}
+
+/// The control plane's handle on the ledger thread.
+#[derive(Debug)]
+pub struct BooksHandle {
+    commands: Sender<Msg>,
+    join: Option<JoinHandle<Result<(), BooksError>>>,
+    stats: Arc<BooksStats>,
+    dir: PathBuf,
+}
+
+impl BooksHandle {
+    pub fn sender(&self) -> Sender<Msg> {
+        self.commands.clone()
+    }
+
+    pub fn stats(&self) -> &BooksStats {
+        &self.stats
+    }
+
+    /// The ledger directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Applies a command and waits for the reply (blocking: control plane only).
+    pub fn apply(&self, cmd: Command) -> Result<Reply, BooksError> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(Msg::Command {
+                cmd,
+                reply: ReplyTo::Sync(tx),
+            })
+            .map_err(|_| BooksError::Stopped)?;
+        rx.recv().map_err(|_| BooksError::Stopped)
+    }
+
+    /// An entity as of the ledger's clock now (blocking: control plane only).
+    pub fn view(&self, entity: EntityId) -> Result<Option<EntityView>, BooksError> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(Msg::View { entity, reply: tx })
+            .map_err(|_| BooksError::Stopped)?;
+        rx.recv().map_err(|_| BooksError::Stopped)
+    }
+
+    /// Flushes, checkpoints, stops the thread and waits for it.
+    pub fn shutdown(mut self) -> Result<(), BooksError> {
+        let (tx, rx) = mpsc::channel();
+        let sent = self.commands.send(Msg::Shutdown { reply: tx }).is_ok();
+        let replied = if sent { rx.recv().ok() } else { None };
+        let joined = self.join_thread();
+        match (replied, joined) {
+            (_, Err(e)) => Err(e),
+            (Some(Err(e)), _) => Err(BooksError::Config(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops the thread as SIGKILL would: the unwritten journal batch is lost
+    /// and no ring slot is released. For crash tests.
+    #[doc(hidden)]
+    pub fn crash(mut self) {
+        let _ = self.commands.send(Msg::Crash);
+        let _ = self.join_thread();
+    }
+
+    fn join_thread(&mut self) -> Result<(), BooksError> {
+        match self.join.take() {
+            Some(join) => join.join().unwrap_or(Err(BooksError::Stopped)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BooksHandle {
+    fn drop(&mut self) {
+        if self.join.is_some() {
+            let (tx, _rx) = mpsc::channel();
+            let _ = self.commands.send(Msg::Shutdown { reply: tx });
+            let _ = self.join_thread();
+        }
+    }
+}
+
+/// One ring as the ledger thread sees it.
+struct RingState {
+    consumer: RingConsumer,
+    /// (read cursor, journal seq after applying everything before it), oldest
+    /// first: the cursor may be released once the seq is durable.
+    marks: VecDeque<(u64, u64)>,
+}
+
+struct Worker {
+    events: Sender<Event>,
+    resync: Arc<AtomicBool>,
+}
+
+/// The books: the ledger thread and its links.
+pub struct Books;
+
+impl Books {
+    /// Recovers the books in `state_dir` (the ledger in `state_dir/ledger`, the
+    /// rings beside it), drains the rings, applies the configured entities, and
+    /// starts the ledger thread. Returns the control plane's handle and one
+    /// link per worker, in worker order.
+    pub fn start(
+        state_dir: &Path,
+        config: &BooksConfig,
+        registry: &mut EntityRegistry,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(BooksHandle, Vec<WorkerLink>), BooksError> {
+        if config.workers == 0 || config.workers != config.ledger.state.workers {
+            return Err(BooksError::Config(format!(
+                "workers {} must be positive and equal ledger.state.workers {}",
+                config.workers, config.ledger.state.workers
+            )));
+        }
+        let ledger_dir = state_dir.join("ledger");
+        let (mut ledger, _report) = Ledger::open(&ledger_dir, config.ledger)?;
+        let stats = Arc::new(BooksStats::default());
+
+        // Drain every ring in the directory, including those of workers that
+        // no longer exist.
+        let mut ring_workers = ring::ring_workers_in(state_dir)?;
+        ring_workers.extend(0..config.workers);
+        ring_workers.sort_unstable();
+        ring_workers.dedup();
+        let mut producers = Vec::new();
+        let mut rings = Vec::new();
+        let now = clock.now_ms();
+        for w in ring_workers {
+            let (producer, mut consumer) = ring::open_ring(state_dir, w, config.ring_slots)?;
+            loop {
+                let mut result = Ok(());
+                let n = consumer.read(RING_READ_BATCH_MAX, |_, rec| {
+                    if result.is_ok() {
+                        let mut rec = *rec;
+                        if rec.worker >= config.workers {
+                            rec.worker = 0;
+                        }
+                        result = apply_ring_settle(&mut ledger, now, &rec, &stats);
+                    }
+                })?;
+                result?;
+                if n == 0 {
+                    break;
+                }
+            }
+            if w < config.workers {
+                producers.push(producer);
+                rings.push(RingState {
+                    consumer,
+                    marks: VecDeque::new(),
+                });
+            } else {
+                ledger.flush()?;
+                consumer.release_read();
+            }
+        }
+
+        // Every configured entity exists in the ledger with its configured budget.
+        for (kind, name, budget) in &config.entities {
+            let id = registry.id_for(*kind, name)?;
+            let current = ledger.state().view(id, now);
+            if current.is_some_and(|v| v.budget == *budget && v.kind == *kind) {
+                continue;
+            }
+            let reply = ledger.apply(
+                now,
+                &Command::SetBudget {
+                    entity: id,
+                    kind: *kind,
+                    budget: *budget,
+                },
+            )?;
+            if let Reply::Rejected(e) = reply {
+                return Err(BooksError::Config(format!(
+                    "{} {name:?}: {e}",
+                    super::registry::kind_str(*kind)
+                )));
+            }
+        }
+        ledger.flush()?;
+        for r in &mut rings {
+            r.consumer.release_read();
+        }
+
+        let (tx, rx) = crossbeam_channel::bounded(LEDGER_QUEUE_MAX);
+        let mut links = Vec::new();
+        let mut workers = Vec::new();
+        for producer in producers {
+            let (etx, erx) = crossbeam_channel::bounded(EVENT_QUEUE_MAX);
+            let resync = Arc::new(AtomicBool::new(false));
+            workers.push(Worker {
+                events: etx,
+                resync: resync.clone(),
+            });
+            links.push(WorkerLink {
+                worker: producer.worker(),
+                ring: producer,
+                commands: tx.clone(),
+                events: erx,
+                resync,
+            });
+        }
+        let mut thread = LedgerThread {
+            ledger,
+            rx,
+            rings,
+            workers,
+            clock,
+            stats: stats.clone(),
+            snapshot_interval_ms: config.snapshot_interval_ms.max(1) as i64,
+            next_tick_ms: now + TICK_INTERVAL_MS,
+            next_checkpoint_ms: now + config.snapshot_interval_ms.max(1) as i64,
+        };
+        let join = std::thread::Builder::new()
+            .name("bursar-ledger".into())
+            .spawn(move || thread.run())
+            .map_err(BooksError::Spawn)?;
+        Ok((
+            BooksHandle {
+                commands: tx,
+                join: Some(join),
+                stats,
+                dir: ledger_dir,
+            },
+            links,
+        ))
+    }
+}
+
+fn apply_ring_settle(
+    ledger: &mut Ledger,
+    now_ms: i64,
+    rec: &SettleRecord,
+    stats: &BooksStats,
+) -> Result<(), BooksError> {
+    stats.ring_settles.fetch_add(1, Ordering::Relaxed);
+    match ledger.apply(now_ms, &rec.to_command())? {
+        Reply::Duplicate { .. } => {
+            stats.ring_duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+        Reply::Rejected(e) => {
+            stats.ring_rejected.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "settle of request {:032x} from worker {} refused by the ledger, not charged: {e} ({:?})",
+                rec.request_id,
+                rec.worker,
+                rec.charges
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+struct LedgerThread {
+    ledger: Ledger,
+    rx: Receiver<Msg>,
+    rings: Vec<RingState>,
+    workers: Vec<Worker>,
+    clock: Arc<dyn Clock>,
+    stats: Arc<BooksStats>,
+    snapshot_interval_ms: i64,
+    next_tick_ms: i64,
+    next_checkpoint_ms: i64,
+}
+
+enum Flow {
+    Continue,
+    Stop(Option<mpsc::Sender<Result<(), String>>>),
+    Crash,
+}
+
+impl LedgerThread {
+    fn run(&mut self) -> Result<(), BooksError> {
+        let result = self.run_loop();
+        if let Err(e) = &result {
+            log::error!("the ledger thread stopped: {e}");
+        }
+        result
+    }
+
+    fn run_loop(&mut self) -> Result<(), BooksError> {
+        loop {
+            let mut flow = match self.rx.recv_timeout(RING_POLL_INTERVAL) {
+                Ok(msg) => self.handle(msg)?,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => Flow::Continue,
+                // Every sender is gone: nobody can ask anything any more.
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Flow::Stop(None),
+            };
+            let mut taken = 1;
+            while matches!(flow, Flow::Continue) && taken < MSGS_PER_ITERATION_MAX {
+                match self.rx.try_recv() {
+                    Ok(msg) => flow = self.handle(msg)?,
+                    Err(_) => break,
+                }
+                taken += 1;
+            }
+            match flow {
+                Flow::Continue => {}
+                Flow::Crash => return Ok(()),
+                Flow::Stop(reply) => {
+                    let result = self.stop();
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result.as_ref().map_err(|e| e.to_string()).copied());
+                    }
+                    return result;
+                }
+            }
+            self.poll_rings()?;
+            let now = self.clock.now_ms();
+            if now >= self.next_tick_ms {
+                let reply = self.apply(now, &Command::Tick)?;
+                let more = matches!(reply, Reply::Ticked { more: true, .. });
+                self.next_tick_ms = if more { now } else { now + TICK_INTERVAL_MS };
+            }
+            self.ledger.flush_if_due(now)?;
+            if self.rings_filling() {
+                // Slots are released only once durable: a ring half full of
+                // read-but-not-durable settles needs the batch written now,
+                // or its worker would soon find it full.
+                self.ledger.flush()?;
+            }
+            self.release_rings();
+            if now >= self.next_checkpoint_ms {
+                self.ledger.checkpoint()?;
+                self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                self.release_rings();
+                self.next_checkpoint_ms = now + self.snapshot_interval_ms;
+            }
+        }
+    }
+
+    /// Drains the rings, flushes, checkpoints, releases.
+    fn stop(&mut self) -> Result<(), BooksError> {
+        loop {
+            if self.poll_rings()? == 0 {
+                break;
+            }
+        }
+        self.ledger.checkpoint()?;
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.release_rings();
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: Msg) -> Result<Flow, BooksError> {
+        let now = self.clock.now_ms();
+        match msg {
+            Msg::Command { cmd, reply } => {
+                self.stats.commands.fetch_add(1, Ordering::Relaxed);
+                let r = self.apply(now, &cmd)?;
+                match reply {
+                    ReplyTo::None => {}
+                    ReplyTo::Async(tx) => {
+                        let _ = tx.send(r);
+                    }
+                    ReplyTo::Sync(tx) => {
+                        let _ = tx.send(r);
+                    }
+                }
+            }
+            Msg::View { entity, reply } => {
+                let _ = reply.send(self.ledger.state().view(entity, now));
+            }
+            Msg::Shutdown { reply } => return Ok(Flow::Stop(Some(reply))),
+            Msg::Crash => return Ok(Flow::Crash),
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn apply(&mut self, now: i64, cmd: &Command) -> Result<Reply, BooksError> {
+        let reply = self.ledger.apply(now, cmd)?;
+        self.broadcast();
+        Ok(reply)
+    }
+
+    fn broadcast(&self) {
+        for event in self.ledger.events() {
+            for w in &self.workers {
+                match w.events.try_send(*event) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+                        w.resync.store(true, Ordering::Release);
+                    }
+                    // The worker is gone; nothing to tell.
+                    Err(TrySendError::Disconnected(_)) => {}
+                }
+            }
+        }
+    }
+
+    /// Reads and applies a batch from every ring; returns how many settles.
+    fn poll_rings(&mut self) -> Result<usize, BooksError> {
+        let now = self.clock.now_ms();
+        let mut total = 0;
+        for i in 0..self.rings.len() {
+            let mut batch: [Option<SettleRecord>; 64] = [None; 64];
+            let mut from_ring = 0;
+            loop {
+                let mut k = 0;
+                let n = self.rings[i].consumer.read(batch.len(), |_, rec| {
+                    batch[k] = Some(*rec);
+                    k += 1;
+                })?;
+                for rec in batch[..n].iter().flatten() {
+                    apply_ring_settle(&mut self.ledger, now, rec, &self.stats)?;
+                    self.broadcast();
+                }
+                from_ring += n;
+                if n < batch.len() || from_ring >= RING_READ_BATCH_MAX {
+                    break;
+                }
+            }
+            total += from_ring;
+            if from_ring == 0 {
+                // Nothing new: keep the marks as they are (moving a mark's seq
+                // forward under command traffic could delay its release forever).
+                continue;
+            }
+            let cursor = self.rings[i].consumer.read_cursor();
+            let seq = self.ledger.state().journal_seq();
+            let marks = &mut self.rings[i].marks;
+            if marks.len() < RELEASE_MARKS_MAX {
+                marks.push_back((cursor, seq));
+            } else if let Some(last) = marks.back_mut() {
+                // Moving the newest mark forward only delays its release: safe.
+                *last = (cursor, seq);
+            }
+        }
+        Ok(total)
+    }
+
+    fn rings_filling(&self) -> bool {
+        self.rings
+            .iter()
+            .any(|r| r.consumer.unreleased() >= u64::from(r.consumer.slots()) / 2)
+    }
+
+    /// Releases ring slots whose settles are durable in the journal.
+    fn release_rings(&mut self) {
+        let durable = self.ledger.durable_seq();
+        for r in &mut self.rings {
+            let mut release = None;
+            while let Some(&(cursor, seq)) = r.marks.front() {
+                if seq > durable {
+                    break;
+                }
+                release = Some(cursor);
+                r.marks.pop_front();
+            }
+            if let Some(cursor) = release {
+                r.consumer.release(cursor);
+            }
+        }
+    }
+}

@@ -56,19 +56,25 @@ pub struct VirtualKey {
     key_sha256: [u8; 32],
     all_models: bool,
     allowed_models: Vec<String>,
+    /// The team's model allow-list, when the key has a team that restricts.
+    team_models: Option<Vec<String>>,
+    /// Rate limiters the key's requests pass: its own, then its team's.
+    pub limiters: Vec<Arc<crate::ratelimit::Limiter>>,
 }
 
 impl VirtualKey {
     /// Whether this key may use `model`. Patterns ending in `*` match by prefix.
+    /// Whether this key may use `model`: its own allow-list and its team's.
+    /// Patterns ending in `*` match by prefix.
     pub fn allows(&self, model: &str) -> bool {
-        self.all_models
-            || self
-                .allowed_models
-                .iter()
-                .any(|p| match p.strip_suffix('*') {
-                    Some(prefix) => model.starts_with(prefix),
-                    None => p == model,
-                })
+        let matches = |list: &[String]| {
+            list.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => model.starts_with(prefix),
+                None => p == model,
+            })
+        };
+        (self.all_models || matches(&self.allowed_models))
+            && self.team_models.as_deref().is_none_or(matches)
     }
 }
 
@@ -132,15 +138,46 @@ impl Catalog {
         }
         let mut keys = Vec::with_capacity(config.keys.len());
         let mut keys_by_digest = DigestMap::default();
+        use crate::ratelimit::{Limiter, LimiterName};
+        let team_limiters: HashMap<&str, Arc<Limiter>> = config
+            .teams
+            .iter()
+            .filter_map(|t| {
+                let name = LimiterName {
+                    kind: "team",
+                    name: t.name.clone(),
+                };
+                Limiter::new(name, t.rate_limit).map(|l| (t.name.as_str(), l))
+            })
+            .collect();
         for (i, k) in config.keys.iter().enumerate() {
             let id = i as KeyId;
             keys_by_digest.insert(k.key_sha256, id);
+            let team = k
+                .team
+                .as_deref()
+                .and_then(|t| config.teams.iter().find(|q| q.name == t));
+            let own = Limiter::new(
+                LimiterName {
+                    kind: "virtual key",
+                    name: k.name.clone(),
+                },
+                k.rate_limit,
+            );
+            let limiters = own
+                .into_iter()
+                .chain(team.and_then(|t| team_limiters.get(t.name.as_str()).cloned()))
+                .collect();
             keys.push(VirtualKey {
                 id,
                 name: k.name.clone(),
                 key_sha256: k.key_sha256,
                 all_models: k.all_models,
                 allowed_models: k.allowed_models.clone(),
+                team_models: team
+                    .filter(|t| !t.all_models)
+                    .map(|t| t.allowed_models.clone()),
+                limiters,
             });
         }
         Catalog {

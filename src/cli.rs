@@ -76,7 +76,7 @@ pub fn main() -> i32 {
             let unenforced = cfg.unenforced_controls();
             if !unenforced.is_empty() {
                 eprintln!(
-                    "bursar: this build validates budgets and rate limits but does not enforce them yet; \
+                    "bursar: this build validates budgets but does not enforce them yet; \
                      refusing to serve rather than let spend through unchecked. Remove: {}",
                     unenforced.join(", ")
                 );

@@ -93,6 +93,10 @@ impl ApiError {
             message,
         )
     }
+    /// A rate limit: 429; the caller sets `retry_after_secs`.
+    pub fn rate_limited(message: impl Into<String>) -> Self {
+        Self::new(429, "rate_limit_exceeded", "rate_limit_exceeded", message)
+    }
     pub fn not_implemented(message: impl Into<String>) -> Self {
         let mut e = Self::new(501, "invalid_request_error", "not_implemented", message);
         e.fault = Fault::Client;

@@ -19,6 +19,7 @@ pub mod money;
 pub mod prices;
 pub mod providers;
 pub mod proxy;
+pub mod ratelimit;
 pub mod runtime;
 pub mod tokens;
 pub mod upstream;

@@ -171,6 +171,18 @@ impl Gateway {
             registry.driver(),
             admin_listen.map_or(String::new(), |a| format!("; control plane on {a}"))
         );
+        // One machine-readable line on stdout once everything listens (ports
+        // resolved, so `--listen 127.0.0.1:0` is usable by scripts and tests).
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "bursar listening on {listen} control {}",
+                admin_listen.map_or("off".to_string(), |a| a.to_string())
+            );
+            let _ = out.flush();
+        }
         if drivers.contains(&DriverKind::Legacy) && config.server.io_driver == IoDriverChoice::Auto
         {
             log::warn!("io_uring is unavailable here (kernel or seccomp); running on the legacy epoll driver");

@@ -569,7 +569,10 @@ fn capacity_against_a_baseline_uses_added_p99() {
     let added = f(&steps[0], &["added_p99_us"]);
     assert!((20_000.0..=78_000.0).contains(&added), "added {added}");
     assert_eq!(f(&r, &["highest_passing_rate"]), 80.0);
-    assert_eq!(base.requests(), 20 + 40);
+    // 20 + 40 scheduled; on a loaded 2-core machine a request at a step's very
+    // end can miss its run and is reported "not sent", never hidden.
+    let seen = base.requests();
+    assert!((57..=60).contains(&seen), "baseline saw {seen} of 60");
 
     let (r, _) = report(&format!(
         "capacity --target {t} --baseline {b} --start-rate 40 --step 40 \

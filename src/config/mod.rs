@@ -210,9 +210,10 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 }
 
 impl Config {
-    /// Names of configured budgets and rate limits. The books are built as a
-    /// library but not yet wired into the data plane (docs/decisions/0003), so
-    /// `serve` refuses such a config rather than silently not enforcing it.
+    /// Names of configured budgets. The books are built as a library but not
+    /// yet wired into the data plane (docs/decisions/0003), so `serve` refuses
+    /// such a config rather than silently not enforcing it. (Rate limits are
+    /// enforced: `ratelimit.rs`.)
     pub fn unenforced_controls(&self) -> Vec<String> {
         let mut out = Vec::new();
         for c in &self.customers {
@@ -224,16 +225,10 @@ impl Config {
             if t.budget.is_some() {
                 out.push(format!("team {:?} budget", t.name));
             }
-            if !t.rate_limit.is_unlimited() {
-                out.push(format!("team {:?} rate_limit", t.name));
-            }
         }
         for k in &self.keys {
             if k.budget.is_some() {
                 out.push(format!("virtual key {:?} budget", k.name));
-            }
-            if !k.rate_limit.is_unlimited() {
-                out.push(format!("virtual key {:?} rate_limit", k.name));
             }
         }
         for p in &self.providers {

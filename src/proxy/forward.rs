@@ -51,6 +51,8 @@ pub struct MeterPlan<'a> {
     pub model: &'a str,
     /// The model's price, `None` when unpriced.
     pub price: Option<&'a crate::prices::Price>,
+    /// The rate-limit permit, to record the request's tokens against.
+    pub permit: &'a crate::ratelimit::Permit,
     /// The body to send upstream (the client's, or with usage requested).
     pub body: &'a [u8],
 }
@@ -387,7 +389,11 @@ pub async fn forward(
     let body_at = Instant::now();
     if (200..300).contains(&head.status) {
         match crate::tokens::usage_from_body(plan.protocol, &body) {
-            Some(usage) => w.stats.tokens.record(&usage, false, plan.price),
+            Some(usage) => {
+                w.stats.tokens.record(&usage, false, plan.price);
+                plan.permit
+                    .record_tokens(crate::ratelimit::now_ms(), usage.total_tokens());
+            }
             None => w.stats.tokens.usage_missing.inc(),
         }
     }

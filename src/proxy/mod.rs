@@ -264,6 +264,9 @@ async fn proxy_api(
             format!("this API key may not use the model {model:?}"),
         ));
     }
+    // Rate limits (the key's, then its team's): all or none; the permit's
+    // concurrency slots are released when it drops, however the request ends.
+    let permit = crate::ratelimit::Permit::acquire(&key.limiters, crate::ratelimit::now_ms())?;
     let provider = catalog.route(model).ok_or_else(|| {
         ApiError::not_found(
             "model_not_found",
@@ -293,6 +296,7 @@ async fn proxy_api(
                 strip_usage_chunk: rewritten.is_some(),
                 model,
                 price: catalog.prices.get(model),
+                permit: &permit,
                 body: rewritten.as_deref().unwrap_or(req.body),
             };
             forward::forward(w, provider, endpoint, req, out, rid, keep, ready_at, plan).await

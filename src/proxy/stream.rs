@@ -207,8 +207,16 @@ pub async fn relay(
             w.stats
                 .tokens
                 .record(&outcome.usage, outcome.estimated, plan.price);
+            plan.permit
+                .record_tokens(crate::ratelimit::now_ms(), outcome.usage.total_tokens());
         }
         Finished::NeedsCount(job) => {
+            // The exact count comes later on the tokenizer thread; the rate
+            // limit takes the text's byte estimate now.
+            plan.permit.record_tokens(
+                crate::ratelimit::now_ms(),
+                crate::tokens::tokens_from_text_bytes(job.text().len() as u64),
+            );
             let req = super::CountRequest {
                 job,
                 price: plan.price.cloned(),

@@ -38,20 +38,22 @@ def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
 
 @pytest.fixture(scope="session")
 def mock_upstream():
-    port = free_port()
+    # Port 0: the mock prints the address it bound on its first stdout line.
     proc = subprocess.Popen(
-        [str(BIN_DIR / "bursar-load"), "mock", "--listen", f"127.0.0.1:{port}", "--quiet"],
-        stdout=subprocess.DEVNULL,
+        [str(BIN_DIR / "bursar-load"), "mock", "--listen", "127.0.0.1:0", "--quiet"],
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    wait_port(port, proc, "bursar-load mock")
-    yield f"http://127.0.0.1:{port}/v1"
+    words = proc.stdout.readline().split()
+    if words[:3] != ["mock", "listening", "on"]:
+        raise RuntimeError(f"bursar-load mock did not start: {words!r}")
+    yield f"http://{words[3]}/v1"
     proc.terminate()
     proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
 def gateway(mock_upstream):
-    port, admin = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "bursar.toml"
         cfg.write_text(
@@ -76,15 +78,20 @@ name = "demo"
 key = "sk-bursar-demo"
 """
         )
+        # Port 0 for both listeners; bursar prints what it bound on stdout.
         proc = subprocess.Popen(
             [
                 str(BIN_DIR / "bursar"), "serve", "--config", str(cfg),
-                "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
+                "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
             ],
             cwd=tmp,
             env={**os.environ, "BURSAR_LOG": "warn"},
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        wait_port(admin, proc, "bursar")
-        yield f"http://127.0.0.1:{port}/v1"
+        words = proc.stdout.readline().split()
+        if words[:3] != ["bursar", "listening", "on"]:
+            raise RuntimeError(f"bursar did not start: {words!r}")
+        yield f"http://{words[3]}/v1"
         proc.terminate()
         proc.wait(timeout=20)

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -46,20 +46,6 @@ impl Drop for TempDir {
     }
 }
 
-fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited before listening: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what} did not listen on {addr}");
-}
-
 /// The mock upstream, killed on drop.
 pub struct Mock {
     pub child: Child,
@@ -74,16 +60,22 @@ impl Mock {
             "{} is missing: build the workspace first (cargo build --workspace)",
             exe.display()
         );
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // Port 0: the mock prints the address it bound on its first line.
         let mut child = Command::new(exe)
-            .args(["mock", "--listen", &addr.to_string(), "--quiet"])
+            .args(["mock", "--listen", "127.0.0.1:0", "--quiet"])
             .args(extra)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start bursar-load mock");
-        wait_for_port(addr, &mut child, "the mock upstream");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .strip_prefix("mock listening on ")
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the mock did not start: {line:?}"));
         Mock { child, addr }
     }
 
@@ -113,35 +105,40 @@ impl Gateway {
     /// addresses; the test picks free ports) with extra CLI arguments.
     pub fn start(config: &str, extra: &[&str]) -> Gateway {
         let dir = TempDir::new("gw");
-        let port = free_port();
-        let admin_port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
         let config_path = dir.0.join("bursar.toml");
         std::fs::write(&config_path, config).unwrap();
+        // Port 0 for both listeners: bursar prints the ports it bound on its
+        // first stdout line, so no other process can race us to a port.
         let mut child = Command::new(env!("CARGO_BIN_EXE_bursar"))
             .args(["serve", "--config"])
             .arg(&config_path)
-            .args([
-                "--listen",
-                &addr.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(extra)
             .current_dir(&dir.0)
             .env("BURSAR_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start bursar");
-        // The control plane starts only after every worker has bound the data
-        // port, so waiting on it alone leaves the data plane's counters clean.
-        wait_for_port(admin, &mut child, "bursar's control plane");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let mut words = line.split_whitespace();
+        let (Some("bursar"), Some("listening"), Some("on"), Some(data), Some("control"), Some(ctl)) = (
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+        ) else {
+            let status = child.try_wait();
+            panic!("bursar did not start: {line:?} ({status:?})");
+        };
         Gateway {
+            addr: data.parse().unwrap(),
+            admin: ctl.parse().unwrap(),
             child,
-            addr,
-            admin,
             dir,
             config_path,
         }

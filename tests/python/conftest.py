@@ -76,6 +76,11 @@ models = ["mock-model"]
 [[virtual_keys]]
 name = "demo"
 key = "sk-bursar-demo"
+
+[[virtual_keys]]
+name = "one-at-a-time"
+key = "sk-one-at-a-time"
+rate_limit = {{ requests_per_minute = 2 }}
 """
         )
         # Port 0 for both listeners; bursar prints what it bound on stdout.

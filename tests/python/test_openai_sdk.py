@@ -140,3 +140,19 @@ def test_upstream_cut_mid_stream_raises_in_the_sdk(gateway):
         ):
             got.append(chunk)
     assert 1 <= len(got) <= 4
+
+
+def test_rate_limits_surface_as_rate_limit_errors(gateway):
+    c = openai.OpenAI(base_url=gateway, api_key="sk-one-at-a-time", max_retries=0)
+    outcomes = []
+    for _ in range(4):
+        try:
+            c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=1)
+            outcomes.append("ok")
+        except openai.RateLimitError as e:
+            assert e.code == "rate_limit_exceeded"
+            assert 1 <= int(e.response.headers["retry-after"]) <= 60
+            outcomes.append("limited")
+    # 2 per minute; a minute boundary mid-test could admit 2 more, never fewer.
+    assert outcomes.count("ok") in (2, 4), outcomes
+    assert outcomes[:2] == ["ok", "ok"]

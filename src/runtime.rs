@@ -302,8 +302,9 @@ fn spawn_tokenizer(
         .spawn(move || {
             crate::tokens::warm_up();
             for req in rx {
-                let outcome = req.job.run();
-                stats.record(&outcome.usage, true, req.price.as_ref());
+                let price = req.price.clone();
+                let outcome = req.run();
+                stats.record(&outcome.usage, true, price.as_ref());
             }
         })
         .context("spawning the tokenizer thread")?;

@@ -611,4 +611,19 @@ fn streams_are_metered_with_usage_requested_and_the_extra_chunk_removed() {
         metric(&gw, "bursar_tokens_completion_total", "tokenizer"),
         expect
     );
+    // The prompt is estimated from the request body the upstream got, never
+    // left at zero (the same estimate, computed here independently).
+    let sent = Client::connect(mock.addr)
+        .request("GET", "/v1/_mock/last-request", &[], b"")
+        .json();
+    assert_eq!(sent["body"]["stream_options"]["include_usage"], true);
+    let prompt = metric(&gw, "bursar_tokens_prompt_total", "tokenizer");
+    assert!(prompt > 0);
+    let family = bursar::tokens::ModelFamily::for_model("gpt-4o-mini");
+    let body = serde_json::to_vec(&sent["body"]).unwrap();
+    let estimate = bursar::tokens::estimate_prompt_tokens(&body, family.encoding);
+    assert!(
+        prompt.abs_diff(estimate) <= 3,
+        "prompt {prompt} vs estimate {estimate}"
+    );
 }

@@ -124,6 +124,24 @@ impl Worker {
 pub struct CountRequest {
     pub job: crate::tokens::CountJob,
     pub price: Option<crate::prices::Price>,
+    /// The request body, to estimate the prompt when the provider's usage
+    /// is missing too (copied only on this rare path).
+    pub body: Vec<u8>,
+    pub family: crate::tokens::ModelFamily,
+}
+
+impl CountRequest {
+    /// Counts the completion text and, if the prompt is unknown, estimates
+    /// it from the request body; both with the model family's tokenizer.
+    pub fn run(self) -> crate::tokens::MeterOutcome {
+        let mut outcome = self.job.run();
+        if outcome.prompt_estimate_missing {
+            outcome.usage.prompt_tokens =
+                crate::tokens::estimate_prompt_tokens(&self.body, self.family.encoding);
+            outcome.prompt_estimate_missing = false;
+        }
+        outcome
+    }
 }
 
 /// A request id: `req_` then 28 hex digits, unique across workers and restarts

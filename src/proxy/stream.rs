@@ -220,11 +220,13 @@ pub async fn relay(
             let req = super::CountRequest {
                 job,
                 price: plan.price.cloned(),
+                body: plan.body.to_vec(),
+                family: ModelFamily::for_model(plan.model),
             };
             if let Err(e) = w.count_jobs.try_send(req) {
                 // The tokenizer thread is saturated: count here rather than
                 // lose the count (rare; it costs this worker a tokenizer run).
-                let outcome = e.into_inner().job.run();
+                let outcome = e.into_inner().run();
                 w.stats.tokens.record(&outcome.usage, true, plan.price);
             }
         }

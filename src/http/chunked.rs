@@ -135,6 +135,25 @@ impl ChunkedDecoder {
     }
 }
 
+/// Bytes of [`fixed_chunk_header`]: eight hex digits and CRLF.
+pub const FIXED_CHUNK_HEADER_BYTES: usize = 10;
+
+/// A chunk-size line of fixed width (leading zeros are valid chunk-size
+/// syntax), so a relay can reserve its place before it knows the size. No
+/// allocation: it is written once per relayed piece of a stream.
+pub fn fixed_chunk_header(len: usize) -> [u8; FIXED_CHUNK_HEADER_BYTES] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    assert!(
+        len <= u32::MAX as usize,
+        "a relayed chunk is bounded far below 4 GiB"
+    );
+    let mut out = *b"00000000\r\n";
+    for (i, digit) in out[..8].iter_mut().enumerate() {
+        *digit = HEX[(len >> (28 - 4 * i)) & 0xf];
+    }
+    out
+}
+
 /// Writes the chunk-size line for a chunk of `len` bytes into `out`.
 pub fn write_chunk_header(out: &mut Vec<u8>, len: usize) {
     use std::io::Write;
@@ -193,6 +212,18 @@ mod tests {
         );
         let long = vec![b'1'; CHUNK_LINE_BYTES_MAX + 10];
         assert_eq!(decode_all(&long, 100).unwrap_err(), ChunkError::InvalidSize);
+    }
+
+    #[test]
+    fn fixed_headers_decode_like_minimal_ones() {
+        for len in [0usize, 1, 15, 16, 4095, 65_536, u32::MAX as usize] {
+            let h = fixed_chunk_header(len);
+            let (n, size) = match httparse::parse_chunk_size(&h).unwrap() {
+                httparse::Status::Complete(v) => v,
+                httparse::Status::Partial => panic!("partial"),
+            };
+            assert_eq!((n, size), (FIXED_CHUNK_HEADER_BYTES, len as u64));
+        }
     }
 
     #[test]

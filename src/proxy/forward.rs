@@ -92,7 +92,10 @@ pub fn build_request(
     }
     response::header(out, "x-request-id", rid.as_str().as_bytes());
     out.extend_from_slice(b"accept-encoding: identity\r\ncontent-length: ");
-    out.extend_from_slice(body.len().to_string().as_bytes());
+    {
+        use std::io::Write;
+        let _ = write!(out, "{}", body.len()); // formats in place, no String
+    }
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
 }

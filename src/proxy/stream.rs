@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{RequestId, Worker};
 use crate::config::UpstreamTarget;
-use crate::http::chunked::ChunkedDecoder;
+use crate::http::chunked::{fixed_chunk_header, ChunkedDecoder, FIXED_CHUNK_HEADER_BYTES};
 use crate::http::response::{self, ResponseFraming};
 use crate::http::server::ClientOut;
 use crate::limits::STREAM_READ_BYTES;
@@ -19,7 +19,7 @@ use crate::upstream::response::{UpstreamFraming, UpstreamHead};
 use crate::upstream::{ReadOutcome, UpstreamConn, UpstreamIoError};
 
 /// Bytes reserved at a frame's start for the chunk-size line ("%08x\r\n").
-const FRAME_HEADER_BYTES: usize = 10;
+const FRAME_HEADER_BYTES: usize = FIXED_CHUNK_HEADER_BYTES;
 
 /// Instants for the overhead histogram.
 pub struct Timing {
@@ -36,14 +36,22 @@ pub struct Timing {
 /// split across calls. Inside JSON strings quotes are escaped, so the
 /// unescaped pattern can only be a member.
 fn remove_null_usage(buf: &mut Vec<u8>, start: usize) {
-    for pattern in [&b",\"usage\":null"[..], &b"\"usage\":null,"[..]] {
-        let finder = memchr::memmem::Finder::new(pattern);
+    // Built once: a searcher per call would be work on every relayed piece.
+    static FINDERS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+        std::sync::LazyLock::new(|| {
+            [
+                memchr::memmem::Finder::new(b",\"usage\":null"),
+                memchr::memmem::Finder::new(b"\"usage\":null,"),
+            ]
+        });
+    for finder in FINDERS.iter() {
+        let pattern_len = finder.needle().len();
         let mut read = start;
         let mut write = start;
         while let Some(i) = finder.find(&buf[read..]) {
             buf.copy_within(read..read + i, write);
             write += i;
-            read += i + pattern.len();
+            read += i + pattern_len;
         }
         let rest = buf.len() - read;
         buf.copy_within(read.., write);
@@ -158,8 +166,7 @@ pub async fn relay(
         let data_len = frame.len() - data_start;
         if data_len > 0 {
             if chunked_out {
-                let size = format!("{data_len:08x}\r\n");
-                frame[..FRAME_HEADER_BYTES].copy_from_slice(size.as_bytes());
+                frame[..FRAME_HEADER_BYTES].copy_from_slice(&fixed_chunk_header(data_len));
                 frame.extend_from_slice(b"\r\n");
             }
             let data_end = frame.len() - if chunked_out { 2 } else { 0 };

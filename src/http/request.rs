@@ -111,6 +111,16 @@ fn range_in(base: &[u8], part: &[u8]) -> Range<u32> {
     start as u32..(start + part.len()) as u32
 }
 
+/// A Content-Length value: ASCII digits only (no sign, no spaces inside, no
+/// list), within u64. Shared by request and upstream-response parsing.
+pub fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let v = value.trim_ascii();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
 /// Case-insensitive search for a token in a comma-separated header value.
 pub fn has_token(value: &[u8], token: &str) -> bool {
     value
@@ -184,13 +194,9 @@ pub fn parse_head(
             value: range_in(buf, h.value),
         });
         if name.eq_ignore_ascii_case(b"content-length") {
-            let v = std::str::from_utf8(h.value.trim_ascii())
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request("malformed_request", "invalid Content-Length")
-                })?;
+            let v = parse_content_length(h.value).ok_or_else(|| {
+                ApiError::bad_request("malformed_request", "invalid Content-Length")
+            })?;
             if content_length.is_some_and(|prev| prev != v) {
                 return Err(ApiError::bad_request(
                     "malformed_request",

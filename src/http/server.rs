@@ -53,7 +53,8 @@ impl ClientOut<'_> {
     /// Writes `wbuf` to the client and clears it.
     pub async fn flush(&mut self) -> io::Result<()> {
         let buf = std::mem::take(self.wbuf);
-        let (res, mut buf) = write_all_timeout(self.stream, buf, self.write_timeout).await?;
+        let (res, mut buf) =
+            crate::io::write_all_fast(self.stream, buf, self.write_timeout).await?;
         buf.clear();
         *self.wbuf = buf;
         res
@@ -61,7 +62,7 @@ impl ClientOut<'_> {
 
     /// Writes `buf` (not `wbuf`) to the client; gives it back for reuse.
     pub async fn write_owned(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        match write_all_timeout(self.stream, buf, self.write_timeout).await {
+        match crate::io::write_all_fast(self.stream, buf, self.write_timeout).await {
             Ok((res, buf)) => (res, buf),
             Err(e) => (Err(e), Vec::new()),
         }
@@ -291,7 +292,8 @@ impl ServerConn {
     /// Writes `wbuf` to the client and clears it.
     pub async fn flush(&mut self, limits: &Limits) -> io::Result<()> {
         let buf = std::mem::take(&mut self.wbuf);
-        let (res, mut buf) = write_all_timeout(&mut self.stream, buf, limits.idle_timeout).await?;
+        let (res, mut buf) =
+            crate::io::write_all_fast(&mut self.stream, buf, limits.idle_timeout).await?;
         buf.clear();
         self.wbuf = buf;
         res
@@ -302,16 +304,6 @@ impl ServerConn {
         self.wbuf.extend_from_slice(bytes);
         self.flush(limits).await
     }
-}
-
-/// Writes all of `buf` within `wait`. The outer error is a timeout (the buffer
-/// is gone with the cancelled write); the inner result is the write's.
-pub async fn write_all_timeout(
-    stream: &mut TcpStream,
-    buf: Vec<u8>,
-    wait: Duration,
-) -> io::Result<(io::Result<()>, Vec<u8>)> {
-    crate::io::write_all_fast(stream, buf, wait).await
 }
 
 fn remaining(started: Instant, total: Duration) -> Option<Duration> {

@@ -78,10 +78,7 @@ pub fn parse_head(buf: &[u8], head_bytes_max: usize) -> Result<Option<UpstreamHe
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let v = std::str::from_utf8(h.value.trim_ascii())
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
+            let v = crate::http::request::parse_content_length(h.value)
                 .ok_or_else(|| HeadError::Malformed("invalid Content-Length".into()))?;
             if content_length.is_some_and(|p| p != v) {
                 return Err(HeadError::Malformed("conflicting Content-Length".into()));

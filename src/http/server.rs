@@ -126,14 +126,6 @@ impl ServerConn {
         &self.rbuf[..self.head.head_len]
     }
 
-    /// The body of the current request.
-    pub fn body(&self) -> &[u8] {
-        match &self.body {
-            BodyLoc::InBuf(r) => &self.rbuf[r.clone()],
-            BodyLoc::Chunked => &self.chunked_body,
-        }
-    }
-
     /// Reads one more chunk of bytes, growing the buffer up to `max_total`.
     async fn fill(&mut self, max_total: usize, wait: Duration) -> io::Result<Fill> {
         let len = self.rbuf.len();

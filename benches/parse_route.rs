@@ -22,7 +22,8 @@ fn catalog(keys: usize) -> Catalog {
         ));
     }
     toml.push_str("[[virtual_keys]]\nname = \"demo\"\nkey = \"sk-bursar-demo\"\n");
-    Catalog::from_config(&Config::from_toml(&toml, None).unwrap(), 1)
+    let config = Config::from_toml(&toml, None).unwrap();
+    Catalog::from_config(&config, 1, &bursar::books::EntityIds::sequential(&config))
 }
 
 fn benches(c: &mut criterion::Criterion) {

@@ -12,7 +12,37 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use subtle::ConstantTimeEq;
 
+use crate::books::EntityIds;
+use crate::budget::{Budget, Mode};
 use crate::config::{Config, ProviderKind, UpstreamTarget};
+use crate::ledger::{EntityId, EntityKind};
+
+/// One level of the books a request is charged to, and how it is enforced:
+/// `Strict` reserves the worst case before forwarding; `Soft` (also every
+/// level without a budget, which only keeps lifetime spend) is charged after.
+#[derive(Debug, Clone)]
+pub struct Level {
+    pub id: EntityId,
+    pub mode: Mode,
+    pub kind: EntityKind,
+    pub name: Arc<str>,
+}
+
+fn level(ids: &EntityIds, kind: EntityKind, name: &str, budget: Option<Budget>) -> Option<Level> {
+    let Some(id) = ids.get(kind, name) else {
+        log::error!(
+            "{} {name:?} has no entity id; its spend is not booked",
+            crate::books::registry::kind_str(kind)
+        );
+        return None;
+    };
+    Some(Level {
+        id,
+        mode: budget.map_or(Mode::Soft, |b| b.mode),
+        kind,
+        name: name.into(),
+    })
+}
 
 /// Index of a provider in [`Catalog::providers`].
 pub type ProviderId = u32;
@@ -31,6 +61,8 @@ pub struct Provider {
     /// This provider's own TLS connector when it trusts extra roots; `None`
     /// uses the worker's default connector.
     pub tls: Option<ProviderTls>,
+    /// The provider config's level in the books.
+    pub level: Option<Level>,
 }
 
 /// A provider's own TLS connector (it trusts a private CA).
@@ -60,6 +92,9 @@ pub struct VirtualKey {
     team_models: Option<Vec<String>>,
     /// Rate limiters the key's requests pass: its own, then its team's.
     pub limiters: Vec<Arc<crate::ratelimit::Limiter>>,
+    /// The levels of the books its requests are charged to: the key, its
+    /// team, its customer (the team's, else the key's own), in that order.
+    pub chain: Vec<Level>,
 }
 
 impl VirtualKey {
@@ -107,10 +142,14 @@ pub struct Catalog {
     keys_by_digest: DigestMap<KeyId>,
     /// The prices in force (shipped table plus config overrides).
     pub prices: Arc<crate::prices::PriceTable>,
+    /// What to do about unpriced models, and the default output cap.
+    pub pricing: crate::config::Pricing,
 }
 
 impl Catalog {
-    pub fn from_config(config: &Config, version: u64) -> Catalog {
+    /// Builds the catalog of `config`; `ids` must name every entity of it
+    /// (see [`EntityIds`]).
+    pub fn from_config(config: &Config, version: u64, ids: &EntityIds) -> Catalog {
         let mut providers = Vec::with_capacity(config.providers.len());
         let mut routes = HashMap::new();
         let mut fallback = None;
@@ -134,6 +173,7 @@ impl Catalog {
                     .map(|k| format!("Bearer {}", k.expose()).into_boxed_str()),
                 models: p.models.clone(),
                 tls: provider_tls(config, p),
+                level: level(ids, EntityKind::Provider, &p.name, p.budget),
             });
         }
         let mut keys = Vec::with_capacity(config.keys.len());
@@ -168,8 +208,21 @@ impl Catalog {
                 .into_iter()
                 .chain(team.and_then(|t| team_limiters.get(t.name.as_str()).cloned()))
                 .collect();
+            let customer = team
+                .and_then(|t| t.customer.as_deref())
+                .or(k.customer.as_deref())
+                .and_then(|c| config.customers.iter().find(|q| q.name == c));
+            let chain = [
+                level(ids, EntityKind::Key, &k.name, k.budget),
+                team.and_then(|t| level(ids, EntityKind::Team, &t.name, t.budget)),
+                customer.and_then(|c| level(ids, EntityKind::Customer, &c.name, c.budget)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             keys.push(VirtualKey {
                 id,
+                chain,
                 name: k.name.clone(),
                 key_sha256: k.key_sha256,
                 all_models: k.all_models,
@@ -188,6 +241,7 @@ impl Catalog {
             fallback,
             keys_by_digest,
             prices: Arc::new(config.prices.clone()),
+            pricing: config.pricing,
         }
     }
 
@@ -272,10 +326,10 @@ impl CatalogHandle {
         self.0.load_full()
     }
     /// Publishes a new catalog built from `config`, with the next version number.
-    pub fn publish(&self, config: &Config) -> u64 {
+    pub fn publish(&self, config: &Config, ids: &EntityIds) -> u64 {
         let version = self.0.load().version + 1;
         self.0
-            .store(Arc::new(Catalog::from_config(config, version)));
+            .store(Arc::new(Catalog::from_config(config, version, ids)));
         version
     }
 }
@@ -306,7 +360,7 @@ allowed_models = ["gpt-4o-mini", "claude-*"]
             None,
         )
         .unwrap();
-        Catalog::from_config(&c, 1)
+        Catalog::from_config(&c, 1, &EntityIds::sequential(&c))
     }
 
     #[test]

@@ -31,6 +31,21 @@ pub struct ApiError {
     pub retryable: bool,
     /// Extra response headers (e.g. `retry-after`).
     pub retry_after_secs: Option<u64>,
+    /// For a 402: which budget refused, and its state.
+    pub budget: Option<Box<BudgetDetails>>,
+}
+
+/// The budget that refused a request, as the 402 body reports it (in the
+/// `error` object, beside OpenAI's fields; amounts are exact decimal strings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetDetails {
+    /// "customer", "team", "virtual_key" or "provider".
+    pub entity_kind: &'static str,
+    pub entity: String,
+    pub limit_usd: Option<String>,
+    pub spent_usd: Option<String>,
+    /// RFC 3339; `None` for a prepaid budget (no reset).
+    pub reset_at: Option<String>,
 }
 
 impl ApiError {
@@ -53,7 +68,15 @@ impl ApiError {
             fault,
             retryable: false,
             retry_after_secs: None,
+            budget: None,
         }
+    }
+
+    /// A budget is exhausted: 402 `budget_exceeded`, with the details.
+    pub fn budget_exceeded(message: impl Into<String>, details: BudgetDetails) -> Self {
+        let mut e = Self::new(402, "budget_exceeded", "budget_exceeded", message);
+        e.budget = Some(Box::new(details));
+        e
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -138,7 +161,7 @@ impl ApiError {
 
     /// The OpenAI-shaped JSON body.
     pub fn to_json(&self) -> Vec<u8> {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": {
                 "message": self.message,
                 "type": self.kind,
@@ -146,6 +169,13 @@ impl ApiError {
                 "code": self.code,
             }
         });
+        if let Some(b) = &self.budget {
+            body["error"]["entity_kind"] = b.entity_kind.into();
+            body["error"]["entity"] = b.entity.as_str().into();
+            body["error"]["limit_usd"] = b.limit_usd.as_deref().into();
+            body["error"]["spent_usd"] = b.spent_usd.as_deref().into();
+            body["error"]["reset_at"] = b.reset_at.as_deref().into();
+        }
         serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":{}}".to_vec())
     }
 }

@@ -141,6 +141,10 @@ pub struct WorkerStats {
     pub streams_client_aborted: Counter,
     pub streams_upstream_aborted: Counter,
     pub pool_idle: Gauge,
+    /// Requests refused 402 by a budget.
+    pub budget_refused: Counter,
+    /// Requests whose output cap was lowered to fit a strict budget.
+    pub budget_degraded: Counter,
     pub tokens: TokenCounters,
     /// The worker's overhead histogram as last published (every
     /// `OVERHEAD_PUBLISH_INTERVAL`); the worker's own copy is never shared.
@@ -259,7 +263,7 @@ impl Registry {
             (self.catalog_version)()
         );
         type Get = fn(&WorkerStats) -> i64;
-        let series: [(&str, &str, &str, Get); 15] = [
+        let series: [(&str, &str, &str, Get); 17] = [
             (
                 "bursar_connections_accepted_total",
                 "counter",
@@ -307,6 +311,18 @@ impl Registry {
                 "counter",
                 "Requests retried because a pooled connection had gone stale.",
                 |w| w.upstream_stale_retries.get() as i64,
+            ),
+            (
+                "bursar_budget_refused_total",
+                "counter",
+                "Requests refused 402 because a budget was exhausted.",
+                |w| w.budget_refused.get() as i64,
+            ),
+            (
+                "bursar_budget_degraded_total",
+                "counter",
+                "Requests whose output cap was lowered to fit a strict budget.",
+                |w| w.budget_degraded.get() as i64,
             ),
             (
                 "bursar_upstream_errors_total",

@@ -9,12 +9,14 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use monoio::net::{ListenerOpts, TcpListener};
 
+use crate::books::thread::{Books, BooksConfig, BooksHandle, SystemClock};
+use crate::books::{EntityRegistry, StateLock};
 use crate::catalog::{Catalog, CatalogHandle};
 use crate::config::{Config, IoDriverChoice};
 use crate::limits::OVERHEAD_PUBLISH_INTERVAL;
@@ -23,7 +25,6 @@ use crate::proxy::{serve_connection, Worker};
 use crate::upstream::resolver::Resolver;
 
 /// What a worker thread needs to start.
-#[derive(Clone)]
 struct WorkerSeed {
     id: usize,
     listen: SocketAddr,
@@ -38,6 +39,7 @@ struct WorkerSeed {
     shutdown: Arc<AtomicBool>,
     id_salt: u64,
     count_jobs: crossbeam_channel::Sender<crate::proxy::CountRequest>,
+    link: crate::books::thread::WorkerLink,
 }
 
 /// A handle to a running gateway.
@@ -52,6 +54,12 @@ pub struct Gateway {
     /// The data-plane address actually bound (port 0 resolved).
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    /// The ledger thread's handle (the control plane shares it).
+    pub books: Arc<BooksHandle>,
+    /// `(kind, name) ↔ id`, shared with the control plane.
+    pub entities: Arc<Mutex<EntityRegistry>>,
+    /// Held for the life of the process: one gateway per state directory.
+    _state_lock: StateLock,
 }
 
 fn random_salt() -> u64 {
@@ -80,7 +88,29 @@ fn upstream_hosts(config: &Config) -> Vec<String> {
 impl Gateway {
     /// Starts every thread; returns once all listeners are bound.
     pub fn start(config: Config) -> anyhow::Result<Gateway> {
-        let catalog = CatalogHandle::new(Catalog::from_config(&config, 1));
+        // The books first: recovery (snapshot, journal, rings) must finish
+        // before a single request is admitted.
+        let state_dir = config.server.state_dir.clone();
+        let state_lock = StateLock::acquire(&state_dir)?;
+        let mut entities = EntityRegistry::open(&state_dir)?;
+        let started = Instant::now();
+        let (books, links) = Books::start(
+            &state_dir,
+            &BooksConfig::from_config(&config),
+            &mut entities,
+            Arc::new(SystemClock),
+        )
+        .with_context(|| format!("opening the books in {}", state_dir.display()))?;
+        log::info!(
+            "books recovered from {} in {:?}: {} entities",
+            state_dir.display(),
+            started.elapsed(),
+            entities.len()
+        );
+        let ids = entities.ids_for_config(&config)?;
+        let books = Arc::new(books);
+        let entities = Arc::new(Mutex::new(entities));
+        let catalog = CatalogHandle::new(Catalog::from_config(&config, 1, &ids));
         let resolver = Resolver::new();
         resolver.set_hosts(upstream_hosts(&config));
         resolver
@@ -106,7 +136,7 @@ impl Gateway {
         let mut stop_workers = Vec::new();
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<DriverKind, String>)>();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        for id in 0..config.server.workers {
+        for (id, link) in (0..config.server.workers).zip(links) {
             let s = Arc::new(WorkerStats::default());
             stats.push(Arc::clone(&s));
             let seed = WorkerSeed {
@@ -123,6 +153,7 @@ impl Gateway {
                 shutdown: Arc::clone(&shutdown),
                 id_salt,
                 count_jobs: count_jobs.clone(),
+                link,
             };
             let (stop_tx, stop_rx) = futures_channel::oneshot::channel();
             stop_workers.push(stop_tx);
@@ -197,6 +228,9 @@ impl Gateway {
             threads,
             listen,
             admin_listen,
+            books,
+            entities,
+            _state_lock: state_lock,
         })
     }
 
@@ -215,8 +249,25 @@ impl Gateway {
                          providers and keys are reloaded now"
                     );
                 }
+                if let Err(e) = self.sync_books(&next) {
+                    log::error!(
+                        "reload of {} refused, keeping the running config: {e}",
+                        path.display()
+                    );
+                    return;
+                }
+                let ids = match self.entity_ids(&next) {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        log::error!(
+                            "reload of {} refused, keeping the running config: {e}",
+                            path.display()
+                        );
+                        return;
+                    }
+                };
                 self.resolver.set_hosts(upstream_hosts(&next));
-                let version = self.catalog.publish(&next);
+                let version = self.catalog.publish(&next, &ids);
                 log::info!(
                     "reloaded {}: catalog version {version}, {} providers, {} keys",
                     path.display(),
@@ -236,6 +287,33 @@ impl Gateway {
                 path.display()
             ),
         }
+    }
+
+    fn entity_ids(&self, config: &Config) -> anyhow::Result<crate::books::EntityIds> {
+        let mut registry = self.entities.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(registry.ids_for_config(config)?)
+    }
+
+    /// Makes every entity of `config` exist in the ledger with its budget
+    /// (new entities get ids; changed budgets are journaled).
+    fn sync_books(&self, config: &Config) -> anyhow::Result<()> {
+        let mut registry = self.entities.lock().unwrap_or_else(|p| p.into_inner());
+        for (kind, name, budget) in crate::books::registry::config_entities(config) {
+            let id = registry.id_for(kind, name)?;
+            let current = self.books.view(id)?;
+            if current.is_some_and(|v| v.budget == budget && v.kind == kind) {
+                continue;
+            }
+            let reply = self.books.apply(crate::ledger::Command::SetBudget {
+                entity: id,
+                kind,
+                budget,
+            })?;
+            if let crate::ledger::Reply::Rejected(e) = reply {
+                anyhow::bail!("{} {name:?}: {e}", crate::books::registry::kind_str(kind))
+            }
+        }
+        Ok(())
     }
 
     /// Stops accepting, waits up to the drain timeout for in-flight requests.
@@ -260,6 +338,11 @@ impl Gateway {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        // Every settle the workers published is in a ring: journal it all,
+        // checkpoint, and stop the ledger thread.
+        if let Err(e) = self.books.shutdown() {
+            log::error!("shutdown: closing the books: {e}");
         }
         log::info!("shutdown complete");
         drop(self.threads);
@@ -301,10 +384,15 @@ fn spawn_tokenizer(
         .name("bursar-tokenizer".into())
         .spawn(move || {
             crate::tokens::warm_up();
-            for req in rx {
+            for mut req in rx {
                 let price = req.price.clone();
+                let reply = req.reply.take();
                 let outcome = req.run();
                 stats.record(&outcome.usage, true, price.as_ref());
+                if let Some(reply) = reply {
+                    // The worker may have gone (shutdown); nothing to do then.
+                    let _ = reply.send(outcome);
+                }
             }
         })
         .context("spawning the tokenizer thread")?;
@@ -399,8 +487,19 @@ async fn worker_main(
         seed.shutdown,
         seed.id_salt,
         seed.count_jobs,
+        seed.link,
     ));
     let _ = ready.send((seed.id, Ok(driver)));
+
+    // The ledger's broadcasts, drained even when no request comes, so a
+    // Blocked entity's free lease goes back to where it is needed.
+    let listener_of_events = Rc::clone(&worker);
+    monoio::spawn(async move {
+        while !listener_of_events.draining() {
+            monoio::time::sleep(crate::proxy::books::EVENT_POLL_INTERVAL).await;
+            listener_of_events.books.drain_events();
+        }
+    });
 
     // Housekeeping: expire idle upstream connections.
     let housekeeper = Rc::clone(&worker);

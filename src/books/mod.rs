@@ -10,10 +10,12 @@
 //!   out to each worker.
 //! - [`shard`]: a worker's leases and reservations (pure, single-threaded).
 
+pub mod lock;
 pub mod registry;
 pub mod ring;
 pub mod shard;
 pub mod thread;
 
-pub use registry::{EntityRegistry, RegistryError};
+pub use lock::{LockError, StateLock};
+pub use registry::{EntityIds, EntityRegistry, RegistryError};
 pub use ring::{RingConsumer, RingError, RingFull, RingProducer, SettleRecord};

@@ -20,6 +20,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::budget::Budget;
+use crate::config::Config;
 use crate::ledger::{EntityId, EntityKind};
 
 /// The registry file's name in the state directory.
@@ -276,6 +278,63 @@ impl EntityRegistry {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl EntityRegistry {
+    /// The ids of every customer, team, key and provider of `config`,
+    /// assigning (durably) ids to the ones seen for the first time.
+    pub fn ids_for_config(&mut self, config: &Config) -> Result<EntityIds, RegistryError> {
+        let mut ids = EntityIds::default();
+        for (kind, name, _) in config_entities(config) {
+            ids.0
+                .insert((kind, name.to_owned()), self.id_for(kind, name)?);
+        }
+        Ok(ids)
+    }
+}
+
+/// Every entity a config defines, with its budget: customers, teams, virtual
+/// keys, providers (in that order).
+pub fn config_entities(config: &Config) -> Vec<(EntityKind, &str, Option<Budget>)> {
+    let mut out = Vec::with_capacity(
+        config.customers.len() + config.teams.len() + config.keys.len() + config.providers.len(),
+    );
+    for c in &config.customers {
+        out.push((EntityKind::Customer, c.name.as_str(), c.budget));
+    }
+    for t in &config.teams {
+        out.push((EntityKind::Team, t.name.as_str(), t.budget));
+    }
+    for k in &config.keys {
+        out.push((EntityKind::Key, k.name.as_str(), k.budget));
+    }
+    for p in &config.providers {
+        out.push((EntityKind::Provider, p.name.as_str(), p.budget));
+    }
+    out
+}
+
+/// A catalog's view of the registry: `(kind, name) → id` for the entities of
+/// one config. Immutable; built on the control plane, read by workers.
+#[derive(Debug, Clone, Default)]
+pub struct EntityIds(HashMap<(EntityKind, String), EntityId>);
+
+impl EntityIds {
+    pub fn get(&self, kind: EntityKind, name: &str) -> Option<EntityId> {
+        self.0.get(&(kind, name.to_owned())).copied()
+    }
+
+    /// Ids numbered in config order, without a registry: for tests and
+    /// benches that build a catalog with no books behind it.
+    pub fn sequential(config: &Config) -> EntityIds {
+        EntityIds(
+            config_entities(config)
+                .into_iter()
+                .enumerate()
+                .map(|(i, (kind, name, _))| ((kind, name.to_owned()), EntityId(i as u32)))
+                .collect(),
+        )
     }
 }
 

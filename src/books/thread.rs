@@ -150,19 +150,10 @@ impl BooksConfig {
         ledger.state.workers = config.server.workers.clamp(1, usize::from(u16::MAX)) as u16;
         let fsync_ms = config.ledger.fsync_interval.as_millis();
         ledger.journal.sync_interval_ms = fsync_ms.clamp(1, u128::from(u32::MAX)) as u32;
-        let mut entities = Vec::new();
-        for c in &config.customers {
-            entities.push((EntityKind::Customer, c.name.clone(), c.budget));
-        }
-        for t in &config.teams {
-            entities.push((EntityKind::Team, t.name.clone(), t.budget));
-        }
-        for k in &config.keys {
-            entities.push((EntityKind::Key, k.name.clone(), k.budget));
-        }
-        for p in &config.providers {
-            entities.push((EntityKind::Provider, p.name.clone(), p.budget));
-        }
+        let entities = super::registry::config_entities(config)
+            .into_iter()
+            .map(|(kind, name, budget)| (kind, name.to_owned(), budget))
+            .collect();
         BooksConfig {
             workers: ledger.state.workers,
             ledger,
@@ -216,6 +207,11 @@ pub enum Msg {
         entity: EntityId,
         reply: mpsc::Sender<Option<EntityView>>,
     },
+    /// A worker asks for an entity as of now (to explain a refusal).
+    ViewAsync {
+        entity: EntityId,
+        reply: oneshot::Sender<Option<EntityView>>,
+    },
     /// Flush the journal, checkpoint, release the rings, reply, and stop.
     Shutdown {
         reply: mpsc::Sender<Result<(), String>>,
@@ -267,6 +263,16 @@ impl WorkerLink {
         Ok(rx)
     }
 
+    /// Asks for an entity as of now; the reply is awaited (rare: refusals).
+    pub fn view(
+        &self,
+        entity: EntityId,
+    ) -> Result<oneshot::Receiver<Option<EntityView>>, BooksError> {
+        let (tx, rx) = oneshot::channel();
+        send(&self.commands, Msg::ViewAsync { entity, reply: tx })?;
+        Ok(rx)
+    }
+
     /// Sends a command without waiting for a reply (e.g. `LeaseReturn`).
     pub fn tell(&self, cmd: Command) -> Result<(), BooksError> {
         send(
@@ -301,7 +307,7 @@ fn send(tx: &Sender<Msg>, msg: Msg) -> Result<(), BooksError> {
 #[derive(Debug)]
 pub struct BooksHandle {
     commands: Sender<Msg>,
-    join: Option<JoinHandle<Result<(), BooksError>>>,
+    join: std::sync::Mutex<Option<JoinHandle<Result<(), BooksError>>>>,
     stats: Arc<BooksStats>,
     dir: PathBuf,
 }
@@ -341,8 +347,9 @@ impl BooksHandle {
         rx.recv().map_err(|_| BooksError::Stopped)
     }
 
-    /// Flushes, checkpoints, stops the thread and waits for it.
-    pub fn shutdown(mut self) -> Result<(), BooksError> {
+    /// Flushes, checkpoints, stops the thread and waits for it. Later calls
+    /// (and requests) find the thread stopped.
+    pub fn shutdown(&self) -> Result<(), BooksError> {
         let (tx, rx) = mpsc::channel();
         let sent = self.commands.send(Msg::Shutdown { reply: tx }).is_ok();
         let replied = if sent { rx.recv().ok() } else { None };
@@ -357,13 +364,14 @@ impl BooksHandle {
     /// Stops the thread as SIGKILL would: the unwritten journal batch is lost
     /// and no ring slot is released. For crash tests.
     #[doc(hidden)]
-    pub fn crash(mut self) {
+    pub fn crash(&self) {
         let _ = self.commands.send(Msg::Crash);
         let _ = self.join_thread();
     }
 
-    fn join_thread(&mut self) -> Result<(), BooksError> {
-        match self.join.take() {
+    fn join_thread(&self) -> Result<(), BooksError> {
+        let join = self.join.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match join {
             Some(join) => join.join().unwrap_or(Err(BooksError::Stopped)),
             None => Ok(()),
         }
@@ -372,7 +380,11 @@ impl BooksHandle {
 
 impl Drop for BooksHandle {
     fn drop(&mut self) {
-        if self.join.is_some() {
+        let running = self
+            .join
+            .get_mut()
+            .map_or_else(|p| p.into_inner().is_some(), |j| j.is_some());
+        if running {
             let (tx, _rx) = mpsc::channel();
             let _ = self.commands.send(Msg::Shutdown { reply: tx });
             let _ = self.join_thread();
@@ -519,7 +531,7 @@ impl Books {
         Ok((
             BooksHandle {
                 commands: tx,
-                join: Some(join),
+                join: std::sync::Mutex::new(Some(join)),
                 stats,
                 dir: ledger_dir,
             },
@@ -661,6 +673,9 @@ impl LedgerThread {
                 }
             }
             Msg::View { entity, reply } => {
+                let _ = reply.send(self.ledger.state().view(entity, now));
+            }
+            Msg::ViewAsync { entity, reply } => {
                 let _ = reply.send(self.ledger.state().view(entity, now));
             }
             Msg::Shutdown { reply } => return Ok(Flow::Stop(Some(reply))),

@@ -98,9 +98,17 @@ pub struct PricingSection {
     /// What to do with a request for a model without a price: "refuse"
     /// (default) or "allow" (admitted uncharged, counted and logged loudly).
     pub unpriced: Option<String>,
-    /// Output tokens assumed when a request sets no max_tokens (strict
-    /// budgets reserve this many). Default 16384.
+    /// Output cap for a request that sets none, under a strict budget: the
+    /// gateway reserves this many output tokens and sends the cap upstream.
+    /// Default 16384.
     pub default_max_output_tokens: Option<u64>,
+    /// Input tokens reserved for a request whose body refers to input it does
+    /// not hold (images, files, stored conversations, server-side tools).
+    /// Default 200000 (a context window).
+    pub unbounded_input_tokens: Option<u64>,
+    /// When a strict budget cannot afford a request's output cap but can
+    /// afford a smaller one, lower it instead of refusing. Default true.
+    pub degrade_before_deny: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

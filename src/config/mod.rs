@@ -80,7 +80,14 @@ pub struct Pricing {
     /// Refuse requests for models without a price (default), or admit them
     /// uncharged and count them.
     pub refuse_unpriced: bool,
+    /// Output cap sent upstream (and reserved) when a request under a strict
+    /// budget sets none.
     pub default_max_output_tokens: u64,
+    /// Input tokens reserved when the body refers to input it does not hold.
+    pub unbounded_input_tokens: u64,
+    /// Lower a request's output cap to what a strict budget affords rather
+    /// than refuse it.
+    pub degrade_before_deny: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,35 +217,6 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 }
 
 impl Config {
-    /// Names of configured budgets. The books are built as a library but not
-    /// yet wired into the data plane (docs/decisions/0003), so `serve` refuses
-    /// such a config rather than silently not enforcing it. (Rate limits are
-    /// enforced: `ratelimit.rs`.)
-    pub fn unenforced_controls(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for c in &self.customers {
-            if c.budget.is_some() {
-                out.push(format!("customer {:?} budget", c.name));
-            }
-        }
-        for t in &self.teams {
-            if t.budget.is_some() {
-                out.push(format!("team {:?} budget", t.name));
-            }
-        }
-        for k in &self.keys {
-            if k.budget.is_some() {
-                out.push(format!("virtual key {:?} budget", k.name));
-            }
-        }
-        for p in &self.providers {
-            if p.budget.is_some() {
-                out.push(format!("provider {:?} budget", p.name));
-            }
-        }
-        out
-    }
-
     /// The built-in default: the mock provider on 127.0.0.1:8080 and a demo key,
     /// so `bursar serve` works offline at once.
     pub fn builtin_default() -> Config {
@@ -671,6 +649,17 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
                 ))
             }
         },
+        unbounded_input_tokens: match file.pricing.unbounded_input_tokens {
+            None => 200_000,
+            Some(n) if (1..=100_000_000).contains(&n) => n,
+            Some(_) => {
+                return Err(err(
+                    "pricing.unbounded_input_tokens",
+                    "must be between 1 and 100000000",
+                ))
+            }
+        },
+        degrade_before_deny: file.pricing.degrade_before_deny.unwrap_or(true),
     };
     let ledger = LedgerConfig {
         fsync_interval: duration_field(

@@ -107,6 +107,30 @@ pub fn respond(
     request_id: &str,
     created: u64,
 ) -> Result<MockReply, ApiError> {
+    answer(endpoint, body, request_id, created).map(|(reply, _)| reply)
+}
+
+/// Answers like [`respond`], with the usage the answer reports (or would
+/// report, for a stream whose client did not ask for usage): what the
+/// gateway charges for an in-process mock request.
+pub fn respond_with_usage(
+    endpoint: Endpoint,
+    body: &[u8],
+    request_id: &str,
+    created: u64,
+) -> Result<(MockReply, Option<crate::tokens::Usage>), ApiError> {
+    let (reply, usage) = answer(endpoint, body, request_id, created)?;
+    let wrapped = json!({ "usage": usage }).to_string();
+    let usage = crate::tokens::usage_from_body(endpoint.protocol(), wrapped.as_bytes());
+    Ok((reply, usage))
+}
+
+fn answer(
+    endpoint: Endpoint,
+    body: &[u8],
+    request_id: &str,
+    created: u64,
+) -> Result<(MockReply, Value), ApiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_request_body", format!("invalid JSON: {e}")))?;
     let model = v
@@ -136,7 +160,7 @@ fn chat(
     include_usage: bool,
     rid: &str,
     created: u64,
-) -> Result<MockReply, ApiError> {
+) -> Result<(MockReply, Value), ApiError> {
     let messages = v
         .get("messages")
         .and_then(Value::as_array)
@@ -163,7 +187,7 @@ fn chat(
                          "logprobs": null, "finish_reason": finish}],
             "usage": usage, "system_fingerprint": "fp_bursar_mock",
         });
-        return Ok(MockReply::Json(body.to_string().into_bytes()));
+        return Ok((MockReply::Json(body.to_string().into_bytes()), usage));
     }
     let chunk = |delta: Value, finish: Value| {
         let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -192,7 +216,7 @@ fn chat(
                                 "system_fingerprint": "fp_bursar_mock", "choices": [], "usage": usage})));
     }
     events.push(b"data: [DONE]\n\n".to_vec());
-    Ok(MockReply::Events(events))
+    Ok((MockReply::Events(events), usage))
 }
 
 fn completions(
@@ -202,7 +226,7 @@ fn completions(
     include_usage: bool,
     rid: &str,
     created: u64,
-) -> Result<MockReply, ApiError> {
+) -> Result<(MockReply, Value), ApiError> {
     let (prompt_text, prompt) = match v.get("prompt") {
         Some(Value::String(s)) => (s.clone(), words(s).max(1)),
         Some(Value::Array(a)) => {
@@ -229,7 +253,7 @@ fn completions(
         let body = json!({"id": id, "object": "text_completion", "created": created, "model": model,
                           "choices": [{"text": out.join(" "), "index": 0, "logprobs": null, "finish_reason": finish}],
                           "usage": usage});
-        return Ok(MockReply::Json(body.to_string().into_bytes()));
+        return Ok((MockReply::Json(body.to_string().into_bytes()), usage));
     }
     let mut events = Vec::with_capacity(out.len() + 3);
     for (i, w) in out.iter().enumerate() {
@@ -250,10 +274,10 @@ fn completions(
         ));
     }
     events.push(b"data: [DONE]\n\n".to_vec());
-    Ok(MockReply::Events(events))
+    Ok((MockReply::Events(events), usage))
 }
 
-fn embeddings(v: &Value, model: &str) -> Result<MockReply, ApiError> {
+fn embeddings(v: &Value, model: &str) -> Result<(MockReply, Value), ApiError> {
     let inputs: Vec<String> = match v.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
@@ -322,9 +346,9 @@ fn embeddings(v: &Value, model: &str) -> Result<MockReply, ApiError> {
         };
         data.push(json!({"object": "embedding", "index": i, "embedding": embedding}));
     }
-    let body = json!({"object": "list", "data": data, "model": model,
-                      "usage": {"prompt_tokens": prompt, "total_tokens": prompt}});
-    Ok(MockReply::Json(body.to_string().into_bytes()))
+    let usage = json!({"prompt_tokens": prompt, "total_tokens": prompt});
+    let body = json!({"object": "list", "data": data, "model": model, "usage": usage});
+    Ok((MockReply::Json(body.to_string().into_bytes()), usage))
 }
 
 fn responses(
@@ -333,7 +357,7 @@ fn responses(
     stream: bool,
     rid: &str,
     created: u64,
-) -> Result<MockReply, ApiError> {
+) -> Result<(MockReply, Value), ApiError> {
     let (prompt, last) = match v.get("input") {
         Some(Value::String(s)) => (3 + 3 + words(s), s.clone()),
         Some(Value::Array(items)) => {
@@ -369,8 +393,8 @@ fn responses(
                "max_output_tokens": if limited { json!(n) } else { Value::Null }, "text": {"format": {"type": "text"}}})
     };
     if !stream {
-        let body = response("completed", json!([item]), usage);
-        return Ok(MockReply::Json(body.to_string().into_bytes()));
+        let body = response("completed", json!([item]), usage.clone());
+        return Ok((MockReply::Json(body.to_string().into_bytes()), usage));
     }
     let mut seq = 0u64;
     let mut events = Vec::new();
@@ -423,9 +447,9 @@ fn responses(
     );
     push(
         "response.completed",
-        json!({"response": response("completed", json!([item]), usage)}),
+        json!({"response": response("completed", json!([item]), usage.clone())}),
     );
-    Ok(MockReply::Events(events))
+    Ok((MockReply::Events(events), usage))
 }
 
 fn base64_encode(bytes: &[u8]) -> String {

@@ -55,6 +55,37 @@ pub struct MeterPlan<'a> {
     pub permit: &'a crate::ratelimit::Permit,
     /// The body to send upstream (the client's, or with usage requested).
     pub body: &'a [u8],
+    /// The request's budget reservation, settled (taken) when its cost is known.
+    pub hold: Option<super::books::Hold<'a>>,
+    /// The output cap was lowered to this to fit a strict budget.
+    pub lowered_cap: Option<u64>,
+}
+
+/// Settles the request's cost: `usage` priced at the model's price, or, with
+/// no usage, the reservation's worst case marked estimated (a bound, never
+/// $0). Unpriced models (admitted by `[pricing] unpriced = "allow"`) are
+/// released uncharged and counted. `None` when nothing was charged.
+pub async fn charge(
+    w: &Worker,
+    plan: &mut MeterPlan<'_>,
+    rid: &RequestId,
+    usage: Option<crate::tokens::Usage>,
+    estimated: bool,
+) -> Option<super::books::Settled> {
+    let hold = plan.hold.take()?;
+    let Some(price) = plan.price else {
+        // Counted by `bursar_unpriced_responses_total` where the usage is read.
+        drop(hold);
+        return None;
+    };
+    let (cost, estimated) = match usage {
+        Some(u) => match price.cost(&crate::prices::TokenCounts::from(&u)) {
+            Some(c) => (c, estimated),
+            None => (hold.worst(), true),
+        },
+        None => (hold.worst(), true),
+    };
+    Some(w.books.settle(hold, rid.as_u128(), cost, estimated).await)
 }
 
 /// Writes the upstream request (head and `body`) into `out`.
@@ -351,7 +382,7 @@ pub async fn forward(
     rid: &RequestId,
     keep: bool,
     ready_at: Instant,
-    plan: MeterPlan<'_>,
+    mut plan: MeterPlan<'_>,
 ) -> Result<bool, ApiError> {
     let target = provider
         .upstream
@@ -384,22 +415,31 @@ pub async fn forward(
     if head.event_stream {
         let timing = super::stream::Timing { inbound, head_at };
         return Ok(super::stream::relay(
-            w, out, conn, &head, target, rid, keep, http10, timing, &plan,
+            w, out, conn, &head, target, rid, keep, http10, timing, &mut plan,
         )
         .await);
     }
     let body = read_body(w, &mut conn, &head, target).await?;
     let body_at = Instant::now();
-    if (200..300).contains(&head.status) {
-        match crate::tokens::usage_from_body(plan.protocol, &body) {
-            Some(usage) => {
-                w.stats.tokens.record(&usage, false, plan.price);
-                plan.permit
-                    .record_tokens(crate::ratelimit::now_ms(), usage.total_tokens());
-            }
-            None => w.stats.tokens.usage_missing.inc(),
-        }
+    let usage = crate::tokens::usage_from_body(plan.protocol, &body);
+    if let Some(usage) = &usage {
+        w.stats.tokens.record(usage, false, plan.price);
+        plan.permit
+            .record_tokens(crate::ratelimit::now_ms(), usage.total_tokens());
     }
+    // A success is charged (its usage, or the bound when it has none); a
+    // failure only when the provider reported usage for it.
+    let settled = if (200..300).contains(&head.status) {
+        if usage.is_none() {
+            w.stats.tokens.usage_missing.inc();
+        }
+        charge(w, &mut plan, rid, usage, false).await
+    } else if usage.is_some() {
+        charge(w, &mut plan, rid, usage, false).await
+    } else {
+        None
+    };
+    // Charged (durably, in the ring) before the client sees the response.
     if head.keep_alive {
         w.pool.borrow_mut().checkin(conn);
     }
@@ -408,6 +448,7 @@ pub async fn forward(
     response::begin(out.wbuf, head.status);
     out.wbuf.extend_from_slice(&head.forward);
     response::header(out.wbuf, "x-request-id", rid.as_str().as_bytes());
+    super::cost_headers(out.wbuf, settled, plan.lowered_cap);
     response::finish(out.wbuf, ResponseFraming::Length(body.len()), keep);
     out.wbuf.extend_from_slice(&body);
     // Overhead on the way out: response complete -> client write.

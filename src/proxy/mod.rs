@@ -6,6 +6,7 @@
 //! Everything here runs on a worker thread: it never locks and never blocks.
 
 pub mod admit;
+pub mod books;
 pub mod forward;
 pub mod route;
 pub mod stream;
@@ -43,6 +44,8 @@ pub struct Worker {
     pub shutdown: Arc<AtomicBool>,
     /// Tokenizer counts for streams without usage go to the tokenizer thread.
     pub count_jobs: crossbeam_channel::Sender<CountRequest>,
+    /// This worker's side of the books: lease shard and ledger link.
+    pub books: books::WorkerBooks,
     ids: RequestIds,
     spin: Cell<usize>,
     /// Internal overhead per forwarded request, in nanoseconds.
@@ -66,6 +69,7 @@ impl Worker {
         shutdown: Arc<AtomicBool>,
         id_salt: u64,
         count_jobs: crossbeam_channel::Sender<CountRequest>,
+        link: crate::books::thread::WorkerLink,
     ) -> Worker {
         let pool = Pool::new(limits.pool_idle_per_upstream_max, limits.pool_idle_timeout);
         Worker {
@@ -76,6 +80,7 @@ impl Worker {
             tls: monoio_rustls::TlsConnector::from(tls),
             shutdown,
             count_jobs,
+            books: books::WorkerBooks::new(link),
             ids: RequestIds::new(id_salt, id),
             spin: Cell::new(id),
             catalog_cache: RefCell::new(Rc::new(catalog.load_full())),
@@ -128,6 +133,8 @@ pub struct CountRequest {
     /// is missing too (copied only on this rare path).
     pub body: Vec<u8>,
     pub family: crate::tokens::ModelFamily,
+    /// Where the count goes back to the worker that settles the charge.
+    pub reply: Option<futures_channel::oneshot::Sender<crate::tokens::MeterOutcome>>,
 }
 
 impl CountRequest {
@@ -153,6 +160,18 @@ impl RequestId {
     pub fn as_str(&self) -> &str {
         // Only ASCII hex and "req_" are ever written.
         std::str::from_utf8(&self.0).unwrap_or("req_invalid")
+    }
+
+    /// The id as the ledger keys a settle: its 28 hex digits.
+    pub fn as_u128(&self) -> u128 {
+        self.0[4..].iter().fold(0u128, |n, &c| {
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => 0,
+            };
+            (n << 4) | u128::from(d)
+        })
     }
 }
 
@@ -291,10 +310,52 @@ async fn proxy_api(
             format!("the model {model:?} does not exist or is not served by this gateway"),
         )
     })?;
+    let price = catalog.prices.get(model);
+    if price.is_none() && catalog.pricing.refuse_unpriced {
+        return Err(ApiError::bad_request(
+            "model_not_priced",
+            format!(
+                "the model {model:?} has no price, so its cost cannot be booked; \
+                 add a [[prices]] entry for it, or set [pricing] unpriced = \"allow\""
+            ),
+        ));
+    }
+    let admitted = admit_budget(
+        w, &catalog, key, provider, endpoint, &probe, price, req.body,
+    )
+    .await?;
+    let hold = Some(admitted.hold);
+    let body: &[u8] = admitted.body.as_deref().unwrap_or(req.body);
     match provider.kind {
         ProviderKind::Mock => {
-            let reply = mock::respond(endpoint, req.body, rid.as_str(), unix_now())?;
-            Ok(send_mock(w, out, reply, rid, keep, req.head.version_minor == 0).await)
+            let (reply, usage) =
+                mock::respond_with_usage(endpoint, body, rid.as_str(), unix_now())?;
+            let mut plan = forward::MeterPlan {
+                protocol: endpoint.protocol(),
+                strip_usage_chunk: false,
+                model,
+                price,
+                permit: &permit,
+                body,
+                hold,
+                lowered_cap: admitted.lowered_cap,
+            };
+            if let Some(u) = &usage {
+                w.stats.tokens.record(u, false, price);
+                permit.record_tokens(crate::ratelimit::now_ms(), u.total_tokens());
+            }
+            let settled = forward::charge(w, &mut plan, rid, usage, false).await;
+            Ok(send_mock(
+                w,
+                out,
+                reply,
+                rid,
+                keep,
+                req.head.version_minor == 0,
+                &plan,
+                settled,
+            )
+            .await)
         }
         ProviderKind::OpenAi => {
             // Ask for usage on every stream that carries it only on request,
@@ -304,8 +365,8 @@ async fn proxy_api(
                 && !probe.client_wants_usage()
             {
                 let has_options = probe.stream_options.is_some()
-                    || memchr::memmem::find(req.body, b"\"stream_options\"").is_some();
-                route::with_usage_requested(req.body, has_options)
+                    || memchr::memmem::find(body, b"\"stream_options\"").is_some();
+                route::with_usage_requested(body, has_options)
             } else {
                 None
             };
@@ -313,15 +374,136 @@ async fn proxy_api(
                 protocol: endpoint.protocol(),
                 strip_usage_chunk: rewritten.is_some(),
                 model,
-                price: catalog.prices.get(model),
+                price,
                 permit: &permit,
-                body: rewritten.as_deref().unwrap_or(req.body),
+                body: rewritten.as_deref().unwrap_or(body),
+                hold,
+                lowered_cap: admitted.lowered_cap,
             };
             forward::forward(w, provider, endpoint, req, out, rid, keep, ready_at, plan).await
         }
     }
 }
 
+/// What budget admission decided for a request.
+struct Admitted<'w> {
+    hold: books::Hold<'w>,
+    /// The body to send instead of the client's (an output cap added or lowered).
+    body: Option<Vec<u8>>,
+    /// The output cap was lowered to this to fit a strict budget.
+    lowered_cap: Option<u64>,
+}
+
+/// Reserves the request's worst case at every strict level of its chain, or
+/// refuses it: 402 when a budget cannot afford it (after trying a lower output
+/// cap, if configured), 503 when the ledger cannot answer.
+#[allow(clippy::too_many_arguments)]
+async fn admit_budget<'w>(
+    w: &'w Worker,
+    catalog: &Catalog,
+    key: &crate::catalog::VirtualKey,
+    provider: &crate::catalog::Provider,
+    endpoint: Endpoint,
+    probe: &route::Probe<'_>,
+    price: Option<&crate::prices::Price>,
+    body: &[u8],
+) -> Result<Admitted<'w>, ApiError> {
+    let levels = books::Levels::of(key, provider);
+    let pricing = &catalog.pricing;
+    let outputs = probe.outputs_billed(endpoint);
+    let client_cap = probe.output_cap(endpoint);
+    let cap = client_cap.unwrap_or(pricing.default_max_output_tokens);
+    let input = books::input_bound(body, pricing.unbounded_input_tokens);
+    let worst = match price {
+        // Unpriced and allowed: nothing can be reserved; counted, not charged.
+        None => crate::money::Money::ZERO,
+        Some(p) => cap
+            .checked_mul(outputs)
+            .and_then(|out| p.worst_case(input, out))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_value",
+                    "the request's output cap is too large to be costed",
+                )
+            })?,
+    };
+    let strict = levels.has_strict() && worst.is_positive();
+    // A strict level needs a bound on the output: send the cap it reserved.
+    let mut new_body = None;
+    if strict && client_cap.is_none() {
+        new_body = route::with_output_cap(body, endpoint, cap, false);
+    }
+    let refusal = match w.books.admit(levels, worst).await {
+        Ok(hold) => {
+            return Ok(Admitted {
+                hold,
+                body: new_body,
+                lowered_cap: None,
+            })
+        }
+        Err(books::Refusal::Unavailable(why)) => return Err(ApiError::service_unavailable(why)),
+        Err(books::Refusal::Exhausted { entity, available }) => (entity, available),
+    };
+    let (mut entity, available) = refusal;
+    if let (true, Some(p), Some(available)) = (pricing.degrade_before_deny, price, available) {
+        if endpoint.output_cap_member().is_some() {
+            if let Some(lower) = books::affordable_output_cap(p, input, outputs, cap, available) {
+                let lower_worst = lower
+                    .checked_mul(outputs)
+                    .and_then(|out| p.worst_case(input, out))
+                    .unwrap_or(worst);
+                match w.books.admit(levels, lower_worst).await {
+                    Ok(hold) => {
+                        let body =
+                            route::with_output_cap(body, endpoint, lower, client_cap.is_some());
+                        if body.is_some() {
+                            w.stats.budget_degraded.inc();
+                            return Ok(Admitted {
+                                hold,
+                                body,
+                                lowered_cap: Some(lower),
+                            });
+                        }
+                    }
+                    Err(books::Refusal::Unavailable(why)) => {
+                        return Err(ApiError::service_unavailable(why))
+                    }
+                    Err(books::Refusal::Exhausted { entity: e, .. }) => entity = e,
+                }
+            }
+        }
+    }
+    w.stats.budget_refused.inc();
+    let level = key
+        .chain
+        .iter()
+        .chain(provider.level.iter())
+        .find(|l| l.id == entity);
+    let view = w.books.view(entity).await;
+    Err(books::budget_exceeded(level, view.as_ref()))
+}
+
+/// Adds the cost headers of a settled request.
+fn cost_headers(wbuf: &mut Vec<u8>, settled: Option<books::Settled>, lowered_cap: Option<u64>) {
+    use std::io::Write;
+    if let Some(s) = settled {
+        wbuf.extend_from_slice(b"x-bursar-cost-usd: ");
+        let _ = write!(wbuf, "{}", s.charged);
+        wbuf.extend_from_slice(b"\r\n");
+        if let Some(r) = s.remaining {
+            wbuf.extend_from_slice(b"x-bursar-budget-remaining-usd: ");
+            let _ = write!(wbuf, "{r}");
+            wbuf.extend_from_slice(b"\r\n");
+        }
+    }
+    if let Some(cap) = lowered_cap {
+        wbuf.extend_from_slice(b"x-bursar-output-cap-lowered: ");
+        let _ = write!(wbuf, "{cap}");
+        wbuf.extend_from_slice(b"\r\n");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn send_mock(
     w: &Worker,
     out: &mut ClientOut<'_>,
@@ -329,11 +511,22 @@ async fn send_mock(
     rid: &RequestId,
     keep: bool,
     http10: bool,
+    plan: &forward::MeterPlan<'_>,
+    settled: Option<books::Settled>,
 ) -> bool {
     w.stats.response(200);
     match reply {
         MockReply::Json(body) => {
-            response::json(out.wbuf, 200, rid.as_str(), keep, &body);
+            response::begin(out.wbuf, 200);
+            response::header(out.wbuf, "content-type", b"application/json");
+            response::header(out.wbuf, "x-request-id", rid.as_str().as_bytes());
+            cost_headers(out.wbuf, settled, plan.lowered_cap);
+            response::finish(
+                out.wbuf,
+                response::ResponseFraming::Length(body.len()),
+                keep,
+            );
+            out.wbuf.extend_from_slice(&body);
             out.flush().await.is_ok() && keep
         }
         MockReply::Events(events) => {
@@ -350,6 +543,9 @@ async fn send_mock(
             );
             response::header(out.wbuf, "cache-control", b"no-cache");
             response::header(out.wbuf, "x-request-id", rid.as_str().as_bytes());
+            // The whole answer is known before it is sent: the cost goes in
+            // the head here (a relayed stream sends it as a trailer).
+            cost_headers(out.wbuf, settled, plan.lowered_cap);
             response::finish(out.wbuf, framing, keep);
             for e in &events {
                 if framing == response::ResponseFraming::Chunked {
@@ -432,5 +628,7 @@ mod tests {
         assert!(b.as_str().ends_with("000000000002"));
         let other_worker = RequestIds::new(0x1234_5678_9abc_def0, 4).next();
         assert_ne!(a.as_str(), other_worker.as_str());
+        assert_eq!(a.as_u128(), 0x1234_5678_9abc_de03_0000_0000_0001);
+        assert_ne!(a.as_u128(), other_worker.as_u128());
     }
 }

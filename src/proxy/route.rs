@@ -108,6 +108,21 @@ pub struct Probe<'a> {
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// Output caps, by endpoint: chat takes `max_completion_tokens` (or the
+    /// older `max_tokens`), completions `max_tokens`, responses
+    /// `max_output_tokens`.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
+    /// Choices generated (and billed) per request.
+    #[serde(default)]
+    pub n: Option<u64>,
+    /// Completions generated server-side (and billed) per request.
+    #[serde(default)]
+    pub best_of: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +132,26 @@ pub struct StreamOptions {
 }
 
 impl Probe<'_> {
+    /// The request's output cap per choice, `None` when it sets none. An
+    /// embeddings request generates nothing: `Some(0)`.
+    pub fn output_cap(&self, endpoint: Endpoint) -> Option<u64> {
+        match endpoint {
+            Endpoint::ChatCompletions => self.max_completion_tokens.or(self.max_tokens),
+            Endpoint::Completions => self.max_tokens,
+            Endpoint::Responses => self.max_output_tokens,
+            Endpoint::Embeddings => Some(0),
+        }
+    }
+
+    /// How many outputs the provider generates and bills for this request.
+    pub fn outputs_billed(&self, endpoint: Endpoint) -> u64 {
+        match endpoint {
+            Endpoint::ChatCompletions => self.n.unwrap_or(1).max(1),
+            Endpoint::Completions => self.n.unwrap_or(1).max(self.best_of.unwrap_or(1)).max(1),
+            Endpoint::Responses | Endpoint::Embeddings => 1,
+        }
+    }
+
     pub fn streaming(&self) -> bool {
         self.stream == Some(true)
     }
@@ -175,6 +210,63 @@ pub fn with_usage_requested(body: &[u8], has_stream_options: bool) -> Option<Vec
     serde_json::to_vec(&v).ok()
 }
 
+impl Endpoint {
+    /// The member that caps a request's output, as the gateway writes it
+    /// when it must bound a request (`None`: nothing to cap).
+    pub fn output_cap_member(self) -> Option<&'static str> {
+        match self {
+            Endpoint::ChatCompletions => Some("max_completion_tokens"),
+            Endpoint::Completions => Some("max_tokens"),
+            Endpoint::Responses => Some("max_output_tokens"),
+            Endpoint::Embeddings => None,
+        }
+    }
+}
+
+/// The body with its output cap set to `cap`: the cap members the client
+/// sent are changed (chat has two names for it; OpenAI refuses both at once),
+/// or the endpoint's current name is added. When the body has
+/// none of them the member is inserted after the opening brace without a
+/// parse; otherwise the body is parsed and written again (rare: lowering a
+/// cap the client set, "degrade before deny").
+pub fn with_output_cap(
+    body: &[u8],
+    endpoint: Endpoint,
+    cap: u64,
+    has_cap: bool,
+) -> Option<Vec<u8>> {
+    let member = endpoint.output_cap_member()?;
+    if !has_cap {
+        let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
+        if body[open] != b'{' {
+            return None;
+        }
+        let text = format!("\"{member}\":{cap},");
+        let mut out = Vec::with_capacity(body.len() + text.len());
+        out.extend_from_slice(&body[..=open]);
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(&body[open + 1..]);
+        return Some(out);
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object_mut()?;
+    let members: &[&str] = match endpoint {
+        Endpoint::ChatCompletions => &["max_completion_tokens", "max_tokens"],
+        _ => &[member],
+    };
+    let mut set = false;
+    for m in members {
+        if obj.get(*m).is_some_and(|x| !x.is_null()) {
+            obj.insert((*m).into(), serde_json::Value::from(cap));
+            set = true;
+        }
+    }
+    if !set {
+        obj.insert(member.into(), serde_json::Value::from(cap));
+    }
+    serde_json::to_vec(&v).ok()
+}
+
 /// Reads the body's model and stream flag; a body that is not a JSON object
 /// with a string `model` is a 400.
 pub fn probe(body: &[u8]) -> Result<Probe<'_>, ApiError> {
@@ -206,6 +298,47 @@ pub fn probe(body: &[u8]) -> Result<Probe<'_>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_caps_are_read_and_written_per_endpoint() {
+        let p = probe(br#"{"model":"m","max_tokens":7,"n":3}"#).unwrap();
+        assert_eq!(p.output_cap(Endpoint::ChatCompletions), Some(7));
+        assert_eq!(p.outputs_billed(Endpoint::ChatCompletions), 3);
+        let p = probe(br#"{"model":"m","max_tokens":7,"max_completion_tokens":5}"#).unwrap();
+        assert_eq!(p.output_cap(Endpoint::ChatCompletions), Some(5));
+        let p = probe(br#"{"model":"m","n":2,"best_of":4}"#).unwrap();
+        assert_eq!(p.output_cap(Endpoint::Completions), None);
+        assert_eq!(p.outputs_billed(Endpoint::Completions), 4);
+        assert_eq!(p.output_cap(Endpoint::Embeddings), Some(0));
+        assert!(probe(br#"{"model":"m","max_tokens":-1}"#).is_err());
+
+        let body = br#" {"model":"m","messages":[]}"#;
+        let out = with_output_cap(body, Endpoint::ChatCompletions, 16, false).unwrap();
+        assert_eq!(
+            out,
+            br#" {"max_completion_tokens":16,"model":"m","messages":[]}"#
+        );
+        let out = with_output_cap(
+            br#"{"model":"m","max_tokens":100}"#,
+            Endpoint::ChatCompletions,
+            9,
+            true,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["max_tokens"], 9);
+        assert!(v.get("max_completion_tokens").is_none(), "never both: {v}");
+        let out = with_output_cap(
+            br#"{"model":"m","max_output_tokens":100}"#,
+            Endpoint::Responses,
+            9,
+            true,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["max_output_tokens"], 9);
+        assert!(with_output_cap(b"{}", Endpoint::Embeddings, 1, false).is_none());
+    }
 
     #[test]
     fn classifies_paths() {

@@ -117,13 +117,22 @@ pub async fn relay(
     keep: bool,
     http10: bool,
     timing: Timing,
-    plan: &super::forward::MeterPlan<'_>,
+    plan: &mut super::forward::MeterPlan<'_>,
 ) -> bool {
     let chunked_out = !http10;
     w.stats.response(head.status);
     response::begin(out.wbuf, head.status);
     out.wbuf.extend_from_slice(&head.forward);
     response::header(out.wbuf, "x-request-id", rid.as_str().as_bytes());
+    if chunked_out {
+        // The cost is known only once the stream ends: it follows as trailers.
+        response::header(
+            out.wbuf,
+            "trailer",
+            b"x-bursar-cost-usd, x-bursar-budget-remaining-usd",
+        );
+    }
+    super::cost_headers(out.wbuf, None, plan.lowered_cap);
     let framing = if chunked_out {
         ResponseFraming::Chunked
     } else {
@@ -205,7 +214,7 @@ pub async fn relay(
         StreamEnd::UpstreamFailed => StreamEnding::UpstreamCut,
     };
     let mut held = Vec::new();
-    match meter.finish_deferred(ending, &mut held) {
+    let outcome = match meter.finish_deferred(ending, &mut held) {
         Finished::Ready(outcome) => {
             w.stats
                 .tokens
@@ -214,29 +223,52 @@ pub async fn relay(
             w.stats
                 .tokens
                 .record(&outcome.usage, outcome.estimated, plan.price);
-            plan.permit
-                .record_tokens(crate::ratelimit::now_ms(), outcome.usage.total_tokens());
+            Some(outcome)
         }
         Finished::NeedsCount(job) => {
-            // The exact count comes later on the tokenizer thread; the rate
-            // limit takes the text's byte estimate now.
-            plan.permit.record_tokens(
-                crate::ratelimit::now_ms(),
-                crate::tokens::tokens_from_text_bytes(job.text().len() as u64),
-            );
+            // The exact count comes from the tokenizer thread (a count can
+            // take milliseconds); this stream's charge waits for it, other
+            // requests on this worker do not.
+            let (tx, rx) = futures_channel::oneshot::channel();
             let req = super::CountRequest {
                 job,
                 price: plan.price.cloned(),
                 body: plan.body.to_vec(),
                 family: ModelFamily::for_model(plan.model),
+                reply: Some(tx),
             };
-            if let Err(e) = w.count_jobs.try_send(req) {
-                // The tokenizer thread is saturated: count here rather than
-                // lose the count (rare; it costs this worker a tokenizer run).
-                let outcome = e.into_inner().run();
-                w.stats.tokens.record(&outcome.usage, true, plan.price);
+            match w.count_jobs.try_send(req) {
+                Ok(()) => rx.await.ok(),
+                Err(e) => {
+                    // The tokenizer thread is saturated: count here rather
+                    // than lose the count (rare; it costs this worker a run).
+                    let mut req = e.into_inner();
+                    req.reply = None;
+                    let outcome = req.run();
+                    w.stats.tokens.record(&outcome.usage, true, plan.price);
+                    Some(outcome)
+                }
             }
         }
+    };
+    if let Some(o) = &outcome {
+        plan.permit
+            .record_tokens(crate::ratelimit::now_ms(), o.usage.total_tokens());
+    }
+    // Charged (durably, in the ring) before the stream's end reaches the
+    // client; a client that left is charged for what was generated.
+    let settled = match outcome {
+        Some(o) => {
+            let estimated = o.estimated;
+            super::forward::charge(w, plan, rid, Some(o.usage), estimated).await
+        }
+        None => super::forward::charge(w, plan, rid, None, true).await,
+    };
+    let mut trailers = Vec::new();
+    if chunked_out {
+        trailers.extend_from_slice(b"0\r\n");
+        super::cost_headers(&mut trailers, settled, None);
+        trailers.extend_from_slice(b"\r\n");
     }
     if plan.strip_usage_chunk && !held.is_empty() {
         remove_null_usage(&mut held, 0);
@@ -263,7 +295,7 @@ pub async fn relay(
             if !chunked_out {
                 return false;
             }
-            out.wbuf.extend_from_slice(b"0\r\n\r\n");
+            out.wbuf.extend_from_slice(&trailers);
             out.flush().await.is_ok() && keep
         }
         StreamEnd::ClientGone => {
@@ -290,7 +322,8 @@ pub async fn relay(
             if chunked_out {
                 crate::http::chunked::write_chunk_header(out.wbuf, event.len());
                 out.wbuf.extend_from_slice(&event);
-                out.wbuf.extend_from_slice(b"\r\n0\r\n\r\n");
+                out.wbuf.extend_from_slice(b"\r\n");
+                out.wbuf.extend_from_slice(&trailers);
             } else {
                 out.wbuf.extend_from_slice(&event);
             }

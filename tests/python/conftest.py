@@ -81,6 +81,11 @@ key = "sk-bursar-demo"
 name = "one-at-a-time"
 key = "sk-one-at-a-time"
 rate_limit = {{ requests_per_minute = 2 }}
+
+[[prices]]
+model = "mock-model"
+input_per_mtok_usd = "1"
+output_per_mtok_usd = "2"
 """
         )
         # Port 0 for both listeners; bursar prints what it bound on stdout.

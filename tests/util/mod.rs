@@ -193,9 +193,24 @@ pub struct Response {
     pub body: Vec<u8>,
     /// For chunked bodies: each chunk's payload as received.
     pub chunks: Vec<Vec<u8>>,
+    /// For chunked bodies: the trailer fields after the last chunk.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Response {
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        self.trailers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The request's charge: the header, or for a relayed stream the trailer.
+    pub fn cost_usd(&self) -> Option<&str> {
+        self.header("x-bursar-cost-usd")
+            .or_else(|| self.trailer("x-bursar-cost-usd"))
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -290,6 +305,7 @@ impl Client {
             headers,
             body: Vec::new(),
             chunks: Vec::new(),
+            trailers: Vec::new(),
         };
         if status == 100 {
             return self.read_response();
@@ -307,8 +323,18 @@ impl Client {
                 self.reader.read_line(&mut size).ok()?;
                 let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
                 if n == 0 {
-                    let mut end = String::new();
-                    self.reader.read_line(&mut end).ok()?;
+                    // Trailer fields, then the blank line.
+                    loop {
+                        let mut l = String::new();
+                        self.reader.read_line(&mut l).ok()?;
+                        let l = l.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        let (n, v) = l.split_once(':')?;
+                        resp.trailers
+                            .push((n.trim().to_string(), v.trim().to_string()));
+                    }
                     break;
                 }
                 let mut chunk = vec![0; n];
@@ -379,6 +405,11 @@ allowed_models = ["*"]
 name = "mini-only"
 key = "sk-mini-only"
 allowed_models = ["gpt-4o-mini"]
+
+[[prices]]
+model = "mock-model"
+input_per_mtok_usd = "1"
+output_per_mtok_usd = "2"
 {extra}
 "#
     )

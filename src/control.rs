@@ -21,6 +21,7 @@ pub fn start(
     addr: SocketAddr,
     registry: Arc<Registry>,
     limits: Limits,
+    governance: Arc<crate::admin::Governance>,
 ) -> anyhow::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("cannot listen on {addr} (admin_listen)"))?;
@@ -51,7 +52,7 @@ pub fn start(
                         return;
                     }
                 };
-                let state = Rc::new((registry, limits, std::cell::Cell::new(0usize)));
+                let state = Rc::new((registry, limits, std::cell::Cell::new(0usize), governance));
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
                         monoio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -63,7 +64,7 @@ pub fn start(
                     state.2.set(state.2.get() + 1);
                     let st = Rc::clone(&state);
                     monoio::spawn(async move {
-                        serve(&st.0, &st.1, stream).await;
+                        serve(&st.0, &st.1, &st.3, stream).await;
                         st.2.set(st.2.get() - 1);
                     });
                 }
@@ -86,7 +87,12 @@ fn next_id() -> String {
     format!("ctl_{n:012x}")
 }
 
-async fn serve(registry: &Registry, limits: &Limits, stream: monoio::net::TcpStream) {
+async fn serve(
+    registry: &Registry,
+    limits: &Limits,
+    governance: &crate::admin::Governance,
+    stream: monoio::net::TcpStream,
+) {
     let mut conn = ServerConn::new(stream);
     loop {
         match conn.read_request(limits).await {
@@ -116,6 +122,19 @@ async fn serve(registry: &Registry, limits: &Limits, stream: monoio::net::TcpStr
             (Method::Get, "/health" | "/healthz" | "/ready" | "/readyz") => {
                 let body = format!(r#"{{"status":"ok","io_driver":"{}"}}"#, registry.driver());
                 response::json(&mut conn.wbuf, 200, &id, keep, body.as_bytes());
+            }
+            (_, p) if p.starts_with("/admin/") => {
+                let (req, out) = conn.split(limits.idle_timeout);
+                let admin = crate::admin::api::AdminRequest {
+                    method,
+                    path: &path,
+                    authorization: req.head.header(req.bytes, "authorization"),
+                    body: req.body,
+                };
+                match crate::admin::api::handle(governance, &admin) {
+                    Ok((status, body)) => response::json(out.wbuf, status, &id, keep, &body),
+                    Err(e) => response::error(out.wbuf, &e, &id, keep),
+                }
             }
             _ => {
                 let e = ApiError::not_found(

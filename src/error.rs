@@ -91,6 +91,10 @@ impl ApiError {
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(404, "invalid_request_error", code, message)
     }
+    /// The request contradicts what exists (e.g. a name taken): 409.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(409, "invalid_request_error", "conflict", message)
+    }
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "invalid_request_error", "method_not_allowed", message)
     }

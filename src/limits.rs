@@ -69,6 +69,9 @@ pub const OVERHEAD_NS_MAX: u64 = 60_000_000_000;
 pub const COUNT_JOBS_QUEUE_MAX: usize = 1024;
 
 /// Admin (control-plane) request bounds: small, it is a localhost API.
+/// Shortest admin token accepted (the interface contract's example,
+/// "admin-secret", is 12).
+pub const ADMIN_TOKEN_BYTES_MIN: usize = 12;
 pub const ADMIN_BODY_BYTES_MAX: usize = 1024 * 1024;
 pub const ADMIN_CONNECTIONS_MAX: usize = 256;
 

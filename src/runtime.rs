@@ -56,8 +56,8 @@ pub struct Gateway {
     pub admin_listen: Option<SocketAddr>,
     /// The ledger thread's handle (the control plane shares it).
     pub books: Arc<BooksHandle>,
-    /// `(kind, name) ↔ id`, shared with the control plane.
-    pub entities: Arc<Mutex<EntityRegistry>>,
+    /// Run-time changes (SIGHUP, the admin API) go through here.
+    pub governance: Arc<crate::admin::Governance>,
     /// Held for the life of the process: one gateway per state directory.
     _state_lock: StateLock,
 }
@@ -77,7 +77,7 @@ fn random_salt() -> u64 {
     t ^ (u64::from(std::process::id()) << 32)
 }
 
-fn upstream_hosts(config: &Config) -> Vec<String> {
+pub fn upstream_hosts(config: &Config) -> Vec<String> {
     config
         .providers
         .iter()
@@ -92,6 +92,8 @@ impl Gateway {
         // before a single request is admitted.
         let state_dir = config.server.state_dir.clone();
         let state_lock = StateLock::acquire(&state_dir)?;
+        // The admin API's persisted definitions join the file's.
+        let (config, file, overlay) = crate::admin::config_at_start(config)?;
         let mut entities = EntityRegistry::open(&state_dir)?;
         let started = Instant::now();
         let (books, links) = Books::start(
@@ -186,11 +188,21 @@ impl Gateway {
             started: Instant::now(),
             catalog_version: Box::new(move || catalog_for_metrics.load().version),
         });
+        let governance = Arc::new(crate::admin::Governance::new(
+            config.clone(),
+            file,
+            overlay,
+            catalog.clone(),
+            Arc::clone(&books),
+            Arc::clone(&entities),
+            Arc::clone(&resolver),
+        ));
         let admin_listen = match config.server.admin_listen {
             Some(addr) => Some(crate::control::start(
                 addr,
                 Arc::clone(&registry),
                 config.limits.clone(),
+                Arc::clone(&governance),
             )?),
             None => None,
         };
@@ -229,91 +241,42 @@ impl Gateway {
             listen,
             admin_listen,
             books,
-            entities,
+            governance,
             _state_lock: state_lock,
         })
     }
 
-    /// Reloads the catalog from the config file. Settings that need a restart
-    /// are reported and left as they are.
+    /// Reloads the catalog from the config file (merged with the admin
+    /// API's definitions). Settings that need a restart are reported and
+    /// left as they are.
     pub fn reload(&mut self) {
         let Some(path) = self.config.source.clone() else {
             log::info!("SIGHUP: running on the built-in default; nothing to reload");
             return;
         };
-        match Config::load(&path) {
-            Ok(next) => {
-                if next.server != self.config.server || next.limits != self.config.limits {
-                    log::warn!(
-                        "reload: [server] and [limits] changes take effect only after a restart; \
-                         providers and keys are reloaded now"
-                    );
-                }
-                if let Err(e) = self.sync_books(&next) {
-                    log::error!(
-                        "reload of {} refused, keeping the running config: {e}",
-                        path.display()
-                    );
-                    return;
-                }
-                let ids = match self.entity_ids(&next) {
-                    Ok(ids) => ids,
-                    Err(e) => {
-                        log::error!(
-                            "reload of {} refused, keeping the running config: {e}",
-                            path.display()
-                        );
-                        return;
-                    }
-                };
-                self.resolver.set_hosts(upstream_hosts(&next));
-                let version = self.catalog.publish(&next, &ids);
+        if let Ok(next) = Config::load(&path) {
+            if next.server != self.config.server || next.limits != self.config.limits {
+                log::warn!(
+                    "reload: [server] and [limits] changes take effect only after a restart; \
+                     the rest is reloaded now"
+                );
+            }
+        }
+        match self.governance.reload() {
+            Ok(version) => {
+                self.config = self.governance.config();
                 log::info!(
                     "reloaded {}: catalog version {version}, {} providers, {} keys",
                     path.display(),
-                    next.providers.len(),
-                    next.keys.len()
+                    self.config.providers.len(),
+                    self.config.keys.len()
                 );
-                let server = self.config.server.clone();
-                let limits = self.config.limits.clone();
-                self.config = Config {
-                    server,
-                    limits,
-                    ..next
-                };
             }
             Err(e) => log::error!(
                 "reload of {} refused, keeping the running config: {e}",
                 path.display()
             ),
         }
-    }
-
-    fn entity_ids(&self, config: &Config) -> anyhow::Result<crate::books::EntityIds> {
-        let mut registry = self.entities.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(registry.ids_for_config(config)?)
-    }
-
-    /// Makes every entity of `config` exist in the ledger with its budget
-    /// (new entities get ids; changed budgets are journaled).
-    fn sync_books(&self, config: &Config) -> anyhow::Result<()> {
-        let mut registry = self.entities.lock().unwrap_or_else(|p| p.into_inner());
-        for (kind, name, budget) in crate::books::registry::config_entities(config) {
-            let id = registry.id_for(kind, name)?;
-            let current = self.books.view(id)?;
-            if current.is_some_and(|v| v.budget == budget && v.kind == kind) {
-                continue;
-            }
-            let reply = self.books.apply(crate::ledger::Command::SetBudget {
-                entity: id,
-                kind,
-                budget,
-            })?;
-            if let crate::ledger::Reply::Rejected(e) = reply {
-                anyhow::bail!("{} {name:?}: {e}", crate::books::registry::kind_str(kind))
-            }
-        }
-        Ok(())
     }
 
     /// Stops accepting, waits up to the drain timeout for in-flight requests.

@@ -645,11 +645,7 @@ impl LedgerThread {
 
     /// Drains the rings, flushes, checkpoints, releases.
     fn stop(&mut self) -> Result<(), BooksError> {
-        loop {
-            if self.poll_rings()? == 0 {
-                break;
-            }
-        }
+        self.drain_rings()?;
         self.ledger.checkpoint()?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.release_rings();
@@ -672,10 +668,15 @@ impl LedgerThread {
                     }
                 }
             }
+            // Views first apply what the rings hold: a client that got its
+            // response (settled in the ring before the last byte) and then
+            // asks for the spend sees its own charge.
             Msg::View { entity, reply } => {
+                self.drain_rings()?;
                 let _ = reply.send(self.ledger.state().view(entity, now));
             }
             Msg::ViewAsync { entity, reply } => {
+                self.drain_rings()?;
                 let _ = reply.send(self.ledger.state().view(entity, now));
             }
             Msg::Shutdown { reply } => return Ok(Flow::Stop(Some(reply))),
@@ -745,6 +746,11 @@ impl LedgerThread {
             }
         }
         Ok(total)
+    }
+
+    fn drain_rings(&mut self) -> Result<(), BooksError> {
+        while self.poll_rings()? > 0 {}
+        Ok(())
     }
 
     fn rings_filling(&self) -> bool {

@@ -1,9 +1,9 @@
 //! The TOML file, mirrored as serde structs. Nothing here is validated; see
 //! `config::validate` for the conversion into the types the gateway runs on.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Clone, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
@@ -29,171 +29,228 @@ pub struct FileConfig {
 }
 
 /// The admin API's bearer token.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Clone, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
 }
 
 /// A budget as written in the file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetSection {
     /// USD as a decimal string, e.g. "12.50".
     pub limit_usd: String,
     /// "1m" "1h" "1d" "1w" "1M" "1Q" "1Y"; absent: prepaid (no reset).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reset: Option<String>,
     #[serde(default)]
     pub calendar_aligned: bool,
     /// "strict" (default) or "soft".
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     /// Spend at which alerts fire, USD.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub soft_limit_usd: Option<String>,
 }
 
 /// Rate limits of a key or team.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_per_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrent: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerSection {
     pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetSection>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeamSection {
     pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub customer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_models: Option<Vec<String>>,
 }
 
 /// A price override, USD per million tokens.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceSection {
     pub model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub input_per_mtok_usd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output_per_mtok_usd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cached_input_per_mtok_usd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_write_per_mtok_usd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_per_mtok_usd: Option<String>,
     #[serde(default)]
     pub free: bool,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Clone, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PricingSection {
     /// What to do with a request for a model without a price: "refuse"
     /// (default) or "allow" (admitted uncharged, counted and logged loudly).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unpriced: Option<String>,
     /// Output cap for a request that sets none, under a strict budget: the
     /// gateway reserves this many output tokens and sends the cap upstream.
     /// Default 16384.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub default_max_output_tokens: Option<u64>,
     /// Input tokens reserved for a request whose body refers to input it does
     /// not hold (images, files, stored conversations, server-side tools).
     /// Default 200000 (a context window).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unbounded_input_tokens: Option<u64>,
     /// When a strict budget cannot afford a request's output cap but can
     /// afford a smaller one, lower it instead of refusing. Default true.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub degrade_before_deny: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Clone, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerSection {
     /// How often the journal is fsynced, e.g. "10ms".
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fsync_interval: Option<String>,
     /// How often a snapshot is written, e.g. "60s".
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_interval: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Clone, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
     /// Data-plane listen address, e.g. "127.0.0.1:8080".
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     /// Control-plane listen address (metrics, health; the admin API later).
     /// The string "off" disables the control plane listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<String>,
     /// Worker threads; default: the number of available cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
     /// "auto" (default), "io_uring" or "legacy".
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub io_driver: Option<String>,
     /// Pin worker i to core i (default true).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pin_workers: Option<bool>,
     /// io_uring submission queue entries per worker (default 1024).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub uring_entries: Option<u32>,
     /// Root certificates for upstream TLS: "webpki" (default), "system" or "both".
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_roots: Option<String>,
     /// How often upstream host names are resolved again, e.g. "30s".
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_refresh: Option<String>,
     /// How long SIGTERM waits for in-flight requests, e.g. "15s".
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_drain_timeout: Option<String>,
     /// Directory for state (journal, snapshots, request log).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Clone, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub header_bytes_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub body_bytes_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_header_bytes_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_body_bytes_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_connect_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_read_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pool_idle_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pool_idle_per_upstream_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connections_per_worker_max: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSection {
     pub name: String,
     /// "openai" or "mock".
     pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
     /// A PEM file of extra root certificates to trust for this provider's TLS
     /// (a private CA), in addition to [server].tls_roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
     /// Models this provider serves; "*" makes it the fallback for any model.
     #[serde(default)]
     pub models: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetSection>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeySection {
     pub name: String,
     /// The secret in plain text; hashed at load and never kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Or its SHA-256, hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_sha256: Option<String>,
     /// Models the key may use; "*" for all (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_models: Option<Vec<String>>,
     /// The team the key belongs to (and through it, the customer).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
     /// For a key without a team: the customer it belongs to directly.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub customer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSection>,
 }

@@ -220,23 +220,7 @@ impl Config {
     /// The built-in default: the mock provider on 127.0.0.1:8080 and a demo key,
     /// so `bursar serve` works offline at once.
     pub fn builtin_default() -> Config {
-        let text = format!(
-            r#"
-[server]
-listen = "{DEFAULT_LISTEN}"
-admin_listen = "{DEFAULT_ADMIN_LISTEN}"
-
-[[providers]]
-name = "mock"
-kind = "mock"
-models = ["gpt-4o-mini", "gpt-4o", "o3-mini", "text-embedding-3-small", "*"]
-
-[[virtual_keys]]
-name = "demo"
-key = "{DEMO_KEY}"
-allowed_models = ["*"]
-"#
-        );
+        let text = builtin_text();
         Config::from_toml(&text, None).expect("the built-in default config is valid")
     }
 
@@ -261,6 +245,42 @@ allowed_models = ["*"]
         })?;
         validate(file, source)
     }
+
+    /// Parses TOML text into the file's shape, unvalidated (the admin API
+    /// merges its own definitions into it, then validates the whole).
+    pub fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| err("config", e.message().to_string()))
+    }
+
+    /// Validates a file's shape (see [`Config::parse_file`]).
+    pub fn from_file(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigError> {
+        validate(file, source)
+    }
+
+    /// The built-in default's TOML text.
+    pub fn builtin_default_text() -> String {
+        builtin_text()
+    }
+}
+
+fn builtin_text() -> String {
+    format!(
+        r#"
+[server]
+listen = "{DEFAULT_LISTEN}"
+admin_listen = "{DEFAULT_ADMIN_LISTEN}"
+
+[[providers]]
+name = "mock"
+kind = "mock"
+models = ["gpt-4o-mini", "gpt-4o", "o3-mini", "text-embedding-3-small", "*"]
+
+[[virtual_keys]]
+name = "demo"
+key = "{DEMO_KEY}"
+allowed_models = ["*"]
+"#
+    )
 }
 
 /// Parses "500ms", "30s", "5m", "2h" (a bare number is seconds).
@@ -603,8 +623,14 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         (None, None) => None,
     };
     if let Some(t) = &admin_token {
-        if t.0.len() < 16 {
-            return Err(err("admin.token", "must be at least 16 characters"));
+        if t.0.len() < limits::ADMIN_TOKEN_BYTES_MIN {
+            return Err(err(
+                "admin.token",
+                format!(
+                    "must be at least {} characters",
+                    limits::ADMIN_TOKEN_BYTES_MIN
+                ),
+            ));
         }
     }
 

@@ -42,6 +42,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if self.0.as_os_str().is_empty() {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -107,6 +110,36 @@ impl Gateway {
         let dir = TempDir::new("gw");
         let config_path = dir.0.join("bursar.toml");
         std::fs::write(&config_path, config).unwrap();
+        Gateway::spawn(dir, config_path, extra)
+    }
+
+    /// Kills the gateway with SIGKILL (mid-request, as a crash would) and
+    /// starts it again on the same config and state directory.
+    pub fn kill_and_restart(mut self, extra: &[&str]) -> Gateway {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.respawn(extra)
+    }
+
+    /// Stops the gateway with SIGTERM (a clean shutdown), waits for it to
+    /// exit, and starts it again on the same config and state directory.
+    pub fn stop_and_restart(mut self, extra: &[&str]) -> Gateway {
+        self.signal("TERM");
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "bursar exited {status:?} on SIGTERM");
+        self.respawn(extra)
+    }
+
+    fn respawn(mut self, extra: &[&str]) -> Gateway {
+        // Take the directory (the state to restart on) out of the old handle;
+        // its Drop then only reaps a process that already exited.
+        let dir = std::mem::replace(&mut self.dir, TempDir(PathBuf::new()));
+        let config_path = self.config_path.clone();
+        drop(self);
+        Gateway::spawn(dir, config_path, extra)
+    }
+
+    fn spawn(dir: TempDir, config_path: PathBuf, extra: &[&str]) -> Gateway {
         // Port 0 for both listeners: bursar prints the ports it bound on its
         // first stdout line, so no other process can race us to a port.
         let mut child = Command::new(env!("CARGO_BIN_EXE_bursar"))

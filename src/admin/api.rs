@@ -1,0 +1,523 @@
+//! The admin API: JSON over HTTP on the control-plane listener, behind the
+//! bearer admin token. Routes (kind: `customers`, `teams`, `keys`):
+//!
+//! - `GET /admin/<kind>`, `POST /admin/<kind>` (create; a key's secret is
+//!   returned once, only its SHA-256 is stored)
+//! - `GET`, `PATCH`, `DELETE /admin/<kind>/<name>` (PATCH: the members given
+//!   replace the entity's; `null` removes one, e.g. `"budget": null`)
+//! - `POST /admin/<kind>/<name>/reset` (the budget's spend starts over now)
+//! - `POST /admin/<kind>/<name>/top-up` `{"amount_usd": "5"}` (prepaid budgets)
+//! - `GET /admin/spend/<kind>/<name>` (kind may also be `providers`): the
+//!   current period's spend, limit, remaining and reset time, exact decimals.
+//!
+//! Errors are OpenAI-shaped. The handlers run on the control-plane thread and
+//! may block on the ledger thread (milliseconds); workers are never involved.
+
+use serde_json::{json, Map, Value};
+use subtle::ConstantTimeEq;
+
+use super::{ChangeError, Governance, Overlay};
+use crate::config::file::{CustomerSection, FileConfig, KeySection, TeamSection};
+use crate::error::ApiError;
+use crate::http::Method;
+use crate::ledger::{Command, EntityKind, EntityView, Reply};
+use crate::money::Money;
+
+/// Bytes of a generated virtual key's random part (hex-encoded: twice that).
+pub const GENERATED_KEY_RANDOM_BYTES: usize = 24;
+/// Prefix of generated virtual keys.
+pub const GENERATED_KEY_PREFIX: &str = "sk-bursar-";
+
+/// One admin request, as the control plane read it.
+pub struct AdminRequest<'a> {
+    pub method: Method,
+    pub path: &'a str,
+    pub authorization: Option<&'a [u8]>,
+    pub body: &'a [u8],
+}
+
+/// An answer: status and JSON body.
+pub type AdminResponse = (u16, Vec<u8>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Customers,
+    Teams,
+    Keys,
+    Providers,
+}
+
+impl Kind {
+    fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "customers" => Some(Kind::Customers),
+            "teams" => Some(Kind::Teams),
+            "keys" | "virtual_keys" => Some(Kind::Keys),
+            "providers" => Some(Kind::Providers),
+            _ => None,
+        }
+    }
+
+    fn entity_kind(self) -> EntityKind {
+        match self {
+            Kind::Customers => EntityKind::Customer,
+            Kind::Teams => EntityKind::Team,
+            Kind::Keys => EntityKind::Key,
+            Kind::Providers => EntityKind::Provider,
+        }
+    }
+
+    fn singular(self) -> &'static str {
+        match self {
+            Kind::Customers => "customer",
+            Kind::Teams => "team",
+            Kind::Keys => "virtual key",
+            Kind::Providers => "provider",
+        }
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> ApiError {
+        match e {
+            ChangeError::Invalid(m) => ApiError::bad_request("invalid_value", m),
+            ChangeError::Conflict(m) => ApiError::conflict(m),
+            ChangeError::NotFound(m) => ApiError::not_found("not_found", m),
+            ChangeError::Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
+/// Answers one admin request.
+pub fn handle(gov: &Governance, req: &AdminRequest<'_>) -> Result<AdminResponse, ApiError> {
+    authorize(gov, req.authorization)?;
+    let rest = req.path.strip_prefix("/admin/").unwrap_or_default();
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let unknown = || ApiError::not_found("unknown_url", format!("unknown admin URL: {}", req.path));
+    match (req.method, parts.as_slice()) {
+        (Method::Get, ["spend", kind, name]) => {
+            let kind = Kind::parse(kind).ok_or_else(unknown)?;
+            spend(gov, kind, name)
+        }
+        (method, [kind, rest @ ..]) => {
+            let kind = Kind::parse(kind)
+                .filter(|k| *k != Kind::Providers)
+                .ok_or_else(unknown)?;
+            match (method, rest) {
+                (Method::Get, []) => list(gov, kind),
+                (Method::Post, []) => create(gov, kind, req.body),
+                (Method::Get, [name]) => get(gov, kind, name),
+                (Method::Patch, [name]) => patch(gov, kind, name, req.body),
+                (Method::Delete, [name]) => delete(gov, kind, name),
+                (Method::Post, [name, "reset"]) => reset(gov, kind, name),
+                (Method::Post, [name, "top-up" | "topup"]) => top_up(gov, kind, name, req.body),
+                (_, [] | [_] | [_, "reset" | "top-up" | "topup"]) => Err(
+                    ApiError::method_not_allowed(format!("method not allowed for {}", req.path)),
+                ),
+                _ => Err(unknown()),
+            }
+        }
+        _ => Err(unknown()),
+    }
+}
+
+fn authorize(gov: &Governance, presented: Option<&[u8]>) -> Result<(), ApiError> {
+    let Some(token) = gov.admin_token() else {
+        return Err(ApiError::forbidden(
+            "admin_disabled",
+            "the admin API is disabled: set [admin] token or token_env in the config",
+        ));
+    };
+    let presented = presented
+        .map(<[u8]>::trim_ascii)
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|v| v[7..].trim_ascii())
+        .ok_or_else(|| {
+            ApiError::unauthorized("the admin API needs 'Authorization: Bearer <admin token>'")
+        })?;
+    // Compare digests: constant time, and no length leak.
+    let a = crate::config::hash_key(token.expose());
+    let b: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(presented).into()
+    };
+    if bool::from(a.ct_eq(&b)) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("incorrect admin token"))
+    }
+}
+
+fn ok(status: u16, v: &Value) -> Result<AdminResponse, ApiError> {
+    Ok((status, serde_json::to_vec(v).unwrap_or_default()))
+}
+
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad_request(
+            "invalid_request_body",
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request(
+            "invalid_request_body",
+            format!("the body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// The file's definition of `name`, as JSON.
+fn file_def(file: &FileConfig, kind: Kind, name: &str) -> Option<Value> {
+    match kind {
+        Kind::Customers => file.customers.iter().find(|c| c.name == name).map(to_value),
+        Kind::Teams => file.teams.iter().find(|t| t.name == name).map(to_value),
+        Kind::Keys => file
+            .virtual_keys
+            .iter()
+            .find(|k| k.name == name)
+            .map(to_value),
+        Kind::Providers => None,
+    }
+}
+
+fn overlay_def(overlay: &Overlay, kind: Kind, name: &str) -> Option<Value> {
+    match kind {
+        Kind::Customers => overlay.customers.get(name).map(to_value),
+        Kind::Teams => overlay.teams.get(name).map(to_value),
+        Kind::Keys => overlay.keys.get(name).map(to_value),
+        Kind::Providers => None,
+    }
+}
+
+fn to_value<T: serde::Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).unwrap_or(Value::Null)
+}
+
+/// Stores `def` (a whole definition) in the overlay, checking its shape.
+fn overlay_put(
+    overlay: &mut Overlay,
+    kind: Kind,
+    name: &str,
+    def: Value,
+) -> Result<(), ChangeError> {
+    let bad = |e: serde_json::Error| ChangeError::Invalid(format!("{}: {e}", kind.singular()));
+    match kind {
+        Kind::Customers => {
+            let c: CustomerSection = serde_json::from_value(def).map_err(bad)?;
+            overlay.customers.insert(name.to_string(), c);
+        }
+        Kind::Teams => {
+            let t: TeamSection = serde_json::from_value(def).map_err(bad)?;
+            overlay.teams.insert(name.to_string(), t);
+        }
+        Kind::Keys => {
+            let mut k: KeySection = serde_json::from_value(def).map_err(bad)?;
+            // Only the hash is ever stored.
+            if let Some(secret) = k.key.take() {
+                if k.key_sha256.is_some() {
+                    return Err(ChangeError::Invalid(
+                        "set key or key_sha256, not both".into(),
+                    ));
+                }
+                if secret.len() < 8
+                    || secret.len() > 256
+                    || secret.bytes().any(|b| !(0x21..0x7f).contains(&b))
+                {
+                    return Err(ChangeError::Invalid(
+                        "key must be 8 to 256 bytes of printable ASCII without spaces".into(),
+                    ));
+                }
+                k.key_sha256 = Some(hex::encode(crate::config::hash_key(&secret)));
+            }
+            overlay.keys.insert(name.to_string(), k);
+        }
+        Kind::Providers => {
+            return Err(ChangeError::Invalid(
+                "providers are defined in the file".into(),
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn overlay_remove(overlay: &mut Overlay, kind: Kind, name: &str) -> bool {
+    match kind {
+        Kind::Customers => overlay.customers.remove(name).is_some(),
+        Kind::Teams => overlay.teams.remove(name).is_some(),
+        Kind::Keys => overlay.keys.remove(name).is_some(),
+        Kind::Providers => false,
+    }
+}
+
+/// How an entity is shown: its definition (a key's secret never), where it
+/// comes from, and whether the API's definition shadows the file's.
+fn present(def: Value, from_api: bool, in_file: bool) -> Value {
+    let mut v = def;
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("key");
+        obj.insert(
+            "source".into(),
+            json!(if from_api { "api" } else { "file" }),
+        );
+        obj.insert("overrides_file".into(), json!(from_api && in_file));
+    }
+    v
+}
+
+fn find(overlay: &Overlay, file: &FileConfig, kind: Kind, name: &str) -> Option<Value> {
+    let in_file = file_def(file, kind, name);
+    match overlay_def(overlay, kind, name) {
+        Some(def) => Some(present(def, true, in_file.is_some())),
+        None => in_file.map(|def| present(def, false, false)),
+    }
+}
+
+fn list(gov: &Governance, kind: Kind) -> Result<AdminResponse, ApiError> {
+    let data = gov.read(|overlay, file, _| {
+        let mut names: Vec<String> = match kind {
+            Kind::Customers => file.customers.iter().map(|c| c.name.clone()).collect(),
+            Kind::Teams => file.teams.iter().map(|t| t.name.clone()).collect(),
+            Kind::Keys => file.virtual_keys.iter().map(|k| k.name.clone()).collect(),
+            Kind::Providers => Vec::new(),
+        };
+        let extra: Vec<String> = match kind {
+            Kind::Customers => overlay.customers.keys().cloned().collect(),
+            Kind::Teams => overlay.teams.keys().cloned().collect(),
+            Kind::Keys => overlay.keys.keys().cloned().collect(),
+            Kind::Providers => Vec::new(),
+        };
+        for n in extra {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        names
+            .iter()
+            .filter_map(|n| find(overlay, file, kind, n))
+            .collect::<Vec<_>>()
+    });
+    ok(200, &json!({ "object": "list", "data": data }))
+}
+
+fn get(gov: &Governance, kind: Kind, name: &str) -> Result<AdminResponse, ApiError> {
+    let found = gov.read(|overlay, file, _| find(overlay, file, kind, name));
+    match found {
+        Some(v) => ok(200, &v),
+        None => Err(not_found(kind, name)),
+    }
+}
+
+fn not_found(kind: Kind, name: &str) -> ApiError {
+    ApiError::not_found(
+        "not_found",
+        format!("no {} named {name:?}", kind.singular()),
+    )
+}
+
+fn random_key() -> Result<String, ApiError> {
+    use std::io::Read;
+    let mut bytes = [0u8; GENERATED_KEY_RANDOM_BYTES];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| ApiError::internal(format!("no randomness for a new key: {e}")))?;
+    Ok(format!("{GENERATED_KEY_PREFIX}{}", hex::encode(bytes)))
+}
+
+fn create(gov: &Governance, kind: Kind, body: &[u8]) -> Result<AdminResponse, ApiError> {
+    let mut def = parse_object(body)?;
+    let name = def
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::bad_request("missing_name", "a name is required"))?;
+    // A key without a secret gets a generated one, shown once in this reply.
+    let mut secret = None;
+    if kind == Kind::Keys {
+        match def.get("key").and_then(Value::as_str) {
+            Some(s) => secret = Some(s.to_string()),
+            None if def.get("key_sha256").is_none() => {
+                let s = random_key()?;
+                def.insert("key".into(), json!(s));
+                secret = Some(s);
+            }
+            None => {}
+        }
+    }
+    let shown = gov.change(|overlay, file, _| {
+        if overlay_def(overlay, kind, &name).is_some() || file_def(file, kind, &name).is_some() {
+            return Err(ChangeError::Conflict(format!(
+                "a {} named {name:?} exists; PATCH it instead",
+                kind.singular()
+            )));
+        }
+        overlay_put(overlay, kind, &name, Value::Object(def))?;
+        Ok(find(overlay, file, kind, &name).unwrap_or(Value::Null))
+    })?;
+    let mut shown = shown;
+    if let (Some(s), Some(obj)) = (secret, shown.as_object_mut()) {
+        obj.insert("key".into(), json!(s));
+    }
+    ok(201, &shown)
+}
+
+fn patch(gov: &Governance, kind: Kind, name: &str, body: &[u8]) -> Result<AdminResponse, ApiError> {
+    let changes = parse_object(body)?;
+    if changes
+        .get("name")
+        .is_some_and(|n| n.as_str() != Some(name))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_value",
+            "an entity cannot be renamed (its spend history is kept by name)",
+        ));
+    }
+    let shown = gov.change(|overlay, file, _| {
+        let current = overlay_def(overlay, kind, name)
+            .or_else(|| file_def(file, kind, name))
+            .ok_or_else(|| {
+                ChangeError::NotFound(format!("no {} named {name:?}", kind.singular()))
+            })?;
+        let mut def = current.as_object().cloned().unwrap_or_default();
+        for (k, v) in changes {
+            if v.is_null() {
+                def.remove(&k);
+            } else {
+                if k == "key" || k == "key_sha256" {
+                    // A new secret replaces the old one, whichever form it had.
+                    def.remove("key");
+                    def.remove("key_sha256");
+                }
+                def.insert(k, v);
+            }
+        }
+        overlay_put(overlay, kind, name, Value::Object(def))?;
+        Ok(find(overlay, file, kind, name).unwrap_or(Value::Null))
+    })?;
+    ok(200, &shown)
+}
+
+fn delete(gov: &Governance, kind: Kind, name: &str) -> Result<AdminResponse, ApiError> {
+    let reverted = gov.change(|overlay, file, _| {
+        let in_file = file_def(file, kind, name).is_some();
+        if !overlay_remove(overlay, kind, name) {
+            return Err(if in_file {
+                ChangeError::Conflict(format!(
+                    "the {} {name:?} is defined in the config file; remove it there and reload",
+                    kind.singular()
+                ))
+            } else {
+                ChangeError::NotFound(format!("no {} named {name:?}", kind.singular()))
+            });
+        }
+        Ok(in_file)
+    })?;
+    ok(
+        200,
+        &json!({
+            "name": name,
+            "deleted": !reverted,
+            "reverted_to_file": reverted,
+        }),
+    )
+}
+
+fn entity_id(
+    gov: &Governance,
+    kind: Kind,
+    name: &str,
+) -> Result<crate::ledger::EntityId, ApiError> {
+    let exists = gov.read(|_, _, config| match kind {
+        Kind::Customers => config.customers.iter().any(|c| c.name == name),
+        Kind::Teams => config.teams.iter().any(|t| t.name == name),
+        Kind::Keys => config.keys.iter().any(|k| k.name == name),
+        Kind::Providers => config.providers.iter().any(|p| p.name == name),
+    });
+    let id = gov
+        .entities
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .lookup(kind.entity_kind(), name);
+    match (exists, id) {
+        (true, Some(id)) => Ok(id),
+        _ => Err(not_found(kind, name)),
+    }
+}
+
+fn ledger_error(e: crate::books::thread::BooksError) -> ApiError {
+    ApiError::service_unavailable(format!("the ledger is unavailable: {e}"))
+}
+
+fn reset(gov: &Governance, kind: Kind, name: &str) -> Result<AdminResponse, ApiError> {
+    let id = entity_id(gov, kind, name)?;
+    match gov
+        .books
+        .apply(Command::Reset { entity: id })
+        .map_err(ledger_error)?
+    {
+        Reply::Rejected(e) => Err(ApiError::bad_request("invalid_value", e.to_string())),
+        _ => spend(gov, kind, name),
+    }
+}
+
+fn top_up(
+    gov: &Governance,
+    kind: Kind,
+    name: &str,
+    body: &[u8],
+) -> Result<AdminResponse, ApiError> {
+    let id = entity_id(gov, kind, name)?;
+    let obj = parse_object(body)?;
+    let amount = obj
+        .get("amount_usd")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_value", "amount_usd (a decimal string) is required")
+        })
+        .and_then(|s| {
+            Money::parse_usd(s)
+                .map_err(|e| ApiError::bad_request("invalid_value", format!("amount_usd: {e}")))
+        })?;
+    match gov
+        .books
+        .apply(Command::TopUp { entity: id, amount })
+        .map_err(ledger_error)?
+    {
+        Reply::Rejected(e) => Err(ApiError::bad_request("invalid_value", e.to_string())),
+        _ => spend(gov, kind, name),
+    }
+}
+
+/// The spend view of an entity: exact decimal strings, `null` where a field
+/// does not apply (no limit, no reset).
+pub fn spend_json(kind_name: &str, name: &str, v: &EntityView) -> Value {
+    let money = |m: Money| json!(m.to_string());
+    let resets = v.budget.and_then(|b| b.reset).is_some();
+    json!({
+        "object": "spend",
+        "kind": kind_name,
+        "name": name,
+        "spent_usd": money(v.spent),
+        "limit_usd": v.limit_effective.map(money),
+        "remaining_usd": v.remaining.map(money),
+        "reset_at": resets.then(|| crate::budget::period::format_rfc3339_ms(v.period.end_ms)),
+        "period_start": crate::budget::period::format_rfc3339_ms(v.period.start_ms),
+        "mode": v.budget.map(|b| b.mode.as_str()),
+        "soft_limit_usd": v.budget.and_then(|b| b.soft_limit).map(money),
+        "topup_usd": money(v.topup),
+        "leased_usd": money(v.leased),
+        "overshoot_usd": money(v.overshoot),
+        "lifetime_spent_usd": money(v.lifetime_spent),
+        "blocked": v.blocked,
+    })
+}
+
+fn spend(gov: &Governance, kind: Kind, name: &str) -> Result<AdminResponse, ApiError> {
+    let id = entity_id(gov, kind, name)?;
+    let view = gov
+        .books
+        .view(id)
+        .map_err(ledger_error)?
+        .ok_or_else(|| not_found(kind, name))?;
+    let kind_name = crate::books::registry::kind_str(kind.entity_kind());
+    ok(200, &spend_json(kind_name, name, &view))
+}

@@ -1,0 +1,484 @@
+//! Governance at run time: the admin API's changes to customers, teams and
+//! virtual keys, persisted in the state directory, merged with the file.
+//!
+//! # Who wins, the file or the API
+//!
+//! The file defines the starting set; the admin API adds entities and changes
+//! existing ones. Every change the API makes is kept in `governance.json` in
+//! the state directory (written atomically, fsynced) as a whole definition of
+//! the entity, and that definition wins over the file's entity of the same
+//! name, at start, on SIGHUP and after every API call. Nothing is silent:
+//! every entity the API shows carries `"source": "file"` or `"api"` and, for an
+//! API definition that shadows one in the file, `"overrides_file": true`; each
+//! such shadowing is logged at start and on reload. `DELETE` of an API
+//! definition that shadows the file reverts the entity to the file's
+//! definition; `DELETE` of an entity only the file defines is refused (409):
+//! edit the file and reload.
+//!
+//! # Applying a change
+//!
+//! A change is validated exactly as a config file is (the merged definitions
+//! go through [`Config::from_file`]); then new entities get ledger ids and
+//! changed budgets are journaled ([`Governance::sync_books`]); then the overlay
+//! is persisted; then the new catalog is published to the workers with one
+//! atomic swap. Changes are serialized by one mutex (the control plane is the
+//! only writer; workers never take it).
+
+pub mod api;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::books::thread::BooksHandle;
+use crate::books::{EntityIds, EntityRegistry};
+use crate::catalog::CatalogHandle;
+use crate::config::file::{CustomerSection, FileConfig, KeySection, TeamSection};
+use crate::config::{Config, ConfigError};
+use crate::ledger::{Command, EntityKind, Reply};
+
+/// The overlay's file name in the state directory.
+pub const OVERLAY_FILE: &str = "governance.json";
+/// Largest overlay file read at start.
+pub const OVERLAY_BYTES_MAX: u64 = 256 * 1024 * 1024;
+const OVERLAY_VERSION: u32 = 1;
+
+/// The admin API's definitions, by name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overlay {
+    pub version: u32,
+    #[serde(default)]
+    pub customers: BTreeMap<String, CustomerSection>,
+    #[serde(default)]
+    pub teams: BTreeMap<String, TeamSection>,
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeySection>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid governance overlay: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl Overlay {
+    /// Reads `state_dir/governance.json`; an absent file is an empty overlay.
+    pub fn load(state_dir: &Path) -> Result<Overlay, OverlayError> {
+        let path = state_dir.join(OVERLAY_FILE);
+        let io = |source| OverlayError::Io {
+            path: path.clone(),
+            source,
+        };
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Overlay::default()),
+            Err(e) => return Err(io(e)),
+        };
+        if meta.len() > OVERLAY_BYTES_MAX {
+            return Err(OverlayError::Invalid {
+                path,
+                reason: format!("larger than {OVERLAY_BYTES_MAX} bytes"),
+            });
+        }
+        let bytes = std::fs::read(&path).map_err(io)?;
+        let overlay: Overlay =
+            serde_json::from_slice(&bytes).map_err(|e| OverlayError::Invalid {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        if overlay.version != OVERLAY_VERSION {
+            return Err(OverlayError::Invalid {
+                path,
+                reason: format!(
+                    "version {} (this build reads {OVERLAY_VERSION})",
+                    overlay.version
+                ),
+            });
+        }
+        Ok(overlay)
+    }
+
+    /// Writes the overlay atomically: a temporary file, fsync, rename, fsync
+    /// of the directory. A crash leaves the old or the new file, never a mix.
+    pub fn save(&self, state_dir: &Path) -> Result<(), OverlayError> {
+        let path = state_dir.join(OVERLAY_FILE);
+        let tmp = state_dir.join(format!("{OVERLAY_FILE}.tmp"));
+        let io = |source| OverlayError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut this = self.clone();
+        this.version = OVERLAY_VERSION;
+        let bytes = serde_json::to_vec_pretty(&this).map_err(|e| io(std::io::Error::other(e)))?;
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        std::fs::File::open(state_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.customers.is_empty() && self.teams.is_empty() && self.keys.is_empty()
+    }
+
+    /// The file's definitions with this overlay's replacing (by name) or
+    /// added to them.
+    pub fn merge(&self, file: &FileConfig) -> FileConfig {
+        let mut out = file.clone();
+        merge_list(&mut out.customers, &self.customers, |c| &c.name);
+        merge_list(&mut out.teams, &self.teams, |t| &t.name);
+        merge_list(&mut out.virtual_keys, &self.keys, |k| &k.name);
+        out
+    }
+
+    /// Names the overlay defines that the file defines too, per kind.
+    pub fn shadowed(&self, file: &FileConfig) -> Vec<(EntityKind, String)> {
+        let mut out = Vec::new();
+        for c in &file.customers {
+            if self.customers.contains_key(&c.name) {
+                out.push((EntityKind::Customer, c.name.clone()));
+            }
+        }
+        for t in &file.teams {
+            if self.teams.contains_key(&t.name) {
+                out.push((EntityKind::Team, t.name.clone()));
+            }
+        }
+        for k in &file.virtual_keys {
+            if self.keys.contains_key(&k.name) {
+                out.push((EntityKind::Key, k.name.clone()));
+            }
+        }
+        out
+    }
+}
+
+fn merge_list<T: Clone>(
+    list: &mut Vec<T>,
+    overlay: &BTreeMap<String, T>,
+    name: impl Fn(&T) -> &String,
+) {
+    for item in list.iter_mut() {
+        if let Some(o) = overlay.get(name(item)) {
+            *item = o.clone();
+        }
+    }
+    for (n, o) in overlay {
+        if !list.iter().any(|i| name(i) == n) {
+            list.push(o.clone());
+        }
+    }
+}
+
+/// The file's definitions as written (the file's text, or the built-in
+/// default's), unvalidated.
+pub fn read_file(source: Option<&Path>) -> Result<FileConfig, ConfigError> {
+    let text = match source {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| ConfigError {
+            field: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?,
+        None => Config::builtin_default_text(),
+    };
+    Config::parse_file(&text)
+}
+
+/// The config in force: the file merged with the overlay, validated, with
+/// `running`'s `[server]` and `[limits]` (they change only on restart, and
+/// carry the command line's overrides).
+pub fn effective(
+    file: &FileConfig,
+    overlay: &Overlay,
+    running: &Config,
+) -> Result<Config, ConfigError> {
+    let merged = if overlay.is_empty() {
+        file.clone()
+    } else {
+        overlay.merge(file)
+    };
+    let next = Config::from_file(merged, running.source.clone())?;
+    Ok(Config {
+        server: running.server.clone(),
+        limits: running.limits.clone(),
+        ..next
+    })
+}
+
+fn log_shadowed(overlay: &Overlay, file: &FileConfig) {
+    for (kind, name) in overlay.shadowed(file) {
+        log::warn!(
+            "{} {name:?}: the admin API's definition (in {OVERLAY_FILE}) wins over the config file's; \
+             DELETE it through the admin API to return to the file's",
+            crate::books::registry::kind_str(kind)
+        );
+    }
+}
+
+struct Inner {
+    file: FileConfig,
+    overlay: Overlay,
+    config: Config,
+}
+
+/// Run-time governance: the one place that changes what the workers see.
+pub struct Governance {
+    inner: Mutex<Inner>,
+    state_dir: PathBuf,
+    pub catalog: CatalogHandle,
+    pub books: Arc<BooksHandle>,
+    pub entities: Arc<Mutex<EntityRegistry>>,
+    pub resolver: Arc<crate::upstream::resolver::Resolver>,
+}
+
+/// Why an admin change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The result would not be a valid config (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The change contradicts what exists (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// No such entity (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Storage or the ledger failed (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What the config becomes at start: the file merged with the persisted
+/// overlay (see the module doc). Logs every API definition that shadows one
+/// in the file.
+pub fn config_at_start(config: Config) -> anyhow::Result<(Config, FileConfig, Overlay)> {
+    let overlay = Overlay::load(&config.server.state_dir)?;
+    let file = read_file(config.source.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if overlay.is_empty() {
+        return Ok((config, file, overlay));
+    }
+    log_shadowed(&overlay, &file);
+    let merged = effective(&file, &overlay, &config).map_err(|e| {
+        anyhow::anyhow!(
+            "the admin API's definitions in {} do not fit the config file: {e}",
+            config.server.state_dir.join(OVERLAY_FILE).display()
+        )
+    })?;
+    Ok((merged, file, overlay))
+}
+
+impl Governance {
+    pub fn new(
+        config: Config,
+        file: FileConfig,
+        overlay: Overlay,
+        catalog: CatalogHandle,
+        books: Arc<BooksHandle>,
+        entities: Arc<Mutex<EntityRegistry>>,
+        resolver: Arc<crate::upstream::resolver::Resolver>,
+    ) -> Governance {
+        Governance {
+            state_dir: config.server.state_dir.clone(),
+            inner: Mutex::new(Inner {
+                file,
+                overlay,
+                config,
+            }),
+            catalog,
+            books,
+            entities,
+            resolver,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The config in force now.
+    pub fn config(&self) -> Config {
+        self.lock().config.clone()
+    }
+
+    /// The admin token in force (from the file; reloaded on SIGHUP).
+    pub fn admin_token(&self) -> Option<crate::config::Secret> {
+        self.lock().config.admin_token.clone()
+    }
+
+    /// Re-reads the config file (SIGHUP) and applies it with the overlay.
+    pub fn reload(&self) -> Result<u64, ChangeError> {
+        let mut inner = self.lock();
+        let file = read_file(inner.config.source.as_deref())
+            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        let next = effective(&file, &inner.overlay, &inner.config)
+            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        log_shadowed(&inner.overlay, &file);
+        let version = self.publish(&next, None)?;
+        self.resolver
+            .set_hosts(crate::runtime::upstream_hosts(&next));
+        inner.file = file;
+        inner.config = next;
+        Ok(version)
+    }
+
+    /// Applies `change` to a copy of the overlay; if the result validates,
+    /// books it, persists it and publishes it. `change` sees the file's
+    /// definitions too, to tell API entities from file ones.
+    pub fn change<R>(
+        &self,
+        change: impl FnOnce(&mut Overlay, &FileConfig, &Config) -> Result<R, ChangeError>,
+    ) -> Result<R, ChangeError> {
+        let mut inner = self.lock();
+        let mut overlay = inner.overlay.clone();
+        let result = change(&mut overlay, &inner.file, &inner.config)?;
+        let next = effective(&inner.file, &overlay, &inner.config)
+            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        self.publish(&next, Some(&overlay))?;
+        inner.overlay = overlay;
+        inner.config = next;
+        Ok(result)
+    }
+
+    /// Reads the state under the lock.
+    pub fn read<R>(&self, f: impl FnOnce(&Overlay, &FileConfig, &Config) -> R) -> R {
+        let inner = self.lock();
+        f(&inner.overlay, &inner.file, &inner.config)
+    }
+
+    /// Books `config`'s entities, persists `overlay` (when given), then
+    /// publishes the catalog: a crash between the steps leaves the ledger
+    /// knowing an entity the catalog does not use yet, never the reverse.
+    fn publish(&self, config: &Config, overlay: Option<&Overlay>) -> Result<u64, ChangeError> {
+        self.sync_books(config)
+            .map_err(|e| ChangeError::Internal(format!("the ledger refused the change: {e}")))?;
+        if let Some(overlay) = overlay {
+            overlay
+                .save(&self.state_dir)
+                .map_err(|e| ChangeError::Internal(format!("cannot persist the change: {e}")))?;
+        }
+        let ids = self
+            .ids(config)
+            .map_err(|e| ChangeError::Internal(e.to_string()))?;
+        Ok(self.catalog.publish(config, &ids))
+    }
+
+    /// The ids of every entity of `config` (assigning new ones durably).
+    pub fn ids(&self, config: &Config) -> anyhow::Result<EntityIds> {
+        let mut registry = self.entities.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(registry.ids_for_config(config)?)
+    }
+
+    /// Makes every entity of `config` exist in the ledger with its budget
+    /// (new entities get ids; changed budgets are journaled).
+    pub fn sync_books(&self, config: &Config) -> anyhow::Result<()> {
+        let mut registry = self.entities.lock().unwrap_or_else(|p| p.into_inner());
+        for (kind, name, budget) in crate::books::registry::config_entities(config) {
+            let id = registry.id_for(kind, name)?;
+            let current = self.books.view(id)?;
+            if current.is_some_and(|v| v.budget == budget && v.kind == kind) {
+                continue;
+            }
+            let reply = self.books.apply(Command::SetBudget {
+                entity: id,
+                kind,
+                budget,
+            })?;
+            if let Reply::Rejected(e) = reply {
+                anyhow::bail!("{} {name:?}: {e}", crate::books::registry::kind_str(kind))
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[[providers]]
+name = "m"
+kind = "mock"
+models = ["*"]
+[[customers]]
+name = "acme"
+[[teams]]
+name = "search"
+customer = "acme"
+budget = { limit_usd = "5", reset = "1d" }
+[[virtual_keys]]
+name = "k1"
+key = "sk-key-one-1"
+team = "search"
+"#;
+
+    #[test]
+    fn the_overlay_wins_by_name_and_adds_the_rest_and_round_trips() {
+        let file = Config::parse_file(FILE).unwrap();
+        let mut overlay = Overlay::default();
+        let mut team = file.teams[0].clone();
+        team.budget.as_mut().unwrap().limit_usd = "7".into();
+        overlay.teams.insert("search".into(), team);
+        let mut k2 = file.virtual_keys[0].clone();
+        k2.name = "k2".into();
+        k2.key = None;
+        k2.key_sha256 = Some(hex::encode(crate::config::hash_key("sk-key-two-2")));
+        overlay.keys.insert("k2".into(), k2);
+        let merged = overlay.merge(&file);
+        assert_eq!(merged.teams.len(), 1);
+        assert_eq!(merged.teams[0].budget.as_ref().unwrap().limit_usd, "7");
+        assert_eq!(merged.virtual_keys.len(), 2);
+        assert_eq!(
+            overlay.shadowed(&file),
+            vec![(EntityKind::Team, "search".to_string())]
+        );
+        let running = Config::from_file(file.clone(), None).unwrap();
+        let config = effective(&file, &overlay, &running).unwrap();
+        assert_eq!(config.keys.len(), 2);
+        assert_eq!(
+            config.teams[0].budget.unwrap().limit,
+            crate::money::Money::parse_usd("7").unwrap()
+        );
+
+        let dir = crate::ledger::test_dir::TestDir::new("overlay");
+        assert!(Overlay::load(dir.path()).unwrap().is_empty());
+        overlay.save(dir.path()).unwrap();
+        let back = Overlay::load(dir.path()).unwrap();
+        assert_eq!(back.keys.len(), 1);
+        assert_eq!(back.teams["search"].budget.as_ref().unwrap().limit_usd, "7");
+        std::fs::write(dir.path().join(OVERLAY_FILE), b"{\"version\":1,\"x\":{}}").unwrap();
+        let e = Overlay::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("governance.json") && e.contains("unknown field"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_overlay_that_breaks_the_config_is_refused() {
+        let file = Config::parse_file(FILE).unwrap();
+        let running = Config::from_file(file.clone(), None).unwrap();
+        let mut overlay = Overlay::default();
+        let mut k = file.virtual_keys[0].clone();
+        k.name = "k3".into();
+        k.key = Some("sk-key-three-3".into());
+        k.team = Some("no-such-team".into());
+        overlay.keys.insert("k3".into(), k);
+        let e = effective(&file, &overlay, &running)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no-such-team"), "{e}");
+    }
+}

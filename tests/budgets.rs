@@ -1,0 +1,511 @@
+//! The books end to end: the real gateway, the real mock upstream, real
+//! sockets. Budgets refuse with 402 before money is spent; every response
+//! carries the exact cost charged; the ledger's total equals the sum of what
+//! clients were told, under concurrency and across SIGKILL.
+
+mod util;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use util::{proxy_config, Client, Gateway, Mock, Response, CHAT, CHAT_STREAM};
+
+const ADMIN: &str = "admin-secret";
+
+/// gpt-4o-mini at the shipped table's $0.15 / $0.60 per million tokens; the
+/// mock bills CHAT (and CHAT_STREAM) as 3 + (3 + 2) = 8 prompt tokens and
+/// max_tokens = 5 completion tokens: 8 × 0.15 µ$ + 5 × 0.60 µ$ = $0.0000042.
+const CHAT_COST_PICO: i128 = 8 * 150_000 + 5 * 600_000;
+
+/// Parses an exact decimal USD string into picodollars.
+fn pico(usd: &str) -> i128 {
+    let (int, frac) = usd.split_once('.').unwrap_or((usd, ""));
+    assert!(frac.len() <= 12, "{usd}");
+    let frac_padded = format!("{frac:0<12}");
+    int.parse::<i128>().unwrap() * 1_000_000_000_000 + frac_padded.parse::<i128>().unwrap()
+}
+
+fn admin(gw: &Gateway, method: &str, path: &str, body: &str) -> Response {
+    let mut c = Client::connect(gw.admin);
+    let auth = format!("Bearer {ADMIN}");
+    c.request(
+        method,
+        path,
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+}
+
+fn spent(gw: &Gateway, kind: &str, name: &str) -> i128 {
+    let r = admin(gw, "GET", &format!("/admin/spend/{kind}/{name}"), "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    pico(r.json()["spent_usd"].as_str().unwrap())
+}
+
+fn governed(base_url: &str, key_budget: &str, workers: usize) -> String {
+    proxy_config(
+        base_url,
+        &format!(
+            r#"
+[admin]
+token = "{ADMIN}"
+
+[[customers]]
+name = "acme"
+budget = {{ limit_usd = "100", reset = "1M", calendar_aligned = true }}
+
+[[teams]]
+name = "search"
+customer = "acme"
+budget = {{ limit_usd = "50", reset = "1d" }}
+
+[[virtual_keys]]
+name = "search-prod"
+team = "search"
+key = "sk-search-prod"
+budget = {key_budget}
+"#
+        ),
+    )
+    .replace("workers = 2", &format!("workers = {workers}"))
+}
+
+#[test]
+fn strict_budget_charges_exactly_and_refuses_with_402_before_overspending() {
+    let mock = Mock::start(&[]);
+    let limit = "0.0001"; // 100 µ$: room for a handful of 4.2 µ$ requests
+    let gw = Gateway::start(
+        &governed(
+            &mock.base_url(),
+            &format!(r#"{{ limit_usd = "{limit}", reset = "1h" }}"#),
+            2,
+        ),
+        &[],
+    );
+    let mut c = Client::connect(gw.addr);
+    let mut charged = 0i128;
+    let mut ok = 0;
+    let refusal = loop {
+        let r = c.post("/v1/chat/completions", "sk-search-prod", CHAT, &[]);
+        if r.status != 200 {
+            break r;
+        }
+        ok += 1;
+        let cost = pico(r.header("x-bursar-cost-usd").expect("cost header"));
+        assert_eq!(cost, CHAT_COST_PICO, "exact cost from the provider's usage");
+        charged += cost;
+        let remaining = pico(
+            r.header("x-bursar-budget-remaining-usd")
+                .expect("remaining"),
+        );
+        assert!(
+            remaining <= pico(limit) - charged,
+            "remaining {remaining} after {charged}"
+        );
+        assert!(ok < 100, "the budget never refused");
+    };
+    assert_eq!(refusal.status, 402, "{}", refusal.text());
+    let e = &refusal.json()["error"];
+    assert_eq!(e["type"], "budget_exceeded");
+    assert_eq!(e["code"], "budget_exceeded");
+    assert_eq!(e["entity_kind"], "key");
+    assert_eq!(e["entity"], "search-prod");
+    assert_eq!(e["limit_usd"], limit);
+    assert_eq!(pico(e["spent_usd"].as_str().unwrap()), charged);
+    // A rolling hourly budget: the period ends within the hour.
+    let reset_at = e["reset_at"].as_str().unwrap();
+    assert!(reset_at.len() == 24 && reset_at.ends_with('Z'), "{e}");
+    // The refusal left the worst case unspent: strict never overshoots.
+    assert!(charged <= pico(limit));
+    assert!(ok >= 10, "only {ok} requests fit a budget for ~23");
+    // Every level was charged the same, and the ledger agrees to the unit.
+    assert_eq!(spent(&gw, "keys", "search-prod"), charged);
+    assert_eq!(spent(&gw, "teams", "search"), charged);
+    assert_eq!(spent(&gw, "customers", "acme"), charged);
+    assert_eq!(spent(&gw, "providers", "local"), charged);
+    let view = admin(&gw, "GET", "/admin/spend/keys/search-prod", "").json();
+    assert_eq!(view["limit_usd"], limit);
+    assert_eq!(
+        pico(view["remaining_usd"].as_str().unwrap()),
+        pico(limit) - charged
+    );
+    assert_eq!(view["mode"], "strict");
+    // Other keys of the same customer are unaffected.
+    let r = c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(gw.metric_sum("bursar_budget_refused_total"), 1);
+}
+
+#[test]
+fn streams_are_charged_in_a_trailer_and_a_missing_usage_is_never_free() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(
+        &governed(&mock.base_url(), r#"{ limit_usd = "1", reset = "1d" }"#, 1),
+        &[],
+    );
+    let mut c = Client::connect(gw.addr);
+    let r = c.post("/v1/chat/completions", "sk-search-prod", CHAT_STREAM, &[]);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("x-bursar-cost-usd").is_none(),
+        "not known at the head"
+    );
+    assert_eq!(
+        pico(r.trailer("x-bursar-cost-usd").unwrap()),
+        CHAT_COST_PICO
+    );
+    assert!(r.trailer("x-bursar-budget-remaining-usd").is_some());
+    let mut total = CHAT_COST_PICO;
+    // The upstream omits usage: the gateway counts the text (estimated), and
+    // the charge is not zero.
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-search-prod",
+        CHAT_STREAM,
+        &[("x-mock-omit-usage", "1")],
+    );
+    assert_eq!(r.status, 200);
+    let estimated = pico(r.trailer("x-bursar-cost-usd").unwrap());
+    assert!(estimated > 0, "an omitted usage is never charged $0");
+    total += estimated;
+    // A non-streamed answer without usage is charged its bound.
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-search-prod",
+        CHAT,
+        &[("x-mock-omit-usage", "1")],
+    );
+    assert_eq!(r.status, 200);
+    let bound = pico(r.header("x-bursar-cost-usd").unwrap());
+    assert!(bound >= CHAT_COST_PICO, "{bound}");
+    total += bound;
+    // An upstream error without usage costs nothing.
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-search-prod",
+        CHAT,
+        &[("x-mock-status", "500")],
+    );
+    assert_eq!(r.status, 500);
+    assert!(r.header("x-bursar-cost-usd").is_none());
+    assert_eq!(spent(&gw, "keys", "search-prod"), total);
+}
+
+#[test]
+fn a_request_without_an_output_cap_is_capped_and_degraded_to_fit() {
+    let mock = Mock::start(&[]);
+    // 200 µ$ left: a 16384-token default cap (~9.8 m$) does not fit, a lower one does.
+    let gw = Gateway::start(
+        &governed(&mock.base_url(), r#"{ limit_usd = "0.0002" }"#, 1),
+        &[],
+    );
+    let mut c = Client::connect(gw.addr);
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello there"}]}"#;
+    let r = c.post("/v1/chat/completions", "sk-search-prod", body, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lowered: u64 = r
+        .header("x-bursar-output-cap-lowered")
+        .expect("cap lowered")
+        .parse()
+        .unwrap();
+    // The mock writes exactly max_completion_tokens words: the cap reached it.
+    assert_eq!(
+        r.json()["usage"]["completion_tokens"].as_u64().unwrap(),
+        lowered.min(4096)
+    );
+    let cost = pico(r.header("x-bursar-cost-usd").unwrap());
+    assert!(cost <= pico("0.0002"));
+    assert_eq!(spent(&gw, "keys", "search-prod"), cost);
+    assert_eq!(gw.metric_sum("bursar_budget_degraded_total"), 1);
+}
+
+/// The issue's concurrency test: hundreds of concurrent requests, streamed
+/// and not, across both workers, against a budget that allows a fraction of
+/// them. The sum of charges never exceeds the limit, and equals the ledger's.
+#[test]
+fn concurrent_requests_never_overspend_a_strict_budget_and_the_books_balance() {
+    let mock = Mock::start(&[]);
+    let limit = "0.0005"; // ~119 requests' worth of 4.2 µ$
+    let gw = Gateway::start(
+        &governed(
+            &mock.base_url(),
+            &format!(r#"{{ limit_usd = "{limit}", reset = "1d" }}"#),
+            2,
+        ),
+        &[],
+    );
+    let threads = 48;
+    let per_thread = 8; // 384 requests in all
+    let costs = Arc::new(Mutex::new(Vec::new()));
+    let statuses = Arc::new(Mutex::new(Vec::new()));
+    let addr = gw.addr;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let costs = Arc::clone(&costs);
+            let statuses = Arc::clone(&statuses);
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for i in 0..per_thread {
+                    let body = if (t + i) % 2 == 0 { CHAT } else { CHAT_STREAM };
+                    let r = c.post(
+                        "/v1/chat/completions",
+                        "sk-search-prod",
+                        body,
+                        &[("x-mock-delay-ms", "5")],
+                    );
+                    statuses.lock().unwrap().push(r.status);
+                    if r.status == 200 {
+                        let cost = r.cost_usd().expect("a 200 carries its cost");
+                        costs.lock().unwrap().push(pico(cost));
+                    } else {
+                        assert_eq!(r.status, 402, "{}", r.text());
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let costs = costs.lock().unwrap();
+    let statuses = statuses.lock().unwrap();
+    let total: i128 = costs.iter().sum();
+    let refused = statuses.iter().filter(|&&s| s == 402).count();
+    assert_eq!(statuses.len(), threads * per_thread);
+    assert!(costs.iter().all(|&c| c == CHAT_COST_PICO));
+    assert!(total <= pico(limit), "overspent: {total} > {}", pico(limit));
+    assert!(refused > 0, "the budget allowed everything");
+    assert!(
+        costs.len() >= 60,
+        "only {} of ~119 affordable requests were admitted",
+        costs.len()
+    );
+    // Every charge is in the ledger exactly once, at every level.
+    assert_eq!(spent(&gw, "keys", "search-prod"), total);
+    assert_eq!(spent(&gw, "teams", "search"), total);
+    assert_eq!(spent(&gw, "customers", "acme"), total);
+    // Both workers admitted against their own leases.
+    let accepted = util::per_worker(&gw.metrics(), "bursar_connections_accepted_total");
+    assert!(accepted.iter().all(|&n| n > 0), "{accepted:?}");
+}
+
+/// SIGKILL under load, restart: the ledger holds every charge a client saw
+/// (and no charge twice). A client has at most one request in flight, so the
+/// ledger may also hold, per client, one charge whose response was cut by
+/// the kill: settled before its last bytes were written, as designed.
+#[test]
+fn sigkill_under_load_loses_no_charge_a_client_saw() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(
+        &governed(&mock.base_url(), r#"{ limit_usd = "10", reset = "1d" }"#, 2),
+        &[],
+    );
+    let threads = 16;
+    let seen = Arc::new(Mutex::new(0i128));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = gw.addr;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let seen = Arc::clone(&seen);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let body = if t % 2 == 0 { CHAT } else { CHAT_STREAM };
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    c.send_raw(&util::format_request(
+                        "POST",
+                        "/v1/chat/completions",
+                        &[
+                            ("authorization", "Bearer sk-search-prod"),
+                            ("content-type", "application/json"),
+                        ],
+                        body.as_bytes(),
+                    ));
+                    // A response cut by the kill reads as None: not seen.
+                    match c.read_response() {
+                        Some(r) if r.status == 200 => match r.cost_usd() {
+                            Some(cost) => *seen.lock().unwrap() += pico(cost),
+                            None => break,
+                        },
+                        _ => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let gw = gw.kill_and_restart(&[]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let seen = *seen.lock().unwrap();
+    assert!(seen > 100 * CHAT_COST_PICO, "too little load: {seen}");
+    let booked = spent(&gw, "keys", "search-prod");
+    assert!(
+        booked >= seen,
+        "lost charges: booked {booked} < seen {seen}"
+    );
+    let extra = booked - seen;
+    assert_eq!(extra % CHAT_COST_PICO, 0, "a partial charge: {extra}");
+    assert!(
+        extra / CHAT_COST_PICO <= threads as i128,
+        "more settled-but-unseen charges ({}) than requests in flight",
+        extra / CHAT_COST_PICO
+    );
+    assert_eq!(spent(&gw, "teams", "search"), booked);
+    // A clean restart changes nothing.
+    let gw = gw.stop_and_restart(&[]);
+    assert_eq!(spent(&gw, "keys", "search-prod"), booked);
+}
+
+#[test]
+fn the_admin_api_manages_entities_that_survive_restarts_and_says_who_wins() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(
+        &governed(&mock.base_url(), r#"{ limit_usd = "1", reset = "1d" }"#, 1),
+        &[],
+    );
+    // Auth.
+    let mut c = Client::connect(gw.admin);
+    assert_eq!(c.request("GET", "/admin/keys", &[], b"").status, 401);
+    let r = c.request(
+        "GET",
+        "/admin/keys",
+        &[("authorization", "Bearer wrong")],
+        b"",
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+
+    // Create a team and a prepaid key under it; the secret comes back once.
+    let r = admin(
+        &gw,
+        "POST",
+        "/admin/teams",
+        r#"{"name":"ml","customer":"acme","budget":{"limit_usd":"2","reset":"1M","calendar_aligned":true}}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["source"], "api");
+    let r = admin(
+        &gw,
+        "POST",
+        "/admin/keys",
+        r#"{"name":"ml-batch","team":"ml","budget":{"limit_usd":"0.000025"}}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let secret = r.json()["key"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("sk-bursar-"), "{secret}");
+    assert!(r.json()["key_sha256"].as_str().is_some());
+    let r = admin(&gw, "GET", "/admin/keys/ml-batch", "");
+    assert!(r.json().get("key").is_none(), "the secret is shown once");
+    assert_eq!(
+        admin(&gw, "POST", "/admin/keys", r#"{"name":"ml-batch"}"#).status,
+        409
+    );
+    let r = admin(&gw, "POST", "/admin/keys", r#"{"name":"x","team":"nope"}"#);
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("nope"), "{}", r.text());
+
+    // The new key works at once. Its prepaid 25 µ$ allows two requests: each
+    // reserves its worst case (~17 µ$: every body byte an input token) and
+    // is charged 4.2 µ$, so a third finds 16.6 µ$ left, short of the bound.
+    let mut p = Client::connect(gw.addr);
+    for _ in 0..2 {
+        let r = p.post("/v1/chat/completions", &secret, CHAT, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = p.post("/v1/chat/completions", &secret, CHAT, &[]);
+    assert_eq!(r.status, 402);
+    assert!(r.json()["error"]["reset_at"].is_null(), "prepaid: no reset");
+    let view = admin(&gw, "GET", "/admin/spend/keys/ml-batch", "").json();
+    assert_eq!(
+        pico(view["spent_usd"].as_str().unwrap()),
+        2 * CHAT_COST_PICO
+    );
+    assert!(view["reset_at"].is_null());
+    // A top-up lets it through again.
+    let r = admin(
+        &gw,
+        "POST",
+        "/admin/keys/ml-batch/top-up",
+        r#"{"amount_usd":"0.00001"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["limit_usd"], "0.000035");
+    assert_eq!(
+        p.post("/v1/chat/completions", &secret, CHAT, &[]).status,
+        200
+    );
+
+    // PATCH a file-defined key: the API's definition wins, and says so.
+    let r = admin(
+        &gw,
+        "PATCH",
+        "/admin/keys/search-prod",
+        r#"{"budget":{"limit_usd":"0.000001","reset":"1h"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["source"], "api");
+    assert_eq!(r.json()["overrides_file"], true);
+    let r = p.post("/v1/chat/completions", "sk-search-prod", CHAT, &[]);
+    assert_eq!(r.status, 402, "the lowered limit applies at once");
+    // Reset now: spend starts over (still too small for one request).
+    let r = admin(&gw, "POST", "/admin/keys/search-prod/reset", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["spent_usd"], "0");
+
+    // Everything survives a restart.
+    let gw = gw.stop_and_restart(&[]);
+    let r = admin(&gw, "GET", "/admin/keys/search-prod", "");
+    assert_eq!(r.json()["overrides_file"], true);
+    assert_eq!(r.json()["budget"]["limit_usd"], "0.000001");
+    let view = admin(&gw, "GET", "/admin/spend/keys/ml-batch", "").json();
+    assert_eq!(
+        pico(view["spent_usd"].as_str().unwrap()),
+        3 * CHAT_COST_PICO
+    );
+    // 35 µ$ with 12.6 spent: two more fit (22.4 and 18.2 left), not a third.
+    let mut p = Client::connect(gw.addr);
+    for expected in [200, 200, 402] {
+        assert_eq!(
+            p.post("/v1/chat/completions", &secret, CHAT, &[]).status,
+            expected
+        );
+    }
+    let list = admin(&gw, "GET", "/admin/keys", "").json();
+    let names: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"ml-batch") && names.contains(&"demo"),
+        "{names:?}"
+    );
+
+    // DELETE: an override reverts to the file; a file-only entity is refused;
+    // an API entity goes.
+    let r = admin(&gw, "DELETE", "/admin/keys/search-prod", "");
+    assert_eq!(r.json()["reverted_to_file"], true);
+    assert_eq!(
+        admin(&gw, "GET", "/admin/keys/search-prod", "").json()["source"],
+        "file"
+    );
+    assert_eq!(
+        p.post("/v1/chat/completions", "sk-search-prod", CHAT, &[])
+            .status,
+        200
+    );
+    assert_eq!(admin(&gw, "DELETE", "/admin/keys/demo", "").status, 409);
+    assert_eq!(admin(&gw, "DELETE", "/admin/keys/ml-batch", "").status, 200);
+    assert_eq!(
+        p.post("/v1/chat/completions", &secret, CHAT, &[]).status,
+        401
+    );
+    assert_eq!(admin(&gw, "GET", "/admin/keys/ml-batch", "").status, 404);
+}

@@ -150,6 +150,20 @@ impl Catalog {
     /// Builds the catalog of `config`; `ids` must name every entity of it
     /// (see [`EntityIds`]).
     pub fn from_config(config: &Config, version: u64, ids: &EntityIds) -> Catalog {
+        Catalog::from_config_after(config, version, ids, None)
+    }
+
+    /// Builds the catalog that succeeds `previous`: rate limiters whose
+    /// limits did not change are carried over (their windows and in-flight
+    /// counts with them), so a reload or an admin change neither resets a
+    /// key's minute nor lets it exceed its concurrency while older requests
+    /// still hold permits.
+    pub fn from_config_after(
+        config: &Config,
+        version: u64,
+        ids: &EntityIds,
+        previous: Option<&Catalog>,
+    ) -> Catalog {
         let mut providers = Vec::with_capacity(config.providers.len());
         let mut routes = HashMap::new();
         let mut fallback = None;
@@ -179,6 +193,18 @@ impl Catalog {
         let mut keys = Vec::with_capacity(config.keys.len());
         let mut keys_by_digest = DigestMap::default();
         use crate::ratelimit::{Limiter, LimiterName};
+        let mut carried: HashMap<(&'static str, String), Arc<Limiter>> = HashMap::new();
+        for k in previous.iter().flat_map(|p| p.keys.iter()) {
+            for l in &k.limiters {
+                carried.insert((l.name.kind, l.name.name.clone()), Arc::clone(l));
+            }
+        }
+        let limiter = |name: LimiterName, limit: crate::config::RateLimit| {
+            match carried.get(&(name.kind, name.name.clone())) {
+                Some(l) if l.limit() == limit => Some(Arc::clone(l)),
+                _ => Limiter::new(name, limit),
+            }
+        };
         let team_limiters: HashMap<&str, Arc<Limiter>> = config
             .teams
             .iter()
@@ -187,7 +213,7 @@ impl Catalog {
                     kind: "team",
                     name: t.name.clone(),
                 };
-                Limiter::new(name, t.rate_limit).map(|l| (t.name.as_str(), l))
+                limiter(name, t.rate_limit).map(|l| (t.name.as_str(), l))
             })
             .collect();
         for (i, k) in config.keys.iter().enumerate() {
@@ -197,7 +223,7 @@ impl Catalog {
                 .team
                 .as_deref()
                 .and_then(|t| config.teams.iter().find(|q| q.name == t));
-            let own = Limiter::new(
+            let own = limiter(
                 LimiterName {
                     kind: "virtual key",
                     name: k.name.clone(),
@@ -327,9 +353,14 @@ impl CatalogHandle {
     }
     /// Publishes a new catalog built from `config`, with the next version number.
     pub fn publish(&self, config: &Config, ids: &EntityIds) -> u64 {
-        let version = self.0.load().version + 1;
-        self.0
-            .store(Arc::new(Catalog::from_config(config, version, ids)));
+        let previous = self.0.load_full();
+        let version = previous.version + 1;
+        self.0.store(Arc::new(Catalog::from_config_after(
+            config,
+            version,
+            ids,
+            Some(&previous),
+        )));
         version
     }
 }
@@ -361,6 +392,73 @@ allowed_models = ["gpt-4o-mini", "claude-*"]
         )
         .unwrap();
         Catalog::from_config(&c, 1, &EntityIds::sequential(&c))
+    }
+
+    #[test]
+    fn republishing_keeps_rate_limiters_whose_limits_did_not_change() {
+        let text = |rpm: u32| {
+            format!(
+                "[[providers]]\nname = \"a\"\nkind = \"mock\"\nmodels = [\"*\"]\n\
+                 [[virtual_keys]]\nname = \"k\"\nkey = \"sk-limited-key\"\n\
+                 rate_limit = {{ requests_per_minute = {rpm} }}\n"
+            )
+        };
+        let c1 = Config::from_toml(&text(10), None).unwrap();
+        let handle = CatalogHandle::new(Catalog::from_config(&c1, 1, &EntityIds::sequential(&c1)));
+        let first = Arc::clone(&handle.load().keys[0].limiters[0]);
+        handle.publish(&c1, &EntityIds::sequential(&c1));
+        assert!(Arc::ptr_eq(&first, &handle.load().keys[0].limiters[0]));
+        let c2 = Config::from_toml(&text(20), None).unwrap();
+        handle.publish(&c2, &EntityIds::sequential(&c2));
+        assert!(!Arc::ptr_eq(&first, &handle.load().keys[0].limiters[0]));
+        assert_eq!(
+            handle.load().keys[0].limiters[0].limit().requests_per_minute,
+            Some(20)
+        );
+    }
+
+    #[test]
+    fn key_chains_name_key_team_customer_with_their_modes() {
+        let c = Config::from_toml(
+            r#"
+[[providers]]
+name = "a"
+kind = "mock"
+models = ["*"]
+budget = { limit_usd = "9", reset = "1d", mode = "soft" }
+[[customers]]
+name = "acme"
+budget = { limit_usd = "100", reset = "1M" }
+[[teams]]
+name = "search"
+customer = "acme"
+[[virtual_keys]]
+name = "k"
+key = "sk-chain-key"
+team = "search"
+budget = { limit_usd = "1", reset = "1h" }
+"#,
+            None,
+        )
+        .unwrap();
+        let ids = EntityIds::sequential(&c);
+        let cat = Catalog::from_config(&c, 1, &ids);
+        let chain: Vec<(EntityKind, &str, Mode)> = cat.keys[0]
+            .chain
+            .iter()
+            .map(|l| (l.kind, &*l.name, l.mode))
+            .collect();
+        assert_eq!(
+            chain,
+            vec![
+                (EntityKind::Key, "k", Mode::Strict),
+                (EntityKind::Team, "search", Mode::Soft),
+                (EntityKind::Customer, "acme", Mode::Strict),
+            ]
+        );
+        let p = cat.providers[0].level.as_ref().unwrap();
+        assert_eq!((p.kind, &*p.name, p.mode), (EntityKind::Provider, "a", Mode::Soft));
+        assert_eq!(Some(p.id), ids.get(EntityKind::Provider, "a"));
     }
 
     #[test]

@@ -117,6 +117,11 @@ impl Limiter {
         })
     }
 
+    /// The limits this limiter enforces.
+    pub fn limit(&self) -> RateLimit {
+        self.limit
+    }
+
     fn refuse(&self, what: &str, limit: u64, retry_after_secs: u64) -> ApiError {
         let mut e = ApiError::rate_limited(format!(
             "rate limit reached for {} {:?}: {limit} {what}; retry after {retry_after_secs}s",

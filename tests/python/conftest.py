@@ -82,6 +82,11 @@ name = "one-at-a-time"
 key = "sk-one-at-a-time"
 rate_limit = {{ requests_per_minute = 2 }}
 
+[[virtual_keys]]
+name = "tiny-budget"
+key = "sk-tiny-budget"
+budget = {{ limit_usd = "0.00002", reset = "1d" }}
+
 [[prices]]
 model = "mock-model"
 input_per_mtok_usd = "1"

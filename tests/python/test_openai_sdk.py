@@ -156,3 +156,24 @@ def test_rate_limits_surface_as_rate_limit_errors(gateway):
     # 2 per minute; a minute boundary mid-test could admit 2 more, never fewer.
     assert outcomes.count("ok") in (2, 4), outcomes
     assert outcomes[:2] == ["ok", "ok"]
+
+
+def test_costs_are_reported_and_exhausted_budgets_raise_402(gateway):
+    c = openai.OpenAI(base_url=gateway, api_key="sk-tiny-budget", max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=5
+    )
+    # 8 prompt tokens at $0.15/M and 5 completion tokens at $0.60/M.
+    assert raw.headers["x-bursar-cost-usd"] == "0.0000042"
+    assert raw.headers["x-bursar-budget-remaining-usd"] == "0.0000158"
+    assert raw.parse().usage.completion_tokens == 5
+    # 15.8 µ$ left cannot cover the request's worst case: refused before
+    # anything is spent, in OpenAI's error shape.
+    with pytest.raises(openai.APIStatusError) as err:
+        c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=5)
+    assert err.value.status_code == 402
+    body = err.value.body
+    assert body["type"] == "budget_exceeded"
+    assert body["entity"] == "tiny-budget"
+    assert body["limit_usd"] == "0.00002"
+    assert body["spent_usd"] == "0.0000042"

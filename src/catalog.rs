@@ -199,11 +199,11 @@ impl Catalog {
                 carried.insert((l.name.kind, l.name.name.clone()), Arc::clone(l));
             }
         }
-        let limiter = |name: LimiterName, limit: crate::config::RateLimit| {
-            match carried.get(&(name.kind, name.name.clone())) {
-                Some(l) if l.limit() == limit => Some(Arc::clone(l)),
-                _ => Limiter::new(name, limit),
-            }
+        let limiter = |name: LimiterName, limit: crate::config::RateLimit| match carried
+            .get(&(name.kind, name.name.clone()))
+        {
+            Some(l) if l.limit() == limit => Some(Arc::clone(l)),
+            _ => Limiter::new(name, limit),
         };
         let team_limiters: HashMap<&str, Arc<Limiter>> = config
             .teams
@@ -412,7 +412,9 @@ allowed_models = ["gpt-4o-mini", "claude-*"]
         handle.publish(&c2, &EntityIds::sequential(&c2));
         assert!(!Arc::ptr_eq(&first, &handle.load().keys[0].limiters[0]));
         assert_eq!(
-            handle.load().keys[0].limiters[0].limit().requests_per_minute,
+            handle.load().keys[0].limiters[0]
+                .limit()
+                .requests_per_minute,
             Some(20)
         );
     }
@@ -457,7 +459,10 @@ budget = { limit_usd = "1", reset = "1h" }
             ]
         );
         let p = cat.providers[0].level.as_ref().unwrap();
-        assert_eq!((p.kind, &*p.name, p.mode), (EntityKind::Provider, "a", Mode::Soft));
+        assert_eq!(
+            (p.kind, &*p.name, p.mode),
+            (EntityKind::Provider, "a", Mode::Soft)
+        );
         assert_eq!(Some(p.id), ids.get(EntityKind::Provider, "a"));
     }
 

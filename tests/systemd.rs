@@ -60,6 +60,7 @@ fn the_shipped_example_config_is_valid() {
     let out = Command::new(env!("CARGO_BIN_EXE_bursar"))
         .args(["check-config", "--config", path])
         .env("OPENAI_API_KEY", "sk-test")
+        .env("BURSAR_ADMIN_TOKEN", "an-admin-token-for-tests")
         .output()
         .unwrap();
     assert!(

@@ -184,6 +184,8 @@ pub struct Registry {
     pub tokenizer: Arc<TokenCounters>,
     pub started: Instant,
     pub catalog_version: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// The ledger thread's counters.
+    pub books: Arc<crate::books::thread::BooksStats>,
 }
 
 impl Registry {
@@ -212,6 +214,26 @@ impl Registry {
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            let b = &self.books;
+            let series: [(&str, &str, u64); 8] = [
+                ("bursar_ledger_commands_total", "Commands the ledger thread applied (leases, returns, resets, top-ups, budget changes).", b.commands.load(Relaxed)),
+                ("bursar_ledger_ring_settles_total", "Settles the ledger thread read from the workers' rings.", b.ring_settles.load(Relaxed)),
+                ("bursar_ledger_ring_duplicates_total", "Ring settles already in the books (replays after a crash).", b.ring_duplicates.load(Relaxed)),
+                ("bursar_ledger_ring_rejected_total", "Ring settles the ledger refused: charges NOT recorded (a bug; logged).", b.ring_rejected.load(Relaxed)),
+                ("bursar_ledger_events_dropped_total", "Ledger broadcasts a worker's full channel missed (it resyncs).", b.events_dropped.load(Relaxed)),
+                ("bursar_ledger_checkpoints_total", "Snapshots written.", b.checkpoints.load(Relaxed)),
+                ("bursar_budget_overruns_total", "Strict charges beyond what the worker's lease covered (an output the provider did not cap, or a replay after a crash).", b.overruns.load(Relaxed)),
+                ("bursar_budget_soft_limits_reached_total", "Budgets whose spend crossed their soft limit in a period.", b.soft_limits_reached.load(Relaxed)),
+            ];
+            for (name, help, v) in series {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+                );
+            }
+        }
         let h = self.overhead();
         let _ = writeln!(
             out,

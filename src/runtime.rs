@@ -187,6 +187,7 @@ impl Gateway {
             tokenizer: tokenizer_stats,
             started: Instant::now(),
             catalog_version: Box::new(move || catalog_for_metrics.load().version),
+            books: Arc::clone(books.stats()),
         });
         let governance = Arc::new(crate::admin::Governance::new(
             config.clone(),

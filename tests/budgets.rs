@@ -45,6 +45,14 @@ fn spent(gw: &Gateway, kind: &str, name: &str) -> i128 {
     pico(r.json()["spent_usd"].as_str().unwrap())
 }
 
+/// A gateway-wide counter (no worker label) from /metrics.
+fn counter(gw: &Gateway, name: &str) -> u64 {
+    let m = gw.metrics();
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
 fn governed(base_url: &str, key_budget: &str, workers: usize) -> String {
     proxy_config(
         base_url,
@@ -287,6 +295,10 @@ fn concurrent_requests_never_overspend_a_strict_budget_and_the_books_balance() {
     assert_eq!(spent(&gw, "keys", "search-prod"), total);
     assert_eq!(spent(&gw, "teams", "search"), total);
     assert_eq!(spent(&gw, "customers", "acme"), total);
+    // No strict charge went beyond its lease; the ledger refused no settle.
+    assert_eq!(counter(&gw, "bursar_budget_overruns_total"), 0);
+    assert_eq!(counter(&gw, "bursar_ledger_ring_rejected_total"), 0);
+    assert!(counter(&gw, "bursar_ledger_ring_settles_total") >= costs.len() as u64);
     // Both workers admitted against their own leases.
     let accepted = util::per_worker(&gw.metrics(), "bursar_connections_accepted_total");
     assert!(accepted.iter().all(|&n| n > 0), "{accepted:?}");

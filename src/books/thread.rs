@@ -234,6 +234,10 @@ pub struct BooksStats {
     pub ring_rejected: AtomicU64,
     pub events_dropped: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// `Overrun` events: strict charges beyond the lease that covered them.
+    pub overruns: AtomicU64,
+    /// `SoftLimitReached` events.
+    pub soft_limits_reached: AtomicU64,
 }
 
 /// What a worker holds to talk to the books.
@@ -317,7 +321,7 @@ impl BooksHandle {
         self.commands.clone()
     }
 
-    pub fn stats(&self) -> &BooksStats {
+    pub fn stats(&self) -> &Arc<BooksStats> {
         &self.stats
     }
 
@@ -693,6 +697,18 @@ impl LedgerThread {
 
     fn broadcast(&self) {
         for event in self.ledger.events() {
+            match event {
+                Event::Overrun { entity, amount } => {
+                    self.stats.overruns.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("{entity} was charged {amount} beyond the lease that covered it");
+                }
+                Event::SoftLimitReached { .. } => {
+                    self.stats
+                        .soft_limits_reached
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
             for w in &self.workers {
                 match w.events.try_send(*event) {
                     Ok(()) => {}

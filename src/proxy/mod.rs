@@ -413,7 +413,15 @@ async fn admit_budget<'w>(
     let outputs = probe.outputs_billed(endpoint);
     let client_cap = probe.output_cap(endpoint);
     let cap = client_cap.unwrap_or(pricing.default_max_output_tokens);
-    let input = books::input_bound(body, pricing.unbounded_input_tokens);
+    // The exception scan (does the body refer to input it does not hold?)
+    // costs a pass per marker: only a strict level needs the true bound. A
+    // soft-only chain keeps a cheaper one, used only to charge a response
+    // that comes back without usage.
+    let input = if levels.has_strict() {
+        books::input_bound(body, pricing.unbounded_input_tokens)
+    } else {
+        crate::tokens::prompt_upper_bound_tokens(body.len())
+    };
     let worst = match price {
         // Unpriced and allowed: nothing can be reserved; counted, not charged.
         None => crate::money::Money::ZERO,

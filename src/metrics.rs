@@ -481,8 +481,13 @@ mod tests {
             tokenizer: Arc::default(),
             started: Instant::now(),
             catalog_version: Box::new(|| 3),
+            books: Arc::default(),
         };
+        r.books
+            .ring_settles
+            .fetch_add(7, std::sync::atomic::Ordering::Relaxed);
         let text = r.render();
+        assert!(text.contains("bursar_ledger_ring_settles_total 7\n"));
         assert!(text.contains("io_driver=\"legacy\""));
         assert!(text.contains("bursar_responses_total{worker=\"0\",class=\"2xx\"} 1"));
         assert!(text.contains("bursar_responses_5xx_total{worker=\"0\"} 1"));

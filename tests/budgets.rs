@@ -521,3 +521,56 @@ fn the_admin_api_manages_entities_that_survive_restarts_and_says_who_wins() {
     );
     assert_eq!(admin(&gw, "GET", "/admin/keys/ml-batch", "").status, 404);
 }
+
+/// A client that leaves mid-stream is charged once, for what was generated up
+/// to then (counted by the gateway: the provider's usage never came).
+#[test]
+fn a_client_leaving_mid_stream_is_charged_once_for_what_was_generated() {
+    use std::io::{BufRead, Read};
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(
+        &governed(&mock.base_url(), r#"{ limit_usd = "1", reset = "1d" }"#, 1),
+        &[],
+    );
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"max_tokens":200,"messages":[{"role":"user","content":"hello there"}]}"#;
+    let full_cost = 8 * 150_000 + 200 * 600_000;
+    let mut c = Client::connect(gw.addr);
+    c.send_raw(&util::format_request(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("authorization", "Bearer sk-search-prod"),
+            ("content-type", "application/json"),
+            ("x-mock-stream-interval-ms", "10"),
+        ],
+        body.as_bytes(),
+    ));
+    // Read the head and a few events, then hang up.
+    let mut line = String::new();
+    c.reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let mut got = 0;
+    let mut buf = [0u8; 256];
+    while got < 1024 {
+        got += c.reader.read(&mut buf).unwrap();
+    }
+    drop(c);
+    // The gateway notices at its next write, counts the text it relayed, and
+    // settles; wait for the one settle to reach the books.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let charged = loop {
+        let s = spent(&gw, "keys", "search-prod");
+        if s > 0 || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(charged > 0, "an abandoned stream is charged");
+    assert!(
+        charged < full_cost,
+        "charged {charged}, the whole stream costs {full_cost}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(spent(&gw, "keys", "search-prod"), charged, "charged once");
+    assert_eq!(counter(&gw, "bursar_ledger_ring_settles_total"), 1);
+}

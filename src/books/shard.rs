@@ -28,8 +28,6 @@
 //! the excess as an overrun, and the shard's lease may then fall below what
 //! other requests reserved, which the ledger will likewise report.
 
-use std::collections::HashMap;
-
 use crate::budget::Mode;
 use crate::ledger::state::CHARGES_PER_SETTLE_MAX;
 use crate::ledger::{Charge, Charges, Command, EntityId, Event};
@@ -95,19 +93,39 @@ pub enum ShardError {
 #[derive(Debug, Default)]
 pub struct LeaseShard {
     worker: u16,
-    entities: HashMap<EntityId, EntityShard>,
+    /// Indexed by entity id (ids are dense, below `ENTITIES_MAX`): a lookup
+    /// is an index, not a hash, on every admission and settle.
+    entities: Vec<EntityShard>,
 }
 
 impl LeaseShard {
     pub fn new(worker: u16) -> LeaseShard {
         LeaseShard {
             worker,
-            entities: HashMap::new(),
+            entities: Vec::new(),
         }
     }
 
     pub fn worker(&self) -> u16 {
         self.worker
+    }
+
+    fn get(&self, entity: EntityId) -> Option<&EntityShard> {
+        self.entities.get(entity.0 as usize)
+    }
+
+    fn get_mut(&mut self, entity: EntityId) -> Option<&mut EntityShard> {
+        self.entities.get_mut(entity.0 as usize)
+    }
+
+    /// The entity's slot, growing the table to it. Ids come from the
+    /// registry (below `ENTITIES_MAX`), so the table is bounded.
+    fn slot(&mut self, entity: EntityId) -> &mut EntityShard {
+        let i = entity.0 as usize;
+        if i >= self.entities.len() {
+            self.entities.resize(i + 1, EntityShard::default());
+        }
+        &mut self.entities[i]
     }
 
     /// Admits a request with worst-case cost `worst` at every level of its
@@ -129,7 +147,7 @@ impl LeaseShard {
             if levels[..i].iter().any(|&(e, _)| e == entity) {
                 return Err(ShardError::RepeatedLevel(entity));
             }
-            let s = self.entities.get(&entity).copied().unwrap_or_default();
+            let s = self.get(entity).copied().unwrap_or_default();
             match mode {
                 Mode::Strict => {
                     let free = s.lease.saturating_sub_to_zero(s.reserved);
@@ -156,7 +174,7 @@ impl LeaseShard {
         r.levels[..levels.len()].copy_from_slice(levels);
         for &(entity, mode) in levels {
             if mode == Mode::Strict {
-                let s = self.entities.entry(entity).or_default();
+                let s = self.slot(entity);
                 // Checked above: free >= worst, so this stays <= lease <= Money::MAX.
                 s.reserved = s
                     .reserved
@@ -171,7 +189,7 @@ impl LeaseShard {
     /// Adds a grant from the ledger (`Reply::LeaseGrant`) to the lease.
     pub fn grant(&mut self, entity: EntityId, granted: Money, remaining: Option<Money>) {
         debug_assert!(!granted.is_negative());
-        let s = self.entities.entry(entity).or_default();
+        let s = self.slot(entity);
         s.lease = s.lease.checked_add(granted).unwrap_or(Money::MAX);
         s.remaining = remaining;
         if granted.is_zero() && remaining.is_some_and(|r| r.is_zero()) {
@@ -191,8 +209,7 @@ impl LeaseShard {
 
     fn unreserve(&mut self, entity: EntityId, worst: Money) {
         let s = self
-            .entities
-            .get_mut(&entity)
+            .get_mut(entity)
             .expect("a strict reservation has its entity");
         debug_assert!(s.reserved >= worst, "reservation lost at {entity}");
         s.reserved = s.reserved.saturating_sub_to_zero(worst);
@@ -209,7 +226,7 @@ impl LeaseShard {
             let from_lease = mode == Mode::Strict;
             if from_lease {
                 self.unreserve(entity, reservation.worst);
-                let s = self.entities.get_mut(&entity).expect("unreserve checked");
+                let s = self.get_mut(entity).expect("unreserve checked");
                 // The ledger takes min(lease, actual) from this worker's lease; mirror it.
                 s.lease = s.lease.saturating_sub_to_zero(actual);
                 debug_assert!(actual > reservation.worst || s.reserved <= s.lease);
@@ -233,7 +250,7 @@ impl LeaseShard {
             Event::Blocked { entity, epoch } => {
                 // Kept even for an entity this worker never leased: a soft
                 // level is never leased, and must still see its block.
-                let s = self.entities.entry(entity).or_default();
+                let s = self.slot(entity);
                 s.blocked = true;
                 s.epoch = s.epoch.max(epoch);
                 s.remaining = Some(Money::ZERO);
@@ -253,7 +270,7 @@ impl LeaseShard {
                 epoch,
                 remaining,
             } => {
-                let s = self.entities.get_mut(&entity)?;
+                let s = self.get_mut(entity)?;
                 s.blocked = false;
                 s.epoch = s.epoch.max(epoch);
                 s.remaining = Some(remaining);
@@ -261,7 +278,7 @@ impl LeaseShard {
             }
             Event::NewEpoch { entity, epoch, .. } => {
                 // Leases carry over into the new period (see decision 0002).
-                let s = self.entities.get_mut(&entity)?;
+                let s = self.get_mut(entity)?;
                 s.epoch = s.epoch.max(epoch);
                 s.remaining = None;
                 None
@@ -273,7 +290,7 @@ impl LeaseShard {
     /// Forgets what broadcasts told (events were dropped): block flags are
     /// cleared so the next admission asks the ledger, which knows.
     pub fn resync(&mut self) {
-        for s in self.entities.values_mut() {
+        for s in &mut self.entities {
             s.blocked = false;
             s.remaining = None;
         }
@@ -287,7 +304,7 @@ impl LeaseShard {
         levels
             .iter()
             .filter_map(|(entity, _)| {
-                let s = self.entities.get(entity)?;
+                let s = self.get(*entity)?;
                 let free = s.lease.saturating_sub_to_zero(s.reserved);
                 s.remaining
                     .map(|r| r.checked_add(free).unwrap_or(Money::MAX))
@@ -297,13 +314,12 @@ impl LeaseShard {
 
     /// This worker's lease and reservations at `entity` (for tests and metrics).
     pub fn lease_of(&self, entity: EntityId) -> (Money, Money) {
-        self.entities
-            .get(&entity)
+        self.get(entity)
             .map_or((Money::ZERO, Money::ZERO), |s| (s.lease, s.reserved))
     }
 
     pub fn is_blocked(&self, entity: EntityId) -> bool {
-        self.entities.get(&entity).is_some_and(|s| s.blocked)
+        self.get(entity).is_some_and(|s| s.blocked)
     }
 }
 

@@ -7,7 +7,6 @@
 //! a process-wide singleton; call [`warm_up`] at start-up so that no request
 //! pays for it.
 
-use memchr::memmem;
 use tiktoken_rs::tokenizer::{get_tokenizer, Tokenizer};
 use tiktoken_rs::CoreBPE;
 

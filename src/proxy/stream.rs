@@ -140,10 +140,9 @@ pub async fn relay(
     };
     response::finish(out.wbuf, framing, keep);
     w.record_overhead(timing.inbound + timing.head_at.elapsed());
-    if out.flush().await.is_err() {
-        w.stats.streams_client_aborted.inc();
-        return false;
-    }
+    // A client gone before the head reached it still costs the prompt the
+    // provider has begun on: it goes to the settle below like any abandon.
+    let gone_at_head = out.flush().await.is_err();
 
     let mut source = match head.framing {
         UpstreamFraming::Chunked => Source::Chunked(ChunkedDecoder::new()),
@@ -161,6 +160,9 @@ pub async fn relay(
     // The last two bytes relayed: whether the client is between SSE events.
     let mut tail: [u8; 2] = *b"\n\n";
     let end = loop {
+        if gone_at_head {
+            break StreamEnd::ClientGone;
+        }
         frame.clear();
         if chunked_out {
             frame.resize(FRAME_HEADER_BYTES, 0);
@@ -205,6 +207,13 @@ pub async fn relay(
             }
         }
     };
+
+    // Counted now: settling below may wait for the tokenizer thread.
+    match end {
+        StreamEnd::Complete => w.stats.streams_completed.inc(),
+        StreamEnd::ClientGone => w.stats.streams_client_aborted.inc(),
+        StreamEnd::UpstreamFailed => w.stats.streams_upstream_aborted.inc(),
+    }
 
     // Count the stream's tokens; bytes the meter held back (an incomplete
     // event while stripping) go to the client before the stream ends.
@@ -288,7 +297,6 @@ pub async fn relay(
 
     match end {
         StreamEnd::Complete => {
-            w.stats.streams_completed.inc();
             if head.keep_alive && !matches!(source, Source::Close) {
                 w.pool.borrow_mut().checkin(conn);
             }
@@ -300,11 +308,9 @@ pub async fn relay(
         }
         StreamEnd::ClientGone => {
             // The upstream connection is mid-response: drop it, never pool it.
-            w.stats.streams_client_aborted.inc();
             false
         }
         StreamEnd::UpstreamFailed => {
-            w.stats.streams_upstream_aborted.inc();
             log::warn!(
                 "request {}: the upstream {} cut the stream short",
                 rid.as_str(),

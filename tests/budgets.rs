@@ -574,3 +574,49 @@ fn a_client_leaving_mid_stream_is_charged_once_for_what_was_generated() {
     assert_eq!(spent(&gw, "keys", "search-prod"), charged, "charged once");
     assert_eq!(counter(&gw, "bursar_ledger_ring_settles_total"), 1);
 }
+
+/// Soft mode charges after: requests pass until spend reaches the limit, the
+/// last one may go over, and the overshoot is reported.
+#[test]
+fn a_soft_budget_charges_after_and_reports_its_overshoot() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(
+        &governed(
+            &mock.base_url(),
+            r#"{ limit_usd = "0.00001", reset = "1d", mode = "soft" }"#,
+            1,
+        ),
+        &[],
+    );
+    let mut c = Client::connect(gw.addr);
+    let mut ok = 0;
+    loop {
+        let r = c.post("/v1/chat/completions", "sk-search-prod", CHAT, &[]);
+        if r.status == 402 {
+            assert_eq!(r.json()["error"]["entity"], "search-prod");
+            break;
+        }
+        assert_eq!(r.status, 200);
+        ok += 1;
+        assert!(ok <= 3, "a soft budget never refused");
+        // Soft levels learn they are spent from the ledger's broadcast, a
+        // moment after the charge: a request racing it would pass (that is
+        // the overshoot soft mode allows). Let the broadcast land.
+        spent(&gw, "keys", "search-prod");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // 10 µ$ at 4.2 µ$ each: the third request starts at 8.4 µ$ (under the
+    // limit) and ends at 12.6 µ$, 2.6 µ$ over.
+    assert_eq!(ok, 3);
+    let view = admin(&gw, "GET", "/admin/spend/keys/search-prod", "").json();
+    assert_eq!(view["mode"], "soft");
+    assert_eq!(
+        pico(view["spent_usd"].as_str().unwrap()),
+        3 * CHAT_COST_PICO
+    );
+    assert_eq!(
+        pico(view["overshoot_usd"].as_str().unwrap()),
+        3 * CHAT_COST_PICO - pico("0.00001")
+    );
+    assert_eq!(view["blocked"], true);
+}

@@ -620,3 +620,95 @@ fn a_soft_budget_charges_after_and_reports_its_overshoot() {
     );
     assert_eq!(view["blocked"], true);
 }
+
+/// Each upstream misbehaviour charges what a hand computation says, and the
+/// ledger holds exactly the sum. gpt-4o-mini: input $0.15, cached input
+/// $0.075, output (reasoning included) $0.60 per million tokens. CHAT is 8
+/// prompt tokens and 5 completion tokens.
+#[test]
+fn charges_match_hand_computed_expectations_for_every_misbehaviour() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(
+        &governed(&mock.base_url(), r#"{ limit_usd = "1", reset = "1d" }"#, 1),
+        &[],
+    );
+    let mut c = Client::connect(gw.addr);
+    let mut total = 0i128;
+    let mut charge = |body: &str, headers: &[(&str, &str)], expected: i128, what: &str| {
+        let r = c.post("/v1/chat/completions", "sk-search-prod", body, headers);
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+        let cost = pico(r.cost_usd().unwrap_or_else(|| panic!("{what}: no cost")));
+        assert_eq!(cost, expected, "{what}");
+        total += cost;
+        r
+    };
+    // Cached prompt tokens at their own rate: 4 × 0.15 + 4 × 0.075 + 5 × 0.6.
+    let cached = 4 * 150_000 + 4 * 75_000 + 5 * 600_000;
+    charge(
+        CHAT,
+        &[("x-mock-cached-tokens", "4")],
+        cached,
+        "cached, whole",
+    );
+    charge(
+        CHAT_STREAM,
+        &[("x-mock-cached-tokens", "4")],
+        cached,
+        "cached, stream",
+    );
+    // Reasoning tokens (3, on top of the 5 visible) at the output rate.
+    let reasoning = 8 * 150_000 + 8 * 600_000;
+    charge(
+        CHAT,
+        &[("x-mock-reasoning-tokens", "3")],
+        reasoning,
+        "reasoning, whole",
+    );
+    charge(
+        CHAT_STREAM,
+        &[("x-mock-reasoning-tokens", "3")],
+        reasoning,
+        "reasoning, stream",
+    );
+    // Every byte its own chunk: the same charge as in one piece.
+    charge(
+        CHAT_STREAM,
+        &[("x-mock-split", "byte")],
+        CHAT_COST_PICO,
+        "split at every byte",
+    );
+    charge(
+        CHAT,
+        &[("x-mock-split", "byte")],
+        CHAT_COST_PICO,
+        "whole body, split",
+    );
+    // Cut after two content events: no usage; the gateway counts the text the
+    // client received with the model's tokenizer (o200k) and estimates the
+    // prompt by the documented rule: the tokens of the text the model reads
+    // ("hello there": 2) plus 3 per JSON object (the request and its message).
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-search-prod",
+        CHAT_STREAM,
+        &[("x-mock-close-after", "2")],
+    );
+    assert_eq!(r.status, 200);
+    let text: String = util::sse_data(&r.body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(text.split(' ').count(), 2, "{text:?}");
+    let completion =
+        bursar::tokens::count_tokens(bursar::tokens::Encoding::O200kBase, &text) as i128;
+    let prompt = 2 + 2 * 3;
+    let cut = pico(r.trailer("x-bursar-cost-usd").unwrap());
+    assert_eq!(cut, prompt * 150_000 + completion * 600_000, "cut stream");
+    total += cut;
+    assert_eq!(spent(&gw, "keys", "search-prod"), total);
+}

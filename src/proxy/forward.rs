@@ -55,6 +55,9 @@ pub struct MeterPlan<'a> {
     pub permit: &'a crate::ratelimit::Permit,
     /// The body to send upstream (the client's, or with usage requested).
     pub body: &'a [u8],
+    /// The client's body as it came: what a prompt estimate reads (the
+    /// gateway's own additions are not prompt).
+    pub client_body: &'a [u8],
     /// The request's budget reservation, settled (taken) when its cost is known.
     pub hold: Option<super::books::Hold<'a>>,
     /// The output cap was lowered to this to fit a strict budget.

@@ -337,6 +337,7 @@ async fn proxy_api(
                 price,
                 permit: &permit,
                 body,
+                client_body: req.body,
                 hold,
                 lowered_cap: admitted.lowered_cap,
             };
@@ -377,6 +378,7 @@ async fn proxy_api(
                 price,
                 permit: &permit,
                 body: rewritten.as_deref().unwrap_or(body),
+                client_body: req.body,
                 hold,
                 lowered_cap: admitted.lowered_cap,
             };

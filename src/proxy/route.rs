@@ -123,6 +123,12 @@ pub struct Probe<'a> {
     /// Completions generated server-side (and billed) per request.
     #[serde(default)]
     pub best_of: Option<u64>,
+    /// The end user, as OpenAI's `user` field names it (a tag for the log).
+    #[serde(default, borrow)]
+    pub user: Option<Cow<'a, str>>,
+    /// Request metadata (OpenAI's `metadata`): string values become tags.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

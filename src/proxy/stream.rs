@@ -242,7 +242,7 @@ pub async fn relay(
             let req = super::CountRequest {
                 job,
                 price: plan.price.cloned(),
-                body: plan.body.to_vec(),
+                body: plan.client_body.to_vec(),
                 family: ModelFamily::for_model(plan.model),
                 reply: Some(tx),
             };

@@ -305,9 +305,13 @@ pub fn estimate_prompt_tokens(body: &[u8], encoding: Encoding) -> u64 {
         if body.get(next) == Some(&b':') {
             key = raw;
         } else if !NON_PROMPT_KEYS.contains(&key) && !raw.starts_with(b"data:") {
-            if text.len() + raw.len() <= PROMPT_TEXT_BYTES_MAX {
+            if text.len() + raw.len() < PROMPT_TEXT_BYTES_MAX {
+                // Strings are joined by one space (a separator, not a
+                // trailing token).
+                if !text.is_empty() {
+                    text.push(b' ');
+                }
                 super::json::unescape_into(raw, &mut text);
-                text.push(b' ');
             } else {
                 uncollected += raw.len() as u64;
             }
@@ -414,7 +418,7 @@ mod tests {
         let body = br#"{"model":"gpt-4o-mini","stop":["END"],"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":[{"type":"text","text":"What is the capital of France?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}}]}]}"#;
         let text = count_tokens(
             Encoding::O200kBase,
-            "You are a helpful assistant. What is the capital of France? ",
+            "You are a helpful assistant. What is the capital of France?",
         );
         // 6 objects: the body, 2 messages, 2 parts, the image_url.
         assert_eq!(

@@ -500,6 +500,26 @@ fn the_admin_api_manages_entities_that_survive_restarts_and_says_who_wins() {
         "{names:?}"
     );
 
+    // Providers: shown without credentials; only their budget changes here.
+    let r = admin(&gw, "GET", "/admin/providers/local", "");
+    assert_eq!(r.status, 200);
+    assert!(!r.text().contains("sk-upstream-secret"), "{}", r.text());
+    let r = admin(
+        &gw,
+        "PATCH",
+        "/admin/providers/local",
+        r#"{"budget":{"limit_usd":"3","reset":"1d","mode":"soft"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["budget_source"], "api");
+    let view = admin(&gw, "GET", "/admin/spend/providers/local", "").json();
+    assert_eq!(view["limit_usd"], "3");
+    assert_eq!(view["mode"], "soft");
+    assert_eq!(
+        admin(&gw, "PATCH", "/admin/providers/local", r#"{"api_key":"x"}"#).status,
+        400
+    );
+
     // DELETE: an override reverts to the file; a file-only entity is refused;
     // an API entity goes.
     let r = admin(&gw, "DELETE", "/admin/keys/search-prod", "");

@@ -9,6 +9,9 @@
 //! - `POST /admin/<kind>/<name>/top-up` `{"amount_usd": "5"}` (prepaid budgets)
 //! - `GET /admin/spend/<kind>/<name>` (kind may also be `providers`): the
 //!   current period's spend, limit, remaining and reset time, exact decimals.
+//! - `GET /admin/providers[/<name>]`, `PATCH /admin/providers/<name>` with
+//!   `{"budget": {...} | null}`, and reset / top-up: providers are defined in
+//!   the file (they hold credentials, never shown); their budgets change here.
 //!
 //! Errors are OpenAI-shaped. The handlers run on the control-plane thread and
 //! may block on the ledger thread (milliseconds); workers are never involved.
@@ -17,7 +20,7 @@ use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
 use super::{ChangeError, Governance, Overlay};
-use crate::config::file::{CustomerSection, FileConfig, KeySection, TeamSection};
+use crate::config::file::{BudgetSection, CustomerSection, FileConfig, KeySection, TeamSection};
 use crate::error::ApiError;
 use crate::http::Method;
 use crate::ledger::{Command, EntityKind, EntityView, Reply};
@@ -99,6 +102,22 @@ pub fn handle(gov: &Governance, req: &AdminRequest<'_>) -> Result<AdminResponse,
             let kind = Kind::parse(kind).ok_or_else(unknown)?;
             spend(gov, kind, name)
         }
+        (method, ["providers", rest @ ..]) => match (method, rest) {
+            (Method::Get, []) => list_providers(gov),
+            (Method::Get, [name]) => get_provider(gov, name),
+            (Method::Patch, [name]) => patch_provider(gov, name, req.body),
+            (Method::Post, [name, "reset"]) => reset(gov, Kind::Providers, name),
+            (Method::Post, [name, "top-up" | "topup"]) => {
+                top_up(gov, Kind::Providers, name, req.body)
+            }
+            (_, [] | [_] | [_, "reset" | "top-up" | "topup"]) => {
+                Err(ApiError::method_not_allowed(format!(
+                    "method not allowed for {} (providers are defined in the config file)",
+                    req.path
+                )))
+            }
+            _ => Err(unknown()),
+        },
         (method, [kind, rest @ ..]) => {
             let kind = Kind::parse(kind)
                 .filter(|k| *k != Kind::Providers)
@@ -441,6 +460,71 @@ fn entity_id(
         (true, Some(id)) => Ok(id),
         _ => Err(not_found(kind, name)),
     }
+}
+
+/// A provider as shown: never its credentials.
+fn present_provider(p: &crate::config::file::ProviderSection, overlay: &Overlay) -> Value {
+    let overridden = overlay.provider_budgets.get(&p.name);
+    let budget = match overridden {
+        Some(b) => to_value(b),
+        None => to_value(&p.budget),
+    };
+    json!({
+        "name": p.name,
+        "kind": p.kind,
+        "base_url": p.base_url,
+        "models": p.models,
+        "budget": budget,
+        "source": "file",
+        "budget_source": if overridden.is_some() { "api" } else { "file" },
+    })
+}
+
+fn list_providers(gov: &Governance) -> Result<AdminResponse, ApiError> {
+    let data: Vec<Value> = gov.read(|overlay, file, _| {
+        file.providers
+            .iter()
+            .map(|p| present_provider(p, overlay))
+            .collect()
+    });
+    ok(200, &json!({ "object": "list", "data": data }))
+}
+
+fn get_provider(gov: &Governance, name: &str) -> Result<AdminResponse, ApiError> {
+    gov.read(|overlay, file, _| {
+        file.providers
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| present_provider(p, overlay))
+    })
+    .map_or_else(|| Err(not_found(Kind::Providers, name)), |v| ok(200, &v))
+}
+
+fn patch_provider(gov: &Governance, name: &str, body: &[u8]) -> Result<AdminResponse, ApiError> {
+    let changes = parse_object(body)?;
+    if changes.keys().any(|k| k != "budget") {
+        return Err(ApiError::bad_request(
+            "invalid_value",
+            "only a provider's budget changes through the admin API; the rest is in the config file",
+        ));
+    }
+    let budget: Option<BudgetSection> = match changes.get("budget") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            serde_json::from_value(v.clone())
+                .map_err(|e| ApiError::bad_request("invalid_value", format!("budget: {e}")))?,
+        ),
+    };
+    let shown = gov.change(|overlay, file, _| {
+        let p = file
+            .providers
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| ChangeError::NotFound(format!("no provider named {name:?}")))?;
+        overlay.provider_budgets.insert(name.to_string(), budget);
+        Ok(present_provider(p, overlay))
+    })?;
+    ok(200, &shown)
 }
 
 fn ledger_error(e: crate::books::thread::BooksError) -> ApiError {

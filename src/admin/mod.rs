@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::books::thread::BooksHandle;
 use crate::books::{EntityIds, EntityRegistry};
 use crate::catalog::CatalogHandle;
-use crate::config::file::{CustomerSection, FileConfig, KeySection, TeamSection};
+use crate::config::file::{BudgetSection, CustomerSection, FileConfig, KeySection, TeamSection};
 use crate::config::{Config, ConfigError};
 use crate::ledger::{Command, EntityKind, Reply};
 
@@ -57,6 +57,10 @@ pub struct Overlay {
     pub teams: BTreeMap<String, TeamSection>,
     #[serde(default)]
     pub keys: BTreeMap<String, KeySection>,
+    /// Providers stay defined in the file (they carry upstream credentials);
+    /// only their budgets change at run time. `None`: no budget.
+    #[serde(default)]
+    pub provider_budgets: BTreeMap<String, Option<BudgetSection>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +135,10 @@ impl Overlay {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.customers.is_empty() && self.teams.is_empty() && self.keys.is_empty()
+        self.customers.is_empty()
+            && self.teams.is_empty()
+            && self.keys.is_empty()
+            && self.provider_budgets.is_empty()
     }
 
     /// The file's definitions with this overlay's replacing (by name) or
@@ -141,6 +148,11 @@ impl Overlay {
         merge_list(&mut out.customers, &self.customers, |c| &c.name);
         merge_list(&mut out.teams, &self.teams, |t| &t.name);
         merge_list(&mut out.virtual_keys, &self.keys, |k| &k.name);
+        for p in &mut out.providers {
+            if let Some(b) = self.provider_budgets.get(&p.name) {
+                p.budget = b.clone();
+            }
+        }
         out
     }
 
@@ -160,6 +172,11 @@ impl Overlay {
         for k in &file.virtual_keys {
             if self.keys.contains_key(&k.name) {
                 out.push((EntityKind::Key, k.name.clone()));
+            }
+        }
+        for p in &file.providers {
+            if self.provider_budgets.contains_key(&p.name) {
+                out.push((EntityKind::Provider, p.name.clone()));
             }
         }
         out

@@ -87,10 +87,15 @@ impl From<postgres::Error> for StoreError {
         let data = e
             .code()
             .is_some_and(|c| matches!(&c.code()[..2], "22" | "23" | "54"));
+        // The crate's Display of a server error is only "db error".
+        let text = match e.as_db_error() {
+            Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+            None => e.to_string(),
+        };
         if data {
-            StoreError::Data(e.to_string())
+            StoreError::Data(text)
         } else {
-            StoreError::Unavailable(e.to_string())
+            StoreError::Unavailable(text)
         }
     }
 }

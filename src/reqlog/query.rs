@@ -291,23 +291,24 @@ pub(crate) fn select_spend(
     let from = sql.bind(Param::Int(from_ms));
     let to = sql.bind(Param::Int(to_ms));
     let limit = sql.bind(Param::Int(LOG_SERIES_POINTS_MAX as i64 + 1));
+    // The collation goes on the selected expression: PostgreSQL accepts an
+    // output name in ORDER BY only bare.
     let bytewise = sql.bytewise();
-    let (bucket_col, group_cols, order) = match bucket {
+    let (bucket_col, group_cols) = match bucket {
         Some(b) => {
             let w = b.ms();
             (
                 format!("r.time_ms - (((r.time_ms % {w}) + {w}) % {w}) AS b, "),
                 "b, g",
-                format!("b, g{bytewise}"),
             )
         }
-        None => (String::new(), "g", format!("g{bytewise}")),
+        None => (String::new(), "g"),
     };
     sql.text = format!(
-        "SELECT {bucket_col}{group} AS g, COUNT(*), {cost}, \
+        "SELECT {bucket_col}{group}{bytewise} AS g, COUNT(*), {cost}, \
          SUM(r.prompt_tokens){tokens_cast}, SUM(r.completion_tokens){tokens_cast} \
          FROM requests r{join} WHERE r.time_ms >= {from} AND r.time_ms < {to} \
-         GROUP BY {group_cols} ORDER BY {order} LIMIT {limit}"
+         GROUP BY {group_cols} ORDER BY {group_cols} LIMIT {limit}"
     );
     sql
 }
@@ -347,7 +348,8 @@ mod tests {
             10,
         );
         assert!(sql.text.contains("LEFT JOIN request_tags t"));
-        assert!(sql.text.contains("ORDER BY b, g COLLATE \"C\""));
+        assert!(sql.text.contains("COALESCE(t.v, '') COLLATE \"C\" AS g"));
+        assert!(sql.text.contains("ORDER BY b, g LIMIT"));
         assert_eq!(sql.params[0], Param::Text("env".into()));
     }
 }

@@ -127,6 +127,13 @@ pub const LOG_PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const LOG_PG_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// SQLite: how long a write waits on another connection's lock.
 pub const LOG_SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// SQLite: page cache per connection, so the indexes' hot pages stay in
+/// memory as the file grows.
+pub const LOG_SQLITE_CACHE_BYTES: i64 = 64 * 1024 * 1024;
+/// SQLite: WAL pages before an automatic checkpoint (16 MiB at 4 KiB
+/// pages); larger than the default 1000 so a page written by many batches is
+/// copied back once.
+pub const LOG_SQLITE_CHECKPOINT_PAGES: i64 = 4096;
 /// The SQLite file's name in the state directory.
 pub const LOG_SQLITE_FILE: &str = "requests.sqlite";
 /// The spill directory's name in the state directory.

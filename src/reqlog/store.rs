@@ -5,9 +5,10 @@
 //! `requests`: one row per request, `id` unique; indexes on `(time_ms, id)`
 //! (ranges, newest-first paging, retention) and `(key_name, time_ms)`.
 //! `request_tags(request_id, k, v)`: one row per tag, primary key
-//! `(request_id, k)`, index `(k, v)`, deleted with its request (foreign key,
-//! `ON DELETE CASCADE`), so filtering and grouping by a tag are index
-//! lookups. `requests.tags` keeps the same tags as one JSON object for reading
+//! `(request_id, k)`, index `(k, v)`, deleted with its request (in
+//! PostgreSQL by a foreign key `ON DELETE CASCADE`, in SQLite by retention
+//! itself, see [`sqlite`](super::sqlite)), so filtering and grouping by a tag
+//! are index lookups. `requests.tags` keeps the same tags as one JSON object for reading
 //! a row back without a join. `schema_version(version)`: one row.
 //!
 //! Cost is exact in both: PostgreSQL stores picodollars as `NUMERIC(39,0)`

@@ -21,6 +21,7 @@ pub mod prices;
 pub mod providers;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reqlog;
 pub mod runtime;
 pub mod tokens;
 pub mod upstream;

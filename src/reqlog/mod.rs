@@ -1,0 +1,388 @@
+//! The request log: one row per proxied request, queryable, written off the
+//! hot path.
+//!
+//! # Shape
+//!
+//! Workers build a [`LogRow`] at the end of a request and call
+//! [`LogSender::try_log`]: a non-blocking `try_send` into one bounded
+//! crossbeam channel ([`LOG_QUEUE_MAX`]). Nothing else on a worker touches the
+//! log. One log-writer thread (`bursar-log`, [`LogWriter::start`]) takes rows
+//! off the channel, batches them (up to `batch_max` rows or `flush_interval`
+//! after the batch's first row) and writes each batch in one transaction into
+//! the sink: SQLite (`<state_dir>/requests.sqlite`, the default) or
+//! PostgreSQL. Both sinks implement [`LogStore`], so writes, retention and the
+//! admin API's queries do not know which one they talk to.
+//!
+//! Why a writer thread: a database write blocks (disk, network, locks) and
+//! costs far more per row alone than in a batch; workers may never block, and
+//! batching is what makes 100k rows/s possible.
+//!
+//! # Spill: a sink that is down or slow does not lose rows
+//!
+//! When a batch write fails, or succeeds but takes longer than
+//! [`LOG_WRITE_SLOW`], the sink is marked down for a backoff
+//! ([`LOG_RETRY_BACKOFF_MIN`] doubling to [`LOG_RETRY_BACKOFF_MAX`]). Batches
+//! that arrive meanwhile are appended to spill files in
+//! `<state_dir>/log-spill/` (JSON lines, fsynced per batch, rotated at
+//! [`LOG_SPILL_FILE_BYTES_MAX`], [`LOG_SPILL_BYTES_MAX`] in all). Once a write
+//! succeeds again the spill is replayed into the sink, oldest file first, one
+//! batch per turn of the writer's loop so live rows keep flowing. Spill files
+//! survive restarts and are replayed after the next start. Rows are inserted
+//! with `INSERT OR IGNORE` / `ON CONFLICT (id) DO NOTHING`, so replaying a file
+//! again (after a crash half-way through it) never duplicates a row.
+//!
+//! Without the spill, a sink outage longer than the queue's few seconds of
+//! headroom would drop rows; with it, an outage costs disk space, bounded.
+//!
+//! # Exactly when a row can be lost
+//!
+//! Counted in [`LogStatsSnapshot`] and reported by the writer in a warning:
+//! - `rows_dropped`: [`LogSender::try_log`] found the queue full
+//!   ([`LOG_QUEUE_MAX`] rows waiting: the writer thread is stuck, e.g. in a
+//!   sink call up to the sink's timeout) or the writer already shut down; or a
+//!   batch had to be spilled while the spill was full ([`LOG_SPILL_BYTES_MAX`])
+//!   or the spill file could not be written (disk full, I/O error).
+//! - `spill_rows_corrupt`: a spill line that does not parse (a torn last line
+//!   after a crash, a damaged file) is skipped and logged, never fatal.
+//!
+//! Not counted, because the count dies with the process: a crash or SIGKILL
+//! loses the rows still in the queue and in the batch being built (at most
+//! [`LOG_QUEUE_MAX`] + `batch_max`); a power loss may also lose the last
+//! SQLite transactions (`synchronous=NORMAL` in WAL mode). A batch committed
+//! to the sink or a spill append that was fsynced survives a crash.
+//!
+//! Not lost but not in the log: `rows_rejected`, rows the sink refuses for
+//! their content (an error in the data, not the connection; not expected, as
+//! every field is made storable first) are kept in `log-spill/rejected.jsonl`
+//! for an operator, so one bad row cannot block a batch forever. Retention
+//! deletes rows on purpose ([`LogConfig::retention`], [`LogConfig::max_rows`]).
+
+pub mod postgres;
+pub mod query;
+pub mod row;
+mod spill;
+pub mod sqlite;
+pub mod store;
+pub mod writer;
+
+use std::path::Path;
+use std::time::Duration;
+
+pub use query::{Bucket, GroupBy, LogCursor, LogFilter, SeriesPoint, SpendTotal};
+pub use row::{parse_tags, CacheStatus, LogRow, TagError};
+pub use store::{LogStore, StoreError};
+pub use writer::{LogError, LogHandle, LogSender, LogStatsSnapshot, LogWriter};
+
+/// Rows waiting for the writer thread; past this `try_log` drops and counts.
+/// At 100k requests/s this is over half a second of headroom.
+pub const LOG_QUEUE_MAX: usize = 65_536;
+/// Most rows in one batch (one sink transaction); `batch_max` may be lower.
+pub const LOG_BATCH_MAX: usize = 16_384;
+/// Default `batch_max`.
+pub const LOG_BATCH_ROWS_DEFAULT: usize = 4096;
+/// Default `flush_interval`: the longest a row waits in a partial batch.
+pub const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// Longest `flush_interval` a config may set.
+pub const LOG_FLUSH_INTERVAL_MAX: Duration = Duration::from_secs(10);
+/// A batch write slower than this marks the sink down (as a failure does),
+/// so the next batches go to the spill and the queue does not back up.
+pub const LOG_WRITE_SLOW: Duration = Duration::from_secs(2);
+/// First wait after the sink fails before it is tried again.
+pub const LOG_RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The wait doubles per failure up to this.
+pub const LOG_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// All spill files together (and the file being appended) stay under this.
+pub const LOG_SPILL_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// A spill file is closed and a new one started past this size.
+pub const LOG_SPILL_FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Longest spill line (one row) written or read; longer lines are refused
+/// on write (counted as dropped) and skipped as corrupt on read.
+pub const LOG_SPILL_LINE_BYTES_MAX: usize = 1024 * 1024;
+/// Bound on `log-spill/rejected.jsonl`; past it rejected rows are dropped.
+pub const LOG_REJECTED_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Longest stored prompt or completion text; longer text is cut (on a
+/// character boundary) before it is stored or spilled.
+pub const LOG_TEXT_BYTES_MAX: usize = 64 * 1024;
+/// How often retention runs (also once at start).
+pub const LOG_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// Rows deleted per retention transaction.
+pub const LOG_RETENTION_DELETE_CHUNK: u64 = 5_000;
+/// Rows deleted per retention pass at most; the rest wait for the next turn
+/// of the writer's loop, so live batches are never held up for long.
+pub const LOG_RETENTION_PASS_ROWS_MAX: u64 = 100_000;
+/// Shortest `retention` a config may set.
+pub const LOG_RETENTION_MIN: Duration = Duration::from_secs(60);
+/// How often the writer reports rows dropped since its last report.
+pub const LOG_DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+/// Most rows one `query_logs` call returns.
+pub const LOG_QUERY_LIMIT_MAX: usize = 1000;
+/// Default `LogFilter::limit`.
+pub const LOG_QUERY_LIMIT_DEFAULT: usize = 100;
+/// Most points one spend series (or totals) query returns; more is an error
+/// asking for a narrower range or a coarser bucket.
+pub const LOG_SERIES_POINTS_MAX: usize = 100_000;
+/// PostgreSQL: connect timeout when the URL sets none.
+pub const LOG_PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// PostgreSQL: statement timeout on the writer's and readers' sessions.
+pub const LOG_PG_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// SQLite: how long a write waits on another connection's lock.
+pub const LOG_SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// SQLite: page cache per connection, so the indexes' hot pages stay in
+/// memory as the file grows.
+pub const LOG_SQLITE_CACHE_BYTES: i64 = 64 * 1024 * 1024;
+/// SQLite: WAL pages before an automatic checkpoint (16 MiB at 4 KiB
+/// pages); larger than the default 1000 so a page written by many batches is
+/// copied back once.
+pub const LOG_SQLITE_CHECKPOINT_PAGES: i64 = 4096;
+/// The SQLite file's name in the state directory.
+pub const LOG_SQLITE_FILE: &str = "requests.sqlite";
+/// The spill directory's name in the state directory.
+pub const LOG_SPILL_DIR: &str = "log-spill";
+
+const _: () = assert!(LOG_BATCH_ROWS_DEFAULT <= LOG_BATCH_MAX);
+const _: () = assert!(LOG_BATCH_MAX <= LOG_QUEUE_MAX);
+const _: () = assert!(LOG_SPILL_FILE_BYTES_MAX <= LOG_SPILL_BYTES_MAX);
+const _: () = assert!(LOG_SPILL_LINE_BYTES_MAX as u64 <= LOG_SPILL_FILE_BYTES_MAX);
+// A stored row's text fits a spill line with room for the other fields.
+const _: () = assert!(2 * LOG_TEXT_BYTES_MAX * 6 < LOG_SPILL_LINE_BYTES_MAX);
+const _: () = assert!(LOG_RETENTION_DELETE_CHUNK <= LOG_RETENTION_PASS_ROWS_MAX);
+const _: () = assert!(LOG_QUERY_LIMIT_DEFAULT <= LOG_QUERY_LIMIT_MAX);
+const _: () = assert!(LOG_RETRY_BACKOFF_MIN.as_nanos() <= LOG_RETRY_BACKOFF_MAX.as_nanos());
+const _: () = assert!(LOG_FLUSH_INTERVAL.as_nanos() <= LOG_FLUSH_INTERVAL_MAX.as_nanos());
+
+/// Where the request log is kept.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SinkKind {
+    /// `<state_dir>/requests.sqlite`.
+    Sqlite,
+    /// A PostgreSQL database; the URL may carry a password.
+    Postgres { url: String },
+}
+
+impl std::fmt::Debug for SinkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkKind::Sqlite => f.write_str("Sqlite"),
+            SinkKind::Postgres { .. } => f.write_str("Postgres { url: <redacted> }"),
+        }
+    }
+}
+
+/// The validated `[log]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub sink: SinkKind,
+    /// Rows older than this are deleted; `None` keeps them forever.
+    pub retention: Option<Duration>,
+    /// The oldest rows past this count are deleted; `None` is no bound.
+    pub max_rows: Option<u64>,
+    /// Keep `prompt_text`/`completion_text`; off by default (privacy).
+    pub store_text: bool,
+    /// Rows per batch, 1..=[`LOG_BATCH_MAX`].
+    pub batch_max: usize,
+    /// Longest a row waits for its batch to fill.
+    pub flush_interval: Duration,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            sink: SinkKind::Sqlite,
+            retention: None,
+            max_rows: None,
+            store_text: false,
+            batch_max: LOG_BATCH_ROWS_DEFAULT,
+            flush_interval: LOG_FLUSH_INTERVAL,
+        }
+    }
+}
+
+/// The `[log]` section as written in the TOML file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// "sqlite" (default) or "postgres".
+    pub sink: Option<String>,
+    /// `postgres://user@host:port/db`, required for (and only for) postgres.
+    pub url: Option<String>,
+    /// e.g. "30d", "12h"; absent keeps rows forever.
+    pub retention: Option<String>,
+    pub max_rows: Option<u64>,
+    pub store_text: Option<bool>,
+    pub batch_max: Option<usize>,
+    /// e.g. "200ms", "1s".
+    pub flush_interval: Option<String>,
+}
+
+impl LogConfig {
+    /// Validates a `[log]` section; the error names the field (`log.url: ...`).
+    pub fn from_section(section: &LogSection) -> Result<LogConfig, String> {
+        let defaults = LogConfig::default();
+        let sink = match (section.sink.as_deref(), &section.url) {
+            (None | Some("sqlite"), None) => SinkKind::Sqlite,
+            (None | Some("sqlite"), Some(_)) => {
+                return Err("log.url: only used with sink = \"postgres\"".into())
+            }
+            (Some("postgres"), Some(url)) => {
+                url.parse::<::postgres::Config>()
+                    .map_err(|e| format!("log.url: not a PostgreSQL URL: {e}"))?;
+                SinkKind::Postgres { url: url.clone() }
+            }
+            (Some("postgres"), None) => {
+                return Err("log.url: required with sink = \"postgres\"".into())
+            }
+            (Some(other), _) => {
+                return Err(format!(
+                    "log.sink: {other:?} is not a sink (use \"sqlite\" or \"postgres\")"
+                ))
+            }
+        };
+        let retention = match &section.retention {
+            None => None,
+            Some(text) => {
+                let d = parse_log_duration(text).ok_or_else(|| {
+                    format!("log.retention: {text:?} is not a duration (use e.g. \"30d\", \"12h\")")
+                })?;
+                if d < LOG_RETENTION_MIN {
+                    return Err(format!(
+                        "log.retention: must be at least {}s",
+                        LOG_RETENTION_MIN.as_secs()
+                    ));
+                }
+                Some(d)
+            }
+        };
+        if section.max_rows == Some(0) {
+            return Err("log.max_rows: must be above zero".into());
+        }
+        let batch_max = section.batch_max.unwrap_or(defaults.batch_max);
+        if !(1..=LOG_BATCH_MAX).contains(&batch_max) {
+            return Err(format!("log.batch_max: must be 1 to {LOG_BATCH_MAX}"));
+        }
+        let flush_interval = match &section.flush_interval {
+            None => defaults.flush_interval,
+            Some(text) => {
+                let d = parse_log_duration(text).ok_or_else(|| {
+                    format!("log.flush_interval: {text:?} is not a duration (use e.g. \"200ms\")")
+                })?;
+                if d.is_zero() || d > LOG_FLUSH_INTERVAL_MAX {
+                    return Err(format!(
+                        "log.flush_interval: must be above zero and at most {}s",
+                        LOG_FLUSH_INTERVAL_MAX.as_secs()
+                    ));
+                }
+                d
+            }
+        };
+        Ok(LogConfig {
+            sink,
+            retention,
+            max_rows: section.max_rows,
+            store_text: section.store_text.unwrap_or(defaults.store_text),
+            batch_max,
+            flush_interval,
+        })
+    }
+
+    /// Opens the configured store for reading (the admin API's connection,
+    /// separate from the writer's). Call it off the worker threads: it does
+    /// blocking I/O. SQLite in WAL mode lets it read while the writer writes.
+    pub fn open_store(&self, state_dir: &Path) -> Result<Box<dyn LogStore>, StoreError> {
+        store::open(&self.sink, state_dir)
+    }
+}
+
+/// The config's durations ("500ms", "30s", "5m", "2h") plus days ("30d").
+fn parse_log_duration(s: &str) -> Option<Duration> {
+    match s.trim().strip_suffix('d') {
+        Some(days) if !days.is_empty() && days.bytes().all(|b| b.is_ascii_digit()) => {
+            let days: u64 = days.parse().ok()?;
+            Some(Duration::from_secs(days.checked_mul(86_400)?))
+        }
+        _ => crate::config::parse_duration(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(toml_text: &str) -> LogSection {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_sqlite_without_text() {
+        let cfg = LogConfig::from_section(&LogSection::default()).unwrap();
+        assert_eq!(cfg, LogConfig::default());
+        assert_eq!(cfg.sink, SinkKind::Sqlite);
+        assert!(!cfg.store_text);
+    }
+
+    #[test]
+    fn a_full_section_parses() {
+        let cfg = LogConfig::from_section(&section(
+            r#"
+            sink = "postgres"
+            url = "postgres://postgres@127.0.0.1:5432/bursar"
+            retention = "30d"
+            max_rows = 1000000
+            store_text = true
+            batch_max = 512
+            flush_interval = "50ms"
+            "#,
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg,
+            LogConfig {
+                sink: SinkKind::Postgres {
+                    url: "postgres://postgres@127.0.0.1:5432/bursar".into()
+                },
+                retention: Some(Duration::from_secs(30 * 86_400)),
+                max_rows: Some(1_000_000),
+                store_text: true,
+                batch_max: 512,
+                flush_interval: Duration::from_millis(50),
+            }
+        );
+        assert_eq!(
+            format!("{:?}", cfg.sink),
+            "Postgres { url: <redacted> }",
+            "a URL may carry a password"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("sink = \"mysql\"", "log.sink:"),
+            ("sink = \"postgres\"", "log.url: required"),
+            ("url = \"postgres://x\"", "log.url: only used"),
+            ("sink = \"postgres\"\nurl = \"http://x y\"", "log.url: not a PostgreSQL URL"),
+            ("retention = \"30 days\"", "log.retention:"),
+            ("retention = \"10s\"", "log.retention: must be at least"),
+            ("max_rows = 0", "log.max_rows:"),
+            ("batch_max = 0", "log.batch_max:"),
+            ("batch_max = 100000", "log.batch_max:"),
+            ("flush_interval = \"0ms\"", "log.flush_interval:"),
+            ("flush_interval = \"1h\"", "log.flush_interval:"),
+            ("flush_interval = \"soon\"", "log.flush_interval:"),
+        ];
+        for (text, expected) in cases {
+            let e = LogConfig::from_section(&section(text)).unwrap_err();
+            assert!(e.starts_with(expected), "{text}: {e}");
+        }
+        assert!(toml::from_str::<LogSection>("path = \"x\"").is_err());
+    }
+
+    #[test]
+    fn durations_include_days() {
+        assert_eq!(parse_log_duration("30d"), Some(Duration::from_secs(2_592_000)));
+        assert_eq!(parse_log_duration("12h"), Some(Duration::from_secs(43_200)));
+        assert_eq!(parse_log_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_log_duration("d"), None);
+        assert_eq!(parse_log_duration("-1d"), None);
+        assert_eq!(parse_log_duration("99999999999999999999d"), None);
+    }
+}

@@ -1,0 +1,447 @@
+//! The PostgreSQL sink (`[log] sink = "postgres"`), for gateways that share
+//! one request log.
+//!
+//! The synchronous `postgres` crate, used on the log-writer thread and on
+//! control-plane threads only (it runs a small tokio runtime of its own
+//! inside the call; never on a worker). A batch is one transaction: `COPY`
+//! into session-local staging tables (the fastest way in), then
+//! `INSERT .. SELECT .. ON CONFLICT DO NOTHING` into the real tables, so a
+//! replayed row is ignored. Sessions get a connect timeout
+//! ([`LOG_PG_CONNECT_TIMEOUT`] unless the URL sets one) and a statement
+//! timeout ([`LOG_PG_STATEMENT_TIMEOUT`]), so a hung server cannot hold the
+//! writer forever. Connections are plain TCP (no TLS yet).
+//!
+//! PostgreSQL text cannot hold a NUL character, so a NUL in any text is
+//! stored as U+FFFD rather than failing the batch.
+
+use std::io::Write;
+
+use postgres::types::ToSql;
+use postgres::{Client, NoTls};
+
+use super::query::{self, Bucket, Dialect, GroupBy, LogFilter, Param, SeriesPoint, SpendTotal};
+use super::row::LogRow;
+use super::store::{self, clamp_i64, tags_json, LogStore, RawRow, RawSpend, StoreError};
+use super::store::SCHEMA_VERSION;
+use super::{LOG_PG_CONNECT_TIMEOUT, LOG_PG_STATEMENT_TIMEOUT};
+
+const SCHEMA: &str = r#"
+CREATE TABLE requests (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    time_ms BIGINT NOT NULL,
+    key_name TEXT NOT NULL,
+    team TEXT,
+    customer TEXT,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    cached_tokens BIGINT NOT NULL,
+    cache_write_tokens BIGINT NOT NULL,
+    reasoning_tokens BIGINT NOT NULL,
+    cost_picodollars NUMERIC(39, 0) NOT NULL,
+    price_version TEXT NOT NULL,
+    estimated BOOLEAN NOT NULL,
+    ttfb_us BIGINT,
+    total_us BIGINT NOT NULL,
+    cache_status TEXT NOT NULL,
+    stream BOOLEAN NOT NULL,
+    tags TEXT NOT NULL,
+    prompt_text TEXT,
+    completion_text TEXT
+);
+CREATE INDEX requests_time ON requests (time_ms, id);
+CREATE INDEX requests_key_time ON requests (key_name, time_ms);
+CREATE TABLE request_tags (
+    request_id TEXT COLLATE "C" NOT NULL REFERENCES requests (id) ON DELETE CASCADE,
+    k TEXT NOT NULL,
+    v TEXT NOT NULL,
+    PRIMARY KEY (request_id, k)
+);
+CREATE INDEX request_tags_kv ON request_tags (k, v);
+"#;
+
+/// The `requests` columns in COPY order.
+const ROW_COLUMNS: &str = "id, time_ms, key_name, team, customer, provider, model, endpoint, \
+    status, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, \
+    reasoning_tokens, cost_picodollars, price_version, estimated, ttfb_us, total_us, \
+    cache_status, stream, tags, prompt_text, completion_text";
+
+/// Serialises schema creation between sessions (the writer and a reader may
+/// start together): an arbitrary constant, "bursar" in ASCII.
+const MIGRATE_LOCK: i64 = 0x6275_7273_6172;
+
+/// A session with the request log's PostgreSQL database.
+pub struct PostgresStore {
+    client: Client,
+    staging_ready: bool,
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> StoreError {
+        // SQLSTATE classes 22 (data exception), 23 (integrity constraint) and
+        // 54 (program limit exceeded) are about the rows; anything else
+        // (connection, timeout, shutdown, permissions) may pass.
+        let data = e
+            .code()
+            .is_some_and(|c| matches!(&c.code()[..2], "22" | "23" | "54"));
+        // The crate's Display of a server error is only "db error".
+        let text = match e.as_db_error() {
+            Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+            None => e.to_string(),
+        };
+        if data {
+            StoreError::Data(text)
+        } else {
+            StoreError::Unavailable(text)
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` and creates the schema if the database has none.
+    pub fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(LOG_PG_CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("bursar-log");
+        }
+        let mut client = config.connect(NoTls)?;
+        client.batch_execute(&format!(
+            "SET statement_timeout = {}",
+            LOG_PG_STATEMENT_TIMEOUT.as_millis()
+        ))?;
+        let mut store = PostgresStore {
+            client,
+            staging_ready: false,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let mut tx = self.client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+        let found: Option<i64> = tx
+            .query_one("SELECT MAX(version) FROM schema_version", &[])?
+            .try_get(0)
+            .map_err(corrupt)?;
+        match found {
+            None => {
+                tx.batch_execute(SCHEMA)?;
+                tx.execute(
+                    "INSERT INTO schema_version (version) VALUES ($1)",
+                    &[&SCHEMA_VERSION],
+                )?;
+            }
+            Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
+            Some(_) => {}
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn query_params(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+        params
+            .iter()
+            .map(|p| match p {
+                Param::Int(i) => i as &(dyn ToSql + Sync),
+                Param::Text(s) => s as &(dyn ToSql + Sync),
+            })
+            .collect()
+    }
+
+    fn spend(
+        &mut self,
+        group_by: &GroupBy,
+        bucket: Option<Bucket>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<RawSpend>, StoreError> {
+        let sql = query::select_spend(Dialect::Postgres, group_by, bucket, from_ms, to_ms);
+        let rows = self
+            .client
+            .query(sql.text.as_str(), &Self::query_params(&sql.params))?;
+        let first = usize::from(bucket.is_some());
+        rows.iter()
+            .map(|r| {
+                Ok(RawSpend {
+                    bucket_start_ms: if first == 1 { r.try_get(0)? } else { 0 },
+                    group: r.try_get(first)?,
+                    requests: r.try_get(first + 1)?,
+                    cost: r.try_get(first + 2)?,
+                    prompt_tokens: r.try_get(first + 3)?,
+                    completion_tokens: r.try_get(first + 4)?,
+                })
+            })
+            .collect::<Result<_, postgres::Error>>()
+            .map_err(corrupt)
+    }
+}
+
+fn corrupt(e: postgres::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn raw_row(r: &postgres::Row) -> Result<RawRow, postgres::Error> {
+    Ok(RawRow {
+        id: r.try_get(0)?,
+        time_ms: r.try_get(1)?,
+        key: r.try_get(2)?,
+        team: r.try_get(3)?,
+        customer: r.try_get(4)?,
+        provider: r.try_get(5)?,
+        model: r.try_get(6)?,
+        endpoint: r.try_get(7)?,
+        status: r.try_get(8)?,
+        tokens: [
+            r.try_get(9)?,
+            r.try_get(10)?,
+            r.try_get(11)?,
+            r.try_get(12)?,
+            r.try_get(13)?,
+        ],
+        cost: r.try_get(14)?,
+        price_version: r.try_get(15)?,
+        estimated: r.try_get(16)?,
+        ttfb_us: r.try_get(17)?,
+        total_us: r.try_get(18)?,
+        cache_status: r.try_get(19)?,
+        stream: r.try_get(20)?,
+        tags: r.try_get(21)?,
+        prompt_text: r.try_get(22)?,
+        completion_text: r.try_get(23)?,
+    })
+}
+
+/// Appends `s` as a COPY text-format field: backslash, tab, newline and
+/// carriage return escaped; NUL (which PostgreSQL text cannot hold) as U+FFFD.
+fn copy_text(out: &mut Vec<u8>, s: &str) {
+    for &b in s.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            0 => out.extend_from_slice("\u{fffd}".as_bytes()),
+            _ => out.push(b),
+        }
+    }
+}
+
+fn copy_opt_text(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => copy_text(out, s),
+        None => out.extend_from_slice(b"\\N"),
+    }
+}
+
+fn copy_display(out: &mut Vec<u8>, v: impl std::fmt::Display) {
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{v}");
+}
+
+fn copy_bool(out: &mut Vec<u8>, b: bool) {
+    out.push(if b { b't' } else { b'f' });
+}
+
+/// One row of `requests` in COPY text format, in [`ROW_COLUMNS`] order.
+fn copy_row(out: &mut Vec<u8>, row: &LogRow) {
+    copy_text(out, &row.id);
+    out.push(b'\t');
+    copy_display(out, row.time_ms);
+    out.push(b'\t');
+    copy_text(out, &row.key);
+    out.push(b'\t');
+    copy_opt_text(out, row.team.as_deref());
+    out.push(b'\t');
+    copy_opt_text(out, row.customer.as_deref());
+    out.push(b'\t');
+    copy_text(out, &row.provider);
+    out.push(b'\t');
+    copy_text(out, &row.model);
+    out.push(b'\t');
+    copy_text(out, &row.endpoint);
+    out.push(b'\t');
+    copy_display(out, row.status);
+    for n in [
+        row.prompt_tokens,
+        row.completion_tokens,
+        row.cached_tokens,
+        row.cache_write_tokens,
+        row.reasoning_tokens,
+    ] {
+        out.push(b'\t');
+        copy_display(out, clamp_i64(n));
+    }
+    out.push(b'\t');
+    copy_display(out, row.cost_picodollars);
+    out.push(b'\t');
+    copy_text(out, &row.price_version);
+    out.push(b'\t');
+    copy_bool(out, row.estimated);
+    out.push(b'\t');
+    match row.ttfb_us {
+        Some(us) => copy_display(out, clamp_i64(us)),
+        None => out.extend_from_slice(b"\\N"),
+    }
+    out.push(b'\t');
+    copy_display(out, clamp_i64(row.total_us));
+    out.push(b'\t');
+    copy_text(out, row.cache_status.as_str());
+    out.push(b'\t');
+    copy_bool(out, row.stream);
+    out.push(b'\t');
+    copy_text(out, &tags_json(&row.tags));
+    out.push(b'\t');
+    copy_opt_text(out, row.prompt_text.as_deref());
+    out.push(b'\t');
+    copy_opt_text(out, row.completion_text.as_deref());
+    out.push(b'\n');
+}
+
+impl LogStore for PostgresStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn insert_batch(&mut self, rows: &[LogRow]) -> Result<u64, StoreError> {
+        if !self.staging_ready {
+            self.client.batch_execute(
+                "CREATE TEMP TABLE requests_in (LIKE requests) ON COMMIT DELETE ROWS; \
+                 CREATE TEMP TABLE request_tags_in (LIKE request_tags) ON COMMIT DELETE ROWS",
+            )?;
+            self.staging_ready = true;
+        }
+        let mut data = Vec::new();
+        let mut tags = Vec::new();
+        for row in rows {
+            copy_row(&mut data, row);
+            for (k, v) in &row.tags {
+                copy_text(&mut tags, &row.id);
+                tags.push(b'\t');
+                copy_text(&mut tags, k);
+                tags.push(b'\t');
+                copy_text(&mut tags, v);
+                tags.push(b'\n');
+            }
+        }
+        let mut tx = self.client.transaction()?;
+        let mut w = tx.copy_in(&format!("COPY requests_in ({ROW_COLUMNS}) FROM STDIN"))?;
+        w.write_all(&data)
+            .map_err(|e| StoreError::Unavailable(format!("COPY requests: {e}")))?;
+        w.finish()?;
+        if !tags.is_empty() {
+            let mut w = tx.copy_in("COPY request_tags_in (request_id, k, v) FROM STDIN")?;
+            w.write_all(&tags)
+                .map_err(|e| StoreError::Unavailable(format!("COPY request_tags: {e}")))?;
+            w.finish()?;
+        }
+        let inserted = tx.execute(
+            &format!(
+                "INSERT INTO requests ({ROW_COLUMNS}) SELECT {ROW_COLUMNS} FROM requests_in \
+                 ON CONFLICT (id) DO NOTHING"
+            ),
+            &[],
+        )?;
+        if !tags.is_empty() {
+            tx.execute(
+                "INSERT INTO request_tags (request_id, k, v) \
+                 SELECT request_id, k, v FROM request_tags_in ON CONFLICT DO NOTHING",
+                &[],
+            )?;
+        }
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    fn query_logs(&mut self, filter: &LogFilter) -> Result<Vec<LogRow>, StoreError> {
+        let sql = query::select_logs(Dialect::Postgres, filter);
+        let rows = self
+            .client
+            .query(sql.text.as_str(), &Self::query_params(&sql.params))?;
+        rows.iter()
+            .map(|r| raw_row(r).map_err(corrupt)?.into_row())
+            .collect()
+    }
+
+    fn spend_series(
+        &mut self,
+        group_by: &GroupBy,
+        bucket: Bucket,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        let raw = self.spend(group_by, Some(bucket), from_ms, to_ms)?;
+        store::series_points(raw)
+    }
+
+    fn spend_totals(
+        &mut self,
+        group_by: &GroupBy,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SpendTotal>, StoreError> {
+        let raw = self.spend(group_by, None, from_ms, to_ms)?;
+        store::totals(raw)
+    }
+
+    fn delete_before(&mut self, cutoff_ms: i64, rows_max: u64) -> Result<u64, StoreError> {
+        Ok(self.client.execute(
+            "DELETE FROM requests WHERE id IN \
+             (SELECT id FROM requests WHERE time_ms < $1 ORDER BY time_ms LIMIT $2)",
+            &[&cutoff_ms, &clamp_i64(rows_max)],
+        )?)
+    }
+
+    fn delete_beyond(&mut self, keep_rows: u64, rows_max: u64) -> Result<u64, StoreError> {
+        let newest_to_drop = self.client.query_opt(
+            "SELECT time_ms, id FROM requests ORDER BY time_ms DESC, id DESC LIMIT 1 OFFSET $1",
+            &[&clamp_i64(keep_rows)],
+        )?;
+        let Some(r) = newest_to_drop else {
+            return Ok(0);
+        };
+        let (time_ms, id): (i64, String) =
+            (r.try_get(0).map_err(corrupt)?, r.try_get(1).map_err(corrupt)?);
+        Ok(self.client.execute(
+            "DELETE FROM requests WHERE id IN (SELECT id FROM requests \
+             WHERE time_ms < $1 OR (time_ms = $1 AND id <= $2) ORDER BY time_ms, id LIMIT $3)",
+            &[&time_ms, &id, &clamp_i64(rows_max)],
+        )?)
+    }
+
+    fn count(&mut self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .client
+            .query_one("SELECT COUNT(*) FROM requests", &[])?
+            .try_get(0)
+            .map_err(corrupt)?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_what_copy_reads_specially() {
+        let mut out = Vec::new();
+        copy_text(&mut out, "a\\b\tc\nd\re\0f é");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a\\\\b\\tc\\nd\\re\u{fffd}f é"
+        );
+        let mut out = Vec::new();
+        copy_opt_text(&mut out, None);
+        assert_eq!(out, b"\\N");
+    }
+}

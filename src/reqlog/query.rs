@@ -1,0 +1,355 @@
+//! Request log queries: the filter and grouping types the admin API passes,
+//! and the one SQL builder both sinks use (only placeholders, casts and the
+//! exact cost sum differ between SQLite and PostgreSQL).
+//!
+//! Ranges are `[from_ms, to_ms)`. Grouping by team, customer or tag puts rows
+//! without one in the group `""`, so every grouping of a range sums to the
+//! same total.
+
+use super::row::LogRow;
+use super::{LOG_QUERY_LIMIT_DEFAULT, LOG_QUERY_LIMIT_MAX, LOG_SERIES_POINTS_MAX};
+
+/// Which rows [`LogStore::query_logs`](super::LogStore::query_logs) returns:
+/// every set field must match. Newest first; at most `limit` (bounded by
+/// [`LOG_QUERY_LIMIT_MAX`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFilter {
+    pub key: Option<String>,
+    pub team: Option<String>,
+    pub customer: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub status: Option<u16>,
+    /// Inclusive.
+    pub from_ms: Option<i64>,
+    /// Exclusive.
+    pub to_ms: Option<i64>,
+    /// A tag `(key, value)` the row carries.
+    pub tag: Option<(String, String)>,
+    /// Only rows strictly older than this (the last row of the previous page).
+    pub before: Option<LogCursor>,
+    pub limit: usize,
+}
+
+impl Default for LogFilter {
+    fn default() -> LogFilter {
+        LogFilter {
+            key: None,
+            team: None,
+            customer: None,
+            provider: None,
+            model: None,
+            status: None,
+            from_ms: None,
+            to_ms: None,
+            tag: None,
+            before: None,
+            limit: LOG_QUERY_LIMIT_DEFAULT,
+        }
+    }
+}
+
+/// A position in the newest-first order: rows sort by `(time_ms, id)`
+/// descending, so a page continues strictly below its last row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogCursor {
+    pub time_ms: i64,
+    pub id: String,
+}
+
+impl LogCursor {
+    /// The cursor for the page after the one that ended with `row`.
+    pub fn after(row: &LogRow) -> LogCursor {
+        LogCursor {
+            time_ms: row.time_ms,
+            id: row.id.clone(),
+        }
+    }
+}
+
+/// What spend is grouped by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupBy {
+    Key,
+    Team,
+    Customer,
+    Provider,
+    Model,
+    /// The value of this tag key ("" for rows without it).
+    Tag(String),
+}
+
+/// The width of a series bucket (UTC; a day is 86,400,000 ms in unix time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Bucket {
+    /// The bucket's width in milliseconds.
+    pub const fn ms(self) -> i64 {
+        match self {
+            Bucket::Minute => 60_000,
+            Bucket::Hour => 3_600_000,
+            Bucket::Day => 86_400_000,
+        }
+    }
+}
+
+/// One group's spend in one bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesPoint {
+    /// The bucket's start, unix ms (a multiple of the bucket width).
+    pub bucket_start_ms: i64,
+    pub group: String,
+    pub requests: u64,
+    /// Exact sum, picodollars.
+    pub cost_picodollars: i128,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// One group's spend over a whole range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendTotal {
+    pub group: String,
+    pub requests: u64,
+    /// Exact sum, picodollars.
+    pub cost_picodollars: i128,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// The SQL dialect of a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A bound parameter. Only two kinds are ever bound, so each sink's binding
+/// is one match; PostgreSQL placeholders carry a cast to fix their type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Param {
+    Int(i64),
+    Text(String),
+}
+
+/// A statement and its parameters, in placeholder order.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    dialect: Dialect,
+    pub text: String,
+    pub params: Vec<Param>,
+}
+
+/// The selected columns of a row, in the order [`RawRow`](super::store::RawRow)
+/// reads them.
+pub(crate) fn row_columns(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => {
+            "r.id, r.time_ms, r.key_name, r.team, r.customer, r.provider, r.model, r.endpoint, \
+             r.status, r.prompt_tokens, r.completion_tokens, r.cached_tokens, \
+             r.cache_write_tokens, r.reasoning_tokens, r.cost_picodollars, r.price_version, \
+             r.estimated, r.ttfb_us, r.total_us, r.cache_status, r.stream, r.tags, \
+             r.prompt_text, r.completion_text"
+        }
+        Dialect::Postgres => {
+            "r.id, r.time_ms, r.key_name, r.team, r.customer, r.provider, r.model, r.endpoint, \
+             r.status::BIGINT, r.prompt_tokens, r.completion_tokens, r.cached_tokens, \
+             r.cache_write_tokens, r.reasoning_tokens, r.cost_picodollars::TEXT, \
+             r.price_version, r.estimated, r.ttfb_us, r.total_us, r.cache_status, r.stream, \
+             r.tags, r.prompt_text, r.completion_text"
+        }
+    }
+}
+
+impl Sql {
+    fn new(dialect: Dialect) -> Sql {
+        Sql {
+            dialect,
+            text: String::new(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Adds a parameter and returns its placeholder.
+    fn bind(&mut self, p: Param) -> String {
+        let kind = match p {
+            Param::Int(_) => "BIGINT",
+            Param::Text(_) => "TEXT",
+        };
+        self.params.push(p);
+        let n = self.params.len();
+        match self.dialect {
+            Dialect::Sqlite => format!("?{n}"),
+            Dialect::Postgres => format!("${n}::{kind}"),
+        }
+    }
+
+    fn bind_text(&mut self, s: &str) -> String {
+        self.bind(Param::Text(s.to_string()))
+    }
+
+    /// The ordering suffix for text compared or sorted as bytes in both
+    /// stores (PostgreSQL would otherwise use the database's locale).
+    fn bytewise(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " COLLATE \"C\"",
+        }
+    }
+}
+
+/// `SELECT` for [`LogStore::query_logs`](super::LogStore::query_logs).
+pub(crate) fn select_logs(d: Dialect, f: &LogFilter) -> Sql {
+    let mut sql = Sql::new(d);
+    let mut conds: Vec<String> = Vec::new();
+    let text_fields = [
+        ("r.key_name", &f.key),
+        ("r.team", &f.team),
+        ("r.customer", &f.customer),
+        ("r.provider", &f.provider),
+        ("r.model", &f.model),
+    ];
+    for (column, value) in text_fields {
+        if let Some(v) = value {
+            let p = sql.bind_text(v);
+            conds.push(format!("{column} = {p}"));
+        }
+    }
+    if let Some(status) = f.status {
+        let p = sql.bind(Param::Int(i64::from(status)));
+        conds.push(format!("r.status = {p}"));
+    }
+    if let Some(from) = f.from_ms {
+        let p = sql.bind(Param::Int(from));
+        conds.push(format!("r.time_ms >= {p}"));
+    }
+    if let Some(to) = f.to_ms {
+        let p = sql.bind(Param::Int(to));
+        conds.push(format!("r.time_ms < {p}"));
+    }
+    if let Some((k, v)) = &f.tag {
+        let (pk, pv) = (sql.bind_text(k), sql.bind_text(v));
+        conds.push(format!(
+            "r.id IN (SELECT t.request_id FROM request_tags t WHERE t.k = {pk} AND t.v = {pv})"
+        ));
+    }
+    if let Some(c) = &f.before {
+        let t1 = sql.bind(Param::Int(c.time_ms));
+        let t2 = sql.bind(Param::Int(c.time_ms));
+        let id = sql.bind_text(&c.id);
+        conds.push(format!(
+            "(r.time_ms < {t1} OR (r.time_ms = {t2} AND r.id < {id}))"
+        ));
+    }
+    let limit = sql.bind(Param::Int(f.limit.min(LOG_QUERY_LIMIT_MAX) as i64));
+    let where_clause = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    sql.text = format!(
+        "SELECT {} FROM requests r{where_clause} ORDER BY r.time_ms DESC, r.id DESC LIMIT {limit}",
+        row_columns(d)
+    );
+    sql
+}
+
+/// Spend grouped by `group_by` over `[from_ms, to_ms)`, per bucket when
+/// `bucket` is set. Selected columns: [bucket_start,] group, requests,
+/// cost (decimal text), prompt_tokens, completion_tokens. At most
+/// [`LOG_SERIES_POINTS_MAX`] + 1 rows, so the caller can tell "too many".
+pub(crate) fn select_spend(
+    d: Dialect,
+    group_by: &GroupBy,
+    bucket: Option<Bucket>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Sql {
+    let mut sql = Sql::new(d);
+    let mut join = String::new();
+    let group = match group_by {
+        GroupBy::Key => "r.key_name".to_string(),
+        GroupBy::Team => "COALESCE(r.team, '')".to_string(),
+        GroupBy::Customer => "COALESCE(r.customer, '')".to_string(),
+        GroupBy::Provider => "r.provider".to_string(),
+        GroupBy::Model => "r.model".to_string(),
+        GroupBy::Tag(k) => {
+            let pk = sql.bind_text(k);
+            join = format!(" LEFT JOIN request_tags t ON t.request_id = r.id AND t.k = {pk}");
+            "COALESCE(t.v, '')".to_string()
+        }
+    };
+    let (cost, tokens_cast) = match d {
+        Dialect::Sqlite => ("sum_picodollars(r.cost_picodollars)", ""),
+        Dialect::Postgres => ("SUM(r.cost_picodollars)::TEXT", "::BIGINT"),
+    };
+    let from = sql.bind(Param::Int(from_ms));
+    let to = sql.bind(Param::Int(to_ms));
+    let limit = sql.bind(Param::Int(LOG_SERIES_POINTS_MAX as i64 + 1));
+    // The collation goes on the selected expression: PostgreSQL accepts an
+    // output name in ORDER BY only bare.
+    let bytewise = sql.bytewise();
+    let (bucket_col, group_cols) = match bucket {
+        Some(b) => {
+            let w = b.ms();
+            (
+                format!("r.time_ms - (((r.time_ms % {w}) + {w}) % {w}) AS b, "),
+                "b, g",
+            )
+        }
+        None => (String::new(), "g"),
+    };
+    sql.text = format!(
+        "SELECT {bucket_col}{group}{bytewise} AS g, COUNT(*), {cost}, \
+         SUM(r.prompt_tokens){tokens_cast}, SUM(r.completion_tokens){tokens_cast} \
+         FROM requests r{join} WHERE r.time_ms >= {from} AND r.time_ms < {to} \
+         GROUP BY {group_cols} ORDER BY {group_cols} LIMIT {limit}"
+    );
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_bind_every_value_and_bound_the_limit() {
+        let f = LogFilter {
+            key: Some("k'; DROP TABLE requests; --".into()),
+            status: Some(429),
+            tag: Some(("env".into(), "prod".into())),
+            before: Some(LogCursor {
+                time_ms: 5,
+                id: "req_x".into(),
+            }),
+            limit: 1_000_000,
+            ..LogFilter::default()
+        };
+        let sql = select_logs(Dialect::Sqlite, &f);
+        assert!(!sql.text.contains("DROP"), "values are bound, not spliced");
+        assert_eq!(sql.params.last(), Some(&Param::Int(LOG_QUERY_LIMIT_MAX as i64)));
+        assert_eq!(sql.params.len(), 8);
+        let pg = select_logs(Dialect::Postgres, &f);
+        assert!(pg.text.contains("$1::TEXT") && pg.text.contains("$2::BIGINT"));
+    }
+
+    #[test]
+    fn spend_groups_by_tag_with_a_left_join() {
+        let sql = select_spend(
+            Dialect::Postgres,
+            &GroupBy::Tag("env".into()),
+            Some(Bucket::Hour),
+            0,
+            10,
+        );
+        assert!(sql.text.contains("LEFT JOIN request_tags t"));
+        assert!(sql.text.contains("COALESCE(t.v, '') COLLATE \"C\" AS g"));
+        assert!(sql.text.contains("ORDER BY b, g LIMIT"));
+        assert_eq!(sql.params[0], Param::Text("env".into()));
+    }
+}

@@ -1,0 +1,370 @@
+//! The SQLite sink: `<state_dir>/requests.sqlite`, the default.
+//!
+//! WAL mode, so the admin API's read connection reads while the writer
+//! writes; `synchronous=NORMAL`, so a commit does not wait for an fsync (WAL
+//! keeps the file consistent after a crash; a power loss may lose the last
+//! transactions). Writes wait up to [`LOG_SQLITE_BUSY_TIMEOUT`] for another
+//! connection's lock, then fail as [`StoreError::Unavailable`] and the writer
+//! spills. The schema and the cost column are described in
+//! [`store`](super::store).
+//!
+//! Unlike PostgreSQL, `request_tags` has no foreign key here: SQLite checks
+//! one per tag row inserted, an index lookup that cost about a tenth of the
+//! writer's time in the benchmark. Retention deletes a request's tags itself,
+//! in the same transaction as the request.
+
+use std::path::Path;
+
+use rusqlite::functions::{Aggregate, Context, FunctionFlags};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, ToSql, TransactionBehavior};
+
+use super::query::{self, Bucket, Dialect, GroupBy, LogFilter, Param, SeriesPoint, SpendTotal};
+use super::row::LogRow;
+use super::store::{self, clamp_i64, tags_json, LogStore, RawRow, RawSpend, StoreError};
+use super::store::SCHEMA_VERSION;
+use super::{LOG_SQLITE_BUSY_TIMEOUT, LOG_SQLITE_CACHE_BYTES, LOG_SQLITE_CHECKPOINT_PAGES};
+
+const SCHEMA: &str = "
+CREATE TABLE requests (
+    id TEXT NOT NULL UNIQUE,
+    time_ms INTEGER NOT NULL,
+    key_name TEXT NOT NULL,
+    team TEXT,
+    customer TEXT,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    cost_picodollars TEXT NOT NULL,
+    price_version TEXT NOT NULL,
+    estimated INTEGER NOT NULL,
+    ttfb_us INTEGER,
+    total_us INTEGER NOT NULL,
+    cache_status TEXT NOT NULL,
+    stream INTEGER NOT NULL,
+    tags TEXT NOT NULL,
+    prompt_text TEXT,
+    completion_text TEXT
+);
+CREATE INDEX requests_time ON requests (time_ms, id);
+CREATE INDEX requests_key_time ON requests (key_name, time_ms);
+CREATE TABLE request_tags (
+    request_id TEXT NOT NULL,
+    k TEXT NOT NULL,
+    v TEXT NOT NULL,
+    PRIMARY KEY (request_id, k)
+) WITHOUT ROWID;
+CREATE INDEX request_tags_kv ON request_tags (k, v);
+";
+
+const INSERT_ROW: &str = "INSERT OR IGNORE INTO requests (id, time_ms, key_name, team, \
+    customer, provider, model, endpoint, status, prompt_tokens, completion_tokens, \
+    cached_tokens, cache_write_tokens, reasoning_tokens, cost_picodollars, price_version, \
+    estimated, ttfb_us, total_us, cache_status, stream, tags, prompt_text, completion_text) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+    ?19, ?20, ?21, ?22, ?23, ?24)";
+
+const INSERT_TAG: &str = "INSERT OR IGNORE INTO request_tags (request_id, k, v) VALUES (?1, ?2, ?3)";
+
+/// A connection to the request log's SQLite file.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        let data = match &e {
+            rusqlite::Error::SqliteFailure(f, _) => matches!(
+                f.code,
+                ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch
+            ),
+            rusqlite::Error::ToSqlConversionFailure(_) => true,
+            _ => false,
+        };
+        if data {
+            StoreError::Data(e.to_string())
+        } else {
+            StoreError::Unavailable(e.to_string())
+        }
+    }
+}
+
+impl ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Param::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
+            Param::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        })
+    }
+}
+
+/// `sum_picodollars(cost)`: the exact i128 sum of decimal-text (or integer)
+/// picodollars; NULLs are skipped; overflow or a non-number is an error, never
+/// a wrong or rounded total.
+struct SumPicodollars;
+
+impl Aggregate<i128, String> for SumPicodollars {
+    fn init(&self, _: &mut Context<'_>) -> rusqlite::Result<i128> {
+        Ok(0)
+    }
+
+    fn step(&self, ctx: &mut Context<'_>, acc: &mut i128) -> rusqlite::Result<()> {
+        let fail = |m: String| rusqlite::Error::UserFunctionError(m.into());
+        let v: i128 = match ctx.get_raw(0) {
+            ValueRef::Null => return Ok(()),
+            ValueRef::Integer(i) => i128::from(i),
+            ValueRef::Text(t) => std::str::from_utf8(t)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| fail(format!("not picodollars: {:?}", String::from_utf8_lossy(t))))?,
+            other => return Err(fail(format!("not picodollars: {other:?}"))),
+        };
+        *acc = acc
+            .checked_add(v)
+            .ok_or_else(|| fail("sum of picodollars overflows i128".into()))?;
+        Ok(())
+    }
+
+    fn finalize(&self, _: &mut Context<'_>, acc: Option<i128>) -> rusqlite::Result<String> {
+        Ok(acc.unwrap_or(0).to_string())
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the file at `path` and its schema.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(LOG_SQLITE_BUSY_TIMEOUT)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "{}: cannot use WAL mode (journal_mode is {mode})",
+                path.display()
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "cache_size", -(LOG_SQLITE_CACHE_BYTES / 1024))?;
+        conn.pragma_update(None, "wal_autocheckpoint", LOG_SQLITE_CHECKPOINT_PAGES)?;
+        conn.create_aggregate_function(
+            "sum_picodollars",
+            1,
+            FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+            SumPicodollars,
+        )?;
+        let mut store = SqliteStore { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+        let found: Option<i64> = tx
+            .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+            .optional()?
+            .flatten();
+        match found {
+            None => {
+                tx.execute_batch(SCHEMA)?;
+                tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [SCHEMA_VERSION])?;
+            }
+            Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
+            Some(_) => {}
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn spend(
+        &mut self,
+        group_by: &GroupBy,
+        bucket: Option<Bucket>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<RawSpend>, StoreError> {
+        let sql = query::select_spend(Dialect::Sqlite, group_by, bucket, from_ms, to_ms);
+        let mut stmt = self.conn.prepare_cached(&sql.text)?;
+        let first = usize::from(bucket.is_some());
+        let rows = stmt.query_map(rusqlite::params_from_iter(sql.params.iter()), |r| {
+            Ok(RawSpend {
+                bucket_start_ms: if first == 1 { r.get(0)? } else { 0 },
+                group: r.get(first)?,
+                requests: r.get(first + 1)?,
+                cost: r.get(first + 2)?,
+                prompt_tokens: r.get(first + 3)?,
+                completion_tokens: r.get(first + 4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl SqliteStore {
+    /// Deletes the oldest `?2` rows matching `condition` and their tags, in
+    /// one transaction. The order (time, id) is total, so both statements
+    /// pick the same rows.
+    fn delete_where(&mut self, condition: &str, params: &[&dyn ToSql]) -> Result<u64, StoreError> {
+        let chosen = format!(
+            "SELECT id FROM requests WHERE {condition} ORDER BY time_ms, id LIMIT ?2"
+        );
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            &format!("DELETE FROM request_tags WHERE request_id IN ({chosen})"),
+            params,
+        )?;
+        let n = tx.execute(
+            &format!("DELETE FROM requests WHERE id IN ({chosen})"),
+            params,
+        )?;
+        tx.commit()?;
+        Ok(n as u64)
+    }
+}
+
+fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        id: r.get(0)?,
+        time_ms: r.get(1)?,
+        key: r.get(2)?,
+        team: r.get(3)?,
+        customer: r.get(4)?,
+        provider: r.get(5)?,
+        model: r.get(6)?,
+        endpoint: r.get(7)?,
+        status: r.get(8)?,
+        tokens: [r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?],
+        cost: r.get(14)?,
+        price_version: r.get(15)?,
+        estimated: r.get(16)?,
+        ttfb_us: r.get(17)?,
+        total_us: r.get(18)?,
+        cache_status: r.get(19)?,
+        stream: r.get(20)?,
+        tags: r.get(21)?,
+        prompt_text: r.get(22)?,
+        completion_text: r.get(23)?,
+    })
+}
+
+impl LogStore for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn insert_batch(&mut self, rows: &[LogRow]) -> Result<u64, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut inserted = 0;
+        {
+            let mut insert_row = tx.prepare_cached(INSERT_ROW)?;
+            let mut insert_tag = tx.prepare_cached(INSERT_TAG)?;
+            for row in rows {
+                let changed = insert_row.execute(params![
+                    row.id,
+                    row.time_ms,
+                    row.key,
+                    row.team,
+                    row.customer,
+                    row.provider,
+                    row.model,
+                    row.endpoint.as_ref(),
+                    row.status,
+                    clamp_i64(row.prompt_tokens),
+                    clamp_i64(row.completion_tokens),
+                    clamp_i64(row.cached_tokens),
+                    clamp_i64(row.cache_write_tokens),
+                    clamp_i64(row.reasoning_tokens),
+                    row.cost_picodollars.to_string(),
+                    row.price_version,
+                    row.estimated,
+                    row.ttfb_us.map(clamp_i64),
+                    clamp_i64(row.total_us),
+                    row.cache_status.as_str(),
+                    row.stream,
+                    tags_json(&row.tags),
+                    row.prompt_text,
+                    row.completion_text,
+                ])?;
+                // A duplicate id (a replay) is ignored with its tags.
+                if changed == 1 {
+                    inserted += 1;
+                    for (k, v) in &row.tags {
+                        insert_tag.execute(params![row.id, k, v])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    fn query_logs(&mut self, filter: &LogFilter) -> Result<Vec<LogRow>, StoreError> {
+        let sql = query::select_logs(Dialect::Sqlite, filter);
+        let mut stmt = self.conn.prepare_cached(&sql.text)?;
+        let raws = stmt
+            .query_map(rusqlite::params_from_iter(sql.params.iter()), raw_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        raws.into_iter().map(RawRow::into_row).collect()
+    }
+
+    fn spend_series(
+        &mut self,
+        group_by: &GroupBy,
+        bucket: Bucket,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        let raw = self.spend(group_by, Some(bucket), from_ms, to_ms)?;
+        store::series_points(raw)
+    }
+
+    fn spend_totals(
+        &mut self,
+        group_by: &GroupBy,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SpendTotal>, StoreError> {
+        let raw = self.spend(group_by, None, from_ms, to_ms)?;
+        store::totals(raw)
+    }
+
+    fn delete_before(&mut self, cutoff_ms: i64, rows_max: u64) -> Result<u64, StoreError> {
+        self.delete_where("time_ms < ?1", params![cutoff_ms, clamp_i64(rows_max)])
+    }
+
+    fn delete_beyond(&mut self, keep_rows: u64, rows_max: u64) -> Result<u64, StoreError> {
+        let newest_to_drop: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT time_ms, id FROM requests ORDER BY time_ms DESC, id DESC LIMIT 1 OFFSET ?1",
+                [clamp_i64(keep_rows)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((time_ms, id)) = newest_to_drop else {
+            return Ok(0);
+        };
+        self.delete_where(
+            "time_ms < ?1 OR (time_ms = ?1 AND id <= ?3)",
+            params![time_ms, clamp_i64(rows_max), id],
+        )
+    }
+
+    fn count(&mut self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+}

@@ -1,0 +1,339 @@
+//! The sink-agnostic store interface, and the row encoding both sinks share.
+//!
+//! # The schema (both sinks)
+//!
+//! `requests`: one row per request, `id` unique; indexes on `(time_ms, id)`
+//! (ranges, newest-first paging, retention) and `(key_name, time_ms)`.
+//! `request_tags(request_id, k, v)`: one row per tag, primary key
+//! `(request_id, k)`, index `(k, v)`, deleted with its request (in
+//! PostgreSQL by a foreign key `ON DELETE CASCADE`, in SQLite by retention
+//! itself, see [`sqlite`](super::sqlite)), so filtering and grouping by a tag
+//! are index lookups. `requests.tags` keeps the same tags as one JSON object for reading
+//! a row back without a join. `schema_version(version)`: one row.
+//!
+//! Cost is exact in both: PostgreSQL stores picodollars as `NUMERIC(39,0)`
+//! (every i128 fits) and sums them exactly. SQLite has no integer wider than
+//! 64 bits (an i64 of picodollars stops at $9.2M per row, and a SUM of them
+//! would overflow or, with `total()`, turn into a float), so it stores the
+//! decimal text of the i128 and sums with `sum_picodollars`, an aggregate
+//! bursar registers on each connection that adds i128s and fails on
+//! overflow. One column, exact for every value, readable in the sqlite3 shell.
+//!
+//! Token counts and durations are stored as 64-bit signed integers; a `u64`
+//! above `i64::MAX` (no real count is) is stored as `i64::MAX` rather than
+//! failing its batch.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use super::query::{Bucket, GroupBy, LogFilter, SeriesPoint, SpendTotal};
+use super::row::{CacheStatus, LogRow};
+use super::{SinkKind, LOG_SERIES_POINTS_MAX, LOG_SQLITE_FILE};
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Why a store call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or written now (connection, I/O, lock,
+    /// timeout); the same call may succeed later.
+    #[error("request log store unavailable: {0}")]
+    Unavailable(String),
+    /// The store refused a row's content; retrying the same rows fails again.
+    #[error("request log store refused the data: {0}")]
+    Data(String),
+    /// A stored value cannot be read back as a row (edited or damaged store).
+    #[error("request log store holds a bad value: {0}")]
+    Corrupt(String),
+    /// A query's answer would exceed its bound.
+    #[error("query result too large: {0}")]
+    TooLarge(String),
+    /// The store was written by a newer bursar.
+    #[error("request log schema version {found} is newer than this bursar's {SCHEMA_VERSION}")]
+    SchemaTooNew { found: i64 },
+}
+
+impl StoreError {
+    /// A failure caused by the rows themselves, not by the store's state.
+    pub fn is_data(&self) -> bool {
+        matches!(self, StoreError::Data(_))
+    }
+}
+
+/// A request log store: the writer's sink and the admin API's reader.
+///
+/// Every method blocks; call them on the log-writer thread or a control-plane
+/// thread, never on a worker.
+pub trait LogStore: Send {
+    /// "sqlite" or "postgres".
+    fn kind(&self) -> &'static str;
+
+    /// Inserts `rows` in one transaction; a row whose id is already stored is
+    /// ignored. Returns how many rows were new.
+    fn insert_batch(&mut self, rows: &[LogRow]) -> Result<u64, StoreError>;
+
+    /// The rows matching `filter`, newest first (by `(time_ms, id)`).
+    fn query_logs(&mut self, filter: &LogFilter) -> Result<Vec<LogRow>, StoreError>;
+
+    /// Spend per bucket and group over `[from_ms, to_ms)`, ordered by bucket
+    /// then group (bytewise). Buckets with no request are absent.
+    fn spend_series(
+        &mut self,
+        group_by: &GroupBy,
+        bucket: Bucket,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SeriesPoint>, StoreError>;
+
+    /// Spend per group over `[from_ms, to_ms)`, ordered by group (bytewise).
+    fn spend_totals(
+        &mut self,
+        group_by: &GroupBy,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SpendTotal>, StoreError>;
+
+    /// Deletes up to `rows_max` of the oldest rows with `time_ms < cutoff_ms`;
+    /// returns how many were deleted.
+    fn delete_before(&mut self, cutoff_ms: i64, rows_max: u64) -> Result<u64, StoreError>;
+
+    /// Deletes up to `rows_max` of the oldest rows beyond the newest
+    /// `keep_rows`; returns how many were deleted.
+    fn delete_beyond(&mut self, keep_rows: u64, rows_max: u64) -> Result<u64, StoreError>;
+
+    /// How many rows are stored.
+    fn count(&mut self) -> Result<u64, StoreError>;
+}
+
+/// Opens (creating if needed) the store a sink names.
+pub(crate) fn open(sink: &SinkKind, state_dir: &Path) -> Result<Box<dyn LogStore>, StoreError> {
+    Ok(match sink {
+        SinkKind::Sqlite => Box::new(super::sqlite::SqliteStore::open(
+            &state_dir.join(LOG_SQLITE_FILE),
+        )?),
+        SinkKind::Postgres { url } => Box::new(super::postgres::PostgresStore::connect(url)?),
+    })
+}
+
+/// A count as the stores keep it (see the module doc).
+pub(crate) fn clamp_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Tags as the JSON object stored in `requests.tags`.
+pub(crate) fn tags_json(tags: &[(String, String)]) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = tags
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+/// A row's columns as read from either store, before validation.
+pub(crate) struct RawRow {
+    pub id: String,
+    pub time_ms: i64,
+    pub key: String,
+    pub team: Option<String>,
+    pub customer: Option<String>,
+    pub provider: String,
+    pub model: String,
+    pub endpoint: String,
+    pub status: i64,
+    pub tokens: [i64; 5],
+    pub cost: String,
+    pub price_version: String,
+    pub estimated: bool,
+    pub ttfb_us: Option<i64>,
+    pub total_us: i64,
+    pub cache_status: String,
+    pub stream: bool,
+    pub tags: String,
+    pub prompt_text: Option<String>,
+    pub completion_text: Option<String>,
+}
+
+impl RawRow {
+    /// Validates every column; a bad one is a [`StoreError::Corrupt`] naming
+    /// the row and column.
+    pub fn into_row(self) -> Result<LogRow, StoreError> {
+        let id = self.id;
+        let bad = |column: &str, value: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("row {id:?}: {column} = {value}"))
+        };
+        let count = |column: &str, v: i64| u64::try_from(v).map_err(|_| bad(column, &v));
+        let [prompt, completion, cached, cache_write, reasoning] = self.tokens;
+        let tags: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&self.tags).map_err(|_| bad("tags", &self.tags))?;
+        let mut tag_pairs = Vec::with_capacity(tags.len());
+        for (k, v) in tags {
+            match v {
+                serde_json::Value::String(v) => tag_pairs.push((k, v)),
+                other => return Err(bad("tags", &other)),
+            }
+        }
+        Ok(LogRow {
+            time_ms: self.time_ms,
+            key: self.key,
+            team: self.team,
+            customer: self.customer,
+            provider: self.provider,
+            model: self.model,
+            endpoint: Cow::Owned(self.endpoint),
+            status: u16::try_from(self.status).map_err(|_| bad("status", &self.status))?,
+            prompt_tokens: count("prompt_tokens", prompt)?,
+            completion_tokens: count("completion_tokens", completion)?,
+            cached_tokens: count("cached_tokens", cached)?,
+            cache_write_tokens: count("cache_write_tokens", cache_write)?,
+            reasoning_tokens: count("reasoning_tokens", reasoning)?,
+            cost_picodollars: self
+                .cost
+                .parse()
+                .map_err(|_| bad("cost_picodollars", &self.cost))?,
+            price_version: self.price_version,
+            estimated: self.estimated,
+            ttfb_us: match self.ttfb_us {
+                Some(v) => Some(count("ttfb_us", v)?),
+                None => None,
+            },
+            total_us: count("total_us", self.total_us)?,
+            cache_status: CacheStatus::parse(&self.cache_status)
+                .ok_or_else(|| bad("cache_status", &self.cache_status))?,
+            stream: self.stream,
+            tags: tag_pairs,
+            prompt_text: self.prompt_text,
+            completion_text: self.completion_text,
+            id,
+        })
+    }
+}
+
+/// One group (and bucket) of a spend query as read from either store.
+pub(crate) struct RawSpend {
+    pub bucket_start_ms: i64,
+    pub group: String,
+    pub requests: i64,
+    pub cost: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+fn check_points(n: usize) -> Result<(), StoreError> {
+    if n > LOG_SERIES_POINTS_MAX {
+        return Err(StoreError::TooLarge(format!(
+            "more than {LOG_SERIES_POINTS_MAX} points; narrow the range or use a coarser bucket"
+        )));
+    }
+    Ok(())
+}
+
+impl RawSpend {
+    fn validate(self) -> Result<SpendTotal, StoreError> {
+        let bad = |column: &str, value: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("spend of {:?}: {column} = {value}", self.group))
+        };
+        let count = |column: &str, v: i64| u64::try_from(v).map_err(|_| bad(column, &v));
+        Ok(SpendTotal {
+            requests: count("requests", self.requests)?,
+            cost_picodollars: self.cost.parse().map_err(|_| bad("cost", &self.cost))?,
+            prompt_tokens: count("prompt_tokens", self.prompt_tokens)?,
+            completion_tokens: count("completion_tokens", self.completion_tokens)?,
+            group: self.group,
+        })
+    }
+}
+
+/// Validated series points from a spend query's rows.
+pub(crate) fn series_points(raw: Vec<RawSpend>) -> Result<Vec<SeriesPoint>, StoreError> {
+    check_points(raw.len())?;
+    raw.into_iter()
+        .map(|r| {
+            let bucket_start_ms = r.bucket_start_ms;
+            let t = r.validate()?;
+            Ok(SeriesPoint {
+                bucket_start_ms,
+                group: t.group,
+                requests: t.requests,
+                cost_picodollars: t.cost_picodollars,
+                prompt_tokens: t.prompt_tokens,
+                completion_tokens: t.completion_tokens,
+            })
+        })
+        .collect()
+}
+
+/// Validated totals from a spend query's rows.
+pub(crate) fn totals(raw: Vec<RawSpend>) -> Result<Vec<SpendTotal>, StoreError> {
+    check_points(raw.len())?;
+    raw.into_iter().map(RawSpend::validate).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawRow {
+        RawRow {
+            id: "req_1".into(),
+            time_ms: 1,
+            key: "k".into(),
+            team: None,
+            customer: None,
+            provider: "p".into(),
+            model: "m".into(),
+            endpoint: "chat/completions".into(),
+            status: 200,
+            tokens: [1, 2, 3, 4, 5],
+            cost: "-170141183460469231731687303715884105728".into(),
+            price_version: "v".into(),
+            estimated: true,
+            ttfb_us: None,
+            total_us: 9,
+            cache_status: "hit".into(),
+            stream: false,
+            tags: r#"{"a":"1","b":"2"}"#.into(),
+            prompt_text: None,
+            completion_text: None,
+        }
+    }
+
+    #[test]
+    fn a_good_raw_row_decodes() {
+        let row = raw().into_row().unwrap();
+        assert_eq!(row.cost_picodollars, i128::MIN);
+        assert_eq!(row.tags, vec![("a".into(), "1".into()), ("b".into(), "2".into())]);
+        assert_eq!(row.cache_status, CacheStatus::Hit);
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_column() {
+        let cases: [(fn(&mut RawRow), &str); 6] = [
+            (|r| r.status = 70_000, "status"),
+            (|r| r.tokens[2] = -1, "cached_tokens"),
+            (|r| r.cost = "1.5".into(), "cost_picodollars"),
+            (|r| r.cache_status = "warm".into(), "cache_status"),
+            (|r| r.tags = "[1]".into(), "tags"),
+            (|r| r.tags = r#"{"a":1}"#.into(), "tags"),
+        ];
+        for (spoil, column) in cases {
+            let mut r = raw();
+            spoil(&mut r);
+            match r.into_row() {
+                Err(StoreError::Corrupt(m)) => assert!(m.contains(column), "{m}"),
+                other => panic!("{column}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn counts_clamp_and_tags_encode_as_an_object() {
+        assert_eq!(clamp_i64(u64::MAX), i64::MAX);
+        assert_eq!(clamp_i64(7), 7);
+        assert_eq!(
+            tags_json(&[("a".into(), "x\"y".into())]),
+            r#"{"a":"x\"y"}"#
+        );
+        assert_eq!(tags_json(&[]), "{}");
+    }
+}

@@ -1,0 +1,688 @@
+//! The log-writer thread (`bursar-log`): queue in, batches out to the sink or
+//! the spill, replay, retention. The design and the loss rules are in the
+//! [module doc](super).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+
+use super::row::LogRow;
+use super::spill::Spill;
+use super::store::{self, LogStore, StoreError};
+use super::{
+    LogConfig, LOG_DROP_REPORT_INTERVAL, LOG_QUEUE_MAX, LOG_RETENTION_DELETE_CHUNK,
+    LOG_RETENTION_INTERVAL, LOG_RETENTION_PASS_ROWS_MAX, LOG_RETRY_BACKOFF_MAX,
+    LOG_RETRY_BACKOFF_MIN, LOG_SPILL_DIR, LOG_TEXT_BYTES_MAX, LOG_WRITE_SLOW,
+};
+
+/// Why the writer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("request log: cannot open the spill directory {path}: {source}")]
+    Spill {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The store is there but unusable in a way retrying will not fix (e.g.
+    /// a newer schema). A store that is merely unreachable is not an error:
+    /// the writer starts and spills until it answers.
+    #[error("request log: {0}")]
+    Store(StoreError),
+    #[error("request log: cannot start the writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The writer's counters, shared by the thread and every sender.
+#[derive(Debug, Default)]
+struct LogStats {
+    rows_written: AtomicU64,
+    rows_duplicate: AtomicU64,
+    rows_replayed: AtomicU64,
+    rows_spilled: AtomicU64,
+    rows_dropped: AtomicU64,
+    rows_rejected: AtomicU64,
+    spill_rows_corrupt: AtomicU64,
+    spill_bytes: AtomicU64,
+    batches: AtomicU64,
+    write_errors: AtomicU64,
+    sink_down: AtomicBool,
+}
+
+/// A reading of the writer's counters (all since start, but the gauges).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStatsSnapshot {
+    /// Rows newly stored in the sink (live or replayed).
+    pub rows_written: u64,
+    /// Rows the sink already had (a spill file replayed again after a crash).
+    pub rows_duplicate: u64,
+    /// Rows read back from the spill and accepted by the sink.
+    pub rows_replayed: u64,
+    /// Rows appended to the spill.
+    pub rows_spilled: u64,
+    /// Rows lost: queue full or writer gone at `try_log`, or spill full or
+    /// unwritable (see the module doc).
+    pub rows_dropped: u64,
+    /// Rows the sink refused for their content, kept in `rejected.jsonl`.
+    pub rows_rejected: u64,
+    /// Spill lines skipped as unreadable.
+    pub spill_rows_corrupt: u64,
+    /// Gauge: bytes in spill files.
+    pub spill_bytes: u64,
+    /// Sink transactions committed.
+    pub batches: u64,
+    /// Failed sink calls (writes and retention).
+    pub write_errors: u64,
+    /// Gauge: rows waiting in the queue.
+    pub queue_depth: u64,
+    /// Gauge: the sink is marked down (batches go to the spill).
+    pub sink_down: bool,
+}
+
+impl LogStats {
+    fn snapshot(&self, queue_depth: usize) -> LogStatsSnapshot {
+        LogStatsSnapshot {
+            rows_written: self.rows_written.load(Relaxed),
+            rows_duplicate: self.rows_duplicate.load(Relaxed),
+            rows_replayed: self.rows_replayed.load(Relaxed),
+            rows_spilled: self.rows_spilled.load(Relaxed),
+            rows_dropped: self.rows_dropped.load(Relaxed),
+            rows_rejected: self.rows_rejected.load(Relaxed),
+            spill_rows_corrupt: self.spill_rows_corrupt.load(Relaxed),
+            spill_bytes: self.spill_bytes.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            write_errors: self.write_errors.load(Relaxed),
+            queue_depth: queue_depth as u64,
+            sink_down: self.sink_down.load(Relaxed),
+        }
+    }
+}
+
+/// A worker's end of the log queue. Cheap to clone, `Send`; never blocks.
+#[derive(Clone)]
+pub struct LogSender {
+    tx: Sender<LogRow>,
+    stats: Arc<LogStats>,
+}
+
+impl LogSender {
+    /// Queues `row` for the writer without blocking. When the queue is full
+    /// (or the writer has shut down) the row is dropped and counted in
+    /// `rows_dropped`; returns whether it was queued.
+    pub fn try_log(&self, row: LogRow) -> bool {
+        match self.tx.try_send(row) {
+            Ok(()) => true,
+            Err(_) => {
+                self.stats.rows_dropped.fetch_add(1, Relaxed);
+                false
+            }
+        }
+    }
+
+    /// The writer's counters now.
+    pub fn stats(&self) -> LogStatsSnapshot {
+        self.stats.snapshot(self.tx.len())
+    }
+}
+
+/// The owner's handle on the writer thread: stats and shutdown.
+pub struct LogHandle {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    tx: Sender<LogRow>,
+    stats: Arc<LogStats>,
+}
+
+impl LogHandle {
+    /// The writer's counters now.
+    pub fn stats(&self) -> LogStatsSnapshot {
+        self.stats.snapshot(self.tx.len())
+    }
+
+    /// Writes every row queued so far (into the sink, or the spill when the
+    /// sink is down), then joins the thread. Rows sent after this are
+    /// dropped and counted. Dropping the handle does the same.
+    pub fn shutdown(mut self) -> LogStatsSnapshot {
+        self.stop_and_join();
+        self.stats()
+    }
+
+    fn stop_and_join(&mut self) {
+        // The thread sees the stop channel disconnect.
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("request log: the writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for LogHandle {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// The request log writer; see [`LogWriter::start`].
+pub struct LogWriter;
+
+impl LogWriter {
+    /// Opens the spill directory (`<state_dir>/log-spill`) and the store, and
+    /// starts the writer thread. An unreachable store is not an error: the
+    /// writer spills until it answers. Call it off the workers (it may wait
+    /// up to the store's connect timeout).
+    pub fn start(cfg: &LogConfig, state_dir: &Path) -> Result<(LogHandle, LogSender), LogError> {
+        let spill_dir = state_dir.join(LOG_SPILL_DIR);
+        let spill = Spill::open(&spill_dir).map_err(|source| LogError::Spill {
+            path: spill_dir.clone(),
+            source,
+        })?;
+        let stats = Arc::new(LogStats::default());
+        stats.spill_bytes.store(spill.bytes(), Relaxed);
+        let now = Instant::now();
+        let mut health = Health::Up;
+        let store = match store::open(&cfg.sink, state_dir) {
+            Ok(s) => Some(s),
+            Err(e @ StoreError::Unavailable(_)) => {
+                log::warn!(
+                    "request log: store unavailable at start, spilling to {} until it answers: {e}",
+                    spill_dir.display()
+                );
+                stats.sink_down.store(true, Relaxed);
+                health = Health::Down {
+                    retry_at: now + LOG_RETRY_BACKOFF_MIN,
+                    backoff: LOG_RETRY_BACKOFF_MIN,
+                };
+                None
+            }
+            Err(e) => return Err(LogError::Store(e)),
+        };
+        let (tx, rx) = bounded(LOG_QUEUE_MAX);
+        let (stop_tx, stop_rx) = bounded(0);
+        let writer = Writer {
+            cfg: cfg.clone(),
+            state_dir: state_dir.to_path_buf(),
+            rows: rx,
+            stop: stop_rx,
+            stats: stats.clone(),
+            store,
+            health,
+            spill,
+            replay_retry_at: now,
+            next_retention: now,
+            dropped_reported: 0,
+            next_drop_report: now,
+            spill_error_logged: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("bursar-log".into())
+            .spawn(move || writer.run())
+            .map_err(LogError::Thread)?;
+        Ok((
+            LogHandle {
+                stop: Some(stop_tx),
+                thread: Some(thread),
+                tx: tx.clone(),
+                stats: stats.clone(),
+            },
+            LogSender { tx, stats },
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Health {
+    Up,
+    /// Batches go to the spill until `retry_at`, when the sink is tried again.
+    Down { retry_at: Instant, backoff: Duration },
+}
+
+/// Why rows did not reach the sink.
+enum Failure {
+    /// The sink is down or slow: spill the rows, try again later.
+    Down,
+    /// The sink refused the rows' content: find and set aside the bad ones.
+    Data,
+}
+
+struct Writer {
+    cfg: LogConfig,
+    state_dir: PathBuf,
+    rows: Receiver<LogRow>,
+    stop: Receiver<()>,
+    stats: Arc<LogStats>,
+    store: Option<Box<dyn LogStore>>,
+    health: Health,
+    spill: Spill,
+    /// After a spill read error, replay waits until then.
+    replay_retry_at: Instant,
+    next_retention: Instant,
+    dropped_reported: u64,
+    next_drop_report: Instant,
+    spill_error_logged: bool,
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Cuts `text` to at most [`LOG_TEXT_BYTES_MAX`] bytes on a char boundary.
+fn truncate_text(text: &mut Option<String>) {
+    if let Some(t) = text {
+        if t.len() > LOG_TEXT_BYTES_MAX {
+            let mut end = LOG_TEXT_BYTES_MAX;
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            t.truncate(end);
+        }
+    }
+}
+
+impl Writer {
+    fn run(mut self) {
+        let batch_max = self.cfg.batch_max;
+        let mut batch: Vec<LogRow> = Vec::with_capacity(batch_max);
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let timeout = self.next_wake(now, deadline).saturating_duration_since(now);
+            let mut stopping = false;
+            select! {
+                recv(self.rows) -> msg => match msg {
+                    Ok(row) => self.push(&mut batch, &mut deadline, row),
+                    Err(_) => stopping = true,
+                },
+                recv(self.stop) -> _ => stopping = true,
+                default(timeout) => {}
+            }
+            if stopping {
+                break;
+            }
+            while batch.len() < batch_max {
+                match self.rows.try_recv() {
+                    Ok(row) => self.push(&mut batch, &mut deadline, row),
+                    Err(_) => break,
+                }
+            }
+            if batch.len() >= batch_max || deadline.is_some_and(|d| Instant::now() >= d) {
+                self.write(&mut batch);
+                deadline = None;
+            }
+            self.maintain();
+        }
+        // Shutdown: write what is queued now (rows sent meanwhile may be
+        // taken too, but the drain is bounded so a busy sender cannot hold
+        // the shutdown forever).
+        let mut left = self.rows.len();
+        loop {
+            while batch.len() < batch_max && left > 0 {
+                match self.rows.try_recv() {
+                    Ok(row) => {
+                        left -= 1;
+                        self.push(&mut batch, &mut deadline, row);
+                    }
+                    Err(_) => left = 0,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            self.write(&mut batch);
+        }
+        self.report_drops(Instant::now(), true);
+    }
+
+    fn push(&self, batch: &mut Vec<LogRow>, deadline: &mut Option<Instant>, mut row: LogRow) {
+        if self.cfg.store_text {
+            truncate_text(&mut row.prompt_text);
+            truncate_text(&mut row.completion_text);
+        } else {
+            row.prompt_text = None;
+            row.completion_text = None;
+        }
+        if batch.is_empty() {
+            *deadline = Some(Instant::now() + self.cfg.flush_interval);
+        }
+        batch.push(row);
+    }
+
+    /// When the loop must next act without a row arriving.
+    fn next_wake(&self, now: Instant, deadline: Option<Instant>) -> Instant {
+        let mut wake = self.next_retention.min(now + LOG_RETENTION_INTERVAL);
+        if let Some(d) = deadline {
+            wake = wake.min(d);
+        }
+        if self.spill.has_pending() {
+            let ready = match self.health {
+                Health::Up => now,
+                Health::Down { retry_at, .. } => retry_at,
+            };
+            wake = wake.min(ready.max(self.replay_retry_at));
+        }
+        if self.stats.rows_dropped.load(Relaxed) > self.dropped_reported {
+            wake = wake.min(self.next_drop_report);
+        }
+        wake
+    }
+
+    fn maintain(&mut self) {
+        let now = Instant::now();
+        self.replay_one(now);
+        self.retention(now);
+        self.report_drops(now, false);
+    }
+
+    fn sink_due(&self, now: Instant) -> bool {
+        match self.health {
+            Health::Up => true,
+            Health::Down { retry_at, .. } => now >= retry_at,
+        }
+    }
+
+    /// The store, opened if needed; `None` while the sink is down.
+    fn ready_store(&mut self, now: Instant) -> Option<&mut Box<dyn LogStore>> {
+        if !self.sink_due(now) {
+            return None;
+        }
+        if self.store.is_none() {
+            match store::open(&self.cfg.sink, &self.state_dir) {
+                Ok(s) => self.store = Some(s),
+                Err(e) => {
+                    self.stats.write_errors.fetch_add(1, Relaxed);
+                    self.mark_down(&e.to_string(), now);
+                    return None;
+                }
+            }
+        }
+        self.store.as_mut()
+    }
+
+    fn mark_down(&mut self, why: &str, now: Instant) {
+        let backoff = match self.health {
+            Health::Up => {
+                log::warn!(
+                    "request log: {} sink failing, spilling to {} until it recovers: {why}",
+                    self.sink_name(),
+                    self.spill.dir().display()
+                );
+                LOG_RETRY_BACKOFF_MIN
+            }
+            Health::Down { backoff, .. } => (backoff * 2).min(LOG_RETRY_BACKOFF_MAX),
+        };
+        self.health = Health::Down {
+            retry_at: now + backoff,
+            backoff,
+        };
+        self.stats.sink_down.store(true, Relaxed);
+    }
+
+    fn mark_up(&mut self) {
+        if let Health::Down { .. } = self.health {
+            log::info!("request log: {} sink writes again", self.sink_name());
+        }
+        self.health = Health::Up;
+        self.stats.sink_down.store(false, Relaxed);
+    }
+
+    fn sink_name(&self) -> &'static str {
+        match self.cfg.sink {
+            super::SinkKind::Sqlite => "sqlite",
+            super::SinkKind::Postgres { .. } => "postgres",
+        }
+    }
+
+    /// One sink transaction for `rows`.
+    fn insert(&mut self, rows: &[LogRow]) -> Result<(), Failure> {
+        let now = Instant::now();
+        let Some(store) = self.ready_store(now) else {
+            return Err(Failure::Down);
+        };
+        let started = Instant::now();
+        let result = store.insert_batch(rows);
+        let elapsed = started.elapsed();
+        match result {
+            Ok(new) => {
+                self.stats.batches.fetch_add(1, Relaxed);
+                self.stats.rows_written.fetch_add(new, Relaxed);
+                self.stats
+                    .rows_duplicate
+                    .fetch_add((rows.len() as u64).saturating_sub(new), Relaxed);
+                if elapsed > LOG_WRITE_SLOW {
+                    // Written, but the next batches go to the spill for a
+                    // while so the queue does not back up behind the sink.
+                    let why = format!("a batch of {} rows took {elapsed:?}", rows.len());
+                    self.health = Health::Up;
+                    self.mark_down(&why, Instant::now());
+                } else {
+                    self.mark_up();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.write_errors.fetch_add(1, Relaxed);
+                if e.is_data() {
+                    log::error!(
+                        "request log: the {} sink refused a batch of {} rows for its content, \
+                         isolating the bad rows: {e}",
+                        self.sink_name(),
+                        rows.len()
+                    );
+                    Err(Failure::Data)
+                } else {
+                    self.store = None;
+                    self.mark_down(&e.to_string(), Instant::now());
+                    Err(Failure::Down)
+                }
+            }
+        }
+    }
+
+    /// Writes a live batch: to the sink, else to the spill.
+    fn write(&mut self, batch: &mut Vec<LogRow>) {
+        match self.insert(batch) {
+            Ok(()) => {}
+            Err(Failure::Down) => self.spill_rows(batch),
+            Err(Failure::Data) => {
+                let rest = self.isolate(batch);
+                self.spill_rows(&batch[rest..]);
+            }
+        }
+        batch.clear();
+    }
+
+    /// Inserts `rows` one by one after their batch was refused for its
+    /// content; a row refused alone goes to the rejected file. Stops when
+    /// the sink goes down; returns the index of the first row not handled.
+    fn isolate(&mut self, rows: &[LogRow]) -> usize {
+        for (i, row) in rows.iter().enumerate() {
+            match self.insert(std::slice::from_ref(row)) {
+                Ok(()) => {}
+                Err(Failure::Data) => {
+                    if self.spill.reject(row) {
+                        self.stats.rows_rejected.fetch_add(1, Relaxed);
+                    } else {
+                        self.stats.rows_dropped.fetch_add(1, Relaxed);
+                    }
+                }
+                Err(Failure::Down) => return i,
+            }
+        }
+        rows.len()
+    }
+
+    fn spill_rows(&mut self, rows: &[LogRow]) {
+        if rows.is_empty() {
+            return;
+        }
+        let done = match self.spill.append(rows) {
+            Ok(done) => {
+                self.spill_error_logged = false;
+                done
+            }
+            Err((done, e)) => {
+                if !self.spill_error_logged {
+                    log::error!(
+                        "request log: cannot write the spill in {}: {e}",
+                        self.spill.dir().display()
+                    );
+                    self.spill_error_logged = true;
+                }
+                done
+            }
+        };
+        self.stats.rows_spilled.fetch_add(done.spilled, Relaxed);
+        self.stats.rows_dropped.fetch_add(done.dropped, Relaxed);
+        self.stats.spill_bytes.store(self.spill.bytes(), Relaxed);
+    }
+
+    /// Replays one chunk of the spill when the sink is up.
+    fn replay_one(&mut self, now: Instant) {
+        if !self.spill.has_pending() || !self.sink_due(now) || now < self.replay_retry_at {
+            return;
+        }
+        let chunk = match self.spill.take_chunk(self.cfg.batch_max) {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return,
+            Err(e) => {
+                log::error!(
+                    "request log: cannot read the spill in {}: {e}",
+                    self.spill.dir().display()
+                );
+                self.replay_retry_at = now + LOG_RETRY_BACKOFF_MAX;
+                return;
+            }
+        };
+        let done = match self.insert(&chunk) {
+            Ok(()) => chunk.len(),
+            Err(Failure::Down) => 0,
+            Err(Failure::Data) => self.isolate(&chunk),
+        };
+        self.stats.rows_replayed.fetch_add(done as u64, Relaxed);
+        if done == chunk.len() {
+            if let Err(e) = self.spill.chunk_done() {
+                log::error!("request log: cannot delete a replayed spill file: {e}");
+                self.replay_retry_at = now + LOG_RETRY_BACKOFF_MAX;
+            }
+        } else {
+            let mut chunk = chunk;
+            chunk.drain(..done);
+            self.spill.chunk_failed(chunk);
+        }
+        self.stats
+            .spill_rows_corrupt
+            .store(self.spill.corrupt_rows(), Relaxed);
+        self.stats.spill_bytes.store(self.spill.bytes(), Relaxed);
+    }
+
+    /// Deletes rows past `retention` and `max_rows`, at most
+    /// [`LOG_RETENTION_PASS_ROWS_MAX`] per pass.
+    fn retention(&mut self, now: Instant) {
+        if now < self.next_retention {
+            return;
+        }
+        let (retention, max_rows) = (self.cfg.retention, self.cfg.max_rows);
+        if retention.is_none() && max_rows.is_none() {
+            self.next_retention = now + LOG_RETENTION_INTERVAL;
+            return;
+        }
+        let Some(store) = self.ready_store(now) else {
+            self.next_retention = now + LOG_RETENTION_INTERVAL;
+            return;
+        };
+        let cutoff_ms = retention.map(|r| {
+            unix_ms_now().saturating_sub(i64::try_from(r.as_millis()).unwrap_or(i64::MAX))
+        });
+        let result = retention_pass(store.as_mut(), cutoff_ms, max_rows);
+        match result {
+            Ok((deleted, more)) => {
+                if deleted > 0 {
+                    log::info!("request log: retention deleted {deleted} rows");
+                }
+                self.next_retention = if more {
+                    now
+                } else {
+                    now + LOG_RETENTION_INTERVAL
+                };
+            }
+            Err(e) => {
+                self.stats.write_errors.fetch_add(1, Relaxed);
+                log::error!("request log: retention failed: {e}");
+                if !e.is_data() {
+                    self.store = None;
+                    self.mark_down(&e.to_string(), now);
+                }
+                self.next_retention = now + LOG_RETENTION_INTERVAL;
+            }
+        }
+    }
+
+    fn report_drops(&mut self, now: Instant, force: bool) {
+        let dropped = self.stats.rows_dropped.load(Relaxed);
+        if dropped > self.dropped_reported && (force || now >= self.next_drop_report) {
+            log::warn!(
+                "request log: {} rows dropped since the last report, {dropped} in all \
+                 (queue full, writer stopped, or spill full or unwritable)",
+                dropped - self.dropped_reported
+            );
+            self.dropped_reported = dropped;
+            self.next_drop_report = now + LOG_DROP_REPORT_INTERVAL;
+        }
+    }
+}
+
+/// One retention pass: rows older than `cutoff_ms`, then rows beyond
+/// `max_rows`. Returns the rows deleted and whether more remain.
+fn retention_pass(
+    store: &mut dyn LogStore,
+    cutoff_ms: Option<i64>,
+    max_rows: Option<u64>,
+) -> Result<(u64, bool), StoreError> {
+    let mut deleted = 0;
+    if let Some(cutoff) = cutoff_ms {
+        loop {
+            let n = store.delete_before(cutoff, LOG_RETENTION_DELETE_CHUNK)?;
+            deleted += n;
+            if n < LOG_RETENTION_DELETE_CHUNK {
+                break;
+            }
+            if deleted >= LOG_RETENTION_PASS_ROWS_MAX {
+                return Ok((deleted, true));
+            }
+        }
+    }
+    if let Some(keep) = max_rows {
+        loop {
+            let n = store.delete_beyond(keep, LOG_RETENTION_DELETE_CHUNK)?;
+            deleted += n;
+            if n < LOG_RETENTION_DELETE_CHUNK {
+                break;
+            }
+            if deleted >= LOG_RETENTION_PASS_ROWS_MAX {
+                return Ok((deleted, true));
+            }
+        }
+    }
+    Ok((deleted, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_cut_on_a_char_boundary() {
+        let mut t = Some(format!("{}é", "a".repeat(LOG_TEXT_BYTES_MAX - 1)));
+        truncate_text(&mut t);
+        assert_eq!(t.as_deref().map(str::len), Some(LOG_TEXT_BYTES_MAX - 1));
+        let mut short = Some("hi".to_string());
+        truncate_text(&mut short);
+        assert_eq!(short.as_deref(), Some("hi"));
+    }
+}

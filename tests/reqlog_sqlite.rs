@@ -1,0 +1,312 @@
+//! The request log writer into a real SQLite file: round trip, queries,
+//! series, retention, and the spill when the file is unusable or locked.
+
+mod reqlog_common;
+
+use std::time::Duration;
+
+use bursar::reqlog::{LogConfig, LogFilter, LogWriter, LOG_SQLITE_FILE};
+use reqlog_common::*;
+
+fn sqlite() -> LogConfig {
+    fast(LogConfig::default())
+}
+
+#[test]
+fn rows_round_trip_exactly() {
+    let dir = TempDir::new("round-trip");
+    check_round_trip(&sqlite(), dir.path(), false);
+}
+
+#[test]
+fn filters_and_paging_match_an_oracle() {
+    let dir = TempDir::new("filters");
+    check_filters_and_paging(&sqlite(), dir.path(), false);
+}
+
+#[test]
+fn series_and_totals_are_exact() {
+    let dir = TempDir::new("series");
+    check_series(&sqlite(), dir.path());
+}
+
+#[test]
+fn retention_deletes_old_rows_and_their_tags() {
+    let dir = TempDir::new("retention");
+    check_retention(&sqlite(), dir.path());
+    // The tags of deleted rows went with them (foreign key cascade).
+    let conn = rusqlite::Connection::open(dir.path().join(LOG_SQLITE_FILE)).unwrap();
+    let orphans: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM request_tags WHERE request_id NOT IN (SELECT id FROM requests)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(orphans, 0);
+    let tags: i64 = conn
+        .query_row("SELECT COUNT(*) FROM request_tags", [], |r| r.get(0))
+        .unwrap();
+    assert!(tags <= 6, "at most two tags on each of three rows: {tags}");
+}
+
+#[test]
+fn the_file_is_wal_with_the_schema_version() {
+    let dir = TempDir::new("schema");
+    write_through(&sqlite(), dir.path(), &varied_rows(1, 3));
+    let conn = rusqlite::Connection::open(dir.path().join(LOG_SQLITE_FILE)).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let version: i64 = conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1);
+    // Costs are stored as exact decimal text.
+    let cost: String = conn
+        .query_row(
+            "SELECT cost_picodollars FROM requests ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(cost.parse::<i128>().is_ok(), "{cost}");
+    // A newer schema is refused at start rather than misread.
+    conn.execute("UPDATE schema_version SET version = 99", [])
+        .unwrap();
+    let err = LogWriter::start(&sqlite(), dir.path()).err().unwrap();
+    assert!(err.to_string().contains("newer"), "{err}");
+}
+
+#[test]
+fn text_is_not_stored_unless_enabled() {
+    let dir = TempDir::new("no-text");
+    let mut cfg = sqlite();
+    cfg.store_text = false;
+    write_through(&cfg, dir.path(), &varied_rows(2, 50));
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    let rows = store.query_logs(&LogFilter::default()).unwrap();
+    assert_eq!(rows.len(), 50);
+    assert!(rows
+        .iter()
+        .all(|r| r.prompt_text.is_none() && r.completion_text.is_none()));
+}
+
+#[test]
+fn spilled_rows_are_replayed_once_after_a_restart() {
+    let dir = TempDir::new("spill-restart");
+    // A directory where the database file should be: the sink cannot open.
+    let db = dir.path().join(LOG_SQLITE_FILE);
+    std::fs::create_dir(&db).unwrap();
+    let cfg = sqlite();
+    check_spill_then_replay(&cfg, &cfg, dir.path(), || {
+        std::fs::remove_dir(&db).unwrap()
+    });
+}
+
+#[test]
+fn a_locked_database_spills_and_recovers_while_running() {
+    let dir = TempDir::new("locked");
+    let cfg = sqlite();
+    let (handle, sender) = LogWriter::start(&cfg, dir.path()).unwrap();
+    // Another connection holds the write lock; the writer's writes time out.
+    let lock = rusqlite::Connection::open(dir.path().join(LOG_SQLITE_FILE)).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let rows = varied_rows(9, 2000);
+    for r in &rows[..1000] {
+        assert!(sender.try_log(r.clone()));
+    }
+    wait_until("rows to spill", Duration::from_secs(20), || {
+        handle.stats().rows_spilled == 1000
+    });
+    assert!(handle.stats().sink_down);
+    lock.execute_batch("COMMIT").unwrap();
+    for r in &rows[1000..] {
+        assert!(sender.try_log(r.clone()));
+    }
+    wait_until("replay and new rows", Duration::from_secs(30), || {
+        handle.stats().rows_written == 2000
+    });
+    let stats = handle.shutdown();
+    // Rows that came while the sink was still in its backoff were spilled
+    // too; whatever was spilled was replayed, once.
+    assert!(stats.rows_spilled >= 1000, "{stats:?}");
+    assert_eq!(stats.rows_replayed, stats.rows_spilled, "{stats:?}");
+    assert_eq!(stats.spill_bytes, 0);
+    assert!(!stats.sink_down);
+    assert_eq!(stats.rows_dropped, 0);
+    assert_eq!(stats.rows_duplicate, 0);
+    assert!(stats.write_errors >= 1);
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    let got = read_all(
+        store.as_mut(),
+        &LogFilter {
+            limit: 1000,
+            ..LogFilter::default()
+        },
+    );
+    assert_eq!(got, newest_first(rows));
+}
+
+#[test]
+fn rows_queued_at_shutdown_are_all_written() {
+    let dir = TempDir::new("shutdown");
+    let mut cfg = sqlite();
+    // A long interval: nothing is flushed by time before the shutdown.
+    cfg.flush_interval = Duration::from_secs(10);
+    let (handle, sender) = LogWriter::start(&cfg, dir.path()).unwrap();
+    let rows = varied_rows(4, 10_000);
+    for r in &rows {
+        assert!(sender.try_log(r.clone()));
+    }
+    let stats = handle.shutdown();
+    assert_eq!(stats.rows_written, 10_000, "{stats:?}");
+    // A sender outliving the writer counts what it cannot deliver.
+    assert!(!sender.try_log(rows[0].clone()));
+    assert_eq!(sender.stats().rows_dropped, 1);
+    assert_eq!(cfg.open_store(dir.path()).unwrap().count().unwrap(), 10_000);
+}
+
+#[test]
+fn a_corrupt_spill_file_is_skipped_not_fatal() {
+    let dir = TempDir::new("corrupt");
+    let rows = varied_rows(6, 3);
+    let spill = dir.path().join("log-spill");
+    std::fs::create_dir_all(&spill).unwrap();
+    let good: Vec<String> = rows
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    let text = format!(
+        "{}\n\u{0}\u{1}garbage\n{}\n{{\"id\":1}}\n{}",
+        good[0],
+        good[1],
+        &good[2][..10]
+    );
+    std::fs::write(spill.join("0000000003.jsonl"), text).unwrap();
+    let cfg = sqlite();
+    let (handle, _sender) = LogWriter::start(&cfg, dir.path()).unwrap();
+    wait_until("replay", Duration::from_secs(20), || {
+        handle.stats().spill_rows_corrupt == 3
+    });
+    let stats = handle.shutdown();
+    assert_eq!(stats.rows_replayed, 2);
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    assert_eq!(
+        read_all(store.as_mut(), &LogFilter::default()),
+        newest_first(rows[..2].to_vec())
+    );
+}
+
+#[test]
+fn a_row_the_sink_refuses_is_set_aside_and_the_rest_written() {
+    let dir = TempDir::new("poison");
+    let cfg = sqlite();
+    // Create the schema, then a trigger that refuses one model's rows.
+    drop(cfg.open_store(dir.path()).unwrap());
+    let conn = rusqlite::Connection::open(dir.path().join(LOG_SQLITE_FILE)).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER poison BEFORE INSERT ON requests WHEN NEW.model = 'poison' \
+         BEGIN SELECT RAISE(ABORT, 'poison row'); END;",
+    )
+    .unwrap();
+    let mut rows = varied_rows(8, 20);
+    rows[13].model = "poison".into();
+    let (handle, sender) = LogWriter::start(&cfg, dir.path()).unwrap();
+    for r in &rows {
+        assert!(sender.try_log(r.clone()));
+    }
+    let stats = handle.shutdown();
+    assert_eq!(
+        (stats.rows_written, stats.rows_rejected, stats.rows_dropped),
+        (19, 1, 0),
+        "{stats:?}"
+    );
+    let rejected = std::fs::read_to_string(dir.path().join("log-spill/rejected.jsonl")).unwrap();
+    let back: bursar::reqlog::LogRow = serde_json::from_str(rejected.trim()).unwrap();
+    assert_eq!(back, rows[13]);
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    assert_eq!(store.count().unwrap(), 19);
+}
+
+/// Set in the child process of the crash test: its state directory.
+const CRASH_CHILD_ENV: &str = "BURSAR_REQLOG_CRASH_CHILD_DIR";
+
+/// The crash test's child: the sink cannot open, so every batch goes to the
+/// spill; after each thousand rows it prints how many the spill holds
+/// (fsynced), until the parent kills it.
+fn crash_child(dir: &std::path::Path) {
+    let (handle, sender) = LogWriter::start(&sqlite(), dir).unwrap();
+    // The same sequence as `varied_rows(21, n)`, made as it goes.
+    let mut rng = Rng::new(21);
+    for chunk in 0u64.. {
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            let row = varied_row(&mut rng, i);
+            while !sender.try_log(row.clone()) {}
+        }
+        let target = handle.stats().rows_spilled + 1000;
+        wait_until("spill", Duration::from_secs(30), || {
+            handle.stats().rows_spilled >= target
+        });
+        println!("spilled {}", handle.stats().rows_spilled);
+    }
+}
+
+#[test]
+fn a_writer_killed_while_spilling_loses_no_spilled_row() {
+    if let Some(dir) = std::env::var_os(CRASH_CHILD_ENV) {
+        crash_child(std::path::Path::new(&dir));
+        return;
+    }
+    use std::io::BufRead;
+    let dir = TempDir::new("crash");
+    let db = dir.path().join(LOG_SQLITE_FILE);
+    std::fs::create_dir(&db).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_writer_killed_while_spilling_loses_no_spilled_row",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_CHILD_ENV, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut spilled = 0u64;
+    while spilled < 20_000 {
+        let line = lines.next().expect("child output").unwrap();
+        if let Some(n) = line.strip_prefix("spilled ") {
+            spilled = n.parse().unwrap();
+        }
+    }
+    child.kill().unwrap(); // SIGKILL, mid-load
+    child.wait().unwrap();
+    std::fs::remove_dir(&db).unwrap();
+    let cfg = sqlite();
+    let (handle, _sender) = LogWriter::start(&cfg, dir.path()).unwrap();
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    wait_until("replay", Duration::from_secs(60), || {
+        handle.stats().spill_bytes == 0
+    });
+    let stats = handle.shutdown();
+    let stored = store.count().unwrap();
+    assert!(
+        stored >= spilled,
+        "{stored} rows stored, {spilled} were reported spilled; {stats:?}"
+    );
+    assert_eq!(stats.rows_written, stored);
+    assert!(stats.spill_rows_corrupt <= 1, "at most a torn last line: {stats:?}");
+    // What was stored is exactly what was sent: the first rows, in full.
+    let want = varied_rows(21, stored);
+    let got = read_all(
+        store.as_mut(),
+        &LogFilter {
+            limit: 1000,
+            ..LogFilter::default()
+        },
+    );
+    assert_eq!(got, newest_first(want));
+}

@@ -125,9 +125,11 @@ async fn serve(
             }
             (_, p) if p.starts_with("/admin/") => {
                 let (req, out) = conn.split(limits.idle_timeout);
+                let target = req.head.target(req.bytes);
                 let admin = crate::admin::api::AdminRequest {
                     method,
                     path: &path,
+                    query: target.split_once('?').map(|(_, q)| q),
                     authorization: req.head.header(req.bytes, "authorization"),
                     body: req.body,
                 };

@@ -186,6 +186,8 @@ pub struct Registry {
     pub catalog_version: Box<dyn Fn() -> u64 + Send + Sync>,
     /// The ledger thread's counters.
     pub books: Arc<crate::books::thread::BooksStats>,
+    /// The request log's counters (`None`: the log is off).
+    pub log: Option<crate::reqlog::LogSender>,
 }
 
 impl Registry {
@@ -482,6 +484,7 @@ mod tests {
             started: Instant::now(),
             catalog_version: Box::new(|| 3),
             books: Arc::default(),
+            log: None,
         };
         r.books
             .ring_settles

@@ -40,6 +40,7 @@ struct WorkerSeed {
     id_salt: u64,
     count_jobs: crossbeam_channel::Sender<crate::proxy::CountRequest>,
     link: crate::books::thread::WorkerLink,
+    log: Option<crate::reqlog::LogSender>,
 }
 
 /// A handle to a running gateway.
@@ -58,6 +59,8 @@ pub struct Gateway {
     pub books: Arc<BooksHandle>,
     /// Run-time changes (SIGHUP, the admin API) go through here.
     pub governance: Arc<crate::admin::Governance>,
+    /// The request log's writer thread (`None`: `[log] sink = "off"`).
+    log: Option<crate::reqlog::LogHandle>,
     /// Held for the life of the process: one gateway per state directory.
     _state_lock: StateLock,
 }
@@ -110,6 +113,15 @@ impl Gateway {
             entities.len()
         );
         let ids = entities.ids_for_config(&config)?;
+        // The request log's writer: an unreachable store is not fatal (rows
+        // spill to disk until it answers); an unusable one is.
+        let (log_handle, log_sender) = match &config.log {
+            Some(cfg) => {
+                let (h, s) = crate::reqlog::LogWriter::start(cfg, &state_dir)?;
+                (Some(h), Some(s))
+            }
+            None => (None, None),
+        };
         let books = Arc::new(books);
         let entities = Arc::new(Mutex::new(entities));
         let catalog = CatalogHandle::new(Catalog::from_config(&config, 1, &ids));
@@ -156,6 +168,7 @@ impl Gateway {
                 id_salt,
                 count_jobs: count_jobs.clone(),
                 link,
+                log: log_sender.clone(),
             };
             let (stop_tx, stop_rx) = futures_channel::oneshot::channel();
             stop_workers.push(stop_tx);
@@ -188,6 +201,7 @@ impl Gateway {
             started: Instant::now(),
             catalog_version: Box::new(move || catalog_for_metrics.load().version),
             books: Arc::clone(books.stats()),
+            log: log_sender.clone(),
         });
         let governance = Arc::new(crate::admin::Governance::new(
             config.clone(),
@@ -243,6 +257,7 @@ impl Gateway {
             admin_listen,
             books,
             governance,
+            log: log_handle,
             _state_lock: state_lock,
         })
     }
@@ -302,6 +317,13 @@ impl Gateway {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        // Rows the workers queued are written (or spilled) before exit.
+        if let Some(log) = self.log.take() {
+            let stats = log.shutdown();
+            if stats.rows_dropped > 0 {
+                log::error!("shutdown: the request log lost {} rows", stats.rows_dropped);
+            }
         }
         // Every settle the workers published is in a ring: journal it all,
         // checkpoint, and stop the ledger thread.
@@ -452,6 +474,7 @@ async fn worker_main(
         seed.id_salt,
         seed.count_jobs,
         seed.link,
+        seed.log,
     ));
     let _ = ready.send((seed.id, Ok(driver)));
 

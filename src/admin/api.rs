@@ -35,6 +35,8 @@ pub const GENERATED_KEY_PREFIX: &str = "sk-bursar-";
 pub struct AdminRequest<'a> {
     pub method: Method,
     pub path: &'a str,
+    /// The query string, without the `?`.
+    pub query: Option<&'a str>,
     pub authorization: Option<&'a [u8]>,
     pub body: &'a [u8],
 }
@@ -98,6 +100,9 @@ pub fn handle(gov: &Governance, req: &AdminRequest<'_>) -> Result<AdminResponse,
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
     let unknown = || ApiError::not_found("unknown_url", format!("unknown admin URL: {}", req.path));
     match (req.method, parts.as_slice()) {
+        (Method::Get, ["logs"]) => logs(gov, req.query),
+        (Method::Get, ["spend", "series"]) => series(gov, req.query, true),
+        (Method::Get, ["spend", "totals"]) => series(gov, req.query, false),
         (Method::Get, ["spend", kind, name]) => {
             let kind = Kind::parse(kind).ok_or_else(unknown)?;
             spend(gov, kind, name)
@@ -604,4 +609,195 @@ fn spend(gov: &Governance, kind: Kind, name: &str) -> Result<AdminResponse, ApiE
         .ok_or_else(|| not_found(kind, name))?;
     let kind_name = crate::books::registry::kind_str(kind.entity_kind());
     ok(200, &spend_json(kind_name, name, &view))
+}
+
+/// The query string's parameters, percent-decoded.
+fn query_params(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_value", message)
+}
+
+fn time_param(params: &[(String, String)], name: &str) -> Result<Option<i64>, ApiError> {
+    param(params, name)
+        .map(|v| {
+            v.parse::<i64>()
+                .ok()
+                .or_else(|| crate::budget::period::parse_rfc3339_ms(v))
+                .ok_or_else(|| bad(format!("{name}: {v:?} is not an RFC 3339 time or unix ms")))
+        })
+        .transpose()
+}
+
+fn log_store_error(e: crate::reqlog::StoreError) -> ApiError {
+    ApiError::service_unavailable(format!("the request log is unavailable: {e}"))
+}
+
+fn log_off() -> ApiError {
+    ApiError::not_found(
+        "log_disabled",
+        "the request log is off ([log] sink = \"off\")",
+    )
+}
+
+/// `GET /admin/logs`: the request log, newest first, filtered and paged.
+fn logs(gov: &Governance, query: Option<&str>) -> Result<AdminResponse, ApiError> {
+    let params = query_params(query);
+    let mut filter = crate::reqlog::LogFilter::default();
+    for (k, v) in &params {
+        match k.as_str() {
+            "key" => filter.key = Some(v.clone()),
+            "team" => filter.team = Some(v.clone()),
+            "customer" => filter.customer = Some(v.clone()),
+            "provider" => filter.provider = Some(v.clone()),
+            "model" => filter.model = Some(v.clone()),
+            "status" => filter.status = Some(v.parse().map_err(|_| bad("status: not a number"))?),
+            "tag" => {
+                let (tk, tv) = v
+                    .split_once('=')
+                    .ok_or_else(|| bad("tag: use tag=key=value"))?;
+                filter.tag = Some((tk.to_string(), tv.to_string()));
+            }
+            "limit" => {
+                let n: usize = v.parse().map_err(|_| bad("limit: not a number"))?;
+                if n == 0 || n > crate::reqlog::LOG_QUERY_LIMIT_MAX {
+                    return Err(bad(format!(
+                        "limit: 1 to {}",
+                        crate::reqlog::LOG_QUERY_LIMIT_MAX
+                    )));
+                }
+                filter.limit = n;
+            }
+            "before" => {
+                let (t, id) = v
+                    .split_once(':')
+                    .ok_or_else(|| bad("before: use the `next` value of the previous page"))?;
+                filter.before = Some(crate::reqlog::LogCursor {
+                    time_ms: t.parse().map_err(|_| bad("before: bad cursor"))?,
+                    id: id.to_string(),
+                });
+            }
+            "from" | "to" => {}
+            other => return Err(bad(format!("unknown parameter {other:?}"))),
+        }
+    }
+    filter.from_ms = time_param(&params, "from")?;
+    filter.to_ms = time_param(&params, "to")?;
+    let limit = filter.limit;
+    let rows = gov
+        .with_log_store(|store| store.query_logs(&filter))
+        .ok_or_else(log_off)?
+        .map_err(log_store_error)?;
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|r| format!("{}:{}", r.time_ms, r.id)))
+        .flatten();
+    let data: Vec<Value> = rows.iter().map(crate::reqlog::LogRow::to_json).collect();
+    ok(
+        200,
+        &json!({ "object": "list", "data": data, "next": next }),
+    )
+}
+
+/// `GET /admin/spend/series` (bucketed) and `/admin/spend/totals`.
+fn series(
+    gov: &Governance,
+    query: Option<&str>,
+    bucketed: bool,
+) -> Result<AdminResponse, ApiError> {
+    use crate::reqlog::{Bucket, GroupBy};
+    let params = query_params(query);
+    let group = param(&params, "group_by").unwrap_or("key");
+    let group_by = match group {
+        "key" => GroupBy::Key,
+        "team" => GroupBy::Team,
+        "customer" => GroupBy::Customer,
+        "provider" => GroupBy::Provider,
+        "model" => GroupBy::Model,
+        "tag" => GroupBy::Tag(
+            param(&params, "tag")
+                .ok_or_else(|| bad("group_by=tag needs tag=<key>"))?
+                .to_string(),
+        ),
+        other => match other.strip_prefix("tag:") {
+            Some(t) if !t.is_empty() => GroupBy::Tag(t.to_string()),
+            _ => {
+                return Err(bad(format!(
+                    "group_by {other:?}: use key, team, customer, provider, model or tag"
+                )))
+            }
+        },
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let to = time_param(&params, "to")?.unwrap_or(now + 1);
+    let from = time_param(&params, "from")?.unwrap_or(to - 86_400_000);
+    if from >= to {
+        return Err(bad("from must be before to"));
+    }
+    let range = json!({
+        "from": crate::budget::period::format_rfc3339_ms(from),
+        "to": crate::budget::period::format_rfc3339_ms(to),
+        "group_by": group,
+    });
+    let usd = |p: i128| crate::reqlog::row::format_usd(p);
+    if !bucketed {
+        let totals = gov
+            .with_log_store(|store| store.spend_totals(&group_by, from, to))
+            .ok_or_else(log_off)?
+            .map_err(log_store_error)?;
+        let data: Vec<Value> = totals
+            .iter()
+            .map(|t| {
+                json!({"group": t.group, "requests": t.requests, "cost_usd": usd(t.cost_picodollars),
+                       "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens})
+            })
+            .collect();
+        return ok(
+            200,
+            &json!({ "object": "list", "range": range, "data": data }),
+        );
+    }
+    let bucket = match param(&params, "bucket").unwrap_or("hour") {
+        "minute" => Bucket::Minute,
+        "hour" => Bucket::Hour,
+        "day" => Bucket::Day,
+        other => return Err(bad(format!("bucket {other:?}: use minute, hour or day"))),
+    };
+    if (to - from) / bucket.ms() > crate::reqlog::LOG_SERIES_POINTS_MAX as i64 {
+        return Err(bad(
+            "the range holds too many buckets; widen the bucket or narrow the range",
+        ));
+    }
+    let points = gov
+        .with_log_store(|store| store.spend_series(&group_by, bucket, from, to))
+        .ok_or_else(log_off)?
+        .map_err(log_store_error)?;
+    let data: Vec<Value> = points
+        .iter()
+        .map(|p| {
+            json!({"bucket_start": crate::budget::period::format_rfc3339_ms(p.bucket_start_ms),
+                   "group": p.group, "requests": p.requests, "cost_usd": usd(p.cost_picodollars),
+                   "prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens})
+        })
+        .collect();
+    ok(
+        200,
+        &json!({ "object": "list", "range": range, "bucket": param(&params, "bucket").unwrap_or("hour"), "data": data }),
+    )
 }

@@ -258,6 +258,9 @@ pub struct Governance {
     pub books: Arc<BooksHandle>,
     pub entities: Arc<Mutex<EntityRegistry>>,
     pub resolver: Arc<crate::upstream::resolver::Resolver>,
+    /// The admin API's read connection to the request log, opened on first
+    /// use (blocking I/O: the control-plane thread only).
+    log_store: Mutex<Option<Box<dyn crate::reqlog::LogStore>>>,
 }
 
 /// Why an admin change was refused.
@@ -317,7 +320,30 @@ impl Governance {
             books,
             entities,
             resolver,
+            log_store: Mutex::new(None),
         }
+    }
+
+    /// Runs `f` on the request log's read connection; `None` when the log is
+    /// off. A failed call drops the connection so the next one reopens it.
+    pub fn with_log_store<R>(
+        &self,
+        f: impl FnOnce(&mut dyn crate::reqlog::LogStore) -> Result<R, crate::reqlog::StoreError>,
+    ) -> Option<Result<R, crate::reqlog::StoreError>> {
+        let cfg = self.lock().config.log.clone()?;
+        let mut slot = self.log_store.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            match cfg.open_store(&self.state_dir) {
+                Ok(store) => *slot = Some(store),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        let store = slot.as_mut()?;
+        let result = f(store.as_mut());
+        if result.is_err() {
+            *slot = None;
+        }
+        Some(result)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

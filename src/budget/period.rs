@@ -366,6 +366,68 @@ pub fn unix_ms(y: i64, m: u32, d: u32, hh: u32, mm: u32, ss: u32) -> i64 {
 
 /// RFC 3339 UTC rendering ("2026-11-27T17:00:00Z", with ".123" when the
 /// milliseconds are not zero), for `reset_at` in spend reports.
+/// Parses an RFC 3339 UTC time, `YYYY-MM-DDTHH:MM:SS[.fff]Z` or with a
+/// `±HH:MM` offset, into unix milliseconds. `None` for anything else.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (hh, mi, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo)
+        || d == 0
+        || d > days_in_month(i64::from(y), mo)
+        || hh > 23
+        || mi > 59
+        || ss > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0u32;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        let mut end = start;
+        while b.get(end).is_some_and(u8::is_ascii_digit) {
+            end += 1;
+        }
+        if end == start {
+            return None;
+        }
+        let frac = &s[start..end.min(start + 3)];
+        millis = frac.parse::<u32>().ok()? * 10u32.pow(3 - frac.len() as u32);
+        i = end;
+    }
+    let offset_min: i64 = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        c @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let oh = i64::from(num(i + 1..i + 3)?);
+            let om = i64::from(num(i + 4..i + 6)?);
+            let m = oh * 60 + om;
+            if *c == b'-' {
+                -m
+            } else {
+                m
+            }
+        }
+        _ => return None,
+    };
+    Some(
+        unix_ms(i64::from(y), mo, d, hh, mi, ss.min(59)) + i64::from(millis)
+            - offset_min * MINUTE_MS,
+    )
+}
+
 pub fn format_rfc3339_ms(ms: i64) -> String {
     let ms = clamp_time_ms(ms);
     let (y, m, d) = civil_from_days(ms.div_euclid(DAY_MS));
@@ -386,6 +448,35 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_parses_what_it_formats_and_offsets() {
+        for ms in [0, 1_795_800_000_123, unix_ms(2024, 2, 29, 23, 59, 59) + 999] {
+            assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Some(ms));
+        }
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-27T17:00:00+01:00"),
+            Some(unix_ms(2026, 11, 27, 16, 0, 0))
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-27T17:00:00Z"),
+            Some(unix_ms(2026, 11, 27, 17, 0, 0))
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-27T17:00:00.5Z"),
+            Some(unix_ms(2026, 11, 27, 17, 0, 0) + 500)
+        );
+        for bad in [
+            "",
+            "2026-11-27",
+            "2026-13-01T00:00:00Z",
+            "2025-02-29T00:00:00Z",
+            "2026-11-27T17:00:00",
+            "2026-11-27T17:00:00Zjunk",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
+    }
 
     fn r(s: &str) -> Reset {
         Reset::parse(s).unwrap()

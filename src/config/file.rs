@@ -26,6 +26,9 @@ pub struct FileConfig {
     pub pricing: PricingSection,
     #[serde(default)]
     pub ledger: LedgerSection,
+    /// The request log (`sink = "sqlite" | "postgres" | "off"`).
+    #[serde(default, skip_serializing)]
+    pub log: crate::reqlog::LogSection,
 }
 
 /// The admin API's bearer token.

@@ -40,6 +40,8 @@ pub struct Config {
     pub prices: PriceTable,
     pub pricing: Pricing,
     pub ledger: LedgerConfig,
+    /// The request log; `None` when `[log] sink = "off"`.
+    pub log: Option<crate::reqlog::LogConfig>,
     /// The file it came from, if any (for reload).
     pub source: Option<PathBuf>,
 }
@@ -687,6 +689,16 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         },
         degrade_before_deny: file.pricing.degrade_before_deny.unwrap_or(true),
     };
+    let log = if file.log.sink.as_deref() == Some("off") {
+        None
+    } else {
+        Some(
+            crate::reqlog::LogConfig::from_section(&file.log).map_err(|e| {
+                let (field, message) = e.split_once(": ").unwrap_or(("log", e.as_str()));
+                err(field, message)
+            })?,
+        )
+    };
     let ledger = LedgerConfig {
         fsync_interval: duration_field(
             "ledger.fsync_interval",
@@ -713,6 +725,7 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         prices,
         pricing,
         ledger,
+        log,
         source,
     })
 }

@@ -62,6 +62,19 @@ pub struct MeterPlan<'a> {
     pub hold: Option<super::books::Hold<'a>>,
     /// The output cap was lowered to this to fit a strict budget.
     pub lowered_cap: Option<u64>,
+    /// For the request log: the status answered, when the first response
+    /// byte went to the client, and what was charged.
+    pub status: u16,
+    pub first_byte_at: Option<Instant>,
+    pub charged: Option<Charged>,
+}
+
+/// What a request was charged, for the request log.
+#[derive(Debug, Clone, Copy)]
+pub struct Charged {
+    pub usage: crate::tokens::Usage,
+    pub cost: crate::money::Money,
+    pub estimated: bool,
 }
 
 /// Settles the request's cost: `usage` priced at the model's price, or, with
@@ -88,6 +101,11 @@ pub async fn charge(
         },
         None => (hold.worst(), true),
     };
+    plan.charged = Some(Charged {
+        usage: usage.unwrap_or_default(),
+        cost,
+        estimated,
+    });
     Some(w.books.settle(hold, rid.as_u128(), cost, estimated).await)
 }
 
@@ -385,7 +403,7 @@ pub async fn forward(
     rid: &RequestId,
     keep: bool,
     ready_at: Instant,
-    mut plan: MeterPlan<'_>,
+    plan: &mut MeterPlan<'_>,
 ) -> Result<bool, ApiError> {
     let target = provider
         .upstream
@@ -418,7 +436,7 @@ pub async fn forward(
     if head.event_stream {
         let timing = super::stream::Timing { inbound, head_at };
         return Ok(super::stream::relay(
-            w, out, conn, &head, target, rid, keep, http10, timing, &mut plan,
+            w, out, conn, &head, target, rid, keep, http10, timing, plan,
         )
         .await);
     }
@@ -436,9 +454,9 @@ pub async fn forward(
         if usage.is_none() {
             w.stats.tokens.usage_missing.inc();
         }
-        charge(w, &mut plan, rid, usage, false).await
+        charge(w, plan, rid, usage, false).await
     } else if usage.is_some() {
-        charge(w, &mut plan, rid, usage, false).await
+        charge(w, plan, rid, usage, false).await
     } else {
         None
     };
@@ -457,6 +475,8 @@ pub async fn forward(
     // Overhead on the way out: response complete -> client write.
     w.record_overhead(inbound + body_at.elapsed());
     let _ = head_at;
+    plan.status = head.status;
+    plan.first_byte_at = Some(Instant::now());
     Ok(out.flush().await.is_ok() && keep)
 }
 

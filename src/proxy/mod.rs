@@ -46,6 +46,8 @@ pub struct Worker {
     pub count_jobs: crossbeam_channel::Sender<CountRequest>,
     /// This worker's side of the books: lease shard and ledger link.
     pub books: books::WorkerBooks,
+    /// The request log's queue (`None`: `[log] sink = "off"`).
+    pub log: Option<crate::reqlog::LogSender>,
     ids: RequestIds,
     spin: Cell<usize>,
     /// Internal overhead per forwarded request, in nanoseconds.
@@ -70,6 +72,7 @@ impl Worker {
         id_salt: u64,
         count_jobs: crossbeam_channel::Sender<CountRequest>,
         link: crate::books::thread::WorkerLink,
+        log: Option<crate::reqlog::LogSender>,
     ) -> Worker {
         let pool = Pool::new(limits.pool_idle_per_upstream_max, limits.pool_idle_timeout);
         Worker {
@@ -81,6 +84,7 @@ impl Worker {
             shutdown,
             count_jobs,
             books: books::WorkerBooks::new(link),
+            log,
             ids: RequestIds::new(id_salt, id),
             spin: Cell::new(id),
             catalog_cache: RefCell::new(Rc::new(catalog.load_full())),
@@ -280,8 +284,8 @@ async fn handle(w: &Worker, conn: &mut ServerConn, rid: &RequestId, ready_at: In
     }
 }
 
-/// Route, admit, then answer from the mock or forward upstream. An `Err` means
-/// nothing has been written to the client yet.
+/// Route, admit, then answer from the mock or forward upstream, and log the
+/// request. An `Err` means nothing has been written to the client yet.
 async fn proxy_api(
     w: &Worker,
     req: &RequestView<'_>,
@@ -291,10 +295,123 @@ async fn proxy_api(
     keep: bool,
     ready_at: Instant,
 ) -> Result<bool, ApiError> {
+    let mut row = None;
+    let result = proxy_api_inner(w, req, out, endpoint, rid, keep, ready_at, &mut row).await;
+    // Every authenticated request is logged, refused ones too (with the
+    // status they got and no cost). Off the hot path: one non-blocking send.
+    if let (Some(log), Some(mut row)) = (&w.log, row) {
+        if let Err(e) = &result {
+            row.status = e.status;
+        }
+        row.total_us = u64::try_from(ready_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+        log.try_log(row);
+    }
+    result
+}
+
+/// The log row of an authenticated request, before its outcome is known.
+fn log_row(
+    w: &Worker,
+    rid: &RequestId,
+    key: &crate::catalog::VirtualKey,
+    endpoint: Endpoint,
+    model: &str,
+    stream: bool,
+    tags: Vec<(String, String)>,
+) -> Option<crate::reqlog::LogRow> {
+    w.log.as_ref()?;
+    let level = |kind| {
+        key.chain
+            .iter()
+            .find(|l| l.kind == kind)
+            .map(|l| l.name.to_string())
+    };
+    Some(crate::reqlog::LogRow {
+        id: rid.as_str().to_string(),
+        time_ms: unix_now_ms(),
+        key: key.name.clone(),
+        team: level(crate::ledger::EntityKind::Team),
+        customer: level(crate::ledger::EntityKind::Customer),
+        provider: String::new(),
+        model: model.to_string(),
+        endpoint: std::borrow::Cow::Borrowed(endpoint.name()),
+        status: 0,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        cached_tokens: 0,
+        cache_write_tokens: 0,
+        reasoning_tokens: 0,
+        cost_picodollars: 0,
+        price_version: String::new(),
+        estimated: false,
+        ttfb_us: None,
+        total_us: 0,
+        cache_status: crate::reqlog::CacheStatus::None,
+        stream,
+        tags,
+        prompt_text: None,
+        completion_text: None,
+    })
+}
+
+/// Fills the row with what the request came to.
+fn finish_row(
+    row: &mut Option<crate::reqlog::LogRow>,
+    plan: &forward::MeterPlan<'_>,
+    ready_at: Instant,
+    price_version: &str,
+) {
+    let Some(row) = row else { return };
+    row.status = plan.status;
+    row.ttfb_us = plan.first_byte_at.map(|t| {
+        u64::try_from(t.saturating_duration_since(ready_at).as_micros()).unwrap_or(u64::MAX)
+    });
+    if let Some(c) = &plan.charged {
+        row.prompt_tokens = c.usage.prompt_tokens;
+        row.completion_tokens = c.usage.completion_tokens;
+        row.cached_tokens = c.usage.cached_tokens;
+        row.cache_write_tokens = c.usage.cache_write_tokens;
+        row.reasoning_tokens = c.usage.reasoning_tokens;
+        row.cost_picodollars = c.cost.picodollars();
+        row.estimated = c.estimated;
+        row.price_version = price_version.to_string();
+    } else if plan.price.is_none() {
+        row.price_version = "unpriced".to_string();
+    }
+}
+
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn proxy_api_inner(
+    w: &Worker,
+    req: &RequestView<'_>,
+    out: &mut ClientOut<'_>,
+    endpoint: Endpoint,
+    rid: &RequestId,
+    keep: bool,
+    ready_at: Instant,
+    row: &mut Option<crate::reqlog::LogRow>,
+) -> Result<bool, ApiError> {
     let catalog = w.catalog();
     let key = admit::authenticate(&catalog, req)?;
     let probe = route::probe(req.body)?;
     let model = probe.model.as_deref().unwrap_or_default();
+    *row = log_row(w, rid, key, endpoint, model, probe.streaming(), Vec::new());
+    // Attribution: x-bursar-tags, the body's `user` and `metadata`.
+    let tags = crate::reqlog::parse_tags(
+        req.head.header(req.bytes, "x-bursar-tags"),
+        probe.user.as_deref(),
+        probe.metadata.as_ref(),
+    )
+    .map_err(|e| ApiError::bad_request("invalid_tags", e.to_string()))?;
+    if let Some(r) = row.as_mut() {
+        r.tags = tags;
+    }
     if !key.allows(model) {
         return Err(ApiError::forbidden(
             "model_not_allowed",
@@ -310,6 +427,9 @@ async fn proxy_api(
             format!("the model {model:?} does not exist or is not served by this gateway"),
         )
     })?;
+    if let Some(r) = row.as_mut() {
+        r.provider = provider.name.clone();
+    }
     let price = catalog.prices.get(model);
     if price.is_none() && catalog.pricing.refuse_unpriced {
         return Err(ApiError::bad_request(
@@ -340,13 +460,17 @@ async fn proxy_api(
                 client_body: req.body,
                 hold,
                 lowered_cap: admitted.lowered_cap,
+                status: 200,
+                first_byte_at: None,
+                charged: None,
             };
             if let Some(u) = &usage {
                 w.stats.tokens.record(u, false, price);
                 permit.record_tokens(crate::ratelimit::now_ms(), u.total_tokens());
             }
             let settled = forward::charge(w, &mut plan, rid, usage, false).await;
-            Ok(send_mock(
+            plan.first_byte_at = Some(Instant::now());
+            let keep = send_mock(
                 w,
                 out,
                 reply,
@@ -356,7 +480,9 @@ async fn proxy_api(
                 &plan,
                 settled,
             )
-            .await)
+            .await;
+            finish_row(row, &plan, ready_at, &catalog.prices.version);
+            Ok(keep)
         }
         ProviderKind::OpenAi => {
             // Ask for usage on every stream that carries it only on request,
@@ -371,7 +497,7 @@ async fn proxy_api(
             } else {
                 None
             };
-            let plan = forward::MeterPlan {
+            let mut plan = forward::MeterPlan {
                 protocol: endpoint.protocol(),
                 strip_usage_chunk: rewritten.is_some(),
                 model,
@@ -381,8 +507,16 @@ async fn proxy_api(
                 client_body: req.body,
                 hold,
                 lowered_cap: admitted.lowered_cap,
+                status: 0,
+                first_byte_at: None,
+                charged: None,
             };
-            forward::forward(w, provider, endpoint, req, out, rid, keep, ready_at, plan).await
+            let result = forward::forward(
+                w, provider, endpoint, req, out, rid, keep, ready_at, &mut plan,
+            )
+            .await;
+            finish_row(row, &plan, ready_at, &catalog.prices.version);
+            result
         }
     }
 }

@@ -140,6 +140,8 @@ pub async fn relay(
     };
     response::finish(out.wbuf, framing, keep);
     w.record_overhead(timing.inbound + timing.head_at.elapsed());
+    plan.status = head.status;
+    plan.first_byte_at = Some(Instant::now());
     // A client gone before the head reached it still costs the prompt the
     // provider has begun on: it goes to the settle below like any abandon.
     let gone_at_head = out.flush().await.is_err();

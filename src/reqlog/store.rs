@@ -302,7 +302,10 @@ mod tests {
     fn a_good_raw_row_decodes() {
         let row = raw().into_row().unwrap();
         assert_eq!(row.cost_picodollars, i128::MIN);
-        assert_eq!(row.tags, vec![("a".into(), "1".into()), ("b".into(), "2".into())]);
+        assert_eq!(
+            row.tags,
+            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
         assert_eq!(row.cache_status, CacheStatus::Hit);
     }
 
@@ -330,10 +333,7 @@ mod tests {
     fn counts_clamp_and_tags_encode_as_an_object() {
         assert_eq!(clamp_i64(u64::MAX), i64::MAX);
         assert_eq!(clamp_i64(7), 7);
-        assert_eq!(
-            tags_json(&[("a".into(), "x\"y".into())]),
-            r#"{"a":"x\"y"}"#
-        );
+        assert_eq!(tags_json(&[("a".into(), "x\"y".into())]), r#"{"a":"x\"y"}"#);
         assert_eq!(tags_json(&[]), "{}");
     }
 }

@@ -1,0 +1,275 @@
+//! The request log end to end: the real gateway writes one row per request
+//! (SQLite by default, PostgreSQL when configured), attributed to key, team,
+//! customer, provider, model and tags, with the exact cost the client was
+//! told; the admin API reads it back, filtered, paged and aggregated.
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use util::{proxy_config, Client, Gateway, Mock, Response, CHAT, CHAT_STREAM};
+
+const ADMIN: &str = "admin-secret";
+
+fn admin(gw: &Gateway, path: &str) -> Response {
+    let mut c = Client::connect(gw.admin);
+    let auth = format!("Bearer {ADMIN}");
+    c.request("GET", path, &[("authorization", auth.as_str())], b"")
+}
+
+fn config(base_url: &str, log: &str) -> String {
+    proxy_config(
+        base_url,
+        &format!(
+            r#"
+[admin]
+token = "{ADMIN}"
+[[customers]]
+name = "acme"
+[[teams]]
+name = "search"
+customer = "acme"
+[[virtual_keys]]
+name = "search-prod"
+team = "search"
+key = "sk-search-prod"
+budget = {{ limit_usd = "1", reset = "1d" }}
+{log}
+"#
+        ),
+    )
+}
+
+/// Polls `/admin/logs` until it holds `n` rows for `key`.
+fn rows(gw: &Gateway, key: &str, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = admin(gw, &format!("/admin/logs?key={key}&limit=100"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let data = r.json()["data"].as_array().unwrap().clone();
+        if data.len() >= n || Instant::now() > deadline {
+            assert_eq!(data.len(), n, "rows for {key}: {data:?}");
+            return data;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn exercise(gw: &Gateway) {
+    let mut c = Client::connect(gw.addr);
+    let mut sent = Vec::new();
+    // Tags from the header, the body's `user` and `metadata`.
+    let tagged = r#"{"model":"gpt-4o-mini","max_tokens":5,"user":"u-42","metadata":{"feature":"ignored-by-header","ticket":"T-9"},"messages":[{"role":"user","content":"hello there"}]}"#;
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-search-prod",
+        tagged,
+        &[("x-bursar-tags", "feature=search, env=prod")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    sent.push(r);
+    // A stream without include_usage, one with it, one whose usage is omitted.
+    let with_usage = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"max_tokens":5,"messages":[{"role":"user","content":"hello there"}]}"#;
+    for (body, headers) in [
+        (CHAT_STREAM, vec![]),
+        (with_usage, vec![]),
+        (CHAT_STREAM, vec![("x-mock-omit-usage", "1")]),
+    ] {
+        let r = c.post("/v1/chat/completions", "sk-search-prod", body, &headers);
+        assert_eq!(r.status, 200);
+        sent.push(r);
+    }
+    // A refused request is logged too (no cost).
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-search-prod",
+        CHAT,
+        &[("x-mock-status", "503")],
+    );
+    assert_eq!(r.status, 503);
+    sent.push(r);
+    // Bad tags: 400 before anything is forwarded (and logged with its status).
+    let r = c.post(
+        "/v1/chat/completions",
+        "sk-search-prod",
+        CHAT,
+        &[("x-bursar-tags", "no-equals-sign")],
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "invalid_tags");
+    sent.push(r);
+
+    let logged = rows(gw, "search-prod", sent.len());
+    // Newest first: the reverse of the order sent.
+    for (row, resp) in logged.iter().zip(sent.iter().rev()) {
+        assert_eq!(
+            row["id"].as_str(),
+            resp.header("x-request-id"),
+            "row id is the response's x-request-id"
+        );
+        assert_eq!(row["status"], resp.status);
+        assert_eq!(row["key"], "search-prod");
+        assert_eq!(row["team"], "search");
+        assert_eq!(row["customer"], "acme");
+        assert_eq!(row["model"], "gpt-4o-mini");
+        match resp.cost_usd() {
+            Some(cost) => assert_eq!(row["cost_usd"], cost, "{row}"),
+            None => assert_eq!(row["cost_usd"], "0", "{row}"),
+        }
+    }
+    let [bad_tags, failed, omitted, streamed_with, streamed, tagged_row] = logged.as_slice() else {
+        unreachable!()
+    };
+    assert_eq!(bad_tags["status"], 400);
+    assert_eq!(failed["status"], 503);
+    assert_eq!(failed["provider"], "local");
+    // The provider's usage, exactly, whether or not the client asked for it.
+    for row in [streamed, streamed_with, tagged_row] {
+        assert_eq!(row["prompt_tokens"], 8, "{row}");
+        assert_eq!(row["completion_tokens"], 5, "{row}");
+        assert_eq!(row["estimated"], false, "{row}");
+        assert_eq!(row["cost_usd"], "0.0000042");
+    }
+    assert_eq!(streamed["stream"], true);
+    assert_eq!(omitted["estimated"], true, "{omitted}");
+    // Without usage the gateway counts the text the client received.
+    let text: String = util::sse_data(&sent[3].body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(
+        omitted["completion_tokens"],
+        bursar::tokens::count_tokens(bursar::tokens::Encoding::O200kBase, &text),
+        "{text:?}"
+    );
+    assert_eq!(tagged_row["price_version"], "2026-11-27.1+config");
+    let tags = &tagged_row["tags"];
+    assert_eq!(tags["feature"], "search", "the header wins: {tags}");
+    assert_eq!(tags["env"], "prod");
+    assert_eq!(tags["user"], "u-42");
+    assert_eq!(tags["ticket"], "T-9");
+
+    // Paging: two rows a page, following `next`.
+    let page1 = admin(gw, "/admin/logs?key=search-prod&limit=2").json();
+    let next = page1["next"].as_str().unwrap().to_string();
+    let page2 = admin(
+        gw,
+        &format!("/admin/logs?key=search-prod&limit=2&before={next}"),
+    )
+    .json();
+    assert_eq!(page1["data"][0]["id"], logged[0]["id"]);
+    assert_eq!(page2["data"][0]["id"], logged[2]["id"]);
+
+    // Spend by tag and by key: the exact sums.
+    let total: i128 = logged
+        .iter()
+        .map(|r| pico(r["cost_usd"].as_str().unwrap()))
+        .sum();
+    let by_key = admin(gw, "/admin/spend/totals?group_by=key").json();
+    let key_total = by_key["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "search-prod")
+        .unwrap();
+    assert_eq!(pico(key_total["cost_usd"].as_str().unwrap()), total);
+    assert_eq!(key_total["requests"], 6);
+    let by_feature = admin(
+        gw,
+        "/admin/spend/series?group_by=tag&tag=feature&bucket=minute",
+    )
+    .json();
+    let searched: Vec<_> = by_feature["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["group"] == "search")
+        .collect();
+    assert_eq!(searched.len(), 1, "{by_feature}");
+    assert_eq!(searched[0]["cost_usd"], "0.0000042");
+    assert_eq!(searched[0]["requests"], 1);
+    let r = admin(gw, "/admin/spend/series?group_by=nonsense");
+    assert_eq!(r.status, 400);
+}
+
+fn pico(usd: &str) -> i128 {
+    let (int, frac) = usd.split_once('.').unwrap_or((usd, ""));
+    int.parse::<i128>().unwrap() * 1_000_000_000_000
+        + format!("{frac:0<12}").parse::<i128>().unwrap()
+}
+
+#[test]
+fn the_sqlite_log_holds_every_request_exactly_and_survives_a_restart() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.base_url(), ""), &[]);
+    exercise(&gw);
+    assert!(gw.dir.0.join("bursar-state/requests.sqlite").exists());
+    // A clean restart keeps every row (and the queue is flushed on SIGTERM).
+    let mut c = Client::connect(gw.addr);
+    assert_eq!(
+        c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &[])
+            .status,
+        200
+    );
+    let gw = gw.stop_and_restart(&[]);
+    rows(&gw, "search-prod", 6);
+    rows(&gw, "demo", 1);
+}
+
+#[test]
+fn the_postgres_log_holds_every_request_exactly() {
+    let server = "postgres://postgres@127.0.0.1:5432";
+    let name = format!(
+        "bursar_e2e_{}_{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    );
+    let mut pg = postgres::Client::connect(&format!("{server}/postgres"), postgres::NoTls)
+        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/ensure-postgres starts it)");
+    pg.batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(
+        &config(
+            &mock.base_url(),
+            &format!(
+                "[log]\nsink = \"postgres\"\nurl = \"{server}/{name}\"\nflush_interval = \"50ms\""
+            ),
+        ),
+        &[],
+    );
+    exercise(&gw);
+    let mut db = postgres::Client::connect(&format!("{server}/{name}"), postgres::NoTls).unwrap();
+    let n: i64 = db
+        .query_one(
+            "SELECT count(*) FROM requests WHERE key_name = 'search-prod'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 6);
+    drop(db);
+    drop(gw);
+    let _ = pg.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+}
+
+#[test]
+fn the_log_can_be_turned_off() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.base_url(), "[log]\nsink = \"off\""), &[]);
+    let mut c = Client::connect(gw.addr);
+    assert_eq!(
+        c.post("/v1/chat/completions", "sk-search-prod", CHAT, &[])
+            .status,
+        200
+    );
+    let r = admin(&gw, "/admin/logs");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "log_disabled");
+    assert!(!gw.dir.0.join("bursar-state/requests.sqlite").exists());
+}

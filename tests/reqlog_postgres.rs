@@ -53,7 +53,10 @@ impl Drop for TestDb {
         if let Ok(mut admin) =
             postgres::Client::connect(&format!("{SERVER}/postgres"), postgres::NoTls)
         {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }

@@ -100,9 +100,7 @@ fn spilled_rows_are_replayed_once_after_a_restart() {
     let db = dir.path().join(LOG_SQLITE_FILE);
     std::fs::create_dir(&db).unwrap();
     let cfg = sqlite();
-    check_spill_then_replay(&cfg, &cfg, dir.path(), || {
-        std::fs::remove_dir(&db).unwrap()
-    });
+    check_spill_then_replay(&cfg, &cfg, dir.path(), || std::fs::remove_dir(&db).unwrap());
 }
 
 #[test]
@@ -298,7 +296,10 @@ fn a_writer_killed_while_spilling_loses_no_spilled_row() {
         "{stored} rows stored, {spilled} were reported spilled; {stats:?}"
     );
     assert_eq!(stats.rows_written, stored);
-    assert!(stats.spill_rows_corrupt <= 1, "at most a torn last line: {stats:?}");
+    assert!(
+        stats.spill_rows_corrupt <= 1,
+        "at most a torn last line: {stats:?}"
+    );
     // What was stored is exactly what was sent: the first rows, in full.
     let want = varied_rows(21, stored);
     let got = read_all(

@@ -359,7 +359,10 @@ mod tests {
             ("sink = \"mysql\"", "log.sink:"),
             ("sink = \"postgres\"", "log.url: required"),
             ("url = \"postgres://x\"", "log.url: only used"),
-            ("sink = \"postgres\"\nurl = \"http://x y\"", "log.url: not a PostgreSQL URL"),
+            (
+                "sink = \"postgres\"\nurl = \"http://x y\"",
+                "log.url: not a PostgreSQL URL",
+            ),
             ("retention = \"30 days\"", "log.retention:"),
             ("retention = \"10s\"", "log.retention: must be at least"),
             ("max_rows = 0", "log.max_rows:"),
@@ -378,9 +381,15 @@ mod tests {
 
     #[test]
     fn durations_include_days() {
-        assert_eq!(parse_log_duration("30d"), Some(Duration::from_secs(2_592_000)));
+        assert_eq!(
+            parse_log_duration("30d"),
+            Some(Duration::from_secs(2_592_000))
+        );
         assert_eq!(parse_log_duration("12h"), Some(Duration::from_secs(43_200)));
-        assert_eq!(parse_log_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_log_duration("250ms"),
+            Some(Duration::from_millis(250))
+        );
         assert_eq!(parse_log_duration("d"), None);
         assert_eq!(parse_log_duration("-1d"), None);
         assert_eq!(parse_log_duration("99999999999999999999d"), None);

@@ -21,8 +21,8 @@ use postgres::{Client, NoTls};
 
 use super::query::{self, Bucket, Dialect, GroupBy, LogFilter, Param, SeriesPoint, SpendTotal};
 use super::row::LogRow;
-use super::store::{self, clamp_i64, tags_json, LogStore, RawRow, RawSpend, StoreError};
 use super::store::SCHEMA_VERSION;
+use super::store::{self, clamp_i64, tags_json, LogStore, RawRow, RawSpend, StoreError};
 use super::{LOG_PG_CONNECT_TIMEOUT, LOG_PG_STATEMENT_TIMEOUT};
 
 const SCHEMA: &str = r#"
@@ -409,8 +409,10 @@ impl LogStore for PostgresStore {
         let Some(r) = newest_to_drop else {
             return Ok(0);
         };
-        let (time_ms, id): (i64, String) =
-            (r.try_get(0).map_err(corrupt)?, r.try_get(1).map_err(corrupt)?);
+        let (time_ms, id): (i64, String) = (
+            r.try_get(0).map_err(corrupt)?,
+            r.try_get(1).map_err(corrupt)?,
+        );
         Ok(self.client.execute(
             "DELETE FROM requests WHERE id IN (SELECT id FROM requests \
              WHERE time_ms < $1 OR (time_ms = $1 AND id <= $2) ORDER BY time_ms, id LIMIT $3)",

@@ -332,7 +332,10 @@ mod tests {
         };
         let sql = select_logs(Dialect::Sqlite, &f);
         assert!(!sql.text.contains("DROP"), "values are bound, not spliced");
-        assert_eq!(sql.params.last(), Some(&Param::Int(LOG_QUERY_LIMIT_MAX as i64)));
+        assert_eq!(
+            sql.params.last(),
+            Some(&Param::Int(LOG_QUERY_LIMIT_MAX as i64))
+        );
         assert_eq!(sql.params.len(), 8);
         let pg = select_logs(Dialect::Postgres, &f);
         assert!(pg.text.contains("$1::TEXT") && pg.text.contains("$2::BIGINT"));

@@ -206,7 +206,7 @@ pub fn format_usd(picodollars: i128) -> String {
 /// 1000, printed back as its three-decimal value by the shortest-round-trip
 /// float formatting serde_json uses.
 fn micros_as_ms(us: u64) -> serde_json::Value {
-    if us % 1000 == 0 {
+    if us.is_multiple_of(1000) {
         serde_json::Value::from(us / 1000)
     } else {
         serde_json::Value::from(us as f64 / 1000.0)
@@ -450,9 +450,15 @@ pub(crate) mod tests {
             Err(TagError::ValueTooLong { key: "a".into() })
         );
         let max: Vec<String> = (0..TAGS_MAX).map(|i| format!("t{i}=v")).collect();
-        assert_eq!(tags(Some(&max.join(",")), None, None).unwrap().len(), TAGS_MAX);
+        assert_eq!(
+            tags(Some(&max.join(",")), None, None).unwrap().len(),
+            TAGS_MAX
+        );
         let over: Vec<String> = (0..=TAGS_MAX).map(|i| format!("t{i}=v")).collect();
-        assert_eq!(tags(Some(&over.join(",")), None, None), Err(TagError::TooMany));
+        assert_eq!(
+            tags(Some(&over.join(",")), None, None),
+            Err(TagError::TooMany)
+        );
         let long = "a".repeat(TAGS_HEADER_BYTES_MAX + 1);
         assert_eq!(tags(Some(&long), None, None), Err(TagError::HeaderTooLong));
     }
@@ -502,9 +508,13 @@ pub(crate) mod tests {
         );
         // A body key the header already set does not count twice.
         assert_eq!(
-            tags(Some(&header.join(",")), None, Some(serde_json::json!({"t0": "x"})))
-                .unwrap()
-                .len(),
+            tags(
+                Some(&header.join(",")),
+                None,
+                Some(serde_json::json!({"t0": "x"}))
+            )
+            .unwrap()
+            .len(),
             TAGS_MAX
         );
     }
@@ -604,7 +614,10 @@ pub(crate) mod tests {
     #[test]
     fn times_and_amounts_format_exactly() {
         assert_eq!(format_time_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_time_ms(1_795_804_200_005), "2026-11-27T18:30:00.005Z");
+        assert_eq!(
+            format_time_ms(1_795_804_200_005),
+            "2026-11-27T18:30:00.005Z"
+        );
         // Outside the civil-date range (before 1970, after 9999) it clamps.
         assert_eq!(format_time_ms(-1), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_usd(1), "0.000000000001");

@@ -21,8 +21,7 @@ use std::path::{Path, PathBuf};
 
 use super::row::LogRow;
 use super::{
-    LOG_REJECTED_BYTES_MAX, LOG_SPILL_BYTES_MAX, LOG_SPILL_FILE_BYTES_MAX,
-    LOG_SPILL_LINE_BYTES_MAX,
+    LOG_REJECTED_BYTES_MAX, LOG_SPILL_BYTES_MAX, LOG_SPILL_FILE_BYTES_MAX, LOG_SPILL_LINE_BYTES_MAX,
 };
 
 /// Rows refused by the sink for their content, kept for an operator.
@@ -191,7 +190,9 @@ impl Spill {
             };
             line.push(b'\n');
             let len = line.len() as u64;
-            if line.len() > LOG_SPILL_LINE_BYTES_MAX || self.bytes + buf.len() as u64 + len > LOG_SPILL_BYTES_MAX {
+            if line.len() > LOG_SPILL_LINE_BYTES_MAX
+                || self.bytes + buf.len() as u64 + len > LOG_SPILL_BYTES_MAX
+            {
                 done.dropped += 1;
                 continue;
             }
@@ -216,7 +217,12 @@ impl Spill {
     /// Writes the buffered lines to the append file and fsyncs it. On an
     /// error the file is closed for appends (its tail may be torn, which the
     /// replay skips as corrupt) and the buffered rows are not counted spilled.
-    fn write_out(&mut self, buf: &mut Vec<u8>, in_buf: &mut u64, done: &mut Appended) -> io::Result<()> {
+    fn write_out(
+        &mut self,
+        buf: &mut Vec<u8>,
+        in_buf: &mut u64,
+        done: &mut Appended,
+    ) -> io::Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
@@ -290,7 +296,7 @@ impl Spill {
                 return Ok(Some(rows));
             }
             if self.sealed.is_empty() {
-                if !self.append.as_ref().is_some_and(|a| a.bytes > 0) {
+                if self.append.as_ref().is_none_or(|a| a.bytes == 0) {
                     return Ok(None);
                 }
                 self.seal_append();
@@ -445,7 +451,11 @@ mod tests {
         }
         let mut spill = Spill::open(&dir).unwrap();
         spill.append(&rows[4..]).unwrap();
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 2, "a start never appends to an old file");
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            2,
+            "a start never appends to an old file"
+        );
         // A failed chunk is offered again.
         let first = spill.take_chunk(3).unwrap().unwrap();
         spill.chunk_failed(first.clone());
@@ -472,7 +482,11 @@ mod tests {
         fs::write(dir.join("notes.txt"), "ignored").unwrap();
         let mut spill = Spill::open(&dir).unwrap();
         assert_eq!(drain(&mut spill), vec![row(1), row(2)]);
-        assert_eq!(spill.corrupt_rows(), 3, "junk, the overlong line and the torn tail");
+        assert_eq!(
+            spill.corrupt_rows(),
+            3,
+            "junk, the overlong line and the torn tail"
+        );
         // New appends continue the numbering.
         spill.append(&[row(3)]).unwrap();
         assert!(dir.join("0000000008.jsonl").exists());
@@ -499,7 +513,10 @@ mod tests {
         assert!(spill.reject(&row(9)));
         assert_eq!(drain(&mut spill), rows);
         let rejected = fs::read_to_string(dir.join(REJECTED_FILE)).unwrap();
-        assert_eq!(serde_json::from_str::<LogRow>(rejected.trim()).unwrap(), row(9));
+        assert_eq!(
+            serde_json::from_str::<LogRow>(rejected.trim()).unwrap(),
+            row(9)
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

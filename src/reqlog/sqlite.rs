@@ -21,8 +21,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, ToSql, Transact
 
 use super::query::{self, Bucket, Dialect, GroupBy, LogFilter, Param, SeriesPoint, SpendTotal};
 use super::row::LogRow;
-use super::store::{self, clamp_i64, tags_json, LogStore, RawRow, RawSpend, StoreError};
 use super::store::SCHEMA_VERSION;
+use super::store::{self, clamp_i64, tags_json, LogStore, RawRow, RawSpend, StoreError};
 use super::{LOG_SQLITE_BUSY_TIMEOUT, LOG_SQLITE_CACHE_BYTES, LOG_SQLITE_CHECKPOINT_PAGES};
 
 const SCHEMA: &str = "
@@ -70,7 +70,8 @@ const INSERT_ROW: &str = "INSERT OR IGNORE INTO requests (id, time_ms, key_name,
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
     ?19, ?20, ?21, ?22, ?23, ?24)";
 
-const INSERT_TAG: &str = "INSERT OR IGNORE INTO request_tags (request_id, k, v) VALUES (?1, ?2, ?3)";
+const INSERT_TAG: &str =
+    "INSERT OR IGNORE INTO request_tags (request_id, k, v) VALUES (?1, ?2, ?3)";
 
 /// A connection to the request log's SQLite file.
 pub struct SqliteStore {
@@ -122,7 +123,9 @@ impl Aggregate<i128, String> for SumPicodollars {
             ValueRef::Text(t) => std::str::from_utf8(t)
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| fail(format!("not picodollars: {:?}", String::from_utf8_lossy(t))))?,
+                .ok_or_else(|| {
+                    fail(format!("not picodollars: {:?}", String::from_utf8_lossy(t)))
+                })?,
             other => return Err(fail(format!("not picodollars: {other:?}"))),
         };
         *acc = acc
@@ -174,7 +177,10 @@ impl SqliteStore {
         match found {
             None => {
                 tx.execute_batch(SCHEMA)?;
-                tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [SCHEMA_VERSION])?;
+                tx.execute(
+                    "INSERT INTO schema_version (version) VALUES (?1)",
+                    [SCHEMA_VERSION],
+                )?;
             }
             Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
             Some(_) => {}
@@ -212,9 +218,8 @@ impl SqliteStore {
     /// one transaction. The order (time, id) is total, so both statements
     /// pick the same rows.
     fn delete_where(&mut self, condition: &str, params: &[&dyn ToSql]) -> Result<u64, StoreError> {
-        let chosen = format!(
-            "SELECT id FROM requests WHERE {condition} ORDER BY time_ms, id LIMIT ?2"
-        );
+        let chosen =
+            format!("SELECT id FROM requests WHERE {condition} ORDER BY time_ms, id LIMIT ?2");
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

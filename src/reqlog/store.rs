@@ -302,13 +302,17 @@ mod tests {
     fn a_good_raw_row_decodes() {
         let row = raw().into_row().unwrap();
         assert_eq!(row.cost_picodollars, i128::MIN);
-        assert_eq!(row.tags, vec![("a".into(), "1".into()), ("b".into(), "2".into())]);
+        assert_eq!(
+            row.tags,
+            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
         assert_eq!(row.cache_status, CacheStatus::Hit);
     }
 
     #[test]
     fn bad_values_are_errors_naming_the_column() {
-        let cases: [(fn(&mut RawRow), &str); 6] = [
+        type Spoil = fn(&mut RawRow);
+        let cases: [(Spoil, &str); 6] = [
             (|r| r.status = 70_000, "status"),
             (|r| r.tokens[2] = -1, "cached_tokens"),
             (|r| r.cost = "1.5".into(), "cost_picodollars"),
@@ -330,10 +334,7 @@ mod tests {
     fn counts_clamp_and_tags_encode_as_an_object() {
         assert_eq!(clamp_i64(u64::MAX), i64::MAX);
         assert_eq!(clamp_i64(7), 7);
-        assert_eq!(
-            tags_json(&[("a".into(), "x\"y".into())]),
-            r#"{"a":"x\"y"}"#
-        );
+        assert_eq!(tags_json(&[("a".into(), "x\"y".into())]), r#"{"a":"x\"y"}"#);
         assert_eq!(tags_json(&[]), "{}");
     }
 }

@@ -238,7 +238,10 @@ impl LogWriter {
 enum Health {
     Up,
     /// Batches go to the spill until `retry_at`, when the sink is tried again.
-    Down { retry_at: Instant, backoff: Duration },
+    Down {
+        retry_at: Instant,
+        backoff: Duration,
+    },
 }
 
 /// Why rows did not reach the sink.

@@ -70,7 +70,8 @@ impl Rng {
 /// A varied row: every field takes several values, including the edges
 /// (costs beyond i64, absent team and ttfb, text with awkward characters).
 pub fn varied_row(rng: &mut Rng, i: u64) -> LogRow {
-    let pick = |rng: &mut Rng, list: &[&str]| list[rng.below(list.len() as u64) as usize].to_string();
+    let pick =
+        |rng: &mut Rng, list: &[&str]| list[rng.below(list.len() as u64) as usize].to_string();
     let cost = match rng.below(5) {
         0 => 0,
         1 => rng.below(1_000_000_000) as i128,
@@ -83,15 +84,26 @@ pub fn varied_row(rng: &mut Rng, i: u64) -> LogRow {
         tags.push(("env".to_string(), pick(rng, &["prod", "dev"])));
     }
     if rng.below(2) == 0 {
-        tags.push(("feature".to_string(), pick(rng, &["search", "chat", "sum mary"])));
+        tags.push((
+            "feature".to_string(),
+            pick(rng, &["search", "chat", "sum mary"]),
+        ));
     }
     LogRow {
         id: format!("req_{:012x}{:016x}", i, rng.next()),
         // Few distinct times, so many rows tie and paging must use the id.
         time_ms: T0 + rng.below(40) as i64 * 250,
         key: pick(rng, &["k-a", "k-b", "k-c"]),
-        team: if rng.below(3) == 0 { None } else { Some(pick(rng, &["red", "blue"])) },
-        customer: if rng.below(2) == 0 { None } else { Some(pick(rng, &["acme", "globex"])) },
+        team: if rng.below(3) == 0 {
+            None
+        } else {
+            Some(pick(rng, &["red", "blue"]))
+        },
+        customer: if rng.below(2) == 0 {
+            None
+        } else {
+            Some(pick(rng, &["acme", "globex"]))
+        },
         provider: pick(rng, &["openai", "anthropic"]),
         model: pick(rng, &["gpt-4o", "gpt-4o-mini", "claude"]),
         endpoint: if rng.below(2) == 0 {
@@ -108,10 +120,18 @@ pub fn varied_row(rng: &mut Rng, i: u64) -> LogRow {
         cost_picodollars: cost,
         price_version: "2026-11-01".into(),
         estimated: rng.below(2) == 0,
-        ttfb_us: if rng.below(4) == 0 { None } else { Some(rng.below(10_000_000)) },
+        ttfb_us: if rng.below(4) == 0 {
+            None
+        } else {
+            Some(rng.below(10_000_000))
+        },
         total_us: rng.below(100_000_000),
-        cache_status: [CacheStatus::None, CacheStatus::Hit, CacheStatus::SemanticHit, CacheStatus::Miss]
-            [rng.below(4) as usize],
+        cache_status: [
+            CacheStatus::None,
+            CacheStatus::Hit,
+            CacheStatus::SemanticHit,
+            CacheStatus::Miss,
+        ][rng.below(4) as usize],
         stream: rng.below(2) == 0,
         tags,
         prompt_text: if rng.below(2) == 0 {
@@ -214,7 +234,10 @@ pub fn check_round_trip(cfg: &LogConfig, dir: &Path, nul_to_replacement: bool) {
     }
     let costs: i128 = got.iter().map(|r| r.cost_picodollars).sum();
     let totals = store.spend_totals(&GroupBy::Key, T0, T0 + DAY).unwrap();
-    assert_eq!(totals.iter().map(|t| t.cost_picodollars).sum::<i128>(), costs);
+    assert_eq!(
+        totals.iter().map(|t| t.cost_picodollars).sum::<i128>(),
+        costs
+    );
     assert_eq!(totals.iter().map(|t| t.requests).sum::<u64>(), 3000);
 }
 
@@ -226,53 +249,120 @@ pub fn check_filters_and_paging(cfg: &LogConfig, dir: &Path, nul_to_replacement:
     let mut store = cfg.open_store(dir).unwrap();
     let filters = [
         LogFilter::default(),
-        LogFilter { key: Some("k-a".into()), ..LogFilter::default() },
-        LogFilter { team: Some("red".into()), ..LogFilter::default() },
-        LogFilter { customer: Some("acme".into()), ..LogFilter::default() },
-        LogFilter { provider: Some("anthropic".into()), ..LogFilter::default() },
-        LogFilter { model: Some("gpt-4o".into()), status: Some(200), ..LogFilter::default() },
-        LogFilter { status: Some(429), ..LogFilter::default() },
-        LogFilter { from_ms: Some(T0 + 2500), to_ms: Some(T0 + 5000), ..LogFilter::default() },
-        LogFilter { tag: Some(("feature".into(), "sum mary".into())), ..LogFilter::default() },
+        LogFilter {
+            key: Some("k-a".into()),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            team: Some("red".into()),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            customer: Some("acme".into()),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            provider: Some("anthropic".into()),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            model: Some("gpt-4o".into()),
+            status: Some(200),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            status: Some(429),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            from_ms: Some(T0 + 2500),
+            to_ms: Some(T0 + 5000),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            tag: Some(("feature".into(), "sum mary".into())),
+            ..LogFilter::default()
+        },
         LogFilter {
             key: Some("k-b".into()),
             tag: Some(("env".into(), "prod".into())),
             from_ms: Some(T0 + 1000),
             ..LogFilter::default()
         },
-        LogFilter { model: Some("no such model".into()), ..LogFilter::default() },
+        LogFilter {
+            model: Some("no such model".into()),
+            ..LogFilter::default()
+        },
     ];
     for base in filters {
         let want: Vec<LogRow> = all
             .iter()
             .filter(|r| {
                 base.key.as_ref().is_none_or(|k| &r.key == k)
-                    && base.team.as_ref().is_none_or(|t| r.team.as_ref() == Some(t))
-                    && base.customer.as_ref().is_none_or(|c| r.customer.as_ref() == Some(c))
+                    && base
+                        .team
+                        .as_ref()
+                        .is_none_or(|t| r.team.as_ref() == Some(t))
+                    && base
+                        .customer
+                        .as_ref()
+                        .is_none_or(|c| r.customer.as_ref() == Some(c))
                     && base.provider.as_ref().is_none_or(|p| &r.provider == p)
                     && base.model.as_ref().is_none_or(|m| &r.model == m)
                     && base.status.is_none_or(|s| r.status == s)
                     && base.from_ms.is_none_or(|f| r.time_ms >= f)
                     && base.to_ms.is_none_or(|t| r.time_ms < t)
-                    && base.tag.as_ref().is_none_or(|(k, v)| r.tags.iter().any(|(rk, rv)| rk == k && rv == v))
+                    && base
+                        .tag
+                        .as_ref()
+                        .is_none_or(|(k, v)| r.tags.iter().any(|(rk, rv)| rk == k && rv == v))
             })
             .cloned()
             .collect();
         // One page of the default size, then small pages across ties.
         let first = store.query_logs(&base).unwrap();
-        assert_eq!(first, want.iter().take(base.limit).cloned().collect::<Vec<_>>(), "{base:?}");
-        let paged = read_all(store.as_mut(), &LogFilter { limit: 7, ..base.clone() });
+        assert_eq!(
+            first,
+            want.iter().take(base.limit).cloned().collect::<Vec<_>>(),
+            "{base:?}"
+        );
+        let paged = read_all(
+            store.as_mut(),
+            &LogFilter {
+                limit: 7,
+                ..base.clone()
+            },
+        );
         assert_eq!(paged, want, "{base:?}");
     }
     // The limit is bounded.
     let huge = store
-        .query_logs(&LogFilter { limit: usize::MAX, ..LogFilter::default() })
+        .query_logs(&LogFilter {
+            limit: usize::MAX,
+            ..LogFilter::default()
+        })
         .unwrap();
     assert_eq!(huge.len(), bursar::reqlog::LOG_QUERY_LIMIT_MAX.min(600));
-    assert_eq!(store.query_logs(&LogFilter { limit: 0, ..LogFilter::default() }).unwrap(), vec![]);
+    assert_eq!(
+        store
+            .query_logs(&LogFilter {
+                limit: 0,
+                ..LogFilter::default()
+            })
+            .unwrap(),
+        vec![]
+    );
 }
 
-fn spend_row(id: &str, time_ms: i64, model: &str, team: Option<&str>, cost: i128, prompt: u64, completion: u64, feature: Option<&str>) -> LogRow {
+/// A row for the spend checks; `spend` is (cost, prompt, completion).
+fn spend_row(
+    id: &str,
+    time_ms: i64,
+    model: &str,
+    team: Option<&str>,
+    feature: Option<&str>,
+    (cost, prompt, completion): (i128, u64, u64),
+) -> LogRow {
     let mut rng = Rng::new(1);
     let mut r = varied_row(&mut rng, 0);
     r.id = id.into();
@@ -284,11 +374,20 @@ fn spend_row(id: &str, time_ms: i64, model: &str, team: Option<&str>, cost: i128
     r.cost_picodollars = cost;
     r.prompt_tokens = prompt;
     r.completion_tokens = completion;
-    r.tags = feature.map(|f| vec![("feature".to_string(), f.to_string())]).unwrap_or_default();
+    r.tags = feature
+        .map(|f| vec![("feature".to_string(), f.to_string())])
+        .unwrap_or_default();
     r
 }
 
-fn point(b: i64, group: &str, requests: u64, cost: i128, prompt: u64, completion: u64) -> SeriesPoint {
+fn point(
+    b: i64,
+    group: &str,
+    requests: u64,
+    cost: i128,
+    prompt: u64,
+    completion: u64,
+) -> SeriesPoint {
     SeriesPoint {
         bucket_start_ms: b,
         group: group.into(),
@@ -314,19 +413,56 @@ fn total(group: &str, requests: u64, cost: i128, prompt: u64, completion: u64) -
 pub fn check_series(cfg: &LogConfig, dir: &Path) {
     const BIG: i128 = 999_999_999_999_999_999_999; // > i64::MAX picodollars
     let rows = vec![
-        spend_row("req_a", T0 + 10 * MINUTE, "m1", Some("a"), 1_000_000_000_001, 10, 1, Some("search")),
-        spend_row("req_b", T0 + 50 * MINUTE + 59_999, "m1", Some("a"), 2, 20, 2, Some("chat")),
-        spend_row("req_c", T0 + 70 * MINUTE, "m2", None, BIG, 5, 5, None),
-        spend_row("req_c2", T0 + 80 * MINUTE, "m2", None, BIG, 1, 0, None),
-        spend_row("req_d", T0 + DAY + 5 * MINUTE, "m1", Some("b"), 7, 1, 1, Some("search")),
-        spend_row("req_early", T0 - 1, "m1", Some("a"), 100, 100, 100, Some("search")),
-        spend_row("req_late", T0 + 2 * DAY, "m1", Some("a"), 100, 100, 100, Some("search")),
+        spend_row(
+            "req_a",
+            T0 + 10 * MINUTE,
+            "m1",
+            Some("a"),
+            Some("search"),
+            (1_000_000_000_001, 10, 1),
+        ),
+        spend_row(
+            "req_b",
+            T0 + 50 * MINUTE + 59_999,
+            "m1",
+            Some("a"),
+            Some("chat"),
+            (2, 20, 2),
+        ),
+        spend_row("req_c", T0 + 70 * MINUTE, "m2", None, None, (BIG, 5, 5)),
+        spend_row("req_c2", T0 + 80 * MINUTE, "m2", None, None, (BIG, 1, 0)),
+        spend_row(
+            "req_d",
+            T0 + DAY + 5 * MINUTE,
+            "m1",
+            Some("b"),
+            Some("search"),
+            (7, 1, 1),
+        ),
+        spend_row(
+            "req_early",
+            T0 - 1,
+            "m1",
+            Some("a"),
+            Some("search"),
+            (100, 100, 100),
+        ),
+        spend_row(
+            "req_late",
+            T0 + 2 * DAY,
+            "m1",
+            Some("a"),
+            Some("search"),
+            (100, 100, 100),
+        ),
     ];
     write_through(cfg, dir, &rows);
     let mut store = cfg.open_store(dir).unwrap();
     let (from, to) = (T0, T0 + 2 * DAY);
     assert_eq!(
-        store.spend_series(&GroupBy::Model, Bucket::Hour, from, to).unwrap(),
+        store
+            .spend_series(&GroupBy::Model, Bucket::Hour, from, to)
+            .unwrap(),
         vec![
             point(T0, "m1", 2, 1_000_000_000_003, 30, 3),
             point(T0 + HOUR, "m2", 2, 2 * BIG, 6, 5),
@@ -334,7 +470,9 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
         ]
     );
     assert_eq!(
-        store.spend_series(&GroupBy::Tag("feature".into()), Bucket::Day, from, to).unwrap(),
+        store
+            .spend_series(&GroupBy::Tag("feature".into()), Bucket::Day, from, to)
+            .unwrap(),
         vec![
             point(T0, "", 2, 2 * BIG, 6, 5),
             point(T0, "chat", 1, 2, 20, 2),
@@ -343,7 +481,9 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
         ]
     );
     assert_eq!(
-        store.spend_series(&GroupBy::Provider, Bucket::Minute, T0, T0 + HOUR).unwrap(),
+        store
+            .spend_series(&GroupBy::Provider, Bucket::Minute, T0, T0 + HOUR)
+            .unwrap(),
         vec![
             point(T0 + 10 * MINUTE, "openai", 1, 1_000_000_000_001, 10, 1),
             point(T0 + 50 * MINUTE, "openai", 1, 2, 20, 2),
@@ -358,10 +498,20 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
         ]
     );
     assert_eq!(
-        store.spend_totals(&GroupBy::Customer, T0 - DAY, T0 + 3 * DAY).unwrap().iter().map(|t| t.requests).sum::<u64>(),
+        store
+            .spend_totals(&GroupBy::Customer, T0 - DAY, T0 + 3 * DAY)
+            .unwrap()
+            .iter()
+            .map(|t| t.requests)
+            .sum::<u64>(),
         7
     );
-    assert_eq!(store.spend_totals(&GroupBy::Key, T0 + 3 * DAY, T0 + 4 * DAY).unwrap(), vec![]);
+    assert_eq!(
+        store
+            .spend_totals(&GroupBy::Key, T0 + 3 * DAY, T0 + 4 * DAY)
+            .unwrap(),
+        vec![]
+    );
 }
 
 /// Rows past `retention` and beyond `max_rows` are deleted by the writer.
@@ -373,22 +523,34 @@ pub fn check_retention(cfg: &LogConfig, dir: &Path) {
     let mut rows = varied_rows(3, 20);
     for (i, r) in rows.iter_mut().enumerate() {
         // Ten rows 3 days old, ten in the last minute.
-        r.time_ms = if i < 10 { now - 3 * DAY + i as i64 } else { now - 60_000 + i as i64 };
+        r.time_ms = if i < 10 {
+            now - 3 * DAY + i as i64
+        } else {
+            now - 60_000 + i as i64
+        };
     }
     write_through(cfg, dir, &rows);
     let mut aged = cfg.clone();
     aged.retention = Some(Duration::from_secs(86_400));
     let (handle, _sender) = LogWriter::start(&aged, dir).unwrap();
     let mut store = cfg.open_store(dir).unwrap();
-    wait_until("age retention", Duration::from_secs(20), || store.count().unwrap() == 10);
+    wait_until("age retention", Duration::from_secs(20), || {
+        store.count().unwrap() == 10
+    });
     drop(handle);
     let mut capped = cfg.clone();
     capped.max_rows = Some(3);
     let (handle, _sender) = LogWriter::start(&capped, dir).unwrap();
-    wait_until("max_rows retention", Duration::from_secs(20), || store.count().unwrap() == 3);
+    wait_until("max_rows retention", Duration::from_secs(20), || {
+        store.count().unwrap() == 3
+    });
     drop(handle);
     let kept = read_all(store.as_mut(), &LogFilter::default());
-    let newest: Vec<String> = newest_first(rows).into_iter().take(3).map(|r| r.id).collect();
+    let newest: Vec<String> = newest_first(rows)
+        .into_iter()
+        .take(3)
+        .map(|r| r.id)
+        .collect();
     assert_eq!(kept.into_iter().map(|r| r.id).collect::<Vec<_>>(), newest);
 }
 
@@ -405,7 +567,12 @@ fn spill_files(dir: &Path) -> Vec<PathBuf> {
 /// With the sink broken, rows land in the spill; after a restart with the
 /// sink fixed they are replayed exactly once; replaying the same spill file
 /// again (a crash before its delete) adds no duplicate.
-pub fn check_spill_then_replay(broken: &LogConfig, good: &LogConfig, dir: &Path, fix: impl FnOnce()) {
+pub fn check_spill_then_replay(
+    broken: &LogConfig,
+    good: &LogConfig,
+    dir: &Path,
+    fix: impl FnOnce(),
+) {
     let rows = varied_rows(5, 500);
     let (handle, sender) = LogWriter::start(broken, dir).unwrap();
     for r in &rows {
@@ -417,12 +584,21 @@ pub fn check_spill_then_replay(broken: &LogConfig, good: &LogConfig, dir: &Path,
     assert_eq!(stats.rows_dropped, 0);
     let files = spill_files(dir);
     assert!(!files.is_empty());
-    let saved: Vec<(PathBuf, Vec<u8>)> = files.iter().map(|p| (p.clone(), std::fs::read(p).unwrap())).collect();
+    let saved: Vec<(PathBuf, Vec<u8>)> = files
+        .iter()
+        .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+        .collect();
     fix();
     let (handle, _sender) = LogWriter::start(good, dir).unwrap();
-    wait_until("replay", Duration::from_secs(20), || handle.stats().rows_replayed == 500);
+    wait_until("replay", Duration::from_secs(20), || {
+        handle.stats().rows_replayed == 500
+    });
     let stats = handle.shutdown();
-    assert_eq!((stats.rows_written, stats.rows_duplicate), (500, 0), "{stats:?}");
+    assert_eq!(
+        (stats.rows_written, stats.rows_duplicate),
+        (500, 0),
+        "{stats:?}"
+    );
     assert!(spill_files(dir).is_empty(), "replayed files are deleted");
     assert_eq!(stats.spill_bytes, 0);
     let mut store = good.open_store(dir).unwrap();
@@ -432,8 +608,14 @@ pub fn check_spill_then_replay(broken: &LogConfig, good: &LogConfig, dir: &Path,
         std::fs::write(path, bytes).unwrap();
     }
     let (handle, _sender) = LogWriter::start(good, dir).unwrap();
-    wait_until("second replay", Duration::from_secs(20), || handle.stats().rows_replayed == 500);
+    wait_until("second replay", Duration::from_secs(20), || {
+        handle.stats().rows_replayed == 500
+    });
     let stats = handle.shutdown();
-    assert_eq!((stats.rows_written, stats.rows_duplicate), (0, 500), "{stats:?}");
+    assert_eq!(
+        (stats.rows_written, stats.rows_duplicate),
+        (0, 500),
+        "{stats:?}"
+    );
     assert_eq!(store.count().unwrap(), 500);
 }

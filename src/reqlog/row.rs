@@ -206,7 +206,7 @@ pub fn format_usd(picodollars: i128) -> String {
 /// 1000, printed back as its three-decimal value by the shortest-round-trip
 /// float formatting serde_json uses.
 fn micros_as_ms(us: u64) -> serde_json::Value {
-    if us % 1000 == 0 {
+    if us.is_multiple_of(1000) {
         serde_json::Value::from(us / 1000)
     } else {
         serde_json::Value::from(us as f64 / 1000.0)

@@ -296,7 +296,7 @@ impl Spill {
                 return Ok(Some(rows));
             }
             if self.sealed.is_empty() {
-                if !self.append.as_ref().is_some_and(|a| a.bytes > 0) {
+                if self.append.as_ref().is_none_or(|a| a.bytes == 0) {
                     return Ok(None);
                 }
                 self.seal_append();

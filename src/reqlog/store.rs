@@ -311,7 +311,8 @@ mod tests {
 
     #[test]
     fn bad_values_are_errors_naming_the_column() {
-        let cases: [(fn(&mut RawRow), &str); 6] = [
+        type Spoil = fn(&mut RawRow);
+        let cases: [(Spoil, &str); 6] = [
             (|r| r.status = 70_000, "status"),
             (|r| r.tokens[2] = -1, "cached_tokens"),
             (|r| r.cost = "1.5".into(), "cost_picodollars"),

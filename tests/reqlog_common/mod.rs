@@ -354,15 +354,14 @@ pub fn check_filters_and_paging(cfg: &LogConfig, dir: &Path, nul_to_replacement:
     );
 }
 
+/// A row for the spend checks; `spend` is (cost, prompt, completion).
 fn spend_row(
     id: &str,
     time_ms: i64,
     model: &str,
     team: Option<&str>,
-    cost: i128,
-    prompt: u64,
-    completion: u64,
     feature: Option<&str>,
+    (cost, prompt, completion): (i128, u64, u64),
 ) -> LogRow {
     let mut rng = Rng::new(1);
     let mut r = varied_row(&mut rng, 0);
@@ -419,52 +418,42 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
             T0 + 10 * MINUTE,
             "m1",
             Some("a"),
-            1_000_000_000_001,
-            10,
-            1,
             Some("search"),
+            (1_000_000_000_001, 10, 1),
         ),
         spend_row(
             "req_b",
             T0 + 50 * MINUTE + 59_999,
             "m1",
             Some("a"),
-            2,
-            20,
-            2,
             Some("chat"),
+            (2, 20, 2),
         ),
-        spend_row("req_c", T0 + 70 * MINUTE, "m2", None, BIG, 5, 5, None),
-        spend_row("req_c2", T0 + 80 * MINUTE, "m2", None, BIG, 1, 0, None),
+        spend_row("req_c", T0 + 70 * MINUTE, "m2", None, None, (BIG, 5, 5)),
+        spend_row("req_c2", T0 + 80 * MINUTE, "m2", None, None, (BIG, 1, 0)),
         spend_row(
             "req_d",
             T0 + DAY + 5 * MINUTE,
             "m1",
             Some("b"),
-            7,
-            1,
-            1,
             Some("search"),
+            (7, 1, 1),
         ),
         spend_row(
             "req_early",
             T0 - 1,
             "m1",
             Some("a"),
-            100,
-            100,
-            100,
             Some("search"),
+            (100, 100, 100),
         ),
         spend_row(
             "req_late",
             T0 + 2 * DAY,
             "m1",
             Some("a"),
-            100,
-            100,
-            100,
             Some("search"),
+            (100, 100, 100),
         ),
     ];
     write_through(cfg, dir, &rows);

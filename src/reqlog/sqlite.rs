@@ -8,10 +8,10 @@
 //! spills. The schema and the cost column are described in
 //! [`store`](super::store).
 //!
-//! Unlike PostgreSQL, `request_tags` has no foreign key here: SQLite checks
-//! one per tag row inserted, an index lookup that cost about a tenth of the
-//! writer's time in the benchmark. Retention deletes a request's tags itself,
-//! in the same transaction as the request.
+//! Unlike PostgreSQL, `request_tags` has no foreign key here: SQLite would
+//! check it with one more index lookup per tag row, on a writer that is
+//! CPU-bound in its b-trees (docs/benchmarks.md). Retention deletes a
+//! request's tags itself, in the same transaction as the request.
 
 use std::path::Path;
 

@@ -6,7 +6,7 @@
 //! transactions). Writes wait up to [`LOG_SQLITE_BUSY_TIMEOUT`] for another
 //! connection's lock, then fail as [`StoreError::Unavailable`] and the writer
 //! spills. The schema and the cost column are described in
-//! [`store`](super::store).
+//! [`store`].
 //!
 //! Unlike PostgreSQL, `request_tags` has no foreign key here: SQLite would
 //! check it with one more index lookup per tag row, on a writer that is
@@ -262,10 +262,6 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
 }
 
 impl LogStore for SqliteStore {
-    fn kind(&self) -> &'static str {
-        "sqlite"
-    }
-
     fn insert_batch(&mut self, rows: &[LogRow]) -> Result<u64, StoreError> {
         let tx = self
             .conn

@@ -31,8 +31,9 @@
 //! with `INSERT OR IGNORE` / `ON CONFLICT (id) DO NOTHING`, so replaying a file
 //! again (after a crash half-way through it) never duplicates a row.
 //!
-//! Without the spill, a sink outage longer than the queue's few seconds of
-//! headroom would drop rows; with it, an outage costs disk space, bounded.
+//! Without the spill, a sink outage longer than the queue's headroom
+//! ([`LOG_QUEUE_MAX`] rows, under a second at 100k requests/s) would drop
+//! rows; with it, an outage costs disk space, bounded.
 //!
 //! # Exactly when a row can be lost
 //!
@@ -41,7 +42,9 @@
 //!   ([`LOG_QUEUE_MAX`] rows waiting: the writer thread is stuck, e.g. in a
 //!   sink call up to the sink's timeout) or the writer already shut down; or a
 //!   batch had to be spilled while the spill was full ([`LOG_SPILL_BYTES_MAX`])
-//!   or the spill file could not be written (disk full, I/O error).
+//!   or the spill file could not be written (disk full, I/O error); or a row
+//!   the sink refused could not be kept because `rejected.jsonl` was full
+//!   ([`LOG_REJECTED_BYTES_MAX`]) or unwritable.
 //! - `spill_rows_corrupt`: a spill line that does not parse (a torn last line
 //!   after a crash, a damaged file) is skipped and logged, never fatal.
 //!

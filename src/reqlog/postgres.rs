@@ -308,10 +308,6 @@ fn copy_row(out: &mut Vec<u8>, row: &LogRow) {
 }
 
 impl LogStore for PostgresStore {
-    fn kind(&self) -> &'static str {
-        "postgres"
-    }
-
     fn insert_batch(&mut self, rows: &[LogRow]) -> Result<u64, StoreError> {
         if !self.staging_ready {
             self.client.batch_execute(

@@ -23,7 +23,6 @@
 //! (stored and rendered) round-trips exactly.
 
 use std::borrow::Cow;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -355,12 +354,6 @@ pub fn parse_tags(
         }
     }
     Ok(tags.into_iter().collect())
-}
-
-impl fmt::Display for CacheStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 #[cfg(test)]

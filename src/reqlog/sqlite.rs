@@ -6,12 +6,12 @@
 //! transactions). Writes wait up to [`LOG_SQLITE_BUSY_TIMEOUT`] for another
 //! connection's lock, then fail as [`StoreError::Unavailable`] and the writer
 //! spills. The schema and the cost column are described in
-//! [`store`](super::store).
+//! [`store`].
 //!
-//! Unlike PostgreSQL, `request_tags` has no foreign key here: SQLite checks
-//! one per tag row inserted, an index lookup that cost about a tenth of the
-//! writer's time in the benchmark. Retention deletes a request's tags itself,
-//! in the same transaction as the request.
+//! Unlike PostgreSQL, `request_tags` has no foreign key here: SQLite would
+//! check it with one more index lookup per tag row, on a writer that is
+//! CPU-bound in its b-trees (docs/benchmarks.md). Retention deletes a
+//! request's tags itself, in the same transaction as the request.
 
 use std::path::Path;
 
@@ -262,10 +262,6 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
 }
 
 impl LogStore for SqliteStore {
-    fn kind(&self) -> &'static str {
-        "sqlite"
-    }
-
     fn insert_batch(&mut self, rows: &[LogRow]) -> Result<u64, StoreError> {
         let tx = self
             .conn

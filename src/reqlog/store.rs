@@ -66,9 +66,6 @@ impl StoreError {
 /// Every method blocks; call them on the log-writer thread or a control-plane
 /// thread, never on a worker.
 pub trait LogStore: Send {
-    /// "sqlite" or "postgres".
-    fn kind(&self) -> &'static str;
-
     /// Inserts `rows` in one transaction; a row whose id is already stored is
     /// ignored. Returns how many rows were new.
     fn insert_batch(&mut self, rows: &[LogRow]) -> Result<u64, StoreError>;

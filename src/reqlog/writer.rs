@@ -63,8 +63,8 @@ pub struct LogStatsSnapshot {
     pub rows_replayed: u64,
     /// Rows appended to the spill.
     pub rows_spilled: u64,
-    /// Rows lost: queue full or writer gone at `try_log`, or spill full or
-    /// unwritable (see the module doc).
+    /// Rows lost: queue full or writer gone at `try_log`, spill full or
+    /// unwritable, rejected file full (see the module doc).
     pub rows_dropped: u64,
     /// Rows the sink refused for their content, kept in `rejected.jsonl`.
     pub rows_rejected: u64,

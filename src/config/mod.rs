@@ -692,12 +692,19 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
     let log = if file.log.sink.as_deref() == Some("off") {
         None
     } else {
-        Some(
-            crate::reqlog::LogConfig::from_section(&file.log).map_err(|e| {
-                let (field, message) = e.split_once(": ").unwrap_or(("log", e.as_str()));
-                err(field, message)
-            })?,
-        )
+        let cfg = crate::reqlog::LogConfig::from_section(&file.log).map_err(|e| {
+            let (field, message) = e.split_once(": ").unwrap_or(("log", e.as_str()));
+            err(field, message)
+        })?;
+        if cfg.store_text {
+            // The writer can store text, but the proxy does not capture it
+            // yet: refuse rather than accept a setting that does nothing.
+            return Err(err(
+                "log.store_text",
+                "storing prompt and completion text is not supported yet",
+            ));
+        }
+        Some(cfg)
     };
     let ledger = LedgerConfig {
         fsync_interval: duration_field(

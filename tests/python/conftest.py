@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The control-plane address of the session's gateway (set by its fixture).
+ADDRS = {}
 BIN_DIR = Path(os.environ.get("BURSAR_BIN_DIR", ROOT / "target" / "debug"))
 
 
@@ -82,6 +84,13 @@ name = "one-at-a-time"
 key = "sk-one-at-a-time"
 rate_limit = {{ requests_per_minute = 2 }}
 
+[admin]
+token = "admin-secret"
+
+[[virtual_keys]]
+name = "logged"
+key = "sk-logged-key"
+
 [[virtual_keys]]
 name = "tiny-budget"
 key = "sk-tiny-budget"
@@ -107,6 +116,13 @@ output_per_mtok_usd = "2"
         words = proc.stdout.readline().split()
         if words[:3] != ["bursar", "listening", "on"]:
             raise RuntimeError(f"bursar did not start: {words!r}")
+        ADDRS["admin"] = words[5]
         yield f"http://{words[3]}/v1"
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture()
+def admin(gateway):
+    """The control plane's base URL (the admin API, with its token)."""
+    return f"http://{ADDRS['admin']}"

@@ -1,5 +1,9 @@
 """The official openai Python SDK, unmodified, through the gateway."""
 
+import json
+import time
+import urllib.request
+
 import openai
 import pytest
 
@@ -177,3 +181,52 @@ def test_costs_are_reported_and_exhausted_budgets_raise_402(gateway):
     assert body["entity"] == "tiny-budget"
     assert body["limit_usd"] == "0.00002"
     assert body["spent_usd"] == "0.0000042"
+
+
+def _logs(admin, key, want):
+    """The request log's rows for `key`, once it holds `want` of them."""
+    deadline = time.time() + 10
+    while True:
+        req = urllib.request.Request(
+            f"{admin}/admin/logs?key={key}&limit=50",
+            headers={"Authorization": "Bearer admin-secret"},
+        )
+        with urllib.request.urlopen(req) as r:
+            rows = json.load(r)["data"]
+        if len(rows) >= want or time.time() > deadline:
+            return {row["id"]: row for row in rows}
+        time.sleep(0.05)
+
+
+def test_streams_are_logged_with_the_providers_usage(gateway, admin):
+    c = openai.OpenAI(base_url=gateway, api_key="sk-logged-key", max_retries=0)
+    # Without include_usage: the client sees no usage chunk at all...
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=6, stream=True
+    )
+    plain_id = raw.headers["x-request-id"]
+    chunks = list(raw.parse())
+    assert chunks and all(ch.usage is None for ch in chunks)
+    assert all(ch.choices for ch in chunks), "no extra (choices-less) usage chunk"
+    # ... with it, exactly one, last.
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        max_tokens=7,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usage_id = raw.headers["x-request-id"]
+    chunks = list(raw.parse())
+    assert [ch.usage is not None for ch in chunks].count(True) == 1
+    assert chunks[-1].usage.completion_tokens == 7
+
+    rows = _logs(admin, "logged", 2)
+    plain, with_usage = rows[plain_id], rows[usage_id]
+    # The provider's usage, exactly, in both cases; priced at $0.15/$0.60 per M.
+    assert (plain["prompt_tokens"], plain["completion_tokens"]) == (PROMPT_TOKENS, 6)
+    assert (with_usage["prompt_tokens"], with_usage["completion_tokens"]) == (PROMPT_TOKENS, 7)
+    assert plain["estimated"] is False and with_usage["estimated"] is False
+    assert plain["cost_usd"] == "0.0000048"
+    assert with_usage["cost_usd"] == "0.0000054"
+    assert plain["stream"] is True and plain["status"] == 200

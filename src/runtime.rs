@@ -358,6 +358,27 @@ impl Gateway {
     }
 }
 
+/// Lowers the calling thread's scheduling priority to `nice` (Linux: the
+/// nice value is per thread). Background threads (the log writer, the
+/// tokenizer) use it so that on a core they share with a worker, the worker
+/// wins the CPU when both want it; they still get their share under load.
+pub fn lower_thread_priority(nice: i32) {
+    // SAFETY: plain system calls on the calling thread's own id.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+    };
+    if rc != 0 {
+        log::debug!(
+            "cannot lower this thread's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Nice value of the background threads (the log writer, the tokenizer).
+pub const BACKGROUND_THREAD_NICE: i32 = 10;
+
 /// The tokenizer thread: counts the text of streams that ended without the
 /// provider's usage, off the workers (a count can take milliseconds).
 fn spawn_tokenizer(
@@ -369,6 +390,7 @@ fn spawn_tokenizer(
     std::thread::Builder::new()
         .name("bursar-tokenizer".into())
         .spawn(move || {
+            lower_thread_priority(BACKGROUND_THREAD_NICE);
             crate::tokens::warm_up();
             for mut req in rx {
                 let price = req.price.clone();

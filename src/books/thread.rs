@@ -72,8 +72,15 @@ pub const LEDGER_QUEUE_MAX: usize = 1 << 16;
 /// Bound of each worker's event channel. A worker that falls this far behind
 /// gets its `resync` flag set instead.
 pub const EVENT_QUEUE_MAX: usize = 4096;
-/// Longest the thread waits for a message before polling the rings.
+/// Longest the thread waits for a message before polling the rings, while
+/// settles are coming in.
 pub const RING_POLL_INTERVAL: Duration = Duration::from_millis(1);
+/// When nothing came in (no message, no settle), the wait doubles up to this:
+/// an idle gateway's ledger thread wakes 60 times a second, not 1,000 (each
+/// wake-up is CPU taken from the workers' cores). A lease request wakes it at
+/// once; a settle waits at most this long in its ring (it is already safe
+/// there, and a view drains the rings first).
+pub const RING_POLL_IDLE_MAX: Duration = Duration::from_millis(16);
 /// Most slots read from one ring per iteration, so one busy worker cannot
 /// starve the command channel.
 pub const RING_READ_BATCH_MAX: usize = 4096;
@@ -597,10 +604,15 @@ impl LedgerThread {
     }
 
     fn run_loop(&mut self) -> Result<(), BooksError> {
+        let mut wait = RING_POLL_INTERVAL;
         loop {
-            let mut flow = match self.rx.recv_timeout(RING_POLL_INTERVAL) {
+            let mut busy = true;
+            let mut flow = match self.rx.recv_timeout(wait) {
                 Ok(msg) => self.handle(msg)?,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => Flow::Continue,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    busy = false;
+                    Flow::Continue
+                }
                 // Every sender is gone: nobody can ask anything any more.
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Flow::Stop(None),
             };
@@ -623,7 +635,14 @@ impl LedgerThread {
                     return result;
                 }
             }
-            self.poll_rings()?;
+            if self.poll_rings()? > 0 {
+                busy = true;
+            }
+            wait = if busy {
+                RING_POLL_INTERVAL
+            } else {
+                (wait * 2).min(RING_POLL_IDLE_MAX)
+            };
             let now = self.clock.now_ms();
             if now >= self.next_tick_ms {
                 let reply = self.apply(now, &Command::Tick)?;

@@ -220,7 +220,12 @@ impl LogWriter {
         };
         let thread = std::thread::Builder::new()
             .name("bursar-log".into())
-            .spawn(move || writer.run())
+            .spawn(move || {
+                // Batches into the store are background work: on a core
+                // shared with a worker, the worker goes first.
+                crate::runtime::lower_thread_priority(crate::runtime::BACKGROUND_THREAD_NICE);
+                writer.run()
+            })
             .map_err(LogError::Thread)?;
         Ok((
             LogHandle {

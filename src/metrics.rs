@@ -236,6 +236,71 @@ impl Registry {
                 );
             }
         }
+        if let Some(log) = &self.log {
+            let l = log.stats();
+            let series: [(&str, &str, &str, u64); 9] = [
+                (
+                    "bursar_log_rows_written_total",
+                    "counter",
+                    "Request log rows stored.",
+                    l.rows_written,
+                ),
+                (
+                    "bursar_log_rows_spilled_total",
+                    "counter",
+                    "Rows written to the spill directory while the store was slow or down.",
+                    l.rows_spilled,
+                ),
+                (
+                    "bursar_log_rows_replayed_total",
+                    "counter",
+                    "Spilled rows later stored.",
+                    l.rows_replayed,
+                ),
+                (
+                    "bursar_log_rows_dropped_total",
+                    "counter",
+                    "Rows LOST (queue full, or spill full or unwritable).",
+                    l.rows_dropped,
+                ),
+                (
+                    "bursar_log_rows_rejected_total",
+                    "counter",
+                    "Rows the store refused, kept in rejected.jsonl.",
+                    l.rows_rejected,
+                ),
+                (
+                    "bursar_log_write_errors_total",
+                    "counter",
+                    "Failed store calls.",
+                    l.write_errors,
+                ),
+                (
+                    "bursar_log_queue_depth",
+                    "gauge",
+                    "Rows waiting for the log writer.",
+                    l.queue_depth,
+                ),
+                (
+                    "bursar_log_spill_bytes",
+                    "gauge",
+                    "Bytes in spill files.",
+                    l.spill_bytes,
+                ),
+                (
+                    "bursar_log_sink_down",
+                    "gauge",
+                    "1 while the store is marked down.",
+                    u64::from(l.sink_down),
+                ),
+            ];
+            for (name, kind, help, v) in series {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+                );
+            }
+        }
         let h = self.overhead();
         let _ = writeln!(
             out,

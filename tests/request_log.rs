@@ -209,6 +209,15 @@ fn the_sqlite_log_holds_every_request_exactly_and_survives_a_restart() {
     let gw = Gateway::start(&config(&mock.base_url(), ""), &[]);
     exercise(&gw);
     assert!(gw.dir.0.join("bursar-state/requests.sqlite").exists());
+    let metrics = gw.metrics();
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    assert!(counter("bursar_log_rows_written_total") >= 6);
+    assert_eq!(counter("bursar_log_rows_dropped_total"), 0);
     // A clean restart keeps every row (and the queue is flushed on SIGTERM).
     let mut c = Client::connect(gw.addr);
     assert_eq!(

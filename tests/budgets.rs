@@ -8,7 +8,7 @@ mod util;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use util::{proxy_config, Client, Gateway, Mock, Response, CHAT, CHAT_STREAM};
+use util::{counter, pico, proxy_config, Client, Gateway, Mock, Response, CHAT, CHAT_STREAM};
 
 const ADMIN: &str = "admin-secret";
 
@@ -17,40 +17,14 @@ const ADMIN: &str = "admin-secret";
 /// max_tokens = 5 completion tokens: 8 × 0.15 µ$ + 5 × 0.60 µ$ = $0.0000042.
 const CHAT_COST_PICO: i128 = 8 * 150_000 + 5 * 600_000;
 
-/// Parses an exact decimal USD string into picodollars.
-fn pico(usd: &str) -> i128 {
-    let (int, frac) = usd.split_once('.').unwrap_or((usd, ""));
-    assert!(frac.len() <= 12, "{usd}");
-    let frac_padded = format!("{frac:0<12}");
-    int.parse::<i128>().unwrap() * 1_000_000_000_000 + frac_padded.parse::<i128>().unwrap()
-}
-
 fn admin(gw: &Gateway, method: &str, path: &str, body: &str) -> Response {
-    let mut c = Client::connect(gw.admin);
-    let auth = format!("Bearer {ADMIN}");
-    c.request(
-        method,
-        path,
-        &[
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ],
-        body.as_bytes(),
-    )
+    util::admin_request(gw, ADMIN, method, path, body)
 }
 
 fn spent(gw: &Gateway, kind: &str, name: &str) -> i128 {
     let r = admin(gw, "GET", &format!("/admin/spend/{kind}/{name}"), "");
     assert_eq!(r.status, 200, "{}", r.text());
     pico(r.json()["spent_usd"].as_str().unwrap())
-}
-
-/// A gateway-wide counter (no worker label) from /metrics.
-fn counter(gw: &Gateway, name: &str) -> u64 {
-    let m = gw.metrics();
-    m.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
 
 fn governed(base_url: &str, key_budget: &str, workers: usize) -> String {

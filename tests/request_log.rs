@@ -7,14 +7,12 @@ mod util;
 
 use std::time::{Duration, Instant};
 
-use util::{proxy_config, Client, Gateway, Mock, Response, CHAT, CHAT_STREAM};
+use util::{counter, pico, proxy_config, Client, Gateway, Mock, Response, CHAT, CHAT_STREAM};
 
 const ADMIN: &str = "admin-secret";
 
 fn admin(gw: &Gateway, path: &str) -> Response {
-    let mut c = Client::connect(gw.admin);
-    let auth = format!("Bearer {ADMIN}");
-    c.request("GET", path, &[("authorization", auth.as_str())], b"")
+    util::admin_get(gw, ADMIN, path)
 }
 
 fn config(base_url: &str, log: &str) -> String {
@@ -197,27 +195,14 @@ fn exercise(gw: &Gateway) {
     assert_eq!(r.status, 400);
 }
 
-fn pico(usd: &str) -> i128 {
-    let (int, frac) = usd.split_once('.').unwrap_or((usd, ""));
-    int.parse::<i128>().unwrap() * 1_000_000_000_000
-        + format!("{frac:0<12}").parse::<i128>().unwrap()
-}
-
 #[test]
 fn the_sqlite_log_holds_every_request_exactly_and_survives_a_restart() {
     let mock = Mock::start(&[]);
     let gw = Gateway::start(&config(&mock.base_url(), ""), &[]);
     exercise(&gw);
     assert!(gw.dir.0.join("bursar-state/requests.sqlite").exists());
-    let metrics = gw.metrics();
-    let counter = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing"))
-    };
-    assert!(counter("bursar_log_rows_written_total") >= 6);
-    assert_eq!(counter("bursar_log_rows_dropped_total"), 0);
+    assert!(counter(&gw, "bursar_log_rows_written_total") >= 6);
+    assert_eq!(counter(&gw, "bursar_log_rows_dropped_total"), 0);
     // A clean restart keeps every row (and the queue is flushed on SIGTERM).
     let mut c = Client::connect(gw.addr);
     assert_eq!(

@@ -462,3 +462,39 @@ pub fn sse_data(body: &[u8]) -> Vec<String> {
         })
         .collect()
 }
+
+/// An exact decimal USD string ("0.0000042") in picodollars.
+pub fn pico(usd: &str) -> i128 {
+    let (int, frac) = usd.split_once('.').unwrap_or((usd, ""));
+    assert!(frac.len() <= 12, "{usd}");
+    int.parse::<i128>().unwrap() * 1_000_000_000_000
+        + format!("{frac:0<12}").parse::<i128>().unwrap()
+}
+
+/// A GET on the admin API with the bearer `token`.
+pub fn admin_get(gw: &Gateway, token: &str, path: &str) -> Response {
+    admin_request(gw, token, "GET", path, "")
+}
+
+/// A request on the admin API with the bearer `token` and a JSON body.
+pub fn admin_request(gw: &Gateway, token: &str, method: &str, path: &str, body: &str) -> Response {
+    let mut c = Client::connect(gw.admin);
+    let auth = format!("Bearer {token}");
+    c.request(
+        method,
+        path,
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+}
+
+/// A gateway-wide value (a line without a worker label) from /metrics.
+pub fn counter(gw: &Gateway, name: &str) -> u64 {
+    gw.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}

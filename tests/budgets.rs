@@ -706,3 +706,34 @@ fn charges_match_hand_computed_expectations_for_every_misbehaviour() {
     total += cut;
     assert_eq!(spent(&gw, "keys", "search-prod"), total);
 }
+
+/// Two gateways on one state directory would both write the books: the
+/// second is refused, naming the holder.
+#[test]
+fn a_second_gateway_on_the_same_state_dir_is_refused() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(
+        &governed(&mock.base_url(), r#"{ limit_usd = "1", reset = "1d" }"#, 1),
+        &[],
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bursar"))
+        .args(["serve", "--config"])
+        .arg(&gw.config_path)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .current_dir(&gw.dir.0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use by another bursar process")
+            && err.contains(&format!("pid {}", gw.child.id())),
+        "{err}"
+    );
+    // The first one is unharmed.
+    let mut c = Client::connect(gw.addr);
+    assert_eq!(
+        c.post("/v1/chat/completions", "sk-search-prod", CHAT, &[]).status,
+        200
+    );
+}

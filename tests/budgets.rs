@@ -733,7 +733,8 @@ fn a_second_gateway_on_the_same_state_dir_is_refused() {
     // The first one is unharmed.
     let mut c = Client::connect(gw.addr);
     assert_eq!(
-        c.post("/v1/chat/completions", "sk-search-prod", CHAT, &[]).status,
+        c.post("/v1/chat/completions", "sk-search-prod", CHAT, &[])
+            .status,
         200
     );
 }

@@ -171,6 +171,16 @@ impl WorkerStats {
     }
 }
 
+/// Writes unlabelled series: `(name, "counter" | "gauge", help, value)`.
+fn write_series(out: &mut String, series: &[(&str, &str, &str, u64)]) {
+    for (name, kind, help, v) in series {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+}
+
 /// A fresh overhead histogram: nanoseconds, 1 ns to `OVERHEAD_NS_MAX`, 3 digits.
 pub fn overhead_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, crate::limits::OVERHEAD_NS_MAX, 3)
@@ -219,22 +229,17 @@ impl Registry {
         {
             use std::sync::atomic::Ordering::Relaxed;
             let b = &self.books;
-            let series: [(&str, &str, u64); 8] = [
-                ("bursar_ledger_commands_total", "Commands the ledger thread applied (leases, returns, resets, top-ups, budget changes).", b.commands.load(Relaxed)),
-                ("bursar_ledger_ring_settles_total", "Settles the ledger thread read from the workers' rings.", b.ring_settles.load(Relaxed)),
-                ("bursar_ledger_ring_duplicates_total", "Ring settles already in the books (replays after a crash).", b.ring_duplicates.load(Relaxed)),
-                ("bursar_ledger_ring_rejected_total", "Ring settles the ledger refused: charges NOT recorded (a bug; logged).", b.ring_rejected.load(Relaxed)),
-                ("bursar_ledger_events_dropped_total", "Ledger broadcasts a worker's full channel missed (it resyncs).", b.events_dropped.load(Relaxed)),
-                ("bursar_ledger_checkpoints_total", "Snapshots written.", b.checkpoints.load(Relaxed)),
-                ("bursar_budget_overruns_total", "Strict charges beyond what the worker's lease covered (an output the provider did not cap, or a replay after a crash).", b.overruns.load(Relaxed)),
-                ("bursar_budget_soft_limits_reached_total", "Budgets whose spend crossed their soft limit in a period.", b.soft_limits_reached.load(Relaxed)),
+            let series: [(&str, &str, &str, u64); 8] = [
+                ("bursar_ledger_commands_total", "counter", "Commands the ledger thread applied (leases, returns, resets, top-ups, budget changes).", b.commands.load(Relaxed)),
+                ("bursar_ledger_ring_settles_total", "counter", "Settles the ledger thread read from the workers' rings.", b.ring_settles.load(Relaxed)),
+                ("bursar_ledger_ring_duplicates_total", "counter", "Ring settles already in the books (replays after a crash).", b.ring_duplicates.load(Relaxed)),
+                ("bursar_ledger_ring_rejected_total", "counter", "Ring settles the ledger refused: charges NOT recorded (a bug; logged).", b.ring_rejected.load(Relaxed)),
+                ("bursar_ledger_events_dropped_total", "counter", "Ledger broadcasts a worker's full channel missed (it resyncs).", b.events_dropped.load(Relaxed)),
+                ("bursar_ledger_checkpoints_total", "counter", "Snapshots written.", b.checkpoints.load(Relaxed)),
+                ("bursar_budget_overruns_total", "counter", "Strict charges beyond what the worker's lease covered (an output the provider did not cap, or a replay after a crash).", b.overruns.load(Relaxed)),
+                ("bursar_budget_soft_limits_reached_total", "counter", "Budgets whose spend crossed their soft limit in a period.", b.soft_limits_reached.load(Relaxed)),
             ];
-            for (name, help, v) in series {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-                );
-            }
+            write_series(&mut out, &series);
         }
         if let Some(log) = &self.log {
             let l = log.stats();
@@ -294,12 +299,7 @@ impl Registry {
                     u64::from(l.sink_down),
                 ),
             ];
-            for (name, kind, help, v) in series {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-                );
-            }
+            write_series(&mut out, &series);
         }
         let h = self.overhead();
         let _ = writeln!(

@@ -742,9 +742,7 @@ fn series(
             }
         },
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = crate::ratelimit::now_ms();
     let to = time_param(&params, "to")?.unwrap_or(now + 1);
     let from = time_param(&params, "from")?.unwrap_or(to - 86_400_000);
     if from >= to {

@@ -328,7 +328,7 @@ fn log_row(
     };
     Some(crate::reqlog::LogRow {
         id: rid.as_str().to_string(),
-        time_ms: unix_now_ms(),
+        time_ms: crate::ratelimit::now_ms(),
         key: key.name.clone(),
         team: level(crate::ledger::EntityKind::Team),
         customer: level(crate::ledger::EntityKind::Customer),
@@ -378,12 +378,6 @@ fn finish_row(
     } else if plan.price.is_none() {
         row.price_version = "unpriced".to_string();
     }
-}
-
-fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -738,3 +738,38 @@ fn a_second_gateway_on_the_same_state_dir_is_refused() {
         200
     );
 }
+
+/// An upstream that sends a success head and then cuts the body: the client
+/// gets a 502, and the books are charged the request's bound (the provider
+/// generated and bills the answer), not nothing.
+#[test]
+fn a_success_cut_mid_body_is_charged_its_bound() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut buf = [0u8; 8192];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"id\":\"chatcmpl-cut\",",
+            );
+            // Dropped: the body ends 980 bytes short.
+        }
+    });
+    let gw = Gateway::start(
+        &governed(
+            &format!("http://127.0.0.1:{port}/v1"),
+            r#"{ limit_usd = "1", reset = "1d" }"#,
+            1,
+        ),
+        &[],
+    );
+    let mut c = Client::connect(gw.addr);
+    let r = c.post("/v1/chat/completions", "sk-search-prod", CHAT, &[]);
+    assert_eq!(r.status, 502, "{}", r.text());
+    // The bound: every body byte an input token ($0.15/M) + 5 output tokens ($0.60/M).
+    let bound = CHAT.len() as i128 * 150_000 + 5 * 600_000;
+    assert_eq!(spent(&gw, "keys", "search-prod"), bound);
+}

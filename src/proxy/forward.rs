@@ -440,7 +440,19 @@ pub async fn forward(
         )
         .await);
     }
-    let body = read_body(w, &mut conn, &head, target).await?;
+    let body = match read_body(w, &mut conn, &head, target).await {
+        Ok(body) => body,
+        Err(e) => {
+            // A success cut mid-body: a non-streamed body is sent once the
+            // whole answer is generated, so the provider bills it. Charge the
+            // bound, marked estimated, rather than nothing.
+            if (200..300).contains(&head.status) {
+                w.stats.tokens.usage_missing.inc();
+                charge(w, plan, rid, None, true).await;
+            }
+            return Err(e);
+        }
+    };
     let body_at = Instant::now();
     let usage = crate::tokens::usage_from_body(plan.protocol, &body);
     if let Some(usage) = &usage {

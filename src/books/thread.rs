@@ -6,15 +6,19 @@
 //! response is written without a round trip to this thread. Each iteration the
 //! thread:
 //!
-//! 1. waits for a message at most [`RING_POLL_INTERVAL`] (so rings are polled
-//!    even when no message comes), then takes what else is queued, up to
+//! 1. takes what is queued on the command channel, up to
 //!    [`MSGS_PER_ITERATION_MAX`], applying each command;
 //! 2. reads every ring (up to [`RING_READ_BATCH_MAX`] slots each) and applies
 //!    the settles;
 //! 3. sends `Tick` every [`TICK_INTERVAL_MS`] (again at once while the ledger
 //!    says more rollovers are due);
 //! 4. `flush_if_due`, then releases ring slots whose settles are durable;
-//! 5. checkpoints every `snapshot_interval_ms`.
+//! 5. checkpoints every `snapshot_interval_ms`;
+//! 6. parks for [`RING_POLL_INTERVAL`] (doubling up to [`RING_POLL_IDLE_MAX`]
+//!    while nothing comes). A command's sender unparks it at once
+//!    ([`LedgerTx`]); settles never do: they wait in their ring, already safe
+//!    from a crash, for the next poll. So under load the thread wakes once
+//!    per interval, whatever the request rate, and applies a batch.
 //!
 //! After every apply it broadcasts the ledger's events to every worker's
 //! bounded event channel with `try_send`; a full channel sets that worker's
@@ -51,7 +55,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -72,9 +76,14 @@ pub const LEDGER_QUEUE_MAX: usize = 1 << 16;
 /// Bound of each worker's event channel. A worker that falls this far behind
 /// gets its `resync` flag set instead.
 pub const EVENT_QUEUE_MAX: usize = 4096;
-/// Longest the thread waits for a message before polling the rings, while
-/// settles are coming in.
-pub const RING_POLL_INTERVAL: Duration = Duration::from_millis(1);
+/// How often the rings are polled while settles are coming in. Settles are
+/// safe in their ring from the moment a worker writes them, and nothing is
+/// durable before the journal's next fsync (`[ledger] fsync_interval`,
+/// 10 ms by default), so polling faster buys little; what it delays is the
+/// ledger's view of soft-budget spend (a soft level blocks at most this much
+/// later) and ring release. At 5,000 requests/s, polling every 1 ms cost
+/// ~3 µs of CPU per request more than every 5 ms (docs/benchmarks.md).
+pub const RING_POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// When nothing came in (no message, no settle), the wait doubles up to this:
 /// an idle gateway's ledger thread wakes 60 times a second, not 1,000 (each
 /// wake-up is CPU taken from the workers' cores). A lease request wakes it at
@@ -252,7 +261,7 @@ pub struct BooksStats {
 pub struct WorkerLink {
     pub worker: u16,
     pub ring: RingProducer,
-    pub commands: Sender<Msg>,
+    pub commands: LedgerTx,
     pub events: Receiver<Event>,
     /// Set by the ledger thread when an event could not be delivered: the
     /// worker should refresh what it believes (e.g. re-ask leases) and clear it.
@@ -307,24 +316,57 @@ impl WorkerLink {
     }
 }
 
-fn send(tx: &Sender<Msg>, msg: Msg) -> Result<(), BooksError> {
-    tx.try_send(msg).map_err(|e| match e {
-        TrySendError::Full(_) => BooksError::QueueFull,
-        TrySendError::Disconnected(_) => BooksError::Stopped,
-    })
+fn send(tx: &LedgerTx, msg: Msg) -> Result<(), BooksError> {
+    tx.try_send(msg)
+}
+
+/// The sending side of the ledger thread's command channel. Every send
+/// unparks the thread: it sleeps in `park_timeout`, not in the channel's
+/// `recv_timeout` (which spins and yields before it sleeps, CPU taken from
+/// the workers' cores at every wait), so a sender must wake it. An unpark of
+/// a thread that is not parked is one atomic swap.
+#[derive(Debug, Clone)]
+pub struct LedgerTx {
+    tx: Sender<Msg>,
+    thread: Arc<OnceLock<std::thread::Thread>>,
+}
+
+impl LedgerTx {
+    /// Queues without blocking: a full queue is [`BooksError::QueueFull`].
+    fn try_send(&self, msg: Msg) -> Result<(), BooksError> {
+        let sent = self.tx.try_send(msg).map_err(|e| match e {
+            TrySendError::Full(_) => BooksError::QueueFull,
+            TrySendError::Disconnected(_) => BooksError::Stopped,
+        });
+        self.wake();
+        sent
+    }
+
+    /// Queues, blocking while the queue is full (control plane only).
+    fn send(&self, msg: Msg) -> Result<(), BooksError> {
+        let sent = self.tx.send(msg).map_err(|_| BooksError::Stopped);
+        self.wake();
+        sent
+    }
+
+    fn wake(&self) {
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
 }
 
 /// The control plane's handle on the ledger thread.
 #[derive(Debug)]
 pub struct BooksHandle {
-    commands: Sender<Msg>,
+    commands: LedgerTx,
     join: std::sync::Mutex<Option<JoinHandle<Result<(), BooksError>>>>,
     stats: Arc<BooksStats>,
     dir: PathBuf,
 }
 
 impl BooksHandle {
-    pub fn sender(&self) -> Sender<Msg> {
+    pub fn sender(&self) -> LedgerTx {
         self.commands.clone()
     }
 
@@ -340,21 +382,17 @@ impl BooksHandle {
     /// Applies a command and waits for the reply (blocking: control plane only).
     pub fn apply(&self, cmd: Command) -> Result<Reply, BooksError> {
         let (tx, rx) = mpsc::channel();
-        self.commands
-            .send(Msg::Command {
-                cmd,
-                reply: ReplyTo::Sync(tx),
-            })
-            .map_err(|_| BooksError::Stopped)?;
+        self.commands.send(Msg::Command {
+            cmd,
+            reply: ReplyTo::Sync(tx),
+        })?;
         rx.recv().map_err(|_| BooksError::Stopped)
     }
 
     /// An entity as of the ledger's clock now (blocking: control plane only).
     pub fn view(&self, entity: EntityId) -> Result<Option<EntityView>, BooksError> {
         let (tx, rx) = mpsc::channel();
-        self.commands
-            .send(Msg::View { entity, reply: tx })
-            .map_err(|_| BooksError::Stopped)?;
+        self.commands.send(Msg::View { entity, reply: tx })?;
         rx.recv().map_err(|_| BooksError::Stopped)
     }
 
@@ -507,6 +545,10 @@ impl Books {
         }
 
         let (tx, rx) = crossbeam_channel::bounded(LEDGER_QUEUE_MAX);
+        let tx = LedgerTx {
+            tx,
+            thread: Arc::new(OnceLock::new()),
+        };
         let mut links = Vec::new();
         let mut workers = Vec::new();
         for producer in producers {
@@ -539,6 +581,7 @@ impl Books {
             .name("bursar-ledger".into())
             .spawn(move || thread.run())
             .map_err(BooksError::Spawn)?;
+        let _ = tx.thread.set(join.thread().clone());
         Ok((
             BooksHandle {
                 commands: tx,
@@ -606,24 +649,20 @@ impl LedgerThread {
     fn run_loop(&mut self) -> Result<(), BooksError> {
         let mut wait = RING_POLL_INTERVAL;
         loop {
-            let mut busy = true;
-            let mut flow = match self.rx.recv_timeout(wait) {
-                Ok(msg) => self.handle(msg)?,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    busy = false;
-                    Flow::Continue
-                }
-                // Every sender is gone: nobody can ask anything any more.
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Flow::Stop(None),
-            };
-            let mut taken = 1;
+            let mut flow = Flow::Continue;
+            let mut taken = 0;
             while matches!(flow, Flow::Continue) && taken < MSGS_PER_ITERATION_MAX {
                 match self.rx.try_recv() {
                     Ok(msg) => flow = self.handle(msg)?,
-                    Err(_) => break,
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    // Every sender is gone: nobody can ask anything any more.
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        flow = Flow::Stop(None);
+                    }
                 }
                 taken += 1;
             }
+            let mut busy = taken > 0;
             match flow {
                 Flow::Continue => {}
                 Flow::Crash => return Ok(()),
@@ -662,6 +701,11 @@ impl LedgerThread {
                 self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
                 self.release_rings();
                 self.next_checkpoint_ms = now + self.snapshot_interval_ms;
+            }
+            // A message sent after the drain above unparks this at once (the
+            // park token is set even when the thread is not parked yet).
+            if taken < MSGS_PER_ITERATION_MAX {
+                std::thread::park_timeout(wait);
             }
         }
     }

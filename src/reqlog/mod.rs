@@ -6,10 +6,13 @@
 //! Workers build a [`LogRow`] at the end of a request and call
 //! [`LogSender::try_log`]: a non-blocking `try_send` into one bounded
 //! crossbeam channel ([`LOG_QUEUE_MAX`]). Nothing else on a worker touches the
-//! log. One log-writer thread (`bursar-log`, [`LogWriter::start`]) takes rows
-//! off the channel, batches them (up to `batch_max` rows or `flush_interval`
-//! after the batch's first row) and writes each batch in one transaction into
-//! the sink: SQLite (`<state_dir>/requests.sqlite`, the default) or
+//! log. One log-writer thread (`bursar-log`, [`LogWriter::start`]) wakes every
+//! `flush_interval`, takes what is queued (up to `batch_max` rows) and writes
+//! it in one transaction into the sink. It does not wait on the channel, so a
+//! `try_send` wakes nobody (no futex call on the worker, no context switch
+//! per row: at 5,000 rows/s, waking per row cost more CPU than writing the
+//! rows); a sender unparks it early only when a whole batch is queued. The
+//! sink is SQLite (`<state_dir>/requests.sqlite`, the default) or
 //! PostgreSQL. Both sinks implement [`LogStore`], so writes, retention and the
 //! admin API's queries do not know which one they talk to.
 //!
@@ -83,7 +86,8 @@ pub const LOG_QUEUE_MAX: usize = 65_536;
 pub const LOG_BATCH_MAX: usize = 16_384;
 /// Default `batch_max`.
 pub const LOG_BATCH_ROWS_DEFAULT: usize = 4096;
-/// Default `flush_interval`: the longest a row waits in a partial batch.
+/// Default `flush_interval`: the writer's sleep between batches, so the
+/// longest a row waits in the queue while fewer than a batch are queued.
 pub const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// Longest `flush_interval` a config may set.
 pub const LOG_FLUSH_INTERVAL_MAX: Duration = Duration::from_secs(10);

@@ -3,12 +3,12 @@
 //! [module doc](super).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{bounded, select, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 
 use super::row::LogRow;
 use super::spill::Spill;
@@ -106,6 +106,10 @@ impl LogStats {
 pub struct LogSender {
     tx: Sender<LogRow>,
     stats: Arc<LogStats>,
+    /// The writer thread, unparked when a full batch is queued.
+    writer: std::thread::Thread,
+    /// Queue length at which a sender wakes the writer early: one batch.
+    wake_at: usize,
 }
 
 impl LogSender {
@@ -114,7 +118,16 @@ impl LogSender {
     /// `rows_dropped`; returns whether it was queued.
     pub fn try_log(&self, row: LogRow) -> bool {
         match self.tx.try_send(row) {
-            Ok(()) => true,
+            Ok(()) => {
+                // The writer sleeps between flush intervals without waiting on
+                // the queue, so a send costs no wake-up (no futex call on the
+                // worker, no context switch per row); only a full batch wakes
+                // it early.
+                if self.tx.len() >= self.wake_at {
+                    self.writer.unpark();
+                }
+                true
+            }
             Err(_) => {
                 self.stats.rows_dropped.fetch_add(1, Relaxed);
                 false
@@ -130,7 +143,7 @@ impl LogSender {
 
 /// The owner's handle on the writer thread: stats and shutdown.
 pub struct LogHandle {
-    stop: Option<Sender<()>>,
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     tx: Sender<LogRow>,
     stats: Arc<LogStats>,
@@ -151,9 +164,9 @@ impl LogHandle {
     }
 
     fn stop_and_join(&mut self) {
-        // The thread sees the stop channel disconnect.
-        self.stop.take();
+        self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             if t.join().is_err() {
                 log::error!("request log: the writer thread panicked");
             }
@@ -202,12 +215,12 @@ impl LogWriter {
             Err(e) => return Err(LogError::Store(e)),
         };
         let (tx, rx) = bounded(LOG_QUEUE_MAX);
-        let (stop_tx, stop_rx) = bounded(0);
+        let stop = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             cfg: cfg.clone(),
             state_dir: state_dir.to_path_buf(),
             rows: rx,
-            stop: stop_rx,
+            stop: stop.clone(),
             stats: stats.clone(),
             store,
             health,
@@ -227,14 +240,21 @@ impl LogWriter {
                 writer.run()
             })
             .map_err(LogError::Thread)?;
+        let writer = thread.thread().clone();
+        let wake_at = cfg.batch_max.clamp(1, LOG_QUEUE_MAX);
         Ok((
             LogHandle {
-                stop: Some(stop_tx),
+                stop,
                 thread: Some(thread),
                 tx: tx.clone(),
                 stats: stats.clone(),
             },
-            LogSender { tx, stats },
+            LogSender {
+                tx,
+                stats,
+                writer,
+                wake_at,
+            },
         ))
     }
 }
@@ -261,7 +281,7 @@ struct Writer {
     cfg: LogConfig,
     state_dir: PathBuf,
     rows: Receiver<LogRow>,
-    stop: Receiver<()>,
+    stop: Arc<AtomicBool>,
     stats: Arc<LogStats>,
     store: Option<Box<dyn LogStore>>,
     health: Health,
@@ -297,33 +317,35 @@ impl Writer {
     fn run(mut self) {
         let batch_max = self.cfg.batch_max;
         let mut batch: Vec<LogRow> = Vec::with_capacity(batch_max);
-        let mut deadline: Option<Instant> = None;
         loop {
-            let now = Instant::now();
-            let timeout = self.next_wake(now, deadline).saturating_duration_since(now);
-            let mut stopping = false;
-            select! {
-                recv(self.rows) -> msg => match msg {
-                    Ok(row) => self.push(&mut batch, &mut deadline, row),
-                    Err(_) => stopping = true,
-                },
-                recv(self.stop) -> _ => stopping = true,
-                default(timeout) => {}
-            }
-            if stopping {
-                break;
-            }
+            // Every wake-up takes what is queued (a batch at most) and writes
+            // it: the writer sleeps a flush interval at a time, so no row
+            // waits longer than that, and a sender wakes it early only when
+            // a whole batch is waiting.
+            let mut disconnected = false;
             while batch.len() < batch_max {
                 match self.rows.try_recv() {
-                    Ok(row) => self.push(&mut batch, &mut deadline, row),
-                    Err(_) => break,
+                    Ok(row) => self.push(&mut batch, row),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        disconnected = true;
+                        break;
+                    }
                 }
             }
-            if batch.len() >= batch_max || deadline.is_some_and(|d| Instant::now() >= d) {
+            if disconnected || self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            if !batch.is_empty() {
                 self.write(&mut batch);
-                deadline = None;
             }
             self.maintain();
+            if self.rows.len() >= batch_max {
+                continue;
+            }
+            let now = Instant::now();
+            let wake = self.next_wake(now).min(now + self.cfg.flush_interval);
+            std::thread::park_timeout(wake.saturating_duration_since(now));
         }
         // Shutdown: write what is queued now (rows sent meanwhile may be
         // taken too, but the drain is bounded so a busy sender cannot hold
@@ -334,7 +356,7 @@ impl Writer {
                 match self.rows.try_recv() {
                     Ok(row) => {
                         left -= 1;
-                        self.push(&mut batch, &mut deadline, row);
+                        self.push(&mut batch, row);
                     }
                     Err(_) => left = 0,
                 }
@@ -347,7 +369,7 @@ impl Writer {
         self.report_drops(Instant::now(), true);
     }
 
-    fn push(&self, batch: &mut Vec<LogRow>, deadline: &mut Option<Instant>, mut row: LogRow) {
+    fn push(&self, batch: &mut Vec<LogRow>, mut row: LogRow) {
         if self.cfg.store_text {
             truncate_text(&mut row.prompt_text);
             truncate_text(&mut row.completion_text);
@@ -355,18 +377,12 @@ impl Writer {
             row.prompt_text = None;
             row.completion_text = None;
         }
-        if batch.is_empty() {
-            *deadline = Some(Instant::now() + self.cfg.flush_interval);
-        }
         batch.push(row);
     }
 
     /// When the loop must next act without a row arriving.
-    fn next_wake(&self, now: Instant, deadline: Option<Instant>) -> Instant {
+    fn next_wake(&self, now: Instant) -> Instant {
         let mut wake = self.next_retention.min(now + LOG_RETENTION_INTERVAL);
-        if let Some(d) = deadline {
-            wake = wake.min(d);
-        }
         if self.spill.has_pending() {
             let ready = match self.health {
                 Health::Up => now,

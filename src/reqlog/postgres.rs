@@ -12,7 +12,11 @@
 //! writer forever. Connections are plain TCP (no TLS yet).
 //!
 //! PostgreSQL text cannot hold a NUL character, so a NUL in any text is
-//! stored as U+FFFD rather than failing the batch.
+//! stored as U+FFFD rather than failing the batch (in a tag too: the `tags`
+//! JSON holds U+FFFD, not `\u0000`, which PostgreSQL's JSON functions refuse).
+//!
+//! The schema is described in [`store`]; a tag is read out of
+//! `requests.tags` with `tags::json ->> key`, the key bound as a parameter.
 
 use std::io::Write;
 
@@ -54,14 +58,11 @@ CREATE TABLE requests (
 );
 CREATE INDEX requests_time ON requests (time_ms, id);
 CREATE INDEX requests_key_time ON requests (key_name, time_ms);
-CREATE TABLE request_tags (
-    request_id TEXT COLLATE "C" NOT NULL REFERENCES requests (id) ON DELETE CASCADE,
-    k TEXT NOT NULL,
-    v TEXT NOT NULL,
-    PRIMARY KEY (request_id, k)
-);
-CREATE INDEX request_tags_kv ON request_tags (k, v);
 "#;
+
+/// Version 1 to 2: tags live only in `requests.tags` (dropping the table
+/// drops its index and foreign key).
+const MIGRATE_1_TO_2: &str = "DROP TABLE IF EXISTS request_tags";
 
 /// The `requests` columns in COPY order.
 const ROW_COLUMNS: &str = "id, time_ms, key_name, team, customer, provider, model, endpoint, \
@@ -142,7 +143,14 @@ impl PostgresStore {
                 )?;
             }
             Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
-            Some(_) => {}
+            Some(v) => {
+                if v < 2 {
+                    tx.batch_execute(MIGRATE_1_TO_2)?;
+                }
+                if v < SCHEMA_VERSION {
+                    tx.execute("UPDATE schema_version SET version = $1", &[&SCHEMA_VERSION])?;
+                }
+            }
         }
         tx.commit()?;
         Ok(())
@@ -299,7 +307,21 @@ fn copy_row(out: &mut Vec<u8>, row: &LogRow) {
     out.push(b'\t');
     copy_bool(out, row.stream);
     out.push(b'\t');
-    copy_text(out, &tags_json(&row.tags));
+    // The queries parse this JSON, and PostgreSQL refuses `\u0000` in it.
+    if row
+        .tags
+        .iter()
+        .any(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        let tags: Vec<(String, String)> = row
+            .tags
+            .iter()
+            .map(|(k, v)| (k.replace('\0', "\u{fffd}"), v.replace('\0', "\u{fffd}")))
+            .collect();
+        copy_text(out, &tags_json(&tags));
+    } else {
+        copy_text(out, &tags_json(&row.tags));
+    }
     out.push(b'\t');
     copy_opt_text(out, row.prompt_text.as_deref());
     out.push(b'\t');
@@ -311,35 +333,19 @@ impl LogStore for PostgresStore {
     fn insert_batch(&mut self, rows: &[LogRow]) -> Result<u64, StoreError> {
         if !self.staging_ready {
             self.client.batch_execute(
-                "CREATE TEMP TABLE requests_in (LIKE requests) ON COMMIT DELETE ROWS; \
-                 CREATE TEMP TABLE request_tags_in (LIKE request_tags) ON COMMIT DELETE ROWS",
+                "CREATE TEMP TABLE requests_in (LIKE requests) ON COMMIT DELETE ROWS",
             )?;
             self.staging_ready = true;
         }
         let mut data = Vec::new();
-        let mut tags = Vec::new();
         for row in rows {
             copy_row(&mut data, row);
-            for (k, v) in &row.tags {
-                copy_text(&mut tags, &row.id);
-                tags.push(b'\t');
-                copy_text(&mut tags, k);
-                tags.push(b'\t');
-                copy_text(&mut tags, v);
-                tags.push(b'\n');
-            }
         }
         let mut tx = self.client.transaction()?;
         let mut w = tx.copy_in(&format!("COPY requests_in ({ROW_COLUMNS}) FROM STDIN"))?;
         w.write_all(&data)
             .map_err(|e| StoreError::Unavailable(format!("COPY requests: {e}")))?;
         w.finish()?;
-        if !tags.is_empty() {
-            let mut w = tx.copy_in("COPY request_tags_in (request_id, k, v) FROM STDIN")?;
-            w.write_all(&tags)
-                .map_err(|e| StoreError::Unavailable(format!("COPY request_tags: {e}")))?;
-            w.finish()?;
-        }
         let inserted = tx.execute(
             &format!(
                 "INSERT INTO requests ({ROW_COLUMNS}) SELECT {ROW_COLUMNS} FROM requests_in \
@@ -347,13 +353,6 @@ impl LogStore for PostgresStore {
             ),
             &[],
         )?;
-        if !tags.is_empty() {
-            tx.execute(
-                "INSERT INTO request_tags (request_id, k, v) \
-                 SELECT request_id, k, v FROM request_tags_in ON CONFLICT DO NOTHING",
-                &[],
-            )?;
-        }
         tx.commit()?;
         Ok(inserted)
     }

@@ -6,12 +6,8 @@
 //! transactions). Writes wait up to [`LOG_SQLITE_BUSY_TIMEOUT`] for another
 //! connection's lock, then fail as [`StoreError::Unavailable`] and the writer
 //! spills. The schema and the cost column are described in
-//! [`store`].
-//!
-//! Unlike PostgreSQL, `request_tags` has no foreign key here: SQLite would
-//! check it with one more index lookup per tag row, on a writer that is
-//! CPU-bound in its b-trees (docs/benchmarks.md). Retention deletes a
-//! request's tags itself, in the same transaction as the request.
+//! [`store`]; tags are read out of `requests.tags` with `json_each`, the tag
+//! key bound as a parameter.
 
 use std::path::Path;
 
@@ -54,13 +50,13 @@ CREATE TABLE requests (
 );
 CREATE INDEX requests_time ON requests (time_ms, id);
 CREATE INDEX requests_key_time ON requests (key_name, time_ms);
-CREATE TABLE request_tags (
-    request_id TEXT NOT NULL,
-    k TEXT NOT NULL,
-    v TEXT NOT NULL,
-    PRIMARY KEY (request_id, k)
-) WITHOUT ROWID;
-CREATE INDEX request_tags_kv ON request_tags (k, v);
+";
+
+/// Version 1 to 2: tags live only in `requests.tags`. The freed pages stay in
+/// the file and are reused by new rows.
+const MIGRATE_1_TO_2: &str = "
+DROP INDEX IF EXISTS request_tags_kv;
+DROP TABLE IF EXISTS request_tags;
 ";
 
 const INSERT_ROW: &str = "INSERT OR IGNORE INTO requests (id, time_ms, key_name, team, \
@@ -69,9 +65,6 @@ const INSERT_ROW: &str = "INSERT OR IGNORE INTO requests (id, time_ms, key_name,
     estimated, ttfb_us, total_us, cache_status, stream, tags, prompt_text, completion_text) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
     ?19, ?20, ?21, ?22, ?23, ?24)";
-
-const INSERT_TAG: &str =
-    "INSERT OR IGNORE INTO request_tags (request_id, k, v) VALUES (?1, ?2, ?3)";
 
 /// A connection to the request log's SQLite file.
 pub struct SqliteStore {
@@ -183,7 +176,14 @@ impl SqliteStore {
                 )?;
             }
             Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
-            Some(_) => {}
+            Some(v) => {
+                if v < 2 {
+                    tx.execute_batch(MIGRATE_1_TO_2)?;
+                }
+                if v < SCHEMA_VERSION {
+                    tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])?;
+                }
+            }
         }
         tx.commit()?;
         Ok(())
@@ -214,21 +214,16 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// Deletes the oldest `?2` rows matching `condition` and their tags, in
-    /// one transaction. The order (time, id) is total, so both statements
-    /// pick the same rows.
+    /// Deletes the oldest `?2` rows matching `condition`, in (time, id) order.
     fn delete_where(&mut self, condition: &str, params: &[&dyn ToSql]) -> Result<u64, StoreError> {
-        let chosen =
-            format!("SELECT id FROM requests WHERE {condition} ORDER BY time_ms, id LIMIT ?2");
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            &format!("DELETE FROM request_tags WHERE request_id IN ({chosen})"),
-            params,
-        )?;
         let n = tx.execute(
-            &format!("DELETE FROM requests WHERE id IN ({chosen})"),
+            &format!(
+                "DELETE FROM requests WHERE id IN \
+                 (SELECT id FROM requests WHERE {condition} ORDER BY time_ms, id LIMIT ?2)"
+            ),
             params,
         )?;
         tx.commit()?;
@@ -269,7 +264,6 @@ impl LogStore for SqliteStore {
         let mut inserted = 0;
         {
             let mut insert_row = tx.prepare_cached(INSERT_ROW)?;
-            let mut insert_tag = tx.prepare_cached(INSERT_TAG)?;
             for row in rows {
                 let changed = insert_row.execute(params![
                     row.id,
@@ -297,13 +291,8 @@ impl LogStore for SqliteStore {
                     row.prompt_text,
                     row.completion_text,
                 ])?;
-                // A duplicate id (a replay) is ignored with its tags.
-                if changed == 1 {
-                    inserted += 1;
-                    for (k, v) in &row.tags {
-                        insert_tag.execute(params![row.id, k, v])?;
-                    }
-                }
+                // 0 for a duplicate id (a replay), which is ignored.
+                inserted += changed as u64;
             }
         }
         tx.commit()?;

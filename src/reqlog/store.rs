@@ -4,12 +4,18 @@
 //!
 //! `requests`: one row per request, `id` unique; indexes on `(time_ms, id)`
 //! (ranges, newest-first paging, retention) and `(key_name, time_ms)`.
-//! `request_tags(request_id, k, v)`: one row per tag, primary key
-//! `(request_id, k)`, index `(k, v)`, deleted with its request (in
-//! PostgreSQL by a foreign key `ON DELETE CASCADE`, in SQLite by retention
-//! itself, see [`sqlite`](super::sqlite)), so filtering and grouping by a tag
-//! are index lookups. `requests.tags` keeps the same tags as one JSON object for reading
-//! a row back without a join. `schema_version(version)`: one row.
+//! `requests.tags` holds the row's tags as one JSON object of strings
+//! (`{"env":"prod"}`, keys sorted); filtering and grouping by a tag read it
+//! (SQLite `json_each`, PostgreSQL `->>`, the key bound as a parameter) with
+//! no index on tags: a tag filter is checked on each row the other conditions
+//! select, newest first, until the page is full; a spend query by tag reads
+//! each row of its range, as a spend query by any other column does.
+//! `schema_version(version)`: one row.
+//!
+//! Version 1 also kept each tag as a row of a `request_tags` table, two more
+//! b-tree entries per tag on every insert, which roughly doubled the SQLite
+//! writer's CPU per row (docs/benchmarks.md). Opening a version 1 store drops
+//! that table (and its index) in the transaction that sets version 2.
 //!
 //! Cost is exact in both: PostgreSQL stores picodollars as `NUMERIC(39,0)`
 //! (every i128 fits) and sums them exactly. SQLite has no integer wider than
@@ -31,7 +37,7 @@ use super::row::{CacheStatus, LogRow};
 use super::{SinkKind, LOG_SERIES_POINTS_MAX, LOG_SQLITE_FILE};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Why a store call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -26,7 +26,7 @@ use postgres::{Client, NoTls};
 use super::query::{self, Bucket, Dialect, GroupBy, LogFilter, Param, SeriesPoint, SpendTotal};
 use super::row::LogRow;
 use super::store::SCHEMA_VERSION;
-use super::store::{self, clamp_i64, tags_json, LogStore, RawRow, RawSpend, StoreError};
+use super::store::{self, clamp_i64, write_tags_json, LogStore, RawRow, RawSpend, StoreError};
 use super::{LOG_PG_CONNECT_TIMEOUT, LOG_PG_STATEMENT_TIMEOUT};
 
 const SCHEMA: &str = r#"
@@ -260,8 +260,9 @@ fn copy_bool(out: &mut Vec<u8>, b: bool) {
     out.push(if b { b't' } else { b'f' });
 }
 
-/// One row of `requests` in COPY text format, in [`ROW_COLUMNS`] order.
-fn copy_row(out: &mut Vec<u8>, row: &LogRow) {
+/// One row of `requests` in COPY text format, in [`ROW_COLUMNS`] order;
+/// `scratch` is reused for the tags JSON.
+fn copy_row(out: &mut Vec<u8>, scratch: &mut String, row: &LogRow) {
     copy_text(out, &row.id);
     out.push(b'\t');
     copy_display(out, row.time_ms);
@@ -308,20 +309,9 @@ fn copy_row(out: &mut Vec<u8>, row: &LogRow) {
     copy_bool(out, row.stream);
     out.push(b'\t');
     // The queries parse this JSON, and PostgreSQL refuses `\u0000` in it.
-    if row
-        .tags
-        .iter()
-        .any(|(k, v)| k.contains('\0') || v.contains('\0'))
-    {
-        let tags: Vec<(String, String)> = row
-            .tags
-            .iter()
-            .map(|(k, v)| (k.replace('\0', "\u{fffd}"), v.replace('\0', "\u{fffd}")))
-            .collect();
-        copy_text(out, &tags_json(&tags));
-    } else {
-        copy_text(out, &tags_json(&row.tags));
-    }
+    scratch.clear();
+    write_tags_json(scratch, &row.tags, true);
+    copy_text(out, scratch);
     out.push(b'\t');
     copy_opt_text(out, row.prompt_text.as_deref());
     out.push(b'\t');
@@ -338,8 +328,9 @@ impl LogStore for PostgresStore {
             self.staging_ready = true;
         }
         let mut data = Vec::new();
+        let mut scratch = String::new();
         for row in rows {
-            copy_row(&mut data, row);
+            copy_row(&mut data, &mut scratch, row);
         }
         let mut tx = self.client.transaction()?;
         let mut w = tx.copy_in(&format!("COPY requests_in ({ROW_COLUMNS}) FROM STDIN"))?;

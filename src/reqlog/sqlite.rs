@@ -9,6 +9,7 @@
 //! [`store`]; tags are read out of `requests.tags` with `json_each`, the tag
 //! key bound as a parameter.
 
+use std::fmt::Write;
 use std::path::Path;
 
 use rusqlite::functions::{Aggregate, Context, FunctionFlags};
@@ -18,7 +19,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, ToSql, Transact
 use super::query::{self, Bucket, Dialect, GroupBy, LogFilter, Param, SeriesPoint, SpendTotal};
 use super::row::LogRow;
 use super::store::SCHEMA_VERSION;
-use super::store::{self, clamp_i64, tags_json, LogStore, RawRow, RawSpend, StoreError};
+use super::store::{self, clamp_i64, write_tags_json, LogStore, RawRow, RawSpend, StoreError};
 use super::{LOG_SQLITE_BUSY_TIMEOUT, LOG_SQLITE_CACHE_BYTES, LOG_SQLITE_CHECKPOINT_PAGES};
 
 const SCHEMA: &str = "
@@ -264,8 +265,18 @@ impl LogStore for SqliteStore {
         let mut inserted = 0;
         {
             let mut insert_row = tx.prepare_cached(INSERT_ROW)?;
+            // Reused for every row: no allocation per row for the two
+            // columns that are formatted here.
+            let mut cost = String::with_capacity(48);
+            let mut tags = String::with_capacity(256);
             for row in rows {
-                let changed = insert_row.execute(params![
+                cost.clear();
+                // Writing into a String cannot fail.
+                let _ = write!(cost, "{}", row.cost_picodollars);
+                tags.clear();
+                write_tags_json(&mut tags, &row.tags, false);
+                // 0 for a duplicate id (a replay), which is ignored.
+                inserted += insert_row.execute(params![
                     row.id,
                     row.time_ms,
                     row.key,
@@ -280,19 +291,17 @@ impl LogStore for SqliteStore {
                     clamp_i64(row.cached_tokens),
                     clamp_i64(row.cache_write_tokens),
                     clamp_i64(row.reasoning_tokens),
-                    row.cost_picodollars.to_string(),
+                    cost.as_str(),
                     row.price_version,
                     row.estimated,
                     row.ttfb_us.map(clamp_i64),
                     clamp_i64(row.total_us),
                     row.cache_status.as_str(),
                     row.stream,
-                    tags_json(&row.tags),
+                    tags.as_str(),
                     row.prompt_text,
                     row.completion_text,
-                ])?;
-                // 0 for a duplicate id (a replay), which is ignored.
-                inserted += changed as u64;
+                ])? as u64;
             }
         }
         tx.commit()?;

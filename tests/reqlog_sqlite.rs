@@ -51,6 +51,10 @@ fn the_file_is_wal_with_the_schema_version() {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
     assert_eq!(mode, "wal");
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(page_size, bursar::reqlog::LOG_SQLITE_PAGE_BYTES);
     let version: i64 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
@@ -150,6 +154,11 @@ fn a_version_1_file_is_migrated_and_its_tags_still_query() {
         )
         .unwrap();
     assert_eq!(left, 0);
+    // The file keeps the page size it was made with.
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(page_size, 4096);
     // The old row reads back whole and is found by its tags.
     let by_tag = |store: &mut dyn bursar::reqlog::LogStore, k: &str, v: &str| -> Vec<String> {
         store

@@ -1,7 +1,8 @@
 //! The SQLite sink: `<state_dir>/requests.sqlite`, the default.
 //!
 //! WAL mode, so the admin API's read connection reads while the writer
-//! writes; `synchronous=NORMAL`, so a commit does not wait for an fsync (WAL
+//! writes; 16 KiB pages in a new file ([`LOG_SQLITE_PAGE_BYTES`]);
+//! `synchronous=NORMAL`, so a commit does not wait for an fsync (WAL
 //! keeps the file consistent after a crash; a power loss may lose the last
 //! transactions). Writes wait up to [`LOG_SQLITE_BUSY_TIMEOUT`] for another
 //! connection's lock, then fail as [`StoreError::Unavailable`] and the writer
@@ -20,7 +21,10 @@ use super::query::{self, Bucket, Dialect, GroupBy, LogFilter, Param, SeriesPoint
 use super::row::LogRow;
 use super::store::SCHEMA_VERSION;
 use super::store::{self, clamp_i64, write_tags_json, LogStore, RawRow, RawSpend, StoreError};
-use super::{LOG_SQLITE_BUSY_TIMEOUT, LOG_SQLITE_CACHE_BYTES, LOG_SQLITE_CHECKPOINT_PAGES};
+use super::{
+    LOG_SQLITE_BUSY_TIMEOUT, LOG_SQLITE_CACHE_BYTES, LOG_SQLITE_CHECKPOINT_BYTES,
+    LOG_SQLITE_PAGE_BYTES,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE requests (
@@ -138,6 +142,9 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(LOG_SQLITE_BUSY_TIMEOUT)?;
+        // Takes effect only in a new, empty file, so before WAL mode (which
+        // writes the file's header); an existing file keeps its page size.
+        conn.pragma_update(None, "page_size", LOG_SQLITE_PAGE_BYTES)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Unavailable(format!(
@@ -147,7 +154,12 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -(LOG_SQLITE_CACHE_BYTES / 1024))?;
-        conn.pragma_update(None, "wal_autocheckpoint", LOG_SQLITE_CHECKPOINT_PAGES)?;
+        let page_bytes: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            LOG_SQLITE_CHECKPOINT_BYTES / page_bytes.max(512),
+        )?;
         conn.create_aggregate_function(
             "sum_picodollars",
             1,

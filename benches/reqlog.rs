@@ -8,6 +8,8 @@
 //! transaction and indexes. The store grows across iterations (the SQLite
 //! file and the PostgreSQL database start empty), as a real log does.
 //! Rows are realistic: two tags, no text (`store_text` is off by default).
+//! With `BURSAR_BENCH_REQLOG_TAGS=0` in the environment the rows carry no
+//! tags instead (the bench's names stay the same; its report says which).
 //! PostgreSQL is skipped when 127.0.0.1:5432 does not answer.
 //!
 //! On a shared machine the wall-clock rate mostly measures contention, so
@@ -28,7 +30,12 @@ const ROWS_PER_ITERATION: u64 = 50_000;
 const QUEUE_HIGH_WATER: usize = LOG_QUEUE_MAX - 4096;
 const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
-fn row(n: u64) -> LogRow {
+/// Whether rows carry their two tags (`BURSAR_BENCH_REQLOG_TAGS=0`: none).
+fn with_tags() -> bool {
+    std::env::var("BURSAR_BENCH_REQLOG_TAGS").map_or(true, |v| v != "0")
+}
+
+fn row(n: u64, tags: bool) -> LogRow {
     LogRow {
         id: format!("req_{n:028x}"),
         time_ms: 1_795_737_600_000 + (n / 100) as i64,
@@ -55,13 +62,17 @@ fn row(n: u64) -> LogRow {
         total_us: 1_400_000,
         cache_status: CacheStatus::Miss,
         stream: true,
-        tags: vec![
-            ("env".into(), "prod".into()),
-            (
-                "feature".into(),
-                ["search", "chat", "summary"][(n % 3) as usize].into(),
-            ),
-        ],
+        tags: if tags {
+            vec![
+                ("env".into(), "prod".into()),
+                (
+                    "feature".into(),
+                    ["search", "chat", "summary"][(n % 3) as usize].into(),
+                ),
+            ]
+        } else {
+            Vec::new()
+        },
         prompt_text: None,
         completion_text: None,
     }
@@ -74,6 +85,7 @@ fn send_and_wait(sender: &LogSender, next_id: &mut u64, count: u64) -> Duration 
         st.rows_written + st.rows_duplicate
     };
     let before = stored(sender);
+    let tags = with_tags();
     let start = Instant::now();
     for _ in 0..count {
         if next_id.is_multiple_of(1024) {
@@ -81,7 +93,7 @@ fn send_and_wait(sender: &LogSender, next_id: &mut u64, count: u64) -> Duration 
                 std::thread::yield_now();
             }
         }
-        assert!(sender.try_log(row(*next_id)), "queue full");
+        assert!(sender.try_log(row(*next_id, tags)), "queue full");
         *next_id += 1;
     }
     while stored(sender) < before + count {
@@ -159,8 +171,9 @@ fn bench_sink(
     }
     let per_row_us = |seconds: f64| seconds / rows * 1e6;
     let (writer_us, server_us) = (per_row_us(writer1 - writer0), per_row_us(server1 - server0));
+    let tags = if with_tags() { "two tags" } else { "no tags" };
     eprintln!(
-        "reqlog {name}: {rows} rows; CPU per row: writer thread {writer_us:.2} us, \
+        "reqlog {name}: {rows} rows ({tags}); CPU per row: writer thread {writer_us:.2} us, \
          server backend {server_us:.2} us; rows/s on one dedicated core: writer {:.0}",
         1e6 / writer_us
     );

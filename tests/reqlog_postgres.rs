@@ -6,7 +6,7 @@ mod reqlog_common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use bursar::reqlog::{LogConfig, LogFilter, SinkKind};
+use bursar::reqlog::{GroupBy, LogConfig, LogFilter, SinkKind};
 use reqlog_common::*;
 
 const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
@@ -87,16 +87,132 @@ fn retention_deletes_old_rows() {
     let db = TestDb::new();
     let dir = TempDir::new("pg-retention");
     check_retention(&db.config(), dir.path());
+}
+
+#[test]
+fn tags_with_awkward_keys_filter_and_group_exactly() {
+    let db = TestDb::new();
+    let dir = TempDir::new("pg-awkward-tags");
+    check_awkward_tags(&db.config(), dir.path());
+}
+
+#[test]
+fn a_nul_in_a_tag_is_stored_as_u_fffd_and_tag_queries_still_work() {
+    let db = TestDb::new();
+    let dir = TempDir::new("pg-nul-tag");
+    let mut rows = varied_rows(43, 2);
+    rows[0].tags = vec![("k".into(), "a\0b".into())];
+    rows[1].tags = vec![("k".into(), "c".into())];
+    rows[0].time_ms = T0;
+    rows[1].time_ms = T0 + 1;
+    write_through(&db.config(), dir.path(), &rows);
+    let mut store = db.config().open_store(dir.path()).unwrap();
+    let found = store
+        .query_logs(&LogFilter {
+            tag: Some(("k".into(), "a\u{fffd}b".into())),
+            ..LogFilter::default()
+        })
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].tags, vec![("k".into(), "a\u{fffd}b".into())]);
+    let groups: Vec<String> = store
+        .spend_totals(&GroupBy::Tag("k".into()), T0, T0 + DAY)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.group)
+        .collect();
+    assert_eq!(groups, ["a\u{fffd}b", "c"]);
+}
+
+#[test]
+fn a_version_1_database_is_migrated_and_its_tags_still_query() {
+    let db = TestDb::new();
+    let dir = TempDir::new("pg-migrate-v1");
     let mut client =
         postgres::Client::connect(&format!("{SERVER}/{}", db.name), postgres::NoTls).unwrap();
-    let orphans: i64 = client
+    // The version 1 schema, with one tagged row.
+    client
+        .batch_execute(
+            r#"
+CREATE TABLE schema_version (version BIGINT NOT NULL);
+INSERT INTO schema_version (version) VALUES (1);
+CREATE TABLE requests (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    time_ms BIGINT NOT NULL,
+    key_name TEXT NOT NULL,
+    team TEXT,
+    customer TEXT,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    cached_tokens BIGINT NOT NULL,
+    cache_write_tokens BIGINT NOT NULL,
+    reasoning_tokens BIGINT NOT NULL,
+    cost_picodollars NUMERIC(39, 0) NOT NULL,
+    price_version TEXT NOT NULL,
+    estimated BOOLEAN NOT NULL,
+    ttfb_us BIGINT,
+    total_us BIGINT NOT NULL,
+    cache_status TEXT NOT NULL,
+    stream BOOLEAN NOT NULL,
+    tags TEXT NOT NULL,
+    prompt_text TEXT,
+    completion_text TEXT
+);
+CREATE INDEX requests_time ON requests (time_ms, id);
+CREATE INDEX requests_key_time ON requests (key_name, time_ms);
+CREATE TABLE request_tags (
+    request_id TEXT COLLATE "C" NOT NULL REFERENCES requests (id) ON DELETE CASCADE,
+    k TEXT NOT NULL,
+    v TEXT NOT NULL,
+    PRIMARY KEY (request_id, k)
+);
+CREATE INDEX request_tags_kv ON request_tags (k, v);
+INSERT INTO requests VALUES ('req_v1', 1795737600000, 'k-old', 'red', NULL, 'openai',
+    'gpt-4o', 'chat/completions', 200, 10, 2, 0, 0, 0, 123456789012345678901234, '2026-11-01',
+    false, 1500, 90000, 'miss', true, '{"env":"prod","feature":"search"}', NULL, NULL);
+INSERT INTO request_tags VALUES ('req_v1', 'env', 'prod'), ('req_v1', 'feature', 'search');
+"#,
+        )
+        .unwrap();
+    let cfg = db.config();
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    let version: i64 = client
+        .query_one("SELECT version FROM schema_version", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2);
+    let left: i64 = client
         .query_one(
-            "SELECT COUNT(*) FROM request_tags WHERE request_id NOT IN (SELECT id FROM requests)",
+            "SELECT COUNT(*) FROM pg_class WHERE relname LIKE 'request_tags%'",
             &[],
         )
         .unwrap()
         .get(0);
-    assert_eq!(orphans, 0);
+    assert_eq!(left, 0);
+    let found = store
+        .query_logs(&LogFilter {
+            tag: Some(("feature".into(), "search".into())),
+            ..LogFilter::default()
+        })
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].id, "req_v1");
+    assert_eq!(found[0].cost_picodollars, 123_456_789_012_345_678_901_234);
+    let mut new_rows = varied_rows(31, 1);
+    new_rows[0].time_ms = T0 + 1;
+    new_rows[0].tags = vec![];
+    write_through(&cfg, dir.path(), &new_rows);
+    let groups: Vec<(String, u64)> = store
+        .spend_totals(&GroupBy::Tag("feature".into()), T0, T0 + DAY)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.group, t.requests))
+        .collect();
+    assert_eq!(groups, [("".to_string(), 1), ("search".to_string(), 1)]);
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod reqlog_common;
 
 use std::time::Duration;
 
-use bursar::reqlog::{LogConfig, LogFilter, LogWriter, LOG_SQLITE_FILE};
+use bursar::reqlog::{GroupBy, LogConfig, LogFilter, LogWriter, LOG_SQLITE_FILE};
 use reqlog_common::*;
 
 fn sqlite() -> LogConfig {
@@ -31,23 +31,15 @@ fn series_and_totals_are_exact() {
 }
 
 #[test]
-fn retention_deletes_old_rows_and_their_tags() {
+fn retention_deletes_old_rows() {
     let dir = TempDir::new("retention");
     check_retention(&sqlite(), dir.path());
-    // The tags of deleted rows went with them (foreign key cascade).
-    let conn = rusqlite::Connection::open(dir.path().join(LOG_SQLITE_FILE)).unwrap();
-    let orphans: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM request_tags WHERE request_id NOT IN (SELECT id FROM requests)",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(orphans, 0);
-    let tags: i64 = conn
-        .query_row("SELECT COUNT(*) FROM request_tags", [], |r| r.get(0))
-        .unwrap();
-    assert!(tags <= 6, "at most two tags on each of three rows: {tags}");
+}
+
+#[test]
+fn tags_with_awkward_keys_filter_and_group_exactly() {
+    let dir = TempDir::new("awkward-tags");
+    check_awkward_tags(&sqlite(), dir.path());
 }
 
 #[test]
@@ -59,10 +51,23 @@ fn the_file_is_wal_with_the_schema_version() {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
     assert_eq!(mode, "wal");
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(page_size, bursar::reqlog::LOG_SQLITE_PAGE_BYTES);
     let version: i64 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, bursar::reqlog::store::SCHEMA_VERSION);
+    // Tags live in `requests.tags` only.
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(tables, ["requests", "schema_version"]);
     // Costs are stored as exact decimal text.
     let cost: String = conn
         .query_row(
@@ -77,6 +82,130 @@ fn the_file_is_wal_with_the_schema_version() {
         .unwrap();
     let err = LogWriter::start(&sqlite(), dir.path()).err().unwrap();
     assert!(err.to_string().contains("newer"), "{err}");
+}
+
+/// The version 1 schema, as bursar created it before tags moved into
+/// `requests.tags` only.
+const SCHEMA_V1: &str = "
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+INSERT INTO schema_version (version) VALUES (1);
+CREATE TABLE requests (
+    id TEXT NOT NULL UNIQUE,
+    time_ms INTEGER NOT NULL,
+    key_name TEXT NOT NULL,
+    team TEXT,
+    customer TEXT,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    cost_picodollars TEXT NOT NULL,
+    price_version TEXT NOT NULL,
+    estimated INTEGER NOT NULL,
+    ttfb_us INTEGER,
+    total_us INTEGER NOT NULL,
+    cache_status TEXT NOT NULL,
+    stream INTEGER NOT NULL,
+    tags TEXT NOT NULL,
+    prompt_text TEXT,
+    completion_text TEXT
+);
+CREATE INDEX requests_time ON requests (time_ms, id);
+CREATE INDEX requests_key_time ON requests (key_name, time_ms);
+CREATE TABLE request_tags (
+    request_id TEXT NOT NULL,
+    k TEXT NOT NULL,
+    v TEXT NOT NULL,
+    PRIMARY KEY (request_id, k)
+) WITHOUT ROWID;
+CREATE INDEX request_tags_kv ON request_tags (k, v);
+INSERT INTO requests VALUES ('req_v1', 1795737600000, 'k-old', 'red', NULL, 'openai',
+    'gpt-4o', 'chat/completions', 200, 10, 2, 0, 0, 0, '123456789012345678901234', '2026-11-01',
+    0, 1500, 90000, 'miss', 1, '{\"env\":\"prod\",\"feature\":\"search\"}', NULL, NULL);
+INSERT INTO request_tags VALUES ('req_v1', 'env', 'prod'), ('req_v1', 'feature', 'search');
+";
+
+#[test]
+fn a_version_1_file_is_migrated_and_its_tags_still_query() {
+    let dir = TempDir::new("migrate-v1");
+    let path = dir.path().join(LOG_SQLITE_FILE);
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+    }
+    // Opening migrates: version 2, `request_tags` and its index gone.
+    let cfg = sqlite();
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    let left: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_schema WHERE name LIKE 'request_tags%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0);
+    // The file keeps the page size it was made with.
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(page_size, 4096);
+    // The old row reads back whole and is found by its tags.
+    let by_tag = |store: &mut dyn bursar::reqlog::LogStore, k: &str, v: &str| -> Vec<String> {
+        store
+            .query_logs(&LogFilter {
+                tag: Some((k.into(), v.into())),
+                ..LogFilter::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    };
+    let old = store.query_logs(&LogFilter::default()).unwrap();
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0].id, "req_v1");
+    assert_eq!(old[0].cost_picodollars, 123_456_789_012_345_678_901_234);
+    assert_eq!(
+        old[0].tags,
+        vec![
+            ("env".to_string(), "prod".to_string()),
+            ("feature".to_string(), "search".to_string())
+        ]
+    );
+    assert_eq!(by_tag(store.as_mut(), "feature", "search"), ["req_v1"]);
+    assert!(by_tag(store.as_mut(), "feature", "chat").is_empty());
+    // New rows go in beside it, and a tag groups old and new alike.
+    let mut new_rows = varied_rows(31, 2);
+    new_rows[0].time_ms = T0 + 1;
+    new_rows[0].tags = vec![("feature".into(), "search".into())];
+    new_rows[1].time_ms = T0 + 2;
+    new_rows[1].tags = vec![];
+    write_through(&cfg, dir.path(), &new_rows);
+    assert_eq!(
+        by_tag(store.as_mut(), "feature", "search"),
+        [new_rows[0].id.as_str(), "req_v1"]
+    );
+    let groups: Vec<(String, u64)> = store
+        .spend_totals(&GroupBy::Tag("feature".into()), T0, T0 + DAY)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.group, t.requests))
+        .collect();
+    assert_eq!(groups, [("".to_string(), 1), ("search".to_string(), 2)]);
+    // Opening again changes nothing.
+    drop(store);
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    assert_eq!(store.count().unwrap(), 3);
 }
 
 #[test]

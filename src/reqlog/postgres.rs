@@ -12,7 +12,11 @@
 //! writer forever. Connections are plain TCP (no TLS yet).
 //!
 //! PostgreSQL text cannot hold a NUL character, so a NUL in any text is
-//! stored as U+FFFD rather than failing the batch.
+//! stored as U+FFFD rather than failing the batch (in a tag too: the `tags`
+//! JSON holds U+FFFD, not `\u0000`, which PostgreSQL's JSON functions refuse).
+//!
+//! The schema is described in [`store`]; a tag is read out of
+//! `requests.tags` with `tags::json ->> key`, the key bound as a parameter.
 
 use std::io::Write;
 
@@ -22,7 +26,7 @@ use postgres::{Client, NoTls};
 use super::query::{self, Bucket, Dialect, GroupBy, LogFilter, Param, SeriesPoint, SpendTotal};
 use super::row::LogRow;
 use super::store::SCHEMA_VERSION;
-use super::store::{self, clamp_i64, tags_json, LogStore, RawRow, RawSpend, StoreError};
+use super::store::{self, clamp_i64, write_tags_json, LogStore, RawRow, RawSpend, StoreError};
 use super::{LOG_PG_CONNECT_TIMEOUT, LOG_PG_STATEMENT_TIMEOUT};
 
 const SCHEMA: &str = r#"
@@ -54,14 +58,11 @@ CREATE TABLE requests (
 );
 CREATE INDEX requests_time ON requests (time_ms, id);
 CREATE INDEX requests_key_time ON requests (key_name, time_ms);
-CREATE TABLE request_tags (
-    request_id TEXT COLLATE "C" NOT NULL REFERENCES requests (id) ON DELETE CASCADE,
-    k TEXT NOT NULL,
-    v TEXT NOT NULL,
-    PRIMARY KEY (request_id, k)
-);
-CREATE INDEX request_tags_kv ON request_tags (k, v);
 "#;
+
+/// Version 1 to 2: tags live only in `requests.tags` (dropping the table
+/// drops its index and foreign key).
+const MIGRATE_1_TO_2: &str = "DROP TABLE IF EXISTS request_tags";
 
 /// The `requests` columns in COPY order.
 const ROW_COLUMNS: &str = "id, time_ms, key_name, team, customer, provider, model, endpoint, \
@@ -142,7 +143,14 @@ impl PostgresStore {
                 )?;
             }
             Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
-            Some(_) => {}
+            Some(v) => {
+                if v < 2 {
+                    tx.batch_execute(MIGRATE_1_TO_2)?;
+                }
+                if v < SCHEMA_VERSION {
+                    tx.execute("UPDATE schema_version SET version = $1", &[&SCHEMA_VERSION])?;
+                }
+            }
         }
         tx.commit()?;
         Ok(())
@@ -252,8 +260,9 @@ fn copy_bool(out: &mut Vec<u8>, b: bool) {
     out.push(if b { b't' } else { b'f' });
 }
 
-/// One row of `requests` in COPY text format, in [`ROW_COLUMNS`] order.
-fn copy_row(out: &mut Vec<u8>, row: &LogRow) {
+/// One row of `requests` in COPY text format, in [`ROW_COLUMNS`] order;
+/// `scratch` is reused for the tags JSON.
+fn copy_row(out: &mut Vec<u8>, scratch: &mut String, row: &LogRow) {
     copy_text(out, &row.id);
     out.push(b'\t');
     copy_display(out, row.time_ms);
@@ -299,7 +308,10 @@ fn copy_row(out: &mut Vec<u8>, row: &LogRow) {
     out.push(b'\t');
     copy_bool(out, row.stream);
     out.push(b'\t');
-    copy_text(out, &tags_json(&row.tags));
+    // The queries parse this JSON, and PostgreSQL refuses `\u0000` in it.
+    scratch.clear();
+    write_tags_json(scratch, &row.tags, true);
+    copy_text(out, scratch);
     out.push(b'\t');
     copy_opt_text(out, row.prompt_text.as_deref());
     out.push(b'\t');
@@ -311,35 +323,20 @@ impl LogStore for PostgresStore {
     fn insert_batch(&mut self, rows: &[LogRow]) -> Result<u64, StoreError> {
         if !self.staging_ready {
             self.client.batch_execute(
-                "CREATE TEMP TABLE requests_in (LIKE requests) ON COMMIT DELETE ROWS; \
-                 CREATE TEMP TABLE request_tags_in (LIKE request_tags) ON COMMIT DELETE ROWS",
+                "CREATE TEMP TABLE requests_in (LIKE requests) ON COMMIT DELETE ROWS",
             )?;
             self.staging_ready = true;
         }
         let mut data = Vec::new();
-        let mut tags = Vec::new();
+        let mut scratch = String::new();
         for row in rows {
-            copy_row(&mut data, row);
-            for (k, v) in &row.tags {
-                copy_text(&mut tags, &row.id);
-                tags.push(b'\t');
-                copy_text(&mut tags, k);
-                tags.push(b'\t');
-                copy_text(&mut tags, v);
-                tags.push(b'\n');
-            }
+            copy_row(&mut data, &mut scratch, row);
         }
         let mut tx = self.client.transaction()?;
         let mut w = tx.copy_in(&format!("COPY requests_in ({ROW_COLUMNS}) FROM STDIN"))?;
         w.write_all(&data)
             .map_err(|e| StoreError::Unavailable(format!("COPY requests: {e}")))?;
         w.finish()?;
-        if !tags.is_empty() {
-            let mut w = tx.copy_in("COPY request_tags_in (request_id, k, v) FROM STDIN")?;
-            w.write_all(&tags)
-                .map_err(|e| StoreError::Unavailable(format!("COPY request_tags: {e}")))?;
-            w.finish()?;
-        }
         let inserted = tx.execute(
             &format!(
                 "INSERT INTO requests ({ROW_COLUMNS}) SELECT {ROW_COLUMNS} FROM requests_in \
@@ -347,13 +344,6 @@ impl LogStore for PostgresStore {
             ),
             &[],
         )?;
-        if !tags.is_empty() {
-            tx.execute(
-                "INSERT INTO request_tags (request_id, k, v) \
-                 SELECT request_id, k, v FROM request_tags_in ON CONFLICT DO NOTHING",
-                &[],
-            )?;
-        }
         tx.commit()?;
         Ok(inserted)
     }

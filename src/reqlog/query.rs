@@ -193,6 +193,19 @@ impl Sql {
         self.bind(Param::Text(s.to_string()))
     }
 
+    /// The value of tag `key` in the row's `tags` JSON object, NULL when the
+    /// row has no such tag. The key is bound, never spliced into a JSON path,
+    /// so any key is matched exactly.
+    fn tag_value(&mut self, key: &str) -> String {
+        let pk = self.bind_text(key);
+        match self.dialect {
+            Dialect::Sqlite => {
+                format!("(SELECT t.value FROM json_each(r.tags) t WHERE t.key = {pk})")
+            }
+            Dialect::Postgres => format!("(r.tags::json ->> {pk})"),
+        }
+    }
+
     /// The ordering suffix for text compared or sorted as bytes in both
     /// stores (PostgreSQL would otherwise use the database's locale).
     fn bytewise(&self) -> &'static str {
@@ -233,10 +246,9 @@ pub(crate) fn select_logs(d: Dialect, f: &LogFilter) -> Sql {
         conds.push(format!("r.time_ms < {p}"));
     }
     if let Some((k, v)) = &f.tag {
-        let (pk, pv) = (sql.bind_text(k), sql.bind_text(v));
-        conds.push(format!(
-            "r.id IN (SELECT t.request_id FROM request_tags t WHERE t.k = {pk} AND t.v = {pv})"
-        ));
+        let value = sql.tag_value(k);
+        let pv = sql.bind_text(v);
+        conds.push(format!("{value} = {pv}"));
     }
     if let Some(c) = &f.before {
         let t1 = sql.bind(Param::Int(c.time_ms));
@@ -271,18 +283,13 @@ pub(crate) fn select_spend(
     to_ms: i64,
 ) -> Sql {
     let mut sql = Sql::new(d);
-    let mut join = String::new();
     let group = match group_by {
         GroupBy::Key => "r.key_name".to_string(),
         GroupBy::Team => "COALESCE(r.team, '')".to_string(),
         GroupBy::Customer => "COALESCE(r.customer, '')".to_string(),
         GroupBy::Provider => "r.provider".to_string(),
         GroupBy::Model => "r.model".to_string(),
-        GroupBy::Tag(k) => {
-            let pk = sql.bind_text(k);
-            join = format!(" LEFT JOIN request_tags t ON t.request_id = r.id AND t.k = {pk}");
-            "COALESCE(t.v, '')".to_string()
-        }
+        GroupBy::Tag(k) => format!("COALESCE({}, '')", sql.tag_value(k)),
     };
     let (cost, tokens_cast) = match d {
         Dialect::Sqlite => ("sum_picodollars(r.cost_picodollars)", ""),
@@ -307,7 +314,7 @@ pub(crate) fn select_spend(
     sql.text = format!(
         "SELECT {bucket_col}{group}{bytewise} AS g, COUNT(*), {cost}, \
          SUM(r.prompt_tokens){tokens_cast}, SUM(r.completion_tokens){tokens_cast} \
-         FROM requests r{join} WHERE r.time_ms >= {from} AND r.time_ms < {to} \
+         FROM requests r WHERE r.time_ms >= {from} AND r.time_ms < {to} \
          GROUP BY {group_cols} ORDER BY {group_cols} LIMIT {limit}"
     );
     sql
@@ -342,7 +349,7 @@ mod tests {
     }
 
     #[test]
-    fn spend_groups_by_tag_with_a_left_join() {
+    fn spend_groups_by_a_tag_read_from_the_json_with_the_key_bound() {
         let sql = select_spend(
             Dialect::Postgres,
             &GroupBy::Tag("env".into()),
@@ -350,9 +357,15 @@ mod tests {
             0,
             10,
         );
-        assert!(sql.text.contains("LEFT JOIN request_tags t"));
-        assert!(sql.text.contains("COALESCE(t.v, '') COLLATE \"C\" AS g"));
+        assert!(sql
+            .text
+            .contains("COALESCE((r.tags::json ->> $1::TEXT), '') COLLATE \"C\" AS g"));
         assert!(sql.text.contains("ORDER BY b, g LIMIT"));
         assert_eq!(sql.params[0], Param::Text("env".into()));
+        let lite = select_spend(Dialect::Sqlite, &GroupBy::Tag("a\"'.b".into()), None, 0, 10);
+        assert!(lite.text.contains(
+            "COALESCE((SELECT t.value FROM json_each(r.tags) t WHERE t.key = ?1), '') AS g"
+        ));
+        assert_eq!(lite.params[0], Param::Text("a\"'.b".into()));
     }
 }

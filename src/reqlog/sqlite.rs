@@ -1,18 +1,16 @@
 //! The SQLite sink: `<state_dir>/requests.sqlite`, the default.
 //!
 //! WAL mode, so the admin API's read connection reads while the writer
-//! writes; `synchronous=NORMAL`, so a commit does not wait for an fsync (WAL
+//! writes; 16 KiB pages in a new file ([`LOG_SQLITE_PAGE_BYTES`]);
+//! `synchronous=NORMAL`, so a commit does not wait for an fsync (WAL
 //! keeps the file consistent after a crash; a power loss may lose the last
 //! transactions). Writes wait up to [`LOG_SQLITE_BUSY_TIMEOUT`] for another
 //! connection's lock, then fail as [`StoreError::Unavailable`] and the writer
 //! spills. The schema and the cost column are described in
-//! [`store`].
-//!
-//! Unlike PostgreSQL, `request_tags` has no foreign key here: SQLite would
-//! check it with one more index lookup per tag row, on a writer that is
-//! CPU-bound in its b-trees (docs/benchmarks.md). Retention deletes a
-//! request's tags itself, in the same transaction as the request.
+//! [`store`]; tags are read out of `requests.tags` with `json_each`, the tag
+//! key bound as a parameter.
 
+use std::fmt::Write;
 use std::path::Path;
 
 use rusqlite::functions::{Aggregate, Context, FunctionFlags};
@@ -22,8 +20,11 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, ToSql, Transact
 use super::query::{self, Bucket, Dialect, GroupBy, LogFilter, Param, SeriesPoint, SpendTotal};
 use super::row::LogRow;
 use super::store::SCHEMA_VERSION;
-use super::store::{self, clamp_i64, tags_json, LogStore, RawRow, RawSpend, StoreError};
-use super::{LOG_SQLITE_BUSY_TIMEOUT, LOG_SQLITE_CACHE_BYTES, LOG_SQLITE_CHECKPOINT_PAGES};
+use super::store::{self, clamp_i64, write_tags_json, LogStore, RawRow, RawSpend, StoreError};
+use super::{
+    LOG_SQLITE_BUSY_TIMEOUT, LOG_SQLITE_CACHE_BYTES, LOG_SQLITE_CHECKPOINT_BYTES,
+    LOG_SQLITE_PAGE_BYTES,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE requests (
@@ -54,13 +55,13 @@ CREATE TABLE requests (
 );
 CREATE INDEX requests_time ON requests (time_ms, id);
 CREATE INDEX requests_key_time ON requests (key_name, time_ms);
-CREATE TABLE request_tags (
-    request_id TEXT NOT NULL,
-    k TEXT NOT NULL,
-    v TEXT NOT NULL,
-    PRIMARY KEY (request_id, k)
-) WITHOUT ROWID;
-CREATE INDEX request_tags_kv ON request_tags (k, v);
+";
+
+/// Version 1 to 2: tags live only in `requests.tags`. The freed pages stay in
+/// the file and are reused by new rows.
+const MIGRATE_1_TO_2: &str = "
+DROP INDEX IF EXISTS request_tags_kv;
+DROP TABLE IF EXISTS request_tags;
 ";
 
 const INSERT_ROW: &str = "INSERT OR IGNORE INTO requests (id, time_ms, key_name, team, \
@@ -69,9 +70,6 @@ const INSERT_ROW: &str = "INSERT OR IGNORE INTO requests (id, time_ms, key_name,
     estimated, ttfb_us, total_us, cache_status, stream, tags, prompt_text, completion_text) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
     ?19, ?20, ?21, ?22, ?23, ?24)";
-
-const INSERT_TAG: &str =
-    "INSERT OR IGNORE INTO request_tags (request_id, k, v) VALUES (?1, ?2, ?3)";
 
 /// A connection to the request log's SQLite file.
 pub struct SqliteStore {
@@ -144,6 +142,9 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(LOG_SQLITE_BUSY_TIMEOUT)?;
+        // Takes effect only in a new, empty file, so before WAL mode (which
+        // writes the file's header); an existing file keeps its page size.
+        conn.pragma_update(None, "page_size", LOG_SQLITE_PAGE_BYTES)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Unavailable(format!(
@@ -153,7 +154,12 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -(LOG_SQLITE_CACHE_BYTES / 1024))?;
-        conn.pragma_update(None, "wal_autocheckpoint", LOG_SQLITE_CHECKPOINT_PAGES)?;
+        let page_bytes: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            LOG_SQLITE_CHECKPOINT_BYTES / page_bytes.max(512),
+        )?;
         conn.create_aggregate_function(
             "sum_picodollars",
             1,
@@ -183,7 +189,14 @@ impl SqliteStore {
                 )?;
             }
             Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
-            Some(_) => {}
+            Some(v) => {
+                if v < 2 {
+                    tx.execute_batch(MIGRATE_1_TO_2)?;
+                }
+                if v < SCHEMA_VERSION {
+                    tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])?;
+                }
+            }
         }
         tx.commit()?;
         Ok(())
@@ -214,21 +227,16 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// Deletes the oldest `?2` rows matching `condition` and their tags, in
-    /// one transaction. The order (time, id) is total, so both statements
-    /// pick the same rows.
+    /// Deletes the oldest `?2` rows matching `condition`, in (time, id) order.
     fn delete_where(&mut self, condition: &str, params: &[&dyn ToSql]) -> Result<u64, StoreError> {
-        let chosen =
-            format!("SELECT id FROM requests WHERE {condition} ORDER BY time_ms, id LIMIT ?2");
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            &format!("DELETE FROM request_tags WHERE request_id IN ({chosen})"),
-            params,
-        )?;
         let n = tx.execute(
-            &format!("DELETE FROM requests WHERE id IN ({chosen})"),
+            &format!(
+                "DELETE FROM requests WHERE id IN \
+                 (SELECT id FROM requests WHERE {condition} ORDER BY time_ms, id LIMIT ?2)"
+            ),
             params,
         )?;
         tx.commit()?;
@@ -269,9 +277,18 @@ impl LogStore for SqliteStore {
         let mut inserted = 0;
         {
             let mut insert_row = tx.prepare_cached(INSERT_ROW)?;
-            let mut insert_tag = tx.prepare_cached(INSERT_TAG)?;
+            // Reused for every row: no allocation per row for the two
+            // columns that are formatted here.
+            let mut cost = String::with_capacity(48);
+            let mut tags = String::with_capacity(256);
             for row in rows {
-                let changed = insert_row.execute(params![
+                cost.clear();
+                // Writing into a String cannot fail.
+                let _ = write!(cost, "{}", row.cost_picodollars);
+                tags.clear();
+                write_tags_json(&mut tags, &row.tags, false);
+                // 0 for a duplicate id (a replay), which is ignored.
+                inserted += insert_row.execute(params![
                     row.id,
                     row.time_ms,
                     row.key,
@@ -286,24 +303,17 @@ impl LogStore for SqliteStore {
                     clamp_i64(row.cached_tokens),
                     clamp_i64(row.cache_write_tokens),
                     clamp_i64(row.reasoning_tokens),
-                    row.cost_picodollars.to_string(),
+                    cost.as_str(),
                     row.price_version,
                     row.estimated,
                     row.ttfb_us.map(clamp_i64),
                     clamp_i64(row.total_us),
                     row.cache_status.as_str(),
                     row.stream,
-                    tags_json(&row.tags),
+                    tags.as_str(),
                     row.prompt_text,
                     row.completion_text,
-                ])?;
-                // A duplicate id (a replay) is ignored with its tags.
-                if changed == 1 {
-                    inserted += 1;
-                    for (k, v) in &row.tags {
-                        insert_tag.execute(params![row.id, k, v])?;
-                    }
-                }
+                ])? as u64;
             }
         }
         tx.commit()?;

@@ -4,12 +4,18 @@
 //!
 //! `requests`: one row per request, `id` unique; indexes on `(time_ms, id)`
 //! (ranges, newest-first paging, retention) and `(key_name, time_ms)`.
-//! `request_tags(request_id, k, v)`: one row per tag, primary key
-//! `(request_id, k)`, index `(k, v)`, deleted with its request (in
-//! PostgreSQL by a foreign key `ON DELETE CASCADE`, in SQLite by retention
-//! itself, see [`sqlite`](super::sqlite)), so filtering and grouping by a tag
-//! are index lookups. `requests.tags` keeps the same tags as one JSON object for reading
-//! a row back without a join. `schema_version(version)`: one row.
+//! `requests.tags` holds the row's tags as one JSON object of strings
+//! (`{"env":"prod"}`, keys sorted); filtering and grouping by a tag read it
+//! (SQLite `json_each`, PostgreSQL `->>`, the key bound as a parameter) with
+//! no index on tags: a tag filter is checked on each row the other conditions
+//! select, newest first, until the page is full; a spend query by tag reads
+//! each row of its range, as a spend query by any other column does.
+//! `schema_version(version)`: one row.
+//!
+//! Version 1 also kept each tag as a row of a `request_tags` table, two more
+//! b-tree entries per tag on every insert, which roughly doubled the SQLite
+//! writer's CPU per row (docs/benchmarks.md). Opening a version 1 store drops
+//! that table (and its index) in the transaction that sets version 2.
 //!
 //! Cost is exact in both: PostgreSQL stores picodollars as `NUMERIC(39,0)`
 //! (every i128 fits) and sums them exactly. SQLite has no integer wider than
@@ -31,7 +37,7 @@ use super::row::{CacheStatus, LogRow};
 use super::{SinkKind, LOG_SERIES_POINTS_MAX, LOG_SQLITE_FILE};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Why a store call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,12 +125,79 @@ pub(crate) fn clamp_i64(n: u64) -> i64 {
 }
 
 /// Tags as the JSON object stored in `requests.tags`.
+#[cfg(test)]
 pub(crate) fn tags_json(tags: &[(String, String)]) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = tags
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    serde_json::Value::Object(map).to_string()
+    let mut out = String::new();
+    write_tags_json(&mut out, tags, false);
+    out
+}
+
+/// Appends tags as the JSON object stored in `requests.tags`: the text
+/// serde_json writes for them as a map (keys sorted, the last of a repeated
+/// key kept), written straight into `out`, which the writer reuses for every
+/// row. With `nul_to_replacement` a NUL in a key or value is written as
+/// U+FFFD instead of `\u0000` (for PostgreSQL, see [`postgres`](super::postgres)).
+pub(crate) fn write_tags_json(
+    out: &mut String,
+    tags: &[(String, String)],
+    nul_to_replacement: bool,
+) {
+    // Tags are sorted with unique keys (`LogRow::tags`); anything else goes
+    // through a map first, so it is stored as it always was.
+    if !tags.windows(2).all(|w| w[0].0 < w[1].0) {
+        let map: std::collections::BTreeMap<&str, &str> =
+            tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let sorted: Vec<(String, String)> = map
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        return write_tags_json(out, &sorted, nul_to_replacement);
+    }
+    out.push('{');
+    for (i, (k, v)) in tags.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(out, k, nul_to_replacement);
+        out.push(':');
+        push_json_string(out, v, nul_to_replacement);
+    }
+    out.push('}');
+}
+
+/// Appends `s` as a JSON string, escaped as serde_json escapes it: `"`, `\`,
+/// the short forms `\b \f \n \r \t`, other control characters as
+/// `\u00xx`; everything else (DEL, non-ASCII) as is.
+fn push_json_string(out: &mut String, s: &str, nul_to_replacement: bool) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    let mut start = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let short = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0 if nul_to_replacement => "\u{fffd}",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // Every byte matched is ASCII, so `i` is a char boundary.
+        out.push_str(&s[start..i]);
+        if short.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(short);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 /// A row's columns as read from either store, before validation.
@@ -333,5 +406,43 @@ mod tests {
         assert_eq!(clamp_i64(7), 7);
         assert_eq!(tags_json(&[("a".into(), "x\"y".into())]), r#"{"a":"x\"y"}"#);
         assert_eq!(tags_json(&[]), "{}");
+    }
+
+    /// What serde_json writes for tags as a map (the encoding before
+    /// `write_tags_json`, and what `into_row` reads).
+    fn serde_tags(tags: &[(String, String)]) -> String {
+        let map: serde_json::Map<String, serde_json::Value> = tags
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        serde_json::Value::Object(map).to_string()
+    }
+
+    #[test]
+    fn tags_json_is_exactly_what_serde_json_writes() {
+        let awkward: String = (0u8..=0x7f).map(char::from).collect::<String>() + "é€😀\u{fffd}";
+        let t = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let cases: Vec<Vec<(String, String)>> = vec![
+            vec![],
+            vec![t("env", "prod")],
+            vec![t("env", "prod"), t("feature", "search")],
+            vec![t(&awkward, "b"), t("a", &awkward)],
+            vec![t("a", &awkward), t(&awkward, "b")],
+            vec![t("\"", "\\"), t("\\", "\"")],
+            // Not as LogRow promises: unsorted, a repeated key.
+            vec![t("z", "1"), t("a", "2")],
+            vec![t("k", "first"), t("k", "last"), t("b", "x")],
+        ];
+        for tags in cases {
+            let ours = tags_json(&tags);
+            assert_eq!(ours, serde_tags(&tags), "{tags:?}");
+            let back: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&ours).unwrap();
+            assert!(back.len() <= tags.len());
+        }
+        let mut out = String::from("kept:");
+        write_tags_json(&mut out, &[t("a\0b", "c\0")], true);
+        assert_eq!(out, "kept:{\"a\u{fffd}b\":\"c\u{fffd}\"}");
+        assert_eq!(tags_json(&[t("a\0", "\u{1f}")]), r#"{"a\u0000":"\u001f"}"#);
     }
 }

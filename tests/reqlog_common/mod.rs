@@ -619,3 +619,56 @@ pub fn check_spill_then_replay(
     );
     assert_eq!(store.count().unwrap(), 500);
 }
+
+/// Tag keys that would break a JSON path spliced into SQL (quotes, dots,
+/// `$`, brackets) and values with quotes and backslashes: a tag filter and
+/// a grouping by tag match them exactly, and a key that is a prefix or a
+/// path of another matches nothing else.
+pub fn check_awkward_tags(cfg: &LogConfig, dir: &Path) {
+    let tag = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let mut rows = varied_rows(41, 3);
+    for (i, r) in rows.iter_mut().enumerate() {
+        r.time_ms = T0 + i as i64;
+    }
+    rows[0].tags = vec![tag("a\"b", "x"), tag("a.b", "1"), tag("it's", "q'uote")];
+    rows[1].tags = vec![tag("$", "y\"z\\"), tag("[0]", "é"), tag("a.b", "2")];
+    rows[2].tags = vec![];
+    write_through(cfg, dir, &rows);
+    let mut store = cfg.open_store(dir).unwrap();
+    let ids = |store: &mut dyn LogStore, k: &str, v: &str| -> Vec<String> {
+        store
+            .query_logs(&LogFilter {
+                tag: Some((k.into(), v.into())),
+                ..LogFilter::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    };
+    let id = |i: usize| vec![rows[i].id.clone()];
+    assert_eq!(ids(store.as_mut(), "a\"b", "x"), id(0));
+    assert_eq!(ids(store.as_mut(), "it's", "q'uote"), id(0));
+    assert_eq!(ids(store.as_mut(), "a.b", "2"), id(1));
+    assert_eq!(ids(store.as_mut(), "$", "y\"z\\"), id(1));
+    assert_eq!(ids(store.as_mut(), "[0]", "é"), id(1));
+    for (k, v) in [("a", "x"), ("b", "x"), ("a", "1"), ("$.a", "1"), ("", "")] {
+        assert!(ids(store.as_mut(), k, v).is_empty(), "{k:?}={v:?}");
+    }
+    let groups = |store: &mut dyn LogStore, k: &str| -> Vec<(String, u64)> {
+        store
+            .spend_totals(&GroupBy::Tag(k.into()), T0, T0 + DAY)
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.group, t.requests))
+            .collect()
+    };
+    let g = |v: &str, n: u64| (v.to_string(), n);
+    assert_eq!(
+        groups(store.as_mut(), "a.b"),
+        [g("", 1), g("1", 1), g("2", 1)]
+    );
+    assert_eq!(groups(store.as_mut(), "a\"b"), [g("", 2), g("x", 1)]);
+    assert_eq!(groups(store.as_mut(), "$"), [g("", 2), g("y\"z\\", 1)]);
+    assert_eq!(groups(store.as_mut(), "$.a"), [g("", 3)]);
+}

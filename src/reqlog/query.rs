@@ -198,7 +198,7 @@ impl Sql {
     /// spliced into the SQL, and any key is matched exactly.
     fn tag_value(&mut self, key: &str) -> String {
         match self.dialect {
-            // `json_extract` with the key as a quoted path label took 65-75%
+            // `json_extract` with the key as a quoted path label took 60-75%
             // of `json_each`'s time per row (docs/benchmarks.md); a key the
             // label cannot hold verbatim (a quote, a backslash, a control
             // character: never a valid tag key) is looked up with `json_each`.

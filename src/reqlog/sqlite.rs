@@ -7,8 +7,9 @@
 //! transactions). Writes wait up to [`LOG_SQLITE_BUSY_TIMEOUT`] for another
 //! connection's lock, then fail as [`StoreError::Unavailable`] and the writer
 //! spills. The schema and the cost column are described in
-//! [`store`]; tags are read out of `requests.tags` with `json_each`, the tag
-//! key bound as a parameter.
+//! [`store`]; a tag is read out of `requests.tags` with `json_extract` (the
+//! path `$."key"` bound as a parameter) or, for a key with a quote, a
+//! backslash or a control character, `json_each` with the key bound.
 
 use std::fmt::Write;
 use std::path::Path;

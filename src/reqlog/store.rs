@@ -6,11 +6,13 @@
 //! (ranges, newest-first paging, retention) and `(key_name, time_ms)`.
 //! `requests.tags` holds the row's tags as one JSON object of strings
 //! (`{"env":"prod"}`, keys sorted); filtering and grouping by a tag read it
-//! (SQLite `json_each`, PostgreSQL `->>`, the key bound as a parameter) with
-//! no index on tags: a tag filter is checked on each row the other conditions
-//! select, newest first, until the page is full; a spend query by tag reads
-//! each row of its range, as a spend query by any other column does.
-//! `schema_version(version)`: one row.
+//! (SQLite `json_extract` with the key in a bound path, or `json_each` for a
+//! key no path label can hold; PostgreSQL `tags::json ->> key`, the key
+//! bound) with no index on tags: a tag filter is checked on each row the
+//! other conditions select, newest first, until the page is full (fast for a
+//! common tag, a scan of the whole range for a rare or absent one); a spend
+//! query by tag reads each row of its range, as a spend query by any other
+//! column does. `schema_version(version)`: one row.
 //!
 //! Version 1 also kept each tag as a row of a `request_tags` table, two more
 //! b-tree entries per tag on every insert, which roughly doubled the SQLite

@@ -621,7 +621,7 @@ pub fn check_spill_then_replay(
 }
 
 /// Tag keys that would break a JSON path spliced into SQL (quotes, dots,
-/// `$`, brackets) and values with quotes and backslashes: a tag filter and
+/// `$`, brackets, a backslash, a tab) and values with quotes and backslashes: a tag filter and
 /// a grouping by tag match them exactly, and a key that is a prefix or a
 /// path of another matches nothing else.
 pub fn check_awkward_tags(cfg: &LogConfig, dir: &Path) {
@@ -632,7 +632,7 @@ pub fn check_awkward_tags(cfg: &LogConfig, dir: &Path) {
     }
     rows[0].tags = vec![tag("a\"b", "x"), tag("a.b", "1"), tag("it's", "q'uote")];
     rows[1].tags = vec![tag("$", "y\"z\\"), tag("[0]", "é"), tag("a.b", "2")];
-    rows[2].tags = vec![];
+    rows[2].tags = vec![tag("a\\b", "bs"), tag("t\tk", "tab")];
     write_through(cfg, dir, &rows);
     let mut store = cfg.open_store(dir).unwrap();
     let ids = |store: &mut dyn LogStore, k: &str, v: &str| -> Vec<String> {
@@ -652,7 +652,17 @@ pub fn check_awkward_tags(cfg: &LogConfig, dir: &Path) {
     assert_eq!(ids(store.as_mut(), "a.b", "2"), id(1));
     assert_eq!(ids(store.as_mut(), "$", "y\"z\\"), id(1));
     assert_eq!(ids(store.as_mut(), "[0]", "é"), id(1));
-    for (k, v) in [("a", "x"), ("b", "x"), ("a", "1"), ("$.a", "1"), ("", "")] {
+    assert_eq!(ids(store.as_mut(), "a\\b", "bs"), id(2));
+    assert_eq!(ids(store.as_mut(), "t\tk", "tab"), id(2));
+    for (k, v) in [
+        ("a", "x"),
+        ("b", "x"),
+        ("a", "1"),
+        ("$.a", "1"),
+        ("", ""),
+        ("a", "bs"),
+        ("a\\", "bs"),
+    ] {
         assert!(ids(store.as_mut(), k, v).is_empty(), "{k:?}={v:?}");
     }
     let groups = |store: &mut dyn LogStore, k: &str| -> Vec<(String, u64)> {
@@ -671,4 +681,5 @@ pub fn check_awkward_tags(cfg: &LogConfig, dir: &Path) {
     assert_eq!(groups(store.as_mut(), "a\"b"), [g("", 2), g("x", 1)]);
     assert_eq!(groups(store.as_mut(), "$"), [g("", 2), g("y\"z\\", 1)]);
     assert_eq!(groups(store.as_mut(), "$.a"), [g("", 3)]);
+    assert_eq!(groups(store.as_mut(), "a\\b"), [g("", 2), g("bs", 1)]);
 }

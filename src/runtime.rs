@@ -359,9 +359,10 @@ impl Gateway {
 }
 
 /// Lowers the calling thread's scheduling priority to `nice` (Linux: the
-/// nice value is per thread). Background threads (the log writer, the
-/// tokenizer) use it so that on a core they share with a worker, the worker
-/// wins the CPU when both want it; they still get their share under load.
+/// nice value is per thread). The tokenizer uses it so that on a core it
+/// shares with a worker, the worker wins the CPU when both want it; it still
+/// gets its share under load. (The log writer does not: see
+/// `reqlog::writer`.)
 pub fn lower_thread_priority(nice: i32) {
     // SAFETY: plain system calls on the calling thread's own id.
     let rc = unsafe {
@@ -376,7 +377,7 @@ pub fn lower_thread_priority(nice: i32) {
     }
 }
 
-/// Nice value of the background threads (the log writer, the tokenizer).
+/// Nice value of the tokenizer thread.
 pub const BACKGROUND_THREAD_NICE: i32 = 10;
 
 /// The tokenizer thread: counts the text of streams that ended without the

@@ -378,7 +378,7 @@ pub fn lower_thread_priority(nice: i32) {
 }
 
 /// Nice value of the tokenizer thread.
-pub const BACKGROUND_THREAD_NICE: i32 = 10;
+pub const TOKENIZER_THREAD_NICE: i32 = 10;
 
 /// The tokenizer thread: counts the text of streams that ended without the
 /// provider's usage, off the workers (a count can take milliseconds).
@@ -391,7 +391,7 @@ fn spawn_tokenizer(
     std::thread::Builder::new()
         .name("bursar-tokenizer".into())
         .spawn(move || {
-            lower_thread_priority(BACKGROUND_THREAD_NICE);
+            lower_thread_priority(TOKENIZER_THREAD_NICE);
             crate::tokens::warm_up();
             for mut req in rx {
                 let price = req.price.clone();

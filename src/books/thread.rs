@@ -273,13 +273,10 @@ impl WorkerLink {
     /// queue is an error (the ledger is overloaded; the caller backs off).
     pub fn request(&self, cmd: Command) -> Result<oneshot::Receiver<Reply>, BooksError> {
         let (tx, rx) = oneshot::channel();
-        send(
-            &self.commands,
-            Msg::Command {
-                cmd,
-                reply: ReplyTo::Async(tx),
-            },
-        )?;
+        self.commands.try_send(Msg::Command {
+            cmd,
+            reply: ReplyTo::Async(tx),
+        })?;
         Ok(rx)
     }
 
@@ -289,19 +286,17 @@ impl WorkerLink {
         entity: EntityId,
     ) -> Result<oneshot::Receiver<Option<EntityView>>, BooksError> {
         let (tx, rx) = oneshot::channel();
-        send(&self.commands, Msg::ViewAsync { entity, reply: tx })?;
+        self.commands
+            .try_send(Msg::ViewAsync { entity, reply: tx })?;
         Ok(rx)
     }
 
     /// Sends a command without waiting for a reply (e.g. `LeaseReturn`).
     pub fn tell(&self, cmd: Command) -> Result<(), BooksError> {
-        send(
-            &self.commands,
-            Msg::Command {
-                cmd,
-                reply: ReplyTo::None,
-            },
-        )
+        self.commands.try_send(Msg::Command {
+            cmd,
+            reply: ReplyTo::None,
+        })
     }
 
     /// Publishes a settle in this worker's ring. When `Ok`, the charge survives
@@ -314,10 +309,6 @@ impl WorkerLink {
     ) -> Result<u64, RingFull> {
         self.ring.push(request_id, estimated, charges)
     }
-}
-
-fn send(tx: &LedgerTx, msg: Msg) -> Result<(), BooksError> {
-    tx.try_send(msg)
 }
 
 /// The sending side of the ledger thread's command channel. Every send

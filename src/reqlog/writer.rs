@@ -238,9 +238,9 @@ impl LogWriter {
                 // the workers at saturation, or the queue fills and rows are
                 // lost. At nice 10 on a core shared with a worker it got
                 // too small a share: wrk -c32 for 15 s through one worker
-                // lost 77,025 of 475,039 rows (0 at nice 0); and it wakes
-                // only every flush interval, so at 5,000 requests/s the
-                // worker's p99 was no worse at nice 0 (docs/benchmarks.md).
+                // lost 77,025 of 475,039 rows (0 at nice 0). Nice 10 did not
+                // spare the worker's p99 either: on one shared core the log
+                // adds ~1 ms at p99 at either priority (docs/benchmarks.md).
                 writer.run()
             })
             .map_err(LogError::Thread)?;

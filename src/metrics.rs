@@ -243,7 +243,7 @@ impl Registry {
         }
         if let Some(log) = &self.log {
             let l = log.stats();
-            let series: [(&str, &str, &str, u64); 9] = [
+            let series: [(&str, &str, &str, u64); 11] = [
                 (
                     "bursar_log_rows_written_total",
                     "counter",
@@ -297,6 +297,18 @@ impl Registry {
                     "gauge",
                     "1 while the store is marked down.",
                     u64::from(l.sink_down),
+                ),
+                (
+                    "bursar_log_writer_idle",
+                    "gauge",
+                    "1 while the log writer is in the idle scheduling class (workers preempt it at once).",
+                    u64::from(l.writer_idle),
+                ),
+                (
+                    "bursar_log_writer_boosts_total",
+                    "counter",
+                    "Times the log writer, behind, left the idle class to catch up at normal priority.",
+                    l.writer_boosts,
                 ),
             ];
             write_series(&mut out, &series);

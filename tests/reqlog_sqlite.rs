@@ -296,6 +296,52 @@ fn rows_queued_at_shutdown_are_all_written() {
 }
 
 #[test]
+fn a_writer_behind_leaves_the_idle_class_and_returns_when_caught_up() {
+    let dir = TempDir::new("writer-class");
+    let mut cfg = sqlite();
+    // Small transactions: pushing 5,000 rows outruns them, so the writer is
+    // behind after its first write whatever the machine.
+    cfg.batch_max = 8;
+    let (handle, sender) = LogWriter::start(&cfg, dir.path()).unwrap();
+    let reversible = bursar::runtime::idle_class_is_reversible();
+    if reversible.is_ok() {
+        wait_until(
+            "the writer in the idle class",
+            Duration::from_secs(5),
+            || handle.stats().writer_idle,
+        );
+    }
+    for r in varied_rows(6, 5_000) {
+        assert!(sender.try_log(r));
+    }
+    wait_until("every row written", Duration::from_secs(60), || {
+        handle.stats().rows_written == 5_000
+    });
+    let stats = match reversible {
+        Ok(()) => {
+            wait_until(
+                "the writer back in the idle class",
+                Duration::from_secs(5),
+                || handle.stats().writer_idle,
+            );
+            let stats = handle.stats();
+            assert!(stats.writer_boosts >= 1, "{stats:?}");
+            stats
+        }
+        Err(why) => {
+            // Without the right to leave the idle class the writer never
+            // enters it.
+            eprintln!("the idle class is not reversible here ({why}): normal priority throughout");
+            let stats = handle.stats();
+            assert!(!stats.writer_idle && stats.writer_boosts == 0, "{stats:?}");
+            stats
+        }
+    };
+    assert_eq!(stats.rows_dropped, 0, "{stats:?}");
+    assert_eq!(handle.shutdown().rows_written, 5_000);
+}
+
+#[test]
 fn a_corrupt_spill_file_is_skipped_not_fatal() {
     let dir = TempDir::new("corrupt");
     let rows = varied_rows(6, 3);

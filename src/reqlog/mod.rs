@@ -85,10 +85,10 @@ pub const LOG_QUEUE_MAX: usize = 65_536;
 /// Most rows in one batch (one sink transaction); `batch_max` may be lower.
 pub const LOG_BATCH_MAX: usize = 16_384;
 /// Default `batch_max`: at ~5–7 µs of writer CPU per row, a transaction of
-/// about 3 ms. The writer runs at normal priority (so it keeps up at
-/// saturation) and yields between transactions while it is behind, so the
-/// CPU it takes in one go from a worker sharing its core stays short (on one
-/// shared core the log still adds ~1 ms at p99: docs/benchmarks.md).
+/// about 3 ms. The writer waits in the idle scheduling class, so a worker
+/// preempts it at once; while it is behind it writes at normal priority and
+/// yields between transactions, so the CPU it takes in one go from a worker
+/// sharing its core stays short (decision 0006).
 pub const LOG_BATCH_ROWS_DEFAULT: usize = 512;
 /// Default `flush_interval`: the writer's sleep between batches, so the
 /// longest a row waits in the queue while fewer than a batch are queued.

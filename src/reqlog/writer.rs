@@ -50,6 +50,8 @@ struct LogStats {
     batches: AtomicU64,
     write_errors: AtomicU64,
     sink_down: AtomicBool,
+    writer_idle: AtomicBool,
+    writer_boosts: AtomicU64,
 }
 
 /// A reading of the writer's counters (all since start, but the gauges).
@@ -80,6 +82,11 @@ pub struct LogStatsSnapshot {
     pub queue_depth: u64,
     /// Gauge: the sink is marked down (batches go to the spill).
     pub sink_down: bool,
+    /// Gauge: the writer is in the idle scheduling class now (it yields its
+    /// core to any worker at once; see [`WriterClass`]).
+    pub writer_idle: bool,
+    /// Times the writer, behind, left the idle class to catch up.
+    pub writer_boosts: u64,
 }
 
 impl LogStats {
@@ -97,6 +104,8 @@ impl LogStats {
             write_errors: self.write_errors.load(Relaxed),
             queue_depth: queue_depth as u64,
             sink_down: self.sink_down.load(Relaxed),
+            writer_idle: self.writer_idle.load(Relaxed),
+            writer_boosts: self.writer_boosts.load(Relaxed),
         }
     }
 }
@@ -233,16 +242,7 @@ impl LogWriter {
         };
         let thread = std::thread::Builder::new()
             .name("bursar-log".into())
-            .spawn(move || {
-                // Normal priority, on purpose: the writer must keep up with
-                // the workers at saturation, or the queue fills and rows are
-                // lost. At nice 10 on a core shared with a worker it got
-                // too small a share: wrk -c32 for 15 s through one worker
-                // lost 77,025 of 475,039 rows (0 at nice 0). Nice 10 did not
-                // spare the worker's p99 either: on one shared core the log
-                // adds ~1 ms at p99 at either priority (docs/benchmarks.md).
-                writer.run()
-            })
+            .spawn(move || writer.run())
             .map_err(LogError::Thread)?;
         let writer = thread.thread().clone();
         let wake_at = cfg.batch_max.clamp(1, LOG_QUEUE_MAX);
@@ -317,10 +317,92 @@ fn truncate_text(text: &mut Option<String>) {
     }
 }
 
+/// The writer's scheduling class (decision 0006). Between bursts it sits in
+/// the idle class: a worker that wakes on its core preempts it at once. At
+/// normal priority, even at nice 10, the kernel lets a running writer finish
+/// its slice first, and a 5 ms write burst on a worker's core was the whole
+/// of the log's cost at p99 (5,000 requests/s: 1.7–2.7 ms with the log, 0.32
+/// ms with an idle-class writer, 0.36 ms with no log). At saturation an idle
+/// thread gets almost no CPU, so when the queue holds a batch after a write
+/// the writer moves itself to the normal class until it has caught up; no
+/// row is lost to it. Leaving the idle class takes `CAP_SYS_NICE` or
+/// `RLIMIT_NICE` >= 20 (the systemd unit sets `LimitNICE=+0`); without
+/// either the writer stays at normal priority and says so at start.
+enum WriterClass {
+    /// Normal priority throughout (the idle class is not reversible here).
+    Fixed,
+    /// Idle between bursts; `boosted` while catching up at normal priority.
+    Adaptive { boosted: bool },
+}
+
+impl WriterClass {
+    fn start(stats: &LogStats) -> WriterClass {
+        use crate::runtime::{idle_class_is_reversible, set_thread_class, ThreadClass};
+        match idle_class_is_reversible().and_then(|()| set_thread_class(ThreadClass::Idle)) {
+            Ok(()) => {
+                stats.writer_idle.store(true, Relaxed);
+                WriterClass::Adaptive { boosted: false }
+            }
+            Err(e) => {
+                log::warn!(
+                    "request log: the writer cannot use the idle scheduling class ({e}); \
+                     it runs at normal priority and a write burst can delay a worker \
+                     sharing its core by a few milliseconds; grant CAP_SYS_NICE or \
+                     RLIMIT_NICE 20 (systemd: LimitNICE=+0) to avoid it"
+                );
+                WriterClass::Fixed
+            }
+        }
+    }
+
+    /// Behind: normal priority until [`WriterClass::settle`].
+    fn boost(&mut self, stats: &LogStats) {
+        if let WriterClass::Adaptive { boosted: false } = self {
+            self.switch(stats, true);
+        }
+    }
+
+    /// Caught up: back to the idle class.
+    fn settle(&mut self, stats: &LogStats) {
+        if let WriterClass::Adaptive { boosted: true } = self {
+            self.switch(stats, false);
+        }
+    }
+
+    fn switch(&mut self, stats: &LogStats, boost: bool) {
+        use crate::runtime::{set_thread_class, ThreadClass};
+        let class = if boost {
+            ThreadClass::Normal
+        } else {
+            ThreadClass::Idle
+        };
+        match set_thread_class(class) {
+            Ok(()) => {
+                *self = WriterClass::Adaptive { boosted: boost };
+                stats.writer_idle.store(!boost, Relaxed);
+                if boost {
+                    stats.writer_boosts.fetch_add(1, Relaxed);
+                }
+            }
+            Err(e) => {
+                // The probe said it would work; should a limit change under
+                // us, stay where the thread is and stop switching.
+                log::warn!("request log: the writer cannot move to {class:?}: {e}");
+                *self = WriterClass::Fixed;
+                stats.writer_idle.store(
+                    crate::runtime::thread_class() == Some(ThreadClass::Idle),
+                    Relaxed,
+                );
+            }
+        }
+    }
+}
+
 impl Writer {
     fn run(mut self) {
         let batch_max = self.cfg.batch_max;
         let mut batch: Vec<LogRow> = Vec::with_capacity(batch_max);
+        let mut class = WriterClass::start(&self.stats);
         loop {
             // Every wake-up takes what is queued (a batch at most) and writes
             // it: the writer sleeps a flush interval at a time, so no row
@@ -345,18 +427,21 @@ impl Writer {
             }
             self.maintain();
             if self.rows.len() >= batch_max {
-                // Behind: write on, but let a worker sharing this core run
-                // between transactions (the writer has normal priority).
+                // Behind: write on at normal priority until caught up, but
+                // let a worker sharing this core run between transactions.
+                class.boost(&self.stats);
                 std::thread::yield_now();
                 continue;
             }
+            class.settle(&self.stats);
             let now = Instant::now();
             let wake = self.next_wake(now).min(now + self.cfg.flush_interval);
             std::thread::park_timeout(wake.saturating_duration_since(now));
         }
         // Shutdown: write what is queued now (rows sent meanwhile may be
         // taken too, but the drain is bounded so a busy sender cannot hold
-        // the shutdown forever).
+        // the shutdown forever), at normal priority.
+        class.boost(&self.stats);
         let mut left = self.rows.len();
         loop {
             while batch.len() < batch_max && left > 0 {

@@ -392,14 +392,20 @@ pub enum ThreadClass {
 /// Moves the calling thread to `class`. Leaving `Idle` takes `CAP_SYS_NICE`
 /// or an `RLIMIT_NICE` of at least 20 (see [`idle_class_is_reversible`]).
 pub fn set_thread_class(class: ThreadClass) -> std::io::Result<()> {
+    set_thread_class_of(0, class)
+}
+
+/// Moves thread `tid` of this process (0: the calling thread) to `class`;
+/// the same rights as [`set_thread_class`].
+pub fn set_thread_class_of(tid: libc::pid_t, class: ThreadClass) -> std::io::Result<()> {
     let policy = match class {
         ThreadClass::Normal => libc::SCHED_OTHER,
         ThreadClass::Idle => libc::SCHED_IDLE,
     };
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param
+    // SAFETY: a thread id (0: the calling thread) and a valid sched_param
     // that outlives the call.
-    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    let rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };
     if rc == 0 {
         Ok(())
     } else {

@@ -5,7 +5,10 @@ mod reqlog_common;
 
 use std::time::Duration;
 
-use bursar::reqlog::{GroupBy, LogConfig, LogFilter, LogWriter, LOG_SQLITE_FILE};
+use bursar::reqlog::{
+    GroupBy, LogConfig, LogFilter, LogWriter, LOG_BOOST_ROWS, LOG_SQLITE_CHECKPOINT_BYTES,
+    LOG_SQLITE_FILE, LOG_SQLITE_WAL_BYTES_MAX,
+};
 use reqlog_common::*;
 
 fn sqlite() -> LogConfig {
@@ -299,9 +302,11 @@ fn rows_queued_at_shutdown_are_all_written() {
 fn a_writer_behind_leaves_the_idle_class_and_returns_when_caught_up() {
     let dir = TempDir::new("writer-class");
     let mut cfg = sqlite();
-    // Small transactions: pushing 5,000 rows outruns them, so the writer is
-    // behind after its first write whatever the machine.
+    // Small transactions: a tight loop of sends outruns them, so the queue
+    // crosses LOG_BOOST_ROWS whatever the machine, and the sender that
+    // crosses it moves the writer to the normal class.
     cfg.batch_max = 8;
+    let n = (LOG_BOOST_ROWS + 4_000) as u64;
     let (handle, sender) = LogWriter::start(&cfg, dir.path()).unwrap();
     let reversible = bursar::runtime::idle_class_is_reversible();
     if reversible.is_ok() {
@@ -311,11 +316,11 @@ fn a_writer_behind_leaves_the_idle_class_and_returns_when_caught_up() {
             || handle.stats().writer_idle,
         );
     }
-    for r in varied_rows(6, 5_000) {
+    for r in varied_rows(6, n) {
         assert!(sender.try_log(r));
     }
-    wait_until("every row written", Duration::from_secs(60), || {
-        handle.stats().rows_written == 5_000
+    wait_until("every row written", Duration::from_secs(120), || {
+        handle.stats().rows_written == n
     });
     let stats = match reversible {
         Ok(()) => {
@@ -338,7 +343,56 @@ fn a_writer_behind_leaves_the_idle_class_and_returns_when_caught_up() {
         }
     };
     assert_eq!(stats.rows_dropped, 0, "{stats:?}");
-    assert_eq!(handle.shutdown().rows_written, 5_000);
+    assert_eq!(handle.shutdown().rows_written, n);
+}
+
+/// Writes `batches` batches of 512 rows straight into the store, calling
+/// `checkpoint_if_due` after each when `checkpoint` (as the writer does
+/// between batches); returns the largest WAL file seen. Ids and times rise
+/// as a gateway's do, so a batch dirties few pages.
+fn wal_high_water(dir: &std::path::Path, batches: u64, checkpoint: bool) -> u64 {
+    let mut store = sqlite().open_store(dir).unwrap();
+    let wal = dir.join(format!("{LOG_SQLITE_FILE}-wal"));
+    let mut high = 0;
+    for b in 0..batches {
+        let mut rows = varied_rows(100 + b, 512);
+        for (i, row) in rows.iter_mut().enumerate() {
+            let n = b * 512 + i as u64;
+            row.id = format!("req_{n:028x}");
+            row.time_ms = 1_800_000_000_000 + n as i64;
+        }
+        assert_eq!(store.insert_batch(&rows, &mut || {}).unwrap(), 512);
+        if checkpoint {
+            store.checkpoint_if_due().unwrap();
+        }
+        high = high.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+    }
+    high
+}
+
+#[test]
+fn the_wal_is_checkpointed_between_batches_and_bounded_without() {
+    // The SQLite file is checkpointed by the writer between batches (in
+    // the idle class), never inside a commit, unless the WAL reaches its
+    // hard bound. Enough batches to pass the hard bound several times.
+    let slack = 4 * 1024 * 1024; // a batch's frames and the WAL header
+    let dir = TempDir::new("wal-checkpointed");
+    let high = wal_high_water(dir.path(), 400, true);
+    assert!(
+        high <= (LOG_SQLITE_CHECKPOINT_BYTES + slack) as u64,
+        "WAL reached {high} bytes"
+    );
+    let dir = TempDir::new("wal-bounded");
+    let high = wal_high_water(dir.path(), 400, false);
+    eprintln!("without checkpoints between batches the WAL peaked at {high} bytes");
+    assert!(
+        high > (LOG_SQLITE_CHECKPOINT_BYTES + slack) as u64,
+        "the commits checkpointed early: WAL at most {high} bytes"
+    );
+    assert!(
+        high <= (LOG_SQLITE_WAL_BYTES_MAX + slack) as u64,
+        "WAL reached {high} bytes"
+    );
 }
 
 #[test]

@@ -90,6 +90,16 @@ pub const LOG_BATCH_MAX: usize = 16_384;
 /// yields between transactions, so the CPU it takes in one go from a worker
 /// sharing its core stays short (decision 0006).
 pub const LOG_BATCH_ROWS_DEFAULT: usize = 512;
+/// In the idle scheduling class the writer yields its core every this many
+/// rows of a transaction (~50 µs of SQLite work), so a worker sharing the
+/// core waits no longer than that (decision 0006).
+pub const LOG_PACE_ROWS: u32 = 8;
+/// Rows queued at which the writer leaves the idle class and writes at
+/// normal priority, unpaced, until fewer than a batch are left: a quarter of
+/// the queue, so the writer boosts only when it is truly starved (at
+/// saturation), not at every burst, and the queue still has three quarters
+/// left while it catches up.
+pub const LOG_BOOST_ROWS: usize = LOG_QUEUE_MAX / 4;
 /// Default `flush_interval`: the writer's sleep between batches, so the
 /// longest a row waits in the queue while fewer than a batch are queued.
 pub const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
@@ -146,10 +156,17 @@ pub const LOG_SQLITE_CACHE_BYTES: i64 = 64 * 1024 * 1024;
 /// b-trees; `insert_batch` alone took about a fifth less CPU per row
 /// (docs/benchmarks.md).
 pub const LOG_SQLITE_PAGE_BYTES: i64 = 16 * 1024;
-/// SQLite: WAL size before an automatic checkpoint (4096 pages of 4 KiB,
-/// 1024 of 16 KiB); larger than the default 1000 pages so a page written by
-/// many batches is copied back once.
+/// SQLite: WAL size past which the writer checkpoints (4096 pages of 4 KiB,
+/// 1024 of 16 KiB); larger than SQLite's default 1000 pages so a page
+/// written by many batches is copied back once. The writer checkpoints
+/// between batches in the idle scheduling class, never inside a commit: a
+/// checkpoint is milliseconds of copying that cannot be paced (decision
+/// 0006).
 pub const LOG_SQLITE_CHECKPOINT_BYTES: i64 = 16 * 1024 * 1024;
+/// SQLite: WAL size at which a commit checkpoints at once, whatever the
+/// writer's class: reached only while the writer stays behind (at
+/// saturation), so the WAL stays bounded.
+pub const LOG_SQLITE_WAL_BYTES_MAX: i64 = 4 * LOG_SQLITE_CHECKPOINT_BYTES;
 /// The SQLite file's name in the state directory.
 pub const LOG_SQLITE_FILE: &str = "requests.sqlite";
 /// The spill directory's name in the state directory.

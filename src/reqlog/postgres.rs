@@ -320,7 +320,7 @@ fn copy_row(out: &mut Vec<u8>, scratch: &mut String, row: &LogRow) {
 }
 
 impl LogStore for PostgresStore {
-    fn insert_batch(&mut self, rows: &[LogRow]) -> Result<u64, StoreError> {
+    fn insert_batch(&mut self, rows: &[LogRow], pace: &mut dyn FnMut()) -> Result<u64, StoreError> {
         if !self.staging_ready {
             self.client.batch_execute(
                 "CREATE TEMP TABLE requests_in (LIKE requests) ON COMMIT DELETE ROWS",
@@ -331,6 +331,7 @@ impl LogStore for PostgresStore {
         let mut scratch = String::new();
         for row in rows {
             copy_row(&mut data, &mut scratch, row);
+            pace();
         }
         let mut tx = self.client.transaction()?;
         let mut w = tx.copy_in(&format!("COPY requests_in ({ROW_COLUMNS}) FROM STDIN"))?;

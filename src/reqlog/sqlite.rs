@@ -13,6 +13,8 @@
 
 use std::fmt::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
+use std::sync::Arc;
 
 use rusqlite::functions::{Aggregate, Context, FunctionFlags};
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -24,7 +26,7 @@ use super::store::SCHEMA_VERSION;
 use super::store::{self, clamp_i64, write_tags_json, LogStore, RawRow, RawSpend, StoreError};
 use super::{
     LOG_SQLITE_BUSY_TIMEOUT, LOG_SQLITE_CACHE_BYTES, LOG_SQLITE_CHECKPOINT_BYTES,
-    LOG_SQLITE_PAGE_BYTES,
+    LOG_SQLITE_PAGE_BYTES, LOG_SQLITE_WAL_BYTES_MAX,
 };
 
 const SCHEMA: &str = "
@@ -75,6 +77,10 @@ const INSERT_ROW: &str = "INSERT OR IGNORE INTO requests (id, time_ms, key_name,
 /// A connection to the request log's SQLite file.
 pub struct SqliteStore {
     conn: Connection,
+    /// Frames in the WAL after this connection's last commit.
+    wal_frames: Arc<AtomicI32>,
+    /// [`LOG_SQLITE_CHECKPOINT_BYTES`] in this file's pages.
+    checkpoint_frames: i32,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -141,7 +147,7 @@ impl Aggregate<i128, String> for SumPicodollars {
 impl SqliteStore {
     /// Opens (creating if needed) the file at `path` and its schema.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(LOG_SQLITE_BUSY_TIMEOUT)?;
         // Takes effect only in a new, empty file, so before WAL mode (which
         // writes the file's header); an existing file keeps its page size.
@@ -156,18 +162,31 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -(LOG_SQLITE_CACHE_BYTES / 1024))?;
         let page_bytes: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        conn.pragma_update(
-            None,
-            "wal_autocheckpoint",
-            LOG_SQLITE_CHECKPOINT_BYTES / page_bytes.max(512),
-        )?;
+        // No automatic checkpoint inside a commit: the writer calls
+        // `checkpoint_if_due` between batches; a commit checkpoints only past
+        // LOG_SQLITE_WAL_BYTES_MAX. (The hook replaces SQLite's own.)
+        let pages = |bytes: i64| (bytes / page_bytes.max(512)).clamp(1, i64::from(i32::MAX)) as i32;
+        let frames_max = pages(LOG_SQLITE_WAL_BYTES_MAX);
+        let wal_frames = Arc::new(AtomicI32::new(0));
+        let seen = wal_frames.clone();
+        conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, frames: i32| {
+            seen.store(frames, Relaxed);
+            if frames >= frames_max {
+                wal.checkpoint()?;
+            }
+            Ok(())
+        }))?;
         conn.create_aggregate_function(
             "sum_picodollars",
             1,
             FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
             SumPicodollars,
         )?;
-        let mut store = SqliteStore { conn };
+        let mut store = SqliteStore {
+            conn,
+            wal_frames,
+            checkpoint_frames: pages(LOG_SQLITE_CHECKPOINT_BYTES),
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -271,7 +290,7 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
 }
 
 impl LogStore for SqliteStore {
-    fn insert_batch(&mut self, rows: &[LogRow]) -> Result<u64, StoreError> {
+    fn insert_batch(&mut self, rows: &[LogRow], pace: &mut dyn FnMut()) -> Result<u64, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -315,10 +334,23 @@ impl LogStore for SqliteStore {
                     row.prompt_text,
                     row.completion_text,
                 ])? as u64;
+                pace();
             }
         }
         tx.commit()?;
         Ok(inserted)
+    }
+
+    fn checkpoint_if_due(&mut self) -> Result<(), StoreError> {
+        if self.wal_frames.load(Relaxed) >= self.checkpoint_frames {
+            let (frames, done) = self
+                .conn
+                .wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE)?;
+            // A reader holding an old snapshot can leave frames behind; the
+            // next due check tries again.
+            self.wal_frames.store(frames - done, Relaxed);
+        }
+        Ok(())
     }
 
     fn query_logs(&mut self, filter: &LogFilter) -> Result<Vec<LogRow>, StoreError> {

@@ -75,8 +75,17 @@ impl StoreError {
 /// thread, never on a worker.
 pub trait LogStore: Send {
     /// Inserts `rows` in one transaction; a row whose id is already stored is
-    /// ignored. Returns how many rows were new.
-    fn insert_batch(&mut self, rows: &[LogRow]) -> Result<u64, StoreError>;
+    /// ignored. Returns how many rows were new. `pace` is called after each
+    /// row is handed to the store (the writer yields its core there while it
+    /// catches up at normal priority).
+    fn insert_batch(&mut self, rows: &[LogRow], pace: &mut dyn FnMut()) -> Result<u64, StoreError>;
+
+    /// Maintenance the writer runs between batches, in the idle scheduling
+    /// class when it has it (SQLite: a passive checkpoint once the WAL is
+    /// past [`super::LOG_SQLITE_CHECKPOINT_BYTES`]).
+    fn checkpoint_if_due(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// The rows matching `filter`, newest first (by `(time_ms, id)`).
     fn query_logs(&mut self, filter: &LogFilter) -> Result<Vec<LogRow>, StoreError>;

@@ -3,7 +3,7 @@
 //! [module doc](super).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering, Ordering::*};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,9 +14,10 @@ use super::row::LogRow;
 use super::spill::Spill;
 use super::store::{self, LogStore, StoreError};
 use super::{
-    LogConfig, LOG_DROP_REPORT_INTERVAL, LOG_QUEUE_MAX, LOG_RETENTION_DELETE_CHUNK,
-    LOG_RETENTION_INTERVAL, LOG_RETENTION_PASS_ROWS_MAX, LOG_RETRY_BACKOFF_MAX,
-    LOG_RETRY_BACKOFF_MIN, LOG_SPILL_DIR, LOG_TEXT_BYTES_MAX, LOG_WRITE_SLOW,
+    LogConfig, LOG_BOOST_ROWS, LOG_DROP_REPORT_INTERVAL, LOG_PACE_ROWS, LOG_QUEUE_MAX,
+    LOG_RETENTION_DELETE_CHUNK, LOG_RETENTION_INTERVAL, LOG_RETENTION_PASS_ROWS_MAX,
+    LOG_RETRY_BACKOFF_MAX, LOG_RETRY_BACKOFF_MIN, LOG_SPILL_DIR, LOG_TEXT_BYTES_MAX,
+    LOG_WRITE_SLOW,
 };
 
 /// Why the writer could not start.
@@ -52,6 +53,8 @@ struct LogStats {
     sink_down: AtomicBool,
     writer_idle: AtomicBool,
     writer_boosts: AtomicU64,
+    /// The writer thread's id once it is in the idle class, else 0.
+    writer_tid: AtomicI32,
 }
 
 /// A reading of the writer's counters (all since start, but the gauges).
@@ -83,7 +86,7 @@ pub struct LogStatsSnapshot {
     /// Gauge: the sink is marked down (batches go to the spill).
     pub sink_down: bool,
     /// Gauge: the writer is in the idle scheduling class now (it yields its
-    /// core to any worker at once; see [`WriterClass`]).
+    /// core to any worker at once; decision 0006).
     pub writer_idle: bool,
     /// Times the writer, behind, left the idle class to catch up.
     pub writer_boosts: u64,
@@ -132,7 +135,11 @@ impl LogSender {
                 // the queue, so a send costs no wake-up (no futex call on the
                 // worker, no context switch per row); only a full batch wakes
                 // it early.
-                if self.tx.len() >= self.wake_at {
+                let queued = self.tx.len();
+                if queued >= self.wake_at {
+                    if queued >= LOG_BOOST_ROWS && self.stats.writer_idle.load(Relaxed) {
+                        self.stats.boost_writer();
+                    }
                     self.writer.unpark();
                 }
                 true
@@ -322,77 +329,75 @@ fn truncate_text(text: &mut Option<String>) {
 /// normal priority, even at nice 10, the kernel lets a running writer finish
 /// its slice first, and a 5 ms write burst on a worker's core was the whole
 /// of the log's cost at p99 (5,000 requests/s: 1.7–2.7 ms with the log, 0.32
-/// ms with an idle-class writer, 0.36 ms with no log). At saturation an idle
-/// thread gets almost no CPU, so when the queue holds a batch after a write
-/// the writer moves itself to the normal class until it has caught up; no
-/// row is lost to it. Leaving the idle class takes `CAP_SYS_NICE` or
-/// `RLIMIT_NICE` >= 20 (the systemd unit sets `LimitNICE=+0`); without
-/// either the writer stays at normal priority and says so at start.
-enum WriterClass {
-    /// Normal priority throughout (the idle class is not reversible here).
-    Fixed,
-    /// Idle between bursts; `boosted` while catching up at normal priority.
-    Adaptive { boosted: bool },
-}
-
-impl WriterClass {
-    fn start(stats: &LogStats) -> WriterClass {
+/// ms with an idle-class writer, 0.36 ms with no log). In the idle class it
+/// also yields every [`LOG_PACE_ROWS`] rows: a worker that was preempted
+/// rather than asleep gets no wake-up to take the core back with, and would
+/// wait for the next tick.
+///
+/// At saturation an idle thread gets almost no CPU, so once
+/// [`LOG_BOOST_ROWS`] are queued the writer is moved to the normal class,
+/// unpaced, until fewer than a batch are left; no row is lost to it. The
+/// sender whose row crosses that mark does the move (one system call, once
+/// per crossing): a starved idle writer might not run soon enough to notice.
+/// Leaving the idle class takes `CAP_SYS_NICE` or `RLIMIT_NICE` >= 20 (the
+/// systemd unit sets `LimitNICE=+0`); without either the writer stays at
+/// normal priority and says so at start.
+///
+/// `writer_idle` is the state: true only while the thread is (or is about to
+/// be) idle. Whoever swaps it to false moves the thread to the normal class;
+/// only the writer moves it back. Should a sender's move land after the
+/// writer has settled again, the thread runs at normal priority with the
+/// flag saying idle until the next crossing: slower to yield, never lossy.
+impl LogStats {
+    /// Enters the idle class if the thread may leave it again; otherwise
+    /// warns and stays at normal priority. Called on the writer thread.
+    fn writer_start(&self) {
         use crate::runtime::{idle_class_is_reversible, set_thread_class, ThreadClass};
         match idle_class_is_reversible().and_then(|()| set_thread_class(ThreadClass::Idle)) {
             Ok(()) => {
-                stats.writer_idle.store(true, Relaxed);
-                WriterClass::Adaptive { boosted: false }
+                // SAFETY: a plain system call.
+                self.writer_tid.store(unsafe { libc::gettid() }, Relaxed);
+                self.writer_idle.store(true, Release);
             }
-            Err(e) => {
-                log::warn!(
-                    "request log: the writer cannot use the idle scheduling class ({e}); \
-                     it runs at normal priority and a write burst can delay a worker \
-                     sharing its core by a few milliseconds; grant CAP_SYS_NICE or \
-                     RLIMIT_NICE 20 (systemd: LimitNICE=+0) to avoid it"
-                );
-                WriterClass::Fixed
-            }
+            Err(e) => log::warn!(
+                "request log: the writer cannot use the idle scheduling class ({e}); \
+                 it runs at normal priority and a write burst can delay a worker \
+                 sharing its core by a few milliseconds; grant CAP_SYS_NICE or \
+                 RLIMIT_NICE 20 (systemd: LimitNICE=+0) to avoid it"
+            ),
         }
     }
 
-    /// Behind: normal priority until [`WriterClass::settle`].
-    fn boost(&mut self, stats: &LogStats) {
-        if let WriterClass::Adaptive { boosted: false } = self {
-            self.switch(stats, true);
-        }
-    }
-
-    /// Caught up: back to the idle class.
-    fn settle(&mut self, stats: &LogStats) {
-        if let WriterClass::Adaptive { boosted: true } = self {
-            self.switch(stats, false);
-        }
-    }
-
-    fn switch(&mut self, stats: &LogStats, boost: bool) {
-        use crate::runtime::{set_thread_class, ThreadClass};
-        let class = if boost {
-            ThreadClass::Normal
-        } else {
-            ThreadClass::Idle
-        };
-        match set_thread_class(class) {
-            Ok(()) => {
-                *self = WriterClass::Adaptive { boosted: boost };
-                stats.writer_idle.store(!boost, Relaxed);
-                if boost {
-                    stats.writer_boosts.fetch_add(1, Relaxed);
+    /// Far behind: the writer to the normal class, from any thread.
+    fn boost_writer(&self) {
+        use crate::runtime::{set_thread_class_of, ThreadClass};
+        if self.writer_idle.swap(false, AcqRel) {
+            let tid = self.writer_tid.load(Relaxed);
+            match set_thread_class_of(tid, ThreadClass::Normal) {
+                Ok(()) => {
+                    self.writer_boosts.fetch_add(1, Relaxed);
+                }
+                // Refused although the probe passed (a limit lowered under
+                // us): the writer stays idle and tries again at its next
+                // pause; counted, not logged (this may run on a worker).
+                Err(_) => {
+                    self.write_errors.fetch_add(1, Relaxed);
+                    self.writer_idle.store(true, Release);
                 }
             }
-            Err(e) => {
-                // The probe said it would work; should a limit change under
-                // us, stay where the thread is and stop switching.
-                log::warn!("request log: the writer cannot move to {class:?}: {e}");
-                *self = WriterClass::Fixed;
-                stats.writer_idle.store(
-                    crate::runtime::thread_class() == Some(ThreadClass::Idle),
-                    Relaxed,
-                );
+        }
+    }
+
+    /// Caught up: the writer back to the idle class. Called on the writer
+    /// thread.
+    fn settle_writer(&self) {
+        use crate::runtime::{set_thread_class, ThreadClass};
+        if self.writer_tid.load(Relaxed) != 0 && !self.writer_idle.load(Acquire) {
+            match set_thread_class(ThreadClass::Idle) {
+                Ok(()) => self.writer_idle.store(true, Release),
+                Err(e) => {
+                    log::warn!("request log: the writer cannot return to the idle class: {e}")
+                }
             }
         }
     }
@@ -402,7 +407,7 @@ impl Writer {
     fn run(mut self) {
         let batch_max = self.cfg.batch_max;
         let mut batch: Vec<LogRow> = Vec::with_capacity(batch_max);
-        let mut class = WriterClass::start(&self.stats);
+        self.stats.writer_start();
         loop {
             // Every wake-up takes what is queued (a batch at most) and writes
             // it: the writer sleeps a flush interval at a time, so no row
@@ -426,14 +431,19 @@ impl Writer {
                 self.write(&mut batch);
             }
             self.maintain();
-            if self.rows.len() >= batch_max {
-                // Behind: write on at normal priority until caught up, but
-                // let a worker sharing this core run between transactions.
-                class.boost(&self.stats);
+            let queued = self.rows.len();
+            if queued >= LOG_BOOST_ROWS {
+                self.stats.boost_writer();
+            }
+            if queued >= batch_max {
+                // Behind: write on (at normal priority once far behind, until
+                // caught up), letting a worker sharing this core run between
+                // transactions.
                 std::thread::yield_now();
                 continue;
             }
-            class.settle(&self.stats);
+            self.stats.settle_writer();
+            self.checkpoint();
             let now = Instant::now();
             let wake = self.next_wake(now).min(now + self.cfg.flush_interval);
             std::thread::park_timeout(wake.saturating_duration_since(now));
@@ -441,7 +451,7 @@ impl Writer {
         // Shutdown: write what is queued now (rows sent meanwhile may be
         // taken too, but the drain is bounded so a busy sender cannot hold
         // the shutdown forever), at normal priority.
-        class.boost(&self.stats);
+        self.stats.boost_writer();
         let mut left = self.rows.len();
         loop {
             while batch.len() < batch_max && left > 0 {
@@ -486,6 +496,19 @@ impl Writer {
             wake = wake.min(self.next_drop_report);
         }
         wake
+    }
+
+    /// The store's checkpoint, between batches (in the idle class when the
+    /// writer has it); a failure is counted and logged, and tried again.
+    fn checkpoint(&mut self) {
+        let now = Instant::now();
+        let Some(store) = self.ready_store(now) else {
+            return;
+        };
+        if let Err(e) = store.checkpoint_if_due() {
+            self.stats.write_errors.fetch_add(1, Relaxed);
+            log::warn!("request log: checkpoint failed: {e}");
+        }
     }
 
     fn maintain(&mut self) {
@@ -556,12 +579,34 @@ impl Writer {
 
     /// One sink transaction for `rows`.
     fn insert(&mut self, rows: &[LogRow]) -> Result<(), Failure> {
+        // Lent to the pacing closure below while the store is borrowed.
+        let queue = self.rows.clone();
+        let stats = Arc::clone(&self.stats);
         let now = Instant::now();
         let Some(store) = self.ready_store(now) else {
             return Err(Failure::Down);
         };
         let started = Instant::now();
-        let result = store.insert_batch(rows);
+        // In the idle class the writer yields its core every few rows of a
+        // transaction: once it has the core, a worker that was preempted
+        // (not asleep) gets no wake-up to take it back with, and would wait
+        // for the next tick (4 ms at 250 Hz). Each pause also checks the
+        // queue, since a starved idle thread may not reach the end of the
+        // transaction soon: far behind, it boosts itself and stops pausing.
+        let mut since_pause = 0;
+        let mut pace = || {
+            since_pause += 1;
+            if since_pause < LOG_PACE_ROWS || !stats.writer_idle.load(Relaxed) {
+                return;
+            }
+            since_pause = 0;
+            if queue.len() >= LOG_BOOST_ROWS {
+                stats.boost_writer();
+            } else {
+                std::thread::yield_now();
+            }
+        };
+        let result = store.insert_batch(rows, &mut pace);
         let elapsed = started.elapsed();
         match result {
             Ok(new) => {

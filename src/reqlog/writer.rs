@@ -388,6 +388,11 @@ impl LogStats {
         }
     }
 
+    /// The writer is at normal priority because it was boosted.
+    fn writer_boosted(&self) -> bool {
+        self.writer_tid.load(Relaxed) != 0 && !self.writer_idle.load(Relaxed)
+    }
+
     /// Caught up: the writer back to the idle class. Called on the writer
     /// thread.
     fn settle_writer(&self) {
@@ -431,6 +436,13 @@ impl Writer {
                 self.write(&mut batch);
             }
             self.maintain();
+            // After every write, not only before parking: at a steady high
+            // rate the writer may not park for a long time. Not while
+            // boosted (a checkpoint is milliseconds it cannot pause in); the
+            // WAL's hard bound covers a long boost.
+            if !self.stats.writer_boosted() {
+                self.checkpoint();
+            }
             let queued = self.rows.len();
             if queued >= LOG_BOOST_ROWS {
                 self.stats.boost_writer();
@@ -443,7 +455,6 @@ impl Writer {
                 continue;
             }
             self.stats.settle_writer();
-            self.checkpoint();
             let now = Instant::now();
             let wake = self.next_wake(now).min(now + self.cfg.flush_interval);
             std::thread::park_timeout(wake.saturating_duration_since(now));

@@ -413,17 +413,6 @@ pub fn set_thread_class_of(tid: libc::pid_t, class: ThreadClass) -> std::io::Res
     }
 }
 
-/// The calling thread's scheduling class (`None` for a real-time or other
-/// class).
-pub fn thread_class() -> Option<ThreadClass> {
-    // SAFETY: a plain system call on the calling thread.
-    match unsafe { libc::sched_getscheduler(0) } {
-        libc::SCHED_OTHER => Some(ThreadClass::Normal),
-        libc::SCHED_IDLE => Some(ThreadClass::Idle),
-        _ => None,
-    }
-}
-
 /// Whether a thread of this process may enter [`ThreadClass::Idle`] and
 /// leave it again. Tried on a throwaway thread, so a process that may enter
 /// but not leave (no `CAP_SYS_NICE`, `RLIMIT_NICE` under 20, the usual case
@@ -653,6 +642,17 @@ async fn worker_main(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's scheduling class (`None` for a real-time or
+    /// other class).
+    fn thread_class() -> Option<ThreadClass> {
+        // SAFETY: a plain system call on the calling thread.
+        match unsafe { libc::sched_getscheduler(0) } {
+            libc::SCHED_OTHER => Some(ThreadClass::Normal),
+            libc::SCHED_IDLE => Some(ThreadClass::Idle),
+            _ => None,
+        }
+    }
 
     #[test]
     fn a_thread_enters_the_idle_class_and_leaves_it_when_the_probe_says_so() {

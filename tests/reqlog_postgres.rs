@@ -193,26 +193,21 @@ INSERT INTO request_tags VALUES ('req_v1', 'env', 'prod'), ('req_v1', 'feature',
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
-    let found = store
-        .query_logs(&LogFilter {
-            tag: Some(("feature".into(), "search".into())),
-            ..LogFilter::default()
-        })
-        .unwrap();
-    assert_eq!(found.len(), 1);
-    assert_eq!(found[0].id, "req_v1");
-    assert_eq!(found[0].cost_picodollars, 123_456_789_012_345_678_901_234);
+    assert_eq!(
+        ids_with_tag(store.as_mut(), "feature", "search"),
+        ["req_v1"]
+    );
+    let old = store.query_logs(&LogFilter::default()).unwrap();
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0].cost_picodollars, 123_456_789_012_345_678_901_234);
     let mut new_rows = varied_rows(31, 1);
     new_rows[0].time_ms = T0 + 1;
     new_rows[0].tags = vec![];
     write_through(&cfg, dir.path(), &new_rows);
-    let groups: Vec<(String, u64)> = store
-        .spend_totals(&GroupBy::Tag("feature".into()), T0, T0 + DAY)
-        .unwrap()
-        .into_iter()
-        .map(|t| (t.group, t.requests))
-        .collect();
-    assert_eq!(groups, [("".to_string(), 1), ("search".to_string(), 1)]);
+    assert_eq!(
+        requests_by_tag(store.as_mut(), "feature"),
+        [("".to_string(), 1), ("search".to_string(), 1)]
+    );
 }
 
 #[test]

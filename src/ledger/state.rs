@@ -644,7 +644,8 @@ fn money_clamped(units: i128) -> Money {
 }
 
 /// The window of recently settled request ids: a set for lookups and a FIFO
-/// for eviction, both allocated once at full size.
+/// for eviction. The FIFO is allocated once at full size; the set holds at
+/// most one word per id in the window, so it is bounded by the same `max`.
 #[derive(Debug, Clone)]
 struct SettledIds {
     /// The set, as 64-id bitmaps keyed by `id >> 6`. Request ids are a

@@ -85,10 +85,10 @@ pub const LOG_QUEUE_MAX: usize = 65_536;
 /// Most rows in one batch (one sink transaction); `batch_max` may be lower.
 pub const LOG_BATCH_MAX: usize = 16_384;
 /// Default `batch_max`: at ~5–7 µs of writer CPU per row, a transaction of
-/// about 3 ms. The writer waits in the idle scheduling class, so a worker
-/// preempts it at once; while it is behind it writes at normal priority and
-/// yields between transactions, so the CPU it takes in one go from a worker
-/// sharing its core stays short (decision 0006).
+/// about 3 ms. That is not what a worker sharing the writer's core waits:
+/// the writer pauses every [`LOG_PACE_ROWS`] rows in the idle class, and
+/// writes whole transactions unpaused only when boosted at saturation
+/// (decision 0006).
 pub const LOG_BATCH_ROWS_DEFAULT: usize = 512;
 /// In the idle scheduling class the writer yields its core every this many
 /// rows of a transaction (~50 µs of SQLite work), so a worker sharing the

@@ -620,6 +620,30 @@ pub fn check_spill_then_replay(
     assert_eq!(store.count().unwrap(), 500);
 }
 
+/// Ids of the rows whose tag `k` is `v`, newest first.
+pub fn ids_with_tag(store: &mut dyn LogStore, k: &str, v: &str) -> Vec<String> {
+    store
+        .query_logs(&LogFilter {
+            tag: Some((k.into(), v.into())),
+            ..LogFilter::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+}
+
+/// Requests per value of tag `k` on `T0`'s day, as spend totals group them
+/// ("" for rows without the tag), bytewise order.
+pub fn requests_by_tag(store: &mut dyn LogStore, k: &str) -> Vec<(String, u64)> {
+    store
+        .spend_totals(&GroupBy::Tag(k.into()), T0, T0 + DAY)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.group, t.requests))
+        .collect()
+}
+
 /// Tag keys that would break a JSON path spliced into SQL (quotes, dots,
 /// `$`, brackets, a backslash, a tab) and values with quotes and backslashes: a tag filter and
 /// a grouping by tag match them exactly, and a key that is a prefix or a
@@ -635,17 +659,7 @@ pub fn check_awkward_tags(cfg: &LogConfig, dir: &Path) {
     rows[2].tags = vec![tag("a\\b", "bs"), tag("t\tk", "tab")];
     write_through(cfg, dir, &rows);
     let mut store = cfg.open_store(dir).unwrap();
-    let ids = |store: &mut dyn LogStore, k: &str, v: &str| -> Vec<String> {
-        store
-            .query_logs(&LogFilter {
-                tag: Some((k.into(), v.into())),
-                ..LogFilter::default()
-            })
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .collect()
-    };
+    let ids = ids_with_tag;
     let id = |i: usize| vec![rows[i].id.clone()];
     assert_eq!(ids(store.as_mut(), "a\"b", "x"), id(0));
     assert_eq!(ids(store.as_mut(), "it's", "q'uote"), id(0));
@@ -665,14 +679,7 @@ pub fn check_awkward_tags(cfg: &LogConfig, dir: &Path) {
     ] {
         assert!(ids(store.as_mut(), k, v).is_empty(), "{k:?}={v:?}");
     }
-    let groups = |store: &mut dyn LogStore, k: &str| -> Vec<(String, u64)> {
-        store
-            .spend_totals(&GroupBy::Tag(k.into()), T0, T0 + DAY)
-            .unwrap()
-            .into_iter()
-            .map(|t| (t.group, t.requests))
-            .collect()
-    };
+    let groups = requests_by_tag;
     let g = |v: &str, n: u64| (v.to_string(), n);
     assert_eq!(
         groups(store.as_mut(), "a.b"),

@@ -286,26 +286,68 @@ fn parse_decimal(s: &str, decimals: u32) -> Result<i128, MoneyError> {
 }
 
 /// The shortest exact decimal USD string: "0.012", "1", "100.5", "-0.5".
-impl fmt::Display for Money {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let negative = self.0 < 0;
+/// Longest decimal form of any `Money`: a sign, the 27 integer digits of
+/// `i128::MAX / MONEY_UNITS_PER_USD`, a point and 12 decimals (41), rounded up.
+const MONEY_TEXT_BYTES_MAX: usize = 48;
+
+impl Money {
+    /// The shortest exact decimal form ("12.5", "0.000004215", "-3"), written
+    /// backwards into `buf` without the formatter machinery or a 128-bit
+    /// division per digit: it is on every response's cost header and every
+    /// log row.
+    fn decimal(self, buf: &mut [u8; MONEY_TEXT_BYTES_MAX]) -> &str {
+        /// Writes `n` backwards ending at `end`, at least `width` digits.
+        fn digits(buf: &mut [u8], mut end: usize, mut n: u64, width: usize) -> usize {
+            let stop = end.saturating_sub(width);
+            while n > 0 || end > stop {
+                end -= 1;
+                buf[end] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+            end
+        }
         let magnitude = self.0.unsigned_abs();
         let scale = MONEY_UNITS_PER_USD as u128;
-        let int_part = magnitude / scale;
-        let mut frac = magnitude % scale;
-        if negative {
-            f.write_str("-")?;
-        }
-        write!(f, "{int_part}")?;
+        let mut int_part = magnitude / scale;
+        // < 10^12: fits.
+        let mut frac = (magnitude % scale) as u64;
+        let mut at = buf.len();
         if frac != 0 {
-            let mut digits = MONEY_DECIMALS as usize;
+            let mut width = MONEY_DECIMALS as usize;
             while frac.is_multiple_of(10) {
                 frac /= 10;
-                digits -= 1;
+                width -= 1;
             }
-            write!(f, ".{frac:0digits$}")?;
+            at = digits(buf, at, frac, width);
+            at -= 1;
+            buf[at] = b'.';
         }
-        Ok(())
+        // Above u64::MAX only for sums near the type's bound: 19 digits at a time.
+        const CHUNK: u128 = 10_000_000_000_000_000_000;
+        while int_part > u128::from(u64::MAX) {
+            at = digits(buf, at, (int_part % CHUNK) as u64, 19);
+            int_part /= CHUNK;
+        }
+        at = digits(buf, at, int_part as u64, 1);
+        if self.0 < 0 {
+            at -= 1;
+            buf[at] = b'-';
+        }
+        // Only ASCII digits, '.' and '-' were written.
+        std::str::from_utf8(&buf[at..]).unwrap_or_default()
+    }
+
+    /// Appends the decimal form (as `Display` writes it) to `out`.
+    pub fn extend_decimal(self, out: &mut Vec<u8>) {
+        let mut buf = [0u8; MONEY_TEXT_BYTES_MAX];
+        out.extend_from_slice(self.decimal(&mut buf).as_bytes());
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; MONEY_TEXT_BYTES_MAX];
+        f.write_str(self.decimal(&mut buf))
     }
 }
 
@@ -473,7 +515,78 @@ mod tests {
         assert!(serde_json::from_str::<Money>("\"-1\"").is_err());
     }
 
+    /// The straightforward form the fast one must equal.
+    fn reference_decimal(m: Money) -> String {
+        let magnitude = m.0.unsigned_abs();
+        let scale = MONEY_UNITS_PER_USD as u128;
+        let mut s = if m.0 < 0 {
+            "-".to_string()
+        } else {
+            String::new()
+        };
+        s += &(magnitude / scale).to_string();
+        let mut frac = magnitude % scale;
+        if frac != 0 {
+            let mut digits = MONEY_DECIMALS as usize;
+            while frac.is_multiple_of(10) {
+                frac /= 10;
+                digits -= 1;
+            }
+            s += &format!(".{frac:0digits$}");
+        }
+        s
+    }
+
+    #[test]
+    fn formats_the_edges_of_the_type() {
+        for units in [
+            0,
+            1,
+            -1,
+            10,
+            MONEY_UNITS_PER_USD,
+            -MONEY_UNITS_PER_USD,
+            MONEY_UNITS_PER_USD - 1,
+            u64::MAX as i128,
+            u64::MAX as i128 + 1,
+            u64::MAX as i128 * MONEY_UNITS_PER_USD,
+            Money::MAX.0,
+            -Money::MAX.0,
+            i128::MAX,
+            i128::MIN,
+            i128::MIN + 1,
+        ] {
+            assert_eq!(
+                Money(units).to_string(),
+                reference_decimal(Money(units)),
+                "{units}"
+            );
+            let mut out = b"x: ".to_vec();
+            Money(units).extend_decimal(&mut out);
+            assert_eq!(
+                out,
+                format!("x: {}", reference_decimal(Money(units))).into_bytes()
+            );
+        }
+        assert_eq!(Money(4_215_000).to_string(), "0.000004215");
+        assert_eq!(Money(-12_500_000_000_000).to_string(), "-12.5");
+        assert_eq!(
+            Money(i128::MIN).to_string(),
+            "-170141183460469231731687303.715884105728"
+        );
+    }
+
     proptest! {
+        #[test]
+        fn formats_as_the_reference(units in any::<i128>()) {
+            prop_assert_eq!(Money(units).to_string(), reference_decimal(Money(units)));
+        }
+
+        #[test]
+        fn formats_small_amounts_as_the_reference(units in -10_000_000_000_000_000i128..10_000_000_000_000_000) {
+            prop_assert_eq!(Money(units).to_string(), reference_decimal(Money(units)));
+        }
+
         #[test]
         fn format_then_parse_round_trips(units in -Money::MAX.0..=Money::MAX.0) {
             let m = Money(units);

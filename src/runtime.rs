@@ -581,12 +581,13 @@ async fn worker_main(
     ));
     let _ = ready.send((seed.id, Ok(driver)));
 
-    // The ledger's broadcasts, drained even when no request comes, so a
-    // Blocked entity's free lease goes back to where it is needed.
+    // The ledger's broadcasts, drained as soon as the ledger rings (even when
+    // no request comes), so a Blocked entity's free lease goes back to where
+    // it is needed. It sleeps until then: no timer, no wake-up while idle.
     let listener_of_events = Rc::clone(&worker);
     monoio::spawn(async move {
         while !listener_of_events.draining() {
-            monoio::time::sleep(crate::proxy::books::EVENT_POLL_INTERVAL).await;
+            listener_of_events.books.events_posted().await;
             listener_of_events.books.drain_events();
         }
     });

@@ -555,3 +555,53 @@ fn journal_seq(dir: &Path, cfg: &BooksConfig) -> u64 {
     let (ledger, _) = bursar::ledger::Ledger::open(&dir.join("ledger"), cfg.ledger).unwrap();
     ledger.state().journal_seq()
 }
+
+/// The ledger rings a worker's bell after it posts events, so the worker's
+/// listener sleeps without a timer and still hears of a block or a reset at
+/// once (decision 0007).
+#[test]
+fn a_waiting_worker_is_woken_when_the_ledger_posts_an_event() {
+    let dir = temp_dir("bell");
+    let cfg = config(
+        1,
+        vec![(
+            EntityKind::Team,
+            "t".into(),
+            Some(Budget::new(usd("1"), None)),
+        )],
+    );
+    let (handle, mut links, registry) = start(&dir, &cfg, Arc::new(SystemClock));
+    let team = registry.lookup(EntityKind::Team, "t").unwrap();
+    let link = links.pop().unwrap();
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(
+        link.poll_events_posted(&mut cx).is_pending(),
+        "nothing is posted yet"
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        block_on(std::future::poll_fn(|cx| link.poll_events_posted(cx)));
+        tx.send(()).unwrap();
+        link
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "the worker must sleep while nothing is posted"
+    );
+    assert!(matches!(
+        handle.apply(Command::Reset { entity: team }).unwrap(),
+        Reply::Applied { .. }
+    ));
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the ledger's bell woke the waiting worker");
+    let link = waiter.join().unwrap();
+    assert!(
+        matches!(
+            link.events.try_recv(),
+            Ok(Event::NewEpoch { entity, manual: true, .. }) if entity == team
+        ),
+        "the event that rang the bell is waiting"
+    );
+    handle.shutdown().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

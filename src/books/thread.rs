@@ -24,6 +24,9 @@
 //! bounded event channel with `try_send`; a full channel sets that worker's
 //! `resync` flag instead of blocking the ledger: events are hints (a worker
 //! that missed `Unblocked` learns it at its next lease request), never money.
+//! Then it rings the worker's `bell` (an [`AtomicWaker`]), which wakes the
+//! worker's event listener; events are rare (blocks, unblocks, rollovers), so
+//! a worker spends no wake-up on them otherwise.
 //!
 //! # Ring release and durability
 //!
@@ -59,6 +62,7 @@ use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures_channel::oneshot;
 
@@ -266,6 +270,10 @@ pub struct WorkerLink {
     /// Set by the ledger thread when an event could not be delivered: the
     /// worker should refresh what it believes (e.g. re-ask leases) and clear it.
     pub resync: Arc<AtomicBool>,
+    /// Rung by the ledger thread after it posts events or sets `resync`, so
+    /// the worker's listener sleeps until there is something to drain (no
+    /// timer wake-ups on an idle gateway).
+    pub bell: Arc<AtomicWaker>,
 }
 
 impl WorkerLink {
@@ -297,6 +305,17 @@ impl WorkerLink {
             cmd,
             reply: ReplyTo::None,
         })
+    }
+
+    /// Resolves once events are waiting or `resync` is set: the waker is
+    /// registered before the check, so a bell rung in between is not lost.
+    pub fn poll_events_posted(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.bell.register(cx.waker());
+        if !self.events.is_empty() || self.resync.load(Ordering::Acquire) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 
     /// Publishes a settle in this worker's ring. When `Ok`, the charge survives
@@ -443,6 +462,7 @@ struct RingState {
 struct Worker {
     events: Sender<Event>,
     resync: Arc<AtomicBool>,
+    bell: Arc<AtomicWaker>,
 }
 
 /// The books: the ledger thread and its links.
@@ -545,9 +565,11 @@ impl Books {
         for producer in producers {
             let (etx, erx) = crossbeam_channel::bounded(EVENT_QUEUE_MAX);
             let resync = Arc::new(AtomicBool::new(false));
+            let bell = Arc::new(AtomicWaker::new());
             workers.push(Worker {
                 events: etx,
                 resync: resync.clone(),
+                bell: bell.clone(),
             });
             links.push(WorkerLink {
                 worker: producer.worker(),
@@ -555,6 +577,7 @@ impl Books {
                 commands: tx.clone(),
                 events: erx,
                 resync,
+                bell,
             });
         }
         let mut thread = LedgerThread {
@@ -771,8 +794,11 @@ impl LedgerThread {
                         w.resync.store(true, Ordering::Release);
                     }
                     // The worker is gone; nothing to tell.
-                    Err(TrySendError::Disconnected(_)) => {}
+                    Err(TrySendError::Disconnected(_)) => continue,
                 }
+                // Takes the registered waker: one wake-up per drain, however
+                // many events a burst (a rollover of every entity) posts.
+                w.bell.wake();
             }
         }
     }

@@ -34,9 +34,6 @@ pub const ADMIT_ROUNDS_MAX: u32 = 8;
 /// the free lease they hold (they do on the ledger's Blocked broadcast)
 /// before it retries and, failing again, answers 402.
 pub const LEASE_RETRY_WAIT: Duration = Duration::from_millis(10);
-/// How often a worker drains the ledger's broadcasts when idle, so that free
-/// lease goes back to the ledger even on a worker that sees no traffic.
-pub const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(2);
 /// Longest wait for the ledger thread's answer to a lease request.
 pub const LEDGER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// While the settle ring is full (the ledger thread is behind), retry every...
@@ -145,6 +142,11 @@ impl WorkerBooks {
             link: RefCell::new(link),
             shard: RefCell::new(shard),
         }
+    }
+
+    /// Resolves once the ledger has posted events (or asked for a resync).
+    pub async fn events_posted(&self) {
+        std::future::poll_fn(|cx| self.link.borrow().poll_events_posted(cx)).await
     }
 
     /// Applies the ledger's broadcasts to the shard, handing back free lease

@@ -52,6 +52,8 @@ pub struct Worker {
     spin: Cell<usize>,
     /// Internal overhead per forwarded request, in nanoseconds.
     overhead: RefCell<hdrhistogram::Histogram<u64>>,
+    /// The overhead histogram's count when it was last published.
+    overhead_published: std::cell::Cell<u64>,
     /// The catalog as this worker last saw it: cloning an `Rc` per request
     /// keeps the shared `Arc` count (one cache line for all workers) cold.
     /// The extra allocation is once per published catalog, on purpose.
@@ -89,6 +91,7 @@ impl Worker {
             spin: Cell::new(id),
             catalog_cache: RefCell::new(Rc::new(catalog.load_full())),
             overhead: RefCell::new(crate::metrics::overhead_histogram()),
+            overhead_published: std::cell::Cell::new(0),
             catalog,
             limits,
         }
@@ -112,9 +115,15 @@ impl Worker {
         self.overhead.borrow_mut().saturating_record(ns.max(1));
     }
 
-    /// Publishes a copy of the overhead histogram for the control plane.
+    /// Publishes a copy of the overhead histogram for the control plane,
+    /// when it recorded anything since the last copy (the copy is the size of
+    /// the histogram's whole range, not worth making for nothing).
     pub fn publish_overhead(&self) {
-        self.stats.publish_overhead(self.overhead.borrow().clone());
+        let h = self.overhead.borrow();
+        if h.len() != self.overhead_published.get() {
+            self.overhead_published.set(h.len());
+            self.stats.publish_overhead(h.clone());
+        }
     }
 
     pub fn draining(&self) -> bool {
@@ -626,11 +635,11 @@ fn cost_headers(wbuf: &mut Vec<u8>, settled: Option<books::Settled>, lowered_cap
     use std::io::Write;
     if let Some(s) = settled {
         wbuf.extend_from_slice(b"x-bursar-cost-usd: ");
-        let _ = write!(wbuf, "{}", s.charged);
+        s.charged.extend_decimal(wbuf);
         wbuf.extend_from_slice(b"\r\n");
         if let Some(r) = s.remaining {
             wbuf.extend_from_slice(b"x-bursar-budget-remaining-usd: ");
-            let _ = write!(wbuf, "{r}");
+            r.extend_decimal(wbuf);
             wbuf.extend_from_slice(b"\r\n");
         }
     }

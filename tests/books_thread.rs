@@ -605,3 +605,14 @@ fn a_waiting_worker_is_woken_when_the_ledger_posts_an_event() {
     handle.shutdown().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The ledger polls the rings at the journal's fsync pace, within bounds: a
+/// 1 ms journal is read every 1 ms, a lazy one at least every 16 ms.
+#[test]
+fn the_rings_are_polled_at_the_journals_pace() {
+    use bursar::books::thread::{ring_poll_interval, RING_POLL_IDLE_MAX};
+    assert_eq!(ring_poll_interval(10), Duration::from_millis(10));
+    assert_eq!(ring_poll_interval(0), Duration::from_millis(1));
+    assert_eq!(ring_poll_interval(3), Duration::from_millis(3));
+    assert_eq!(ring_poll_interval(10_000), RING_POLL_IDLE_MAX);
+}

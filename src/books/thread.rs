@@ -14,8 +14,8 @@
 //!    says more rollovers are due);
 //! 4. `flush_if_due`, then releases ring slots whose settles are durable;
 //! 5. checkpoints every `snapshot_interval_ms`;
-//! 6. parks for [`RING_POLL_INTERVAL`] (doubling up to [`RING_POLL_IDLE_MAX`]
-//!    while nothing comes). A command's sender unparks it at once
+//! 6. parks for [`ring_poll_interval`], the journal's fsync interval
+//!    (doubling up to [`RING_POLL_IDLE_MAX`] while nothing comes). A command's sender unparks it at once
 //!    ([`LedgerTx`]); settles never do: they wait in their ring, already safe
 //!    from a crash, for the next poll. So under load the thread wakes once
 //!    per interval, whatever the request rate, and applies a batch.
@@ -80,14 +80,24 @@ pub const LEDGER_QUEUE_MAX: usize = 1 << 16;
 /// Bound of each worker's event channel. A worker that falls this far behind
 /// gets its `resync` flag set instead.
 pub const EVENT_QUEUE_MAX: usize = 4096;
-/// How often the rings are polled while settles are coming in. Settles are
-/// safe in their ring from the moment a worker writes them, and nothing is
-/// durable before the journal's next fsync (`[ledger] fsync_interval`,
-/// 10 ms by default), so polling faster buys little; what it delays is the
-/// ledger's view of soft-budget spend (a soft level blocks at most this much
-/// later) and ring release. At 5,000 requests/s, polling every 1 ms cost
-/// ~3 µs of CPU per request more than every 5 ms (docs/benchmarks.md).
-pub const RING_POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// The rings are polled while settles come in at the journal's pace: every
+/// `[ledger] fsync_interval` (10 ms by default), within these bounds. Settles
+/// are safe in their ring from the moment a worker writes them, and none is
+/// durable before the journal's next fsync, so reading them sooner buys only
+/// the ledger's view of soft-budget spend (a soft level blocks at most one
+/// interval later); each poll that is not also a flush is one more wake-up
+/// of the core. At 5,000 requests/s, polling every 1 ms cost ~3 µs of CPU
+/// per request more than every 5 ms, and 5 ms ~1 µs more than every 10 ms
+/// (docs/benchmarks.md).
+pub const RING_POLL_INTERVAL_MIN: Duration = Duration::from_millis(1);
+/// See [`RING_POLL_INTERVAL_MIN`]; also the longest wait when idle.
+pub const RING_POLL_INTERVAL_MAX: Duration = RING_POLL_IDLE_MAX;
+
+/// The busy polling interval for a journal fsynced every `sync_interval_ms`.
+pub fn ring_poll_interval(sync_interval_ms: u32) -> Duration {
+    Duration::from_millis(u64::from(sync_interval_ms))
+        .clamp(RING_POLL_INTERVAL_MIN, RING_POLL_INTERVAL_MAX)
+}
 /// When nothing came in (no message, no settle), the wait doubles up to this:
 /// an idle gateway's ledger thread wakes 60 times a second, not 1,000 (each
 /// wake-up is CPU taken from the workers' cores). A lease request wakes it at
@@ -588,6 +598,7 @@ impl Books {
             clock,
             stats: stats.clone(),
             snapshot_interval_ms: config.snapshot_interval_ms.max(1) as i64,
+            ring_poll_interval: ring_poll_interval(config.ledger.journal.sync_interval_ms),
             next_tick_ms: now + TICK_INTERVAL_MS,
             next_checkpoint_ms: now + config.snapshot_interval_ms.max(1) as i64,
         };
@@ -641,6 +652,8 @@ struct LedgerThread {
     clock: Arc<dyn Clock>,
     stats: Arc<BooksStats>,
     snapshot_interval_ms: i64,
+    /// How long to park while settles come in ([`ring_poll_interval`]).
+    ring_poll_interval: Duration,
     next_tick_ms: i64,
     next_checkpoint_ms: i64,
 }
@@ -661,7 +674,8 @@ impl LedgerThread {
     }
 
     fn run_loop(&mut self) -> Result<(), BooksError> {
-        let mut wait = RING_POLL_INTERVAL;
+        let busy_wait = self.ring_poll_interval;
+        let mut wait = busy_wait;
         loop {
             let mut flow = Flow::Continue;
             let mut taken = 0;
@@ -692,7 +706,7 @@ impl LedgerThread {
                 busy = true;
             }
             wait = if busy {
-                RING_POLL_INTERVAL
+                busy_wait
             } else {
                 (wait * 2).min(RING_POLL_IDLE_MAX)
             };

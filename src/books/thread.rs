@@ -82,13 +82,15 @@ pub const LEDGER_QUEUE_MAX: usize = 1 << 16;
 pub const EVENT_QUEUE_MAX: usize = 4096;
 /// The rings are polled while settles come in at the journal's pace: every
 /// `[ledger] fsync_interval` (10 ms by default), within these bounds. Settles
-/// are safe in their ring from the moment a worker writes them, and none is
-/// durable before the journal's next fsync, so reading them sooner buys only
-/// the ledger's view of soft-budget spend (a soft level blocks at most one
-/// interval later); each poll that is not also a flush is one more wake-up
-/// of the core. At 5,000 requests/s, polling every 1 ms cost ~3 µs of CPU
-/// per request more than every 5 ms, and 5 ms ~1 µs more than every 10 ms
-/// (docs/benchmarks.md).
+/// are safe from a crash of the process in their ring from the moment a
+/// worker writes them; the journal is fsynced once its oldest record has
+/// waited an interval, so with this pace every other poll also flushes, and a
+/// settle is on disk within about two intervals of being written (one to be
+/// read, one to be synced). Polling faster buys the ledger's view of
+/// soft-budget spend and that window, at one wake-up of the core each: at
+/// 5,000 requests/s, polling every 1 ms cost ~3 µs of CPU per request more
+/// than every 5 ms, and 5 ms ~0.6 µs more than every 10 ms (decision 0007,
+/// docs/benchmarks.md).
 pub const RING_POLL_INTERVAL_MIN: Duration = Duration::from_millis(1);
 /// See [`RING_POLL_INTERVAL_MIN`]; also the longest wait when idle.
 pub const RING_POLL_INTERVAL_MAX: Duration = RING_POLL_IDLE_MAX;

@@ -82,6 +82,9 @@ pub fn recover(dir: &Path, config: StateConfig) -> Result<Recovered, RecoveryErr
         let scan = if last {
             journal::replay(path)?
         } else {
+            // Zeros after whole records are accepted here (a segment is
+            // trimmed, durably, before its successor is created, so they are
+            // not expected); an incomplete record is not.
             let scan = journal::scan_segment(path, Some(*first_seq))?;
             if let Some(torn) = scan.torn {
                 return Err(JournalError::Corrupt {

@@ -119,8 +119,15 @@ fn exercise(gw: &Gateway) {
         unreachable!()
     };
     assert_eq!(bad_tags["status"], 400);
+    // Refused before routing: no provider, no price, no cost.
+    assert_eq!(bad_tags["provider"], "", "{bad_tags}");
+    assert_eq!(bad_tags["price_version"], "", "{bad_tags}");
+    assert_eq!(bad_tags["ttfb_ms"], serde_json::Value::Null, "{bad_tags}");
+    assert!(bad_tags["total_ms"].as_f64().is_some(), "{bad_tags}");
     assert_eq!(failed["status"], 503);
     assert_eq!(failed["provider"], "local");
+    // Routed and priced, but nothing was charged.
+    assert_eq!(failed["price_version"], "", "{failed}");
     // The provider's usage, exactly, whether or not the client asked for it.
     for row in [streamed, streamed_with, tagged_row] {
         assert_eq!(row["prompt_tokens"], 8, "{row}");
@@ -146,6 +153,8 @@ fn exercise(gw: &Gateway) {
         "{text:?}"
     );
     assert_eq!(tagged_row["price_version"], "2026-11-27.1+config");
+    let (ttfb, total) = (tagged_row["ttfb_ms"].as_f64(), tagged_row["total_ms"].as_f64());
+    assert!(ttfb.is_some() && total >= ttfb, "{tagged_row}");
     let tags = &tagged_row["tags"];
     assert_eq!(tags["feature"], "search", "the header wins: {tags}");
     assert_eq!(tags["env"], "prod");

@@ -304,107 +304,139 @@ async fn proxy_api(
     keep: bool,
     ready_at: Instant,
 ) -> Result<bool, ApiError> {
-    let mut row = None;
-    let result = proxy_api_inner(w, req, out, endpoint, rid, keep, ready_at, &mut row).await;
+    let catalog = w.catalog();
+    let mut seed = None;
+    let result = proxy_api_inner(
+        w, &catalog, req, out, endpoint, rid, keep, ready_at, &mut seed,
+    )
+    .await;
     // Every authenticated request is logged, refused ones too (with the
-    // status they got and no cost). Off the hot path: one non-blocking send.
-    if let (Some(log), Some(mut row)) = (&w.log, row) {
-        if let Err(e) = &result {
-            row.status = e.status;
-        }
-        row.total_us = u64::try_from(ready_at.elapsed().as_micros()).unwrap_or(u64::MAX);
-        log.try_log(row);
+    // status they got and no cost). The row is made now, after the response
+    // was written; off the hot path: one non-blocking send.
+    if let (Some(log), Some(seed)) = (&w.log, seed) {
+        let status = match &result {
+            Ok(_) => seed.status,
+            Err(e) => e.status,
+        };
+        log.try_log(seed.into_row(rid, endpoint, status, ready_at, &catalog.prices.version));
     }
     result
 }
 
-/// The log row of an authenticated request, before its outcome is known.
-fn log_row(
-    w: &Worker,
-    rid: &RequestId,
-    key: &crate::catalog::VirtualKey,
-    endpoint: Endpoint,
-    model: &str,
+/// What the request log needs of an authenticated request, gathered on the
+/// way without allocating (borrowed from the catalog and the request) and
+/// made into a [`LogRow`](crate::reqlog::LogRow) only once the response is
+/// written, so the row's allocations stay out of the overhead window.
+struct RowSeed<'c, 'r> {
+    /// When the request started, unix milliseconds.
+    time_ms: i64,
+    key: &'c crate::catalog::VirtualKey,
+    model: std::borrow::Cow<'r, str>,
     stream: bool,
     tags: Vec<(String, String)>,
-) -> Option<crate::reqlog::LogRow> {
-    w.log.as_ref()?;
-    let level = |kind| {
-        key.chain
-            .iter()
-            .find(|l| l.kind == kind)
-            .map(|l| l.name.to_string())
-    };
-    Some(crate::reqlog::LogRow {
-        id: rid.as_str().to_string(),
-        time_ms: crate::ratelimit::now_ms(),
-        key: key.name.clone(),
-        team: level(crate::ledger::EntityKind::Team),
-        customer: level(crate::ledger::EntityKind::Customer),
-        provider: String::new(),
-        model: model.to_string(),
-        endpoint: std::borrow::Cow::Borrowed(endpoint.name()),
-        status: 0,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        cached_tokens: 0,
-        cache_write_tokens: 0,
-        reasoning_tokens: 0,
-        cost_picodollars: 0,
-        price_version: String::new(),
-        estimated: false,
-        ttfb_us: None,
-        total_us: 0,
-        cache_status: crate::reqlog::CacheStatus::None,
-        stream,
-        tags,
-        prompt_text: None,
-        completion_text: None,
-    })
+    provider: Option<&'c str>,
+    /// What the request came to (set by [`finish_seed`]).
+    status: u16,
+    ttfb_us: Option<u64>,
+    charged: Option<forward::Charged>,
+    /// Whether the model had a price ("unpriced" in the log when not).
+    priced: bool,
 }
 
-/// Fills the row with what the request came to.
-fn finish_row(
-    row: &mut Option<crate::reqlog::LogRow>,
-    plan: &forward::MeterPlan<'_>,
-    ready_at: Instant,
-    price_version: &str,
-) {
-    let Some(row) = row else { return };
-    row.status = plan.status;
-    row.ttfb_us = plan.first_byte_at.map(|t| {
-        u64::try_from(t.saturating_duration_since(ready_at).as_micros()).unwrap_or(u64::MAX)
-    });
-    if let Some(c) = &plan.charged {
-        row.prompt_tokens = c.usage.prompt_tokens;
-        row.completion_tokens = c.usage.completion_tokens;
-        row.cached_tokens = c.usage.cached_tokens;
-        row.cache_write_tokens = c.usage.cache_write_tokens;
-        row.reasoning_tokens = c.usage.reasoning_tokens;
-        row.cost_picodollars = c.cost.picodollars();
-        row.estimated = c.estimated;
-        row.price_version = price_version.to_string();
-    } else if plan.price.is_none() {
-        row.price_version = "unpriced".to_string();
+impl RowSeed<'_, '_> {
+    fn into_row(
+        self,
+        rid: &RequestId,
+        endpoint: Endpoint,
+        status: u16,
+        ready_at: Instant,
+        price_version: &str,
+    ) -> crate::reqlog::LogRow {
+        let level = |kind| {
+            self.key
+                .chain
+                .iter()
+                .find(|l| l.kind == kind)
+                .map(|l| l.name.to_string())
+        };
+        let usage = self.charged.map(|c| c.usage).unwrap_or_default();
+        crate::reqlog::LogRow {
+            id: rid.as_str().to_string(),
+            time_ms: self.time_ms,
+            key: self.key.name.clone(),
+            team: level(crate::ledger::EntityKind::Team),
+            customer: level(crate::ledger::EntityKind::Customer),
+            provider: self.provider.unwrap_or_default().to_string(),
+            model: self.model.into_owned(),
+            endpoint: std::borrow::Cow::Borrowed(endpoint.name()),
+            status,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cached_tokens: usage.cached_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+            reasoning_tokens: usage.reasoning_tokens,
+            cost_picodollars: self.charged.map_or(0, |c| c.cost.picodollars()),
+            price_version: match (&self.charged, self.priced) {
+                (Some(_), _) => price_version.to_string(),
+                (None, false) => "unpriced".to_string(),
+                (None, true) => String::new(),
+            },
+            estimated: self.charged.is_some_and(|c| c.estimated),
+            ttfb_us: self.ttfb_us,
+            total_us: u64::try_from(ready_at.elapsed().as_micros()).unwrap_or(u64::MAX),
+            cache_status: crate::reqlog::CacheStatus::None,
+            stream: self.stream,
+            tags: self.tags,
+            prompt_text: None,
+            completion_text: None,
+        }
     }
 }
 
+/// Records in the seed what the request came to.
+fn finish_seed(
+    seed: &mut Option<RowSeed<'_, '_>>,
+    plan: &forward::MeterPlan<'_>,
+    ready_at: Instant,
+) {
+    let Some(seed) = seed else { return };
+    seed.status = plan.status;
+    seed.ttfb_us = plan.first_byte_at.map(|t| {
+        u64::try_from(t.saturating_duration_since(ready_at).as_micros()).unwrap_or(u64::MAX)
+    });
+    seed.charged = plan.charged;
+    seed.priced = plan.price.is_some();
+}
+
 #[allow(clippy::too_many_arguments)]
-async fn proxy_api_inner(
+async fn proxy_api_inner<'c, 'r>(
     w: &Worker,
-    req: &RequestView<'_>,
+    catalog: &'c Catalog,
+    req: &RequestView<'r>,
     out: &mut ClientOut<'_>,
     endpoint: Endpoint,
     rid: &RequestId,
     keep: bool,
     ready_at: Instant,
-    row: &mut Option<crate::reqlog::LogRow>,
+    row: &mut Option<RowSeed<'c, 'r>>,
 ) -> Result<bool, ApiError> {
-    let catalog = w.catalog();
-    let key = admit::authenticate(&catalog, req)?;
+    let key = admit::authenticate(catalog, req)?;
     let probe = route::probe(req.body)?;
     let model = probe.model.as_deref().unwrap_or_default();
-    *row = log_row(w, rid, key, endpoint, model, probe.streaming(), Vec::new());
+    if w.log.is_some() {
+        *row = Some(RowSeed {
+            time_ms: crate::ratelimit::now_ms(),
+            key,
+            model: probe.model.clone().unwrap_or_default(),
+            stream: probe.streaming(),
+            tags: Vec::new(),
+            provider: None,
+            status: 0,
+            ttfb_us: None,
+            charged: None,
+            priced: true,
+        });
+    }
     // Attribution: x-bursar-tags, the body's `user` and `metadata`.
     let tags = crate::reqlog::parse_tags(
         req.head.header(req.bytes, "x-bursar-tags"),
@@ -431,7 +463,7 @@ async fn proxy_api_inner(
         )
     })?;
     if let Some(r) = row.as_mut() {
-        r.provider = provider.name.clone();
+        r.provider = Some(&provider.name);
     }
     let price = catalog.prices.get(model);
     if price.is_none() && catalog.pricing.refuse_unpriced {
@@ -443,10 +475,8 @@ async fn proxy_api_inner(
             ),
         ));
     }
-    let admitted = admit_budget(
-        w, &catalog, key, provider, endpoint, &probe, price, req.body,
-    )
-    .await?;
+    let admitted =
+        admit_budget(w, catalog, key, provider, endpoint, &probe, price, req.body).await?;
     let hold = Some(admitted.hold);
     let body: &[u8] = admitted.body.as_deref().unwrap_or(req.body);
     match provider.kind {
@@ -484,7 +514,7 @@ async fn proxy_api_inner(
                 settled,
             )
             .await;
-            finish_row(row, &plan, ready_at, &catalog.prices.version);
+            finish_seed(row, &plan, ready_at);
             Ok(keep)
         }
         ProviderKind::OpenAi => {
@@ -518,7 +548,7 @@ async fn proxy_api_inner(
                 w, provider, endpoint, req, out, rid, keep, ready_at, &mut plan,
             )
             .await;
-            finish_row(row, &plan, ready_at, &catalog.prices.version);
+            finish_seed(row, &plan, ready_at);
             result
         }
     }

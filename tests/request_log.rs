@@ -153,7 +153,10 @@ fn exercise(gw: &Gateway) {
         "{text:?}"
     );
     assert_eq!(tagged_row["price_version"], "2026-11-27.1+config");
-    let (ttfb, total) = (tagged_row["ttfb_ms"].as_f64(), tagged_row["total_ms"].as_f64());
+    let (ttfb, total) = (
+        tagged_row["ttfb_ms"].as_f64(),
+        tagged_row["total_ms"].as_f64(),
+    );
     assert!(ttfb.is_some() && total >= ttfb, "{tagged_row}");
     let tags = &tagged_row["tags"];
     assert_eq!(tags["feature"], "search", "the header wins: {tags}");

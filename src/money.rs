@@ -337,6 +337,14 @@ impl Money {
         std::str::from_utf8(&buf[at..]).unwrap_or_default()
     }
 
+    /// The decimal form of any count of picodollars, also beyond
+    /// [`Money::MAX`] (sums over a request log can be), as `Display` writes a
+    /// `Money`.
+    pub fn picodollars_decimal(units: i128) -> String {
+        let mut buf = [0u8; MONEY_TEXT_BYTES_MAX];
+        Money(units).decimal(&mut buf).to_string()
+    }
+
     /// Appends the decimal form (as `Display` writes it) to `out`.
     pub fn extend_decimal(self, out: &mut Vec<u8>) {
         let mut buf = [0u8; MONEY_TEXT_BYTES_MAX];

@@ -183,21 +183,10 @@ impl LogRow {
     }
 }
 
-/// The exact decimal USD string of an amount in picodollars.
+/// The exact decimal USD string of an amount in picodollars, whatever its
+/// size.
 pub fn format_usd(picodollars: i128) -> String {
-    match Money::from_picodollars(picodollars) {
-        Some(m) => m.to_string(),
-        // Outside Money's bound (no real cost is): split so each half is a
-        // Money, and print the same shortest exact decimal.
-        None => {
-            let scale = crate::money::MONEY_UNITS_PER_USD;
-            let whole = picodollars / scale;
-            let frac = Money::from_picodollars((picodollars % scale).abs()).unwrap_or(Money::ZERO);
-            let frac = frac.to_string();
-            let frac = frac.strip_prefix('0').unwrap_or(&frac);
-            format!("{whole}{frac}")
-        }
-    }
+    Money::picodollars_decimal(picodollars)
 }
 
 /// Milliseconds with microsecond fraction, as a JSON number ("12.345").

@@ -15,7 +15,8 @@
 //! 4. `flush_if_due`, then releases ring slots whose settles are durable;
 //! 5. checkpoints every `snapshot_interval_ms`;
 //! 6. parks for [`ring_poll_interval`], the journal's fsync interval
-//!    (doubling up to [`RING_POLL_IDLE_MAX`] while nothing comes). A command's sender unparks it at once
+//!    (doubling up to [`RING_POLL_IDLE_MAX`] while nothing comes). A
+//!    command's sender unparks it at once
 //!    ([`LedgerTx`]); settles never do: they wait in their ring, already safe
 //!    from a crash, for the next poll. So under load the thread wakes once
 //!    per interval, whatever the request rate, and applies a batch.
@@ -89,16 +90,15 @@ pub const EVENT_QUEUE_MAX: usize = 4096;
 /// read, one to be synced). Polling faster buys the ledger's view of
 /// soft-budget spend and that window, at one wake-up of the core each: at
 /// 5,000 requests/s, polling every 1 ms cost ~3 µs of CPU per request more
-/// than every 5 ms, and 5 ms ~0.6 µs more than every 10 ms (decision 0007,
-/// docs/benchmarks.md).
+/// than every 5 ms, and 5 ms ~0.8 µs more than every 10 ms, fewer fsyncs
+/// included (decision 0007, docs/benchmarks.md). At most
+/// [`RING_POLL_IDLE_MAX`], the longest wait when idle.
 pub const RING_POLL_INTERVAL_MIN: Duration = Duration::from_millis(1);
-/// See [`RING_POLL_INTERVAL_MIN`]; also the longest wait when idle.
-pub const RING_POLL_INTERVAL_MAX: Duration = RING_POLL_IDLE_MAX;
 
 /// The busy polling interval for a journal fsynced every `sync_interval_ms`.
 pub fn ring_poll_interval(sync_interval_ms: u32) -> Duration {
     Duration::from_millis(u64::from(sync_interval_ms))
-        .clamp(RING_POLL_INTERVAL_MIN, RING_POLL_INTERVAL_MAX)
+        .clamp(RING_POLL_INTERVAL_MIN, RING_POLL_IDLE_MAX)
 }
 /// When nothing came in (no message, no settle), the wait doubles up to this:
 /// an idle gateway's ledger thread wakes 60 times a second, not 1,000 (each
@@ -676,8 +676,7 @@ impl LedgerThread {
     }
 
     fn run_loop(&mut self) -> Result<(), BooksError> {
-        let busy_wait = self.ring_poll_interval;
-        let mut wait = busy_wait;
+        let mut wait = self.ring_poll_interval;
         loop {
             let mut flow = Flow::Continue;
             let mut taken = 0;
@@ -708,7 +707,7 @@ impl LedgerThread {
                 busy = true;
             }
             wait = if busy {
-                busy_wait
+                self.ring_poll_interval
             } else {
                 (wait * 2).min(RING_POLL_IDLE_MAX)
             };

@@ -14,6 +14,7 @@
 //! `free = true` prices a model at zero.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -217,8 +218,8 @@ impl ModelEntry {
 #[derive(Debug, Clone)]
 pub struct PriceTable {
     /// The shipped table's version, with `+config` when overrides apply; every
-    /// charge records it.
-    pub version: String,
+    /// charge records it. Shared: every log row holds it.
+    pub version: Arc<str>,
     models: HashMap<String, Price>,
 }
 
@@ -250,7 +251,10 @@ impl PriceTable {
         } else {
             format!("{}+config", file.version)
         };
-        Ok(PriceTable { version, models })
+        Ok(PriceTable {
+            version: version.into(),
+            models,
+        })
     }
 
     /// The shipped table with `overrides`.

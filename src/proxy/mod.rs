@@ -334,7 +334,7 @@ struct RowSeed<'c, 'r> {
     model: std::borrow::Cow<'r, str>,
     stream: bool,
     tags: Vec<(String, String)>,
-    provider: Option<&'c str>,
+    provider: Option<&'c std::sync::Arc<str>>,
     /// What the request came to (set by [`finish_seed`]).
     status: u16,
     ttfb_us: Option<u64>,
@@ -350,23 +350,25 @@ impl RowSeed<'_, '_> {
         endpoint: Endpoint,
         status: u16,
         ready_at: Instant,
-        price_version: &str,
+        price_version: &std::sync::Arc<str>,
     ) -> crate::reqlog::LogRow {
         let level = |kind| {
             self.key
                 .chain
                 .iter()
                 .find(|l| l.kind == kind)
-                .map(|l| l.name.to_string())
+                .map(|l| std::sync::Arc::clone(&l.name))
         };
         let usage = self.charged.map(|c| c.usage).unwrap_or_default();
         crate::reqlog::LogRow {
             id: rid.as_str().to_string(),
             time_ms: self.time_ms,
-            key: self.key.name.clone(),
+            key: std::sync::Arc::clone(&self.key.name),
             team: level(crate::ledger::EntityKind::Team),
             customer: level(crate::ledger::EntityKind::Customer),
-            provider: self.provider.unwrap_or_default().to_string(),
+            provider: self
+                .provider
+                .map_or_else(|| "".into(), std::sync::Arc::clone),
             model: self.model.into_owned(),
             endpoint: std::borrow::Cow::Borrowed(endpoint.name()),
             status,
@@ -377,9 +379,9 @@ impl RowSeed<'_, '_> {
             reasoning_tokens: usage.reasoning_tokens,
             cost_picodollars: self.charged.map_or(0, |c| c.cost.picodollars()),
             price_version: match (&self.charged, self.priced) {
-                (Some(_), _) => price_version.to_string(),
-                (None, false) => "unpriced".to_string(),
-                (None, true) => String::new(),
+                (Some(_), _) => std::sync::Arc::clone(price_version),
+                (None, false) => "unpriced".into(),
+                (None, true) => "".into(),
             },
             estimated: self.charged.is_some_and(|c| c.estimated),
             ttfb_us: self.ttfb_us,

@@ -23,6 +23,7 @@
 //! (stored and rendered) round-trips exactly.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -89,11 +90,12 @@ pub struct LogRow {
     pub id: String,
     /// When the request started, unix milliseconds.
     pub time_ms: i64,
-    /// The virtual key's name.
-    pub key: String,
-    pub team: Option<String>,
-    pub customer: Option<String>,
-    pub provider: String,
+    /// The virtual key's name. The names are shared with the catalog (an
+    /// `Arc` each), so a row costs no allocation per name.
+    pub key: Arc<str>,
+    pub team: Option<Arc<str>>,
+    pub customer: Option<Arc<str>>,
+    pub provider: Arc<str>,
     pub model: String,
     /// The API endpoint, e.g. "chat/completions".
     pub endpoint: Cow<'static, str>,
@@ -108,7 +110,7 @@ pub struct LogRow {
     #[serde(with = "i128_string")]
     pub cost_picodollars: i128,
     /// The price table version the cost was computed with.
-    pub price_version: String,
+    pub price_version: Arc<str>,
     /// Tokens were counted by the tokenizer, not reported by the provider.
     pub estimated: bool,
     /// Time to the first response byte, microseconds; `None` when no byte came.

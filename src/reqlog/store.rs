@@ -256,10 +256,10 @@ impl RawRow {
         }
         Ok(LogRow {
             time_ms: self.time_ms,
-            key: self.key,
-            team: self.team,
-            customer: self.customer,
-            provider: self.provider,
+            key: self.key.into(),
+            team: self.team.map(Into::into),
+            customer: self.customer.map(Into::into),
+            provider: self.provider.into(),
             model: self.model,
             endpoint: Cow::Owned(self.endpoint),
             status: u16::try_from(self.status).map_err(|_| bad("status", &self.status))?,
@@ -272,7 +272,7 @@ impl RawRow {
                 .cost
                 .parse()
                 .map_err(|_| bad("cost_picodollars", &self.cost))?,
-            price_version: self.price_version,
+            price_version: self.price_version.into(),
             estimated: self.estimated,
             ttfb_us: match self.ttfb_us {
                 Some(v) => Some(count("ttfb_us", v)?),

@@ -93,18 +93,18 @@ pub fn varied_row(rng: &mut Rng, i: u64) -> LogRow {
         id: format!("req_{:012x}{:016x}", i, rng.next()),
         // Few distinct times, so many rows tie and paging must use the id.
         time_ms: T0 + rng.below(40) as i64 * 250,
-        key: pick(rng, &["k-a", "k-b", "k-c"]),
+        key: pick(rng, &["k-a", "k-b", "k-c"]).into(),
         team: if rng.below(3) == 0 {
             None
         } else {
-            Some(pick(rng, &["red", "blue"]))
+            Some(pick(rng, &["red", "blue"]).into())
         },
         customer: if rng.below(2) == 0 {
             None
         } else {
-            Some(pick(rng, &["acme", "globex"]))
+            Some(pick(rng, &["acme", "globex"]).into())
         },
-        provider: pick(rng, &["openai", "anthropic"]),
+        provider: pick(rng, &["openai", "anthropic"]).into(),
         model: pick(rng, &["gpt-4o", "gpt-4o-mini", "claude"]),
         endpoint: if rng.below(2) == 0 {
             Cow::Borrowed("chat/completions")
@@ -298,16 +298,16 @@ pub fn check_filters_and_paging(cfg: &LogConfig, dir: &Path, nul_to_replacement:
         let want: Vec<LogRow> = all
             .iter()
             .filter(|r| {
-                base.key.as_ref().is_none_or(|k| &r.key == k)
+                base.key.as_ref().is_none_or(|k| *r.key == **k)
                     && base
                         .team
                         .as_ref()
-                        .is_none_or(|t| r.team.as_ref() == Some(t))
+                        .is_none_or(|t| r.team.as_deref() == Some(t.as_str()))
                     && base
                         .customer
                         .as_ref()
-                        .is_none_or(|c| r.customer.as_ref() == Some(c))
-                    && base.provider.as_ref().is_none_or(|p| &r.provider == p)
+                        .is_none_or(|c| r.customer.as_deref() == Some(c.as_str()))
+                    && base.provider.as_ref().is_none_or(|p| *r.provider == **p)
                     && base.model.as_ref().is_none_or(|m| &r.model == m)
                     && base.status.is_none_or(|s| r.status == s)
                     && base.from_ms.is_none_or(|f| r.time_ms >= f)
@@ -368,7 +368,7 @@ fn spend_row(
     r.id = id.into();
     r.time_ms = time_ms;
     r.model = model.into();
-    r.team = team.map(str::to_string);
+    r.team = team.map(Into::into);
     r.provider = "openai".into();
     r.key = "k-1".into();
     r.cost_picodollars = cost;

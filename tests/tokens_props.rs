@@ -415,3 +415,173 @@ proptest! {
         let _ = bursar::tokens::usage_from_body(protocol, &bytes);
     }
 }
+
+/// The usage readers before they were hand-written: serde's derive over
+/// these structs. The hand-written readers must agree with it on every
+/// well-formed usage object.
+mod serde_reference {
+    use bursar::tokens::{Protocol, Usage, UsageSource};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct OpenAi {
+        prompt_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+        prompt_tokens_details: Option<PromptDetails>,
+        completion_tokens_details: Option<CompletionDetails>,
+        prompt_cache_hit_tokens: Option<u64>,
+    }
+    #[derive(Deserialize)]
+    struct PromptDetails {
+        cached_tokens: Option<u64>,
+    }
+    #[derive(Deserialize)]
+    struct CompletionDetails {
+        reasoning_tokens: Option<u64>,
+    }
+    #[derive(Deserialize)]
+    struct Responses {
+        input_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+        input_tokens_details: Option<PromptDetails>,
+        output_tokens_details: Option<CompletionDetails>,
+    }
+    #[derive(Deserialize)]
+    struct Anthropic {
+        input_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+        cache_creation_input_tokens: Option<u64>,
+        cache_read_input_tokens: Option<u64>,
+    }
+
+    fn usage(p: u64, c: u64, cached: u64, write: u64, reasoning: u64) -> Usage {
+        Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            cached_tokens: cached,
+            cache_write_tokens: write,
+            reasoning_tokens: reasoning,
+            source: UsageSource::Provider,
+        }
+    }
+
+    /// The usage of a body `{"usage": <usage>}` as the serde readers saw it.
+    pub fn read(protocol: Protocol, usage_json: &str) -> Option<Usage> {
+        if !usage_json.trim_start().starts_with('{') {
+            return None;
+        }
+        match protocol {
+            Protocol::Responses => {
+                let u: Responses = serde_json::from_str(usage_json).ok()?;
+                Some(usage(
+                    u.input_tokens?,
+                    u.output_tokens?,
+                    u.input_tokens_details
+                        .and_then(|d| d.cached_tokens)
+                        .unwrap_or(0),
+                    0,
+                    u.output_tokens_details
+                        .and_then(|d| d.reasoning_tokens)
+                        .unwrap_or(0),
+                ))
+            }
+            Protocol::AnthropicMessages => {
+                let u: Anthropic = serde_json::from_str(usage_json).ok()?;
+                let read = u.cache_read_input_tokens.unwrap_or(0);
+                let write = u.cache_creation_input_tokens.unwrap_or(0);
+                let prompt = u.input_tokens?.saturating_add(read).saturating_add(write);
+                Some(usage(prompt, u.output_tokens?, read, write, 0))
+            }
+            _ => {
+                let u: OpenAi = serde_json::from_str(usage_json).ok()?;
+                let completion = match (protocol, u.completion_tokens) {
+                    (_, Some(c)) => c,
+                    (Protocol::Embeddings, None) => 0,
+                    (_, None) => return None,
+                };
+                let cached = u
+                    .prompt_tokens_details
+                    .and_then(|d| d.cached_tokens)
+                    .or(u.prompt_cache_hit_tokens)
+                    .unwrap_or(0);
+                let reasoning = u
+                    .completion_tokens_details
+                    .and_then(|d| d.reasoning_tokens)
+                    .unwrap_or(0);
+                Some(usage(u.prompt_tokens?, completion, cached, 0, reasoning))
+            }
+        }
+    }
+}
+
+/// A usage member's value: counts of every kind a provider might send, and
+/// values of the wrong type.
+fn usage_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => any::<u64>().prop_map(|n| n.to_string()),
+        4 => (0u64..100_000).prop_map(|n| n.to_string()),
+        2 => Just("null".to_string()),
+        1 => Just("-3".to_string()),
+        1 => Just("2.0".to_string()),
+        1 => Just("1e3".to_string()),
+        1 => Just("18446744073709551616".to_string()),
+        1 => Just("\"7\"".to_string()),
+        1 => Just("true".to_string()),
+        1 => Just("[1,2]".to_string()),
+        1 => Just(r#"{"x":"}\"{"}"#.to_string()),
+    ]
+}
+
+/// A usage object's members: every protocol's names, details objects
+/// (sometimes `null`, sometimes holding wrong types), unknown members and
+/// repeats.
+fn usage_object() -> impl Strategy<Value = String> {
+    let names = prop::sample::select(vec![
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "prompt_cache_hit_tokens",
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "service_tier",
+    ]);
+    let details = prop::sample::select(vec![
+        "prompt_tokens_details",
+        "completion_tokens_details",
+        "input_tokens_details",
+        "output_tokens_details",
+    ]);
+    let inner = prop::sample::select(vec!["cached_tokens", "reasoning_tokens", "audio_tokens"]);
+    let member = prop_oneof![
+        3 => (names, usage_value()).prop_map(|(k, v)| format!(r#""{k}":{v}"#)),
+        1 => (details, prop::collection::vec((inner, usage_value()), 0..3), any::<bool>())
+            .prop_map(|(k, members, null)| {
+                if null {
+                    format!(r#""{k}":null"#)
+                } else {
+                    let body: Vec<String> =
+                        members.iter().map(|(ik, v)| format!(r#""{ik}":{v}"#)).collect();
+                    format!(r#""{k}": {{ {} }}"#, body.join(", "))
+                }
+            }),
+    ];
+    prop::collection::vec(member, 0..8).prop_map(|m| format!("{{{}}}", m.join(",")))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn usage_objects_read_as_serde_read_them(usage in usage_object(), protocol in 0..5usize) {
+        let protocol = [Protocol::ChatCompletions, Protocol::Completions, Protocol::Embeddings,
+            Protocol::Responses, Protocol::AnthropicMessages][protocol];
+        let body = format!(r#"{{"id":"x","choices":[{{"message":{{"content":"\"usage\":{{}}"}}}}],"usage":{usage},"model":"m"}}"#);
+        prop_assert_eq!(
+            bursar::tokens::usage_from_body(protocol, body.as_bytes()),
+            serde_reference::read(protocol, &usage),
+            "{}", usage
+        );
+    }
+}

@@ -15,7 +15,7 @@
 //! always escaped (`\"`), so a needle such as `"delta"` followed by `:` can
 //! only match a real key, never text inside a string value.
 
-use memchr::{memchr, memchr2};
+use memchr::{memchr, memchr2, memchr3};
 
 /// Whether `b` is JSON whitespace.
 #[inline]
@@ -56,26 +56,29 @@ pub fn value_end(b: &[u8], i: usize) -> Option<usize> {
     match *b.get(i)? {
         b'"' => string_end(b, i),
         b'{' | b'[' => {
-            let mut depth: usize = 0;
-            let mut j = i;
-            while j < b.len() {
-                match b[j] {
-                    b'"' => {
-                        j = string_end(b, j)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(j + 1);
-                        }
-                    }
-                    _ => {}
+            // Jump from one quote or closing bracket to the next (memchr3);
+            // the opening brackets jumped over are outside strings, and are
+            // counted in the span (a loop the compiler vectorizes).
+            let mut depth: usize = 1;
+            let mut j = i + 1;
+            loop {
+                let rest = b.get(j..)?;
+                let k = memchr3(b'"', b'}', b']', rest)?;
+                depth += rest[..k]
+                    .iter()
+                    .filter(|&&c| c == b'{' || c == b'[')
+                    .count();
+                let at = j + k;
+                if b[at] == b'"' {
+                    j = string_end(b, at)?;
+                    continue;
                 }
-                j += 1;
+                depth -= 1;
+                if depth == 0 {
+                    return Some(at + 1);
+                }
+                j = at + 1;
             }
-            None
         }
         // Numbers, true, false, null: up to the next delimiter.
         _ => {
@@ -143,6 +146,57 @@ impl<'a> Members<'a> {
         let ve = value_end(b, vs)?;
         self.i = ve;
         Some((key, vs, ve))
+    }
+}
+
+/// Calls `f` with each member (raw key, value start, value end) of the object
+/// whose value range is `b[s..e]`, in order. `None` when the range is not
+/// one well-formed object (a member the walker cannot read, or anything but
+/// whitespace before its closing brace) or when `f` returns `None`.
+pub fn each_member(
+    b: &[u8],
+    s: usize,
+    e: usize,
+    mut f: impl FnMut(&[u8], usize, usize) -> Option<()>,
+) -> Option<()> {
+    let b = b.get(..e)?;
+    let mut m = members(b, s);
+    if m.done {
+        return None;
+    }
+    for (key, vs, ve) in &mut m {
+        f(key, vs, ve)?;
+    }
+    // The walk stopped at the closing brace, or at a malformed byte.
+    let mut i = skip_ws(b, m.i);
+    if b.get(i) == Some(&b',') {
+        return None; // a trailing comma, or a member the walker could not read
+    }
+    if i < b.len() && b[i] == b'}' {
+        i += 1;
+    }
+    (i == e && b.get(e - 1) == Some(&b'}')).then_some(())
+}
+
+/// A JSON count: `Some(Some(n))` for a non-negative integer literal (no
+/// sign, fraction, exponent or leading zero) that fits `u64`, `Some(None)`
+/// for `null`, `None` for anything else.
+pub fn count(v: &[u8]) -> Option<Option<u64>> {
+    match v {
+        b"null" => Some(None),
+        [] => None,
+        [b'0'] => Some(Some(0)),
+        [b'0', ..] => None,
+        _ => {
+            let mut n: u64 = 0;
+            for &d in v {
+                if !d.is_ascii_digit() {
+                    return None;
+                }
+                n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+            }
+            Some(Some(n))
+        }
     }
 }
 
@@ -299,6 +353,103 @@ fn hex4(raw: &[u8], i: usize) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `value_end`'s container case as it was, one byte at a time.
+    fn container_end_bytewise(b: &[u8], i: usize) -> Option<usize> {
+        let mut depth: usize = 0;
+        let mut j = i;
+        while j < b.len() {
+            match b[j] {
+                b'"' => {
+                    j = string_end(b, j)?;
+                    continue;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(j + 1);
+                    }
+                }
+                _ => {}
+            }
+            j += 1;
+        }
+        None
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn containers_end_where_a_bytewise_scan_says(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                "{", "}", "[", "]", "\"", "\\", "a", ",", ":", " ", "1", "\"k\":", "\"}]\"",
+            ]), 0..60),
+            open in proptest::sample::select(vec!["{", "["]),
+        ) {
+            let doc = format!("{open}{}", parts.concat());
+            proptest::prop_assert_eq!(value_end(doc.as_bytes(), 0), container_end_bytewise(doc.as_bytes(), 0));
+        }
+    }
+
+    #[test]
+    fn each_member_reads_one_well_formed_object() {
+        let doc = br#"{"a":1, "b" : {"c":[2,"}"]} ,"d":null}"#;
+        let mut seen = Vec::new();
+        let r = each_member(doc, 0, doc.len(), |k, s, e| {
+            seen.push((k.to_vec(), doc[s..e].to_vec()));
+            Some(())
+        });
+        assert_eq!(r, Some(()));
+        assert_eq!(
+            seen,
+            vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"b".to_vec(), br#"{"c":[2,"}"]}"#.to_vec()),
+                (b"d".to_vec(), b"null".to_vec()),
+            ]
+        );
+        assert_eq!(each_member(b"{}", 0, 2, |_, _, _| None), Some(()));
+        assert_eq!(each_member(b"{ }", 0, 3, |_, _, _| None), Some(()));
+        for bad in [
+            &b"{\"a\":1,}"[..],
+            b"{\"a\":1",
+            b"{\"a\" 1}",
+            b"{1:2}",
+            b"[1]",
+            b"{,}",
+        ] {
+            assert_eq!(
+                each_member(bad, 0, bad.len(), |_, _, _| Some(())),
+                None,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            each_member(doc, 0, doc.len(), |k, _, _| (k != b"b").then_some(())),
+            None
+        );
+    }
+
+    #[test]
+    fn counts_are_plain_non_negative_integers() {
+        assert_eq!(count(b"0"), Some(Some(0)));
+        assert_eq!(count(b"42"), Some(Some(42)));
+        assert_eq!(count(b"18446744073709551615"), Some(Some(u64::MAX)));
+        assert_eq!(count(b"null"), Some(None));
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"-1",
+            b"1.0",
+            b"1e2",
+            b"01",
+            b"\"1\"",
+            b"true",
+            b"nul",
+        ] {
+            assert_eq!(count(bad), None, "{bad:?}");
+        }
+    }
 
     fn unescape(raw: &str) -> String {
         let mut out = Vec::new();

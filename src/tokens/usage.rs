@@ -1,13 +1,13 @@
 //! Token usage as the providers report it, read per protocol and brought to
 //! one normalized shape.
 //!
-//! Only the `usage` object is deserialized (serde_json over its few hundred
-//! bytes); the way to it is found with [`super::json`]'s byte walker, so a
-//! large body (an embeddings list, a long completion) is skipped, not parsed.
+//! The way to the `usage` object is found with [`super::json`]'s byte walker,
+//! so a large body (an embeddings list, a long completion) is skipped, not
+//! parsed; the object's members are read with the same walker, counts
+//! converted by hand (no serde: a third of the cost of a response's
+//! accounting was serde's, by callgrind).
 //! Anything malformed reads as "no provider usage", never as an error or a
 //! panic: the caller then estimates.
-
-use serde::Deserialize;
 
 use super::json;
 
@@ -82,39 +82,146 @@ impl Usage {
     }
 }
 
+/// One member of a usage object as read: `None` until seen, then the
+/// value (`Some(None)` for `null`). A member seen twice fails the object, as
+/// it would in serde.
+#[derive(Clone, Copy)]
+struct Field<T>(Option<Option<T>>);
+
+impl<T> Default for Field<T> {
+    fn default() -> Self {
+        Field(None)
+    }
+}
+
+impl<T> Field<T> {
+    fn set(&mut self, v: Option<T>) -> Option<()> {
+        match self.0 {
+            Some(_) => None,
+            None => {
+                self.0 = Some(v);
+                Some(())
+            }
+        }
+    }
+
+    fn get(self) -> Option<T> {
+        self.0.flatten()
+    }
+}
+
+/// Reads the count at `doc[s..e]` into `f`.
+fn set_count(f: &mut Field<u64>, doc: &[u8], s: usize, e: usize) -> Option<()> {
+    f.set(json::count(&doc[s..e])?)
+}
+
+/// A usage object's reader: takes each member of the object in turn.
+trait ReadObject: Default {
+    /// Reads member `key` (raw, between its quotes) with value `doc[s..e]`;
+    /// `None` fails the object. Unknown members are ignored.
+    fn member(&mut self, doc: &[u8], key: &[u8], s: usize, e: usize) -> Option<()>;
+}
+
+/// Reads the object at `doc[s..e]`, if the value there is one (`null` or
+/// any other value reads as absent). A member of the wrong type (a count
+/// that is not a non-negative integer, details that are not an object), a
+/// known member given twice or a malformed object fail the whole object.
+fn object_at<T: ReadObject>(doc: &[u8], range: Option<(usize, usize)>) -> Option<T> {
+    let (s, e) = range?;
+    if doc.get(s) != Some(&b'{') {
+        return None;
+    }
+    let mut t = T::default();
+    json::each_member(doc, s, e, |key, vs, ve| t.member(doc, key, vs, ve))?;
+    Some(t)
+}
+
+/// Reads an optional nested object: `null` is absent.
+fn set_object<T: ReadObject>(f: &mut Field<T>, doc: &[u8], s: usize, e: usize) -> Option<()> {
+    if &doc[s..e] == b"null" {
+        return f.set(None);
+    }
+    f.set(Some(object_at(doc, Some((s, e)))?))
+}
+
 /// OpenAI's `usage` (chat, completions, embeddings) and the compatible
 /// servers' variants. Unknown members are ignored; `null` reads as absent.
-#[derive(Deserialize)]
+#[derive(Default)]
 struct OpenAiUsage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    prompt_tokens_details: Option<OpenAiPromptDetails>,
-    completion_tokens_details: Option<OpenAiCompletionDetails>,
+    prompt_tokens: Field<u64>,
+    completion_tokens: Field<u64>,
+    prompt_tokens_details: Field<OpenAiPromptDetails>,
+    completion_tokens_details: Field<OpenAiCompletionDetails>,
     /// DeepSeek reports its cache hits here instead.
-    prompt_cache_hit_tokens: Option<u64>,
+    prompt_cache_hit_tokens: Field<u64>,
 }
 
-#[derive(Deserialize)]
+impl ReadObject for OpenAiUsage {
+    fn member(&mut self, doc: &[u8], key: &[u8], s: usize, e: usize) -> Option<()> {
+        match key {
+            b"prompt_tokens" => set_count(&mut self.prompt_tokens, doc, s, e),
+            b"completion_tokens" => set_count(&mut self.completion_tokens, doc, s, e),
+            b"prompt_tokens_details" => set_object(&mut self.prompt_tokens_details, doc, s, e),
+            b"completion_tokens_details" => {
+                set_object(&mut self.completion_tokens_details, doc, s, e)
+            }
+            b"prompt_cache_hit_tokens" => set_count(&mut self.prompt_cache_hit_tokens, doc, s, e),
+            _ => Some(()),
+        }
+    }
+}
+
+#[derive(Default, Clone, Copy)]
 struct OpenAiPromptDetails {
-    cached_tokens: Option<u64>,
+    cached_tokens: Field<u64>,
 }
 
-#[derive(Deserialize)]
+impl ReadObject for OpenAiPromptDetails {
+    fn member(&mut self, doc: &[u8], key: &[u8], s: usize, e: usize) -> Option<()> {
+        match key {
+            b"cached_tokens" => set_count(&mut self.cached_tokens, doc, s, e),
+            _ => Some(()),
+        }
+    }
+}
+
+#[derive(Default, Clone, Copy)]
 struct OpenAiCompletionDetails {
-    reasoning_tokens: Option<u64>,
+    reasoning_tokens: Field<u64>,
+}
+
+impl ReadObject for OpenAiCompletionDetails {
+    fn member(&mut self, doc: &[u8], key: &[u8], s: usize, e: usize) -> Option<()> {
+        match key {
+            b"reasoning_tokens" => set_count(&mut self.reasoning_tokens, doc, s, e),
+            _ => Some(()),
+        }
+    }
 }
 
 /// The Responses API's `usage`.
-#[derive(Deserialize)]
+#[derive(Default)]
 struct ResponsesUsage {
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    input_tokens_details: Option<OpenAiPromptDetails>,
-    output_tokens_details: Option<OpenAiCompletionDetails>,
+    input_tokens: Field<u64>,
+    output_tokens: Field<u64>,
+    input_tokens_details: Field<OpenAiPromptDetails>,
+    output_tokens_details: Field<OpenAiCompletionDetails>,
+}
+
+impl ReadObject for ResponsesUsage {
+    fn member(&mut self, doc: &[u8], key: &[u8], s: usize, e: usize) -> Option<()> {
+        match key {
+            b"input_tokens" => set_count(&mut self.input_tokens, doc, s, e),
+            b"output_tokens" => set_count(&mut self.output_tokens, doc, s, e),
+            b"input_tokens_details" => set_object(&mut self.input_tokens_details, doc, s, e),
+            b"output_tokens_details" => set_object(&mut self.output_tokens_details, doc, s, e),
+            _ => Some(()),
+        }
+    }
 }
 
 /// Anthropic's `usage`: `input_tokens` excludes the cache reads and writes.
-#[derive(Deserialize, Default, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct AnthropicUsage {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
@@ -122,30 +229,62 @@ pub(crate) struct AnthropicUsage {
     pub cache_read_input_tokens: Option<u64>,
 }
 
-/// Deserializes the value at `doc[s..e]` if it is an object.
-fn object_at<'a, T: Deserialize<'a>>(doc: &'a [u8], range: Option<(usize, usize)>) -> Option<T> {
-    let (s, e) = range?;
-    if doc.get(s) != Some(&b'{') {
-        return None; // `null` or malformed
+/// [`AnthropicUsage`] as read, before its members are known to be unique.
+#[derive(Default)]
+struct AnthropicFields {
+    input_tokens: Field<u64>,
+    output_tokens: Field<u64>,
+    cache_creation_input_tokens: Field<u64>,
+    cache_read_input_tokens: Field<u64>,
+}
+
+impl ReadObject for AnthropicFields {
+    fn member(&mut self, doc: &[u8], key: &[u8], s: usize, e: usize) -> Option<()> {
+        match key {
+            b"input_tokens" => set_count(&mut self.input_tokens, doc, s, e),
+            b"output_tokens" => set_count(&mut self.output_tokens, doc, s, e),
+            b"cache_creation_input_tokens" => {
+                set_count(&mut self.cache_creation_input_tokens, doc, s, e)
+            }
+            b"cache_read_input_tokens" => set_count(&mut self.cache_read_input_tokens, doc, s, e),
+            _ => Some(()),
+        }
     }
-    serde_json::from_slice(&doc[s..e]).ok()
+}
+
+impl From<AnthropicFields> for AnthropicUsage {
+    fn from(f: AnthropicFields) -> Self {
+        AnthropicUsage {
+            input_tokens: f.input_tokens.get(),
+            output_tokens: f.output_tokens.get(),
+            cache_creation_input_tokens: f.cache_creation_input_tokens.get(),
+            cache_read_input_tokens: f.cache_read_input_tokens.get(),
+        }
+    }
+}
+
+/// Reads an Anthropic usage object.
+fn anthropic_at(doc: &[u8], range: Option<(usize, usize)>) -> Option<AnthropicUsage> {
+    object_at::<AnthropicFields>(doc, range).map(AnthropicUsage::from)
 }
 
 fn from_openai(u: OpenAiUsage, protocol: Protocol) -> Option<Usage> {
-    let prompt_tokens = u.prompt_tokens?;
-    let completion_tokens = match (protocol, u.completion_tokens) {
+    let prompt_tokens = u.prompt_tokens.get()?;
+    let completion_tokens = match (protocol, u.completion_tokens.get()) {
         (_, Some(c)) => c,
         (Protocol::Embeddings, None) => 0,
         (_, None) => return None,
     };
     let cached_tokens = u
         .prompt_tokens_details
-        .and_then(|d| d.cached_tokens)
-        .or(u.prompt_cache_hit_tokens)
+        .get()
+        .and_then(|d| d.cached_tokens.get())
+        .or(u.prompt_cache_hit_tokens.get())
         .unwrap_or(0);
     let reasoning_tokens = u
         .completion_tokens_details
-        .and_then(|d| d.reasoning_tokens)
+        .get()
+        .and_then(|d| d.reasoning_tokens.get())
         .unwrap_or(0);
     Some(Usage {
         prompt_tokens,
@@ -159,16 +298,18 @@ fn from_openai(u: OpenAiUsage, protocol: Protocol) -> Option<Usage> {
 
 fn from_responses(u: ResponsesUsage) -> Option<Usage> {
     Some(Usage {
-        prompt_tokens: u.input_tokens?,
-        completion_tokens: u.output_tokens?,
+        prompt_tokens: u.input_tokens.get()?,
+        completion_tokens: u.output_tokens.get()?,
         cached_tokens: u
             .input_tokens_details
-            .and_then(|d| d.cached_tokens)
+            .get()
+            .and_then(|d| d.cached_tokens.get())
             .unwrap_or(0),
         cache_write_tokens: 0,
         reasoning_tokens: u
             .output_tokens_details
-            .and_then(|d| d.reasoning_tokens)
+            .get()
+            .and_then(|d| d.reasoning_tokens.get())
             .unwrap_or(0),
         source: UsageSource::Provider,
     })
@@ -264,12 +405,12 @@ pub(crate) fn responses_event(data: &[u8]) -> Option<Usage> {
 /// Reads `message.usage` from Anthropic's `message_start`.
 pub(crate) fn anthropic_start(data: &[u8]) -> Option<AnthropicUsage> {
     let (s, _) = json::top_member(data, b"message")?;
-    object_at(data, json::member(data, s, b"usage"))
+    anthropic_at(data, json::member(data, s, b"usage"))
 }
 
 /// Reads `usage` from Anthropic's `message_delta`.
 pub(crate) fn anthropic_delta(data: &[u8]) -> Option<AnthropicUsage> {
-    object_at(data, json::top_member(data, b"usage"))
+    anthropic_at(data, json::top_member(data, b"usage"))
 }
 
 /// The provider's usage in a whole (non-streamed) response body: OpenAI chat,
@@ -279,7 +420,7 @@ pub(crate) fn anthropic_delta(data: &[u8]) -> Option<AnthropicUsage> {
 ///
 /// The top-level members are walked with a byte scan (no number parsing,
 /// strings skipped with memchr), so a large embeddings body costs a scan, not
-/// a parse; only the `usage` object itself is deserialized.
+/// a parse; so are the `usage` object's members.
 pub fn usage_from_body(protocol: Protocol, body: &[u8]) -> Option<Usage> {
     let range = json::top_member(body, b"usage");
     match protocol {
@@ -287,7 +428,7 @@ pub fn usage_from_body(protocol: Protocol, body: &[u8]) -> Option<Usage> {
             from_openai(object_at(body, range)?, protocol)
         }
         Protocol::Responses => from_responses(object_at(body, range)?),
-        Protocol::AnthropicMessages => object_at::<AnthropicUsage>(body, range)?.to_usage(),
+        Protocol::AnthropicMessages => anthropic_at(body, range)?.to_usage(),
     }
 }
 
@@ -304,6 +445,49 @@ mod tests {
             reasoning_tokens: reasoning,
             source: UsageSource::Provider,
         }
+    }
+
+    #[test]
+    fn usage_objects_are_read_strictly() {
+        let read = |u: &str| {
+            let body = format!(r#"{{"object":"chat.completion","usage":{u}}}"#);
+            usage_from_body(Protocol::ChatCompletions, body.as_bytes())
+        };
+        assert_eq!(
+            read(r#"{"prompt_tokens":5,"completion_tokens":0,"extra":{"a":[1,"}"]}}"#),
+            Some(provider(5, 0, 0, 0, 0))
+        );
+        assert_eq!(
+            read(
+                r#" { "prompt_tokens" : 5 , "completion_tokens":2, "prompt_tokens_details":null, "completion_tokens_details":{"reasoning_tokens":null} } "#
+            ),
+            Some(provider(5, 2, 0, 0, 0)),
+            "whitespace anywhere, null details and counts read as absent"
+        );
+        assert_eq!(
+            read(r#"{"prompt_tokens":18446744073709551615,"completion_tokens":1}"#),
+            Some(provider(u64::MAX, 1, 0, 0, 0))
+        );
+        for bad in [
+            r#"{"prompt_tokens":5,"completion_tokens":2,"prompt_tokens":6}"#,
+            r#"{"prompt_tokens":5.0,"completion_tokens":2}"#,
+            r#"{"prompt_tokens":-5,"completion_tokens":2}"#,
+            r#"{"prompt_tokens":1e3,"completion_tokens":2}"#,
+            r#"{"prompt_tokens":05,"completion_tokens":2}"#,
+            r#"{"prompt_tokens":"5","completion_tokens":2}"#,
+            r#"{"prompt_tokens":18446744073709551616,"completion_tokens":2}"#,
+            r#"{"prompt_tokens":5,"completion_tokens":2,}"#,
+            r#"{"prompt_tokens":5,"completion_tokens":2,"prompt_tokens_details":3}"#,
+            r#"{"prompt_tokens":5,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":true}}"#,
+            r#"{"prompt_tokens":5,"completion_tokens":null}"#,
+            r#"[5,2]"#,
+            r#"null"#,
+        ] {
+            assert_eq!(read(bad), None, "{bad}");
+        }
+        // Cut short: the walker finds no end to the object.
+        let cut = br#"{"usage":{"prompt_tokens":5,"completion_tokens":2"#;
+        assert_eq!(usage_from_body(Protocol::ChatCompletions, cut), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! always escaped (`\"`), so a needle such as `"delta"` followed by `:` can
 //! only match a real key, never text inside a string value.
 
-use memchr::{memchr, memchr2, memchr3};
+use memchr::{memchr, memchr2};
 
 /// Whether `b` is JSON whitespace.
 #[inline]
@@ -56,29 +56,26 @@ pub fn value_end(b: &[u8], i: usize) -> Option<usize> {
     match *b.get(i)? {
         b'"' => string_end(b, i),
         b'{' | b'[' => {
-            // Jump from one quote or closing bracket to the next (memchr3);
-            // the opening brackets jumped over are outside strings, and are
-            // counted in the span (a loop the compiler vectorizes).
-            let mut depth: usize = 1;
-            let mut j = i + 1;
-            loop {
-                let rest = b.get(j..)?;
-                let k = memchr3(b'"', b'}', b']', rest)?;
-                depth += rest[..k]
-                    .iter()
-                    .filter(|&&c| c == b'{' || c == b'[')
-                    .count();
-                let at = j + k;
-                if b[at] == b'"' {
-                    j = string_end(b, at)?;
-                    continue;
+            let mut depth: usize = 0;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
                 }
-                depth -= 1;
-                if depth == 0 {
-                    return Some(at + 1);
-                }
-                j = at + 1;
+                j += 1;
             }
+            None
         }
         // Numbers, true, false, null: up to the next delimiter.
         _ => {
@@ -353,43 +350,6 @@ fn hex4(raw: &[u8], i: usize) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `value_end`'s container case as it was, one byte at a time.
-    fn container_end_bytewise(b: &[u8], i: usize) -> Option<usize> {
-        let mut depth: usize = 0;
-        let mut j = i;
-        while j < b.len() {
-            match b[j] {
-                b'"' => {
-                    j = string_end(b, j)?;
-                    continue;
-                }
-                b'{' | b'[' => depth += 1,
-                b'}' | b']' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return Some(j + 1);
-                    }
-                }
-                _ => {}
-            }
-            j += 1;
-        }
-        None
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn containers_end_where_a_bytewise_scan_says(
-            parts in proptest::collection::vec(proptest::sample::select(vec![
-                "{", "}", "[", "]", "\"", "\\", "a", ",", ":", " ", "1", "\"k\":", "\"}]\"",
-            ]), 0..60),
-            open in proptest::sample::select(vec!["{", "["]),
-        ) {
-            let doc = format!("{open}{}", parts.concat());
-            proptest::prop_assert_eq!(value_end(doc.as_bytes(), 0), container_end_bytewise(doc.as_bytes(), 0));
-        }
-    }
 
     #[test]
     fn each_member_reads_one_well_formed_object() {

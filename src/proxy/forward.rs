@@ -144,10 +144,7 @@ pub fn build_request(
     }
     response::header(out, "x-request-id", rid.as_str().as_bytes());
     out.extend_from_slice(b"accept-encoding: identity\r\ncontent-length: ");
-    {
-        use std::io::Write;
-        let _ = write!(out, "{}", body.len()); // formats in place, no String
-    }
+    response::push_decimal(out, body.len() as u64);
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
 }

@@ -664,7 +664,6 @@ async fn admit_budget<'w>(
 
 /// Adds the cost headers of a settled request.
 fn cost_headers(wbuf: &mut Vec<u8>, settled: Option<books::Settled>, lowered_cap: Option<u64>) {
-    use std::io::Write;
     if let Some(s) = settled {
         wbuf.extend_from_slice(b"x-bursar-cost-usd: ");
         s.charged.extend_decimal(wbuf);
@@ -677,7 +676,7 @@ fn cost_headers(wbuf: &mut Vec<u8>, settled: Option<books::Settled>, lowered_cap
     }
     if let Some(cap) = lowered_cap {
         wbuf.extend_from_slice(b"x-bursar-output-cap-lowered: ");
-        let _ = write!(wbuf, "{cap}");
+        response::push_decimal(wbuf, cap);
         wbuf.extend_from_slice(b"\r\n");
     }
 }

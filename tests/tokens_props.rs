@@ -420,7 +420,8 @@ proptest! {
 /// these structs. The hand-written readers must agree with it on every
 /// well-formed usage object.
 mod serde_reference {
-    use bursar::tokens::{Protocol, Usage, UsageSource};
+    use super::provider;
+    use bursar::tokens::{Protocol, Usage};
     use serde::Deserialize;
 
     #[derive(Deserialize)]
@@ -454,17 +455,6 @@ mod serde_reference {
         cache_read_input_tokens: Option<u64>,
     }
 
-    fn usage(p: u64, c: u64, cached: u64, write: u64, reasoning: u64) -> Usage {
-        Usage {
-            prompt_tokens: p,
-            completion_tokens: c,
-            cached_tokens: cached,
-            cache_write_tokens: write,
-            reasoning_tokens: reasoning,
-            source: UsageSource::Provider,
-        }
-    }
-
     /// The usage of a body `{"usage": <usage>}` as the serde readers saw it.
     pub fn read(protocol: Protocol, usage_json: &str) -> Option<Usage> {
         if !usage_json.trim_start().starts_with('{') {
@@ -473,7 +463,7 @@ mod serde_reference {
         match protocol {
             Protocol::Responses => {
                 let u: Responses = serde_json::from_str(usage_json).ok()?;
-                Some(usage(
+                provider(
                     u.input_tokens?,
                     u.output_tokens?,
                     u.input_tokens_details
@@ -483,14 +473,14 @@ mod serde_reference {
                     u.output_tokens_details
                         .and_then(|d| d.reasoning_tokens)
                         .unwrap_or(0),
-                ))
+                )
             }
             Protocol::AnthropicMessages => {
                 let u: Anthropic = serde_json::from_str(usage_json).ok()?;
                 let read = u.cache_read_input_tokens.unwrap_or(0);
                 let write = u.cache_creation_input_tokens.unwrap_or(0);
                 let prompt = u.input_tokens?.saturating_add(read).saturating_add(write);
-                Some(usage(prompt, u.output_tokens?, read, write, 0))
+                provider(prompt, u.output_tokens?, read, write, 0)
             }
             _ => {
                 let u: OpenAi = serde_json::from_str(usage_json).ok()?;
@@ -508,7 +498,7 @@ mod serde_reference {
                     .completion_tokens_details
                     .and_then(|d| d.reasoning_tokens)
                     .unwrap_or(0);
-                Some(usage(u.prompt_tokens?, completion, cached, 0, reasoning))
+                provider(u.prompt_tokens?, completion, cached, 0, reasoning)
             }
         }
     }

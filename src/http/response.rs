@@ -50,8 +50,8 @@ pub fn begin(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends `n` in decimal (the fmt machinery costs ~500 instructions a call
-/// where this costs a few per digit; heads take two or three numbers each).
+/// Appends `n` in decimal (`write!` costs ~400 instructions a call by
+/// callgrind, this a few per digit; a request's heads take three numbers).
 #[inline]
 pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];

@@ -229,13 +229,14 @@ impl Registry {
         {
             use std::sync::atomic::Ordering::Relaxed;
             let b = &self.books;
-            let series: [(&str, &str, &str, u64); 8] = [
+            let series: [(&str, &str, &str, u64); 9] = [
                 ("bursar_ledger_commands_total", "counter", "Commands the ledger thread applied (leases, returns, resets, top-ups, budget changes).", b.commands.load(Relaxed)),
                 ("bursar_ledger_ring_settles_total", "counter", "Settles the ledger thread read from the workers' rings.", b.ring_settles.load(Relaxed)),
                 ("bursar_ledger_ring_duplicates_total", "counter", "Ring settles already in the books (replays after a crash).", b.ring_duplicates.load(Relaxed)),
                 ("bursar_ledger_ring_rejected_total", "counter", "Ring settles the ledger refused: charges NOT recorded (a bug; logged).", b.ring_rejected.load(Relaxed)),
                 ("bursar_ledger_events_dropped_total", "counter", "Ledger broadcasts a worker's full channel missed (it resyncs).", b.events_dropped.load(Relaxed)),
                 ("bursar_ledger_checkpoints_total", "counter", "Snapshots written.", b.checkpoints.load(Relaxed)),
+                ("bursar_ledger_dozes_total", "counter", "Times the idle ledger thread parked until its next tick (a settle or command wakes it).", b.dozes.load(Relaxed)),
                 ("bursar_budget_overruns_total", "counter", "Strict charges beyond what the worker's lease covered (an output the provider did not cap, or a replay after a crash).", b.overruns.load(Relaxed)),
                 ("bursar_budget_soft_limits_reached_total", "counter", "Budgets whose spend crossed their soft limit in a period.", b.soft_limits_reached.load(Relaxed)),
             ];

@@ -616,3 +616,57 @@ fn the_rings_are_polled_at_the_journals_pace() {
     assert_eq!(ring_poll_interval(3), Duration::from_millis(3));
     assert_eq!(ring_poll_interval(10_000), RING_POLL_IDLE_MAX);
 }
+
+/// An idle ledger thread dozes (parks until its next tick instead of
+/// polling the rings every 16 ms), and a settle published while it dozes
+/// unparks it: the settle is read at once, not when the doze ends.
+#[test]
+fn a_dozing_ledger_is_woken_by_a_settle() {
+    let dir = temp_dir("doze");
+    let cfg = config(
+        1,
+        vec![
+            (EntityKind::Key, "free".into(), None),
+            (
+                EntityKind::Key,
+                "prepaid".into(),
+                Some(Budget::new(usd("1000"), None)),
+            ),
+        ],
+    );
+    // A clock that moves only when told: the next tick never comes, so
+    // every doze lasts nearly the whole tick interval (1 s); a settle read
+    // much sooner woke the thread.
+    let t0 = 1_790_000_000_000;
+    let clock = Arc::new(TestClock::new(t0));
+    let (handle, mut links, registry) = start(&dir, &cfg, clock.clone());
+    let ids = [
+        registry.lookup(EntityKind::Key, "free").unwrap(),
+        registry.lookup(EntityKind::Key, "prepaid").unwrap(),
+    ];
+    let stats = Arc::clone(handle.stats());
+    for round in 0..3u64 {
+        let dozes = stats.dozes.load(Ordering::Relaxed);
+        wait_until("the idle ledger dozes", || {
+            stats.dozes.load(Ordering::Relaxed) > dozes
+        });
+        // The counter moves just before the thread parks.
+        std::thread::sleep(Duration::from_millis(50));
+        let read = stats.ring_settles.load(Ordering::Relaxed);
+        let published = Instant::now();
+        publish(&mut links[0], ids, round, round + 1);
+        wait_until("the settle is read", || {
+            stats.ring_settles.load(Ordering::Relaxed) > read
+        });
+        let took = published.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "round {round}: the settle was read after {took:?}, at the end of the doze"
+        );
+        // Time enough for the journal to flush the settle (its oldest record
+        // waited an interval), so nothing holds the thread awake.
+        clock.set(t0 + 50 * (round as i64 + 1));
+    }
+    handle.shutdown().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

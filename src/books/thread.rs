@@ -17,9 +17,13 @@
 //! 6. parks for [`ring_poll_interval`], the journal's fsync interval
 //!    (doubling up to [`RING_POLL_IDLE_MAX`] while nothing comes). A
 //!    command's sender unparks it at once
-//!    ([`LedgerTx`]); settles never do: they wait in their ring, already safe
+//!    ([`LedgerTx`]); settles do not: they wait in their ring, already safe
 //!    from a crash, for the next poll. So under load the thread wakes once
 //!    per interval, whatever the request rate, and applies a batch.
+//! 7. after [`DOZE_AFTER_IDLE_POLLS`] idle polls with nothing left to make
+//!    durable, dozes instead: parks until its next tick or checkpoint with a
+//!    `dozing` flag set, and the first settle published meanwhile unparks it
+//!    (one fence and one load on the worker's settle path).
 //!
 //! After every apply it broadcasts the ledger's events to every worker's
 //! bounded event channel with `try_send`; a full channel sets that worker's
@@ -100,12 +104,18 @@ pub fn ring_poll_interval(sync_interval_ms: u32) -> Duration {
     Duration::from_millis(u64::from(sync_interval_ms))
         .clamp(RING_POLL_INTERVAL_MIN, RING_POLL_IDLE_MAX)
 }
-/// When nothing came in (no message, no settle), the wait doubles up to this:
-/// an idle gateway's ledger thread wakes 60 times a second, not 1,000 (each
-/// wake-up is CPU taken from the workers' cores). A lease request wakes it at
-/// once; a settle waits at most this long in its ring (it is already safe
-/// there, and a view drains the rings first).
+/// When nothing came in (no message, no settle), the wait doubles up to this
+/// (each wake-up is CPU taken from the workers' cores), until the thread
+/// dozes ([`DOZE_AFTER_IDLE_POLLS`]). A lease request wakes it at once; a
+/// settle waits at most this long in its ring (it is already safe there, and
+/// a view drains the rings first), or unparks a dozing thread.
 pub const RING_POLL_IDLE_MAX: Duration = Duration::from_millis(16);
+/// Idle polls in a row (nothing came, nothing waiting to be made durable)
+/// after which the thread dozes: it parks until the next tick or checkpoint
+/// and a worker's settle unparks it ([`LedgerTx`]'s `dozing` flag). ~1 s at
+/// [`RING_POLL_IDLE_MAX`]: an idle gateway's ledger wakes about once a
+/// second instead of 60 times, and a busy one never dozes.
+pub const DOZE_AFTER_IDLE_POLLS: u32 = 64;
 /// Most slots read from one ring per iteration, so one busy worker cannot
 /// starve the command channel.
 pub const RING_READ_BATCH_MAX: usize = 4096;
@@ -270,6 +280,9 @@ pub struct BooksStats {
     pub overruns: AtomicU64,
     /// `SoftLimitReached` events.
     pub soft_limits_reached: AtomicU64,
+    /// Times the thread dozed: parked until its next tick with nothing to do
+    /// ([`DOZE_AFTER_IDLE_POLLS`]).
+    pub dozes: AtomicU64,
 }
 
 /// What a worker holds to talk to the books.
@@ -338,7 +351,9 @@ impl WorkerLink {
         estimated: bool,
         charges: &Charges,
     ) -> Result<u64, RingFull> {
-        self.ring.push(request_id, estimated, charges)
+        let seq = self.ring.push(request_id, estimated, charges)?;
+        self.commands.wake_if_dozing();
+        Ok(seq)
     }
 }
 
@@ -351,6 +366,9 @@ impl WorkerLink {
 pub struct LedgerTx {
     tx: Sender<Msg>,
     thread: Arc<OnceLock<std::thread::Thread>>,
+    /// Set by the ledger thread while it dozes (parked until its next tick,
+    /// see [`DOZE_AFTER_IDLE_POLLS`]): the next settle must unpark it.
+    dozing: Arc<AtomicBool>,
 }
 
 impl LedgerTx {
@@ -374,6 +392,18 @@ impl LedgerTx {
     fn wake(&self) {
         if let Some(thread) = self.thread.get() {
             thread.unpark();
+        }
+    }
+
+    /// After a settle is published in a ring: unparks the ledger thread if it
+    /// dozes. The fence orders the ring's store before the load of `dozing`;
+    /// the ledger sets `dozing` and fences before its last look at the
+    /// rings, so either it sees the settle or the worker sees the flag.
+    #[inline]
+    fn wake_if_dozing(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.dozing.load(Ordering::Relaxed) && self.dozing.swap(false, Ordering::AcqRel) {
+            self.wake();
         }
     }
 }
@@ -571,6 +601,7 @@ impl Books {
         let tx = LedgerTx {
             tx,
             thread: Arc::new(OnceLock::new()),
+            dozing: Arc::new(AtomicBool::new(false)),
         };
         let mut links = Vec::new();
         let mut workers = Vec::new();
@@ -603,6 +634,7 @@ impl Books {
             ring_poll_interval: ring_poll_interval(config.ledger.journal.sync_interval_ms),
             next_tick_ms: now + TICK_INTERVAL_MS,
             next_checkpoint_ms: now + config.snapshot_interval_ms.max(1) as i64,
+            dozing: Arc::clone(&tx.dozing),
         };
         let join = std::thread::Builder::new()
             .name("bursar-ledger".into())
@@ -658,6 +690,8 @@ struct LedgerThread {
     ring_poll_interval: Duration,
     next_tick_ms: i64,
     next_checkpoint_ms: i64,
+    /// Shared with every [`LedgerTx`]: set while the thread dozes.
+    dozing: Arc<AtomicBool>,
 }
 
 enum Flow {
@@ -677,6 +711,7 @@ impl LedgerThread {
 
     fn run_loop(&mut self) -> Result<(), BooksError> {
         let mut wait = self.ring_poll_interval;
+        let mut idle_polls: u32 = 0;
         loop {
             let mut flow = Flow::Continue;
             let mut taken = 0;
@@ -707,8 +742,10 @@ impl LedgerThread {
                 busy = true;
             }
             wait = if busy {
+                idle_polls = 0;
                 self.ring_poll_interval
             } else {
+                idle_polls = idle_polls.saturating_add(1);
                 (wait * 2).min(RING_POLL_IDLE_MAX)
             };
             let now = self.clock.now_ms();
@@ -734,9 +771,42 @@ impl LedgerThread {
             // A message sent after the drain above unparks this at once (the
             // park token is set even when the thread is not parked yet).
             if taken < MSGS_PER_ITERATION_MAX {
-                std::thread::park_timeout(wait);
+                if idle_polls >= DOZE_AFTER_IDLE_POLLS && self.settled_everything() {
+                    if !self.doze(now)? {
+                        idle_polls = 0;
+                        wait = self.ring_poll_interval;
+                    }
+                } else {
+                    std::thread::park_timeout(wait);
+                }
             }
         }
+    }
+
+    /// Whether nothing waits on this thread but time: no journal record
+    /// to make durable, no ring slot to release.
+    fn settled_everything(&self) -> bool {
+        self.ledger.pending_bytes() == 0 && self.rings.iter().all(|r| r.marks.is_empty())
+    }
+
+    /// Parks until the next tick or checkpoint, or until a command or a
+    /// settle unparks it. Returns `false`, without parking, when a settle
+    /// was already in a ring (it is applied here). `dozing` is set and
+    /// fenced before the rings are looked at: a worker that publishes a
+    /// settle after that look sees the flag and unparks this thread.
+    fn doze(&mut self, now: i64) -> Result<bool, BooksError> {
+        self.dozing.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.poll_rings()? > 0 {
+            self.dozing.store(false, Ordering::SeqCst);
+            return Ok(false);
+        }
+        let until = self.next_tick_ms.min(self.next_checkpoint_ms);
+        let ms = u64::try_from(until.saturating_sub(now)).unwrap_or(0).max(1);
+        self.stats.dozes.fetch_add(1, Ordering::Relaxed);
+        std::thread::park_timeout(Duration::from_millis(ms));
+        self.dozing.store(false, Ordering::SeqCst);
+        Ok(true)
     }
 
     /// Drains the rings, flushes, checkpoints, releases.

@@ -302,12 +302,25 @@ fn a_client_leaving_mid_stream_does_not_disturb_the_worker() {
 fn upstream_connections_are_pooled_and_stale_ones_retried() {
     let (mock, gw) = setup("");
     let mut c = Client::connect(gw.addr);
-    for _ in 0..20 {
-        assert_eq!(
-            c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &[])
-                .status,
-            200
-        );
+    // Large bodies (embeddings of 1,536 dimensions, several times the 8 KiB read
+    // buffer) between small ones on the same pooled connection: each answer
+    // is whole and its own (the body stays in the connection's buffer until
+    // copied out).
+    for i in 0..20 {
+        if i % 3 == 1 {
+            let input: Vec<String> = (0..=i).map(|k| format!("text {k}")).collect();
+            let body = serde_json::json!({"model": "text-embedding-3-small", "input": input, "dimensions": 1536});
+            let r = c.post("/v1/embeddings", "sk-bursar-demo", &body.to_string(), &[]);
+            assert_eq!(r.status, 200, "{}", r.text());
+            let v = r.json();
+            assert_eq!(v["object"], "list");
+            assert_eq!(v["data"].as_array().unwrap().len(), i + 1);
+            assert!(r.body.len() > 3 * 8192, "{} bytes", r.body.len());
+        } else {
+            let r = c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &[]);
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.json()["object"], "chat.completion");
+        }
     }
     let connects = gw.metric_sum("bursar_upstream_connects_total");
     assert!(

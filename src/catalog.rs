@@ -153,7 +153,9 @@ pub struct Catalog {
     pub version: u64,
     pub providers: Vec<Provider>,
     pub keys: Vec<VirtualKey>,
-    routes: HashMap<String, ProviderId>,
+    /// foldhash, not SipHash: one lookup per request, of keys from the
+    /// config (a client's model name only probes it).
+    routes: HashMap<String, ProviderId, foldhash::fast::RandomState>,
     fallback: Option<ProviderId>,
     keys_by_digest: DigestMap<KeyId>,
     /// The prices in force (shipped table plus config overrides).
@@ -181,7 +183,7 @@ impl Catalog {
         previous: Option<&Catalog>,
     ) -> Catalog {
         let mut providers = Vec::with_capacity(config.providers.len());
-        let mut routes = HashMap::new();
+        let mut routes = HashMap::default();
         let mut fallback = None;
         for (i, p) in config.providers.iter().enumerate() {
             let id = i as ProviderId;

@@ -220,7 +220,8 @@ pub struct PriceTable {
     /// The shipped table's version, with `+config` when overrides apply; every
     /// charge records it. Shared: every log row holds it.
     pub version: Arc<str>,
-    models: HashMap<String, Price>,
+    /// foldhash, not SipHash: one lookup per request (see `Catalog`'s routes).
+    models: HashMap<String, Price, foldhash::fast::RandomState>,
 }
 
 impl PriceTable {
@@ -231,7 +232,7 @@ impl PriceTable {
         if file.model.len() + overrides.len() > PRICED_MODELS_MAX {
             return Err(format!("more than {PRICED_MODELS_MAX} priced models"));
         }
-        let mut models = HashMap::new();
+        let mut models = HashMap::default();
         for entry in &file.model {
             let price = entry.to_price()?;
             for id in std::iter::once(&entry.id).chain(&entry.aliases) {

@@ -139,7 +139,9 @@ pub enum UpstreamIoError {
 
 /// A worker's idle upstream connections.
 pub struct Pool {
-    idle: HashMap<PoolKey, Vec<UpstreamConn>>,
+    /// foldhash, not SipHash: a checkout and a checkin per request, of keys
+    /// from the config and DNS.
+    idle: HashMap<PoolKey, Vec<UpstreamConn>, foldhash::fast::RandomState>,
     idle_per_key_max: usize,
     idle_timeout: Duration,
 }
@@ -147,7 +149,7 @@ pub struct Pool {
 impl Pool {
     pub fn new(idle_per_key_max: usize, idle_timeout: Duration) -> Self {
         Pool {
-            idle: HashMap::new(),
+            idle: HashMap::default(),
             idle_per_key_max,
             idle_timeout,
         }

@@ -8,6 +8,7 @@
 pub mod admit;
 pub mod books;
 pub mod forward;
+pub mod probe;
 pub mod route;
 pub mod stream;
 

@@ -100,7 +100,7 @@ pub fn classify(method: Method, path: &str) -> Route<'_> {
 
 /// The fields of a request body the gateway acts on; the rest passes through
 /// untouched.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct Probe<'a> {
     #[serde(borrow)]
     pub model: Option<Cow<'a, str>>,
@@ -282,12 +282,17 @@ pub fn probe(body: &[u8]) -> Result<Probe<'_>, ApiError> {
             "the request body is empty; expected a JSON object",
         ));
     }
-    let p: Probe<'_> = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_request_body",
-            format!("the request body is not a valid JSON request: {e}"),
-        )
-    })?;
+    // The one-pass scan first; what it declines, serde_json decides (and
+    // words the error).
+    let p = match super::probe::scan(body) {
+        Some(p) => p,
+        None => serde_json::from_slice::<Probe<'_>>(body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_request_body",
+                format!("the request body is not a valid JSON request: {e}"),
+            )
+        })?,
+    };
     match &p.model {
         None => Err(ApiError::bad_request(
             "missing_model",

@@ -1,0 +1,428 @@
+//! The request body's probe in one pass, without serde.
+//!
+//! [`scan`] reads the body as serde_json reads it into [`Probe`] (the same
+//! grammar, the same fields, the same refusals) but never allocates and
+//! skips the fields it does not want with a validating byte scan, strings
+//! eight bytes at a time. It declines (`None`) anything it is not sure of:
+//! malformed JSON, a known field given twice or of the wrong type, an
+//! escaped key or model name, nesting deeper than [`DEPTH_MAX`].
+//! [`super::route::probe`] then asks serde_json, whose answer (and error
+//! message) stands; so a body this scan accepts is one serde_json accepts
+//! with the same fields, which `tests/probe_props.rs` checks against
+//! serde_json on generated bodies. By callgrind the scan takes a third of
+//! serde's instructions on the benchmark's chat body.
+
+use std::borrow::Cow;
+
+use super::route::{Probe, StreamOptions};
+
+/// Containers nested deeper than this go to serde_json (which ignores
+/// unknown values at any depth).
+pub const DEPTH_MAX: u32 = 64;
+
+/// The probe of `body`, or `None` when serde_json must decide.
+pub fn scan(body: &[u8]) -> Option<Probe<'_>> {
+    let b = body;
+    let mut i = ws(b, 0);
+    if *b.get(i)? != b'{' {
+        return None;
+    }
+    i = ws(b, i + 1);
+    let mut p = Probe::default();
+    let mut seen = 0u16;
+    let mut first = true;
+    loop {
+        match *b.get(i)? {
+            b'}' => break,
+            b',' if !first => i = ws(b, i + 1),
+            _ if first => {}
+            _ => return None,
+        }
+        first = false;
+        let (key, after) = string(b, i)?;
+        if key.contains(&b'\\') {
+            return None;
+        }
+        std::str::from_utf8(key).ok()?;
+        i = ws(b, after);
+        if *b.get(i)? != b':' {
+            return None;
+        }
+        i = ws(b, i + 1);
+        let field = FIELDS.iter().position(|f| *f == key);
+        if let Some(k) = field {
+            if seen & (1 << k) != 0 {
+                return None; // serde: duplicate field
+            }
+            seen |= 1 << k;
+        }
+        i = match field {
+            Some(0) => text(b, i, &mut p.model)?,
+            Some(1) => flag(b, i, &mut p.stream)?,
+            Some(2) => stream_options(b, i, &mut p.stream_options)?,
+            Some(3) => count(b, i, &mut p.max_tokens)?,
+            Some(4) => count(b, i, &mut p.max_completion_tokens)?,
+            Some(5) => count(b, i, &mut p.max_output_tokens)?,
+            Some(6) => count(b, i, &mut p.n)?,
+            Some(7) => count(b, i, &mut p.best_of)?,
+            Some(8) => text(b, i, &mut p.user)?,
+            Some(9) => {
+                let end = skip_value(b, i)?;
+                let raw = &b[i..end];
+                if raw != b"null" {
+                    p.metadata = Some(serde_json::from_slice(raw).ok()?);
+                }
+                end
+            }
+            _ => skip_value(b, i)?,
+        };
+        i = ws(b, i);
+    }
+    // Only whitespace may follow the object.
+    (ws(b, i + 1) == b.len()).then_some(p)
+}
+
+/// [`Probe`]'s fields, in the order `scan` matches them.
+const FIELDS: [&[u8]; 10] = [
+    b"model",
+    b"stream",
+    b"stream_options",
+    b"max_tokens",
+    b"max_completion_tokens",
+    b"max_output_tokens",
+    b"n",
+    b"best_of",
+    b"user",
+    b"metadata",
+];
+
+/// A string field (`null` reads as absent), borrowed: an escaped one goes
+/// to serde_json.
+fn text<'a>(b: &'a [u8], i: usize, out: &mut Option<Cow<'a, str>>) -> Option<usize> {
+    if let Some(end) = literal(b, i, b"null") {
+        return Some(end);
+    }
+    let (raw, end) = string(b, i)?;
+    if raw.contains(&b'\\') {
+        return None;
+    }
+    *out = Some(Cow::Borrowed(std::str::from_utf8(raw).ok()?));
+    Some(end)
+}
+
+/// A boolean field (`null` reads as absent).
+fn flag(b: &[u8], i: usize, out: &mut Option<bool>) -> Option<usize> {
+    if let Some(end) = literal(b, i, b"null") {
+        return Some(end);
+    }
+    if let Some(end) = literal(b, i, b"true") {
+        *out = Some(true);
+        return Some(end);
+    }
+    let end = literal(b, i, b"false")?;
+    *out = Some(false);
+    Some(end)
+}
+
+/// A count field: a non-negative integer that fits `u64` (`null` reads as
+/// absent); a sign, fraction or exponent is serde's refusal too.
+fn count(b: &[u8], i: usize, out: &mut Option<u64>) -> Option<usize> {
+    if let Some(end) = literal(b, i, b"null") {
+        return Some(end);
+    }
+    let end = number(b, i)?;
+    let mut n: u64 = 0;
+    for &d in &b[i..end] {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    *out = Some(n);
+    Some(end)
+}
+
+/// `stream_options`: an object whose `include_usage` is a boolean or `null`
+/// (other members ignored), or `null`.
+fn stream_options(b: &[u8], i: usize, out: &mut Option<StreamOptions>) -> Option<usize> {
+    if let Some(end) = literal(b, i, b"null") {
+        return Some(end);
+    }
+    if *b.get(i)? != b'{' {
+        return None;
+    }
+    let mut opts = StreamOptions {
+        include_usage: None,
+    };
+    let mut seen = false;
+    let mut j = ws(b, i + 1);
+    let mut first = true;
+    loop {
+        match *b.get(j)? {
+            b'}' => break,
+            b',' if !first => j = ws(b, j + 1),
+            _ if first => {}
+            _ => return None,
+        }
+        first = false;
+        let (key, after) = string(b, j)?;
+        if key.contains(&b'\\') {
+            return None;
+        }
+        std::str::from_utf8(key).ok()?;
+        j = ws(b, after);
+        if *b.get(j)? != b':' {
+            return None;
+        }
+        j = ws(b, j + 1);
+        j = if key == b"include_usage" {
+            if std::mem::replace(&mut seen, true) {
+                return None;
+            }
+            flag(b, j, &mut opts.include_usage)?
+        } else {
+            skip_value(b, j)?
+        };
+        j = ws(b, j);
+    }
+    *out = Some(opts);
+    Some(j + 1)
+}
+
+/// Index of the first non-whitespace byte at or after `i`.
+#[inline]
+fn ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// `word` at `b[i..]`: the index after it.
+#[inline]
+fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
+    b.get(i..)?.starts_with(word).then_some(i + word.len())
+}
+
+/// A number at `b[i]` in JSON's grammar (serde_json's: `-?(0|[1-9][0-9]*)`,
+/// then an optional fraction and exponent): the index after it.
+fn number(b: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |b: &[u8], mut i: usize| {
+        while matches!(b.get(i), Some(b'0'..=b'9')) {
+            i += 1;
+        }
+        i
+    };
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match *b.get(i)? {
+        b'0' => {
+            i += 1;
+            if matches!(b.get(i), Some(b'0'..=b'9')) {
+                return None;
+            }
+        }
+        b'1'..=b'9' => i = digits(b, i + 1),
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        let j = digits(b, i + 1);
+        if j == i + 1 {
+            return None;
+        }
+        i = j;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let j = digits(b, i);
+        if j == i {
+            return None;
+        }
+        i = j;
+    }
+    Some(i)
+}
+
+/// Whether any of the eight bytes of `w` is a quote, a backslash or a
+/// control character (below 0x20). No false negatives; a false positive
+/// only sends the caller to its byte-at-a-time check.
+#[inline]
+fn special(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    (zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\'))) | below_space) != 0
+}
+
+/// The string whose opening quote is at `b[i]`: its raw contents (escapes
+/// left in) and the index after its closing quote. Escapes are checked as
+/// serde_json checks them (`\uXXXX` needs four hex digits, a lone surrogate
+/// passes); a control character fails. UTF-8 is not checked here.
+fn string(b: &[u8], i: usize) -> Option<(&[u8], usize)> {
+    if *b.get(i)? != b'"' {
+        return None;
+    }
+    let start = i + 1;
+    let mut j = start;
+    loop {
+        while let Some(chunk) = b.get(j..j + 8) {
+            let w = u64::from_le_bytes(chunk.try_into().ok()?);
+            if special(w) {
+                break;
+            }
+            j += 8;
+        }
+        match *b.get(j)? {
+            b'"' => return Some((&b[start..j], j + 1)),
+            b'\\' => match *b.get(j + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => j += 2,
+                b'u' => {
+                    if !b.get(j + 2..j + 6)?.iter().all(u8::is_ascii_hexdigit) {
+                        return None;
+                    }
+                    j += 6;
+                }
+                _ => return None,
+            },
+            0..=0x1f => return None,
+            _ => j += 1,
+        }
+    }
+}
+
+/// With `b[i]` at an object member's key: the index after its colon.
+fn key_colon(b: &[u8], i: usize) -> Option<usize> {
+    let (_, after) = string(b, i)?;
+    let j = ws(b, after);
+    (*b.get(j)? == b':').then_some(j + 1)
+}
+
+/// Skips the value at `b[i]`, checking it as serde_json checks a value it
+/// ignores; the index after it. Iterative: one bit per open container.
+fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
+    // Bit k set: the k-th open container (from the innermost) is an object.
+    let mut stack: u64 = 0;
+    let mut depth: u32 = 0;
+    loop {
+        i = ws(b, i);
+        match *b.get(i)? {
+            b'"' => i = string(b, i)?.1,
+            b'-' | b'0'..=b'9' => i = number(b, i)?,
+            b't' => i = literal(b, i, b"true")?,
+            b'f' => i = literal(b, i, b"false")?,
+            b'n' => i = literal(b, i, b"null")?,
+            open @ (b'[' | b'{') => {
+                if depth == DEPTH_MAX {
+                    return None;
+                }
+                let object = open == b'{';
+                let j = ws(b, i + 1);
+                if b.get(j) == Some(if object { &b'}' } else { &b']' }) {
+                    i = j + 1; // empty: a whole value
+                } else {
+                    stack = (stack << 1) | u64::from(object);
+                    depth += 1;
+                    i = if object { key_colon(b, j)? } else { j };
+                    continue;
+                }
+            }
+            _ => return None,
+        }
+        // After a value: close what ends here, or go on to the next one.
+        loop {
+            if depth == 0 {
+                return Some(i);
+            }
+            i = ws(b, i);
+            let object = stack & 1 == 1;
+            match *b.get(i)? {
+                b',' => {
+                    i = if object {
+                        key_colon(b, ws(b, i + 1))?
+                    } else {
+                        i + 1
+                    };
+                    break;
+                }
+                b'}' if object => {}
+                b']' if !object => {}
+                _ => return None,
+            }
+            i += 1;
+            stack >>= 1;
+            depth -= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_serde_reads() {
+        let p = scan(br#" {"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true,"x":[1]},"max_tokens":7,"n":2,"user":"u1","metadata":{"team":"a","k":1},"messages":[{"role":"user","content":"hi \"there\" \u00e9"}]} "#).unwrap();
+        assert_eq!(p.model.as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(p.stream, Some(true));
+        assert_eq!(p.stream_options.unwrap().include_usage, Some(true));
+        assert_eq!(p.max_tokens, Some(7));
+        assert_eq!(p.n, Some(2));
+        assert_eq!(p.user.as_deref(), Some("u1"));
+        assert_eq!(p.metadata.unwrap()["team"], "a");
+    }
+
+    #[test]
+    fn declines_what_it_is_not_sure_of() {
+        for body in [
+            &br#"{"model":"a\u002db"}"#[..], // escaped model: serde decodes it
+            br#"{"m\u006fdel":"a"}"#,        // escaped key
+            br#"{"model":"a","model":"b"}"#, // duplicate field
+            br#"{"model":"a",}"#,            // trailing comma
+            br#"{"model":"a"} x"#,           // trailing characters
+            br#"{"model":"a","max_tokens":-1}"#, // a negative count
+            br#"{"model":"a","max_tokens":1.0}"#, // a fractional count
+            br#"{"model":"a","x":[1,]}"#,    // malformed, ignored field
+            br#"{"model":"a","x":01}"#,      // a leading zero
+            b"{\"model\":\"a\",\"x\":\"\x01\"}", // a control character
+            br#"{"model":"a","x":"\q"}"#,    // a bad escape
+            br#"["a"]"#,                     // not an object
+            br#"{"model":"a""#,              // cut short
+        ] {
+            assert!(scan(body).is_none(), "{}", String::from_utf8_lossy(body));
+        }
+        let deep = format!("{{\"x\":{}{}}}", "[".repeat(65), "]".repeat(65));
+        assert!(scan(deep.as_bytes()).is_none());
+        let ok = format!("{{\"x\":{}{}}}", "[".repeat(64), "]".repeat(64));
+        assert!(scan(ok.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn strings_are_scanned_eight_bytes_at_a_time_without_missing_a_quote() {
+        for len in 0..40 {
+            for special in ['"', '\\', '\u{1}'] {
+                let body = format!(
+                    "{{\"x\":\"{}{}{}\"}}",
+                    "a".repeat(len),
+                    if special == '"' {
+                        "\\\""
+                    } else if special == '\\' {
+                        "\\\\"
+                    } else {
+                        ""
+                    },
+                    "b".repeat(len % 9)
+                );
+                assert!(scan(body.as_bytes()).is_some(), "{body}");
+                if special == '\u{1}' {
+                    let bad = format!("{{\"x\":\"{}\u{1}\"}}", "a".repeat(len));
+                    assert!(scan(bad.as_bytes()).is_none(), "{bad:?}");
+                }
+            }
+        }
+    }
+}

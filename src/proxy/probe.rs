@@ -43,13 +43,15 @@ pub fn scan(body: &[u8]) -> Option<Probe<'_>> {
         if key.contains(&b'\\') {
             return None;
         }
-        std::str::from_utf8(key).ok()?;
+        let field = field_index(key);
+        if field.is_none() && !key.is_ascii() {
+            std::str::from_utf8(key).ok()?; // serde_json reads every key as a str
+        }
         i = ws(b, after);
         if *b.get(i)? != b':' {
             return None;
         }
         i = ws(b, i + 1);
-        let field = FIELDS.iter().position(|f| *f == key);
         if let Some(k) = field {
             if seen & (1 << k) != 0 {
                 return None; // serde: duplicate field
@@ -95,6 +97,26 @@ const FIELDS: [&[u8]; 10] = [
     b"user",
     b"metadata",
 ];
+
+/// The index in [`FIELDS`] of `key`: the fields' lengths all differ, so one
+/// comparison decides.
+#[inline]
+fn field_index(key: &[u8]) -> Option<usize> {
+    let i = match key.len() {
+        5 => 0,
+        6 => 1,
+        14 => 2,
+        10 => 3,
+        21 => 4,
+        17 => 5,
+        1 => 6,
+        7 => 7,
+        4 => 8,
+        8 => 9,
+        _ => return None,
+    };
+    (FIELDS[i] == key).then_some(i)
+}
 
 /// A string field (`null` reads as absent), borrowed: an escaped one goes
 /// to serde_json.
@@ -169,7 +191,9 @@ fn stream_options(b: &[u8], i: usize, out: &mut Option<StreamOptions>) -> Option
         if key.contains(&b'\\') {
             return None;
         }
-        std::str::from_utf8(key).ok()?;
+        if !key.is_ascii() {
+            std::str::from_utf8(key).ok()?;
+        }
         j = ws(b, after);
         if *b.get(j)? != b':' {
             return None;
@@ -247,16 +271,17 @@ fn number(b: &[u8], mut i: usize) -> Option<usize> {
     Some(i)
 }
 
-/// Whether any of the eight bytes of `w` is a quote, a backslash or a
-/// control character (below 0x20). No false negatives; a false positive
-/// only sends the caller to its byte-at-a-time check.
+/// The bytes of `w` (little-endian) that are a quote, a backslash or a
+/// control character (below 0x20), as each byte's high bit; 0 when none is.
+/// The lowest bit set is always a true match (a borrow only runs upward, so
+/// a false positive can only sit above a true match).
 #[inline]
-fn special(w: u64) -> bool {
+fn special(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-    (zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\'))) | below_space) != 0
+    zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\'))) | below_space
 }
 
 /// The string whose opening quote is at `b[i]`: its raw contents (escapes
@@ -270,9 +295,12 @@ fn string(b: &[u8], i: usize) -> Option<(&[u8], usize)> {
     let start = i + 1;
     let mut j = start;
     loop {
+        // Eight bytes at a time, to the first quote, backslash or control
+        // character; the last few bytes of the body one at a time.
         while let Some(chunk) = b.get(j..j + 8) {
-            let w = u64::from_le_bytes(chunk.try_into().ok()?);
-            if special(w) {
+            let m = special(u64::from_le_bytes(chunk.try_into().ok()?));
+            if m != 0 {
+                j += (m.trailing_zeros() / 8) as usize;
                 break;
             }
             j += 8;
@@ -363,6 +391,17 @@ fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_are_found_by_length_then_bytes() {
+        for (i, f) in FIELDS.iter().enumerate() {
+            assert_eq!(field_index(f), Some(i));
+            let mut other = f.to_vec();
+            other[0] ^= 0x20;
+            assert_eq!(field_index(&other), None);
+        }
+        assert_eq!(field_index(b"messages"), None);
+    }
 
     #[test]
     fn reads_what_serde_reads() {

@@ -133,7 +133,8 @@ impl Hasher for DigestHasher {
 /// Constant-time equality of two SHA-256 digests, taken as four words:
 /// the differences are or-ed together without a branch and only the result
 /// passes `subtle`'s optimization barrier (its byte-slice comparison puts one
-/// on each of the 32 bytes, ~0.3 µs a request in profiles).
+/// on each of the 32 bytes; `authenticate` went from 4,290 to 3,943
+/// instructions a request by callgrind, docs/benchmarks.md).
 #[inline]
 fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     let mut diff = 0u64;

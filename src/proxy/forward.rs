@@ -498,11 +498,9 @@ pub async fn forward(
     response::finish(out.wbuf, ResponseFraming::Length(bytes.len()), keep);
     out.wbuf.extend_from_slice(bytes);
     if let Body::InConn(n) = body {
-        // Copied out; the buffer keeps its allocation for the next response,
-        // but not one grown for a large body.
+        // Copied out; the buffer keeps its allocation for the next response
+        // (the pool shrinks one grown for a large body).
         conn.rbuf.drain(..n);
-        conn.rbuf
-            .shrink_to(crate::limits::READ_BUFFER_BYTES_INITIAL);
     }
     if head.keep_alive {
         w.pool.borrow_mut().checkin(conn);

@@ -9,12 +9,14 @@
 //! [`super::route::probe`] then asks serde_json, whose answer (and error
 //! message) stands; so a body this scan accepts is one serde_json accepts
 //! with the same fields, which `tests/probe_props.rs` checks against
-//! serde_json on generated bodies. By callgrind the scan takes a third of
-//! serde's instructions on the benchmark's chat body.
+//! serde_json on generated bodies. By callgrind the scan takes two thirds
+//! of serde's instructions on the benchmark's chat body (2,264 against
+//! 3,386 a request, docs/benchmarks.md).
 
 use std::borrow::Cow;
 
 use super::route::{Probe, StreamOptions};
+use crate::tokens::json::{count as json_count, skip_ws as ws};
 
 /// Containers nested deeper than this go to serde_json (which ignores
 /// unknown values at any depth).
@@ -23,65 +25,77 @@ pub const DEPTH_MAX: u32 = 64;
 /// The probe of `body`, or `None` when serde_json must decide.
 pub fn scan(body: &[u8]) -> Option<Probe<'_>> {
     let b = body;
-    let mut i = ws(b, 0);
-    if *b.get(i)? != b'{' {
-        return None;
-    }
-    i = ws(b, i + 1);
     let mut p = Probe::default();
     let mut seen = 0u16;
-    let mut first = true;
-    loop {
-        match *b.get(i)? {
-            b'}' => break,
-            b',' if !first => i = ws(b, i + 1),
-            _ if first => {}
-            _ => return None,
-        }
-        first = false;
-        let (key, after) = string(b, i)?;
-        if key.contains(&b'\\') {
-            return None;
-        }
+    let end = members(b, ws(b, 0), |key, i| {
         let field = field_index(key);
-        if field.is_none() && !key.is_ascii() {
-            std::str::from_utf8(key).ok()?; // serde_json reads every key as a str
-        }
-        i = ws(b, after);
-        if *b.get(i)? != b':' {
-            return None;
-        }
-        i = ws(b, i + 1);
         if let Some(k) = field {
             if seen & (1 << k) != 0 {
                 return None; // serde: duplicate field
             }
             seen |= 1 << k;
         }
-        i = match field {
-            Some(0) => text(b, i, &mut p.model)?,
-            Some(1) => flag(b, i, &mut p.stream)?,
-            Some(2) => stream_options(b, i, &mut p.stream_options)?,
-            Some(3) => count(b, i, &mut p.max_tokens)?,
-            Some(4) => count(b, i, &mut p.max_completion_tokens)?,
-            Some(5) => count(b, i, &mut p.max_output_tokens)?,
-            Some(6) => count(b, i, &mut p.n)?,
-            Some(7) => count(b, i, &mut p.best_of)?,
-            Some(8) => text(b, i, &mut p.user)?,
+        match field {
+            Some(0) => text(b, i, &mut p.model),
+            Some(1) => flag(b, i, &mut p.stream),
+            Some(2) => stream_options(b, i, &mut p.stream_options),
+            Some(3) => count(b, i, &mut p.max_tokens),
+            Some(4) => count(b, i, &mut p.max_completion_tokens),
+            Some(5) => count(b, i, &mut p.max_output_tokens),
+            Some(6) => count(b, i, &mut p.n),
+            Some(7) => count(b, i, &mut p.best_of),
+            Some(8) => text(b, i, &mut p.user),
             Some(9) => {
                 let end = skip_value(b, i)?;
                 let raw = &b[i..end];
                 if raw != b"null" {
                     p.metadata = Some(serde_json::from_slice(raw).ok()?);
                 }
-                end
+                Some(end)
             }
-            _ => skip_value(b, i)?,
-        };
-        i = ws(b, i);
-    }
+            _ => skip_value(b, i),
+        }
+    })?;
     // Only whitespace may follow the object.
-    (ws(b, i + 1) == b.len()).then_some(p)
+    (ws(b, end) == b.len()).then_some(p)
+}
+
+/// Walks the object at `b[i] == '{'`: `f` gets each member's key (raw, from
+/// between its quotes) and the index where its value starts, and returns
+/// the index after the value. Returns the index after the closing brace.
+/// An escaped key declines (serde_json decodes it); a key that is not
+/// UTF-8 fails, as serde_json reads every key as a `str`.
+fn members<'a>(
+    b: &'a [u8],
+    i: usize,
+    mut f: impl FnMut(&'a [u8], usize) -> Option<usize>,
+) -> Option<usize> {
+    if *b.get(i)? != b'{' {
+        return None;
+    }
+    let mut i = ws(b, i + 1);
+    if *b.get(i)? == b'}' {
+        return Some(i + 1);
+    }
+    loop {
+        let (key, after) = string(b, i)?;
+        if key.contains(&b'\\') {
+            return None;
+        }
+        if !key.is_ascii() {
+            std::str::from_utf8(key).ok()?;
+        }
+        i = ws(b, after);
+        if *b.get(i)? != b':' {
+            return None;
+        }
+        i = ws(b, f(key, ws(b, i + 1))?);
+        match *b.get(i)? {
+            b',' => i = ws(b, i + 1),
+            b'}' => return Some(i + 1),
+            _ => return None,
+        }
+    }
 }
 
 /// [`Probe`]'s fields, in the order `scan` matches them.
@@ -147,20 +161,12 @@ fn flag(b: &[u8], i: usize, out: &mut Option<bool>) -> Option<usize> {
 }
 
 /// A count field: a non-negative integer that fits `u64` (`null` reads as
-/// absent); a sign, fraction or exponent is serde's refusal too.
+/// absent); a sign, fraction or exponent is serde's refusal too. The
+/// grammar is checked here, the value read by the usage reader's
+/// [`json_count`].
 fn count(b: &[u8], i: usize, out: &mut Option<u64>) -> Option<usize> {
-    if let Some(end) = literal(b, i, b"null") {
-        return Some(end);
-    }
-    let end = number(b, i)?;
-    let mut n: u64 = 0;
-    for &d in &b[i..end] {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-    }
-    *out = Some(n);
+    let end = literal(b, i, b"null").or_else(|| number(b, i))?;
+    *out = json_count(&b[i..end])?;
     Some(end)
 }
 
@@ -170,56 +176,20 @@ fn stream_options(b: &[u8], i: usize, out: &mut Option<StreamOptions>) -> Option
     if let Some(end) = literal(b, i, b"null") {
         return Some(end);
     }
-    if *b.get(i)? != b'{' {
-        return None;
-    }
-    let mut opts = StreamOptions {
-        include_usage: None,
-    };
+    let mut include_usage = None;
     let mut seen = false;
-    let mut j = ws(b, i + 1);
-    let mut first = true;
-    loop {
-        match *b.get(j)? {
-            b'}' => break,
-            b',' if !first => j = ws(b, j + 1),
-            _ if first => {}
-            _ => return None,
-        }
-        first = false;
-        let (key, after) = string(b, j)?;
-        if key.contains(&b'\\') {
-            return None;
-        }
-        if !key.is_ascii() {
-            std::str::from_utf8(key).ok()?;
-        }
-        j = ws(b, after);
-        if *b.get(j)? != b':' {
-            return None;
-        }
-        j = ws(b, j + 1);
-        j = if key == b"include_usage" {
+    let end = members(b, i, |key, j| {
+        if key == b"include_usage" {
             if std::mem::replace(&mut seen, true) {
                 return None;
             }
-            flag(b, j, &mut opts.include_usage)?
+            flag(b, j, &mut include_usage)
         } else {
-            skip_value(b, j)?
-        };
-        j = ws(b, j);
-    }
-    *out = Some(opts);
-    Some(j + 1)
-}
-
-/// Index of the first non-whitespace byte at or after `i`.
-#[inline]
-fn ws(b: &[u8], mut i: usize) -> usize {
-    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
-        i += 1;
-    }
-    i
+            skip_value(b, j)
+        }
+    })?;
+    *out = Some(StreamOptions { include_usage });
+    Some(end)
 }
 
 /// `word` at `b[i..]`: the index after it.

@@ -46,7 +46,7 @@
 //!   forwarded bytes as the whole stream.
 
 mod estimate;
-mod json;
+pub(crate) mod json;
 mod meter;
 pub mod sse;
 mod usage;

@@ -173,6 +173,9 @@ impl Pool {
             return; // unsolicited bytes: the connection is out of sync
         }
         conn.idle_since = Instant::now();
+        // An idle connection keeps its read buffer for its next response,
+        // but not one grown for a large body or a long stream.
+        conn.rbuf.shrink_to(READ_BUFFER_BYTES_INITIAL);
         let list = self.idle.entry(conn.key.clone()).or_default();
         if list.len() >= self.idle_per_key_max {
             // Drop the oldest: it is the likeliest to have gone stale.

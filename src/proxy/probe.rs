@@ -10,7 +10,7 @@
 //! message) stands; so a body this scan accepts is one serde_json accepts
 //! with the same fields, which `tests/probe_props.rs` checks against
 //! serde_json on generated bodies. By callgrind the scan takes two thirds
-//! of serde's instructions on the benchmark's chat body (2,264 against
+//! of serde's instructions on the benchmark's chat body (2,392 against
 //! 3,386 a request, docs/benchmarks.md).
 
 use std::borrow::Cow;

@@ -172,7 +172,7 @@ pub fn each_member(
     if i < b.len() && b[i] == b'}' {
         i += 1;
     }
-    (i == e && b.get(e - 1) == Some(&b'}')).then_some(())
+    (i == e && e > 0 && b.get(e - 1) == Some(&b'}')).then_some(())
 }
 
 /// A JSON count: `Some(Some(n))` for a non-negative integer literal (no
@@ -369,6 +369,8 @@ mod tests {
             ]
         );
         assert_eq!(each_member(b"{}", 0, 2, |_, _, _| None), Some(()));
+        assert_eq!(each_member(b"{}", 0, 0, |_, _, _| Some(())), None);
+        assert_eq!(each_member(b"", 0, 0, |_, _, _| Some(())), None);
         assert_eq!(each_member(b"{ }", 0, 3, |_, _, _| None), Some(()));
         for bad in [
             &b"{\"a\":1,}"[..],

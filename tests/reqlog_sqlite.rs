@@ -462,7 +462,11 @@ fn crash_child(dir: &std::path::Path) {
             while !sender.try_log(row.clone()) {}
         }
         let target = handle.stats().rows_spilled + 1000;
-        wait_until("spill", Duration::from_secs(30), || {
+        // The writer waits in the idle class and a thousand queued rows are
+        // below its boost mark, so while this binary's other tests keep both
+        // cores busy it may not run for tens of seconds (CI saw 30 s pass):
+        // the wait is for liveness, not speed.
+        wait_until("spill", Duration::from_secs(300), || {
             handle.stats().rows_spilled >= target
         });
         println!("spilled {}", handle.stats().rows_spilled);

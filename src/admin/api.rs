@@ -13,6 +13,17 @@
 //!   `{"budget": {...} | null}`, and reset / top-up: providers are defined in
 //!   the file (they hold credentials, never shown); their budgets change here.
 //!
+//! - `GET /admin/logs` (the request log, filtered and paged),
+//!   `GET /admin/spend/totals` and `GET /admin/spend/series` (spend over the
+//!   request log, grouped and bucketed).
+//!
+//! Query values are checked before anything is computed from them: a time
+//! (unix ms or RFC 3339) must lie in 1970..=9999 ([`TIME_MS_MIN`],
+//! [`TIME_MS_MAX`]), a range must go forwards, a series may hold at most
+//! [`LOG_SERIES_POINTS_MAX`] buckets, `limit` and `status` have their bounds;
+//! anything else is a 400 `invalid_value` naming the parameter, and every
+//! sum or difference of them is checked.
+//!
 //! Errors are OpenAI-shaped. The handlers run on the control-plane thread and
 //! may block on the ledger thread (milliseconds); workers are never involved.
 
@@ -20,16 +31,24 @@ use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
 use super::{ChangeError, Governance, Overlay};
+use crate::budget::period::{DAY_MS, TIME_MS_MAX, TIME_MS_MIN};
 use crate::config::file::{BudgetSection, CustomerSection, FileConfig, KeySection, TeamSection};
 use crate::error::ApiError;
 use crate::http::Method;
 use crate::ledger::{Command, EntityKind, EntityView, Reply};
 use crate::money::Money;
+use crate::reqlog::{LOG_QUERY_LIMIT_MAX, LOG_SERIES_POINTS_MAX};
 
 /// Bytes of a generated virtual key's random part (hex-encoded: twice that).
 pub const GENERATED_KEY_RANDOM_BYTES: usize = 24;
 /// Prefix of generated virtual keys.
 pub const GENERATED_KEY_PREFIX: &str = "sk-bursar-";
+/// The range of a spend query that names no `from`: this much before `to`.
+pub const SPEND_RANGE_DEFAULT_MS: i64 = DAY_MS;
+/// Lowest `status` a log query may filter on.
+pub const LOG_QUERY_STATUS_MIN: u16 = 100;
+/// Highest `status` a log query may filter on.
+pub const LOG_QUERY_STATUS_MAX: u16 = 599;
 
 /// One admin request, as the control plane read it.
 pub struct AdminRequest<'a> {
@@ -633,15 +652,49 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_value", message)
 }
 
+/// A client-supplied time: unix milliseconds or RFC 3339, within the times
+/// bursar represents ([`TIME_MS_MIN`]..=[`TIME_MS_MAX`], 1970 to 9999), so
+/// nothing computed from it can overflow.
+fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
+    let t = v
+        .parse::<i64>()
+        .ok()
+        .or_else(|| crate::budget::period::parse_rfc3339_ms(v))
+        .ok_or_else(|| bad(format!("{name}: {v:?} is not an RFC 3339 time or unix ms")))?;
+    if !(TIME_MS_MIN..=TIME_MS_MAX).contains(&t) {
+        return Err(bad(format!(
+            "{name}: {v:?} is outside the times bursar keeps \
+             ({TIME_MS_MIN} to {TIME_MS_MAX} unix ms: 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z)"
+        )));
+    }
+    Ok(t)
+}
+
 fn time_param(params: &[(String, String)], name: &str) -> Result<Option<i64>, ApiError> {
-    param(params, name)
-        .map(|v| {
-            v.parse::<i64>()
-                .ok()
-                .or_else(|| crate::budget::period::parse_rfc3339_ms(v))
-                .ok_or_else(|| bad(format!("{name}: {v:?} is not an RFC 3339 time or unix ms")))
-        })
-        .transpose()
+    param(params, name).map(|v| parse_time(name, v)).transpose()
+}
+
+/// Refuses an empty or backwards range `[from, to)`.
+fn check_range(from: i64, to: i64) -> Result<(), ApiError> {
+    if from >= to {
+        return Err(bad(format!(
+            "from ({}) must be before to ({}): the range is [from, to)",
+            crate::budget::period::format_rfc3339_ms(from),
+            crate::budget::period::format_rfc3339_ms(to)
+        )));
+    }
+    Ok(())
+}
+
+/// How many buckets of `width_ms` the range `[from, to)` touches (aligned to
+/// the epoch, as the stores bucket); `None` on overflow or a bad width.
+fn buckets_in_range(from: i64, to: i64, width_ms: i64) -> Option<i64> {
+    if width_ms <= 0 || from >= to {
+        return None;
+    }
+    let last = to.checked_sub(1)?.checked_div_euclid(width_ms)?;
+    let first = from.checked_div_euclid(width_ms)?;
+    last.checked_sub(first)?.checked_add(1)
 }
 
 fn log_store_error(e: crate::reqlog::StoreError) -> ApiError {
@@ -666,7 +719,19 @@ fn logs(gov: &Governance, query: Option<&str>) -> Result<AdminResponse, ApiError
             "customer" => filter.customer = Some(v.clone()),
             "provider" => filter.provider = Some(v.clone()),
             "model" => filter.model = Some(v.clone()),
-            "status" => filter.status = Some(v.parse().map_err(|_| bad("status: not a number"))?),
+            "status" => {
+                filter.status = Some(
+                    v.parse::<u16>()
+                        .ok()
+                        .filter(|s| (LOG_QUERY_STATUS_MIN..=LOG_QUERY_STATUS_MAX).contains(s))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "status: {v:?} is not an HTTP status \
+                                 ({LOG_QUERY_STATUS_MIN} to {LOG_QUERY_STATUS_MAX})"
+                            ))
+                        })?,
+                )
+            }
             "tag" => {
                 let (tk, tv) = v
                     .split_once('=')
@@ -674,21 +739,29 @@ fn logs(gov: &Governance, query: Option<&str>) -> Result<AdminResponse, ApiError
                 filter.tag = Some((tk.to_string(), tv.to_string()));
             }
             "limit" => {
-                let n: usize = v.parse().map_err(|_| bad("limit: not a number"))?;
-                if n == 0 || n > crate::reqlog::LOG_QUERY_LIMIT_MAX {
-                    return Err(bad(format!(
-                        "limit: 1 to {}",
-                        crate::reqlog::LOG_QUERY_LIMIT_MAX
-                    )));
-                }
-                filter.limit = n;
+                filter.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=LOG_QUERY_LIMIT_MAX).contains(n))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "limit: {v:?} is not a whole number from 1 to {LOG_QUERY_LIMIT_MAX}"
+                        ))
+                    })?;
             }
             "before" => {
                 let (t, id) = v
                     .split_once(':')
                     .ok_or_else(|| bad("before: use the `next` value of the previous page"))?;
+                let time_ms = t
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|t| (TIME_MS_MIN..=TIME_MS_MAX).contains(t))
+                    .ok_or_else(|| {
+                        bad("before: not a cursor; use the `next` value of the previous page")
+                    })?;
                 filter.before = Some(crate::reqlog::LogCursor {
-                    time_ms: t.parse().map_err(|_| bad("before: bad cursor"))?,
+                    time_ms,
                     id: id.to_string(),
                 });
             }
@@ -698,6 +771,9 @@ fn logs(gov: &Governance, query: Option<&str>) -> Result<AdminResponse, ApiError
     }
     filter.from_ms = time_param(&params, "from")?;
     filter.to_ms = time_param(&params, "to")?;
+    if let (Some(from), Some(to)) = (filter.from_ms, filter.to_ms) {
+        check_range(from, to)?;
+    }
     let limit = filter.limit;
     let rows = gov
         .with_log_store(|store| store.query_logs(&filter))
@@ -742,12 +818,21 @@ fn series(
             }
         },
     };
-    let now = crate::ratelimit::now_ms();
-    let to = time_param(&params, "to")?.unwrap_or(now + 1);
-    let from = time_param(&params, "from")?.unwrap_or(to - 86_400_000);
-    if from >= to {
-        return Err(bad("from must be before to"));
-    }
+    // Without `to`: up to now (inclusive). Without `from`: the
+    // SPEND_RANGE_DEFAULT_MS before `to`, or from the epoch if that is less.
+    let to = match time_param(&params, "to")? {
+        Some(t) => t,
+        None => crate::ratelimit::now_ms()
+            .clamp(TIME_MS_MIN, TIME_MS_MAX)
+            .saturating_add(1),
+    };
+    let from = match time_param(&params, "from")? {
+        Some(f) => f,
+        None => to
+            .checked_sub(SPEND_RANGE_DEFAULT_MS)
+            .map_or(TIME_MS_MIN, |f| f.max(TIME_MS_MIN)),
+    };
+    check_range(from, to)?;
     let range = json!({
         "from": crate::budget::period::format_rfc3339_ms(from),
         "to": crate::budget::period::format_rfc3339_ms(to),
@@ -777,10 +862,17 @@ fn series(
         "day" => Bucket::Day,
         other => return Err(bad(format!("bucket {other:?}: use minute, hour or day"))),
     };
-    if (to - from) / bucket.ms() > crate::reqlog::LOG_SERIES_POINTS_MAX as i64 {
-        return Err(bad(
-            "the range holds too many buckets; widen the bucket or narrow the range",
-        ));
+    let bucket_name = param(&params, "bucket").unwrap_or("hour");
+    let points_max = i64::try_from(LOG_SERIES_POINTS_MAX).unwrap_or(i64::MAX);
+    match buckets_in_range(from, to, bucket.ms()) {
+        Some(n) if n <= points_max => {}
+        n => {
+            return Err(bad(format!(
+                "the range holds {} {bucket_name} buckets, more than a series returns \
+                 ({LOG_SERIES_POINTS_MAX}); use a coarser bucket or a narrower range",
+                n.map_or_else(|| "too many".to_string(), |n| n.to_string())
+            )))
+        }
     }
     let points = gov
         .with_log_store(|store| store.spend_series(&group_by, bucket, from, to))
@@ -796,6 +888,60 @@ fn series(
         .collect();
     ok(
         200,
-        &json!({ "object": "list", "range": range, "bucket": param(&params, "bucket").unwrap_or("hour"), "data": data }),
+        &json!({ "object": "list", "range": range, "bucket": bucket_name, "data": data }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_outside_what_bursar_keeps_are_refused_whatever_their_form() {
+        assert_eq!(parse_time("to", "0"), Ok(0));
+        assert_eq!(parse_time("to", "253402300799999"), Ok(TIME_MS_MAX));
+        assert_eq!(
+            parse_time("to", "2026-11-27T00:00:00Z"),
+            Ok(1_795_737_600_000)
+        );
+        for v in [
+            "-1",
+            "253402300800000",
+            &i64::MIN.to_string(),
+            &i64::MAX.to_string(),
+            "99999999999999999999",
+            "0000-01-01T00:00:00Z",
+            "1970-01-01T00:00:00+00:01",
+            "yesterday",
+            "",
+        ] {
+            let e = parse_time("from", v).unwrap_err();
+            assert_eq!((e.status, e.code), (400, "invalid_value"), "{v}");
+            assert!(e.message.starts_with("from: "), "{v}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn ranges_must_go_forwards() {
+        assert!(check_range(0, 1).is_ok());
+        assert!(check_range(1, 1).is_err());
+        let e = check_range(TIME_MS_MAX, 0).unwrap_err();
+        assert!(e.message.contains("must be before to"), "{}", e.message);
+    }
+
+    #[test]
+    fn buckets_are_counted_exactly_and_never_overflow() {
+        let minute = crate::reqlog::Bucket::Minute.ms();
+        assert_eq!(buckets_in_range(0, 1, minute), Some(1));
+        assert_eq!(buckets_in_range(0, minute, minute), Some(1));
+        assert_eq!(buckets_in_range(0, minute + 1, minute), Some(2));
+        // A minute's width that straddles a boundary touches two buckets.
+        assert_eq!(buckets_in_range(30_000, 90_000, minute), Some(2));
+        assert_eq!(buckets_in_range(0, 100_000 * minute, minute), Some(100_000));
+        assert_eq!(buckets_in_range(i64::MIN, i64::MAX, 1), None);
+        assert!(buckets_in_range(i64::MIN, i64::MAX, minute).is_some_and(|n| n > 0));
+        assert_eq!(buckets_in_range(5, 5, minute), None);
+        assert_eq!(buckets_in_range(0, 5, 0), None);
+        assert_eq!(buckets_in_range(0, 5, -1), None);
+    }
 }

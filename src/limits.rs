@@ -58,6 +58,22 @@ pub const UPSTREAM_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
 pub const POOL_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 pub const DNS_REFRESH_DEFAULT: Duration = Duration::from_secs(30);
 pub const SHUTDOWN_DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(15);
+/// How soon after a request was written on a pooled upstream connection an
+/// EOF or a reset, with no response byte, still shows the connection was
+/// stale (the upstream closed it while idle, racing our write) rather than
+/// an upstream that received the request and died working on it. Only the
+/// stale case is sent again; otherwise the provider may bill a request the
+/// gateway would send twice, so it is a 502, charged nothing. A keep-alive
+/// close racing the write shows up within about one round trip: its FIN
+/// already in flight, or the reset the upstream's kernel answers our bytes
+/// with. 250 ms is a round trip to the far side of the world (150–250 ms)
+/// plus scheduling. An upstream that closes later than that after the write
+/// may have received the request and worked on it, so it is not stale. The
+/// price of the bound: an upstream that took a request and died within it
+/// without a byte gets the request again (a crash, not a billed answer).
+/// Most stale connections never reach this test: the pool looks at one
+/// idle a while before lending it (`upstream::POOL_CHECK_IDLE_MIN`).
+pub const UPSTREAM_STALE_RETRY_WINDOW: Duration = Duration::from_millis(250);
 /// How often a worker publishes its overhead histogram and evicts idle
 /// upstream connections.
 pub const OVERHEAD_PUBLISH_INTERVAL: Duration = Duration::from_millis(500);

@@ -135,6 +135,9 @@ pub struct WorkerStats {
     pub upstream_connects: Counter,
     pub upstream_reuses: Counter,
     pub upstream_stale_retries: Counter,
+    /// Pooled connections closed without a response too long after the
+    /// write to be stale: answered 502, not sent again, not charged.
+    pub upstream_closed_not_retried: Counter,
     pub upstream_errors: Counter,
     pub upstream_timeouts: Counter,
     pub streams_completed: Counter,
@@ -365,7 +368,7 @@ impl Registry {
             (self.catalog_version)()
         );
         type Get = fn(&WorkerStats) -> i64;
-        let series: [(&str, &str, &str, Get); 17] = [
+        let series: [(&str, &str, &str, Get); 18] = [
             (
                 "bursar_connections_accepted_total",
                 "counter",
@@ -413,6 +416,12 @@ impl Registry {
                 "counter",
                 "Requests retried because a pooled connection had gone stale.",
                 |w| w.upstream_stale_retries.get() as i64,
+            ),
+            (
+                "bursar_upstream_closed_not_retried_total",
+                "counter",
+                "Requests answered 502, not sent again and not charged: a pooled connection closed without a response after the stale-retry window (the upstream may have had the request).",
+                |w| w.upstream_closed_not_retried.get() as i64,
             ),
             (
                 "bursar_budget_refused_total",

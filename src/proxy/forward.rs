@@ -13,6 +13,7 @@ use crate::error::ApiError;
 use crate::http::chunked::{ChunkError, ChunkedDecoder};
 use crate::http::response::{self, ResponseFraming};
 use crate::http::server::{ClientOut, RequestView};
+use crate::limits::UPSTREAM_STALE_RETRY_WINDOW;
 use crate::upstream::response::{parse_head, HeadError, UpstreamFraming, UpstreamHead};
 use crate::upstream::{PoolKey, ReadOutcome, UpstreamConn, UpstreamIoError};
 
@@ -185,9 +186,17 @@ struct Exchanged {
     head_at: Instant,
 }
 
-/// Sends the request and reads the response head, retrying once on a fresh
-/// connection when a pooled one turns out to be stale (closed or reset before
-/// a single response byte arrived).
+/// Sends the request and reads the response head. A request is sent again,
+/// once, on a fresh connection, only when it provably never reached the
+/// upstream: a pooled connection the write failed on (the upstream cannot
+/// act on a request it did not receive whole: its length is in the head),
+/// or that closed or reset with no response byte within
+/// [`UPSTREAM_STALE_RETRY_WINDOW`] of the write (a keep-alive close racing
+/// it). Any later close is a 502, not sent again: the upstream may have
+/// received the request and worked on it, and the provider may bill it; the
+/// caller drops the request's `Hold`, so nothing is charged. Most stale
+/// connections are dropped before anything is written to them, by the
+/// pool's look at a connection that sat idle (`Pool::checkout`).
 async fn exchange(
     w: &Worker,
     target: &Arc<UpstreamTarget>,
@@ -236,11 +245,14 @@ async fn exchange(
                 c
             }
         };
+        // Only a connection from the pool may have gone stale; a fresh one
+        // (the retry included) is never sent again.
+        let may_be_stale = conn.reused;
         let sent_at = Instant::now();
         let (res, back) = conn.write_all(request, limits.upstream_read_timeout).await;
         match (res, back) {
             (Ok(()), Some(buf)) => request = buf,
-            (Err(UpstreamIoError::Io(_)), Some(buf)) if conn.reused => {
+            (Err(UpstreamIoError::Io(_)), Some(buf)) if may_be_stale => {
                 w.stats.upstream_stale_retries.inc();
                 request = buf;
                 continue;
@@ -248,6 +260,10 @@ async fn exchange(
             (Err(e), _) => return Err(io_error(e, target, "sending the request")),
             (Ok(()), None) => return Err(ApiError::internal("write buffer lost")),
         }
+        let written_at = Instant::now();
+        // Any byte, a 1xx interim head included, shows the upstream has the
+        // request.
+        let mut answered = false;
         loop {
             match parse_head(&conn.rbuf, limits.upstream_header_bytes_max) {
                 Ok(Some(head)) if (100..200).contains(&head.status) => {
@@ -277,30 +293,39 @@ async fn exchange(
                     ))
                 }
             }
-            let stale = conn.reused && conn.rbuf.is_empty() && attempt == 0;
-            match conn
+            let read = conn
                 .read_more(
                     limits.upstream_header_bytes_max,
                     limits.upstream_read_timeout,
                 )
-                .await
-            {
-                Ok(ReadOutcome::Data(_)) => {}
-                Ok(ReadOutcome::Eof) | Err(UpstreamIoError::Io(_)) if stale => {
+                .await;
+            let closed = match read {
+                Ok(ReadOutcome::Data(_)) => {
+                    answered = true;
+                    continue;
+                }
+                Ok(ReadOutcome::Eof) | Err(UpstreamIoError::Io(_)) => read,
+                Err(e) => return Err(io_error(e, target, "waiting for the response")),
+            };
+            if may_be_stale && !answered {
+                let after = written_at.elapsed();
+                if after <= UPSTREAM_STALE_RETRY_WINDOW {
                     w.stats.upstream_stale_retries.inc();
                     break;
                 }
-                Ok(ReadOutcome::Eof) => {
-                    return Err(ApiError::bad_gateway(
-                        "upstream_closed",
-                        format!(
-                            "the upstream {} closed the connection without a response",
-                            target.host_header
-                        ),
-                    ))
-                }
-                Err(e) => return Err(io_error(e, target, "waiting for the response")),
+                w.stats.upstream_closed_not_retried.inc();
+                return Err(closed_after_the_request(target, after));
             }
+            return Err(match closed {
+                Err(e) => io_error(e, target, "waiting for the response"),
+                Ok(_) => ApiError::bad_gateway(
+                    "upstream_closed",
+                    format!(
+                        "the upstream {} closed the connection without a response",
+                        target.host_header
+                    ),
+                ),
+            });
         }
     }
     Err(ApiError::bad_gateway(
@@ -310,6 +335,25 @@ async fn exchange(
             target.host_header
         ),
     ))
+}
+
+/// A pooled connection closed (or reset) with no response `after` the
+/// request was written, past the stale-retry window: the upstream may have
+/// the request, so it is not sent again, nor charged.
+fn closed_after_the_request(target: &UpstreamTarget, after: Duration) -> ApiError {
+    let mut e = ApiError::bad_gateway(
+        "upstream_closed",
+        format!(
+            "the upstream {} closed the connection without a response {} ms after \
+             the request was sent; it may have received the request, so the gateway \
+             did not send it again (nothing was charged)",
+            target.host_header,
+            after.as_millis()
+        ),
+    );
+    // Not known to be safe to repeat: the provider may have worked on it.
+    e.retryable = false;
+    e
 }
 
 /// Reads more of a body whose end has not arrived; an EOF is the upstream

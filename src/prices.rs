@@ -24,6 +24,8 @@ use crate::money::Money;
 pub const SHIPPED_TABLE: &str = include_str!("../prices/prices.toml");
 /// Most models one table may hold.
 pub const PRICED_MODELS_MAX: usize = 16_384;
+/// The largest context window a model entry may state (tokens).
+pub const CONTEXT_WINDOW_TOKENS_MAX: u64 = 100_000_000;
 
 /// Per-token prices of one model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +37,16 @@ pub struct Price {
     pub reasoning: Money,
     pub long: Option<LongContext>,
     pub free: bool,
+    /// The model's context window in tokens, when the table knows it: the
+    /// most input one request can make the provider bill, which bounds a
+    /// strict request whose body only points to its input (images, files,
+    /// stored prompts and conversations).
+    pub context_window: Option<u64>,
+    /// The model reasons before it answers and bills that reasoning as
+    /// output without streaming it (OpenAI's o-series and gpt-5, Gemini 2.5):
+    /// a stream cut before the provider's usage arrives is charged for the
+    /// reasoning the request's output cap allows, not for none.
+    pub hidden_reasoning: bool,
 }
 
 /// Prices above a prompt-size threshold.
@@ -154,6 +166,12 @@ pub struct ModelEntry {
     pub long_cache_write: Option<String>,
     #[serde(default)]
     pub free: bool,
+    /// Tokens; see [`Price::context_window`]. An override without it keeps
+    /// the shipped model's.
+    pub context_window: Option<u64>,
+    /// See [`Price::hidden_reasoning`]. An override without it keeps the
+    /// shipped model's.
+    pub hidden_reasoning: Option<bool>,
 }
 
 fn per_token(id: &str, field: &str, v: &Option<String>) -> Result<Option<Money>, String> {
@@ -169,6 +187,15 @@ impl ModelEntry {
     /// Converts to per-token prices; every priced field must parse exactly.
     pub fn to_price(&self) -> Result<Price, String> {
         let id = self.id.as_str();
+        if let Some(w) = self.context_window {
+            if !(1..=CONTEXT_WINDOW_TOKENS_MAX).contains(&w) {
+                return Err(format!(
+                    "model {id:?}: context_window must be between 1 and {CONTEXT_WINDOW_TOKENS_MAX}"
+                ));
+            }
+        }
+        let context_window = self.context_window;
+        let hidden_reasoning = self.hidden_reasoning.unwrap_or(false);
         if self.free {
             return Ok(Price {
                 input: Money::ZERO,
@@ -178,6 +205,8 @@ impl ModelEntry {
                 reasoning: Money::ZERO,
                 long: None,
                 free: true,
+                context_window,
+                hidden_reasoning,
             });
         }
         let input = per_token(id, "input", &self.input)?
@@ -210,6 +239,8 @@ impl ModelEntry {
             reasoning,
             long,
             free: false,
+            context_window,
+            hidden_reasoning,
         })
     }
 }
@@ -242,7 +273,17 @@ impl PriceTable {
             }
         }
         for entry in overrides {
-            let price = entry.to_price().map_err(|e| format!("[[prices]]: {e}"))?;
+            let mut price = entry.to_price().map_err(|e| format!("[[prices]]: {e}"))?;
+            // What an override leaves out of the model's facts (not its
+            // prices) it keeps from the shipped entry.
+            if let Some(shipped) = models.get(&entry.id) {
+                if entry.context_window.is_none() {
+                    price.context_window = shipped.context_window;
+                }
+                if entry.hidden_reasoning.is_none() {
+                    price.hidden_reasoning = shipped.hidden_reasoning;
+                }
+            }
             for id in std::iter::once(&entry.id).chain(&entry.aliases) {
                 models.insert(id.clone(), price.clone());
             }
@@ -270,6 +311,13 @@ impl PriceTable {
 
     pub fn len(&self) -> usize {
         self.models.len()
+    }
+
+    /// The largest context window any model in the table states (`None`
+    /// when none does): the default input bound of a model the table does
+    /// not know.
+    pub fn largest_context_window(&self) -> Option<u64> {
+        self.models.values().filter_map(|p| p.context_window).max()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -378,6 +426,52 @@ mod tests {
     }
 
     #[test]
+    fn context_windows_and_hidden_reasoning_are_the_models_and_survive_overrides() {
+        let t = PriceTable::shipped(&[]).unwrap();
+        assert_eq!(t.get("gpt-4o-mini").unwrap().context_window, Some(128_000));
+        assert!(t.get("o3-mini").unwrap().hidden_reasoning);
+        assert!(!t.get("gpt-4o-mini").unwrap().hidden_reasoning);
+        assert_eq!(t.largest_context_window(), Some(1_048_576));
+        // An override that changes only prices keeps the model's facts.
+        let o = ModelEntry {
+            id: "o3-mini".into(),
+            aliases: vec![],
+            input: Some("1".into()),
+            output: Some("2".into()),
+            cached_input: None,
+            cache_write: None,
+            reasoning: None,
+            long_context_threshold: None,
+            long_input: None,
+            long_output: None,
+            long_cached_input: None,
+            long_cache_write: None,
+            free: false,
+            context_window: None,
+            hidden_reasoning: None,
+        };
+        let t = PriceTable::shipped(std::slice::from_ref(&o)).unwrap();
+        let p = t.get("o3-mini").unwrap();
+        assert_eq!(
+            (p.context_window, p.hidden_reasoning),
+            (Some(200_000), true)
+        );
+        let o = ModelEntry {
+            context_window: Some(1000),
+            hidden_reasoning: Some(false),
+            ..o
+        };
+        let t = PriceTable::shipped(std::slice::from_ref(&o)).unwrap();
+        let p = t.get("o3-mini").unwrap();
+        assert_eq!((p.context_window, p.hidden_reasoning), (Some(1000), false));
+        let bad = ModelEntry {
+            context_window: Some(0),
+            ..o
+        };
+        assert!(PriceTable::shipped(&[bad]).is_err());
+    }
+
+    #[test]
     fn config_overrides_win_and_mark_the_version() {
         let o = ModelEntry {
             id: "gpt-4o-mini".into(),
@@ -393,6 +487,8 @@ mod tests {
             long_cached_input: None,
             long_cache_write: None,
             free: false,
+            context_window: None,
+            hidden_reasoning: None,
         };
         let t = PriceTable::shipped(std::slice::from_ref(&o)).unwrap();
         assert_eq!(

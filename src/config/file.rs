@@ -111,6 +111,16 @@ pub struct PriceSection {
     pub reasoning_per_mtok_usd: Option<String>,
     #[serde(default)]
     pub free: bool,
+    /// The model's context window in tokens: the input bound of a strict
+    /// request whose body only points to its input. Default: the shipped
+    /// table's for a model it lists, else `[pricing] unbounded_input_tokens`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u64>,
+    /// The model bills reasoning it does not stream (o-series, gpt-5): a
+    /// stream cut before usage arrives is charged the reasoning its cap
+    /// allows. Default: the shipped table's for a model it lists, else false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden_reasoning: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Serialize)]
@@ -126,8 +136,9 @@ pub struct PricingSection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_max_output_tokens: Option<u64>,
     /// Input tokens reserved for a request whose body refers to input it does
-    /// not hold (images, files, stored conversations, server-side tools).
-    /// Default 200000 (a context window).
+    /// not hold (images, files, stored conversations, server-side tools), for
+    /// a model whose context window the price table does not state. Default:
+    /// the largest context window in the price table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unbounded_input_tokens: Option<u64>,
     /// When a strict budget cannot afford a request's output cap but can

@@ -77,6 +77,11 @@ impl RateLimit {
     }
 }
 
+/// `[pricing] unbounded_input_tokens` when neither the config nor the price
+/// table states a context window: 2M tokens, above every context window
+/// the shipped table lists.
+pub const UNBOUNDED_INPUT_TOKENS_FALLBACK: u64 = 2_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pricing {
     /// Refuse requests for models without a price (default), or admit them
@@ -85,7 +90,9 @@ pub struct Pricing {
     /// Output cap sent upstream (and reserved) when a request under a strict
     /// budget sets none.
     pub default_max_output_tokens: u64,
-    /// Input tokens reserved when the body refers to input it does not hold.
+    /// Input tokens reserved when the body refers to input it does not hold,
+    /// for a model whose context window the price table does not state
+    /// (default: the table's largest).
     pub unbounded_input_tokens: u64,
     /// Lower a request's output cap to what a strict budget affords rather
     /// than refuse it.
@@ -653,6 +660,8 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
             long_cached_input: None,
             long_cache_write: None,
             free: p.free,
+            context_window: p.context_window,
+            hidden_reasoning: p.hidden_reasoning,
         })
         .collect();
     let prices = PriceTable::shipped(&overrides).map_err(|e| err("prices", e))?;
@@ -678,7 +687,9 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
             }
         },
         unbounded_input_tokens: match file.pricing.unbounded_input_tokens {
-            None => 200_000,
+            None => prices
+                .largest_context_window()
+                .unwrap_or(UNBOUNDED_INPUT_TOKENS_FALLBACK),
             Some(n) if (1..=100_000_000).contains(&n) => n,
             Some(_) => {
                 return Err(err(

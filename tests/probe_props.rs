@@ -154,7 +154,7 @@ fn fields(p: &Probe<'_>) -> String {
         "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
         p.model.as_deref(),
         p.stream,
-        p.stream_options.as_ref().map(|s| s.include_usage),
+        p.stream_options,
         p.max_tokens,
         p.max_completion_tokens,
         p.max_output_tokens,

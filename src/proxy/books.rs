@@ -104,6 +104,10 @@ pub struct Hold<'w> {
     books: &'w WorkerBooks,
     reservation: Option<Reservation>,
     levels: Levels,
+    /// The output tokens the request may generate in all (its cap, as sent
+    /// upstream or assumed, times the outputs billed): what hidden reasoning
+    /// is charged at when a stream ends without the provider's usage.
+    output_tokens_max: u64,
 }
 
 impl Hold<'_> {
@@ -111,6 +115,15 @@ impl Hold<'_> {
         self.reservation
             .as_ref()
             .map_or(Money::ZERO, Reservation::worst)
+    }
+
+    pub fn output_tokens_max(&self) -> u64 {
+        self.output_tokens_max
+    }
+
+    /// Records the output bound the reservation was made for.
+    pub fn set_output_tokens_max(&mut self, tokens: u64) {
+        self.output_tokens_max = tokens;
     }
 
     pub fn levels(&self) -> &Levels {
@@ -183,6 +196,7 @@ impl WorkerBooks {
                         books: self,
                         reservation: Some(r),
                         levels,
+                        output_tokens_max: 0,
                     })
                 }
                 Ok(Admission::NeedLease { entity, need }) => {
@@ -352,7 +366,9 @@ pub fn worst_case(
     )
 }
 
-/// The input-token bound of `body` (see [`worst_case`]).
+/// The input-token bound of `body` (see [`worst_case`]): its length, or,
+/// when it points to input it does not hold, `unbounded_input_tokens` (the
+/// model's context window, or the configured default) if that is more.
 pub fn input_bound(body: &[u8], unbounded_input_tokens: u64) -> u64 {
     let bound = crate::tokens::prompt_upper_bound_tokens(body.len());
     if crate::tokens::prompt_bound_exception(body).is_some() {
@@ -435,6 +451,8 @@ mod tests {
             reasoning: Money::parse_per_token_from_usd_per_mtok(output).unwrap(),
             long: None,
             free: false,
+            context_window: None,
+            hidden_reasoning: false,
         }
     }
 

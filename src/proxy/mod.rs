@@ -147,6 +147,9 @@ pub struct CountRequest {
     /// is missing too (copied only on this rare path).
     pub body: Vec<u8>,
     pub family: crate::tokens::ModelFamily,
+    /// The output the request allowed in all: bounds the hidden reasoning
+    /// charged when the model bills some (see [`stream::add_hidden_reasoning`]).
+    pub output_tokens_max: u64,
     /// Where the count goes back to the worker that settles the charge.
     pub reply: Option<futures_channel::oneshot::Sender<crate::tokens::MeterOutcome>>,
 }
@@ -161,6 +164,12 @@ impl CountRequest {
                 crate::tokens::estimate_prompt_tokens(&self.body, self.family.encoding);
             outcome.prompt_estimate_missing = false;
         }
+        stream::add_hidden_reasoning(
+            &mut outcome,
+            self.price.as_ref(),
+            self.output_tokens_max,
+            &self.body,
+        );
         outcome
     }
 }
@@ -440,15 +449,16 @@ async fn proxy_api_inner<'c, 'r>(
             priced: true,
         });
     }
-    // Attribution: x-bursar-tags, the body's `user` and `metadata`.
-    let tags = crate::reqlog::parse_tags(
-        req.head.header(req.bytes, "x-bursar-tags"),
-        probe.user.as_deref(),
-        probe.metadata.as_ref(),
-    )
-    .map_err(|e| ApiError::bad_request("invalid_tags", e.to_string()))?;
+    // Attribution: x-bursar-tags, the body's `user` and `metadata`. Tags
+    // exist for the request log: with the log off they are not read, so
+    // they can never refuse a request.
     if let Some(r) = row.as_mut() {
-        r.tags = tags;
+        r.tags = crate::reqlog::parse_tags(
+            req.head.header(req.bytes, "x-bursar-tags"),
+            probe.user.as_deref(),
+            probe.metadata.as_ref(),
+        )
+        .map_err(|e| ApiError::bad_request("invalid_tags", e.to_string()))?;
     }
     if !key.allows(model) {
         return Err(ApiError::forbidden(
@@ -527,9 +537,7 @@ async fn proxy_api_inner<'c, 'r>(
                 && endpoint.usage_on_request()
                 && !probe.client_wants_usage()
             {
-                let has_options = probe.stream_options.is_some()
-                    || memchr::memmem::find(body, b"\"stream_options\"").is_some();
-                route::with_usage_requested(body, has_options)
+                route::with_usage_requested(body, probe.stream_options.is_present())
             } else {
                 None
             };
@@ -590,7 +598,10 @@ async fn admit_budget<'w>(
     // soft-only chain keeps a cheaper one, used only to charge a response
     // that comes back without usage.
     let input = if levels.has_strict() {
-        books::input_bound(body, pricing.unbounded_input_tokens)
+        let unbounded = price
+            .and_then(|p| p.context_window)
+            .unwrap_or(pricing.unbounded_input_tokens);
+        books::input_bound(body, unbounded)
     } else {
         crate::tokens::prompt_upper_bound_tokens(body.len())
     };
@@ -608,18 +619,25 @@ async fn admit_budget<'w>(
             })?,
     };
     let strict = levels.has_strict() && worst.is_positive();
-    // A strict level needs a bound on the output: send the cap it reserved.
+    // A strict level needs a bound on the output: send the cap it reserved,
+    // as the only cap member the upstream can read (a client's `null` one
+    // is rewritten, never shadowed). A body that cannot be given one is not
+    // forwarded uncapped.
     let mut new_body = None;
-    if strict && client_cap.is_none() {
-        new_body = route::with_output_cap(body, endpoint, cap, false);
+    if strict && client_cap.is_none() && endpoint.output_cap_member().is_some() {
+        new_body = Some(
+            route::with_output_cap(body, endpoint, cap, probe.output_cap_present(endpoint))
+                .ok_or_else(uncappable)?,
+        );
     }
     let refusal = match w.books.admit(levels, worst).await {
-        Ok(hold) => {
+        Ok(mut hold) => {
+            hold.set_output_tokens_max(cap.saturating_mul(outputs));
             return Ok(Admitted {
                 hold,
                 body: new_body,
                 lowered_cap: None,
-            })
+            });
         }
         Err(books::Refusal::Unavailable(why)) => return Err(ApiError::service_unavailable(why)),
         Err(books::Refusal::Exhausted { entity, available }) => (entity, available),
@@ -633,17 +651,21 @@ async fn admit_budget<'w>(
                     .and_then(|out| p.worst_case(input, out))
                     .unwrap_or(worst);
                 match w.books.admit(levels, lower_worst).await {
-                    Ok(hold) => {
-                        let body =
-                            route::with_output_cap(body, endpoint, lower, client_cap.is_some());
-                        if body.is_some() {
-                            w.stats.budget_degraded.inc();
-                            return Ok(Admitted {
-                                hold,
-                                body,
-                                lowered_cap: Some(lower),
-                            });
-                        }
+                    Ok(mut hold) => {
+                        let body = route::with_output_cap(
+                            body,
+                            endpoint,
+                            lower,
+                            probe.output_cap_present(endpoint),
+                        )
+                        .ok_or_else(uncappable)?;
+                        hold.set_output_tokens_max(lower.saturating_mul(outputs));
+                        w.stats.budget_degraded.inc();
+                        return Ok(Admitted {
+                            hold,
+                            body: Some(body),
+                            lowered_cap: Some(lower),
+                        });
                     }
                     Err(books::Refusal::Unavailable(why)) => {
                         return Err(ApiError::service_unavailable(why))
@@ -661,6 +683,15 @@ async fn admit_budget<'w>(
         .find(|l| l.id == entity);
     let view = w.books.view(entity).await;
     Err(books::budget_exceeded(level, view.as_ref()))
+}
+
+/// The refusal of a body the gateway must cap but cannot rewrite (the probe
+/// accepted it, so this is not expected; it is never forwarded uncapped).
+fn uncappable() -> ApiError {
+    ApiError::bad_request(
+        "invalid_request_body",
+        "the request body could not be given the output cap its budget needs",
+    )
 }
 
 /// Adds the cost headers of a settled request.

@@ -15,7 +15,7 @@
 
 use std::borrow::Cow;
 
-use super::route::{Probe, StreamOptions};
+use super::route::{Cap, Field, Probe, StreamOptions};
 use crate::tokens::json::{count as json_count, skip_ws as ws};
 
 /// Containers nested deeper than this go to serde_json (which ignores
@@ -39,9 +39,9 @@ pub fn scan(body: &[u8]) -> Option<Probe<'_>> {
             Some(0) => text(b, i, &mut p.model),
             Some(1) => flag(b, i, &mut p.stream),
             Some(2) => stream_options(b, i, &mut p.stream_options),
-            Some(3) => count(b, i, &mut p.max_tokens),
-            Some(4) => count(b, i, &mut p.max_completion_tokens),
-            Some(5) => count(b, i, &mut p.max_output_tokens),
+            Some(3) => cap(b, i, &mut p.max_tokens),
+            Some(4) => cap(b, i, &mut p.max_completion_tokens),
+            Some(5) => cap(b, i, &mut p.max_output_tokens),
             Some(6) => count(b, i, &mut p.n),
             Some(7) => count(b, i, &mut p.best_of),
             Some(8) => text(b, i, &mut p.user),
@@ -170,10 +170,20 @@ fn count(b: &[u8], i: usize, out: &mut Option<u64>) -> Option<usize> {
     Some(end)
 }
 
+/// An output cap: a count as [`count`] reads it, `null` kept apart from
+/// absent (a `null` member must be rewritten, not shadowed).
+fn cap(b: &[u8], i: usize, out: &mut Cap) -> Option<usize> {
+    let mut n = None;
+    let end = count(b, i, &mut n)?;
+    *out = n.map_or(Cap::Null, Cap::Value);
+    Some(end)
+}
+
 /// `stream_options`: an object whose `include_usage` is a boolean or `null`
 /// (other members ignored), or `null`.
-fn stream_options(b: &[u8], i: usize, out: &mut Option<StreamOptions>) -> Option<usize> {
+fn stream_options(b: &[u8], i: usize, out: &mut Field<StreamOptions>) -> Option<usize> {
     if let Some(end) = literal(b, i, b"null") {
+        *out = Field::Null;
         return Some(end);
     }
     let mut include_usage = None;
@@ -188,7 +198,7 @@ fn stream_options(b: &[u8], i: usize, out: &mut Option<StreamOptions>) -> Option
             skip_value(b, j)
         }
     })?;
-    *out = Some(StreamOptions { include_usage });
+    *out = Field::Value(StreamOptions { include_usage });
     Some(end)
 }
 
@@ -378,8 +388,8 @@ mod tests {
         let p = scan(br#" {"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true,"x":[1]},"max_tokens":7,"n":2,"user":"u1","metadata":{"team":"a","k":1},"messages":[{"role":"user","content":"hi \"there\" \u00e9"}]} "#).unwrap();
         assert_eq!(p.model.as_deref(), Some("gpt-4o-mini"));
         assert_eq!(p.stream, Some(true));
-        assert_eq!(p.stream_options.unwrap().include_usage, Some(true));
-        assert_eq!(p.max_tokens, Some(7));
+        assert_eq!(p.stream_options.get().unwrap().include_usage, Some(true));
+        assert_eq!(p.max_tokens, Cap::Value(7));
         assert_eq!(p.n, Some(2));
         assert_eq!(p.user.as_deref(), Some("u1"));
         assert_eq!(p.metadata.unwrap()["team"], "a");

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::error::ApiError;
 use crate::http::Method;
 use crate::limits::MODEL_NAME_BYTES_MAX;
+use crate::tokens::json;
 
 /// The proxied OpenAI endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +99,47 @@ pub fn classify(method: Method, path: &str) -> Route<'_> {
     Route::NotFound
 }
 
+/// A member the gateway may rewrite, as the body gives it: a value, `null`,
+/// or absent. `null` and absent mean the same to OpenAI, but only an absent
+/// member may be added without rewriting the body: a `null` one must be
+/// replaced, or an upstream that reads the last of two duplicate keys
+/// (Python's `json`, so vLLM and many OpenAI-compatible servers) would read
+/// the client's `null` rather than the gateway's value.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Field<T> {
+    #[default]
+    Absent,
+    Null,
+    Value(T),
+}
+
+/// An output cap (`max_tokens`, `max_completion_tokens`, `max_output_tokens`).
+pub type Cap = Field<u64>;
+
+impl<T> Field<T> {
+    pub fn get(&self) -> Option<&T> {
+        match self {
+            Field::Value(v) => Some(v),
+            Field::Absent | Field::Null => None,
+        }
+    }
+    pub fn is_present(&self) -> bool {
+        !matches!(self, Field::Absent)
+    }
+}
+
+impl<T: Copy> Field<T> {
+    pub fn value(self) -> Option<T> {
+        self.get().copied()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Field<T>, D::Error> {
+        Ok(Option::<T>::deserialize(d)?.map_or(Field::Null, Field::Value))
+    }
+}
+
 /// The fields of a request body the gateway acts on; the rest passes through
 /// untouched.
 #[derive(Debug, Default, Deserialize)]
@@ -107,16 +149,16 @@ pub struct Probe<'a> {
     #[serde(default)]
     pub stream: Option<bool>,
     #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
+    pub stream_options: Field<StreamOptions>,
     /// Output caps, by endpoint: chat takes `max_completion_tokens` (or the
     /// older `max_tokens`), completions `max_tokens`, responses
     /// `max_output_tokens`.
     #[serde(default)]
-    pub max_tokens: Option<u64>,
+    pub max_tokens: Cap,
     #[serde(default)]
-    pub max_completion_tokens: Option<u64>,
+    pub max_completion_tokens: Cap,
     #[serde(default)]
-    pub max_output_tokens: Option<u64>,
+    pub max_output_tokens: Cap,
     /// Choices generated (and billed) per request.
     #[serde(default)]
     pub n: Option<u64>,
@@ -139,13 +181,31 @@ pub struct StreamOptions {
 
 impl Probe<'_> {
     /// The request's output cap per choice, `None` when it sets none. An
-    /// embeddings request generates nothing: `Some(0)`.
+    /// embeddings request generates nothing: `Some(0)`. Chat has two names
+    /// for the cap and upstreams differ on which wins when both are set: the
+    /// larger bounds either reading.
     pub fn output_cap(&self, endpoint: Endpoint) -> Option<u64> {
         match endpoint {
-            Endpoint::ChatCompletions => self.max_completion_tokens.or(self.max_tokens),
-            Endpoint::Completions => self.max_tokens,
-            Endpoint::Responses => self.max_output_tokens,
+            Endpoint::ChatCompletions => self
+                .max_completion_tokens
+                .value()
+                .max(self.max_tokens.value()),
+            Endpoint::Completions => self.max_tokens.value(),
+            Endpoint::Responses => self.max_output_tokens.value(),
             Endpoint::Embeddings => Some(0),
+        }
+    }
+
+    /// Whether the body has any of the endpoint's cap members, `null` ones
+    /// included (then a cap the gateway sets must rewrite them).
+    pub fn output_cap_present(&self, endpoint: Endpoint) -> bool {
+        match endpoint {
+            Endpoint::ChatCompletions => {
+                self.max_completion_tokens.is_present() || self.max_tokens.is_present()
+            }
+            Endpoint::Completions => self.max_tokens.is_present(),
+            Endpoint::Responses => self.max_output_tokens.is_present(),
+            Endpoint::Embeddings => false,
         }
     }
 
@@ -164,7 +224,7 @@ impl Probe<'_> {
     /// Whether the client asked for the final usage chunk itself.
     pub fn client_wants_usage(&self) -> bool {
         self.stream_options
-            .as_ref()
+            .get()
             .and_then(|o| o.include_usage)
             .unwrap_or(false)
     }
@@ -189,31 +249,132 @@ impl Endpoint {
 }
 
 /// The body with `stream_options.include_usage` set to true, so the upstream
-/// reports usage on a stream the client did not ask it for. When the body has
-/// no `stream_options` the member is inserted after the opening brace (no
-/// parse: the body is a JSON object with at least `model`, so a member always
-/// follows); otherwise the body is parsed and written again.
-pub fn with_usage_requested(body: &[u8], has_stream_options: bool) -> Option<Vec<u8>> {
-    const MEMBER: &[u8] = br#""stream_options":{"include_usage":true},"#;
-    if !has_stream_options {
-        let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
-        if body[open] != b'{' {
-            return None;
-        }
-        let mut out = Vec::with_capacity(body.len() + MEMBER.len());
-        out.extend_from_slice(&body[..=open]);
-        out.extend_from_slice(MEMBER);
-        out.extend_from_slice(&body[open + 1..]);
-        return Some(out);
+/// reports usage on a stream the client did not ask it for. Only that member
+/// changes (added, or its value replaced; a `null` `stream_options` becomes
+/// an object); every other byte of the body is kept. `None` when the body is
+/// not an object the member walker reads whole. `present`: whether the probe
+/// saw a `stream_options` member; without one the member is added after the
+/// opening brace with no walk of the body.
+pub fn with_usage_requested(body: &[u8], present: bool) -> Option<Vec<u8>> {
+    if !present {
+        return with_first_member(body, "stream_options", br#"{"include_usage":true}"#);
     }
-    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let opts = v.as_object_mut()?.get_mut("stream_options")?;
-    if !opts.is_object() {
+    let (s, e) = object_span(body)?;
+    let mut options = None;
+    json::each_member(body, s, e, |key, vs, ve| {
+        if key_is(key, "stream_options") {
+            options = Some((vs, ve));
+        }
+        Some(())
+    })?;
+    match options {
+        // An object: set its include_usage (the probe took `null` or an
+        // object; a duplicate member was refused by it).
+        Some((vs, ve)) if body[vs] == b'{' => {
+            let inner = set_members(body, vs, ve, &["include_usage"], b"true")?;
+            let mut out = Vec::with_capacity(body.len() + inner.len());
+            out.extend_from_slice(&body[..vs]);
+            out.extend_from_slice(&inner);
+            out.extend_from_slice(&body[ve..]);
+            Some(out)
+        }
+        _ => {
+            let object = set_members(
+                body,
+                s,
+                e,
+                &["stream_options"],
+                br#"{"include_usage":true}"#,
+            )?;
+            let mut out = Vec::with_capacity(body.len() + 32);
+            out.extend_from_slice(&body[..s]);
+            out.extend_from_slice(&object);
+            out.extend_from_slice(&body[e..]);
+            Some(out)
+        }
+    }
+}
+
+/// `body` with `"name":value` added as its object's first member, without
+/// a walk: only for a member the probe saw absent (the probe reads every
+/// top-level name, escaped ones decoded, so none can be shadowed).
+fn with_first_member(body: &[u8], name: &str, value: &[u8]) -> Option<Vec<u8>> {
+    let open = json::skip_ws(body, 0);
+    if body.get(open) != Some(&b'{') {
         return None;
     }
-    opts.as_object_mut()?
-        .insert("include_usage".into(), serde_json::Value::Bool(true));
-    serde_json::to_vec(&v).ok()
+    let empty = body.get(json::skip_ws(body, open + 1)) == Some(&b'}');
+    let mut out = Vec::with_capacity(body.len() + name.len() + value.len() + 4);
+    out.extend_from_slice(&body[..=open]);
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(value);
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(&body[open + 1..]);
+    Some(out)
+}
+
+/// The span of the one object a body holds: its opening brace and the index
+/// after its closing one (whitespace around it excluded).
+fn object_span(body: &[u8]) -> Option<(usize, usize)> {
+    let s = json::skip_ws(body, 0);
+    let e = body.iter().rposition(|b| !json::is_ws(*b))? + 1;
+    (body.get(s) == Some(&b'{') && body[e - 1] == b'}').then_some((s, e))
+}
+
+/// Whether a member's raw key (escapes left in) names `name`: compared as
+/// an upstream's parser reads it, after unescaping.
+fn key_is(raw: &[u8], name: &str) -> bool {
+    if !raw.contains(&b'\\') {
+        return raw == name.as_bytes();
+    }
+    // An escaped name is never shorter than what it decodes to.
+    if raw.len() < name.len() {
+        return false;
+    }
+    let mut key = Vec::with_capacity(raw.len());
+    json::unescape_into(raw, &mut key);
+    key == name.as_bytes()
+}
+
+/// The object at `b[s..e]` rewritten so that every member named one of
+/// `names` (compared unescaped, duplicates included) holds `value`; when
+/// none does, `"names[0]":value` is added as its first member. Whitespace,
+/// order and every other member are kept byte for byte. `None` when the
+/// object cannot be walked whole.
+fn set_members(b: &[u8], s: usize, e: usize, names: &[&str], value: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(e - s + names[0].len() + value.len() + 4);
+    let mut copied = s;
+    let mut any = false;
+    let mut replaced = 0;
+    json::each_member(b, s, e, |key, vs, ve| {
+        any = true;
+        if names.iter().any(|n| key_is(key, n)) {
+            out.extend_from_slice(&b[copied..vs]);
+            out.extend_from_slice(value);
+            copied = ve;
+            replaced += 1;
+        }
+        Some(())
+    })?;
+    if replaced > 0 {
+        out.extend_from_slice(&b[copied..e]);
+        return Some(out);
+    }
+    out.clear();
+    out.push(b'{');
+    out.push(b'"');
+    out.extend_from_slice(names[0].as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(value);
+    if any {
+        out.push(b',');
+    }
+    out.extend_from_slice(&b[s + 1..e]);
+    Some(out)
 }
 
 impl Endpoint {
@@ -227,50 +388,50 @@ impl Endpoint {
             Endpoint::Embeddings => None,
         }
     }
+
+    /// Every name an endpoint's output cap goes by.
+    pub fn output_cap_members(self) -> &'static [&'static str] {
+        match self {
+            Endpoint::ChatCompletions => &["max_completion_tokens", "max_tokens"],
+            Endpoint::Completions => &["max_tokens"],
+            Endpoint::Responses => &["max_output_tokens"],
+            Endpoint::Embeddings => &[],
+        }
+    }
 }
 
-/// The body with its output cap set to `cap`: the cap members the client
-/// sent are changed (chat has two names for it; OpenAI refuses both at once),
-/// or the endpoint's current name is added. When the body has
-/// none of them the member is inserted after the opening brace without a
-/// parse; otherwise the body is parsed and written again (rare: lowering a
-/// cap the client set, "degrade before deny").
+/// The body with its output cap set to `cap`, so that whatever an upstream
+/// reads as the cap is `cap`: every cap member the client sent (under any
+/// of the endpoint's names, `null` or a count, however its name is escaped)
+/// gets the value, or, when there is none, the endpoint's current name is
+/// added. Nothing else in the body changes. `None` when the endpoint has no
+/// cap or the body is not an object the member walker reads whole; the
+/// caller must then not forward the request as capped. `present`: whether
+/// the probe saw any cap member (`null` included,
+/// [`Probe::output_cap_present`]); without one the member is added with no
+/// walk of the body.
 pub fn with_output_cap(
     body: &[u8],
     endpoint: Endpoint,
     cap: u64,
-    has_cap: bool,
+    present: bool,
 ) -> Option<Vec<u8>> {
-    let member = endpoint.output_cap_member()?;
-    if !has_cap {
-        let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
-        if body[open] != b'{' {
-            return None;
-        }
-        let text = format!("\"{member}\":{cap},");
-        let mut out = Vec::with_capacity(body.len() + text.len());
-        out.extend_from_slice(&body[..=open]);
-        out.extend_from_slice(text.as_bytes());
-        out.extend_from_slice(&body[open + 1..]);
-        return Some(out);
+    let names = endpoint.output_cap_members();
+    if names.is_empty() {
+        return None;
     }
-    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object_mut()?;
-    let members: &[&str] = match endpoint {
-        Endpoint::ChatCompletions => &["max_completion_tokens", "max_tokens"],
-        _ => &[member],
-    };
-    let mut set = false;
-    for m in members {
-        if obj.get(*m).is_some_and(|x| !x.is_null()) {
-            obj.insert((*m).into(), serde_json::Value::from(cap));
-            set = true;
-        }
+    let mut value = Vec::with_capacity(20);
+    crate::http::response::push_decimal(&mut value, cap);
+    if !present {
+        return with_first_member(body, names[0], &value);
     }
-    if !set {
-        obj.insert(member.into(), serde_json::Value::from(cap));
-    }
-    serde_json::to_vec(&v).ok()
+    let (s, e) = object_span(body)?;
+    let object = set_members(body, s, e, names, &value)?;
+    let mut out = Vec::with_capacity(body.len() + 32);
+    out.extend_from_slice(&body[..s]);
+    out.extend_from_slice(&object);
+    out.extend_from_slice(&body[e..]);
+    Some(out)
 }
 
 /// Reads the body's model and stream flag; a body that is not a JSON object
@@ -315,10 +476,14 @@ mod tests {
         let p = probe(br#"{"model":"m","max_tokens":7,"n":3}"#).unwrap();
         assert_eq!(p.output_cap(Endpoint::ChatCompletions), Some(7));
         assert_eq!(p.outputs_billed(Endpoint::ChatCompletions), 3);
+        // Both chat names: the larger bounds whichever an upstream reads.
         let p = probe(br#"{"model":"m","max_tokens":7,"max_completion_tokens":5}"#).unwrap();
+        assert_eq!(p.output_cap(Endpoint::ChatCompletions), Some(7));
+        let p = probe(br#"{"model":"m","max_tokens":null,"max_completion_tokens":5}"#).unwrap();
         assert_eq!(p.output_cap(Endpoint::ChatCompletions), Some(5));
         let p = probe(br#"{"model":"m","n":2,"best_of":4}"#).unwrap();
         assert_eq!(p.output_cap(Endpoint::Completions), None);
+        assert!(!p.output_cap_present(Endpoint::Completions));
         assert_eq!(p.outputs_billed(Endpoint::Completions), 4);
         assert_eq!(p.output_cap(Endpoint::Embeddings), Some(0));
         assert!(probe(br#"{"model":"m","max_tokens":-1}"#).is_err());
@@ -329,26 +494,40 @@ mod tests {
             out,
             br#" {"max_completion_tokens":16,"model":"m","messages":[]}"#
         );
+        // A cap the client set (or nulled) is rewritten in place, under every
+        // name it was given, and nothing else changes.
         let out = with_output_cap(
-            br#"{"model":"m","max_tokens":100}"#,
+            br#"{"model":"m", "max_tokens" : 100 }"#,
             Endpoint::ChatCompletions,
             9,
             true,
         )
         .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["max_tokens"], 9);
-        assert!(v.get("max_completion_tokens").is_none(), "never both: {v}");
+        assert_eq!(out, br#"{"model":"m", "max_tokens" : 9 }"#);
         let out = with_output_cap(
-            br#"{"model":"m","max_output_tokens":100}"#,
+            br#"{"max_completion_tokens":null,"model":"m","max_tokens":null}"#,
+            Endpoint::ChatCompletions,
+            9,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            br#"{"max_completion_tokens":9,"model":"m","max_tokens":9}"#
+        );
+        let out = with_output_cap(
+            br#"{"model":"m","max\u005foutput_tokens":null}"#,
             Endpoint::Responses,
             9,
             true,
         )
         .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["max_output_tokens"], 9);
+        assert_eq!(out, br#"{"model":"m","max\u005foutput_tokens":9}"#);
         assert!(with_output_cap(b"{}", Endpoint::Embeddings, 1, false).is_none());
+        assert_eq!(
+            with_output_cap(b" {} ", Endpoint::Completions, 1, false).unwrap(),
+            br#" {"max_tokens":1} "#
+        );
     }
 
     #[test]
@@ -383,21 +562,41 @@ mod tests {
         let body = br#" {"model":"m","stream":true,"messages":[]}"#;
         let p = probe(body).unwrap();
         assert!(p.streaming() && !p.client_wants_usage());
-        let out = with_usage_requested(body, false).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["stream_options"]["include_usage"], true);
-        assert_eq!(v["model"], "m");
-        assert_eq!(v["messages"], serde_json::json!([]));
-        let body = br#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#;
+        let out = with_usage_requested(body, p.stream_options.is_present()).unwrap();
+        assert_eq!(
+            out,
+            br#" {"stream_options":{"include_usage":true},"model":"m","stream":true,"messages":[]}"#
+        );
+        let body =
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1.50}}"#;
         let p = probe(body).unwrap();
         assert!(!p.client_wants_usage());
-        let out = with_usage_requested(body, p.stream_options.is_some()).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let out = with_usage_requested(body, p.stream_options.is_present()).unwrap();
         assert_eq!(
-            v["stream_options"],
-            serde_json::json!({"include_usage": true, "x": 1})
+            out,
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true,"x":1.50}}"#
         );
-        assert!(with_usage_requested(br#"{"model":"m","stream_options":null}"#, true).is_none());
+        for (body, want) in [
+            (
+                &br#"{"model":"m","stream_options":null}"#[..],
+                &br#"{"model":"m","stream_options":{"include_usage":true}}"#[..],
+            ),
+            (
+                br#"{"model":"m","stream_options":{ }}"#,
+                br#"{"model":"m","stream_options":{"include_usage":true }}"#,
+            ),
+            (
+                br#"{"model":"m","stream\u005foptions":{"x":[]}}"#,
+                br#"{"model":"m","stream\u005foptions":{"include_usage":true,"x":[]}}"#,
+            ),
+        ] {
+            let p = probe(body).unwrap();
+            assert!(p.stream_options.is_present());
+            assert_eq!(
+                String::from_utf8_lossy(&with_usage_requested(body, true).unwrap()),
+                String::from_utf8_lossy(want)
+            );
+        }
     }
 
     #[test]

@@ -183,55 +183,142 @@ pub fn prompt_upper_bound_tokens(body_bytes: usize) -> u64 {
     body_bytes as u64
 }
 
-/// Members and values that make a request bill input its body does not hold
-/// (see [`prompt_upper_bound_tokens`]). Each starts with a quote, so it can
-/// only match JSON keys and whole string values, never text inside a message
-/// (whose quotes are escaped).
-const UNBOUNDED_INPUT_MARKERS: [&str; 17] = [
-    "\"image_url\"",
-    "\"input_image\"",
-    "\"file_id\"",
-    "\"file_url\"",
-    "\"file_data\"",
-    "\"input_file\"",
-    "\"input_audio\"",
-    "\"previous_response_id\"",
-    "\"conversation\"",
-    "\"prompt\":{",
-    "\"image\"",
-    "\"document\"",
-    "\"web_search",
-    "\"file_search\"",
-    "\"mcp",
-    "\"code_interpreter\"",
-    "\"container_upload\"",
+/// Names and values that make a request bill input its body does not hold
+/// (see [`prompt_upper_bound_tokens`]), as an upstream reads them: a JSON
+/// string (a member's name or a string value, at any depth) that decodes to
+/// one of these. Parts (`"type":"image_url"`), their members (`"image_url":
+/// {...}`), files, audio and server-side tools.
+const UNBOUNDED_INPUT_WORDS: [&str; 12] = [
+    "image_url",
+    "input_image",
+    "image",
+    "file_id",
+    "file_url",
+    "file_data",
+    "input_file",
+    "document",
+    "input_audio",
+    "file_search",
+    "code_interpreter",
+    "container_upload",
 ];
 
-/// The first marker in a request body that makes
-/// [`prompt_upper_bound_tokens`] unsafe for it, if any (for the log and the
-/// refusal message).
+/// Server-side tools by name prefix (`web_search_preview`,
+/// `web_search_2025_08_26`, `mcp`, `mcp_call`, ...).
+const UNBOUNDED_INPUT_PREFIXES: [&str; 2] = ["web_search", "mcp"];
+
+/// Members whose value replays stored input when it is not `null`
+/// (`previous_response_id`, `conversation`), or when it is an object (a
+/// stored prompt template, `"prompt":{"id":...}`; a completions `prompt`
+/// string or array is in the body itself).
+const UNBOUNDED_INPUT_MEMBERS: [(&str, MemberValue); 3] = [
+    ("previous_response_id", MemberValue::NotNull),
+    ("conversation", MemberValue::NotNull),
+    ("prompt", MemberValue::Object),
+];
+
+#[derive(Clone, Copy)]
+enum MemberValue {
+    NotNull,
+    Object,
+}
+
+/// The longest of the words and member names, in bytes.
+const UNBOUNDED_INPUT_WORD_BYTES_MAX: usize = 20;
+/// Raw bytes one decoded byte can take in a JSON string (`\u0041`).
+const JSON_ESCAPE_BYTES_MAX: usize = 6;
+
+/// Whether the decoded JSON string `s` is one of [`UNBOUNDED_INPUT_WORDS`]
+/// or starts with one of [`UNBOUNDED_INPUT_PREFIXES`]; the word if so.
+fn unbounded_word(s: &[u8]) -> Option<&'static str> {
+    UNBOUNDED_INPUT_WORDS
+        .iter()
+        .find(|w| w.as_bytes() == s)
+        .or_else(|| {
+            UNBOUNDED_INPUT_PREFIXES
+                .iter()
+                .find(|p| s.starts_with(p.as_bytes()))
+        })
+        .copied()
+}
+
+/// The first part of a request body that makes [`prompt_upper_bound_tokens`]
+/// unsafe for it, if any (for the log and the refusal message).
 ///
-/// One pass: every marker starts with a quote, so only the body's quotes are
-/// candidates (memchr), and at each only the markers whose next byte matches
-/// are compared. A chat body of 250 bytes costs tens of nanoseconds, not a
-/// memmem pass per marker.
-///
-/// `"previous_response_id":null` still matches: a false alarm the caller may
-/// accept, in the safe direction.
+/// Decided on the body's JSON structure, as an upstream reads it: one pass
+/// over its strings (a quote outside a string always opens one, and each
+/// string is skipped whole, escapes included), each compared after
+/// unescaping, so neither whitespace (`"prompt" : {`) nor an escaped name
+/// (`"image\u005furl"`) hides a part; text inside a message is one string
+/// and matches only if it is exactly such a word (a false alarm in the safe
+/// direction). Strings that cannot be a word are dismissed by length and
+/// first byte without decoding. A body the walk cannot read (the probe
+/// accepted it, so not expected) counts as unbounded.
 pub fn prompt_bound_exception(body: &[u8]) -> Option<&'static str> {
     let mut i = 0;
     while let Some(k) = memchr::memchr(b'"', &body[i..]) {
         let at = i + k;
-        if let Some(&next) = body.get(at + 1) {
-            let rest = &body[at..];
-            if let Some(m) = UNBOUNDED_INPUT_MARKERS
+        let Some(end) = super::json::string_end(body, at) else {
+            return Some("an unreadable body");
+        };
+        let raw = &body[at + 1..end - 1];
+        i = end;
+        let mut decoded = Vec::new();
+        let text: &[u8] = if !raw.contains(&b'\\') {
+            raw
+        } else {
+            // Words are lower-case ASCII, digits and `_`; escapes add `\`,
+            // `u` and hex digits. Decode only the start made of those bytes
+            // (message text is dismissed at its first space or capital):
+            // the whole string when it is short enough to be a word, else a
+            // start long enough for a prefix.
+            let head_len = raw
                 .iter()
-                .find(|m| m.as_bytes()[1] == next && rest.starts_with(m.as_bytes()))
-            {
-                return Some(m);
+                .take(UNBOUNDED_INPUT_WORD_BYTES_MAX * JSON_ESCAPE_BYTES_MAX + 1)
+                .position(|&c| !matches!(c, b'a'..=b'z' | b'A'..=b'F' | b'0'..=b'9' | b'_' | b'\\'))
+                .unwrap_or(
+                    raw.len()
+                        .min(UNBOUNDED_INPUT_WORD_BYTES_MAX * JSON_ESCAPE_BYTES_MAX + 1),
+                );
+            if head_len == 0 {
+                continue;
+            }
+            super::json::unescape_into(&raw[..head_len], &mut decoded);
+            if head_len < raw.len() {
+                // Not all of it: only a prefix can match.
+                if let Some(p) = UNBOUNDED_INPUT_PREFIXES
+                    .iter()
+                    .find(|p| decoded.starts_with(p.as_bytes()))
+                {
+                    return Some(p);
+                }
+                continue;
+            }
+            &decoded
+        };
+        if let Some(w) = unbounded_word(text) {
+            return Some(w);
+        }
+        if text.len() > UNBOUNDED_INPUT_WORD_BYTES_MAX {
+            continue;
+        }
+        // A member whose value decides.
+        let colon = super::json::skip_ws(body, end);
+        if body.get(colon) != Some(&b':') {
+            continue;
+        }
+        let value = super::json::skip_ws(body, colon + 1);
+        for (name, when) in UNBOUNDED_INPUT_MEMBERS {
+            if name.as_bytes() == text {
+                let hit = match when {
+                    MemberValue::NotNull => !body[value..].starts_with(b"null"),
+                    MemberValue::Object => body.get(value) == Some(&b'{'),
+                };
+                if hit {
+                    return Some(name);
+                }
             }
         }
-        i = at + 1;
     }
     None
 }
@@ -439,13 +526,38 @@ mod tests {
         let plain = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"say \"image_url\" please"}]}"#;
         assert_eq!(prompt_bound_exception(plain), None);
         let img = br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}"#;
-        assert_eq!(prompt_bound_exception(img), Some("\"image_url\""));
+        assert_eq!(prompt_bound_exception(img), Some("image_url"));
         let prev = br#"{"model":"gpt-5","previous_response_id":"resp_1","input":"hi"}"#;
-        assert_eq!(
-            prompt_bound_exception(prev),
-            Some("\"previous_response_id\"")
-        );
+        assert_eq!(prompt_bound_exception(prev), Some("previous_response_id"));
         let tool = br#"{"model":"gpt-5","tools":[{"type":"web_search_preview"}],"input":"hi"}"#;
-        assert!(prompt_bound_exception(tool).is_some());
+        assert_eq!(prompt_bound_exception(tool), Some("web_search"));
+        // Neither whitespace nor escaped names hide a part.
+        for body in [
+            &br#"{"model":"gpt-5","prompt" : {"id":"pmpt_1"}}"#[..],
+            br#"{"model":"gpt-5","prompt":
+{"id":"pmpt_1"}}"#,
+            br#"{"messages":[{"role":"user","content":[{"type":"text","text":"x"},{"type":"image\u005furl","image\u005furl":{"url":"https://x"}}]}]}"#,
+            br#"{"input":[{"type":"\u0069nput_file","file_id":"f"}]}"#,
+            br#"{"tools":[{"type":"\u006dcp_server_with_a_long_name_and_more_and_more_and_more_and_more_and_more_and_more_and_more_and_more_and_more_and_more_x"}]}"#,
+            br#"{"model":"gpt-5","previous\u005fresponse_id":"resp_1"}"#,
+        ] {
+            assert!(
+                prompt_bound_exception(body).is_some(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Stored input only when it is there; prompts in the body are bounded.
+        for body in [
+            &br#"{"model":"gpt-5","previous_response_id":null,"conversation": null,"input":"hi"}"#
+                [..],
+            br#"{"model":"davinci-002","prompt":"say hi"}"#,
+            br#"{"model":"davinci-002","prompt":["a","b"]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"image"}]}"#,
+        ] {
+            let hit = prompt_bound_exception(body);
+            let expected = body.ends_with(br#""image"}]}"#);
+            assert_eq!(hit.is_some(), expected, "{}", String::from_utf8_lossy(body));
+        }
     }
 }

@@ -19,7 +19,7 @@ use memchr::{memchr, memchr2};
 
 /// Whether `b` is JSON whitespace.
 #[inline]
-fn is_ws(b: u8) -> bool {
+pub fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 

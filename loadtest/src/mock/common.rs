@@ -163,7 +163,8 @@ pub struct Generation {
 
 impl Generation {
     /// `n_out` = `x-mock-completion-tokens`, else the request's limit (the
-    /// first present of `limit_keys`), else [`DEFAULT_COMPLETION_WORDS`].
+    /// first present of `limit_keys`), else `x-mock-uncapped-tokens`, else
+    /// [`DEFAULT_COMPLETION_WORDS`].
     pub fn new(req: &Object, limit_keys: &[&str], mis: &Misbehaviour) -> Result<Self, ApiError> {
         let mut limit = None;
         for key in limit_keys {
@@ -182,6 +183,7 @@ impl Generation {
         let n_out = mis
             .completion_tokens
             .or(limit)
+            .or(mis.uncapped_tokens)
             .map_or(DEFAULT_COMPLETION_WORDS, |n| n as usize);
         let finish_reason = match limit {
             Some(l) if n_out as u64 >= l => "length",

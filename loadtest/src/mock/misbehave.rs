@@ -26,6 +26,7 @@ pub const H_CACHED: &str = "x-mock-cached-tokens";
 pub const H_REASONING: &str = "x-mock-reasoning-tokens";
 pub const H_SPLIT: &str = "x-mock-split";
 pub const H_COMPLETION: &str = "x-mock-completion-tokens";
+pub const H_UNCAPPED: &str = "x-mock-uncapped-tokens";
 
 /// How a connection is cut on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,9 @@ pub struct Misbehaviour {
     pub split_bytes: bool,
     /// `x-mock-completion-tokens`: the number of generated words.
     pub completion_tokens: Option<u64>,
+    /// `x-mock-uncapped-tokens`: the words generated when the request sets
+    /// no cap (a cap it sets is honoured).
+    pub uncapped_tokens: Option<u64>,
 }
 
 impl Misbehaviour {
@@ -99,6 +103,7 @@ impl Misbehaviour {
             reasoning_tokens: number(headers, H_REASONING, MAX_DETAIL_TOKENS)?,
             split_bytes: split(headers)?,
             completion_tokens: number(headers, H_COMPLETION, MAX_COMPLETION_WORDS as u64)?,
+            uncapped_tokens: number(headers, H_UNCAPPED, MAX_COMPLETION_WORDS as u64)?,
         })
     }
 }

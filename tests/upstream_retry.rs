@@ -183,6 +183,8 @@ fn an_upstream_that_took_the_request_and_closed_is_a_502_sent_once_and_not_charg
     assert!(started.elapsed() >= WORKED_ON_IT);
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.error_code(), "upstream_closed", "{}", r.text());
+    // The SDKs, which retry a 502 by default, are told not to send it again.
+    assert_eq!(r.header("x-should-retry"), Some("false"));
     assert_eq!(r.json()["error"]["type"], "upstream_error", "{}", r.text());
     assert!(r.header("x-request-id").is_some());
     assert_eq!(

@@ -112,6 +112,12 @@ pub fn error(out: &mut Vec<u8>, e: &ApiError, request_id: &str, keep_alive: bool
     if let Some(secs) = e.retry_after_secs {
         header(out, "retry-after", secs.to_string().as_bytes());
     }
+    if e.status >= 500 && e.fault == crate::error::Fault::Upstream && !e.retryable {
+        // The upstream may have worked on the request (it closed after it
+        // could have arrived): the OpenAI and Anthropic SDKs, which retry a
+        // 5xx by default, honour this and do not send it again.
+        header(out, "x-should-retry", b"false");
+    }
     finish(out, ResponseFraming::Length(body.len()), keep_alive);
     out.extend_from_slice(&body);
 }

@@ -1,6 +1,8 @@
-//! The control plane listener: /metrics, /health, /ready. (The admin API
-//! joins it.) It runs on its own thread with its own small runtime and reads
-//! worker state only through the published counters.
+//! The control plane listener: /metrics, /health, /ready and the admin API.
+//! It runs on its own thread with its own small runtime and reads worker
+//! state only through the published counters. Nothing on it waits for a
+//! request log query: those run on the query thread (`reqlog::reader`) and
+//! are awaited, so `/metrics`, `/health` and `/ready` answer while one runs.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -133,7 +135,9 @@ async fn serve(
                     authorization: req.head.header(req.bytes, "authorization"),
                     body: req.body,
                 };
-                match crate::admin::api::handle(governance, &admin) {
+                // Awaited: a request log query runs on the query thread
+                // while this thread serves the other connections.
+                match crate::admin::api::handle(governance, &admin).await {
                     Ok((status, body)) => response::json(out.wbuf, status, &id, keep, &body),
                     Err(e) => response::error(out.wbuf, &e, &id, keep),
                 }

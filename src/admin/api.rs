@@ -25,12 +25,15 @@
 //! sum or difference of them is checked.
 //!
 //! Errors are OpenAI-shaped. The handlers run on the control-plane thread and
-//! may block on the ledger thread (milliseconds); workers are never involved.
+//! may block on the ledger thread (milliseconds); request log queries run on
+//! the query thread (`reqlog::reader`) and are awaited, so the control plane
+//! serves other requests meanwhile (a full query queue is a 503
+//! `log_queries_busy` with `retry-after`); workers are never involved.
 
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
-use super::{ChangeError, Governance, Overlay};
+use super::{ChangeError, Governance, LogQueryError, Overlay};
 use crate::budget::period::{DAY_MS, TIME_MS_MAX, TIME_MS_MIN};
 use crate::config::file::{BudgetSection, CustomerSection, FileConfig, KeySection, TeamSection};
 use crate::error::ApiError;
@@ -45,6 +48,8 @@ pub const GENERATED_KEY_RANDOM_BYTES: usize = 24;
 pub const GENERATED_KEY_PREFIX: &str = "sk-bursar-";
 /// The range of a spend query that names no `from`: this much before `to`.
 pub const SPEND_RANGE_DEFAULT_MS: i64 = DAY_MS;
+/// `retry-after` of a 503 answered when the request log's query queue is full.
+pub const LOG_QUERIES_BUSY_RETRY_AFTER_SECS: u64 = 1;
 /// Lowest `status` a log query may filter on.
 pub const LOG_QUERY_STATUS_MIN: u16 = 100;
 /// Highest `status` a log query may filter on.
@@ -112,16 +117,18 @@ impl From<ChangeError> for ApiError {
     }
 }
 
-/// Answers one admin request.
-pub fn handle(gov: &Governance, req: &AdminRequest<'_>) -> Result<AdminResponse, ApiError> {
+/// Answers one admin request. Request log queries are awaited from the query
+/// thread (`reqlog::reader`); everything else answers without waiting on
+/// anything but the ledger thread.
+pub async fn handle(gov: &Governance, req: &AdminRequest<'_>) -> Result<AdminResponse, ApiError> {
     authorize(gov, req.authorization)?;
     let rest = req.path.strip_prefix("/admin/").unwrap_or_default();
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
     let unknown = || ApiError::not_found("unknown_url", format!("unknown admin URL: {}", req.path));
     match (req.method, parts.as_slice()) {
-        (Method::Get, ["logs"]) => logs(gov, req.query),
-        (Method::Get, ["spend", "series"]) => series(gov, req.query, true),
-        (Method::Get, ["spend", "totals"]) => series(gov, req.query, false),
+        (Method::Get, ["logs"]) => logs(gov, req.query).await,
+        (Method::Get, ["spend", "series"]) => series(gov, req.query, true).await,
+        (Method::Get, ["spend", "totals"]) => series(gov, req.query, false).await,
         (Method::Get, ["spend", kind, name]) => {
             let kind = Kind::parse(kind).ok_or_else(unknown)?;
             spend(gov, kind, name)
@@ -697,19 +704,38 @@ fn buckets_in_range(from: i64, to: i64, width_ms: i64) -> Option<i64> {
     last.checked_sub(first)?.checked_add(1)
 }
 
-fn log_store_error(e: crate::reqlog::StoreError) -> ApiError {
-    ApiError::service_unavailable(format!("the request log is unavailable: {e}"))
-}
-
-fn log_off() -> ApiError {
-    ApiError::not_found(
-        "log_disabled",
-        "the request log is off ([log] sink = \"off\")",
-    )
+/// A request log query's failure as the client sees it.
+fn log_query_error(e: LogQueryError) -> ApiError {
+    use crate::reqlog::{QueryRefused, StoreError};
+    match e {
+        LogQueryError::Off => ApiError::not_found(
+            "log_disabled",
+            "the request log is off ([log] sink = \"off\")",
+        ),
+        LogQueryError::Refused(QueryRefused::Busy) => {
+            let mut e = ApiError::service_unavailable(format!(
+                "the request log is busy: {} queries are waiting; try again shortly",
+                crate::reqlog::LOG_QUERIES_QUEUED_MAX
+            ));
+            e.code = "log_queries_busy";
+            e.retry_after_secs = Some(LOG_QUERIES_BUSY_RETRY_AFTER_SECS);
+            e
+        }
+        // The answer would pass its bound: the client's range is too wide.
+        LogQueryError::Store(StoreError::TooLarge(m)) => {
+            bad(format!("the answer would be too large: {m}"))
+        }
+        LogQueryError::Store(e) => {
+            ApiError::service_unavailable(format!("the request log is unavailable: {e}"))
+        }
+        e @ (LogQueryError::Refused(QueryRefused::Gone) | LogQueryError::Start(_)) => {
+            ApiError::service_unavailable(format!("the request log is unavailable: {e}"))
+        }
+    }
 }
 
 /// `GET /admin/logs`: the request log, newest first, filtered and paged.
-fn logs(gov: &Governance, query: Option<&str>) -> Result<AdminResponse, ApiError> {
+async fn logs(gov: &Governance, query: Option<&str>) -> Result<AdminResponse, ApiError> {
     let params = query_params(query);
     let mut filter = crate::reqlog::LogFilter::default();
     for (k, v) in &params {
@@ -776,9 +802,9 @@ fn logs(gov: &Governance, query: Option<&str>) -> Result<AdminResponse, ApiError
     }
     let limit = filter.limit;
     let rows = gov
-        .with_log_store(|store| store.query_logs(&filter))
-        .ok_or_else(log_off)?
-        .map_err(log_store_error)?;
+        .query_log(move |store| store.query_logs(&filter))
+        .await
+        .map_err(log_query_error)?;
     let next = (rows.len() == limit)
         .then(|| rows.last().map(|r| format!("{}:{}", r.time_ms, r.id)))
         .flatten();
@@ -790,7 +816,7 @@ fn logs(gov: &Governance, query: Option<&str>) -> Result<AdminResponse, ApiError
 }
 
 /// `GET /admin/spend/series` (bucketed) and `/admin/spend/totals`.
-fn series(
+async fn series(
     gov: &Governance,
     query: Option<&str>,
     bucketed: bool,
@@ -841,9 +867,9 @@ fn series(
     let usd = |p: i128| crate::reqlog::row::format_usd(p);
     if !bucketed {
         let totals = gov
-            .with_log_store(|store| store.spend_totals(&group_by, from, to))
-            .ok_or_else(log_off)?
-            .map_err(log_store_error)?;
+            .query_log(move |store| store.spend_totals(&group_by, from, to))
+            .await
+            .map_err(log_query_error)?;
         let data: Vec<Value> = totals
             .iter()
             .map(|t| {
@@ -875,9 +901,9 @@ fn series(
         }
     }
     let points = gov
-        .with_log_store(|store| store.spend_series(&group_by, bucket, from, to))
-        .ok_or_else(log_off)?
-        .map_err(log_store_error)?;
+        .query_log(move |store| store.spend_series(&group_by, bucket, from, to))
+        .await
+        .map_err(log_query_error)?;
     let data: Vec<Value> = points
         .iter()
         .map(|p| {

@@ -258,9 +258,27 @@ pub struct Governance {
     pub books: Arc<BooksHandle>,
     pub entities: Arc<Mutex<EntityRegistry>>,
     pub resolver: Arc<crate::upstream::resolver::Resolver>,
-    /// The admin API's read connection to the request log, opened on first
-    /// use (blocking I/O: the control-plane thread only).
-    log_store: Mutex<Option<Box<dyn crate::reqlog::LogStore>>>,
+    /// The admin API's reader of the request log: the query thread
+    /// (`reqlog::reader`) with its own store connection, started on the
+    /// first query, so no query runs on the control-plane thread.
+    log_reader: Mutex<Option<crate::reqlog::LogReader>>,
+}
+
+/// Why a request log query has no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogQueryError {
+    /// `[log] sink = "off"`.
+    #[error("the request log is off")]
+    Off,
+    /// The query thread's queue is full, or the thread is not running.
+    #[error(transparent)]
+    Refused(#[from] crate::reqlog::QueryRefused),
+    /// The query thread could not be started.
+    #[error("the request log's query thread cannot start: {0}")]
+    Start(String),
+    /// The store failed the query.
+    #[error(transparent)]
+    Store(#[from] crate::reqlog::StoreError),
 }
 
 /// Why an admin change was refused.
@@ -320,30 +338,46 @@ impl Governance {
             books,
             entities,
             resolver,
-            log_store: Mutex::new(None),
+            log_reader: Mutex::new(None),
         }
     }
 
-    /// Runs `f` on the request log's read connection; `None` when the log is
-    /// off. A failed call drops the connection so the next one reopens it.
-    pub fn with_log_store<R>(
-        &self,
-        f: impl FnOnce(&mut dyn crate::reqlog::LogStore) -> Result<R, crate::reqlog::StoreError>,
-    ) -> Option<Result<R, crate::reqlog::StoreError>> {
-        let cfg = self.lock().config.log.clone()?;
-        let mut slot = self.log_store.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            match cfg.open_store(&self.state_dir) {
-                Ok(store) => *slot = Some(store),
-                Err(e) => return Some(Err(e)),
+    /// Runs `f` on the request log's query thread (its own store
+    /// connection) and awaits the result: the calling thread (the control
+    /// plane's) goes on serving meanwhile. Never blocks: a full queue is
+    /// [`QueryRefused::Busy`](crate::reqlog::QueryRefused::Busy).
+    pub async fn query_log<R, F>(&self, f: F) -> Result<R, LogQueryError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut dyn crate::reqlog::LogStore) -> Result<R, crate::reqlog::StoreError>
+            + Send
+            + 'static,
+    {
+        let answer = {
+            let sink = self.lock().config.log.as_ref().map(|c| c.sink.clone());
+            let sink = sink.ok_or(LogQueryError::Off)?;
+            let mut slot = self.log_reader.lock().unwrap_or_else(|p| p.into_inner());
+            let reader = match &mut *slot {
+                Some(reader) => reader,
+                empty => empty.insert(
+                    crate::reqlog::LogReader::start(sink, &self.state_dir)
+                        .map_err(|e| LogQueryError::Start(e.to_string()))?,
+                ),
+            };
+            let queued = reader.query(f);
+            if matches!(queued, Err(crate::reqlog::QueryRefused::Gone)) {
+                // The next query starts a new thread.
+                *slot = None;
+            }
+            queued?
+        };
+        // No lock is held across the wait.
+        match answer.await {
+            Ok(result) => Ok(result?),
+            Err(futures_channel::oneshot::Canceled) => {
+                Err(LogQueryError::Refused(crate::reqlog::QueryRefused::Gone))
             }
         }
-        let store = slot.as_mut()?;
-        let result = f(store.as_mut());
-        if result.is_err() {
-            *slot = None;
-        }
-        Some(result)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -65,6 +65,7 @@
 
 pub mod postgres;
 pub mod query;
+pub mod reader;
 pub mod row;
 mod spill;
 pub mod sqlite;
@@ -75,6 +76,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use query::{Bucket, GroupBy, LogCursor, LogFilter, SeriesPoint, SpendTotal};
+pub use reader::{LogReader, QueryRefused};
 pub use row::{parse_tags, CacheStatus, LogRow, TagError};
 pub use store::{LogStore, StoreError};
 pub use writer::{LogError, LogHandle, LogSender, LogStatsSnapshot, LogWriter};
@@ -139,6 +141,15 @@ pub const LOG_DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 pub const LOG_QUERY_LIMIT_MAX: usize = 1000;
 /// Default `LogFilter::limit`.
 pub const LOG_QUERY_LIMIT_DEFAULT: usize = 100;
+/// Queries waiting for the query thread (`bursar-query`, [`LogReader`])
+/// beyond the one it runs; past this a query is refused at once
+/// ([`QueryRefused::Busy`], a 503), never blocking the control plane. The
+/// control plane serves at most `ADMIN_CONNECTIONS_MAX` connections, one
+/// request each at a time, so this bounds how long the last of a burst waits.
+pub const LOG_QUERIES_QUEUED_MAX: usize = 16;
+/// The query thread's nice value (the tokenizer's): a worker sharing its
+/// core wins the CPU from a long query.
+pub const LOG_QUERY_NICE: i32 = 10;
 /// Most points one spend series (or totals) query returns; more is an error
 /// asking for a narrower range or a coarser bucket.
 pub const LOG_SERIES_POINTS_MAX: usize = 100_000;
@@ -316,9 +327,10 @@ impl LogConfig {
         })
     }
 
-    /// Opens the configured store for reading (the admin API's connection,
-    /// separate from the writer's). Call it off the worker threads: it does
-    /// blocking I/O. SQLite in WAL mode lets it read while the writer writes.
+    /// Opens the configured store (the writer's connection, or any other
+    /// reader's; the admin API's queries have their own, on [`LogReader`]'s
+    /// thread). Call it off the worker threads: it does blocking I/O. SQLite
+    /// in WAL mode lets a reader read while the writer writes.
     pub fn open_store(&self, state_dir: &Path) -> Result<Box<dyn LogStore>, StoreError> {
         store::open(&self.sink, state_dir)
     }

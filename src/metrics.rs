@@ -148,6 +148,9 @@ pub struct WorkerStats {
     pub budget_refused: Counter,
     /// Requests whose output cap was lowered to fit a strict budget.
     pub budget_degraded: Counter,
+    /// Tags from request bodies (`user`, `metadata`) not logged: the request
+    /// already had `reqlog::row::TAGS_MAX` tags.
+    pub tags_dropped: Counter,
     pub tokens: TokenCounters,
     /// The worker's overhead histogram as last published (every
     /// `OVERHEAD_PUBLISH_INTERVAL`); the worker's own copy is never shared.
@@ -368,7 +371,7 @@ impl Registry {
             (self.catalog_version)()
         );
         type Get = fn(&WorkerStats) -> i64;
-        let series: [(&str, &str, &str, Get); 18] = [
+        let series: [(&str, &str, &str, Get); 19] = [
             (
                 "bursar_connections_accepted_total",
                 "counter",
@@ -434,6 +437,12 @@ impl Registry {
                 "counter",
                 "Requests whose output cap was lowered to fit a strict budget.",
                 |w| w.budget_degraded.get() as i64,
+            ),
+            (
+                "bursar_tags_dropped_total",
+                "counter",
+                "Tags from request bodies (user, metadata) not logged because the request already had the most tags a row keeps.",
+                |w| w.tags_dropped.get() as i64,
             ),
             (
                 "bursar_upstream_errors_total",
@@ -565,6 +574,7 @@ mod tests {
         a.set_driver(DriverKind::Legacy);
         a.response(200);
         a.response(502);
+        a.tags_dropped.add(6);
         let r = Registry {
             workers: vec![a],
             tokenizer: Arc::default(),
@@ -582,5 +592,8 @@ mod tests {
         assert!(text.contains("bursar_responses_total{worker=\"0\",class=\"2xx\"} 1"));
         assert!(text.contains("bursar_responses_5xx_total{worker=\"0\"} 1"));
         assert!(text.contains("bursar_catalog_version 3"));
+        assert!(text.contains(
+            "# TYPE bursar_tags_dropped_total counter\nbursar_tags_dropped_total{worker=\"0\"} 6\n"
+        ));
     }
 }

@@ -77,7 +77,7 @@ use std::time::Duration;
 
 pub use query::{Bucket, GroupBy, LogCursor, LogFilter, SeriesPoint, SpendTotal};
 pub use reader::{LogReader, QueryRefused};
-pub use row::{parse_tags, CacheStatus, LogRow, TagError};
+pub use row::{parse_tags, parse_tags_counted, CacheStatus, LogRow, ParsedTags, TagError};
 pub use store::{LogStore, StoreError};
 pub use writer::{LogError, LogHandle, LogSender, LogStatsSnapshot, LogWriter};
 

@@ -15,9 +15,15 @@
 //!
 //! `user` and `metadata` are OpenAI's own fields, and OpenAI accepts values
 //! bursar cannot use as tags (metadata keys with spaces, values up to 512
-//! characters). The gateway must not refuse a request the provider would
-//! accept, so an entry from the body that is not a valid tag is skipped, not
-//! refused. The total, header and body together, is bounded by [`TAGS_MAX`].
+//! characters, more entries than bursar keeps). The gateway must not refuse
+//! a request the provider would accept, so the body is lenient: an entry
+//! that is not a valid tag is skipped, and once the request has [`TAGS_MAX`]
+//! tags the body's remaining valid entries are dropped and counted
+//! ([`ParsedTags::dropped`], `bursar_tags_dropped_total`), never refused.
+//! The header is strict: more than [`TAGS_MAX`] tags in it alone is a 400.
+//! What is kept is deterministic: the header's tags, then `user`, then
+//! `metadata`'s entries in its map's order (by key: serde_json's map is
+//! sorted), until [`TAGS_MAX`].
 //!
 //! Tags come out sorted by key with unique keys, so their JSON object form
 //! (stored and rendered) round-trips exactly.
@@ -29,7 +35,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::money::Money;
 
-/// Most tags one request carries (header, `user` and `metadata` together).
+/// Most tags one request carries (header, `user` and `metadata` together):
+/// more in the header is refused, more from the body is dropped and counted.
 pub const TAGS_MAX: usize = 32;
 /// Longest tag key, in bytes.
 pub const TAG_KEY_BYTES_MAX: usize = 64;
@@ -241,7 +248,7 @@ pub enum TagError {
     ControlInValue { key: String },
     #[error("tag {key:?} is given twice in x-bursar-tags")]
     Duplicate { key: String },
-    #[error("more than {TAGS_MAX} tags (x-bursar-tags, user and metadata together)")]
+    #[error("more than {TAGS_MAX} tags in x-bursar-tags")]
     TooMany,
 }
 
@@ -285,17 +292,30 @@ fn truncate_for_message(s: &str) -> String {
     s[..end].to_string()
 }
 
+/// A request's tags, and what the body offered beyond the bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedTags {
+    /// Sorted by key, unique keys; at most [`TAGS_MAX`].
+    pub tags: Vec<(String, String)>,
+    /// Valid tags from the body's `user` and `metadata` not kept because the
+    /// request already had [`TAGS_MAX`] (for `bursar_tags_dropped_total`).
+    /// Entries that are not valid tags, or whose key is already set, are
+    /// skipped and not counted.
+    pub dropped: u64,
+}
+
 /// A request's tags from the `x-bursar-tags` header value, the body's `user`
 /// field and its `metadata` object (see the module doc for the rules).
 ///
 /// Header elements are `key=value` separated by `,`; whitespace around
 /// elements, keys and values is ignored, and so are empty elements (as in any
-/// HTTP list). The result is sorted by key with unique keys.
-pub fn parse_tags(
+/// HTTP list). The result is sorted by key with unique keys. Only the header
+/// can refuse; the body's tags past [`TAGS_MAX`] are dropped and counted.
+pub fn parse_tags_counted(
     header: Option<&[u8]>,
     user: Option<&str>,
     metadata: Option<&serde_json::Map<String, serde_json::Value>>,
-) -> Result<Vec<(String, String)>, TagError> {
+) -> Result<ParsedTags, TagError> {
     // A sorted map keeps keys unique and ordered; first insert wins, so the
     // sources are visited in precedence order.
     let mut tags = std::collections::BTreeMap::<String, String>::new();
@@ -324,27 +344,40 @@ pub fn parse_tags(
             tags.insert(k.to_string(), v.to_string());
         }
     }
-    let mut add_lenient = |k: &str, v: &str| -> Result<(), TagError> {
+    let mut dropped: u64 = 0;
+    let mut add_lenient = |k: &str, v: &str| {
         if tags.contains_key(k) || check_tag_key(k).is_err() || check_tag_value(k, v).is_err() {
-            return Ok(());
+            return;
         }
         if tags.len() == TAGS_MAX {
-            return Err(TagError::TooMany);
+            dropped = dropped.saturating_add(1);
+            return;
         }
         tags.insert(k.to_string(), v.to_string());
-        Ok(())
     };
     if let Some(user) = user {
-        add_lenient(TAG_KEY_USER, user)?;
+        add_lenient(TAG_KEY_USER, user);
     }
     if let Some(metadata) = metadata {
         for (k, v) in metadata {
             if let serde_json::Value::String(v) = v {
-                add_lenient(k, v)?;
+                add_lenient(k, v);
             }
         }
     }
-    Ok(tags.into_iter().collect())
+    Ok(ParsedTags {
+        tags: tags.into_iter().collect(),
+        dropped,
+    })
+}
+
+/// [`parse_tags_counted`] without the count of dropped body tags.
+pub fn parse_tags(
+    header: Option<&[u8]>,
+    user: Option<&str>,
+    metadata: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<Vec<(String, String)>, TagError> {
+    parse_tags_counted(header, user, metadata).map(|t| t.tags)
 }
 
 #[cfg(test)]
@@ -483,24 +516,80 @@ pub(crate) mod tests {
         assert_eq!(tags(None, Some(&"u".repeat(300)), None), Ok(vec![]));
     }
 
+    fn counted(
+        header: Option<&str>,
+        user: Option<&str>,
+        metadata: Option<serde_json::Value>,
+    ) -> Result<ParsedTags, TagError> {
+        let metadata = metadata.map(|v| v.as_object().unwrap().clone());
+        parse_tags_counted(header.map(str::as_bytes), user, metadata.as_ref())
+    }
+
+    /// `n` metadata entries `m00=v` .. in key order.
+    fn metadata(n: usize) -> serde_json::Value {
+        (0..n)
+            .map(|i| (format!("m{i:02}"), serde_json::json!("v")))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+
     #[test]
-    fn the_total_is_bounded() {
+    fn the_header_alone_is_bounded_strictly() {
         let header: Vec<String> = (0..TAGS_MAX).map(|i| format!("t{i}=v")).collect();
+        let full = counted(Some(&header.join(",")), None, None).unwrap();
+        assert_eq!((full.tags.len(), full.dropped), (TAGS_MAX, 0));
+        let over: Vec<String> = (0..=TAGS_MAX).map(|i| format!("t{i}=v")).collect();
         assert_eq!(
-            tags(Some(&header.join(",")), Some("u"), None),
+            counted(Some(&over.join(",")), Some("u"), Some(metadata(3))),
             Err(TagError::TooMany)
         );
-        // A body key the header already set does not count twice.
+    }
+
+    #[test]
+    fn the_body_past_the_bound_is_dropped_and_counted_not_refused() {
+        // A full header: user and every metadata entry are dropped, counted.
+        let header: Vec<String> = (0..TAGS_MAX).map(|i| format!("t{i}=v")).collect();
+        let got = counted(Some(&header.join(",")), Some("u"), Some(metadata(5))).unwrap();
+        assert_eq!(got.dropped, 6);
+        assert_eq!(got.tags.len(), TAGS_MAX);
+        assert!(got.tags.iter().all(|(k, _)| k.starts_with('t')), "{got:?}");
+
+        // Metadata alone past the bound: the first TAGS_MAX in key order kept.
+        let got = counted(None, None, Some(metadata(TAGS_MAX + 8))).unwrap();
+        assert_eq!(got.dropped, 8);
+        let kept: Vec<String> = (0..TAGS_MAX).map(|i| format!("m{i:02}")).collect();
         assert_eq!(
-            tags(
-                Some(&header.join(",")),
-                None,
-                Some(serde_json::json!({"t0": "x"}))
-            )
-            .unwrap()
-            .len(),
-            TAGS_MAX
+            got.tags.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            kept
         );
+
+        // Header first, then user, then metadata until the bound.
+        let header: Vec<String> = (0..TAGS_MAX - 2).map(|i| format!("t{i}=v")).collect();
+        let got = counted(Some(&header.join(",")), Some("u-1"), Some(metadata(4))).unwrap();
+        assert_eq!(got.tags.len(), TAGS_MAX);
+        assert_eq!(got.dropped, 3);
+        assert!(got.tags.contains(&("user".into(), "u-1".into())));
+        assert!(got.tags.contains(&("m00".into(), "v".into())));
+        assert!(!got.tags.iter().any(|(k, _)| k == "m01"), "{got:?}");
+
+        // The uncounted entry point keeps the same tags.
+        let metadata = metadata(TAGS_MAX + 1);
+        assert_eq!(
+            parse_tags(None, None, metadata.as_object()),
+            Ok(counted(None, None, Some(metadata.clone())).unwrap().tags)
+        );
+    }
+
+    #[test]
+    fn skipped_body_entries_are_not_counted_as_dropped() {
+        let header: Vec<String> = (0..TAGS_MAX).map(|i| format!("t{i}=v")).collect();
+        // Invalid entries, and keys the header already set, are skipped.
+        let md = serde_json::json!({"t0": "x", "bad key": "x", "empty": "", "n": 3});
+        let got = counted(Some(&header.join(",")), Some(""), Some(md)).unwrap();
+        assert_eq!((got.tags.len(), got.dropped), (TAGS_MAX, 0));
+        // Under the bound nothing is dropped.
+        let got = counted(Some("a=1"), Some("u"), Some(metadata(3))).unwrap();
+        assert_eq!((got.tags.len(), got.dropped), (5, 0));
     }
 
     #[test]
@@ -511,7 +600,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             TagError::TooMany.to_string(),
-            "more than 32 tags (x-bursar-tags, user and metadata together)"
+            "more than 32 tags in x-bursar-tags"
         );
     }
 

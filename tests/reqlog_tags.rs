@@ -101,4 +101,6 @@ fn body_tags_past_the_bound_are_dropped_and_header_tags_refused() {
     assert_eq!(r.error_code(), "invalid_tags");
     let message = r.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(message.contains("x-bursar-tags"), "{message}");
+    // Every tag dropped from a body was counted.
+    assert_eq!(gw.metric_sum("bursar_tags_dropped_total"), 9 + 4);
 }

@@ -453,12 +453,14 @@ async fn proxy_api_inner<'c, 'r>(
     // exist for the request log: with the log off they are not read, so
     // they can never refuse a request.
     if let Some(r) = row.as_mut() {
-        r.tags = crate::reqlog::parse_tags(
+        let parsed = crate::reqlog::parse_tags_counted(
             req.head.header(req.bytes, "x-bursar-tags"),
             probe.user.as_deref(),
             probe.metadata.as_ref(),
         )
         .map_err(|e| ApiError::bad_request("invalid_tags", e.to_string()))?;
+        w.stats.tags_dropped.add(parsed.dropped);
+        r.tags = parsed.tags;
     }
     if !key.allows(model) {
         return Err(ApiError::forbidden(

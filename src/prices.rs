@@ -333,6 +333,27 @@ mod tests {
         Money::parse_usd(s).unwrap()
     }
 
+    /// An override that sets only input and output prices.
+    fn priced(id: &str, input: &str, output: &str) -> ModelEntry {
+        ModelEntry {
+            id: id.into(),
+            aliases: vec![],
+            input: Some(input.into()),
+            output: Some(output.into()),
+            cached_input: None,
+            cache_write: None,
+            reasoning: None,
+            long_context_threshold: None,
+            long_input: None,
+            long_output: None,
+            long_cached_input: None,
+            long_cache_write: None,
+            free: false,
+            context_window: None,
+            hidden_reasoning: None,
+        }
+    }
+
     #[test]
     fn the_shipped_table_parses_and_every_price_is_exact() {
         let t = PriceTable::shipped(&[]).unwrap();
@@ -433,23 +454,7 @@ mod tests {
         assert!(!t.get("gpt-4o-mini").unwrap().hidden_reasoning);
         assert_eq!(t.largest_context_window(), Some(1_048_576));
         // An override that changes only prices keeps the model's facts.
-        let o = ModelEntry {
-            id: "o3-mini".into(),
-            aliases: vec![],
-            input: Some("1".into()),
-            output: Some("2".into()),
-            cached_input: None,
-            cache_write: None,
-            reasoning: None,
-            long_context_threshold: None,
-            long_input: None,
-            long_output: None,
-            long_cached_input: None,
-            long_cache_write: None,
-            free: false,
-            context_window: None,
-            hidden_reasoning: None,
-        };
+        let o = priced("o3-mini", "1", "2");
         let t = PriceTable::shipped(std::slice::from_ref(&o)).unwrap();
         let p = t.get("o3-mini").unwrap();
         assert_eq!(
@@ -473,23 +478,7 @@ mod tests {
 
     #[test]
     fn config_overrides_win_and_mark_the_version() {
-        let o = ModelEntry {
-            id: "gpt-4o-mini".into(),
-            aliases: vec![],
-            input: Some("1".into()),
-            output: Some("2".into()),
-            cached_input: None,
-            cache_write: None,
-            reasoning: None,
-            long_context_threshold: None,
-            long_input: None,
-            long_output: None,
-            long_cached_input: None,
-            long_cache_write: None,
-            free: false,
-            context_window: None,
-            hidden_reasoning: None,
-        };
+        let o = priced("gpt-4o-mini", "1", "2");
         let t = PriceTable::shipped(std::slice::from_ref(&o)).unwrap();
         assert_eq!(
             t.get("gpt-4o-mini").unwrap().input,

@@ -688,15 +688,7 @@ fn charges_match_hand_computed_expectations_for_every_misbehaviour() {
         &[("x-mock-close-after", "2")],
     );
     assert_eq!(r.status, 200);
-    let text: String = util::sse_data(&r.body)
-        .iter()
-        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
+    let text = util::sse_chat_text(&r.body);
     assert_eq!(text.split(' ').count(), 2, "{text:?}");
     let completion =
         bursar::tokens::count_tokens(bursar::tokens::Encoding::O200kBase, &text) as i128;

@@ -138,15 +138,7 @@ fn exercise(gw: &Gateway) {
     assert_eq!(streamed["stream"], true);
     assert_eq!(omitted["estimated"], true, "{omitted}");
     // Without usage the gateway counts the text the client received.
-    let text: String = util::sse_data(&sent[3].body)
-        .iter()
-        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
+    let text = util::sse_chat_text(&sent[3].body);
     assert_eq!(
         omitted["completion_tokens"],
         bursar::tokens::count_tokens(bursar::tokens::Encoding::O200kBase, &text),

@@ -180,15 +180,7 @@ fn hidden_reasoning_on_a_cut_stream_is_charged_up_to_the_cap() {
     let off = r#"{"model":"o3-mini","stream":true,"reasoning_effort":"none","max_completion_tokens":100,"messages":[{"role":"user","content":"hello there"}]}"#;
     let r = c.post("/v1/chat/completions", "sk-tight", off, &cut);
     assert_eq!(r.status, 200);
-    let text: String = util::sse_data(&r.body)
-        .iter()
-        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
+    let text = util::sse_chat_text(&r.body);
     let seen = bursar::tokens::count_tokens(bursar::tokens::Encoding::O200kBase, &text) as i128;
     let off_cost = pico(r.trailer("x-bursar-cost-usd").expect("a cost trailer"));
     assert_eq!(off_cost, prompt * 1_100_000 + seen * 4_400_000);

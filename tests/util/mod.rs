@@ -463,6 +463,20 @@ pub fn sse_data(body: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// The text a streamed chat body delivered: every chunk's
+/// `choices[0].delta.content`, joined.
+pub fn sse_chat_text(body: &[u8]) -> String {
+    sse_data(body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect()
+}
+
 /// An exact decimal USD string ("0.0000042") in picodollars.
 pub fn pico(usd: &str) -> i128 {
     let (int, frac) = usd.split_once('.').unwrap_or((usd, ""));

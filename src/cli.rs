@@ -62,6 +62,9 @@ pub fn main() -> i32 {
             io_driver,
             state_dir,
         } => {
+            // First: a panic on any thread from here on ends the process
+            // (decision 0008).
+            crate::runtime::abort_on_panic();
             let loaded = match &config {
                 Some(path) => Config::load(path),
                 None => Ok(Config::builtin_default()),

@@ -4,6 +4,9 @@
 //! SO_REUSEPORT listener, upstream pool and counters. The main thread only
 //! handles signals (reload on SIGHUP, drain on SIGTERM/SIGINT); a control
 //! thread serves /metrics and health; a resolver thread refreshes addresses.
+//!
+//! A panic on any thread ends the process (decision 0008): `serve` installs
+//! [`abort_on_panic`], and release builds are built with `panic = "abort"`.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -41,6 +44,10 @@ struct WorkerSeed {
     count_jobs: crossbeam_channel::Sender<crate::proxy::CountRequest>,
     link: crate::books::thread::WorkerLink,
     log: Option<crate::reqlog::LogSender>,
+    /// Debug builds only: panic serving this accepted connection (1-based);
+    /// see [`DEBUG_PANIC_AT_CONNECTION_ENV`].
+    #[cfg(debug_assertions)]
+    panic_at_connection: Option<u64>,
 }
 
 /// A handle to a running gateway.
@@ -135,6 +142,8 @@ impl Gateway {
         let id_salt = random_salt();
         let tokenizer_stats = Arc::new(crate::metrics::TokenCounters::default());
         let count_jobs = spawn_tokenizer(Arc::clone(&tokenizer_stats))?;
+        #[cfg(debug_assertions)]
+        let panic_at_connection = debug_panic_at_connection()?;
 
         // Bind once here so that port 0 resolves to one port all workers share.
         let listen = {
@@ -169,6 +178,8 @@ impl Gateway {
                 count_jobs: count_jobs.clone(),
                 link,
                 log: log_sender.clone(),
+                #[cfg(debug_assertions)]
+                panic_at_connection: panic_at_connection.filter(|_| id == 0),
             };
             let (stop_tx, stop_rx) = futures_channel::oneshot::channel();
             stop_workers.push(stop_tx);
@@ -358,6 +369,81 @@ impl Gateway {
     }
 }
 
+/// Makes a panic on any thread of the process end the process at once, with
+/// `SIGABRT` (decision 0008): the panic is logged with the thread's name and
+/// where it happened, the standard report follows (a backtrace with
+/// `RUST_BACKTRACE=1`), and nothing unwinds. Without it a panicking worker
+/// thread ended but left its listener open (the kernel kept queueing its
+/// share of new connections, never accepted), its connections unanswered
+/// and its lease granted, in a process that stayed up, which a supervisor
+/// does not restart; a panicking ledger, log writer, control, tokenizer or
+/// resolver thread left the books or the process half-alive the same way.
+/// A process that aborts is restarted by systemd (`Restart=on-failure`) and
+/// recovers its books from the journal and the settle rings, as after
+/// SIGKILL.
+///
+/// `serve` installs it before anything starts. Release builds abort on a
+/// panic by themselves too (`panic = "abort"`; the hook still runs first);
+/// the hook makes debug builds do the same, and names the thread in either.
+/// Tests that run a [`Gateway`] inside the test process do not install it
+/// (a failed assertion must stay a failed test).
+pub fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        use std::io::Write;
+        let thread = std::thread::current();
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(a non-string payload)");
+        let at = info.location().map_or_else(String::new, |l| {
+            format!(" at {}:{}:{}", l.file(), l.line(), l.column())
+        });
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        // Straight to stderr, not through `log`: `BURSAR_LOG=off` must not
+        // hide why the process ended.
+        let line = format!(
+            "{} ERROR bursar::runtime: thread '{}' panicked{at}: {message}; \
+             aborting the process (it is restarted and the books recover from \
+             the journal and the settle rings: docs/decisions/0008)\n",
+            crate::logging::format_utc(now.as_secs(), now.subsec_millis()),
+            thread.name().unwrap_or("<unnamed>"),
+        );
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        report(info);
+        std::process::abort();
+    }));
+}
+
+/// Debug builds only: the environment variable that makes worker 0 panic in
+/// the task serving its N-th accepted connection (`N` ≥ 1), before it reads
+/// the request: how `tests/worker_panic.rs` checks that a panicking worker
+/// ends the process (decision 0008). Read once by [`Gateway::start`]; release
+/// builds contain neither the variable nor the panic.
+#[cfg(debug_assertions)]
+pub const DEBUG_PANIC_AT_CONNECTION_ENV: &str = "BURSAR_DEBUG_PANIC_AT_CONNECTION";
+
+#[cfg(debug_assertions)]
+fn debug_panic_at_connection() -> anyhow::Result<Option<u64>> {
+    let Some(value) = std::env::var_os(DEBUG_PANIC_AT_CONNECTION_ENV) else {
+        return Ok(None);
+    };
+    match value.to_str().and_then(|v| v.parse::<u64>().ok()) {
+        Some(n) if n >= 1 => {
+            log::warn!(
+                "debug build: worker 0 panics serving its connection {n} \
+                 ({DEBUG_PANIC_AT_CONNECTION_ENV})"
+            );
+            Ok(Some(n))
+        }
+        _ => anyhow::bail!("{DEBUG_PANIC_AT_CONNECTION_ENV}={value:?}: use a whole number from 1"),
+    }
+}
+
 /// Lowers the calling thread's scheduling priority to `nice` (Linux: the
 /// nice value is per thread). The tokenizer uses it so that on a core it
 /// shares with a worker, the worker wins the CPU when both want it; it still
@@ -426,6 +512,9 @@ pub fn idle_class_is_reversible() -> std::io::Result<()> {
             set_thread_class(ThreadClass::Normal)
         })?
         .join()
+        // Reached only where no `abort_on_panic` hook is installed (a
+        // gateway inside a test process); under `serve` a panic has already
+        // ended the process.
         .unwrap_or_else(|_| Err(std::io::Error::other("the probe thread panicked")))
 }
 
@@ -566,6 +655,10 @@ async fn worker_main(
         }
     };
     let max_conns = seed.limits.connections_per_worker_max as i64;
+    #[cfg(debug_assertions)]
+    let panic_at_connection = seed.panic_at_connection;
+    #[cfg(debug_assertions)]
+    let mut connections_accepted_here: u64 = 0;
     let worker = Rc::new(Worker::new(
         seed.id,
         seed.catalog,
@@ -621,7 +714,19 @@ async fn worker_main(
                 stats.connections_accepted.inc();
                 stats.connections_active.add(1);
                 let w = Rc::clone(&worker);
+                #[cfg(debug_assertions)]
+                let panic_here = {
+                    connections_accepted_here += 1;
+                    panic_at_connection == Some(connections_accepted_here)
+                };
                 monoio::spawn(async move {
+                    #[cfg(debug_assertions)]
+                    if panic_here {
+                        panic!(
+                            "{DEBUG_PANIC_AT_CONNECTION_ENV}: worker {} panics on purpose",
+                            w.id
+                        );
+                    }
                     serve_connection(Rc::clone(&w), stream).await;
                     w.stats.connections_active.add(-1);
                 });

@@ -29,8 +29,9 @@
 //! locally while the lease covers the worst case, `Settle` each request with
 //! `from_lease = true` for charges reserved out of a lease, give back free lease
 //! on a `Blocked` broadcast (`LeaseReturn`), so the last of a budget goes where
-//! it is needed. A worker that dies is reported with `WorkerLost`: its leases
-//! expire, back into the budget.
+//! it is needed. `WorkerLost` takes a worker's leases back into the budget;
+//! nothing sends it today, since a worker cannot die alone (a panic ends the
+//! process, decision 0008, and recovery starts every worker afresh).
 //!
 //! # Durability contract
 //!

@@ -461,11 +461,15 @@ fn crash_child(dir: &std::path::Path) {
             let row = varied_row(&mut rng, i);
             while !sender.try_log(row.clone()) {}
         }
-        let target = handle.stats().rows_spilled + 1000;
-        // The writer waits in the idle class and a thousand queued rows are
-        // below its boost mark, so while this binary's other tests keep both
-        // cores busy it may not run for tens of seconds (CI saw 30 s pass):
-        // the wait is for liveness, not speed.
+        // Every row sent so far: the sink never opens, so each one goes to
+        // the spill. (Reading the spill count after sending, plus 1000, was
+        // a wait for rows never sent whenever the writer spilled part of the
+        // chunk while it was being sent: CI saw that time out at 30 s and at
+        // 300 s.) The writer waits in the idle class and a thousand queued
+        // rows are below its boost mark, so while this binary's other tests
+        // keep both cores busy it may not run for a while: the wait is for
+        // liveness, not speed.
+        let target = (chunk + 1) * 1000;
         wait_until("spill", Duration::from_secs(300), || {
             handle.stats().rows_spilled >= target
         });

@@ -223,6 +223,9 @@ enum MemberValue {
     Object,
 }
 
+/// The first bytes of every word, prefix and member name above.
+const UNBOUNDED_INPUT_FIRST_BYTES: &[u8] = b"ifdcwmp";
+
 /// The longest of the words and member names, in bytes.
 const UNBOUNDED_INPUT_WORD_BYTES_MAX: usize = 20;
 /// Raw bytes one decoded byte can take in a JSON string (`\u0041`).
@@ -258,13 +261,21 @@ pub fn prompt_bound_exception(body: &[u8]) -> Option<&'static str> {
     let mut i = 0;
     while let Some(k) = memchr::memchr(b'"', &body[i..]) {
         let at = i + k;
-        let Some(end) = super::json::string_end(body, at) else {
+        let Some((end, escaped)) = super::json::string_end_escaped(body, at) else {
             return Some("an unreadable body");
         };
         let raw = &body[at + 1..end - 1];
         i = end;
         let mut decoded = Vec::new();
-        let text: &[u8] = if !raw.contains(&b'\\') {
+        let text: &[u8] = if !escaped {
+            // Every word and member name starts with one of these: most
+            // strings (message text, roles, ids) stop here.
+            if !raw
+                .first()
+                .is_some_and(|c| UNBOUNDED_INPUT_FIRST_BYTES.contains(c))
+            {
+                continue;
+            }
             raw
         } else {
             // Words are lower-case ASCII, digits and `_`; escapes add `\`,
@@ -518,6 +529,21 @@ mod tests {
         );
         for cut in 0..body.len() {
             let _ = estimate_prompt_tokens(&body[..cut], Encoding::O200kBase);
+        }
+    }
+
+    #[test]
+    fn every_word_starts_with_a_byte_the_scan_looks_at() {
+        let names = UNBOUNDED_INPUT_WORDS
+            .iter()
+            .chain(UNBOUNDED_INPUT_PREFIXES.iter())
+            .chain(UNBOUNDED_INPUT_MEMBERS.iter().map(|(n, _)| n));
+        for n in names {
+            assert!(
+                UNBOUNDED_INPUT_FIRST_BYTES.contains(&n.as_bytes()[0]),
+                "{n}"
+            );
+            assert!(n.len() <= UNBOUNDED_INPUT_WORD_BYTES_MAX, "{n}");
         }
     }
 

@@ -35,14 +35,23 @@ pub fn skip_ws(b: &[u8], mut i: usize) -> usize {
 /// With `i` at an opening quote, the index just past the closing quote.
 #[inline]
 pub fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    string_end_escaped(b, i).map(|(end, _)| end)
+}
+
+/// [`string_end`], and whether the string holds an escape (found on the way
+/// at no extra cost: the scan stops at every backslash anyway).
+#[inline]
+pub fn string_end_escaped(b: &[u8], i: usize) -> Option<(usize, bool)> {
     let mut j = i.checked_add(1)?;
+    let mut escaped = false;
     loop {
         let k = j + memchr2(b'"', b'\\', b.get(j..)?)?;
         if b[k] == b'"' {
-            return Some(k + 1);
+            return Some((k + 1, escaped));
         }
-        // A backslash escapes the next byte (for `\uXXXX` the four hex digits
-        // that follow are plain bytes and need no care).
+        // A backslash escapes the next byte (for `\uXXXX` the four hex
+        // digits that follow are plain bytes and need no care).
+        escaped = true;
         j = k + 2;
     }
 }

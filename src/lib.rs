@@ -23,5 +23,6 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod reqlog;
 pub mod runtime;
+pub mod sched;
 pub mod tokens;
 pub mod upstream;

@@ -297,7 +297,7 @@ fn a_writer_behind_leaves_the_idle_class_and_returns_when_caught_up() {
     cfg.batch_max = 8;
     let n = (LOG_BOOST_ROWS + 4_000) as u64;
     let (handle, sender) = LogWriter::start(&cfg, dir.path()).unwrap();
-    let reversible = bursar::runtime::idle_class_is_reversible();
+    let reversible = bursar::sched::idle_class_is_reversible();
     if reversible.is_ok() {
         wait_until(
             "the writer in the idle class",

@@ -403,8 +403,7 @@ impl Governance {
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
         log_shadowed(&inner.overlay, &file);
         let version = self.publish(&next, None)?;
-        self.resolver
-            .set_hosts(crate::runtime::upstream_hosts(&next));
+        self.resolver.set_hosts(next.upstream_hosts());
         inner.file = file;
         inner.config = next;
         Ok(version)

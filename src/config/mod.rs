@@ -226,6 +226,14 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 }
 
 impl Config {
+    /// The host names of every provider's upstream, for the resolver.
+    pub fn upstream_hosts(&self) -> Vec<String> {
+        self.providers
+            .iter()
+            .filter_map(|p| p.upstream.as_ref().map(|u| u.host.clone()))
+            .collect()
+    }
+
     /// The built-in default: the mock provider on 127.0.0.1:8080 and a demo key,
     /// so `bursar serve` works offline at once.
     pub fn builtin_default() -> Config {

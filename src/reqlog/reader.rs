@@ -101,7 +101,7 @@ impl LogReader {
         std::thread::Builder::new()
             .name("bursar-query".into())
             .spawn(move || {
-                crate::runtime::lower_thread_priority(LOG_QUERY_NICE);
+                crate::sched::lower_thread_priority(LOG_QUERY_NICE);
                 for job in rx {
                     #[cfg(debug_assertions)]
                     test_gate();

@@ -352,7 +352,7 @@ impl LogStats {
     /// Enters the idle class if the thread may leave it again; otherwise
     /// warns and stays at normal priority. Called on the writer thread.
     fn writer_start(&self) {
-        use crate::runtime::{idle_class_is_reversible, set_thread_class, ThreadClass};
+        use crate::sched::{idle_class_is_reversible, set_thread_class, ThreadClass};
         match idle_class_is_reversible().and_then(|()| set_thread_class(ThreadClass::Idle)) {
             Ok(()) => {
                 // SAFETY: a plain system call.
@@ -370,7 +370,7 @@ impl LogStats {
 
     /// Far behind: the writer to the normal class, from any thread.
     fn boost_writer(&self) {
-        use crate::runtime::{set_thread_class_of, ThreadClass};
+        use crate::sched::{set_thread_class_of, ThreadClass};
         if self.writer_idle.swap(false, AcqRel) {
             let tid = self.writer_tid.load(Relaxed);
             match set_thread_class_of(tid, ThreadClass::Normal) {
@@ -396,7 +396,7 @@ impl LogStats {
     /// Caught up: the writer back to the idle class. Called on the writer
     /// thread.
     fn settle_writer(&self) {
-        use crate::runtime::{set_thread_class, ThreadClass};
+        use crate::sched::{set_thread_class, ThreadClass};
         if self.writer_tid.load(Relaxed) != 0 && !self.writer_idle.load(Acquire) {
             match set_thread_class(ThreadClass::Idle) {
                 Ok(()) => self.writer_idle.store(true, Release),

@@ -6,7 +6,8 @@ use std::hint::black_box;
 use bursar::catalog::Catalog;
 use bursar::config::Config;
 use bursar::http::request::{parse_head, RequestHead};
-use bursar::proxy::route::{classify, probe};
+use bursar::proxy::probe::probe;
+use bursar::proxy::route::classify;
 
 /// A head as the official openai Python SDK sends it.
 const SDK_HEAD: &str = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\nAccept: application/json\r\nContent-Type: application/json\r\nUser-Agent: OpenAI/Python 3.57.0\r\nX-Stainless-Lang: python\r\nX-Stainless-Package-Version: 3.57.0\r\nX-Stainless-OS: Linux\r\nX-Stainless-Arch: x64\r\nX-Stainless-Runtime: CPython\r\nX-Stainless-Runtime-Version: 3.11.7\r\nAuthorization: Bearer sk-bursar-demo\r\nX-Stainless-Async: false\r\nx-stainless-retry-count: 0\r\nx-stainless-read-timeout: 600\r\nContent-Length: 164\r\n\r\n";

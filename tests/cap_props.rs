@@ -12,7 +12,9 @@
 //! a count no larger than what was reserved, each cap name must appear at
 //! most once, and nothing but the cap members may change.
 
-use bursar::proxy::route::{probe, with_output_cap, Endpoint};
+use bursar::proxy::probe::probe;
+use bursar::proxy::rewrite::with_output_cap;
+use bursar::proxy::route::Endpoint;
 use proptest::prelude::*;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;

@@ -6,7 +6,7 @@
 //! gateway then asks serde_json), never accept one serde_json refuses.
 
 use bursar::proxy::probe::scan;
-use bursar::proxy::route::Probe;
+use bursar::proxy::probe::Probe;
 use proptest::prelude::*;
 
 /// A JSON value as text, valid or not, nested up to `depth`.

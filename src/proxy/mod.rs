@@ -9,6 +9,7 @@ pub mod admit;
 pub mod books;
 pub mod forward;
 pub mod probe;
+pub mod rewrite;
 pub mod route;
 pub mod stream;
 
@@ -433,7 +434,7 @@ async fn proxy_api_inner<'c, 'r>(
     row: &mut Option<RowSeed<'c, 'r>>,
 ) -> Result<bool, ApiError> {
     let key = admit::authenticate(catalog, req)?;
-    let probe = route::probe(req.body)?;
+    let probe = probe::probe(req.body)?;
     let model = probe.model.as_deref().unwrap_or_default();
     if w.log.is_some() {
         *row = Some(RowSeed {
@@ -539,7 +540,7 @@ async fn proxy_api_inner<'c, 'r>(
                 && endpoint.usage_on_request()
                 && !probe.client_wants_usage()
             {
-                route::with_usage_requested(body, probe.stream_options.is_present())
+                rewrite::with_usage_requested(body, probe.stream_options.is_present())
             } else {
                 None
             };
@@ -586,7 +587,7 @@ async fn admit_budget<'w>(
     key: &crate::catalog::VirtualKey,
     provider: &crate::catalog::Provider,
     endpoint: Endpoint,
-    probe: &route::Probe<'_>,
+    probe: &probe::Probe<'_>,
     price: Option<&crate::prices::Price>,
     body: &[u8],
 ) -> Result<Admitted<'w>, ApiError> {
@@ -628,7 +629,7 @@ async fn admit_budget<'w>(
     let mut new_body = None;
     if strict && client_cap.is_none() && endpoint.output_cap_member().is_some() {
         new_body = Some(
-            route::with_output_cap(body, endpoint, cap, probe.output_cap_present(endpoint))
+            rewrite::with_output_cap(body, endpoint, cap, probe.output_cap_present(endpoint))
                 .ok_or_else(uncappable)?,
         );
     }
@@ -654,7 +655,7 @@ async fn admit_budget<'w>(
                     .unwrap_or(worst);
                 match w.books.admit(levels, lower_worst).await {
                     Ok(mut hold) => {
-                        let body = route::with_output_cap(
+                        let body = rewrite::with_output_cap(
                             body,
                             endpoint,
                             lower,

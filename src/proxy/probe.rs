@@ -1,4 +1,5 @@
-//! The request body's probe in one pass, without serde.
+//! Reading the request body: the fields the gateway acts on ([`Probe`]),
+//! validated by [`probe`], read in one pass without serde by [`scan`].
 //!
 //! [`scan`] reads the body as serde_json reads it into [`Probe`] (the same
 //! grammar, the same fields, the same refusals) but never allocates and
@@ -6,7 +7,7 @@
 //! eight bytes at a time. It declines (`None`) anything it is not sure of:
 //! malformed JSON, a known field given twice or of the wrong type, an
 //! escaped key or model name, nesting deeper than [`DEPTH_MAX`].
-//! [`super::route::probe`] then asks serde_json, whose answer (and error
+//! [`probe`] then asks serde_json, whose answer (and error
 //! message) stands; so a body this scan accepts is one serde_json accepts
 //! with the same fields, which `tests/probe_props.rs` checks against
 //! serde_json on generated bodies. By callgrind the scan takes two thirds
@@ -15,8 +16,176 @@
 
 use std::borrow::Cow;
 
-use super::route::{Cap, Field, Probe, StreamOptions};
+use serde::Deserialize;
+
+use super::route::Endpoint;
+use crate::error::ApiError;
+use crate::limits::MODEL_NAME_BYTES_MAX;
 use crate::tokens::json::{count as json_count, skip_ws as ws};
+
+/// A member the gateway may rewrite, as the body gives it: a value, `null`,
+/// or absent. `null` and absent mean the same to OpenAI, but only an absent
+/// member may be added without rewriting the body: a `null` one must be
+/// replaced, or an upstream that reads the last of two duplicate keys
+/// (Python's `json`, so vLLM and many OpenAI-compatible servers) would read
+/// the client's `null` rather than the gateway's value.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Field<T> {
+    #[default]
+    Absent,
+    Null,
+    Value(T),
+}
+
+/// An output cap (`max_tokens`, `max_completion_tokens`, `max_output_tokens`).
+pub type Cap = Field<u64>;
+
+impl<T> Field<T> {
+    pub fn get(&self) -> Option<&T> {
+        match self {
+            Field::Value(v) => Some(v),
+            Field::Absent | Field::Null => None,
+        }
+    }
+    pub fn is_present(&self) -> bool {
+        !matches!(self, Field::Absent)
+    }
+}
+
+impl<T: Copy> Field<T> {
+    pub fn value(self) -> Option<T> {
+        self.get().copied()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Field<T>, D::Error> {
+        Ok(Option::<T>::deserialize(d)?.map_or(Field::Null, Field::Value))
+    }
+}
+
+/// The fields of a request body the gateway acts on; the rest passes through
+/// untouched.
+#[derive(Debug, Default, Deserialize)]
+pub struct Probe<'a> {
+    #[serde(borrow)]
+    pub model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Field<StreamOptions>,
+    /// Output caps, by endpoint: chat takes `max_completion_tokens` (or the
+    /// older `max_tokens`), completions `max_tokens`, responses
+    /// `max_output_tokens`.
+    #[serde(default)]
+    pub max_tokens: Cap,
+    #[serde(default)]
+    pub max_completion_tokens: Cap,
+    #[serde(default)]
+    pub max_output_tokens: Cap,
+    /// Choices generated (and billed) per request.
+    #[serde(default)]
+    pub n: Option<u64>,
+    /// Completions generated server-side (and billed) per request.
+    #[serde(default)]
+    pub best_of: Option<u64>,
+    /// The end user, as OpenAI's `user` field names it (a tag for the log).
+    #[serde(default, borrow)]
+    pub user: Option<Cow<'a, str>>,
+    /// Request metadata (OpenAI's `metadata`): string values become tags.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+impl Probe<'_> {
+    /// The request's output cap per choice, `None` when it sets none. An
+    /// embeddings request generates nothing: `Some(0)`. Chat has two names
+    /// for the cap and upstreams differ on which wins when both are set: the
+    /// larger bounds either reading.
+    pub fn output_cap(&self, endpoint: Endpoint) -> Option<u64> {
+        match endpoint {
+            Endpoint::ChatCompletions => self
+                .max_completion_tokens
+                .value()
+                .max(self.max_tokens.value()),
+            Endpoint::Completions => self.max_tokens.value(),
+            Endpoint::Responses => self.max_output_tokens.value(),
+            Endpoint::Embeddings => Some(0),
+        }
+    }
+
+    /// Whether the body has any of the endpoint's cap members, `null` ones
+    /// included (then a cap the gateway sets must rewrite them).
+    pub fn output_cap_present(&self, endpoint: Endpoint) -> bool {
+        match endpoint {
+            Endpoint::ChatCompletions => {
+                self.max_completion_tokens.is_present() || self.max_tokens.is_present()
+            }
+            Endpoint::Completions => self.max_tokens.is_present(),
+            Endpoint::Responses => self.max_output_tokens.is_present(),
+            Endpoint::Embeddings => false,
+        }
+    }
+
+    /// How many outputs the provider generates and bills for this request.
+    pub fn outputs_billed(&self, endpoint: Endpoint) -> u64 {
+        match endpoint {
+            Endpoint::ChatCompletions => self.n.unwrap_or(1).max(1),
+            Endpoint::Completions => self.n.unwrap_or(1).max(self.best_of.unwrap_or(1)).max(1),
+            Endpoint::Responses | Endpoint::Embeddings => 1,
+        }
+    }
+
+    pub fn streaming(&self) -> bool {
+        self.stream == Some(true)
+    }
+    /// Whether the client asked for the final usage chunk itself.
+    pub fn client_wants_usage(&self) -> bool {
+        self.stream_options
+            .get()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+}
+
+/// Reads the body's model and stream flag; a body that is not a JSON object
+/// with a string `model` is a 400.
+pub fn probe(body: &[u8]) -> Result<Probe<'_>, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_request_body",
+            "the request body is empty; expected a JSON object",
+        ));
+    }
+    // The one-pass scan first; what it declines, serde_json decides (and
+    // words the error).
+    let p = match scan(body) {
+        Some(p) => p,
+        None => serde_json::from_slice::<Probe<'_>>(body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_request_body",
+                format!("the request body is not a valid JSON request: {e}"),
+            )
+        })?,
+    };
+    match &p.model {
+        None => Err(ApiError::bad_request(
+            "missing_model",
+            "you must provide a model parameter",
+        )),
+        Some(m) if m.is_empty() || m.len() > MODEL_NAME_BYTES_MAX => Err(ApiError::bad_request(
+            "invalid_model",
+            format!("model must be 1 to {MODEL_NAME_BYTES_MAX} bytes"),
+        )),
+        Some(_) => Ok(p),
+    }
+}
 
 /// Containers nested deeper than this go to serde_json (which ignores
 /// unknown values at any depth).
@@ -442,6 +611,48 @@ mod tests {
                     assert!(scan(bad.as_bytes()).is_none(), "{bad:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn output_caps_are_read_and_written_per_endpoint() {
+        let p = probe(br#"{"model":"m","max_tokens":7,"n":3}"#).unwrap();
+        assert_eq!(p.output_cap(Endpoint::ChatCompletions), Some(7));
+        assert_eq!(p.outputs_billed(Endpoint::ChatCompletions), 3);
+        // Both chat names: the larger bounds whichever an upstream reads.
+        let p = probe(br#"{"model":"m","max_tokens":7,"max_completion_tokens":5}"#).unwrap();
+        assert_eq!(p.output_cap(Endpoint::ChatCompletions), Some(7));
+        let p = probe(br#"{"model":"m","max_tokens":null,"max_completion_tokens":5}"#).unwrap();
+        assert_eq!(p.output_cap(Endpoint::ChatCompletions), Some(5));
+        let p = probe(br#"{"model":"m","n":2,"best_of":4}"#).unwrap();
+        assert_eq!(p.output_cap(Endpoint::Completions), None);
+        assert!(!p.output_cap_present(Endpoint::Completions));
+        assert_eq!(p.outputs_billed(Endpoint::Completions), 4);
+        assert_eq!(p.output_cap(Endpoint::Embeddings), Some(0));
+        assert!(probe(br#"{"model":"m","max_tokens":-1}"#).is_err());
+    }
+
+    #[test]
+    fn probes_bodies() {
+        let p = probe(br#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#).unwrap();
+        assert_eq!(p.model.as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(p.stream, Some(true));
+        let p = probe(br#"{"model":"a\u002db"}"#).unwrap();
+        assert_eq!(p.model.as_deref(), Some("a-b"), "escaped names are decoded");
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"{\"model\":3}",
+            b"{\"messages\":[]}",
+            b"{\"model\":\"x\",\"stream\":\"yes\"}",
+        ] {
+            assert_eq!(
+                probe(bad).unwrap_err().status,
+                400,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::route::Endpoint;
+use super::settle::{charge, MeterPlan};
 use super::{RequestId, Worker};
 use crate::catalog::Provider;
 use crate::config::UpstreamTarget;
@@ -42,72 +43,6 @@ fn is_dropped(name: &[u8]) -> bool {
     ];
     DROP.iter().any(|d| name.eq_ignore_ascii_case(d))
         || (name.len() >= 9 && name[..9].eq_ignore_ascii_case(b"x-bursar-"))
-}
-
-/// How a response's tokens are counted.
-pub struct MeterPlan<'a> {
-    pub protocol: crate::tokens::Protocol,
-    /// The gateway asked for usage the client did not: remove that chunk.
-    pub strip_usage_chunk: bool,
-    pub model: &'a str,
-    /// The model's price, `None` when unpriced.
-    pub price: Option<&'a crate::prices::Price>,
-    /// The rate-limit permit, to record the request's tokens against.
-    pub permit: &'a crate::ratelimit::Permit,
-    /// The body to send upstream (the client's, or with usage requested).
-    pub body: &'a [u8],
-    /// The client's body as it came: what a prompt estimate reads (the
-    /// gateway's own additions are not prompt).
-    pub client_body: &'a [u8],
-    /// The request's budget reservation, settled (taken) when its cost is known.
-    pub hold: Option<super::books::Hold<'a>>,
-    /// The output cap was lowered to this to fit a strict budget.
-    pub lowered_cap: Option<u64>,
-    /// For the request log: the status answered, when the first response
-    /// byte went to the client, and what was charged.
-    pub status: u16,
-    pub first_byte_at: Option<Instant>,
-    pub charged: Option<Charged>,
-}
-
-/// What a request was charged, for the request log.
-#[derive(Debug, Clone, Copy)]
-pub struct Charged {
-    pub usage: crate::tokens::Usage,
-    pub cost: crate::money::Money,
-    pub estimated: bool,
-}
-
-/// Settles the request's cost: `usage` priced at the model's price, or, with
-/// no usage, the reservation's worst case marked estimated (a bound, never
-/// $0). Unpriced models (admitted by `[pricing] unpriced = "allow"`) are
-/// released uncharged and counted. `None` when nothing was charged.
-pub async fn charge(
-    w: &Worker,
-    plan: &mut MeterPlan<'_>,
-    rid: &RequestId,
-    usage: Option<crate::tokens::Usage>,
-    estimated: bool,
-) -> Option<super::books::Settled> {
-    let hold = plan.hold.take()?;
-    let Some(price) = plan.price else {
-        // Counted by `bursar_unpriced_responses_total` where the usage is read.
-        drop(hold);
-        return None;
-    };
-    let (cost, estimated) = match usage {
-        Some(u) => match price.cost(&crate::prices::TokenCounts::from(&u)) {
-            Some(c) => (c, estimated),
-            None => (hold.worst(), true),
-        },
-        None => (hold.worst(), true),
-    };
-    plan.charged = Some(Charged {
-        usage: usage.unwrap_or_default(),
-        cost,
-        estimated,
-    });
-    Some(w.books.settle(hold, rid.as_u128(), cost, estimated).await)
 }
 
 /// Writes the upstream request (head and `body`) into `out`.

@@ -1,7 +1,7 @@
 //! The request path, laid out as named phases over one per-request context:
-//! read (http), route ([`route`]), admit ([`admit`]), forward ([`forward`]),
-//! stream ([`stream`]). Budgets (settle) and the request log slot in after
-//! forward and stream.
+//! read (http), route ([`route`], [`probe`]), admit ([`admit`], [`books`];
+//! the body changed by [`rewrite`]), forward ([`forward`]), stream ([`stream`]),
+//! settle ([`settle`]), then the request log.
 //!
 //! Everything here runs on a worker thread: it never locks and never blocks.
 
@@ -11,6 +11,7 @@ pub mod forward;
 pub mod probe;
 pub mod rewrite;
 pub mod route;
+pub mod settle;
 pub mod stream;
 
 use std::cell::{Cell, RefCell};
@@ -149,7 +150,7 @@ pub struct CountRequest {
     pub body: Vec<u8>,
     pub family: crate::tokens::ModelFamily,
     /// The output the request allowed in all: bounds the hidden reasoning
-    /// charged when the model bills some (see [`stream::add_hidden_reasoning`]).
+    /// charged when the model bills some (see [`settle::add_hidden_reasoning`]).
     pub output_tokens_max: u64,
     /// Where the count goes back to the worker that settles the charge.
     pub reply: Option<futures_channel::oneshot::Sender<crate::tokens::MeterOutcome>>,
@@ -165,7 +166,7 @@ impl CountRequest {
                 crate::tokens::estimate_prompt_tokens(&self.body, self.family.encoding);
             outcome.prompt_estimate_missing = false;
         }
-        stream::add_hidden_reasoning(
+        settle::add_hidden_reasoning(
             &mut outcome,
             self.price.as_ref(),
             self.output_tokens_max,
@@ -349,7 +350,7 @@ struct RowSeed<'c, 'r> {
     /// What the request came to (set by [`finish_seed`]).
     status: u16,
     ttfb_us: Option<u64>,
-    charged: Option<forward::Charged>,
+    charged: Option<settle::Charged>,
     /// Whether the model had a price ("unpriced" in the log when not).
     priced: bool,
 }
@@ -409,7 +410,7 @@ impl RowSeed<'_, '_> {
 /// Records in the seed what the request came to.
 fn finish_seed(
     seed: &mut Option<RowSeed<'_, '_>>,
-    plan: &forward::MeterPlan<'_>,
+    plan: &settle::MeterPlan<'_>,
     ready_at: Instant,
 ) {
     let Some(seed) = seed else { return };
@@ -499,7 +500,7 @@ async fn proxy_api_inner<'c, 'r>(
         ProviderKind::Mock => {
             let (reply, usage) =
                 mock::respond_with_usage(endpoint, body, rid.as_str(), unix_now())?;
-            let mut plan = forward::MeterPlan {
+            let mut plan = settle::MeterPlan {
                 protocol: endpoint.protocol(),
                 strip_usage_chunk: false,
                 model,
@@ -517,7 +518,7 @@ async fn proxy_api_inner<'c, 'r>(
                 w.stats.tokens.record(u, false, price);
                 permit.record_tokens(crate::ratelimit::now_ms(), u.total_tokens());
             }
-            let settled = forward::charge(w, &mut plan, rid, usage, false).await;
+            let settled = settle::charge(w, &mut plan, rid, usage, false).await;
             plan.first_byte_at = Some(Instant::now());
             let keep = send_mock(
                 w,
@@ -544,7 +545,7 @@ async fn proxy_api_inner<'c, 'r>(
             } else {
                 None
             };
-            let mut plan = forward::MeterPlan {
+            let mut plan = settle::MeterPlan {
                 protocol: endpoint.protocol(),
                 strip_usage_chunk: rewritten.is_some(),
                 model,
@@ -724,7 +725,7 @@ async fn send_mock(
     rid: &RequestId,
     keep: bool,
     http10: bool,
-    plan: &forward::MeterPlan<'_>,
+    plan: &settle::MeterPlan<'_>,
     settled: Option<books::Settled>,
 ) -> bool {
     w.stats.response(200);

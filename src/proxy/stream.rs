@@ -3,7 +3,7 @@
 //!
 //! Each upstream read is de-framed and sent on to the client as one chunk
 //! (one copy, into a frame whose chunk-size line is reserved up front). The
-//! per-chunk work is synchronous; the token counter will hook in here.
+//! per-chunk work is synchronous: the token meter reads each piece in place.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,53 +57,6 @@ fn remove_null_usage(buf: &mut Vec<u8>, start: usize) {
         buf.copy_within(read.., write);
         buf.truncate(write + rest);
     }
-}
-
-/// Adds the hidden reasoning a stream's visible text cannot show, when the
-/// gateway counted the completion itself (the provider's usage never came:
-/// the stream was cut or abandoned, or the provider omits usage) and the
-/// model bills reasoning it does not stream ([`Price::hidden_reasoning`]).
-///
-/// How much it reasoned is unknown; what bounds it is the output the request
-/// allowed (`output_tokens_max`: its cap, as sent upstream or reserved, times
-/// the outputs billed), of which the visible text used its share. That bound
-/// is charged, as reasoning, marked estimated: the books may then say more
-/// than the invoice, never less. A request that turned reasoning off
-/// (`reasoning_effort: "none"`, or `reasoning: {"effort": "none"}`) is charged
-/// none.
-///
-/// [`Price::hidden_reasoning`]: crate::prices::Price::hidden_reasoning
-pub fn add_hidden_reasoning(
-    o: &mut crate::tokens::MeterOutcome,
-    price: Option<&crate::prices::Price>,
-    output_tokens_max: u64,
-    body: &[u8],
-) {
-    if !price.is_some_and(|p| p.hidden_reasoning)
-        || o.completion_source != crate::tokens::UsageSource::Estimated
-        || output_tokens_max <= o.usage.completion_tokens
-        || reasoning_off(body)
-    {
-        return;
-    }
-    o.usage.reasoning_tokens = output_tokens_max - o.usage.completion_tokens;
-    o.usage.completion_tokens = output_tokens_max;
-    o.estimated = true;
-}
-
-/// Whether the request body turned reasoning off: chat's
-/// `"reasoning_effort":"none"` or the Responses API's
-/// `"reasoning":{"effort":"none"}`. Read only on the rare path of a stream
-/// without usage; a name it cannot read (escaped) leaves reasoning on,
-/// which charges more, not less.
-fn reasoning_off(body: &[u8]) -> bool {
-    use crate::tokens::json;
-    let none = |(s, e): (usize, usize)| &body[s..e] == b"\"none\"";
-    json::top_member(body, b"reasoning_effort").is_some_and(none)
-        || json::top_member(body, b"reasoning")
-            .filter(|&(s, _)| body[s] == b'{')
-            .and_then(|(s, _)| json::member(body, s, b"effort"))
-            .is_some_and(none)
 }
 
 /// How a relayed stream ended.
@@ -164,7 +117,7 @@ pub async fn relay(
     keep: bool,
     http10: bool,
     timing: Timing,
-    plan: &mut super::forward::MeterPlan<'_>,
+    plan: &mut super::settle::MeterPlan<'_>,
 ) -> bool {
     let chunked_out = !http10;
     w.stats.response(head.status);
@@ -287,7 +240,7 @@ pub async fn relay(
             // The exact count comes from the tokenizer thread (a count can
             // take milliseconds); this stream's charge waits for it, other
             // requests on this worker do not. The count adds the hidden
-            // reasoning the visible text cannot show (`add_hidden_reasoning`).
+            // reasoning the visible text cannot show (`settle::add_hidden_reasoning`).
             let (tx, rx) = futures_channel::oneshot::channel();
             let req = super::CountRequest {
                 job,
@@ -320,9 +273,9 @@ pub async fn relay(
     let settled = match outcome {
         Some(o) => {
             let estimated = o.estimated;
-            super::forward::charge(w, plan, rid, Some(o.usage), estimated).await
+            super::settle::charge(w, plan, rid, Some(o.usage), estimated).await
         }
-        None => super::forward::charge(w, plan, rid, None, true).await,
+        None => super::settle::charge(w, plan, rid, None, true).await,
     };
     let mut trailers = Vec::new();
     if chunked_out {

@@ -100,6 +100,15 @@ fn a_null_or_escaped_cap_never_lets_an_upstream_generate_uncapped() {
         assert!(cost < pico("0.011"), "{body}: charged {cost}");
         charged += cost;
     }
+    // A cap given twice (however spelled) is refused before anything is
+    // reserved or sent: the upstreams disagree on which one they would read.
+    for body in [
+        r#"{"model":"gpt-4o-mini","max_tokens":5,"max_tokens":null,"messages":[]}"#,
+        r#"{"model":"gpt-4o-mini","max_tokens":5,"max\u005ftokens":null,"messages":[]}"#,
+    ] {
+        let r = c.post("/v1/chat/completions", "sk-tight", body, &uncapped);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+    }
     assert_eq!(spent(&gw, "tight"), charged);
     assert!(charged <= pico(limit), "strict overspent: {charged}");
     // Every response was exact (the streamed one got the usage it asked

@@ -4,7 +4,7 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -64,7 +64,8 @@ fn tls_server(pki: &Pki) -> (u16, Arc<AtomicUsize>) {
                 let mut reader = BufReader::new(tls);
                 let mut counted = false;
                 loop {
-                    let mut length = 0usize;
+                    // The request line first: a connection is counted once it
+                    // carries a request.
                     let mut line = String::new();
                     if reader.read_line(&mut line).unwrap_or(0) == 0 {
                         return;
@@ -73,20 +74,7 @@ fn tls_server(pki: &Pki) -> (u16, Arc<AtomicUsize>) {
                         counter.fetch_add(1, Ordering::SeqCst);
                         counted = true;
                     }
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if h == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap();
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    if reader.read_exact(&mut body).is_err() {
+                    if !read_request(&mut reader) {
                         return;
                     }
                     let resp = format!(

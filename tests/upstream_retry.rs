@@ -11,7 +11,7 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
@@ -68,7 +68,7 @@ impl Upstream {
                 std::thread::spawn(move || {
                     let Ok(read_half) = s.try_clone() else { return };
                     let mut reader = BufReader::new(read_half);
-                    while read_request(&mut reader) {
+                    while util::read_request(&mut reader) {
                         let n = r.fetch_add(1, SeqCst) + 1;
                         if !behave(n, &mut s) {
                             break;
@@ -92,35 +92,6 @@ impl Upstream {
     fn receipts(&self) -> usize {
         self.receipts.load(SeqCst)
     }
-}
-
-/// Reads one whole request (head and `content-length` body); `false` at the
-/// end of the connection.
-fn read_request(r: &mut BufReader<TcpStream>) -> bool {
-    let mut length = 0usize;
-    let mut first = true;
-    loop {
-        let mut line = String::new();
-        match r.read_line(&mut line) {
-            Ok(0) | Err(_) => return false,
-            Ok(_) => {}
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            if first {
-                continue;
-            }
-            break;
-        }
-        first = false;
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    r.read_exact(&mut body).is_ok()
 }
 
 /// One worker (one pool), a priced model and a budget to read spend from.
@@ -339,21 +310,7 @@ fn tls_upstream(pki: &Pki, close: bool) -> (u16, Arc<AtomicUsize>) {
                 let tls = rustls::StreamOwned::new(conn, stream);
                 let mut reader = BufReader::new(tls);
                 loop {
-                    let mut length = 0usize;
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if h == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap();
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    if reader.read_exact(&mut body).is_err() {
+                    if !util::read_request(&mut reader) {
                         return;
                     }
                     let resp = format!(

@@ -403,6 +403,35 @@ pub fn format_request(method: &str, path: &str, headers: &[(&str, &str)], body: 
     out
 }
 
+/// Reads one whole request (head and `content-length` body); `false` at the
+/// end of the connection.
+pub fn read_request(r: &mut impl BufRead) -> bool {
+    let mut length = 0usize;
+    let mut first = true;
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            if first {
+                continue;
+            }
+            break;
+        }
+        first = false;
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body).is_ok()
+}
+
 /// Sends raw bytes on a fresh connection and reads one response.
 pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Response {
     let mut c = Client::connect(addr);

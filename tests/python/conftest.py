@@ -92,6 +92,11 @@ name = "logged"
 key = "sk-logged-key"
 
 [[virtual_keys]]
+name = "strict-dollar"
+key = "sk-strict-dollar"
+budget = {{ limit_usd = "1", reset = "1d" }}
+
+[[virtual_keys]]
 name = "tiny-budget"
 key = "sk-tiny-budget"
 budget = {{ limit_usd = "0.00002", reset = "1d" }}

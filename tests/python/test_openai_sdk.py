@@ -183,6 +183,21 @@ def test_costs_are_reported_and_exhausted_budgets_raise_402(gateway):
     assert body["spent_usd"] == "0.0000042"
 
 
+def test_a_cap_the_sdk_sends_as_null_is_replaced_by_the_gateways(gateway):
+    # The SDK sends an explicit None as `null`. Under a strict budget the
+    # gateway must send the cap it reserved (16384 by default) in its place;
+    # the mock, like Python servers, reads the last of duplicate names and
+    # generates 100000 tokens when nothing caps it.
+    c = openai.OpenAI(base_url=gateway, api_key="sk-strict-dollar", max_retries=0)
+    r = c.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        max_completion_tokens=None,
+        extra_headers={"x-mock-uncapped-tokens": "100000"},
+    )
+    assert r.usage.completion_tokens == 16384
+
+
 def _logs(admin, key, want):
     """The request log's rows for `key`, once it holds `want` of them."""
     deadline = time.time() + 10

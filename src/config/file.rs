@@ -28,7 +28,7 @@ pub struct FileConfig {
     pub ledger: LedgerSection,
     /// The request log (`sink = "sqlite" | "postgres" | "off"`).
     #[serde(default, skip_serializing)]
-    pub log: crate::reqlog::LogSection,
+    pub log: super::request_log::LogSection,
 }
 
 /// The admin API's bearer token.

@@ -6,6 +6,7 @@
 //! names the field. Nothing downstream re-validates.
 
 pub mod file;
+pub mod request_log;
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -711,7 +712,7 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
     let log = if file.log.sink.as_deref() == Some("off") {
         None
     } else {
-        let cfg = crate::reqlog::LogConfig::from_section(&file.log).map_err(|e| {
+        let cfg = request_log::log_config(&file.log).map_err(|e| {
             let (field, message) = e.split_once(": ").unwrap_or(("log", e.as_str()));
             err(field, message)
         })?;

@@ -32,7 +32,7 @@ pub const ENTITY_NAME_BYTES_MAX: usize = 256;
 /// Largest registry file read on open: `ENTITIES_MAX` lines of the longest
 /// form. Anything bigger is refused rather than read into memory.
 pub const REGISTRY_FILE_BYTES_MAX: u64 =
-    crate::ledger::state::ENTITIES_MAX as u64 * (ENTITY_NAME_BYTES_MAX as u64 + 32);
+    crate::ledger::messages::ENTITIES_MAX as u64 * (ENTITY_NAME_BYTES_MAX as u64 + 32);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -54,7 +54,7 @@ pub enum RegistryError {
     BadName { name: String, reason: &'static str },
     #[error(
         "the registry is full: ids are below {}",
-        crate::ledger::state::ENTITIES_MAX
+        crate::ledger::messages::ENTITIES_MAX
     )]
     Full,
 }
@@ -185,7 +185,7 @@ impl EntityRegistry {
                     "id {id} where id {expected} was expected (ids are assigned in order)"
                 )));
             }
-            if id >= crate::ledger::state::ENTITIES_MAX {
+            if id >= crate::ledger::messages::ENTITIES_MAX {
                 return Err(corrupt(format!("id {id} is out of range")));
             }
             let kind =
@@ -220,7 +220,7 @@ impl EntityRegistry {
             reason,
         })?;
         let next = self.names.len() as u32;
-        if next >= crate::ledger::state::ENTITIES_MAX {
+        if next >= crate::ledger::messages::ENTITIES_MAX {
             return Err(RegistryError::Full);
         }
         let line = format!("{next}\t{}\t{name}\n", kind_str(kind));

@@ -81,7 +81,7 @@ use std::sync::Arc;
 
 use memmap2::MmapMut;
 
-use crate::ledger::state::CHARGES_PER_SETTLE_MAX;
+use crate::ledger::messages::CHARGES_PER_SETTLE_MAX;
 use crate::ledger::{Charge, Charges, Command, EntityId};
 use crate::money::Money;
 

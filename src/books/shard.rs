@@ -29,7 +29,7 @@
 //! other requests reserved, which the ledger will likewise report.
 
 use crate::budget::Mode;
-use crate::ledger::state::CHARGES_PER_SETTLE_MAX;
+use crate::ledger::messages::CHARGES_PER_SETTLE_MAX;
 use crate::ledger::{Charge, Charges, Command, EntityId, Event};
 use crate::money::Money;
 

@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 
 use crate::budget::period::{Alignment, Reset, ResetUnit};
 use crate::budget::{Budget, Mode};
-use crate::ledger::state::{
+use crate::ledger::messages::{
     Charge, Charges, EntityId, EntityKind, Record, RecordBody, CHARGES_PER_SETTLE_MAX,
 };
 use crate::money::Money;

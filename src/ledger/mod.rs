@@ -67,6 +67,7 @@
 //! See docs/decisions/0002-ledger-leases-and-periods.md for why.
 
 pub mod journal;
+pub mod messages;
 pub mod recovery;
 pub mod snapshot;
 pub mod state;
@@ -75,12 +76,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 pub use journal::{JournalConfig, JournalError, JournalWriter};
+pub use messages::{
+    Charge, Charges, Command, CommandError, EntityId, EntityKind, Event, Record, RecordBody, Reply,
+};
 pub use recovery::{RecoveryError, RecoveryReport};
 pub use snapshot::{SnapshotError, SnapshotInfo};
-pub use state::{
-    Books, Charge, Charges, Command, CommandError, EntityBooks, EntityId, EntityKind, EntityView,
-    Event, LedgerState, Record, RecordBody, Reply, StateConfig,
-};
+pub use state::{Books, EntityBooks, EntityView, LedgerState, StateConfig};
 
 /// Everything a ledger needs at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::ledger::journal::{self, JournalError, TornTail};
+use crate::ledger::messages::{ReplayError, Replayed};
 use crate::ledger::snapshot::{self, SnapshotError, SnapshotInfo};
-use crate::ledger::state::{LedgerState, ReplayError, Replayed, StateConfig};
+use crate::ledger::state::{LedgerState, StateConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
@@ -132,7 +133,7 @@ mod tests {
     use super::*;
     use crate::budget::period::unix_ms;
     use crate::budget::Budget;
-    use crate::ledger::state::{Charge, Charges, Command, EntityId, EntityKind};
+    use crate::ledger::messages::{Charge, Charges, Command, EntityId, EntityKind};
     use crate::ledger::test_dir::TestDir;
     use crate::ledger::{Ledger, LedgerConfig};
     use crate::money::Money;

@@ -34,7 +34,8 @@ use rkyv::util::AlignedVec;
 use crate::budget::period::{Alignment, Period, Reset, ResetUnit};
 use crate::budget::{Budget, Mode};
 use crate::ledger::journal::sync_dir;
-use crate::ledger::state::{Books, EntityBooks, EntityId, EntityKind, LedgerState, StateConfig};
+use crate::ledger::messages::{EntityId, EntityKind};
+use crate::ledger::state::{Books, EntityBooks, LedgerState, StateConfig};
 use crate::money::Money;
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"BRSNAP01";
@@ -46,7 +47,7 @@ pub const SNAPSHOT_VERSION: u32 = 1;
 pub const SNAPSHOTS_KEPT_DEFAULT: u32 = 2;
 pub const SNAPSHOTS_KEPT_MAX: u32 = 16;
 /// Largest snapshot body we read (a bound against a corrupt length field):
-/// generous for [`crate::ledger::state::ENTITIES_MAX`] entities and the
+/// generous for [`crate::ledger::messages::ENTITIES_MAX`] entities and the
 /// largest settled-id window.
 pub const SNAPSHOT_BODY_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 
@@ -405,7 +406,7 @@ pub fn set_aside(path: &Path) -> Result<PathBuf, SnapshotError> {
 mod tests {
     use super::*;
     use crate::budget::period::unix_ms;
-    use crate::ledger::state::{Charge, Charges, Command};
+    use crate::ledger::messages::{Charge, Charges, Command};
     use crate::ledger::test_dir::TestDir;
 
     fn sample_state() -> LedgerState {

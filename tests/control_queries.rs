@@ -112,9 +112,7 @@ fn nonsense_ranges_and_extreme_values_are_refused_with_a_400() {
 /// have no gate, so no such test).
 #[cfg(debug_assertions)]
 mod held {
-    use std::io::{BufRead, BufReader};
     use std::path::PathBuf;
-    use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
     use super::{admin, config, util, ADMIN};
@@ -129,32 +127,9 @@ mod held {
         let config_path = dir.0.join("bursar.toml");
         std::fs::write(&config_path, config).unwrap();
         let gate = dir.0.join("query-gate");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bursar"))
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .current_dir(&dir.0)
-            .env("BURSAR_LOG", "warn")
-            .env(bursar::reqlog::reader::TEST_QUERY_GATE_ENV, &gate)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start bursar");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let ["bursar", "listening", "on", data, "control", ctl] = words.as_slice() else {
-            panic!("bursar did not start: {line:?}");
-        };
-        let gw = Gateway {
-            addr: data.parse().unwrap(),
-            admin: ctl.parse().unwrap(),
-            child,
-            dir,
-            config_path,
-        };
+        let gw = Gateway::spawn_with(dir, config_path, &[], |cmd| {
+            cmd.env(bursar::reqlog::reader::TEST_QUERY_GATE_ENV, &gate);
+        });
         (gw, gate)
     }
 

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use util::tls::{pki, Pki};
 use util::{pico, proxy_config, Client, Gateway, Response, CHAT};
 
 const ADMIN: &str = "admin-secret";
@@ -259,43 +260,11 @@ fn a_close_after_an_interim_response_is_not_retried() {
     assert_eq!(gw.metric_sum("bursar_upstream_stale_retries_total"), 0);
 }
 
-/// A private CA and a `localhost` certificate it signed.
-struct Pki {
-    ca_pem: String,
-    leaf_der: rustls::pki_types::CertificateDer<'static>,
-    leaf_key: rustls::pki_types::PrivateKeyDer<'static>,
-}
-
-fn pki() -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    Pki {
-        ca_pem: ca_cert.pem(),
-        leaf_der: leaf.der().clone(),
-        leaf_key: rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-    }
-}
-
 /// An https upstream answering every request with `OK_BODY`; after each
 /// answer it closes (a TLS `close_notify`, then the TCP close) when `close`
 /// is set. Returns its port and the connections it accepted.
 fn tls_upstream(pki: &Pki, close: bool) -> (u16, Arc<AtomicUsize>) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![pki.leaf_der.clone()], pki.leaf_key.clone_key())
-        .unwrap();
-    let config = Arc::new(config);
+    let config = pki.server_config();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let connections = Arc::new(AtomicUsize::new(0));

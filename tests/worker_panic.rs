@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,35 +73,28 @@ fn spawn(
     config_path: PathBuf,
     panic_at: Option<u32>,
 ) -> (Gateway, std::thread::JoinHandle<String>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bursar"));
-    cmd.args(["serve", "--config"])
-        .arg(&config_path)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .current_dir(&dir.0)
-        .env("BURSAR_LOG", "warn")
-        .env_remove(TRIGGER_ENV)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(n) = panic_at {
-        cmd.env(TRIGGER_ENV, n.to_string());
-    }
-    // No core file from the abort: it would take seconds to write a debug
-    // binary's memory and land in the state directory.
-    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let none = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            if libc::setrlimit(libc::RLIMIT_CORE, &none) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("start bursar");
-    let pipe = child.stderr.take().unwrap();
+    let mut gw = Gateway::spawn_with(dir, config_path, &[], |cmd| {
+        cmd.env_remove(TRIGGER_ENV).stderr(Stdio::piped());
+        if let Some(n) = panic_at {
+            cmd.env(TRIGGER_ENV, n.to_string());
+        }
+        // No core file from the abort: it would take seconds to write a debug
+        // binary's memory and land in the state directory.
+        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::setrlimit(libc::RLIMIT_CORE, &none) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let pipe = gw.child.stderr.take().unwrap();
     let stderr = std::thread::spawn(move || {
         let mut all = String::new();
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {
@@ -111,22 +104,6 @@ fn spawn(
         }
         all
     });
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let ["bursar", "listening", "on", data, "control", ctl] = words[..] else {
-        let status = child.try_wait();
-        panic!("bursar did not start: {line:?} ({status:?})");
-    };
-    let gw = Gateway {
-        addr: data.parse().unwrap(),
-        admin: ctl.parse().unwrap(),
-        child,
-        dir,
-        config_path,
-    };
     (gw, stderr)
 }
 

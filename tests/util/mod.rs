@@ -3,6 +3,8 @@
 //! plain sockets so every byte on the wire is under the test's control.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -140,19 +142,31 @@ impl Gateway {
     }
 
     fn spawn(dir: TempDir, config_path: PathBuf, extra: &[&str]) -> Gateway {
+        Gateway::spawn_with(dir, config_path, extra, |_| {})
+    }
+
+    /// Starts `bursar serve` on `config_path` in `dir` like [`Gateway::start`],
+    /// with `customize` applied to the command first (environment, stderr,
+    /// `pre_exec`); a piped stderr is left on `child` for the caller.
+    pub fn spawn_with(
+        dir: TempDir,
+        config_path: PathBuf,
+        extra: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> Gateway {
         // Port 0 for both listeners: bursar prints the ports it bound on its
         // first stdout line, so no other process can race us to a port.
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bursar"))
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bursar"));
+        cmd.args(["serve", "--config"])
             .arg(&config_path)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(extra)
             .current_dir(&dir.0)
             .env("BURSAR_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start bursar");
+            .stderr(Stdio::inherit());
+        customize(&mut cmd);
+        let mut child = cmd.spawn().expect("start bursar");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();

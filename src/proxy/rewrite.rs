@@ -26,32 +26,34 @@ pub fn with_usage_requested(body: &[u8], present: bool) -> Option<Vec<u8>> {
         }
         Some(())
     })?;
-    match options {
+    Some(match options {
         // An object: set its include_usage (the probe took `null` or an
         // object; a duplicate member was refused by it).
-        Some((vs, ve)) if body[vs] == b'{' => {
-            let inner = set_members(body, vs, ve, &["include_usage"], b"true")?;
-            let mut out = Vec::with_capacity(body.len() + inner.len());
-            out.extend_from_slice(&body[..vs]);
-            out.extend_from_slice(&inner);
-            out.extend_from_slice(&body[ve..]);
-            Some(out)
-        }
+        Some((vs, ve)) if body[vs] == b'{' => splice(
+            body,
+            vs,
+            ve,
+            &set_members(body, vs, ve, &["include_usage"], b"true")?,
+        ),
         _ => {
-            let object = set_members(
+            let options = br#"{"include_usage":true}"#;
+            splice(
                 body,
                 s,
                 e,
-                &["stream_options"],
-                br#"{"include_usage":true}"#,
-            )?;
-            let mut out = Vec::with_capacity(body.len() + 32);
-            out.extend_from_slice(&body[..s]);
-            out.extend_from_slice(&object);
-            out.extend_from_slice(&body[e..]);
-            Some(out)
+                &set_members(body, s, e, &["stream_options"], options)?,
+            )
         }
-    }
+    })
+}
+
+/// `body` with `b[s..e]` replaced by `with`.
+fn splice(body: &[u8], s: usize, e: usize, with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() - (e - s) + with.len());
+    out.extend_from_slice(&body[..s]);
+    out.extend_from_slice(with);
+    out.extend_from_slice(&body[e..]);
+    out
 }
 
 /// `body` with `"name":value` added as its object's first member, without
@@ -105,12 +107,10 @@ fn key_is(raw: &[u8], name: &str) -> bool {
 /// order and every other member are kept byte for byte. `None` when the
 /// object cannot be walked whole.
 fn set_members(b: &[u8], s: usize, e: usize, names: &[&str], value: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(e - s + names[0].len() + value.len() + 4);
+    let mut out = Vec::with_capacity(e - s + value.len());
     let mut copied = s;
-    let mut any = false;
     let mut replaced = 0;
     json::each_member(b, s, e, |key, vs, ve| {
-        any = true;
         if names.iter().any(|n| key_is(key, n)) {
             out.extend_from_slice(&b[copied..vs]);
             out.extend_from_slice(value);
@@ -119,20 +119,10 @@ fn set_members(b: &[u8], s: usize, e: usize, names: &[&str], value: &[u8]) -> Op
         }
         Some(())
     })?;
-    if replaced > 0 {
-        out.extend_from_slice(&b[copied..e]);
-        return Some(out);
+    if replaced == 0 {
+        return with_first_member(&b[s..e], names[0], value);
     }
-    out.clear();
-    out.push(b'{');
-    out.push(b'"');
-    out.extend_from_slice(names[0].as_bytes());
-    out.extend_from_slice(b"\":");
-    out.extend_from_slice(value);
-    if any {
-        out.push(b',');
-    }
-    out.extend_from_slice(&b[s + 1..e]);
+    out.extend_from_slice(&b[copied..e]);
     Some(out)
 }
 
@@ -143,9 +133,9 @@ fn set_members(b: &[u8], s: usize, e: usize, names: &[&str], value: &[u8]) -> Op
 /// added. Nothing else in the body changes. `None` when the endpoint has no
 /// cap or the body is not an object the member walker reads whole; the
 /// caller must then not forward the request as capped. `present`: whether
-/// the probe saw any cap member (`null` included,
-/// [`Probe::output_cap_present`](super::probe::Probe::output_cap_present)); without one the member is added with no
-/// walk of the body.
+/// the probe saw any cap member, `null` included
+/// ([`Probe::output_cap_present`](super::probe::Probe::output_cap_present));
+/// without one the member is added with no walk of the body.
 pub fn with_output_cap(
     body: &[u8],
     endpoint: Endpoint,
@@ -162,12 +152,7 @@ pub fn with_output_cap(
         return with_first_member(body, names[0], &value);
     }
     let (s, e) = object_span(body)?;
-    let object = set_members(body, s, e, names, &value)?;
-    let mut out = Vec::with_capacity(body.len() + 32);
-    out.extend_from_slice(&body[..s]);
-    out.extend_from_slice(&object);
-    out.extend_from_slice(&body[e..]);
-    Some(out)
+    Some(splice(body, s, e, &set_members(body, s, e, names, &value)?))
 }
 
 #[cfg(test)]

@@ -78,8 +78,8 @@ pub enum IdleSocket {
 /// Looks at an idle socket with one non-blocking `poll(2)` (timeout 0;
 /// `POLLRDHUP` sees the peer's FIN even behind unread bytes, which
 /// `recv(MSG_PEEK)` cannot). Reads nothing and changes no readiness state
-/// the runtime's driver relies on. It costs ~0.7 µs of CPU (2 million
-/// calls on an idle loopback socket on the 2-core development VM; a
+/// the runtime's driver relies on. It costs ~0.76 µs of CPU on an idle
+/// loopback socket (`cargo bench --bench upstream`, docs/benchmarks.md; a
 /// `recv(MSG_PEEK)` costs about the same), so callers keep it off the hot
 /// path. A failed `poll` answers `Quiet`: the caller's next read or write
 /// finds out.

@@ -133,6 +133,24 @@ fn first_request(gw: &Gateway, c: &mut Client) {
     assert_eq!(spent(gw), OK_COST_PICO);
 }
 
+/// A fresh connection is never sent a request twice either: an upstream
+/// that takes the first request on it and closes without a byte gets it
+/// once, and the client is told not to re-send (its SDK would, by default).
+#[test]
+fn a_fresh_connection_closed_after_the_request_is_a_502_the_sdk_does_not_retry() {
+    let up = Upstream::start(|_, _| false);
+    let gw = gateway(&up.base_url());
+    let mut c = Client::connect(gw.addr);
+    let r = chat(&mut c);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.error_code(), "upstream_closed", "{}", r.text());
+    assert_eq!(r.header("x-should-retry"), Some("false"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(up.receipts(), 1);
+    assert_eq!(spent(&gw), 0);
+    assert_eq!(gw.metric_sum("bursar_upstream_closed_not_retried_total"), 1);
+}
+
 /// The second request's receipt: the upstream takes it on the pooled
 /// connection, works on it past the retry window, and dies without a byte.
 #[test]

@@ -234,33 +234,24 @@ async fn exchange(
                     limits.upstream_read_timeout,
                 )
                 .await;
-            let closed = match read {
+            match read {
                 Ok(ReadOutcome::Data(_)) => {
                     answered = true;
                     continue;
                 }
-                Ok(ReadOutcome::Eof) | Err(UpstreamIoError::Io(_)) => read,
+                Ok(ReadOutcome::Eof) | Err(UpstreamIoError::Io(_)) => {}
                 Err(e) => return Err(io_error(e, target, "waiting for the response")),
-            };
-            if may_be_stale && !answered {
-                let after = written_at.elapsed();
-                if after <= UPSTREAM_STALE_RETRY_WINDOW {
-                    w.stats.upstream_stale_retries.inc();
-                    break;
-                }
-                w.stats.upstream_closed_not_retried.inc();
-                return Err(closed_after_the_request(target, after));
             }
-            return Err(match closed {
-                Err(e) => io_error(e, target, "waiting for the response"),
-                Ok(_) => ApiError::bad_gateway(
-                    "upstream_closed",
-                    format!(
-                        "the upstream {} closed the connection without a response",
-                        target.host_header
-                    ),
-                ),
-            });
+            let after = written_at.elapsed();
+            if may_be_stale && !answered && after <= UPSTREAM_STALE_RETRY_WINDOW {
+                w.stats.upstream_stale_retries.inc();
+                break;
+            }
+            // Closed or reset after the whole request was written, on any
+            // connection: the upstream may have it, so neither the gateway
+            // nor (told by the error) the client's SDK sends it again.
+            w.stats.upstream_closed_not_retried.inc();
+            return Err(closed_after_the_request(target, after));
         }
     }
     Err(ApiError::bad_gateway(
@@ -272,16 +263,16 @@ async fn exchange(
     ))
 }
 
-/// A pooled connection closed (or reset) with no response `after` the
-/// request was written, past the stale-retry window: the upstream may have
-/// the request, so it is not sent again, nor charged.
+/// A connection closed (or reset) without a complete response `after` the
+/// request was written (past the stale-retry window for a pooled one): the
+/// upstream may have the request, so it is not sent again, nor charged.
 fn closed_after_the_request(target: &UpstreamTarget, after: Duration) -> ApiError {
     let mut e = ApiError::bad_gateway(
         "upstream_closed",
         format!(
             "the upstream {} closed the connection without a response {} ms after \
-             the request was sent; it may have received the request, so the gateway \
-             did not send it again (nothing was charged)",
+             the request was sent; it may have received the request, so it was not \
+             sent again (nothing was charged)",
             target.host_header,
             after.as_millis()
         ),

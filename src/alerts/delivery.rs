@@ -1,0 +1,1 @@
+//! INTERFACE STUB: the delivery thread.

@@ -1,0 +1,20 @@
+//! Spend alerts: budget crossings found on the books' single writer, kept in a
+//! persistent outbox, delivered off every request path.
+//!
+//! - [`event`]: what an alert is (type, id, data), shared by every part.
+//! - [`channel`]: the channels (signed webhook, Slack, Teams, PagerDuty,
+//!   Discord, email): configuration, rendering, one delivery attempt, the
+//!   SSRF guard.
+//! - [`outbox`]: the outbox files in `state_dir/alerts/`: alerts the ledger
+//!   thread emitted (appended and synced before anything is sent) and every
+//!   delivery attempt.
+//! - [`delivery`]: the `bursar-alerts` thread: sends what the outbox holds,
+//!   retries with backoff and jitter, dead-letters, rate-limits per channel,
+//!   keeps the history the admin API shows.
+
+pub mod channel;
+pub mod delivery;
+pub mod event;
+pub mod outbox;
+
+pub use event::{Alert, AlertData, AlertKind, BudgetData, EntityRef, Route, Severity};

@@ -117,13 +117,17 @@ pub struct BurnRates {
     pub last_day: String,
 }
 
-/// What an alert carries, by family.
+/// What an alert carries, by family. (Alerts are rare and never on a request's
+/// path: the size difference between the families does not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum AlertData {
     Budget(BudgetData),
     /// A channel test: just a message.
-    Test { message: String },
+    Test {
+        message: String,
+    },
 }
 
 /// One delivery an alert asks for: a channel, and the rule that routed it
@@ -154,6 +158,42 @@ pub struct Alert {
     pub data: AlertData,
     /// Where it goes; empty: nowhere (recorded only).
     pub routes: Vec<Route>,
+    /// What the evaluator needs to rebuild its state from the outbox after a
+    /// restart; not part of any payload. `None` for tests of a channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<AlertKey>,
+}
+
+/// The fact an alert records, for the evaluator: the entity, its period
+/// (epoch), the arming generation (the journal position of the last re-arm
+/// in the epoch, 0 before any) and what fired or recovered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertKey {
+    pub entity: u32,
+    pub epoch: u64,
+    /// The start of the epoch's period, unix ms.
+    pub period_start_ms: i64,
+    pub generation: u64,
+    pub fact: KeyFact,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyFact {
+    Threshold(u16),
+    SoftLimit,
+    Exhausted,
+    Forecast,
+    /// The epoch ended (a new period or a reset) with something firing.
+    EpochEnded,
+    /// A top-up or a raised limit re-armed what no longer holds; the
+    /// generation of this key is the new one, and `carried` what still holds
+    /// (fired in the old generation, still fired in the new one).
+    Rearmed {
+        carried: Vec<KeyFact>,
+    },
+    /// The forecast no longer projects exhaustion before the reset.
+    ForecastCleared,
 }
 
 impl Alert {
@@ -217,7 +257,9 @@ impl Alert {
         facts.push(("Period start", b.period_start.clone()));
         facts.push((
             "Resets at",
-            b.reset_at.clone().unwrap_or_else(|| "never (prepaid)".into()),
+            b.reset_at
+                .clone()
+                .unwrap_or_else(|| "never (prepaid)".into()),
         ));
         facts.push(("Rules", b.rules.join(", ")));
         facts.push(("Alert id", self.id.clone()));
@@ -233,6 +275,11 @@ impl Alert {
 /// The alert id for a fact: `alrt_` + the first 128 bits of the SHA-256 of
 /// its parts, so the same crossing always gets the same id.
 pub fn alert_id(parts: &[&[u8]]) -> String {
+    format!("alrt_{:032x}", alert_id_bits(parts))
+}
+
+/// The 128 bits [`alert_id`] writes in hex.
+pub fn alert_id_bits(parts: &[&[u8]]) -> u128 {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for p in parts {
@@ -240,7 +287,17 @@ pub fn alert_id(parts: &[&[u8]]) -> String {
         h.update(p);
     }
     let digest = h.finalize();
-    format!("alrt_{}", hex::encode(&digest[..16]))
+    let mut bits = [0u8; 16];
+    bits.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(bits)
+}
+
+/// The bits of an id [`alert_id`] made, or `None` for any other string.
+pub fn parse_alert_id(id: &str) -> Option<u128> {
+    let hex = id.strip_prefix("alrt_")?;
+    (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u128::from_str_radix(hex, 16).ok())
+        .flatten()
 }
 
 #[cfg(test)]
@@ -253,6 +310,11 @@ mod tests {
         assert_eq!(a, alert_id(&[b"key", b"7", b"80"]));
         assert_ne!(a, alert_id(&[b"key", b"78", b"0"]));
         assert_eq!(a.len(), 5 + 32);
+        assert_eq!(
+            parse_alert_id(&a),
+            Some(alert_id_bits(&[b"key", b"7", b"80"]))
+        );
+        assert_eq!(parse_alert_id("alrt_test_1"), None);
     }
 
     #[test]
@@ -283,6 +345,7 @@ mod tests {
                 burn_rate_usd_per_hour: None,
             }),
             routes: vec![],
+            key: None,
         };
         let line = serde_json::to_string(&alert).unwrap();
         let back: Alert = serde_json::from_str(&line).unwrap();

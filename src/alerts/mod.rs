@@ -14,7 +14,11 @@
 
 pub mod channel;
 pub mod delivery;
+pub mod eval;
 pub mod event;
 pub mod outbox;
+pub mod rules;
 
-pub use event::{Alert, AlertData, AlertKind, BudgetData, EntityRef, Route, Severity};
+pub use event::{
+    Alert, AlertData, AlertKey, AlertKind, BudgetData, EntityRef, KeyFact, Route, Severity,
+};

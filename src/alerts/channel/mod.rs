@@ -29,7 +29,9 @@ pub enum Outcome {
     Delivered,
     /// Worth another try (a timeout, a 5xx, a 429), after at least `after`
     /// when the receiver said so (Retry-After).
-    Retry { after: Option<Duration> },
+    Retry {
+        after: Option<Duration>,
+    },
     /// Trying again cannot help (a 4xx other than 408/429, a refused destination).
     Permanent,
 }

@@ -1,0 +1,1070 @@
+//! The alert evaluator: a deterministic state machine on the ledger thread.
+//!
+//! The ledger thread shows it every entity whose books changed (a settle, a
+//! rollover, a reset, a top-up, a budget change, a block), with the entity's
+//! view after the change and the journal position; the evaluator decides what
+//! fired and leaves the alerts in a buffer the thread appends to the outbox
+//! (and syncs) before the delivery thread can see them. No I/O, no clock.
+//!
+//! Exactly once per period: an alert's id is derived from what it is about
+//! (entity, epoch, arming generation, fact), and the evaluator never emits an
+//! id it has emitted before. After a restart it is rebuilt from the outbox (the
+//! ids, and per entity its last epoch and generation), then shown every
+//! entity's current view: a crossing whose charge reached the journal but
+//! whose alert never reached the outbox fires then, one that did is not
+//! repeated. A crash can therefore neither lose nor repeat an alert.
+//!
+//! Level-triggered: a threshold fires when spent reaches it and its id is new.
+//! Spend only grows within an epoch, so a spend hovering near a threshold
+//! cannot make it fire twice. A new period or a reset (a new epoch) ends
+//! what was firing with one `budget.recovered`; a top-up or a raised limit
+//! that brings spend back under a fired threshold re-arms it (a new
+//! generation: the journal position of the change), with one
+//! `budget.recovered` for what no longer holds.
+//!
+//! Forecast: per entity with a forecast rule, spend in the last 60 minutes
+//! (per minute) and the last 24 hours (per hour). It fires, once per epoch
+//! and generation, when the budget runs out before its reset at both the last
+//! hour's and the last day's burn rate (each over its window, or over the
+//! time the evaluator has watched when shorter, at least
+//! [`FORECAST_WATCHED_MIN_MS`]); it clears (a `budget.recovered`) when either
+//! rate no longer projects exhaustion. The rates are not persisted: after a
+//! restart they are rebuilt from the spend seen since.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::books::registry::kind_str;
+use crate::budget::period::{format_rfc3339_ms, TIME_MS_NEVER};
+use crate::budget::Mode;
+use crate::ledger::{EntityId, EntityView, Event, LedgerState, RecordBody};
+use crate::money::Money;
+
+use super::event::*;
+use super::rules::{AlertPlan, Armed, Fact};
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 60 * MINUTE_MS;
+/// The shortest watch the forecast divides by, so a burst in the first
+/// seconds after start does not project a rate it never keeps.
+pub const FORECAST_WATCHED_MIN_MS: i64 = 15 * MINUTE_MS;
+
+/// Why the ledger thread shows the evaluator an entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A settle charged it this much.
+    Spend(Money),
+    TopUp,
+    /// Its budget was set or changed.
+    Budget,
+    Reset,
+    Rollover,
+    /// The ledger can grant it nothing more (its `Blocked` event).
+    Blocked,
+    /// Start-up, a new plan, or the periodic sweep of forecasts.
+    Sweep,
+}
+
+/// Spend per minute over the last hour and per hour over the last day.
+#[derive(Debug, Clone)]
+struct Burn {
+    since_ms: i64,
+    minute: i64,
+    minutes: [i128; 60],
+    hour: i64,
+    hours: [i128; 24],
+}
+
+impl Burn {
+    fn new(now_ms: i64) -> Burn {
+        Burn {
+            since_ms: now_ms,
+            minute: now_ms.div_euclid(MINUTE_MS),
+            minutes: [0; 60],
+            hour: now_ms.div_euclid(HOUR_MS),
+            hours: [0; 24],
+        }
+    }
+
+    fn advance(&mut self, now_ms: i64) {
+        fn roll<const N: usize>(slots: &mut [i128; N], at: &mut i64, to: i64) {
+            if to <= *at {
+                return;
+            }
+            let steps = (to - *at).min(N as i64);
+            for i in 1..=steps {
+                slots[(*at + i).rem_euclid(N as i64) as usize] = 0;
+            }
+            *at = to;
+        }
+        roll(
+            &mut self.minutes,
+            &mut self.minute,
+            now_ms.div_euclid(MINUTE_MS),
+        );
+        roll(&mut self.hours, &mut self.hour, now_ms.div_euclid(HOUR_MS));
+    }
+
+    fn add(&mut self, now_ms: i64, amount: Money) {
+        self.advance(now_ms);
+        let a = amount.picodollars();
+        let m = &mut self.minutes[self.minute.rem_euclid(60) as usize];
+        *m = m.saturating_add(a);
+        let h = &mut self.hours[self.hour.rem_euclid(24) as usize];
+        *h = h.saturating_add(a);
+    }
+
+    /// Picodollars per hour over the window (or the time watched, if shorter).
+    fn rate_per_hour(&self, now_ms: i64, window_ms: i64, sum: i128) -> i128 {
+        let watched = (now_ms - self.since_ms).clamp(FORECAST_WATCHED_MIN_MS, window_ms);
+        sum.saturating_mul(i128::from(HOUR_MS)) / i128::from(watched)
+    }
+
+    fn rates(&mut self, now_ms: i64) -> (i128, i128) {
+        self.advance(now_ms);
+        let hour: i128 = self.minutes.iter().fold(0, |a, b| a.saturating_add(*b));
+        let day: i128 = self.hours.iter().fold(0, |a, b| a.saturating_add(*b));
+        (
+            self.rate_per_hour(now_ms, HOUR_MS, hour),
+            self.rate_per_hour(now_ms, 24 * HOUR_MS, day),
+        )
+    }
+}
+
+/// When spending `rate` (picodollars an hour) uses up `remaining`.
+fn exhaustion_ms(now_ms: i64, remaining: i128, rate: i128) -> i64 {
+    if rate <= 0 {
+        return TIME_MS_NEVER;
+    }
+    let ms = remaining.saturating_mul(i128::from(HOUR_MS)) / rate;
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| now_ms.checked_add(ms))
+        .unwrap_or(TIME_MS_NEVER)
+}
+
+#[derive(Debug, Clone)]
+struct EntState {
+    epoch: u64,
+    generation: u64,
+    period_start_ms: i64,
+    burn: Option<Box<Burn>>,
+}
+
+/// The evaluator. See the module doc.
+#[derive(Debug)]
+pub struct AlertBook {
+    plan: Arc<AlertPlan>,
+    /// Every alert id emitted (from the outbox, then live).
+    emitted: HashSet<u128>,
+    entities: HashMap<EntityId, EntState>,
+    out: Vec<Alert>,
+}
+
+/// Spent at least `percent` of `limit`?
+fn crossed(spent: Money, limit: Money, percent: u16) -> bool {
+    let s = spent.picodollars().saturating_mul(100);
+    let l = limit.picodollars().saturating_mul(i128::from(percent));
+    s >= l
+}
+
+impl AlertBook {
+    /// The evaluator, rebuilt from the alerts already in the outbox (oldest first).
+    pub fn new(plan: Arc<AlertPlan>, existing: &[Alert]) -> AlertBook {
+        let mut book = AlertBook {
+            plan,
+            emitted: HashSet::with_capacity(existing.len()),
+            entities: HashMap::new(),
+            out: Vec::new(),
+        };
+        for a in existing {
+            if let Some(bits) = parse_alert_id(&a.id) {
+                book.emitted.insert(bits);
+            }
+            let Some(k) = &a.key else { continue };
+            let st = book.entities.entry(EntityId(k.entity)).or_insert(EntState {
+                epoch: k.epoch,
+                generation: 0,
+                period_start_ms: k.period_start_ms,
+                burn: None,
+            });
+            if k.epoch > st.epoch {
+                *st = EntState {
+                    epoch: k.epoch,
+                    generation: 0,
+                    period_start_ms: k.period_start_ms,
+                    burn: None,
+                };
+            }
+            if let (true, KeyFact::Rearmed { carried }) = (k.epoch == st.epoch, &k.fact) {
+                if k.generation > st.generation {
+                    st.generation = k.generation;
+                    let st = st.clone();
+                    for f in carried {
+                        let bits = fact_bits(EntityId(k.entity), &st, f);
+                        book.emitted.insert(bits);
+                    }
+                }
+            }
+        }
+        book
+    }
+
+    pub fn plan(&self) -> &Arc<AlertPlan> {
+        &self.plan
+    }
+
+    pub fn set_plan(&mut self, plan: Arc<AlertPlan>) {
+        self.plan = plan;
+    }
+
+    /// Whether any rule covers the entity (the ledger thread's fast exit).
+    pub fn watches(&self, id: EntityId) -> bool {
+        self.plan.armed(id).is_some()
+    }
+
+    /// Entities with a forecast rule (the periodic sweep looks at them).
+    pub fn forecasting(&self) -> Vec<EntityId> {
+        self.entities
+            .iter()
+            .filter(|(_, st)| st.burn.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Alerts emitted since the last call, oldest first.
+    pub fn take(&mut self) -> Vec<Alert> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Whether alerts wait to be taken.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Shows the evaluator what the ledger's last `apply` changed: every entity
+    /// its journal records touched, and every entity it blocked.
+    pub fn observe_last_apply(&mut self, now_ms: i64, state: &LedgerState) {
+        if self.plan.is_empty() {
+            return;
+        }
+        let seq = state.journal_seq();
+        let show = |book: &mut AlertBook, id: EntityId, cause: Cause| {
+            if !book.watches(id) {
+                return;
+            }
+            if let Some(view) = state.view(id, now_ms) {
+                book.observe(now_ms, seq, &view, cause);
+            }
+        };
+        for r in state.records() {
+            match r.body {
+                RecordBody::Settle { ref charges, .. } => {
+                    for c in charges.as_slice() {
+                        show(self, c.entity, Cause::Spend(c.amount));
+                    }
+                }
+                RecordBody::Rollover { entity, .. } => show(self, entity, Cause::Rollover),
+                RecordBody::Reset { entity } => show(self, entity, Cause::Reset),
+                RecordBody::TopUp { entity, .. } => show(self, entity, Cause::TopUp),
+                RecordBody::SetBudget { entity, .. } => show(self, entity, Cause::Budget),
+            }
+        }
+        for e in state.events() {
+            if let Event::Blocked { entity, .. } = *e {
+                show(self, entity, Cause::Blocked);
+            }
+        }
+    }
+
+    /// Shows the evaluator every entity a rule covers (start-up, a new plan):
+    /// what crossed while the evaluator did not look fires now, once.
+    pub fn sweep(&mut self, now_ms: i64, state: &LedgerState, ids: &[EntityId]) {
+        let seq = state.journal_seq();
+        for &id in ids {
+            if !self.watches(id) {
+                continue;
+            }
+            if let Some(view) = state.view(id, now_ms) {
+                self.observe(now_ms, seq, &view, Cause::Sweep);
+            }
+        }
+    }
+
+    /// Shows the evaluator an entity after a change: `view` as of `now_ms`,
+    /// `seq` the journal position.
+    pub fn observe(&mut self, now_ms: i64, seq: u64, view: &EntityView, cause: Cause) {
+        let plan = Arc::clone(&self.plan);
+        let Some(armed) = plan.armed(view.id) else {
+            return;
+        };
+        let Some((kind, name)) = plan.name(view.id) else {
+            return;
+        };
+        let who = format!("{}/{name}", kind_str(kind));
+        let mut st = self.entities.remove(&view.id).unwrap_or(EntState {
+            epoch: view.epoch,
+            generation: 0,
+            period_start_ms: view.period.start_ms,
+            burn: None,
+        });
+        if armed.forecast && st.burn.is_none() {
+            st.burn = Some(Box::new(Burn::new(now_ms)));
+        }
+        if let (Cause::Spend(amount), Some(burn)) = (cause, st.burn.as_mut()) {
+            burn.add(now_ms, amount);
+        }
+
+        if view.epoch != st.epoch {
+            let firing = self.firing(view.id, &st, armed);
+            if !firing.is_empty() {
+                let reason = if cause == Cause::Reset {
+                    "reset"
+                } else {
+                    "new_period"
+                };
+                self.recovered(
+                    now_ms,
+                    &plan,
+                    armed,
+                    &who,
+                    view,
+                    &st,
+                    KeyFact::EpochEnded,
+                    &firing,
+                    reason,
+                );
+            }
+            st.epoch = view.epoch;
+            st.generation = 0;
+            st.period_start_ms = view.period.start_ms;
+        }
+
+        if let Some(limit) = view.limit_effective {
+            if matches!(cause, Cause::TopUp | Cause::Budget) {
+                let firing = self.firing(view.id, &st, armed);
+                let soft = view.budget.and_then(|b| b.soft_limit);
+                let no_longer: Vec<Fact> = firing
+                    .iter()
+                    .copied()
+                    .filter(|f| match *f {
+                        Fact::Threshold(t) => !crossed(view.spent, limit, t),
+                        Fact::SoftLimit => soft.is_none_or(|s| view.spent < s),
+                        Fact::Exhausted => !view.blocked,
+                        Fact::Forecast | Fact::Recovered => false,
+                    })
+                    .collect();
+                if !no_longer.is_empty() {
+                    let reason = if cause == Cause::TopUp {
+                        "top_up"
+                    } else {
+                        "limit_raised"
+                    };
+                    let carried: Vec<KeyFact> = firing
+                        .iter()
+                        .filter(|f| !no_longer.contains(f))
+                        .filter_map(|f| key_fact(*f))
+                        .collect();
+                    let mut rearmed = st.clone();
+                    rearmed.generation = seq.max(st.generation + 1);
+                    for f in &carried {
+                        self.emitted.insert(fact_bits(view.id, &rearmed, f));
+                    }
+                    let fact = KeyFact::Rearmed { carried };
+                    self.recovered(
+                        now_ms, &plan, armed, &who, view, &rearmed, fact, &no_longer, reason,
+                    );
+                    st.generation = rearmed.generation;
+                }
+            }
+
+            for &t in &armed.thresholds {
+                if crossed(view.spent, limit, t) {
+                    self.fire(
+                        now_ms,
+                        &plan,
+                        armed,
+                        &who,
+                        view,
+                        &st,
+                        KeyFact::Threshold(t),
+                        None,
+                    );
+                }
+            }
+            if armed.soft_limit {
+                if let Some(soft) = view.budget.and_then(|b| b.soft_limit) {
+                    if view.spent >= soft {
+                        self.fire(
+                            now_ms,
+                            &plan,
+                            armed,
+                            &who,
+                            view,
+                            &st,
+                            KeyFact::SoftLimit,
+                            None,
+                        );
+                    }
+                }
+            }
+            if armed.exhausted && (cause == Cause::Blocked || view.spent >= limit) {
+                self.fire(
+                    now_ms,
+                    &plan,
+                    armed,
+                    &who,
+                    view,
+                    &st,
+                    KeyFact::Exhausted,
+                    None,
+                );
+            }
+            if armed.forecast && view.period.end_ms != TIME_MS_NEVER {
+                self.forecast(now_ms, &plan, armed, &who, view, &mut st, limit);
+            }
+        }
+        self.entities.insert(view.id, st);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forecast(
+        &mut self,
+        now_ms: i64,
+        plan: &AlertPlan,
+        armed: &Armed,
+        who: &str,
+        view: &EntityView,
+        st: &mut EntState,
+        limit: Money,
+    ) {
+        let Some(burn) = st.burn.as_mut() else { return };
+        let (hourly, daily) = burn.rates(now_ms);
+        let remaining = limit.picodollars() - view.spent.picodollars();
+        let reset = view.period.end_ms;
+        let at_hour = exhaustion_ms(now_ms, remaining, hourly);
+        let at_day = exhaustion_ms(now_ms, remaining, daily);
+        let projects = remaining > 0 && at_hour < reset && at_day < reset;
+        let fired = self
+            .emitted
+            .contains(&self.bits(view.id, st, &KeyFact::Forecast));
+        let cleared = self
+            .emitted
+            .contains(&self.bits(view.id, st, &KeyFact::ForecastCleared));
+        let rates = BurnRates {
+            last_hour: Money::picodollars_decimal(hourly),
+            last_day: Money::picodollars_decimal(daily),
+        };
+        if projects && !fired {
+            let extra = (format_rfc3339_ms(at_hour), rates);
+            let st = st.clone();
+            self.fire(
+                now_ms,
+                plan,
+                armed,
+                who,
+                view,
+                &st,
+                KeyFact::Forecast,
+                Some(extra),
+            );
+        } else if !projects && fired && !cleared {
+            let st = st.clone();
+            self.recovered(
+                now_ms,
+                plan,
+                armed,
+                who,
+                view,
+                &st,
+                KeyFact::ForecastCleared,
+                &[Fact::Forecast],
+                "forecast_recovered",
+            );
+        }
+    }
+
+    fn bits(&self, id: EntityId, st: &EntState, fact: &KeyFact) -> u128 {
+        fact_bits(id, st, fact)
+    }
+
+    /// What fired in the state's epoch and generation and still stands.
+    fn firing(&self, id: EntityId, st: &EntState, armed: &Armed) -> Vec<Fact> {
+        let mut out: Vec<Fact> = armed
+            .thresholds
+            .iter()
+            .filter(|t| {
+                self.emitted
+                    .contains(&self.bits(id, st, &KeyFact::Threshold(**t)))
+            })
+            .map(|t| Fact::Threshold(*t))
+            .collect();
+        if self
+            .emitted
+            .contains(&self.bits(id, st, &KeyFact::SoftLimit))
+        {
+            out.push(Fact::SoftLimit);
+        }
+        if self
+            .emitted
+            .contains(&self.bits(id, st, &KeyFact::Exhausted))
+        {
+            out.push(Fact::Exhausted);
+        }
+        if self
+            .emitted
+            .contains(&self.bits(id, st, &KeyFact::Forecast))
+            && !self
+                .emitted
+                .contains(&self.bits(id, st, &KeyFact::ForecastCleared))
+        {
+            out.push(Fact::Forecast);
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fire(
+        &mut self,
+        now_ms: i64,
+        plan: &AlertPlan,
+        armed: &Armed,
+        who: &str,
+        view: &EntityView,
+        st: &EntState,
+        fact: KeyFact,
+        forecast: Option<(String, BurnRates)>,
+    ) {
+        let bits = self.bits(view.id, st, &fact);
+        if self.emitted.contains(&bits) {
+            return;
+        }
+        let (kind, plan_fact, threshold, severity) = match fact {
+            KeyFact::Threshold(t) => (
+                AlertKind::ThresholdCrossed,
+                Fact::Threshold(t),
+                Some(t),
+                if t >= 100 {
+                    Severity::Critical
+                } else if t >= 80 {
+                    Severity::Warning
+                } else {
+                    Severity::Info
+                },
+            ),
+            KeyFact::SoftLimit => (
+                AlertKind::SoftLimitCrossed,
+                Fact::SoftLimit,
+                None,
+                Severity::Warning,
+            ),
+            KeyFact::Exhausted => (
+                AlertKind::Exhausted,
+                Fact::Exhausted,
+                None,
+                Severity::Critical,
+            ),
+            KeyFact::Forecast => (AlertKind::Forecast, Fact::Forecast, None, Severity::Warning),
+            _ => return,
+        };
+        let mut data = self.budget_data(plan, armed, plan_fact, view, st);
+        data.threshold_percent = threshold.map(|t| t.min(255) as u8);
+        if let Some((at, rates)) = forecast {
+            data.projected_exhaustion_at = Some(at);
+            data.burn_rate_usd_per_hour = Some(rates);
+        }
+        let summary = match kind {
+            AlertKind::ThresholdCrossed => format!(
+                "{who} has spent ${} of ${} ({}% threshold) this period",
+                data.spent_usd,
+                data.limit_usd.as_deref().unwrap_or("?"),
+                threshold.unwrap_or_default()
+            ),
+            AlertKind::SoftLimitCrossed => format!(
+                "{who} reached its soft limit: ${} spent (soft limit ${})",
+                data.spent_usd,
+                data.soft_limit_usd.as_deref().unwrap_or("?")
+            ),
+            AlertKind::Exhausted => format!(
+                "{who} has no budget left this period: ${} spent of ${}",
+                data.spent_usd,
+                data.limit_usd.as_deref().unwrap_or("?")
+            ),
+            _ => format!(
+                "{who} will run out of budget before it resets: projected at {}",
+                data.projected_exhaustion_at.as_deref().unwrap_or("?")
+            ),
+        };
+        let routes = plan.routes(armed, plan_fact, who, &period_key(st));
+        self.push(
+            bits, kind, now_ms, severity, summary, data, routes, view, st, fact,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn recovered(
+        &mut self,
+        now_ms: i64,
+        plan: &AlertPlan,
+        armed: &Armed,
+        who: &str,
+        view: &EntityView,
+        st: &EntState,
+        fact: KeyFact,
+        what: &[Fact],
+        reason: &str,
+    ) {
+        let bits = self.bits(view.id, st, &fact);
+        if self.emitted.contains(&bits) {
+            return;
+        }
+        let mut data = self.budget_data(plan, armed, Fact::Recovered, view, st);
+        // The most serious fact that no longer holds names the recovery.
+        let top = what
+            .iter()
+            .max_by_key(|f| match f {
+                Fact::Exhausted => 2000,
+                Fact::Threshold(t) => u32::from(*t),
+                Fact::SoftLimit => 1,
+                Fact::Forecast => 0,
+                Fact::Recovered => 0,
+            })
+            .copied();
+        data.recovered = top.map(|f| match f {
+            Fact::Threshold(_) => AlertKind::ThresholdCrossed,
+            Fact::SoftLimit => AlertKind::SoftLimitCrossed,
+            Fact::Exhausted => AlertKind::Exhausted,
+            _ => AlertKind::Forecast,
+        });
+        data.threshold_percent = what
+            .iter()
+            .filter_map(|f| match f {
+                Fact::Threshold(t) => Some((*t).min(255) as u8),
+                _ => None,
+            })
+            .max();
+        data.reason = Some(reason.to_string());
+        let summary = format!(
+            "{who} recovered ({}): ${} spent{}",
+            reason.replace('_', " "),
+            data.spent_usd,
+            data.limit_usd
+                .as_deref()
+                .map(|l| format!(" of ${l}"))
+                .unwrap_or_default()
+        );
+        // The dedup key of the incident it ends: the state's period and epoch.
+        let routes = plan.routes(armed, Fact::Recovered, who, &period_key(st));
+        self.push(
+            bits,
+            AlertKind::Recovered,
+            now_ms,
+            Severity::Info,
+            summary,
+            data,
+            routes,
+            view,
+            st,
+            fact,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        bits: u128,
+        kind: AlertKind,
+        now_ms: i64,
+        severity: Severity,
+        summary: String,
+        data: BudgetData,
+        routes: Vec<Route>,
+        view: &EntityView,
+        st: &EntState,
+        fact: KeyFact,
+    ) {
+        self.emitted.insert(bits);
+        self.out.push(Alert {
+            id: format!("alrt_{bits:032x}"),
+            kind,
+            timestamp_ms: now_ms,
+            severity,
+            summary,
+            data: AlertData::Budget(data),
+            routes,
+            key: Some(AlertKey {
+                entity: view.id.0,
+                epoch: st.epoch,
+                period_start_ms: st.period_start_ms,
+                generation: st.generation,
+                fact,
+            }),
+        });
+    }
+
+    fn budget_data(
+        &self,
+        plan: &AlertPlan,
+        armed: &Armed,
+        fact: Fact,
+        view: &EntityView,
+        st: &EntState,
+    ) -> BudgetData {
+        let (kind, name) = plan
+            .name(view.id)
+            .map(|(k, n)| (kind_str(k), n.to_string()))
+            .unwrap_or(("entity", view.id.0.to_string()));
+        // A recovery of an ended epoch speaks of that epoch's period.
+        let (period_start, reset_at) = if st.epoch == view.epoch {
+            (view.period.start_ms, view.period.end_ms)
+        } else {
+            (st.period_start_ms, view.period.start_ms)
+        };
+        BudgetData {
+            entity: EntityRef {
+                kind: kind.to_string(),
+                name,
+            },
+            rules: plan.rules_for(armed, fact),
+            threshold_percent: None,
+            recovered: None,
+            reason: None,
+            spent_usd: view.spent.to_string(),
+            limit_usd: view.limit_effective.map(|m| m.to_string()),
+            remaining_usd: view.remaining.map(|m| m.to_string()),
+            soft_limit_usd: view
+                .budget
+                .and_then(|b| b.soft_limit)
+                .map(|m| m.to_string()),
+            mode: match view.budget.map(|b| b.mode) {
+                Some(Mode::Soft) => "soft",
+                _ => "strict",
+            }
+            .to_string(),
+            period_start: format_rfc3339_ms(period_start),
+            reset_at: (reset_at != TIME_MS_NEVER).then(|| format_rfc3339_ms(reset_at)),
+            projected_exhaustion_at: None,
+            burn_rate_usd_per_hour: None,
+        }
+    }
+}
+
+/// The id bits of a fact about an entity in a state's epoch and generation.
+fn fact_bits(id: EntityId, st: &EntState, fact: &KeyFact) -> u128 {
+    let (tag, n): (&[u8], u16) = match fact {
+        KeyFact::Threshold(t) => (b"threshold", *t),
+        KeyFact::SoftLimit => (b"soft_limit", 0),
+        KeyFact::Exhausted => (b"exhausted", 0),
+        KeyFact::Forecast => (b"forecast", 0),
+        KeyFact::EpochEnded => (b"epoch_ended", 0),
+        KeyFact::Rearmed { .. } => (b"rearmed", 0),
+        KeyFact::ForecastCleared => (b"forecast_cleared", 0),
+    };
+    alert_id_bits(&[
+        b"budget",
+        &id.0.to_le_bytes(),
+        &st.epoch.to_le_bytes(),
+        &st.generation.to_le_bytes(),
+        tag,
+        &n.to_le_bytes(),
+    ])
+}
+
+fn key_fact(f: Fact) -> Option<KeyFact> {
+    match f {
+        Fact::Threshold(t) => Some(KeyFact::Threshold(t)),
+        Fact::SoftLimit => Some(KeyFact::SoftLimit),
+        Fact::Exhausted => Some(KeyFact::Exhausted),
+        Fact::Forecast => Some(KeyFact::Forecast),
+        Fact::Recovered => None,
+    }
+}
+
+fn period_key(st: &EntState) -> String {
+    format!("{}#{}", format_rfc3339_ms(st.period_start_ms), st.epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::rules::RuleSection;
+    use crate::budget::period::{Reset, ResetUnit};
+    use crate::budget::Budget;
+    use crate::ledger::{Charge, Charges, Command, EntityKind, Reply, StateConfig};
+
+    const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+    const KEY: EntityId = EntityId(1);
+
+    fn usd(s: &str) -> Money {
+        Money::parse_usd(s).unwrap()
+    }
+
+    fn plan(thresholds: &[u16], forecast: bool) -> Arc<AlertPlan> {
+        let rule = RuleSection {
+            name: "r".into(),
+            scope: "keys".into(),
+            thresholds: Some(thresholds.to_vec()),
+            soft_limit: None,
+            exhausted: None,
+            forecast: Some(forecast),
+            recovery: None,
+            channels: vec!["hook".into()],
+        }
+        .validate(&["hook"])
+        .unwrap();
+        Arc::new(AlertPlan::new(vec![rule], [(KEY, EntityKind::Key, "k")]))
+    }
+
+    struct Rig {
+        ledger: LedgerState,
+        book: AlertBook,
+        next_id: u128,
+        emitted: Vec<Alert>,
+    }
+
+    impl Rig {
+        fn new(plan: Arc<AlertPlan>, budget: Budget) -> Rig {
+            let mut rig = Rig {
+                ledger: LedgerState::new(StateConfig::default()).unwrap(),
+                book: AlertBook::new(plan, &[]),
+                next_id: 1,
+                emitted: Vec::new(),
+            };
+            rig.apply(
+                T0,
+                Command::SetBudget {
+                    entity: KEY,
+                    kind: EntityKind::Key,
+                    budget: Some(budget),
+                },
+            );
+            rig
+        }
+
+        fn apply(&mut self, now: i64, cmd: Command) -> Vec<Alert> {
+            let reply = self.ledger.apply(now, &cmd);
+            assert!(!matches!(reply, Reply::Rejected(_)), "{reply:?}");
+            self.book.observe_last_apply(now, &self.ledger);
+            let out = self.book.take();
+            self.emitted.extend(out.iter().cloned());
+            out
+        }
+
+        fn spend(&mut self, now: i64, amount: &str) -> Vec<Alert> {
+            self.next_id += 1;
+            let charges = Charges::from_slice(&[Charge {
+                entity: KEY,
+                amount: usd(amount),
+                from_lease: false,
+            }])
+            .unwrap();
+            self.apply(
+                now,
+                Command::Settle {
+                    request_id: self.next_id,
+                    worker: 0,
+                    estimated: false,
+                    charges,
+                },
+            )
+        }
+    }
+
+    fn daily(limit: &str) -> Budget {
+        Budget::new(usd(limit), Some(Reset::new(1, ResetUnit::Day).unwrap()))
+    }
+
+    fn thresholds(alerts: &[Alert]) -> Vec<(AlertKind, Option<u8>)> {
+        alerts
+            .iter()
+            .map(|a| match &a.data {
+                AlertData::Budget(b) => (a.kind, b.threshold_percent),
+                _ => (a.kind, None),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_threshold_fires_once_however_the_spend_arrives() {
+        let mut rig = Rig::new(plan(&[50, 80, 100], false), daily("10"));
+        assert!(rig.spend(T0 + 1, "4.99").is_empty());
+        let a = rig.spend(T0 + 2, "0.01");
+        assert_eq!(
+            thresholds(&a),
+            vec![(AlertKind::ThresholdCrossed, Some(50))]
+        );
+        // Hovering: many small charges past 50 and up to just under 80.
+        for i in 0..299 {
+            assert!(rig.spend(T0 + 3 + i, "0.01").is_empty());
+        }
+        // One charge jumps 80 and 100 at once: both fire, in order, and the
+        // budget is exhausted.
+        let a = rig.spend(T0 + 400, "2.01");
+        assert_eq!(
+            thresholds(&a),
+            vec![
+                (AlertKind::ThresholdCrossed, Some(80)),
+                (AlertKind::ThresholdCrossed, Some(100)),
+                (AlertKind::Exhausted, None),
+            ]
+        );
+        assert!(rig.spend(T0 + 401, "1").is_empty());
+        let AlertData::Budget(b) = &a[0].data else {
+            panic!()
+        };
+        assert_eq!(b.entity.name, "k");
+        assert_eq!(b.limit_usd.as_deref(), Some("10"));
+        assert_eq!(b.period_start, "2026-01-01T00:00:00Z");
+        assert_eq!(b.reset_at.as_deref(), Some("2026-01-02T00:00:00Z"));
+        assert_eq!(a[0].routes.len(), 1);
+        assert_eq!(a[0].routes[0].channel, "hook");
+        let ids: HashSet<&str> = rig.emitted.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids.len(), rig.emitted.len(), "an id was emitted twice");
+    }
+
+    #[test]
+    fn a_new_period_recovers_and_rearms() {
+        let mut rig = Rig::new(plan(&[50], false), daily("10"));
+        assert_eq!(rig.spend(T0 + 1, "6").len(), 1);
+        let day = 86_400_000;
+        // The tick rolls the period over: one recovery, under the old period's dedup key.
+        let a = rig.apply(T0 + day, Command::Tick);
+        assert_eq!(thresholds(&a), vec![(AlertKind::Recovered, Some(50))]);
+        let AlertData::Budget(b) = &a[0].data else {
+            panic!()
+        };
+        assert_eq!(b.reason.as_deref(), Some("new_period"));
+        assert_eq!(b.period_start, "2026-01-01T00:00:00Z");
+        assert_eq!(a[0].routes[0].dedup_key, rig.emitted[0].routes[0].dedup_key);
+        // The new period fires again, with a new id.
+        let again = rig.spend(T0 + day + 1, "5");
+        assert_eq!(
+            thresholds(&again),
+            vec![(AlertKind::ThresholdCrossed, Some(50))]
+        );
+        assert_ne!(again[0].id, rig.emitted[0].id);
+    }
+
+    #[test]
+    fn a_reset_recovers_with_its_reason() {
+        let mut rig = Rig::new(plan(&[50], false), daily("10"));
+        rig.spend(T0 + 1, "6");
+        let a = rig.apply(T0 + 2, Command::Reset { entity: KEY });
+        let AlertData::Budget(b) = &a[0].data else {
+            panic!()
+        };
+        assert_eq!(
+            (a[0].kind, b.reason.as_deref()),
+            (AlertKind::Recovered, Some("reset"))
+        );
+        assert_eq!(rig.spend(T0 + 3, "5").len(), 1);
+    }
+
+    #[test]
+    fn a_raised_limit_rearms_only_what_no_longer_holds() {
+        let mut rig = Rig::new(plan(&[50, 80], false), daily("10"));
+        assert_eq!(rig.spend(T0 + 1, "8").len(), 2);
+        // 8 of 12: 50% still holds, 80% no longer does.
+        let a = rig.apply(
+            T0 + 2,
+            Command::SetBudget {
+                entity: KEY,
+                kind: EntityKind::Key,
+                budget: Some(daily("12")),
+            },
+        );
+        assert_eq!(thresholds(&a), vec![(AlertKind::Recovered, Some(80))]);
+        // Crossing 80% of the new limit fires 80 again; 50 never repeats.
+        let b = rig.spend(T0 + 3, "1.6");
+        assert_eq!(
+            thresholds(&b),
+            vec![(AlertKind::ThresholdCrossed, Some(80))]
+        );
+        // Rebuilt from what was emitted (a restart), nothing repeats.
+        let mut rebuilt = AlertBook::new(rig.book.plan().clone(), &rig.emitted);
+        rebuilt.sweep(T0 + 4, &rig.ledger, &[KEY]);
+        assert!(rebuilt.take().is_empty());
+    }
+
+    #[test]
+    fn a_restart_fires_what_the_outbox_missed_and_repeats_nothing() {
+        let mut rig = Rig::new(plan(&[50, 80], false), daily("10"));
+        let first = rig.spend(T0 + 1, "6");
+        assert_eq!(first.len(), 1);
+        let lost = rig.spend(T0 + 2, "2.5");
+        assert_eq!(lost.len(), 1);
+        // The crash came after the charge reached the journal but before its
+        // alert reached the outbox: the outbox has only the first.
+        let mut rebuilt = AlertBook::new(rig.book.plan().clone(), &first);
+        rebuilt.sweep(T0 + 3, &rig.ledger, &[KEY]);
+        let again = rebuilt.take();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, lost[0].id, "the same crossing has the same id");
+        rebuilt.sweep(T0 + 4, &rig.ledger, &[KEY]);
+        assert!(rebuilt.take().is_empty());
+    }
+
+    #[test]
+    fn a_forecast_fires_before_exhaustion_on_a_ramp_and_clears_when_it_stops() {
+        let mut rig = Rig::new(plan(&[100], true), daily("100"));
+        let minute = 60_000;
+        let mut fired_at = None;
+        let mut exhausted_at = None;
+        // $10 an hour, a charge a minute: exhaustion after 10 hours.
+        for m in 1..=(11 * 60) {
+            let now = T0 + m * minute;
+            for a in rig.spend(now, "0.166666") {
+                match a.kind {
+                    AlertKind::Forecast => fired_at = fired_at.or(Some(m)),
+                    AlertKind::Exhausted => exhausted_at = exhausted_at.or(Some(m)),
+                    _ => {}
+                }
+            }
+        }
+        let (fired, exhausted) = (fired_at.unwrap(), exhausted_at.unwrap());
+        assert!(
+            fired < exhausted,
+            "forecast at minute {fired}, exhausted at {exhausted}"
+        );
+        let forecasts = rig
+            .emitted
+            .iter()
+            .filter(|a| a.kind == AlertKind::Forecast)
+            .count();
+        assert_eq!(forecasts, 1);
+        let a = rig
+            .emitted
+            .iter()
+            .find(|a| a.kind == AlertKind::Forecast)
+            .unwrap();
+        let AlertData::Budget(b) = &a.data else {
+            panic!()
+        };
+        assert!(b.projected_exhaustion_at.is_some() && b.burn_rate_usd_per_hour.is_some());
+    }
+
+    #[test]
+    fn a_forecast_clears_when_the_burn_stops() {
+        let mut rig = Rig::new(plan(&[100], true), daily("100"));
+        let minute = 60_000;
+        for m in 1..=(7 * 60) {
+            rig.spend(T0 + m * minute, "0.166666");
+        }
+        assert!(rig.emitted.iter().any(|a| a.kind == AlertKind::Forecast));
+        // Nothing spent for two hours: the last hour's rate is zero.
+        let ids = rig.book.forecasting();
+        rig.book.sweep(T0 + 9 * 60 * minute, &rig.ledger, &ids);
+        let a = rig.book.take();
+        assert_eq!(thresholds(&a), vec![(AlertKind::Recovered, None)]);
+        let AlertData::Budget(b) = &a[0].data else {
+            panic!()
+        };
+        assert_eq!(b.reason.as_deref(), Some("forecast_recovered"));
+        // Spending again the same period does not fire a second forecast.
+        for m in (9 * 60)..=(9 * 60 + 90) {
+            for a in rig.spend(T0 + m * minute, "0.3") {
+                assert_ne!(a.kind, AlertKind::Forecast);
+            }
+        }
+    }
+}

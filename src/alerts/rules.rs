@@ -1,0 +1,458 @@
+//! Alert rules: which entities an alert is evaluated for, at which
+//! thresholds, and which channels hear of it.
+//!
+//! A rule's scope is a kind of entity (`"customers"`, `"teams"`, `"keys"`,
+//! `"providers"`, `"models"`), `"all"`, or one named entity
+//! (`"keys/<name>"`, `"teams/<name>"`, ...). The rules are compiled with the
+//! entity registry's names into an [`AlertPlan`]: per entity, the union of
+//! what its rules arm and, per fact, where it goes. The ledger thread's
+//! evaluator reads the plan; a change of rules or entities publishes a new one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::books::registry::kind_str;
+use crate::ledger::{EntityId, EntityKind};
+
+use super::event::Route;
+
+/// The thresholds a rule arms when it names none: percent of the limit.
+pub const THRESHOLDS_DEFAULT: [u16; 4] = [50, 80, 95, 100];
+/// The highest threshold a rule may name, percent (soft budgets overshoot).
+pub const THRESHOLD_PERCENT_MAX: u16 = 1000;
+/// Most thresholds one rule may name.
+pub const THRESHOLDS_PER_RULE_MAX: usize = 16;
+/// Most rules.
+pub const RULES_MAX: usize = 256;
+/// Most channels one rule may name.
+pub const CHANNELS_PER_RULE_MAX: usize = 16;
+
+/// `[[alerts.rules]]` as written in the file, and the admin API's body.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    pub name: String,
+    /// `customers` | `teams` | `keys` | `providers` | `models` | `all` |
+    /// `<kind>/<name>` (`keys/<name>`, `teams/<name>`, ...).
+    pub scope: String,
+    /// Percent of the limit; default 50, 80, 95, 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<Vec<u16>>,
+    /// Alert when spend reaches the budget's soft limit (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_limit: Option<bool>,
+    /// Alert when the budget refuses its first request (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exhausted: Option<bool>,
+    /// Alert when, at the last hour's and the last day's burn rate, the budget
+    /// runs out before it resets (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<bool>,
+    /// Send `budget.recovered` when what fired no longer holds (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<bool>,
+    pub channels: Vec<String>,
+}
+
+/// Which entities a rule covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Kind(EntityKind),
+    Entity(EntityKind, String),
+}
+
+impl Scope {
+    pub fn parse(s: &str) -> Option<Scope> {
+        let kind = |k: &str| -> Option<EntityKind> {
+            let singular = k.strip_suffix('s').unwrap_or(k);
+            EntityKind::ALL
+                .into_iter()
+                .find(|kind| kind_str(*kind) == singular)
+        };
+        if s == "all" {
+            return Some(Scope::All);
+        }
+        match s.split_once('/') {
+            None => {
+                // Only the plural names a kind ("keys"), so "key" is refused.
+                s.ends_with('s').then_some(())?;
+                kind(s).map(Scope::Kind)
+            }
+            Some((k, name)) if !name.is_empty() => Some(Scope::Entity(kind(k)?, name.to_string())),
+            Some(_) => None,
+        }
+    }
+
+    pub fn covers(&self, kind: EntityKind, name: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Kind(k) => *k == kind,
+            Scope::Entity(k, n) => *k == kind && n == name,
+        }
+    }
+}
+
+/// A validated rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub scope: Scope,
+    /// Sorted, distinct, 1..=[`THRESHOLD_PERCENT_MAX`].
+    pub thresholds: Vec<u16>,
+    pub soft_limit: bool,
+    pub exhausted: bool,
+    pub forecast: bool,
+    pub recovery: bool,
+    pub channels: Vec<String>,
+    /// What was written, for the admin API and persistence.
+    pub section: RuleSection,
+}
+
+/// Why a rule is refused: the field and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct RuleError {
+    pub field: String,
+    pub message: String,
+}
+
+fn rule_err(field: &str, message: impl Into<String>) -> RuleError {
+    RuleError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// A name for a rule or channel: 1..=64 of `A-Z a-z 0-9 _ . -`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+impl RuleSection {
+    /// Checks the rule on its own; `channels` are the channel names that
+    /// exist (every name the rule gives must be one).
+    pub fn validate(&self, channels: &[&str]) -> Result<Rule, RuleError> {
+        if !valid_name(&self.name) {
+            return Err(rule_err(
+                "name",
+                "must be 1 to 64 characters of A-Z a-z 0-9 _ . -",
+            ));
+        }
+        let scope = Scope::parse(&self.scope).ok_or_else(|| {
+            rule_err(
+                "scope",
+                format!(
+                    "{:?} is not a scope: use customers, teams, keys, providers, models, all, \
+                     or <kind>/<name> such as keys/my-key",
+                    self.scope
+                ),
+            )
+        })?;
+        let mut thresholds = self
+            .thresholds
+            .clone()
+            .unwrap_or_else(|| THRESHOLDS_DEFAULT.to_vec());
+        if thresholds.len() > THRESHOLDS_PER_RULE_MAX {
+            return Err(rule_err(
+                "thresholds",
+                format!("at most {THRESHOLDS_PER_RULE_MAX}"),
+            ));
+        }
+        if let Some(t) = thresholds
+            .iter()
+            .find(|t| **t == 0 || **t > THRESHOLD_PERCENT_MAX)
+        {
+            return Err(rule_err(
+                "thresholds",
+                format!("{t} is not a percentage in 1..={THRESHOLD_PERCENT_MAX}"),
+            ));
+        }
+        thresholds.sort_unstable();
+        thresholds.dedup();
+        if self.channels.is_empty() {
+            return Err(rule_err("channels", "name at least one channel"));
+        }
+        if self.channels.len() > CHANNELS_PER_RULE_MAX {
+            return Err(rule_err(
+                "channels",
+                format!("at most {CHANNELS_PER_RULE_MAX}"),
+            ));
+        }
+        if let Some(c) = self
+            .channels
+            .iter()
+            .find(|c| !channels.contains(&c.as_str()))
+        {
+            return Err(rule_err(
+                "channels",
+                format!("{c:?} is not a configured channel"),
+            ));
+        }
+        let mut names = self.channels.clone();
+        names.dedup();
+        Ok(Rule {
+            name: self.name.clone(),
+            scope,
+            thresholds,
+            soft_limit: self.soft_limit.unwrap_or(true),
+            exhausted: self.exhausted.unwrap_or(true),
+            forecast: self.forecast.unwrap_or(false),
+            recovery: self.recovery.unwrap_or(true),
+            channels: names,
+            section: self.clone(),
+        })
+    }
+}
+
+/// What an entity's rules ask for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Armed {
+    /// Rule indexes (into [`AlertPlan::rules`]) covering the entity.
+    pub rules: Vec<u16>,
+    /// The union of their thresholds, sorted.
+    pub thresholds: Vec<u16>,
+    pub soft_limit: bool,
+    pub exhausted: bool,
+    pub forecast: bool,
+}
+
+/// The compiled rules, for the evaluator: per entity, what is armed and its name.
+#[derive(Debug, Default)]
+pub struct AlertPlan {
+    pub rules: Vec<Rule>,
+    entities: HashMap<EntityId, (EntityKind, Arc<str>, Arc<Armed>)>,
+}
+
+/// What a route is for, to pick the rules that want it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fact {
+    Threshold(u16),
+    SoftLimit,
+    Exhausted,
+    Forecast,
+    Recovered,
+}
+
+impl AlertPlan {
+    /// Compiles `rules` for every entity the registry names.
+    pub fn new<'a>(
+        rules: Vec<Rule>,
+        entities: impl IntoIterator<Item = (EntityId, EntityKind, &'a str)>,
+    ) -> AlertPlan {
+        let mut by_entity = HashMap::new();
+        // Entities whose rules are the same share one `Armed`.
+        let mut shared: HashMap<Vec<u16>, Arc<Armed>> = HashMap::new();
+        for (id, kind, name) in entities {
+            let covering: Vec<u16> = rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.scope.covers(kind, name))
+                .map(|(i, _)| i as u16)
+                .collect();
+            if covering.is_empty() {
+                continue;
+            }
+            let armed = shared
+                .entry(covering.clone())
+                .or_insert_with(|| {
+                    let mut a = Armed {
+                        rules: covering.clone(),
+                        ..Armed::default()
+                    };
+                    for &i in &covering {
+                        let r = &rules[usize::from(i)];
+                        a.thresholds.extend_from_slice(&r.thresholds);
+                        a.soft_limit |= r.soft_limit;
+                        a.exhausted |= r.exhausted;
+                        a.forecast |= r.forecast;
+                    }
+                    a.thresholds.sort_unstable();
+                    a.thresholds.dedup();
+                    Arc::new(a)
+                })
+                .clone();
+            by_entity.insert(id, (kind, Arc::<str>::from(name), armed));
+        }
+        AlertPlan {
+            rules,
+            entities: by_entity,
+        }
+    }
+
+    /// What is armed for the entity; `None`: no rule covers it.
+    pub fn armed(&self, id: EntityId) -> Option<&Armed> {
+        self.entities.get(&id).map(|(_, _, a)| &**a)
+    }
+
+    pub fn name(&self, id: EntityId) -> Option<(EntityKind, &str)> {
+        self.entities.get(&id).map(|(k, n, _)| (*k, &**n))
+    }
+
+    /// Every entity a rule covers.
+    pub fn entity_ids(&self) -> Vec<EntityId> {
+        let mut ids: Vec<EntityId> = self.entities.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Whether any rule covers anything (the evaluator's fast exit).
+    pub fn is_empty(&self) -> bool {
+        self.entities.is_empty()
+    }
+
+    /// The rules of `armed` that want `fact`, by name.
+    pub fn rules_for(&self, armed: &Armed, fact: Fact) -> Vec<String> {
+        armed
+            .rules
+            .iter()
+            .map(|&i| &self.rules[usize::from(i)])
+            .filter(|r| wants(r, fact))
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    /// Where an alert about `fact` goes: each channel once, routed by the first
+    /// rule (in file order) that names it. `period_key` makes PagerDuty's
+    /// dedup key one incident per entity, period and rule.
+    pub fn routes(&self, armed: &Armed, fact: Fact, entity: &str, period_key: &str) -> Vec<Route> {
+        let mut routes: Vec<Route> = Vec::new();
+        for &i in &armed.rules {
+            let r = &self.rules[usize::from(i)];
+            if !wants(r, fact) {
+                continue;
+            }
+            for c in &r.channels {
+                if routes.iter().any(|route| &route.channel == c) {
+                    continue;
+                }
+                routes.push(Route {
+                    channel: c.clone(),
+                    rule: r.name.clone(),
+                    dedup_key: format!("bursar/{entity}/{period_key}/{}", r.name),
+                });
+            }
+        }
+        routes
+    }
+}
+
+fn wants(r: &Rule, fact: Fact) -> bool {
+    match fact {
+        Fact::Threshold(t) => r.thresholds.contains(&t),
+        Fact::SoftLimit => r.soft_limit,
+        Fact::Exhausted => r.exhausted,
+        Fact::Forecast => r.forecast,
+        Fact::Recovered => r.recovery,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(
+        name: &str,
+        scope: &str,
+        thresholds: Option<Vec<u16>>,
+        channels: &[&str],
+    ) -> RuleSection {
+        RuleSection {
+            name: name.into(),
+            scope: scope.into(),
+            thresholds,
+            soft_limit: None,
+            exhausted: None,
+            forecast: None,
+            recovery: None,
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn scopes_parse_kinds_names_and_refuse_the_rest() {
+        assert_eq!(Scope::parse("keys"), Some(Scope::Kind(EntityKind::Key)));
+        assert_eq!(Scope::parse("all"), Some(Scope::All));
+        assert_eq!(
+            Scope::parse("teams/search"),
+            Some(Scope::Entity(EntityKind::Team, "search".into()))
+        );
+        for bad in ["key", "keyz", "keys/", "/x", "wallets/x", ""] {
+            assert_eq!(Scope::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let ok = section("r", "keys", None, &["hook"]);
+        let rule = ok.validate(&["hook"]).unwrap();
+        assert_eq!(rule.thresholds, THRESHOLDS_DEFAULT);
+        assert!(rule.soft_limit && rule.exhausted && !rule.forecast && rule.recovery);
+        let e = section("r", "keys", Some(vec![0]), &["hook"])
+            .validate(&["hook"])
+            .unwrap_err();
+        assert_eq!(e.field, "thresholds");
+        let e = section("r", "keys", None, &["nope"])
+            .validate(&["hook"])
+            .unwrap_err();
+        assert_eq!(e.field, "channels");
+        let e = section("r", "key", None, &["hook"])
+            .validate(&["hook"])
+            .unwrap_err();
+        assert_eq!(e.field, "scope");
+        let e = section("r r", "keys", None, &["hook"])
+            .validate(&["hook"])
+            .unwrap_err();
+        assert_eq!(e.field, "name");
+    }
+
+    #[test]
+    fn the_plan_unions_rules_and_routes_each_channel_once() {
+        let rules = vec![
+            section("a", "keys", Some(vec![80, 50]), &["x", "y"])
+                .validate(&["x", "y"])
+                .unwrap(),
+            section("b", "keys/k1", Some(vec![80, 100]), &["y"])
+                .validate(&["x", "y"])
+                .unwrap(),
+        ];
+        let plan = AlertPlan::new(
+            rules,
+            [
+                (EntityId(1), EntityKind::Key, "k1"),
+                (EntityId(2), EntityKind::Key, "k2"),
+                (EntityId(3), EntityKind::Team, "t"),
+            ],
+        );
+        let k1 = plan.armed(EntityId(1)).unwrap();
+        assert_eq!(k1.thresholds, vec![50, 80, 100]);
+        assert_eq!(plan.armed(EntityId(2)).unwrap().thresholds, vec![50, 80]);
+        assert!(plan.armed(EntityId(3)).is_none());
+        let routes = plan.routes(k1, Fact::Threshold(80), "key/k1", "p");
+        assert_eq!(
+            routes
+                .iter()
+                .map(|r| (&*r.channel, &*r.rule))
+                .collect::<Vec<_>>(),
+            vec![("x", "a"), ("y", "a")]
+        );
+        let routes = plan.routes(k1, Fact::Threshold(100), "key/k1", "p");
+        assert_eq!(
+            routes
+                .iter()
+                .map(|r| (&*r.channel, &*r.rule))
+                .collect::<Vec<_>>(),
+            vec![("y", "b")]
+        );
+        assert_eq!(routes[0].dedup_key, "bursar/key/k1/p/b");
+        assert_eq!(
+            plan.rules_for(k1, Fact::Threshold(50)),
+            vec!["a".to_string()]
+        );
+    }
+}

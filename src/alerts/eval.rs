@@ -151,6 +151,23 @@ struct EntState {
     burn: Option<Box<Burn>>,
 }
 
+/// One entity's alert state (`GET /admin/alerts/state`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EntityAlertState {
+    pub entity: EntityRef,
+    pub epoch: u64,
+    pub generation: u64,
+    pub period_start: String,
+    pub reset_at: Option<String>,
+    pub spent_usd: String,
+    pub limit_usd: Option<String>,
+    /// What fired this period and still stands: `threshold:80`,
+    /// `soft_limit`, `exhausted`, `forecast`.
+    pub firing: Vec<String>,
+    pub thresholds: Vec<u16>,
+    pub rules: Vec<String>,
+}
+
 /// The evaluator. See the module doc.
 #[derive(Debug)]
 pub struct AlertBook {
@@ -230,6 +247,61 @@ impl AlertBook {
             .filter(|(_, st)| st.burn.is_some())
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// Every entity a rule covers, as of `now_ms`.
+    pub fn state(&self, now_ms: i64, state: &LedgerState) -> Vec<EntityAlertState> {
+        let mut out = Vec::new();
+        for id in self.plan.entity_ids() {
+            let (Some(armed), Some((kind, name)), Some(view)) = (
+                self.plan.armed(id),
+                self.plan.name(id),
+                state.view(id, now_ms),
+            ) else {
+                continue;
+            };
+            let st = match self.entities.get(&id) {
+                Some(st) if st.epoch == view.epoch => st.clone(),
+                _ => EntState {
+                    epoch: view.epoch,
+                    generation: 0,
+                    period_start_ms: view.period.start_ms,
+                    burn: None,
+                },
+            };
+            let firing = self
+                .firing(id, &st, armed)
+                .into_iter()
+                .map(|f| match f {
+                    Fact::Threshold(t) => format!("threshold:{t}"),
+                    Fact::SoftLimit => "soft_limit".into(),
+                    Fact::Exhausted => "exhausted".into(),
+                    Fact::Forecast => "forecast".into(),
+                    Fact::Recovered => "recovered".into(),
+                })
+                .collect();
+            out.push(EntityAlertState {
+                entity: EntityRef {
+                    kind: kind_str(kind).into(),
+                    name: name.into(),
+                },
+                epoch: st.epoch,
+                generation: st.generation,
+                period_start: format_rfc3339_ms(view.period.start_ms),
+                reset_at: (view.period.end_ms != TIME_MS_NEVER)
+                    .then(|| format_rfc3339_ms(view.period.end_ms)),
+                spent_usd: view.spent.to_string(),
+                limit_usd: view.limit_effective.map(|m| m.to_string()),
+                firing,
+                thresholds: armed.thresholds.clone(),
+                rules: armed
+                    .rules
+                    .iter()
+                    .map(|&i| self.plan.rules[usize::from(i)].name.clone())
+                    .collect(),
+            });
+        }
+        out
     }
 
     /// Alerts emitted since the last call, oldest first.

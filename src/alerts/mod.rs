@@ -16,6 +16,7 @@ pub mod channel;
 pub mod delivery;
 pub mod eval;
 pub mod event;
+pub mod ledger_side;
 pub mod outbox;
 pub mod rules;
 

@@ -73,6 +73,9 @@ use futures_channel::oneshot;
 
 use super::registry::{EntityRegistry, RegistryError};
 use super::ring::{self, RingConsumer, RingError, RingFull, RingProducer, SettleRecord};
+use crate::alerts::ledger_side::{AlertSink, EmitStats, EntityAlertState, LedgerAlerts};
+use crate::alerts::rules::{AlertPlan, Rule};
+use crate::alerts::{eval::AlertBook, Alert};
 use crate::budget::Budget;
 use crate::config::Config;
 use crate::ledger::{
@@ -262,6 +265,32 @@ pub enum Msg {
     /// a SIGKILL would. For crash tests.
     #[doc(hidden)]
     Crash,
+    /// New alert rules or entities: evaluate with this plan from now on.
+    AlertPlan(Arc<AlertPlan>),
+    /// The control plane asks what every covered entity's alerts stand at.
+    AlertState {
+        reply: mpsc::Sender<Vec<EntityAlertState>>,
+    },
+}
+
+/// What the ledger thread needs to evaluate alerts: the rules, the outbox
+/// (with the alerts it already holds, oldest first) and its counters.
+pub struct AlertSetup {
+    pub rules: Vec<Rule>,
+    pub sink: Box<dyn AlertSink>,
+    pub existing: Vec<Alert>,
+    pub stats: Arc<EmitStats>,
+}
+
+/// The plan of `rules` for every entity the registry names.
+pub fn alert_plan(rules: Vec<Rule>, registry: &EntityRegistry) -> AlertPlan {
+    AlertPlan::new(
+        rules,
+        (0..registry.len()).filter_map(|i| {
+            let id = EntityId(i);
+            registry.name_of(id).map(|(kind, name)| (id, kind, name))
+        }),
+    )
 }
 
 /// Counters the thread keeps, readable from anywhere.
@@ -448,6 +477,18 @@ impl BooksHandle {
         rx.recv().map_err(|_| BooksError::Stopped)
     }
 
+    /// Evaluates alerts with `plan` from now on (new rules or entities).
+    pub fn set_alert_plan(&self, plan: AlertPlan) -> Result<(), BooksError> {
+        self.commands.send(Msg::AlertPlan(Arc::new(plan)))
+    }
+
+    /// Every covered entity's alert state (blocking: control plane only).
+    pub fn alert_state(&self) -> Result<Vec<EntityAlertState>, BooksError> {
+        let (tx, rx) = mpsc::channel();
+        self.commands.send(Msg::AlertState { reply: tx })?;
+        rx.recv().map_err(|_| BooksError::Stopped)
+    }
+
     /// Flushes, checkpoints, stops the thread and waits for it. Later calls
     /// (and requests) find the thread stopped.
     pub fn shutdown(&self) -> Result<(), BooksError> {
@@ -520,6 +561,19 @@ impl Books {
         config: &BooksConfig,
         registry: &mut EntityRegistry,
         clock: Arc<dyn Clock>,
+    ) -> Result<(BooksHandle, Vec<WorkerLink>), BooksError> {
+        Books::start_with_alerts(state_dir, config, registry, clock, None)
+    }
+
+    /// [`Books::start`], with alerts evaluated on the ledger thread. The
+    /// first iteration sweeps every covered entity: what crossed while no
+    /// process watched (the outbox missed it) fires then, once.
+    pub fn start_with_alerts(
+        state_dir: &Path,
+        config: &BooksConfig,
+        registry: &mut EntityRegistry,
+        clock: Arc<dyn Clock>,
+        alerts: Option<AlertSetup>,
     ) -> Result<(BooksHandle, Vec<WorkerLink>), BooksError> {
         if config.workers == 0 || config.workers != config.ledger.state.workers {
             return Err(BooksError::Config(format!(
@@ -623,7 +677,13 @@ impl Books {
                 bell,
             });
         }
+        let alerts = alerts.map(|setup| {
+            let plan = Arc::new(alert_plan(setup.rules, registry));
+            let book = AlertBook::new(plan, &setup.existing);
+            LedgerAlerts::new(book, setup.sink, setup.stats)
+        });
         let mut thread = LedgerThread {
+            alerts,
             ledger,
             rx,
             rings,
@@ -679,6 +739,8 @@ fn apply_ring_settle(
 }
 
 struct LedgerThread {
+    /// `None` when no alert rule was configured at start.
+    alerts: Option<LedgerAlerts>,
     ledger: Ledger,
     rx: Receiver<Msg>,
     rings: Vec<RingState>,
@@ -755,6 +817,7 @@ impl LedgerThread {
                 self.next_tick_ms = if more { now } else { now + TICK_INTERVAL_MS };
             }
             self.ledger.flush_if_due(now)?;
+            self.flush_alerts(now)?;
             if self.rings_filling() {
                 // Slots are released only once durable: a ring half full of
                 // read-but-not-durable settles needs the batch written now,
@@ -781,6 +844,19 @@ impl LedgerThread {
                 }
             }
         }
+    }
+
+    /// Hands the alerts the evaluator emitted to the outbox, after making
+    /// the journal durable (rare: only when an alert waits).
+    fn flush_alerts(&mut self, now: i64) -> Result<(), BooksError> {
+        let Some(alerts) = &mut self.alerts else {
+            return Ok(());
+        };
+        if alerts.collect(now, self.ledger.state()) {
+            self.ledger.flush()?;
+            alerts.append();
+        }
+        Ok(())
     }
 
     /// Whether nothing waits on this thread but time: no journal record
@@ -812,6 +888,8 @@ impl LedgerThread {
     /// Drains the rings, flushes, checkpoints, releases.
     fn stop(&mut self) -> Result<(), BooksError> {
         self.drain_rings()?;
+        let now = self.clock.now_ms();
+        self.flush_alerts(now)?;
         self.ledger.checkpoint()?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.release_rings();
@@ -846,6 +924,19 @@ impl LedgerThread {
                 let _ = reply.send(self.ledger.state().view(entity, now));
             }
             Msg::Shutdown { reply } => return Ok(Flow::Stop(Some(reply))),
+            Msg::AlertPlan(plan) => {
+                if let Some(alerts) = &mut self.alerts {
+                    alerts.set_plan(plan);
+                }
+            }
+            Msg::AlertState { reply } => {
+                self.drain_rings()?;
+                let state = match &self.alerts {
+                    Some(alerts) => alerts.state(now, self.ledger.state()),
+                    None => Vec::new(),
+                };
+                let _ = reply.send(state);
+            }
             Msg::Crash => return Ok(Flow::Crash),
         }
         Ok(Flow::Continue)
@@ -854,7 +945,15 @@ impl LedgerThread {
     fn apply(&mut self, now: i64, cmd: &Command) -> Result<Reply, BooksError> {
         let reply = self.ledger.apply(now, cmd)?;
         self.broadcast();
+        self.observe_alerts(now);
         Ok(reply)
+    }
+
+    /// Shows the alert evaluator what the last apply changed.
+    fn observe_alerts(&mut self, now: i64) {
+        if let Some(alerts) = &mut self.alerts {
+            alerts.after_apply(now, self.ledger.state());
+        }
     }
 
     fn broadcast(&self) {
@@ -904,6 +1003,7 @@ impl LedgerThread {
                 for rec in batch[..n].iter().flatten() {
                     apply_ring_settle(&mut self.ledger, now, rec, &self.stats)?;
                     self.broadcast();
+                    self.observe_alerts(now);
                 }
                 from_ring += n;
                 if n < batch.len() || from_ring >= RING_READ_BATCH_MAX {

@@ -113,7 +113,12 @@ impl LedgerAlerts {
                 self.waiting.clear();
             }
             Err(e) => {
-                if self.stats.outbox_errors.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+                if self
+                    .stats
+                    .outbox_errors
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(100)
+                {
                     log::error!(
                         "alerts: cannot write the outbox ({} alerts wait): {e}",
                         self.waiting.len()

@@ -126,6 +126,11 @@ pub async fn handle(gov: &Governance, req: &AdminRequest<'_>) -> Result<AdminRes
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
     let unknown = || ApiError::not_found("unknown_url", format!("unknown admin URL: {}", req.path));
     match (req.method, parts.as_slice()) {
+        (method, ["alerts", rest @ ..]) => {
+            let (status, v) =
+                super::alerts_api::handle(gov, method, req.path, rest, req.query, req.body).await?;
+            ok(status, &v)
+        }
         (Method::Get, ["logs"]) => logs(gov, req.query).await,
         (Method::Get, ["spend", "series"]) => series(gov, req.query, true).await,
         (Method::Get, ["spend", "totals"]) => series(gov, req.query, false).await,

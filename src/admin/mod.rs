@@ -24,6 +24,7 @@
 //! atomic swap. Changes are serialized by one mutex (the control plane is the
 //! only writer; workers never take it).
 
+pub mod alerts_api;
 pub mod api;
 
 use std::collections::BTreeMap;
@@ -61,6 +62,12 @@ pub struct Overlay {
     /// only their budgets change at run time. `None`: no budget.
     #[serde(default)]
     pub provider_budgets: BTreeMap<String, Option<BudgetSection>>,
+    /// `[[alerts.channels]]` defined through the API, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub alert_channels: BTreeMap<String, crate::alerts::channel::ChannelSection>,
+    /// `[[alerts.rules]]` defined through the API, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub alert_rules: BTreeMap<String, crate::alerts::rules::RuleSection>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +146,8 @@ impl Overlay {
             && self.teams.is_empty()
             && self.keys.is_empty()
             && self.provider_budgets.is_empty()
+            && self.alert_channels.is_empty()
+            && self.alert_rules.is_empty()
     }
 
     /// The file's definitions with this overlay's replacing (by name) or
@@ -148,6 +157,8 @@ impl Overlay {
         merge_list(&mut out.customers, &self.customers, |c| &c.name);
         merge_list(&mut out.teams, &self.teams, |t| &t.name);
         merge_list(&mut out.virtual_keys, &self.keys, |k| &k.name);
+        merge_list(&mut out.alerts.channels, &self.alert_channels, |c| &c.name);
+        merge_list(&mut out.alerts.rules, &self.alert_rules, |r| &r.name);
         for p in &mut out.providers {
             if let Some(b) = self.provider_budgets.get(&p.name) {
                 p.budget = b.clone();
@@ -258,6 +269,8 @@ pub struct Governance {
     pub books: Arc<BooksHandle>,
     pub entities: Arc<Mutex<EntityRegistry>>,
     pub resolver: Arc<crate::upstream::resolver::Resolver>,
+    /// The alert delivery thread (`None` when it could not start).
+    pub delivery: Option<crate::alerts::delivery::DeliveryHandle>,
     /// The admin API's reader of the request log: the query thread
     /// (`reqlog::reader`) with its own store connection, started on the
     /// first query, so no query runs on the control-plane thread.
@@ -338,6 +351,7 @@ impl Governance {
             books,
             entities,
             resolver,
+            delivery: None,
             log_reader: Mutex::new(None),
         }
     }
@@ -447,7 +461,30 @@ impl Governance {
         let ids = self
             .ids(config)
             .map_err(|e| ChangeError::Internal(e.to_string()))?;
-        Ok(self.catalog.publish(config, &ids))
+        let version = self.catalog.publish(config, &ids);
+        self.publish_alerts(config)?;
+        Ok(version)
+    }
+
+    /// Gives the ledger thread the alert plan of `config`'s rules over every
+    /// entity the registry names (new keys included), and the delivery
+    /// thread the channels.
+    fn publish_alerts(&self, config: &Config) -> Result<(), ChangeError> {
+        let plan = {
+            let registry = self.entities.lock().unwrap_or_else(|p| p.into_inner());
+            crate::books::thread::alert_plan(config.alerts.rules.clone(), &registry)
+        };
+        self.books
+            .set_alert_plan(plan)
+            .map_err(|e| ChangeError::Internal(format!("the ledger refused the alert rules: {e}")))?;
+        if let Some(delivery) = &self.delivery {
+            // A stopped thread has nothing to deliver with; a busy one gets
+            // the channels with the next change (the file keeps them).
+            if let Err(e) = delivery.set_channels(config.alerts.channels.clone()) {
+                log::warn!("alerts: the new channels did not reach the delivery thread: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// The ids of every entity of `config` (assigning new ones durably).

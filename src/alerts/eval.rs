@@ -34,7 +34,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::books::registry::kind_str;
 use crate::budget::period::{format_rfc3339_ms, TIME_MS_NEVER};
 use crate::budget::Mode;
 use crate::ledger::{EntityId, EntityView, Event, LedgerState, RecordBody};
@@ -282,7 +281,7 @@ impl AlertBook {
                 .collect();
             out.push(EntityAlertState {
                 entity: EntityRef {
-                    kind: kind_str(kind).into(),
+                    kind: kind.as_str().into(),
                     name: name.into(),
                 },
                 epoch: st.epoch,
@@ -373,7 +372,7 @@ impl AlertBook {
         let Some((kind, name)) = plan.name(view.id) else {
             return;
         };
-        let who = format!("{}/{name}", kind_str(kind));
+        let who = format!("{}/{name}", kind.as_str());
         let mut st = self.entities.remove(&view.id).unwrap_or(EntState {
             epoch: view.epoch,
             generation: 0,
@@ -784,7 +783,7 @@ impl AlertBook {
     ) -> BudgetData {
         let (kind, name) = plan
             .name(view.id)
-            .map(|(k, n)| (kind_str(k), n.to_string()))
+            .map(|(k, n)| (k.as_str(), n.to_string()))
             .unwrap_or(("entity", view.id.0.to_string()));
         // A recovery of an ended epoch speaks of that epoch's period.
         let (period_start, reset_at) = if st.epoch == view.epoch {

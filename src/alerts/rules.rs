@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::books::registry::kind_str;
 use crate::ledger::{EntityId, EntityKind};
 
 use super::event::Route;
@@ -70,7 +69,7 @@ impl Scope {
             let singular = k.strip_suffix('s').unwrap_or(k);
             EntityKind::ALL
                 .into_iter()
-                .find(|kind| kind_str(*kind) == singular)
+                .find(|kind| kind.as_str() == singular)
         };
         if s == "all" {
             return Some(Scope::All);

@@ -61,13 +61,7 @@ pub enum RegistryError {
 
 /// The registry's text for a kind.
 pub fn kind_str(kind: EntityKind) -> &'static str {
-    match kind {
-        EntityKind::Customer => "customer",
-        EntityKind::Team => "team",
-        EntityKind::Key => "key",
-        EntityKind::Provider => "provider",
-        EntityKind::Model => "model",
-    }
+    kind.as_str()
 }
 
 fn kind_from_str(s: &str) -> Option<EntityKind> {

@@ -29,6 +29,9 @@ pub struct FileConfig {
     /// The request log (`sink = "sqlite" | "postgres" | "off"`).
     #[serde(default, skip_serializing)]
     pub log: super::request_log::LogSection,
+    /// Alert channels and rules.
+    #[serde(default, skip_serializing)]
+    pub alerts: super::alerts::AlertsSection,
 }
 
 /// The admin API's bearer token.

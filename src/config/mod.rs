@@ -5,6 +5,7 @@
 //! hashed keys, and refuses anything it cannot run on with a message that
 //! names the field. Nothing downstream re-validates.
 
+pub mod alerts;
 pub mod file;
 pub mod request_log;
 
@@ -43,6 +44,8 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// The request log; `None` when `[log] sink = "off"`.
     pub log: Option<crate::reqlog::LogConfig>,
+    /// Alert channels and rules (`[alerts]`).
+    pub alerts: alerts::AlertsConfig,
     /// The file it came from, if any (for reload).
     pub source: Option<PathBuf>,
 }
@@ -741,6 +744,26 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         )?,
     };
 
+    let alerts = alerts::alerts_config(&file.alerts)?;
+    for (i, rule) in alerts.rules.iter().enumerate() {
+        // A rule for a name nobody has would stay silent: refuse the typo.
+        if let crate::alerts::rules::Scope::Entity(kind, name) = &rule.scope {
+            let known = match kind {
+                crate::ledger::EntityKind::Customer => customers.iter().any(|c| &c.name == name),
+                crate::ledger::EntityKind::Team => teams.iter().any(|t| &t.name == name),
+                crate::ledger::EntityKind::Key => keys.iter().any(|k| &k.name == name),
+                crate::ledger::EntityKind::Provider => providers.iter().any(|p| &p.name == name),
+                crate::ledger::EntityKind::Model => true,
+            };
+            if !known {
+                return Err(err(
+                    format!("alerts.rules[{i}].scope"),
+                    format!("{:?} names no {} of this config", rule.section.scope, kind.as_str()),
+                ));
+            }
+        }
+    }
+
     Ok(Config {
         server,
         limits,
@@ -753,6 +776,7 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         pricing,
         ledger,
         log,
+        alerts,
         source,
     })
 }

@@ -50,6 +50,18 @@ impl EntityKind {
         EntityKind::Model,
     ];
 
+    /// The kind's name in files, the API and alerts: "customer", "team", "key",
+    /// "provider", "model".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::Customer => "customer",
+            EntityKind::Team => "team",
+            EntityKind::Key => "key",
+            EntityKind::Provider => "provider",
+            EntityKind::Model => "model",
+        }
+    }
+
     pub fn code(self) -> u8 {
         match self {
             EntityKind::Customer => 1,

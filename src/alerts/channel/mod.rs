@@ -54,3 +54,26 @@ pub fn deliver(_channel: &ChannelConfig, _alert: &Alert, _route: &Route) -> Atte
         outcome: Outcome::Permanent,
     }
 }
+
+/// TEMPORARY STUB (replaced by the channels work).
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
+pub struct ChannelSection {
+    pub name: String,
+    pub kind: String,
+}
+
+/// TEMPORARY STUB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ChannelSection {
+    pub fn validate(&self) -> Result<ChannelConfig, ChannelError> {
+        Err(ChannelError {
+            field: "kind".into(),
+            message: "stub".into(),
+        })
+    }
+}

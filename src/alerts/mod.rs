@@ -8,10 +8,13 @@
 //! - [`outbox`]: the outbox files in `state_dir/alerts/`: alerts the ledger
 //!   thread emitted (appended and synced before anything is sent) and every
 //!   delivery attempt.
+//! - [`backoff`]: when a failed delivery is tried again (exponential
+//!   backoff, full jitter, `Retry-After`).
 //! - [`delivery`]: the `bursar-alerts` thread: sends what the outbox holds,
 //!   retries with backoff and jitter, dead-letters, rate-limits per channel,
 //!   keeps the history the admin API shows.
 
+pub mod backoff;
 pub mod channel;
 pub mod delivery;
 pub mod eval;

@@ -992,6 +992,7 @@ impl Engine {
                 rule: "test".into(),
                 dedup_key: id.clone(),
             }],
+            key: None,
         };
         let attempt = (self.cfg.sender)(&ch.config, &alert, &alert.routes[0]);
         Ok(TestResult {

@@ -777,6 +777,7 @@ pub(crate) mod tests {
                     dedup_key: format!("k{i}"),
                 })
                 .collect(),
+            key: None,
         }
     }
 

@@ -27,6 +27,9 @@ pub const MAX_RATE_LIMIT_PER_MINUTE: u32 = 10_000;
 /// Longest `cooldown_s` accepted: one day.
 pub const MAX_COOLDOWN_S: u64 = 86_400;
 
+/// Longest SMTP host name (DNS names are at most 253 characters).
+pub const MAX_HOST_LEN: usize = 253;
+
 /// Most recipients of one email channel.
 pub const MAX_EMAIL_RECIPIENTS: usize = 50;
 
@@ -123,6 +126,10 @@ impl SmtpTls {
 ///
 /// A `*_env` field names an environment variable holding the value instead
 /// (read at validation); setting both forms of one field is an error.
+///
+/// Serialising a section writes its secrets as given (it is the config
+/// file's shape); what the admin API shows is [`ChannelConfig::masked`].
+/// Its `Debug` masks them.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelSection {
@@ -580,9 +587,11 @@ impl ChannelSection {
         let Some(host) = &self.smtp_host else {
             return Err(err("smtp_host", "is required for an email channel"));
         };
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let is_ip = bare.parse::<std::net::IpAddr>().is_ok();
         if host.is_empty()
-            || host.len() > 253
-            || url::Host::parse(host.trim_start_matches('[').trim_end_matches(']')).is_err()
+            || host.len() > MAX_HOST_LEN
+            || (!is_ip && !matches!(url::Host::parse(host), Ok(url::Host::Domain(_))))
         {
             return Err(err(
                 "smtp_host",
@@ -733,6 +742,17 @@ mod tests {
             panic!()
         };
         assert_eq!(t.smtp_port, 465);
+        for (host, bare) in [("[::1]", "::1"), ("::1", "::1"), ("192.0.2.1", "192.0.2.1")] {
+            let c = section(&format!(
+                "name = \"m\"\nkind = \"email\"\nsmtp_host = \"{host}\"\nfrom = \"b@example.com\"\nto = [\"o@example.com\"]"
+            ))
+            .validate()
+            .unwrap();
+            let Target::Email(t) = &c.target else {
+                panic!()
+            };
+            assert_eq!(t.smtp_host, bare);
+        }
     }
 
     #[test]
@@ -759,6 +779,8 @@ mod tests {
             ("name = \"p\"\nkind = \"pagerduty\"", "routing_key"),
             ("name = \"p\"\nkind = \"pagerduty\"\nrouting_key = \"has space\"", "routing_key"),
             ("name = \"m\"\nkind = \"email\"\nfrom = \"a@b.c\"\nto = [\"a@b.c\"]", "smtp_host"),
+            ("name = \"m\"\nkind = \"email\"\nsmtp_host = \"a b\"\nfrom = \"a@b.c\"\nto = [\"a@b.c\"]", "smtp_host"),
+            ("name = \"m\"\nkind = \"email\"\nsmtp_host = \"h/x\"\nfrom = \"a@b.c\"\nto = [\"a@b.c\"]", "smtp_host"),
             ("name = \"m\"\nkind = \"email\"\nsmtp_host = \"h.example\"\nto = [\"a@b.c\"]", "from"),
             ("name = \"m\"\nkind = \"email\"\nsmtp_host = \"h.example\"\nfrom = \"not an address\"\nto = [\"a@b.c\"]", "from"),
             ("name = \"m\"\nkind = \"email\"\nsmtp_host = \"h.example\"\nfrom = \"a@b.c\"\nto = []", "to"),

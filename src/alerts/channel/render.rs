@@ -417,16 +417,20 @@ pub fn discord_body(alert: &Alert) -> Value {
         total += len;
         fields.push(json!({"name": name, "value": value, "inline": true}));
     }
+    let mut embed = json!({
+        "title": title,
+        "color": discord_color(alert),
+        "fields": fields,
+        "timestamp": format_rfc3339_ms(alert.timestamp_ms),
+        "footer": {"text": footer},
+    });
+    // Discord refuses an empty description: leave it out instead.
+    if !description.is_empty() {
+        embed["description"] = Value::String(description);
+    }
     json!({
         "allowed_mentions": {"parse": []},
-        "embeds": [{
-            "title": title,
-            "description": description,
-            "color": discord_color(alert),
-            "fields": fields,
-            "timestamp": format_rfc3339_ms(alert.timestamp_ms),
-            "footer": {"text": footer},
-        }],
+        "embeds": [embed],
     })
 }
 
@@ -761,6 +765,9 @@ pub(crate) mod tests {
             short.facts().len()
         );
         assert_eq!(v["embeds"][0]["color"], 0x2ECC71);
+        let empty = budget_alert(AlertKind::Recovered, "demo", "");
+        let (_, _, v) = http_json(render_at(&c, &empty, &route(), 1));
+        assert!(v["embeds"][0].get("description").is_none());
     }
 
     #[test]

@@ -158,6 +158,19 @@ pub fn send_http(
         Ok(a) => a,
         Err(r) => return refused(start, r),
     };
+    post_pinned(start, host, addrs, url, headers, body)
+}
+
+/// POSTs `body` to `url`, connecting only to `addrs` (what the guard
+/// checked for `host`, the URL's host), never resolving anything.
+pub(crate) fn post_pinned(
+    start: Instant,
+    host: String,
+    addrs: Vec<SocketAddr>,
+    url: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Attempt {
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)

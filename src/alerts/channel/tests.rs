@@ -206,6 +206,48 @@ fn a_private_destination_is_refused_without_connecting() {
 }
 
 #[test]
+fn the_connection_goes_to_the_checked_addresses_not_a_new_resolution() {
+    // A name no resolver knows: reaching the receiver proves ureq used the
+    // pinned addresses.
+    let (port, rx) = http_receiver(reply("204 No Content", "", ""));
+    let url = format!("http://alerts.bursar-test.invalid:{port}/in");
+    let at = send::post_pinned(
+        std::time::Instant::now(),
+        "alerts.bursar-test.invalid".into(),
+        vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))],
+        &url,
+        &[],
+        b"{}",
+    );
+    let req = rx.join().unwrap();
+    assert_eq!(at.outcome, Outcome::Delivered, "{at:?}");
+    assert_eq!(at.status, Some(204));
+    assert_eq!(
+        req.header("host"),
+        Some(format!("alerts.bursar-test.invalid:{port}").as_str())
+    );
+    assert_eq!(req.body, b"{}");
+
+    // Addresses checked for one host are never used for another.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let at = send::post_pinned(
+        std::time::Instant::now(),
+        "checked.bursar-test.invalid".into(),
+        vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))],
+        &format!("http://other.bursar-test.invalid:{port}/in"),
+        &[],
+        b"{}",
+    );
+    assert_ne!(at.outcome, Outcome::Delivered);
+    assert_eq!(
+        listener.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+}
+
+#[test]
 fn a_closed_port_is_worth_a_retry() {
     let port = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -343,6 +385,7 @@ fn a_mail_is_delivered_with_both_parts_and_the_alert_id() {
         d.contains("Subject: Budget 80% used: key <demo>\r\n"),
         "{d}"
     );
+    assert!(d.contains("\r\nDate: "), "{d}");
     assert!(d.contains("multipart/alternative"), "{d}");
     assert!(d.contains("Content-Type: text/plain; charset=utf-8"), "{d}");
     assert!(d.contains("Content-Type: text/html; charset=utf-8"), "{d}");

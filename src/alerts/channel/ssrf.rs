@@ -8,6 +8,7 @@
 //! channel sets `allow_private = true`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
 
 /// Most addresses kept from one resolution (ureq's resolver holds 16; more
 /// than a handful is never needed to reach a receiver).
@@ -85,6 +86,38 @@ fn is_non_public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 1) // local-use NAT64 64:ff9b:1::/48
 }
 
+/// Longest wait for a name to resolve. The system resolver has no timeout
+/// of its own we can set, so a lookup past this is abandoned (its thread
+/// ends when the resolver gives up) and the attempt is retried later.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `host:port` resolved, an IP literal directly, a name on a helper thread
+/// waited for at most [`RESOLVE_TIMEOUT`].
+fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.to_string();
+    let spawned = std::thread::Builder::new()
+        .name("bursar-alerts-dns".into())
+        .spawn(move || {
+            let r = (name.as_str(), port)
+                .to_socket_addrs()
+                .map(|it| it.take(MAX_RESOLVED_ADDRS).collect::<Vec<_>>())
+                .map_err(|e| e.to_string());
+            // The receiver may have given up: nothing to do then.
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        return Err(format!("cannot start a resolver thread: {e}"));
+    }
+    match rx.recv_timeout(RESOLVE_TIMEOUT) {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} s", RESOLVE_TIMEOUT.as_secs())),
+    }
+}
+
 /// Resolves `host:port` once and returns the addresses to connect to, or why
 /// not. `host` is a name or an IP literal (IPv6 without brackets).
 pub fn resolve_checked(
@@ -92,8 +125,8 @@ pub fn resolve_checked(
     port: u16,
     allow_private: bool,
 ) -> Result<Vec<SocketAddr>, Refusal> {
-    let addrs: Vec<SocketAddr> = match (host, port).to_socket_addrs() {
-        Ok(it) => it.take(MAX_RESOLVED_ADDRS).collect(),
+    let addrs = match lookup(host, port) {
+        Ok(a) => a,
         Err(e) => return Err(Refusal::Unresolved(format!("cannot resolve {host}: {e}"))),
     };
     if addrs.is_empty() {

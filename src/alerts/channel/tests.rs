@@ -247,6 +247,40 @@ fn the_connection_goes_to_the_checked_addresses_not_a_new_resolution() {
     );
 }
 
+/// Accepts one connection, writes `junk` and closes it: a peer that does not
+/// speak TLS.
+fn not_tls(junk: &'static [u8]) -> (u16, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let _ = s.write_all(junk);
+    });
+    (port, h)
+}
+
+#[test]
+fn a_failed_tls_handshake_is_a_retry_not_a_panic() {
+    // Builds the rustls configurations (ring, webpki roots) of both
+    // transports and fails their handshakes.
+    let a = budget_alert(AlertKind::ThresholdCrossed, "demo", "s");
+    let (port, h) = not_tls(b"HTTP/1.1 200 OK\r\n\r\n");
+    let c = channel(&format!(
+        "name = \"w\"\nkind = \"webhook\"\nurl = \"https://127.0.0.1:{port}/in\"\nallow_private = true"
+    ));
+    let at = deliver(&c, &a, &route());
+    h.join().unwrap();
+    assert_eq!(at.outcome, Outcome::Retry { after: None }, "{at:?}");
+    assert_eq!(at.status, None);
+    let (port, h) = not_tls(b"220 not really TLS\r\n");
+    let c = channel(&format!(
+        "name = \"m\"\nkind = \"email\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\nsmtp_tls = \"tls\"\nallow_private = true\nfrom = \"b@example.com\"\nto = [\"o@example.com\"]"
+    ));
+    let at = deliver(&c, &a, &route());
+    h.join().unwrap();
+    assert_eq!(at.outcome, Outcome::Retry { after: None }, "{at:?}");
+}
+
 #[test]
 fn a_closed_port_is_worth_a_retry() {
     let port = {
@@ -407,4 +441,27 @@ fn smtp_replies_map_to_outcomes() {
     assert_eq!(at.outcome, Outcome::Permanent, "{at:?}");
     assert_eq!(at.status, Some(550));
     assert!(at.error.unwrap().contains("no such user"));
+}
+
+#[test]
+fn starttls_required_never_falls_back_to_plain_text() {
+    // The responder does not offer STARTTLS: nothing may be sent in the clear.
+    let (port, rx) = smtp_responder("250 2.1.5 OK\r\n");
+    let c = channel(&format!(
+        "name = \"m\"\nkind = \"email\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\nallow_private = true\nusername = \"u\"\npassword = \"hunter2\"\nfrom = \"b@example.com\"\nto = [\"o@example.com\"]"
+    ));
+    let a = budget_alert(AlertKind::ThresholdCrossed, "demo", "s");
+    let at = deliver(&c, &a, &route());
+    let s = rx.join().unwrap();
+    assert_ne!(at.outcome, Outcome::Delivered, "{at:?}");
+    assert!(
+        s.commands.iter().all(|c| {
+            let c = c.to_ascii_uppercase();
+            !c.starts_with("MAIL") && !c.starts_with("AUTH")
+        }),
+        "{:?}",
+        s.commands
+    );
+    assert!(s.data.is_empty());
+    assert!(!at.error.unwrap_or_default().contains("hunter2"));
 }

@@ -204,6 +204,11 @@ pub struct Registry {
     pub books: Arc<crate::books::thread::BooksStats>,
     /// The request log's counters (`None`: the log is off).
     pub log: Option<crate::reqlog::LogSender>,
+    /// The alerts' counters: delivery, and the ledger's emission.
+    pub alerts: Option<(
+        Arc<crate::alerts::delivery::AlertStats>,
+        Arc<crate::alerts::ledger_side::EmitStats>,
+    )>,
 }
 
 impl Registry {
@@ -245,6 +250,20 @@ impl Registry {
                 ("bursar_ledger_dozes_total", "counter", "Times the idle ledger thread parked until its next tick (a settle or command wakes it).", b.dozes.load(Relaxed)),
                 ("bursar_budget_overruns_total", "counter", "Strict charges beyond what the worker's lease covered (an output the provider did not cap, or a replay after a crash).", b.overruns.load(Relaxed)),
                 ("bursar_budget_soft_limits_reached_total", "counter", "Budgets whose spend crossed their soft limit in a period.", b.soft_limits_reached.load(Relaxed)),
+            ];
+            write_series(&mut out, &series);
+        }
+        if let Some((d, e)) = &self.alerts {
+            use std::sync::atomic::Ordering::Relaxed;
+            let series: [(&str, &str, &str, u64); 8] = [
+                ("bursar_alerts_emitted_total", "counter", "Alerts the ledger emitted into the outbox.", e.emitted.load(Relaxed)),
+                ("bursar_alerts_dropped_total", "counter", "Alerts LOST because the outbox could not be written for too long (a restart re-emits what still holds).", e.dropped.load(Relaxed)),
+                ("bursar_alerts_outbox_write_errors_total", "counter", "Failed outbox writes.", e.outbox_errors.load(Relaxed)),
+                ("bursar_alerts_sent_total", "counter", "Alert deliveries a channel accepted.", d.sent.get()),
+                ("bursar_alerts_failed_total", "counter", "Alert delivery attempts that failed (retried or dead-lettered).", d.failed.get()),
+                ("bursar_alerts_dead_lettered_total", "counter", "Alert deliveries given up (permanent failure or retries exhausted).", d.dead_lettered.get()),
+                ("bursar_alert_attempts_total", "counter", "Alert delivery attempts.", d.attempts.get()),
+                ("bursar_alerts_outbox_depth", "gauge", "Alert deliveries pending.", u64::try_from(d.outbox_depth.get()).unwrap_or(0)),
             ];
             write_series(&mut out, &series);
         }
@@ -582,6 +601,7 @@ mod tests {
             catalog_version: Box::new(|| 3),
             books: Arc::default(),
             log: None,
+            alerts: None,
         };
         r.books
             .ring_settles

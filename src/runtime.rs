@@ -27,6 +27,9 @@ use crate::metrics::{DriverKind, Registry, WorkerStats};
 use crate::proxy::{serve_connection, Worker};
 use crate::upstream::resolver::Resolver;
 
+/// How often the delivery thread reads the outbox without a nudge.
+pub const ALERT_OUTBOX_POLL_INTERVAL: Duration = Duration::from_secs(30);
+
 /// What a worker thread needs to start.
 struct WorkerSeed {
     id: usize,
@@ -68,6 +71,8 @@ pub struct Gateway {
     pub governance: Arc<crate::admin::Governance>,
     /// The request log's writer thread (`None`: `[log] sink = "off"`).
     log: Option<crate::reqlog::LogHandle>,
+    /// The alert delivery thread.
+    delivery: crate::alerts::delivery::DeliveryHandle,
     /// Held for the life of the process: one gateway per state directory.
     _state_lock: StateLock,
 }
@@ -97,12 +102,44 @@ impl Gateway {
         // The admin API's persisted definitions join the file's.
         let (config, file, overlay) = crate::admin::config_at_start(config)?;
         let mut entities = EntityRegistry::open(&state_dir)?;
+        // Alerts: the ledger thread appends what fires to the outbox in
+        // `state_dir/alerts`, the delivery thread sends it. Both always run,
+        // so rules added later through the API work without a restart; with
+        // no rule the evaluator costs the ledger one check per apply.
+        let alerts_dir = state_dir.join(crate::alerts::outbox::ALERTS_DIR);
+        let (outbox, outbox_alerts) = crate::alerts::outbox::OutboxWriter::open(&alerts_dir)
+            .with_context(|| format!("opening the alert outbox in {}", alerts_dir.display()))?;
+        let alert_stats = Arc::new(crate::alerts::delivery::AlertStats::default());
+        let emit_stats = Arc::new(crate::alerts::ledger_side::EmitStats::default());
+        let delivery = crate::alerts::delivery::Delivery::start(
+            &alerts_dir,
+            config.alerts.channels.clone(),
+            crate::alerts::delivery::DeliveryConfig {
+                retry_for: config.alerts.retry_for,
+                // The ledger nudges the thread after every append; the poll
+                // is only a fallback, kept slow so an idle gateway sleeps.
+                poll_interval: ALERT_OUTBOX_POLL_INTERVAL,
+                ..Default::default()
+            },
+            Arc::clone(&alert_stats),
+        )
+        .context("starting the alert delivery thread")?;
+        let alert_setup = crate::books::thread::AlertSetup {
+            rules: config.alerts.rules.clone(),
+            sink: Box::new(crate::alerts::ledger_side::OutboxSink {
+                writer: outbox,
+                delivery: delivery.clone(),
+            }),
+            existing: outbox_alerts,
+            stats: Arc::clone(&emit_stats),
+        };
         let started = Instant::now();
-        let (books, links) = Books::start(
+        let (books, links) = Books::start_with_alerts(
             &state_dir,
             &BooksConfig::from_config(&config),
             &mut entities,
             Arc::new(SystemClock),
+            Some(alert_setup),
         )
         .with_context(|| format!("opening the books in {}", state_dir.display()))?;
         log::info!(
@@ -205,8 +242,9 @@ impl Gateway {
             catalog_version: Box::new(move || catalog_for_metrics.load().version),
             books: Arc::clone(books.stats()),
             log: log_sender.clone(),
+            alerts: Some((Arc::clone(&alert_stats), Arc::clone(&emit_stats))),
         });
-        let governance = Arc::new(crate::admin::Governance::new(
+        let mut governance = crate::admin::Governance::new(
             config.clone(),
             file,
             overlay,
@@ -214,7 +252,9 @@ impl Gateway {
             Arc::clone(&books),
             Arc::clone(&entities),
             Arc::clone(&resolver),
-        ));
+        );
+        governance.delivery = Some(delivery.clone());
+        let governance = Arc::new(governance);
         let admin_listen = match config.server.admin_listen {
             Some(addr) => Some(crate::control::start(
                 addr,
@@ -261,6 +301,7 @@ impl Gateway {
             books,
             governance,
             log: log_handle,
+            delivery,
             _state_lock: state_lock,
         })
     }
@@ -333,6 +374,9 @@ impl Gateway {
         if let Err(e) = self.books.shutdown() {
             log::error!("shutdown: closing the books: {e}");
         }
+        // The ledger appended its last alerts; what is not sent yet stays
+        // in the outbox for the next start.
+        self.delivery.shutdown();
         log::info!("shutdown complete");
         drop(self.threads);
     }

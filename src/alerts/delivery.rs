@@ -563,6 +563,9 @@ struct Engine {
     /// cursor stays past it, since the records of what is not in memory
     /// cannot be carried.
     evicted_up_to: Option<OutboxPos>,
+    /// The attempts file's cursor (see [`AttemptsLog::roll`]); it only moves
+    /// forward, so an alert once known finished before it stays so.
+    cursor: Option<OutboxPos>,
 }
 
 fn not_configured(channel: &str) -> String {
@@ -600,6 +603,7 @@ impl Engine {
             pending: 0,
             dead: 0,
             evicted_up_to: None,
+            cursor: loaded.cursor,
         };
         engine.channels = channels
             .into_iter()
@@ -747,7 +751,7 @@ impl Engine {
 
     /// Rolls the attempts file. The cursor is the oldest pending alert's
     /// position (the end of the outbox when none is), but past every alert
-    /// dropped from memory; the records of every alert from the cursor on,
+    /// dropped from memory and never behind the last cursor; the records of every alert from the cursor on,
     /// and of every pending one, are carried into the new file. So after a
     /// restart an alert before the cursor without records is finished, and
     /// every other one reads back as it was.
@@ -766,6 +770,7 @@ impl Engine {
             };
             cursor = cursor.max(past);
         }
+        cursor = cursor.max(self.cursor.unwrap_or_default());
         let mut carry = Vec::new();
         for e in self
             .entries
@@ -776,8 +781,9 @@ impl Engine {
                 s.carry(&mut carry);
             }
         }
-        if let Err(e) = self.log.roll(cursor, &carry) {
-            log::error!("alerts: cannot roll the attempts file: {e}");
+        match self.log.roll(cursor, &carry) {
+            Ok(()) => self.cursor = Some(cursor),
+            Err(e) => log::error!("alerts: cannot roll the attempts file: {e}"),
         }
     }
 

@@ -364,8 +364,10 @@ impl DeliveryHandle {
     }
 
     /// Stops the thread after the delivery it is making, and joins it.
-    /// Pending deliveries stay in the files for the next start. Later
-    /// commands are [`Refused::Gone`].
+    /// Pending deliveries stay in the files for the next start. Commands
+    /// still queued are dropped (their receivers see `Canceled`); later ones
+    /// are [`Refused::Gone`]. The thread also ends once every handle is
+    /// dropped.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
         self.thread.unpark();
@@ -563,6 +565,9 @@ struct Engine {
     /// cursor stays past it, since the records of what is not in memory
     /// cannot be carried.
     evicted_up_to: Option<OutboxPos>,
+    /// The attempts file's cursor (see [`AttemptsLog::roll`]); it only moves
+    /// forward, so an alert once known finished before it stays so.
+    cursor: Option<OutboxPos>,
 }
 
 fn not_configured(channel: &str) -> String {
@@ -577,15 +582,6 @@ impl Engine {
         stats: Arc<AlertStats>,
     ) -> io::Result<Engine> {
         let (log, loaded) = AttemptsLog::open(dir)?;
-        let mut reader = OutboxReader::new(dir, OutboxPos::default());
-        let mut alerts = Vec::new();
-        loop {
-            let batch = reader.read_new(OUTBOX_READ_BATCH_MAX)?;
-            if batch.is_empty() {
-                break;
-            }
-            alerts.extend(batch);
-        }
         let mut engine = Engine {
             dir: dir.to_path_buf(),
             channels: Vec::new(),
@@ -594,12 +590,13 @@ impl Engine {
             entries: BTreeMap::new(),
             by_id: HashMap::new(),
             next_seq: 0,
-            reader,
+            reader: OutboxReader::new(dir, OutboxPos::default()),
             log,
             jitter: Jitter::new(dir.as_os_str().as_encoded_bytes()),
             pending: 0,
             dead: 0,
             evicted_up_to: None,
+            cursor: loaded.cursor,
         };
         engine.channels = channels
             .into_iter()
@@ -620,32 +617,45 @@ impl Engine {
         }
         let now = engine.cfg.clock.now_ms();
         let mut dead_now = Vec::new();
-        for (pos, alert) in alerts {
-            let before_cursor = loaded.cursor.is_some_and(|c| pos < c);
-            let slots = unique_routes(&alert)
-                .into_iter()
-                .map(
-                    |route| match folds.remove(&(alert.id.clone(), route.channel.clone())) {
-                        Some(mut s) => {
-                            s.route = route;
-                            if s.status == DeliveryStatus::Pending {
-                                if let Some(last) = s
-                                    .last
-                                    .as_ref()
-                                    .filter(|l| l.outcome == AttemptOutcome::Retry)
-                                {
-                                    let delay = retry_delay(last.attempt, None, &mut engine.jitter);
-                                    s.next_at_ms = last.at_ms + delay.as_millis() as i64;
+        // The whole outbox, a batch at a time, keeping in memory only the
+        // history and what is pending.
+        loop {
+            let batch = engine.reader.read_new(OUTBOX_READ_BATCH_MAX)?;
+            if batch.is_empty() {
+                break;
+            }
+            for (pos, alert) in batch {
+                if engine.by_id.contains_key(&alert.id) {
+                    continue;
+                }
+                let before_cursor = loaded.cursor.is_some_and(|c| pos < c);
+                let slots = unique_routes(&alert)
+                    .into_iter()
+                    .map(
+                        |route| match folds.remove(&(alert.id.clone(), route.channel.clone())) {
+                            Some(mut s) => {
+                                s.route = route;
+                                if s.status == DeliveryStatus::Pending {
+                                    if let Some(last) = s
+                                        .last
+                                        .as_ref()
+                                        .filter(|l| l.outcome == AttemptOutcome::Retry)
+                                    {
+                                        let delay =
+                                            retry_delay(last.attempt, None, &mut engine.jitter);
+                                        s.next_at_ms = last.at_ms + delay.as_millis() as i64;
+                                    }
                                 }
+                                s
                             }
-                            s
-                        }
-                        None if before_cursor => Slot::new(route, DeliveryStatus::Forgotten),
-                        None => Slot::new(route, DeliveryStatus::Pending),
-                    },
-                )
-                .collect();
-            engine.insert(pos, alert, slots, now, &mut dead_now);
+                            None if before_cursor => Slot::new(route, DeliveryStatus::Forgotten),
+                            None => Slot::new(route, DeliveryStatus::Pending),
+                        },
+                    )
+                    .collect();
+                engine.insert(pos, alert, slots, now, &mut dead_now);
+            }
+            engine.evict();
         }
         engine.write(&dead_now);
         engine.evict();
@@ -747,7 +757,7 @@ impl Engine {
 
     /// Rolls the attempts file. The cursor is the oldest pending alert's
     /// position (the end of the outbox when none is), but past every alert
-    /// dropped from memory; the records of every alert from the cursor on,
+    /// dropped from memory and never behind the last cursor; the records of every alert from the cursor on,
     /// and of every pending one, are carried into the new file. So after a
     /// restart an alert before the cursor without records is finished, and
     /// every other one reads back as it was.
@@ -766,6 +776,7 @@ impl Engine {
             };
             cursor = cursor.max(past);
         }
+        cursor = cursor.max(self.cursor.unwrap_or_default());
         let mut carry = Vec::new();
         for e in self
             .entries
@@ -776,8 +787,9 @@ impl Engine {
                 s.carry(&mut carry);
             }
         }
-        if let Err(e) = self.log.roll(cursor, &carry) {
-            log::error!("alerts: cannot roll the attempts file: {e}");
+        match self.log.roll(cursor, &carry) {
+            Ok(()) => self.cursor = Some(cursor),
+            Err(e) => log::error!("alerts: cannot roll the attempts file: {e}"),
         }
     }
 
@@ -1163,10 +1175,8 @@ impl Engine {
                 }
             }
         }
-        // Answer what is queued, so no caller waits on a dropped thread.
-        while let Ok(cmd) = commands.try_recv() {
-            self.handle(cmd);
-        }
+        // Commands still queued are dropped with the receiver: their callers
+        // see the oneshot canceled, later ones `Refused::Gone`.
     }
 }
 

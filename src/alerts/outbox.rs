@@ -423,30 +423,46 @@ impl OutboxWriter {
         }
         let new = lines.len();
         let mut buf = Vec::new();
+        let mut in_buf: Vec<&Alert> = Vec::new();
         for (a, line) in lines {
             if self.bytes + buf.len() as u64 > 0
                 && self.bytes + (buf.len() + line.len()) as u64 > OUTBOX_SEGMENT_BYTES_MAX
             {
-                self.write_out(&mut buf)?;
+                self.write_out(&mut buf, &mut in_buf)?;
                 self.roll()?;
             }
             buf.extend_from_slice(&line);
+            in_buf.push(a);
+        }
+        self.write_out(&mut buf, &mut in_buf)?;
+        Ok(new)
+    }
+
+    /// Writes and syncs `buf`, then takes the ids of `in_buf` as written. On
+    /// an error the file is cut back to what was written before (so a torn
+    /// line cannot glue itself to the next append) and no id is taken: the
+    /// caller may append the same alerts again.
+    fn write_out(&mut self, buf: &mut Vec<u8>, in_buf: &mut Vec<&Alert>) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self
+            .file
+            .write_all(buf)
+            .and_then(|()| self.file.sync_data())
+        {
+            if let Err(cut) = self.file.set_len(self.bytes) {
+                log::error!("alerts: cannot cut the outbox back after a failed write: {cut}");
+            }
+            return Err(e);
+        }
+        self.bytes += buf.len() as u64;
+        buf.clear();
+        for a in in_buf.drain(..) {
             self.ids.insert(a.id.clone());
             self.open_ids.push(a.id.clone());
             self.open_newest_ms = self.open_newest_ms.max(a.timestamp_ms);
         }
-        self.write_out(&mut buf)?;
-        Ok(new)
-    }
-
-    fn write_out(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
-        if buf.is_empty() {
-            return Ok(());
-        }
-        self.file.write_all(buf)?;
-        self.file.sync_data()?;
-        self.bytes += buf.len() as u64;
-        buf.clear();
         Ok(())
     }
 
@@ -635,6 +651,8 @@ pub struct AttemptsLog {
     dir: PathBuf,
     file: File,
     bytes: u64,
+    /// Bytes the last roll carried into the current file.
+    carried_bytes: u64,
 }
 
 /// What [`AttemptsLog::open`] found.
@@ -683,6 +701,7 @@ impl AttemptsLog {
                 dir: dir.to_path_buf(),
                 file,
                 bytes,
+                carried_bytes: 0,
             },
             loaded,
         ))
@@ -698,8 +717,19 @@ impl AttemptsLog {
         if buf.is_empty() {
             return Ok(());
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        if let Err(e) = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data())
+        {
+            // Cut a torn line off, so it cannot glue itself to the next one.
+            if let Err(cut) = self.file.set_len(self.bytes) {
+                log::error!(
+                    "alerts: cannot cut the attempts file back after a failed write: {cut}"
+                );
+            }
+            return Err(e);
+        }
         self.bytes += buf.len() as u64;
         Ok(())
     }
@@ -709,9 +739,12 @@ impl AttemptsLog {
         self.bytes
     }
 
-    /// Whether the current file passed [`ATTEMPTS_FILE_BYTES_MAX`].
+    /// Whether the current file passed [`ATTEMPTS_FILE_BYTES_MAX`], with at
+    /// least half of that written since the last roll (so a large carry,
+    /// thousands of deliveries pending, cannot make every append roll).
     pub fn needs_roll(&self) -> bool {
         self.bytes > ATTEMPTS_FILE_BYTES_MAX
+            && self.bytes - self.carried_bytes > ATTEMPTS_FILE_BYTES_MAX / 2
     }
 
     /// Rolls the file: records `cursor` (every delivery of an alert before it
@@ -737,7 +770,9 @@ impl AttemptsLog {
             .open(self.dir.join(ATTEMPTS_FILE))?;
         self.bytes = 0;
         sync_dir(&self.dir)?;
-        self.append(carry)
+        self.append(carry)?;
+        self.carried_bytes = self.bytes;
+        Ok(())
     }
 }
 
@@ -861,6 +896,46 @@ pub(crate) mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0.segment, 1);
         assert_eq!(outbox_segments(&dir).unwrap(), vec![0, 1]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_append_past_the_segment_bound_rolls_and_the_reader_follows_in_order() {
+        let dir = tempdir("segments");
+        let (mut w, _) = OutboxWriter::open(&dir).unwrap();
+        let big = |i: u32| {
+            let mut a = alert(i, &["c"]);
+            a.summary = "x".repeat(OUTBOX_LINE_BYTES_MAX - 1024);
+            a
+        };
+        let mut r = OutboxReader::new(&dir, OutboxPos::default());
+        let mut read = Vec::new();
+        for batch in 0..5u32 {
+            let alerts: Vec<Alert> = (0..10).map(|i| big(batch * 10 + i)).collect();
+            assert_eq!(w.append(&alerts).unwrap(), 10);
+            read.extend(r.read_new(7).unwrap());
+        }
+        loop {
+            let more = r.read_new(7).unwrap();
+            if more.is_empty() {
+                break;
+            }
+            read.extend(more);
+        }
+        let segments = outbox_segments(&dir).unwrap();
+        assert!(segments.len() >= 2, "{segments:?}");
+        for n in &segments[..segments.len() - 1] {
+            let len = fs::metadata(dir.join(segment_name(*n))).unwrap().len();
+            assert!(len <= OUTBOX_SEGMENT_BYTES_MAX, "segment {n}: {len}");
+        }
+        let ids: Vec<String> = read.iter().map(|(_, a)| a.id.clone()).collect();
+        let want: Vec<String> = (0..50).map(|i| alert(i, &[]).id).collect();
+        assert_eq!(ids, want);
+        assert!(read.windows(2).all(|w| w[0].0 < w[1].0));
+        drop(w);
+        let (w, all) = OutboxWriter::open(&dir).unwrap();
+        assert_eq!(all.len(), 50);
+        assert_eq!(w.segment(), *segments.last().unwrap());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -49,9 +49,9 @@ pub async fn handle(
         (Method::Get, ["state"]) => state(gov).await,
         (Method::Post, [id, "replay"]) => replay(gov, id).await,
         (_, ["channels" | "rules"] | ["channels" | "rules", _] | ["channels", _, "test"])
-        | (_, ["history" | "state"] | [_, "replay"]) => Err(ApiError::method_not_allowed(
-            format!("method not allowed for {path}"),
-        )),
+        | (_, ["history" | "state"] | [_, "replay"]) => Err(ApiError::method_not_allowed(format!(
+            "method not allowed for {path}"
+        ))),
         _ => Err(ApiError::not_found(
             "unknown_url",
             format!("unknown admin URL: {path}"),
@@ -60,9 +60,8 @@ pub async fn handle(
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request("invalid_request_body", format!("{what}: {e}"))
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_request_body", format!("{what}: {e}")))
 }
 
 fn list_channels(gov: &Governance) -> Value {
@@ -76,7 +75,10 @@ fn list_channels(gov: &Governance) -> Value {
                 let from_api = overlay.alert_channels.contains_key(&c.name);
                 let in_file = file.alerts.channels.iter().any(|f| f.name == c.name);
                 if let Value::Object(m) = &mut v {
-                    m.insert("source".into(), json!(if from_api { "api" } else { "file" }));
+                    m.insert(
+                        "source".into(),
+                        json!(if from_api { "api" } else { "file" }),
+                    );
                     m.insert("overrides_file".into(), json!(from_api && in_file));
                 }
                 v
@@ -147,7 +149,12 @@ fn put_rule(gov: &Governance, body: &[u8]) -> Result<(u16, Value), ApiError> {
     let section: RuleSection = parse(body, "alert rule")?;
     let name = section.name.clone();
     let existed = gov.change(|overlay, _file, config| {
-        let channels: Vec<&str> = config.alerts.channels.iter().map(|c| c.name.as_str()).collect();
+        let channels: Vec<&str> = config
+            .alerts
+            .channels
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
         section
             .validate(&channels)
             .map_err(|e| ChangeError::Invalid(format!("{}: {}", e.field, e.message)))?;

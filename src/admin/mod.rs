@@ -474,9 +474,9 @@ impl Governance {
             let registry = self.entities.lock().unwrap_or_else(|p| p.into_inner());
             crate::books::thread::alert_plan(config.alerts.rules.clone(), &registry)
         };
-        self.books
-            .set_alert_plan(plan)
-            .map_err(|e| ChangeError::Internal(format!("the ledger refused the alert rules: {e}")))?;
+        self.books.set_alert_plan(plan).map_err(|e| {
+            ChangeError::Internal(format!("the ledger refused the alert rules: {e}"))
+        })?;
         if let Some(delivery) = &self.delivery {
             // A stopped thread has nothing to deliver with; a busy one gets
             // the channels with the next change (the file keeps them).

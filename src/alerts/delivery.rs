@@ -118,9 +118,6 @@ pub struct DeliveryConfig {
     /// A delivery is retried for this long after its first attempt, then
     /// dead-lettered.
     pub retry_for: Duration,
-    /// The least time between two sends to a channel, by channel name (none:
-    /// no cooldown). Until `ChannelConfig` carries its own cooldown.
-    pub cooldowns: HashMap<String, Duration>,
     /// How often the outbox is read without a notify.
     pub poll_interval: Duration,
     pub sender: SendFn,
@@ -131,7 +128,6 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             retry_for: RETRY_FOR_DEFAULT,
-            cooldowns: HashMap::new(),
             poll_interval: OUTBOX_POLL_INTERVAL,
             sender: Arc::new(channel::deliver),
             clock: Arc::new(SystemClock),
@@ -143,7 +139,6 @@ impl std::fmt::Debug for DeliveryConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeliveryConfig")
             .field("retry_for", &self.retry_for)
-            .field("cooldowns", &self.cooldowns)
             .field("poll_interval", &self.poll_interval)
             .finish_non_exhaustive()
     }
@@ -500,10 +495,8 @@ struct ChannelState {
 }
 
 impl ChannelState {
-    fn new(config: ChannelConfig, cooldowns: &HashMap<String, Duration>) -> ChannelState {
-        let cooldown_ms = cooldowns
-            .get(&config.name)
-            .map_or(0, |d| d.as_millis() as i64);
+    fn new(config: ChannelConfig) -> ChannelState {
+        let cooldown_ms = i64::try_from(config.cooldown.as_millis()).unwrap_or(i64::MAX);
         ChannelState {
             config,
             cooldown_ms,
@@ -598,10 +591,7 @@ impl Engine {
             evicted_up_to: None,
             cursor: loaded.cursor,
         };
-        engine.channels = channels
-            .into_iter()
-            .map(|c| ChannelState::new(c, &engine.cfg.cooldowns))
-            .collect();
+        engine.channels = channels.into_iter().map(ChannelState::new).collect();
         // What the attempt records say of each delivery.
         let mut folds: HashMap<(String, String), Slot> = HashMap::new();
         let placeholder = Route {
@@ -952,12 +942,8 @@ impl Engine {
         for config in channels {
             let mut state = old
                 .remove(&config.name)
-                .unwrap_or_else(|| ChannelState::new(config.clone(), &self.cfg.cooldowns));
-            state.cooldown_ms = self
-                .cfg
-                .cooldowns
-                .get(&config.name)
-                .map_or(0, |d| d.as_millis() as i64);
+                .unwrap_or_else(|| ChannelState::new(config.clone()));
+            state.cooldown_ms = i64::try_from(config.cooldown.as_millis()).unwrap_or(i64::MAX);
             state.config = config;
             self.channels.push(state);
         }
@@ -1232,12 +1218,19 @@ mod tests {
 
     const T0: i64 = 1_800_000_000_000;
 
+    /// A webhook channel; `rate_limit_per_minute` 0: as good as unlimited.
     fn channel(name: &str, rate_limit_per_minute: u32) -> ChannelConfig {
-        ChannelConfig {
+        let mut c = crate::alerts::channel::ChannelSection {
             name: name.into(),
             kind: ChannelKind::Webhook,
-            rate_limit_per_minute,
+            url: Some("http://127.0.0.1:9/hook".into()),
+            allow_private: true,
+            ..Default::default()
         }
+        .validate()
+        .unwrap();
+        c.rate_limit_per_minute = rate_limit_per_minute;
+        c
     }
 
     /// A receiver for the retry logic's unit tests: per channel, outcomes to
@@ -1495,9 +1488,10 @@ mod tests {
     #[test]
     fn the_cooldown_spaces_sends_to_a_channel() {
         let mut s = setup("cooldown");
-        let mut cfg = config(&s.fake, &s.clock);
-        cfg.cooldowns.insert("a".into(), Duration::from_secs(10));
-        let mut engine = s.engine_with(vec![channel("a", 0), channel("b", 0)], cfg);
+        let cfg = config(&s.fake, &s.clock);
+        let mut a = channel("a", 0);
+        a.cooldown = Duration::from_secs(10);
+        let mut engine = s.engine_with(vec![a, channel("b", 0)], cfg);
         s.outbox
             .append(&(1..=3).map(|i| alert(i, &["a", "b"])).collect::<Vec<_>>())
             .unwrap();
@@ -1826,13 +1820,16 @@ mod tests {
     }
 
     #[test]
-    fn the_real_channel_stub_dead_letters_and_tests_answer() {
+    fn the_real_channel_dead_letters_a_refused_destination_and_tests_answer() {
         let mut s = setup("real");
         let a = alert(1, &["a"]);
         s.outbox.append(std::slice::from_ref(&a)).unwrap();
+        // Loopback without allow_private: the SSRF guard refuses it for good.
+        let mut refused = channel("a", 60);
+        refused.allow_private = false;
         let handle = Delivery::start(
             &s.dir,
-            vec![channel("a", 60)],
+            vec![refused],
             DeliveryConfig::default(),
             s.stats.clone(),
         )
@@ -1841,10 +1838,8 @@ mod tests {
         let h = wait(handle.history(10).unwrap());
         assert_eq!(h[0].id, a.id);
         assert_eq!(h[0].routes[0].state, DeliveryStatus::Dead);
-        assert_eq!(
-            h[0].routes[0].last_error.as_deref(),
-            Some("channels are not built yet")
-        );
+        let error = h[0].routes[0].last_error.clone().unwrap_or_default();
+        assert!(error.contains("allow_private"), "{error}");
         let t = wait(handle.test("a").unwrap()).unwrap();
         assert!(t.alert_id.starts_with("alrt_test_"), "{}", t.alert_id);
         assert_eq!(t.alert_id.len(), "alrt_test_".len() + 32);

@@ -105,7 +105,10 @@ pub fn alerts_config(section: &AlertsSection) -> Result<AlertsConfig, ConfigErro
             if d.is_zero() || d > RETRY_FOR_MAX {
                 return Err(err(
                     "alerts.retry_for",
-                    format!("must be more than 0 and at most {}h", RETRY_FOR_MAX.as_secs() / 3600),
+                    format!(
+                        "must be more than 0 and at most {}h",
+                        RETRY_FOR_MAX.as_secs() / 3600
+                    ),
                 ));
             }
             d

@@ -758,7 +758,11 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
             if !known {
                 return Err(err(
                     format!("alerts.rules[{i}].scope"),
-                    format!("{:?} names no {} of this config", rule.section.scope, kind.as_str()),
+                    format!(
+                        "{:?} names no {} of this config",
+                        rule.section.scope,
+                        kind.as_str()
+                    ),
                 ));
             }
         }

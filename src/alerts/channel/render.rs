@@ -533,6 +533,7 @@ pub(crate) mod tests {
                 burn_rate_usd_per_hour: None,
             }),
             routes: vec![],
+            key: None,
         }
     }
 

@@ -60,6 +60,8 @@ pub enum Cause {
     Rollover,
     /// The ledger can grant it nothing more (its `Blocked` event).
     Blocked,
+    /// A worker refused a request at it: a 402.
+    Refused,
     /// Start-up, a new plan, or the periodic sweep of forecasts.
     Sweep,
 }
@@ -348,6 +350,17 @@ impl AlertBook {
         }
     }
 
+    /// A worker refused a request at `id` (a 402): the budget's first
+    /// refusal in a period is its `budget.exhausted`.
+    pub fn refused(&mut self, now_ms: i64, state: &LedgerState, id: EntityId) {
+        if !self.watches(id) {
+            return;
+        }
+        if let Some(view) = state.view(id, now_ms) {
+            self.observe(now_ms, state.journal_seq(), &view, Cause::Refused);
+        }
+    }
+
     /// Shows the evaluator every entity a rule covers (start-up, a new plan):
     /// what crossed while the evaluator did not look fires now, once.
     pub fn sweep(&mut self, now_ms: i64, state: &LedgerState, ids: &[EntityId]) {
@@ -479,7 +492,11 @@ impl AlertBook {
                     }
                 }
             }
-            if armed.exhausted && (cause == Cause::Blocked || view.spent >= limit) {
+            // Exhausted: the first 402, or spend reaching the limit (a soft
+            // budget admits until then). `Blocked` alone is not enough: a
+            // strict grant of the last of a budget blocks while the request
+            // it was for is still admitted.
+            if armed.exhausted && (cause == Cause::Refused || view.spent >= limit) {
                 self.fire(
                     now_ms,
                     &plan,

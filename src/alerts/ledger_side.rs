@@ -71,6 +71,11 @@ impl LedgerAlerts {
         self.book.observe_last_apply(now_ms, state);
     }
 
+    /// A worker refused a request at `entity` (a 402).
+    pub fn refused(&mut self, now_ms: i64, state: &LedgerState, entity: EntityId) {
+        self.book.refused(now_ms, state, entity);
+    }
+
     pub fn set_plan(&mut self, plan: Arc<AlertPlan>) {
         self.book.set_plan(plan);
         self.sweep_all = true;

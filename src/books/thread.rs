@@ -252,7 +252,9 @@ pub enum Msg {
         entity: EntityId,
         reply: mpsc::Sender<Option<EntityView>>,
     },
-    /// A worker asks for an entity as of now (to explain a refusal).
+    /// A worker refused a request at this entity (a 402) and asks for the
+    /// entity as of now to explain it. Only a refusal sends this, so it is
+    /// also how the alerts hear of a budget's first 402.
     ViewAsync {
         entity: EntityId,
         reply: oneshot::Sender<Option<EntityView>>,
@@ -922,6 +924,9 @@ impl LedgerThread {
             Msg::ViewAsync { entity, reply } => {
                 self.drain_rings()?;
                 let _ = reply.send(self.ledger.state().view(entity, now));
+                if let Some(alerts) = &mut self.alerts {
+                    alerts.refused(now, self.ledger.state(), entity);
+                }
             }
             Msg::Shutdown { reply } => return Ok(Flow::Stop(Some(reply))),
             Msg::AlertPlan(plan) => {

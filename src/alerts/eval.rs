@@ -66,35 +66,49 @@ pub enum Cause {
     Sweep,
 }
 
-/// Spend per minute over the last hour and per hour over the last day.
-#[derive(Debug, Clone)]
-struct Burn {
+/// Hours of spend history kept per watched entity: the last day for the
+/// forecast, the same hour of the trailing week for the anomaly baseline.
+pub const BURN_HOURS_KEPT: usize = 8 * 24;
+/// Days of the same hour the anomaly baseline averages, at most.
+pub const ANOMALY_BASELINE_DAYS_MAX: u32 = 7;
+
+/// Spend per minute over the last hour and per hour over the last 8 days.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Burn {
     since_ms: i64,
     minute: i64,
-    minutes: [i128; 60],
+    /// 60 slots, by minute index modulo 60.
+    minutes: Vec<i128>,
     hour: i64,
-    hours: [i128; 24],
+    /// [`BURN_HOURS_KEPT`] slots, by hour index modulo their count.
+    hours: Vec<i128>,
 }
 
 impl Burn {
-    fn new(now_ms: i64) -> Burn {
+    pub fn new(now_ms: i64) -> Burn {
         Burn {
             since_ms: now_ms,
             minute: now_ms.div_euclid(MINUTE_MS),
-            minutes: [0; 60],
+            minutes: vec![0; 60],
             hour: now_ms.div_euclid(HOUR_MS),
-            hours: [0; 24],
+            hours: vec![0; BURN_HOURS_KEPT],
         }
     }
 
+    /// Whether a history read back from disk has the shape this build keeps.
+    fn is_valid(&self) -> bool {
+        self.minutes.len() == 60 && self.hours.len() == BURN_HOURS_KEPT
+    }
+
     fn advance(&mut self, now_ms: i64) {
-        fn roll<const N: usize>(slots: &mut [i128; N], at: &mut i64, to: i64) {
+        fn roll(slots: &mut [i128], at: &mut i64, to: i64) {
             if to <= *at {
                 return;
             }
-            let steps = (to - *at).min(N as i64);
+            let n = slots.len() as i64;
+            let steps = (to - *at).min(n);
             for i in 1..=steps {
-                slots[(*at + i).rem_euclid(N as i64) as usize] = 0;
+                slots[(*at + i).rem_euclid(n) as usize] = 0;
             }
             *at = to;
         }
@@ -111,7 +125,8 @@ impl Burn {
         let a = amount.picodollars();
         let m = &mut self.minutes[self.minute.rem_euclid(60) as usize];
         *m = m.saturating_add(a);
-        let h = &mut self.hours[self.hour.rem_euclid(24) as usize];
+        let n = self.hours.len() as i64;
+        let h = &mut self.hours[self.hour.rem_euclid(n) as usize];
         *h = h.saturating_add(a);
     }
 
@@ -121,14 +136,41 @@ impl Burn {
         sum.saturating_mul(i128::from(HOUR_MS)) / i128::from(watched)
     }
 
+    fn last_hour(&self) -> i128 {
+        self.minutes.iter().fold(0, |a, b| a.saturating_add(*b))
+    }
+
     fn rates(&mut self, now_ms: i64) -> (i128, i128) {
         self.advance(now_ms);
-        let hour: i128 = self.minutes.iter().fold(0, |a, b| a.saturating_add(*b));
-        let day: i128 = self.hours.iter().fold(0, |a, b| a.saturating_add(*b));
+        let n = self.hours.len() as i64;
+        let day: i128 = (0..24)
+            .map(|i| self.hours[(self.hour - i).rem_euclid(n) as usize])
+            .fold(0, |a, b| a.saturating_add(b));
         (
-            self.rate_per_hour(now_ms, HOUR_MS, hour),
+            self.rate_per_hour(now_ms, HOUR_MS, self.last_hour()),
             self.rate_per_hour(now_ms, 24 * HOUR_MS, day),
         )
+    }
+
+    /// The last 60 minutes' spend and the mean spend of the same hour of the
+    /// day over the trailing days watched (at most
+    /// [`ANOMALY_BASELINE_DAYS_MAX`]), with how many days that is.
+    fn anomaly(&mut self, now_ms: i64) -> (i128, i128, u32) {
+        self.advance(now_ms);
+        let n = self.hours.len() as i64;
+        let mut sum: i128 = 0;
+        let mut days = 0u32;
+        for d in 1..=i64::from(ANOMALY_BASELINE_DAYS_MAX) {
+            let hour = self.hour - 24 * d;
+            // Only hours watched from their start count.
+            if hour * HOUR_MS < self.since_ms {
+                break;
+            }
+            sum = sum.saturating_add(self.hours[hour.rem_euclid(n) as usize]);
+            days += 1;
+        }
+        let mean = if days == 0 { 0 } else { sum / i128::from(days) };
+        (self.last_hour(), mean, days)
     }
 }
 
@@ -278,6 +320,7 @@ impl AlertBook {
                     Fact::SoftLimit => "soft_limit".into(),
                     Fact::Exhausted => "exhausted".into(),
                     Fact::Forecast => "forecast".into(),
+                    Fact::Anomaly => "anomaly".into(),
                     Fact::Recovered => "recovered".into(),
                 })
                 .collect();
@@ -392,7 +435,7 @@ impl AlertBook {
             period_start_ms: view.period.start_ms,
             burn: None,
         });
-        if armed.forecast && st.burn.is_none() {
+        if (armed.forecast || armed.anomaly) && st.burn.is_none() {
             st.burn = Some(Box::new(Burn::new(now_ms)));
         }
         if let (Cause::Spend(amount), Some(burn)) = (cause, st.burn.as_mut()) {
@@ -435,7 +478,7 @@ impl AlertBook {
                         Fact::Threshold(t) => !crossed(view.spent, limit, t),
                         Fact::SoftLimit => soft.is_none_or(|s| view.spent < s),
                         Fact::Exhausted => !view.blocked,
-                        Fact::Forecast | Fact::Recovered => false,
+                        Fact::Forecast | Fact::Anomaly | Fact::Recovered => false,
                     })
                     .collect();
                 if !no_longer.is_empty() {
@@ -472,7 +515,7 @@ impl AlertBook {
                         view,
                         &st,
                         KeyFact::Threshold(t),
-                        None,
+                        Extra::None,
                     );
                 }
             }
@@ -487,7 +530,7 @@ impl AlertBook {
                             view,
                             &st,
                             KeyFact::SoftLimit,
-                            None,
+                            Extra::None,
                         );
                     }
                 }
@@ -505,12 +548,15 @@ impl AlertBook {
                     view,
                     &st,
                     KeyFact::Exhausted,
-                    None,
+                    Extra::None,
                 );
             }
             if armed.forecast && view.period.end_ms != TIME_MS_NEVER {
                 self.forecast(now_ms, &plan, armed, &who, view, &mut st, limit);
             }
+        }
+        if armed.anomaly {
+            self.anomaly(now_ms, &plan, armed, &who, view, &mut st);
         }
         self.entities.insert(view.id, st);
     }
@@ -544,7 +590,7 @@ impl AlertBook {
             last_day: Money::picodollars_decimal(daily),
         };
         if projects && !fired {
-            let extra = (format_rfc3339_ms(at_hour), rates);
+            let extra = Extra::Forecast(format_rfc3339_ms(at_hour), rates);
             let st = st.clone();
             self.fire(
                 now_ms,
@@ -554,7 +600,7 @@ impl AlertBook {
                 view,
                 &st,
                 KeyFact::Forecast,
-                Some(extra),
+                extra,
             );
         } else if !projects && fired && !cleared {
             let st = st.clone();
@@ -570,6 +616,44 @@ impl AlertBook {
                 "forecast_recovered",
             );
         }
+    }
+
+    /// A spend anomaly: the last 60 minutes above the factor times the same
+    /// hour's mean over the trailing days (at least one day watched, and a
+    /// baseline above zero: a first spend is not an anomaly).
+    fn anomaly(
+        &mut self,
+        now_ms: i64,
+        plan: &AlertPlan,
+        armed: &Armed,
+        who: &str,
+        view: &EntityView,
+        st: &mut EntState,
+    ) {
+        let Some(burn) = st.burn.as_mut() else { return };
+        let (last, mean, days) = burn.anomaly(now_ms);
+        let factor = i128::from(armed.anomaly_factor_tenths);
+        if days == 0 || mean <= 0 || last.saturating_mul(10) <= mean.saturating_mul(factor) {
+            return;
+        }
+        let data = AnomalyData {
+            last_hour_usd: Money::picodollars_decimal(last),
+            baseline_usd: Money::picodollars_decimal(mean),
+            baseline_days: days,
+            factor: format!("{}.{}", factor / 10, factor % 10),
+        };
+        let hour = now_ms.div_euclid(HOUR_MS);
+        let st = st.clone();
+        self.fire(
+            now_ms,
+            plan,
+            armed,
+            who,
+            view,
+            &st,
+            KeyFact::Anomaly { hour },
+            Extra::Anomaly(data),
+        );
     }
 
     fn bits(&self, id: EntityId, st: &EntState, fact: &KeyFact) -> u128 {
@@ -621,7 +705,7 @@ impl AlertBook {
         view: &EntityView,
         st: &EntState,
         fact: KeyFact,
-        forecast: Option<(String, BurnRates)>,
+        extra: Extra,
     ) {
         let bits = self.bits(view.id, st, &fact);
         if self.emitted.contains(&bits) {
@@ -653,13 +737,18 @@ impl AlertBook {
                 Severity::Critical,
             ),
             KeyFact::Forecast => (AlertKind::Forecast, Fact::Forecast, None, Severity::Warning),
+            KeyFact::Anomaly { .. } => (AlertKind::Anomaly, Fact::Anomaly, None, Severity::Warning),
             _ => return,
         };
         let mut data = self.budget_data(plan, armed, plan_fact, view, st);
         data.threshold_percent = threshold.map(|t| t.min(255) as u8);
-        if let Some((at, rates)) = forecast {
-            data.projected_exhaustion_at = Some(at);
-            data.burn_rate_usd_per_hour = Some(rates);
+        match extra {
+            Extra::None => {}
+            Extra::Forecast(at, rates) => {
+                data.projected_exhaustion_at = Some(at);
+                data.burn_rate_usd_per_hour = Some(rates);
+            }
+            Extra::Anomaly(a) => data.anomaly = Some(a),
         }
         let summary = match kind {
             AlertKind::ThresholdCrossed => format!(
@@ -678,6 +767,14 @@ impl AlertBook {
                 data.spent_usd,
                 data.limit_usd.as_deref().unwrap_or("?")
             ),
+            AlertKind::Anomaly => {
+                let a = data.anomaly.as_ref();
+                format!(
+                    "{who} spent ${} in the last hour, against ${} for this hour on a usual day",
+                    a.map_or("?", |a| &a.last_hour_usd),
+                    a.map_or("?", |a| &a.baseline_usd)
+                )
+            }
             _ => format!(
                 "{who} will run out of budget before it resets: projected at {}",
                 data.projected_exhaustion_at.as_deref().unwrap_or("?")
@@ -714,8 +811,7 @@ impl AlertBook {
                 Fact::Exhausted => 2000,
                 Fact::Threshold(t) => u32::from(*t),
                 Fact::SoftLimit => 1,
-                Fact::Forecast => 0,
-                Fact::Recovered => 0,
+                Fact::Forecast | Fact::Anomaly | Fact::Recovered => 0,
             })
             .copied();
         data.recovered = top.map(|f| match f {
@@ -833,8 +929,16 @@ impl AlertBook {
             reset_at: (reset_at != TIME_MS_NEVER).then(|| format_rfc3339_ms(reset_at)),
             projected_exhaustion_at: None,
             burn_rate_usd_per_hour: None,
+            anomaly: None,
         }
     }
+}
+
+/// What a fired alert adds to its data.
+enum Extra {
+    None,
+    Forecast(String, BurnRates),
+    Anomaly(AnomalyData),
 }
 
 /// The id bits of a fact about an entity in a state's epoch and generation.
@@ -847,6 +951,10 @@ fn fact_bits(id: EntityId, st: &EntState, fact: &KeyFact) -> u128 {
         KeyFact::EpochEnded => (b"epoch_ended", 0),
         KeyFact::Rearmed { .. } => (b"rearmed", 0),
         KeyFact::ForecastCleared => (b"forecast_cleared", 0),
+        // One per entity and hour, whatever the period.
+        KeyFact::Anomaly { hour } => {
+            return alert_id_bits(&[b"anomaly", &id.0.to_le_bytes(), &hour.to_le_bytes()]);
+        }
     };
     alert_id_bits(&[
         b"budget",
@@ -864,7 +972,7 @@ fn key_fact(f: Fact) -> Option<KeyFact> {
         Fact::SoftLimit => Some(KeyFact::SoftLimit),
         Fact::Exhausted => Some(KeyFact::Exhausted),
         Fact::Forecast => Some(KeyFact::Forecast),
-        Fact::Recovered => None,
+        Fact::Anomaly | Fact::Recovered => None,
     }
 }
 
@@ -896,6 +1004,11 @@ mod tests {
             exhausted: None,
             forecast: Some(forecast),
             recovery: None,
+            anomaly: None,
+            anomaly_factor: None,
+            reports: None,
+            operational: None,
+            provider_error_rate_percent: None,
             channels: vec!["hook".into()],
         }
         .validate(&["hook"])

@@ -28,6 +28,24 @@ pub enum AlertKind {
     /// At the current burn rate the budget runs out before its reset.
     #[serde(rename = "budget.forecast")]
     Forecast,
+    /// The last hour's spend is far above the same hour's trailing baseline.
+    #[serde(rename = "spend.anomaly")]
+    Anomaly,
+    /// A daily or weekly spend report.
+    #[serde(rename = "spend.report")]
+    Report,
+    /// A model without a price was served or refused.
+    #[serde(rename = "operational.unpriced_model")]
+    UnpricedModel,
+    /// A strict budget was charged beyond what its reservation covered.
+    #[serde(rename = "operational.overrun")]
+    Overrun,
+    /// The request log lost rows.
+    #[serde(rename = "operational.log_rows_dropped")]
+    LogRowsDropped,
+    /// A provider's error rate over a window passed the rule's bound.
+    #[serde(rename = "operational.provider_errors")]
+    ProviderErrors,
     /// A channel test sent from the admin API.
     #[serde(rename = "alert.test")]
     Test,
@@ -41,6 +59,12 @@ impl AlertKind {
             AlertKind::Exhausted => "budget.exhausted",
             AlertKind::Recovered => "budget.recovered",
             AlertKind::Forecast => "budget.forecast",
+            AlertKind::Anomaly => "spend.anomaly",
+            AlertKind::Report => "spend.report",
+            AlertKind::UnpricedModel => "operational.unpriced_model",
+            AlertKind::Overrun => "operational.overrun",
+            AlertKind::LogRowsDropped => "operational.log_rows_dropped",
+            AlertKind::ProviderErrors => "operational.provider_errors",
             AlertKind::Test => "alert.test",
         }
     }
@@ -109,6 +133,64 @@ pub struct BudgetData {
     /// (the last hour's and the last day's).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub burn_rate_usd_per_hour: Option<BurnRates>,
+    /// Anomaly alerts: the last hour against its baseline.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub anomaly: Option<AnomalyData>,
+}
+
+/// The numbers of a spend anomaly: the last 60 minutes' spend against the
+/// mean spend of the same hour of the day over the trailing days.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnomalyData {
+    pub last_hour_usd: String,
+    pub baseline_usd: String,
+    /// Days the baseline averages.
+    pub baseline_days: u32,
+    /// The rule's factor: the alert fires when the last hour exceeds the
+    /// baseline times this.
+    pub factor: String,
+}
+
+/// One line of a report's top list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportLine {
+    pub name: String,
+    pub spend_usd: String,
+    pub requests: u64,
+}
+
+/// A daily or weekly spend report for one customer or team (or the whole
+/// gateway). Totals are exact sums of the request log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportData {
+    /// The customer or team (kind "gateway" for everything).
+    pub scope: EntityRef,
+    /// "daily" | "weekly".
+    pub period: String,
+    /// RFC 3339, inclusive.
+    pub from: String,
+    /// RFC 3339, exclusive.
+    pub to: String,
+    pub total_usd: String,
+    pub requests: u64,
+    pub top_keys: Vec<ReportLine>,
+    pub top_models: Vec<ReportLine>,
+    pub top_tags: Vec<ReportLine>,
+    pub rules: Vec<String>,
+}
+
+/// An operational alert: something about the gateway, not a budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationalData {
+    /// What it is about: a model, a provider, "request_log", a budget's entity.
+    pub subject: String,
+    /// How many times it happened in the window.
+    pub count: u64,
+    /// The window, seconds.
+    pub window_s: u64,
+    /// One line for people.
+    pub detail: String,
+    pub rules: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +206,8 @@ pub struct BurnRates {
 #[serde(untagged)]
 pub enum AlertData {
     Budget(BudgetData),
+    Report(ReportData),
+    Operational(OperationalData),
     /// A channel test: just a message.
     Test {
         message: String,
@@ -194,6 +278,11 @@ pub enum KeyFact {
     },
     /// The forecast no longer projects exhaustion before the reset.
     ForecastCleared,
+    /// A spend anomaly in the hour starting `hour` × 3,600,000 ms (one per
+    /// hour at most).
+    Anomaly {
+        hour: i64,
+    },
 }
 
 impl Alert {
@@ -216,6 +305,24 @@ impl Alert {
     pub fn title(&self) -> String {
         match &self.data {
             AlertData::Test { .. } => "bursar test alert".to_string(),
+            AlertData::Report(r) => format!(
+                "{} spend report: {} {}: ${}",
+                if r.period == "weekly" {
+                    "Weekly"
+                } else {
+                    "Daily"
+                },
+                r.scope.kind,
+                r.scope.name,
+                r.total_usd
+            ),
+            AlertData::Operational(o) => match self.kind {
+                AlertKind::UnpricedModel => format!("Unpriced model seen: {}", o.subject),
+                AlertKind::Overrun => format!("Strict budget overrun: {}", o.subject),
+                AlertKind::LogRowsDropped => "Request log rows dropped".to_string(),
+                AlertKind::ProviderErrors => format!("Provider errors: {}", o.subject),
+                _ => format!("bursar: {}", o.subject),
+            },
             AlertData::Budget(b) => {
                 let who = format!("{} {}", b.entity.kind, b.entity.name);
                 match self.kind {
@@ -227,7 +334,8 @@ impl Alert {
                     AlertKind::Exhausted => format!("Budget exhausted: {who}"),
                     AlertKind::Recovered => format!("Budget recovered: {who}"),
                     AlertKind::Forecast => format!("Budget forecast to run out: {who}"),
-                    AlertKind::Test => format!("Test: {who}"),
+                    AlertKind::Anomaly => format!("Spend anomaly: {who}"),
+                    _ => format!("{}: {who}", self.kind.as_str()),
                 }
             }
         }
@@ -235,8 +343,44 @@ impl Alert {
 
     /// Labelled values for cards and mails, in display order.
     pub fn facts(&self) -> Vec<(&'static str, String)> {
-        let AlertData::Budget(b) = &self.data else {
-            return vec![("Alert id", self.id.clone())];
+        let b = match &self.data {
+            AlertData::Budget(b) => b,
+            AlertData::Report(r) => {
+                let mut facts = vec![
+                    ("Scope", format!("{} {}", r.scope.kind, r.scope.name)),
+                    ("Period", format!("{} to {}", r.from, r.to)),
+                    ("Total (USD)", r.total_usd.clone()),
+                    ("Requests", r.requests.to_string()),
+                ];
+                let top = |lines: &[ReportLine]| {
+                    lines
+                        .iter()
+                        .map(|l| format!("{} ${}", l.name, l.spend_usd))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                if !r.top_keys.is_empty() {
+                    facts.push(("Top keys", top(&r.top_keys)));
+                }
+                if !r.top_models.is_empty() {
+                    facts.push(("Top models", top(&r.top_models)));
+                }
+                if !r.top_tags.is_empty() {
+                    facts.push(("Top tags", top(&r.top_tags)));
+                }
+                facts.push(("Alert id", self.id.clone()));
+                return facts;
+            }
+            AlertData::Operational(o) => {
+                return vec![
+                    ("Subject", o.subject.clone()),
+                    ("Count", o.count.to_string()),
+                    ("Window", format!("{} s", o.window_s)),
+                    ("Detail", o.detail.clone()),
+                    ("Alert id", self.id.clone()),
+                ];
+            }
+            AlertData::Test { .. } => return vec![("Alert id", self.id.clone())],
         };
         let mut facts = vec![
             ("Entity", format!("{} {}", b.entity.kind, b.entity.name)),
@@ -253,6 +397,10 @@ impl Alert {
         }
         if let Some(p) = &b.projected_exhaustion_at {
             facts.push(("Projected exhaustion", p.clone()));
+        }
+        if let Some(a) = &b.anomaly {
+            facts.push(("Last hour (USD)", a.last_hour_usd.clone()));
+            facts.push(("Baseline (USD)", a.baseline_usd.clone()));
         }
         facts.push(("Period start", b.period_start.clone()));
         facts.push((
@@ -343,6 +491,7 @@ mod tests {
                 reset_at: Some("2023-11-15T00:00:00Z".into()),
                 projected_exhaustion_at: None,
                 burn_rate_usd_per_hour: None,
+                anomaly: None,
             }),
             routes: vec![],
             key: None,

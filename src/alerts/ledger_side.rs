@@ -71,6 +71,11 @@ impl LedgerAlerts {
         self.book.observe_last_apply(now_ms, state);
     }
 
+    /// Alerts made elsewhere, appended with the next batch.
+    pub fn emit(&mut self, alerts: Vec<Alert>) {
+        self.waiting.extend(alerts);
+    }
+
     /// A worker refused a request at `entity` (a 402).
     pub fn refused(&mut self, now_ms: i64, state: &LedgerState, entity: EntityId) {
         self.book.refused(now_ms, state, entity);
@@ -89,6 +94,11 @@ impl LedgerAlerts {
     /// whether alerts wait for the outbox. The caller then makes the journal
     /// durable and calls [`LedgerAlerts::append`].
     pub fn collect(&mut self, now_ms: i64, state: &LedgerState) -> bool {
+        if self.waiting.len() > ALERTS_WAITING_MAX {
+            let drop = self.waiting.len() - ALERTS_WAITING_MAX;
+            self.waiting.drain(..drop);
+            self.stats.dropped.fetch_add(drop as u64, Ordering::Relaxed);
+        }
         if self.sweep_all {
             self.sweep_all = false;
             let ids: Vec<EntityId> = self.book.plan().entity_ids();

@@ -52,8 +52,53 @@ pub struct RuleSection {
     /// Send `budget.recovered` when what fired no longer holds (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<bool>,
+    /// Alert when the last hour's spend exceeds `anomaly_factor` times the
+    /// mean of the same hour over the trailing days (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<bool>,
+    /// The anomaly factor, a decimal (default "3").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly_factor: Option<String>,
+    /// Spend reports for each covered customer or team (or the gateway, with
+    /// scope "all"): `["daily"]`, `["weekly"]` or both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reports: Option<Vec<String>>,
+    /// Operational alerts: unpriced models, strict overruns, dropped log rows,
+    /// provider error rates (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operational: Option<bool>,
+    /// The provider error rate, percent of responses over
+    /// [`PROVIDER_ERROR_WINDOW_S`], that raises `operational.provider_errors`
+    /// (default 25).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_error_rate_percent: Option<u8>,
     pub channels: Vec<String>,
 }
+
+/// A report's period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReportPeriod {
+    /// The UTC day, sent after it ends.
+    Daily,
+    /// The ISO week (Monday to Monday, UTC), sent after it ends.
+    Weekly,
+}
+
+impl ReportPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportPeriod::Daily => "daily",
+            ReportPeriod::Weekly => "weekly",
+        }
+    }
+}
+
+/// The anomaly factor when a rule names none.
+pub const ANOMALY_FACTOR_DEFAULT_TENTHS: u32 = 30;
+/// The provider error rate when a rule names none, percent.
+pub const PROVIDER_ERROR_RATE_PERCENT_DEFAULT: u8 = 25;
+/// The window a provider's error rate is measured over, seconds.
+pub const PROVIDER_ERROR_WINDOW_S: u64 = 300;
 
 /// Which entities a rule covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +150,12 @@ pub struct Rule {
     pub exhausted: bool,
     pub forecast: bool,
     pub recovery: bool,
+    pub anomaly: bool,
+    /// Tenths: 30 is a factor of 3.0.
+    pub anomaly_factor_tenths: u32,
+    pub reports: Vec<ReportPeriod>,
+    pub operational: bool,
+    pub provider_error_rate_percent: u8,
     pub channels: Vec<String>,
     /// What was written, for the admin API and persistence.
     pub section: RuleSection,
@@ -195,6 +246,56 @@ impl RuleSection {
         }
         let mut names = self.channels.clone();
         names.dedup();
+        let anomaly_factor_tenths = match &self.anomaly_factor {
+            None => ANOMALY_FACTOR_DEFAULT_TENTHS,
+            Some(f) => parse_tenths(f)
+                .filter(|t| (11..=1000).contains(t))
+                .ok_or_else(|| {
+                    rule_err(
+                        "anomaly_factor",
+                        format!("{f:?} is not a factor between 1.1 and 100 (one decimal)"),
+                    )
+                })?,
+        };
+        let mut reports = Vec::new();
+        for r in self.reports.iter().flatten() {
+            let period = match r.as_str() {
+                "daily" => ReportPeriod::Daily,
+                "weekly" => ReportPeriod::Weekly,
+                other => {
+                    return Err(rule_err(
+                        "reports",
+                        format!("{other:?} is not a report period: use \"daily\" or \"weekly\""),
+                    ))
+                }
+            };
+            if !reports.contains(&period) {
+                reports.push(period);
+            }
+        }
+        if !reports.is_empty()
+            && !matches!(
+                scope,
+                Scope::All
+                    | Scope::Kind(EntityKind::Customer | EntityKind::Team)
+                    | Scope::Entity(EntityKind::Customer | EntityKind::Team, _)
+            )
+        {
+            return Err(rule_err(
+                "reports",
+                "reports are per customer or team: use a scope of customers, teams, \
+                 customers/<name>, teams/<name> or all",
+            ));
+        }
+        let provider_error_rate_percent = self
+            .provider_error_rate_percent
+            .unwrap_or(PROVIDER_ERROR_RATE_PERCENT_DEFAULT);
+        if !(1..=100).contains(&provider_error_rate_percent) {
+            return Err(rule_err(
+                "provider_error_rate_percent",
+                "must be a percentage in 1..=100",
+            ));
+        }
         Ok(Rule {
             name: self.name.clone(),
             scope,
@@ -203,6 +304,11 @@ impl RuleSection {
             exhausted: self.exhausted.unwrap_or(true),
             forecast: self.forecast.unwrap_or(false),
             recovery: self.recovery.unwrap_or(true),
+            anomaly: self.anomaly.unwrap_or(false),
+            anomaly_factor_tenths,
+            reports,
+            operational: self.operational.unwrap_or(false),
+            provider_error_rate_percent,
             channels: names,
             section: self.clone(),
         })
@@ -219,6 +325,9 @@ pub struct Armed {
     pub soft_limit: bool,
     pub exhausted: bool,
     pub forecast: bool,
+    pub anomaly: bool,
+    /// The lowest factor of the covering anomaly rules, tenths.
+    pub anomaly_factor_tenths: u32,
 }
 
 /// The compiled rules, for the evaluator: per entity, what is armed and its name.
@@ -235,6 +344,7 @@ pub enum Fact {
     SoftLimit,
     Exhausted,
     Forecast,
+    Anomaly,
     Recovered,
 }
 
@@ -270,6 +380,14 @@ impl AlertPlan {
                         a.soft_limit |= r.soft_limit;
                         a.exhausted |= r.exhausted;
                         a.forecast |= r.forecast;
+                        if r.anomaly {
+                            a.anomaly_factor_tenths = if a.anomaly {
+                                a.anomaly_factor_tenths.min(r.anomaly_factor_tenths)
+                            } else {
+                                r.anomaly_factor_tenths
+                            };
+                            a.anomaly = true;
+                        }
                     }
                     a.thresholds.sort_unstable();
                     a.thresholds.dedup();
@@ -341,12 +459,26 @@ impl AlertPlan {
     }
 }
 
+/// "3" or "2.5" in tenths (30, 25).
+fn parse_tenths(s: &str) -> Option<u32> {
+    let (whole, frac) = s.split_once('.').unwrap_or((s, "0"));
+    if whole.is_empty() || frac.len() != 1 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    whole
+        .parse::<u32>()
+        .ok()?
+        .checked_mul(10)?
+        .checked_add(frac.parse().ok()?)
+}
+
 fn wants(r: &Rule, fact: Fact) -> bool {
     match fact {
         Fact::Threshold(t) => r.thresholds.contains(&t),
         Fact::SoftLimit => r.soft_limit,
         Fact::Exhausted => r.exhausted,
         Fact::Forecast => r.forecast,
+        Fact::Anomaly => r.anomaly,
         Fact::Recovered => r.recovery,
     }
 }
@@ -369,6 +501,11 @@ mod tests {
             exhausted: None,
             forecast: None,
             recovery: None,
+            anomaly: None,
+            anomaly_factor: None,
+            reports: None,
+            operational: None,
+            provider_error_rate_percent: None,
             channels: channels.iter().map(|c| c.to_string()).collect(),
         }
     }

@@ -269,6 +269,10 @@ pub enum Msg {
     Crash,
     /// New alert rules or entities: evaluate with this plan from now on.
     AlertPlan(Arc<AlertPlan>),
+    /// Alerts made elsewhere (reports, operational alerts), to append to the
+    /// outbox like the evaluator's: the ledger thread is its one writer. An
+    /// id already in the outbox is skipped, so a repeat is harmless.
+    EmitAlerts(Vec<Alert>),
     /// The control plane asks what every covered entity's alerts stand at.
     AlertState {
         reply: mpsc::Sender<Vec<EntityAlertState>>,
@@ -482,6 +486,12 @@ impl BooksHandle {
     /// Evaluates alerts with `plan` from now on (new rules or entities).
     pub fn set_alert_plan(&self, plan: AlertPlan) -> Result<(), BooksError> {
         self.commands.send(Msg::AlertPlan(Arc::new(plan)))
+    }
+
+    /// Appends alerts made outside the ledger (reports, operational alerts)
+    /// to the outbox, through the ledger thread (its one writer).
+    pub fn emit_alerts(&self, alerts: Vec<Alert>) -> Result<(), BooksError> {
+        self.commands.send(Msg::EmitAlerts(alerts))
     }
 
     /// Every covered entity's alert state (blocking: control plane only).
@@ -929,6 +939,11 @@ impl LedgerThread {
                 }
             }
             Msg::Shutdown { reply } => return Ok(Flow::Stop(Some(reply))),
+            Msg::EmitAlerts(list) => {
+                if let Some(alerts) = &mut self.alerts {
+                    alerts.emit(list);
+                }
+            }
             Msg::AlertPlan(plan) => {
                 if let Some(alerts) = &mut self.alerts {
                     alerts.set_plan(plan);

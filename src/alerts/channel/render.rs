@@ -331,6 +331,13 @@ pub fn pagerduty_body(alert: &Alert, route: &Route, routing_key: &str) -> Value 
             format!("{} {}", b.entity.kind, b.entity.name),
             b.entity.kind.clone(),
         ),
+        crate::alerts::event::AlertData::Report(r) => (
+            format!("{} {}", r.scope.kind, r.scope.name),
+            "report".to_string(),
+        ),
+        crate::alerts::event::AlertData::Operational(o) => {
+            (o.subject.clone(), "operational".to_string())
+        }
         crate::alerts::event::AlertData::Test { .. } => ("test".to_string(), "test".to_string()),
     };
     let summary = if alert.summary.is_empty() {
@@ -531,6 +538,7 @@ pub(crate) mod tests {
                 reset_at: Some("2023-12-01T00:00:00Z".into()),
                 projected_exhaustion_at: None,
                 burn_rate_usd_per_hour: None,
+                anomaly: None,
             }),
             routes: vec![],
             key: None,

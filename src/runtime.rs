@@ -126,6 +126,7 @@ impl Gateway {
         .context("starting the alert delivery thread")?;
         let alert_setup = crate::books::thread::AlertSetup {
             rules: config.alerts.rules.clone(),
+            history: Some(alerts_dir.join(crate::alerts::ledger_side::BURN_HISTORY_FILE)),
             sink: Box::new(crate::alerts::ledger_side::OutboxSink {
                 writer: outbox,
                 delivery: delivery.clone(),

@@ -69,6 +69,10 @@ pub enum Cause {
 /// Hours of spend history kept per watched entity: the last day for the
 /// forecast, the same hour of the trailing week for the anomaly baseline.
 pub const BURN_HOURS_KEPT: usize = 8 * 24;
+/// Most entities whose burn history is kept (forecast and anomaly rules);
+/// past it, further entities are not forecast (counted in
+/// [`AlertBook::burns_refused`]).
+pub const BURN_ENTITIES_MAX: usize = 100_000;
 /// Days of the same hour the anomaly baseline averages, at most.
 pub const ANOMALY_BASELINE_DAYS_MAX: u32 = 7;
 
@@ -219,6 +223,10 @@ pub struct AlertBook {
     emitted: HashSet<u128>,
     entities: HashMap<EntityId, EntState>,
     out: Vec<Alert>,
+    /// Burn histories read back at start, taken when their entity is first seen.
+    restored: HashMap<EntityId, Burn>,
+    burns: usize,
+    burns_refused: u64,
 }
 
 /// Spent at least `percent` of `limit`?
@@ -236,6 +244,9 @@ impl AlertBook {
             emitted: HashSet::with_capacity(existing.len()),
             entities: HashMap::new(),
             out: Vec::new(),
+            restored: HashMap::new(),
+            burns: 0,
+            burns_refused: 0,
         };
         for a in existing {
             if let Some(bits) = parse_alert_id(&a.id) {
@@ -348,6 +359,39 @@ impl AlertBook {
         out
     }
 
+    /// The burn histories, to keep across a restart.
+    pub fn burn_histories(&self) -> Vec<(u32, Burn)> {
+        let mut out: Vec<(u32, Burn)> = self
+            .entities
+            .iter()
+            .filter_map(|(id, st)| st.burn.as_ref().map(|b| (id.0, (**b).clone())))
+            .collect();
+        // Not seen since the start yet: keep what was read back.
+        out.extend(
+            self.restored
+                .iter()
+                .filter(|(id, _)| !self.entities.contains_key(id))
+                .map(|(id, b)| (id.0, b.clone())),
+        );
+        out.sort_unstable_by_key(|(id, _)| *id);
+        out
+    }
+
+    /// Burn histories read back at start (from [`AlertBook::burn_histories`]).
+    pub fn restore_burn_histories(&mut self, histories: Vec<(u32, Burn)>) {
+        self.restored = histories
+            .into_iter()
+            .take(BURN_ENTITIES_MAX)
+            .map(|(id, b)| (EntityId(id), b))
+            .collect();
+    }
+
+    /// Entities a forecast or anomaly rule covers whose history was not kept
+    /// ([`BURN_ENTITIES_MAX`]).
+    pub fn burns_refused(&self) -> u64 {
+        self.burns_refused
+    }
+
     /// Alerts emitted since the last call, oldest first.
     pub fn take(&mut self) -> Vec<Alert> {
         std::mem::take(&mut self.out)
@@ -436,7 +480,17 @@ impl AlertBook {
             burn: None,
         });
         if (armed.forecast || armed.anomaly) && st.burn.is_none() {
-            st.burn = Some(Box::new(Burn::new(now_ms)));
+            if self.burns < BURN_ENTITIES_MAX {
+                let burn = self
+                    .restored
+                    .remove(&view.id)
+                    .filter(Burn::is_valid)
+                    .unwrap_or_else(|| Burn::new(now_ms));
+                st.burn = Some(Box::new(burn));
+                self.burns += 1;
+            } else {
+                self.burns_refused += 1;
+            }
         }
         if let (Cause::Spend(amount), Some(burn)) = (cause, st.burn.as_mut()) {
             burn.add(now_ms, amount);
@@ -996,6 +1050,10 @@ mod tests {
     }
 
     fn plan(thresholds: &[u16], forecast: bool) -> Arc<AlertPlan> {
+        plan_with(thresholds, forecast, false)
+    }
+
+    fn plan_with(thresholds: &[u16], forecast: bool, anomaly: bool) -> Arc<AlertPlan> {
         let rule = RuleSection {
             name: "r".into(),
             scope: "keys".into(),
@@ -1004,7 +1062,7 @@ mod tests {
             exhausted: None,
             forecast: Some(forecast),
             recovery: None,
-            anomaly: None,
+            anomaly: Some(anomaly),
             anomaly_factor: None,
             reports: None,
             operational: None,
@@ -1267,5 +1325,46 @@ mod tests {
                 assert_ne!(a.kind, AlertKind::Forecast);
             }
         }
+    }
+
+    /// Two days of $1 an hour, then an hour of $5: an anomaly (factor 3),
+    /// once; the burn history survives a restart.
+    #[test]
+    fn an_hour_far_above_its_baseline_is_an_anomaly_once_even_across_a_restart() {
+        let hour = 3_600_000;
+        let mut rig = Rig::new(plan_with(&[100], false, true), daily("1000000"));
+        for h in 0..48 {
+            for q in 0..4 {
+                assert!(
+                    rig.spend(T0 + h * hour + q * 900_000, "0.25").is_empty(),
+                    "hour {h}"
+                );
+            }
+        }
+        // The third day: the same pace is no anomaly...
+        rig.spend(T0 + 48 * hour + 1, "0.25");
+        // ...a restart keeps the history (no baseline would mean no anomaly)...
+        let histories = rig.book.burn_histories();
+        assert_eq!(histories.len(), 1);
+        let json = serde_json::to_vec(&histories).unwrap();
+        let mut book = AlertBook::new(rig.book.plan().clone(), &rig.emitted);
+        book.restore_burn_histories(serde_json::from_slice(&json).unwrap());
+        rig.book = book;
+        // ...and five times the pace within the hour is one.
+        let mut anomalies = Vec::new();
+        for q in 1..=20 {
+            for a in rig.spend(T0 + 48 * hour + q * 60_000, "0.25") {
+                assert_eq!(a.kind, AlertKind::Anomaly);
+                anomalies.push(a);
+            }
+        }
+        assert_eq!(anomalies.len(), 1, "once per hour");
+        let AlertData::Budget(b) = &anomalies[0].data else {
+            panic!()
+        };
+        let a = b.anomaly.as_ref().unwrap();
+        assert_eq!(a.baseline_usd, "1");
+        assert_eq!(a.baseline_days, 2);
+        assert_eq!(a.factor, "3.0");
     }
 }

@@ -20,6 +20,12 @@ use super::eval::AlertBook;
 use super::rules::AlertPlan;
 use super::Alert;
 
+/// The file in the alerts directory that keeps the burn histories (forecast
+/// and anomaly) across restarts, rewritten at every ledger checkpoint.
+pub const BURN_HISTORY_FILE: &str = "burn-history.json";
+/// Largest burn history file read at start.
+pub const BURN_HISTORY_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
+
 /// Most alerts waiting for the outbox (it could not be written).
 pub const ALERTS_WAITING_MAX: usize = 65_536;
 /// How often the forecasts are looked at without spend (to clear them).
@@ -69,6 +75,44 @@ impl LedgerAlerts {
 
     pub fn after_apply(&mut self, now_ms: i64, state: &LedgerState) {
         self.book.observe_last_apply(now_ms, state);
+    }
+
+    /// Writes the burn histories to `path` (a temporary file renamed over
+    /// it). Losing it costs only history: forecasts and anomalies start
+    /// over from what they see next.
+    pub fn save_histories(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let histories = self.book.burn_histories();
+        if histories.is_empty() && !path.exists() {
+            return Ok(());
+        }
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(&histories).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Reads the burn histories [`LedgerAlerts::save_histories`] wrote; a
+    /// missing, oversized or unreadable file is an empty history (logged).
+    pub fn load_histories(&mut self, path: &std::path::Path) {
+        let read = || -> Result<Vec<(u32, super::eval::Burn)>, String> {
+            let meta = match std::fs::metadata(path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e.to_string()),
+            };
+            if meta.len() > BURN_HISTORY_BYTES_MAX {
+                return Err(format!("larger than {BURN_HISTORY_BYTES_MAX} bytes"));
+            }
+            let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+            serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+        };
+        match read() {
+            Ok(h) => self.book.restore_burn_histories(h),
+            Err(e) => log::warn!(
+                "alerts: the burn history {} is unusable ({e}); forecasts and anomalies start afresh",
+                path.display()
+            ),
+        }
     }
 
     /// Alerts made elsewhere, appended with the next batch.

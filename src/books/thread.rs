@@ -283,6 +283,8 @@ pub enum Msg {
 /// (with the alerts it already holds, oldest first) and its counters.
 pub struct AlertSetup {
     pub rules: Vec<Rule>,
+    /// Where the burn histories live across restarts (`None`: not kept).
+    pub history: Option<PathBuf>,
     pub sink: Box<dyn AlertSink>,
     pub existing: Vec<Alert>,
     pub stats: Arc<EmitStats>,
@@ -689,13 +691,20 @@ impl Books {
                 bell,
             });
         }
+        let mut history = None;
         let alerts = alerts.map(|setup| {
             let plan = Arc::new(alert_plan(setup.rules, registry));
             let book = AlertBook::new(plan, &setup.existing);
-            LedgerAlerts::new(book, setup.sink, setup.stats)
+            let mut alerts = LedgerAlerts::new(book, setup.sink, setup.stats);
+            if let Some(path) = &setup.history {
+                alerts.load_histories(path);
+            }
+            history = setup.history;
+            alerts
         });
         let mut thread = LedgerThread {
             alerts,
+            history,
             ledger,
             rx,
             rings,
@@ -753,6 +762,8 @@ fn apply_ring_settle(
 struct LedgerThread {
     /// `None` when no alert rule was configured at start.
     alerts: Option<LedgerAlerts>,
+    /// Where the alerts' burn histories are kept (at every checkpoint).
+    history: Option<PathBuf>,
     ledger: Ledger,
     rx: Receiver<Msg>,
     rings: Vec<RingState>,
@@ -838,6 +849,7 @@ impl LedgerThread {
             }
             self.release_rings();
             if now >= self.next_checkpoint_ms {
+                self.save_histories();
                 self.ledger.checkpoint()?;
                 self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
                 self.release_rings();
@@ -854,6 +866,15 @@ impl LedgerThread {
                 } else {
                     std::thread::park_timeout(wait);
                 }
+            }
+        }
+    }
+
+    /// Keeps the alerts' burn histories (best effort: they are history, not money).
+    fn save_histories(&self) {
+        if let (Some(alerts), Some(path)) = (&self.alerts, &self.history) {
+            if let Err(e) = alerts.save_histories(path) {
+                log::warn!("alerts: cannot write {}: {e}", path.display());
             }
         }
     }
@@ -902,6 +923,7 @@ impl LedgerThread {
         self.drain_rings()?;
         let now = self.clock.now_ms();
         self.flush_alerts(now)?;
+        self.save_histories();
         self.ledger.checkpoint()?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.release_rings();

@@ -290,8 +290,10 @@ fn a_client_leaving_mid_stream_does_not_disturb_the_worker() {
         );
     }
     // The worker finishes its bookkeeping just after the client has the last
-    // byte, so the gauge reaches zero shortly after, not necessarily before.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // byte, so the gauge reaches zero shortly after, not necessarily before
+    // (seconds on a loaded 2-core CI machine: a wait for a condition, not a
+    // timing claim).
+    let deadline = Instant::now() + Duration::from_secs(30);
     while gw.metric_sum("bursar_requests_inflight") != 0 {
         assert!(Instant::now() < deadline, "requests stuck in flight");
         std::thread::sleep(Duration::from_millis(20));

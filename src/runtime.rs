@@ -27,6 +27,22 @@ use crate::metrics::{DriverKind, Registry, WorkerStats};
 use crate::proxy::{serve_connection, Worker};
 use crate::upstream::resolver::Resolver;
 
+/// The sink the ledger thread's alerts go to: the outbox file (appended and
+/// synced), then a nudge to the delivery thread. Composed here, so neither
+/// the ledger's side nor the delivery thread imports the other.
+struct OutboxSink {
+    writer: crate::alerts::outbox::OutboxWriter,
+    delivery: crate::alerts::delivery::DeliveryHandle,
+}
+
+impl crate::alerts::ledger_side::AlertSink for OutboxSink {
+    fn append(&mut self, alerts: &[crate::alerts::Alert]) -> std::io::Result<()> {
+        self.writer.append(alerts)?;
+        self.delivery.notify();
+        Ok(())
+    }
+}
+
 /// How often the delivery thread reads the outbox without a nudge.
 pub const ALERT_OUTBOX_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -127,7 +143,7 @@ impl Gateway {
         let alert_setup = crate::books::thread::AlertSetup {
             rules: config.alerts.rules.clone(),
             history: Some(alerts_dir.join(crate::alerts::ledger_side::BURN_HISTORY_FILE)),
-            sink: Box::new(crate::alerts::ledger_side::OutboxSink {
+            sink: Box::new(OutboxSink {
                 writer: outbox,
                 delivery: delivery.clone(),
             }),

@@ -31,7 +31,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -44,7 +44,6 @@ use super::backoff::{retry_delay, Jitter};
 use super::channel::{self, Attempt, ChannelConfig, Outcome};
 use super::event::{Alert, AlertData, AlertKind, Route, Severity};
 use super::outbox::{AttemptOutcome, AttemptRecord, AttemptsLog, OutboxPos, OutboxReader};
-use crate::metrics::{Counter, Gauge};
 
 /// Commands (reload, test, replay, history, state) waiting for the thread;
 /// past this a caller is refused ([`Refused::Busy`]).
@@ -144,12 +143,41 @@ impl std::fmt::Debug for DeliveryConfig {
     }
 }
 
-/// The alerts' counters. `emitted` has one writer, the ledger thread; every
-/// other one, the delivery thread.
+/// A counter with one writer (the delivery thread): relaxed load and store.
+/// Its own, not `metrics::Counter`: `metrics` renders these, so it imports
+/// this module, never the reverse.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0
+            .store(self.0.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A gauge with one writer.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The delivery thread's counters (the ledger's side counts what it
+/// emitted in `ledger_side::EmitStats`).
 #[derive(Debug, Default)]
 pub struct AlertStats {
-    /// Alerts the ledger emitted (appended new to the outbox).
-    pub emitted: Counter,
     /// Attempts that delivered.
     pub sent: Counter,
     /// Attempts that did not deliver.

@@ -192,18 +192,3 @@ impl LedgerAlerts {
         }
     }
 }
-
-/// The sink the gateway runs with: the outbox file (appended and synced),
-/// then a nudge to the delivery thread.
-pub struct OutboxSink {
-    pub writer: super::outbox::OutboxWriter,
-    pub delivery: super::delivery::DeliveryHandle,
-}
-
-impl AlertSink for OutboxSink {
-    fn append(&mut self, alerts: &[Alert]) -> std::io::Result<()> {
-        self.writer.append(alerts)?;
-        self.delivery.notify();
-        Ok(())
-    }
-}

@@ -54,6 +54,9 @@ pub fn start(
                         return;
                     }
                 };
+                // Daily and weekly spend reports: their queries run on the
+                // query thread, awaited here like the admin API's.
+                monoio::spawn(crate::admin::reports::run(Arc::clone(&governance)));
                 let state = Rc::new((registry, limits, std::cell::Cell::new(0usize), governance));
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {

@@ -15,7 +15,9 @@
 //!
 //! - `GET /admin/logs` (the request log, filtered and paged),
 //!   `GET /admin/spend/totals` and `GET /admin/spend/series` (spend over the
-//!   request log, grouped and bucketed).
+//!   request log, grouped and bucketed; `team=` / `customer=` sum only that
+//!   team's or customer's rows; `group_by=tags` groups by every tag as
+//!   `key=value`, a row counting once per tag).
 //!
 //! Query values are checked before anything is computed from them: a time
 //! (unix ms or RFC 3339) must lie in 1970..=9999 ([`TIME_MS_MIN`],
@@ -835,6 +837,7 @@ async fn series(
         "customer" => GroupBy::Customer,
         "provider" => GroupBy::Provider,
         "model" => GroupBy::Model,
+        "tags" => GroupBy::Tags,
         "tag" => GroupBy::Tag(
             param(&params, "tag")
                 .ok_or_else(|| bad("group_by=tag needs tag=<key>"))?
@@ -844,7 +847,7 @@ async fn series(
             Some(t) if !t.is_empty() => GroupBy::Tag(t.to_string()),
             _ => {
                 return Err(bad(format!(
-                    "group_by {other:?}: use key, team, customer, provider, model or tag"
+                    "group_by {other:?}: use key, team, customer, provider, model, tag or tags"
                 )))
             }
         },
@@ -864,15 +867,25 @@ async fn series(
             .map_or(TIME_MS_MIN, |f| f.max(TIME_MS_MIN)),
     };
     check_range(from, to)?;
-    let range = json!({
+    // Only the rows of one team or customer (a spend report's scope).
+    let filter = crate::reqlog::SpendFilter {
+        team: param(&params, "team").map(str::to_string),
+        customer: param(&params, "customer").map(str::to_string),
+    };
+    let mut range = json!({
         "from": crate::budget::period::format_rfc3339_ms(from),
         "to": crate::budget::period::format_rfc3339_ms(to),
         "group_by": group,
     });
+    for (name, value) in [("team", &filter.team), ("customer", &filter.customer)] {
+        if let Some(v) = value {
+            range[name] = json!(v);
+        }
+    }
     let usd = |p: i128| crate::reqlog::row::format_usd(p);
     if !bucketed {
         let totals = gov
-            .query_log(move |store| store.spend_totals(&group_by, from, to))
+            .query_log(move |store| store.spend_totals_where(&group_by, &filter, from, to))
             .await
             .map_err(log_query_error)?;
         let data: Vec<Value> = totals
@@ -906,7 +919,7 @@ async fn series(
         }
     }
     let points = gov
-        .query_log(move |store| store.spend_series(&group_by, bucket, from, to))
+        .query_log(move |store| store.spend_series_where(&group_by, &filter, bucket, from, to))
         .await
         .map_err(log_query_error)?;
     let data: Vec<Value> = points

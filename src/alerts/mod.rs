@@ -13,6 +13,8 @@
 //! - [`delivery`]: the `bursar-alerts` thread: sends what the outbox holds,
 //!   retries with backoff and jitter, dead-letters, rate-limits per channel,
 //!   keeps the history the admin API shows.
+//! - [`report`]: daily and weekly spend reports: the periods due and their
+//!   alerts, from the request log's spend totals.
 
 pub mod backoff;
 pub mod channel;
@@ -21,6 +23,7 @@ pub mod eval;
 pub mod event;
 pub mod ledger_side;
 pub mod outbox;
+pub mod report;
 pub mod rules;
 
 pub use event::{

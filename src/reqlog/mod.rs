@@ -75,7 +75,7 @@ pub mod writer;
 use std::path::Path;
 use std::time::Duration;
 
-pub use query::{Bucket, GroupBy, LogCursor, LogFilter, SeriesPoint, SpendTotal};
+pub use query::{Bucket, GroupBy, LogCursor, LogFilter, SeriesPoint, SpendFilter, SpendTotal};
 pub use reader::{LogReader, QueryRefused};
 pub use row::{parse_tags, parse_tags_counted, CacheStatus, LogRow, ParsedTags, TagError};
 pub use store::{LogStore, StoreError};

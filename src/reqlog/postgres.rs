@@ -23,7 +23,9 @@ use std::io::Write;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 
-use super::query::{self, Bucket, Dialect, GroupBy, LogFilter, Param, SeriesPoint, SpendTotal};
+use super::query::{
+    self, Bucket, Dialect, GroupBy, LogFilter, Param, SeriesPoint, SpendFilter, SpendTotal,
+};
 use super::row::LogRow;
 use super::store::SCHEMA_VERSION;
 use super::store::{self, clamp_i64, write_tags_json, LogStore, RawRow, RawSpend, StoreError};
@@ -169,11 +171,12 @@ impl PostgresStore {
     fn spend(
         &mut self,
         group_by: &GroupBy,
+        filter: &SpendFilter,
         bucket: Option<Bucket>,
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<RawSpend>, StoreError> {
-        let sql = query::select_spend(Dialect::Postgres, group_by, bucket, from_ms, to_ms);
+        let sql = query::select_spend(Dialect::Postgres, group_by, filter, bucket, from_ms, to_ms);
         let rows = self
             .client
             .query(sql.text.as_str(), &Self::query_params(&sql.params))?;
@@ -359,24 +362,26 @@ impl LogStore for PostgresStore {
             .collect()
     }
 
-    fn spend_series(
+    fn spend_series_where(
         &mut self,
         group_by: &GroupBy,
+        filter: &SpendFilter,
         bucket: Bucket,
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<SeriesPoint>, StoreError> {
-        let raw = self.spend(group_by, Some(bucket), from_ms, to_ms)?;
+        let raw = self.spend(group_by, filter, Some(bucket), from_ms, to_ms)?;
         store::series_points(raw)
     }
 
-    fn spend_totals(
+    fn spend_totals_where(
         &mut self,
         group_by: &GroupBy,
+        filter: &SpendFilter,
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<SpendTotal>, StoreError> {
-        let raw = self.spend(group_by, None, from_ms, to_ms)?;
+        let raw = self.spend(group_by, filter, None, from_ms, to_ms)?;
         store::totals(raw)
     }
 

@@ -77,6 +77,18 @@ pub enum GroupBy {
     Model,
     /// The value of this tag key ("" for rows without it).
     Tag(String),
+    /// Every tag, as `key=value`: a row counts once in each of its tags'
+    /// groups and rows without tags in none, so these groups need not sum to
+    /// the range's total (the spend reports' top tags).
+    Tags,
+}
+
+/// Which rows a spend query sums: every set field must match (the spend
+/// reports' scope, `team=` / `customer=` of `GET /admin/spend/totals`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpendFilter {
+    pub team: Option<String>,
+    pub customer: Option<String>,
 }
 
 /// The width of a series bucket (UTC; a day is 86,400,000 ms in unix time).
@@ -289,6 +301,7 @@ pub(crate) fn select_logs(d: Dialect, f: &LogFilter) -> Sql {
 pub(crate) fn select_spend(
     d: Dialect,
     group_by: &GroupBy,
+    filter: &SpendFilter,
     bucket: Option<Bucket>,
     from_ms: i64,
     to_ms: i64,
@@ -301,6 +314,13 @@ pub(crate) fn select_spend(
         GroupBy::Provider => "r.provider".to_string(),
         GroupBy::Model => "r.model".to_string(),
         GroupBy::Tag(k) => format!("COALESCE({}, '')", sql.tag_value(k)),
+        GroupBy::Tags => "(t.key || '=' || t.value)".to_string(),
+    };
+    // Every tag of a row is one row of the join (none for a row without).
+    let tags_join = match (group_by, d) {
+        (GroupBy::Tags, Dialect::Sqlite) => ", json_each(r.tags) t",
+        (GroupBy::Tags, Dialect::Postgres) => ", json_each_text(r.tags::json) t",
+        _ => "",
     };
     let (cost, tokens_cast) = match d {
         Dialect::Sqlite => ("sum_picodollars(r.cost_picodollars)", ""),
@@ -308,6 +328,13 @@ pub(crate) fn select_spend(
     };
     let from = sql.bind(Param::Int(from_ms));
     let to = sql.bind(Param::Int(to_ms));
+    let mut scope = String::new();
+    for (column, value) in [("r.team", &filter.team), ("r.customer", &filter.customer)] {
+        if let Some(v) = value {
+            let p = sql.bind_text(v);
+            scope.push_str(&format!(" AND {column} = {p}"));
+        }
+    }
     let limit = sql.bind(Param::Int(LOG_SERIES_POINTS_MAX as i64 + 1));
     // The collation goes on the selected expression: PostgreSQL accepts an
     // output name in ORDER BY only bare.
@@ -325,7 +352,7 @@ pub(crate) fn select_spend(
     sql.text = format!(
         "SELECT {bucket_col}{group}{bytewise} AS g, COUNT(*), {cost}, \
          SUM(r.prompt_tokens){tokens_cast}, SUM(r.completion_tokens){tokens_cast} \
-         FROM requests r WHERE r.time_ms >= {from} AND r.time_ms < {to} \
+         FROM requests r{tags_join} WHERE r.time_ms >= {from} AND r.time_ms < {to}{scope} \
          GROUP BY {group_cols} ORDER BY {group_cols} LIMIT {limit}"
     );
     sql
@@ -364,6 +391,7 @@ mod tests {
         let sql = select_spend(
             Dialect::Postgres,
             &GroupBy::Tag("env".into()),
+            &SpendFilter::default(),
             Some(Bucket::Hour),
             0,
             10,
@@ -373,7 +401,14 @@ mod tests {
             .contains("COALESCE((r.tags::json ->> $1::TEXT), '') COLLATE \"C\" AS g"));
         assert!(sql.text.contains("ORDER BY b, g LIMIT"));
         assert_eq!(sql.params[0], Param::Text("env".into()));
-        let lite = select_spend(Dialect::Sqlite, &GroupBy::Tag("a\"'.b".into()), None, 0, 10);
+        let lite = select_spend(
+            Dialect::Sqlite,
+            &GroupBy::Tag("a\"'.b".into()),
+            &SpendFilter::default(),
+            None,
+            0,
+            10,
+        );
         assert!(lite.text.contains(
             "COALESCE((SELECT t.value FROM json_each(r.tags) t WHERE t.key = ?1), '') AS g"
         ));
@@ -381,6 +416,7 @@ mod tests {
         let plain = select_spend(
             Dialect::Sqlite,
             &GroupBy::Tag("env.x-1".into()),
+            &SpendFilter::default(),
             None,
             0,
             10,
@@ -389,5 +425,37 @@ mod tests {
             .text
             .contains("COALESCE(json_extract(r.tags, ?1), '') AS g"));
         assert_eq!(plain.params[0], Param::Text("$.\"env.x-1\"".into()));
+    }
+
+    #[test]
+    fn spend_by_every_tag_joins_the_tags_and_a_scope_binds_its_names() {
+        let filter = SpendFilter {
+            team: Some("search'--".into()),
+            customer: None,
+        };
+        let lite = select_spend(Dialect::Sqlite, &GroupBy::Tags, &filter, None, 0, 10);
+        assert!(lite.text.contains(
+            "SELECT (t.key || '=' || t.value) AS g, COUNT(*), sum_picodollars(r.cost_picodollars)"
+        ));
+        assert!(lite
+            .text
+            .contains("FROM requests r, json_each(r.tags) t WHERE"));
+        assert!(
+            lite.text.contains("AND r.team = ?3 GROUP BY g"),
+            "{}",
+            lite.text
+        );
+        assert_eq!(lite.params[2], Param::Text("search'--".into()));
+        let pg = select_spend(Dialect::Postgres, &GroupBy::Key, &filter, None, 0, 10);
+        assert!(
+            pg.text.contains("AND r.team = $3::TEXT GROUP BY g"),
+            "{}",
+            pg.text
+        );
+        assert!(!pg.text.contains("json_each"));
+        let pg_tags = select_spend(Dialect::Postgres, &GroupBy::Tags, &filter, None, 0, 10);
+        assert!(pg_tags
+            .text
+            .contains("FROM requests r, json_each_text(r.tags::json) t WHERE"));
     }
 }

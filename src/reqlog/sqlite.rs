@@ -20,7 +20,9 @@ use rusqlite::functions::{Aggregate, Context, FunctionFlags};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, ToSql, TransactionBehavior};
 
-use super::query::{self, Bucket, Dialect, GroupBy, LogFilter, Param, SeriesPoint, SpendTotal};
+use super::query::{
+    self, Bucket, Dialect, GroupBy, LogFilter, Param, SeriesPoint, SpendFilter, SpendTotal,
+};
 use super::row::LogRow;
 use super::store::SCHEMA_VERSION;
 use super::store::{self, clamp_i64, write_tags_json, LogStore, RawRow, RawSpend, StoreError};
@@ -225,11 +227,12 @@ impl SqliteStore {
     fn spend(
         &mut self,
         group_by: &GroupBy,
+        filter: &SpendFilter,
         bucket: Option<Bucket>,
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<RawSpend>, StoreError> {
-        let sql = query::select_spend(Dialect::Sqlite, group_by, bucket, from_ms, to_ms);
+        let sql = query::select_spend(Dialect::Sqlite, group_by, filter, bucket, from_ms, to_ms);
         let mut stmt = self.conn.prepare_cached(&sql.text)?;
         let first = usize::from(bucket.is_some());
         let rows = stmt.query_map(rusqlite::params_from_iter(sql.params.iter()), |r| {
@@ -362,24 +365,26 @@ impl LogStore for SqliteStore {
         raws.into_iter().map(RawRow::into_row).collect()
     }
 
-    fn spend_series(
+    fn spend_series_where(
         &mut self,
         group_by: &GroupBy,
+        filter: &SpendFilter,
         bucket: Bucket,
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<SeriesPoint>, StoreError> {
-        let raw = self.spend(group_by, Some(bucket), from_ms, to_ms)?;
+        let raw = self.spend(group_by, filter, Some(bucket), from_ms, to_ms)?;
         store::series_points(raw)
     }
 
-    fn spend_totals(
+    fn spend_totals_where(
         &mut self,
         group_by: &GroupBy,
+        filter: &SpendFilter,
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<SpendTotal>, StoreError> {
-        let raw = self.spend(group_by, None, from_ms, to_ms)?;
+        let raw = self.spend(group_by, filter, None, from_ms, to_ms)?;
         store::totals(raw)
     }
 

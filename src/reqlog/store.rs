@@ -34,7 +34,7 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use super::query::{Bucket, GroupBy, LogFilter, SeriesPoint, SpendTotal};
+use super::query::{Bucket, GroupBy, LogFilter, SeriesPoint, SpendFilter, SpendTotal};
 use super::row::{CacheStatus, LogRow};
 use super::{SinkKind, LOG_SERIES_POINTS_MAX, LOG_SQLITE_FILE};
 
@@ -98,12 +98,35 @@ pub trait LogStore: Send {
         bucket: Bucket,
         from_ms: i64,
         to_ms: i64,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        self.spend_series_where(group_by, &SpendFilter::default(), bucket, from_ms, to_ms)
+    }
+
+    /// [`LogStore::spend_series`] of the rows `filter` selects.
+    fn spend_series_where(
+        &mut self,
+        group_by: &GroupBy,
+        filter: &SpendFilter,
+        bucket: Bucket,
+        from_ms: i64,
+        to_ms: i64,
     ) -> Result<Vec<SeriesPoint>, StoreError>;
 
     /// Spend per group over `[from_ms, to_ms)`, ordered by group (bytewise).
     fn spend_totals(
         &mut self,
         group_by: &GroupBy,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SpendTotal>, StoreError> {
+        self.spend_totals_where(group_by, &SpendFilter::default(), from_ms, to_ms)
+    }
+
+    /// [`LogStore::spend_totals`] of the rows `filter` selects.
+    fn spend_totals_where(
+        &mut self,
+        group_by: &GroupBy,
+        filter: &SpendFilter,
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<SpendTotal>, StoreError>;

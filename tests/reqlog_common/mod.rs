@@ -512,6 +512,44 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
             .unwrap(),
         vec![]
     );
+    // Every tag as key=value (rows without tags in no group), and only one
+    // team's or customer's rows (the spend reports' queries).
+    let team = |t: &str| bursar::reqlog::SpendFilter {
+        team: Some(t.into()),
+        customer: None,
+    };
+    assert_eq!(
+        store.spend_totals(&GroupBy::Tags, from, to).unwrap(),
+        vec![
+            total("feature=chat", 1, 2, 20, 2),
+            total("feature=search", 2, 1_000_000_000_008, 11, 2),
+        ]
+    );
+    assert_eq!(
+        store
+            .spend_totals_where(&GroupBy::Tags, &team("a"), from, to)
+            .unwrap(),
+        vec![
+            total("feature=chat", 1, 2, 20, 2),
+            total("feature=search", 1, 1_000_000_000_001, 10, 1),
+        ]
+    );
+    assert_eq!(
+        store
+            .spend_series_where(&GroupBy::Model, &team("b"), Bucket::Day, from, to)
+            .unwrap(),
+        vec![point(T0 + DAY, "m1", 1, 7, 1, 1)]
+    );
+    let nobody = bursar::reqlog::SpendFilter {
+        team: None,
+        customer: Some("nobody".into()),
+    };
+    assert_eq!(
+        store
+            .spend_totals_where(&GroupBy::Key, &nobody, from, to)
+            .unwrap(),
+        vec![]
+    );
 }
 
 /// Rows past `retention` and beyond `max_rows` are deleted by the writer.

@@ -8,6 +8,7 @@ pub mod books;
 pub mod budget;
 pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod error;

@@ -69,43 +69,7 @@ const _: () = {
 };
 
 /// The time, in unix ms; injectable so tests need not wait.
-pub trait Clock: Send + Sync {
-    fn now_ms(&self) -> i64;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
-    }
-}
-
-/// A clock that moves only when told (tests).
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    pub fn new(now_ms: i64) -> ManualClock {
-        ManualClock(AtomicI64::new(now_ms))
-    }
-    pub fn set(&self, now_ms: i64) {
-        self.0.store(now_ms, Ordering::SeqCst);
-    }
-    pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+pub use crate::clock::{Clock, SystemClock, TestClock};
 
 /// Sends one alert to one channel once, blocking: [`channel::deliver`], or a
 /// stand-in in tests.
@@ -1286,7 +1250,7 @@ mod tests {
         }
     }
 
-    fn config(fake: &Arc<Fake>, clock: &Arc<ManualClock>) -> DeliveryConfig {
+    fn config(fake: &Arc<Fake>, clock: &Arc<TestClock>) -> DeliveryConfig {
         let f = fake.clone();
         let c = clock.clone();
         DeliveryConfig {
@@ -1338,7 +1302,7 @@ mod tests {
     struct Setup {
         dir: PathBuf,
         fake: Arc<Fake>,
-        clock: Arc<ManualClock>,
+        clock: Arc<TestClock>,
         stats: Arc<AlertStats>,
         outbox: OutboxWriter,
     }
@@ -1349,7 +1313,7 @@ mod tests {
         Setup {
             dir,
             fake: Arc::default(),
-            clock: Arc::new(ManualClock::new(T0)),
+            clock: Arc::new(TestClock::new(T0)),
             stats: Arc::default(),
             outbox,
         }
@@ -1732,7 +1696,7 @@ mod tests {
         // A second roll would delete the file the first one closed.
         std::fs::remove_file(s.dir.join(ATTEMPTS_PREVIOUS_FILE)).unwrap();
         s.fake.always("b", Outcome::Delivered);
-        s.clock.advance(Duration::from_secs(3600));
+        s.clock.advance_by(Duration::from_secs(3600));
         let mut engine = s.engine(vec![channel("a", 0), channel("b", 0)]);
         assert_eq!(engine.state().pending, 1);
         let h = engine.history(3);
@@ -1805,7 +1769,7 @@ mod tests {
             )
             .unwrap()
         };
-        s.clock.advance(Duration::from_secs(600));
+        s.clock.advance_by(Duration::from_secs(600));
         let handle = start(&s);
         wait_until("three deliveries", || s.fake.calls().len() >= 3);
         let state = wait(handle.state().unwrap());

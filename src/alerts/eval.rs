@@ -473,6 +473,13 @@ impl AlertBook {
             return;
         };
         let who = format!("{}/{name}", kind.as_str());
+        let at = Seen {
+            now_ms,
+            plan: &plan,
+            armed,
+            who: &who,
+            view,
+        };
         let mut st = self.entities.remove(&view.id).unwrap_or(EntState {
             epoch: view.epoch,
             generation: 0,
@@ -504,17 +511,7 @@ impl AlertBook {
                 } else {
                     "new_period"
                 };
-                self.recovered(
-                    now_ms,
-                    &plan,
-                    armed,
-                    &who,
-                    view,
-                    &st,
-                    KeyFact::EpochEnded,
-                    &firing,
-                    reason,
-                );
+                self.recovered(&at, &st, KeyFact::EpochEnded, &firing, reason);
             }
             st.epoch = view.epoch;
             st.generation = 0;
@@ -552,40 +549,20 @@ impl AlertBook {
                         self.emitted.insert(fact_bits(view.id, &rearmed, f));
                     }
                     let fact = KeyFact::Rearmed { carried };
-                    self.recovered(
-                        now_ms, &plan, armed, &who, view, &rearmed, fact, &no_longer, reason,
-                    );
+                    self.recovered(&at, &rearmed, fact, &no_longer, reason);
                     st.generation = rearmed.generation;
                 }
             }
 
             for &t in &armed.thresholds {
                 if crossed(view.spent, limit, t) {
-                    self.fire(
-                        now_ms,
-                        &plan,
-                        armed,
-                        &who,
-                        view,
-                        &st,
-                        KeyFact::Threshold(t),
-                        Extra::None,
-                    );
+                    self.fire(&at, &st, KeyFact::Threshold(t), Extra::None);
                 }
             }
             if armed.soft_limit {
                 if let Some(soft) = view.budget.and_then(|b| b.soft_limit) {
                     if view.spent >= soft {
-                        self.fire(
-                            now_ms,
-                            &plan,
-                            armed,
-                            &who,
-                            view,
-                            &st,
-                            KeyFact::SoftLimit,
-                            Extra::None,
-                        );
+                        self.fire(&at, &st, KeyFact::SoftLimit, Extra::None);
                     }
                 }
             }
@@ -594,38 +571,20 @@ impl AlertBook {
             // strict grant of the last of a budget blocks while the request
             // it was for is still admitted.
             if armed.exhausted && (cause == Cause::Refused || view.spent >= limit) {
-                self.fire(
-                    now_ms,
-                    &plan,
-                    armed,
-                    &who,
-                    view,
-                    &st,
-                    KeyFact::Exhausted,
-                    Extra::None,
-                );
+                self.fire(&at, &st, KeyFact::Exhausted, Extra::None);
             }
             if armed.forecast && view.period.end_ms != TIME_MS_NEVER {
-                self.forecast(now_ms, &plan, armed, &who, view, &mut st, limit);
+                self.forecast(&at, &mut st, limit);
             }
         }
         if armed.anomaly {
-            self.anomaly(now_ms, &plan, armed, &who, view, &mut st);
+            self.anomaly(&at, &mut st);
         }
         self.entities.insert(view.id, st);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn forecast(
-        &mut self,
-        now_ms: i64,
-        plan: &AlertPlan,
-        armed: &Armed,
-        who: &str,
-        view: &EntityView,
-        st: &mut EntState,
-        limit: Money,
-    ) {
+    fn forecast(&mut self, at: &Seen, st: &mut EntState, limit: Money) {
+        let (now_ms, view) = (at.now_ms, at.view);
         let Some(burn) = st.burn.as_mut() else { return };
         let (hourly, daily) = burn.rates(now_ms);
         let remaining = limit.picodollars() - view.spent.picodollars();
@@ -646,24 +605,11 @@ impl AlertBook {
         if projects && !fired {
             let extra = Extra::Forecast(format_rfc3339_ms(at_hour), rates);
             let st = st.clone();
-            self.fire(
-                now_ms,
-                plan,
-                armed,
-                who,
-                view,
-                &st,
-                KeyFact::Forecast,
-                extra,
-            );
+            self.fire(at, &st, KeyFact::Forecast, extra);
         } else if !projects && fired && !cleared {
             let st = st.clone();
             self.recovered(
-                now_ms,
-                plan,
-                armed,
-                who,
-                view,
+                at,
                 &st,
                 KeyFact::ForecastCleared,
                 &[Fact::Forecast],
@@ -675,18 +621,11 @@ impl AlertBook {
     /// A spend anomaly: the last 60 minutes above the factor times the same
     /// hour's mean over the trailing days (at least one day watched, and a
     /// baseline above zero: a first spend is not an anomaly).
-    fn anomaly(
-        &mut self,
-        now_ms: i64,
-        plan: &AlertPlan,
-        armed: &Armed,
-        who: &str,
-        view: &EntityView,
-        st: &mut EntState,
-    ) {
+    fn anomaly(&mut self, at: &Seen, st: &mut EntState) {
+        let now_ms = at.now_ms;
         let Some(burn) = st.burn.as_mut() else { return };
         let (last, mean, days) = burn.anomaly(now_ms);
-        let factor = i128::from(armed.anomaly_factor_tenths);
+        let factor = i128::from(at.armed.anomaly_factor_tenths);
         if days == 0 || mean <= 0 || last.saturating_mul(10) <= mean.saturating_mul(factor) {
             return;
         }
@@ -698,16 +637,7 @@ impl AlertBook {
         };
         let hour = now_ms.div_euclid(HOUR_MS);
         let st = st.clone();
-        self.fire(
-            now_ms,
-            plan,
-            armed,
-            who,
-            view,
-            &st,
-            KeyFact::Anomaly { hour },
-            Extra::Anomaly(data),
-        );
+        self.fire(at, &st, KeyFact::Anomaly { hour }, Extra::Anomaly(data));
     }
 
     fn bits(&self, id: EntityId, st: &EntState, fact: &KeyFact) -> u128 {
@@ -749,18 +679,8 @@ impl AlertBook {
         out
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn fire(
-        &mut self,
-        now_ms: i64,
-        plan: &AlertPlan,
-        armed: &Armed,
-        who: &str,
-        view: &EntityView,
-        st: &EntState,
-        fact: KeyFact,
-        extra: Extra,
-    ) {
+    fn fire(&mut self, at: &Seen, st: &EntState, fact: KeyFact, extra: Extra) {
+        let (plan, armed, who, view) = (at.plan, at.armed, at.who, at.view);
         let bits = self.bits(view.id, st, &fact);
         if self.emitted.contains(&bits) {
             return;
@@ -834,25 +754,18 @@ impl AlertBook {
                 data.projected_exhaustion_at.as_deref().unwrap_or("?")
             ),
         };
-        let routes = plan.routes(armed, plan_fact, who, &period_key(st));
-        self.push(
-            bits, kind, now_ms, severity, summary, data, routes, view, st, fact,
-        );
+        let draft = Draft {
+            kind,
+            severity,
+            summary,
+            data,
+            routes: plan.routes(armed, plan_fact, who, &period_key(st)),
+        };
+        self.push(at, st, fact, bits, draft);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn recovered(
-        &mut self,
-        now_ms: i64,
-        plan: &AlertPlan,
-        armed: &Armed,
-        who: &str,
-        view: &EntityView,
-        st: &EntState,
-        fact: KeyFact,
-        what: &[Fact],
-        reason: &str,
-    ) {
+    fn recovered(&mut self, at: &Seen, st: &EntState, fact: KeyFact, what: &[Fact], reason: &str) {
+        let (plan, armed, who, view) = (at.plan, at.armed, at.who, at.view);
         let bits = self.bits(view.id, st, &fact);
         if self.emitted.contains(&bits) {
             return;
@@ -891,47 +804,29 @@ impl AlertBook {
                 .map(|l| format!(" of ${l}"))
                 .unwrap_or_default()
         );
-        // The dedup key of the incident it ends: the state's period and epoch.
-        let routes = plan.routes(armed, Fact::Recovered, who, &period_key(st));
-        self.push(
-            bits,
-            AlertKind::Recovered,
-            now_ms,
-            Severity::Info,
+        let draft = Draft {
+            kind: AlertKind::Recovered,
+            severity: Severity::Info,
             summary,
             data,
-            routes,
-            view,
-            st,
-            fact,
-        );
+            // The dedup key of the incident it ends: the state's period and epoch.
+            routes: plan.routes(armed, Fact::Recovered, who, &period_key(st)),
+        };
+        self.push(at, st, fact, bits, draft);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn push(
-        &mut self,
-        bits: u128,
-        kind: AlertKind,
-        now_ms: i64,
-        severity: Severity,
-        summary: String,
-        data: BudgetData,
-        routes: Vec<Route>,
-        view: &EntityView,
-        st: &EntState,
-        fact: KeyFact,
-    ) {
+    fn push(&mut self, at: &Seen, st: &EntState, fact: KeyFact, bits: u128, draft: Draft) {
         self.emitted.insert(bits);
         self.out.push(Alert {
             id: format!("alrt_{bits:032x}"),
-            kind,
-            timestamp_ms: now_ms,
-            severity,
-            summary,
-            data: AlertData::Budget(data),
-            routes,
+            kind: draft.kind,
+            timestamp_ms: at.now_ms,
+            severity: draft.severity,
+            summary: draft.summary,
+            data: AlertData::Budget(draft.data),
+            routes: draft.routes,
             key: Some(AlertKey {
-                entity: view.id.0,
+                entity: at.view.id.0,
                 epoch: st.epoch,
                 period_start_ms: st.period_start_ms,
                 generation: st.generation,
@@ -986,6 +881,25 @@ impl AlertBook {
             anomaly: None,
         }
     }
+}
+
+/// What the evaluator is looking at: the entity's view now, its rules, its name.
+struct Seen<'a> {
+    now_ms: i64,
+    plan: &'a AlertPlan,
+    armed: &'a Armed,
+    /// "key/demo".
+    who: &'a str,
+    view: &'a EntityView,
+}
+
+/// An alert about to be emitted, before its id and key.
+struct Draft {
+    kind: AlertKind,
+    severity: Severity,
+    summary: String,
+    data: BudgetData,
+    routes: Vec<Route>,
 }
 
 /// What a fired alert adds to its data.

@@ -62,7 +62,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -133,46 +133,8 @@ pub const SNAPSHOT_INTERVAL_MS_DEFAULT: u64 = 5 * 60 * 1000;
 /// which only delays a release (safe).
 const RELEASE_MARKS_MAX: usize = 64;
 
-/// The ledger's clock: unix milliseconds. Injected so period tests can drive it.
-pub trait Clock: Send + Sync {
-    fn now_ms(&self) -> i64;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
-    }
-}
-
-/// A clock that moves only when told to. For tests.
-#[derive(Debug, Default)]
-pub struct TestClock(AtomicI64);
-
-impl TestClock {
-    pub fn new(now_ms: i64) -> TestClock {
-        TestClock(AtomicI64::new(now_ms))
-    }
-
-    pub fn set(&self, now_ms: i64) {
-        self.0.store(now_ms, Ordering::SeqCst);
-    }
-
-    pub fn advance(&self, ms: i64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for TestClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+/// The ledger's clock (unix ms), injected so period tests can drive it.
+pub use crate::clock::{Clock, SystemClock, TestClock};
 
 /// What the books need from the config.
 #[derive(Debug, Clone)]

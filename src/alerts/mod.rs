@@ -13,6 +13,8 @@
 //! - [`delivery`]: the `bursar-alerts` thread: sends what the outbox holds,
 //!   retries with backoff and jitter, dead-letters, rate-limits per channel,
 //!   keeps the history the admin API shows.
+//! - [`operational`]: the `bursar-opsalerts` sampler: unpriced models,
+//!   strict overruns, dropped log rows, provider error rates.
 
 pub mod backoff;
 pub mod channel;
@@ -20,6 +22,7 @@ pub mod delivery;
 pub mod eval;
 pub mod event;
 pub mod ledger_side;
+pub mod operational;
 pub mod outbox;
 pub mod rules;
 

@@ -464,6 +464,25 @@ allowed_models = ["gpt-4o-mini", "claude-*"]
     }
 
     #[test]
+    fn republishing_keeps_a_providers_outcome_counters_by_name() {
+        let text = |name: &str| {
+            format!(
+                "[server]\nworkers = 2\n[[providers]]\nname = \"{name}\"\nkind = \"mock\"\n\
+                 models = [\"*\"]\n"
+            )
+        };
+        let c1 = Config::from_toml(&text("a"), None).unwrap();
+        let handle = CatalogHandle::new(Catalog::from_config(&c1, 1, &EntityIds::sequential(&c1)));
+        handle.load().providers[0].outcomes.record(1, 502);
+        handle.load().providers[0].outcomes.record(0, 200);
+        handle.publish(&c1, &EntityIds::sequential(&c1));
+        assert_eq!(handle.load().providers[0].outcomes.totals(), (2, 1));
+        let c2 = Config::from_toml(&text("b"), None).unwrap();
+        handle.publish(&c2, &EntityIds::sequential(&c2));
+        assert_eq!(handle.load().providers[0].outcomes.totals(), (0, 0));
+    }
+
+    #[test]
     fn key_chains_name_key_team_customer_with_their_modes() {
         let c = Config::from_toml(
             r#"

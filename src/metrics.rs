@@ -717,6 +717,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unpriced_models_are_queued_once_per_repeat_window_and_bounded() {
+        let u = UnpricedModels::default();
+        let mut out = Vec::new();
+        u.record("x", 1_000);
+        u.record("x", 2_000);
+        u.record("y", 2_000);
+        u.drain(&mut out);
+        assert_eq!(out, vec![Box::from("x"), Box::from("y")]);
+        // Again once the repeat window passed.
+        u.record("x", 1_000 + UNPRICED_MODEL_REPEAT_MS);
+        // A long name is cut at a character boundary.
+        let long = "é".repeat(UNPRICED_MODEL_BYTES_MAX);
+        u.record(&long, 0);
+        out.clear();
+        u.drain(&mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(&*out[0], "x");
+        assert_eq!(out[1].len(), UNPRICED_MODEL_BYTES_MAX);
+        // Full: more names are dropped, not waited for.
+        for i in 0..UNPRICED_MODELS_QUEUED_MAX + 10 {
+            u.record(&format!("m{i}"), 0);
+        }
+        out.clear();
+        u.drain(&mut out);
+        assert_eq!(out.len(), UNPRICED_MODELS_QUEUED_MAX);
+    }
+
+    #[test]
     fn renders_per_worker_series_and_the_driver() {
         let a = Arc::new(WorkerStats::default());
         a.set_driver(DriverKind::Legacy);

@@ -64,6 +64,9 @@ pub struct Provider {
     pub tls: Option<ProviderTls>,
     /// The provider config's level in the books.
     pub level: Option<Level>,
+    /// Upstream responses and errors, per worker (the operational alerts'
+    /// error rate); carried over a republish while the name stays.
+    pub outcomes: Arc<crate::metrics::ProviderOutcomes>,
 }
 
 /// A provider's own TLS connector (it trusts a private CA).
@@ -186,6 +189,14 @@ impl Catalog {
         let mut providers = Vec::with_capacity(config.providers.len());
         let mut routes = HashMap::default();
         let mut fallback = None;
+        let workers = config.server.workers;
+        let outcomes = |name: &str| {
+            previous
+                .and_then(|c| c.providers.iter().find(|q| &*q.name == name))
+                .map(|q| Arc::clone(&q.outcomes))
+                .filter(|o| o.workers() == workers.max(1))
+                .unwrap_or_else(|| Arc::new(crate::metrics::ProviderOutcomes::new(workers)))
+        };
         for (i, p) in config.providers.iter().enumerate() {
             let id = i as ProviderId;
             for m in &p.models {
@@ -207,6 +218,7 @@ impl Catalog {
                 models: p.models.clone(),
                 tls: provider_tls(config, p),
                 level: level(ids, EntityKind::Provider, &p.name, p.budget),
+                outcomes: outcomes(&p.name),
             });
         }
         let mut keys = Vec::with_capacity(config.keys.len());
@@ -449,6 +461,25 @@ allowed_models = ["gpt-4o-mini", "claude-*"]
                 .requests_per_minute,
             Some(20)
         );
+    }
+
+    #[test]
+    fn republishing_keeps_a_providers_outcome_counters_by_name() {
+        let text = |name: &str| {
+            format!(
+                "[server]\nworkers = 2\n[[providers]]\nname = \"{name}\"\nkind = \"mock\"\n\
+                 models = [\"*\"]\n"
+            )
+        };
+        let c1 = Config::from_toml(&text("a"), None).unwrap();
+        let handle = CatalogHandle::new(Catalog::from_config(&c1, 1, &EntityIds::sequential(&c1)));
+        handle.load().providers[0].outcomes.record(1, 502);
+        handle.load().providers[0].outcomes.record(0, 200);
+        handle.publish(&c1, &EntityIds::sequential(&c1));
+        assert_eq!(handle.load().providers[0].outcomes.totals(), (2, 1));
+        let c2 = Config::from_toml(&text("b"), None).unwrap();
+        handle.publish(&c2, &EntityIds::sequential(&c2));
+        assert_eq!(handle.load().providers[0].outcomes.totals(), (0, 0));
     }
 
     #[test]

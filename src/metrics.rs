@@ -5,7 +5,7 @@
 //! reads them with relaxed loads and sums across workers.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -152,6 +152,9 @@ pub struct WorkerStats {
     /// already had `reqlog::row::TAGS_MAX` tags.
     pub tags_dropped: Counter,
     pub tokens: TokenCounters,
+    /// Names of unpriced models this worker saw, for the operational alerts'
+    /// sampler (`alerts::operational`).
+    pub unpriced_models: UnpricedModels,
     /// The worker's overhead histogram as last published (every
     /// `OVERHEAD_PUBLISH_INTERVAL`); the worker's own copy is never shared.
     overhead: arc_swap::ArcSwapOption<Histogram<u64>>,
@@ -174,6 +177,132 @@ impl WorkerStats {
         if let Some(c) = self.responses.get(class) {
             c.inc();
         }
+    }
+}
+
+/// Most unpriced model names a worker holds for the operational sampler;
+/// more are dropped until it drains them.
+pub const UNPRICED_MODELS_QUEUED_MAX: usize = 16;
+/// A model name longer than this is cut (at a character boundary) before
+/// it is queued: it comes from a client.
+pub const UNPRICED_MODEL_BYTES_MAX: usize = 256;
+/// A model queued this recently (by this worker) is not queued again, so one
+/// model requested in a flood cannot fill the queue and hide another.
+pub const UNPRICED_MODEL_REPEAT_MS: i64 = 10_000;
+/// How many recently queued models a worker remembers for that check.
+const UNPRICED_RECENT: usize = 4;
+
+/// The unpriced models one worker saw, for the operational sampler to drain.
+/// The worker is the only sender; the sampler only `try_recv`s (it never
+/// waits on the channel), so a send finds no waiting receiver and takes no
+/// lock: a bounded array channel is then a lock-free queue. Only the admit
+/// phase of a request for a model without a price records (a rare path:
+/// that request is refused, or served uncharged).
+#[derive(Debug)]
+pub struct UnpricedModels {
+    tx: crossbeam_channel::Sender<Box<str>>,
+    rx: crossbeam_channel::Receiver<Box<str>>,
+    /// (hash of the name, unix ms) of the last models queued: single writer.
+    recent: [(AtomicU64, AtomicI64); UNPRICED_RECENT],
+    next: AtomicUsize,
+}
+
+impl Default for UnpricedModels {
+    fn default() -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(UNPRICED_MODELS_QUEUED_MAX);
+        UnpricedModels {
+            tx,
+            rx,
+            recent: Default::default(),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl UnpricedModels {
+    /// Queues `model` (worker only): unless this worker queued it within
+    /// [`UNPRICED_MODEL_REPEAT_MS`], or the queue is full (then it is
+    /// dropped; a later request queues it once there is room).
+    pub fn record(&self, model: &str, now_ms: i64) {
+        use std::hash::BuildHasher;
+        let hash = foldhash::fast::FixedState::with_seed(0).hash_one(model);
+        let repeat = self.recent.iter().any(|(h, t)| {
+            h.load(Relaxed) == hash
+                && now_ms.saturating_sub(t.load(Relaxed)) < UNPRICED_MODEL_REPEAT_MS
+        });
+        if repeat || self.tx.is_full() {
+            return;
+        }
+        let i = self.next.load(Relaxed) % UNPRICED_RECENT;
+        self.next.store(i + 1, Relaxed);
+        self.recent[i].0.store(hash, Relaxed);
+        self.recent[i].1.store(now_ms, Relaxed);
+        let mut end = model.len().min(UNPRICED_MODEL_BYTES_MAX);
+        while !model.is_char_boundary(end) {
+            end -= 1;
+        }
+        let _ = self.tx.try_send(model[..end].into());
+    }
+
+    /// Takes what is queued (the sampler only).
+    pub fn drain(&self, out: &mut Vec<Box<str>>) {
+        out.extend(self.rx.try_iter());
+    }
+}
+
+/// A padded pair of single-writer counters, one per worker.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct OutcomeSlot {
+    responses: Counter,
+    errors: Counter,
+}
+
+/// Upstream outcomes of one provider, per worker: responses (every request
+/// forwarded to it that got a response or failed) and errors (a 5xx from
+/// the upstream, or a connect failure, a close or a timeout answered 502 or
+/// 504). Each worker writes only its own slot (relaxed load and store, on
+/// its own cache line); the operational sampler sums them. The catalog
+/// keeps one per provider, carried over a republish by name.
+#[derive(Debug)]
+pub struct ProviderOutcomes {
+    slots: Box<[OutcomeSlot]>,
+}
+
+impl ProviderOutcomes {
+    pub fn new(workers: usize) -> ProviderOutcomes {
+        ProviderOutcomes {
+            slots: (0..workers.max(1))
+                .map(|_| OutcomeSlot::default())
+                .collect(),
+        }
+    }
+
+    /// Slots (the worker count it was made for).
+    pub fn workers(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Worker `worker` got a response with `status` (a failure's status, 502
+    /// or 504, when none came).
+    #[inline]
+    pub fn record(&self, worker: usize, status: u16) {
+        if let Some(s) = self.slots.get(worker) {
+            s.responses.inc();
+            if status >= 500 {
+                s.errors.inc();
+            }
+        }
+    }
+
+    /// (responses, errors) summed over the workers.
+    pub fn totals(&self) -> (u64, u64) {
+        self.slots.iter().fold((0, 0), |(r, e), s| {
+            (
+                r.wrapping_add(s.responses.get()),
+                e.wrapping_add(s.errors.get()),
+            )
+        })
     }
 }
 
@@ -586,6 +715,34 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unpriced_models_are_queued_once_per_repeat_window_and_bounded() {
+        let u = UnpricedModels::default();
+        let mut out = Vec::new();
+        u.record("x", 1_000);
+        u.record("x", 2_000);
+        u.record("y", 2_000);
+        u.drain(&mut out);
+        assert_eq!(out, vec![Box::from("x"), Box::from("y")]);
+        // Again once the repeat window passed.
+        u.record("x", 1_000 + UNPRICED_MODEL_REPEAT_MS);
+        // A long name is cut at a character boundary.
+        let long = "é".repeat(UNPRICED_MODEL_BYTES_MAX);
+        u.record(&long, 0);
+        out.clear();
+        u.drain(&mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(&*out[0], "x");
+        assert_eq!(out[1].len(), UNPRICED_MODEL_BYTES_MAX);
+        // Full: more names are dropped, not waited for.
+        for i in 0..UNPRICED_MODELS_QUEUED_MAX + 10 {
+            u.record(&format!("m{i}"), 0);
+        }
+        out.clear();
+        u.drain(&mut out);
+        assert_eq!(out.len(), UNPRICED_MODELS_QUEUED_MAX);
+    }
 
     #[test]
     fn renders_per_worker_series_and_the_driver() {

@@ -89,6 +89,8 @@ pub struct Gateway {
     log: Option<crate::reqlog::LogHandle>,
     /// The alert delivery thread.
     delivery: crate::alerts::delivery::DeliveryHandle,
+    /// The operational alerts' sampler thread (`bursar-opsalerts`).
+    operational: crate::alerts::operational::OperationalAlerts,
     /// Held for the life of the process: one gateway per state directory.
     _state_lock: StateLock,
 }
@@ -281,6 +283,11 @@ impl Gateway {
             )?),
             None => None,
         };
+        let operational = crate::alerts::operational::OperationalAlerts::start(
+            Arc::clone(&governance),
+            Arc::clone(&registry),
+        )
+        .context("starting the operational alerts' sampler")?;
         log::info!(
             "bursar {} listening on {} with {} workers, I/O driver {}{}",
             env!("CARGO_PKG_VERSION"),
@@ -319,6 +326,7 @@ impl Gateway {
             governance,
             log: log_handle,
             delivery,
+            operational,
             _state_lock: state_lock,
         })
     }
@@ -386,6 +394,8 @@ impl Gateway {
                 log::error!("shutdown: the request log lost {} rows", stats.rows_dropped);
             }
         }
+        // The sampler's last alerts reach the ledger before it stops.
+        self.operational.shutdown();
         // Every settle the workers published is in a ring: journal it all,
         // checkpoint, and stop the ledger thread.
         if let Err(e) = self.books.shutdown() {

@@ -15,6 +15,8 @@
 //!   keeps the history the admin API shows.
 //! - [`report`]: daily and weekly spend reports: the periods due and their
 //!   alerts, from the request log's spend totals.
+//! - [`operational`]: the `bursar-opsalerts` sampler: unpriced models,
+//!   strict overruns, dropped log rows, provider error rates.
 
 pub mod backoff;
 pub mod channel;
@@ -22,6 +24,7 @@ pub mod delivery;
 pub mod eval;
 pub mod event;
 pub mod ledger_side;
+pub mod operational;
 pub mod outbox;
 pub mod report;
 pub mod rules;

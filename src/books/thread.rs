@@ -277,6 +277,9 @@ pub struct BooksStats {
     pub checkpoints: AtomicU64,
     /// `Overrun` events: strict charges beyond the lease that covered them.
     pub overruns: AtomicU64,
+    /// The entity of the last `Overrun`, its id + 1 (0: none yet), for the
+    /// operational alerts to name.
+    pub last_overrun_entity: AtomicU64,
     /// `SoftLimitReached` events.
     pub soft_limits_reached: AtomicU64,
     /// Times the thread dozed: parked until its next tick with nothing to do
@@ -964,6 +967,9 @@ impl LedgerThread {
         for event in self.ledger.events() {
             match event {
                 Event::Overrun { entity, amount } => {
+                    self.stats
+                        .last_overrun_entity
+                        .store(u64::from(entity.0) + 1, Ordering::Relaxed);
                     self.stats.overruns.fetch_add(1, Ordering::Relaxed);
                     log::warn!("{entity} was charged {amount} beyond the lease that covered it");
                 }

@@ -483,6 +483,12 @@ async fn proxy_api_inner<'c, 'r>(
         r.provider = Some(&provider.name);
     }
     let price = catalog.prices.get(model);
+    if price.is_none() {
+        // Rare path: the operational alerts' sampler names the model.
+        w.stats
+            .unpriced_models
+            .record(model, crate::ratelimit::now_ms());
+    }
     if price.is_none() && catalog.pricing.refuse_unpriced {
         return Err(ApiError::bad_request(
             "model_not_priced",
@@ -563,6 +569,10 @@ async fn proxy_api_inner<'c, 'r>(
                 w, provider, endpoint, req, out, rid, keep, ready_at, &mut plan,
             )
             .await;
+            // The provider's error rate (operational alerts): this worker's
+            // own slot, a relaxed load and store.
+            let status = result.as_ref().map_or_else(|e| e.status, |_| plan.status);
+            provider.outcomes.record(w.id, status);
             finish_seed(row, &plan, ready_at);
             result
         }

@@ -32,15 +32,20 @@
 //! restart they are rebuilt from the spend seen since.
 
 use std::collections::{HashMap, HashSet};
+
+/// The evaluator's maps hash with foldhash: keys are ids and id bits, not
+/// anything a client chooses.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use crate::budget::period::{format_rfc3339_ms, TIME_MS_NEVER};
 use crate::budget::Mode;
-use crate::ledger::{EntityId, EntityView, Event, LedgerState, RecordBody};
+use crate::ledger::{EntityId, EntityKind, EntityView, Event, LedgerState, RecordBody};
 use crate::money::Money;
 
 use super::event::*;
-use super::rules::{AlertPlan, Armed, Fact};
+use super::rules::{AlertPlan, Armed, ById, Fact};
 
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
@@ -69,6 +74,10 @@ pub enum Cause {
 /// Hours of spend history kept per watched entity: the last day for the
 /// forecast, the same hour of the trailing week for the anomaly baseline.
 pub const BURN_HOURS_KEPT: usize = 8 * 24;
+/// How often, at most, a charged entity's forecast and anomaly are looked
+/// at (each charge adds to the burn history; the projections need not be
+/// redone per charge). The minute sweep looks at them too.
+pub const RATES_EVAL_INTERVAL_MS: i64 = 10_000;
 /// Most entities whose burn history is kept (forecast and anomaly rules);
 /// past it, further entities are not forecast (counted in
 /// [`AlertBook::burns_refused`]).
@@ -196,6 +205,106 @@ struct EntState {
     generation: u64,
     period_start_ms: i64,
     burn: Option<Box<Burn>>,
+    /// The forecast's two ids for (epoch, generation), kept so a charge
+    /// does not hash them again: (epoch, generation, fired, cleared).
+    forecast_ids: Option<(u64, u64, u128, u128)>,
+    /// What is known to have fired in (epoch, generation), so a charge past
+    /// a fired threshold does not hash its id again.
+    known: Known,
+    /// When the forecast and anomaly may next be looked at on a charge.
+    rates_due_ms: i64,
+    /// The lowest spend that reaches the entity's lowest armed threshold,
+    /// for the limit it was computed at: below it, a charge crosses nothing
+    /// (one comparison instead of a multiplication per threshold).
+    first_threshold: Option<(Money, Money)>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Known {
+    epoch: u64,
+    generation: u64,
+    thresholds: Vec<u16>,
+    soft_limit: bool,
+    exhausted: bool,
+}
+
+impl EntState {
+    fn new(epoch: u64, period_start_ms: i64) -> EntState {
+        EntState {
+            epoch,
+            generation: 0,
+            period_start_ms,
+            burn: None,
+            forecast_ids: None,
+            known: Known {
+                epoch,
+                ..Known::default()
+            },
+            rates_due_ms: i64::MIN,
+            first_threshold: None,
+        }
+    }
+
+    /// The lowest spend reaching `percent` of `limit` (the smallest `s` with
+    /// `s × 100 ≥ limit × percent`), cached per limit.
+    fn first_threshold(&mut self, limit: Money, percent: u16) -> Money {
+        match self.first_threshold {
+            Some((l, at)) if l == limit => at,
+            _ => {
+                let need = limit.picodollars().saturating_mul(i128::from(percent));
+                let at = Money::from_picodollars(
+                    need.div_euclid(100) + i128::from(need.rem_euclid(100) != 0),
+                )
+                .unwrap_or(Money::MAX);
+                self.first_threshold = Some((limit, at));
+                at
+            }
+        }
+    }
+
+    /// Whether `fact` is known to have fired in this epoch and generation.
+    fn known_fired(&mut self, fact: &KeyFact) -> bool {
+        if (self.known.epoch, self.known.generation) != (self.epoch, self.generation) {
+            self.known = Known {
+                epoch: self.epoch,
+                generation: self.generation,
+                ..Known::default()
+            };
+            return false;
+        }
+        match fact {
+            KeyFact::Threshold(t) => self.known.thresholds.contains(t),
+            KeyFact::SoftLimit => self.known.soft_limit,
+            KeyFact::Exhausted => self.known.exhausted,
+            _ => false,
+        }
+    }
+
+    /// Notes that `fact` fired (or had fired) in this epoch and generation;
+    /// call after [`EntState::known_fired`].
+    fn mark_fired(&mut self, fact: &KeyFact) {
+        match fact {
+            KeyFact::Threshold(t) => self.known.thresholds.push(*t),
+            KeyFact::SoftLimit => self.known.soft_limit = true,
+            KeyFact::Exhausted => self.known.exhausted = true,
+            _ => {}
+        }
+    }
+
+    /// The ids of this epoch and generation's forecast and its clearing.
+    fn forecast_ids(&mut self, id: EntityId) -> (u128, u128) {
+        match self.forecast_ids {
+            Some((e, g, fired, cleared)) if (e, g) == (self.epoch, self.generation) => {
+                (fired, cleared)
+            }
+            _ => {
+                let fired = fact_bits(id, self, &KeyFact::Forecast);
+                let cleared = fact_bits(id, self, &KeyFact::ForecastCleared);
+                self.forecast_ids = Some((self.epoch, self.generation, fired, cleared));
+                (fired, cleared)
+            }
+        }
+    }
 }
 
 /// One entity's alert state (`GET /admin/alerts/state`).
@@ -220,11 +329,12 @@ pub struct EntityAlertState {
 pub struct AlertBook {
     plan: Arc<AlertPlan>,
     /// Every alert id emitted (from the outbox, then live).
-    emitted: HashSet<u128>,
-    entities: HashMap<EntityId, EntState>,
+    emitted: FastSet<u128>,
+    /// Boxed: a charge moves the pointer out and back, not the state.
+    entities: ById<Box<EntState>>,
     out: Vec<Alert>,
     /// Burn histories read back at start, taken when their entity is first seen.
-    restored: HashMap<EntityId, Burn>,
+    restored: FastMap<EntityId, Burn>,
     burns: usize,
     burns_refused: u64,
 }
@@ -241,10 +351,10 @@ impl AlertBook {
     pub fn new(plan: Arc<AlertPlan>, existing: &[Alert]) -> AlertBook {
         let mut book = AlertBook {
             plan,
-            emitted: HashSet::with_capacity(existing.len()),
-            entities: HashMap::new(),
+            emitted: FastSet::with_capacity_and_hasher(existing.len(), Default::default()),
+            entities: ById::default(),
             out: Vec::new(),
-            restored: HashMap::new(),
+            restored: FastMap::default(),
             burns: 0,
             burns_refused: 0,
         };
@@ -253,19 +363,16 @@ impl AlertBook {
                 book.emitted.insert(bits);
             }
             let Some(k) = &a.key else { continue };
-            let st = book.entities.entry(EntityId(k.entity)).or_insert(EntState {
-                epoch: k.epoch,
-                generation: 0,
-                period_start_ms: k.period_start_ms,
-                burn: None,
-            });
+            let id = EntityId(k.entity);
+            if !book.entities.contains(id) {
+                book.entities
+                    .insert(id, Box::new(EntState::new(k.epoch, k.period_start_ms)));
+            }
+            let Some(st) = book.entities.get_mut(id) else {
+                continue;
+            };
             if k.epoch > st.epoch {
-                *st = EntState {
-                    epoch: k.epoch,
-                    generation: 0,
-                    period_start_ms: k.period_start_ms,
-                    burn: None,
-                };
+                **st = EntState::new(k.epoch, k.period_start_ms);
             }
             if let (true, KeyFact::Rearmed { carried }) = (k.epoch == st.epoch, &k.fact) {
                 if k.generation > st.generation {
@@ -287,6 +394,13 @@ impl AlertBook {
 
     pub fn set_plan(&mut self, plan: Arc<AlertPlan>) {
         self.plan = plan;
+        // Thresholds may have changed: forget what was derived from them.
+        let ids: Vec<EntityId> = self.entities.iter().map(|(id, _)| id).collect();
+        for id in ids {
+            if let Some(st) = self.entities.get_mut(id) {
+                st.first_threshold = None;
+            }
+        }
     }
 
     /// Whether any rule covers the entity (the ledger thread's fast exit).
@@ -299,7 +413,7 @@ impl AlertBook {
         self.entities
             .iter()
             .filter(|(_, st)| st.burn.is_some())
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect()
     }
 
@@ -314,14 +428,9 @@ impl AlertBook {
             ) else {
                 continue;
             };
-            let st = match self.entities.get(&id) {
-                Some(st) if st.epoch == view.epoch => st.clone(),
-                _ => EntState {
-                    epoch: view.epoch,
-                    generation: 0,
-                    period_start_ms: view.period.start_ms,
-                    burn: None,
-                },
+            let st = match self.entities.get(id) {
+                Some(st) if st.epoch == view.epoch => (**st).clone(),
+                _ => EntState::new(view.epoch, view.period.start_ms),
             };
             let firing = self
                 .firing(id, &st, armed)
@@ -370,7 +479,7 @@ impl AlertBook {
         out.extend(
             self.restored
                 .iter()
-                .filter(|(id, _)| !self.entities.contains_key(id))
+                .filter(|(id, _)| !self.entities.contains(**id))
                 .map(|(id, b)| (id.0, b.clone())),
         );
         out.sort_unstable_by_key(|(id, _)| *id);
@@ -466,26 +575,21 @@ impl AlertBook {
     /// `seq` the journal position.
     pub fn observe(&mut self, now_ms: i64, seq: u64, view: &EntityView, cause: Cause) {
         let plan = Arc::clone(&self.plan);
-        let Some(armed) = plan.armed(view.id) else {
+        let Some((armed, kind, name)) = plan.entry(view.id) else {
             return;
         };
-        let Some((kind, name)) = plan.name(view.id) else {
-            return;
-        };
-        let who = format!("{}/{name}", kind.as_str());
         let at = Seen {
             now_ms,
             plan: &plan,
             armed,
-            who: &who,
+            kind,
+            name,
             view,
         };
-        let mut st = self.entities.remove(&view.id).unwrap_or(EntState {
-            epoch: view.epoch,
-            generation: 0,
-            period_start_ms: view.period.start_ms,
-            burn: None,
-        });
+        let mut st = self
+            .entities
+            .remove(view.id)
+            .unwrap_or_else(|| Box::new(EntState::new(view.epoch, view.period.start_ms)));
         if (armed.forecast || armed.anomaly) && st.burn.is_none() {
             if self.burns < BURN_ENTITIES_MAX {
                 let burn = self
@@ -554,15 +658,27 @@ impl AlertBook {
                 }
             }
 
-            for &t in &armed.thresholds {
-                if crossed(view.spent, limit, t) {
-                    self.fire(&at, &st, KeyFact::Threshold(t), Extra::None);
+            let fire_once = |book: &mut AlertBook, st: &mut EntState, fact: KeyFact| {
+                if !st.known_fired(&fact) {
+                    book.fire(&at, st, fact.clone(), Extra::None);
+                    st.mark_fired(&fact);
+                }
+            };
+            let below_all = match armed.thresholds.first() {
+                Some(&lowest) => view.spent < st.first_threshold(limit, lowest),
+                None => true,
+            };
+            if !below_all {
+                for &t in &armed.thresholds {
+                    if crossed(view.spent, limit, t) {
+                        fire_once(self, &mut st, KeyFact::Threshold(t));
+                    }
                 }
             }
             if armed.soft_limit {
                 if let Some(soft) = view.budget.and_then(|b| b.soft_limit) {
                     if view.spent >= soft {
-                        self.fire(&at, &st, KeyFact::SoftLimit, Extra::None);
+                        fire_once(self, &mut st, KeyFact::SoftLimit);
                     }
                 }
             }
@@ -571,14 +687,22 @@ impl AlertBook {
             // strict grant of the last of a budget blocks while the request
             // it was for is still admitted.
             if armed.exhausted && (cause == Cause::Refused || view.spent >= limit) {
-                self.fire(&at, &st, KeyFact::Exhausted, Extra::None);
-            }
-            if armed.forecast && view.period.end_ms != TIME_MS_NEVER {
-                self.forecast(&at, &mut st, limit);
+                fire_once(self, &mut st, KeyFact::Exhausted);
             }
         }
-        if armed.anomaly {
-            self.anomaly(&at, &mut st);
+        // The rates change little from one charge to the next: looked at
+        // every RATES_EVAL_INTERVAL_MS, and on every other cause.
+        let rates_due = !matches!(cause, Cause::Spend(_)) || now_ms >= st.rates_due_ms;
+        if rates_due && (armed.forecast || armed.anomaly) {
+            st.rates_due_ms = now_ms.saturating_add(RATES_EVAL_INTERVAL_MS);
+            if let Some(limit) = view.limit_effective {
+                if armed.forecast && view.period.end_ms != TIME_MS_NEVER {
+                    self.forecast(&at, &mut st, limit);
+                }
+            }
+            if armed.anomaly {
+                self.anomaly(&at, &mut st);
+            }
         }
         self.entities.insert(view.id, st);
     }
@@ -592,21 +716,17 @@ impl AlertBook {
         let at_hour = exhaustion_ms(now_ms, remaining, hourly);
         let at_day = exhaustion_ms(now_ms, remaining, daily);
         let projects = remaining > 0 && at_hour < reset && at_day < reset;
-        let fired = self
-            .emitted
-            .contains(&self.bits(view.id, st, &KeyFact::Forecast));
-        let cleared = self
-            .emitted
-            .contains(&self.bits(view.id, st, &KeyFact::ForecastCleared));
-        let rates = BurnRates {
-            last_hour: Money::picodollars_decimal(hourly),
-            last_day: Money::picodollars_decimal(daily),
-        };
+        let (fired_id, cleared_id) = st.forecast_ids(view.id);
+        let fired = self.emitted.contains(&fired_id);
         if projects && !fired {
+            let rates = BurnRates {
+                last_hour: Money::picodollars_decimal(hourly),
+                last_day: Money::picodollars_decimal(daily),
+            };
             let extra = Extra::Forecast(format_rfc3339_ms(at_hour), rates);
             let st = st.clone();
             self.fire(at, &st, KeyFact::Forecast, extra);
-        } else if !projects && fired && !cleared {
+        } else if !projects && fired && !self.emitted.contains(&cleared_id) {
             let st = st.clone();
             self.recovered(
                 at,
@@ -680,11 +800,12 @@ impl AlertBook {
     }
 
     fn fire(&mut self, at: &Seen, st: &EntState, fact: KeyFact, extra: Extra) {
-        let (plan, armed, who, view) = (at.plan, at.armed, at.who, at.view);
+        let (plan, armed, view) = (at.plan, at.armed, at.view);
         let bits = self.bits(view.id, st, &fact);
         if self.emitted.contains(&bits) {
             return;
         }
+        let who = &at.who();
         let (kind, plan_fact, threshold, severity) = match fact {
             KeyFact::Threshold(t) => (
                 AlertKind::ThresholdCrossed,
@@ -765,7 +886,8 @@ impl AlertBook {
     }
 
     fn recovered(&mut self, at: &Seen, st: &EntState, fact: KeyFact, what: &[Fact], reason: &str) {
-        let (plan, armed, who, view) = (at.plan, at.armed, at.who, at.view);
+        let (plan, armed, view) = (at.plan, at.armed, at.view);
+        let who = &at.who();
         let bits = self.bits(view.id, st, &fact);
         if self.emitted.contains(&bits) {
             return;
@@ -888,9 +1010,16 @@ struct Seen<'a> {
     now_ms: i64,
     plan: &'a AlertPlan,
     armed: &'a Armed,
-    /// "key/demo".
-    who: &'a str,
+    kind: EntityKind,
+    name: &'a str,
     view: &'a EntityView,
+}
+
+impl Seen<'_> {
+    /// "key/demo": made only when an alert is (a charge crosses nothing).
+    fn who(&self) -> String {
+        format!("{}/{}", self.kind.as_str(), self.name)
+    }
 }
 
 /// An alert about to be emitted, before its id and key.
@@ -1280,5 +1409,22 @@ mod tests {
         assert_eq!(a.baseline_usd, "1");
         assert_eq!(a.baseline_days, 2);
         assert_eq!(a.factor, "3.0");
+    }
+
+    #[test]
+    fn the_first_threshold_is_the_least_spend_that_crosses_it() {
+        let mut st = EntState::new(0, 0);
+        for limit in [0i128, 1, 3, 7, 99, 100, 101, 12_345_678, 10_000_000_000_001] {
+            for percent in [1u16, 33, 50, 80, 95, 100, 150, 1000] {
+                st.first_threshold = None;
+                let l = Money::from_picodollars(limit).unwrap();
+                let at = st.first_threshold(l, percent);
+                assert!(crossed(at, l, percent), "{limit} {percent}");
+                if at.picodollars() > 0 {
+                    let below = Money::from_picodollars(at.picodollars() - 1).unwrap();
+                    assert!(!crossed(below, l, percent), "{limit} {percent}");
+                }
+            }
+        }
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::messages::ENTITIES_MAX;
 use crate::ledger::{EntityId, EntityKind};
 
 use super::event::Route;
@@ -330,11 +331,82 @@ pub struct Armed {
     pub anomaly_factor_tenths: u32,
 }
 
+/// A table by entity id. Ids are dense (the registry numbers entities 0, 1,
+/// 2, ... and keeps them below [`ENTITIES_MAX`]), so a lookup is an index,
+/// not a hash: the ledger thread does several per charge.
+#[derive(Debug, Clone)]
+pub struct ById<T> {
+    slots: Vec<Option<T>>,
+    len: usize,
+}
+
+impl<T> Default for ById<T> {
+    fn default() -> ById<T> {
+        ById {
+            slots: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> ById<T> {
+    pub fn get(&self, id: EntityId) -> Option<&T> {
+        self.slots.get(id.0 as usize)?.as_ref()
+    }
+
+    pub fn get_mut(&mut self, id: EntityId) -> Option<&mut T> {
+        self.slots.get_mut(id.0 as usize)?.as_mut()
+    }
+
+    pub fn contains(&self, id: EntityId) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Stores `v` at `id`; an id at or past [`ENTITIES_MAX`] (no entity has
+    /// one) is not stored.
+    pub fn insert(&mut self, id: EntityId, v: T) {
+        if id.0 >= ENTITIES_MAX {
+            return;
+        }
+        let i = id.0 as usize;
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if self.slots[i].replace(v).is_none() {
+            self.len += 1;
+        }
+    }
+
+    pub fn remove(&mut self, id: EntityId) -> Option<T> {
+        let v = self.slots.get_mut(id.0 as usize)?.take();
+        if v.is_some() {
+            self.len -= 1;
+        }
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// In id order.
+    pub fn iter(&self) -> impl Iterator<Item = (EntityId, &T)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.as_ref().map(|v| (EntityId(i as u32), v)))
+    }
+}
+
 /// The compiled rules, for the evaluator: per entity, what is armed and its name.
 #[derive(Debug, Default)]
 pub struct AlertPlan {
     pub rules: Vec<Rule>,
-    entities: HashMap<EntityId, (EntityKind, Arc<str>, Arc<Armed>)>,
+    entities: ById<(EntityKind, Arc<str>, Arc<Armed>)>,
 }
 
 /// What a route is for, to pick the rules that want it.
@@ -354,7 +426,7 @@ impl AlertPlan {
         rules: Vec<Rule>,
         entities: impl IntoIterator<Item = (EntityId, EntityKind, &'a str)>,
     ) -> AlertPlan {
-        let mut by_entity = HashMap::new();
+        let mut by_entity = ById::default();
         // Entities whose rules are the same share one `Armed`.
         let mut shared: HashMap<Vec<u16>, Arc<Armed>> = HashMap::new();
         for (id, kind, name) in entities {
@@ -404,18 +476,21 @@ impl AlertPlan {
 
     /// What is armed for the entity; `None`: no rule covers it.
     pub fn armed(&self, id: EntityId) -> Option<&Armed> {
-        self.entities.get(&id).map(|(_, _, a)| &**a)
+        self.entities.get(id).map(|(_, _, a)| &**a)
     }
 
     pub fn name(&self, id: EntityId) -> Option<(EntityKind, &str)> {
-        self.entities.get(&id).map(|(k, n, _)| (*k, &**n))
+        self.entities.get(id).map(|(k, n, _)| (*k, &**n))
     }
 
-    /// Every entity a rule covers.
+    /// What is armed for the entity, with its name: one lookup.
+    pub fn entry(&self, id: EntityId) -> Option<(&Armed, EntityKind, &str)> {
+        self.entities.get(id).map(|(k, n, a)| (&**a, *k, &**n))
+    }
+
+    /// Every entity a rule covers, in id order.
     pub fn entity_ids(&self) -> Vec<EntityId> {
-        let mut ids: Vec<EntityId> = self.entities.keys().copied().collect();
-        ids.sort_unstable();
-        ids
+        self.entities.iter().map(|(id, _)| id).collect()
     }
 
     /// Whether any rule covers anything (the evaluator's fast exit).

@@ -213,10 +213,10 @@ struct EntState {
     known: Known,
     /// When the forecast and anomaly may next be looked at on a charge.
     rates_due_ms: i64,
-    /// The lowest spend that reaches the entity's lowest armed threshold,
-    /// for the limit it was computed at: below it, a charge crosses nothing
-    /// (one comparison instead of a multiplication per threshold).
-    first_threshold: Option<(Money, Money)>,
+    /// [`EntState::next_threshold`]'s answer, for the limit and the count
+    /// of fired thresholds it was computed at (one comparison a charge
+    /// instead of a multiplication per threshold).
+    first_threshold: Option<(Money, usize, Money)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -245,18 +245,26 @@ impl EntState {
         }
     }
 
-    /// The lowest spend reaching `percent` of `limit` (the smallest `s` with
-    /// `s × 100 ≥ limit × percent`), cached per limit.
-    fn first_threshold(&mut self, limit: Money, percent: u16) -> Money {
+    /// The lowest spend that reaches a threshold of `thresholds` not known
+    /// to have fired (`Money::MAX` when all have), cached per limit and per
+    /// count of fired thresholds: below it, a charge crosses nothing.
+    fn next_threshold(&mut self, limit: Money, thresholds: &[u16]) -> Money {
+        if (self.known.epoch, self.known.generation) != (self.epoch, self.generation) {
+            self.known = Known {
+                epoch: self.epoch,
+                generation: self.generation,
+                ..Known::default()
+            };
+        }
+        let fired = self.known.thresholds.len();
         match self.first_threshold {
-            Some((l, at)) if l == limit => at,
+            Some((l, n, at)) if l == limit && n == fired => at,
             _ => {
-                let need = limit.picodollars().saturating_mul(i128::from(percent));
-                let at = Money::from_picodollars(
-                    need.div_euclid(100) + i128::from(need.rem_euclid(100) != 0),
-                )
-                .unwrap_or(Money::MAX);
-                self.first_threshold = Some((limit, at));
+                let at = thresholds
+                    .iter()
+                    .find(|t| !self.known.thresholds.contains(t))
+                    .map_or(Money::MAX, |&t| least_spend_crossing(limit, t));
+                self.first_threshold = Some((limit, fired, at));
                 at
             }
         }
@@ -337,6 +345,13 @@ pub struct AlertBook {
     restored: FastMap<EntityId, Burn>,
     burns: usize,
     burns_refused: u64,
+}
+
+/// The smallest `s` with `s × 100 ≥ limit × percent`.
+fn least_spend_crossing(limit: Money, percent: u16) -> Money {
+    let need = limit.picodollars().saturating_mul(i128::from(percent));
+    let at = need.div_euclid(100) + i128::from(need.rem_euclid(100) != 0);
+    Money::from_picodollars(at).unwrap_or(Money::MAX)
 }
 
 /// Spent at least `percent` of `limit`?
@@ -530,7 +545,9 @@ impl AlertBook {
             match r.body {
                 RecordBody::Settle { ref charges, .. } => {
                     for c in charges.as_slice() {
-                        show(self, c.entity, Cause::Spend(c.amount));
+                        if !self.charge_quietly(now_ms, state, c.entity, c.amount) {
+                            show(self, c.entity, Cause::Spend(c.amount));
+                        }
                     }
                 }
                 RecordBody::Rollover { entity, .. } => show(self, entity, Cause::Rollover),
@@ -544,6 +561,51 @@ impl AlertBook {
                 show(self, entity, Cause::Blocked);
             }
         }
+    }
+
+    /// The common charge: it crosses nothing not fired yet and no forecast
+    /// or anomaly look is due, so only the burn history hears of it. True
+    /// when handled so; false when the full look (`observe`) is needed.
+    /// Reads the entity's spend without building its view.
+    fn charge_quietly(
+        &mut self,
+        now_ms: i64,
+        state: &LedgerState,
+        id: EntityId,
+        amount: Money,
+    ) -> bool {
+        let Some(armed) = self.plan.armed(id) else {
+            return true; // no rule covers it
+        };
+        let (Some(st), Some(p)) = (self.entities.get_mut(id), state.spend_probe(id)) else {
+            return false;
+        };
+        if p.epoch != st.epoch || now_ms >= p.period_end_ms {
+            return false;
+        }
+        let rates = armed.forecast || armed.anomaly;
+        if rates && (st.burn.is_none() || now_ms >= st.rates_due_ms) {
+            return false;
+        }
+        if let Some(limit) = p.limit_effective {
+            let fired = |st: &EntState, f: bool| {
+                f && (st.known.epoch, st.known.generation) == (st.epoch, st.generation)
+            };
+            if p.spent >= st.next_threshold(limit, &armed.thresholds) {
+                return false;
+            }
+            let soft_due = armed.soft_limit && p.soft_limit.is_some_and(|s| p.spent >= s);
+            if soft_due && !fired(st, st.known.soft_limit) {
+                return false;
+            }
+            if armed.exhausted && p.spent >= limit && !fired(st, st.known.exhausted) {
+                return false;
+            }
+        }
+        if let Some(burn) = st.burn.as_mut() {
+            burn.add(now_ms, amount);
+        }
+        true
     }
 
     /// A worker refused a request at `id` (a 402): the budget's first
@@ -664,11 +726,7 @@ impl AlertBook {
                     st.mark_fired(&fact);
                 }
             };
-            let below_all = match armed.thresholds.first() {
-                Some(&lowest) => view.spent < st.first_threshold(limit, lowest),
-                None => true,
-            };
-            if !below_all {
+            if view.spent >= st.next_threshold(limit, &armed.thresholds) {
                 for &t in &armed.thresholds {
                     if crossed(view.spent, limit, t) {
                         fire_once(self, &mut st, KeyFact::Threshold(t));
@@ -1413,12 +1471,10 @@ mod tests {
 
     #[test]
     fn the_first_threshold_is_the_least_spend_that_crosses_it() {
-        let mut st = EntState::new(0, 0);
         for limit in [0i128, 1, 3, 7, 99, 100, 101, 12_345_678, 10_000_000_000_001] {
             for percent in [1u16, 33, 50, 80, 95, 100, 150, 1000] {
-                st.first_threshold = None;
                 let l = Money::from_picodollars(limit).unwrap();
-                let at = st.first_threshold(l, percent);
+                let at = least_spend_crossing(l, percent);
                 assert!(crossed(at, l, percent), "{limit} {percent}");
                 if at.picodollars() > 0 {
                     let below = Money::from_picodollars(at.picodollars() - 1).unwrap();

@@ -516,7 +516,9 @@ impl OutboxReader {
     /// Reads up to `max` new alerts (whole lines only), with where each starts.
     pub fn read_new(&mut self, max: usize) -> io::Result<Vec<(OutboxPos, Alert)>> {
         let mut out = Vec::new();
-        let mut buf = vec![0u8; OUTBOX_READ_CHUNK_BYTES];
+        // Sized on first use to what the file holds past the position (a
+        // poll that finds nothing new allocates nothing).
+        let mut buf = Vec::new();
         while out.len() < max {
             if self.file.is_none() {
                 match File::open(self.dir.join(segment_name(self.pos.segment))) {
@@ -550,8 +552,17 @@ impl OutboxReader {
             let Some(file) = self.file.as_mut() else {
                 return Ok(out);
             };
+            let unread = file.metadata()?.len().saturating_sub(self.pos.offset);
+            let want = usize::try_from(unread)
+                .map_or(OUTBOX_READ_CHUNK_BYTES, |u| u.min(OUTBOX_READ_CHUNK_BYTES));
+            if want == 0 && !next_exists {
+                return Ok(out);
+            }
+            if buf.len() < want {
+                buf.resize(want, 0);
+            }
             file.seek(SeekFrom::Start(self.pos.offset))?;
-            let n = read_full(file, &mut buf)?;
+            let n = read_full(file, &mut buf[..want])?;
             let chunk = &buf[..n];
             let mut consumed = 0;
             for line in chunk.split_inclusive(|&b| b == b'\n') {
@@ -581,7 +592,7 @@ impl OutboxReader {
                     }
                 }
             }
-            if consumed == 0 && n == buf.len() {
+            if consumed == 0 && n == OUTBOX_READ_CHUNK_BYTES {
                 // A line longer than a whole chunk: skip it to its newline.
                 let skipped = skip_line(file, self.pos.offset)?;
                 if skipped == 0 {
@@ -595,7 +606,7 @@ impl OutboxReader {
             if out.len() >= max {
                 return Ok(out);
             }
-            if n < buf.len() {
+            if n < OUTBOX_READ_CHUNK_BYTES {
                 // At the end of what is written now.
                 if !next_exists {
                     return Ok(out);

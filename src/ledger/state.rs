@@ -131,6 +131,16 @@ pub struct EntityView {
     pub blocked: bool,
 }
 
+/// What [`LedgerState::spend_probe`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpendProbe {
+    pub epoch: u64,
+    pub period_end_ms: i64,
+    pub spent: Money,
+    pub limit_effective: Option<Money>,
+    pub soft_limit: Option<Money>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Lease {
     worker: u16,
@@ -1197,6 +1207,22 @@ impl LedgerState {
             }),
             excess: money(excess),
             blocked: limit.is_some_and(|l| committed >= l),
+        })
+    }
+
+    /// An entity's epoch, spent, effective limit and soft limit, without
+    /// building a view (the alert evaluator reads it after every charge).
+    /// As of the entity's current period: a period that has ended but not
+    /// rolled over yet reads as its old self (`view` says what it will be).
+    pub fn spend_probe(&self, id: EntityId) -> Option<SpendProbe> {
+        let index = self.index(id).ok()?;
+        let e = self.entity(index);
+        Some(SpendProbe {
+            epoch: e.epoch,
+            period_end_ms: e.period.end_ms,
+            spent: e.spent,
+            limit_effective: e.limit_effective().map(money_clamped),
+            soft_limit: e.budget.and_then(|b| b.soft_limit),
         })
     }
 

@@ -1483,4 +1483,40 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_top_up_recovers_a_prepaid_budget_and_rearms_what_no_longer_holds() {
+        let mut rig = Rig::new(plan(&[50, 100], false), Budget::new(usd("10"), None));
+        let a = rig.spend(T0 + 1, "10");
+        assert_eq!(
+            thresholds(&a),
+            vec![
+                (AlertKind::ThresholdCrossed, Some(50)),
+                (AlertKind::ThresholdCrossed, Some(100)),
+                (AlertKind::Exhausted, None),
+            ]
+        );
+        let b = rig.apply(
+            T0 + 2,
+            Command::TopUp {
+                entity: KEY,
+                amount: usd("10"),
+            },
+        );
+        // 10 of 20: 50% still holds; 100% and exhausted no longer do.
+        assert_eq!(thresholds(&b), vec![(AlertKind::Recovered, Some(100))]);
+        let AlertData::Budget(d) = &b[0].data else { panic!() };
+        assert_eq!(d.reason.as_deref(), Some("top_up"));
+        assert_eq!(d.recovered, Some(AlertKind::Exhausted));
+        assert_eq!(d.reset_at, None, "prepaid: never resets");
+        // Spending the top-up fires 100% and exhausted again, never 50%.
+        let c = rig.spend(T0 + 3, "10");
+        assert_eq!(
+            thresholds(&c),
+            vec![
+                (AlertKind::ThresholdCrossed, Some(100)),
+                (AlertKind::Exhausted, None),
+            ]
+        );
+    }
 }

@@ -1505,7 +1505,9 @@ mod tests {
         );
         // 10 of 20: 50% still holds; 100% and exhausted no longer do.
         assert_eq!(thresholds(&b), vec![(AlertKind::Recovered, Some(100))]);
-        let AlertData::Budget(d) = &b[0].data else { panic!() };
+        let AlertData::Budget(d) = &b[0].data else {
+            panic!()
+        };
         assert_eq!(d.reason.as_deref(), Some("top_up"));
         assert_eq!(d.recovered, Some(AlertKind::Exhausted));
         assert_eq!(d.reset_at, None, "prepaid: never resets");

@@ -18,8 +18,9 @@
 //!   back only its own queue.
 //! - **Retries.** A `Retry` waits [`retry_delay`] (full jitter, `Retry-After`
 //!   when longer); a delivery whose next try would come later than
-//!   [`DeliveryConfig::retry_for`] after its first attempt is dead-lettered
-//!   with that attempt; `Permanent` is dead at once; so is a route to a
+//!   [`DeliveryConfig::retry_for`] after the alert was made (or after its
+//!   first attempt since a replay) is dead-lettered with that attempt, so a
+//!   channel down for longer dead-letters its backlog one attempt each; `Permanent` is dead at once; so is a route to a
 //!   channel that is not configured (or is removed by a reload).
 //! - **Blocking.** A send blocks this thread for up to its channel's timeout
 //!   (10 s); nothing else waits on it: commands are queued
@@ -859,7 +860,16 @@ impl Engine {
         };
         let slot = &mut entry.slots[si];
         let n = slot.attempts + 1;
+        // The retry window opens when the alert was made (a delivery that
+        // waited behind others on a channel that is down has used it up,
+        // so a long outage dead-letters the backlog one attempt each, not
+        // one `retry_for` each), or at the first attempt after a replay.
         let first_at = slot.first_at_ms.unwrap_or(now);
+        let first_at = if slot.replayed.is_some() {
+            first_at
+        } else {
+            first_at.min(entry.alert.timestamp_ms)
+        };
         let mut next_at = 0;
         let outcome = match attempt.outcome {
             Outcome::Delivered => {
@@ -1203,7 +1213,14 @@ mod tests {
     use super::*;
     use crate::alerts::backoff::{backoff_ceiling, RETRY_DELAY_MIN};
     use crate::alerts::channel::ChannelKind;
-    use crate::alerts::outbox::tests::{alert, tempdir};
+    use crate::alerts::outbox::tests::tempdir;
+
+    /// The outbox tests' alert, made at the delivery tests' clock start.
+    fn alert(i: u32, channels: &[&str]) -> Alert {
+        let mut a = crate::alerts::outbox::tests::alert(i, channels);
+        a.timestamp_ms = T0;
+        a
+    }
     use crate::alerts::outbox::{OutboxWriter, ATTEMPTS_FILE, ATTEMPTS_PREVIOUS_FILE, OUTBOX_FILE};
     use std::io::Write as _;
     use std::time::Instant;
@@ -1430,6 +1447,37 @@ mod tests {
         assert_eq!(engine.state().pending, 0);
         assert_eq!(engine.state().dead_lettered, 1);
         assert_eq!(s.fake.calls().len(), recs.len());
+    }
+
+    /// A channel down longer than `retry_for`: the alerts queued behind the
+    /// first were made at the same time, so they share its window (they used
+    /// to get a window each from their first attempt: a backlog of N took N
+    /// windows to dead-letter, and later alerts waited behind it).
+    #[test]
+    fn a_backlog_behind_a_dead_head_shares_its_retry_window() {
+        let mut s = setup("backlog");
+        s.fake.always("a", retry());
+        let mut cfg = config(&s.fake, &s.clock);
+        cfg.retry_for = Duration::from_secs(120);
+        let mut engine = s.engine_with(vec![channel("a", 0)], cfg);
+        s.outbox
+            .append(&(1..=3).map(|i| alert(i, &["a"])).collect::<Vec<_>>())
+            .unwrap();
+        engine.poll_outbox();
+        s.drive(&mut engine, i64::MAX);
+        let recs = records(&s.dir);
+        let of = |i: u32| {
+            let id = alert(i, &[]).id;
+            recs.iter().filter(|r| r.alert == id).count()
+        };
+        assert!(of(1) > 3, "the head retried its window: {}", of(1));
+        assert!(of(2) >= 1 && of(3) >= 1);
+        assert_eq!(s.stats.dead_lettered.get(), 3);
+        assert!(
+            recs.iter().all(|r| r.at_ms <= T0 + 120_000),
+            "all within one window of the alerts' making: {:?}",
+            recs.iter().map(|r| r.at_ms - T0).collect::<Vec<_>>()
+        );
     }
 
     #[test]

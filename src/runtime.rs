@@ -90,7 +90,7 @@ pub struct Gateway {
     /// The alert delivery thread.
     delivery: crate::alerts::delivery::DeliveryHandle,
     /// The operational alerts' sampler thread (`bursar-opsalerts`).
-    operational: crate::alerts::operational::OperationalAlerts,
+    operational: crate::admin::operational::OperationalAlerts,
     /// Held for the life of the process: one gateway per state directory.
     _state_lock: StateLock,
 }
@@ -283,7 +283,7 @@ impl Gateway {
             )?),
             None => None,
         };
-        let operational = crate::alerts::operational::OperationalAlerts::start(
+        let operational = crate::admin::operational::OperationalAlerts::start(
             Arc::clone(&governance),
             Arc::clone(&registry),
         )

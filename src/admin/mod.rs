@@ -26,6 +26,7 @@
 
 pub mod alerts_api;
 pub mod api;
+pub mod operational;
 pub mod reports;
 
 use std::collections::BTreeMap;

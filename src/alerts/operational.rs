@@ -26,14 +26,15 @@
 //! whatever its scope (a provider error alert only the rules whose rate it
 //! passed); each channel once. The rules are read from the governance's
 //! config at every sample, so rules added through the admin API apply at
-//! once. The window logic is [`Sampler`], plain data driven by the thread,
-//! tested on its own. Its own thread, not a task on the control plane's:
-//! it takes the entity registry's lock and may wait on the ledger's queue,
-//! and the control plane must keep answering meanwhile.
+//! once. This file is the window logic, [`Sampler`]: plain data, tested on
+//! its own. The thread that drives it reads the governance and the metrics
+//! registry, so it lives above them, in `admin::operational`. Its own
+//! thread, not a task on the control plane's: it takes the entity
+//! registry's lock and may wait on the ledger's queue, and the control plane
+//! must keep answering meanwhile.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::event::{alert_id, Alert, AlertData, AlertKind, OperationalData, Route, Severity};
@@ -405,124 +406,6 @@ fn make(
         data: AlertData::Operational(data),
         routes,
         key: None,
-    }
-}
-
-/// The interval the sampler runs at: [`SAMPLE_INTERVAL`], or in debug builds
-/// [`DEBUG_SAMPLE_INTERVAL_ENV`].
-pub fn sample_interval() -> Duration {
-    #[cfg(debug_assertions)]
-    if let Some(ms) = std::env::var(DEBUG_SAMPLE_INTERVAL_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        return Duration::from_millis(ms.clamp(50, 60_000));
-    }
-    SAMPLE_INTERVAL
-}
-
-/// Reads the counters.
-fn observe(gov: &crate::admin::Governance, registry: &crate::metrics::Registry) -> Observed {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut unpriced = Vec::new();
-    for w in &registry.workers {
-        w.unpriced_models.drain(&mut unpriced);
-    }
-    let overruns = registry.books.overruns.load(Relaxed);
-    let last = registry.books.last_overrun_entity.load(Relaxed);
-    let last_overrun = u32::try_from(last)
-        .ok()
-        .and_then(|v| v.checked_sub(1))
-        .and_then(|id| {
-            let entities = gov.entities.lock().unwrap_or_else(|p| p.into_inner());
-            entities
-                .name_of(crate::ledger::EntityId(id))
-                .map(|(kind, name)| format!("{} {name}", crate::books::registry::kind_str(kind)))
-        });
-    let providers = gov
-        .catalog
-        .load()
-        .providers
-        .iter()
-        .map(|p| {
-            let (r, e) = p.outcomes.totals();
-            (Arc::clone(&p.name), r, e)
-        })
-        .collect();
-    Observed {
-        unpriced,
-        refuse_unpriced: gov.read(|_, _, c| c.pricing.refuse_unpriced),
-        overruns,
-        last_overrun,
-        log_rows_dropped: registry.log.as_ref().map(|l| l.stats().rows_dropped),
-        providers,
-    }
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// The running sampler thread.
-pub struct OperationalAlerts {
-    stop: Mutex<Option<mpsc::Sender<()>>>,
-    join: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl OperationalAlerts {
-    /// Starts `bursar-opsalerts`: a first sample at once (the baselines),
-    /// then one every [`sample_interval`].
-    pub fn start(
-        governance: Arc<crate::admin::Governance>,
-        registry: Arc<crate::metrics::Registry>,
-    ) -> std::io::Result<OperationalAlerts> {
-        let interval = sample_interval();
-        let (tx, rx) = mpsc::channel::<()>();
-        let join = std::thread::Builder::new()
-            .name("bursar-opsalerts".into())
-            .spawn(move || {
-                let mut sampler = Sampler::default();
-                sampler.tick(unix_ms(), observe(&governance, &registry), &[]);
-                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
-                    let rules: Vec<Rule> = governance.read(|_, _, c| {
-                        c.alerts
-                            .rules
-                            .iter()
-                            .filter(|r| r.operational)
-                            .cloned()
-                            .collect()
-                    });
-                    let obs = observe(&governance, &registry);
-                    let alerts = sampler.tick(unix_ms(), obs, &rules);
-                    if alerts.is_empty() {
-                        continue;
-                    }
-                    if let Err(e) = governance.books.emit_alerts(alerts) {
-                        log::warn!("operational alerts: the ledger did not take them: {e}");
-                    }
-                }
-            })?;
-        Ok(OperationalAlerts {
-            stop: Mutex::new(Some(tx)),
-            join: Mutex::new(Some(join)),
-        })
-    }
-
-    /// Stops the thread and waits for it (before the books stop, so its
-    /// last alerts reach the ledger).
-    pub fn shutdown(&self) {
-        drop(self.stop.lock().unwrap_or_else(|p| p.into_inner()).take());
-        if let Some(join) = self.join.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = join.join();
-        }
-    }
-}
-
-impl Drop for OperationalAlerts {
-    fn drop(&mut self) {
-        self.shutdown();
     }
 }
 

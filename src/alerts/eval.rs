@@ -1,8 +1,10 @@
 //! The alert evaluator: a deterministic state machine on the ledger thread.
 //!
 //! The ledger thread shows it every entity whose books changed (a settle, a
-//! rollover, a reset, a top-up, a budget change, a block), with the entity's
-//! view after the change and the journal position; the evaluator decides what
+//! rollover, a reset, a top-up, a budget change) and every 402 a worker
+//! answered, with the entity's view after the change and the journal
+//! position (a charge that crosses nothing new and is due no forecast look
+//! only adds to the burn history, without building a view); the evaluator decides what
 //! fired and leaves the alerts in a buffer the thread appends to the outbox
 //! (and syncs) before the delivery thread can see them. No I/O, no clock.
 //!
@@ -41,7 +43,7 @@ use std::sync::Arc;
 
 use crate::budget::period::{format_rfc3339_ms, TIME_MS_NEVER};
 use crate::budget::Mode;
-use crate::ledger::{EntityId, EntityKind, EntityView, Event, LedgerState, RecordBody};
+use crate::ledger::{EntityId, EntityKind, EntityView, LedgerState, RecordBody};
 use crate::money::Money;
 
 use super::event::*;
@@ -63,8 +65,6 @@ pub enum Cause {
     Budget,
     Reset,
     Rollover,
-    /// The ledger can grant it nothing more (its `Blocked` event).
-    Blocked,
     /// A worker refused a request at it: a 402.
     Refused,
     /// Start-up, a new plan, or the periodic sweep of forecasts.
@@ -527,7 +527,8 @@ impl AlertBook {
     }
 
     /// Shows the evaluator what the ledger's last `apply` changed: every entity
-    /// its journal records touched, and every entity it blocked.
+    /// its journal records touched. (A block changes no spend; a 402 comes
+    /// through [`AlertBook::refused`].)
     pub fn observe_last_apply(&mut self, now_ms: i64, state: &LedgerState) {
         if self.plan.is_empty() {
             return;
@@ -554,11 +555,6 @@ impl AlertBook {
                 RecordBody::Reset { entity } => show(self, entity, Cause::Reset),
                 RecordBody::TopUp { entity, .. } => show(self, entity, Cause::TopUp),
                 RecordBody::SetBudget { entity, .. } => show(self, entity, Cause::Budget),
-            }
-        }
-        for e in state.events() {
-            if let Event::Blocked { entity, .. } = *e {
-                show(self, entity, Cause::Blocked);
             }
         }
     }

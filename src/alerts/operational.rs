@@ -37,7 +37,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::event::{alert_id, Alert, AlertData, AlertKind, OperationalData, Route, Severity};
+use super::event::{alert_id, Alert, AlertData, AlertKind, OperationalData, Severity};
 use super::rules::{Rule, PROVIDER_ERROR_WINDOW_S};
 
 /// How often the sampler looks.
@@ -383,19 +383,9 @@ fn make(
     mut data: OperationalData,
     rules: &[&Rule],
 ) -> Alert {
-    let mut routes: Vec<Route> = Vec::new();
-    for r in rules {
-        for c in &r.channels {
-            if routes.iter().any(|route| &route.channel == c) {
-                continue;
-            }
-            routes.push(Route {
-                channel: c.clone(),
-                rule: r.name.clone(),
-                dedup_key: format!("bursar/{}/{id}/{}", kind.as_str(), r.name),
-            });
-        }
-    }
+    let routes = super::rules::routes(rules.iter().copied(), |r| {
+        format!("bursar/{}/{id}/{}", kind.as_str(), r.name)
+    });
     data.rules = rules.iter().map(|r| r.name.clone()).collect();
     Alert {
         id,

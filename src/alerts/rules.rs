@@ -513,25 +513,37 @@ impl AlertPlan {
     /// rule (in file order) that names it. `period_key` makes PagerDuty's
     /// dedup key one incident per entity, period and rule.
     pub fn routes(&self, armed: &Armed, fact: Fact, entity: &str, period_key: &str) -> Vec<Route> {
-        let mut routes: Vec<Route> = Vec::new();
-        for &i in &armed.rules {
-            let r = &self.rules[usize::from(i)];
-            if !wants(r, fact) {
+        let rules = armed
+            .rules
+            .iter()
+            .map(|&i| &self.rules[usize::from(i)])
+            .filter(|r| wants(r, fact));
+        routes(rules, |r| {
+            format!("bursar/{entity}/{period_key}/{}", r.name)
+        })
+    }
+}
+
+/// Where an alert goes: each channel the rules name, once, routed by the
+/// first rule (in the order given) that names it; `dedup_key` per rule.
+pub fn routes<'a>(
+    rules: impl IntoIterator<Item = &'a Rule>,
+    dedup_key: impl Fn(&Rule) -> String,
+) -> Vec<Route> {
+    let mut out: Vec<Route> = Vec::new();
+    for r in rules {
+        for c in &r.channels {
+            if out.iter().any(|route| &route.channel == c) {
                 continue;
             }
-            for c in &r.channels {
-                if routes.iter().any(|route| &route.channel == c) {
-                    continue;
-                }
-                routes.push(Route {
-                    channel: c.clone(),
-                    rule: r.name.clone(),
-                    dedup_key: format!("bursar/{entity}/{period_key}/{}", r.name),
-                });
-            }
+            out.push(Route {
+                channel: c.clone(),
+                rule: r.name.clone(),
+                dedup_key: dedup_key(r),
+            });
         }
-        routes
     }
+    out
 }
 
 /// "3" or "2.5" in tenths (30, 25).

@@ -188,7 +188,7 @@ pub fn prompt_upper_bound_tokens(body_bytes: usize) -> u64 {
 /// string (a member's name or a string value, at any depth) that decodes to
 /// one of these. Parts (`"type":"image_url"`), their members (`"image_url":
 /// {...}`), files, audio and server-side tools.
-const UNBOUNDED_INPUT_WORDS: [&str; 12] = [
+pub const UNBOUNDED_INPUT_WORDS: [&str; 12] = [
     "image_url",
     "input_image",
     "image",

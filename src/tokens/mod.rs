@@ -55,6 +55,7 @@ pub use estimate::{
     count_tokens, estimate_prompt_tokens, prompt_bound_exception, prompt_upper_bound_tokens,
     tokens_from_text_bytes, warm_up, warm_up_encoding, Encoding, ModelFamily,
     PROMPT_TEXT_BYTES_MAX, PROMPT_TOKENS_PER_OBJECT, TEXT_BYTES_PER_TOKEN_ESTIMATE,
+    UNBOUNDED_INPUT_WORDS,
 };
 pub use meter::{
     CountJob, Finished, MeterOutcome, StreamEnding, StreamMeter, EVENT_BYTES_MAX, TEXT_BYTES_MAX,

@@ -214,10 +214,9 @@ pub enum Msg {
         entity: EntityId,
         reply: mpsc::Sender<Option<EntityView>>,
     },
-    /// A worker refused a request at this entity (a 402) and asks for the
-    /// entity as of now to explain it. Only a refusal sends this, so it is
-    /// also how the alerts hear of a budget's first 402.
-    ViewAsync {
+    /// A worker refused a request at this entity (a 402): the alerts hear of
+    /// it, and the reply is the entity as of now, to explain the refusal.
+    Refused {
         entity: EntityId,
         reply: oneshot::Sender<Option<EntityView>>,
     },
@@ -315,14 +314,15 @@ impl WorkerLink {
         Ok(rx)
     }
 
-    /// Asks for an entity as of now; the reply is awaited (rare: refusals).
-    pub fn view(
+    /// Tells the ledger thread a request was refused at `entity` (a 402:
+    /// the alerts hear of it) and asks for the entity as of now, to explain
+    /// the refusal; the reply is awaited (rare).
+    pub fn refused(
         &self,
         entity: EntityId,
     ) -> Result<oneshot::Receiver<Option<EntityView>>, BooksError> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .try_send(Msg::ViewAsync { entity, reply: tx })?;
+        self.commands.try_send(Msg::Refused { entity, reply: tx })?;
         Ok(rx)
     }
 
@@ -918,7 +918,7 @@ impl LedgerThread {
                 self.drain_rings()?;
                 let _ = reply.send(self.ledger.state().view(entity, now));
             }
-            Msg::ViewAsync { entity, reply } => {
+            Msg::Refused { entity, reply } => {
                 self.drain_rings()?;
                 let _ = reply.send(self.ledger.state().view(entity, now));
                 if let Some(alerts) = &mut self.alerts {

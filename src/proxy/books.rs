@@ -276,9 +276,10 @@ impl WorkerBooks {
             .tightest_remaining(&[(entity, Mode::Strict)])
     }
 
-    /// The ledger's view of `entity` now (for a refusal's details).
-    pub async fn view(&self, entity: EntityId) -> Option<EntityView> {
-        let rx = self.link.borrow().view(entity).ok()?;
+    /// Tells the ledger this worker refuses a request at `entity` (a 402)
+    /// and returns its view of the entity now (for the refusal's details).
+    pub async fn refused(&self, entity: EntityId) -> Option<EntityView> {
+        let rx = self.link.borrow().refused(entity).ok()?;
         monoio::time::timeout(LEDGER_REPLY_TIMEOUT, rx)
             .await
             .ok()?

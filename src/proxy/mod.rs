@@ -695,7 +695,7 @@ async fn admit_budget<'w>(
         .iter()
         .chain(provider.level.iter())
         .find(|l| l.id == entity);
-    let view = w.books.view(entity).await;
+    let view = w.books.refused(entity).await;
     Err(books::budget_exceeded(level, view.as_ref()))
 }
 

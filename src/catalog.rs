@@ -100,6 +100,12 @@ pub struct VirtualKey {
     /// The levels of the books its requests are charged to: the key, its
     /// team, its customer (the team's, else the key's own), in that order.
     pub chain: Vec<Level>,
+    /// Per model that the key, its team or its customer budgets: those
+    /// budgets' levels, in that order. Sorted by model.
+    model_chains: Vec<(Box<str>, Vec<Level>)>,
+    /// Per model that the key, its team or its customer rate-limits: those
+    /// limiters, in that order. Sorted by model.
+    model_limiters: Vec<(Box<str>, Vec<Arc<crate::ratelimit::Limiter>>)>,
 }
 
 impl VirtualKey {
@@ -116,6 +122,29 @@ impl VirtualKey {
         (self.all_models || matches(&self.allowed_models))
             && self.team_models.as_deref().is_none_or(matches)
     }
+
+    /// The levels of the key's, its team's and its customer's budgets on
+    /// `model` (empty when none budgets it).
+    #[inline]
+    pub fn model_levels(&self, model: &str) -> &[Level] {
+        by_model(&self.model_chains, model)
+    }
+
+    /// The limiters of the key's, its team's and its customer's rate limits
+    /// on `model` (empty when none limits it).
+    #[inline]
+    pub fn model_limiters(&self, model: &str) -> &[Arc<crate::ratelimit::Limiter>] {
+        by_model(&self.model_limiters, model)
+    }
+}
+
+/// The entry for `model` in a list sorted by model; empty when it has none.
+fn by_model<'a, T>(list: &'a [(Box<str>, Vec<T>)], model: &str) -> &'a [T] {
+    if list.is_empty() {
+        return &[];
+    }
+    list.binary_search_by(|(m, _)| (**m).cmp(model))
+        .map_or(&[], |i| &list[i].1)
 }
 
 /// Hashes a SHA-256 digest by its first eight bytes: they are already uniform.
@@ -166,6 +195,14 @@ pub struct Catalog {
     pub prices: Arc<crate::prices::PriceTable>,
     /// What to do about unpriced models, and the default output cap.
     pub pricing: crate::config::Pricing,
+    /// Gateway-wide budgets on one model each (`[[model_budgets]]`), by model.
+    model_levels: HashMap<Box<str>, Level, foldhash::fast::RandomState>,
+    /// Budgets on tag values (`[[tag_budgets]]`), by tag key, then value.
+    tag_levels: HashMap<
+        Box<str>,
+        HashMap<Box<str>, Level, foldhash::fast::RandomState>,
+        foldhash::fast::RandomState,
+    >,
 }
 
 impl Catalog {
@@ -224,15 +261,20 @@ impl Catalog {
         let mut keys = Vec::with_capacity(config.keys.len());
         let mut keys_by_digest = DigestMap::default();
         use crate::ratelimit::{Limiter, LimiterName};
-        let mut carried: HashMap<(&'static str, String), Arc<Limiter>> = HashMap::new();
+        type LimiterKey = (&'static str, String, Option<String>);
+        let mut carried: HashMap<LimiterKey, Arc<Limiter>> = HashMap::new();
         for k in previous.iter().flat_map(|p| p.keys.iter()) {
-            for l in &k.limiters {
-                carried.insert((l.name.kind, l.name.name.clone()), Arc::clone(l));
+            let model_limiters = k.model_limiters.iter().flat_map(|(_, ls)| ls);
+            for l in k.limiters.iter().chain(model_limiters) {
+                let n = &l.name;
+                carried.insert((n.kind, n.name.clone(), n.model.clone()), Arc::clone(l));
             }
         }
-        let limiter = |name: LimiterName, limit: crate::config::RateLimit| match carried
-            .get(&(name.kind, name.name.clone()))
-        {
+        let limiter = |name: LimiterName, limit: crate::config::RateLimit| match carried.get(&(
+            name.kind,
+            name.name.clone(),
+            name.model.clone(),
+        )) {
             Some(l) if l.limit() == limit => Some(Arc::clone(l)),
             _ => Limiter::new(name, limit),
         };
@@ -243,8 +285,44 @@ impl Catalog {
                 let name = LimiterName {
                     kind: "team",
                     name: t.name.clone(),
+                    model: None,
                 };
                 limiter(name, t.rate_limit).map(|l| (t.name.as_str(), l))
+            })
+            .collect();
+        // One limiter per (owner, model), shared by every key under it.
+        let model_limiters = |kind: &'static str,
+                              owner: &str,
+                              limits: &[crate::config::dimensions::ModelRateLimit]|
+         -> Vec<(String, Arc<Limiter>)> {
+            limits
+                .iter()
+                .filter_map(|m| {
+                    let name = LimiterName {
+                        kind,
+                        name: owner.to_string(),
+                        model: Some(m.model.clone()),
+                    };
+                    limiter(name, m.limit).map(|l| (m.model.clone(), l))
+                })
+                .collect()
+        };
+        let team_model_limiters: HashMap<&str, Vec<(String, Arc<Limiter>)>> = config
+            .teams
+            .iter()
+            .map(|t| {
+                (
+                    t.name.as_str(),
+                    model_limiters("team", &t.name, &t.model_rate_limits),
+                )
+            })
+            .collect();
+        let customer_model_limiters: HashMap<&str, Vec<(String, Arc<Limiter>)>> = config
+            .customers
+            .iter()
+            .map(|c| {
+                let ls = model_limiters("customer", &c.name, &c.model_rate_limits);
+                (c.name.as_str(), ls)
             })
             .collect();
         for (i, k) in config.keys.iter().enumerate() {
@@ -258,6 +336,7 @@ impl Catalog {
                 LimiterName {
                     kind: "virtual key",
                     name: k.name.clone(),
+                    model: None,
                 },
                 k.rate_limit,
             );
@@ -277,9 +356,60 @@ impl Catalog {
             .into_iter()
             .flatten()
             .collect();
+            // Budgets on one model: the key's, its team's, its customer's.
+            let owners_budgets = [
+                (
+                    EntityKind::KeyModel,
+                    Some((k.name.as_str(), &k.model_budgets)),
+                ),
+                (
+                    EntityKind::TeamModel,
+                    team.map(|t| (t.name.as_str(), &t.model_budgets)),
+                ),
+                (
+                    EntityKind::CustomerModel,
+                    customer.map(|c| (c.name.as_str(), &c.model_budgets)),
+                ),
+            ];
+            let mut model_chains: Vec<(Box<str>, Vec<Level>)> = Vec::new();
+            for (kind, owner) in owners_budgets {
+                let Some((owner, budgets)) = owner else {
+                    continue;
+                };
+                for m in budgets.iter() {
+                    let name = crate::config::dimensions::owner_model_name(owner, &m.model);
+                    let Some(l) = level(ids, kind, &name, Some(m.budget)) else {
+                        continue;
+                    };
+                    match model_chains.iter_mut().find(|(x, _)| **x == *m.model) {
+                        Some((_, ls)) => ls.push(l),
+                        None => model_chains.push((m.model.as_str().into(), vec![l])),
+                    }
+                }
+            }
+            model_chains.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            // Rate limits on one model: the key's, its team's, its customer's.
+            let mut per_model: Vec<(Box<str>, Vec<Arc<Limiter>>)> = Vec::new();
+            let own_model = model_limiters("virtual key", &k.name, &k.model_rate_limits);
+            let team_model = team.and_then(|t| team_model_limiters.get(t.name.as_str()));
+            let customer_model =
+                customer.and_then(|c| customer_model_limiters.get(c.name.as_str()));
+            for (model, l) in own_model
+                .iter()
+                .chain(team_model.into_iter().flatten())
+                .chain(customer_model.into_iter().flatten())
+            {
+                match per_model.iter_mut().find(|(x, _)| **x == **model) {
+                    Some((_, ls)) => ls.push(Arc::clone(l)),
+                    None => per_model.push((model.as_str().into(), vec![Arc::clone(l)])),
+                }
+            }
+            per_model.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             keys.push(VirtualKey {
                 id,
                 chain,
+                model_chains,
+                model_limiters: per_model,
                 name: k.name.as_str().into(),
                 key_sha256: k.key_sha256,
                 all_models: k.all_models,
@@ -290,6 +420,23 @@ impl Catalog {
                 limiters,
             });
         }
+        let model_levels = config
+            .model_budgets
+            .iter()
+            .filter_map(|m| {
+                let l = level(ids, EntityKind::Model, &m.model, Some(m.budget))?;
+                Some((m.model.as_str().into(), l))
+            })
+            .collect();
+        let mut tag_levels: HashMap<Box<str>, HashMap<Box<str>, Level, _>, _> = HashMap::default();
+        for t in &config.tag_budgets {
+            if let Some(l) = level(ids, EntityKind::Tag, &t.name(), Some(t.budget)) {
+                tag_levels
+                    .entry(t.key.as_str().into())
+                    .or_insert_with(HashMap::default)
+                    .insert(t.value.as_str().into(), l);
+            }
+        }
         Catalog {
             version,
             providers,
@@ -299,7 +446,31 @@ impl Catalog {
             keys_by_digest,
             prices: Arc::new(config.prices.clone()),
             pricing: config.pricing,
+            model_levels,
+            tag_levels,
         }
+    }
+
+    /// The gateway-wide budget on `model`, if one is set.
+    #[inline]
+    pub fn model_level(&self, model: &str) -> Option<&Level> {
+        if self.model_levels.is_empty() {
+            return None;
+        }
+        self.model_levels.get(model)
+    }
+
+    /// Whether any tag value has a budget (a request's tags must then be
+    /// read, whether or not the request log is on).
+    #[inline]
+    pub fn has_tag_budgets(&self) -> bool {
+        !self.tag_levels.is_empty()
+    }
+
+    /// The budget on the tag `key=value`, if one is set.
+    #[inline]
+    pub fn tag_level(&self, key: &str, value: &str) -> Option<&Level> {
+        self.tag_levels.get(key)?.get(value)
     }
 
     /// The provider that serves `model`: an exact route first, then the fallback.

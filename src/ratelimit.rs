@@ -29,6 +29,19 @@ use crate::error::ApiError;
 pub struct LimiterName {
     pub kind: &'static str,
     pub name: String,
+    /// The one model the limits apply to (`model_rate_limits`); `None`:
+    /// every model.
+    pub model: Option<String>,
+}
+
+impl std::fmt::Display for LimiterName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?}", self.kind, self.name)?;
+        if let Some(m) = &self.model {
+            write!(f, " on the model {m:?}")?;
+        }
+        Ok(())
+    }
 }
 
 /// A fixed one-minute window packed in one word: minute index (high 32 bits)
@@ -124,8 +137,8 @@ impl Limiter {
 
     fn refuse(&self, what: &str, limit: u64, retry_after_secs: u64) -> ApiError {
         let mut e = ApiError::rate_limited(format!(
-            "rate limit reached for {} {:?}: {limit} {what}; retry after {retry_after_secs}s",
-            self.name.kind, self.name.name
+            "rate limit reached for {}: {limit} {what}; retry after {retry_after_secs}s",
+            self.name
         ));
         e.retry_after_secs = Some(retry_after_secs);
         e
@@ -193,12 +206,17 @@ pub struct Permit {
 }
 
 impl Permit {
-    /// Admits a request against every limiter in `chain` (all or none).
-    pub fn acquire(chain: &[Arc<Limiter>], now_ms: i64) -> Result<Permit, ApiError> {
+    /// Admits a request against every limiter in `chain`, then every one in
+    /// `model_chain` (the limits on the request's model), all or none.
+    pub fn acquire(
+        chain: &[Arc<Limiter>],
+        model_chain: &[Arc<Limiter>],
+        now_ms: i64,
+    ) -> Result<Permit, ApiError> {
         let mut permit = Permit {
-            held: Vec::with_capacity(chain.len()),
+            held: Vec::with_capacity(chain.len() + model_chain.len()),
         };
-        for l in chain {
+        for l in chain.iter().chain(model_chain) {
             l.admit(now_ms)?; // on error, `permit` drops and releases the earlier ones
             permit.held.push(Arc::clone(l));
         }
@@ -237,6 +255,7 @@ mod tests {
             LimiterName {
                 kind: "key",
                 name: "k".into(),
+                model: None,
             },
             limit,
         )
@@ -251,14 +270,14 @@ mod tests {
         });
         let t = 120_000;
         let permits: Vec<_> = (0..3)
-            .map(|_| Permit::acquire(std::slice::from_ref(&l), t).unwrap())
+            .map(|_| Permit::acquire(std::slice::from_ref(&l), &[], t).unwrap())
             .collect();
-        let e = Permit::acquire(std::slice::from_ref(&l), t + 1000).unwrap_err();
+        let e = Permit::acquire(std::slice::from_ref(&l), &[], t + 1000).unwrap_err();
         assert_eq!(e.status, 429);
         assert_eq!(e.retry_after_secs, Some(59));
         drop(permits);
         assert!(
-            Permit::acquire(std::slice::from_ref(&l), t + 60_000).is_ok(),
+            Permit::acquire(std::slice::from_ref(&l), &[], t + 60_000).is_ok(),
             "a new minute"
         );
     }
@@ -269,16 +288,16 @@ mod tests {
             concurrent: Some(2),
             ..Default::default()
         });
-        let a = Permit::acquire(std::slice::from_ref(&l), 0).unwrap();
-        let _b = Permit::acquire(std::slice::from_ref(&l), 0).unwrap();
+        let a = Permit::acquire(std::slice::from_ref(&l), &[], 0).unwrap();
+        let _b = Permit::acquire(std::slice::from_ref(&l), &[], 0).unwrap();
         assert_eq!(
-            Permit::acquire(std::slice::from_ref(&l), 0)
+            Permit::acquire(std::slice::from_ref(&l), &[], 0)
                 .unwrap_err()
                 .status,
             429
         );
         drop(a);
-        assert!(Permit::acquire(std::slice::from_ref(&l), 0).is_ok());
+        assert!(Permit::acquire(std::slice::from_ref(&l), &[], 0).is_ok());
     }
 
     #[test]
@@ -291,10 +310,10 @@ mod tests {
             requests_per_minute: Some(1),
             ..Default::default()
         });
-        let _first = Permit::acquire(std::slice::from_ref(&key), 0).unwrap();
+        let _first = Permit::acquire(std::slice::from_ref(&key), &[], 0).unwrap();
         // The team admits, the key refuses: the team's slot must come back.
-        assert!(Permit::acquire(&[team.clone(), key.clone()], 0).is_err());
-        assert!(Permit::acquire(std::slice::from_ref(&team), 0).is_ok());
+        assert!(Permit::acquire(&[team.clone(), key.clone()], &[], 0).is_err());
+        assert!(Permit::acquire(std::slice::from_ref(&team), &[], 0).is_ok());
     }
 
     #[test]
@@ -303,15 +322,15 @@ mod tests {
             tokens_per_minute: Some(100),
             ..Default::default()
         });
-        let p = Permit::acquire(std::slice::from_ref(&l), 0).unwrap();
+        let p = Permit::acquire(std::slice::from_ref(&l), &[], 0).unwrap();
         p.record_tokens(0, 100);
         assert_eq!(
-            Permit::acquire(std::slice::from_ref(&l), 1)
+            Permit::acquire(std::slice::from_ref(&l), &[], 1)
                 .unwrap_err()
                 .status,
             429
         );
-        assert!(Permit::acquire(std::slice::from_ref(&l), 60_000).is_ok());
+        assert!(Permit::acquire(std::slice::from_ref(&l), &[], 60_000).is_ok());
     }
 
     #[test]
@@ -325,7 +344,7 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..1000 {
-                        if let Ok(p) = Permit::acquire(std::slice::from_ref(&l), 5_000) {
+                        if let Ok(p) = Permit::acquire(std::slice::from_ref(&l), &[], 5_000) {
                             std::mem::forget(p);
                             admitted.fetch_add(1, Ordering::Relaxed);
                         }

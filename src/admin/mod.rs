@@ -500,7 +500,7 @@ impl Governance {
     pub fn sync_books(&self, config: &Config) -> anyhow::Result<()> {
         let mut registry = self.entities.lock().unwrap_or_else(|p| p.into_inner());
         for (kind, name, budget) in crate::books::registry::config_entities(config) {
-            let id = registry.id_for(kind, name)?;
+            let id = registry.id_for(kind, &name)?;
             let current = self.books.view(id)?;
             if current.is_some_and(|v| v.budget == budget && v.kind == kind) {
                 continue;

@@ -18,4 +18,4 @@ pub mod thread;
 
 pub use lock::{LockError, StateLock};
 pub use registry::{EntityIds, EntityRegistry, RegistryError};
-pub use ring::{RingConsumer, RingError, RingFull, RingProducer, SettleRecord};
+pub use ring::{PushError, RingConsumer, RingError, RingFull, RingProducer, SettleRecord};

@@ -15,6 +15,7 @@
 //! assigned again). A *complete* line that does not parse is real corruption
 //! (no crash produces it) and stops the open with the file and line number.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -26,9 +27,11 @@ use crate::ledger::{EntityId, EntityKind};
 
 /// The registry file's name in the state directory.
 pub const REGISTRY_FILE: &str = "entities.log";
-/// Longest entity name accepted, in bytes. Config names are far shorter; the
-/// bound keeps a corrupt file from being read as one giant name.
-pub const ENTITY_NAME_BYTES_MAX: usize = 256;
+/// Longest entity name accepted, in bytes: the longest a config makes is a
+/// key's budget on a model, `key/model` (128 + 1 + 256 bytes), or a tag
+/// budget's `key=value` (64 + 1 + 256). The bound keeps a corrupt file from
+/// being read as one giant name.
+pub const ENTITY_NAME_BYTES_MAX: usize = 512;
 /// Largest registry file read on open: `ENTITIES_MAX` lines of the longest
 /// form. Anything bigger is refused rather than read into memory.
 pub const REGISTRY_FILE_BYTES_MAX: u64 =
@@ -281,30 +284,81 @@ impl EntityRegistry {
     pub fn ids_for_config(&mut self, config: &Config) -> Result<EntityIds, RegistryError> {
         let mut ids = EntityIds::default();
         for (kind, name, _) in config_entities(config) {
-            ids.0
-                .insert((kind, name.to_owned()), self.id_for(kind, name)?);
+            let id = self.id_for(kind, &name)?;
+            ids.0.insert((kind, name.into_owned()), id);
         }
         Ok(ids)
     }
 }
 
 /// Every entity a config defines, with its budget: customers, teams, virtual
-/// keys, providers (in that order).
-pub fn config_entities(config: &Config) -> Vec<(EntityKind, &str, Option<Budget>)> {
+/// keys, providers (in that order), then the budgets on other dimensions:
+/// models gateway-wide, tag values, and each customer's, team's and key's
+/// budgets on a model (named as [`crate::config::dimensions`] says).
+pub fn config_entities(config: &Config) -> Vec<(EntityKind, Cow<'_, str>, Option<Budget>)> {
+    use crate::config::dimensions::owner_model_name;
     let mut out = Vec::with_capacity(
-        config.customers.len() + config.teams.len() + config.keys.len() + config.providers.len(),
+        config.customers.len()
+            + config.teams.len()
+            + config.keys.len()
+            + config.providers.len()
+            + config.model_budgets.len()
+            + config.tag_budgets.len(),
     );
     for c in &config.customers {
-        out.push((EntityKind::Customer, c.name.as_str(), c.budget));
+        out.push((
+            EntityKind::Customer,
+            Cow::Borrowed(c.name.as_str()),
+            c.budget,
+        ));
     }
     for t in &config.teams {
-        out.push((EntityKind::Team, t.name.as_str(), t.budget));
+        out.push((EntityKind::Team, Cow::Borrowed(t.name.as_str()), t.budget));
     }
     for k in &config.keys {
-        out.push((EntityKind::Key, k.name.as_str(), k.budget));
+        out.push((EntityKind::Key, Cow::Borrowed(k.name.as_str()), k.budget));
     }
     for p in &config.providers {
-        out.push((EntityKind::Provider, p.name.as_str(), p.budget));
+        out.push((
+            EntityKind::Provider,
+            Cow::Borrowed(p.name.as_str()),
+            p.budget,
+        ));
+    }
+    for m in &config.model_budgets {
+        out.push((
+            EntityKind::Model,
+            Cow::Borrowed(m.model.as_str()),
+            Some(m.budget),
+        ));
+    }
+    for t in &config.tag_budgets {
+        out.push((EntityKind::Tag, Cow::Owned(t.name()), Some(t.budget)));
+    }
+    let owners = config
+        .customers
+        .iter()
+        .map(|c| (EntityKind::CustomerModel, &c.name, &c.model_budgets))
+        .chain(
+            config
+                .teams
+                .iter()
+                .map(|t| (EntityKind::TeamModel, &t.name, &t.model_budgets)),
+        )
+        .chain(
+            config
+                .keys
+                .iter()
+                .map(|k| (EntityKind::KeyModel, &k.name, &k.model_budgets)),
+        );
+    for (kind, owner, budgets) in owners {
+        for m in budgets {
+            out.push((
+                kind,
+                Cow::Owned(owner_model_name(owner, &m.model)),
+                Some(m.budget),
+            ));
+        }
     }
     out
 }
@@ -326,7 +380,7 @@ impl EntityIds {
             config_entities(config)
                 .into_iter()
                 .enumerate()
-                .map(|(i, (kind, name, _))| ((kind, name.to_owned()), EntityId(i as u32)))
+                .map(|(i, (kind, name, _))| ((kind, name.into_owned()), EntityId(i as u32)))
                 .collect(),
         )
     }

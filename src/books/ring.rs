@@ -12,7 +12,11 @@
 //!
 //! # Layout (`settle-ring-{worker}.bin`)
 //!
-//! A [`HEADER_BYTES`] header page, then `slots` fixed slots of [`SLOT_BYTES`]:
+//! A [`HEADER_BYTES`] header page, then `slots` fixed slots of `slot_bytes`
+//! ([`SLOT_BYTES`] in a ring this build creates; [`LEGACY_SLOT_BYTES`] in
+//! one made before settles could carry 16 charges, read and written as it
+//! is and remade at this build's size at the next start that finds it
+//! empty):
 //!
 //! ```text
 //! header: magic "BRSRNG01" | slots u32 | slot_bytes u32 | worker u16 | pad | crc32c u32 @20 (of bytes 0..20)
@@ -20,7 +24,7 @@
 //!         tail AtomicU64 @128 (next position the consumer has not released)
 //! slot:   request_id u128 | worker u16 | estimated u8 | count u8 | pad u32 | pos u64
 //!         | count × (entity u32 | amount i128 | from_lease u8)  (21 bytes each)
-//!         | crc32c u32 @SLOT_BYTES-4 (of everything before it)
+//!         | crc32c u32 @slot_bytes-4 (of everything before it)
 //! ```
 //!
 //! Positions are absolute and only grow (a u64 does not wrap in practice);
@@ -85,14 +89,19 @@ use crate::ledger::messages::CHARGES_PER_SETTLE_MAX;
 use crate::ledger::{Charge, Charges, Command, EntityId};
 use crate::money::Money;
 
-/// Slots in a ring created by bursar: a power of two. 16 Ki slots of 256 bytes
+/// Slots in a ring created by bursar: a power of two. 8 Ki slots of 512 bytes
 /// is 4 MiB per worker; at the ledger's ~1 M settles per second that is about
-/// 16 ms of settles in flight before a worker would have to wait.
-pub const RING_SLOTS: u32 = 1 << 14;
+/// 8 ms of settles in flight before a worker would have to wait (the ledger
+/// reads the rings at least every fsync interval, 10 ms by default, and a
+/// worker serves far fewer than 800 k requests a second).
+pub const RING_SLOTS: u32 = 1 << 13;
 /// Largest ring accepted from a file (1 Mi slots, 256 MiB).
 pub const RING_SLOTS_MAX: u32 = 1 << 20;
 /// Bytes per slot: one settle with up to [`CHARGES_PER_SETTLE_MAX`] charges.
-pub const SLOT_BYTES: usize = 256;
+pub const SLOT_BYTES: usize = 512;
+/// Bytes per slot of a ring made by builds whose settles carried at most 8
+/// charges: opened as it is (its slots hold 10), remade when found empty.
+pub const LEGACY_SLOT_BYTES: usize = 256;
 /// The header page.
 pub const HEADER_BYTES: usize = 4096;
 const PAGE_BYTES: usize = 4096;
@@ -102,12 +111,17 @@ const HEAD_OFFSET: usize = 64;
 const TAIL_OFFSET: usize = 128;
 const CHARGES_OFFSET: usize = 32;
 const CHARGE_BYTES: usize = 21;
-const CRC_OFFSET: usize = SLOT_BYTES - 4;
 
 const _: () = assert!(RING_SLOTS.is_power_of_two() && RING_SLOTS <= RING_SLOTS_MAX);
-const _: () = assert!(CHARGES_OFFSET + CHARGES_PER_SETTLE_MAX * CHARGE_BYTES <= CRC_OFFSET);
+const _: () = assert!(charges_per_slot(SLOT_BYTES) >= CHARGES_PER_SETTLE_MAX);
 const _: () =
     assert!(HEADER_BYTES.is_multiple_of(PAGE_BYTES) && PAGE_BYTES.is_multiple_of(SLOT_BYTES));
+const _: () = assert!(PAGE_BYTES.is_multiple_of(LEGACY_SLOT_BYTES));
+
+/// How many charges a slot of `slot_bytes` holds.
+const fn charges_per_slot(slot_bytes: usize) -> usize {
+    (slot_bytes - 4 - CHARGES_OFFSET) / CHARGE_BYTES
+}
 
 /// The file name of worker `worker`'s ring.
 pub fn ring_file_name(worker: u16) -> String {
@@ -180,6 +194,17 @@ pub struct RingFull {
     pub slots: u32,
 }
 
+/// Why a settle was not published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Full(#[from] RingFull),
+    /// An older build's ring (smaller slots, kept until it is found empty at
+    /// a start) cannot hold this settle: send it over the command channel.
+    #[error("a settle of {charges} charges does not fit this ring's slots")]
+    TooManyCharges { charges: usize },
+}
+
 /// One settle as stored in a ring slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SettleRecord {
@@ -207,6 +232,8 @@ struct RingMap {
     _map: MmapMut,
     base: *mut u8,
     slots: u32,
+    /// [`SLOT_BYTES`], or [`LEGACY_SLOT_BYTES`] in a ring an older build made.
+    slot_bytes: usize,
     worker: u16,
     path: PathBuf,
 }
@@ -236,13 +263,13 @@ impl RingMap {
 
     fn slot_ptr(&self, pos: u64) -> *mut u8 {
         let index = (pos & u64::from(self.slots - 1)) as usize;
-        // SAFETY: index < slots, and the mapping is HEADER_BYTES + slots × SLOT_BYTES.
-        unsafe { self.base.add(HEADER_BYTES + index * SLOT_BYTES) }
+        // SAFETY: index < slots, and the mapping is HEADER_BYTES + slots × slot_bytes.
+        unsafe { self.base.add(HEADER_BYTES + index * self.slot_bytes) }
     }
 }
 
-fn file_bytes(slots: u32) -> usize {
-    HEADER_BYTES + slots as usize * SLOT_BYTES
+fn file_bytes(slots: u32, slot_bytes: usize) -> usize {
+    HEADER_BYTES + slots as usize * slot_bytes
 }
 
 fn header_bytes(slots: u32, worker: u16) -> [u8; 24] {
@@ -313,18 +340,19 @@ pub fn open_ring(
     if !file_slots.is_power_of_two() || file_slots > RING_SLOTS_MAX {
         return Err(bad(format!("{file_slots} slots")));
     }
-    if slot_bytes as usize != SLOT_BYTES {
+    let slot_bytes = slot_bytes as usize;
+    if slot_bytes != SLOT_BYTES && slot_bytes != LEGACY_SLOT_BYTES {
         return Err(bad(format!(
-            "slot size {slot_bytes}, this build uses {SLOT_BYTES}"
+            "slot size {slot_bytes}, this build uses {SLOT_BYTES} (and reads {LEGACY_SLOT_BYTES})"
         )));
     }
     if file_worker != worker {
         return Err(bad(format!("belongs to worker {file_worker}")));
     }
-    if len != file_bytes(file_slots) as u64 {
+    if len != file_bytes(file_slots, slot_bytes) as u64 {
         return Err(bad(format!(
             "file is {len} bytes, {file_slots} slots need {}",
-            file_bytes(file_slots)
+            file_bytes(file_slots, slot_bytes)
         )));
     }
     prefault(&mut map);
@@ -333,6 +361,7 @@ pub fn open_ring(
         _map: map,
         base,
         slots: file_slots,
+        slot_bytes,
         worker,
         path: path.clone(),
     });
@@ -342,6 +371,17 @@ pub fn open_ring(
         return Err(bad(format!(
             "head {head} and tail {tail} are inconsistent with {file_slots} slots"
         )));
+    }
+    if slot_bytes != SLOT_BYTES && head == tail {
+        // An older build's ring with nothing to replay: remade at this
+        // build's slot size (positions start over; nothing refers to them).
+        drop(ring);
+        log::info!(
+            "{}: settle ring of {slot_bytes}-byte slots is empty; remaking it with {SLOT_BYTES}-byte slots",
+            path.display()
+        );
+        fs::remove_file(&path).map_err(io)?;
+        return open_ring(dir, worker, slots);
     }
     Ok((
         RingProducer {
@@ -366,7 +406,7 @@ fn create_file(dir: &Path, path: &Path, slots: u32, worker: u16) -> Result<(), R
     first[0..24].copy_from_slice(&header_bytes(slots, worker));
     f.write_all(&first).map_err(io)?;
     let zeros = vec![0u8; 1 << 16];
-    let mut left = file_bytes(slots) - HEADER_BYTES;
+    let mut left = file_bytes(slots, SLOT_BYTES) - HEADER_BYTES;
     while left > 0 {
         let n = left.min(zeros.len());
         f.write_all(&zeros[..n]).map_err(io)?;
@@ -397,7 +437,10 @@ fn prefault(map: &mut MmapMut) {
     }
 }
 
-fn encode_slot(buf: &mut [u8; SLOT_BYTES], pos: u64, rec: &SettleRecord) {
+/// Writes `rec` into `buf` (one slot; the caller checked its charges fit).
+fn encode_slot(buf: &mut [u8], pos: u64, rec: &SettleRecord) {
+    debug_assert!(rec.charges.len() <= charges_per_slot(buf.len()));
+    let crc_offset = buf.len() - 4;
     buf.fill(0);
     buf[0..16].copy_from_slice(&rec.request_id.to_le_bytes());
     buf[16..18].copy_from_slice(&rec.worker.to_le_bytes());
@@ -410,13 +453,15 @@ fn encode_slot(buf: &mut [u8; SLOT_BYTES], pos: u64, rec: &SettleRecord) {
         buf[o + 4..o + 20].copy_from_slice(&c.amount.picodollars().to_le_bytes());
         buf[o + 20] = u8::from(c.from_lease);
     }
-    let crc = crc32c::crc32c(&buf[..CRC_OFFSET]);
-    buf[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32c::crc32c(&buf[..crc_offset]);
+    buf[crc_offset..].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn decode_slot(buf: &[u8; SLOT_BYTES], pos: u64) -> Result<SettleRecord, String> {
-    let crc = u32::from_le_bytes(buf[CRC_OFFSET..].try_into().expect("4 bytes"));
-    if crc != crc32c::crc32c(&buf[..CRC_OFFSET]) {
+/// Reads one slot (`buf`, of the ring's slot size) written for `pos`.
+fn decode_slot(buf: &[u8], pos: u64) -> Result<SettleRecord, String> {
+    let crc_offset = buf.len() - 4;
+    let crc = u32::from_le_bytes(buf[crc_offset..].try_into().expect("4 bytes"));
+    if crc != crc32c::crc32c(&buf[..crc_offset]) {
         return Err("checksum mismatch".into());
     }
     let written_for = u64::from_le_bytes(buf[24..32].try_into().expect("8 bytes"));
@@ -426,7 +471,7 @@ fn decode_slot(buf: &[u8; SLOT_BYTES], pos: u64) -> Result<SettleRecord, String>
         ));
     }
     let count = usize::from(buf[19]);
-    if count == 0 || count > CHARGES_PER_SETTLE_MAX {
+    if count == 0 || count > CHARGES_PER_SETTLE_MAX || count > charges_per_slot(buf.len()) {
         return Err(format!("{count} charges"));
     }
     let estimated = match buf[18] {
@@ -489,19 +534,25 @@ impl RingProducer {
         request_id: u128,
         estimated: bool,
         charges: &Charges,
-    ) -> Result<u64, RingFull> {
+    ) -> Result<u64, PushError> {
+        if charges.len() > charges_per_slot(self.ring.slot_bytes) {
+            return Err(PushError::TooManyCharges {
+                charges: charges.len(),
+            });
+        }
         let slots = u64::from(self.ring.slots);
         if self.head - self.tail_seen >= slots {
             self.tail_seen = self.ring.tail().load(Ordering::Acquire);
             if self.head - self.tail_seen >= slots {
-                return Err(RingFull {
+                return Err(PushError::Full(RingFull {
                     slots: self.ring.slots,
-                });
+                }));
             }
         }
         let mut buf = [0u8; SLOT_BYTES];
+        let buf = &mut buf[..self.ring.slot_bytes];
         encode_slot(
-            &mut buf,
+            buf,
             self.head,
             &SettleRecord {
                 request_id,
@@ -513,7 +564,7 @@ impl RingProducer {
         // SAFETY: slot `head` is outside [tail, head): the consumer does not
         // read it until the release store below publishes it.
         unsafe {
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.ring.slot_ptr(self.head), SLOT_BYTES)
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.ring.slot_ptr(self.head), buf.len())
         };
         self.head += 1;
         self.ring.head().store(self.head, Ordering::Release);
@@ -570,16 +621,17 @@ impl RingConsumer {
         let mut n = 0;
         while self.read < head && n < max {
             let mut buf = [0u8; SLOT_BYTES];
+            let buf = &mut buf[..self.ring.slot_bytes];
             // SAFETY: `read` is in [tail, head): the producer published this
             // slot (acquire above) and will not touch it until we release.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     self.ring.slot_ptr(self.read),
                     buf.as_mut_ptr(),
-                    SLOT_BYTES,
+                    buf.len(),
                 )
             };
-            let rec = decode_slot(&buf, self.read).map_err(|reason| RingError::Corrupt {
+            let rec = decode_slot(buf, self.read).map_err(|reason| RingError::Corrupt {
                 path: self.ring.path.clone(),
                 slot: self.read & u64::from(self.ring.slots - 1),
                 pos: self.read,
@@ -658,5 +710,92 @@ mod tests {
         bad[40] ^= 1;
         assert!(decode_slot(&bad, 42).unwrap_err().contains("checksum"));
         assert!(decode_slot(&[0u8; SLOT_BYTES], 0).is_err());
+    }
+
+    fn charges(n: usize) -> Charges {
+        let all: Vec<Charge> = (0..n)
+            .map(|i| Charge {
+                entity: EntityId(i as u32),
+                amount: Money::from_usd(1),
+                from_lease: i % 2 == 0,
+            })
+            .collect();
+        Charges::from_slice(&all).unwrap()
+    }
+
+    /// A ring of 256-byte slots as builds before 16-charge settles made it,
+    /// holding `pending` settles at positions 0.. (head moved, tail at 0).
+    fn legacy_ring(dir: &Path, worker: u16, slots: u32, pending: &[SettleRecord]) {
+        let mut bytes = vec![0u8; HEADER_BYTES + slots as usize * LEGACY_SLOT_BYTES];
+        let mut h = [0u8; 24];
+        h[0..8].copy_from_slice(MAGIC);
+        h[8..12].copy_from_slice(&slots.to_le_bytes());
+        h[12..16].copy_from_slice(&(LEGACY_SLOT_BYTES as u32).to_le_bytes());
+        h[16..18].copy_from_slice(&worker.to_le_bytes());
+        let crc = crc32c::crc32c(&h[0..20]);
+        h[20..24].copy_from_slice(&crc.to_le_bytes());
+        bytes[0..24].copy_from_slice(&h);
+        for (i, rec) in pending.iter().enumerate() {
+            let o = HEADER_BYTES + i * LEGACY_SLOT_BYTES;
+            encode_slot(&mut bytes[o..o + LEGACY_SLOT_BYTES], i as u64, rec);
+        }
+        bytes[HEAD_OFFSET..HEAD_OFFSET + 8].copy_from_slice(&(pending.len() as u64).to_le_bytes());
+        std::fs::write(dir.join(ring_file_name(worker)), bytes).unwrap();
+    }
+
+    #[test]
+    fn an_older_builds_ring_is_replayed_as_it_is_and_remade_once_empty() {
+        let dir = crate::ledger::test_dir::TestDir::new("legacy-ring");
+        let old = SettleRecord {
+            request_id: 77,
+            worker: 3,
+            estimated: false,
+            charges: charges(8),
+        };
+        legacy_ring(dir.path(), 3, 16, &[old]);
+        let (mut producer, mut consumer) = open_ring(dir.path(), 3, RING_SLOTS).unwrap();
+        // Kept as it is: 16 slots of 256 bytes, its pending settle readable.
+        assert_eq!(consumer.slots(), 16);
+        let mut seen = Vec::new();
+        consumer.read(10, |_, r| seen.push(*r)).unwrap();
+        assert_eq!(seen, vec![old]);
+        // Its slots hold 10 charges: more is refused (the worker sends that
+        // settle over the command channel), 10 still fit.
+        assert_eq!(
+            producer.push(78, false, &charges(11)),
+            Err(PushError::TooManyCharges { charges: 11 })
+        );
+        assert_eq!(producer.push(79, false, &charges(10)), Ok(1));
+        consumer.read(10, |_, r| seen.push(*r)).unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].charges, charges(10));
+        consumer.release_read();
+        drop((producer, consumer));
+        // Found empty at the next start: remade at this build's size.
+        let (mut producer, consumer) = open_ring(dir.path(), 3, RING_SLOTS).unwrap();
+        assert_eq!(consumer.slots(), RING_SLOTS);
+        let len = std::fs::metadata(dir.path().join(ring_file_name(3)))
+            .unwrap()
+            .len();
+        assert_eq!(
+            len,
+            (HEADER_BYTES + RING_SLOTS as usize * SLOT_BYTES) as u64
+        );
+        producer
+            .push(80, true, &charges(CHARGES_PER_SETTLE_MAX))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_slot_holds_the_most_charges_a_settle_has() {
+        let rec = SettleRecord {
+            request_id: 1,
+            worker: 0,
+            estimated: false,
+            charges: charges(CHARGES_PER_SETTLE_MAX),
+        };
+        let mut buf = [0u8; SLOT_BYTES];
+        encode_slot(&mut buf, 5, &rec);
+        assert_eq!(decode_slot(&buf, 5), Ok(rec));
     }
 }

@@ -72,7 +72,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures_channel::oneshot;
 
 use super::registry::{EntityRegistry, RegistryError};
-use super::ring::{self, RingConsumer, RingError, RingFull, RingProducer, SettleRecord};
+use super::ring::{self, PushError, RingConsumer, RingError, RingProducer, SettleRecord};
 use crate::alerts::ledger_side::{AlertSink, EmitStats, EntityAlertState, LedgerAlerts};
 use crate::alerts::rules::{AlertPlan, Rule};
 use crate::alerts::{eval::AlertBook, Alert};
@@ -159,7 +159,7 @@ impl BooksConfig {
         ledger.journal.sync_interval_ms = fsync_ms.clamp(1, u128::from(u32::MAX)) as u32;
         let entities = super::registry::config_entities(config)
             .into_iter()
-            .map(|(kind, name, budget)| (kind, name.to_owned(), budget))
+            .map(|(kind, name, budget)| (kind, name.into_owned(), budget))
             .collect();
         BooksConfig {
             workers: ledger.state.workers,
@@ -352,7 +352,7 @@ impl WorkerLink {
         request_id: u128,
         estimated: bool,
         charges: &Charges,
-    ) -> Result<u64, RingFull> {
+    ) -> Result<u64, PushError> {
         let seq = self.ring.push(request_id, estimated, charges)?;
         self.commands.wake_if_dozing();
         Ok(seq)

@@ -32,6 +32,86 @@ pub struct FileConfig {
     /// Alert channels and rules.
     #[serde(default, skip_serializing)]
     pub alerts: super::alerts::AlertsSection,
+    /// Gateway-wide budgets, one model each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_budgets: Vec<ModelBudgetSection>,
+    /// Budgets on tag values (`feature=search`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tag_budgets: Vec<TagBudgetSection>,
+}
+
+/// `[[model_budgets]]`: a gateway-wide budget on one model.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelBudgetSection {
+    /// The model's name as requests give it (exact; no patterns).
+    pub model: String,
+    pub budget: BudgetSection,
+}
+
+/// `[[tag_budgets]]`: a budget on one tag value.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TagBudgetSection {
+    /// `key=value`, as the request log records a tag.
+    pub tag: String,
+    pub budget: BudgetSection,
+}
+
+/// An entry of a customer's, team's or key's `model_budgets`: the model and
+/// its budget's members, side by side (`{ model = "gpt-4o", limit_usd =
+/// "20", reset = "1d" }`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelBudgetEntry {
+    pub model: String,
+    pub limit_usd: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub calendar_aligned: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soft_limit_usd: Option<String>,
+}
+
+impl ModelBudgetEntry {
+    /// The budget part, as a [`BudgetSection`].
+    pub fn budget(&self) -> BudgetSection {
+        BudgetSection {
+            limit_usd: self.limit_usd.clone(),
+            reset: self.reset.clone(),
+            calendar_aligned: self.calendar_aligned,
+            mode: self.mode.clone(),
+            soft_limit_usd: self.soft_limit_usd.clone(),
+        }
+    }
+}
+
+/// An entry of a customer's, team's or key's `model_rate_limits`: the
+/// model and its limits, side by side.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRateLimitEntry {
+    pub model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrent: Option<u32>,
+}
+
+impl ModelRateLimitEntry {
+    /// The limits part, as a [`RateLimitSection`].
+    pub fn rate_limit(&self) -> RateLimitSection {
+        RateLimitSection {
+            requests_per_minute: self.requests_per_minute,
+            tokens_per_minute: self.tokens_per_minute,
+            concurrent: self.concurrent,
+        }
+    }
 }
 
 /// The admin API's bearer token.
@@ -45,7 +125,7 @@ pub struct AdminSection {
 }
 
 /// A budget as written in the file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetSection {
     /// USD as a decimal string, e.g. "12.50".
@@ -81,6 +161,10 @@ pub struct CustomerSection {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetSection>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_budgets: Vec<ModelBudgetEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_rate_limits: Vec<ModelRateLimitEntry>,
 }
 
 #[derive(Debug, Deserialize, Clone, Serialize)]
@@ -95,6 +179,10 @@ pub struct TeamSection {
     pub rate_limit: Option<RateLimitSection>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_models: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_budgets: Vec<ModelBudgetEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_rate_limits: Vec<ModelRateLimitEntry>,
 }
 
 /// A price override, USD per million tokens.
@@ -270,4 +358,8 @@ pub struct KeySection {
     pub budget: Option<BudgetSection>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSection>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_budgets: Vec<ModelBudgetEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_rate_limits: Vec<ModelRateLimitEntry>,
 }

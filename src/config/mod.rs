@@ -6,6 +6,7 @@
 //! names the field. Nothing downstream re-validates.
 
 pub mod alerts;
+pub mod dimensions;
 pub mod file;
 pub mod request_log;
 
@@ -46,6 +47,10 @@ pub struct Config {
     pub log: Option<crate::reqlog::LogConfig>,
     /// Alert channels and rules (`[alerts]`).
     pub alerts: alerts::AlertsConfig,
+    /// Gateway-wide budgets on one model each (`[[model_budgets]]`).
+    pub model_budgets: Vec<dimensions::ModelBudget>,
+    /// Budgets on tag values (`[[tag_budgets]]`).
+    pub tag_budgets: Vec<dimensions::TagBudget>,
     /// The file it came from, if any (for reload).
     pub source: Option<PathBuf>,
 }
@@ -54,6 +59,10 @@ pub struct Config {
 pub struct CustomerConfig {
     pub name: String,
     pub budget: Option<Budget>,
+    /// Budgets on single models, charged for this customer's requests.
+    pub model_budgets: Vec<dimensions::ModelBudget>,
+    /// Rate limits on single models, over this customer's keys.
+    pub model_rate_limits: Vec<dimensions::ModelRateLimit>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +74,8 @@ pub struct TeamConfig {
     /// Empty with `all_models` true means every model.
     pub allowed_models: Vec<String>,
     pub all_models: bool,
+    pub model_budgets: Vec<dimensions::ModelBudget>,
+    pub model_rate_limits: Vec<dimensions::ModelRateLimit>,
 }
 
 /// Per-minute and concurrency limits; `None` is unlimited.
@@ -200,6 +211,8 @@ pub struct KeyConfig {
     pub customer: Option<String>,
     pub budget: Option<Budget>,
     pub rate_limit: RateLimit,
+    pub model_budgets: Vec<dimensions::ModelBudget>,
+    pub model_rate_limits: Vec<dimensions::ModelRateLimit>,
 }
 
 /// A config error: which field, and what is wrong with it.
@@ -569,6 +582,8 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         customers.push(CustomerConfig {
             name: c.name.clone(),
             budget: budget_field(&field, &c.budget)?,
+            model_budgets: dimensions::owner_model_budgets(&field, &c.model_budgets)?,
+            model_rate_limits: dimensions::owner_model_rate_limits(&field, &c.model_rate_limits)?,
         });
     }
     let mut teams: Vec<TeamConfig> = Vec::with_capacity(file.teams.len());
@@ -595,6 +610,8 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
             rate_limit: rate_limit_field(&field, &t.rate_limit)?,
             allowed_models: if all_models { Vec::new() } else { models },
             all_models,
+            model_budgets: dimensions::owner_model_budgets(&field, &t.model_budgets)?,
+            model_rate_limits: dimensions::owner_model_rate_limits(&field, &t.model_rate_limits)?,
         });
     }
     for (i, (k, section)) in keys.iter().zip(&file.virtual_keys).enumerate() {
@@ -624,6 +641,9 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         k.customer = section.customer.clone();
         k.budget = budget_field(&field, &section.budget)?;
         k.rate_limit = rate_limit_field(&field, &section.rate_limit)?;
+        k.model_budgets = dimensions::owner_model_budgets(&field, &section.model_budgets)?;
+        k.model_rate_limits =
+            dimensions::owner_model_rate_limits(&field, &section.model_rate_limits)?;
     }
     for (p, section) in providers.iter_mut().zip(&file.providers) {
         p.budget = budget_field(&format!("providers ({:?})", p.name), &section.budget)?;
@@ -744,16 +764,46 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         )?,
     };
 
+    let model_budgets = dimensions::model_budgets(&file.model_budgets)?;
+    let tag_budgets = dimensions::tag_budgets(&file.tag_budgets)?;
+
     let alerts = alerts::alerts_config(&file.alerts)?;
     for (i, rule) in alerts.rules.iter().enumerate() {
         // A rule for a name nobody has would stay silent: refuse the typo.
         if let crate::alerts::rules::Scope::Entity(kind, name) = &rule.scope {
+            use crate::ledger::EntityKind as K;
+            // A budget on a model, named `owner/model`.
+            fn on_model<'a>(
+                name: &str,
+                mut budgets: impl Iterator<Item = (&'a str, &'a [dimensions::ModelBudget])>,
+            ) -> bool {
+                name.split_once('/').is_some_and(|(owner, model)| {
+                    budgets.any(|(o, b)| o == owner && b.iter().any(|m| m.model == model))
+                })
+            }
             let known = match kind {
-                crate::ledger::EntityKind::Customer => customers.iter().any(|c| &c.name == name),
-                crate::ledger::EntityKind::Team => teams.iter().any(|t| &t.name == name),
-                crate::ledger::EntityKind::Key => keys.iter().any(|k| &k.name == name),
-                crate::ledger::EntityKind::Provider => providers.iter().any(|p| &p.name == name),
-                crate::ledger::EntityKind::Model => true,
+                K::Customer => customers.iter().any(|c| &c.name == name),
+                K::Team => teams.iter().any(|t| &t.name == name),
+                K::Key => keys.iter().any(|k| &k.name == name),
+                K::Provider => providers.iter().any(|p| &p.name == name),
+                K::Model => model_budgets.iter().any(|m| &m.model == name),
+                K::Tag => tag_budgets.iter().any(|t| &t.name() == name),
+                K::KeyModel => on_model(
+                    name,
+                    keys.iter().map(|k| (k.name.as_str(), &k.model_budgets[..])),
+                ),
+                K::TeamModel => on_model(
+                    name,
+                    teams
+                        .iter()
+                        .map(|t| (t.name.as_str(), &t.model_budgets[..])),
+                ),
+                K::CustomerModel => on_model(
+                    name,
+                    customers
+                        .iter()
+                        .map(|c| (c.name.as_str(), &c.model_budgets[..])),
+                ),
             };
             if !known {
                 return Err(err(
@@ -781,6 +831,8 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         ledger,
         log,
         alerts,
+        model_budgets,
+        tag_budgets,
         source,
     })
 }
@@ -1005,6 +1057,10 @@ fn validate_key(field: &str, k: &KeySection) -> Result<KeyConfig, ConfigError> {
     if k.name.is_empty() || k.name.len() > 128 {
         return Err(err(field, "name must be 1 to 128 bytes"));
     }
+    if k.name.contains('/') {
+        // `key/model` names the key's budget on a model in the books.
+        return Err(err(field, "name must not contain '/'"));
+    }
     let key_sha256 = match (&k.key, &k.key_sha256) {
         (Some(_), Some(_)) => return Err(err(field, "set key or key_sha256, not both")),
         (None, None) => return Err(err(field, "set key or key_sha256")),
@@ -1042,6 +1098,8 @@ fn validate_key(field: &str, k: &KeySection) -> Result<KeyConfig, ConfigError> {
         customer: None,
         budget: None,
         rate_limit: RateLimit::default(),
+        model_budgets: Vec::new(),
+        model_rate_limits: Vec::new(),
     })
 }
 

@@ -53,8 +53,10 @@ use crate::money::Money;
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"BRJ1");
 /// magic + len + crc32c.
 pub const FRAME_HEADER_BYTES: usize = 12;
-/// Largest record body: a settle with the most charges is 29 + 8 × 21 = 197 bytes.
-pub const RECORD_BODY_BYTES_MAX: usize = 256;
+/// Largest record body: a settle with the most charges is 37 + 16 × 21 =
+/// 373 bytes. (Builds whose settles carried at most 8 charges wrote bodies
+/// of at most 205 bytes; their journals read the same.)
+pub const RECORD_BODY_BYTES_MAX: usize = 512;
 /// Default and bounds of the batch size (records per fsync).
 pub const JOURNAL_SYNC_RECORDS_MAX_DEFAULT: u32 = 4096;
 pub const JOURNAL_SYNC_RECORDS_MAX_CEILING: u32 = 1 << 16;
@@ -1142,11 +1144,12 @@ mod tests {
         let dir = TestDir::new("journal-rotate");
         let config = JournalConfig {
             sync_records_max: 1,
-            segment_bytes_max: 300,
+            // The least allowed: one frame of the largest body.
+            segment_bytes_max: (FRAME_HEADER_BYTES + RECORD_BODY_BYTES_MAX) as u64,
             ..JournalConfig::default()
         };
         let mut w = JournalWriter::create(dir.path(), 1, config).unwrap();
-        for seq in 1..=10 {
+        for seq in 1..=30 {
             w.append(&settle(seq), 0).unwrap();
         }
         let segments = list_segments(dir.path()).unwrap();
@@ -1156,7 +1159,7 @@ mod tests {
             let scan = scan_segment(path, Some(*first)).unwrap();
             seen.extend(scan.records.iter().map(|r| r.seq));
         }
-        assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+        assert_eq!(seen, (1..=30).collect::<Vec<_>>());
         let second_first = segments[1].0;
         // Records through second_first - 1 live in the first segment only.
         assert_eq!(

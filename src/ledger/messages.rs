@@ -14,13 +14,20 @@ use crate::money::Money;
 pub const ENTITIES_MAX: u32 = 1 << 22;
 /// Most worker threads that may hold leases.
 pub const LEDGER_WORKERS_MAX: u16 = 256;
-/// Most levels one request is charged to (customer, team, key, provider
-/// config, model, and room to spare).
-pub const CHARGES_PER_SETTLE_MAX: usize = 8;
+/// Most levels one request is charged to: key, team, customer, provider
+/// config (4); the model gateway-wide and the key's, team's and customer's
+/// budget on the model (4); and one tag budget per budgeted tag key
+/// ([`TAG_BUDGET_KEYS_MAX`], 8: a request carries one value per tag key).
+pub const CHARGES_PER_SETTLE_MAX: usize = 16;
+/// Most distinct tag keys the tag budgets of one config may name (e.g.
+/// `feature` and `env`): a request has one value per key, so this bounds the
+/// tag levels of one request.
+pub const TAG_BUDGET_KEYS_MAX: usize = 8;
 
 const _: () = assert!(LEDGER_WORKERS_MAX as usize == crate::limits::WORKERS_MAX);
 const _: () = assert!(ENTITIES_MAX as usize > crate::limits::VIRTUAL_KEYS_MAX);
 const _: () = assert!(CHARGES_PER_SETTLE_MAX <= u8::MAX as usize);
+const _: () = assert!(4 + 4 + TAG_BUDGET_KEYS_MAX <= CHARGES_PER_SETTLE_MAX);
 
 /// A budget-bearing entity, as numbered by the catalog. Dense: below [`ENTITIES_MAX`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -38,20 +45,34 @@ pub enum EntityKind {
     Team,
     Key,
     Provider,
+    /// A model, gateway-wide (`[[model_budgets]]`); named by the model.
     Model,
+    /// A tag value (`[[tag_budgets]]`); named `key=value`.
+    Tag,
+    /// A key's budget on one model; named `key/model`.
+    KeyModel,
+    /// A team's budget on one model; named `team/model`.
+    TeamModel,
+    /// A customer's budget on one model; named `customer/model`.
+    CustomerModel,
 }
 
 impl EntityKind {
-    pub const ALL: [EntityKind; 5] = [
+    pub const ALL: [EntityKind; 9] = [
         EntityKind::Customer,
         EntityKind::Team,
         EntityKind::Key,
         EntityKind::Provider,
         EntityKind::Model,
+        EntityKind::Tag,
+        EntityKind::KeyModel,
+        EntityKind::TeamModel,
+        EntityKind::CustomerModel,
     ];
 
-    /// The kind's name in files, the API and alerts: "customer", "team", "key",
-    /// "provider", "model".
+    /// The kind's name in files, the API, 402s and alerts: "customer",
+    /// "team", "key", "provider", "model", "tag", "key_model", "team_model",
+    /// "customer_model".
     pub fn as_str(self) -> &'static str {
         match self {
             EntityKind::Customer => "customer",
@@ -59,6 +80,10 @@ impl EntityKind {
             EntityKind::Key => "key",
             EntityKind::Provider => "provider",
             EntityKind::Model => "model",
+            EntityKind::Tag => "tag",
+            EntityKind::KeyModel => "key_model",
+            EntityKind::TeamModel => "team_model",
+            EntityKind::CustomerModel => "customer_model",
         }
     }
 
@@ -69,6 +94,10 @@ impl EntityKind {
             EntityKind::Key => 3,
             EntityKind::Provider => 4,
             EntityKind::Model => 5,
+            EntityKind::Tag => 6,
+            EntityKind::KeyModel => 7,
+            EntityKind::TeamModel => 8,
+            EntityKind::CustomerModel => 9,
         }
     }
 

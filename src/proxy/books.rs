@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::books::shard::{Admission, LeaseShard, Reservation};
 use crate::books::thread::WorkerLink;
+use crate::books::PushError;
 use crate::budget::Mode;
 use crate::catalog::{Level, Provider, VirtualKey};
 use crate::error::ApiError;
@@ -24,8 +25,10 @@ use crate::ledger::{Command, EntityId, EntityView, Reply};
 use crate::money::Money;
 use crate::prices::Price;
 
-/// Most levels one request is charged to: key, team, customer, provider.
-pub const LEVELS_MAX: usize = 4;
+/// Most levels one request is charged to: key, team, customer, provider;
+/// the model gateway-wide and the key's, team's and customer's budgets on
+/// it; one tag budget per budgeted tag key.
+pub const LEVELS_MAX: usize = crate::ledger::messages::CHARGES_PER_SETTLE_MAX;
 /// Most lease requests one admission makes before it gives up (each level
 /// needs at most one grant; the rest is headroom for concurrent admissions
 /// taking what was granted first).
@@ -54,18 +57,29 @@ pub struct Levels {
 impl Levels {
     /// The key's chain (key, team, customer), then the provider.
     pub fn of(key: &VirtualKey, provider: &Provider) -> Levels {
-        let mut items = [(EntityId(0), Mode::Soft); LEVELS_MAX];
-        let mut len = 0;
+        let mut levels = Levels {
+            items: [(EntityId(0), Mode::Soft); LEVELS_MAX],
+            len: 0,
+        };
         for l in key.chain.iter().chain(provider.level.iter()) {
-            // The chain is built by the catalog: at most three, plus one.
-            if len < LEVELS_MAX && !items[..len].iter().any(|&(id, _)| id == l.id) {
-                items[len] = (l.id, l.mode);
-                len += 1;
-            }
+            levels.push(l);
         }
-        Levels {
-            items,
-            len: len as u8,
+        levels
+    }
+
+    /// Adds `level` unless the request already has it. The catalog bounds
+    /// a request's levels at [`LEVELS_MAX`] (four of the organisation, four
+    /// of the model, one per budgeted tag key); one past it is a bug,
+    /// asserted in debug builds and never charged in release ones.
+    pub fn push(&mut self, level: &Level) {
+        let len = usize::from(self.len);
+        if self.items[..len].iter().any(|&(id, _)| id == level.id) {
+            return;
+        }
+        debug_assert!(len < LEVELS_MAX, "more than LEVELS_MAX levels");
+        if len < LEVELS_MAX {
+            self.items[len] = (level.id, level.mode);
+            self.len += 1;
         }
     }
 
@@ -75,6 +89,39 @@ impl Levels {
 
     pub fn has_strict(&self) -> bool {
         self.as_slice().iter().any(|&(_, m)| m == Mode::Strict)
+    }
+}
+
+/// The tag budgets a request meets: one per budgeted tag key at most, so
+/// at most [`TAG_BUDGET_KEYS_MAX`](crate::ledger::messages::TAG_BUDGET_KEYS_MAX).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TagLevels<'c> {
+    items: [Option<&'c Level>; crate::ledger::messages::TAG_BUDGET_KEYS_MAX],
+}
+
+impl<'c> TagLevels<'c> {
+    /// The budgets on the request's `tags` (sorted, unique keys).
+    pub fn of(catalog: &'c crate::catalog::Catalog, tags: &[(String, String)]) -> TagLevels<'c> {
+        let mut out = TagLevels::default();
+        if !catalog.has_tag_budgets() {
+            return out;
+        }
+        let mut n = 0;
+        for (k, v) in tags {
+            if let Some(l) = catalog.tag_level(k, v) {
+                // Tags have unique keys and budgets name at most
+                // TAG_BUDGET_KEYS_MAX keys: `n` stays in bounds.
+                if let Some(slot) = out.items.get_mut(n) {
+                    *slot = Some(l);
+                    n += 1;
+                }
+            }
+        }
+        out
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'c Level> + '_ {
+        self.items.iter().map_while(|l| *l)
     }
 }
 
@@ -310,14 +357,14 @@ impl WorkerBooks {
                 .settle(request_id, estimated, &charges);
             match pushed {
                 Ok(_) => break,
-                Err(_) if waited < RING_FULL_WAIT_MAX => {
+                Err(PushError::Full(_)) if waited < RING_FULL_WAIT_MAX => {
                     monoio::time::sleep(RING_FULL_RETRY).await;
                     waited += RING_FULL_RETRY;
                 }
-                Err(_) => {
+                Err(e) => {
                     let link = self.link.borrow();
                     log::error!(
-                        "worker {}: settle ring full for {waited:?}; settling request {request_id:032x} over the command channel",
+                        "worker {}: {e} (waited {waited:?}); settling request {request_id:032x} over the command channel",
                         link.worker
                     );
                     let cmd = Command::Settle {

@@ -452,9 +452,10 @@ async fn proxy_api_inner<'c, 'r>(
         });
     }
     // Attribution: x-bursar-tags, the body's `user` and `metadata`. Tags
-    // exist for the request log: with the log off they are not read, so
-    // they can never refuse a request.
-    if let Some(r) = row.as_mut() {
+    // exist for the request log and the tag budgets: with the log off and
+    // no tag budget they are not read, so they can never refuse a request.
+    let mut tag_levels = books::TagLevels::default();
+    if row.is_some() || catalog.has_tag_budgets() {
         let parsed = crate::reqlog::parse_tags_counted(
             req.head.header(req.bytes, "x-bursar-tags"),
             probe.user.as_deref(),
@@ -462,7 +463,10 @@ async fn proxy_api_inner<'c, 'r>(
         )
         .map_err(|e| ApiError::bad_request("invalid_tags", e.to_string()))?;
         w.stats.tags_dropped.add(parsed.dropped);
-        r.tags = parsed.tags;
+        tag_levels = books::TagLevels::of(catalog, &parsed.tags);
+        if let Some(r) = row.as_mut() {
+            r.tags = parsed.tags;
+        }
     }
     if !key.allows(model) {
         return Err(ApiError::forbidden(
@@ -472,7 +476,11 @@ async fn proxy_api_inner<'c, 'r>(
     }
     // Rate limits (the key's, then its team's): all or none; the permit's
     // concurrency slots are released when it drops, however the request ends.
-    let permit = crate::ratelimit::Permit::acquire(&key.limiters, crate::ratelimit::now_ms())?;
+    let permit = crate::ratelimit::Permit::acquire(
+        &key.limiters,
+        key.model_limiters(model),
+        crate::ratelimit::now_ms(),
+    )?;
     let provider = catalog.route(model).ok_or_else(|| {
         ApiError::not_found(
             "model_not_found",
@@ -498,8 +506,14 @@ async fn proxy_api_inner<'c, 'r>(
             ),
         ));
     }
-    let admitted =
-        admit_budget(w, catalog, key, provider, endpoint, &probe, price, req.body).await?;
+    let chain = Chain {
+        catalog,
+        key,
+        provider,
+        model,
+        tags: tag_levels,
+    };
+    let admitted = admit_budget(w, &chain, endpoint, &probe, price, req.body).await?;
     let hold = Some(admitted.hold);
     let body: &[u8] = admitted.body.as_deref().unwrap_or(req.body);
     match provider.kind {
@@ -588,22 +602,51 @@ struct Admitted<'w> {
     lowered_cap: Option<u64>,
 }
 
+/// Every budget a request is charged to: its key's chain (key, team,
+/// customer), its provider, the model gateway-wide, the key's, team's and
+/// customer's budgets on the model, and the tag budgets it meets.
+struct Chain<'c> {
+    catalog: &'c Catalog,
+    key: &'c crate::catalog::VirtualKey,
+    provider: &'c crate::catalog::Provider,
+    model: &'c str,
+    tags: books::TagLevels<'c>,
+}
+
+impl<'c> Chain<'c> {
+    fn levels(&self) -> impl Iterator<Item = &'c crate::catalog::Level> + '_ {
+        self.key
+            .chain
+            .iter()
+            .chain(self.provider.level.iter())
+            .chain(self.catalog.model_level(self.model))
+            .chain(self.key.model_levels(self.model))
+            .chain(self.tags.iter())
+    }
+}
+
 /// Reserves the request's worst case at every strict level of its chain, or
 /// refuses it: 402 when a budget cannot afford it (after trying a lower output
 /// cap, if configured), 503 when the ledger cannot answer.
-#[allow(clippy::too_many_arguments)]
 async fn admit_budget<'w>(
     w: &'w Worker,
-    catalog: &Catalog,
-    key: &crate::catalog::VirtualKey,
-    provider: &crate::catalog::Provider,
+    chain: &Chain<'_>,
     endpoint: Endpoint,
     probe: &probe::Probe<'_>,
     price: Option<&crate::prices::Price>,
     body: &[u8],
 ) -> Result<Admitted<'w>, ApiError> {
-    let levels = books::Levels::of(key, provider);
-    let pricing = &catalog.pricing;
+    let mut levels = books::Levels::of(chain.key, chain.provider);
+    if let Some(l) = chain.catalog.model_level(chain.model) {
+        levels.push(l);
+    }
+    for l in chain.key.model_levels(chain.model) {
+        levels.push(l);
+    }
+    for l in chain.tags.iter() {
+        levels.push(l);
+    }
+    let pricing = &chain.catalog.pricing;
     let outputs = probe.outputs_billed(endpoint);
     let client_cap = probe.output_cap(endpoint);
     let cap = client_cap.unwrap_or(pricing.default_max_output_tokens);
@@ -690,11 +733,7 @@ async fn admit_budget<'w>(
         }
     }
     w.stats.budget_refused.inc();
-    let level = key
-        .chain
-        .iter()
-        .chain(provider.level.iter())
-        .find(|l| l.id == entity);
+    let level = chain.levels().find(|l| l.id == entity);
     let view = w.books.refused(entity).await;
     Err(books::budget_exceeded(level, view.as_ref()))
 }

@@ -77,7 +77,10 @@ use std::time::Duration;
 
 pub use query::{Bucket, GroupBy, LogCursor, LogFilter, SeriesPoint, SpendFilter, SpendTotal};
 pub use reader::{LogReader, QueryRefused};
-pub use row::{parse_tags, parse_tags_counted, CacheStatus, LogRow, ParsedTags, TagError};
+pub use row::{
+    check_tag_key, check_tag_value, parse_tags, parse_tags_counted, CacheStatus, LogRow,
+    ParsedTags, TagError,
+};
 pub use store::{LogStore, StoreError};
 pub use writer::{LogError, LogHandle, LogSender, LogStatsSnapshot, LogWriter};
 

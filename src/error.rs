@@ -39,7 +39,9 @@ pub struct ApiError {
 /// `error` object, beside OpenAI's fields; amounts are exact decimal strings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BudgetDetails {
-    /// "customer", "team", "virtual_key" or "provider".
+    /// The level's kind (`EntityKind::as_str`): "customer", "team", "key",
+    /// "provider", "model", "tag", "key_model", "team_model" or
+    /// "customer_model".
     pub entity_kind: &'static str,
     pub entity: String,
     pub limit_usd: Option<String>,
@@ -176,6 +178,11 @@ impl ApiError {
         if let Some(b) = &self.budget {
             body["error"]["entity_kind"] = b.entity_kind.into();
             body["error"]["entity"] = b.entity.as_str().into();
+            // The level that refused, as one object (the same two facts).
+            body["error"]["level"] = serde_json::json!({
+                "kind": b.entity_kind,
+                "name": b.entity,
+            });
             body["error"]["limit_usd"] = b.limit_usd.as_deref().into();
             body["error"]["spent_usd"] = b.spent_usd.as_deref().into();
             body["error"]["reset_at"] = b.reset_at.as_deref().into();

@@ -33,7 +33,8 @@ use bursar::money::Money;
 
 const SEEDS_DEFAULT: u64 = 64;
 const STEPS_PER_SEED: usize = 400;
-const ENTITY_IDS_MAX: u32 = 10;
+/// Entity ids drawn from: more than a request's levels, so chains differ.
+const ENTITY_IDS_MAX: u32 = 24;
 const WORKERS_MAX: u16 = 4;
 /// The scale of amounts: limits and request costs are a few of these.
 const COST_UNITS_MAX: i128 = 50_000;
@@ -594,7 +595,13 @@ impl Audit {
         }
         let w = self.rng.below(self.workers.len() as u64) as usize;
         let ids: Vec<u32> = self.model.entities.keys().copied().collect();
-        let levels = 1 + self.rng.below(ids.len().min(4) as u64) as usize;
+        // Up to every level a request may have: the organisation's four,
+        // the model's four and one per budgeted tag key (entities of every
+        // kind, EntityKind::ALL, are drawn by op_set_budget).
+        let most = ids
+            .len()
+            .min(bursar::ledger::messages::CHARGES_PER_SETTLE_MAX);
+        let levels = 1 + self.rng.below(most as u64) as usize;
         let mut chosen: Vec<u32> = Vec::new();
         while chosen.len() < levels {
             let id = *self.rng.pick(&ids);

@@ -94,7 +94,8 @@ impl Severity {
 /// The budget-bearing entity an alert is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntityRef {
-    /// "customer" | "team" | "key" | "provider" | "model".
+    /// "customer" | "team" | "key" | "provider" | "model" | "tag" |
+    /// "key_model" | "team_model" | "customer_model".
     pub kind: String,
     pub name: String,
 }

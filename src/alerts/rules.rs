@@ -605,6 +605,34 @@ mod tests {
             Scope::parse("teams/search"),
             Some(Scope::Entity(EntityKind::Team, "search".into()))
         );
+        // The kinds beside the organisation chart, names with '/' and '='.
+        assert_eq!(
+            Scope::parse("key_models/search-prod/gpt-4o"),
+            Some(Scope::Entity(
+                EntityKind::KeyModel,
+                "search-prod/gpt-4o".into()
+            ))
+        );
+        assert_eq!(
+            Scope::parse("models/meta-llama/Llama-3"),
+            Some(Scope::Entity(
+                EntityKind::Model,
+                "meta-llama/Llama-3".into()
+            ))
+        );
+        assert_eq!(
+            Scope::parse("tags/feature=search"),
+            Some(Scope::Entity(EntityKind::Tag, "feature=search".into()))
+        );
+        assert_eq!(Scope::parse("tags"), Some(Scope::Kind(EntityKind::Tag)));
+        assert_eq!(
+            Scope::parse("customer_models"),
+            Some(Scope::Kind(EntityKind::CustomerModel))
+        );
+        assert_eq!(
+            Scope::parse("team_models"),
+            Some(Scope::Kind(EntityKind::TeamModel))
+        );
         for bad in ["key", "keyz", "keys/", "/x", "wallets/x", ""] {
             assert_eq!(Scope::parse(bad), None, "{bad}");
         }

@@ -503,3 +503,58 @@ def test_check_config_names_a_bad_alert_field(tmp, hook):
                          capture_output=True, text=True)
     assert out.returncode != 0
     assert "alerts.rules[0].scope" in out.stderr + out.stdout
+
+
+def test_rules_scoped_to_a_keys_model_budget_and_a_tag_budget_alert_on_them(tmp, hook):
+    """A rule's scope may name the levels beside the organisation chart: a
+    key's budget on one model (`key_models/<key>/<model>`) and a tag value's
+    budget (`tags/<key>=<value>`). Each crosses 50% after 50 requests."""
+    extra = """
+[[tag_budgets]]
+tag = "feature=search"
+budget = { limit_usd = "0.0027", reset = "1d" }
+
+[[alerts.rules]]
+name = "model-and-tag"
+scope = "key_models/spender/mock-model"
+thresholds = [50]
+channels = ["hook"]
+
+[[alerts.rules]]
+name = "tag"
+scope = "tags/feature=search"
+thresholds = [50]
+channels = ["hook"]
+"""
+    # The key's own budget is large; its budget on the model is 100 requests.
+    text = config(hook, limit="10", thresholds=(99,), extra=extra).replace(
+        'budget = { limit_usd = "10", reset = "1d", mode = "soft" }',
+        'budget = { limit_usd = "10", reset = "1d", mode = "soft" }\n'
+        'model_budgets = [ { model = "mock-model", limit_usd = "0.0027", reset = "1d" } ]')
+    assert "model_budgets" in text
+    gw = Gateway(tmp, text)
+    try:
+        tagged = openai.OpenAI(base_url=gw.base, api_key=KEY, max_retries=0,
+                               default_headers={"x-bursar-tags": "feature=search"})
+        for _ in range(50):
+            tagged.chat.completions.create(
+                model="mock-model", max_tokens=10,
+                messages=[{"role": "user", "content": "hi"}])
+        hook.wait_for(2, path="/hook", timeout=30)
+        time.sleep(1)
+        events = webhook_events(hook)
+        crossed = sorted((e["data"]["entity"]["kind"], e["data"]["entity"]["name"],
+                          e["data"]["threshold_percent"], e["data"]["rules"][0])
+                         for e in events if e["type"] == "budget.threshold_crossed")
+        assert crossed == [
+            ("key_model", "spender/mock-model", 50, "model-and-tag"),
+            ("tag", "feature=search", 50, "tag"),
+        ], crossed
+        # The spend API agrees with what the alerts said.
+        for path in ["/admin/spend/keys/spender/models/mock-model",
+                     "/admin/spend/tags/feature=search"]:
+            status, body = gw.admin("GET", path)
+            assert status == 200, body
+            assert body["spent_usd"] == "0.00135", body
+    finally:
+        gw.stop()

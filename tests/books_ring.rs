@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use bursar::books::ring::{
-    open_ring, ring_file_name, RingError, RingFull, HEADER_BYTES, SLOT_BYTES,
+    open_ring, ring_file_name, PushError, RingError, RingFull, HEADER_BYTES, SLOT_BYTES,
 };
 use bursar::ledger::{Charge, Charges, EntityId};
 use bursar::money::Money;
@@ -49,11 +49,12 @@ fn produce_and_consume_across_two_threads_in_order() {
                         assert_eq!(pos, i);
                         break;
                     }
-                    Err(RingFull { slots }) => {
+                    Err(PushError::Full(RingFull { slots })) => {
                         assert_eq!(slots, 1024);
                         full += 1;
                         std::thread::yield_now();
                     }
+                    Err(e @ PushError::TooManyCharges { .. }) => panic!("{e}"),
                 }
             }
         }
@@ -130,7 +131,7 @@ fn a_full_ring_refuses_until_the_consumer_releases() {
     }
     assert_eq!(
         producer.push(16, false, &charges_for(1)),
-        Err(RingFull { slots: 16 })
+        Err(PushError::Full(RingFull { slots: 16 }))
     );
     // Read is not release: still full.
     assert_eq!(consumer.read(4, |_, _| {}).unwrap(), 4);

@@ -437,11 +437,28 @@ fn prefault(map: &mut MmapMut) {
     }
 }
 
-/// Writes `rec` into `buf` (one slot; the caller checked its charges fit).
-fn encode_slot(buf: &mut [u8], pos: u64, rec: &SettleRecord) {
+/// The bytes of a slot of `slot_bytes` holding `count` charges that its
+/// checksum covers: in a slot of this build's size, the fixed part and the
+/// charges only (so a settle writes and checksums what it holds, not the
+/// whole slot: the bytes past them are whatever an earlier lap left, and
+/// nothing reads them); in an older build's slot, all of it before the
+/// checksum, as that build wrote it.
+fn checked_bytes(slot_bytes: usize, count: usize) -> usize {
+    if slot_bytes == LEGACY_SLOT_BYTES {
+        slot_bytes - 4
+    } else {
+        CHARGES_OFFSET + count * CHARGE_BYTES
+    }
+}
+
+/// Writes `rec` into `buf` (one slot; the caller checked its charges fit)
+/// and returns how many bytes from the start it wrote; the checksum is in
+/// the slot's last four bytes.
+fn encode_slot(buf: &mut [u8], pos: u64, rec: &SettleRecord) -> usize {
     debug_assert!(rec.charges.len() <= charges_per_slot(buf.len()));
     let crc_offset = buf.len() - 4;
-    buf.fill(0);
+    let used = checked_bytes(buf.len(), rec.charges.len());
+    buf[..used].fill(0);
     buf[0..16].copy_from_slice(&rec.request_id.to_le_bytes());
     buf[16..18].copy_from_slice(&rec.worker.to_le_bytes());
     buf[18] = u8::from(rec.estimated);
@@ -453,15 +470,22 @@ fn encode_slot(buf: &mut [u8], pos: u64, rec: &SettleRecord) {
         buf[o + 4..o + 20].copy_from_slice(&c.amount.picodollars().to_le_bytes());
         buf[o + 20] = u8::from(c.from_lease);
     }
-    let crc = crc32c::crc32c(&buf[..crc_offset]);
+    let crc = crc32c::crc32c(&buf[..used]);
     buf[crc_offset..].copy_from_slice(&crc.to_le_bytes());
+    used
 }
 
 /// Reads one slot (`buf`, of the ring's slot size) written for `pos`.
 fn decode_slot(buf: &[u8], pos: u64) -> Result<SettleRecord, String> {
     let crc_offset = buf.len() - 4;
+    // The count decides what the checksum covers; the checksum covers the
+    // count, so a damaged one is caught either way.
+    let count = usize::from(buf[19]);
+    if count == 0 || count > CHARGES_PER_SETTLE_MAX || count > charges_per_slot(buf.len()) {
+        return Err(format!("{count} charges"));
+    }
     let crc = u32::from_le_bytes(buf[crc_offset..].try_into().expect("4 bytes"));
-    if crc != crc32c::crc32c(&buf[..crc_offset]) {
+    if crc != crc32c::crc32c(&buf[..checked_bytes(buf.len(), count)]) {
         return Err("checksum mismatch".into());
     }
     let written_for = u64::from_le_bytes(buf[24..32].try_into().expect("8 bytes"));
@@ -469,10 +493,6 @@ fn decode_slot(buf: &[u8], pos: u64) -> Result<SettleRecord, String> {
         return Err(format!(
             "holds position {written_for} (a stale slot, not yet written for this lap)"
         ));
-    }
-    let count = usize::from(buf[19]);
-    if count == 0 || count > CHARGES_PER_SETTLE_MAX || count > charges_per_slot(buf.len()) {
-        return Err(format!("{count} charges"));
     }
     let estimated = match buf[18] {
         0 => false,
@@ -551,7 +571,7 @@ impl RingProducer {
         }
         let mut buf = [0u8; SLOT_BYTES];
         let buf = &mut buf[..self.ring.slot_bytes];
-        encode_slot(
+        let used = encode_slot(
             buf,
             self.head,
             &SettleRecord {
@@ -562,9 +582,13 @@ impl RingProducer {
             },
         );
         // SAFETY: slot `head` is outside [tail, head): the consumer does not
-        // read it until the release store below publishes it.
+        // read it until the release store below publishes it. What the slot
+        // holds and its checksum are copied; the bytes between are not read.
+        let crc_offset = buf.len() - 4;
         unsafe {
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.ring.slot_ptr(self.head), buf.len())
+            let slot = self.ring.slot_ptr(self.head);
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), slot, used);
+            std::ptr::copy_nonoverlapping(buf[crc_offset..].as_ptr(), slot.add(crc_offset), 4);
         };
         self.head += 1;
         self.ring.head().store(self.head, Ordering::Release);
@@ -703,7 +727,7 @@ mod tests {
             charges,
         };
         let mut buf = [0u8; SLOT_BYTES];
-        encode_slot(&mut buf, 42, &rec);
+        let _ = encode_slot(&mut buf, 42, &rec);
         assert_eq!(decode_slot(&buf, 42), Ok(rec));
         assert!(decode_slot(&buf, 42 + 16).unwrap_err().contains("stale"));
         let mut bad = buf;
@@ -737,7 +761,7 @@ mod tests {
         bytes[0..24].copy_from_slice(&h);
         for (i, rec) in pending.iter().enumerate() {
             let o = HEADER_BYTES + i * LEGACY_SLOT_BYTES;
-            encode_slot(&mut bytes[o..o + LEGACY_SLOT_BYTES], i as u64, rec);
+            let _ = encode_slot(&mut bytes[o..o + LEGACY_SLOT_BYTES], i as u64, rec);
         }
         bytes[HEAD_OFFSET..HEAD_OFFSET + 8].copy_from_slice(&(pending.len() as u64).to_le_bytes());
         std::fs::write(dir.join(ring_file_name(worker)), bytes).unwrap();
@@ -794,8 +818,21 @@ mod tests {
             estimated: false,
             charges: charges(CHARGES_PER_SETTLE_MAX),
         };
-        let mut buf = [0u8; SLOT_BYTES];
-        encode_slot(&mut buf, 5, &rec);
+        let mut buf = [0xa5u8; SLOT_BYTES];
+        let used = encode_slot(&mut buf, 5, &rec);
+        assert_eq!(used, CHARGES_OFFSET + CHARGES_PER_SETTLE_MAX * CHARGE_BYTES);
         assert_eq!(decode_slot(&buf, 5), Ok(rec));
+        // A settle of 2 charges over it: what a later lap leaves past them
+        // is not read, and a damaged count is caught by the checksum.
+        let small = SettleRecord {
+            charges: charges(2),
+            ..rec
+        };
+        let used = encode_slot(&mut buf, 6, &small);
+        assert_eq!(used, CHARGES_OFFSET + 2 * CHARGE_BYTES);
+        assert_eq!(decode_slot(&buf, 6), Ok(small));
+        let mut bad = buf;
+        bad[19] = 3;
+        assert!(decode_slot(&bad, 6).unwrap_err().contains("checksum"));
     }
 }

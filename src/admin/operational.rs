@@ -9,11 +9,13 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::alerts::operational::{Observed, Sampler, DEBUG_SAMPLE_INTERVAL_ENV, SAMPLE_INTERVAL};
+#[cfg(debug_assertions)]
+use crate::alerts::operational::DEBUG_SAMPLE_INTERVAL_ENV;
+use crate::alerts::operational::{Observed, Sampler, SAMPLE_INTERVAL};
 use crate::alerts::rules::Rule;
 
 /// The interval the sampler runs at: [`SAMPLE_INTERVAL`], or in debug builds
-/// [`DEBUG_SAMPLE_INTERVAL_ENV`].
+/// `BURSAR_DEBUG_OPERATIONAL_INTERVAL_MS`.
 pub fn sample_interval() -> Duration {
     #[cfg(debug_assertions)]
     if let Some(ms) = std::env::var(DEBUG_SAMPLE_INTERVAL_ENV)

@@ -1,5 +1,6 @@
-//! Governance at run time: the admin API's changes to customers, teams and
-//! virtual keys, persisted in the state directory, merged with the file.
+//! Governance at run time: the admin API's changes to customers, teams,
+//! virtual keys, provider budgets, budgets on models and tag values, and
+//! alerts, persisted in the state directory, merged with the file.
 //!
 //! # Who wins, the file or the API
 //!
@@ -14,6 +15,14 @@
 //! definition that shadows the file reverts the entity to the file's
 //! definition; `DELETE` of an entity only the file defines is refused (409):
 //! edit the file and reload.
+//!
+//! Budgets on a model (`[[model_budgets]]`) and on a tag value
+//! (`[[tag_budgets]]`) are kept by model and by `key=value` the same way,
+//! with one difference: `DELETE` of a budget only the file defines is
+//! recorded (a `null` in the overlay), so it stays deleted, across reloads
+//! and restarts, until that record is removed (a second `DELETE`, which
+//! returns to the file's budget). They show `"source"`, `"overrides_file"`
+//! and `"deleted"`.
 //!
 //! # Applying a change
 //!
@@ -39,7 +48,10 @@ use serde::{Deserialize, Serialize};
 use crate::books::thread::BooksHandle;
 use crate::books::{EntityIds, EntityRegistry};
 use crate::catalog::CatalogHandle;
-use crate::config::file::{BudgetSection, CustomerSection, FileConfig, KeySection, TeamSection};
+use crate::config::file::{
+    BudgetSection, CustomerSection, FileConfig, KeySection, ModelBudgetSection, TagBudgetSection,
+    TeamSection,
+};
 use crate::config::{Config, ConfigError};
 use crate::ledger::{Command, EntityKind, Reply};
 
@@ -70,6 +82,16 @@ pub struct Overlay {
     /// `[[alerts.rules]]` defined through the API, by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub alert_rules: BTreeMap<String, crate::alerts::rules::RuleSection>,
+    /// `[[model_budgets]]` defined through the API, by model. `Some` wins
+    /// over the file's budget on that model (or adds one); `None` records
+    /// the deletion of the file's, which stays deleted until this entry is
+    /// removed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_budgets: BTreeMap<String, Option<BudgetSection>>,
+    /// `[[tag_budgets]]` defined through the API, by `key=value`, as
+    /// `model_budgets` is.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tag_budgets: BTreeMap<String, Option<BudgetSection>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +172,8 @@ impl Overlay {
             && self.provider_budgets.is_empty()
             && self.alert_channels.is_empty()
             && self.alert_rules.is_empty()
+            && self.model_budgets.is_empty()
+            && self.tag_budgets.is_empty()
     }
 
     /// The file's definitions with this overlay's replacing (by name) or
@@ -166,6 +190,18 @@ impl Overlay {
                 p.budget = b.clone();
             }
         }
+        merge_budgets(
+            &mut out.model_budgets,
+            &self.model_budgets,
+            |m| &m.model,
+            |model, budget| ModelBudgetSection { model, budget },
+        );
+        merge_budgets(
+            &mut out.tag_budgets,
+            &self.tag_budgets,
+            |t| &t.tag,
+            |tag, budget| TagBudgetSection { tag, budget },
+        );
         out
     }
 
@@ -192,7 +228,41 @@ impl Overlay {
                 out.push((EntityKind::Provider, p.name.clone()));
             }
         }
+        for m in &file.model_budgets {
+            if self.model_budgets.contains_key(&m.model) {
+                out.push((EntityKind::Model, m.model.clone()));
+            }
+        }
+        for t in &file.tag_budgets {
+            if self.tag_budgets.contains_key(&t.tag) {
+                out.push((EntityKind::Tag, t.tag.clone()));
+            }
+        }
         out
+    }
+}
+
+/// Applies the overlay's budgets on one dimension (model or tag) to the
+/// file's list: `Some` replaces the file's entry of that name or is added,
+/// `None` removes the file's.
+fn merge_budgets<T>(
+    list: &mut Vec<T>,
+    overlay: &BTreeMap<String, Option<BudgetSection>>,
+    name: impl Fn(&T) -> &String,
+    make: impl Fn(String, BudgetSection) -> T,
+) {
+    list.retain(|i| !matches!(overlay.get(name(i)), Some(None)));
+    for item in list.iter_mut() {
+        if let Some(Some(b)) = overlay.get(name(item)) {
+            *item = make(name(item).clone(), b.clone());
+        }
+    }
+    for (n, b) in overlay {
+        if let Some(b) = b {
+            if !list.iter().any(|i| name(i) == n) {
+                list.push(make(n.clone(), b.clone()));
+            }
+        }
     }
 }
 
@@ -249,6 +319,19 @@ pub fn effective(
 
 fn log_shadowed(overlay: &Overlay, file: &FileConfig) {
     for (kind, name) in overlay.shadowed(file) {
+        let deleted = match kind {
+            EntityKind::Model => overlay.model_budgets.get(&name),
+            EntityKind::Tag => overlay.tag_budgets.get(&name),
+            _ => None,
+        };
+        if matches!(deleted, Some(None)) {
+            log::warn!(
+                "{} {name:?}: the config file's budget is deleted by the admin API (in {OVERLAY_FILE}); \
+                 DELETE it through the admin API again to return to the file's",
+                crate::books::registry::kind_str(kind)
+            );
+            continue;
+        }
         log::warn!(
             "{} {name:?}: the admin API's definition (in {OVERLAY_FILE}) wins over the config file's; \
              DELETE it through the admin API to return to the file's",

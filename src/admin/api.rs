@@ -13,6 +13,25 @@
 //!   `{"budget": {...} | null}`, and reset / top-up: providers are defined in
 //!   the file (they hold credentials, never shown); their budgets change here.
 //!
+//! Budgets on other dimensions (`<model>` may hold `/`: the segments after
+//! the prefix are joined with `/`, then percent-decoded, so
+//! `meta-llama/Llama-3` and `meta-llama%2FLlama-3` name the same model; a
+//! tag is `<key>=<value>`, percent-decoded):
+//!
+//! - `GET /admin/spend/models/<model>` (kind `model`),
+//!   `GET /admin/spend/tags/<key>=<value>` (kind `tag`),
+//!   `GET /admin/spend/<kind>/<name>/models/<model>` (kinds `key_model`,
+//!   `team_model`, `customer_model`; named `<name>/<model>`): spend views as
+//!   above; a budget the config in force does not have is a 404.
+//! - `GET /admin/model_budgets[/<model>]`, `PUT /admin/model_budgets/<model>`
+//!   `{"budget": {...}}` (create or replace), `DELETE
+//!   /admin/model_budgets/<model>`, `POST /admin/model_budgets/<model>/reset`
+//!   and `/top-up`; the same under `/admin/tag_budgets/<key>=<value>`
+//!   (see [`super::budgets_api`] for who wins, the file or the API).
+//! - `POST /admin/<kind>/<name>/models/<model>/reset` and `/top-up`: a
+//!   customer's, team's or key's budget on a model (set in its
+//!   `model_budgets` list, which the entity routes above read and write).
+//!
 //! - `GET /admin/logs` (the request log, filtered and paged),
 //!   `GET /admin/spend/totals` and `GET /admin/spend/series` (spend over the
 //!   request log, grouped and bucketed; `team=` / `customer=` sum only that
@@ -35,6 +54,7 @@
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
+use super::budgets_api::Dimension;
 use super::{ChangeError, Governance, LogQueryError, Overlay};
 use crate::budget::period::{DAY_MS, TIME_MS_MAX, TIME_MS_MIN};
 use crate::config::file::{BudgetSection, CustomerSection, FileConfig, KeySection, TeamSection};
@@ -71,7 +91,7 @@ pub struct AdminRequest<'a> {
 pub type AdminResponse = (u16, Vec<u8>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Customers,
     Teams,
     Keys,
@@ -136,18 +156,41 @@ pub async fn handle(gov: &Governance, req: &AdminRequest<'_>) -> Result<AdminRes
         (Method::Get, ["logs"]) => logs(gov, req.query).await,
         (Method::Get, ["spend", "series"]) => series(gov, req.query, true).await,
         (Method::Get, ["spend", "totals"]) => series(gov, req.query, false).await,
+        (Method::Get, ["spend", "models", model @ ..]) if !model.is_empty() => {
+            spend(gov, &Target::Model(path_name(model)?))
+        }
+        (Method::Get, ["spend", "tags", tag @ ..]) if !tag.is_empty() => {
+            spend(gov, &Target::Tag(path_name(tag)?))
+        }
+        (Method::Get, ["spend", kind, owner, "models", model @ ..]) if !model.is_empty() => {
+            let kind = Kind::parse(kind)
+                .filter(|k| *k != Kind::Providers)
+                .ok_or_else(unknown)?;
+            let target = Target::OwnerModel(kind, (*owner).to_string(), path_name(model)?);
+            spend(gov, &target)
+        }
         (Method::Get, ["spend", kind, name]) => {
             let kind = Kind::parse(kind).ok_or_else(unknown)?;
-            spend(gov, kind, name)
+            spend(gov, &Target::Entity(kind, (*name).to_string()))
+        }
+        (method, ["model_budgets", rest @ ..]) => {
+            super::budgets_api::handle(gov, Dimension::Model, method, req.path, rest, req.body)
+        }
+        (method, ["tag_budgets", rest @ ..]) => {
+            super::budgets_api::handle(gov, Dimension::Tag, method, req.path, rest, req.body)
         }
         (method, ["providers", rest @ ..]) => match (method, rest) {
             (Method::Get, []) => list_providers(gov),
             (Method::Get, [name]) => get_provider(gov, name),
             (Method::Patch, [name]) => patch_provider(gov, name, req.body),
-            (Method::Post, [name, "reset"]) => reset(gov, Kind::Providers, name),
-            (Method::Post, [name, "top-up" | "topup"]) => {
-                top_up(gov, Kind::Providers, name, req.body)
+            (Method::Post, [name, "reset"]) => {
+                reset(gov, &Target::Entity(Kind::Providers, (*name).to_string()))
             }
+            (Method::Post, [name, "top-up" | "topup"]) => top_up(
+                gov,
+                &Target::Entity(Kind::Providers, (*name).to_string()),
+                req.body,
+            ),
             (_, [] | [_] | [_, "reset" | "top-up" | "topup"]) => {
                 Err(ApiError::method_not_allowed(format!(
                     "method not allowed for {} (providers are defined in the config file)",
@@ -160,17 +203,38 @@ pub async fn handle(gov: &Governance, req: &AdminRequest<'_>) -> Result<AdminRes
             let kind = Kind::parse(kind)
                 .filter(|k| *k != Kind::Providers)
                 .ok_or_else(unknown)?;
+            let entity = |name: &str| Target::Entity(kind, name.to_string());
             match (method, rest) {
                 (Method::Get, []) => list(gov, kind),
                 (Method::Post, []) => create(gov, kind, req.body),
                 (Method::Get, [name]) => get(gov, kind, name),
                 (Method::Patch, [name]) => patch(gov, kind, name, req.body),
                 (Method::Delete, [name]) => delete(gov, kind, name),
-                (Method::Post, [name, "reset"]) => reset(gov, kind, name),
-                (Method::Post, [name, "top-up" | "topup"]) => top_up(gov, kind, name, req.body),
+                (Method::Post, [name, "reset"]) => reset(gov, &entity(name)),
+                (Method::Post, [name, "top-up" | "topup"]) => top_up(gov, &entity(name), req.body),
+                // The owner's budget on a model (set in its `model_budgets`).
+                (
+                    Method::Post,
+                    [owner, "models", model @ .., action @ ("reset" | "top-up" | "topup")],
+                ) if !model.is_empty() => {
+                    let target = Target::OwnerModel(kind, (*owner).to_string(), path_name(model)?);
+                    if *action == "reset" {
+                        reset(gov, &target)
+                    } else {
+                        top_up(gov, &target, req.body)
+                    }
+                }
                 (_, [] | [_] | [_, "reset" | "top-up" | "topup"]) => Err(
                     ApiError::method_not_allowed(format!("method not allowed for {}", req.path)),
                 ),
+                (_, [_, "models", model @ .., "reset" | "top-up" | "topup"])
+                    if !model.is_empty() =>
+                {
+                    Err(ApiError::method_not_allowed(format!(
+                        "method not allowed for {} (POST)",
+                        req.path
+                    )))
+                }
                 _ => Err(unknown()),
             }
         }
@@ -478,26 +542,106 @@ fn delete(gov: &Governance, kind: Kind, name: &str) -> Result<AdminResponse, Api
     )
 }
 
-fn entity_id(
-    gov: &Governance,
-    kind: Kind,
-    name: &str,
-) -> Result<crate::ledger::EntityId, ApiError> {
-    let exists = gov.read(|_, _, config| match kind {
-        Kind::Customers => config.customers.iter().any(|c| c.name == name),
-        Kind::Teams => config.teams.iter().any(|t| t.name == name),
-        Kind::Keys => config.keys.iter().any(|k| k.name == name),
-        Kind::Providers => config.providers.iter().any(|p| p.name == name),
-    });
-    let id = gov
-        .entities
+/// What a spend view, a reset or a top-up names: a customer, team, key or
+/// provider; a gateway-wide budget on a model; a budget on a tag value; or a
+/// customer's, team's or key's budget on a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Target {
+    Entity(Kind, String),
+    /// `[[model_budgets]]`, by model.
+    Model(String),
+    /// `[[tag_budgets]]`, by `key=value`.
+    Tag(String),
+    /// An owner's (`Customers`, `Teams` or `Keys`) budget on a model.
+    OwnerModel(Kind, String, String),
+}
+
+impl Target {
+    fn entity_kind(&self) -> EntityKind {
+        match self {
+            Target::Entity(kind, _) => kind.entity_kind(),
+            Target::Model(_) => EntityKind::Model,
+            Target::Tag(_) => EntityKind::Tag,
+            Target::OwnerModel(Kind::Customers, ..) => EntityKind::CustomerModel,
+            Target::OwnerModel(Kind::Teams, ..) => EntityKind::TeamModel,
+            Target::OwnerModel(Kind::Keys | Kind::Providers, ..) => EntityKind::KeyModel,
+        }
+    }
+
+    /// Its name in the books and in the spend view.
+    fn books_name(&self) -> String {
+        match self {
+            Target::Entity(_, name) | Target::Model(name) | Target::Tag(name) => name.clone(),
+            Target::OwnerModel(_, owner, model) => {
+                crate::config::dimensions::owner_model_name(owner, model)
+            }
+        }
+    }
+
+    /// Whether the config in force has it (with a budget, for the budgets
+    /// on models and tags).
+    pub(super) fn exists(&self, config: &crate::config::Config) -> bool {
+        fn on(budgets: &[crate::config::dimensions::ModelBudget], model: &str) -> bool {
+            budgets.iter().any(|b| b.model == model)
+        }
+        match self {
+            Target::Entity(kind, name) => match kind {
+                Kind::Customers => config.customers.iter().any(|c| c.name == *name),
+                Kind::Teams => config.teams.iter().any(|t| t.name == *name),
+                Kind::Keys => config.keys.iter().any(|k| k.name == *name),
+                Kind::Providers => config.providers.iter().any(|p| p.name == *name),
+            },
+            Target::Model(model) => on(&config.model_budgets, model),
+            Target::Tag(tag) => config.tag_budgets.iter().any(|t| t.name() == *tag),
+            Target::OwnerModel(kind, owner, model) => match kind {
+                Kind::Customers => config
+                    .customers
+                    .iter()
+                    .any(|c| c.name == *owner && on(&c.model_budgets, model)),
+                Kind::Teams => config
+                    .teams
+                    .iter()
+                    .any(|t| t.name == *owner && on(&t.model_budgets, model)),
+                Kind::Keys => config
+                    .keys
+                    .iter()
+                    .any(|k| k.name == *owner && on(&k.model_budgets, model)),
+                Kind::Providers => false,
+            },
+        }
+    }
+
+    fn not_found(&self) -> ApiError {
+        match self {
+            Target::Entity(kind, name) => not_found(*kind, name),
+            Target::Model(model) => {
+                ApiError::not_found("not_found", format!("no budget on model {model:?}"))
+            }
+            Target::Tag(tag) => {
+                ApiError::not_found("not_found", format!("no budget on tag {tag:?}"))
+            }
+            Target::OwnerModel(kind, owner, model) => ApiError::not_found(
+                "not_found",
+                format!(
+                    "no {} named {owner:?} with a budget on model {model:?}",
+                    kind.singular()
+                ),
+            ),
+        }
+    }
+}
+
+/// The ledger id of `target`, if the config in force has it.
+fn entity_id(gov: &Governance, target: &Target) -> Result<crate::ledger::EntityId, ApiError> {
+    let exists = gov.read(|_, _, config| target.exists(config));
+    if !exists {
+        return Err(target.not_found());
+    }
+    gov.entities
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .lookup(kind.entity_kind(), name);
-    match (exists, id) {
-        (true, Some(id)) => Ok(id),
-        _ => Err(not_found(kind, name)),
-    }
+        .lookup(target.entity_kind(), &target.books_name())
+        .ok_or_else(|| target.not_found())
 }
 
 /// A provider as shown: never its credentials.
@@ -569,25 +713,27 @@ fn ledger_error(e: crate::books::thread::BooksError) -> ApiError {
     ApiError::service_unavailable(format!("the ledger is unavailable: {e}"))
 }
 
-fn reset(gov: &Governance, kind: Kind, name: &str) -> Result<AdminResponse, ApiError> {
-    let id = entity_id(gov, kind, name)?;
+/// Starts the budget's spend over now; answers the spend view after.
+pub(super) fn reset(gov: &Governance, target: &Target) -> Result<AdminResponse, ApiError> {
+    let id = entity_id(gov, target)?;
     match gov
         .books
         .apply(Command::Reset { entity: id })
         .map_err(ledger_error)?
     {
         Reply::Rejected(e) => Err(ApiError::bad_request("invalid_value", e.to_string())),
-        _ => spend(gov, kind, name),
+        _ => spend(gov, target),
     }
 }
 
-fn top_up(
+/// Adds `{"amount_usd": "5"}` to a prepaid budget; answers the spend view
+/// after.
+pub(super) fn top_up(
     gov: &Governance,
-    kind: Kind,
-    name: &str,
+    target: &Target,
     body: &[u8],
 ) -> Result<AdminResponse, ApiError> {
-    let id = entity_id(gov, kind, name)?;
+    let id = entity_id(gov, target)?;
     let obj = parse_object(body)?;
     let amount = obj
         .get("amount_usd")
@@ -605,7 +751,7 @@ fn top_up(
         .map_err(ledger_error)?
     {
         Reply::Rejected(e) => Err(ApiError::bad_request("invalid_value", e.to_string())),
-        _ => spend(gov, kind, name),
+        _ => spend(gov, target),
     }
 }
 
@@ -633,15 +779,45 @@ pub fn spend_json(kind_name: &str, name: &str, v: &EntityView) -> Value {
     })
 }
 
-fn spend(gov: &Governance, kind: Kind, name: &str) -> Result<AdminResponse, ApiError> {
-    let id = entity_id(gov, kind, name)?;
+/// The spend view of `target` (see [`spend_json`]).
+pub(super) fn spend(gov: &Governance, target: &Target) -> Result<AdminResponse, ApiError> {
+    let id = entity_id(gov, target)?;
     let view = gov
         .books
         .view(id)
         .map_err(ledger_error)?
-        .ok_or_else(|| not_found(kind, name))?;
-    let kind_name = crate::books::registry::kind_str(kind.entity_kind());
-    ok(200, &spend_json(kind_name, name, &view))
+        .ok_or_else(|| target.not_found())?;
+    let kind_name = crate::books::registry::kind_str(target.entity_kind());
+    ok(200, &spend_json(kind_name, &target.books_name(), &view))
+}
+
+/// Path segments joined with `/` and percent-decoded: a model name (which
+/// may hold `/`, given as is or as `%2F`) or a tag `key=value`.
+pub(super) fn path_name(segments: &[&str]) -> Result<String, ApiError> {
+    percent_decode(&segments.join("/"))
+}
+
+/// `%XX` escapes decoded; anything else is kept as it is. A `%` not
+/// followed by two hex digits, or bytes that are not UTF-8, are a 400.
+fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let digit = |j: usize| bytes.get(j).and_then(|b| char::from(*b).to_digit(16));
+            let (Some(hi), Some(lo)) = (digit(i + 1), digit(i + 2)) else {
+                return Err(bad(format!("{s:?}: '%' must start an escape like %2F")));
+            };
+            // Two hex digits: at most 0xFF.
+            out.push(u8::try_from(hi * 16 + lo).unwrap_or(u8::MAX));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad(format!("{s:?}: the decoded name is not UTF-8")))
 }
 
 /// The query string's parameters, percent-decoded.

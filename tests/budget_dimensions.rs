@@ -63,19 +63,19 @@ fn outcome(label: &'static str, r: &Response) -> Outcome {
 /// Runs `threads` clients, each sending `per_thread` requests made by
 /// `request(thread, i)` = (label, key, body, extra headers); returns every
 /// outcome.
+/// One request of a client: (label, key, body, extra headers).
+type Request = (
+    &'static str,
+    &'static str,
+    String,
+    Vec<(&'static str, &'static str)>,
+);
+
 fn drive(
     gw: &Gateway,
     threads: usize,
     per_thread: usize,
-    request: fn(
-        usize,
-        usize,
-    ) -> (
-        &'static str,
-        &'static str,
-        String,
-        Vec<(&'static str, &'static str)>,
-    ),
+    request: fn(usize, usize) -> Request,
 ) -> Vec<Outcome> {
     let out = Arc::new(Mutex::new(Vec::new()));
     let addr = gw.addr;
@@ -173,6 +173,38 @@ model_budgets = [ {{ model = "gpt-4o", limit_usd = "{limit}", reset = "1d" }} ]
     assert_eq!(spent(&gw, "teams/search"), big_charged + charged(&mini));
     assert_eq!(counter(&gw, "bursar_budget_overruns_total"), 0);
     assert_eq!(counter(&gw, "bursar_ledger_ring_rejected_total"), 0);
+    // The request log's side: the key's spend on the model, over time.
+    let path = "/admin/spend/series?key=search-prod&model=gpt-4o&group_by=model&bucket=day";
+    let logged = wait_for(|| {
+        let r = admin(&gw, "GET", path);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let sum: i128 = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| pico(p["cost_usd"].as_str().unwrap()))
+            .sum();
+        (sum == big_charged).then_some(v)
+    });
+    assert_eq!(logged["range"]["key"], "search-prod");
+    assert_eq!(logged["range"]["model"], "gpt-4o");
+    assert!(logged["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["group"] == "gpt-4o"));
+}
+
+/// Polls `f` for up to 10 s (the request log is written in batches).
+fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..100 {
+        if let Some(v) = f() {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("not within 10 s");
 }
 
 #[test]

@@ -765,3 +765,31 @@ fn a_success_cut_mid_body_is_charged_its_bound() {
     let bound = CHAT.len() as i128 * 150_000 + 5 * 600_000;
     assert_eq!(spent(&gw, "keys", "search-prod"), bound);
 }
+
+/// A reset comes after every charge a client has seen: a request answered
+/// just before the reset is spend of the period it was made in, never of
+/// the next (the ledger reads the workers' rings before it applies a reset,
+/// a top-up or a budget change).
+#[test]
+fn a_reset_right_after_a_response_starts_the_period_at_zero() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(
+        &governed(&mock.base_url(), r#"{ limit_usd = "10", reset = "1d" }"#, 2),
+        &[],
+    );
+    let mut c = Client::connect(gw.addr);
+    for i in 0..20 {
+        let r = c.post("/v1/chat/completions", "sk-search-prod", CHAT, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let reset = admin(&gw, "POST", "/admin/keys/search-prod/reset", "");
+        assert_eq!(reset.status, 200, "{}", reset.text());
+        assert_eq!(
+            pico(reset.json()["spent_usd"].as_str().unwrap()),
+            0,
+            "round {i}: a charge seen before the reset counted after it"
+        );
+        assert_eq!(spent(&gw, "keys", "search-prod"), 0, "round {i}");
+    }
+    // Nothing was lost: the team, not reset, holds all twenty.
+    assert_eq!(spent(&gw, "teams", "search"), 20 * CHAT_COST_PICO);
+}

@@ -34,8 +34,9 @@
 //!
 //! - `GET /admin/logs` (the request log, filtered and paged),
 //!   `GET /admin/spend/totals` and `GET /admin/spend/series` (spend over the
-//!   request log, grouped and bucketed; `team=` / `customer=` sum only that
-//!   team's or customer's rows; `group_by=tags` groups by every tag as
+//!   request log, grouped and bucketed; `key=` / `team=` / `customer=` /
+//!   `model=` sum only the rows that match (a key's spend on one model over
+//!   time: `key=<name>&model=<model>`); `group_by=tags` groups by every tag as
 //!   `key=value`, a row counting once per tag).
 //!
 //! Query values are checked before anything is computed from them: a time
@@ -1043,17 +1044,25 @@ async fn series(
             .map_or(TIME_MS_MIN, |f| f.max(TIME_MS_MIN)),
     };
     check_range(from, to)?;
-    // Only the rows of one team or customer (a spend report's scope).
+    // Only the rows of one key, team, customer or model (a spend report's
+    // scope; a key's spend on one model: key= and model=).
     let filter = crate::reqlog::SpendFilter {
+        key: param(&params, "key").map(str::to_string),
         team: param(&params, "team").map(str::to_string),
         customer: param(&params, "customer").map(str::to_string),
+        model: param(&params, "model").map(str::to_string),
     };
     let mut range = json!({
         "from": crate::budget::period::format_rfc3339_ms(from),
         "to": crate::budget::period::format_rfc3339_ms(to),
         "group_by": group,
     });
-    for (name, value) in [("team", &filter.team), ("customer", &filter.customer)] {
+    for (name, value) in [
+        ("key", &filter.key),
+        ("team", &filter.team),
+        ("customer", &filter.customer),
+        ("model", &filter.model),
+    ] {
         if let Some(v) = value {
             range[name] = json!(v);
         }

@@ -900,6 +900,15 @@ impl LedgerThread {
         match msg {
             Msg::Command { cmd, reply } => {
                 self.stats.commands.fetch_add(1, Ordering::Relaxed);
+                // An operator's change comes after every charge a client has
+                // seen: a settle published in a ring before a reset counts in
+                // the period it was made in, not the next.
+                if matches!(
+                    cmd,
+                    Command::Reset { .. } | Command::TopUp { .. } | Command::SetBudget { .. }
+                ) {
+                    self.drain_rings()?;
+                }
                 let r = self.apply(now, &cmd)?;
                 match reply {
                     ReplyTo::None => {}

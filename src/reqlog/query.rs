@@ -84,11 +84,15 @@ pub enum GroupBy {
 }
 
 /// Which rows a spend query sums: every set field must match (the spend
-/// reports' scope, `team=` / `customer=` of `GET /admin/spend/totals`).
+/// reports' scope; `key=`, `team=`, `customer=`, `model=` of
+/// `GET /admin/spend/totals` and `/series`: a key's spend on one model over
+/// time is `key=<name>&model=<model>`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpendFilter {
+    pub key: Option<String>,
     pub team: Option<String>,
     pub customer: Option<String>,
+    pub model: Option<String>,
 }
 
 /// The width of a series bucket (UTC; a day is 86,400,000 ms in unix time).
@@ -329,7 +333,12 @@ pub(crate) fn select_spend(
     let from = sql.bind(Param::Int(from_ms));
     let to = sql.bind(Param::Int(to_ms));
     let mut scope = String::new();
-    for (column, value) in [("r.team", &filter.team), ("r.customer", &filter.customer)] {
+    for (column, value) in [
+        ("r.key_name", &filter.key),
+        ("r.team", &filter.team),
+        ("r.customer", &filter.customer),
+        ("r.model", &filter.model),
+    ] {
         if let Some(v) = value {
             let p = sql.bind_text(v);
             scope.push_str(&format!(" AND {column} = {p}"));
@@ -431,7 +440,7 @@ mod tests {
     fn spend_by_every_tag_joins_the_tags_and_a_scope_binds_its_names() {
         let filter = SpendFilter {
             team: Some("search'--".into()),
-            customer: None,
+            ..SpendFilter::default()
         };
         let lite = select_spend(Dialect::Sqlite, &GroupBy::Tags, &filter, None, 0, 10);
         assert!(lite.text.contains(

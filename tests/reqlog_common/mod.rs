@@ -516,7 +516,7 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
     // team's or customer's rows (the spend reports' queries).
     let team = |t: &str| bursar::reqlog::SpendFilter {
         team: Some(t.into()),
-        customer: None,
+        ..Default::default()
     };
     assert_eq!(
         store.spend_totals(&GroupBy::Tags, from, to).unwrap(),
@@ -541,12 +541,31 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
         vec![point(T0 + DAY, "m1", 1, 7, 1, 1)]
     );
     let nobody = bursar::reqlog::SpendFilter {
-        team: None,
         customer: Some("nobody".into()),
+        ..Default::default()
     };
     assert_eq!(
         store
             .spend_totals_where(&GroupBy::Key, &nobody, from, to)
+            .unwrap(),
+        vec![]
+    );
+    // One key's spend on one model (the series behind a key's budget on a
+    // model), and a key that has none.
+    let key_model = |key: &str, model: &str| bursar::reqlog::SpendFilter {
+        key: Some(key.into()),
+        model: Some(model.into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .spend_totals_where(&GroupBy::Model, &key_model("k-1", "m2"), from, to)
+            .unwrap(),
+        vec![total("m2", 2, 2 * BIG, 6, 5)]
+    );
+    assert_eq!(
+        store
+            .spend_totals_where(&GroupBy::Model, &key_model("k-2", "m2"), from, to)
             .unwrap(),
         vec![]
     );

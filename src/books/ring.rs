@@ -454,17 +454,38 @@ fn checked_bytes(slot_bytes: usize, count: usize) -> usize {
 /// Writes `rec` into `buf` (one slot; the caller checked its charges fit)
 /// and returns how many bytes from the start it wrote; the checksum is in
 /// the slot's last four bytes.
+#[cfg(test)]
 fn encode_slot(buf: &mut [u8], pos: u64, rec: &SettleRecord) -> usize {
-    debug_assert!(rec.charges.len() <= charges_per_slot(buf.len()));
+    encode_settle(
+        buf,
+        pos,
+        rec.request_id,
+        rec.worker,
+        rec.estimated,
+        &rec.charges,
+    )
+}
+
+/// Writes a settle from its parts (the worker's push makes no record, so
+/// the charges are not copied first).
+fn encode_settle(
+    buf: &mut [u8],
+    pos: u64,
+    request_id: u128,
+    worker: u16,
+    estimated: bool,
+    charges: &Charges,
+) -> usize {
+    debug_assert!(charges.len() <= charges_per_slot(buf.len()));
     let crc_offset = buf.len() - 4;
-    let used = checked_bytes(buf.len(), rec.charges.len());
+    let used = checked_bytes(buf.len(), charges.len());
     buf[..used].fill(0);
-    buf[0..16].copy_from_slice(&rec.request_id.to_le_bytes());
-    buf[16..18].copy_from_slice(&rec.worker.to_le_bytes());
-    buf[18] = u8::from(rec.estimated);
-    buf[19] = rec.charges.len() as u8;
+    buf[0..16].copy_from_slice(&request_id.to_le_bytes());
+    buf[16..18].copy_from_slice(&worker.to_le_bytes());
+    buf[18] = u8::from(estimated);
+    buf[19] = charges.len() as u8;
     buf[24..32].copy_from_slice(&pos.to_le_bytes());
-    for (i, c) in rec.charges.as_slice().iter().enumerate() {
+    for (i, c) in charges.as_slice().iter().enumerate() {
         let o = CHARGES_OFFSET + i * CHARGE_BYTES;
         buf[o..o + 4].copy_from_slice(&c.entity.0.to_le_bytes());
         buf[o + 4..o + 20].copy_from_slice(&c.amount.picodollars().to_le_bytes());
@@ -569,27 +590,22 @@ impl RingProducer {
                 }));
             }
         }
-        let mut buf = [0u8; SLOT_BYTES];
-        let buf = &mut buf[..self.ring.slot_bytes];
-        let used = encode_slot(
-            buf,
-            self.head,
-            &SettleRecord {
-                request_id,
-                worker: self.ring.worker,
-                estimated,
-                charges: *charges,
-            },
-        );
         // SAFETY: slot `head` is outside [tail, head): the consumer does not
-        // read it until the release store below publishes it. What the slot
-        // holds and its checksum are copied; the bytes between are not read.
-        let crc_offset = buf.len() - 4;
-        unsafe {
-            let slot = self.ring.slot_ptr(self.head);
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), slot, used);
-            std::ptr::copy_nonoverlapping(buf[crc_offset..].as_ptr(), slot.add(crc_offset), 4);
+        // read it until the release store below publishes it, so this is its
+        // only reference meanwhile. The settle is written in place: its
+        // fixed part, its charges and the checksum; the bytes between are
+        // whatever an earlier lap left, and nothing reads them.
+        let slot = unsafe {
+            std::slice::from_raw_parts_mut(self.ring.slot_ptr(self.head), self.ring.slot_bytes)
         };
+        encode_settle(
+            slot,
+            self.head,
+            request_id,
+            self.ring.worker,
+            estimated,
+            charges,
+        );
         self.head += 1;
         self.ring.head().store(self.head, Ordering::Release);
         Ok(self.head - 1)
@@ -644,18 +660,13 @@ impl RingConsumer {
         let head = self.ring.head().load(Ordering::Acquire);
         let mut n = 0;
         while self.read < head && n < max {
-            let mut buf = [0u8; SLOT_BYTES];
-            let buf = &mut buf[..self.ring.slot_bytes];
             // SAFETY: `read` is in [tail, head): the producer published this
-            // slot (acquire above) and will not touch it until we release.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    self.ring.slot_ptr(self.read),
-                    buf.as_mut_ptr(),
-                    buf.len(),
-                )
+            // slot (acquire above) and will not touch it until we release,
+            // so nothing writes it while this shared view lives.
+            let slot = unsafe {
+                std::slice::from_raw_parts(self.ring.slot_ptr(self.read), self.ring.slot_bytes)
             };
-            let rec = decode_slot(buf, self.read).map_err(|reason| RingError::Corrupt {
+            let rec = decode_slot(slot, self.read).map_err(|reason| RingError::Corrupt {
                 path: self.ring.path.clone(),
                 slot: self.read & u64::from(self.ring.slots - 1),
                 pos: self.read,

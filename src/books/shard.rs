@@ -219,9 +219,29 @@ impl LeaseShard {
     /// reservation, consumes the lease at strict levels, and returns the
     /// charges to publish in the worker's ring.
     pub fn settle(&mut self, reservation: Reservation, actual: Money) -> Charges {
-        debug_assert!(!actual.is_negative());
-        let actual = actual.max(Money::ZERO);
         let mut charges = Charges::new();
+        self.settle_into(&reservation, actual, &mut charges);
+        charges
+    }
+
+    /// [`LeaseShard::settle`] into `charges` (empty), and then the tightest
+    /// budget left over the reservation's levels
+    /// ([`LeaseShard::tightest_remaining`]). The worker's path: nothing the
+    /// size of a settle's charges is returned by value.
+    pub fn settle_and_remaining(
+        &mut self,
+        reservation: Reservation,
+        actual: Money,
+        charges: &mut Charges,
+    ) -> Option<Money> {
+        self.settle_into(&reservation, actual, charges);
+        self.tightest_remaining(reservation.levels())
+    }
+
+    fn settle_into(&mut self, reservation: &Reservation, actual: Money, charges: &mut Charges) {
+        debug_assert!(!actual.is_negative());
+        debug_assert!(charges.is_empty());
+        let actual = actual.max(Money::ZERO);
         for &(entity, mode) in reservation.levels() {
             let from_lease = mode == Mode::Strict;
             if from_lease {
@@ -239,7 +259,6 @@ impl LeaseShard {
                 })
                 .expect("levels <= CHARGES_PER_SETTLE_MAX");
         }
-        charges
     }
 
     /// Applies a ledger broadcast. On `Blocked`, returns the `LeaseReturn` to

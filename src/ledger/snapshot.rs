@@ -495,6 +495,34 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_of_entity_keeps_its_kind_through_a_snapshot() {
+        let dir = TestDir::new("snapshot-kinds");
+        let mut s = LedgerState::new(StateConfig {
+            workers: 1,
+            settled_ids_max: 4,
+        })
+        .unwrap();
+        let now = unix_ms(2026, 12, 6, 12, 0, 0);
+        for (i, kind) in EntityKind::ALL.into_iter().enumerate() {
+            s.apply(
+                now,
+                &Command::SetBudget {
+                    entity: EntityId(i as u32),
+                    kind,
+                    budget: Some(Budget::new(Money::from_usd(i as u32 + 1), None)),
+                },
+            );
+        }
+        write_snapshot(dir.path(), &s, false).unwrap();
+        let (_, loaded) = load_newest(dir.path(), s.config()).unwrap().newest.unwrap();
+        assert_eq!(loaded.books(), s.books());
+        for (i, kind) in EntityKind::ALL.into_iter().enumerate() {
+            let view = loaded.view(EntityId(i as u32), now).unwrap();
+            assert_eq!(view.kind, kind);
+        }
+    }
+
+    #[test]
     fn damaged_snapshots_are_rejected_and_the_older_one_used() {
         let dir = TestDir::new("snapshot-damaged");
         let mut s = sample_state();

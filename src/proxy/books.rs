@@ -21,7 +21,7 @@ use crate::books::PushError;
 use crate::budget::Mode;
 use crate::catalog::{Level, Provider, VirtualKey};
 use crate::error::ApiError;
-use crate::ledger::{Command, EntityId, EntityView, Reply};
+use crate::ledger::{Charges, Command, EntityId, EntityView, Reply};
 use crate::money::Money;
 use crate::prices::Price;
 
@@ -150,7 +150,6 @@ pub enum Refusal {
 pub struct Hold<'w> {
     books: &'w WorkerBooks,
     reservation: Option<Reservation>,
-    levels: Levels,
     /// The output tokens the request may generate in all (its cap, as sent
     /// upstream or assumed, times the outputs billed): what hidden reasoning
     /// is charged at when a stream ends without the provider's usage.
@@ -171,10 +170,6 @@ impl Hold<'_> {
     /// Records the output bound the reservation was made for.
     pub fn set_output_tokens_max(&mut self, tokens: u64) {
         self.output_tokens_max = tokens;
-    }
-
-    pub fn levels(&self) -> &Levels {
-        &self.levels
     }
 }
 
@@ -231,7 +226,7 @@ impl WorkerBooks {
 
     /// Reserves `worst` at every strict level of `levels` (soft levels only
     /// check they are not blocked), asking the ledger for lease as needed.
-    pub async fn admit(&self, levels: Levels, worst: Money) -> Result<Hold<'_>, Refusal> {
+    pub async fn admit(&self, levels: &Levels, worst: Money) -> Result<Hold<'_>, Refusal> {
         let mut rounds = 0;
         let mut waited = false;
         loop {
@@ -242,7 +237,6 @@ impl WorkerBooks {
                     return Ok(Hold {
                         books: self,
                         reservation: Some(r),
-                        levels,
                         output_tokens_max: 0,
                     })
                 }
@@ -335,6 +329,10 @@ impl WorkerBooks {
 
     /// Charges `cost` at every level of the hold, durably (the worker's ring)
     /// before returning. Call before the response's last bytes are written.
+    ///
+    /// The common path awaits nothing: the settle goes into the ring at
+    /// once. Only a full ring waits, in a boxed future of its own, so the
+    /// request's future does not carry the charges' room for a rare path.
     pub async fn settle(
         &self,
         mut hold: Hold<'_>,
@@ -348,52 +346,79 @@ impl WorkerBooks {
                 remaining: None,
             };
         };
-        let charges = self.shard.borrow_mut().settle(reservation, cost);
-        let mut waited = Duration::ZERO;
-        loop {
-            let pushed = self
-                .link
-                .borrow_mut()
-                .settle(request_id, estimated, &charges);
-            match pushed {
-                Ok(_) => break,
-                Err(PushError::Full(_)) if waited < RING_FULL_WAIT_MAX => {
-                    monoio::time::sleep(RING_FULL_RETRY).await;
-                    waited += RING_FULL_RETRY;
-                }
-                Err(e) => {
-                    let link = self.link.borrow();
-                    log::error!(
-                        "worker {}: {e} (waited {waited:?}); settling request {request_id:032x} over the command channel",
-                        link.worker
-                    );
-                    let cmd = Command::Settle {
-                        request_id,
-                        worker: link.worker,
-                        estimated,
-                        charges,
-                    };
-                    if let Err(e) = link.tell(cmd) {
-                        log::error!(
-                            "request {request_id:032x}: charge {cost} NOT recorded: {e} ({charges:?})"
-                        );
-                    }
-                    break;
-                }
-            }
+        drop(hold);
+        let (remaining, refused) = self.settle_now(reservation, request_id, cost, estimated);
+        if let Some(refused) = refused {
+            let (e, charges) = *refused;
+            Box::pin(self.settle_when_ring_refuses(e, request_id, estimated, charges)).await;
         }
         Settled {
             charged: cost,
-            remaining: self
-                .shard
-                .borrow()
-                .tightest_remaining(hold.levels.as_slice()),
+            remaining,
         }
     }
 
-    /// The tightest remaining budget over `levels` (for headers).
-    pub fn remaining(&self, levels: &Levels) -> Option<Money> {
-        self.shard.borrow().tightest_remaining(levels.as_slice())
+    /// Settles in the shard and publishes in the ring, synchronously: the
+    /// tightest budget left, and what the ring refused, if it did.
+    #[allow(clippy::type_complexity)]
+    fn settle_now(
+        &self,
+        reservation: Reservation,
+        request_id: u128,
+        cost: Money,
+        estimated: bool,
+    ) -> (Option<Money>, Option<Box<(PushError, Charges)>>) {
+        let mut charges = Charges::new();
+        let remaining =
+            self.shard
+                .borrow_mut()
+                .settle_and_remaining(reservation, cost, &mut charges);
+        let pushed = self
+            .link
+            .borrow_mut()
+            .settle(request_id, estimated, &charges);
+        (remaining, pushed.err().map(|e| Box::new((e, charges))))
+    }
+
+    /// The ring refused a settle: while it is full, retry every
+    /// [`RING_FULL_RETRY`] for up to [`RING_FULL_WAIT_MAX`]; then, or when
+    /// the settle cannot go in a ring (an older build's smaller slots), send
+    /// it over the command channel (journaled all the same, without the
+    /// ring's crash safety).
+    async fn settle_when_ring_refuses(
+        &self,
+        mut refused: PushError,
+        request_id: u128,
+        estimated: bool,
+        charges: Charges,
+    ) {
+        let mut waited = Duration::ZERO;
+        while matches!(refused, PushError::Full(_)) && waited < RING_FULL_WAIT_MAX {
+            monoio::time::sleep(RING_FULL_RETRY).await;
+            waited += RING_FULL_RETRY;
+            match self
+                .link
+                .borrow_mut()
+                .settle(request_id, estimated, &charges)
+            {
+                Ok(_) => return,
+                Err(e) => refused = e,
+            }
+        }
+        let link = self.link.borrow();
+        log::error!(
+            "worker {}: {refused} (waited {waited:?}); settling request {request_id:032x} over the command channel",
+            link.worker
+        );
+        let cmd = Command::Settle {
+            request_id,
+            worker: link.worker,
+            estimated,
+            charges,
+        };
+        if let Err(e) = link.tell(cmd) {
+            log::error!("request {request_id:032x}: charges NOT recorded: {e} ({charges:?})");
+        }
     }
 }
 

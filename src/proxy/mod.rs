@@ -687,7 +687,7 @@ async fn admit_budget<'w>(
                 .ok_or_else(uncappable)?,
         );
     }
-    let refusal = match w.books.admit(levels, worst).await {
+    let refusal = match w.books.admit(&levels, worst).await {
         Ok(mut hold) => {
             hold.set_output_tokens_max(cap.saturating_mul(outputs));
             return Ok(Admitted {
@@ -707,7 +707,7 @@ async fn admit_budget<'w>(
                     .checked_mul(outputs)
                     .and_then(|out| p.worst_case(input, out))
                     .unwrap_or(worst);
-                match w.books.admit(levels, lower_worst).await {
+                match w.books.admit(&levels, lower_worst).await {
                     Ok(mut hold) => {
                         let body = rewrite::with_output_cap(
                             body,

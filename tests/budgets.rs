@@ -290,45 +290,16 @@ fn sigkill_under_load_loses_no_charge_a_client_saw() {
         &[],
     );
     let threads = 16;
-    let seen = Arc::new(Mutex::new(0i128));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let addr = gw.addr;
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let seen = Arc::clone(&seen);
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                let body = if t % 2 == 0 { CHAT } else { CHAT_STREAM };
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    c.send_raw(&util::format_request(
-                        "POST",
-                        "/v1/chat/completions",
-                        &[
-                            ("authorization", "Bearer sk-search-prod"),
-                            ("content-type", "application/json"),
-                        ],
-                        body.as_bytes(),
-                    ));
-                    // A response cut by the kill reads as None: not seen.
-                    match c.read_response() {
-                        Some(r) if r.status == 200 => match r.cost_usd() {
-                            Some(cost) => *seen.lock().unwrap() += pico(cost),
-                            None => break,
-                        },
-                        _ => break,
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = util::LoadUntilCut::start(gw.addr, threads, "sk-search-prod", &[], |t| {
+        if t % 2 == 0 {
+            CHAT
+        } else {
+            CHAT_STREAM
+        }
+    });
     std::thread::sleep(Duration::from_millis(1500));
     let gw = gw.kill_and_restart(&[]);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for h in handles {
-        h.join().unwrap();
-    }
-    let seen = *seen.lock().unwrap();
+    let seen = load.stop();
     assert!(seen > 100 * CHAT_COST_PICO, "too little load: {seen}");
     let booked = spent(&gw, "keys", "search-prod");
     assert!(

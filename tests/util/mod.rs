@@ -555,3 +555,68 @@ pub fn counter(gw: &Gateway, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
+
+/// Clients that send chat requests as fast as they can until told to stop,
+/// each adding up the cost of every 200 it read in full: what clients saw
+/// when a kill cuts the gateway down under load. A response cut by the
+/// kill (or any other) ends that client.
+pub struct LoadUntilCut {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<i128>>,
+}
+
+impl LoadUntilCut {
+    /// `threads` clients on `addr` with `key`; client `t` sends `body(t)`
+    /// with `headers`.
+    pub fn start(
+        addr: SocketAddr,
+        threads: usize,
+        key: &str,
+        headers: &[(&str, &str)],
+        body: fn(usize) -> &'static str,
+    ) -> LoadUntilCut {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let auth = format!("Bearer {key}");
+        let mut all: Vec<(String, String)> = vec![
+            ("authorization".into(), auth),
+            ("content-type".into(), "application/json".into()),
+        ];
+        all.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let clients = (0..threads)
+            .map(|t| {
+                let stop = std::sync::Arc::clone(&stop);
+                let all = all.clone();
+                std::thread::spawn(move || {
+                    let headers: Vec<(&str, &str)> =
+                        all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    let request = format_request(
+                        "POST",
+                        "/v1/chat/completions",
+                        &headers,
+                        body(t).as_bytes(),
+                    );
+                    let mut c = Client::connect(addr);
+                    let mut seen = 0i128;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        c.send_raw(&request);
+                        match c.read_response() {
+                            Some(r) if r.status == 200 => match r.cost_usd() {
+                                Some(cost) => seen += pico(cost),
+                                None => break,
+                            },
+                            _ => break,
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        LoadUntilCut { stop, clients }
+    }
+
+    /// Stops the clients; the sum of the costs they saw.
+    pub fn stop(self) -> i128 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.clients.into_iter().map(|h| h.join().unwrap()).sum()
+    }
+}

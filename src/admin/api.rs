@@ -56,13 +56,14 @@ use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
 use super::budgets_api::Dimension;
+use super::targets::{
+    bad, not_found, ok, parse_object, path_name, reset, spend, top_up, AdminResponse, Kind, Target,
+};
 use super::{ChangeError, Governance, LogQueryError, Overlay};
 use crate::budget::period::{DAY_MS, TIME_MS_MAX, TIME_MS_MIN};
 use crate::config::file::{BudgetSection, CustomerSection, FileConfig, KeySection, TeamSection};
 use crate::error::ApiError;
 use crate::http::Method;
-use crate::ledger::{Command, EntityKind, EntityView, Reply};
-use crate::money::Money;
 use crate::reqlog::{LOG_QUERY_LIMIT_MAX, LOG_SERIES_POINTS_MAX};
 
 /// Bytes of a generated virtual key's random part (hex-encoded: twice that).
@@ -86,58 +87,6 @@ pub struct AdminRequest<'a> {
     pub query: Option<&'a str>,
     pub authorization: Option<&'a [u8]>,
     pub body: &'a [u8],
-}
-
-/// An answer: status and JSON body.
-pub type AdminResponse = (u16, Vec<u8>);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
-    Customers,
-    Teams,
-    Keys,
-    Providers,
-}
-
-impl Kind {
-    fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "customers" => Some(Kind::Customers),
-            "teams" => Some(Kind::Teams),
-            "keys" | "virtual_keys" => Some(Kind::Keys),
-            "providers" => Some(Kind::Providers),
-            _ => None,
-        }
-    }
-
-    fn entity_kind(self) -> EntityKind {
-        match self {
-            Kind::Customers => EntityKind::Customer,
-            Kind::Teams => EntityKind::Team,
-            Kind::Keys => EntityKind::Key,
-            Kind::Providers => EntityKind::Provider,
-        }
-    }
-
-    fn singular(self) -> &'static str {
-        match self {
-            Kind::Customers => "customer",
-            Kind::Teams => "team",
-            Kind::Keys => "virtual key",
-            Kind::Providers => "provider",
-        }
-    }
-}
-
-impl From<ChangeError> for ApiError {
-    fn from(e: ChangeError) -> ApiError {
-        match e {
-            ChangeError::Invalid(m) => ApiError::bad_request("invalid_value", m),
-            ChangeError::Conflict(m) => ApiError::conflict(m),
-            ChangeError::NotFound(m) => ApiError::not_found("not_found", m),
-            ChangeError::Internal(m) => ApiError::internal(m),
-        }
-    }
 }
 
 /// Answers one admin request. Request log queries are awaited from the query
@@ -267,24 +216,6 @@ fn authorize(gov: &Governance, presented: Option<&[u8]>) -> Result<(), ApiError>
         Ok(())
     } else {
         Err(ApiError::unauthorized("incorrect admin token"))
-    }
-}
-
-fn ok(status: u16, v: &Value) -> Result<AdminResponse, ApiError> {
-    Ok((status, serde_json::to_vec(v).unwrap_or_default()))
-}
-
-fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::bad_request(
-            "invalid_request_body",
-            "the body must be a JSON object",
-        )),
-        Err(e) => Err(ApiError::bad_request(
-            "invalid_request_body",
-            format!("the body is not valid JSON: {e}"),
-        )),
     }
 }
 
@@ -429,13 +360,6 @@ fn get(gov: &Governance, kind: Kind, name: &str) -> Result<AdminResponse, ApiErr
     }
 }
 
-fn not_found(kind: Kind, name: &str) -> ApiError {
-    ApiError::not_found(
-        "not_found",
-        format!("no {} named {name:?}", kind.singular()),
-    )
-}
-
 fn random_key() -> Result<String, ApiError> {
     use std::io::Read;
     let mut bytes = [0u8; GENERATED_KEY_RANDOM_BYTES];
@@ -542,109 +466,6 @@ fn delete(gov: &Governance, kind: Kind, name: &str) -> Result<AdminResponse, Api
         }),
     )
 }
-
-/// What a spend view, a reset or a top-up names: a customer, team, key or
-/// provider; a gateway-wide budget on a model; a budget on a tag value; or a
-/// customer's, team's or key's budget on a model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Target {
-    Entity(Kind, String),
-    /// `[[model_budgets]]`, by model.
-    Model(String),
-    /// `[[tag_budgets]]`, by `key=value`.
-    Tag(String),
-    /// An owner's (`Customers`, `Teams` or `Keys`) budget on a model.
-    OwnerModel(Kind, String, String),
-}
-
-impl Target {
-    fn entity_kind(&self) -> EntityKind {
-        match self {
-            Target::Entity(kind, _) => kind.entity_kind(),
-            Target::Model(_) => EntityKind::Model,
-            Target::Tag(_) => EntityKind::Tag,
-            Target::OwnerModel(Kind::Customers, ..) => EntityKind::CustomerModel,
-            Target::OwnerModel(Kind::Teams, ..) => EntityKind::TeamModel,
-            Target::OwnerModel(Kind::Keys | Kind::Providers, ..) => EntityKind::KeyModel,
-        }
-    }
-
-    /// Its name in the books and in the spend view.
-    fn books_name(&self) -> String {
-        match self {
-            Target::Entity(_, name) | Target::Model(name) | Target::Tag(name) => name.clone(),
-            Target::OwnerModel(_, owner, model) => {
-                crate::config::dimensions::owner_model_name(owner, model)
-            }
-        }
-    }
-
-    /// Whether the config in force has it (with a budget, for the budgets
-    /// on models and tags).
-    pub(super) fn exists(&self, config: &crate::config::Config) -> bool {
-        fn on(budgets: &[crate::config::dimensions::ModelBudget], model: &str) -> bool {
-            budgets.iter().any(|b| b.model == model)
-        }
-        match self {
-            Target::Entity(kind, name) => match kind {
-                Kind::Customers => config.customers.iter().any(|c| c.name == *name),
-                Kind::Teams => config.teams.iter().any(|t| t.name == *name),
-                Kind::Keys => config.keys.iter().any(|k| k.name == *name),
-                Kind::Providers => config.providers.iter().any(|p| p.name == *name),
-            },
-            Target::Model(model) => on(&config.model_budgets, model),
-            Target::Tag(tag) => config.tag_budgets.iter().any(|t| t.name() == *tag),
-            Target::OwnerModel(kind, owner, model) => match kind {
-                Kind::Customers => config
-                    .customers
-                    .iter()
-                    .any(|c| c.name == *owner && on(&c.model_budgets, model)),
-                Kind::Teams => config
-                    .teams
-                    .iter()
-                    .any(|t| t.name == *owner && on(&t.model_budgets, model)),
-                Kind::Keys => config
-                    .keys
-                    .iter()
-                    .any(|k| k.name == *owner && on(&k.model_budgets, model)),
-                Kind::Providers => false,
-            },
-        }
-    }
-
-    fn not_found(&self) -> ApiError {
-        match self {
-            Target::Entity(kind, name) => not_found(*kind, name),
-            Target::Model(model) => {
-                ApiError::not_found("not_found", format!("no budget on model {model:?}"))
-            }
-            Target::Tag(tag) => {
-                ApiError::not_found("not_found", format!("no budget on tag {tag:?}"))
-            }
-            Target::OwnerModel(kind, owner, model) => ApiError::not_found(
-                "not_found",
-                format!(
-                    "no {} named {owner:?} with a budget on model {model:?}",
-                    kind.singular()
-                ),
-            ),
-        }
-    }
-}
-
-/// The ledger id of `target`, if the config in force has it.
-fn entity_id(gov: &Governance, target: &Target) -> Result<crate::ledger::EntityId, ApiError> {
-    let exists = gov.read(|_, _, config| target.exists(config));
-    if !exists {
-        return Err(target.not_found());
-    }
-    gov.entities
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .lookup(target.entity_kind(), &target.books_name())
-        .ok_or_else(|| target.not_found())
-}
-
 /// A provider as shown: never its credentials.
 fn present_provider(p: &crate::config::file::ProviderSection, overlay: &Overlay) -> Value {
     let overridden = overlay.provider_budgets.get(&p.name);
@@ -710,117 +531,6 @@ fn patch_provider(gov: &Governance, name: &str, body: &[u8]) -> Result<AdminResp
     ok(200, &shown)
 }
 
-fn ledger_error(e: crate::books::thread::BooksError) -> ApiError {
-    ApiError::service_unavailable(format!("the ledger is unavailable: {e}"))
-}
-
-/// Starts the budget's spend over now; answers the spend view after.
-pub(super) fn reset(gov: &Governance, target: &Target) -> Result<AdminResponse, ApiError> {
-    let id = entity_id(gov, target)?;
-    match gov
-        .books
-        .apply(Command::Reset { entity: id })
-        .map_err(ledger_error)?
-    {
-        Reply::Rejected(e) => Err(ApiError::bad_request("invalid_value", e.to_string())),
-        _ => spend(gov, target),
-    }
-}
-
-/// Adds `{"amount_usd": "5"}` to a prepaid budget; answers the spend view
-/// after.
-pub(super) fn top_up(
-    gov: &Governance,
-    target: &Target,
-    body: &[u8],
-) -> Result<AdminResponse, ApiError> {
-    let id = entity_id(gov, target)?;
-    let obj = parse_object(body)?;
-    let amount = obj
-        .get("amount_usd")
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid_value", "amount_usd (a decimal string) is required")
-        })
-        .and_then(|s| {
-            Money::parse_usd(s)
-                .map_err(|e| ApiError::bad_request("invalid_value", format!("amount_usd: {e}")))
-        })?;
-    match gov
-        .books
-        .apply(Command::TopUp { entity: id, amount })
-        .map_err(ledger_error)?
-    {
-        Reply::Rejected(e) => Err(ApiError::bad_request("invalid_value", e.to_string())),
-        _ => spend(gov, target),
-    }
-}
-
-/// The spend view of an entity: exact decimal strings, `null` where a field
-/// does not apply (no limit, no reset).
-pub fn spend_json(kind_name: &str, name: &str, v: &EntityView) -> Value {
-    let money = |m: Money| json!(m.to_string());
-    let resets = v.budget.and_then(|b| b.reset).is_some();
-    json!({
-        "object": "spend",
-        "kind": kind_name,
-        "name": name,
-        "spent_usd": money(v.spent),
-        "limit_usd": v.limit_effective.map(money),
-        "remaining_usd": v.remaining.map(money),
-        "reset_at": resets.then(|| crate::budget::period::format_rfc3339_ms(v.period.end_ms)),
-        "period_start": crate::budget::period::format_rfc3339_ms(v.period.start_ms),
-        "mode": v.budget.map(|b| b.mode.as_str()),
-        "soft_limit_usd": v.budget.and_then(|b| b.soft_limit).map(money),
-        "topup_usd": money(v.topup),
-        "leased_usd": money(v.leased),
-        "overshoot_usd": money(v.overshoot),
-        "lifetime_spent_usd": money(v.lifetime_spent),
-        "blocked": v.blocked,
-    })
-}
-
-/// The spend view of `target` (see [`spend_json`]).
-pub(super) fn spend(gov: &Governance, target: &Target) -> Result<AdminResponse, ApiError> {
-    let id = entity_id(gov, target)?;
-    let view = gov
-        .books
-        .view(id)
-        .map_err(ledger_error)?
-        .ok_or_else(|| target.not_found())?;
-    let kind_name = crate::books::registry::kind_str(target.entity_kind());
-    ok(200, &spend_json(kind_name, &target.books_name(), &view))
-}
-
-/// Path segments joined with `/` and percent-decoded: a model name (which
-/// may hold `/`, given as is or as `%2F`) or a tag `key=value`.
-pub(super) fn path_name(segments: &[&str]) -> Result<String, ApiError> {
-    percent_decode(&segments.join("/"))
-}
-
-/// `%XX` escapes decoded; anything else is kept as it is. A `%` not
-/// followed by two hex digits, or bytes that are not UTF-8, are a 400.
-fn percent_decode(s: &str) -> Result<String, ApiError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let digit = |j: usize| bytes.get(j).and_then(|b| char::from(*b).to_digit(16));
-            let (Some(hi), Some(lo)) = (digit(i + 1), digit(i + 2)) else {
-                return Err(bad(format!("{s:?}: '%' must start an escape like %2F")));
-            };
-            // Two hex digits: at most 0xFF.
-            out.push(u8::try_from(hi * 16 + lo).unwrap_or(u8::MAX));
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad(format!("{s:?}: the decoded name is not UTF-8")))
-}
-
 /// The query string's parameters, percent-decoded.
 fn query_params(query: Option<&str>) -> Vec<(String, String)> {
     query
@@ -837,10 +547,6 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
-}
-
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_value", message)
 }
 
 /// A client-supplied time: unix milliseconds or RFC 3339, within the times

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::api::{path_name, reset, top_up, AdminResponse, Target};
+use super::targets::{bad, ok, path_name, reset, top_up, AdminResponse, Target};
 use super::{ChangeError, Governance, Overlay};
 use crate::config::file::{BudgetSection, FileConfig};
 use crate::error::ApiError;
@@ -283,13 +283,6 @@ fn delete(gov: &Governance, dim: Dimension, name: &str) -> Result<AdminResponse,
     )
 }
 
-fn ok(status: u16, v: &Value) -> Result<AdminResponse, ApiError> {
-    Ok((status, serde_json::to_vec(v).unwrap_or_default()))
-}
-
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_value", message)
-}
 
 #[cfg(test)]
 mod tests {

@@ -38,6 +38,7 @@ pub mod api;
 pub mod budgets_api;
 pub mod operational;
 pub mod reports;
+pub mod targets;
 
 use std::collections::BTreeMap;
 use std::io::Write;

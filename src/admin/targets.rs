@@ -1,0 +1,308 @@
+//! What the admin API names and what it does to any of them: the kinds of
+//! its entity routes ([`Kind`]), a budget a spend view, reset or top-up
+//! names ([`Target`]: an entity, a budget on a model or a tag, an owner's
+//! budget on a model), its id in the books, its spend view, and the small
+//! answers every route gives. The routes (`api`) and the budgets beside the
+//! organisation chart (`budgets_api`) both import it; it imports neither,
+//! so the arrows run one way.
+
+use serde_json::{json, Map, Value};
+
+use super::{ChangeError, Governance};
+use crate::error::ApiError;
+use crate::ledger::{Command, EntityKind, EntityView, Reply};
+use crate::money::Money;
+
+/// An answer: status and JSON body.
+pub type AdminResponse = (u16, Vec<u8>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Customers,
+    Teams,
+    Keys,
+    Providers,
+}
+
+impl Kind {
+    pub(super) fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "customers" => Some(Kind::Customers),
+            "teams" => Some(Kind::Teams),
+            "keys" | "virtual_keys" => Some(Kind::Keys),
+            "providers" => Some(Kind::Providers),
+            _ => None,
+        }
+    }
+
+    pub(super) fn entity_kind(self) -> EntityKind {
+        match self {
+            Kind::Customers => EntityKind::Customer,
+            Kind::Teams => EntityKind::Team,
+            Kind::Keys => EntityKind::Key,
+            Kind::Providers => EntityKind::Provider,
+        }
+    }
+
+    pub(super) fn singular(self) -> &'static str {
+        match self {
+            Kind::Customers => "customer",
+            Kind::Teams => "team",
+            Kind::Keys => "virtual key",
+            Kind::Providers => "provider",
+        }
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> ApiError {
+        match e {
+            ChangeError::Invalid(m) => ApiError::bad_request("invalid_value", m),
+            ChangeError::Conflict(m) => ApiError::conflict(m),
+            ChangeError::NotFound(m) => ApiError::not_found("not_found", m),
+            ChangeError::Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
+pub(super) fn ok(status: u16, v: &Value) -> Result<AdminResponse, ApiError> {
+    Ok((status, serde_json::to_vec(v).unwrap_or_default()))
+}
+
+pub(super) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad_request(
+            "invalid_request_body",
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request(
+            "invalid_request_body",
+            format!("the body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+pub(super) fn not_found(kind: Kind, name: &str) -> ApiError {
+    ApiError::not_found(
+        "not_found",
+        format!("no {} named {name:?}", kind.singular()),
+    )
+}
+
+/// What a spend view, a reset or a top-up names: a customer, team, key or
+/// provider; a gateway-wide budget on a model; a budget on a tag value; or a
+/// customer's, team's or key's budget on a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Target {
+    Entity(Kind, String),
+    /// `[[model_budgets]]`, by model.
+    Model(String),
+    /// `[[tag_budgets]]`, by `key=value`.
+    Tag(String),
+    /// An owner's (`Customers`, `Teams` or `Keys`) budget on a model.
+    OwnerModel(Kind, String, String),
+}
+
+impl Target {
+    pub(super) fn entity_kind(&self) -> EntityKind {
+        match self {
+            Target::Entity(kind, _) => kind.entity_kind(),
+            Target::Model(_) => EntityKind::Model,
+            Target::Tag(_) => EntityKind::Tag,
+            Target::OwnerModel(Kind::Customers, ..) => EntityKind::CustomerModel,
+            Target::OwnerModel(Kind::Teams, ..) => EntityKind::TeamModel,
+            Target::OwnerModel(Kind::Keys | Kind::Providers, ..) => EntityKind::KeyModel,
+        }
+    }
+
+    /// Its name in the books and in the spend view.
+    pub(super) fn books_name(&self) -> String {
+        match self {
+            Target::Entity(_, name) | Target::Model(name) | Target::Tag(name) => name.clone(),
+            Target::OwnerModel(_, owner, model) => {
+                crate::config::dimensions::owner_model_name(owner, model)
+            }
+        }
+    }
+
+    /// Whether the config in force has it (with a budget, for the budgets
+    /// on models and tags).
+    pub(super) fn exists(&self, config: &crate::config::Config) -> bool {
+        fn on(budgets: &[crate::config::dimensions::ModelBudget], model: &str) -> bool {
+            budgets.iter().any(|b| b.model == model)
+        }
+        match self {
+            Target::Entity(kind, name) => match kind {
+                Kind::Customers => config.customers.iter().any(|c| c.name == *name),
+                Kind::Teams => config.teams.iter().any(|t| t.name == *name),
+                Kind::Keys => config.keys.iter().any(|k| k.name == *name),
+                Kind::Providers => config.providers.iter().any(|p| p.name == *name),
+            },
+            Target::Model(model) => on(&config.model_budgets, model),
+            Target::Tag(tag) => config.tag_budgets.iter().any(|t| t.name() == *tag),
+            Target::OwnerModel(kind, owner, model) => match kind {
+                Kind::Customers => config
+                    .customers
+                    .iter()
+                    .any(|c| c.name == *owner && on(&c.model_budgets, model)),
+                Kind::Teams => config
+                    .teams
+                    .iter()
+                    .any(|t| t.name == *owner && on(&t.model_budgets, model)),
+                Kind::Keys => config
+                    .keys
+                    .iter()
+                    .any(|k| k.name == *owner && on(&k.model_budgets, model)),
+                Kind::Providers => false,
+            },
+        }
+    }
+
+    pub(super) fn not_found(&self) -> ApiError {
+        match self {
+            Target::Entity(kind, name) => not_found(*kind, name),
+            Target::Model(model) => {
+                ApiError::not_found("not_found", format!("no budget on model {model:?}"))
+            }
+            Target::Tag(tag) => {
+                ApiError::not_found("not_found", format!("no budget on tag {tag:?}"))
+            }
+            Target::OwnerModel(kind, owner, model) => ApiError::not_found(
+                "not_found",
+                format!(
+                    "no {} named {owner:?} with a budget on model {model:?}",
+                    kind.singular()
+                ),
+            ),
+        }
+    }
+}
+
+/// The ledger id of `target`, if the config in force has it.
+pub(super) fn entity_id(gov: &Governance, target: &Target) -> Result<crate::ledger::EntityId, ApiError> {
+    let exists = gov.read(|_, _, config| target.exists(config));
+    if !exists {
+        return Err(target.not_found());
+    }
+    gov.entities
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .lookup(target.entity_kind(), &target.books_name())
+        .ok_or_else(|| target.not_found())
+}
+
+pub(super) fn ledger_error(e: crate::books::thread::BooksError) -> ApiError {
+    ApiError::service_unavailable(format!("the ledger is unavailable: {e}"))
+}
+
+/// Starts the budget's spend over now; answers the spend view after.
+pub(super) fn reset(gov: &Governance, target: &Target) -> Result<AdminResponse, ApiError> {
+    let id = entity_id(gov, target)?;
+    match gov
+        .books
+        .apply(Command::Reset { entity: id })
+        .map_err(ledger_error)?
+    {
+        Reply::Rejected(e) => Err(ApiError::bad_request("invalid_value", e.to_string())),
+        _ => spend(gov, target),
+    }
+}
+
+/// Adds `{"amount_usd": "5"}` to a prepaid budget; answers the spend view
+/// after.
+pub(super) fn top_up(
+    gov: &Governance,
+    target: &Target,
+    body: &[u8],
+) -> Result<AdminResponse, ApiError> {
+    let id = entity_id(gov, target)?;
+    let obj = parse_object(body)?;
+    let amount = obj
+        .get("amount_usd")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_value", "amount_usd (a decimal string) is required")
+        })
+        .and_then(|s| {
+            Money::parse_usd(s)
+                .map_err(|e| ApiError::bad_request("invalid_value", format!("amount_usd: {e}")))
+        })?;
+    match gov
+        .books
+        .apply(Command::TopUp { entity: id, amount })
+        .map_err(ledger_error)?
+    {
+        Reply::Rejected(e) => Err(ApiError::bad_request("invalid_value", e.to_string())),
+        _ => spend(gov, target),
+    }
+}
+
+/// The spend view of an entity: exact decimal strings, `null` where a field
+/// does not apply (no limit, no reset).
+pub fn spend_json(kind_name: &str, name: &str, v: &EntityView) -> Value {
+    let money = |m: Money| json!(m.to_string());
+    let resets = v.budget.and_then(|b| b.reset).is_some();
+    json!({
+        "object": "spend",
+        "kind": kind_name,
+        "name": name,
+        "spent_usd": money(v.spent),
+        "limit_usd": v.limit_effective.map(money),
+        "remaining_usd": v.remaining.map(money),
+        "reset_at": resets.then(|| crate::budget::period::format_rfc3339_ms(v.period.end_ms)),
+        "period_start": crate::budget::period::format_rfc3339_ms(v.period.start_ms),
+        "mode": v.budget.map(|b| b.mode.as_str()),
+        "soft_limit_usd": v.budget.and_then(|b| b.soft_limit).map(money),
+        "topup_usd": money(v.topup),
+        "leased_usd": money(v.leased),
+        "overshoot_usd": money(v.overshoot),
+        "lifetime_spent_usd": money(v.lifetime_spent),
+        "blocked": v.blocked,
+    })
+}
+
+/// The spend view of `target` (see [`spend_json`]).
+pub(super) fn spend(gov: &Governance, target: &Target) -> Result<AdminResponse, ApiError> {
+    let id = entity_id(gov, target)?;
+    let view = gov
+        .books
+        .view(id)
+        .map_err(ledger_error)?
+        .ok_or_else(|| target.not_found())?;
+    let kind_name = crate::books::registry::kind_str(target.entity_kind());
+    ok(200, &spend_json(kind_name, &target.books_name(), &view))
+}
+
+/// Path segments joined with `/` and percent-decoded: a model name (which
+/// may hold `/`, given as is or as `%2F`) or a tag `key=value`.
+pub(super) fn path_name(segments: &[&str]) -> Result<String, ApiError> {
+    percent_decode(&segments.join("/"))
+}
+
+/// `%XX` escapes decoded; anything else is kept as it is. A `%` not
+/// followed by two hex digits, or bytes that are not UTF-8, are a 400.
+pub(super) fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let digit = |j: usize| bytes.get(j).and_then(|b| char::from(*b).to_digit(16));
+            let (Some(hi), Some(lo)) = (digit(i + 1), digit(i + 2)) else {
+                return Err(bad(format!("{s:?}: '%' must start an escape like %2F")));
+            };
+            // Two hex digits: at most 0xFF.
+            out.push(u8::try_from(hi * 16 + lo).unwrap_or(u8::MAX));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad(format!("{s:?}: the decoded name is not UTF-8")))
+}
+
+pub(super) fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_value", message)
+}

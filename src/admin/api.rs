@@ -52,7 +52,7 @@
 //! serves other requests meanwhile (a full query queue is a 503
 //! `log_queries_busy` with `retry-after`); workers are never involved.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use super::budgets_api::Dimension;

@@ -283,7 +283,6 @@ fn delete(gov: &Governance, dim: Dimension, name: &str) -> Result<AdminResponse,
     )
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

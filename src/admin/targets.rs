@@ -180,7 +180,10 @@ impl Target {
 }
 
 /// The ledger id of `target`, if the config in force has it.
-pub(super) fn entity_id(gov: &Governance, target: &Target) -> Result<crate::ledger::EntityId, ApiError> {
+pub(super) fn entity_id(
+    gov: &Governance,
+    target: &Target,
+) -> Result<crate::ledger::EntityId, ApiError> {
     let exists = gov.read(|_, _, config| target.exists(config));
     if !exists {
         return Err(target.not_found());

@@ -483,15 +483,18 @@ fn sigkill_and_restart_keep_every_new_levels_spend() {
 token = "{ADMIN}"
 [[customers]]
 name = "acme"
+budget = {{ limit_usd = "10", reset = "1M" }}
 model_budgets = [ {{ model = "gpt-4o-mini", limit_usd = "10", reset = "1d" }} ]
 [[teams]]
 name = "search"
 customer = "acme"
-model_budgets = [ {{ model = "gpt-4o-mini", limit_usd = "10", reset = "1d", mode = "soft" }} ]
+budget = {{ limit_usd = "10", reset = "1d" }}
+model_budgets = [ {{ model = "gpt-4o-mini", limit_usd = "10", reset = "1d" }} ]
 [[virtual_keys]]
 name = "search-prod"
 key = "sk-search-prod"
 team = "search"
+budget = {{ limit_usd = "10", reset = "1d" }}
 model_budgets = [ {{ model = "gpt-4o-mini", limit_usd = "10", reset = "1d" }} ]
 [[model_budgets]]
 model = "gpt-4o-mini"
@@ -507,6 +510,20 @@ budget = {{ limit_usd = "10" }}
         ),
         &[],
     );
+    // A cold worker leases at every strict level for the first request (9
+    // here: key, team, customer, the model's four, two tags; the provider
+    // is soft): it is admitted, not refused for want of lease rounds (a
+    // bound of 8 rounds refused it with a 402 while every budget had room).
+    let mut c = Client::connect(gw.addr);
+    for _ in 0..3 {
+        let r = c.post(
+            "/v1/chat/completions",
+            "sk-search-prod",
+            CHAT,
+            &[("x-bursar-tags", "feature=search,env=prod")],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
     let load = util::LoadUntilCut::start(
         gw.addr,
         16,

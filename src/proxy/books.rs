@@ -29,10 +29,14 @@ use crate::prices::Price;
 /// the model gateway-wide and the key's, team's and customer's budgets on
 /// it; one tag budget per budgeted tag key.
 pub const LEVELS_MAX: usize = crate::ledger::messages::CHARGES_PER_SETTLE_MAX;
-/// Most lease requests one admission makes before it gives up (each level
-/// needs at most one grant; the rest is headroom for concurrent admissions
-/// taking what was granted first).
-pub const ADMIT_ROUNDS_MAX: u32 = 8;
+/// Most lease requests one admission makes before it gives up: each level
+/// needs at most one grant (a cold worker asks once per strict level), and
+/// as many again are headroom for concurrent admissions taking what was
+/// granted first. It must grow with [`LEVELS_MAX`]: at 8 rounds a cold
+/// request on more than 8 strict levels was refused with a 402 while every
+/// budget had room.
+pub const ADMIT_ROUNDS_MAX: u32 = 2 * LEVELS_MAX as u32;
+const _: () = assert!(ADMIT_ROUNDS_MAX as usize >= 2 * LEVELS_MAX);
 /// How long a refused admission waits once for other workers to hand back
 /// the free lease they hold (they do on the ledger's Blocked broadcast)
 /// before it retries and, failing again, answers 402.

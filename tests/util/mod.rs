@@ -557,9 +557,9 @@ pub fn counter(gw: &Gateway, name: &str) -> u64 {
 }
 
 /// Clients that send chat requests as fast as they can until told to stop,
-/// each adding up the cost of every 200 it read in full: what clients saw
-/// when a kill cuts the gateway down under load. A response cut by the
-/// kill (or any other) ends that client.
+/// each adding up the cost of every response it read in full (each must be
+/// a 200): what clients saw when a kill cuts the gateway down under load. A
+/// response cut by the kill ends that client.
 pub struct LoadUntilCut {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     clients: Vec<std::thread::JoinHandle<i128>>,
@@ -599,12 +599,18 @@ impl LoadUntilCut {
                     let mut seen = 0i128;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         c.send_raw(&request);
+                        // A response cut by the kill reads as None; a whole
+                        // one must be a 200 (a refusal would end the load
+                        // quietly and the test would prove less).
                         match c.read_response() {
-                            Some(r) if r.status == 200 => match r.cost_usd() {
-                                Some(cost) => seen += pico(cost),
-                                None => break,
-                            },
-                            _ => break,
+                            Some(r) => {
+                                assert_eq!(r.status, 200, "{}", r.text());
+                                match r.cost_usd() {
+                                    Some(cost) => seen += pico(cost),
+                                    None => break,
+                                }
+                            }
+                            None => break,
                         }
                     }
                     seen

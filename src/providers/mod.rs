@@ -2,4 +2,5 @@
 //! OpenAI-compatible server) needs no translation: the body passes through.
 //! `mock` answers in process.
 
+pub mod anthropic;
 pub mod mock;

@@ -558,3 +558,86 @@ budget = {{ limit_usd = "10" }}
     assert_eq!(spent(&gw, "models/gpt-4o-mini"), booked);
     assert_eq!(spent(&gw, "tags/feature=search"), booked);
 }
+
+/// The new levels are budgets like the others: a strict budget on a model
+/// lowers an output cap that does not fit rather than refuse ("degrade
+/// before deny"), and a soft tag budget admits while under its limit,
+/// charges after and reports the overshoot it allowed.
+#[test]
+fn a_budget_on_a_model_degrades_a_cap_and_a_soft_tag_budget_reports_its_overshoot() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(
+        &proxy_config(
+            &mock.base_url(),
+            &format!(
+                r#"
+[admin]
+token = "{ADMIN}"
+[[virtual_keys]]
+name = "search-prod"
+key = "sk-search-prod"
+model_budgets = [ {{ model = "gpt-4o-mini", limit_usd = "0.0002" }} ]
+[[tag_budgets]]
+tag = "feature=soft"
+budget = {{ limit_usd = "0.00001", reset = "1d", mode = "soft", soft_limit_usd = "0.000005" }}
+"#
+            ),
+        ),
+        &[],
+    );
+    let mut c = Client::connect(gw.addr);
+    // 200 µ$ on the model: the default 16384-token cap does not fit, a
+    // lower one does, and the upstream is sent that cap.
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello there"}]}"#;
+    let r = c.post("/v1/chat/completions", "sk-search-prod", body, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lowered: u64 = r
+        .header("x-bursar-output-cap-lowered")
+        .expect("cap lowered")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        r.json()["usage"]["completion_tokens"].as_u64().unwrap(),
+        lowered.min(4096)
+    );
+    let cost = pico(r.cost_usd().unwrap());
+    assert!(cost <= pico("0.0002"));
+    assert_eq!(spent(&gw, "keys/search-prod/models/gpt-4o-mini"), cost);
+    assert_eq!(gw.metric_sum("bursar_budget_degraded_total"), 1);
+
+    // Soft: 4.2 µ$ a request against 10 µ$; admitted at 0, 4.2 and 8.4 µ$
+    // spent, refused at 12.6, 2.6 µ$ over (the demo key has no budget on
+    // the model, so only the tag refuses).
+    let tagged = [("x-bursar-tags", "feature=soft")];
+    let mut ok = 0;
+    let refusal = loop {
+        let r = c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &tagged);
+        if r.status != 200 {
+            break r;
+        }
+        ok += 1;
+        assert!(ok <= 3, "a soft budget past its limit kept admitting");
+        // A soft level learns it is spent from the ledger's broadcast, a
+        // moment after the charge (a request racing it would pass: the
+        // overshoot soft mode allows). Let the broadcast land.
+        spent(&gw, "tags/feature=soft");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(ok, 3);
+    assert_eq!(refusal.status, 402, "{}", refusal.text());
+    let level = &refusal.json()["error"]["level"];
+    assert_eq!(
+        (level["kind"].as_str(), level["name"].as_str()),
+        (Some("tag"), Some("feature=soft"))
+    );
+    let view = admin(&gw, "GET", "/admin/spend/tags/feature=soft").json();
+    assert_eq!(view["mode"], "soft");
+    assert_eq!(view["soft_limit_usd"], "0.000005");
+    let chat_cost = 8 * 150_000 + 5 * 600_000;
+    assert_eq!(pico(view["spent_usd"].as_str().unwrap()), 3 * chat_cost);
+    assert_eq!(
+        pico(view["overshoot_usd"].as_str().unwrap()),
+        3 * chat_cost - pico("0.00001")
+    );
+    assert_eq!(view["blocked"], true);
+}

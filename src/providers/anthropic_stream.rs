@@ -1,0 +1,981 @@
+//! Streamed `anthropic` translation: Anthropic Messages SSE events in,
+//! OpenAI `chat.completion.chunk` SSE events out. Pure and synchronous: the
+//! caller feeds each upstream read to [`StreamTranslator::feed`] and writes
+//! what it appends to the client, then calls [`StreamTranslator::finish`] at
+//! the end of the upstream body.
+//!
+//! Mapping:
+//! - `message_start` → a first chunk with `delta.role = "assistant"` (and
+//!   `content: ""`, as OpenAI sends); its message id becomes every chunk's
+//!   `id`, its usage the input and cache counts.
+//! - `content_block_start` of a `text` block → its initial text, if any;
+//!   of a `tool_use` block → `delta.tool_calls[{index, id, type, function:
+//!   {name, arguments: ""}}]`, `index` counting tool_use blocks only.
+//! - `content_block_delta`: `text_delta` → `delta.content`;
+//!   `input_json_delta` → `delta.tool_calls[{index, function: {arguments}}]`
+//!   (empty pieces are skipped); other deltas (thinking, signatures,
+//!   citations) have no chat.completion place and are dropped.
+//! - `message_delta` → a chunk with `finish_reason` when `stop_reason` is
+//!   set; its `usage` updates the counts (`output_tokens`, and any input or
+//!   cache count it carries, Anthropic's counts being cumulative).
+//! - `message_stop` → with `include_usage`, a chunk with `choices: []` and
+//!   `usage`; then `data: [DONE]`. Later bytes are ignored.
+//! - `error` → `data: {"error": {...}}` in OpenAI's shape, and the
+//!   translator stops (no `[DONE]`): the caller decides what follows.
+//! - `ping`, `content_block_stop` and unknown event types produce nothing.
+//!
+//! With `include_usage`, every other chunk carries `"usage": null`, as
+//! OpenAI does with `stream_options.include_usage`.
+
+use serde_json::{json, Map, Value};
+
+use super::anthropic::{MessageUsage, TranslateError};
+use crate::tokens::sse::{parse_event, SseFramer};
+
+/// The most bytes of one incomplete upstream event kept between two calls to
+/// [`StreamTranslator::feed`]; an event growing past it is an error.
+pub const MAX_PENDING_EVENT_BYTES: usize = 1 << 20;
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> TranslateError {
+    TranslateError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Before `message_start`.
+    Start,
+    /// Between `message_start` and `message_stop`.
+    Streaming,
+    /// `message_stop` translated, `[DONE]` written.
+    Done,
+    /// An upstream `error` event translated.
+    UpstreamError,
+    /// A call returned an error; later calls fail too.
+    Broken,
+}
+
+/// Translates one Anthropic Messages event stream into OpenAI chunks.
+#[derive(Debug)]
+pub struct StreamTranslator {
+    model: String,
+    created: i64,
+    include_usage: bool,
+    framer: SseFramer,
+    /// The bytes of an incomplete event, carried to the next feed.
+    pending: Vec<u8>,
+    /// Where `parse_event` joins multi-line data.
+    scratch: Vec<u8>,
+    state: State,
+    id: String,
+    usage: Option<MessageUsage>,
+    /// Anthropic content block index → OpenAI tool-call index.
+    tool_blocks: Vec<(u64, u64)>,
+    tool_calls: u64,
+    /// The error that made the translator [`State::Broken`].
+    broken: Option<TranslateError>,
+}
+
+impl StreamTranslator {
+    /// `model` and `created` (Unix seconds) are written into every chunk;
+    /// `include_usage` is the request's `stream_options.include_usage`.
+    pub fn new(model: &str, created: i64, include_usage: bool) -> Self {
+        Self {
+            model: model.to_string(),
+            created,
+            include_usage,
+            framer: SseFramer::new(),
+            pending: Vec::new(),
+            scratch: Vec::new(),
+            state: State::Start,
+            id: String::new(),
+            usage: None,
+            tool_blocks: Vec::new(),
+            tool_calls: 0,
+            broken: None,
+        }
+    }
+
+    /// Appends to `out` the OpenAI events for every upstream event that
+    /// `chunk` completes; an incomplete tail is kept for the next call. After
+    /// `message_stop` or an upstream `error`, further bytes are ignored. An
+    /// error (malformed event, event out of order, an event longer than
+    /// [`MAX_PENDING_EVENT_BYTES`]) leaves whatever was appended before it
+    /// valid and makes every later call fail.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
+        self.check_broken()?;
+        let r = self.feed_inner(chunk, out);
+        self.poison(r)
+    }
+
+    /// The end of the upstream body. A stream ended before `message_stop`
+    /// (or an upstream `error`) is an error, for the caller to turn into an
+    /// SSE error event; [`StreamTranslator::usage`] still reports what was
+    /// counted.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
+        self.check_broken()?;
+        let r = self.finish_inner(out);
+        self.poison(r)
+    }
+
+    /// The token counts so far: `None` before `message_start`.
+    pub fn usage(&self) -> Option<MessageUsage> {
+        self.usage
+    }
+
+    /// Whether upstream sent an `error` event (translated, then stopped).
+    pub fn upstream_failed(&self) -> bool {
+        self.state == State::UpstreamError
+    }
+
+    fn check_broken(&self) -> Result<(), TranslateError> {
+        match &self.broken {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, r: Result<(), TranslateError>) -> Result<(), TranslateError> {
+        if let Err(e) = &r {
+            self.state = State::Broken;
+            self.broken = Some(e.clone());
+            self.pending = Vec::new();
+        }
+        r
+    }
+
+    fn ended(&self) -> bool {
+        matches!(self.state, State::Done | State::UpstreamError)
+    }
+
+    fn feed_inner(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
+        let mut start = 0;
+        let mut cursor = 0;
+        while let Some(end) = self.framer.next_end(chunk, &mut cursor) {
+            if self.ended() {
+                return Ok(());
+            }
+            if self.pending.is_empty() {
+                self.event(&chunk[start..end], out)?;
+            } else {
+                let mut ev = std::mem::take(&mut self.pending);
+                ev.extend_from_slice(&chunk[start..end]);
+                self.event(&ev, out)?;
+                ev.clear();
+                self.pending = ev;
+            }
+            start = end;
+        }
+        if self.ended() {
+            return Ok(());
+        }
+        let rest = &chunk[start..];
+        if self.pending.len() + rest.len() > MAX_PENDING_EVENT_BYTES {
+            return Err(err(
+                "stream",
+                format!("an upstream event exceeds {MAX_PENDING_EVENT_BYTES} bytes"),
+            ));
+        }
+        self.pending.extend_from_slice(rest);
+        Ok(())
+    }
+
+    fn finish_inner(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
+        if !self.ended() && self.framer.pending_end() && !self.pending.is_empty() {
+            // A last event closed by a final CR.
+            let ev = std::mem::take(&mut self.pending);
+            self.event(&ev, out)?;
+        }
+        if self.ended() {
+            return Ok(());
+        }
+        Err(err(
+            "stream",
+            match self.state {
+                State::Start => "upstream stream ended before message_start",
+                _ => "upstream stream ended before message_stop",
+            },
+        ))
+    }
+
+    /// Translates one complete upstream event.
+    fn event(&mut self, event: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let fields = parse_event(event, &mut scratch);
+        let parsed = fields.data.map(|d| {
+            serde_json::from_slice::<Value>(d)
+                .map_err(|e| err("stream", format!("upstream event data is not JSON: {e}")))
+        });
+        let kind = fields.kind.map(|k| String::from_utf8_lossy(k).into_owned());
+        self.scratch = scratch;
+        let data = match parsed {
+            None => return Ok(()),
+            Some(d) => d?,
+        };
+        let ty = match data.get("type").and_then(Value::as_str) {
+            Some(t) => t.to_string(),
+            None => match kind {
+                Some(k) => k,
+                None => return Err(err("stream", "upstream event without a type")),
+            },
+        };
+        match ty.as_str() {
+            "message_start" => self.message_start(&data, out),
+            "content_block_start" => {
+                self.require_started(&ty)?;
+                self.block_start(&data, out)
+            }
+            "content_block_delta" => {
+                self.require_started(&ty)?;
+                self.block_delta(&data, out)
+            }
+            "message_delta" => {
+                self.require_started(&ty)?;
+                self.message_delta(&data, out)
+            }
+            "message_stop" => {
+                self.require_started(&ty)?;
+                self.message_stop(out)
+            }
+            "error" => {
+                self.upstream_error(&data, out);
+                Ok(())
+            }
+            // ping, content_block_stop, and event types added later.
+            _ => Ok(()),
+        }
+    }
+
+    fn require_started(&self, ty: &str) -> Result<(), TranslateError> {
+        if self.state == State::Start {
+            return Err(err("stream", format!("{ty} before message_start")));
+        }
+        Ok(())
+    }
+
+    fn message_start(&mut self, data: &Value, out: &mut Vec<u8>) -> Result<(), TranslateError> {
+        if self.state != State::Start {
+            return Err(err("stream", "message_start repeated"));
+        }
+        let msg = data
+            .get("message")
+            .ok_or_else(|| err("message_start.message", "required, an object"))?;
+        self.id = msg
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| err("message_start.message.id", "required, a string"))?
+            .to_string();
+        self.usage = Some(match msg.get("usage") {
+            None | Some(Value::Null) => MessageUsage::default(),
+            Some(u) => MessageUsage::from_json(u).map_err(|e| TranslateError {
+                field: format!("message_start.message.{}", e.field),
+                message: e.message,
+            })?,
+        });
+        self.state = State::Streaming;
+        self.choice_chunk(json!({ "role": "assistant", "content": "" }), None, out);
+        Ok(())
+    }
+
+    fn block_start(&mut self, data: &Value, out: &mut Vec<u8>) -> Result<(), TranslateError> {
+        let index = data
+            .get("index")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| err("content_block_start.index", "required, an integer"))?;
+        let block = data
+            .get("content_block")
+            .ok_or_else(|| err("content_block_start.content_block", "required, an object"))?;
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                if let Some(t) = block.get("text").and_then(Value::as_str) {
+                    if !t.is_empty() {
+                        self.choice_chunk(json!({ "content": t }), None, out);
+                    }
+                }
+            }
+            Some("tool_use") => {
+                let at = |f: &str| format!("content_block_start.content_block.{f}");
+                let id = block
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| err(at("id"), "required, a string"))?;
+                let name = block
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| err(at("name"), "required, a string"))?;
+                let tool_index = self.tool_calls;
+                self.tool_calls += 1;
+                self.tool_blocks.push((index, tool_index));
+                let delta = json!({ "tool_calls": [{
+                    "index": tool_index,
+                    "id": id,
+                    "type": "function",
+                    "function": { "name": name, "arguments": "" },
+                }]});
+                self.choice_chunk(delta, None, out);
+            }
+            // thinking, redacted_thinking, server tool blocks: no place here.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn block_delta(&mut self, data: &Value, out: &mut Vec<u8>) -> Result<(), TranslateError> {
+        let index = data
+            .get("index")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| err("content_block_delta.index", "required, an integer"))?;
+        let delta = data
+            .get("delta")
+            .ok_or_else(|| err("content_block_delta.delta", "required, an object"))?;
+        match delta.get("type").and_then(Value::as_str) {
+            Some("text_delta") => {
+                let t = delta
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| err("content_block_delta.delta.text", "required, a string"))?;
+                if !t.is_empty() {
+                    self.choice_chunk(json!({ "content": t }), None, out);
+                }
+            }
+            Some("input_json_delta") => {
+                let piece = delta
+                    .get("partial_json")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        err(
+                            "content_block_delta.delta.partial_json",
+                            "required, a string",
+                        )
+                    })?;
+                let tool_index = self
+                    .tool_blocks
+                    .iter()
+                    .rev()
+                    .find(|(b, _)| *b == index)
+                    .map(|(_, t)| *t)
+                    .ok_or_else(|| {
+                        err(
+                            "content_block_delta.index",
+                            format!("input_json_delta for block {index}, not a tool_use block"),
+                        )
+                    })?;
+                if !piece.is_empty() {
+                    let delta = json!({ "tool_calls": [{
+                        "index": tool_index,
+                        "function": { "arguments": piece },
+                    }]});
+                    self.choice_chunk(delta, None, out);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn message_delta(&mut self, data: &Value, out: &mut Vec<u8>) -> Result<(), TranslateError> {
+        if let Some(Value::Object(u)) = data.get("usage") {
+            let read =
+                MessageUsage::from_json(&Value::Object(u.clone())).map_err(|e| TranslateError {
+                    field: format!("message_delta.{}", e.field),
+                    message: e.message,
+                })?;
+            let has = |k: &str| u.get(k).is_some_and(|v| !v.is_null());
+            let usage = self.usage.get_or_insert_with(MessageUsage::default);
+            if has("output_tokens") {
+                usage.output = read.output;
+            }
+            if has("input_tokens") {
+                usage.input = read.input;
+            }
+            if has("cache_read_input_tokens") {
+                usage.cache_read = read.cache_read;
+            }
+            if has("cache_creation_input_tokens") {
+                usage.cache_write = read.cache_write;
+            }
+        }
+        let stop = data
+            .get("delta")
+            .and_then(|d| d.get("stop_reason"))
+            .and_then(Value::as_str);
+        if let Some(stop) = stop {
+            let reason = match stop {
+                "max_tokens" | "model_context_window_exceeded" => "length",
+                "tool_use" => "tool_calls",
+                "refusal" => "content_filter",
+                // end_turn, stop_sequence, pause_turn, and later reasons.
+                _ => "stop",
+            };
+            self.choice_chunk(json!({}), Some(reason), out);
+        }
+        Ok(())
+    }
+
+    fn message_stop(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
+        if self.include_usage {
+            let u = self.usage.unwrap_or_default();
+            let mut c = self.chunk_base();
+            c.insert("choices".into(), json!([]));
+            c.insert(
+                "usage".into(),
+                json!({
+                    "prompt_tokens": u.prompt_tokens(),
+                    "completion_tokens": u.output,
+                    "total_tokens": u.total_tokens(),
+                    "prompt_tokens_details": { "cached_tokens": u.cache_read },
+                }),
+            );
+            write_data(&Value::Object(c), out);
+        }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.state = State::Done;
+        Ok(())
+    }
+
+    fn upstream_error(&mut self, data: &Value, out: &mut Vec<u8>) {
+        let e = data.get("error");
+        let kind = e
+            .and_then(|e| e.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("api_error");
+        let message = e
+            .and_then(|e| e.get("message"))
+            .and_then(Value::as_str)
+            .unwrap_or("upstream error");
+        let openai_type = match kind {
+            "invalid_request_error"
+            | "authentication_error"
+            | "permission_error"
+            | "not_found_error"
+            | "rate_limit_error" => kind,
+            _ => "server_error",
+        };
+        let ev = json!({ "error": {
+            "message": message,
+            "type": openai_type,
+            "param": null,
+            "code": kind,
+        }});
+        write_data(&ev, out);
+        self.state = State::UpstreamError;
+    }
+
+    fn chunk_base(&self) -> Map<String, Value> {
+        let mut c = Map::new();
+        c.insert("id".into(), json!(self.id));
+        c.insert("object".into(), json!("chat.completion.chunk"));
+        c.insert("created".into(), json!(self.created));
+        c.insert("model".into(), json!(self.model));
+        c
+    }
+
+    /// Writes a chunk with one choice.
+    fn choice_chunk(&self, delta: Value, finish_reason: Option<&str>, out: &mut Vec<u8>) {
+        let mut c = self.chunk_base();
+        c.insert(
+            "choices".into(),
+            json!([{
+                "index": 0,
+                "delta": delta,
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }]),
+        );
+        if self.include_usage {
+            c.insert("usage".into(), Value::Null);
+        }
+        write_data(&Value::Object(c), out);
+    }
+}
+
+fn write_data(v: &Value, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"data: ");
+    // Writing a Value into a Vec cannot fail.
+    serde_json::to_writer(&mut *out, v).expect("serialising a JSON value");
+    out.extend_from_slice(b"\n\n");
+}
+
+/// An OpenAI-shaped SSE error event for a [`TranslateError`] returned by
+/// [`StreamTranslator::feed`] or [`StreamTranslator::finish`], for a caller
+/// that reports it in the stream.
+pub fn error_event(e: &TranslateError, out: &mut Vec<u8>) {
+    let ev = json!({ "error": {
+        "message": e.to_string(),
+        "type": "server_error",
+        "param": null,
+        "code": "upstream_stream_error",
+    }});
+    write_data(&ev, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::anthropic::message_to_chat;
+    use proptest::prelude::*;
+
+    const MODEL: &str = "claude-sonnet-4-5";
+
+    fn sse(events: &[Value]) -> Vec<u8> {
+        sse_with(events, &[b"\n"])
+    }
+
+    /// Events as upstream SSE, the i-th event's lines ended by `ends[i % len]`.
+    fn sse_with(events: &[Value], ends: &[&[u8]]) -> Vec<u8> {
+        let mut s = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let nl = ends[i % ends.len()];
+            s.extend_from_slice(b"event: ");
+            s.extend_from_slice(e["type"].as_str().unwrap().as_bytes());
+            s.extend_from_slice(nl);
+            s.extend_from_slice(b"data: ");
+            s.extend_from_slice(e.to_string().as_bytes());
+            s.extend_from_slice(nl);
+            s.extend_from_slice(nl);
+        }
+        s
+    }
+
+    fn start(usage: Value) -> Value {
+        json!({"type": "message_start", "message": {
+            "id": "msg_01", "type": "message", "role": "assistant", "content": [],
+            "model": MODEL, "stop_reason": null, "stop_sequence": null, "usage": usage,
+        }})
+    }
+
+    fn text_stream(pieces: &[&str], stop: &str, usage_out: u64) -> Vec<Value> {
+        let mut ev = vec![
+            start(json!({"input_tokens": 25, "output_tokens": 1})),
+            json!({"type": "content_block_start", "index": 0,
+                   "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "ping"}),
+        ];
+        for p in pieces {
+            ev.push(json!({"type": "content_block_delta", "index": 0,
+                           "delta": {"type": "text_delta", "text": p}}));
+        }
+        ev.push(json!({"type": "content_block_stop", "index": 0}));
+        ev.push(json!({"type": "message_delta",
+                       "delta": {"stop_reason": stop, "stop_sequence": null},
+                       "usage": {"output_tokens": usage_out}}));
+        ev.push(json!({"type": "message_stop"}));
+        ev
+    }
+
+    fn run(t: &mut StreamTranslator, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        t.feed(input, &mut out).expect("feed");
+        t.finish(&mut out).expect("finish");
+        out
+    }
+
+    /// The data payloads of an OpenAI SSE output; `[DONE]` as a string.
+    fn events(out: &[u8]) -> Vec<Value> {
+        let s = std::str::from_utf8(out).unwrap();
+        assert!(s.ends_with("\n\n"), "{s}");
+        s.split_terminator("\n\n")
+            .map(|e| {
+                let d = e.strip_prefix("data: ").expect("a data line");
+                if d == "[DONE]" {
+                    json!("[DONE]")
+                } else {
+                    serde_json::from_str(d).unwrap()
+                }
+            })
+            .collect()
+    }
+
+    fn content(evs: &[Value]) -> String {
+        evs.iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn text_stream_translates() {
+        let input = sse(&text_stream(&["Hello", ", wor", "ld!"], "end_turn", 12));
+        let mut t = StreamTranslator::new(MODEL, 1_700_000_000, false);
+        let evs = events(&run(&mut t, &input));
+        assert_eq!(evs.len(), 6, "{evs:?}");
+        for e in &evs[..5] {
+            assert_eq!(e["id"], "msg_01");
+            assert_eq!(e["object"], "chat.completion.chunk");
+            assert_eq!(e["created"], 1_700_000_000);
+            assert_eq!(e["model"], MODEL);
+            assert!(e.get("usage").is_none());
+        }
+        assert_eq!(
+            evs[0]["choices"],
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                    "logprobs": null, "finish_reason": null}])
+        );
+        assert_eq!(evs[1]["choices"][0]["delta"], json!({"content": "Hello"}));
+        assert_eq!(content(&evs), "Hello, world!");
+        assert_eq!(
+            evs[4]["choices"],
+            json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"}])
+        );
+        assert_eq!(evs[5], "[DONE]");
+        assert_eq!(
+            t.usage(),
+            Some(MessageUsage {
+                input: 25,
+                output: 12,
+                cache_read: 0,
+                cache_write: 0
+            })
+        );
+        assert!(!t.upstream_failed());
+    }
+
+    #[test]
+    fn finish_reasons_map() {
+        for (stop, want) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("max_tokens", "length"),
+            ("tool_use", "tool_calls"),
+            ("refusal", "content_filter"),
+        ] {
+            let input = sse(&text_stream(&["x"], stop, 1));
+            let evs = events(&run(&mut StreamTranslator::new(MODEL, 0, false), &input));
+            assert_eq!(evs[evs.len() - 2]["choices"][0]["finish_reason"], want);
+        }
+    }
+
+    fn tool_stream() -> Vec<Value> {
+        vec![
+            start(json!({"input_tokens": 100, "output_tokens": 2})),
+            json!({"type": "content_block_start", "index": 0,
+                   "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_delta", "index": 0,
+                   "delta": {"type": "text_delta", "text": "Checking both."}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "content_block_start", "index": 1, "content_block":
+                   {"type": "tool_use", "id": "toolu_a", "name": "get_weather", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 1,
+                   "delta": {"type": "input_json_delta", "partial_json": ""}}),
+            json!({"type": "content_block_delta", "index": 1,
+                   "delta": {"type": "input_json_delta", "partial_json": "{\"city\": \"Pa"}}),
+            json!({"type": "content_block_delta", "index": 1,
+                   "delta": {"type": "input_json_delta", "partial_json": "ris\"}"}}),
+            json!({"type": "content_block_stop", "index": 1}),
+            json!({"type": "content_block_start", "index": 2, "content_block":
+                   {"type": "tool_use", "id": "toolu_b", "name": "get_time", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 2,
+                   "delta": {"type": "input_json_delta", "partial_json": "{\"tz\":\"CET\"}"}}),
+            json!({"type": "content_block_stop", "index": 2}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                   "usage": {"output_tokens": 40}}),
+            json!({"type": "message_stop"}),
+        ]
+    }
+
+    #[test]
+    fn tool_use_stream_translates() {
+        let input = sse(&tool_stream());
+        let evs = events(&run(&mut StreamTranslator::new(MODEL, 5, false), &input));
+        let deltas: Vec<&Value> = evs.iter().map(|e| &e["choices"][0]["delta"]).collect();
+        assert_eq!(deltas[1], &json!({"content": "Checking both."}));
+        assert_eq!(
+            deltas[2],
+            &json!({"tool_calls": [{"index": 0, "id": "toolu_a", "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""}}]})
+        );
+        // The empty partial_json piece is skipped.
+        assert_eq!(
+            deltas[3],
+            &json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": \"Pa"}}]})
+        );
+        assert_eq!(
+            deltas[4],
+            &json!({"tool_calls": [{"index": 0, "function": {"arguments": "ris\"}"}}]})
+        );
+        // Anthropic block 2 is OpenAI tool call 1.
+        assert_eq!(
+            deltas[5],
+            &json!({"tool_calls": [{"index": 1, "id": "toolu_b", "type": "function",
+                    "function": {"name": "get_time", "arguments": ""}}]})
+        );
+        assert_eq!(
+            deltas[6],
+            &json!({"tool_calls": [{"index": 1, "function": {"arguments": "{\"tz\":\"CET\"}"}}]})
+        );
+        assert_eq!(evs[7]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(evs[8], "[DONE]");
+        assert_eq!(evs.len(), 9);
+        // The arguments, joined per tool call, are the tool inputs.
+        let mut args = [String::new(), String::new()];
+        for e in &evs[..8] {
+            if let Some(calls) = e["choices"][0]["delta"]["tool_calls"].as_array() {
+                for c in calls {
+                    let i = c["index"].as_u64().unwrap() as usize;
+                    args[i].push_str(c["function"]["arguments"].as_str().unwrap());
+                }
+            }
+        }
+        assert_eq!(args, ["{\"city\": \"Paris\"}", "{\"tz\":\"CET\"}"]);
+    }
+
+    fn cached_stream() -> Vec<u8> {
+        sse(&[
+            start(json!({"input_tokens": 10, "output_tokens": 1,
+                         "cache_read_input_tokens": 2000, "cache_creation_input_tokens": 300})),
+            json!({"type": "content_block_start", "index": 0,
+                   "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_delta", "index": 0,
+                   "delta": {"type": "text_delta", "text": "Hi"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                   "usage": {"output_tokens": 7}}),
+            json!({"type": "message_stop"}),
+        ])
+    }
+
+    #[test]
+    fn include_usage_adds_a_usage_chunk_with_cache_tokens() {
+        let mut t = StreamTranslator::new(MODEL, 9, true);
+        let evs = events(&run(&mut t, &cached_stream()));
+        let n = evs.len();
+        assert_eq!(evs[n - 1], "[DONE]");
+        for e in &evs[..n - 2] {
+            assert_eq!(e["usage"], Value::Null);
+            assert!(e.as_object().unwrap().contains_key("usage"));
+        }
+        assert_eq!(
+            evs[n - 2],
+            json!({
+                "id": "msg_01", "object": "chat.completion.chunk", "created": 9, "model": MODEL,
+                "choices": [],
+                "usage": {"prompt_tokens": 2310, "completion_tokens": 7, "total_tokens": 2317,
+                          "prompt_tokens_details": {"cached_tokens": 2000}},
+            })
+        );
+        assert_eq!(
+            t.usage(),
+            Some(MessageUsage {
+                input: 10,
+                output: 7,
+                cache_read: 2000,
+                cache_write: 300
+            })
+        );
+    }
+
+    #[test]
+    fn without_include_usage_no_usage_anywhere() {
+        let mut t = StreamTranslator::new(MODEL, 9, false);
+        let evs = events(&run(&mut t, &cached_stream()));
+        assert_eq!(evs.len(), 4);
+        assert!(evs[..3]
+            .iter()
+            .all(|e| e.get("usage").is_none() && e["choices"].as_array().unwrap().len() == 1));
+        // Usage is still counted for billing.
+        assert_eq!(t.usage().unwrap().total_tokens(), 2317);
+    }
+
+    #[test]
+    fn upstream_error_event_translates_and_stops() {
+        let mut ev = text_stream(&["partial"], "end_turn", 3);
+        ev.truncate(4);
+        ev.push(json!({"type": "error",
+                       "error": {"type": "overloaded_error", "message": "Overloaded"}}));
+        let mut input = sse(&ev);
+        // Anything after the error is ignored.
+        input.extend_from_slice(&sse(&[json!({"type": "message_stop"})]));
+        let mut t = StreamTranslator::new(MODEL, 0, true);
+        let evs = events(&run(&mut t, &input));
+        assert_eq!(content(&evs), "partial");
+        assert_eq!(
+            evs.last().unwrap(),
+            &json!({"error": {"message": "Overloaded", "type": "server_error",
+                              "param": null, "code": "overloaded_error"}})
+        );
+        assert!(!evs.contains(&json!("[DONE]")));
+        assert!(t.upstream_failed());
+        assert_eq!(t.usage().unwrap().input, 25);
+    }
+
+    #[test]
+    fn truncated_stream_is_an_error_at_finish() {
+        let full = sse(&text_stream(&["Hello", " there"], "end_turn", 5));
+        // Cut inside the message_delta event.
+        let cut = find(&full, b"event: message_delta") + 30;
+        let mut t = StreamTranslator::new(MODEL, 0, true);
+        let mut out = Vec::new();
+        t.feed(&full[..cut], &mut out).unwrap();
+        let e = t.finish(&mut out).expect_err("truncated");
+        assert_eq!(e.field, "stream");
+        assert!(e.message.contains("before message_stop"), "{e}");
+        let evs = events(&out);
+        assert_eq!(content(&evs), "Hello there");
+        assert!(!evs.contains(&json!("[DONE]")));
+        // Billing still sees the input; the error reaches the client as SSE.
+        assert_eq!(t.usage().unwrap().input, 25);
+        let mut tail = Vec::new();
+        error_event(&e, &mut tail);
+        assert_eq!(events(&tail)[0]["error"]["code"], "upstream_stream_error");
+        // An empty body too.
+        let e = StreamTranslator::new(MODEL, 0, false)
+            .finish(&mut Vec::new())
+            .unwrap_err();
+        assert!(e.message.contains("before message_start"));
+    }
+
+    #[test]
+    fn malformed_and_oversized_events_are_errors() {
+        let mut t = StreamTranslator::new(MODEL, 0, false);
+        let mut out = Vec::new();
+        let e = t.feed(b"data: {not json\n\n", &mut out).unwrap_err();
+        assert!(e.message.contains("not JSON"));
+        assert!(t.feed(b"", &mut out).is_err(), "stays broken");
+
+        let mut t = StreamTranslator::new(MODEL, 0, false);
+        let delta = sse(&[json!({"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": "x"}})]);
+        let e = t.feed(&delta, &mut out).unwrap_err();
+        assert!(e.message.contains("before message_start"));
+
+        let mut t = StreamTranslator::new(MODEL, 0, false);
+        let big = vec![b'a'; MAX_PENDING_EVENT_BYTES];
+        t.feed(b"data: ", &mut out).unwrap();
+        let e = t.feed(&big, &mut out).unwrap_err();
+        assert!(e.message.contains("exceeds"));
+    }
+
+    #[test]
+    fn crlf_cr_and_unknown_events() {
+        let mut input = Vec::new();
+        let evs = text_stream(&["a", "b"], "end_turn", 2);
+        for (i, e) in evs.iter().enumerate() {
+            let nl: &[u8] = if i % 2 == 0 { b"\r\n" } else { b"\r" };
+            input.extend_from_slice(b"data: ");
+            input.extend_from_slice(e.to_string().as_bytes());
+            input.extend_from_slice(nl);
+            input.extend_from_slice(nl);
+            if i == 1 {
+                input.extend_from_slice(
+                    b": comment\n\nevent: future\ndata: {\"type\":\"future\"}\n\n",
+                );
+            }
+        }
+        // The last event ends with a lone CR pair: reported by finish().
+        assert!(input.ends_with(b"\r\r"));
+        let out = run(&mut StreamTranslator::new(MODEL, 0, false), &input);
+        let evs = events(&out);
+        assert_eq!(content(&evs), "ab");
+        assert_eq!(evs.last().unwrap(), "[DONE]");
+    }
+
+    fn find(h: &[u8], n: &[u8]) -> usize {
+        h.windows(n.len()).position(|w| w == n).unwrap()
+    }
+
+    /// The non-streamed Messages response equivalent to a stream with
+    /// `text` and, when `tools`, the two tool calls of `tool_stream`.
+    fn non_streamed(text: &str, tools: bool) -> Value {
+        let mut content = vec![json!({"type": "text", "text": text})];
+        if tools {
+            content.push(
+                json!({"type": "tool_use", "id": "toolu_a", "name": "get_weather",
+                                "input": {"city": "Paris"}}),
+            );
+            content.push(
+                json!({"type": "tool_use", "id": "toolu_b", "name": "get_time",
+                                "input": {"tz": "CET"}}),
+            );
+        }
+        let body = json!({
+            "id": "msg_01", "type": "message", "role": "assistant", "model": MODEL,
+            "content": content,
+            "stop_reason": if tools { "tool_use" } else { "end_turn" }, "stop_sequence": null,
+            "usage": {"input_tokens": 25, "output_tokens": 5},
+        });
+        serde_json::from_slice(&message_to_chat(body.to_string().as_bytes(), 0).unwrap()).unwrap()
+    }
+
+    /// A stream of `pieces` as text deltas, then (when `tools`) the two tool
+    /// calls of `tool_stream`.
+    fn mixed_stream(pieces: &[String], tools: bool) -> Vec<Value> {
+        let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        let mut ev = text_stream(&refs, if tools { "tool_use" } else { "end_turn" }, 5);
+        if tools {
+            let tail = ev.split_off(ev.len() - 2);
+            ev.extend_from_slice(&tool_stream()[4..12]);
+            ev.extend(tail);
+        }
+        ev
+    }
+
+    const ENDS: [&[u8]; 4] = [b"\n", b"\r\n", b"\r", b"\n"];
+
+    proptest! {
+        #[test]
+        fn split_points_do_not_change_output(
+            pieces in prop::collection::vec(any::<String>(), 0..8),
+            tools in any::<bool>(),
+            include_usage in any::<bool>(),
+            ends in prop::collection::vec(0..ENDS.len(), 1..4),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let ends: Vec<&[u8]> = ends.iter().map(|&i| ENDS[i]).collect();
+            let input = sse_with(&mixed_stream(&pieces, tools), &ends);
+            let whole = {
+                let mut t = StreamTranslator::new(MODEL, 1, include_usage);
+                let mut out = Vec::new();
+                t.feed(&input, &mut out).unwrap();
+                t.finish(&mut out).unwrap();
+                out
+            };
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
+            at.sort_unstable();
+            let mut t = StreamTranslator::new(MODEL, 1, include_usage);
+            let mut split = Vec::new();
+            let mut prev = 0;
+            for c in at.into_iter().chain([input.len()]) {
+                t.feed(&input[prev..c], &mut split).unwrap();
+                prev = c;
+            }
+            t.finish(&mut split).unwrap();
+            prop_assert_eq!(&split, &whole);
+
+            let evs = events(&whole);
+            prop_assert_eq!(evs.last().unwrap(), &json!("[DONE]"));
+            let text: String = pieces.concat();
+            prop_assert_eq!(&content(&evs), &text);
+            let expected = non_streamed(&text, tools);
+            let message = &expected["choices"][0]["message"];
+            prop_assert_eq!(content(&evs), message["content"].as_str().unwrap_or(""));
+            // Tool calls: joined arguments parse to the non-streamed ones.
+            let mut calls: Vec<(String, String, String)> = Vec::new();
+            for e in &evs {
+                for c in e["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                    let i = c["index"].as_u64().unwrap() as usize;
+                    if i == calls.len() {
+                        calls.push((
+                            c["id"].as_str().unwrap().into(),
+                            c["function"]["name"].as_str().unwrap().into(),
+                            String::new(),
+                        ));
+                    }
+                    calls[i].2.push_str(c["function"]["arguments"].as_str().unwrap());
+                }
+            }
+            let want = message["tool_calls"].as_array().cloned().unwrap_or_default();
+            prop_assert_eq!(calls.len(), want.len());
+            for (got, want) in calls.iter().zip(&want) {
+                prop_assert_eq!(&got.0, want["id"].as_str().unwrap());
+                prop_assert_eq!(&got.1, want["function"]["name"].as_str().unwrap());
+                let a: Value = serde_json::from_str(&got.2).unwrap();
+                let b: Value =
+                    serde_json::from_str(want["function"]["arguments"].as_str().unwrap()).unwrap();
+                prop_assert_eq!(a, b);
+            }
+            let finish = if tools { "tool_calls" } else { "stop" };
+            prop_assert!(evs.iter().any(|e| e["choices"][0]["finish_reason"] == finish));
+        }
+    }
+}

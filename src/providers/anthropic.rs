@@ -14,7 +14,8 @@
 //! [`message_to_chat`] turns a (non-streamed) Messages response into a
 //! `chat.completion`; [`message_to_chat_with_usage`] also returns the
 //! [`MessageUsage`] with cache reads and writes apart, so each can be priced
-//! at its own rate. Streaming (SSE event) translation is not here yet.
+//! at its own rate. A streamed response is translated by
+//! [`super::anthropic_stream`], event by event.
 //!
 //! Known, documented simplifications: system/developer messages anywhere in
 //! the conversation are hoisted into `system` in order; a message's `name`,

@@ -138,6 +138,20 @@ impl VirtualKey {
     }
 }
 
+/// `(model, item)` pairs grouped by model, in their order within a model,
+/// the groups sorted by model (for [`by_model`]).
+fn group_by_model<'m, T>(items: impl Iterator<Item = (&'m str, T)>) -> Vec<(Box<str>, Vec<T>)> {
+    let mut out: Vec<(Box<str>, Vec<T>)> = Vec::new();
+    for (model, item) in items {
+        match out.iter_mut().find(|(m, _)| **m == *model) {
+            Some((_, group)) => group.push(item),
+            None => out.push((model.into(), vec![item])),
+        }
+    }
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 /// The entry for `model` in a list sorted by model; empty when it has none.
 fn by_model<'a, T>(list: &'a [(Box<str>, Vec<T>)], model: &str) -> &'a [T] {
     if list.is_empty() {
@@ -371,40 +385,26 @@ impl Catalog {
                     customer.map(|c| (c.name.as_str(), &c.model_budgets)),
                 ),
             ];
-            let mut model_chains: Vec<(Box<str>, Vec<Level>)> = Vec::new();
-            for (kind, owner) in owners_budgets {
-                let Some((owner, budgets)) = owner else {
-                    continue;
-                };
-                for m in budgets.iter() {
-                    let name = crate::config::dimensions::owner_model_name(owner, &m.model);
-                    let Some(l) = level(ids, kind, &name, Some(m.budget)) else {
-                        continue;
-                    };
-                    match model_chains.iter_mut().find(|(x, _)| **x == *m.model) {
-                        Some((_, ls)) => ls.push(l),
-                        None => model_chains.push((m.model.as_str().into(), vec![l])),
-                    }
-                }
-            }
-            model_chains.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let model_chains = group_by_model(owners_budgets.into_iter().flat_map(|(kind, owner)| {
+                owner.into_iter().flat_map(move |(owner, budgets)| {
+                    budgets.iter().filter_map(move |m| {
+                        let name = crate::config::dimensions::owner_model_name(owner, &m.model);
+                        level(ids, kind, &name, Some(m.budget)).map(|l| (m.model.as_str(), l))
+                    })
+                })
+            }));
             // Rate limits on one model: the key's, its team's, its customer's.
-            let mut per_model: Vec<(Box<str>, Vec<Arc<Limiter>>)> = Vec::new();
             let own_model = model_limiters("virtual key", &k.name, &k.model_rate_limits);
             let team_model = team.and_then(|t| team_model_limiters.get(t.name.as_str()));
             let customer_model =
                 customer.and_then(|c| customer_model_limiters.get(c.name.as_str()));
-            for (model, l) in own_model
-                .iter()
-                .chain(team_model.into_iter().flatten())
-                .chain(customer_model.into_iter().flatten())
-            {
-                match per_model.iter_mut().find(|(x, _)| **x == **model) {
-                    Some((_, ls)) => ls.push(Arc::clone(l)),
-                    None => per_model.push((model.as_str().into(), vec![Arc::clone(l)])),
-                }
-            }
-            per_model.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let per_model = group_by_model(
+                own_model
+                    .iter()
+                    .chain(team_model.into_iter().flatten())
+                    .chain(customer_model.into_iter().flatten())
+                    .map(|(model, l)| (model.as_str(), Arc::clone(l))),
+            );
             keys.push(VirtualKey {
                 id,
                 chain,

@@ -19,7 +19,7 @@ use crate::books::shard::{Admission, LeaseShard, Reservation};
 use crate::books::thread::WorkerLink;
 use crate::books::PushError;
 use crate::budget::Mode;
-use crate::catalog::{Level, Provider, VirtualKey};
+use crate::catalog::Level;
 use crate::error::ApiError;
 use crate::ledger::{Charges, Command, EntityId, EntityView, Reply};
 use crate::money::Money;
@@ -59,32 +59,25 @@ pub struct Levels {
 }
 
 impl Levels {
-    /// The key's chain (key, team, customer), then the provider.
-    pub fn of(key: &VirtualKey, provider: &Provider) -> Levels {
+    /// The levels of `chain`, each once, in order; `None` when there are
+    /// more than [`LEVELS_MAX`]. The config bounds a request's levels (four
+    /// of the organisation, four of the model, one per budgeted tag key), so
+    /// `None` is a bug, and the caller refuses the request rather than
+    /// admit it without a level.
+    pub fn of<'l>(chain: impl IntoIterator<Item = &'l Level>) -> Option<Levels> {
         let mut levels = Levels {
             items: [(EntityId(0), Mode::Soft); LEVELS_MAX],
             len: 0,
         };
-        for l in key.chain.iter().chain(provider.level.iter()) {
-            levels.push(l);
+        for level in chain {
+            let len = usize::from(levels.len);
+            if levels.items[..len].iter().any(|&(id, _)| id == level.id) {
+                continue;
+            }
+            *levels.items.get_mut(len)? = (level.id, level.mode);
+            levels.len += 1;
         }
-        levels
-    }
-
-    /// Adds `level` unless the request already has it. The catalog bounds
-    /// a request's levels at [`LEVELS_MAX`] (four of the organisation, four
-    /// of the model, one per budgeted tag key); one past it is a bug,
-    /// asserted in debug builds and never charged in release ones.
-    pub fn push(&mut self, level: &Level) {
-        let len = usize::from(self.len);
-        if self.items[..len].iter().any(|&(id, _)| id == level.id) {
-            return;
-        }
-        debug_assert!(len < LEVELS_MAX, "more than LEVELS_MAX levels");
-        if len < LEVELS_MAX {
-            self.items[len] = (level.id, level.mode);
-            self.len += 1;
-        }
+        Some(levels)
     }
 
     pub fn as_slice(&self) -> &[(EntityId, Mode)] {

@@ -636,16 +636,10 @@ async fn admit_budget<'w>(
     price: Option<&crate::prices::Price>,
     body: &[u8],
 ) -> Result<Admitted<'w>, ApiError> {
-    let mut levels = books::Levels::of(chain.key, chain.provider);
-    if let Some(l) = chain.catalog.model_level(chain.model) {
-        levels.push(l);
-    }
-    for l in chain.key.model_levels(chain.model) {
-        levels.push(l);
-    }
-    for l in chain.tags.iter() {
-        levels.push(l);
-    }
+    let levels = books::Levels::of(chain.levels()).ok_or_else(|| {
+        log::error!("a request met more than {} budget levels", books::LEVELS_MAX);
+        ApiError::internal("the request's budget levels are more than the books take")
+    })?;
     let pricing = &chain.catalog.pricing;
     let outputs = probe.outputs_billed(endpoint);
     let client_cap = probe.output_cap(endpoint);

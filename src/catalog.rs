@@ -385,14 +385,15 @@ impl Catalog {
                     customer.map(|c| (c.name.as_str(), &c.model_budgets)),
                 ),
             ];
-            let model_chains = group_by_model(owners_budgets.into_iter().flat_map(|(kind, owner)| {
-                owner.into_iter().flat_map(move |(owner, budgets)| {
-                    budgets.iter().filter_map(move |m| {
-                        let name = crate::config::dimensions::owner_model_name(owner, &m.model);
-                        level(ids, kind, &name, Some(m.budget)).map(|l| (m.model.as_str(), l))
+            let model_chains =
+                group_by_model(owners_budgets.into_iter().flat_map(|(kind, owner)| {
+                    owner.into_iter().flat_map(move |(owner, budgets)| {
+                        budgets.iter().filter_map(move |m| {
+                            let name = crate::config::dimensions::owner_model_name(owner, &m.model);
+                            level(ids, kind, &name, Some(m.budget)).map(|l| (m.model.as_str(), l))
+                        })
                     })
-                })
-            }));
+                }));
             // Rate limits on one model: the key's, its team's, its customer's.
             let own_model = model_limiters("virtual key", &k.name, &k.model_rate_limits);
             let team_model = team.and_then(|t| team_model_limiters.get(t.name.as_str()));

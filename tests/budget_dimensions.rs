@@ -20,9 +20,7 @@ fn admin(gw: &Gateway, method: &str, path: &str) -> Response {
 
 /// The ledger's spend at a level, through the spend API.
 fn spent(gw: &Gateway, path: &str) -> i128 {
-    let r = admin(gw, "GET", &format!("/admin/spend/{path}"));
-    assert_eq!(r.status, 200, "{path}: {}", r.text());
-    pico(r.json()["spent_usd"].as_str().unwrap())
+    util::spent_at(gw, ADMIN, path)
 }
 
 /// `CHAT` (gpt-4o-mini, max_tokens 5) for `model`.
@@ -590,16 +588,8 @@ budget = {{ limit_usd = "0.00001", reset = "1d", mode = "soft", soft_limit_usd =
     // lower one does, and the upstream is sent that cap.
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello there"}]}"#;
     let r = c.post("/v1/chat/completions", "sk-search-prod", body, &[]);
-    assert_eq!(r.status, 200, "{}", r.text());
-    let lowered: u64 = r
-        .header("x-bursar-output-cap-lowered")
-        .expect("cap lowered")
-        .parse()
-        .unwrap();
-    assert_eq!(
-        r.json()["usage"]["completion_tokens"].as_u64().unwrap(),
-        lowered.min(4096)
-    );
+    // The mock writes exactly the cap's words: the lowered cap reached it.
+    util::cap_lowered(&r);
     let cost = pico(r.cost_usd().unwrap());
     assert!(cost <= pico("0.0002"));
     assert_eq!(spent(&gw, "keys/search-prod/models/gpt-4o-mini"), cost);

@@ -22,9 +22,7 @@ fn admin(gw: &Gateway, method: &str, path: &str, body: &str) -> Response {
 }
 
 fn spent(gw: &Gateway, kind: &str, name: &str) -> i128 {
-    let r = admin(gw, "GET", &format!("/admin/spend/{kind}/{name}"), "");
-    assert_eq!(r.status, 200, "{}", r.text());
-    pico(r.json()["spent_usd"].as_str().unwrap())
+    util::spent_at(gw, ADMIN, &format!("{kind}/{name}"))
 }
 
 fn governed(base_url: &str, key_budget: &str, workers: usize) -> String {
@@ -187,17 +185,8 @@ fn a_request_without_an_output_cap_is_capped_and_degraded_to_fit() {
     let mut c = Client::connect(gw.addr);
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello there"}]}"#;
     let r = c.post("/v1/chat/completions", "sk-search-prod", body, &[]);
-    assert_eq!(r.status, 200, "{}", r.text());
-    let lowered: u64 = r
-        .header("x-bursar-output-cap-lowered")
-        .expect("cap lowered")
-        .parse()
-        .unwrap();
-    // The mock writes exactly max_completion_tokens words: the cap reached it.
-    assert_eq!(
-        r.json()["usage"]["completion_tokens"].as_u64().unwrap(),
-        lowered.min(4096)
-    );
+    // The mock writes exactly the cap's words: the lowered cap reached it.
+    util::cap_lowered(&r);
     let cost = pico(r.header("x-bursar-cost-usd").unwrap());
     assert!(cost <= pico("0.0002"));
     assert_eq!(spent(&gw, "keys", "search-prod"), cost);

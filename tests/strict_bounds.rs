@@ -29,9 +29,7 @@ budget = {key_budget}
 }
 
 fn spent(gw: &Gateway, name: &str) -> i128 {
-    let r = util::admin_request(gw, ADMIN, "GET", &format!("/admin/spend/keys/{name}"), "");
-    assert_eq!(r.status, 200, "{}", r.text());
-    pico(r.json()["spent_usd"].as_str().unwrap())
+    util::spent_at(gw, ADMIN, &format!("keys/{name}"))
 }
 
 /// The review's case: a strict key with $0.05 left, and an upstream that

@@ -134,9 +134,7 @@ fn charged_request(addr: SocketAddr, body: &str) -> Option<i128> {
 }
 
 fn spent(gw: &Gateway, name: &str) -> i128 {
-    let r = util::admin_get(gw, ADMIN, &format!("/admin/spend/keys/{name}"));
-    assert_eq!(r.status, 200, "{}", r.text());
-    pico(r.json()["spent_usd"].as_str().unwrap())
+    util::spent_at(gw, ADMIN, &format!("keys/{name}"))
 }
 
 #[test]

@@ -129,34 +129,8 @@ impl Target {
     /// Whether the config in force has it (with a budget, for the budgets
     /// on models and tags).
     pub(super) fn exists(&self, config: &crate::config::Config) -> bool {
-        fn on(budgets: &[crate::config::dimensions::ModelBudget], model: &str) -> bool {
-            budgets.iter().any(|b| b.model == model)
-        }
-        match self {
-            Target::Entity(kind, name) => match kind {
-                Kind::Customers => config.customers.iter().any(|c| c.name == *name),
-                Kind::Teams => config.teams.iter().any(|t| t.name == *name),
-                Kind::Keys => config.keys.iter().any(|k| k.name == *name),
-                Kind::Providers => config.providers.iter().any(|p| p.name == *name),
-            },
-            Target::Model(model) => on(&config.model_budgets, model),
-            Target::Tag(tag) => config.tag_budgets.iter().any(|t| t.name() == *tag),
-            Target::OwnerModel(kind, owner, model) => match kind {
-                Kind::Customers => config
-                    .customers
-                    .iter()
-                    .any(|c| c.name == *owner && on(&c.model_budgets, model)),
-                Kind::Teams => config
-                    .teams
-                    .iter()
-                    .any(|t| t.name == *owner && on(&t.model_budgets, model)),
-                Kind::Keys => config
-                    .keys
-                    .iter()
-                    .any(|k| k.name == *owner && on(&k.model_budgets, model)),
-                Kind::Providers => false,
-            },
-        }
+        !matches!(self, Target::OwnerModel(Kind::Providers, ..))
+            && config.has_entity(self.entity_kind(), &self.books_name())
     }
 
     pub(super) fn not_found(&self) -> ApiError {

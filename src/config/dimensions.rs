@@ -302,6 +302,38 @@ budget = {{ limit_usd = "50", reset = "1d", mode = "strict" }}
     }
 
     #[test]
+    fn alert_scopes_may_name_the_new_levels_and_only_those_that_exist() {
+        let rule = |scope: &str| {
+            format!(
+                "[[alerts.channels]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"https://example.com/h\"\n\
+                 [[alerts.rules]]\nname = \"r\"\nscope = \"{scope}\"\nthresholds = [50]\nchannels = [\"hook\"]\n"
+            )
+        };
+        for ok in [
+            "models/gpt-4o",
+            "tags/feature=search",
+            "key_models/search-prod/gpt-4o",
+            "customer_models/acme/gpt-4o",
+            "key_models",
+        ] {
+            load(&rule(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for missing in [
+            "models/gpt-4o-mini",
+            "tags/feature=chat",
+            "key_models/search-prod/gpt-4o-mini",
+            "team_models/search/gpt-4o",
+            "key_models/nobody/gpt-4o",
+        ] {
+            let e = load(&rule(missing)).expect_err(missing);
+            assert!(
+                e.to_string().contains("alerts.rules[0].scope"),
+                "{missing}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn tag_budgets_name_a_bounded_number_of_tag_keys() {
         let mut extra = String::new();
         for i in 1..TAG_BUDGET_KEYS_MAX {

@@ -243,6 +243,42 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 }
 
 impl Config {
+    /// Whether this config has the entity `kind`/`name` as the books name
+    /// it (a customer, team, key or provider by name; a budget on a model
+    /// or a tag; an owner's budget on a model as `owner/model`): what an
+    /// alert rule's scope or an admin route may name.
+    pub fn has_entity(&self, kind: crate::ledger::EntityKind, name: &str) -> bool {
+        use crate::ledger::EntityKind as K;
+        let on = |budgets: &[dimensions::ModelBudget], model: &str| {
+            budgets.iter().any(|b| b.model == model)
+        };
+        // `owner/model`: owner names hold no '/', model names may.
+        let owner_model = || name.split_once('/');
+        match kind {
+            K::Customer => self.customers.iter().any(|c| c.name == name),
+            K::Team => self.teams.iter().any(|t| t.name == name),
+            K::Key => self.keys.iter().any(|k| k.name == name),
+            K::Provider => self.providers.iter().any(|p| p.name == name),
+            K::Model => on(&self.model_budgets, name),
+            K::Tag => self.tag_budgets.iter().any(|t| t.name() == name),
+            K::KeyModel => owner_model().is_some_and(|(o, m)| {
+                self.keys
+                    .iter()
+                    .any(|k| k.name == o && on(&k.model_budgets, m))
+            }),
+            K::TeamModel => owner_model().is_some_and(|(o, m)| {
+                self.teams
+                    .iter()
+                    .any(|t| t.name == o && on(&t.model_budgets, m))
+            }),
+            K::CustomerModel => owner_model().is_some_and(|(o, m)| {
+                self.customers
+                    .iter()
+                    .any(|c| c.name == o && on(&c.model_budgets, m))
+            }),
+        }
+    }
+
     /// The host names of every provider's upstream, for the resolver.
     pub fn upstream_hosts(&self) -> Vec<String> {
         self.providers
@@ -768,57 +804,8 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
     let tag_budgets = dimensions::tag_budgets(&file.tag_budgets)?;
 
     let alerts = alerts::alerts_config(&file.alerts)?;
-    for (i, rule) in alerts.rules.iter().enumerate() {
-        // A rule for a name nobody has would stay silent: refuse the typo.
-        if let crate::alerts::rules::Scope::Entity(kind, name) = &rule.scope {
-            use crate::ledger::EntityKind as K;
-            // A budget on a model, named `owner/model`.
-            fn on_model<'a>(
-                name: &str,
-                mut budgets: impl Iterator<Item = (&'a str, &'a [dimensions::ModelBudget])>,
-            ) -> bool {
-                name.split_once('/').is_some_and(|(owner, model)| {
-                    budgets.any(|(o, b)| o == owner && b.iter().any(|m| m.model == model))
-                })
-            }
-            let known = match kind {
-                K::Customer => customers.iter().any(|c| &c.name == name),
-                K::Team => teams.iter().any(|t| &t.name == name),
-                K::Key => keys.iter().any(|k| &k.name == name),
-                K::Provider => providers.iter().any(|p| &p.name == name),
-                K::Model => model_budgets.iter().any(|m| &m.model == name),
-                K::Tag => tag_budgets.iter().any(|t| &t.name() == name),
-                K::KeyModel => on_model(
-                    name,
-                    keys.iter().map(|k| (k.name.as_str(), &k.model_budgets[..])),
-                ),
-                K::TeamModel => on_model(
-                    name,
-                    teams
-                        .iter()
-                        .map(|t| (t.name.as_str(), &t.model_budgets[..])),
-                ),
-                K::CustomerModel => on_model(
-                    name,
-                    customers
-                        .iter()
-                        .map(|c| (c.name.as_str(), &c.model_budgets[..])),
-                ),
-            };
-            if !known {
-                return Err(err(
-                    format!("alerts.rules[{i}].scope"),
-                    format!(
-                        "{:?} names no {} of this config",
-                        rule.section.scope,
-                        kind.as_str()
-                    ),
-                ));
-            }
-        }
-    }
 
-    Ok(Config {
+    let config = Config {
         server,
         limits,
         providers,
@@ -834,7 +821,23 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         model_budgets,
         tag_budgets,
         source,
-    })
+    };
+    for (i, rule) in config.alerts.rules.iter().enumerate() {
+        // A rule for a name nobody has would stay silent: refuse the typo.
+        if let crate::alerts::rules::Scope::Entity(kind, name) = &rule.scope {
+            if !config.has_entity(*kind, name) {
+                return Err(err(
+                    format!("alerts.rules[{i}].scope"),
+                    format!(
+                        "{:?} names no {} of this config",
+                        rule.section.scope,
+                        kind.as_str()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(config)
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {

@@ -637,7 +637,10 @@ async fn admit_budget<'w>(
     body: &[u8],
 ) -> Result<Admitted<'w>, ApiError> {
     let levels = books::Levels::of(chain.levels()).ok_or_else(|| {
-        log::error!("a request met more than {} budget levels", books::LEVELS_MAX);
+        log::error!(
+            "a request met more than {} budget levels",
+            books::LEVELS_MAX
+        );
         ApiError::internal("the request's budget levels are more than the books take")
     })?;
     let pricing = &chain.catalog.pricing;

@@ -626,3 +626,29 @@ impl LoadUntilCut {
         self.clients.into_iter().map(|h| h.join().unwrap()).sum()
     }
 }
+
+/// The ledger's spend at `level` (`keys/search-prod`,
+/// `tags/feature=search`, ...) through `GET /admin/spend/<level>`, in
+/// picodollars.
+pub fn spent_at(gw: &Gateway, token: &str, level: &str) -> i128 {
+    let r = admin_get(gw, token, &format!("/admin/spend/{level}"));
+    assert_eq!(r.status, 200, "{level}: {}", r.text());
+    pico(r.json()["spent_usd"].as_str().unwrap())
+}
+
+/// A 200 whose output cap a budget lowered: the cap it was sent with
+/// (`x-bursar-output-cap-lowered`), checked against what the mock wrote
+/// (exactly the cap's words, at most 4096).
+pub fn cap_lowered(r: &Response) -> u64 {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lowered: u64 = r
+        .header("x-bursar-output-cap-lowered")
+        .expect("cap lowered")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        r.json()["usage"]["completion_tokens"].as_u64().unwrap(),
+        lowered.min(4096)
+    );
+    lowered
+}

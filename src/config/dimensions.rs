@@ -84,6 +84,14 @@ fn check_model(field: &str, model: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A budget these sections require (they have no meaning without one).
+fn required_budget(
+    field: &str,
+    section: super::file::BudgetSection,
+) -> Result<Budget, ConfigError> {
+    budget_field(field, &Some(section))?.ok_or_else(|| err(field, "a budget is required"))
+}
+
 /// A customer's, team's or key's `model_budgets`.
 pub fn owner_model_budgets(
     field: &str,
@@ -103,7 +111,7 @@ pub fn owner_model_budgets(
         if out.iter().any(|m| m.model == e.model) {
             return Err(err(f, format!("a second budget on {:?}", e.model)));
         }
-        let budget = budget_field(&f, &Some(e.budget()))?.expect("a budget was given");
+        let budget = required_budget(&f, e.budget())?;
         out.push(ModelBudget {
             model: e.model.clone(),
             budget,
@@ -161,7 +169,7 @@ pub fn model_budgets(sections: &[ModelBudgetSection]) -> Result<Vec<ModelBudget>
         if out.iter().any(|m| m.model == s.model) {
             return Err(err(f, "a second budget on this model"));
         }
-        let budget = budget_field(&f, &Some(s.budget.clone()))?.expect("a budget was given");
+        let budget = required_budget(&f, s.budget.clone())?;
         out.push(ModelBudget {
             model: s.model.clone(),
             budget,
@@ -210,7 +218,7 @@ pub fn tag_budgets(sections: &[TagBudgetSection]) -> Result<Vec<TagBudget>, Conf
             }
             keys.push(&sections[i].tag[..key.len()]);
         }
-        let budget = budget_field(&f, &Some(s.budget.clone()))?.expect("a budget was given");
+        let budget = required_budget(&f, s.budget.clone())?;
         out.push(TagBudget { key, value, budget });
     }
     Ok(out)

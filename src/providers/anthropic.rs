@@ -22,35 +22,9 @@
 //! and `seed`, `store`, `service_tier`, `stream_options` and OpenAI's
 //! `metadata` are dropped (they change no output Anthropic can produce).
 
-use std::fmt;
-
 use serde_json::{json, Map, Value};
 
-/// A chat request (or a Messages response) that cannot be translated.
-/// `field` names the offending field as a JSON path (`messages[2].content[0]`,
-/// `n`, `usage`, ...), for OpenAI's `param` and the error message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TranslateError {
-    pub field: String,
-    pub message: String,
-}
-
-impl TranslateError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for TranslateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for TranslateError {}
+pub use super::TranslateError;
 
 /// Token counts of one Messages response, as Anthropic reports them:
 /// `input` excludes the cached parts, which are counted in `cache_read`

@@ -9,8 +9,8 @@
 
 use serde_json::{json, Value};
 
+use super::Endpoint;
 use crate::error::ApiError;
-use crate::proxy::route::Endpoint;
 
 /// Longest completion the mock writes.
 pub const MOCK_COMPLETION_WORDS_MAX: u64 = 4096;

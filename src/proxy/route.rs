@@ -3,35 +3,7 @@
 //! benchmarked in benches/parse_route.rs.
 
 use crate::http::Method;
-
-/// The proxied OpenAI endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    ChatCompletions,
-    Completions,
-    Embeddings,
-    Responses,
-}
-
-impl Endpoint {
-    /// The path under the provider's base URL.
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "/chat/completions",
-            Endpoint::Completions => "/completions",
-            Endpoint::Embeddings => "/embeddings",
-            Endpoint::Responses => "/responses",
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "chat.completions",
-            Endpoint::Completions => "completions",
-            Endpoint::Embeddings => "embeddings",
-            Endpoint::Responses => "responses",
-        }
-    }
-}
+pub use crate::providers::Endpoint;
 
 /// What the gateway does with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,47 +63,6 @@ pub fn classify(method: Method, path: &str) -> Route<'_> {
         }
     }
     Route::NotFound
-}
-
-impl Endpoint {
-    /// The protocol whose usage this endpoint's responses carry.
-    pub fn protocol(self) -> crate::tokens::Protocol {
-        use crate::tokens::Protocol;
-        match self {
-            Endpoint::ChatCompletions => Protocol::ChatCompletions,
-            Endpoint::Completions => Protocol::Completions,
-            Endpoint::Embeddings => Protocol::Embeddings,
-            Endpoint::Responses => Protocol::Responses,
-        }
-    }
-    /// Whether a stream of this endpoint carries usage only when asked
-    /// (`stream_options.include_usage`); the Responses API always sends it.
-    pub fn usage_on_request(self) -> bool {
-        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
-    }
-}
-
-impl Endpoint {
-    /// The member that caps a request's output, as the gateway writes it
-    /// when it must bound a request (`None`: nothing to cap).
-    pub fn output_cap_member(self) -> Option<&'static str> {
-        match self {
-            Endpoint::ChatCompletions => Some("max_completion_tokens"),
-            Endpoint::Completions => Some("max_tokens"),
-            Endpoint::Responses => Some("max_output_tokens"),
-            Endpoint::Embeddings => None,
-        }
-    }
-
-    /// Every name an endpoint's output cap goes by.
-    pub fn output_cap_members(self) -> &'static [&'static str] {
-        match self {
-            Endpoint::ChatCompletions => &["max_completion_tokens", "max_tokens"],
-            Endpoint::Completions => &["max_tokens"],
-            Endpoint::Responses => &["max_output_tokens"],
-            Endpoint::Embeddings => &[],
-        }
-    }
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ impl SseEvent {
 pub type EventStream = Box<dyn Iterator<Item = SseEvent> + Send>;
 
 /// How a streamed body is written.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Pacing {
     /// Pause between consecutive events.
     pub interval: Duration,

@@ -4,11 +4,12 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
+use hyper::http::request::Parts;
 use hyper::StatusCode;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::body::EventStream;
+use super::body::{EventStream, SseEvent};
 use super::errors::ApiError;
 use super::misbehave::Misbehaviour;
 use super::{DEFAULT_COMPLETION_WORDS, MAX_COMPLETION_WORDS};
@@ -18,8 +19,40 @@ pub type Object = Map<String, Value>;
 
 /// What an endpoint answers: a complete JSON body or a stream of events.
 pub enum Reply {
+    /// A complete `application/json` body.
     Json(StatusCode, Bytes),
+    /// A 200 `text/event-stream`.
     Stream(EventStream),
+    /// A complete body with its own head.
+    Full(Head, Bytes),
+    /// A streamed body with its own head (Bedrock's binary event stream, ...).
+    Events(Head, EventStream),
+}
+
+/// The status, content type and extra headers of a [`Reply`].
+pub struct Head {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Head {
+    pub fn new(status: StatusCode, content_type: &'static str) -> Self {
+        Head {
+            status,
+            content_type,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn json(status: StatusCode) -> Self {
+        Head::new(status, "application/json")
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
 }
 
 impl Reply {
@@ -43,6 +76,12 @@ pub struct Ctx<'a> {
     pub created: u64,
     /// FNV-1a of the raw request body, for deterministic ids.
     pub body_hash: u64,
+    /// The request line and headers (auth checks, query parameters).
+    pub parts: &'a Parts,
+    /// The whole delay applied before answering, in ms (Bedrock's `latencyMs`).
+    pub delay_ms: u64,
+    /// `--aws-secret-access-key`: verify Bedrock's SigV4 signatures with it.
+    pub aws_secret: Option<&'a str>,
 }
 
 /// Parses a request body that must be a JSON object.
@@ -301,5 +340,151 @@ pub fn spaced(index: usize, word: &str) -> Cow<'_, str> {
         Cow::Borrowed(word)
     } else {
         Cow::Owned(format!(" {word}"))
+    }
+}
+
+// ------------------------------------------------ Anthropic, Gemini, Bedrock
+
+/// Prompt tokens of the native formats, the chat rule over their turns:
+/// Σ over turns (3 + words(text)) + 3, where the system prompt, if given,
+/// counts as one more turn.
+pub fn turn_tokens<'a>(texts: impl IntoIterator<Item = &'a str>) -> u64 {
+    texts
+        .into_iter()
+        .map(|t| 3 + super::tokens::words(t))
+        .sum::<u64>()
+        + 3
+}
+
+/// How the prompt tokens split between cache reads, cache writes and the rest
+/// (Anthropic and Bedrock report the three apart; Gemini reports the read
+/// part inside its prompt count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSplit {
+    pub read: u64,
+    pub write: u64,
+    /// `prompt - read - write`.
+    pub uncached: u64,
+}
+
+impl CacheSplit {
+    /// `read = min(x-mock-cache-read-tokens (else x-mock-cached-tokens), prompt)`,
+    /// `write = min(x-mock-cache-write-tokens, prompt - read)`.
+    pub fn new(prompt: u64, mis: &Misbehaviour) -> Self {
+        let read = mis
+            .cache_read_tokens
+            .or(mis.cached_tokens)
+            .unwrap_or(0)
+            .min(prompt);
+        let write = mis.cache_write_tokens.unwrap_or(0).min(prompt - read);
+        CacheSplit {
+            read,
+            write,
+            uncached: prompt - read - write,
+        }
+    }
+}
+
+/// The tool the answer calls: `x-mock-tool-call` (which must name one of the
+/// request's tools), else `forced` (what the request's tool choice forces).
+pub fn chosen_tool(
+    declared: &[&str],
+    forced: Option<&str>,
+    mis: &Misbehaviour,
+) -> Result<Option<String>, ApiError> {
+    if let Some(name) = &mis.tool_call {
+        if !declared.contains(&name.as_str()) {
+            return Err(ApiError::bad_request(
+                format!(
+                    "mock: `{}` names `{name}`, which is not one of the request's tools",
+                    super::misbehave::H_TOOL_CALL
+                ),
+                Some(super::misbehave::H_TOOL_CALL),
+            ));
+        }
+        return Ok(Some(name.clone()));
+    }
+    Ok(forced.map(str::to_owned))
+}
+
+/// The pieces of a tool call's input, `{"text":"<the generated words>"}`,
+/// as streamed: `{"text":"`, one piece per word, `"}` (so at least two).
+/// The vocabulary needs no JSON escaping.
+pub fn tool_input_pieces(seed_text: &str, n_out: usize) -> Vec<String> {
+    let mut pieces = Vec::with_capacity(n_out + 2);
+    pieces.push("{\"text\":\"".to_owned());
+    for (i, word) in super::tokens::Words::new(seed_text, n_out).enumerate() {
+        pieces.push(spaced(i, word).into_owned());
+    }
+    pieces.push("\"}".to_owned());
+    pieces
+}
+
+/// The tool call's input as a JSON value.
+pub fn tool_input(seed_text: &str, n_out: usize) -> Value {
+    serde_json::json!({ "text": super::tokens::generate_text(seed_text, n_out) })
+}
+
+/// A required, non-empty array field.
+pub fn required_array<'a>(req: &'a Object, key: &str) -> Result<&'a Vec<Value>, ApiError> {
+    match req.get(key) {
+        Some(Value::Array(a)) if !a.is_empty() => Ok(a),
+        Some(Value::Array(_)) => Err(ApiError::bad_request(
+            format!("{key}: at least one message is required"),
+            Some(key),
+        )),
+        None | Some(Value::Null) => Err(ApiError::bad_request(
+            format!("{key}: Field required"),
+            Some(key),
+        )),
+        Some(_) => Err(ApiError::bad_request(
+            format!("{key}: Input should be a valid list"),
+            Some(key),
+        )),
+    }
+}
+
+/// An optional object field (absent or null: an empty object).
+pub fn sub_object<'a>(req: &'a Object, key: &str) -> Result<Cow<'a, Object>, ApiError> {
+    match req.get(key) {
+        None | Some(Value::Null) => Ok(Cow::Owned(Object::new())),
+        Some(Value::Object(o)) => Ok(Cow::Borrowed(o)),
+        Some(_) => Err(ApiError::bad_request(
+            format!("`{key}` must be an object"),
+            Some(key),
+        )),
+    }
+}
+
+/// A header's value as text, if present and valid UTF-8.
+pub fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The events of a stream: the lead, the content events, then either the
+/// tail or, with `x-mock-stream-error-after: K`, the error event right after
+/// the K-th content event (or after the last, if there are fewer).
+pub fn with_stream_error<L, C, T, E>(
+    lead: L,
+    content: C,
+    tail: T,
+    error_after: Option<u64>,
+    error: E,
+) -> EventStream
+where
+    L: Iterator<Item = SseEvent> + Send + 'static,
+    C: Iterator<Item = SseEvent> + Send + 'static,
+    T: Iterator<Item = SseEvent> + Send + 'static,
+    E: FnOnce() -> SseEvent + Send + 'static,
+{
+    match error_after {
+        None => Box::new(lead.chain(content).chain(tail)),
+        Some(k) => {
+            let k = usize::try_from(k).unwrap_or(usize::MAX);
+            Box::new(
+                lead.chain(content.take(k))
+                    .chain(std::iter::once_with(error)),
+            )
+        }
     }
 }

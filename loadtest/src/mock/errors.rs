@@ -4,6 +4,8 @@ use bytes::Bytes;
 use hyper::StatusCode;
 use serde::Serialize;
 
+use super::common::{Head, Reply};
+
 /// An error the mock answers with, in OpenAI's shape.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -12,6 +14,22 @@ pub struct ApiError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
+    /// The error type in a non-OpenAI wire format, when the status alone
+    /// does not say it (Bedrock's `InvalidSignatureException`, ...).
+    pub wire_type: Option<&'static str>,
+}
+
+/// The API dialect a route speaks; errors take its shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// `{"error":{"message","type","param","code"}}`.
+    OpenAi,
+    /// `{"type":"error","error":{"type","message"}}`.
+    Anthropic,
+    /// `{"error":{"code","message","status"}}`.
+    Gemini,
+    /// `{"message"}` with the type in the `x-amzn-errortype` header.
+    Bedrock,
 }
 
 #[derive(Serialize)]
@@ -37,6 +55,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: param.map(str::to_owned),
             code: None,
+            wire_type: None,
         }
     }
 
@@ -56,6 +75,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: None,
+            wire_type: None,
         }
     }
 
@@ -67,6 +87,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: None,
+            wire_type: None,
         }
     }
 
@@ -78,6 +99,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: None,
+            wire_type: None,
         }
     }
 
@@ -89,6 +111,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: Some("model_not_found"),
+            wire_type: None,
         }
     }
 
@@ -108,6 +131,69 @@ impl ApiError {
             kind,
             param: None,
             code,
+            wire_type: None,
+        }
+    }
+
+    /// An error with a wire-specific type (the OpenAI shape gets `kind`).
+    pub fn typed(status: StatusCode, wire_type: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+            wire_type: Some(wire_type),
+        }
+    }
+
+    /// This error as `wire` answers it: status, body and extra headers.
+    pub fn reply(&self, wire: Wire) -> Reply {
+        let status = self.status;
+        match wire {
+            Wire::OpenAi => Reply::Json(status, self.body()),
+            Wire::Anthropic => {
+                let kind = self.wire_type.unwrap_or(match status.as_u16() {
+                    401 => "authentication_error",
+                    403 => "permission_error",
+                    404 => "not_found_error",
+                    413 => "request_too_large",
+                    429 => "rate_limit_error",
+                    529 => "overloaded_error",
+                    500..=599 => "api_error",
+                    _ => "invalid_request_error",
+                });
+                let body = serde_json::json!({
+                    "type": "error",
+                    "error": {"type": kind, "message": self.message},
+                });
+                Reply::Json(status, to_json(&body))
+            }
+            Wire::Gemini => {
+                let body = serde_json::json!({"error": {
+                    "code": status.as_u16(),
+                    "message": self.message,
+                    "status": self.wire_type.unwrap_or_else(|| gemini_status(status)),
+                }});
+                Reply::Json(status, to_json(&body))
+            }
+            Wire::Bedrock => {
+                let kind = self.wire_type.unwrap_or(match status.as_u16() {
+                    403 => "AccessDeniedException",
+                    404 => "ResourceNotFoundException",
+                    408 => "ModelTimeoutException",
+                    424 => "ModelErrorException",
+                    429 => "ThrottlingException",
+                    503 => "ServiceUnavailableException",
+                    500..=599 => "InternalServerException",
+                    _ => "ValidationException",
+                });
+                let body = serde_json::json!({"message": self.message});
+                Reply::Full(
+                    Head::json(status).with_header("x-amzn-errortype", kind),
+                    to_json(&body),
+                )
+            }
         }
     }
 
@@ -122,6 +208,24 @@ impl ApiError {
             },
         };
         to_json(&envelope)
+    }
+}
+
+/// The `status` string of a Google API error for an HTTP status.
+pub fn gemini_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        409 => "ABORTED",
+        429 => "RESOURCE_EXHAUSTED",
+        499 => "CANCELLED",
+        501 => "UNIMPLEMENTED",
+        503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        500..=599 => "INTERNAL",
+        _ => "FAILED_PRECONDITION",
     }
 }
 

@@ -27,6 +27,10 @@ pub const H_REASONING: &str = "x-mock-reasoning-tokens";
 pub const H_SPLIT: &str = "x-mock-split";
 pub const H_COMPLETION: &str = "x-mock-completion-tokens";
 pub const H_UNCAPPED: &str = "x-mock-uncapped-tokens";
+pub const H_STREAM_ERROR: &str = "x-mock-stream-error-after";
+pub const H_CACHE_READ: &str = "x-mock-cache-read-tokens";
+pub const H_CACHE_WRITE: &str = "x-mock-cache-write-tokens";
+pub const H_TOOL_CALL: &str = "x-mock-tool-call";
 
 /// How a connection is cut on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +73,15 @@ pub struct Misbehaviour {
     /// `x-mock-uncapped-tokens`: the words generated when the request sets
     /// no cap (a cap it sets is honoured).
     pub uncapped_tokens: Option<u64>,
+    /// `x-mock-stream-error-after`: an in-stream error event after this many
+    /// content events (Anthropic, Gemini, Bedrock streams).
+    pub stream_error_after: Option<u64>,
+    /// `x-mock-cache-read-tokens`: prompt tokens read from the cache.
+    pub cache_read_tokens: Option<u64>,
+    /// `x-mock-cache-write-tokens`: prompt tokens written to the cache.
+    pub cache_write_tokens: Option<u64>,
+    /// `x-mock-tool-call`: answer with a call of this tool.
+    pub tool_call: Option<String>,
 }
 
 impl Misbehaviour {
@@ -104,6 +117,10 @@ impl Misbehaviour {
             split_bytes: split(headers)?,
             completion_tokens: number(headers, H_COMPLETION, MAX_COMPLETION_WORDS as u64)?,
             uncapped_tokens: number(headers, H_UNCAPPED, MAX_COMPLETION_WORDS as u64)?,
+            stream_error_after: number(headers, H_STREAM_ERROR, u64::MAX)?,
+            cache_read_tokens: number(headers, H_CACHE_READ, MAX_DETAIL_TOKENS)?,
+            cache_write_tokens: number(headers, H_CACHE_WRITE, MAX_DETAIL_TOKENS)?,
+            tool_call: tool_name(headers)?,
         })
     }
 }
@@ -153,6 +170,21 @@ fn status(headers: &HeaderMap) -> Result<Option<StatusCode>, ApiError> {
         .and_then(|c| StatusCode::from_u16(c).ok())
         .map(Some)
         .ok_or_else(|| ApiError::bad_header(H_STATUS, "a status code from 400 to 599"))
+}
+
+/// `x-mock-tool-call`: a tool name (letters, digits, `_`, `-`, `.`, `:`, 1-128).
+fn tool_name(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(name) = text(headers, H_TOOL_CALL)? else {
+        return Ok(None);
+    };
+    let valid = (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    if !valid {
+        return Err(ApiError::bad_header(H_TOOL_CALL, "a tool name"));
+    }
+    Ok(Some(name.to_owned()))
 }
 
 /// `x-mock-split`: `byte` (or `none`, the default).
@@ -221,6 +253,9 @@ mod tests {
             [(H_SPLIT, "word")],
             [(H_OMIT_USAGE, "maybe")],
             [(H_COMPLETION, "100000000")],
+            [(H_STREAM_ERROR, "x")],
+            [(H_CACHE_READ, "-2")],
+            [(H_TOOL_CALL, "a b")],
         ] {
             let err = Misbehaviour::from_headers(&headers(&pairs)).unwrap_err();
             assert_eq!(err.status, StatusCode::BAD_REQUEST, "{pairs:?}");

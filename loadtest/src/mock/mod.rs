@@ -6,6 +6,11 @@
 //! * `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
 //!   `/v1/responses` (plain and SSE-streamed), `GET /v1/models[/{id}]`,
 //!   `GET /health`, and `GET /v1/_mock/last-request` (what the mock last saw).
+//! * The native wire formats of three more providers: Anthropic Messages
+//!   (`POST /v1/messages`), Gemini (`POST /v1beta/models/{m}:generateContent`
+//!   and `:streamGenerateContent`) and Bedrock Runtime Converse
+//!   (`POST /model/{id}/converse` and `/converse-stream`, with SigV4 checks
+//!   and the binary `application/vnd.amazon.eventstream`).
 //! * Token counts are word counts, so every usage number can be computed by
 //!   hand; generated text is drawn from a fixed vocabulary seeded by the
 //!   request's last message, so the same request gives the same bytes.
@@ -15,18 +20,23 @@
 //!
 //! The full contract is in `loadtest/README.md`.
 
+mod anthropic;
+mod bedrock;
 mod body;
 mod chat;
 mod common;
 mod completions;
 mod embeddings;
 mod errors;
+mod eventstream;
+mod gemini;
 mod misbehave;
 mod models;
 mod record;
 mod responses;
 mod router;
 mod server;
+mod sigv4;
 mod tokens;
 
 use std::time::Duration;
@@ -67,6 +77,11 @@ pub struct MockArgs {
     /// Do not log one line per request to stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Verify the SigV4 signature of Bedrock requests with this secret
+    /// access key (without it, only the Authorization header's form is
+    /// checked).
+    #[arg(long)]
+    pub aws_secret_access_key: Option<String>,
 }
 
 /// Runs the mock until SIGTERM or SIGINT.
@@ -86,6 +101,7 @@ pub fn main(args: MockArgs) -> anyhow::Result<()> {
             .filter(|m| !m.is_empty())
             .collect(),
         quiet: args.quiet,
+        aws_secret: args.aws_secret_access_key,
     };
     let result = runtime.block_on(server::run(config));
     // Open connections are dropped, not drained: the mock holds no state

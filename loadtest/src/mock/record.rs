@@ -105,6 +105,7 @@ impl Recorder {
                 kind: "invalid_request_error",
                 param: None,
                 code: None,
+                wire_type: None,
             }),
             Some(r) => Ok(to_json(&LastRequest {
                 method: &r.method,

@@ -12,13 +12,15 @@ use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 
 use super::body::{MockBody, Pacing};
-use super::common::{Ctx, Reply};
-use super::errors::ApiError;
+use super::common::{Ctx, Head, Reply};
+use super::errors::{ApiError, Wire};
 use super::misbehave::Misbehaviour;
 use super::record::RecordedRequest;
 use super::server::{ConnControl, State};
 use super::tokens::fnv1a;
-use super::{chat, completions, embeddings, models, responses, MAX_BODY_BYTES};
+use super::{
+    anthropic, bedrock, chat, completions, embeddings, gemini, models, responses, MAX_BODY_BYTES,
+};
 
 /// The body of `GET /health`.
 const HEALTH_BODY: &[u8] = br#"{"status":"ok"}"#;
@@ -42,6 +44,30 @@ enum Api {
     Responses,
     Models,
     Model(String),
+    /// `POST /v1/messages`.
+    Anthropic,
+    /// `POST /v1beta/models/{model}:generateContent` / `:streamGenerateContent`.
+    Gemini {
+        model: String,
+        stream: bool,
+    },
+    /// `POST /model/{modelId}/converse` / `converse-stream`.
+    Bedrock {
+        model: String,
+        stream: bool,
+    },
+}
+
+impl Api {
+    /// The dialect this API's errors are written in.
+    fn wire(&self) -> Wire {
+        match self {
+            Api::Anthropic => Wire::Anthropic,
+            Api::Gemini { .. } => Wire::Gemini,
+            Api::Bedrock { .. } => Wire::Bedrock,
+            _ => Wire::OpenAi,
+        }
+    }
 }
 
 impl Route {
@@ -54,6 +80,39 @@ impl Route {
             "/v1/embeddings" => Route::Api(Api::Embeddings),
             "/v1/responses" => Route::Api(Api::Responses),
             "/v1/models" => Route::Api(Api::Models),
+            "/v1/messages" => Route::Api(Api::Anthropic),
+            _ if path.starts_with("/v1beta/models/") => {
+                let rest = path.strip_prefix("/v1beta/models/")?;
+                let (model, method) = rest.rsplit_once(':')?;
+                let stream = match method {
+                    "generateContent" => false,
+                    "streamGenerateContent" => true,
+                    _ => return None,
+                };
+                if model.is_empty() || model.contains('/') {
+                    return None;
+                }
+                Route::Api(Api::Gemini {
+                    model: percent_decode(model)?,
+                    stream,
+                })
+            }
+            _ if path.starts_with("/model/") => {
+                let rest = path.strip_prefix("/model/")?;
+                let (model, action) = rest.split_once('/')?;
+                let stream = match action {
+                    "converse" => false,
+                    "converse-stream" => true,
+                    _ => return None,
+                };
+                if model.is_empty() {
+                    return None;
+                }
+                Route::Api(Api::Bedrock {
+                    model: percent_decode(model)?,
+                    stream,
+                })
+            }
             _ => {
                 let id = path.strip_prefix("/v1/models/")?;
                 if id.is_empty() {
@@ -67,7 +126,15 @@ impl Route {
     /// The one method the route answers.
     fn method(&self) -> &'static str {
         match self {
-            Route::Api(Api::Chat | Api::Completions | Api::Embeddings | Api::Responses) => "POST",
+            Route::Api(
+                Api::Chat
+                | Api::Completions
+                | Api::Embeddings
+                | Api::Responses
+                | Api::Anthropic
+                | Api::Gemini { .. }
+                | Api::Bedrock { .. },
+            ) => "POST",
             Route::Health | Route::LastRequest | Route::Api(Api::Models | Api::Model(_)) => "GET",
         }
     }
@@ -127,23 +194,34 @@ async fn api_request(
     api: Api,
     req: Request<Incoming>,
 ) -> Response<MockBody> {
+    let wire = api.wire();
     let (parts, body) = req.into_parts();
     let body = match read_body(body).await {
         Ok(body) => body,
-        Err(err) => return error_response(&err),
+        Err(err) => return plain_response(err.reply(wire)),
     };
     state.recorder.record(RecordedRequest::new(&parts, &body));
     let mis = match Misbehaviour::from_headers(&parts.headers) {
         Ok(mis) => mis,
-        Err(err) => return error_response(&err),
+        Err(err) => return plain_response(err.reply(wire)),
     };
     let delay = state.config.delay + mis.delay;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     let reply = match mis.status {
-        Some(status) => ApiError::injected(status).into(),
-        None => dispatch(state, &api, &body, &mis),
+        Some(status) => ApiError::injected(status).reply(wire),
+        None => {
+            let ctx = Ctx {
+                mis: &mis,
+                created: unix_now(),
+                body_hash: fnv1a(&body),
+                parts: &parts,
+                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                aws_secret: state.config.aws_secret.as_deref(),
+            };
+            dispatch(state, &api, &body, &ctx)
+        }
     };
     deliver(state, conn, reply, &mis).await
 }
@@ -167,21 +245,19 @@ async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
 }
 
 /// Runs the endpoint of `api`.
-fn dispatch(state: &State, api: &Api, body: &Bytes, mis: &Misbehaviour) -> Reply {
-    let ctx = Ctx {
-        mis,
-        created: unix_now(),
-        body_hash: fnv1a(body),
-    };
+fn dispatch(state: &State, api: &Api, body: &Bytes, ctx: &Ctx) -> Reply {
     let result = match api {
-        Api::Chat => chat::handle(body, &ctx),
-        Api::Completions => completions::handle(body, &ctx),
-        Api::Embeddings => embeddings::handle(body, &ctx),
-        Api::Responses => responses::handle(body, &ctx),
+        Api::Chat => chat::handle(body, ctx),
+        Api::Completions => completions::handle(body, ctx),
+        Api::Embeddings => embeddings::handle(body, ctx),
+        Api::Responses => responses::handle(body, ctx),
         Api::Models => Ok(models::list(&state.config.models)),
         Api::Model(id) => Ok(models::get(&state.config.models, id)),
+        Api::Anthropic => anthropic::handle(body, ctx),
+        Api::Gemini { model, stream } => gemini::handle(body, ctx, model, *stream),
+        Api::Bedrock { model, stream } => bedrock::handle(body, ctx, model, *stream),
     };
-    result.unwrap_or_else(Reply::from)
+    result.unwrap_or_else(|err| err.reply(api.wire()))
 }
 
 /// Applies the write-side misbehaviour and builds the response. A
@@ -193,35 +269,97 @@ async fn deliver(
     reply: Reply,
     mis: &Misbehaviour,
 ) -> Response<MockBody> {
-    match reply {
-        Reply::Stream(events) => {
+    match normalise(reply) {
+        Reply::Events(head, events) => {
             let pacing = Pacing {
                 interval: mis.stream_interval.unwrap_or(state.config.stream_interval),
                 split_bytes: mis.split_bytes,
                 cut: mis.cut,
             };
             let mut response = Response::new(MockBody::events(events, pacing, Arc::clone(conn)));
-            let headers = response.headers_mut();
-            headers.insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream; charset=utf-8"),
-            );
-            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            apply_head(&mut response, head);
+            response
+                .headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             response
         }
-        Reply::Json(status, body) => {
+        Reply::Full(head, body) => {
             if let Some(cut) = mis.cut {
                 conn.request(cut.action);
                 return std::future::pending().await;
             }
-            if mis.split_bytes {
-                let mut response = json_response(status, Bytes::new());
-                *response.body_mut() = MockBody::byte_split(body, Arc::clone(conn));
-                return response;
-            }
-            json_response(status, body)
+            let mut response = if mis.split_bytes {
+                Response::new(MockBody::byte_split(body, Arc::clone(conn)))
+            } else {
+                Response::new(MockBody::full(body))
+            };
+            apply_head(&mut response, head);
+            response
+        }
+        // `normalise` leaves only the two forms above.
+        Reply::Json(status, body) => json_response(status, body),
+        Reply::Stream(events) => Response::new(MockBody::events(
+            events,
+            Pacing::default(),
+            Arc::clone(conn),
+        )),
+    }
+}
+
+/// The two shorthand forms as their general ones.
+fn normalise(reply: Reply) -> Reply {
+    match reply {
+        Reply::Json(status, body) => Reply::Full(Head::json(status), body),
+        Reply::Stream(events) => Reply::Events(
+            Head::new(StatusCode::OK, "text/event-stream; charset=utf-8"),
+            events,
+        ),
+        other => other,
+    }
+}
+
+/// Sets a response's status, content type and extra headers.
+fn apply_head(response: &mut Response<MockBody>, head: Head) {
+    *response.status_mut() = head.status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(head.content_type));
+    for (name, value) in head.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
         }
     }
+}
+
+/// A reply sent as it is, without misbehaviour (early errors).
+fn plain_response(reply: Reply) -> Response<MockBody> {
+    match normalise(reply) {
+        Reply::Full(head, body) => {
+            let mut response = Response::new(MockBody::full(body));
+            apply_head(&mut response, head);
+            response
+        }
+        // Early errors are never streams.
+        _ => json_response(StatusCode::INTERNAL_SERVER_ERROR, Bytes::new()),
+    }
+}
+
+/// Decodes `%XX` escapes of a path segment; `None` if they are malformed or
+/// not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn error_response(err: &ApiError) -> Response<MockBody> {

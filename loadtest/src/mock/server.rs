@@ -34,6 +34,8 @@ pub struct Config {
     pub models: Vec<String>,
     /// `--quiet`: no per-request log lines on stderr.
     pub quiet: bool,
+    /// `--aws-secret-access-key`: verify Bedrock SigV4 signatures with it.
+    pub aws_secret: Option<String>,
 }
 
 /// State shared by every connection.

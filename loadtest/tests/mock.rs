@@ -1271,3 +1271,1082 @@ fn exits_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+// ------------------------------------------- Anthropic, Gemini, Bedrock
+
+const ANTHROPIC: &[(&str, &str)] = &[("x-api-key", "sk-ant"), ("anthropic-version", "2023-06-01")];
+
+/// `headers` after the Anthropic auth headers.
+fn with_anthropic<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut all = ANTHROPIC.to_vec();
+    all.extend_from_slice(extra);
+    all
+}
+
+fn anthropic_body(extra: Value) -> Value {
+    let mut body = json!({
+        "model": "claude-3-5-sonnet-latest",
+        "max_tokens": 5,
+        "system": "be brief",
+        "messages": [
+            {"role": "user", "content": "a b c"},
+            {"role": "assistant", "content": [{"type": "text", "text": "d"}]},
+            {"role": "user", "content": [{"type": "text", "text": "e f"}, {"type": "image", "source": {}}]},
+        ],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// Prompt of `anthropic_body`: system (3+2) + (3+3) + (3+1) + (3+2) + 3.
+const ANTHROPIC_PROMPT: u64 = 5 + 6 + 4 + 5 + 3;
+
+fn assert_anthropic_error(resp: &Resp, status: u16, kind: &str) {
+    assert_eq!(resp.status, status, "{}", resp.text());
+    let v = resp.json();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], kind, "{v}");
+    assert!(v["error"]["message"].is_string(), "{v}");
+}
+
+/// The (event name, JSON data) pairs of an Anthropic stream; every event has both lines.
+fn named_events(resp: &Resp) -> Vec<(String, Value)> {
+    resp.events()
+        .into_iter()
+        .map(|(name, data)| {
+            let name = name.expect("every event is named");
+            let data: Value = serde_json::from_str(&data).unwrap();
+            (name, data)
+        })
+        .collect()
+}
+
+#[test]
+fn anthropic_auth_validation_and_errors() {
+    let mock = Mock::start();
+    let body = anthropic_body(json!({}));
+    let resp = mock.post_with(
+        "/v1/messages",
+        &[("anthropic-version", "2023-06-01")],
+        &body,
+    );
+    assert_anthropic_error(&resp, 401, "authentication_error");
+    let resp = mock.post_with("/v1/messages", &[("x-api-key", "k")], &body);
+    assert_anthropic_error(&resp, 400, "invalid_request_error");
+    assert!(resp.text().contains("anthropic-version"));
+
+    let mut no_max = body.clone();
+    no_max.as_object_mut().unwrap().remove("max_tokens");
+    let resp = mock.post_with("/v1/messages", ANTHROPIC, &no_max);
+    assert_anthropic_error(&resp, 400, "invalid_request_error");
+    assert!(resp.text().contains("max_tokens"));
+    for bad in [
+        json!({"messages": []}),
+        json!({"messages": [{"role": "system", "content": "x"}]}),
+        json!({"model": null}),
+        json!({"max_tokens": 0}),
+    ] {
+        let resp = mock.post_with("/v1/messages", ANTHROPIC, &anthropic_body(bad.clone()));
+        assert_anthropic_error(&resp, 400, "invalid_request_error");
+    }
+    for (status, kind) in [
+        ("429", "rate_limit_error"),
+        ("500", "api_error"),
+        ("529", "overloaded_error"),
+        ("401", "authentication_error"),
+    ] {
+        let resp = mock.post_with(
+            "/v1/messages",
+            &with_anthropic(&[("x-mock-status", status)]),
+            &body,
+        );
+        assert_anthropic_error(&resp, status.parse().unwrap(), kind);
+    }
+    // A bad misbehaviour header is refused in Anthropic's shape too.
+    let resp = mock.post_with(
+        "/v1/messages",
+        &with_anthropic(&[("x-mock-stream-error-after", "x")]),
+        &body,
+    );
+    assert_anthropic_error(&resp, 400, "invalid_request_error");
+}
+
+#[test]
+fn anthropic_plain_message_and_usage() {
+    let mock = Mock::start();
+    let v = mock
+        .post_with("/v1/messages", ANTHROPIC, &anthropic_body(json!({})))
+        .json();
+    assert!(v["id"].as_str().unwrap().starts_with("msg_"), "{v}");
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["role"], "assistant");
+    assert_eq!(v["model"], "claude-3-5-sonnet-latest");
+    assert_eq!(v["content"][0]["type"], "text");
+    assert_eq!(words(v["content"][0]["text"].as_str().unwrap()), 5);
+    assert_eq!(v["stop_reason"], "max_tokens");
+    assert!(v["stop_sequence"].is_null());
+    assert_eq!(
+        v["usage"],
+        json!({"input_tokens": ANTHROPIC_PROMPT, "cache_creation_input_tokens": 0,
+               "cache_read_input_tokens": 0, "output_tokens": 5})
+    );
+
+    // Fewer words than the cap: end_turn. Cache headers move prompt tokens.
+    let v = mock
+        .post_with(
+            "/v1/messages",
+            &with_anthropic(&[
+                ("x-mock-completion-tokens", "3"),
+                ("x-mock-cache-read-tokens", "10"),
+                ("x-mock-cache-write-tokens", "100"),
+                ("x-mock-reasoning-tokens", "4"),
+            ]),
+            &anthropic_body(json!({})),
+        )
+        .json();
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert_eq!(words(v["content"][0]["text"].as_str().unwrap()), 3);
+    assert_eq!(
+        v["usage"],
+        json!({"input_tokens": 0, "cache_creation_input_tokens": ANTHROPIC_PROMPT - 10,
+               "cache_read_input_tokens": 10, "output_tokens": 7})
+    );
+
+    let v = mock
+        .post_with(
+            "/v1/messages",
+            &with_anthropic(&[("x-mock-omit-usage", "1")]),
+            &anthropic_body(json!({})),
+        )
+        .json();
+    assert!(v.get("usage").is_none(), "{v}");
+}
+
+#[test]
+fn anthropic_stream_events() {
+    let mock = Mock::start();
+    let plain = mock
+        .post_with("/v1/messages", ANTHROPIC, &anthropic_body(json!({})))
+        .json();
+    let resp = mock.post_with(
+        "/v1/messages",
+        &with_anthropic(&[("x-mock-cache-read-tokens", "2")]),
+        &anthropic_body(json!({"stream": true})),
+    );
+    assert_eq!(resp.status, 200);
+    assert!(resp
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = named_events(&resp);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    for (name, data) in &events {
+        assert_eq!(data["type"], name.as_str());
+    }
+    let start = &events[0].1["message"];
+    assert_eq!(start["content"], json!([]));
+    assert!(start["stop_reason"].is_null());
+    assert_eq!(start["usage"]["input_tokens"], ANTHROPIC_PROMPT - 2);
+    assert_eq!(start["usage"]["cache_read_input_tokens"], 2);
+    assert_eq!(
+        events[1].1["content_block"],
+        json!({"type": "text", "text": ""})
+    );
+    let text: String = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .map(|(_, d)| {
+            assert_eq!(d["delta"]["type"], "text_delta");
+            d["delta"]["text"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(text, plain["content"][0]["text"].as_str().unwrap());
+    assert_eq!(
+        events[9].1,
+        json!({"type": "message_delta",
+               "delta": {"stop_reason": "max_tokens", "stop_sequence": null},
+               "usage": {"output_tokens": 5}})
+    );
+
+    // omit-usage: message_delta has none, message_start keeps the input counts.
+    let resp = mock.post_with(
+        "/v1/messages",
+        &with_anthropic(&[("x-mock-omit-usage", "1")]),
+        &anthropic_body(json!({"stream": true})),
+    );
+    let events = named_events(&resp);
+    assert_eq!(
+        events[0].1["message"]["usage"]["input_tokens"],
+        ANTHROPIC_PROMPT
+    );
+    let delta = &events.iter().find(|(n, _)| n == "message_delta").unwrap().1;
+    assert!(delta.get("usage").is_none(), "{delta}");
+
+    // An in-stream error after 2 deltas, then the stream ends cleanly.
+    let resp = mock.post_with(
+        "/v1/messages",
+        &with_anthropic(&[("x-mock-stream-error-after", "2")]),
+        &anthropic_body(json!({"stream": true})),
+    );
+    assert!(resp.error.is_none());
+    let events = named_events(&resp);
+    assert_eq!(events.len(), 6);
+    assert_eq!(events[5].0, "error");
+    assert_eq!(
+        events[5].1["error"]["type"], "overloaded_error",
+        "{}",
+        events[5].1
+    );
+}
+
+#[test]
+fn anthropic_tool_use() {
+    let mock = Mock::start();
+    let tools = json!({"tools": [
+        {"name": "get_weather", "description": "w", "input_schema": {"type": "object"}},
+        {"name": "get_time", "input_schema": {"type": "object"}},
+    ]});
+    let header = with_anthropic(&[("x-mock-tool-call", "get_time")]);
+    let v = mock
+        .post_with("/v1/messages", &header, &anthropic_body(tools.clone()))
+        .json();
+    assert_eq!(v["stop_reason"], "tool_use");
+    let block = &v["content"][0];
+    assert_eq!(block["type"], "tool_use");
+    assert_eq!(block["name"], "get_time");
+    assert!(block["id"].as_str().unwrap().starts_with("toolu_"));
+    assert_eq!(words(block["input"]["text"].as_str().unwrap()), 5);
+    assert_eq!(v["usage"]["output_tokens"], 5);
+
+    // tool_choice forces a tool without the header.
+    let mut forced = anthropic_body(tools.clone());
+    forced["tool_choice"] = json!({"type": "tool", "name": "get_weather"});
+    let v = mock.post_with("/v1/messages", ANTHROPIC, &forced).json();
+    assert_eq!(v["content"][0]["name"], "get_weather");
+    forced["tool_choice"] = json!({"type": "auto"});
+    let v = mock.post_with("/v1/messages", ANTHROPIC, &forced).json();
+    assert_eq!(v["content"][0]["type"], "text");
+
+    // Streamed: input_json_delta pieces that join to the same input.
+    let mut streamed = anthropic_body(tools.clone());
+    streamed["stream"] = json!(true);
+    let plain = mock
+        .post_with("/v1/messages", &header, &anthropic_body(tools.clone()))
+        .json();
+    let events = named_events(&mock.post_with("/v1/messages", &header, &streamed));
+    assert_eq!(events[1].1["content_block"]["type"], "tool_use");
+    assert_eq!(events[1].1["content_block"]["input"], json!({}));
+    let pieces: Vec<String> = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .map(|(_, d)| {
+            assert_eq!(d["delta"]["type"], "input_json_delta");
+            d["delta"]["partial_json"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(pieces.len() >= 2);
+    let input: Value = serde_json::from_str(&pieces.concat()).unwrap();
+    assert_eq!(input, plain["content"][0]["input"]);
+    let delta = &events.iter().find(|(n, _)| n == "message_delta").unwrap().1;
+    assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+
+    // Naming a tool the request does not declare is refused.
+    let resp = mock.post_with(
+        "/v1/messages",
+        &with_anthropic(&[("x-mock-tool-call", "nope")]),
+        &anthropic_body(tools),
+    );
+    assert_anthropic_error(&resp, 400, "invalid_request_error");
+}
+
+// ------------------------------------------------------------- Gemini
+
+fn gemini_body(extra: Value) -> Value {
+    let mut body = json!({
+        "systemInstruction": {"parts": [{"text": "be brief"}]},
+        "contents": [
+            {"role": "user", "parts": [{"text": "a b c"}]},
+            {"role": "model", "parts": [{"text": "d"}]},
+            {"role": "user", "parts": [{"text": "e"}, {"inlineData": {}}, {"text": "f"}]},
+        ],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// Prompt of `gemini_body`: system (3+2) + (3+3) + (3+1) + (3+2) + 3.
+const GEMINI_PROMPT: u64 = 5 + 6 + 4 + 5 + 3;
+const GEMINI_KEY: &[(&str, &str)] = &[("x-goog-api-key", "AIza-test")];
+const GEMINI_PLAIN: &str = "/v1beta/models/gemini-2.0-flash:generateContent";
+const GEMINI_SSE: &str = "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse";
+
+fn assert_gemini_error(resp: &Resp, status: u16, code: &str) {
+    assert_eq!(resp.status, status, "{}", resp.text());
+    let v = resp.json();
+    assert_eq!(v["error"]["code"], status, "{v}");
+    assert_eq!(v["error"]["status"], code, "{v}");
+    assert!(v["error"]["message"].is_string(), "{v}");
+}
+
+#[test]
+fn gemini_auth_and_errors() {
+    let mock = Mock::start();
+    let body = gemini_body(json!({}));
+    assert_gemini_error(&mock.post(GEMINI_PLAIN, &body), 403, "PERMISSION_DENIED");
+    let by_query = mock.post(&format!("{GEMINI_PLAIN}?key=AIza"), &body);
+    assert_eq!(by_query.status, 200);
+    assert_eq!(mock.post_with(GEMINI_PLAIN, GEMINI_KEY, &body).status, 200);
+    let resp = mock.post_with(GEMINI_PLAIN, GEMINI_KEY, &json!({"contents": []}));
+    assert_gemini_error(&resp, 400, "INVALID_ARGUMENT");
+    let resp = mock.post_with(
+        GEMINI_PLAIN,
+        GEMINI_KEY,
+        &json!({"contents": [{"role": "bot", "parts": [{"text": "x"}]}]}),
+    );
+    assert_gemini_error(&resp, 400, "INVALID_ARGUMENT");
+    for (status, code) in [
+        ("429", "RESOURCE_EXHAUSTED"),
+        ("500", "INTERNAL"),
+        ("503", "UNAVAILABLE"),
+    ] {
+        let resp = mock.post_with(
+            GEMINI_PLAIN,
+            &[("x-goog-api-key", "k"), ("x-mock-status", status)],
+            &body,
+        );
+        assert_gemini_error(&resp, status.parse().unwrap(), code);
+    }
+    assert_eq!(
+        mock.post_with(
+            "/v1beta/models/gemini-2.0-flash:countTokens",
+            GEMINI_KEY,
+            &body
+        )
+        .status,
+        404
+    );
+}
+
+#[test]
+fn gemini_plain_usage() {
+    let mock = Mock::start();
+    let v = mock
+        .post_with(GEMINI_PLAIN, GEMINI_KEY, &gemini_body(json!({})))
+        .json();
+    let candidate = &v["candidates"][0];
+    assert_eq!(candidate["content"]["role"], "model");
+    assert_eq!(
+        words(candidate["content"]["parts"][0]["text"].as_str().unwrap()),
+        16
+    );
+    assert_eq!(candidate["finishReason"], "STOP");
+    assert_eq!(candidate["index"], 0);
+    assert_eq!(
+        v["usageMetadata"],
+        json!({"promptTokenCount": GEMINI_PROMPT, "candidatesTokenCount": 16,
+               "totalTokenCount": GEMINI_PROMPT + 16})
+    );
+    assert_eq!(v["modelVersion"], "gemini-2.0-flash");
+    assert!(v["responseId"].is_string());
+
+    let v = mock
+        .post_with(
+            GEMINI_PLAIN,
+            &[
+                ("x-goog-api-key", "k"),
+                ("x-mock-reasoning-tokens", "7"),
+                ("x-mock-cached-tokens", "4"),
+            ],
+            &gemini_body(json!({"generationConfig": {"maxOutputTokens": 3}})),
+        )
+        .json();
+    assert_eq!(v["candidates"][0]["finishReason"], "MAX_TOKENS");
+    assert_eq!(
+        v["usageMetadata"],
+        json!({"promptTokenCount": GEMINI_PROMPT, "candidatesTokenCount": 3,
+               "thoughtsTokenCount": 7, "cachedContentTokenCount": 4,
+               "totalTokenCount": GEMINI_PROMPT + 3 + 7})
+    );
+    let v = mock
+        .post_with(
+            GEMINI_PLAIN,
+            &[("x-goog-api-key", "k"), ("x-mock-omit-usage", "1")],
+            &gemini_body(json!({})),
+        )
+        .json();
+    assert!(v.get("usageMetadata").is_none());
+}
+
+#[test]
+fn gemini_streams_sse_and_array() {
+    let mock = Mock::start();
+    let body = gemini_body(json!({"generationConfig": {"maxOutputTokens": 4}}));
+    let plain = mock.post_with(GEMINI_PLAIN, GEMINI_KEY, &body).json();
+    let resp = mock.post_with(
+        GEMINI_SSE,
+        &[("x-goog-api-key", "k"), ("x-mock-reasoning-tokens", "2")],
+        &body,
+    );
+    assert!(resp
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let chunks: Vec<Value> = resp
+        .events()
+        .into_iter()
+        .map(|(name, d)| {
+            assert!(name.is_none());
+            serde_json::from_str(&d).unwrap()
+        })
+        .collect();
+    assert_eq!(chunks.len(), 5);
+    let mut text = String::new();
+    for (i, c) in chunks.iter().enumerate() {
+        text.push_str(
+            c["candidates"][0]["content"]["parts"][0]["text"]
+                .as_str()
+                .unwrap(),
+        );
+        let usage = &c["usageMetadata"];
+        assert_eq!(usage["promptTokenCount"], GEMINI_PROMPT);
+        if i < 4 {
+            assert!(c["candidates"][0].get("finishReason").is_none());
+            assert_eq!(usage["candidatesTokenCount"], i + 1);
+        }
+    }
+    assert_eq!(
+        text,
+        plain["candidates"][0]["content"]["parts"][0]["text"]
+            .as_str()
+            .unwrap()
+    );
+    let last = &chunks[4];
+    assert_eq!(last["candidates"][0]["finishReason"], "MAX_TOKENS");
+    assert_eq!(
+        last["usageMetadata"],
+        json!({"promptTokenCount": GEMINI_PROMPT, "candidatesTokenCount": 4,
+               "thoughtsTokenCount": 2, "totalTokenCount": GEMINI_PROMPT + 6})
+    );
+
+    // Without alt=sse: one JSON array of the same chunks.
+    let resp = mock.post_with(
+        "/v1beta/models/gemini-2.0-flash:streamGenerateContent",
+        GEMINI_KEY,
+        &body,
+    );
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    let array = resp.json();
+    assert_eq!(array.as_array().unwrap().len(), 5);
+    assert_eq!(array[4]["candidates"][0]["finishReason"], "MAX_TOKENS");
+
+    // In-stream error after 2 chunks.
+    let resp = mock.post_with(
+        GEMINI_SSE,
+        &[("x-goog-api-key", "k"), ("x-mock-stream-error-after", "2")],
+        &body,
+    );
+    let data = resp.data();
+    assert_eq!(data.len(), 3);
+    let err: Value = serde_json::from_str(&data[2]).unwrap();
+    assert_eq!(err["error"]["status"], "UNAVAILABLE");
+    assert_eq!(err["error"]["code"], 503);
+
+    // reset-after on a Gemini stream.
+    let resp = mock.post_with(
+        GEMINI_SSE,
+        &[("x-goog-api-key", "k"), ("x-mock-reset-after", "1")],
+        &body,
+    );
+    assert_eq!(resp.error_kind(), Some(ErrorKind::ConnectionReset));
+    assert_eq!(resp.data().len(), 1);
+}
+
+#[test]
+fn gemini_function_call() {
+    let mock = Mock::start();
+    let tools = json!({"tools": [{"functionDeclarations": [
+        {"name": "lookup", "parameters": {"type": "object"}},
+        {"name": "other"},
+    ]}]});
+    let v = mock
+        .post_with(
+            GEMINI_PLAIN,
+            &[("x-goog-api-key", "k"), ("x-mock-tool-call", "other")],
+            &gemini_body(tools.clone()),
+        )
+        .json();
+    let call = &v["candidates"][0]["content"]["parts"][0]["functionCall"];
+    assert_eq!(call["name"], "other");
+    assert_eq!(words(call["args"]["text"].as_str().unwrap()), 16);
+    assert_eq!(v["candidates"][0]["finishReason"], "STOP");
+
+    let mut forced = gemini_body(tools);
+    forced["toolConfig"] = json!({"functionCallingConfig": {"mode": "ANY"}});
+    let resp = mock.post_with(GEMINI_SSE, GEMINI_KEY, &forced);
+    let chunks: Vec<Value> = resp
+        .data()
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(chunks.len(), 2);
+    assert_eq!(
+        chunks[0]["candidates"][0]["content"]["parts"][0]["functionCall"]["name"],
+        "lookup"
+    );
+}
+
+// ------------------------------------------------------------ Bedrock
+
+/// The test's own SigV4 signer (written apart from the mock's).
+mod sign {
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+
+    fn hmac(key: &[u8], data: &str) -> Vec<u8> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+        mac.update(data.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// The Authorization header for a request signing `headers` (sorted,
+    /// lowercase, already trimmed) with `canonical_uri` given ready-made.
+    #[allow(clippy::too_many_arguments)]
+    pub fn authorization(
+        method: &str,
+        canonical_uri: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        amz_date: &str,
+        region: &str,
+        service: &str,
+        secret: &str,
+    ) -> String {
+        let canonical_headers: String = headers.iter().map(|(n, v)| format!("{n}:{v}\n")).collect();
+        let signed: Vec<&str> = headers.iter().map(|(n, _)| *n).collect();
+        let signed = signed.join(";");
+        let creq = format!(
+            "{method}\n{canonical_uri}\n{query}\n{canonical_headers}\n{signed}\n{}",
+            hex(&Sha256::digest(body))
+        );
+        let date = &amz_date[..8];
+        let scope = format!("{date}/{region}/{service}/aws4_request");
+        let sts = format!(
+            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+            hex(&Sha256::digest(creq.as_bytes()))
+        );
+        let mut key = hmac(format!("AWS4{secret}").as_bytes(), date);
+        for part in [region, service, "aws4_request"] {
+            key = hmac(&key, part);
+        }
+        format!(
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/{scope}, SignedHeaders={signed}, Signature={}",
+            hex(&hmac(&key, &sts))
+        )
+    }
+}
+
+const AWS_SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+const AMZ_DATE: &str = "20240101T000000Z";
+const BEDROCK_PATH: &str = "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse";
+const BEDROCK_CANONICAL: &str = "/model/anthropic.claude-3-haiku-20240307-v1%253A0/converse";
+
+/// Headers that pass the form check (the signature is not verified without
+/// `--aws-secret-access-key`).
+fn bedrock_headers<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut h = vec![
+        ("x-amz-date", AMZ_DATE),
+        ("authorization", "AWS4-HMAC-SHA256 Credential=AKID/20240101/us-east-1/bedrock/aws4_request, SignedHeaders=host;x-amz-date, Signature=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"),
+    ];
+    h.extend_from_slice(extra);
+    h
+}
+
+fn bedrock_body(extra: Value) -> Value {
+    let mut body = json!({
+        "system": [{"text": "be brief"}],
+        "messages": [
+            {"role": "user", "content": [{"text": "a b c"}]},
+            {"role": "assistant", "content": [{"text": "d"}]},
+            {"role": "user", "content": [{"text": "e f"}]},
+        ],
+        "inferenceConfig": {"maxTokens": 6},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// Prompt of `bedrock_body`: system (3+2) + (3+3) + (3+1) + (3+2) + 3.
+const BEDROCK_PROMPT: u64 = 5 + 6 + 4 + 5 + 3;
+
+/// CRC-32 (IEEE), bit by bit: independent of the mock's `crc32fast`.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// One decoded event-stream message: its string headers and JSON payload.
+#[derive(Debug)]
+struct Frame {
+    headers: Vec<(String, String)>,
+    payload: Value,
+}
+
+impl Frame {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no header {name} in {self:?}"))
+    }
+}
+
+/// Decodes every complete message, checking both CRCs and the lengths.
+fn decode_frames(mut bytes: &[u8]) -> Vec<Frame> {
+    let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let mut frames = Vec::new();
+    while bytes.len() >= 12 {
+        let total = be32(&bytes[0..4]) as usize;
+        let headers_len = be32(&bytes[4..8]) as usize;
+        assert_eq!(be32(&bytes[8..12]), crc32(&bytes[0..8]), "prelude CRC");
+        if bytes.len() < total {
+            break; // a cut stream: the rest is incomplete
+        }
+        let msg = &bytes[..total];
+        assert_eq!(
+            be32(&msg[total - 4..]),
+            crc32(&msg[..total - 4]),
+            "message CRC"
+        );
+        let mut h = &msg[12..12 + headers_len];
+        let mut headers = Vec::new();
+        while !h.is_empty() {
+            let name_len = h[0] as usize;
+            let name = std::str::from_utf8(&h[1..1 + name_len]).unwrap().to_owned();
+            assert_eq!(h[1 + name_len], 7, "string header");
+            let value_len = u16::from_be_bytes([h[2 + name_len], h[3 + name_len]]) as usize;
+            let start = 4 + name_len;
+            let value = std::str::from_utf8(&h[start..start + value_len])
+                .unwrap()
+                .to_owned();
+            headers.push((name, value));
+            h = &h[start + value_len..];
+        }
+        let payload = serde_json::from_slice(&msg[12 + headers_len..total - 4]).unwrap();
+        frames.push(Frame { headers, payload });
+        bytes = &bytes[total..];
+    }
+    frames
+}
+
+#[test]
+fn test_signer_matches_aws_get_vanilla() {
+    // AWS SigV4 test suite, get-vanilla.
+    let auth = sign::authorization(
+        "GET",
+        "/",
+        "",
+        &[
+            ("host", "example.amazonaws.com"),
+            ("x-amz-date", "20150830T123600Z"),
+        ],
+        b"",
+        "20150830T123600Z",
+        "us-east-1",
+        "service",
+        AWS_SECRET,
+    );
+    assert!(auth
+        .ends_with("Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"));
+}
+
+#[test]
+fn bedrock_auth_refusals_and_signature_check() {
+    let mock = Mock::start_with(&["--aws-secret-access-key", AWS_SECRET]);
+    let body = bedrock_body(json!({}));
+    let text = body.to_string();
+    let refused = |resp: &Resp, kind: &str| {
+        assert_eq!(resp.status, 403, "{}", resp.text());
+        assert_eq!(resp.header("x-amzn-errortype"), Some(kind));
+        assert!(resp.json()["message"].is_string());
+    };
+    let resp = mock.post(BEDROCK_PATH, &body);
+    refused(&resp, "MissingAuthenticationTokenException");
+    assert_eq!(
+        resp.json(),
+        json!({"message": "Missing Authentication Token"})
+    );
+    refused(
+        &mock.post_with(BEDROCK_PATH, &[("authorization", "Bearer x")], &body),
+        "MissingAuthenticationTokenException",
+    );
+    refused(
+        &mock.post_with(
+            BEDROCK_PATH,
+            &[
+                ("authorization", "AWS4-HMAC-SHA256 Signature=ab"),
+                ("x-amz-date", AMZ_DATE),
+            ],
+            &body,
+        ),
+        "IncompleteSignatureException",
+    );
+    // No x-amz-date.
+    let headers = bedrock_headers(&[]);
+    refused(
+        &mock.post_with(BEDROCK_PATH, &headers[1..], &body),
+        "IncompleteSignatureException",
+    );
+
+    // A correct signature over host, x-amz-date and content-type.
+    let sign_with = |secret: &str, service: &str| {
+        sign::authorization(
+            "POST",
+            BEDROCK_CANONICAL,
+            "",
+            &[
+                ("content-type", "application/json"),
+                ("host", "mock"),
+                ("x-amz-date", AMZ_DATE),
+            ],
+            text.as_bytes(),
+            AMZ_DATE,
+            "us-east-1",
+            service,
+            secret,
+        )
+    };
+    let good = sign_with(AWS_SECRET, "bedrock");
+    let resp = mock.request(
+        "POST",
+        BEDROCK_PATH,
+        &[("x-amz-date", AMZ_DATE), ("authorization", &good)],
+        &text,
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let last = mock.get("/v1/_mock/last-request").json();
+    assert_eq!(last["headers"]["authorization"], good.as_str());
+    assert_eq!(last["path"], BEDROCK_PATH);
+
+    let bad = sign_with("another secret", "bedrock");
+    refused(
+        &mock.request(
+            "POST",
+            BEDROCK_PATH,
+            &[("x-amz-date", AMZ_DATE), ("authorization", &bad)],
+            &text,
+        ),
+        "InvalidSignatureException",
+    );
+    // The right signature over a changed body does not verify either.
+    refused(
+        &mock.request(
+            "POST",
+            BEDROCK_PATH,
+            &[("x-amz-date", AMZ_DATE), ("authorization", &good)],
+            &text.replace("a b c", "a b x"),
+        ),
+        "InvalidSignatureException",
+    );
+    let wrong_service = sign_with(AWS_SECRET, "s3");
+    refused(
+        &mock.request(
+            "POST",
+            BEDROCK_PATH,
+            &[("x-amz-date", AMZ_DATE), ("authorization", &wrong_service)],
+            &text,
+        ),
+        "InvalidSignatureException",
+    );
+}
+
+#[test]
+fn bedrock_converse_plain() {
+    let mock = Mock::start();
+    let resp = mock.post_with(
+        BEDROCK_PATH,
+        &bedrock_headers(&[]),
+        &bedrock_body(json!({})),
+    );
+    let v = resp.json();
+    assert_eq!(v["output"]["message"]["role"], "assistant");
+    assert_eq!(
+        words(
+            v["output"]["message"]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+        ),
+        6
+    );
+    assert_eq!(v["stopReason"], "max_tokens");
+    assert_eq!(
+        v["usage"],
+        json!({"inputTokens": BEDROCK_PROMPT, "outputTokens": 6, "totalTokens": BEDROCK_PROMPT + 6})
+    );
+    assert!(v["metrics"]["latencyMs"].is_u64());
+
+    let v = mock
+        .post_with(
+            BEDROCK_PATH,
+            &bedrock_headers(&[
+                ("x-mock-completion-tokens", "2"),
+                ("x-mock-cache-read-tokens", "5"),
+                ("x-mock-cache-write-tokens", "3"),
+            ]),
+            &bedrock_body(json!({})),
+        )
+        .json();
+    assert_eq!(v["stopReason"], "end_turn");
+    assert_eq!(
+        v["usage"],
+        json!({"inputTokens": BEDROCK_PROMPT - 8, "outputTokens": 2,
+               "totalTokens": BEDROCK_PROMPT + 2,
+               "cacheReadInputTokens": 5, "cacheWriteInputTokens": 3})
+    );
+
+    // Tool use.
+    let tools = json!({"toolConfig": {"tools": [{"toolSpec": {"name": "calc", "inputSchema": {"json": {}}}}],
+                                      "toolChoice": {"any": {}}}});
+    let v = mock
+        .post_with(BEDROCK_PATH, &bedrock_headers(&[]), &bedrock_body(tools))
+        .json();
+    assert_eq!(v["stopReason"], "tool_use");
+    let tool = &v["output"]["message"]["content"][0]["toolUse"];
+    assert_eq!(tool["name"], "calc");
+    assert!(tool["toolUseId"].is_string());
+    assert_eq!(words(tool["input"]["text"].as_str().unwrap()), 6);
+
+    // Validation and injected errors in Bedrock's shape.
+    let resp = mock.post_with(
+        BEDROCK_PATH,
+        &bedrock_headers(&[]),
+        &json!({"messages": []}),
+    );
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.header("x-amzn-errortype"), Some("ValidationException"));
+    for (status, kind) in [
+        ("429", "ThrottlingException"),
+        ("500", "InternalServerException"),
+        ("503", "ServiceUnavailableException"),
+    ] {
+        let resp = mock.post_with(
+            BEDROCK_PATH,
+            &bedrock_headers(&[("x-mock-status", status)]),
+            &bedrock_body(json!({})),
+        );
+        assert_eq!(resp.status.to_string(), status);
+        assert_eq!(resp.header("x-amzn-errortype"), Some(kind));
+        assert!(resp.json()["message"].is_string());
+    }
+}
+
+#[test]
+fn bedrock_converse_stream_frames() {
+    let mock = Mock::start();
+    let path = "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse-stream";
+    let plain = mock
+        .post_with(
+            BEDROCK_PATH,
+            &bedrock_headers(&[]),
+            &bedrock_body(json!({})),
+        )
+        .json();
+    let resp = mock.post_with(path, &bedrock_headers(&[]), &bedrock_body(json!({})));
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/vnd.amazon.eventstream")
+    );
+    let frames = decode_frames(&resp.body);
+    let types: Vec<&str> = frames.iter().map(|f| f.header(":event-type")).collect();
+    assert_eq!(
+        types,
+        [
+            "messageStart",
+            "contentBlockDelta",
+            "contentBlockDelta",
+            "contentBlockDelta",
+            "contentBlockDelta",
+            "contentBlockDelta",
+            "contentBlockDelta",
+            "contentBlockStop",
+            "messageStop",
+            "metadata"
+        ]
+    );
+    for f in &frames {
+        assert_eq!(f.header(":message-type"), "event");
+        assert_eq!(f.header(":content-type"), "application/json");
+    }
+    assert_eq!(frames[0].payload, json!({"role": "assistant"}));
+    let text: String = frames[1..7]
+        .iter()
+        .map(|f| f.payload["delta"]["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        text,
+        plain["output"]["message"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+    );
+    assert_eq!(frames[8].payload, json!({"stopReason": "max_tokens"}));
+    assert_eq!(frames[9].payload["usage"], plain["usage"]);
+    assert!(frames[9].payload["metrics"]["latencyMs"].is_u64());
+
+    // Tool use: contentBlockStart, then the input in pieces.
+    let tools = json!({"toolConfig": {"tools": [{"toolSpec": {"name": "calc"}}]}});
+    let resp = mock.post_with(
+        path,
+        &bedrock_headers(&[
+            ("x-mock-tool-call", "calc"),
+            ("x-mock-completion-tokens", "2"),
+        ]),
+        &bedrock_body(tools),
+    );
+    let frames = decode_frames(&resp.body);
+    assert_eq!(frames[1].header(":event-type"), "contentBlockStart");
+    assert_eq!(frames[1].payload["start"]["toolUse"]["name"], "calc");
+    let input: String = frames
+        .iter()
+        .filter(|f| f.header(":event-type") == "contentBlockDelta")
+        .map(|f| {
+            f.payload["delta"]["toolUse"]["input"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let input: Value = serde_json::from_str(&input).unwrap();
+    assert_eq!(words(input["text"].as_str().unwrap()), 2);
+    assert_eq!(frames[frames.len() - 2].payload["stopReason"], "tool_use");
+
+    // An exception after 3 deltas.
+    let resp = mock.post_with(
+        path,
+        &bedrock_headers(&[("x-mock-stream-error-after", "3")]),
+        &bedrock_body(json!({})),
+    );
+    let frames = decode_frames(&resp.body);
+    assert_eq!(frames.len(), 5);
+    let last = &frames[4];
+    assert_eq!(last.header(":message-type"), "exception");
+    assert_eq!(last.header(":exception-type"), "throttlingException");
+    assert!(last.payload["message"].is_string());
+
+    // omit-usage: metadata without usage.
+    let resp = mock.post_with(
+        path,
+        &bedrock_headers(&[("x-mock-omit-usage", "1")]),
+        &bedrock_body(json!({})),
+    );
+    let frames = decode_frames(&resp.body);
+    assert!(frames.last().unwrap().payload.get("usage").is_none());
+
+    // close-after: the frames before the cut are whole, then EOF.
+    let resp = mock.post_with(
+        path,
+        &bedrock_headers(&[("x-mock-close-after", "2")]),
+        &bedrock_body(json!({})),
+    );
+    assert_eq!(resp.error_kind(), Some(ErrorKind::UnexpectedEof));
+    assert_eq!(decode_frames(&resp.body).len(), 3);
+
+    // split byte: one byte per chunk, same frames.
+    let resp = mock.post_with(
+        path,
+        &bedrock_headers(&[("x-mock-split", "byte")]),
+        &bedrock_body(json!({})),
+    );
+    assert!(resp.chunks.iter().all(|&n| n == 1));
+    assert_eq!(decode_frames(&resp.body).len(), 10);
+}
+
+#[test]
+fn native_formats_misbehave_and_are_recorded() {
+    let mock = Mock::start();
+    // split byte on an Anthropic stream: same events.
+    let body = anthropic_body(json!({"stream": true}));
+    let normal = mock.post_with("/v1/messages", ANTHROPIC, &body);
+    let split = mock.post_with(
+        "/v1/messages",
+        &with_anthropic(&[("x-mock-split", "byte")]),
+        &body,
+    );
+    assert!(split.chunks.iter().all(|&n| n == 1));
+    assert_eq!(split.body, normal.body);
+    // Non-streamed, split: still Content-Length.
+    let split = mock.post_with(
+        "/v1/messages",
+        &with_anthropic(&[("x-mock-split", "byte")]),
+        &anthropic_body(json!({})),
+    );
+    assert!(split.header("content-length").is_some());
+    assert_eq!(split.json()["usage"]["input_tokens"], ANTHROPIC_PROMPT);
+
+    // reset-after on an Anthropic stream: the lead and K deltas.
+    let resp = mock.post_with(
+        "/v1/messages",
+        &with_anthropic(&[("x-mock-reset-after", "2")]),
+        &body,
+    );
+    assert_eq!(resp.error_kind(), Some(ErrorKind::ConnectionReset));
+    assert_eq!(resp.events().len(), 5);
+
+    // Delay.
+    let start = Instant::now();
+    let resp = mock.post_with(
+        GEMINI_PLAIN,
+        &[("x-goog-api-key", "k"), ("x-mock-delay-ms", "200")],
+        &gemini_body(json!({})),
+    );
+    assert_eq!(resp.status, 200);
+    assert!(start.elapsed() >= Duration::from_millis(200));
+
+    // Recorded with their auth headers.
+    mock.post_with("/v1/messages", ANTHROPIC, &anthropic_body(json!({})));
+    let last = mock.get("/v1/_mock/last-request").json();
+    assert_eq!(last["path"], "/v1/messages");
+    assert_eq!(last["headers"]["x-api-key"], "sk-ant");
+    assert_eq!(last["headers"]["anthropic-version"], "2023-06-01");
+    mock.post_with(GEMINI_SSE, GEMINI_KEY, &gemini_body(json!({})));
+    let last = mock.get("/v1/_mock/last-request").json();
+    assert_eq!(last["headers"]["x-goog-api-key"], "AIza-test");
+    assert_eq!(last["query"], "alt=sse");
+}

@@ -56,8 +56,15 @@ pub struct Provider {
     pub name: Arc<str>,
     pub kind: ProviderKind,
     pub upstream: Option<Arc<UpstreamTarget>>,
-    /// The full `Authorization` header value sent upstream, if any. Never logged.
-    auth_header: Option<Box<str>>,
+    /// Kind-specific settings (the Anthropic version, Azure's deployments).
+    pub wire: crate::config::WireConfig,
+    /// The credential header's value for each API key, in rotation order
+    /// (`Bearer <key>` for OpenAI, the bare key for Anthropic and Azure).
+    /// Never logged.
+    auth_values: Vec<Box<str>>,
+    /// The key in use: an index into `auth_values`, moved on by a 429 or an
+    /// auth error (shared by every worker).
+    key_index: std::sync::atomic::AtomicUsize,
     pub models: Vec<String>,
     /// This provider's own TLS connector when it trusts extra roots; `None`
     /// uses the worker's default connector.
@@ -80,9 +87,76 @@ impl std::fmt::Debug for ProviderTls {
 }
 
 impl Provider {
-    pub fn auth_header(&self) -> Option<&str> {
-        self.auth_header.as_deref()
+    /// The credential header sent upstream with the key in use, and that
+    /// key's index (for [`Provider::rotate_key`]).
+    pub fn auth_header(&self) -> Option<(&'static str, &str, usize)> {
+        let n = self.auth_values.len();
+        if n == 0 {
+            return None;
+        }
+        let i = self.key_index.load(std::sync::atomic::Ordering::Relaxed) % n;
+        let name = match self.kind {
+            ProviderKind::Anthropic => "x-api-key",
+            ProviderKind::Azure => "api-key",
+            _ => "authorization",
+        };
+        Some((name, &self.auth_values[i], i))
     }
+
+    /// How many API keys the provider rotates through.
+    pub fn key_count(&self) -> usize {
+        self.auth_values.len()
+    }
+
+    /// Moves on from key `from` (refused with a 429 or an auth error) to the
+    /// next; a no-op if another request already moved on. Returns whether
+    /// there is another key to try.
+    pub fn rotate_key(&self, from: usize) -> bool {
+        let n = self.auth_values.len();
+        if n < 2 {
+            return false;
+        }
+        let _ = self.key_index.compare_exchange(
+            from,
+            (from + 1) % n,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        true
+    }
+}
+
+/// Index of a group in [`Catalog::groups`].
+pub type GroupId = u32;
+
+/// One target of a model group.
+#[derive(Debug)]
+pub struct GroupTarget {
+    pub provider: ProviderId,
+    /// The model name the provider is sent.
+    pub model: Arc<str>,
+    pub weight: u32,
+    /// Shared by every worker; carried over a republish while the group,
+    /// provider and model stay.
+    pub health: Arc<crate::health::TargetHealth>,
+}
+
+/// A public model name served by several targets.
+#[derive(Debug)]
+pub struct ModelGroup {
+    pub name: Arc<str>,
+    pub strategy: crate::config::groups::Strategy,
+    pub targets: Vec<GroupTarget>,
+    pub retries: u32,
+    pub cooldown_ms: u64,
+    pub failures_before_cooldown: u32,
+}
+
+/// Where a model's requests go.
+#[derive(Debug, Clone, Copy)]
+pub enum Routed<'c> {
+    Provider(&'c Provider),
+    Group(&'c ModelGroup),
 }
 
 #[derive(Debug)]
@@ -106,6 +180,9 @@ pub struct VirtualKey {
     /// Per model that the key, its team or its customer rate-limits: those
     /// limiters, in that order. Sorted by model.
     model_limiters: Vec<(Box<str>, Vec<Arc<crate::ratelimit::Limiter>>)>,
+    /// Where a request goes when the budgets cannot afford its model: the
+    /// key's `fallback_model`, else its team's.
+    pub fallback_model: Option<Box<str>>,
 }
 
 impl VirtualKey {
@@ -204,6 +281,9 @@ pub struct Catalog {
     /// config (a client's model name only probes it).
     routes: HashMap<String, ProviderId, foldhash::fast::RandomState>,
     fallback: Option<ProviderId>,
+    /// Model groups, routed before the providers' own models.
+    pub groups: Vec<ModelGroup>,
+    group_routes: HashMap<Box<str>, GroupId, foldhash::fast::RandomState>,
     keys_by_digest: DigestMap<KeyId>,
     /// The prices in force (shipped table plus config overrides).
     pub prices: Arc<crate::prices::PriceTable>,
@@ -262,10 +342,18 @@ impl Catalog {
                 name: p.name.as_str().into(),
                 kind: p.kind,
                 upstream: p.upstream.clone().map(Arc::new),
-                auth_header: p
-                    .api_key
-                    .as_ref()
-                    .map(|k| format!("Bearer {}", k.expose()).into_boxed_str()),
+                wire: p.wire.clone(),
+                auth_values: p
+                    .api_keys
+                    .iter()
+                    .map(|k| match p.kind {
+                        ProviderKind::OpenAi | ProviderKind::Mock => {
+                            format!("Bearer {}", k.expose()).into_boxed_str()
+                        }
+                        _ => k.expose().into(),
+                    })
+                    .collect(),
+                key_index: std::sync::atomic::AtomicUsize::new(0),
                 models: p.models.clone(),
                 tls: provider_tls(config, p),
                 level: level(ids, EntityKind::Provider, &p.name, p.budget),
@@ -419,6 +507,11 @@ impl Catalog {
                     .filter(|t| !t.all_models)
                     .map(|t| t.allowed_models.clone()),
                 limiters,
+                fallback_model: k
+                    .fallback_model
+                    .as_deref()
+                    .or(team.and_then(|t| t.fallback_model.as_deref()))
+                    .map(Box::from),
             });
         }
         let model_levels = config
@@ -438,12 +531,15 @@ impl Catalog {
                     .insert(t.value.as_str().into(), l);
             }
         }
+        let (groups, group_routes) = build_groups(config, previous);
         Catalog {
             version,
             providers,
             keys,
             routes,
             fallback,
+            groups,
+            group_routes,
             keys_by_digest,
             prices: Arc::new(config.prices.clone()),
             pricing: config.pricing,
@@ -474,11 +570,23 @@ impl Catalog {
         self.tag_levels.get(key)?.get(value)
     }
 
-    /// The provider that serves `model`: an exact route first, then the fallback.
+    /// Where `model`'s requests go: a model group first, then a provider
+    /// listing it, then the fallback provider.
     #[inline]
-    pub fn route(&self, model: &str) -> Option<&Provider> {
+    pub fn route(&self, model: &str) -> Option<Routed<'_>> {
+        if !self.group_routes.is_empty() {
+            if let Some(&g) = self.group_routes.get(model) {
+                return self.groups.get(g as usize).map(Routed::Group);
+            }
+        }
         let id = self.routes.get(model).copied().or(self.fallback)?;
-        self.providers.get(id as usize)
+        self.providers.get(id as usize).map(Routed::Provider)
+    }
+
+    /// The provider of a group target.
+    #[inline]
+    pub fn provider(&self, id: ProviderId) -> &Provider {
+        &self.providers[id as usize]
     }
 
     /// The key whose secret is `presented`. The digest lookup is by hash; the
@@ -500,8 +608,10 @@ impl Catalog {
         let mut out: Vec<(&str, &str)> = self
             .routes
             .iter()
-            .filter(|(m, _)| key.allows(m))
+            .filter(|(m, _)| !self.group_routes.contains_key(m.as_str()))
             .map(|(m, &p)| (m.as_str(), &*self.providers[p as usize].name))
+            .chain(self.groups.iter().map(|g| (&*g.name, "bursar")))
+            .filter(|(m, _)| key.allows(m))
             .collect();
         out.sort_unstable();
         out
@@ -509,8 +619,62 @@ impl Catalog {
 
     /// Whether `model` is listed exactly (not only served by the fallback).
     pub fn is_listed(&self, model: &str) -> bool {
-        self.routes.contains_key(model)
+        self.routes.contains_key(model) || self.group_routes.contains_key(model)
     }
+}
+
+/// The model groups of `config`, with the health of every target that
+/// `previous` already had (same group, provider and model) carried over.
+#[allow(clippy::type_complexity)]
+fn build_groups(
+    config: &Config,
+    previous: Option<&Catalog>,
+) -> (
+    Vec<ModelGroup>,
+    HashMap<Box<str>, GroupId, foldhash::fast::RandomState>,
+) {
+    let provider_id = |name: &str| {
+        config
+            .providers
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| i as ProviderId)
+    };
+    let carried = |group: &str, provider: &str, model: &str| {
+        let prev = previous?;
+        let g = prev.groups.iter().find(|g| &*g.name == group)?;
+        g.targets
+            .iter()
+            .find(|t| &*t.model == model && &*prev.provider(t.provider).name == provider)
+            .map(|t| Arc::clone(&t.health))
+    };
+    let mut groups = Vec::with_capacity(config.model_groups.len());
+    let mut routes = HashMap::default();
+    for g in &config.model_groups {
+        let targets = g
+            .targets
+            .iter()
+            .filter_map(|t| {
+                Some(GroupTarget {
+                    provider: provider_id(&t.provider)?,
+                    model: t.model.as_str().into(),
+                    weight: t.weight,
+                    health: carried(&g.name, &t.provider, &t.model)
+                        .unwrap_or_else(|| Arc::new(crate::health::TargetHealth::new())),
+                })
+            })
+            .collect();
+        routes.insert(g.name.as_str().into(), groups.len() as GroupId);
+        groups.push(ModelGroup {
+            name: g.name.as_str().into(),
+            strategy: g.strategy,
+            targets,
+            retries: g.retries,
+            cooldown_ms: u64::try_from(g.cooldown.as_millis()).unwrap_or(u64::MAX),
+            failures_before_cooldown: g.failures_before_cooldown,
+        });
+    }
+    (groups, routes)
 }
 
 fn provider_tls(config: &Config, p: &crate::config::ProviderConfig) -> Option<ProviderTls> {
@@ -704,8 +868,12 @@ budget = { limit_usd = "1", reset = "1h" }
     #[test]
     fn routes_exact_then_fallback() {
         let c = catalog();
-        assert_eq!(c.route("o3").unwrap().name.as_ref(), "a");
-        assert_eq!(c.route("llama-3").unwrap().name.as_ref(), "b");
+        assert!(
+            matches!(c.route("o3"), Some(crate::catalog::Routed::Provider(p)) if &*p.name == "a")
+        );
+        assert!(
+            matches!(c.route("llama-3"), Some(crate::catalog::Routed::Provider(p)) if &*p.name == "b")
+        );
     }
 
     #[test]

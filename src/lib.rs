@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod io;
 pub mod ledger;

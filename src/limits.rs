@@ -49,6 +49,14 @@ pub const MODELS_PER_PROVIDER_MAX: usize = 4096;
 pub const VIRTUAL_KEYS_MAX: usize = 1_000_000;
 /// Longest model name we route.
 pub const MODEL_NAME_BYTES_MAX: usize = 256;
+/// API keys one provider rotates through.
+pub const PROVIDER_API_KEYS_MAX: usize = 16;
+/// `[[model_groups]]` in one config.
+pub const MODEL_GROUPS_MAX: usize = 1024;
+/// Targets in one model group.
+pub const MODEL_GROUP_TARGETS_MAX: usize = 16;
+/// Upstream attempts one request may make (the first and its retries).
+pub const UPSTREAM_ATTEMPTS_MAX: usize = 8;
 
 /// Defaults for the timeouts.
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);

@@ -148,6 +148,15 @@ pub struct WorkerStats {
     pub budget_refused: Counter,
     /// Requests whose output cap was lowered to fit a strict budget.
     pub budget_degraded: Counter,
+    /// Requests sent to their key's or team's fallback model because the
+    /// budgets could not afford the model asked for.
+    pub budget_downgraded: Counter,
+    /// Targets passed over because their budgets could not afford a request
+    /// that another target of its model group then served or refused.
+    pub budget_rerouted: Counter,
+    /// Upstream attempts left for another target or key (unreachable,
+    /// timed out, 429, 5xx, auth refused).
+    pub upstream_failovers: Counter,
     /// Tags from request bodies (`user`, `metadata`) not logged: the request
     /// already had `reqlog::row::TAGS_MAX` tags.
     pub tags_dropped: Counter,
@@ -519,7 +528,7 @@ impl Registry {
             (self.catalog_version)()
         );
         type Get = fn(&WorkerStats) -> i64;
-        let series: [(&str, &str, &str, Get); 19] = [
+        let series: [(&str, &str, &str, Get); 22] = [
             (
                 "bursar_connections_accepted_total",
                 "counter",
@@ -585,6 +594,24 @@ impl Registry {
                 "counter",
                 "Requests whose output cap was lowered to fit a strict budget.",
                 |w| w.budget_degraded.get() as i64,
+            ),
+            (
+                "bursar_budget_downgraded_total",
+                "counter",
+                "Requests sent to the fallback model because the budgets could not afford the model asked for.",
+                |w| w.budget_downgraded.get() as i64,
+            ),
+            (
+                "bursar_budget_rerouted_total",
+                "counter",
+                "Model-group targets passed over because their budgets could not afford the request.",
+                |w| w.budget_rerouted.get() as i64,
+            ),
+            (
+                "bursar_upstream_failovers_total",
+                "counter",
+                "Upstream attempts given up for another target or API key.",
+                |w| w.upstream_failovers.get() as i64,
             ),
             (
                 "bursar_tags_dropped_total",

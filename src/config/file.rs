@@ -38,6 +38,41 @@ pub struct FileConfig {
     /// Budgets on tag values (`feature=search`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tag_budgets: Vec<TagBudgetSection>,
+    /// Public model names served by several targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_groups: Vec<ModelGroupSection>,
+}
+
+/// `[[model_groups]]`: one public model name over several targets.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelGroupSection {
+    pub name: String,
+    /// "weighted" (default), "least-busy", "lowest-latency" or "cheapest".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    pub targets: Vec<GroupTargetSection>,
+    /// Attempts after the first, per request (default: one per other target).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// How long a failing target is skipped (default "30s").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<String>,
+    /// Consecutive failures that start a cooldown (default 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures_before_cooldown: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupTargetSection {
+    pub provider: String,
+    /// The model name sent to the provider (default: the group's name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Share of traffic under "weighted" (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 /// `[[model_budgets]]`: a gateway-wide budget on one model.
@@ -183,6 +218,10 @@ pub struct TeamSection {
     pub model_budgets: Vec<ModelBudgetEntry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_rate_limits: Vec<ModelRateLimitEntry>,
+    /// The cheaper model to fall back to when the budgets cannot afford the
+    /// one a request asks for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_model: Option<String>,
 }
 
 /// A price override, USD per million tokens.
@@ -316,7 +355,7 @@ pub struct LimitsSection {
 #[serde(deny_unknown_fields)]
 pub struct ProviderSection {
     pub name: String,
-    /// "openai" or "mock".
+    /// "openai", "mock", "anthropic" or "azure".
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
@@ -324,6 +363,20 @@ pub struct ProviderSection {
     pub api_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
+    /// Several keys, rotated on 429 and auth errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_keys_env: Option<Vec<String>>,
+    /// `anthropic`: the `anthropic-version` header (default "2023-06-01").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anthropic_version: Option<String>,
+    /// `azure`: the `api-version` query parameter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// `azure`: model name -> deployment name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployments: Option<std::collections::BTreeMap<String, String>>,
     /// A PEM file of extra root certificates to trust for this provider's TLS
     /// (a private CA), in addition to [server].tls_roots.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -362,4 +415,8 @@ pub struct KeySection {
     pub model_budgets: Vec<ModelBudgetEntry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_rate_limits: Vec<ModelRateLimitEntry>,
+    /// The cheaper model to fall back to when the budgets cannot afford the
+    /// one a request asks for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_model: Option<String>,
 }

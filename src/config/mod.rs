@@ -8,6 +8,8 @@
 pub mod alerts;
 pub mod dimensions;
 pub mod file;
+pub mod groups;
+pub mod providers;
 pub mod request_log;
 
 use std::fmt;
@@ -20,7 +22,9 @@ use sha2::{Digest, Sha256};
 use crate::budget::Budget;
 use crate::limits::{self, Limits};
 use crate::prices::{ModelEntry, PriceTable};
-use file::{BudgetSection, FileConfig, KeySection, ProviderSection, RateLimitSection};
+use file::{BudgetSection, FileConfig, KeySection, RateLimitSection};
+use providers::{check_model_overlap, validate_provider};
+pub use providers::{parse_base_url, WireConfig};
 
 /// The key of the built-in default configuration's demo virtual key.
 pub const DEMO_KEY: &str = "sk-bursar-demo";
@@ -51,6 +55,8 @@ pub struct Config {
     pub model_budgets: Vec<dimensions::ModelBudget>,
     /// Budgets on tag values (`[[tag_budgets]]`).
     pub tag_budgets: Vec<dimensions::TagBudget>,
+    /// Public model names served by several targets (`[[model_groups]]`).
+    pub model_groups: Vec<groups::ModelGroup>,
     /// The file it came from, if any (for reload).
     pub source: Option<PathBuf>,
 }
@@ -76,6 +82,9 @@ pub struct TeamConfig {
     pub all_models: bool,
     pub model_budgets: Vec<dimensions::ModelBudget>,
     pub model_rate_limits: Vec<dimensions::ModelRateLimit>,
+    /// The model a request falls back to when the team's budgets cannot
+    /// afford the one it asked for.
+    pub fallback_model: Option<String>,
 }
 
 /// Per-minute and concurrency limits; `None` is unlimited.
@@ -149,13 +158,7 @@ pub enum TlsRoots {
     Both,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderKind {
-    /// OpenAI or any OpenAI-compatible server.
-    OpenAi,
-    /// The in-process deterministic provider.
-    Mock,
-}
+pub use crate::providers::ProviderKind;
 
 /// A secret that never prints.
 #[derive(Clone, PartialEq, Eq)]
@@ -193,7 +196,10 @@ pub struct ProviderConfig {
     pub name: String,
     pub kind: ProviderKind,
     pub upstream: Option<UpstreamTarget>,
-    pub api_key: Option<Secret>,
+    /// The provider's API keys, in rotation order (empty: none is sent).
+    pub api_keys: Vec<Secret>,
+    /// Kind-specific settings.
+    pub wire: providers::WireConfig,
     pub models: Vec<String>,
     pub budget: Option<Budget>,
     /// Extra trusted roots (DER) from `ca_file`.
@@ -213,6 +219,9 @@ pub struct KeyConfig {
     pub rate_limit: RateLimit,
     pub model_budgets: Vec<dimensions::ModelBudget>,
     pub model_rate_limits: Vec<dimensions::ModelRateLimit>,
+    /// The model a request falls back to when its budgets cannot afford
+    /// the one it asked for (announced in `x-bursar-model-downgraded`).
+    pub fallback_model: Option<String>,
 }
 
 /// A config error: which field, and what is wrong with it.
@@ -243,6 +252,16 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 }
 
 impl Config {
+    /// Whether a request for `model` has somewhere to go: a model group, a
+    /// provider that lists it, or a provider that serves any model.
+    pub fn serves(&self, model: &str) -> bool {
+        self.model_groups.iter().any(|g| g.name == model)
+            || self
+                .providers
+                .iter()
+                .any(|p| p.models.iter().any(|m| m == model || m == "*"))
+    }
+
     /// Whether this config has the entity `kind`/`name` as the books name
     /// it (a customer, team, key or provider by name; a budget on a model
     /// or a tag; an owner's budget on a model as `owner/model`): what an
@@ -588,6 +607,7 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         providers.push(validate_provider(&field, p)?);
     }
     check_model_overlap(&providers)?;
+    let model_groups = groups::validate_groups(&file.model_groups, &providers)?;
 
     if file.virtual_keys.len() > limits::VIRTUAL_KEYS_MAX {
         return Err(err(
@@ -648,6 +668,7 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
             all_models,
             model_budgets: dimensions::owner_model_budgets(&field, &t.model_budgets)?,
             model_rate_limits: dimensions::owner_model_rate_limits(&field, &t.model_rate_limits)?,
+            fallback_model: t.fallback_model.clone(),
         });
     }
     for (i, (k, section)) in keys.iter().zip(&file.virtual_keys).enumerate() {
@@ -680,6 +701,7 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         k.model_budgets = dimensions::owner_model_budgets(&field, &section.model_budgets)?;
         k.model_rate_limits =
             dimensions::owner_model_rate_limits(&field, &section.model_rate_limits)?;
+        k.fallback_model = section.fallback_model.clone();
     }
     for (p, section) in providers.iter_mut().zip(&file.providers) {
         p.budget = budget_field(&format!("providers ({:?})", p.name), &section.budget)?;
@@ -820,8 +842,34 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         alerts,
         model_budgets,
         tag_budgets,
+        model_groups,
         source,
     };
+    for (field, fallback) in config
+        .keys
+        .iter()
+        .map(|k| {
+            (
+                format!("virtual_keys ({:?}).fallback_model", k.name),
+                &k.fallback_model,
+            )
+        })
+        .chain(config.teams.iter().map(|t| {
+            (
+                format!("teams ({:?}).fallback_model", t.name),
+                &t.fallback_model,
+            )
+        }))
+    {
+        if let Some(m) = fallback {
+            if !config.serves(m) {
+                return Err(err(
+                    field,
+                    format!("no provider or model group serves {m:?}"),
+                ));
+            }
+        }
+    }
     for (i, rule) in config.alerts.rules.iter().enumerate() {
         // A rule for a name nobody has would stay silent: refuse the typo.
         if let crate::alerts::rules::Scope::Entity(kind, name) = &rule.scope {
@@ -881,181 +929,6 @@ fn rate_limit_field(field: &str, r: &Option<RateLimitSection>) -> Result<RateLim
     })
 }
 
-fn validate_provider(field: &str, p: &ProviderSection) -> Result<ProviderConfig, ConfigError> {
-    if p.name.is_empty() || p.name.len() > 64 {
-        return Err(err(field, "name must be 1 to 64 bytes"));
-    }
-    let kind = match p.kind.as_str() {
-        "openai" => ProviderKind::OpenAi,
-        "mock" => ProviderKind::Mock,
-        other => {
-            return Err(err(
-                format!("{field}.kind"),
-                format!("{other:?}: use \"openai\" or \"mock\""),
-            ))
-        }
-    };
-    if p.models.is_empty() {
-        return Err(err(
-            format!("{field}.models"),
-            "list the models this provider serves (\"*\" for any)",
-        ));
-    }
-    if p.models.len() > limits::MODELS_PER_PROVIDER_MAX {
-        return Err(err(format!("{field}.models"), "too many models"));
-    }
-    for m in &p.models {
-        if m.is_empty() || m.len() > limits::MODEL_NAME_BYTES_MAX {
-            return Err(err(
-                format!("{field}.models"),
-                format!(
-                    "model names must be 1 to {} bytes",
-                    limits::MODEL_NAME_BYTES_MAX
-                ),
-            ));
-        }
-    }
-    let upstream = match (kind, &p.base_url) {
-        (ProviderKind::OpenAi, None) => {
-            return Err(err(
-                format!("{field}.base_url"),
-                "required for kind \"openai\"",
-            ))
-        }
-        (ProviderKind::Mock, Some(_)) => {
-            return Err(err(
-                format!("{field}.base_url"),
-                "kind \"mock\" runs in process and takes no base_url",
-            ))
-        }
-        (ProviderKind::Mock, None) => None,
-        (ProviderKind::OpenAi, Some(url)) => {
-            Some(parse_base_url(&format!("{field}.base_url"), url)?)
-        }
-    };
-    let api_key = match (&p.api_key, &p.api_key_env) {
-        (Some(_), Some(_)) => {
-            return Err(err(field, "set api_key or api_key_env, not both"));
-        }
-        (Some(k), None) => Some(Secret(k.clone())),
-        (None, Some(var)) => match std::env::var(var) {
-            Ok(v) if !v.is_empty() => Some(Secret(v)),
-            _ => {
-                return Err(err(
-                    format!("{field}.api_key_env"),
-                    format!("environment variable {var} is not set"),
-                ))
-            }
-        },
-        (None, None) => None,
-    };
-    if let Some(k) = &api_key {
-        if k.0.bytes().any(|b| b == b'\r' || b == b'\n' || b < 0x20) {
-            return Err(err(field, "api key contains control characters"));
-        }
-    }
-    let extra_roots = match &p.ca_file {
-        None => Vec::new(),
-        Some(path) => {
-            use rustls::pki_types::pem::PemObject;
-            if upstream.as_ref().is_none_or(|u| !u.tls) {
-                return Err(err(
-                    format!("{field}.ca_file"),
-                    "only an https base_url uses a CA file",
-                ));
-            }
-            let certs: Result<Vec<_>, _> = rustls::pki_types::CertificateDer::pem_file_iter(path)
-                .map_err(|e| err(format!("{field}.ca_file"), format!("{path}: {e}")))?
-                .collect();
-            let certs =
-                certs.map_err(|e| err(format!("{field}.ca_file"), format!("{path}: {e}")))?;
-            if certs.is_empty() {
-                return Err(err(
-                    format!("{field}.ca_file"),
-                    format!("{path} holds no PEM certificate"),
-                ));
-            }
-            certs
-        }
-    };
-    Ok(ProviderConfig {
-        name: p.name.clone(),
-        kind,
-        upstream,
-        api_key,
-        models: p.models.clone(),
-        budget: None,
-        extra_roots,
-    })
-}
-
-/// Parses an upstream base URL such as "https://api.openai.com/v1".
-pub fn parse_base_url(field: &str, text: &str) -> Result<UpstreamTarget, ConfigError> {
-    let url = url::Url::parse(text).map_err(|e| err(field, format!("{text:?}: {e}")))?;
-    let tls = match url.scheme() {
-        "http" => false,
-        "https" => true,
-        other => return Err(err(field, format!("scheme {other:?}: use http or https"))),
-    };
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(err(
-            field,
-            "credentials in the URL are not supported; use api_key",
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(err(field, "a base URL takes no query or fragment"));
-    }
-    let host = match url.host() {
-        Some(url::Host::Domain(d)) => d.to_string(),
-        Some(url::Host::Ipv4(a)) => a.to_string(),
-        Some(url::Host::Ipv6(a)) => a.to_string(),
-        None => return Err(err(field, "no host")),
-    };
-    let port = url
-        .port_or_known_default()
-        .ok_or_else(|| err(field, "no port"))?;
-    let default_port = if tls { 443 } else { 80 };
-    let host_for_header = match url.host() {
-        Some(url::Host::Ipv6(a)) => format!("[{a}]"),
-        _ => host.clone(),
-    };
-    let host_header = if port == default_port {
-        host_for_header
-    } else {
-        format!("{host_for_header}:{port}")
-    };
-    let base_path = url.path().trim_end_matches('/').to_string();
-    Ok(UpstreamTarget {
-        tls,
-        host,
-        port,
-        base_path,
-        pool_host: std::sync::Arc::from(host_header.as_str()),
-        host_header,
-    })
-}
-
-fn check_model_overlap(providers: &[ProviderConfig]) -> Result<(), ConfigError> {
-    let mut seen: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
-    for p in providers {
-        for m in &p.models {
-            if let Some(prev) = seen.insert(m.as_str(), p.name.as_str()) {
-                let what = if m == "*" {
-                    "the fallback \"*\"".to_string()
-                } else {
-                    format!("model {m:?}")
-                };
-                return Err(err(
-                    format!("providers ({:?})", p.name),
-                    format!("{what} is already served by provider {prev:?}"),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 fn validate_key(field: &str, k: &KeySection) -> Result<KeyConfig, ConfigError> {
     if k.name.is_empty() || k.name.len() > 128 {
         return Err(err(field, "name must be 1 to 128 bytes"));
@@ -1103,6 +976,7 @@ fn validate_key(field: &str, k: &KeySection) -> Result<KeyConfig, ConfigError> {
         rate_limit: RateLimit::default(),
         model_budgets: Vec::new(),
         model_rate_limits: Vec::new(),
+        fallback_model: None,
     })
 }
 

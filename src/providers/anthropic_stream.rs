@@ -125,6 +125,11 @@ impl StreamTranslator {
         self.usage
     }
 
+    /// Whether `message_stop` arrived: the usage is the provider's final count.
+    pub fn complete(&self) -> bool {
+        self.state == State::Done
+    }
+
     /// Whether upstream sent an `error` event (translated, then stopped).
     pub fn upstream_failed(&self) -> bool {
         self.state == State::UpstreamError

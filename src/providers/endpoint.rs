@@ -10,6 +10,9 @@ pub enum Endpoint {
     Completions,
     Embeddings,
     Responses,
+    /// Anthropic's `/v1/messages`, passed through to `anthropic` providers
+    /// for clients that speak Anthropic.
+    Messages,
 }
 
 impl Endpoint {
@@ -20,6 +23,7 @@ impl Endpoint {
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
             Endpoint::Responses => "/responses",
+            Endpoint::Messages => "/messages",
         }
     }
     pub fn name(self) -> &'static str {
@@ -28,6 +32,7 @@ impl Endpoint {
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
         }
     }
 }
@@ -41,6 +46,7 @@ impl Endpoint {
             Endpoint::Completions => Protocol::Completions,
             Endpoint::Embeddings => Protocol::Embeddings,
             Endpoint::Responses => Protocol::Responses,
+            Endpoint::Messages => Protocol::AnthropicMessages,
         }
     }
     /// Whether a stream of this endpoint carries usage only when asked
@@ -58,6 +64,7 @@ impl Endpoint {
             Endpoint::ChatCompletions => Some("max_completion_tokens"),
             Endpoint::Completions => Some("max_tokens"),
             Endpoint::Responses => Some("max_output_tokens"),
+            Endpoint::Messages => Some("max_tokens"),
             Endpoint::Embeddings => None,
         }
     }
@@ -68,6 +75,7 @@ impl Endpoint {
             Endpoint::ChatCompletions => &["max_completion_tokens", "max_tokens"],
             Endpoint::Completions => &["max_tokens"],
             Endpoint::Responses => &["max_output_tokens"],
+            Endpoint::Messages => &["max_tokens"],
             Endpoint::Embeddings => &[],
         }
     }

@@ -150,6 +150,10 @@ fn answer(
         }
         Endpoint::Embeddings => embeddings(&v, &model),
         Endpoint::Responses => responses(&v, &model, stream, request_id, created),
+        Endpoint::Messages => Err(ApiError::bad_request(
+            "unsupported_endpoint",
+            "/v1/messages is served by kind \"anthropic\" providers only",
+        )),
     }
 }
 

@@ -9,10 +9,52 @@ pub mod anthropic;
 pub mod anthropic_stream;
 pub mod endpoint;
 pub mod mock;
+pub mod translate;
 
 use std::fmt;
 
 pub use endpoint::Endpoint;
+
+/// What a provider speaks, which decides how a request is sent to it and how
+/// its answer comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// OpenAI or any OpenAI-compatible server: bodies pass through.
+    OpenAi,
+    /// The in-process deterministic provider.
+    Mock,
+    /// Anthropic's Messages API: chat translated both ways; `/v1/messages`
+    /// passes through.
+    Anthropic,
+    /// Azure OpenAI: OpenAI's bodies, deployments in the path, `api-key`.
+    Azure,
+}
+
+impl ProviderKind {
+    /// Every kind, with the name the config gives it.
+    pub const ALL: [(&'static str, ProviderKind); 4] = [
+        ("openai", ProviderKind::OpenAi),
+        ("mock", ProviderKind::Mock),
+        ("anthropic", ProviderKind::Anthropic),
+        ("azure", ProviderKind::Azure),
+    ];
+
+    pub fn parse(name: &str) -> Option<ProviderKind> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|&(_, k)| k)
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map_or("openai", |(n, _)| n)
+    }
+
+    /// Whether OpenAI's bodies go to it unchanged (no translation).
+    pub fn speaks_openai(self) -> bool {
+        matches!(self, ProviderKind::OpenAi | ProviderKind::Azure)
+    }
+}
 
 /// A chat request (or a Messages response) that cannot be translated.
 /// `field` names the offending field as a JSON path (`messages[2].content[0]`,

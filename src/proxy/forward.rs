@@ -15,6 +15,7 @@ use crate::http::chunked::{ChunkError, ChunkedDecoder};
 use crate::http::response::{self, ResponseFraming};
 use crate::http::server::{ClientOut, RequestView};
 use crate::limits::UPSTREAM_STALE_RETRY_WINDOW;
+use crate::providers::translate::Translation;
 use crate::upstream::response::{parse_head, HeadError, UpstreamFraming, UpstreamHead};
 use crate::upstream::{PoolKey, ReadOutcome, UpstreamConn, UpstreamIoError};
 
@@ -45,38 +46,84 @@ fn is_dropped(name: &[u8]) -> bool {
         || (name.len() >= 9 && name[..9].eq_ignore_ascii_case(b"x-bursar-"))
 }
 
+/// Where a request goes under the provider's base URL.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamPath<'a> {
+    /// OpenAI's path for the endpoint, with the client's query string.
+    Endpoint(Endpoint),
+    /// Azure OpenAI: `/openai/deployments/<deployment><endpoint>?api-version=<v>`.
+    Azure {
+        deployment: &'a str,
+        endpoint: Endpoint,
+        api_version: &'a str,
+    },
+    /// A fixed path (Anthropic's `/v1/messages`).
+    Fixed(&'static str),
+}
+
+/// What an upstream request carries besides the client's headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Outbound<'a> {
+    pub path: UpstreamPath<'a>,
+    /// The credential header (name, value).
+    pub auth: Option<(&'static str, &'a str)>,
+    /// One more header, unless the client sent it (`anthropic-version`).
+    pub default_header: Option<(&'static str, &'a str)>,
+}
+
 /// Writes the upstream request (head and `body`) into `out`.
 pub fn build_request(
     out: &mut Vec<u8>,
     target: &UpstreamTarget,
-    auth: Option<&str>,
-    endpoint: Endpoint,
+    outbound: &Outbound<'_>,
     req: &RequestView<'_>,
     body: &[u8],
     rid: &RequestId,
 ) {
-    let query = req.head.target(req.bytes).split_once('?').map(|(_, q)| q);
     out.reserve(512 + body.len());
     out.extend_from_slice(b"POST ");
     out.extend_from_slice(target.base_path.as_bytes());
-    out.extend_from_slice(endpoint.suffix().as_bytes());
-    if let Some(q) = query {
-        out.push(b'?');
-        out.extend_from_slice(q.as_bytes());
+    match outbound.path {
+        UpstreamPath::Endpoint(endpoint) => {
+            out.extend_from_slice(endpoint.suffix().as_bytes());
+            if let Some((_, q)) = req.head.target(req.bytes).split_once('?') {
+                out.push(b'?');
+                out.extend_from_slice(q.as_bytes());
+            }
+        }
+        UpstreamPath::Azure {
+            deployment,
+            endpoint,
+            api_version,
+        } => {
+            out.extend_from_slice(b"/openai/deployments/");
+            out.extend_from_slice(deployment.as_bytes());
+            out.extend_from_slice(endpoint.suffix().as_bytes());
+            out.extend_from_slice(b"?api-version=");
+            out.extend_from_slice(api_version.as_bytes());
+        }
+        UpstreamPath::Fixed(path) => out.extend_from_slice(path.as_bytes()),
     }
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(target.host_header.as_bytes());
     out.extend_from_slice(b"\r\n");
-    if let Some(a) = auth {
-        response::header(out, "authorization", a.as_bytes());
+    if let Some((name, value)) = outbound.auth {
+        response::header(out, name, value.as_bytes());
     }
+    let mut default_header = outbound.default_header;
     for (name, value) in req.head.headers(req.bytes) {
         if !is_dropped(name) {
+            if default_header.is_some_and(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes())) {
+                default_header = None;
+            }
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");
             out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
         }
+    }
+    if let Some((name, value)) = default_header {
+        response::header(out, name, value.as_bytes());
     }
     response::header(out, "x-request-id", rid.as_str().as_bytes());
     out.extend_from_slice(b"accept-encoding: identity\r\ncontent-length: ");
@@ -377,12 +424,49 @@ async fn read_body(
     }
 }
 
-/// Forwards one request and answers the client. `Err` means nothing was
-/// written to the client yet.
+/// One attempt's provider and how to speak to it.
+pub struct Call<'a> {
+    pub provider: &'a Provider,
+    pub outbound: Outbound<'a>,
+    pub translation: Translation,
+    /// The model a translated stream's chunks name.
+    pub model: &'a str,
+    /// Another target or key is left to try: a 429, 5xx or auth refusal is
+    /// not relayed but returned as [`Attempt::Failed`], and so is a failure
+    /// to reach the provider.
+    pub may_fail_over: bool,
+}
+
+/// How one attempt ended.
+pub enum Attempt {
+    /// The client was answered (`Ok`: whether the connection may serve
+    /// another request), or is to be answered with this error.
+    Done(Result<bool, ApiError>),
+    /// Nothing was written to the client; another target may be tried.
+    Failed {
+        error: ApiError,
+        /// The provider's status, when it answered.
+        status: Option<u16>,
+        /// A 401, 403 or 429: the provider's next API key may do better.
+        key_refused: bool,
+        /// What the failed attempt was charged (under its own request id),
+        /// when the provider reported usage for it.
+        billed: Option<(RequestId, super::settle::Charged)>,
+    },
+}
+
+/// Whether a provider's status is worth another target: rate limited, or
+/// a server error.
+fn fails_over(status: u16) -> bool {
+    status == 429 || status >= 500
+}
+
+/// Forwards one request and answers the client, or, when the attempt may
+/// fail over, returns what went wrong without writing anything.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
     w: &Worker,
-    provider: &Provider,
+    call: &Call<'_>,
     endpoint: Endpoint,
     req: &RequestView<'_>,
     out: &mut ClientOut<'_>,
@@ -390,49 +474,135 @@ pub async fn forward(
     keep: bool,
     ready_at: Instant,
     plan: &mut MeterPlan<'_>,
-) -> Result<bool, ApiError> {
-    let target = provider
-        .upstream
-        .as_ref()
-        .ok_or_else(|| ApiError::internal("an openai provider without an upstream"))?;
+) -> Attempt {
+    let Some(target) = call.provider.upstream.as_ref() else {
+        return Attempt::Done(Err(ApiError::internal("a provider without an upstream")));
+    };
     let mut request = Vec::new();
-    build_request(
-        &mut request,
-        target,
-        provider.auth_header(),
-        endpoint,
-        req,
-        plan.body,
-        rid,
-    );
-    let tls = provider.tls.as_ref().map_or(&w.tls, |t| &t.0);
+    build_request(&mut request, target, &call.outbound, req, plan.body, rid);
+    let tls = call.provider.tls.as_ref().map_or(&w.tls, |t| &t.0);
     let Exchanged {
         mut conn,
         head,
         sent_at,
         connecting,
         head_at,
-    } = exchange(w, target, tls, request).await?;
+    } = match exchange(w, target, tls, request).await {
+        Ok(x) => x,
+        Err(e) if call.may_fail_over => {
+            return Attempt::Failed {
+                error: e,
+                status: None,
+                key_refused: false,
+                billed: None,
+            }
+        }
+        Err(e) => return Attempt::Done(Err(e)),
+    };
     // Overhead on the way in: request read -> upstream write, minus connecting.
     let inbound = sent_at
         .saturating_duration_since(ready_at)
         .saturating_sub(connecting);
     conn.rbuf.drain(..head.head_len);
-    let http10 = req.head.version_minor == 0;
-    if head.event_stream {
-        let timing = super::stream::Timing { inbound, head_at };
-        return Ok(super::stream::relay(
-            w, out, conn, &head, target, rid, keep, http10, timing, plan,
-        )
-        .await);
+    let key_refused = matches!(head.status, 401 | 403 | 429);
+    let failing = call.may_fail_over
+        && (fails_over(head.status) || (key_refused && call.provider.key_count() > 1));
+    if failing {
+        return fail_over(w, conn, &head, target, call, endpoint, plan, key_refused).await;
     }
+    let http10 = req.head.version_minor == 0;
+    if head.event_stream && (200..300).contains(&head.status) {
+        let timing = super::stream::Timing { inbound, head_at };
+        let translator = call
+            .translation
+            .stream(call.model, super::unix_now() as i64);
+        return Attempt::Done(Ok(super::stream::relay(
+            w, out, conn, &head, target, rid, keep, http10, timing, plan, translator,
+        )
+        .await));
+    }
+    Attempt::Done(answer_whole(w, conn, head, target, call, out, rid, keep, inbound, plan).await)
+}
+
+/// A response to fail over from: its body is read (bounded) for usage the
+/// provider may have reported, which is charged under a request id of the
+/// attempt's own, and the connection pooled when it can be.
+#[allow(clippy::too_many_arguments)]
+async fn fail_over(
+    w: &Worker,
+    mut conn: UpstreamConn,
+    head: &UpstreamHead,
+    target: &UpstreamTarget,
+    call: &Call<'_>,
+    endpoint: Endpoint,
+    plan: &mut MeterPlan<'_>,
+    key_refused: bool,
+) -> Attempt {
+    let body = read_body(w, &mut conn, head, target).await;
+    let protocol = call.translation.upstream_protocol(endpoint.protocol());
+    let usage = body
+        .as_ref()
+        .ok()
+        .and_then(|b| crate::tokens::usage_from_body(protocol, b.bytes(&conn)));
+    let message = body
+        .as_ref()
+        .ok()
+        .map(|b| {
+            String::from_utf8_lossy(&b.bytes(&conn)[..b.bytes(&conn).len().min(256)]).into_owned()
+        })
+        .unwrap_or_default();
+    if let Ok(Body::InConn(n)) = body {
+        conn.rbuf.drain(..n);
+        if head.keep_alive {
+            w.pool.borrow_mut().checkin(conn);
+        }
+    }
+    let mut billed = None;
+    if let Some(u) = usage {
+        let id = w.ids.next();
+        w.stats.tokens.record(&u, false, plan.price);
+        charge(w, plan, &id, Some(u), false).await;
+        billed = plan.charged.take().map(|c| (id, c));
+    }
+    let mut error = ApiError::bad_gateway(
+        "upstream_error",
+        format!(
+            "the provider {} answered {}: {message}",
+            call.provider.name, head.status
+        ),
+    );
+    error.status = if head.status == 429 { 429 } else { 502 };
+    Attempt::Failed {
+        error,
+        status: Some(head.status),
+        key_refused,
+        billed,
+    }
+}
+
+/// A whole (non-streamed) answer: read, charged, translated when the
+/// provider needs it, and written to the client.
+#[allow(clippy::too_many_arguments)]
+async fn answer_whole(
+    w: &Worker,
+    mut conn: UpstreamConn,
+    head: UpstreamHead,
+    target: &UpstreamTarget,
+    call: &Call<'_>,
+    out: &mut ClientOut<'_>,
+    rid: &RequestId,
+    keep: bool,
+    inbound: Duration,
+    plan: &mut MeterPlan<'_>,
+) -> Result<bool, ApiError> {
+    let ok = (200..300).contains(&head.status);
     let body = match read_body(w, &mut conn, &head, target).await {
         Ok(body) => body,
         Err(e) => {
             // A success cut mid-body: a non-streamed body is sent once the
             // whole answer is generated, so the provider bills it. Charge the
             // bound, marked estimated, rather than nothing.
-            if (200..300).contains(&head.status) {
+            if ok {
                 w.stats.tokens.usage_missing.inc();
                 charge(w, plan, rid, None, true).await;
             }
@@ -440,7 +610,38 @@ pub async fn forward(
         }
     };
     let body_at = Instant::now();
-    let usage = crate::tokens::usage_from_body(plan.protocol, body.bytes(&conn));
+    // A translated answer: the client's shape and the provider's usage.
+    let mut translated = None;
+    let usage = if ok {
+        match call
+            .translation
+            .response(body.bytes(&conn), super::unix_now() as i64)
+        {
+            None => crate::tokens::usage_from_body(plan.protocol, body.bytes(&conn)),
+            Some(Ok((b, u))) => {
+                translated = Some(b);
+                u
+            }
+            Some(Err(e)) => {
+                // The provider answered a success we cannot read: it bills
+                // it, so the bound is charged, marked estimated.
+                w.stats.tokens.usage_missing.inc();
+                charge(w, plan, rid, None, true).await;
+                return Err(ApiError::bad_gateway(
+                    "upstream_bad_response",
+                    format!(
+                        "the provider {}'s answer could not be translated: {e}",
+                        call.provider.name
+                    ),
+                ));
+            }
+        }
+    } else {
+        let protocol = call.translation.upstream_protocol(plan.protocol);
+        let u = crate::tokens::usage_from_body(protocol, body.bytes(&conn));
+        translated = call.translation.error(head.status, body.bytes(&conn));
+        u
+    };
     if let Some(usage) = &usage {
         w.stats.tokens.record(usage, false, plan.price);
         plan.permit
@@ -448,7 +649,7 @@ pub async fn forward(
     }
     // A success is charged (its usage, or the bound when it has none); a
     // failure only when the provider reported usage for it.
-    let settled = if (200..300).contains(&head.status) {
+    let settled = if ok {
         if usage.is_none() {
             w.stats.tokens.usage_missing.inc();
         }
@@ -464,7 +665,8 @@ pub async fn forward(
     out.wbuf.extend_from_slice(&head.forward);
     response::header(out.wbuf, "x-request-id", rid.as_str().as_bytes());
     super::cost_headers(out.wbuf, settled, plan.lowered_cap);
-    let bytes = body.bytes(&conn);
+    super::route_headers(out.wbuf, plan);
+    let bytes = translated.as_deref().unwrap_or_else(|| body.bytes(&conn));
     response::finish(out.wbuf, ResponseFraming::Length(bytes.len()), keep);
     out.wbuf.extend_from_slice(bytes);
     if let Body::InConn(n) = body {
@@ -478,7 +680,6 @@ pub async fn forward(
     w.stats.pool_idle.set(w.pool.borrow().idle_count() as i64);
     // Overhead on the way out: response complete -> client write.
     w.record_overhead(inbound + body_at.elapsed());
-    let _ = head_at;
     plan.status = head.status;
     plan.first_byte_at = Some(Instant::now());
     Ok(out.flush().await.is_ok() && keep)
@@ -505,8 +706,11 @@ mod tests {
         build_request(
             &mut out,
             &target,
-            Some("Bearer sk-upstream"),
-            Endpoint::ChatCompletions,
+            &Outbound {
+                path: UpstreamPath::Endpoint(Endpoint::ChatCompletions),
+                auth: Some(("authorization", "Bearer sk-upstream")),
+                default_header: None,
+            },
             &req,
             req.body,
             &rid,

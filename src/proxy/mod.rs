@@ -13,6 +13,7 @@ pub mod rewrite;
 pub mod route;
 pub mod settle;
 pub mod stream;
+pub mod targets;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -325,12 +326,31 @@ async fn proxy_api(
     // Every authenticated request is logged, refused ones too (with the
     // status they got and no cost). The row is made now, after the response
     // was written; off the hot path: one non-blocking send.
-    if let (Some(log), Some(seed)) = (&w.log, seed) {
+    if let (Some(log), Some(mut seed)) = (&w.log, seed) {
         let status = match &result {
             Ok(_) => seed.status,
             Err(e) => e.status,
         };
-        log.try_log(seed.into_row(rid, endpoint, status, ready_at, &catalog.prices.version));
+        let billed = std::mem::take(&mut seed.billed_attempts);
+        let row = seed.into_row(rid, endpoint, status, ready_at, &catalog.prices.version);
+        // A failed attempt the provider reported usage for was charged under
+        // its own id: it gets its own row, so the log's sums match the books.
+        for (id, charged, status, provider) in billed {
+            let mut r = row.clone();
+            r.id = id.as_str().to_string();
+            r.status = status;
+            r.provider = std::sync::Arc::clone(provider);
+            r.prompt_tokens = charged.usage.prompt_tokens;
+            r.completion_tokens = charged.usage.completion_tokens;
+            r.cached_tokens = charged.usage.cached_tokens;
+            r.cache_write_tokens = charged.usage.cache_write_tokens;
+            r.reasoning_tokens = charged.usage.reasoning_tokens;
+            r.cost_picodollars = charged.cost.picodollars();
+            r.estimated = charged.estimated;
+            r.ttfb_us = None;
+            log.try_log(r);
+        }
+        log.try_log(row);
     }
     result
 }
@@ -353,6 +373,9 @@ struct RowSeed<'c, 'r> {
     charged: Option<settle::Charged>,
     /// Whether the model had a price ("unpriced" in the log when not).
     priced: bool,
+    /// Failed attempts the provider reported usage for, each charged under
+    /// its own request id: (id, charge, status, provider).
+    billed_attempts: Vec<(RequestId, settle::Charged, u16, &'c std::sync::Arc<str>)>,
 }
 
 impl RowSeed<'_, '_> {
@@ -449,6 +472,7 @@ async fn proxy_api_inner<'c, 'r>(
             ttfb_us: None,
             charged: None,
             priced: true,
+            billed_attempts: Vec::new(),
         });
     }
     // Attribution: x-bursar-tags, the body's `user` and `metadata`. Tags
@@ -481,116 +505,425 @@ async fn proxy_api_inner<'c, 'r>(
         key.model_limiters(model),
         crate::ratelimit::now_ms(),
     )?;
-    let provider = catalog.route(model).ok_or_else(|| {
+    let routed = catalog.route(model).ok_or_else(|| {
         ApiError::not_found(
             "model_not_found",
             format!("the model {model:?} does not exist or is not served by this gateway"),
         )
     })?;
-    if let Some(r) = row.as_mut() {
-        r.provider = Some(&provider.name);
-    }
-    let price = catalog.prices.get(model);
-    if price.is_none() {
-        // Rare path: the operational alerts' sampler names the model.
-        w.stats
-            .unpriced_models
-            .record(model, crate::ratelimit::now_ms());
-    }
-    if price.is_none() && catalog.pricing.refuse_unpriced {
-        return Err(ApiError::bad_request(
-            "model_not_priced",
-            format!(
-                "the model {model:?} has no price, so its cost cannot be booked; \
-                 add a [[prices]] entry for it, or set [pricing] unpriced = \"allow\""
-            ),
-        ));
-    }
-    let chain = Chain {
+    let ctx = Ask {
         catalog,
         key,
-        provider,
-        model,
+        req,
+        endpoint,
+        probe: &probe,
+        permit: &permit,
         tags: tag_levels,
+        rid,
+        keep,
+        ready_at,
     };
-    let admitted = admit_budget(w, &chain, endpoint, &probe, price, req.body).await?;
-    let hold = Some(admitted.hold);
-    let body: &[u8] = admitted.body.as_deref().unwrap_or(req.body);
-    match provider.kind {
-        ProviderKind::Mock => {
-            let (reply, usage) =
-                mock::respond_with_usage(endpoint, body, rid.as_str(), unix_now())?;
+    let result = route_and_forward(w, &ctx, out, routed, model, None, row).await;
+    // Degrade before deny, second step: the budgets cannot afford the model
+    // asked for (not even with a lower output cap), and the key or its team
+    // names a cheaper one to fall back to.
+    let fallback = match &result {
+        Err(e) if e.status == 402 => key.fallback_model.as_deref(),
+        _ => None,
+    };
+    let Some(fallback) = fallback.filter(|f| *f != model && key.allows(f)) else {
+        return result;
+    };
+    let Some(routed) = catalog.route(fallback) else {
+        return result;
+    };
+    w.stats.budget_downgraded.inc();
+    if let Some(r) = row.as_mut() {
+        r.model = std::borrow::Cow::Owned(fallback.to_string());
+    }
+    route_and_forward(w, &ctx, out, routed, fallback, Some(fallback), row).await
+}
+
+/// What every attempt of a request shares.
+struct Ask<'c, 'r, 'p> {
+    catalog: &'c Catalog,
+    key: &'c crate::catalog::VirtualKey,
+    req: &'p RequestView<'r>,
+    endpoint: Endpoint,
+    probe: &'p probe::Probe<'r>,
+    permit: &'p crate::ratelimit::Permit,
+    tags: books::TagLevels<'c>,
+    rid: &'p RequestId,
+    keep: bool,
+    ready_at: Instant,
+}
+
+/// Anthropic adds a system prompt of its own to a request with tools (a
+/// few hundred tokens by its published table); a translated request's
+/// worst case reserves this much more input for it.
+pub const TRANSLATED_TOOL_PROMPT_TOKENS_MAX: u64 = 1024;
+
+/// Sends the request for `model` (the one asked for, or the fallback
+/// `downgraded_to`) to its targets in turn: a target whose budgets cannot
+/// afford it is passed over for the next before any 402; one that fails
+/// (unreachable, timed out, 429, 5xx) is left for the next while attempts
+/// remain, and cools down after repeated failures. Nothing is written to the
+/// client until an attempt answers.
+async fn route_and_forward<'c: 'm, 'r, 'm>(
+    w: &Worker,
+    ask: &Ask<'c, 'r, '_>,
+    out: &mut ClientOut<'_>,
+    routed: crate::catalog::Routed<'c>,
+    model: &'m str,
+    downgraded_to: Option<&'m str>,
+    row: &mut Option<RowSeed<'c, 'r>>,
+) -> Result<bool, ApiError> {
+    let catalog = ask.catalog;
+    let endpoint = ask.endpoint;
+    let probe = ask.probe;
+    let price_of = |target_model: &str| {
+        catalog
+            .prices
+            .get(target_model)
+            .or_else(|| catalog.prices.get(model))
+    };
+    let now_ms = crate::ratelimit::now_ms().max(0) as u64;
+    let mut targets = match routed {
+        crate::catalog::Routed::Provider(_) => {
+            targets::Targets::new(catalog, routed, model, now_ms, 0, |_| targets::Fit {
+                fits_window: true,
+                worst: None,
+            })
+        }
+        crate::catalog::Routed::Group(_) => {
+            let input = crate::tokens::prompt_upper_bound_tokens(ask.req.body.len());
+            let cap = probe
+                .output_cap(endpoint)
+                .unwrap_or(catalog.pricing.default_max_output_tokens)
+                .saturating_mul(probe.outputs_billed(endpoint));
+            let seed = ask.rid.as_u128() as u64 ^ (w.spin() as u64).rotate_left(32);
+            targets::Targets::new(catalog, routed, model, now_ms, seed, |m| {
+                let price = price_of(m);
+                targets::Fit {
+                    fits_window: price
+                        .and_then(|p| p.context_window)
+                        .is_none_or(|window| input <= window),
+                    worst: price
+                        .and_then(|p| p.worst_case(input, cap))
+                        .map(|c| c.picodollars()),
+                }
+            })
+        }
+    };
+    let mut attempts = 0u32;
+    // The first refusal of a budget, answered if no target can be afforded.
+    let mut refusal: Option<ApiError> = None;
+    let mut last_error: Option<ApiError> = None;
+    while attempts < targets.attempts_max {
+        let Some(target) = targets.next_target() else {
+            break;
+        };
+        let provider = target.provider;
+        if let Some(r) = row.as_mut() {
+            r.provider = Some(&provider.name);
+        }
+        let translation =
+            match crate::providers::translate::Translation::for_request(provider.kind, endpoint) {
+                Ok(t) => t,
+                Err(why) if targets.has_more() => {
+                    last_error.get_or_insert(ApiError::bad_request("unsupported_endpoint", why));
+                    continue;
+                }
+                Err(why) => {
+                    return Err(last_error
+                        .unwrap_or_else(|| ApiError::bad_request("unsupported_endpoint", why)))
+                }
+            };
+        let price = price_of(target.model);
+        if let Some(r) = row.as_mut() {
+            r.priced = price.is_some();
+        }
+        if price.is_none() {
+            // Rare path: the operational alerts' sampler names the model.
+            w.stats
+                .unpriced_models
+                .record(target.model, crate::ratelimit::now_ms());
+            if catalog.pricing.refuse_unpriced {
+                let e = ApiError::bad_request(
+                    "model_not_priced",
+                    format!(
+                        "the model {:?} has no price, so its cost cannot be booked; \
+                         add a [[prices]] entry for it, or set [pricing] unpriced = \"allow\"",
+                        target.model
+                    ),
+                );
+                if targets.has_more() {
+                    last_error.get_or_insert(e);
+                    continue;
+                }
+                return Err(last_error.unwrap_or(e));
+            }
+        }
+        let chain = Chain {
+            catalog,
+            key: ask.key,
+            provider,
+            model,
+            tags: ask.tags,
+        };
+        let extra_input = if translation != crate::providers::translate::Translation::None
+            && memchr::memmem::find(ask.req.body, b"\"tools\"").is_some()
+        {
+            TRANSLATED_TOOL_PROMPT_TOKENS_MAX
+        } else {
+            0
+        };
+        let admitted = match admit_budget(
+            w,
+            &chain,
+            endpoint,
+            probe,
+            price,
+            ask.req.body,
+            extra_input,
+        )
+        .await
+        {
+            Ok(a) => a,
+            Err(e) if e.status == 402 && targets.has_more() => {
+                // Budget-aware routing: the next target may be affordable
+                // (another provider's budget, a cheaper model).
+                w.stats.budget_rerouted.inc();
+                refusal.get_or_insert(e);
+                continue;
+            }
+            Err(e) => return Err(refusal.unwrap_or(e)),
+        };
+        attempts += 1;
+        let hold = Some(admitted.hold);
+        let mut body: std::borrow::Cow<'_, [u8]> = match admitted.body {
+            Some(b) => std::borrow::Cow::Owned(b),
+            None => std::borrow::Cow::Borrowed(ask.req.body),
+        };
+        if probe.model.as_deref() != Some(target.model) {
+            body = std::borrow::Cow::Owned(rewrite::with_model(&body, target.model).ok_or_else(
+                || {
+                    ApiError::bad_request(
+                        "invalid_request_body",
+                        "the request body is not a JSON object",
+                    )
+                },
+            )?);
+        }
+        if provider.kind == ProviderKind::Mock {
             let mut plan = settle::MeterPlan {
                 protocol: endpoint.protocol(),
                 strip_usage_chunk: false,
-                model,
+                model: target.model,
                 price,
-                permit: &permit,
-                body,
-                client_body: req.body,
-                hold,
-                lowered_cap: admitted.lowered_cap,
-                status: 200,
-                first_byte_at: None,
-                charged: None,
-            };
-            if let Some(u) = &usage {
-                w.stats.tokens.record(u, false, price);
-                permit.record_tokens(crate::ratelimit::now_ms(), u.total_tokens());
-            }
-            let settled = settle::charge(w, &mut plan, rid, usage, false).await;
-            plan.first_byte_at = Some(Instant::now());
-            let keep = send_mock(
-                w,
-                out,
-                reply,
-                rid,
-                keep,
-                req.head.version_minor == 0,
-                &plan,
-                settled,
-            )
-            .await;
-            finish_seed(row, &plan, ready_at);
-            Ok(keep)
-        }
-        ProviderKind::OpenAi => {
-            // Ask for usage on every stream that carries it only on request,
-            // and strip the extra chunk from what the client receives.
-            let rewritten = if probe.streaming()
-                && endpoint.usage_on_request()
-                && !probe.client_wants_usage()
-            {
-                rewrite::with_usage_requested(body, probe.stream_options.is_present())
-            } else {
-                None
-            };
-            let mut plan = settle::MeterPlan {
-                protocol: endpoint.protocol(),
-                strip_usage_chunk: rewritten.is_some(),
-                model,
-                price,
-                permit: &permit,
-                body: rewritten.as_deref().unwrap_or(body),
-                client_body: req.body,
+                permit: ask.permit,
+                body: &body,
+                client_body: ask.req.body,
                 hold,
                 lowered_cap: admitted.lowered_cap,
                 status: 0,
                 first_byte_at: None,
                 charged: None,
+                provider: &provider.name,
+                attempts,
+                downgraded_to,
             };
-            let result = forward::forward(
-                w, provider, endpoint, req, out, rid, keep, ready_at, &mut plan,
+            let result = answer_from_mock(w, ask, out, &mut plan).await;
+            if result.is_ok() {
+                finish_seed(row, &plan, ask.ready_at);
+            }
+            return result;
+        }
+        // Ask for usage on every OpenAI stream that carries it only on
+        // request; a translated stream always has it. Either way the client
+        // sees it only if it asked.
+        let client_wants_usage = probe.client_wants_usage();
+        let usage_rewrite = if translation == crate::providers::translate::Translation::None
+            && probe.streaming()
+            && endpoint.usage_on_request()
+            && !client_wants_usage
+        {
+            rewrite::with_usage_requested(&body, probe.stream_options.is_present())
+        } else {
+            None
+        };
+        let translated = translation
+            .request(
+                usage_rewrite.as_deref().unwrap_or(&body),
+                catalog.pricing.default_max_output_tokens,
             )
-            .await;
-            // The provider's error rate (operational alerts): this worker's
-            // own slot, a relaxed load and store.
-            let status = result.as_ref().map_or_else(|e| e.status, |_| plan.status);
-            provider.outcomes.record(w.id, status);
-            finish_seed(row, &plan, ready_at);
-            result
+            .map_err(|e| ApiError::bad_request("invalid_request_body", e.to_string()))?;
+        let mut plan = settle::MeterPlan {
+            protocol: endpoint.protocol(),
+            strip_usage_chunk: usage_rewrite.is_some()
+                || (translation != crate::providers::translate::Translation::None
+                    && probe.streaming()
+                    && !client_wants_usage),
+            model: target.model,
+            price,
+            permit: ask.permit,
+            body: translated
+                .as_deref()
+                .or(usage_rewrite.as_deref())
+                .unwrap_or(&body),
+            client_body: ask.req.body,
+            hold,
+            lowered_cap: admitted.lowered_cap,
+            status: 0,
+            first_byte_at: None,
+            charged: None,
+            provider: &provider.name,
+            attempts,
+            downgraded_to,
+        };
+
+        let auth = provider.auth_header();
+        let outbound = forward::Outbound {
+            path: match (&provider.wire, provider.kind) {
+                (crate::config::WireConfig::Azure { api_version, .. }, _) => {
+                    forward::UpstreamPath::Azure {
+                        deployment: provider.wire.azure_deployment(target.model),
+                        endpoint,
+                        api_version,
+                    }
+                }
+                (_, ProviderKind::Anthropic) => forward::UpstreamPath::Fixed("/v1/messages"),
+                _ => forward::UpstreamPath::Endpoint(endpoint),
+            },
+            auth: auth.map(|(n, v, _)| (n, v)),
+            default_header: match &provider.wire {
+                crate::config::WireConfig::Anthropic { version } => {
+                    Some(("anthropic-version", version.as_str()))
+                }
+                _ => None,
+            },
+        };
+        let call = forward::Call {
+            provider,
+            outbound,
+            translation,
+            model: target.model,
+            may_fail_over: attempts < targets.attempts_max
+                && (targets.has_more() || provider.key_count() > 1),
+        };
+        let started = Instant::now();
+        let inflight = target.health.map(|h| h.begin());
+        let attempt = forward::forward(
+            w,
+            &call,
+            endpoint,
+            ask.req,
+            out,
+            ask.rid,
+            ask.keep,
+            ask.ready_at,
+            &mut plan,
+        )
+        .await;
+        drop(inflight);
+        match attempt {
+            forward::Attempt::Done(result) => {
+                let status = result.as_ref().map_or_else(|e| e.status, |_| plan.status);
+                // The provider's error rate (operational alerts): this
+                // worker's own slot, a relaxed load and store.
+                provider.outcomes.record(w.id, status);
+                if let (Some(h), Some(g)) = (target.health, targets.group) {
+                    if status == 429 || status >= 500 {
+                        h.failed(
+                            crate::ratelimit::now_ms().max(0) as u64,
+                            g.cooldown_ms,
+                            g.failures_before_cooldown,
+                        );
+                    } else {
+                        let ttfb = plan.first_byte_at.unwrap_or_else(Instant::now) - started;
+                        h.succeeded(u64::try_from(ttfb.as_micros()).unwrap_or(u64::MAX));
+                    }
+                }
+                finish_seed(row, &plan, ask.ready_at);
+                return result;
+            }
+            forward::Attempt::Failed {
+                error,
+                status,
+                key_refused,
+                billed,
+            } => {
+                provider
+                    .outcomes
+                    .record(w.id, status.unwrap_or(error.status));
+                w.stats.upstream_failovers.inc();
+                if let (Some(h), Some(g)) = (target.health, targets.group) {
+                    if !key_refused || status == Some(429) {
+                        h.failed(
+                            crate::ratelimit::now_ms().max(0) as u64,
+                            g.cooldown_ms,
+                            g.failures_before_cooldown,
+                        );
+                    }
+                }
+                if let (Some((id, charged)), Some(r)) = (billed, row.as_mut()) {
+                    r.billed_attempts.push((
+                        id,
+                        charged,
+                        status.unwrap_or(error.status),
+                        &provider.name,
+                    ));
+                }
+                if key_refused {
+                    if let Some((_, _, index)) = auth {
+                        if provider.rotate_key(index) {
+                            targets.again();
+                        }
+                    }
+                }
+                log::debug!(
+                    "request {}: attempt {attempts} at {} failed: {}",
+                    ask.rid.as_str(),
+                    provider.name,
+                    error.message
+                );
+                last_error = Some(error);
+            }
         }
     }
+    Err(last_error.or(refusal).unwrap_or_else(|| {
+        ApiError::service_unavailable(format!("no target of the model {model:?} is available"))
+    }))
+}
+
+/// Answers a request from the in-process mock provider.
+async fn answer_from_mock(
+    w: &Worker,
+    ask: &Ask<'_, '_, '_>,
+    out: &mut ClientOut<'_>,
+    plan: &mut settle::MeterPlan<'_>,
+) -> Result<bool, ApiError> {
+    let (reply, usage) =
+        mock::respond_with_usage(ask.endpoint, plan.body, ask.rid.as_str(), unix_now())?;
+    plan.status = 200;
+    if let Some(u) = &usage {
+        w.stats.tokens.record(u, false, plan.price);
+        ask.permit
+            .record_tokens(crate::ratelimit::now_ms(), u.total_tokens());
+    }
+    let settled = settle::charge(w, plan, ask.rid, usage, false).await;
+    plan.first_byte_at = Some(Instant::now());
+    Ok(send_mock(
+        w,
+        out,
+        reply,
+        ask.rid,
+        ask.keep,
+        ask.req.head.version_minor == 0,
+        plan,
+        settled,
+    )
+    .await)
 }
 
 /// What budget admission decided for a request.
@@ -635,6 +968,7 @@ async fn admit_budget<'w>(
     probe: &probe::Probe<'_>,
     price: Option<&crate::prices::Price>,
     body: &[u8],
+    extra_input_tokens: u64,
 ) -> Result<Admitted<'w>, ApiError> {
     let levels = books::Levels::of(chain.levels()).ok_or_else(|| {
         log::error!(
@@ -658,7 +992,8 @@ async fn admit_budget<'w>(
         books::input_bound(body, unbounded)
     } else {
         crate::tokens::prompt_upper_bound_tokens(body.len())
-    };
+    }
+    .saturating_add(extra_input_tokens);
     let worst = match price {
         // Unpriced and allowed: nothing can be reserved; counted, not charged.
         None => crate::money::Money::ZERO,
@@ -763,6 +1098,23 @@ fn cost_headers(wbuf: &mut Vec<u8>, settled: Option<books::Settled>, lowered_cap
     }
 }
 
+/// Adds the routing headers: the provider that answered, the attempts made,
+/// and the fallback model when the budgets sent the request to one.
+fn route_headers(wbuf: &mut Vec<u8>, plan: &settle::MeterPlan<'_>) {
+    // Names come from the config, which allows any text: one that a header
+    // cannot carry as it is goes unannounced rather than break the head.
+    let printable = |s: &str| s.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if printable(plan.provider) {
+        response::header(wbuf, "x-bursar-provider", plan.provider.as_bytes());
+    }
+    wbuf.extend_from_slice(b"x-bursar-attempts: ");
+    response::push_decimal(wbuf, u64::from(plan.attempts));
+    wbuf.extend_from_slice(b"\r\n");
+    if let Some(m) = plan.downgraded_to.filter(|m| printable(m)) {
+        response::header(wbuf, "x-bursar-model-downgraded", m.as_bytes());
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn send_mock(
     w: &Worker,
@@ -781,6 +1133,7 @@ async fn send_mock(
             response::header(out.wbuf, "content-type", b"application/json");
             response::header(out.wbuf, "x-request-id", rid.as_str().as_bytes());
             cost_headers(out.wbuf, settled, plan.lowered_cap);
+            route_headers(out.wbuf, plan);
             response::finish(
                 out.wbuf,
                 response::ResponseFraming::Length(body.len()),
@@ -806,6 +1159,7 @@ async fn send_mock(
             // The whole answer is known before it is sent: the cost goes in
             // the head here (a relayed stream sends it as a trailer).
             cost_headers(out.wbuf, settled, plan.lowered_cap);
+            route_headers(out.wbuf, plan);
             response::finish(out.wbuf, framing, keep);
             for e in &events {
                 if framing == response::ResponseFraming::Chunked {
@@ -866,8 +1220,11 @@ async fn get_model(
                 format!("the model {id:?} does not exist"),
             )
         })?;
-    let body =
-        json!({"id": id, "object": "model", "created": 0, "owned_by": provider.name}).to_string();
+    let owned_by = match provider {
+        crate::catalog::Routed::Provider(p) => &*p.name,
+        crate::catalog::Routed::Group(_) => "bursar",
+    };
+    let body = json!({"id": id, "object": "model", "created": 0, "owned_by": owned_by}).to_string();
     response::json(out.wbuf, 200, rid.as_str(), keep, body.as_bytes());
     w.stats.response(200);
     Ok(out.flush().await.is_ok() && keep)

@@ -114,7 +114,7 @@ impl Probe<'_> {
                 .max_completion_tokens
                 .value()
                 .max(self.max_tokens.value()),
-            Endpoint::Completions => self.max_tokens.value(),
+            Endpoint::Completions | Endpoint::Messages => self.max_tokens.value(),
             Endpoint::Responses => self.max_output_tokens.value(),
             Endpoint::Embeddings => Some(0),
         }
@@ -127,7 +127,7 @@ impl Probe<'_> {
             Endpoint::ChatCompletions => {
                 self.max_completion_tokens.is_present() || self.max_tokens.is_present()
             }
-            Endpoint::Completions => self.max_tokens.is_present(),
+            Endpoint::Completions | Endpoint::Messages => self.max_tokens.is_present(),
             Endpoint::Responses => self.max_output_tokens.is_present(),
             Endpoint::Embeddings => false,
         }
@@ -138,7 +138,7 @@ impl Probe<'_> {
         match endpoint {
             Endpoint::ChatCompletions => self.n.unwrap_or(1).max(1),
             Endpoint::Completions => self.n.unwrap_or(1).max(self.best_of.unwrap_or(1)).max(1),
-            Endpoint::Responses | Endpoint::Embeddings => 1,
+            Endpoint::Responses | Endpoint::Embeddings | Endpoint::Messages => 1,
         }
     }
 

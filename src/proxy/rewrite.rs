@@ -155,6 +155,20 @@ pub fn with_output_cap(
     Some(splice(body, s, e, &set_members(body, s, e, names, &value)?))
 }
 
+/// The body with its `model` member set to `model` (a model group's target
+/// or a fallback model names another model than the client's). Every other
+/// byte is kept. `None` when the body is not an object the walker reads.
+pub fn with_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
+    let value = serde_json::to_vec(model).ok()?;
+    let (s, e) = object_span(body)?;
+    Some(splice(
+        body,
+        s,
+        e,
+        &set_members(body, s, e, &["model"], &value)?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +212,14 @@ mod tests {
         .unwrap();
         assert_eq!(out, br#"{"model":"m","max\u005foutput_tokens":9}"#);
         assert!(with_output_cap(b"{}", Endpoint::Embeddings, 1, false).is_none());
+        assert_eq!(
+            with_model(br#"{"model":"a", "n":1,"\u006dodel":"b"}"#, "c\"d").unwrap(),
+            br#"{"model":"c\"d", "n":1,"\u006dodel":"c\"d"}"#
+        );
+        assert_eq!(
+            with_model(br#"{"n":1}"#, "m").unwrap(),
+            br#"{"model":"m","n":1}"#
+        );
         assert_eq!(
             with_output_cap(b" {} ", Endpoint::Completions, 1, false).unwrap(),
             br#" {"max_tokens":1} "#

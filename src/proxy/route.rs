@@ -37,6 +37,7 @@ pub fn classify(method: Method, path: &str) -> Route<'_> {
         "/completions" => Some(Endpoint::Completions),
         "/embeddings" => Some(Endpoint::Embeddings),
         "/responses" => Some(Endpoint::Responses),
+        "/messages" => Some(Endpoint::Messages),
         _ => None,
     };
     if let Some(e) = endpoint {

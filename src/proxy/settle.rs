@@ -31,6 +31,12 @@ pub struct MeterPlan<'a> {
     pub status: u16,
     pub first_byte_at: Option<Instant>,
     pub charged: Option<Charged>,
+    /// For the response's routing headers: the provider answering, the
+    /// attempt this is (1 for the first), and the fallback model used
+    /// instead of the one asked for.
+    pub provider: &'a str,
+    pub attempts: u32,
+    pub downgraded_to: Option<&'a str>,
 }
 
 /// What a request was charged, for the request log.

@@ -14,6 +14,7 @@ use crate::http::chunked::{fixed_chunk_header, ChunkedDecoder, FIXED_CHUNK_HEADE
 use crate::http::response::{self, ResponseFraming};
 use crate::http::server::ClientOut;
 use crate::limits::STREAM_READ_BYTES;
+use crate::providers::translate::StreamTranslation;
 use crate::tokens::{Finished, ModelFamily, StreamEnding, StreamMeter};
 use crate::upstream::response::{UpstreamFraming, UpstreamHead};
 use crate::upstream::{ReadOutcome, UpstreamConn, UpstreamIoError};
@@ -118,6 +119,7 @@ pub async fn relay(
     http10: bool,
     timing: Timing,
     plan: &mut super::settle::MeterPlan<'_>,
+    mut translator: Option<StreamTranslation>,
 ) -> bool {
     let chunked_out = !http10;
     w.stats.response(head.status);
@@ -133,6 +135,7 @@ pub async fn relay(
         );
     }
     super::cost_headers(out.wbuf, None, plan.lowered_cap);
+    super::route_headers(out.wbuf, plan);
     let framing = if chunked_out {
         ResponseFraming::Chunked
     } else {
@@ -161,6 +164,8 @@ pub async fn relay(
     let mut frame: Vec<u8> = Vec::with_capacity(STREAM_READ_BYTES + 64);
     // The last two bytes relayed: whether the client is between SSE events.
     let mut tail: [u8; 2] = *b"\n\n";
+    // A translated stream: the provider's bytes, before translation.
+    let mut upstream_bytes = Vec::new();
     let end = loop {
         if gone_at_head {
             break StreamEnd::ClientGone;
@@ -169,7 +174,13 @@ pub async fn relay(
         if chunked_out {
             frame.resize(FRAME_HEADER_BYTES, 0);
         }
-        if source.take(&mut conn.rbuf, &mut frame).is_err() {
+        let mut failed = false;
+        if let Some(t) = translator.as_mut() {
+            upstream_bytes.clear();
+            failed = source.take(&mut conn.rbuf, &mut upstream_bytes).is_err()
+                || t.feed(&upstream_bytes, &mut frame).is_err()
+                || (source.done() && t.finish(&mut frame).is_err());
+        } else if source.take(&mut conn.rbuf, &mut frame).is_err() {
             break StreamEnd::UpstreamFailed;
         }
         meter.feed_in_place(&mut frame, data_start);
@@ -193,6 +204,9 @@ pub async fn relay(
             if res.is_err() {
                 break StreamEnd::ClientGone;
             }
+        }
+        if failed {
+            break StreamEnd::UpstreamFailed;
         }
         if source.done() {
             break StreamEnd::Complete;
@@ -225,8 +239,22 @@ pub async fn relay(
         StreamEnd::UpstreamFailed => StreamEnding::UpstreamCut,
     };
     let mut held = Vec::new();
+    if let Some(prompt) = translator
+        .as_ref()
+        .and_then(StreamTranslation::prompt_tokens)
+    {
+        // A translated stream cut short still has the provider's prompt count.
+        meter.set_prompt_estimate(prompt);
+    }
+    let final_usage = translator.as_ref().and_then(StreamTranslation::final_usage);
     let outcome = match meter.finish_deferred(ending, &mut held) {
-        Finished::Ready(outcome) => {
+        Finished::Ready(mut outcome) => {
+            if let Some(u) = final_usage {
+                // The translator read the provider's own counts, cache
+                // writes included, which the translated chunk cannot carry.
+                outcome.usage = u;
+                outcome.estimated = false;
+            }
             w.stats
                 .tokens
                 .usage_chunks_stripped

@@ -61,11 +61,7 @@ impl Translation {
 
     /// A successful non-streamed answer, translated for the client, with the
     /// provider's usage. `None` for no translation.
-    pub fn response(
-        self,
-        body: &[u8],
-        created: i64,
-    ) -> Option<Result<(Vec<u8>, Option<Usage>), TranslateError>> {
+    pub fn response(self, body: &[u8], created: i64) -> Option<Result<Translated, TranslateError>> {
         match self {
             Translation::None => None,
             Translation::AnthropicChat => Some(

@@ -1121,3 +1121,974 @@ pub(crate) fn openai_error_type(status: &str) -> &'static str {
         _ => "server_error",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to_generate(req: Value) -> Value {
+        let out = chat_to_generate(req.to_string().as_bytes(), 1024).expect("translates");
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    fn to_generate_err(req: Value) -> TranslateError {
+        chat_to_generate(req.to_string().as_bytes(), 1024).expect_err("must be refused")
+    }
+
+    fn chat(msgs: Value) -> Value {
+        json!({ "model": "gemini-2.5-flash", "messages": msgs })
+    }
+
+    fn user(text: &str) -> Value {
+        chat(json!([{ "role": "user", "content": text }]))
+    }
+
+    #[test]
+    fn minimal_request_and_default_max_tokens() {
+        let mut req = user("Hello");
+        req["stream"] = json!(true);
+        req["stream_options"] = json!({ "include_usage": true });
+        req["user"] = json!("alice");
+        req["metadata"] = json!({ "k": "v" });
+        req["store"] = json!(false);
+        assert_eq!(
+            to_generate(req),
+            json!({
+                "contents": [{ "role": "user", "parts": [{ "text": "Hello" }] }],
+                "generationConfig": { "maxOutputTokens": 1024 },
+            })
+        );
+    }
+
+    #[test]
+    fn max_completion_tokens_wins_over_max_tokens() {
+        let mut req = user("x");
+        req["max_tokens"] = json!(50);
+        assert_eq!(
+            to_generate(req.clone())["generationConfig"]["maxOutputTokens"],
+            50
+        );
+        req["max_completion_tokens"] = json!(70);
+        assert_eq!(
+            to_generate(req.clone())["generationConfig"]["maxOutputTokens"],
+            70
+        );
+        req["max_completion_tokens"] = json!(0);
+        assert_eq!(to_generate_err(req.clone()).field, "max_completion_tokens");
+        req["max_completion_tokens"] = Value::Null;
+        req["max_tokens"] = json!("many");
+        assert_eq!(to_generate_err(req).field, "max_tokens");
+    }
+
+    #[test]
+    fn system_and_developer_are_joined_into_system_instruction() {
+        let out = to_generate(chat(json!([
+            { "role": "system", "content": "Be terse." },
+            { "role": "user", "content": "Hi" },
+            { "role": "developer", "content": [{ "type": "text", "text": "Use metric." }] },
+            { "role": "system", "content": "" },
+        ])));
+        assert_eq!(
+            out["systemInstruction"],
+            json!({ "parts": [{ "text": "Be terse.\n\nUse metric." }] })
+        );
+        assert_eq!(out["contents"].as_array().unwrap().len(), 1);
+        let e = to_generate_err(chat(json!([
+            { "role": "system", "content": [{ "type": "image_url", "image_url": { "url": "https://x/y.png" } }] },
+            { "role": "user", "content": "Hi" },
+        ])));
+        assert_eq!(e.field, "messages[0].content[0].type");
+    }
+
+    #[test]
+    fn generation_config_fields() {
+        let mut req = user("x");
+        req["temperature"] = json!(1.5);
+        req["top_p"] = json!(0.9);
+        req["top_k"] = json!(40);
+        req["seed"] = json!(-7);
+        req["n"] = json!(2);
+        req["stop"] = json!("END");
+        req["presence_penalty"] = json!(0.5);
+        req["frequency_penalty"] = json!(0);
+        req["response_format"] = json!({ "type": "json_object" });
+        let g = to_generate(req.clone())["generationConfig"].clone();
+        assert_eq!(
+            g,
+            json!({
+                "maxOutputTokens": 1024,
+                "candidateCount": 2,
+                "stopSequences": ["END"],
+                "temperature": 1.5,
+                "topP": 0.9,
+                "topK": 40,
+                "seed": -7,
+                "presencePenalty": 0.5,
+                "responseMimeType": "application/json",
+            })
+        );
+        req["stop"] = json!(["a", "b"]);
+        req["frequency_penalty"] = json!(-0.25);
+        let g = to_generate(req.clone())["generationConfig"].clone();
+        assert_eq!(g["stopSequences"], json!(["a", "b"]));
+        assert_eq!(g["frequencyPenalty"], -0.25);
+        req["stop"] = json!([]);
+        assert!(to_generate(req.clone())["generationConfig"]
+            .get("stopSequences")
+            .is_none());
+        for (field, bad) in [
+            ("temperature", json!(2.5)),
+            ("temperature", json!("hot")),
+            ("top_p", json!(1.5)),
+            ("top_k", json!(-1)),
+            ("seed", json!(1.5)),
+            ("n", json!(0)),
+            ("stop", json!([1])),
+            ("presence_penalty", json!("x")),
+        ] {
+            let mut r = user("x");
+            r[field] = bad;
+            assert_eq!(to_generate_err(r).field, field);
+        }
+    }
+
+    #[test]
+    fn response_format_json_schema_passes_the_schema() {
+        let schema = json!({
+            "type": "object",
+            "properties": { "name": { "type": "string" }, "age": { "type": "integer" } },
+            "required": ["name"],
+        });
+        let mut req = user("x");
+        req["response_format"] = json!({
+            "type": "json_schema",
+            "json_schema": { "name": "person", "strict": true, "schema": schema },
+        });
+        let g = to_generate(req.clone())["generationConfig"].clone();
+        assert_eq!(g["responseMimeType"], "application/json");
+        assert_eq!(g["responseSchema"], schema);
+        req["response_format"] = json!({ "type": "text" });
+        let g = to_generate(req.clone())["generationConfig"].clone();
+        assert!(g.get("responseMimeType").is_none());
+        req["response_format"] = json!({ "type": "json_schema", "json_schema": { "schema": [] } });
+        assert_eq!(
+            to_generate_err(req.clone()).field,
+            "response_format.json_schema.schema"
+        );
+        req["response_format"] = json!({ "type": "yaml" });
+        assert_eq!(to_generate_err(req).field, "response_format");
+    }
+
+    #[test]
+    fn reasoning_effort_maps_to_a_thinking_budget() {
+        for (effort, budget) in [
+            ("none", 0),
+            ("minimal", 1024),
+            ("low", 1024),
+            ("medium", 8192),
+            ("high", 24576),
+        ] {
+            let mut req = user("x");
+            req["reasoning_effort"] = json!(effort);
+            assert_eq!(
+                to_generate(req)["generationConfig"]["thinkingConfig"],
+                json!({ "thinkingBudget": budget }),
+                "{effort}"
+            );
+        }
+        let mut req = user("x");
+        req["reasoning_effort"] = json!("extreme");
+        assert_eq!(to_generate_err(req).field, "reasoning_effort");
+    }
+
+    #[test]
+    fn unsupported_fields_are_named() {
+        for (field, value) in [
+            ("logprobs", json!(true)),
+            ("top_logprobs", json!(3)),
+            ("logit_bias", json!({ "50256": -100 })),
+            ("audio", json!({ "voice": "alloy", "format": "mp3" })),
+            ("modalities", json!(["text", "audio"])),
+            ("prediction", json!({ "type": "content", "content": "x" })),
+            ("web_search_options", json!({})),
+            ("functions", json!([])),
+            ("function_call", json!("auto")),
+            ("parallel_tool_calls", json!(false)),
+            ("parallel_tool_calls", json!("no")),
+        ] {
+            let mut req = user("x");
+            req[field] = value;
+            let e = to_generate_err(req);
+            assert_eq!(e.field, field);
+            assert!(e.to_string().starts_with(field), "{e}");
+        }
+        let mut ok = user("x");
+        ok["logprobs"] = json!(false);
+        ok["logit_bias"] = json!({});
+        ok["modalities"] = json!(["text"]);
+        ok["parallel_tool_calls"] = json!(true);
+        ok["service_tier"] = json!("auto");
+        to_generate(ok);
+    }
+
+    #[test]
+    fn images_audio_and_files() {
+        let out = to_generate(chat(json!([{
+            "role": "user",
+            "content": [
+                { "type": "text", "text": "Compare" },
+                { "type": "image_url", "image_url": { "url": "data:image/PNG;base64,iVBORw0KGgo=" } },
+                { "type": "image_url", "image_url": { "url": "https://example.com/a/cat.JPG?x=1#f", "detail": "high" } },
+                { "type": "image_url", "image_url": "http://example.com/dog.webp" },
+                { "type": "input_audio", "input_audio": { "data": "UklGRg==", "format": "wav" } },
+                { "type": "file", "file": { "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0=" } },
+            ],
+        }])));
+        assert_eq!(
+            out["contents"][0]["parts"],
+            json!([
+                { "text": "Compare" },
+                { "inlineData": { "mimeType": "image/png", "data": "iVBORw0KGgo=" } },
+                { "fileData": { "mimeType": "image/jpeg", "fileUri": "https://example.com/a/cat.JPG?x=1#f" } },
+                { "fileData": { "mimeType": "image/webp", "fileUri": "http://example.com/dog.webp" } },
+                { "inlineData": { "mimeType": "audio/wav", "data": "UklGRg==" } },
+                { "inlineData": { "mimeType": "application/pdf", "data": "JVBERi0=" } },
+            ])
+        );
+        for (part, field) in [
+            (
+                json!({ "type": "image_url", "image_url": { "url": "https://example.com/image" } }),
+                "messages[0].content[0].image_url.url",
+            ),
+            (
+                json!({ "type": "image_url", "image_url": { "url": "https://example.com/x.tiff" } }),
+                "messages[0].content[0].image_url.url",
+            ),
+            (
+                json!({ "type": "image_url", "image_url": { "url": "https://example.com.png/" } }),
+                "messages[0].content[0].image_url.url",
+            ),
+            (
+                json!({ "type": "image_url", "image_url": { "url": "data:image/png,plain" } }),
+                "messages[0].content[0].image_url.url",
+            ),
+            (
+                json!({ "type": "image_url", "image_url": { "url": "data:;base64,AAAA" } }),
+                "messages[0].content[0].image_url.url",
+            ),
+            (
+                json!({ "type": "image_url", "image_url": { "url": "data:image/png;base64," } }),
+                "messages[0].content[0].image_url.url",
+            ),
+            (
+                json!({ "type": "image_url", "image_url": { "url": "ftp://example.com/x.png" } }),
+                "messages[0].content[0].image_url.url",
+            ),
+            (
+                json!({ "type": "image_url", "image_url": {} }),
+                "messages[0].content[0].image_url.url",
+            ),
+            (
+                json!({ "type": "input_audio", "input_audio": { "data": "AAAA", "format": "flac" } }),
+                "messages[0].content[0].input_audio.format",
+            ),
+            (
+                json!({ "type": "input_audio", "input_audio": { "format": "wav" } }),
+                "messages[0].content[0].input_audio.data",
+            ),
+            (
+                json!({ "type": "file", "file": { "file_id": "file-abc" } }),
+                "messages[0].content[0].file.file_id",
+            ),
+            (
+                json!({ "type": "file", "file": { "file_data": "JVBERi0=" } }),
+                "messages[0].content[0].file.file_data",
+            ),
+            (json!({ "type": "video" }), "messages[0].content[0].type"),
+            (json!("just a string"), "messages[0].content[0]"),
+        ] {
+            let e = to_generate_err(chat(json!([{ "role": "user", "content": [part] }])));
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    fn weather_tools() -> Value {
+        json!([{
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": { "type": "object", "properties": { "city": { "type": "string" } }, "required": ["city"] },
+            },
+        }, { "type": "function", "function": { "name": "now" } }])
+    }
+
+    #[test]
+    fn tools_and_tool_choice() {
+        let mut req = user("weather?");
+        req["tools"] = weather_tools();
+        let out = to_generate(req.clone());
+        assert_eq!(
+            out["tools"],
+            json!([{ "functionDeclarations": [
+                {
+                    "name": "get_weather",
+                    "description": "Weather for a city",
+                    "parameters": { "type": "object", "properties": { "city": { "type": "string" } }, "required": ["city"] },
+                },
+                { "name": "now" },
+            ] }])
+        );
+        assert!(out.get("toolConfig").is_none());
+        for (choice, want) in [
+            (json!("auto"), json!({ "mode": "AUTO" })),
+            (json!("required"), json!({ "mode": "ANY" })),
+            (json!("none"), json!({ "mode": "NONE" })),
+            (
+                json!({ "type": "function", "function": { "name": "now" } }),
+                json!({ "mode": "ANY", "allowedFunctionNames": ["now"] }),
+            ),
+        ] {
+            req["tool_choice"] = choice;
+            assert_eq!(
+                to_generate(req.clone())["toolConfig"],
+                json!({ "functionCallingConfig": want })
+            );
+        }
+        req["tool_choice"] = json!("sometimes");
+        assert_eq!(to_generate_err(req.clone()).field, "tool_choice");
+        req["tool_choice"] = json!({ "type": "function" });
+        assert_eq!(
+            to_generate_err(req.clone()).field,
+            "tool_choice.function.name"
+        );
+        req["tool_choice"] = json!({ "type": "custom", "custom": { "name": "x" } });
+        assert_eq!(to_generate_err(req.clone()).field, "tool_choice.type");
+        req["tool_choice"] = Value::Null;
+        req["tools"] = json!([{ "type": "custom", "custom": { "name": "x" } }]);
+        assert_eq!(to_generate_err(req.clone()).field, "tools[0].type");
+        req["tools"] =
+            json!([{ "type": "function", "function": { "name": "f", "parameters": "x" } }]);
+        assert_eq!(
+            to_generate_err(req.clone()).field,
+            "tools[0].function.parameters"
+        );
+        req["tools"] = json!([{ "type": "function", "function": {} }]);
+        assert_eq!(to_generate_err(req.clone()).field, "tools[0].function.name");
+        req["tools"] = json!({});
+        assert_eq!(to_generate_err(req).field, "tools");
+
+        // Without tools, none and auto are moot; a forced call is refused.
+        let mut req = user("x");
+        req["tool_choice"] = json!("none");
+        assert!(to_generate(req.clone()).get("toolConfig").is_none());
+        req["tool_choice"] = json!("required");
+        assert_eq!(to_generate_err(req).field, "tool_choice");
+    }
+
+    #[test]
+    fn tool_calls_and_results_in_a_multi_turn_conversation() {
+        let out = to_generate(chat(json!([
+            { "role": "system", "content": "You are a travel agent." },
+            { "role": "user", "content": "Weather in Paris and Oslo?" },
+            {
+                "role": "assistant",
+                "content": "Checking both.",
+                "tool_calls": [
+                    { "id": "call_1", "type": "function", "function": { "name": "get_weather", "arguments": "{\"city\":\"Paris\"}" } },
+                    { "id": "call_2", "type": "function", "function": { "name": "get_weather", "arguments": "{\"city\":\"Oslo\"}" },
+                      "extra_content": { "google": { "thought_signature": "c2ln" } } },
+                ],
+            },
+            { "role": "tool", "tool_call_id": "call_1", "content": "18C, sunny" },
+            { "role": "tool", "tool_call_id": "call_2", "content": [{ "type": "text", "text": "{\"temp\": 4, \"sky\": \"snow\"}" }] },
+            { "role": "assistant", "content": "Paris is 18C and sunny; Oslo 4C with snow." },
+            { "role": "user", "content": "Book Paris." },
+        ])));
+        assert_eq!(
+            out["systemInstruction"],
+            json!({ "parts": [{ "text": "You are a travel agent." }] })
+        );
+        assert_eq!(
+            out["contents"],
+            json!([
+                { "role": "user", "parts": [{ "text": "Weather in Paris and Oslo?" }] },
+                { "role": "model", "parts": [
+                    { "text": "Checking both." },
+                    { "functionCall": { "name": "get_weather", "args": { "city": "Paris" } } },
+                    { "functionCall": { "name": "get_weather", "args": { "city": "Oslo" } }, "thoughtSignature": "c2ln" },
+                ] },
+                { "role": "user", "parts": [
+                    { "functionResponse": { "name": "get_weather", "response": { "content": "18C, sunny" } } },
+                    { "functionResponse": { "name": "get_weather", "response": { "temp": 4, "sky": "snow" } } },
+                ] },
+                { "role": "model", "parts": [{ "text": "Paris is 18C and sunny; Oslo 4C with snow." }] },
+                { "role": "user", "parts": [{ "text": "Book Paris." }] },
+            ])
+        );
+    }
+
+    #[test]
+    fn tool_results_resolve_names_and_go_before_user_text() {
+        let out = to_generate(chat(json!([
+            { "role": "user", "content": "go" },
+            { "role": "assistant", "content": null, "tool_calls": [
+                { "id": "t1", "type": "function", "function": { "name": "f", "arguments": "" } },
+            ] },
+            { "role": "user", "content": "and now?" },
+            { "role": "tool", "tool_call_id": "t1", "content": "[1, 2]" },
+            // A reused id names the latest call; a tool message may name
+            // its function itself.
+            { "role": "assistant", "tool_calls": [
+                { "id": "t1", "type": "function", "function": { "name": "g", "arguments": " " } },
+            ] },
+            { "role": "tool", "tool_call_id": "t1", "content": null },
+            { "role": "tool", "tool_call_id": "elsewhere", "name": "h", "content": "{}" },
+        ])));
+        let c = out["contents"].as_array().unwrap();
+        assert_eq!(c.len(), 5);
+        assert_eq!(
+            c[1]["parts"][0]["functionCall"],
+            json!({ "name": "f", "args": {} })
+        );
+        assert_eq!(
+            c[2]["parts"],
+            json!([
+                { "functionResponse": { "name": "f", "response": { "content": "[1, 2]" } } },
+                { "text": "and now?" },
+            ])
+        );
+        assert_eq!(
+            c[3]["parts"][0]["functionCall"],
+            json!({ "name": "g", "args": {} })
+        );
+        assert_eq!(
+            c[4],
+            json!({ "role": "user", "parts": [
+                { "functionResponse": { "name": "g", "response": { "content": "" } } },
+                { "functionResponse": { "name": "h", "response": {} } },
+            ] })
+        );
+    }
+
+    #[test]
+    fn tool_message_errors_name_the_field() {
+        let e = to_generate_err(chat(json!([
+            { "role": "user", "content": "go" },
+            { "role": "tool", "tool_call_id": "nope", "content": "x" },
+        ])));
+        assert_eq!(e.field, "messages[1].tool_call_id");
+        let e = to_generate_err(chat(json!([
+            { "role": "tool", "content": "x" },
+        ])));
+        assert_eq!(e.field, "messages[0].tool_call_id");
+        for (call, field) in [
+            (
+                json!({ "id": "t", "type": "function", "function": { "name": "f", "arguments": "{not json" } }),
+                "messages[1].tool_calls[0].function.arguments",
+            ),
+            (
+                json!({ "id": "t", "type": "function", "function": { "name": "f", "arguments": "[1,2]" } }),
+                "messages[1].tool_calls[0].function.arguments",
+            ),
+            (
+                json!({ "id": "t", "type": "function", "function": { "name": "f", "arguments": {} } }),
+                "messages[1].tool_calls[0].function.arguments",
+            ),
+            (
+                json!({ "type": "function", "function": { "name": "f" } }),
+                "messages[1].tool_calls[0].id",
+            ),
+            (
+                json!({ "id": "t", "type": "function", "function": {} }),
+                "messages[1].tool_calls[0].function.name",
+            ),
+            (
+                json!({ "id": "t", "type": "custom", "custom": {} }),
+                "messages[1].tool_calls[0].type",
+            ),
+            (
+                json!({ "id": "t", "function": { "name": "f" }, "extra_content": { "google": { "thought_signature": 1 } } }),
+                "messages[1].tool_calls[0].extra_content.google.thought_signature",
+            ),
+        ] {
+            let e = to_generate_err(chat(json!([
+                { "role": "user", "content": "go" },
+                { "role": "assistant", "tool_calls": [call] },
+            ])));
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn consecutive_same_role_messages_merge() {
+        let out = to_generate(chat(json!([
+            { "role": "assistant", "content": "zero" },
+            { "role": "user", "content": "one" },
+            { "role": "user", "content": [{ "type": "text", "text": "two" }] },
+            { "role": "user", "content": "" },
+            { "role": "assistant", "content": "three" },
+            { "role": "assistant", "content": [{ "type": "refusal", "refusal": "four" }] },
+            { "role": "user", "content": "five" },
+        ])));
+        assert_eq!(
+            out["contents"],
+            json!([
+                { "role": "model", "parts": [{ "text": "zero" }] },
+                { "role": "user", "parts": [{ "text": "one" }, { "text": "two" }] },
+                { "role": "model", "parts": [{ "text": "three" }, { "text": "four" }] },
+                { "role": "user", "parts": [{ "text": "five" }] },
+            ])
+        );
+    }
+
+    #[test]
+    fn message_errors_name_the_field() {
+        assert_eq!(to_generate_err(chat(json!([]))).field, "messages");
+        assert_eq!(
+            to_generate_err(chat(json!([{ "role": "system", "content": "s" }]))).field,
+            "messages"
+        );
+        assert_eq!(to_generate_err(json!({ "model": "m" })).field, "messages");
+        for (m, field) in [
+            (
+                json!({ "role": "function", "name": "f", "content": "x" }),
+                "messages[0].role",
+            ),
+            (
+                json!({ "role": "robot", "content": "x" }),
+                "messages[0].role",
+            ),
+            (json!({ "content": "x" }), "messages[0].role"),
+            (json!("hi"), "messages[0]"),
+            (
+                json!({ "role": "user", "content": 5 }),
+                "messages[0].content",
+            ),
+            (
+                json!({ "role": "user", "content": [{ "type": "text" }] }),
+                "messages[0].content[0].text",
+            ),
+            (
+                json!({ "role": "assistant", "content": [{ "type": "image_url" }] }),
+                "messages[0].content[0].type",
+            ),
+            (
+                json!({ "role": "assistant", "content": [{ "type": "refusal" }] }),
+                "messages[0].content[0].refusal",
+            ),
+            (
+                json!({ "role": "assistant", "content": "x", "function_call": { "name": "f" } }),
+                "messages[0].function_call",
+            ),
+            (
+                json!({ "role": "assistant", "content": "x", "audio": { "id": "a" } }),
+                "messages[0].audio",
+            ),
+            (
+                json!({ "role": "assistant", "tool_calls": {} }),
+                "messages[0].tool_calls",
+            ),
+        ] {
+            assert_eq!(to_generate_err(chat(json!([m]))).field, field);
+        }
+        assert_eq!(chat_to_generate(b"{nope", 1).unwrap_err().field, "body");
+        assert_eq!(chat_to_generate(b"[]", 1).unwrap_err().field, "body");
+    }
+
+    #[test]
+    fn generate_paths() {
+        assert_eq!(
+            generate_path("gemini-2.5-flash", false).unwrap(),
+            "/models/gemini-2.5-flash:generateContent"
+        );
+        assert_eq!(
+            generate_path("models/gemini-2.0-flash-001", true).unwrap(),
+            "/models/gemini-2.0-flash-001:streamGenerateContent?alt=sse"
+        );
+        assert_eq!(
+            generate_path("gemini_exp.1", false).unwrap(),
+            "/models/gemini_exp.1:generateContent"
+        );
+        for bad in [
+            "",
+            "models/",
+            "..",
+            ".",
+            "a/b",
+            "../x",
+            "gemini pro",
+            "g?alt=json",
+            "g:generateContent",
+            "g#x",
+            "gémini",
+            "g%2F",
+        ] {
+            assert_eq!(
+                generate_path(bad, false).unwrap_err().field,
+                "model",
+                "{bad}"
+            );
+        }
+    }
+
+    /// A generateContent response as the API reference shows one.
+    fn text_response() -> Value {
+        json!({
+            "candidates": [{
+                "content": {
+                    "parts": [
+                        { "text": "Let me think about the sky.", "thought": true },
+                        { "text": "The sky is blue because " },
+                        { "text": "of Rayleigh scattering." },
+                    ],
+                    "role": "model",
+                },
+                "finishReason": "STOP",
+                "index": 0,
+                "safetyRatings": [
+                    { "category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE" },
+                ],
+            }],
+            "usageMetadata": {
+                "promptTokenCount": 8,
+                "candidatesTokenCount": 12,
+                "totalTokenCount": 45,
+                "thoughtsTokenCount": 25,
+                "promptTokensDetails": [{ "modality": "TEXT", "tokenCount": 8 }],
+            },
+            "modelVersion": "gemini-2.5-flash",
+            "responseId": "mAitaLmkHPPlz7IPvtfUqQ4",
+        })
+    }
+
+    fn to_chat(body: &Value) -> (Value, Option<Usage>) {
+        let (out, usage) = generate_to_chat(
+            body.to_string().as_bytes(),
+            "gemini-2.5-flash",
+            1_700_000_000,
+        )
+        .expect("translates");
+        (serde_json::from_slice(&out).unwrap(), usage)
+    }
+
+    fn usage(p: u64, c: u64, cached: u64, reasoning: u64) -> Usage {
+        Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            cached_tokens: cached,
+            cache_write_tokens: 0,
+            reasoning_tokens: reasoning,
+            source: UsageSource::Provider,
+        }
+    }
+
+    #[test]
+    fn text_response_to_chat_completion() {
+        let (out, u) = to_chat(&text_response());
+        assert_eq!(
+            out,
+            json!({
+                "id": "chatcmpl-mAitaLmkHPPlz7IPvtfUqQ4",
+                "object": "chat.completion",
+                "created": 1_700_000_000,
+                "model": "gemini-2.5-flash",
+                "choices": [{
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": "The sky is blue because of Rayleigh scattering.",
+                        "refusal": null,
+                    },
+                    "logprobs": null,
+                    "finish_reason": "stop",
+                }],
+                "usage": {
+                    "prompt_tokens": 8,
+                    "completion_tokens": 37,
+                    "total_tokens": 45,
+                    "prompt_tokens_details": { "cached_tokens": 0 },
+                    "completion_tokens_details": { "reasoning_tokens": 25 },
+                },
+            })
+        );
+        assert_eq!(u, Some(usage(8, 37, 0, 25)));
+    }
+
+    #[test]
+    fn function_call_response_to_tool_calls() {
+        let body = json!({
+            "candidates": [{
+                "content": {
+                    "parts": [
+                        { "functionCall": { "name": "get_weather", "args": { "city": "Boston, MA" } },
+                          "thoughtSignature": "CiIBVKhc7oTWk2" },
+                        { "functionCall": { "name": "now" } },
+                    ],
+                    "role": "model",
+                },
+                "finishReason": "STOP",
+                "index": 0,
+            }],
+            "usageMetadata": {
+                "promptTokenCount": 70,
+                "candidatesTokenCount": 20,
+                "totalTokenCount": 90,
+                "cachedContentTokenCount": 32,
+                "toolUsePromptTokenCount": 5,
+            },
+            "modelVersion": "gemini-2.5-flash",
+            "responseId": "r1",
+        });
+        let (out, u) = to_chat(&body);
+        let choice = &out["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert!(choice["message"]["content"].is_null());
+        assert_eq!(
+            choice["message"]["tool_calls"],
+            json!([
+                { "id": "call_0", "type": "function",
+                  "function": { "name": "get_weather", "arguments": "{\"city\":\"Boston, MA\"}" },
+                  "extra_content": { "google": { "thought_signature": "CiIBVKhc7oTWk2" } } },
+                { "id": "call_1", "type": "function", "function": { "name": "now", "arguments": "{}" } },
+            ])
+        );
+        assert_eq!(u, Some(usage(75, 20, 32, 0)));
+        assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], 32);
+        assert_eq!(out["usage"]["total_tokens"], 95);
+    }
+
+    /// An assistant reply, answered as Gemini would, read back as a chat
+    /// message and sent again: the next request carries the same calls.
+    #[test]
+    fn round_trip_tool_call_through_the_next_request() {
+        let reply = json!({
+            "candidates": [{
+                "content": { "role": "model", "parts": [
+                    { "text": "Let me check." },
+                    { "functionCall": { "name": "lookup", "args": { "q": "bursar", "n": 3 } },
+                      "thoughtSignature": "sig" },
+                ] },
+                "finishReason": "STOP",
+            }],
+        });
+        let (completion, u) = to_chat(&reply);
+        assert_eq!(u, None);
+        assert!(completion.get("usage").is_none());
+        let assistant = completion["choices"][0]["message"].clone();
+        let next = to_generate(chat(json!([
+            { "role": "user", "content": "find bursar" },
+            assistant,
+            { "role": "tool", "tool_call_id": "call_0", "content": "3 hits" },
+        ])));
+        assert_eq!(next["contents"][1], reply["candidates"][0]["content"]);
+        assert_eq!(
+            next["contents"][2]["parts"][0],
+            json!({ "functionResponse": { "name": "lookup", "response": { "content": "3 hits" } } })
+        );
+    }
+
+    #[test]
+    fn finish_reasons_map() {
+        for (reason, calls, want) in [
+            ("STOP", false, "stop"),
+            ("STOP", true, "tool_calls"),
+            ("MAX_TOKENS", false, "length"),
+            ("MAX_TOKENS", true, "length"),
+            ("SAFETY", false, "content_filter"),
+            ("RECITATION", false, "content_filter"),
+            ("BLOCKLIST", false, "content_filter"),
+            ("PROHIBITED_CONTENT", false, "content_filter"),
+            ("SPII", false, "content_filter"),
+            ("IMAGE_SAFETY", false, "content_filter"),
+            ("OTHER", false, "stop"),
+            ("MALFORMED_FUNCTION_CALL", false, "stop"),
+            ("FINISH_REASON_UNSPECIFIED", true, "tool_calls"),
+        ] {
+            assert_eq!(finish_reason(reason, calls), want, "{reason}");
+            let part = if calls {
+                json!({ "functionCall": { "name": "f", "args": {} } })
+            } else {
+                json!({ "text": "x" })
+            };
+            let body = json!({ "candidates": [{
+                "content": { "role": "model", "parts": [part] },
+                "finishReason": reason,
+            }] });
+            assert_eq!(to_chat(&body).0["choices"][0]["finish_reason"], want);
+        }
+        // No finishReason: null, as in an unfinished candidate.
+        let body = json!({ "candidates": [{ "content": { "parts": [{ "text": "x" }] } }] });
+        assert!(to_chat(&body).0["choices"][0]["finish_reason"].is_null());
+        // A safety stop with no content at all.
+        let body = json!({ "candidates": [{ "finishReason": "SAFETY", "index": 0 }] });
+        let (out, _) = to_chat(&body);
+        assert_eq!(out["choices"][0]["message"]["content"], "");
+        assert_eq!(out["choices"][0]["finish_reason"], "content_filter");
+    }
+
+    #[test]
+    fn several_candidates_are_several_choices() {
+        let body = json!({
+            "candidates": [
+                { "content": { "role": "model", "parts": [{ "text": "one" }] }, "finishReason": "STOP", "index": 0 },
+                { "content": { "role": "model", "parts": [{ "text": "two" }] }, "finishReason": "MAX_TOKENS", "index": 1 },
+            ],
+            "responseId": "r",
+        });
+        let (out, _) = to_chat(&body);
+        let choices = out["choices"].as_array().unwrap();
+        assert_eq!(choices.len(), 2);
+        assert_eq!(choices[1]["index"], 1);
+        assert_eq!(choices[1]["message"]["content"], "two");
+        assert_eq!(choices[1]["finish_reason"], "length");
+    }
+
+    #[test]
+    fn a_blocked_prompt_is_a_content_filter_completion() {
+        let body = json!({
+            "promptFeedback": {
+                "blockReason": "SAFETY",
+                "safetyRatings": [{ "category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH" }],
+            },
+            "usageMetadata": { "promptTokenCount": 8, "totalTokenCount": 8 },
+            "modelVersion": "gemini-2.0-flash",
+            "responseId": "blocked1",
+        });
+        let (out, u) = to_chat(&body);
+        assert_eq!(out["id"], "chatcmpl-blocked1");
+        assert_eq!(
+            out["choices"],
+            json!([{
+                "index": 0,
+                "message": { "role": "assistant", "content": null, "refusal": null },
+                "logprobs": null,
+                "finish_reason": "content_filter",
+            }])
+        );
+        assert_eq!(u, Some(usage(8, 0, 0, 0)));
+    }
+
+    #[test]
+    fn malformed_responses_name_the_field() {
+        let at = |body: Value| {
+            generate_to_chat(body.to_string().as_bytes(), "m", 0)
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(generate_to_chat(b"[]", "m", 0).unwrap_err().field, "body");
+        assert_eq!(generate_to_chat(b"{", "m", 0).unwrap_err().field, "body");
+        assert_eq!(at(json!({})), "candidates");
+        assert_eq!(at(json!({ "candidates": [] })), "candidates");
+        assert_eq!(at(json!({ "candidates": {} })), "candidates");
+        assert_eq!(at(json!({ "candidates": [1] })), "candidates[0]");
+        assert_eq!(
+            at(json!({ "candidates": [{ "index": -1 }] })),
+            "candidates[0].index"
+        );
+        assert_eq!(
+            at(json!({ "candidates": [{ "content": { "parts": {} } }] })),
+            "candidates[0].content.parts"
+        );
+        assert_eq!(
+            at(json!({ "candidates": [{ "content": { "parts": [{ "text": 1 }] } }] })),
+            "candidates[0].content.parts[0].text"
+        );
+        assert_eq!(
+            at(json!({ "candidates": [{ "content": { "parts": [{ "functionCall": {} }] } }] })),
+            "candidates[0].content.parts[0].functionCall.name"
+        );
+        assert_eq!(
+            at(json!({ "candidates": [], "usageMetadata": { "promptTokenCount": -1 } })),
+            "usageMetadata"
+        );
+        let e = generate_to_chat(
+            br#"{"error":{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED"}}"#,
+            "m",
+            0,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("error", "Quota exceeded")
+        );
+        // No responseId: an id from the time.
+        let (out, _) = to_chat(&json!({ "candidates": [{ "content": { "parts": [] } }] }));
+        assert_eq!(out["id"], "chatcmpl-gemini-1700000000");
+    }
+
+    #[test]
+    fn usage_metadata_is_read_strictly() {
+        assert_eq!(
+            usage_from_metadata(&json!({
+                "promptTokenCount": 100, "cachedContentTokenCount": 60,
+                "candidatesTokenCount": 10, "thoughtsTokenCount": 5,
+                "toolUsePromptTokenCount": 7, "totalTokenCount": 122,
+                "promptTokensDetails": [{ "modality": "TEXT", "tokenCount": 100 }],
+            })),
+            Some(usage(107, 15, 60, 5))
+        );
+        assert_eq!(usage_from_metadata(&json!({})), Some(usage(0, 0, 0, 0)));
+        assert_eq!(
+            usage_from_metadata(&json!({ "promptTokenCount": null, "candidatesTokenCount": 3 })),
+            Some(usage(0, 3, 0, 0))
+        );
+        assert_eq!(
+            usage_from_metadata(
+                &json!({ "promptTokenCount": u64::MAX, "toolUsePromptTokenCount": 1 })
+            ),
+            Some(usage(u64::MAX, 0, 0, 0))
+        );
+        for bad in [
+            json!(null),
+            json!([]),
+            json!(5),
+            json!({ "promptTokenCount": -1 }),
+            json!({ "promptTokenCount": 1.5 }),
+            json!({ "candidatesTokenCount": "3" }),
+            json!({ "thoughtsTokenCount": true }),
+            json!({ "cachedContentTokenCount": {} }),
+            json!({ "toolUsePromptTokenCount": -2 }),
+            json!({ "totalTokenCount": 1e3 }),
+        ] {
+            assert_eq!(usage_from_metadata(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_messages() {
+        assert_eq!(
+            error_message(
+                br#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[]}}"#
+            )
+            .as_deref(),
+            Some("API key not valid. Please pass a valid API key.")
+        );
+        assert_eq!(
+            error_message(br#"[{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}]"#)
+                .as_deref(),
+            Some("The model is overloaded.")
+        );
+        assert_eq!(
+            error_message(br#"{"error":{"code":500,"status":"INTERNAL"}}"#).as_deref(),
+            Some("INTERNAL")
+        );
+        for body in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"{}",
+            br#"{"error":{}}"#,
+            b"\xff",
+            br#"{"candidates":[]}"#,
+        ] {
+            assert_eq!(error_message(body), None);
+        }
+        assert_eq!(openai_error_type("RESOURCE_EXHAUSTED"), "rate_limit_error");
+        assert_eq!(
+            openai_error_type("INVALID_ARGUMENT"),
+            "invalid_request_error"
+        );
+        assert_eq!(openai_error_type("UNAVAILABLE"), "server_error");
+    }
+}

@@ -404,3 +404,563 @@ fn write_data(v: &Value, out: &mut Vec<u8>) {
     serde_json::to_writer(&mut *out, v).expect("serialising a JSON value");
     out.extend_from_slice(b"\n\n");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::gemini::generate_to_chat;
+    use crate::tokens::UsageSource;
+    use proptest::prelude::*;
+
+    const MODEL: &str = "gemini-2.5-flash";
+
+    fn sse(events: &[Value]) -> Vec<u8> {
+        sse_with(events, &[b"\r\n"])
+    }
+
+    /// Events as upstream SSE (Gemini ends lines with CRLF), the i-th
+    /// event's lines ended by `ends[i % len]`.
+    fn sse_with(events: &[Value], ends: &[&[u8]]) -> Vec<u8> {
+        let mut s = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let nl = ends[i % ends.len()];
+            s.extend_from_slice(b"data: ");
+            s.extend_from_slice(e.to_string().as_bytes());
+            s.extend_from_slice(nl);
+            s.extend_from_slice(nl);
+        }
+        s
+    }
+
+    fn piece(parts: Value, finish: Option<&str>, usage: Value) -> Value {
+        let mut c = json!({ "content": { "parts": parts, "role": "model" }, "index": 0 });
+        if let Some(f) = finish {
+            c["finishReason"] = json!(f);
+        }
+        json!({
+            "candidates": [c],
+            "usageMetadata": usage,
+            "modelVersion": MODEL,
+            "responseId": "resp_1",
+        })
+    }
+
+    /// A text stream as Gemini sends it: usage on every event, cumulative.
+    fn text_stream(pieces: &[&str], finish: &str) -> Vec<Value> {
+        let n = pieces.len();
+        pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let last = i + 1 == n;
+                let usage = if last {
+                    json!({ "promptTokenCount": 8, "candidatesTokenCount": 12,
+                            "thoughtsTokenCount": 25, "totalTokenCount": 45 })
+                } else {
+                    json!({ "promptTokenCount": 8, "totalTokenCount": 8 })
+                };
+                piece(json!([{ "text": p }]), last.then_some(finish), usage)
+            })
+            .collect()
+    }
+
+    fn run(t: &mut StreamTranslator, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        t.feed(input, &mut out).expect("feed");
+        t.finish(&mut out).expect("finish");
+        out
+    }
+
+    /// The data payloads of an OpenAI SSE output; `[DONE]` as a string.
+    fn events(out: &[u8]) -> Vec<Value> {
+        let s = std::str::from_utf8(out).unwrap();
+        assert!(s.is_empty() || s.ends_with("\n\n"), "{s}");
+        s.split_terminator("\n\n")
+            .map(|e| {
+                let d = e.strip_prefix("data: ").expect("a data line");
+                if d == "[DONE]" {
+                    json!("[DONE]")
+                } else {
+                    serde_json::from_str(d).unwrap()
+                }
+            })
+            .collect()
+    }
+
+    fn content(evs: &[Value]) -> String {
+        evs.iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect()
+    }
+
+    fn usage(p: u64, c: u64, cached: u64, reasoning: u64) -> Usage {
+        Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            cached_tokens: cached,
+            cache_write_tokens: 0,
+            reasoning_tokens: reasoning,
+            source: UsageSource::Provider,
+        }
+    }
+
+    #[test]
+    fn text_stream_translates() {
+        let mut ev = text_stream(&["The", " sky is", " blue."], "STOP");
+        // A thought summary, and an empty text piece, show nothing.
+        ev.insert(
+            0,
+            piece(
+                json!([{ "text": "Thinking of skies", "thought": true }, { "text": "" }]),
+                None,
+                json!({ "promptTokenCount": 8, "totalTokenCount": 8 }),
+            ),
+        );
+        let mut t = StreamTranslator::new(MODEL, 1_700_000_000, false);
+        let evs = events(&run(&mut t, &sse(&ev)));
+        assert_eq!(evs.len(), 6, "{evs:?}");
+        for e in &evs[..5] {
+            assert_eq!(e["id"], "chatcmpl-resp_1");
+            assert_eq!(e["object"], "chat.completion.chunk");
+            assert_eq!(e["created"], 1_700_000_000);
+            assert_eq!(e["model"], MODEL);
+            assert!(e.get("usage").is_none());
+        }
+        assert_eq!(
+            evs[0]["choices"],
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                    "logprobs": null, "finish_reason": null}])
+        );
+        assert_eq!(evs[1]["choices"][0]["delta"], json!({"content": "The"}));
+        assert_eq!(content(&evs), "The sky is blue.");
+        // The last event carries both its text and the finish reason.
+        assert_eq!(evs[3]["choices"][0]["delta"], json!({"content": " blue."}));
+        assert_eq!(
+            evs[4]["choices"],
+            json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"}])
+        );
+        assert_eq!(evs[5], "[DONE]");
+        assert_eq!(t.usage(), Some(usage(8, 37, 0, 25)));
+        assert!(t.usage_complete());
+        assert!(!t.upstream_failed());
+    }
+
+    #[test]
+    fn finish_reasons_map() {
+        for (reason, want) in [
+            ("STOP", "stop"),
+            ("MAX_TOKENS", "length"),
+            ("SAFETY", "content_filter"),
+            ("RECITATION", "content_filter"),
+            ("PROHIBITED_CONTENT", "content_filter"),
+            ("OTHER", "stop"),
+        ] {
+            let input = sse(&text_stream(&["x"], reason));
+            let evs = events(&run(&mut StreamTranslator::new(MODEL, 0, false), &input));
+            assert_eq!(evs[evs.len() - 2]["choices"][0]["finish_reason"], want);
+        }
+    }
+
+    fn tool_stream() -> Vec<Value> {
+        vec![
+            piece(
+                json!([{ "text": "Checking both." }]),
+                None,
+                json!({ "promptTokenCount": 100, "totalTokenCount": 100 }),
+            ),
+            piece(
+                json!([
+                    { "functionCall": { "name": "get_weather", "args": { "city": "Paris" } },
+                      "thoughtSignature": "c2ln" },
+                    { "functionCall": { "name": "get_time", "args": { "tz": "CET" } } },
+                ]),
+                Some("STOP"),
+                json!({ "promptTokenCount": 100, "candidatesTokenCount": 40,
+                        "totalTokenCount": 140 }),
+            ),
+        ]
+    }
+
+    #[test]
+    fn function_calls_stream_as_tool_calls() {
+        let evs = events(&run(
+            &mut StreamTranslator::new(MODEL, 5, false),
+            &sse(&tool_stream()),
+        ));
+        let deltas: Vec<&Value> = evs.iter().map(|e| &e["choices"][0]["delta"]).collect();
+        assert_eq!(deltas[1], &json!({"content": "Checking both."}));
+        assert_eq!(
+            deltas[2],
+            &json!({"tool_calls": [{"index": 0, "id": "call_0", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
+                    "extra_content": {"google": {"thought_signature": "c2ln"}}}]})
+        );
+        assert_eq!(
+            deltas[3],
+            &json!({"tool_calls": [{"index": 1, "id": "call_1", "type": "function",
+                    "function": {"name": "get_time", "arguments": "{\"tz\":\"CET\"}"}}]})
+        );
+        assert_eq!(evs[4]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(evs[5], "[DONE]");
+        assert_eq!(evs.len(), 6);
+    }
+
+    #[test]
+    fn include_usage_adds_a_usage_chunk() {
+        let mut ev = text_stream(&["Hi"], "STOP");
+        // A final usage-only event after the finish reason: its counts win.
+        ev.push(json!({
+            "usageMetadata": { "promptTokenCount": 10, "cachedContentTokenCount": 6,
+                               "candidatesTokenCount": 7, "toolUsePromptTokenCount": 2,
+                               "totalTokenCount": 19 },
+            "responseId": "resp_1",
+        }));
+        let mut t = StreamTranslator::new(MODEL, 9, true);
+        let evs = events(&run(&mut t, &sse(&ev)));
+        let n = evs.len();
+        assert_eq!(n, 5);
+        assert_eq!(evs[n - 1], "[DONE]");
+        for e in &evs[..n - 2] {
+            assert_eq!(e["usage"], Value::Null);
+            assert!(e.as_object().unwrap().contains_key("usage"));
+        }
+        assert_eq!(
+            evs[n - 2],
+            json!({
+                "id": "chatcmpl-resp_1", "object": "chat.completion.chunk", "created": 9,
+                "model": MODEL, "choices": [],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19,
+                          "prompt_tokens_details": {"cached_tokens": 6},
+                          "completion_tokens_details": {"reasoning_tokens": 0}},
+            })
+        );
+        assert_eq!(t.usage(), Some(usage(12, 7, 6, 0)));
+        // Without include_usage, none anywhere, and still counted.
+        let mut t = StreamTranslator::new(MODEL, 9, false);
+        let evs = events(&run(&mut t, &sse(&ev)));
+        assert_eq!(evs.len(), 4);
+        assert!(evs[..3].iter().all(|e| e.get("usage").is_none()));
+        assert_eq!(t.usage().unwrap().total_tokens(), 19);
+    }
+
+    #[test]
+    fn several_candidates_stream_as_several_choices() {
+        let ev = vec![
+            json!({ "candidates": [
+                { "content": { "parts": [{ "text": "a" }] }, "index": 0 },
+                { "content": { "parts": [{ "text": "b" }] }, "index": 1 },
+            ], "responseId": "r" }),
+            json!({ "candidates": [
+                { "content": { "parts": [{ "functionCall": { "name": "f" } }] }, "index": 1,
+                  "finishReason": "STOP" },
+                { "content": { "parts": [] }, "index": 0, "finishReason": "MAX_TOKENS" },
+            ], "usageMetadata": { "promptTokenCount": 1, "candidatesTokenCount": 2 } }),
+        ];
+        let mut t = StreamTranslator::new(MODEL, 0, false);
+        let evs = events(&run(&mut t, &sse(&ev)));
+        let at = |i: usize| {
+            (
+                evs[i]["choices"][0]["index"].clone(),
+                evs[i]["choices"][0].clone(),
+            )
+        };
+        assert_eq!(at(0).0, 0);
+        assert_eq!(at(1).1["delta"], json!({"content": "a"}));
+        assert_eq!(at(2).1["delta"]["role"], "assistant");
+        assert_eq!(at(2).0, 1);
+        assert_eq!(at(3).1["delta"], json!({"content": "b"}));
+        assert_eq!(at(4).1["delta"]["tool_calls"][0]["index"], 0);
+        assert_eq!(at(5).1["finish_reason"], "tool_calls");
+        assert_eq!(
+            (at(6).0, at(6).1["finish_reason"].clone()),
+            (json!(0), json!("length"))
+        );
+        assert_eq!(evs[7], "[DONE]");
+        assert!(t.usage_complete());
+    }
+
+    #[test]
+    fn a_blocked_prompt_streams_a_content_filter_finish() {
+        let ev = [json!({
+            "promptFeedback": { "blockReason": "PROHIBITED_CONTENT" },
+            "usageMetadata": { "promptTokenCount": 8, "totalTokenCount": 8 },
+            "responseId": "b",
+        })];
+        let mut t = StreamTranslator::new(MODEL, 0, true);
+        let evs = events(&run(&mut t, &sse(&ev)));
+        assert_eq!(evs[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(evs[1]["choices"][0]["finish_reason"], "content_filter");
+        assert_eq!(evs[2]["usage"]["prompt_tokens"], 8);
+        assert_eq!(evs[3], "[DONE]");
+        assert!(t.usage_complete());
+    }
+
+    #[test]
+    fn upstream_error_event_translates_and_stops() {
+        let mut ev = text_stream(&["partial", "more"], "STOP");
+        ev.truncate(1);
+        ev.push(
+            json!({ "error": { "code": 503, "message": "The model is overloaded.",
+                                   "status": "UNAVAILABLE" } }),
+        );
+        let mut input = sse(&ev);
+        // Anything after the error is ignored.
+        input.extend_from_slice(&sse(&text_stream(&["late"], "STOP")));
+        let mut t = StreamTranslator::new(MODEL, 0, true);
+        let evs = events(&run(&mut t, &input));
+        assert_eq!(content(&evs), "partial");
+        assert_eq!(
+            evs.last().unwrap(),
+            &json!({"error": {"message": "The model is overloaded.", "type": "server_error",
+                              "param": null, "code": "UNAVAILABLE"}})
+        );
+        assert!(!evs.contains(&json!("[DONE]")));
+        assert!(t.upstream_failed());
+        assert_eq!(t.usage(), Some(usage(8, 0, 0, 0)));
+        assert!(!t.usage_complete());
+        // An error as the very first event, and rate limits keep their type.
+        let mut t = StreamTranslator::new(MODEL, 0, false);
+        let evs = events(&run(
+            &mut t,
+            &sse(&[json!({ "error": { "code": 429, "message": "Quota",
+                                      "status": "RESOURCE_EXHAUSTED" } })]),
+        ));
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0]["error"]["type"], "rate_limit_error");
+    }
+
+    #[test]
+    fn a_stream_without_a_finish_reason_is_an_error_at_finish() {
+        let full = sse(&text_stream(&["Hello", " there"], "STOP"));
+        // Cut inside the last event.
+        let cut = full.len() - 20;
+        let mut t = StreamTranslator::new(MODEL, 0, true);
+        let mut out = Vec::new();
+        t.feed(&full[..cut], &mut out).unwrap();
+        let e = t.finish(&mut out).expect_err("truncated");
+        assert_eq!(e.field, "stream");
+        assert!(e.message.contains("finishReason"), "{e}");
+        let evs = events(&out);
+        assert_eq!(content(&evs), "Hello");
+        assert!(!evs.contains(&json!("[DONE]")));
+        // Billing still sees the prompt; the error reaches the client as SSE.
+        assert_eq!(t.usage(), Some(usage(8, 0, 0, 0)));
+        assert!(!t.usage_complete());
+        assert!(t.finish(&mut out).is_err(), "stays broken");
+        let mut tail = Vec::new();
+        error_event(&e, &mut tail);
+        assert_eq!(events(&tail)[0]["error"]["code"], "upstream_stream_error");
+        // An empty body too.
+        let e = StreamTranslator::new(MODEL, 0, false)
+            .finish(&mut Vec::new())
+            .unwrap_err();
+        assert!(e.message.contains("before any candidate"), "{e}");
+    }
+
+    #[test]
+    fn malformed_and_oversized_events_are_errors() {
+        for (bad, field) in [
+            (&b"data: {not json\n\n"[..], "stream"),
+            (b"data: [1]\n\n", "stream"),
+            (b"data: {\"candidates\": {}}\n\n", "candidates"),
+            (b"data: {\"candidates\": [3]}\n\n", "candidates[0]"),
+            (
+                b"data: {\"candidates\": [{\"index\": \"0\"}]}\n\n",
+                "candidates[0].index",
+            ),
+            (
+                b"data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": 5}]}}]}\n\n",
+                "candidates[0].content.parts[0].text",
+            ),
+            (
+                b"data: {\"usageMetadata\": {\"promptTokenCount\": -1}}\n\n",
+                "usageMetadata",
+            ),
+        ] {
+            let mut t = StreamTranslator::new(MODEL, 0, false);
+            let mut out = Vec::new();
+            let e = t.feed(bad, &mut out).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert_eq!(t.feed(b"", &mut out).unwrap_err(), e, "stays broken");
+            assert_eq!(t.finish(&mut out).unwrap_err(), e);
+        }
+        let mut t = StreamTranslator::new(MODEL, 0, false);
+        let mut out = Vec::new();
+        let big = vec![b'a'; MAX_PENDING_EVENT_BYTES];
+        t.feed(b"data: ", &mut out).unwrap();
+        let e = t.feed(&big, &mut out).unwrap_err();
+        assert!(e.message.contains("exceeds"));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn line_ends_comments_and_events_without_data() {
+        let mut input = Vec::new();
+        let evs = text_stream(&["a", "b", "c"], "STOP");
+        for (i, e) in evs.iter().enumerate() {
+            let nl: &[u8] = [&b"\n"[..], b"\r\n", b"\r"][i % 3];
+            input.extend_from_slice(b"data: ");
+            input.extend_from_slice(e.to_string().as_bytes());
+            input.extend_from_slice(nl);
+            input.extend_from_slice(nl);
+            if i == 0 {
+                input.extend_from_slice(b": keep-alive\n\nevent: ping\n\n");
+            }
+        }
+        // The last event ends with a lone CR pair: reported by finish().
+        assert!(input.ends_with(b"\r\r"));
+        let mut t = StreamTranslator::new(MODEL, 0, false);
+        let out = run(&mut t, &input);
+        let evs = events(&out);
+        assert_eq!(content(&evs), "abc");
+        assert_eq!(evs.last().unwrap(), "[DONE]");
+        // After finish, nothing more is written.
+        let mut more = Vec::new();
+        t.feed(&sse(&text_stream(&["x"], "STOP")), &mut more)
+            .unwrap();
+        t.finish(&mut more).unwrap();
+        assert!(more.is_empty());
+    }
+
+    /// The stream's output read back as one message: content, tool calls
+    /// (id, name, arguments), the finish reason of choice 0.
+    fn assemble(evs: &[Value]) -> (String, Vec<Value>, Value) {
+        let mut calls: Vec<Value> = Vec::new();
+        let mut finish = Value::Null;
+        for e in evs {
+            let c = &e["choices"][0];
+            for call in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                let mut call = call.clone();
+                call.as_object_mut().unwrap().remove("index");
+                calls.push(call);
+            }
+            if !c["finish_reason"].is_null() {
+                finish = c["finish_reason"].clone();
+            }
+        }
+        (content(evs), calls, finish)
+    }
+
+    /// A stream of `pieces`, then (when `tools`) the calls of `tool_stream`.
+    fn mixed_stream(pieces: &[String], tools: bool) -> Vec<Value> {
+        let u = json!({ "promptTokenCount": 3, "totalTokenCount": 3 });
+        let mut ev: Vec<Value> = pieces
+            .iter()
+            .map(|p| piece(json!([{ "text": p }]), None, u.clone()))
+            .collect();
+        if tools {
+            ev.push(tool_stream()[1].clone());
+        } else {
+            ev.push(piece(
+                json!([]),
+                Some("STOP"),
+                json!({ "promptTokenCount": 3, "candidatesTokenCount": 9 }),
+            ));
+        }
+        ev
+    }
+
+    /// The non-streamed response equivalent to `mixed_stream`.
+    fn non_streamed(pieces: &[String], tools: bool) -> Value {
+        let mut parts: Vec<Value> = pieces.iter().map(|p| json!({ "text": p })).collect();
+        if tools {
+            parts.extend(
+                tool_stream()[1]["candidates"][0]["content"]["parts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .cloned(),
+            );
+        }
+        let body = json!({ "candidates": [{ "content": { "role": "model", "parts": parts },
+                                            "finishReason": "STOP", "index": 0 }],
+                           "responseId": "resp_1" });
+        let (out, _) = generate_to_chat(body.to_string().as_bytes(), MODEL, 1).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn every_split_of_a_small_stream_gives_the_same_output() {
+        for (tools, include_usage) in [(false, false), (false, true), (true, false), (true, true)] {
+            let input = sse(&mixed_stream(&["Hé".into(), "llo".into()], tools));
+            let whole = run(&mut StreamTranslator::new(MODEL, 1, include_usage), &input);
+            for cut in 0..=input.len() {
+                let mut t = StreamTranslator::new(MODEL, 1, include_usage);
+                let mut out = Vec::new();
+                t.feed(&input[..cut], &mut out).unwrap();
+                t.feed(&input[cut..], &mut out).unwrap();
+                t.finish(&mut out).unwrap();
+                assert_eq!(out, whole, "cut at {cut}");
+            }
+            // Byte by byte.
+            let mut t = StreamTranslator::new(MODEL, 1, include_usage);
+            let mut out = Vec::new();
+            for b in input.chunks(1) {
+                t.feed(b, &mut out).unwrap();
+            }
+            t.finish(&mut out).unwrap();
+            assert_eq!(out, whole);
+        }
+    }
+
+    const ENDS: [&[u8]; 4] = [b"\n", b"\r\n", b"\r", b"\n"];
+
+    proptest! {
+        #[test]
+        fn split_points_do_not_change_output(
+            pieces in prop::collection::vec(any::<String>(), 0..8),
+            tools in any::<bool>(),
+            include_usage in any::<bool>(),
+            ends in prop::collection::vec(0..ENDS.len(), 1..4),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let ends: Vec<&[u8]> = ends.iter().map(|&i| ENDS[i]).collect();
+            let input = sse_with(&mixed_stream(&pieces, tools), &ends);
+            let whole = {
+                let mut t = StreamTranslator::new(MODEL, 1, include_usage);
+                let mut out = Vec::new();
+                t.feed(&input, &mut out).unwrap();
+                t.finish(&mut out).unwrap();
+                out
+            };
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
+            at.sort_unstable();
+            let mut t = StreamTranslator::new(MODEL, 1, include_usage);
+            let mut split = Vec::new();
+            let mut prev = 0;
+            for c in at.into_iter().chain([input.len()]) {
+                t.feed(&input[prev..c], &mut split).unwrap();
+                prev = c;
+            }
+            t.finish(&mut split).unwrap();
+            prop_assert_eq!(&split, &whole);
+            prop_assert!(t.usage_complete());
+
+            // The stream says what the non-streamed response says.
+            let evs = events(&whole);
+            prop_assert_eq!(evs.last().unwrap(), &json!("[DONE]"));
+            let (text, calls, finish) = assemble(&evs);
+            let expected = non_streamed(&pieces, tools);
+            let choice = &expected["choices"][0];
+            prop_assert_eq!(&text, &pieces.concat());
+            prop_assert_eq!(text.as_str(), choice["message"]["content"].as_str().unwrap_or(""));
+            let want = choice["message"]["tool_calls"].as_array().cloned().unwrap_or_default();
+            prop_assert_eq!(calls, want);
+            prop_assert_eq!(&finish, &choice["finish_reason"]);
+        }
+
+        #[test]
+        fn garbage_never_panics(
+            chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..8),
+        ) {
+            let mut t = StreamTranslator::new(MODEL, 0, true);
+            let mut out = Vec::new();
+            for c in &chunks {
+                let _ = t.feed(c, &mut out);
+            }
+            let _ = t.finish(&mut out);
+            // Whatever was written is whole events.
+            prop_assert!(out.is_empty() || out.ends_with(b"\n\n"));
+        }
+    }
+}

@@ -18,7 +18,8 @@
 //!   (or the message's own `name`); the response is the content when it is
 //!   a JSON object, else `{"content": <text>}`;
 //! - `image_url` parts: a `data:` URL → `inlineData`, an http(s) URL →
-//!   `fileData` with a MIME type guessed from the path's extension;
+//!   `fileData` with a MIME type guessed from the path's extension (Gemini
+//!   fetches it; models or URLs it cannot fetch are refused upstream);
 //!   `input_audio` → `inlineData` (`audio/wav`, `audio/mp3`); `file` parts
 //!   with `file_data` as a data URL → `inlineData` (an OpenAI `file_id`
 //!   means nothing to Gemini: refused);
@@ -991,7 +992,14 @@ pub(crate) fn read_parts(
 /// `chat.completion` (`model` as given, `created` in Unix seconds), and
 /// returns the normalized usage (`None` when `usageMetadata` is absent).
 ///
-/// One choice per candidate, its `index` the candidate's. A response whose
+/// One choice per candidate, its `index` the candidate's; the completion's
+/// `model` is the one the client asked for (`modelVersion` is not
+/// surfaced), its id `chatcmpl-<responseId>` (`chatcmpl-gemini-<created>`
+/// without one); tool call ids are `call_<n>`, counted per candidate
+/// (Gemini's own function call ids, when present, are not used: a tool
+/// message's name is found from the assistant message it answers). A body
+/// carrying `error` is refused with the field `error` and its message;
+/// a malformed `usageMetadata` with the field `usageMetadata`. A response whose
 /// prompt was blocked (`promptFeedback.blockReason`, no candidates) is a
 /// completion with one choice, `content: null` and `finish_reason:
 /// "content_filter"`, so the client sees the refusal as OpenAI shows its

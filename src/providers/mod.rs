@@ -2,12 +2,17 @@
 //! OpenAI-compatible server) needs no translation: the body passes through.
 //! `mock` answers in process. `anthropic` translates OpenAI chat to the
 //! Messages API and back; `anthropic_stream` translates its streamed events
-//! into `chat.completion.chunk` events. `endpoint` names the data plane's
+//! into `chat.completion.chunk` events. `gemini` translates OpenAI chat to
+//! Gemini's `generateContent` and back; `gemini_stream` translates its
+//! `streamGenerateContent?alt=sse` events into `chat.completion.chunk`
+//! events. `endpoint` names the data plane's
 //! endpoints, below the proxy and the translations alike.
 
 pub mod anthropic;
 pub mod anthropic_stream;
 pub mod endpoint;
+pub mod gemini;
+pub mod gemini_stream;
 pub mod mock;
 pub mod translate;
 

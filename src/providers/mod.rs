@@ -2,12 +2,14 @@
 //! OpenAI-compatible server) needs no translation: the body passes through.
 //! `mock` answers in process. `anthropic` translates OpenAI chat to the
 //! Messages API and back; `anthropic_stream` translates its streamed events
-//! into `chat.completion.chunk` events. `endpoint` names the data plane's
-//! endpoints, below the proxy and the translations alike.
+//! into `chat.completion.chunk` events. `eventstream` decodes the AWS
+//! event-stream framing (Bedrock's ConverseStream). `endpoint` names the data plane's endpoints,
+//! below the proxy and the translations alike.
 
 pub mod anthropic;
 pub mod anthropic_stream;
 pub mod endpoint;
+pub mod eventstream;
 pub mod mock;
 
 use std::fmt;

@@ -2,12 +2,16 @@
 //! OpenAI-compatible server) needs no translation: the body passes through.
 //! `mock` answers in process. `anthropic` translates OpenAI chat to the
 //! Messages API and back; `anthropic_stream` translates its streamed events
-//! into `chat.completion.chunk` events. `eventstream` decodes the AWS
-//! event-stream framing (Bedrock's ConverseStream). `endpoint` names the data plane's endpoints,
+//! into `chat.completion.chunk` events. `bedrock` translates OpenAI chat to
+//! AWS Bedrock's Converse API and back and signs the request (SigV4);
+//! `bedrock_stream` translates ConverseStream, framed in the AWS event stream
+//! that `eventstream` decodes. `endpoint` names the data plane's endpoints,
 //! below the proxy and the translations alike.
 
 pub mod anthropic;
 pub mod anthropic_stream;
+pub mod bedrock;
+pub mod bedrock_stream;
 pub mod endpoint;
 pub mod eventstream;
 pub mod mock;

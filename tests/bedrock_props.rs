@@ -118,11 +118,11 @@ proptest! {
         });
         let res = chat_to_converse(req.to_string().as_bytes(), 64);
         // Which messages produce a turn, in order: the first must be a user's.
-        let first = gens.iter().find_map(|g| match g {
-            Gen::System(_) => None,
-            Gen::User(t) | Gen::Assistant(t) => (!t.is_empty()).then_some(g),
-            Gen::UserParts(ts) => ts.iter().any(|t| !t.is_empty()).then_some(g),
-            Gen::AssistantCalls(..) | Gen::Tool(_) => Some(g),
+        let first = gens.iter().find(|g| match g {
+            Gen::System(_) => false,
+            Gen::User(t) | Gen::Assistant(t) => !t.is_empty(),
+            Gen::UserParts(ts) => ts.iter().any(|t| !t.is_empty()),
+            Gen::AssistantCalls(..) | Gen::Tool(_) => true,
         });
         let ok = matches!(first, Some(Gen::User(_) | Gen::UserParts(_) | Gen::Tool(_)));
         prop_assert_eq!(res.is_ok(), ok, "{:?}", res);

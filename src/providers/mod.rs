@@ -4,13 +4,19 @@
 //! Messages API and back; `anthropic_stream` translates its streamed events
 //! into `chat.completion.chunk` events. `gemini` translates OpenAI chat to
 //! Gemini's `generateContent` and back; `gemini_stream` translates its
-//! `streamGenerateContent?alt=sse` events into `chat.completion.chunk`
-//! events. `endpoint` names the data plane's
-//! endpoints, below the proxy and the translations alike.
+//! `streamGenerateContent?alt=sse` events. `bedrock` translates OpenAI chat
+//! to AWS Bedrock's Converse API and back and signs the request (SigV4);
+//! `bedrock_stream` translates ConverseStream, framed in the AWS event
+//! stream that `eventstream` decodes. `translate` is the proxy's one door to
+//! them all. `endpoint` names the data plane's endpoints, below the proxy
+//! and the translations alike.
 
 pub mod anthropic;
 pub mod anthropic_stream;
+pub mod bedrock;
+pub mod bedrock_stream;
 pub mod endpoint;
+pub mod eventstream;
 pub mod gemini;
 pub mod gemini_stream;
 pub mod mock;

@@ -98,6 +98,7 @@ impl Provider {
         let name = match self.kind {
             ProviderKind::Anthropic => "x-api-key",
             ProviderKind::Azure => "api-key",
+            ProviderKind::Gemini => "x-goog-api-key",
             _ => "authorization",
         };
         Some((name, &self.auth_values[i], i))

@@ -377,6 +377,16 @@ pub struct ProviderSection {
     /// `azure`: model name -> deployment name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deployments: Option<std::collections::BTreeMap<String, String>>,
+    /// `bedrock`: the AWS region (its endpoint unless `base_url` is set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// `bedrock`: the credentials SigV4 signs with, from the environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_access_key_id_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_secret_access_key_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_session_token_env: Option<String>,
     /// A PEM file of extra root certificates to trust for this provider's TLS
     /// (a private CA), in addition to [server].tls_roots.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -18,6 +18,13 @@ pub enum WireConfig {
         api_version: String,
         deployments: std::collections::BTreeMap<String, String>,
     },
+    /// `bedrock`: the region and credentials requests are signed with.
+    Bedrock {
+        region: String,
+        access_key_id: Secret,
+        secret_access_key: Secret,
+        session_token: Option<Secret>,
+    },
 }
 
 impl WireConfig {
@@ -29,6 +36,9 @@ impl WireConfig {
         }
     }
 }
+
+/// Gemini's API, when `base_url` is not given.
+pub const GEMINI_BASE_URL_DEFAULT: &str = "https://generativelanguage.googleapis.com/v1beta";
 
 /// The `anthropic-version` sent when the config names none.
 pub const ANTHROPIC_VERSION_DEFAULT: &str = "2023-06-01";
@@ -157,6 +167,47 @@ pub(super) fn validate_provider(
         p.deployments.is_some() && kind != ProviderKind::Azure,
         "\"azure\"",
     )?;
+    let not_bedrock = kind != ProviderKind::Bedrock;
+    only("region", p.region.is_some() && not_bedrock, "\"bedrock\"")?;
+    only(
+        "aws_access_key_id_env",
+        p.aws_access_key_id_env.is_some() && not_bedrock,
+        "\"bedrock\"",
+    )?;
+    only(
+        "aws_secret_access_key_env",
+        p.aws_secret_access_key_env.is_some() && not_bedrock,
+        "\"bedrock\"",
+    )?;
+    only(
+        "aws_session_token_env",
+        p.aws_session_token_env.is_some() && not_bedrock,
+        "\"bedrock\"",
+    )?;
+    let region = match (kind, &p.region) {
+        (ProviderKind::Bedrock, None) => {
+            return Err(err(
+                format!("{field}.region"),
+                "required for kind \"bedrock\" (e.g. \"us-east-1\")",
+            ))
+        }
+        (_, Some(r))
+            if r.is_empty()
+                || r.len() > 32
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+        {
+            return Err(err(
+                format!("{field}.region"),
+                "an AWS region such as \"us-east-1\"",
+            ))
+        }
+        (_, r) => r.clone(),
+    };
+    let bedrock_url = region
+        .as_ref()
+        .map(|r| format!("https://bedrock-runtime.{r}.amazonaws.com"));
     let base_url = match (kind, &p.base_url) {
         (ProviderKind::Mock, Some(_)) => {
             return Err(err(
@@ -166,6 +217,8 @@ pub(super) fn validate_provider(
         }
         (ProviderKind::Mock, None) => None,
         (ProviderKind::Anthropic, None) => Some(ANTHROPIC_BASE_URL_DEFAULT),
+        (ProviderKind::Gemini, None) => Some(GEMINI_BASE_URL_DEFAULT),
+        (ProviderKind::Bedrock, None) => bedrock_url.as_deref(),
         (ProviderKind::OpenAi | ProviderKind::Azure, None) => {
             return Err(err(
                 format!("{field}.base_url"),
@@ -232,9 +285,61 @@ pub(super) fn validate_provider(
                 deployments,
             }
         }
-        ProviderKind::OpenAi | ProviderKind::Mock => WireConfig::Plain,
+        ProviderKind::Bedrock => {
+            let env = |what: &str,
+                       var: &Option<String>,
+                       default: &str|
+             -> Result<Option<Secret>, ConfigError> {
+                let var = var.as_deref().unwrap_or(default);
+                match std::env::var(var) {
+                    Ok(v) if !v.is_empty() => {
+                        if v.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                            return Err(err(
+                                format!("{field}.{what}"),
+                                "contains control characters",
+                            ));
+                        }
+                        Ok(Some(Secret(v)))
+                    }
+                    _ => Ok(None),
+                }
+            };
+            let missing = |what: &str, default: &str| {
+                err(
+                    format!("{field}.{what}"),
+                    format!("the environment variable it names (default {default}) is not set"),
+                )
+            };
+            WireConfig::Bedrock {
+                region: region.clone().unwrap_or_default(),
+                access_key_id: env(
+                    "aws_access_key_id_env",
+                    &p.aws_access_key_id_env,
+                    "AWS_ACCESS_KEY_ID",
+                )?
+                .ok_or_else(|| missing("aws_access_key_id_env", "AWS_ACCESS_KEY_ID"))?,
+                secret_access_key: env(
+                    "aws_secret_access_key_env",
+                    &p.aws_secret_access_key_env,
+                    "AWS_SECRET_ACCESS_KEY",
+                )?
+                .ok_or_else(|| missing("aws_secret_access_key_env", "AWS_SECRET_ACCESS_KEY"))?,
+                session_token: env(
+                    "aws_session_token_env",
+                    &p.aws_session_token_env,
+                    "AWS_SESSION_TOKEN",
+                )?,
+            }
+        }
+        ProviderKind::OpenAi | ProviderKind::Mock | ProviderKind::Gemini => WireConfig::Plain,
     };
     let api_keys = api_keys(field, p)?;
+    if kind == ProviderKind::Bedrock && !api_keys.is_empty() {
+        return Err(err(
+            format!("{field}.api_key"),
+            "kind \"bedrock\" signs with AWS credentials (aws_access_key_id_env, aws_secret_access_key_env), not an api_key",
+        ));
+    }
     if kind == ProviderKind::Azure && api_keys.is_empty() {
         return Err(err(
             format!("{field}.api_key"),

@@ -39,15 +39,21 @@ pub enum ProviderKind {
     Anthropic,
     /// Azure OpenAI: OpenAI's bodies, deployments in the path, `api-key`.
     Azure,
+    /// Google Gemini's native `generateContent`: chat translated both ways.
+    Gemini,
+    /// AWS Bedrock's Converse API: chat translated both ways, SigV4-signed.
+    Bedrock,
 }
 
 impl ProviderKind {
     /// Every kind, with the name the config gives it.
-    pub const ALL: [(&'static str, ProviderKind); 4] = [
+    pub const ALL: [(&'static str, ProviderKind); 6] = [
         ("openai", ProviderKind::OpenAi),
         ("mock", ProviderKind::Mock),
         ("anthropic", ProviderKind::Anthropic),
         ("azure", ProviderKind::Azure),
+        ("gemini", ProviderKind::Gemini),
+        ("bedrock", ProviderKind::Bedrock),
     ];
 
     pub fn parse(name: &str) -> Option<ProviderKind> {

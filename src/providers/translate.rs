@@ -3,7 +3,7 @@
 //! the stream translators behind one type. Pure, like the translations.
 
 use super::anthropic::{self, MessageUsage};
-use super::anthropic_stream;
+use super::{anthropic_stream, bedrock, bedrock_stream, gemini, gemini_stream};
 use super::{Endpoint, ProviderKind, TranslateError};
 use crate::tokens::{Usage, UsageSource};
 
@@ -17,6 +17,10 @@ pub enum Translation {
     None,
     /// OpenAI chat to Anthropic Messages and back.
     AnthropicChat,
+    /// OpenAI chat to Gemini's `generateContent` and back.
+    GeminiChat,
+    /// OpenAI chat to Bedrock's Converse and back.
+    BedrockChat,
 }
 
 impl Translation {
@@ -31,6 +35,15 @@ impl Translation {
             }
             (_, Endpoint::Messages) => {
                 Err("/v1/messages is served by \"anthropic\" providers only")
+            }
+            (ProviderKind::Gemini, Endpoint::ChatCompletions) => Ok(Translation::GeminiChat),
+            (ProviderKind::Gemini, _) => Err(
+                "a \"gemini\" provider serves /v1/chat/completions only; Gemini's \
+                 OpenAI-compatible endpoint serves the rest through kind \"openai\"",
+            ),
+            (ProviderKind::Bedrock, Endpoint::ChatCompletions) => Ok(Translation::BedrockChat),
+            (ProviderKind::Bedrock, _) => {
+                Err("a \"bedrock\" provider serves /v1/chat/completions only")
             }
             _ => Ok(Translation::None),
         }
@@ -47,27 +60,43 @@ impl Translation {
             Translation::AnthropicChat => {
                 anthropic::chat_to_messages(body, default_max_tokens).map(Some)
             }
+            Translation::GeminiChat => gemini::chat_to_generate(body, default_max_tokens).map(Some),
+            Translation::BedrockChat => {
+                bedrock::chat_to_converse(body, default_max_tokens).map(Some)
+            }
         }
     }
 
     /// The protocol the provider's answers carry (where their usage is),
-    /// for a client that speaks `client`.
-    pub fn upstream_protocol(self, client: crate::tokens::Protocol) -> crate::tokens::Protocol {
+    /// for a client that speaks `client`; `None` when the gateway's usage
+    /// reader does not read it (the translation reads its successes).
+    pub fn upstream_protocol(
+        self,
+        client: crate::tokens::Protocol,
+    ) -> Option<crate::tokens::Protocol> {
         match self {
-            Translation::None => client,
-            Translation::AnthropicChat => crate::tokens::Protocol::AnthropicMessages,
+            Translation::None => Some(client),
+            Translation::AnthropicChat => Some(crate::tokens::Protocol::AnthropicMessages),
+            Translation::GeminiChat | Translation::BedrockChat => None,
         }
     }
 
     /// A successful non-streamed answer, translated for the client, with the
     /// provider's usage. `None` for no translation.
-    pub fn response(self, body: &[u8], created: i64) -> Option<Result<Translated, TranslateError>> {
+    pub fn response(
+        self,
+        body: &[u8],
+        model: &str,
+        created: i64,
+    ) -> Option<Result<Translated, TranslateError>> {
         match self {
             Translation::None => None,
             Translation::AnthropicChat => Some(
                 anthropic::message_to_chat_with_usage(body, created)
                     .map(|(b, u)| (b, u.map(usage_of_message))),
             ),
+            Translation::GeminiChat => Some(gemini::generate_to_chat(body, model, created)),
+            Translation::BedrockChat => Some(bedrock::converse_to_chat(body, model, created)),
         }
     }
 
@@ -76,6 +105,12 @@ impl Translation {
         match self {
             Translation::None => None,
             Translation::AnthropicChat => Some(anthropic_error_to_openai(status, body)),
+            Translation::GeminiChat => {
+                Some(error_to_openai(status, body, gemini::error_message(body)))
+            }
+            Translation::BedrockChat => {
+                Some(error_to_openai(status, body, bedrock::error_message(body)))
+            }
         }
     }
 
@@ -87,6 +122,12 @@ impl Translation {
             // stream and strips it when the client did not ask.
             Translation::AnthropicChat => Some(StreamTranslation::Anthropic(
                 anthropic_stream::StreamTranslator::new(model, created, true),
+            )),
+            Translation::GeminiChat => Some(StreamTranslation::Gemini(
+                gemini_stream::StreamTranslator::new(model, created, true),
+            )),
+            Translation::BedrockChat => Some(StreamTranslation::Bedrock(
+                bedrock_stream::StreamTranslator::new(model, created, true),
             )),
         }
     }
@@ -128,22 +169,46 @@ fn anthropic_error_to_openai(status: u16, body: &[u8]) -> Vec<u8> {
         .into_bytes()
 }
 
+/// An error body, its message read by the provider's reader, in OpenAI's
+/// shape.
+fn error_to_openai(status: u16, body: &[u8], message: Option<String>) -> Vec<u8> {
+    let message = message.unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+        format!("the provider answered {status}: {text}")
+    });
+    let kind = match status {
+        400 | 404 | 413 | 422 => "invalid_request_error",
+        401 | 403 => "authentication_error",
+        429 => "rate_limit_error",
+        _ => "upstream_error",
+    };
+    serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": kind}})
+        .to_string()
+        .into_bytes()
+}
+
 /// A streamed answer's translator.
 #[derive(Debug)]
 pub enum StreamTranslation {
     Anthropic(anthropic_stream::StreamTranslator),
+    Gemini(gemini_stream::StreamTranslator),
+    Bedrock(bedrock_stream::StreamTranslator),
 }
 
 impl StreamTranslation {
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
         match self {
             StreamTranslation::Anthropic(t) => t.feed(chunk, out),
+            StreamTranslation::Gemini(t) => t.feed(chunk, out),
+            StreamTranslation::Bedrock(t) => t.feed(chunk, out),
         }
     }
 
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
         match self {
             StreamTranslation::Anthropic(t) => t.finish(out),
+            StreamTranslation::Gemini(t) => t.finish(out),
+            StreamTranslation::Bedrock(t) => t.finish(out),
         }
     }
 
@@ -155,6 +220,8 @@ impl StreamTranslation {
                 .then(|| t.usage())
                 .flatten()
                 .map(usage_of_message),
+            StreamTranslation::Gemini(t) => t.usage_complete().then(|| t.usage()).flatten(),
+            StreamTranslation::Bedrock(t) => t.usage_complete().then(|| t.usage()).flatten(),
         }
     }
 
@@ -163,6 +230,8 @@ impl StreamTranslation {
     pub fn prompt_tokens(&self) -> Option<u64> {
         match self {
             StreamTranslation::Anthropic(t) => t.usage().map(|u| u.prompt_tokens()),
+            StreamTranslation::Gemini(t) => t.usage().map(|u| u.prompt_tokens),
+            StreamTranslation::Bedrock(t) => t.usage().map(|u| u.prompt_tokens),
         }
     }
 

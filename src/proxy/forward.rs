@@ -59,6 +59,8 @@ pub enum UpstreamPath<'a> {
     },
     /// A fixed path (Anthropic's `/v1/messages`).
     Fixed(&'static str),
+    /// A path made for this request (Gemini's and Bedrock's name the model).
+    Made(&'a str),
 }
 
 /// What an upstream request carries besides the client's headers.
@@ -69,6 +71,8 @@ pub struct Outbound<'a> {
     pub auth: Option<(&'static str, &'a str)>,
     /// One more header, unless the client sent it (`anthropic-version`).
     pub default_header: Option<(&'static str, &'a str)>,
+    /// Headers a request signature made (Bedrock's SigV4).
+    pub signed: &'a [(String, String)],
 }
 
 /// Writes the upstream request (head and `body`) into `out`.
@@ -103,11 +107,15 @@ pub fn build_request(
             out.extend_from_slice(api_version.as_bytes());
         }
         UpstreamPath::Fixed(path) => out.extend_from_slice(path.as_bytes()),
+        UpstreamPath::Made(path) => out.extend_from_slice(path.as_bytes()),
     }
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(target.host_header.as_bytes());
     out.extend_from_slice(b"\r\n");
     if let Some((name, value)) = outbound.auth {
+        response::header(out, name, value.as_bytes());
+    }
+    for (name, value) in outbound.signed {
         response::header(out, name, value.as_bytes());
     }
     let mut default_header = outbound.default_header;
@@ -429,8 +437,11 @@ pub struct Call<'a> {
     pub provider: &'a Provider,
     pub outbound: Outbound<'a>,
     pub translation: Translation,
-    /// The model a translated stream's chunks name.
+    /// The model a translated answer names.
     pub model: &'a str,
+    /// The client asked for a stream (a translated one may not come as
+    /// `text/event-stream`: Bedrock's is AWS's binary event stream).
+    pub stream: bool,
     /// Another target or key is left to try: a 429, 5xx or auth refusal is
     /// not relayed but returned as [`Attempt::Failed`], and so is a failure
     /// to reach the provider.
@@ -511,7 +522,8 @@ pub async fn forward(
         return fail_over(w, conn, &head, target, call, endpoint, plan, key_refused).await;
     }
     let http10 = req.head.version_minor == 0;
-    if head.event_stream && (200..300).contains(&head.status) {
+    let translated_stream = call.stream && call.translation != Translation::None;
+    if (head.event_stream || translated_stream) && (200..300).contains(&head.status) {
         let timing = super::stream::Timing { inbound, head_at };
         let translator = call
             .translation
@@ -540,10 +552,10 @@ async fn fail_over(
 ) -> Attempt {
     let body = read_body(w, &mut conn, head, target).await;
     let protocol = call.translation.upstream_protocol(endpoint.protocol());
-    let usage = body
-        .as_ref()
-        .ok()
-        .and_then(|b| crate::tokens::usage_from_body(protocol, b.bytes(&conn)));
+    let usage = match (&body, protocol) {
+        (Ok(b), Some(p)) => crate::tokens::usage_from_body(p, b.bytes(&conn)),
+        _ => None,
+    };
     let message = body
         .as_ref()
         .ok()
@@ -615,7 +627,7 @@ async fn answer_whole(
     let usage = if ok {
         match call
             .translation
-            .response(body.bytes(&conn), super::unix_now() as i64)
+            .response(body.bytes(&conn), call.model, super::unix_now() as i64)
         {
             None => crate::tokens::usage_from_body(plan.protocol, body.bytes(&conn)),
             Some(Ok((b, u))) => {
@@ -637,8 +649,10 @@ async fn answer_whole(
             }
         }
     } else {
-        let protocol = call.translation.upstream_protocol(plan.protocol);
-        let u = crate::tokens::usage_from_body(protocol, body.bytes(&conn));
+        let u = call
+            .translation
+            .upstream_protocol(plan.protocol)
+            .and_then(|p| crate::tokens::usage_from_body(p, body.bytes(&conn)));
         translated = call.translation.error(head.status, body.bytes(&conn));
         u
     };
@@ -710,6 +724,7 @@ mod tests {
                 path: UpstreamPath::Endpoint(Endpoint::ChatCompletions),
                 auth: Some(("authorization", "Bearer sk-upstream")),
                 default_header: None,
+                signed: &[],
             },
             &req,
             req.body,

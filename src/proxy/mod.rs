@@ -783,16 +783,58 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
         };
 
         let auth = provider.auth_header();
+        // Gemini and Bedrock name the model in the path.
+        let made_path = match provider.kind {
+            ProviderKind::Gemini => Some(
+                crate::providers::gemini::generate_path(target.model, probe.streaming())
+                    .map_err(|e| ApiError::bad_request("invalid_value", e.to_string()))?,
+            ),
+            ProviderKind::Bedrock => Some(crate::providers::bedrock::converse_path(
+                target.model,
+                probe.streaming(),
+            )),
+            _ => None,
+        };
+        let signed = match (&provider.wire, &provider.upstream, &made_path) {
+            (
+                crate::config::WireConfig::Bedrock {
+                    region,
+                    access_key_id,
+                    secret_access_key,
+                    session_token,
+                },
+                Some(up),
+                Some(path),
+            ) => {
+                let full_path = format!("{}{path}", up.base_path);
+                crate::providers::bedrock::sign(&crate::providers::bedrock::SigningInput {
+                    method: "POST",
+                    host: &up.host_header,
+                    path: &full_path,
+                    headers: &[],
+                    body: plan.body,
+                    region,
+                    service: "bedrock",
+                    access_key_id: access_key_id.expose(),
+                    secret_access_key: secret_access_key.expose(),
+                    session_token: session_token.as_ref().map(|t| t.expose()),
+                    time: std::time::SystemTime::now(),
+                })
+                .map_err(|e| ApiError::internal(format!("the request could not be signed: {e}")))?
+            }
+            _ => Vec::new(),
+        };
         let outbound = forward::Outbound {
-            path: match (&provider.wire, provider.kind) {
-                (crate::config::WireConfig::Azure { api_version, .. }, _) => {
+            path: match (&provider.wire, provider.kind, &made_path) {
+                (crate::config::WireConfig::Azure { api_version, .. }, _, _) => {
                     forward::UpstreamPath::Azure {
                         deployment: provider.wire.azure_deployment(target.model),
                         endpoint,
                         api_version,
                     }
                 }
-                (_, ProviderKind::Anthropic) => forward::UpstreamPath::Fixed("/v1/messages"),
+                (_, ProviderKind::Anthropic, _) => forward::UpstreamPath::Fixed("/v1/messages"),
+                (_, _, Some(path)) => forward::UpstreamPath::Made(path),
                 _ => forward::UpstreamPath::Endpoint(endpoint),
             },
             auth: auth.map(|(n, v, _)| (n, v)),
@@ -802,12 +844,14 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
                 }
                 _ => None,
             },
+            signed: &signed,
         };
         let call = forward::Call {
             provider,
             outbound,
             translation,
             model: target.model,
+            stream: probe.streaming(),
             may_fail_over: attempts < targets.attempts_max
                 && (targets.has_more() || provider.key_count() > 1),
         };

@@ -124,7 +124,23 @@ pub async fn relay(
     let chunked_out = !http10;
     w.stats.response(head.status);
     response::begin(out.wbuf, head.status);
-    out.wbuf.extend_from_slice(&head.forward);
+    if translator.is_some() {
+        // The provider's content type (Bedrock's is a binary event stream)
+        // is not what the client receives.
+        for line in head.forward.split_inclusive(|&b| b == b'\n') {
+            let is_type = line.len() >= 13 && line[..13].eq_ignore_ascii_case(b"content-type:");
+            if !is_type {
+                out.wbuf.extend_from_slice(line);
+            }
+        }
+        response::header(
+            out.wbuf,
+            "content-type",
+            b"text/event-stream; charset=utf-8",
+        );
+    } else {
+        out.wbuf.extend_from_slice(&head.forward);
+    }
     response::header(out.wbuf, "x-request-id", rid.as_str().as_bytes());
     if chunked_out {
         // The cost is known only once the stream ends: it follows as trailers.

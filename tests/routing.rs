@@ -503,3 +503,29 @@ failures_before_cooldown = 1000"#,
     assert_eq!(spent, *seen.lock().unwrap() + billed_attempts);
     assert!(billed_attempts > 0 && billed_attempts % (40 * 150_000) == 0);
 }
+
+#[test]
+fn a_server_error_with_no_other_target_is_relayed_as_it_is_even_with_spare_keys() {
+    let up = Raw::start(Arc::new(|_, _| (500, error_body(500))));
+    let config = format!(
+        r#"
+[[providers]]
+name = "local"
+kind = "openai"
+base_url = "{}"
+api_keys = ["sk-one", "sk-two"]
+models = ["gpt-4o-mini"]
+
+[[virtual_keys]]
+name = "demo"
+key = "sk-bursar-demo"
+"#,
+        up.url()
+    );
+    let gw = Gateway::start(&config, &[]);
+    let r = send(&gw, CHAT);
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("raw upstream says 500"));
+    assert_eq!(r.header("x-bursar-attempts"), Some("1"));
+    assert_eq!(up.hits.load(SeqCst), 1);
+}

@@ -442,10 +442,13 @@ pub struct Call<'a> {
     /// The client asked for a stream (a translated one may not come as
     /// `text/event-stream`: Bedrock's is AWS's binary event stream).
     pub stream: bool,
-    /// Another target or key is left to try: a 429, 5xx or auth refusal is
-    /// not relayed but returned as [`Attempt::Failed`], and so is a failure
-    /// to reach the provider.
+    /// Another target is left to try: a 429 or 5xx is not relayed but
+    /// returned as [`Attempt::Failed`], and so is a failure to reach the
+    /// provider.
     pub may_fail_over: bool,
+    /// Another of the provider's API keys is left to try: a 401, 403 or 429
+    /// is returned as [`Attempt::Failed`].
+    pub may_rotate_key: bool,
 }
 
 /// How one attempt ended.
@@ -500,7 +503,7 @@ pub async fn forward(
         head_at,
     } = match exchange(w, target, tls, request).await {
         Ok(x) => x,
-        Err(e) if call.may_fail_over => {
+        Err(e) if call.may_fail_over || call.may_rotate_key => {
             return Attempt::Failed {
                 error: e,
                 status: None,
@@ -516,8 +519,8 @@ pub async fn forward(
         .saturating_sub(connecting);
     conn.rbuf.drain(..head.head_len);
     let key_refused = matches!(head.status, 401 | 403 | 429);
-    let failing = call.may_fail_over
-        && (fails_over(head.status) || (key_refused && call.provider.key_count() > 1));
+    let failing =
+        (call.may_fail_over && fails_over(head.status)) || (call.may_rotate_key && key_refused);
     if failing {
         return fail_over(w, conn, &head, target, call, endpoint, plan, key_refused).await;
     }

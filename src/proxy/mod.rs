@@ -852,8 +852,8 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
             translation,
             model: target.model,
             stream: probe.streaming(),
-            may_fail_over: attempts < targets.attempts_max
-                && (targets.has_more() || provider.key_count() > 1),
+            may_fail_over: attempts < targets.attempts_max && targets.has_more(),
+            may_rotate_key: attempts < targets.attempts_max && provider.key_count() > 1,
         };
         let started = Instant::now();
         let inflight = target.health.map(|h| h.begin());

@@ -33,7 +33,10 @@ pub struct Fit {
 
 /// The targets of one request, in order.
 pub struct Targets<'c, 'm> {
-    list: Vec<Target<'c, 'm>>,
+    /// One target (a plain route) is kept inline: no allocation per request
+    /// on the common path.
+    one: Option<Target<'c, 'm>>,
+    many: Vec<Target<'c, 'm>>,
     next: usize,
     /// Attempts the request may make in all.
     pub attempts_max: u32,
@@ -54,12 +57,13 @@ impl<'c: 'm, 'm> Targets<'c, 'm> {
         let g = match routed {
             Routed::Provider(p) => {
                 return Targets {
-                    list: vec![Target {
+                    one: Some(Target {
                         provider: p,
                         model,
                         health: None,
                         probe: false,
-                    }],
+                    }),
+                    many: Vec::new(),
                     next: 0,
                     attempts_max: p.key_count().clamp(1, UPSTREAM_ATTEMPTS_MAX) as u32,
                     group: None,
@@ -94,7 +98,7 @@ impl<'c: 'm, 'm> Targets<'c, 'm> {
             cooling.sort_unstable();
             ready.extend(cooling.into_iter().map(|(_, i)| (i, false)));
         }
-        let list = ready
+        let many: Vec<Target<'c, 'm>> = ready
             .into_iter()
             .map(|(i, probe)| Target {
                 provider: catalog.provider(g.targets[i].provider),
@@ -104,29 +108,43 @@ impl<'c: 'm, 'm> Targets<'c, 'm> {
             })
             .collect();
         Targets {
-            list,
+            one: None,
+            many,
             next: 0,
             attempts_max: (g.retries + 1).min(UPSTREAM_ATTEMPTS_MAX as u32),
             group: Some(g),
         }
     }
 
+    fn list(&self) -> &[Target<'c, 'm>] {
+        if self.group.is_some() {
+            &self.many
+        } else {
+            self.one.as_slice()
+        }
+    }
+
     /// The next target to try.
     pub fn next_target(&mut self) -> Option<Target<'c, 'm>> {
-        let t = self.list.get(self.next).copied()?;
+        let t = self.list().get(self.next).copied()?;
         self.next += 1;
         Some(t)
     }
 
     /// Whether a target is left after the current one.
     pub fn has_more(&self) -> bool {
-        self.next < self.list.len()
+        self.next < self.list().len()
     }
 
     /// Tries the current target again next (its provider's next API key).
     pub fn again(&mut self) {
         self.next = self.next.saturating_sub(1);
-        if let Some(t) = self.list.get_mut(self.next) {
+        let list = if self.group.is_some() {
+            &mut self.many[..]
+        } else {
+            self.one.as_mut_slice()
+        };
+        if let Some(t) = list.get_mut(self.next) {
             // A probe is used once.
             t.probe = false;
         }
@@ -136,7 +154,8 @@ impl<'c: 'm, 'm> Targets<'c, 'm> {
 impl Drop for Targets<'_, '_> {
     fn drop(&mut self) {
         // Probes granted to targets never tried go back.
-        for t in &self.list[self.next.min(self.list.len())..] {
+        let list = self.list();
+        for t in &list[self.next.min(list.len())..] {
             if t.probe {
                 if let Some(h) = t.health {
                     h.release_probe();

@@ -184,6 +184,9 @@ pub struct VirtualKey {
     /// Where a request goes when the budgets cannot afford its model: the
     /// key's `fallback_model`, else its team's.
     pub fallback_model: Option<Box<str>>,
+    /// Fall back already while a level of the key's chain has less than
+    /// this left (as the worker last heard from the ledger).
+    pub fallback_below: Option<crate::money::Money>,
 }
 
 impl VirtualKey {
@@ -513,6 +516,11 @@ impl Catalog {
                     .as_deref()
                     .or(team.and_then(|t| t.fallback_model.as_deref()))
                     .map(Box::from),
+                fallback_below: if k.fallback_model.is_some() {
+                    k.fallback_below
+                } else {
+                    team.and_then(|t| t.fallback_below)
+                },
             });
         }
         let model_levels = config

@@ -529,3 +529,65 @@ key = "sk-bursar-demo"
     assert_eq!(r.header("x-bursar-attempts"), Some("1"));
     assert_eq!(up.hits.load(SeqCst), 1);
 }
+
+#[test]
+fn a_key_whose_budget_runs_low_falls_back_before_it_is_exhausted() {
+    let m = Mock::start(&[]);
+    let config = format!(
+        r#"
+[server]
+workers = 1
+
+[admin]
+token = "{ADMIN}"
+
+[[providers]]
+name = "local"
+kind = "openai"
+base_url = "{}"
+models = ["gpt-4o", "gpt-4o-mini"]
+
+[[virtual_keys]]
+name = "demo"
+key = "sk-bursar-demo"
+fallback_model = "gpt-4o-mini"
+fallback_below_usd = "0.006"
+[virtual_keys.budget]
+limit_usd = "0.01"
+reset = "1d"
+"#,
+        m.base_url()
+    );
+    let gw = Gateway::start(&config, &[]);
+    let body = CHAT
+        .replace("gpt-4o-mini", "gpt-4o")
+        .replace("\"max_tokens\":5", "\"max_tokens\":300");
+    let mut c = Client::connect(gw.addr);
+    let mut models = Vec::new();
+    for _ in 0..6 {
+        let r = c.post(
+            "/v1/chat/completions",
+            "sk-bursar-demo",
+            &body,
+            &[("x-mock-completion-tokens", "200")],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        models.push(r.json()["model"].as_str().unwrap().to_string());
+        if r.json()["model"] == "gpt-4o-mini" {
+            assert_eq!(r.header("x-bursar-model-downgraded"), Some("gpt-4o-mini"));
+        }
+    }
+    // gpt-4o while more than $0.006 was left (each costs about $0.002),
+    // then the fallback, never a 402.
+    assert_eq!(models[0], "gpt-4o");
+    let first_mini = models
+        .iter()
+        .position(|m| m == "gpt-4o-mini")
+        .expect("fell back");
+    assert!(first_mini >= 2, "{models:?}");
+    assert!(
+        models[first_mini..].iter().all(|m| m == "gpt-4o-mini"),
+        "{models:?}"
+    );
+    assert!(spent_at(&gw, ADMIN, "keys/demo") < pico("0.01"));
+}

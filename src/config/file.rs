@@ -222,6 +222,9 @@ pub struct TeamSection {
     /// one a request asks for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_model: Option<String>,
+    /// Fall back already while a budget has less than this left (USD).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_below_usd: Option<String>,
 }
 
 /// A price override, USD per million tokens.
@@ -429,4 +432,7 @@ pub struct KeySection {
     /// one a request asks for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_model: Option<String>,
+    /// Fall back already while a budget has less than this left (USD).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_below_usd: Option<String>,
 }

@@ -85,6 +85,8 @@ pub struct TeamConfig {
     /// The model a request falls back to when the team's budgets cannot
     /// afford the one it asked for.
     pub fallback_model: Option<String>,
+    /// And already while a budget has less than this left.
+    pub fallback_below: Option<crate::money::Money>,
 }
 
 /// Per-minute and concurrency limits; `None` is unlimited.
@@ -222,6 +224,8 @@ pub struct KeyConfig {
     /// The model a request falls back to when its budgets cannot afford
     /// the one it asked for (announced in `x-bursar-model-downgraded`).
     pub fallback_model: Option<String>,
+    /// And already while a budget has less than this left.
+    pub fallback_below: Option<crate::money::Money>,
 }
 
 /// A config error: which field, and what is wrong with it.
@@ -669,6 +673,7 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
             model_budgets: dimensions::owner_model_budgets(&field, &t.model_budgets)?,
             model_rate_limits: dimensions::owner_model_rate_limits(&field, &t.model_rate_limits)?,
             fallback_model: t.fallback_model.clone(),
+            fallback_below: fallback_below(&field, &t.fallback_model, &t.fallback_below_usd)?,
         });
     }
     for (i, (k, section)) in keys.iter().zip(&file.virtual_keys).enumerate() {
@@ -702,6 +707,8 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         k.model_rate_limits =
             dimensions::owner_model_rate_limits(&field, &section.model_rate_limits)?;
         k.fallback_model = section.fallback_model.clone();
+        k.fallback_below =
+            fallback_below(&field, &section.fallback_model, &section.fallback_below_usd)?;
     }
     for (p, section) in providers.iter_mut().zip(&file.providers) {
         p.budget = budget_field(&format!("providers ({:?})", p.name), &section.budget)?;
@@ -977,6 +984,28 @@ fn validate_key(field: &str, k: &KeySection) -> Result<KeyConfig, ConfigError> {
         model_budgets: Vec::new(),
         model_rate_limits: Vec::new(),
         fallback_model: None,
+        fallback_below: None,
+    })
+}
+
+/// `fallback_below_usd`, which only a `fallback_model` gives meaning to.
+fn fallback_below(
+    field: &str,
+    model: &Option<String>,
+    below: &Option<String>,
+) -> Result<Option<crate::money::Money>, ConfigError> {
+    let Some(text) = below else { return Ok(None) };
+    if model.is_none() {
+        return Err(err(
+            format!("{field}.fallback_below_usd"),
+            "needs a fallback_model to fall back to",
+        ));
+    }
+    crate::money::Money::parse_usd(text).map(Some).map_err(|e| {
+        err(
+            format!("{field}.fallback_below_usd"),
+            format!("{text:?}: {e}"),
+        )
     })
 }
 

@@ -523,6 +523,24 @@ async fn proxy_api_inner<'c, 'r>(
         keep,
         ready_at,
     };
+    // A budget running low sends the request to the fallback model at once
+    // (`fallback_below_usd`, against this worker's view of the budgets).
+    if let (Some(fallback), Some(below)) = (key.fallback_model.as_deref(), key.fallback_below) {
+        let low = key
+            .chain
+            .iter()
+            .any(|l| w.books.available(l.id).is_some_and(|left| left < below));
+        if low && fallback != model && key.allows(fallback) {
+            if let Some(routed) = catalog.route(fallback) {
+                w.stats.budget_downgraded.inc();
+                if let Some(r) = row.as_mut() {
+                    r.model = std::borrow::Cow::Owned(fallback.to_string());
+                }
+                return route_and_forward(w, &ctx, out, routed, fallback, Some(fallback), row)
+                    .await;
+            }
+        }
+    }
     let result = route_and_forward(w, &ctx, out, routed, model, None, row).await;
     // Degrade before deny, second step: the budgets cannot afford the model
     // asked for (not even with a lower output cap), and the key or its team

@@ -117,7 +117,8 @@ async fn serve(
         conn.wbuf.clear();
         match (method, path.as_str()) {
             (Method::Get, "/metrics") => {
-                let body = registry.render();
+                let mut body = registry.render();
+                render_targets(&mut body, &governance.catalog.load());
                 response::begin(&mut conn.wbuf, 200);
                 response::header(&mut conn.wbuf, "content-type", b"text/plain; version=0.0.4");
                 response::header(&mut conn.wbuf, "x-request-id", id.as_bytes());
@@ -155,6 +156,69 @@ async fn serve(
         }
         if conn.flush(limits).await.is_err() || !keep {
             return;
+        }
+    }
+}
+
+/// Each model-group target's health, labelled by group, provider and model:
+/// whether its breaker is open, requests in flight, the moving average of
+/// its time to the response head, and lifetime failures and cooldowns.
+fn render_targets(out: &mut String, catalog: &crate::catalog::Catalog) {
+    use std::fmt::Write;
+    if catalog.groups.is_empty() {
+        return;
+    }
+    let escape = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    type Get = fn(&crate::health::TargetHealth) -> u64;
+    let series: [(&str, &str, &str, Get); 5] = [
+        (
+            "bursar_target_open",
+            "gauge",
+            "1 while the target's circuit breaker is open (cooling down or probing).",
+            |h| u64::from(h.is_open()),
+        ),
+        (
+            "bursar_target_inflight",
+            "gauge",
+            "Requests sent to the target and not yet answered.",
+            |h| u64::from(h.inflight()),
+        ),
+        (
+            "bursar_target_ttfb_ewma_microseconds",
+            "gauge",
+            "Moving average of the target's time to the response head (0: not measured).",
+            |h| h.ttfb_ewma_us(),
+        ),
+        (
+            "bursar_target_failures_total",
+            "counter",
+            "Failed attempts at the target (unreachable, timed out, 429, 5xx).",
+            |h| h.counts().0,
+        ),
+        (
+            "bursar_target_cooldowns_total",
+            "counter",
+            "Times the target's circuit breaker opened.",
+            |h| h.counts().1,
+        ),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for g in &catalog.groups {
+            for t in &g.targets {
+                let _ = writeln!(
+                    out,
+                    "{name}{{group=\"{}\",provider=\"{}\",model=\"{}\"}} {}",
+                    escape(&g.name),
+                    escape(&catalog.provider(t.provider).name),
+                    escape(&t.model),
+                    get(&t.health)
+                );
+            }
         }
     }
 }

@@ -273,6 +273,16 @@ cooldown = "1s""#,
         "{served:?}"
     );
     assert_eq!(a.hits.load(SeqCst), 2);
+    let metrics = gw.metrics();
+    let series = |name: &str| {
+        format!("{name}{{group=\"gpt-4o-mini\",provider=\"a\",model=\"gpt-4o-mini\"}}")
+    };
+    assert!(
+        metrics.contains(&format!("{} 1\n", series("bursar_target_open"))),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!("{} 1\n", series("bursar_target_cooldowns_total"))));
+    assert!(metrics.contains(&format!("{} 2\n", series("bursar_target_failures_total"))));
     healthy.store(true, SeqCst);
     std::thread::sleep(Duration::from_millis(1100));
     // The cooldown is over: one probe, which succeeds and closes the breaker.
@@ -283,6 +293,9 @@ cooldown = "1s""#,
         assert_eq!(pico(r.cost_usd().unwrap()), OK_PICO);
     }
     assert_eq!(a.hits.load(SeqCst), 5);
+    assert!(gw
+        .metrics()
+        .contains(&format!("{} 0\n", series("bursar_target_open"))));
 }
 
 #[test]
@@ -590,4 +603,124 @@ reset = "1d"
         "{models:?}"
     );
     assert!(spent_at(&gw, ADMIN, "keys/demo") < pico("0.01"));
+}
+
+/// Two mocks behind one group with `strategy`, the first started with
+/// `a_args`; `n` requests from `clients` concurrent clients; how many each
+/// target served.
+fn spread(
+    strategy: &str,
+    a_args: &[&str],
+    extra: &str,
+    clients: usize,
+    n: usize,
+) -> (usize, usize) {
+    let a = Mock::start(a_args);
+    let b = Mock::start(&[]);
+    let gw = Gateway::start(
+        &config(
+            &(provider("a", &a.base_url(), "") + &provider("b", &b.base_url(), "")),
+            &format!(
+                "strategy = \"{strategy}\"\ntargets = [ {{ provider = \"a\" }}, {{ provider = \"b\", model = \"gpt-4o\" }} ]"
+            ),
+            extra,
+        ),
+        &[],
+    );
+    let counts = Arc::new(Mutex::new((0, 0)));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let counts = Arc::clone(&counts);
+            let addr = gw.addr;
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for _ in 0..n / clients {
+                    let r = c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &[]);
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    let mut k = counts.lock().unwrap();
+                    match r.header("x-bursar-provider") {
+                        Some("a") => k.0 += 1,
+                        _ => k.1 += 1,
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let k = *counts.lock().unwrap();
+    k
+}
+
+#[test]
+fn cheapest_sends_every_request_to_the_target_whose_model_costs_least() {
+    // a serves gpt-4o-mini ($0.15/$0.60), b gpt-4o ($2.50/$10): all to a.
+    let (a, b) = spread("cheapest", &[], "", 1, 20);
+    assert_eq!((a, b), (20, 0));
+}
+
+#[test]
+fn lowest_latency_learns_which_target_answers_first() {
+    // a takes 40 ms before its first byte, b answers at once.
+    let (a, b) = spread("lowest-latency", &["--delay-ms", "40"], "", 1, 60);
+    // Each is measured once, then the faster one takes (nearly) all.
+    assert!(a <= 3 && b >= 57, "a {a}, b {b}");
+}
+
+#[test]
+fn least_busy_sends_requests_where_fewest_are_in_flight() {
+    // a holds each request 150 ms: with four clients it is busy while b
+    // is free, so b serves most.
+    let (a, b) = spread("least-busy", &["--delay-ms", "150"], "", 4, 80);
+    assert!(b > 3 * a, "a {a}, b {b}");
+}
+
+#[test]
+fn a_request_too_long_for_a_targets_context_window_goes_to_one_that_fits() {
+    let a = Mock::start(&[]);
+    let b = Mock::start(&[]);
+    let gw = Gateway::start(
+        &config(
+            &(provider("a", &a.base_url(), "") + &provider("b", &b.base_url(), "")),
+            r#"targets = [ { provider = "a", weight = 1000000, model = "small-window" }, { provider = "b", weight = 1 } ]"#,
+            r#"
+[[prices]]
+model = "small-window"
+input_per_mtok_usd = "0.1"
+output_per_mtok_usd = "0.1"
+context_window = 400
+"#,
+        ),
+        &[],
+    );
+    let r = send(&gw, CHAT);
+    assert_eq!(r.header("x-bursar-provider"), Some("a"), "{}", r.text());
+    let long = CHAT.replace("hello there", &"word ".repeat(500));
+    let r = send(&gw, &long);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-bursar-provider"), Some("b"));
+    assert_eq!(r.header("x-bursar-attempts"), Some("1"));
+}
+
+#[test]
+fn a_target_that_times_out_is_left_for_the_next() {
+    // a never answers; the read timeout gives up on it.
+    let a = Raw::start(Arc::new(|_, _| {
+        std::thread::sleep(Duration::from_secs(5));
+        (200, OK.to_string())
+    }));
+    let b = Mock::start(&[]);
+    let gw = Gateway::start(
+        &config(
+            &(provider("a", &a.url(), "") + &provider("b", &b.base_url(), "")),
+            r#"targets = [ { provider = "a", weight = 1000000 }, { provider = "b", weight = 1 } ]"#,
+            "[limits]\nupstream_read_timeout = \"500ms\"\n",
+        ),
+        &[],
+    );
+    let r = send(&gw, CHAT);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-bursar-provider"), Some("b"));
+    assert_eq!(r.header("x-bursar-attempts"), Some("2"));
 }

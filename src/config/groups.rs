@@ -16,7 +16,8 @@ use crate::limits;
 pub enum Strategy {
     /// At random, in proportion to the targets' weights.
     Weighted,
-    /// Fewest requests in flight first (counted over every worker).
+    /// Fewest requests in flight first (counted over every worker); among
+    /// equals, the faster (as `LowestLatency` measures).
     LeastBusy,
     /// Lowest moving average of time to the response head first; a target
     /// not measured yet goes first, so each is measured.
@@ -218,4 +219,139 @@ pub(super) fn validate_groups(
         }
     }
     Ok(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    const BASE: &str = r#"
+[[providers]]
+name = "a"
+kind = "openai"
+base_url = "http://127.0.0.1:9000/v1"
+models = []
+[[providers]]
+name = "b"
+kind = "anthropic"
+models = ["claude-sonnet-4-5"]
+[[virtual_keys]]
+name = "demo"
+key = "sk-demo-key"
+"#;
+
+    fn load(extra: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(&format!("{BASE}{extra}"), None)
+    }
+
+    #[test]
+    fn a_group_is_validated_into_its_targets_with_defaults() {
+        let c = load(
+            r#"[[model_groups]]
+name = "fast"
+targets = [ { provider = "a", model = "gpt-4o-mini", weight = 3 }, { provider = "b", model = "claude-haiku-4-5" } ]
+"#,
+        )
+        .unwrap();
+        let g = &c.model_groups[0];
+        assert_eq!(g.strategy, super::Strategy::Weighted);
+        assert_eq!(g.retries, 1);
+        assert_eq!(g.cooldown, super::COOLDOWN_DEFAULT);
+        assert_eq!(g.targets[1].weight, 1);
+        assert!(c.serves("fast"));
+    }
+
+    #[test]
+    fn groups_and_providers_that_cannot_work_are_refused_naming_the_field() {
+        let cases = [
+            // A provider with no models and in no group serves nothing.
+            ("", "providers (\"a\").models"),
+            (
+                "[[model_groups]]\nname = \"g\"\ntargets = [ { provider = \"nobody\" } ]\n",
+                "targets[0].provider",
+            ),
+            (
+                "[[model_groups]]\nname = \"g\"\nstrategy = \"random\"\ntargets = [ { provider = \"a\" } ]\n",
+                ".strategy",
+            ),
+            (
+                "[[model_groups]]\nname = \"g\"\ntargets = [ { provider = \"a\" }, { provider = \"a\" } ]\n",
+                "targets[1]",
+            ),
+            (
+                "[[model_groups]]\nname = \"g\"\nretries = 8\ntargets = [ { provider = \"a\" } ]\n",
+                ".retries",
+            ),
+            (
+                "[[model_groups]]\nname = \"g\"\ntargets = [ { provider = \"a\", weight = 0 } ]\n",
+                ".targets",
+            ),
+            (
+                "[[model_groups]]\nname = \"g\"\ncooldown = \"2d\"\ntargets = [ { provider = \"a\" } ]\n",
+                ".cooldown",
+            ),
+        ];
+        for (extra, field) in cases {
+            let e = load(extra).unwrap_err();
+            assert!(e.field.contains(field), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn each_kind_takes_its_own_settings_only() {
+        let provider = |body: &str| {
+            Config::from_toml(
+                &format!(
+                    "[[providers]]\nname = \"p\"\n{body}\nmodels = [\"m\"]\n[[virtual_keys]]\nname = \"k\"\nkey = \"sk-kkkkkkkk\"\n"
+                ),
+                None,
+            )
+        };
+        assert!(provider(
+            "kind = \"azure\"\nbase_url = \"https://x.openai.azure.com\"\napi_key = \"k\""
+        )
+        .unwrap_err()
+        .field
+        .ends_with(".api_version"));
+        assert!(provider(
+            "kind = \"azure\"\nbase_url = \"https://x\"\napi_version = \"2024-10-21\""
+        )
+        .unwrap_err()
+        .field
+        .ends_with(".api_key"));
+        assert!(provider("kind = \"bedrock\"")
+            .unwrap_err()
+            .field
+            .ends_with(".region"));
+        assert!(
+            provider("kind = \"openai\"\nbase_url = \"http://x\"\nregion = \"us-east-1\"")
+                .unwrap_err()
+                .field
+                .ends_with(".region")
+        );
+        assert!(provider("kind = \"anthropic\"\napi_key = \"k\"\napi_keys = [\"j\"]").is_err());
+        let c = provider("kind = \"anthropic\"\napi_keys = [\"k1\", \"k2\"]").unwrap();
+        assert_eq!(c.providers[0].api_keys.len(), 2);
+        assert_eq!(
+            c.providers[0].upstream.as_ref().unwrap().host,
+            "api.anthropic.com"
+        );
+        let c = provider("kind = \"gemini\"\napi_key = \"g\"").unwrap();
+        assert_eq!(
+            c.providers[0].upstream.as_ref().unwrap().base_path,
+            "/v1beta"
+        );
+        assert!(provider("kind = \"vertex\"")
+            .unwrap_err()
+            .message
+            .contains("\"bedrock\""));
+    }
+
+    #[test]
+    fn a_fallback_model_must_be_served_and_its_threshold_needs_it() {
+        let e = load("[[virtual_keys]]\nname = \"f\"\nkey = \"sk-ffffffff\"\nfallback_model = \"nope\"\n[[model_groups]]\nname = \"g\"\ntargets = [ { provider = \"a\" } ]\n").unwrap_err();
+        assert!(e.field.ends_with("fallback_model"), "{e}");
+        let e = load("[[virtual_keys]]\nname = \"f\"\nkey = \"sk-ffffffff\"\nfallback_below_usd = \"1\"\n[[model_groups]]\nname = \"g\"\ntargets = [ { provider = \"a\" } ]\n").unwrap_err();
+        assert!(e.field.ends_with("fallback_below_usd"), "{e}");
+    }
 }

@@ -77,7 +77,11 @@ impl<'c: 'm, 'm> Targets<'c, 'm> {
             Strategy::Weighted => {
                 weighted_shuffle(&mut order, |i| g.targets[i].weight, seed);
             }
-            Strategy::LeastBusy => order.sort_by_key(|&i| g.targets[i].health.inflight()),
+            // Ties (all idle, most often) go to the faster target.
+            Strategy::LeastBusy => order.sort_by_key(|&i| {
+                let h = &g.targets[i].health;
+                (h.inflight(), h.ttfb_ewma_us())
+            }),
             Strategy::LowestLatency => order.sort_by_key(|&i| g.targets[i].health.ttfb_ewma_us()),
             Strategy::Cheapest => order.sort_by_key(|&i| fits[i].worst.unwrap_or(i128::MAX)),
         }

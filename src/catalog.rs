@@ -58,6 +58,9 @@ pub struct Provider {
     pub upstream: Option<Arc<UpstreamTarget>>,
     /// Kind-specific settings (the Anthropic version, Azure's deployments).
     pub wire: crate::config::WireConfig,
+    /// `x-bursar-provider: <name>\r\n`, made once (empty when the name has
+    /// a byte a header cannot carry).
+    pub header_line: Box<[u8]>,
     /// The credential header's value for each API key, in rotation order
     /// (`Bearer <key>` for OpenAI, the bare key for Anthropic and Azure).
     /// Never logged.
@@ -347,6 +350,13 @@ impl Catalog {
                 kind: p.kind,
                 upstream: p.upstream.clone().map(Arc::new),
                 wire: p.wire.clone(),
+                header_line: if p.name.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                    format!("x-bursar-provider: {}\r\n", p.name)
+                        .into_bytes()
+                        .into()
+                } else {
+                    Box::default()
+                },
                 auth_values: p
                     .api_keys
                     .iter()

@@ -715,7 +715,10 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
                 refusal.get_or_insert(e);
                 continue;
             }
-            Err(e) => return Err(refusal.unwrap_or(e)),
+            // The first target's refusal speaks for the group; any other
+            // error (the ledger unavailable) for itself.
+            Err(e) if e.status == 402 => return Err(refusal.unwrap_or(e)),
+            Err(e) => return Err(e),
         };
         attempts += 1;
         let hold = Some(admitted.hold);
@@ -747,7 +750,7 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
                 status: 0,
                 first_byte_at: None,
                 charged: None,
-                provider: &provider.name,
+                provider: &provider.header_line,
                 attempts,
                 downgraded_to,
             };
@@ -795,7 +798,7 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
             status: 0,
             first_byte_at: None,
             charged: None,
-            provider: &provider.name,
+            provider: &provider.header_line,
             attempts,
             downgraded_to,
         };
@@ -1163,17 +1166,26 @@ fn cost_headers(wbuf: &mut Vec<u8>, settled: Option<books::Settled>, lowered_cap
 /// Adds the routing headers: the provider that answered, the attempts made,
 /// and the fallback model when the budgets sent the request to one.
 fn route_headers(wbuf: &mut Vec<u8>, plan: &settle::MeterPlan<'_>) {
-    // Names come from the config, which allows any text: one that a header
-    // cannot carry as it is goes unannounced rather than break the head.
-    let printable = |s: &str| s.bytes().all(|b| (0x20..0x7f).contains(&b));
-    if printable(plan.provider) {
-        response::header(wbuf, "x-bursar-provider", plan.provider.as_bytes());
-    }
-    wbuf.extend_from_slice(b"x-bursar-attempts: ");
-    response::push_decimal(wbuf, u64::from(plan.attempts));
-    wbuf.extend_from_slice(b"\r\n");
-    if let Some(m) = plan.downgraded_to.filter(|m| printable(m)) {
-        response::header(wbuf, "x-bursar-model-downgraded", m.as_bytes());
+    const ATTEMPTS: [&[u8]; 9] = [
+        b"x-bursar-attempts: 0\r\n",
+        b"x-bursar-attempts: 1\r\n",
+        b"x-bursar-attempts: 2\r\n",
+        b"x-bursar-attempts: 3\r\n",
+        b"x-bursar-attempts: 4\r\n",
+        b"x-bursar-attempts: 5\r\n",
+        b"x-bursar-attempts: 6\r\n",
+        b"x-bursar-attempts: 7\r\n",
+        b"x-bursar-attempts: 8\r\n",
+    ];
+    const _: () = assert!(crate::limits::UPSTREAM_ATTEMPTS_MAX < ATTEMPTS.len());
+    // A provider whose name a header cannot carry has an empty line: it goes
+    // unannounced rather than break the head.
+    wbuf.extend_from_slice(plan.provider);
+    wbuf.extend_from_slice(ATTEMPTS[(plan.attempts as usize).min(ATTEMPTS.len() - 1)]);
+    if let Some(m) = plan.downgraded_to {
+        if m.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            response::header(wbuf, "x-bursar-model-downgraded", m.as_bytes());
+        }
     }
 }
 

@@ -31,10 +31,10 @@ pub struct MeterPlan<'a> {
     pub status: u16,
     pub first_byte_at: Option<Instant>,
     pub charged: Option<Charged>,
-    /// For the response's routing headers: the provider answering, the
-    /// attempt this is (1 for the first), and the fallback model used
-    /// instead of the one asked for.
-    pub provider: &'a str,
+    /// For the response's routing headers: the provider answering (its
+    /// header line, made once), the attempt this is (1 for the first), and
+    /// the fallback model used instead of the one asked for.
+    pub provider: &'a [u8],
     pub attempts: u32,
     pub downgraded_to: Option<&'a str>,
 }

@@ -15,6 +15,7 @@ pub mod anthropic;
 pub mod anthropic_stream;
 pub mod bedrock;
 pub mod bedrock_stream;
+pub mod chat;
 pub mod endpoint;
 pub mod eventstream;
 pub mod gemini;

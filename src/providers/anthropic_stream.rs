@@ -374,6 +374,7 @@ impl Messages {
 mod tests {
     use super::*;
     use crate::providers::anthropic::message_to_chat;
+    use crate::providers::chunks::test_support::content;
     use proptest::prelude::*;
 
     const MODEL: &str = "claude-sonnet-4-5";
@@ -444,12 +445,6 @@ mod tests {
                     serde_json::from_str(d).unwrap()
                 }
             })
-            .collect()
-    }
-
-    fn content(evs: &[Value]) -> String {
-        evs.iter()
-            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
             .collect()
     }
 

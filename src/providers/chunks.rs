@@ -263,3 +263,32 @@ impl<T: SseTranslation> SseTranslator<T> {
         self.t.event(fields.kind, data, out)
     }
 }
+
+/// Helpers for the stream translators' tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use serde_json::{json, Value};
+
+    /// The data payloads of an OpenAI SSE output; `[DONE]` as a string.
+    pub(crate) fn events(out: &[u8]) -> Vec<Value> {
+        let s = std::str::from_utf8(out).unwrap();
+        assert!(s.is_empty() || s.ends_with("\n\n"), "{s}");
+        s.split_terminator("\n\n")
+            .map(|e| {
+                let d = e.strip_prefix("data: ").expect("a data line");
+                if d == "[DONE]" {
+                    json!("[DONE]")
+                } else {
+                    serde_json::from_str(d).unwrap()
+                }
+            })
+            .collect()
+    }
+
+    /// The joined `delta.content` of the first choice of every chunk.
+    pub(crate) fn content(evs: &[Value]) -> String {
+        evs.iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect()
+    }
+}

@@ -291,6 +291,7 @@ impl Generate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::chunks::test_support::{content, events};
     use crate::providers::gemini::generate_to_chat;
     use crate::tokens::UsageSource;
     use proptest::prelude::*;
@@ -352,28 +353,6 @@ mod tests {
         t.feed(input, &mut out).expect("feed");
         t.finish(&mut out).expect("finish");
         out
-    }
-
-    /// The data payloads of an OpenAI SSE output; `[DONE]` as a string.
-    fn events(out: &[u8]) -> Vec<Value> {
-        let s = std::str::from_utf8(out).unwrap();
-        assert!(s.is_empty() || s.ends_with("\n\n"), "{s}");
-        s.split_terminator("\n\n")
-            .map(|e| {
-                let d = e.strip_prefix("data: ").expect("a data line");
-                if d == "[DONE]" {
-                    json!("[DONE]")
-                } else {
-                    serde_json::from_str(d).unwrap()
-                }
-            })
-            .collect()
-    }
-
-    fn content(evs: &[Value]) -> String {
-        evs.iter()
-            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
-            .collect()
     }
 
     fn usage(p: u64, c: u64, cached: u64, reasoning: u64) -> Usage {

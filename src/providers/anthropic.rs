@@ -24,6 +24,9 @@
 
 use serde_json::{json, Map, Value};
 
+use super::chat::{
+    self, refuses, Blocks, HttpImages, ImageUrl, Parts, Role, ToolChoice, Turns, Unsupported,
+};
 pub use super::TranslateError;
 
 /// Token counts of one Messages response, as Anthropic reports them:
@@ -70,6 +73,16 @@ impl MessageUsage {
             cache_write: count("cache_creation_input_tokens")?,
         })
     }
+
+    /// OpenAI's `usage` object for these counts.
+    pub(crate) fn openai_json(&self) -> Value {
+        chat::usage_json(
+            self.prompt_tokens(),
+            self.output,
+            self.total_tokens(),
+            self.cache_read,
+        )
+    }
 }
 
 /// Image media types the Messages API accepts in a base64 source.
@@ -77,76 +90,82 @@ const IMAGE_MEDIA_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "i
 
 /// Request fields with no Messages equivalent: present with a value other
 /// than the harmless default, they are an error.
-fn reject_unsupported(req: &Map<String, Value>) -> Result<(), TranslateError> {
-    let unsupported = |f: &str, why: &str| Err(TranslateError::new(f, why.to_string()));
-    for (k, v) in req {
-        if v.is_null() {
-            continue;
-        }
-        match k.as_str() {
-            "n" if v.as_u64() != Some(1) => {
-                return unsupported("n", "Anthropic returns one choice; only n = 1 is supported")
-            }
-            "logprobs" if v.as_bool() != Some(false) => {
-                return unsupported("logprobs", "Anthropic does not return log probabilities")
-            }
-            "top_logprobs" => {
-                return unsupported(
-                    "top_logprobs",
-                    "Anthropic does not return log probabilities",
-                )
-            }
-            "logit_bias" if v.as_object().is_none_or(|m| !m.is_empty()) => {
-                return unsupported("logit_bias", "Anthropic has no logit bias")
-            }
-            "presence_penalty" | "frequency_penalty" if v.as_f64() != Some(0.0) => {
-                return unsupported(k, "Anthropic has no presence or frequency penalty")
-            }
-            "audio" => return unsupported("audio", "Anthropic does not produce audio"),
-            "modalities"
-                if v.as_array()
-                    .is_none_or(|m| m.iter().any(|x| x.as_str() != Some("text"))) =>
-            {
-                return unsupported("modalities", "Anthropic produces text only")
-            }
-            "prediction" => return unsupported("prediction", "Anthropic has no predicted outputs"),
-            "reasoning_effort" => {
-                return unsupported(
-                    "reasoning_effort",
-                    "not translated to Anthropic extended thinking",
-                )
-            }
-            "web_search_options" => {
-                return unsupported("web_search_options", "not translated for Anthropic")
-            }
-            "functions" | "function_call" => {
-                return unsupported(k, "deprecated; use tools and tool_choice")
-            }
-            "response_format" => {
-                let ty = v.get("type").and_then(Value::as_str);
-                if ty != Some("text") {
-                    return unsupported(
-                        "response_format",
-                        "Anthropic has no JSON mode; only type text is supported",
-                    );
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
+const UNSUPPORTED: &[Unsupported] = &[
+    Unsupported::new(
+        "n",
+        refuses::not_one,
+        "Anthropic returns one choice; only n = 1 is supported",
+    ),
+    Unsupported::new(
+        "logprobs",
+        refuses::not_false,
+        "Anthropic does not return log probabilities",
+    ),
+    Unsupported::new(
+        "top_logprobs",
+        refuses::any,
+        "Anthropic does not return log probabilities",
+    ),
+    Unsupported::new(
+        "logit_bias",
+        refuses::not_empty_object,
+        "Anthropic has no logit bias",
+    ),
+    Unsupported::new(
+        "presence_penalty",
+        refuses::not_zero,
+        "Anthropic has no presence or frequency penalty",
+    ),
+    Unsupported::new(
+        "frequency_penalty",
+        refuses::not_zero,
+        "Anthropic has no presence or frequency penalty",
+    ),
+    Unsupported::new("audio", refuses::any, "Anthropic does not produce audio"),
+    Unsupported::new(
+        "modalities",
+        refuses::not_text_only,
+        "Anthropic produces text only",
+    ),
+    Unsupported::new(
+        "prediction",
+        refuses::any,
+        "Anthropic has no predicted outputs",
+    ),
+    Unsupported::new(
+        "reasoning_effort",
+        refuses::any,
+        "not translated to Anthropic extended thinking",
+    ),
+    Unsupported::new(
+        "web_search_options",
+        refuses::any,
+        "not translated for Anthropic",
+    ),
+    Unsupported::new(
+        "functions",
+        refuses::any,
+        "deprecated; use tools and tool_choice",
+    ),
+    Unsupported::new(
+        "function_call",
+        refuses::any,
+        "deprecated; use tools and tool_choice",
+    ),
+    Unsupported::new(
+        "response_format",
+        refuses::not_text_type,
+        "Anthropic has no JSON mode; only type text is supported",
+    ),
+];
 
 /// Translates an OpenAI chat completions request into an Anthropic Messages
 /// request. `default_max_tokens` is used when the request sets neither
 /// `max_completion_tokens` nor `max_tokens` (Anthropic requires one).
 pub fn chat_to_messages(body: &[u8], default_max_tokens: u64) -> Result<Vec<u8>, TranslateError> {
-    let req: Value = serde_json::from_slice(body)
-        .map_err(|e| TranslateError::new("body", format!("not valid JSON: {e}")))?;
-    let req = req
-        .as_object()
-        .ok_or_else(|| TranslateError::new("body", "must be a JSON object"))?;
-    reject_unsupported(req)?;
+    let req = chat::parse_object(body)?;
+    let req = &req;
+    chat::reject_unsupported(req, UNSUPPORTED)?;
 
     let mut out = Map::new();
     let model = req
@@ -156,38 +175,19 @@ pub fn chat_to_messages(body: &[u8], default_max_tokens: u64) -> Result<Vec<u8>,
     out.insert("model".into(), json!(model));
     out.insert(
         "max_tokens".into(),
-        json!(max_tokens(req, default_max_tokens)?),
+        json!(chat::max_tokens(req, default_max_tokens)?),
     );
 
-    let messages = req
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| TranslateError::new("messages", "required, an array"))?;
-    let (system, turns) = translate_messages(messages)?;
+    let (system, turns) = translate_messages(chat::messages(req)?)?;
     if let Some(system) = system {
         out.insert("system".into(), system);
     }
     out.insert("messages".into(), Value::Array(turns));
 
-    if let Some(stop) = req.get("stop").filter(|v| !v.is_null()) {
-        let seqs: Vec<Value> = match stop {
-            Value::String(s) => vec![json!(s)],
-            Value::Array(a) if a.iter().all(Value::is_string) => a.clone(),
-            _ => {
-                return Err(TranslateError::new(
-                    "stop",
-                    "must be a string or an array of strings",
-                ))
-            }
-        };
-        if !seqs.is_empty() {
-            out.insert("stop_sequences".into(), Value::Array(seqs));
-        }
+    if let Some(seqs) = chat::stop_sequences(req)? {
+        out.insert("stop_sequences".into(), seqs);
     }
-    if let Some(t) = req.get("temperature").filter(|v| !v.is_null()) {
-        let t = t
-            .as_f64()
-            .ok_or_else(|| TranslateError::new("temperature", "must be a number"))?;
+    if let Some(t) = chat::number(req, "temperature")? {
         if !(0.0..=1.0).contains(&t) {
             return Err(TranslateError::new(
                 "temperature",
@@ -196,37 +196,45 @@ pub fn chat_to_messages(body: &[u8], default_max_tokens: u64) -> Result<Vec<u8>,
         }
         out.insert("temperature".into(), json!(t));
     }
-    if let Some(p) = req.get("top_p").filter(|v| !v.is_null()) {
-        let p = p
-            .as_f64()
-            .ok_or_else(|| TranslateError::new("top_p", "must be a number"))?;
+    if let Some(p) = chat::number(req, "top_p")? {
         out.insert("top_p".into(), json!(p));
     }
-    if let Some(s) = req.get("stream").filter(|v| !v.is_null()) {
+    if let Some(s) = chat::present(req, "stream") {
         let s = s
             .as_bool()
             .ok_or_else(|| TranslateError::new("stream", "must be a boolean"))?;
         out.insert("stream".into(), json!(s));
     }
-    if let Some(u) = req.get("user").filter(|v| !v.is_null()) {
+    if let Some(u) = chat::present(req, "user") {
         let u = u
             .as_str()
             .ok_or_else(|| TranslateError::new("user", "must be a string"))?;
         out.insert("metadata".into(), json!({ "user_id": u }));
     }
 
-    let tools = match req.get("tools").filter(|v| !v.is_null()) {
-        Some(t) => translate_tools(t)?,
-        None => Vec::new(),
-    };
+    let tools = chat::tools(req, false, |t| {
+        let schema = t
+            .parameters()?
+            .cloned()
+            .unwrap_or_else(|| json!({ "type": "object", "properties": {} }));
+        let mut tool = Map::new();
+        tool.insert("name".into(), json!(t.name));
+        if let Some(d) = t.function.get("description").and_then(Value::as_str) {
+            tool.insert("description".into(), json!(d));
+        }
+        tool.insert("input_schema".into(), schema);
+        Ok(Value::Object(tool))
+    })?;
     let has_tools = !tools.is_empty();
     if has_tools {
         out.insert("tools".into(), Value::Array(tools));
     }
-    let mut choice = match req.get("tool_choice").filter(|v| !v.is_null()) {
-        Some(c) => Some(translate_tool_choice(c)?),
-        None => None,
-    };
+    let mut choice = chat::tool_choice(req)?.map(|c| match c {
+        ToolChoice::Auto => json!({ "type": "auto" }),
+        ToolChoice::Required => json!({ "type": "any" }),
+        ToolChoice::None => json!({ "type": "none" }),
+        ToolChoice::Function(name) => json!({ "type": "tool", "name": name }),
+    });
     match req.get("parallel_tool_calls") {
         None | Some(Value::Null) | Some(Value::Bool(true)) => {}
         Some(Value::Bool(false)) => {
@@ -254,87 +262,53 @@ pub fn chat_to_messages(body: &[u8], default_max_tokens: u64) -> Result<Vec<u8>,
         }
     }
 
-    serde_json::to_vec(&Value::Object(out))
-        .map_err(|e| TranslateError::new("body", format!("cannot serialise: {e}")))
+    chat::serialise(&Value::Object(out))
 }
 
-fn max_tokens(req: &Map<String, Value>, default: u64) -> Result<u64, TranslateError> {
-    for k in ["max_completion_tokens", "max_tokens"] {
-        match req.get(k) {
-            None | Some(Value::Null) => continue,
-            Some(v) => {
-                return v
-                    .as_u64()
-                    .filter(|&n| n >= 1)
-                    .ok_or_else(|| TranslateError::new(k, "must be a positive integer"))
-            }
-        }
-    }
-    Ok(default)
-}
-
-/// One Anthropic turn being assembled.
-struct Turn {
-    role: &'static str,
-    blocks: Vec<Value>,
-}
-
-fn push_turn(turns: &mut Vec<Turn>, role: &'static str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    match turns.last_mut() {
-        Some(last) if last.role == role => last.blocks.extend(blocks),
-        _ => turns.push(Turn { role, blocks }),
-    }
-}
+/// Content as Messages blocks: text, and images; no audio, no files.
+const BLOCKS: Blocks = Blocks {
+    require_objects: false,
+    text: |s| json!({ "type": "text", "text": s }),
+    image: image_block,
+    audio: |_, at| chat::refuse_part(at, "Anthropic does not accept audio input"),
+    file: |_, at| chat::refuse_part(at, "file parts are not translated for Anthropic"),
+};
 
 /// The system prompt (a string, or text blocks when there are several parts)
 /// and the alternating user/assistant turns.
 fn translate_messages(messages: &[Value]) -> Result<(Option<Value>, Vec<Value>), TranslateError> {
     let mut system: Vec<Value> = Vec::new();
-    let mut turns: Vec<Turn> = Vec::new();
+    let mut turns = Turns::default();
     for (i, m) in messages.iter().enumerate() {
         let at = format!("messages[{i}]");
-        let role = m
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| TranslateError::new(format!("{at}.role"), "required, a string"))?;
+        let role = chat::role(m, &at, false)?;
         let content = m.get("content").unwrap_or(&Value::Null);
+        let content_at = format!("{at}.content");
         match role {
-            "system" | "developer" => {
-                system.extend(text_blocks(content, &format!("{at}.content"))?);
-            }
-            "user" => {
-                let blocks = user_blocks(content, &format!("{at}.content"))?;
-                push_turn(&mut turns, "user", blocks);
-            }
-            "assistant" => {
-                if m.get("function_call").is_some_and(|v| !v.is_null()) {
-                    return Err(TranslateError::new(
-                        format!("{at}.function_call"),
-                        "deprecated; use tool_calls",
-                    ));
-                }
-                if m.get("audio").is_some_and(|v| !v.is_null()) {
-                    return Err(TranslateError::new(
-                        format!("{at}.audio"),
-                        "Anthropic has no audio",
-                    ));
-                }
-                let mut blocks = assistant_text_blocks(content, &format!("{at}.content"))?;
+            Role::System => system.extend(BLOCKS.read(content, &content_at, Parts::Text)?),
+            Role::User => turns.push("user", BLOCKS.read(content, &content_at, Parts::User)?),
+            Role::Assistant => {
+                chat::refuse_members(
+                    m,
+                    &at,
+                    &[
+                        ("function_call", "deprecated; use tool_calls"),
+                        ("audio", "Anthropic has no audio"),
+                    ],
+                )?;
+                let mut blocks = BLOCKS.read(content, &content_at, Parts::Assistant)?;
                 if let Some(calls) = m.get("tool_calls").filter(|v| !v.is_null()) {
-                    blocks.extend(tool_use_blocks(calls, &format!("{at}.tool_calls"))?);
-                }
-                push_turn(&mut turns, "assistant", blocks);
-            }
-            "tool" => {
-                let id = m
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        TranslateError::new(format!("{at}.tool_call_id"), "required, a string")
+                    chat::tool_calls(calls, &format!("{at}.tool_calls"), false, |c| {
+                        blocks.push(json!({
+                            "type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments,
+                        }));
+                        Ok(())
                     })?;
+                }
+                turns.push("assistant", blocks);
+            }
+            Role::Tool => {
+                let id = chat::tool_call_id(m, &at)?;
                 let mut block = json!({ "type": "tool_result", "tool_use_id": id });
                 // An empty result is sent without `content` (it is optional).
                 match content {
@@ -342,55 +316,20 @@ fn translate_messages(messages: &[Value]) -> Result<(Option<Value>, Vec<Value>),
                     Value::String(s) if s.is_empty() => {}
                     Value::String(s) => block["content"] = json!(s),
                     _ => {
-                        let parts = text_blocks(content, &format!("{at}.content"))?;
+                        let parts = BLOCKS.read(content, &content_at, Parts::Text)?;
                         if !parts.is_empty() {
                             block["content"] = Value::Array(parts);
                         }
                     }
                 }
-                push_turn(&mut turns, "user", vec![block]);
-            }
-            "function" => {
-                return Err(TranslateError::new(
-                    format!("{at}.role"),
-                    "the deprecated function role is not supported; use tool",
-                ))
-            }
-            other => {
-                return Err(TranslateError::new(
-                    format!("{at}.role"),
-                    format!("unknown role {other:?}"),
-                ))
+                turns.push("user", vec![block]);
             }
         }
     }
-    match turns.first() {
-        None => {
-            return Err(TranslateError::new(
-                "messages",
-                "needs at least one non-empty user message",
-            ))
-        }
-        Some(t) if t.role != "user" => {
-            return Err(TranslateError::new(
-                "messages",
-                "Anthropic requires the first non-system message to be from the user",
-            ))
-        }
-        Some(_) => {}
-    }
-    let turns = turns
-        .into_iter()
-        .map(|t| {
-            let mut blocks = t.blocks;
-            if t.role == "user" {
-                // Tool results answer the preceding assistant turn: they go
-                // first in the user turn, before any text the user added.
-                blocks.sort_by_key(|b| b["type"] != "tool_result");
-            }
-            json!({ "role": t.role, "content": blocks })
-        })
-        .collect();
+    turns.require_user_first(
+        "Anthropic requires the first non-system message to be from the user",
+    )?;
+    let turns = turns.into_json("content", |b| b["type"] == "tool_result");
     let system = match system.len() {
         0 => None,
         1 => Some(system.swap_remove(0)["text"].take()),
@@ -399,272 +338,26 @@ fn translate_messages(messages: &[Value]) -> Result<(Option<Value>, Vec<Value>),
     Ok((system, turns))
 }
 
-fn text_block(s: &str) -> Option<Value> {
-    (!s.is_empty()).then(|| json!({ "type": "text", "text": s }))
-}
-
-/// Content that may only be text: a string or an array of text parts.
-fn text_blocks(content: &Value, at: &str) -> Result<Vec<Value>, TranslateError> {
-    match content {
-        Value::Null => Ok(Vec::new()),
-        Value::String(s) => Ok(text_block(s).into_iter().collect()),
-        Value::Array(parts) => {
-            let mut out = Vec::new();
-            for (j, p) in parts.iter().enumerate() {
-                let at = format!("{at}[{j}]");
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") => out.extend(text_block(part_text(p, &at)?)),
-                    other => {
-                        return Err(TranslateError::new(
-                            format!("{at}.type"),
-                            format!("only text parts are supported here, not {other:?}"),
-                        ))
-                    }
-                }
-            }
-            Ok(out)
-        }
-        _ => Err(TranslateError::new(
-            at,
-            "must be a string or an array of parts",
-        )),
-    }
-}
-
-fn part_text<'a>(p: &'a Value, at: &str) -> Result<&'a str, TranslateError> {
-    p.get("text")
-        .and_then(Value::as_str)
-        .ok_or_else(|| TranslateError::new(format!("{at}.text"), "required, a string"))
-}
-
-fn assistant_text_blocks(content: &Value, at: &str) -> Result<Vec<Value>, TranslateError> {
-    match content {
-        Value::Array(parts) => {
-            let mut out = Vec::new();
-            for (j, p) in parts.iter().enumerate() {
-                let at = format!("{at}[{j}]");
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") => out.extend(text_block(part_text(p, &at)?)),
-                    Some("refusal") => {
-                        let r = p.get("refusal").and_then(Value::as_str).ok_or_else(|| {
-                            TranslateError::new(format!("{at}.refusal"), "required, a string")
-                        })?;
-                        out.extend(text_block(r));
-                    }
-                    other => {
-                        return Err(TranslateError::new(
-                            format!("{at}.type"),
-                            format!("unsupported assistant content part {other:?}"),
-                        ))
-                    }
-                }
-            }
-            Ok(out)
-        }
-        _ => text_blocks(content, at),
-    }
-}
-
-fn user_blocks(content: &Value, at: &str) -> Result<Vec<Value>, TranslateError> {
-    let Value::Array(parts) = content else {
-        return text_blocks(content, at);
-    };
-    let mut out = Vec::new();
-    for (j, p) in parts.iter().enumerate() {
-        let at = format!("{at}[{j}]");
-        match p.get("type").and_then(Value::as_str) {
-            Some("text") => out.extend(text_block(part_text(p, &at)?)),
-            Some("image_url") => out.push(image_block(p, &at)?),
-            Some("input_audio") => {
-                return Err(TranslateError::new(
-                    format!("{at}.type"),
-                    "Anthropic does not accept audio input",
-                ))
-            }
-            Some("file") => {
-                return Err(TranslateError::new(
-                    format!("{at}.type"),
-                    "file parts are not translated for Anthropic",
-                ))
-            }
-            other => {
-                return Err(TranslateError::new(
-                    format!("{at}.type"),
-                    format!("unsupported content part {other:?}"),
-                ))
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// An `image_url` part: a `data:` URL becomes a base64 source, an http(s)
 /// URL a url source.
 fn image_block(p: &Value, at: &str) -> Result<Value, TranslateError> {
     let field = format!("{at}.image_url.url");
-    let url = match p.get("image_url") {
-        Some(Value::String(s)) => s.as_str(),
-        Some(v) => v
-            .get("url")
-            .and_then(Value::as_str)
-            .ok_or_else(|| TranslateError::new(&field, "required, a string"))?,
-        None => return Err(TranslateError::new(&field, "required, a string")),
-    };
-    let source = if let Some(rest) = url.strip_prefix("data:") {
-        let (meta, data) = rest
-            .split_once(',')
-            .ok_or_else(|| TranslateError::new(&field, "a data URL needs a comma"))?;
-        let media_type = meta
-            .strip_suffix(";base64")
-            .ok_or_else(|| TranslateError::new(&field, "only base64 data URLs are supported"))?;
-        // Parameters other than base64 (e.g. `;charset=`) are not expected
-        // for images; the media type is what precedes the first `;`.
-        let media_type = media_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        if !IMAGE_MEDIA_TYPES.contains(&media_type.as_str()) {
-            return Err(TranslateError::new(
-                &field,
-                format!(
-                    "image media type {media_type:?} is not one Anthropic accepts \
-                     (jpeg, png, gif, webp)"
-                ),
-            ));
-        }
-        json!({ "type": "base64", "media_type": media_type, "data": data })
-    } else if url.starts_with("https://") || url.starts_with("http://") {
-        json!({ "type": "url", "url": url })
-    } else {
-        return Err(TranslateError::new(
-            &field,
-            "must be an http(s) URL or a base64 data URL",
-        ));
-    };
-    Ok(json!({ "type": "image", "source": source }))
-}
-
-fn tool_use_blocks(calls: &Value, at: &str) -> Result<Vec<Value>, TranslateError> {
-    let calls = calls
-        .as_array()
-        .ok_or_else(|| TranslateError::new(at, "must be an array"))?;
-    let mut out = Vec::with_capacity(calls.len());
-    for (k, c) in calls.iter().enumerate() {
-        let at = format!("{at}[{k}]");
-        match c.get("type").and_then(Value::as_str) {
-            None | Some("function") => {}
-            Some(other) => {
+    let source = match chat::image_url(p, &field, HttpImages::Accept)? {
+        ImageUrl::Data { mime, data } => {
+            if !IMAGE_MEDIA_TYPES.contains(&mime.as_str()) {
                 return Err(TranslateError::new(
-                    format!("{at}.type"),
-                    format!("only function tool calls are supported, not {other:?}"),
-                ))
-            }
-        }
-        let id = c
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| TranslateError::new(format!("{at}.id"), "required, a string"))?;
-        let f = c.get("function");
-        let name = f
-            .and_then(|f| f.get("name"))
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                TranslateError::new(format!("{at}.function.name"), "required, a string")
-            })?;
-        let args_at = format!("{at}.function.arguments");
-        let args = match f.and_then(|f| f.get("arguments")) {
-            None | Some(Value::Null) => "",
-            Some(Value::String(s)) => s.as_str(),
-            Some(_) => return Err(TranslateError::new(args_at, "must be a string")),
-        };
-        let input: Value = if args.trim().is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str(args)
-                .map_err(|e| TranslateError::new(&args_at, format!("not valid JSON: {e}")))?
-        };
-        if !input.is_object() {
-            return Err(TranslateError::new(args_at, "must encode a JSON object"));
-        }
-        out.push(json!({ "type": "tool_use", "id": id, "name": name, "input": input }));
-    }
-    Ok(out)
-}
-
-fn translate_tools(tools: &Value) -> Result<Vec<Value>, TranslateError> {
-    let tools = tools
-        .as_array()
-        .ok_or_else(|| TranslateError::new("tools", "must be an array"))?;
-    let mut out = Vec::with_capacity(tools.len());
-    for (i, t) in tools.iter().enumerate() {
-        let at = format!("tools[{i}]");
-        if t.get("type").and_then(Value::as_str) != Some("function") {
-            return Err(TranslateError::new(
-                format!("{at}.type"),
-                "only function tools are supported",
-            ));
-        }
-        let f = t
-            .get("function")
-            .filter(|f| f.is_object())
-            .ok_or_else(|| TranslateError::new(format!("{at}.function"), "required, an object"))?;
-        let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
-            TranslateError::new(format!("{at}.function.name"), "required, a string")
-        })?;
-        let schema = match f.get("parameters") {
-            None | Some(Value::Null) => json!({ "type": "object", "properties": {} }),
-            Some(p) if p.is_object() => p.clone(),
-            Some(_) => {
-                return Err(TranslateError::new(
-                    format!("{at}.function.parameters"),
-                    "must be a JSON Schema object",
-                ))
-            }
-        };
-        let mut tool = Map::new();
-        tool.insert("name".into(), json!(name));
-        if let Some(d) = f.get("description").and_then(Value::as_str) {
-            tool.insert("description".into(), json!(d));
-        }
-        tool.insert("input_schema".into(), schema);
-        out.push(Value::Object(tool));
-    }
-    Ok(out)
-}
-
-fn translate_tool_choice(c: &Value) -> Result<Value, TranslateError> {
-    match c {
-        Value::String(s) => match s.as_str() {
-            "auto" => Ok(json!({ "type": "auto" })),
-            "required" => Ok(json!({ "type": "any" })),
-            "none" => Ok(json!({ "type": "none" })),
-            other => Err(TranslateError::new(
-                "tool_choice",
-                format!("unknown value {other:?}"),
-            )),
-        },
-        Value::Object(o) => {
-            if o.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(TranslateError::new(
-                    "tool_choice.type",
-                    "only function tool choices are supported",
+                    &field,
+                    format!(
+                        "image media type {mime:?} is not one Anthropic accepts \
+                         (jpeg, png, gif, webp)"
+                    ),
                 ));
             }
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    TranslateError::new("tool_choice.function.name", "required, a string")
-                })?;
-            Ok(json!({ "type": "tool", "name": name }))
+            json!({ "type": "base64", "media_type": mime, "data": data })
         }
-        _ => Err(TranslateError::new(
-            "tool_choice",
-            "must be a string or an object",
-        )),
-    }
+        ImageUrl::Http(url) => json!({ "type": "url", "url": url }),
+    };
+    Ok(json!({ "type": "image", "source": source }))
 }
 
 /// Translates an Anthropic Messages response into an OpenAI
@@ -679,11 +372,7 @@ pub fn message_to_chat_with_usage(
     body: &[u8],
     created: i64,
 ) -> Result<(Vec<u8>, Option<MessageUsage>), TranslateError> {
-    let msg: Value = serde_json::from_slice(body)
-        .map_err(|e| TranslateError::new("body", format!("not valid JSON: {e}")))?;
-    if !msg.is_object() {
-        return Err(TranslateError::new("body", "must be a JSON object"));
-    }
+    let msg = Value::Object(chat::parse_object(body)?);
     let id = msg
         .get("id")
         .and_then(Value::as_str)
@@ -714,11 +403,7 @@ pub fn message_to_chat_with_usage(
                     .and_then(Value::as_str)
                     .ok_or_else(|| TranslateError::new(at("name"), "required, a string"))?;
                 let input = b.get("input").cloned().unwrap_or_else(|| json!({}));
-                tool_calls.push(json!({
-                    "id": id,
-                    "type": "function",
-                    "function": { "name": name, "arguments": input.to_string() },
-                }));
+                tool_calls.push(chat::tool_call_json(id, name, &input));
             }
             // Thinking (and redacted thinking) blocks have no place in a
             // chat.completion message; server tool blocks are not requested.
@@ -733,46 +418,22 @@ pub fn message_to_chat_with_usage(
         Some(_) => json!("stop"),
         None => Value::Null,
     };
-    let mut message = Map::new();
-    message.insert("role".into(), json!("assistant"));
-    let content = if text.is_empty() && !tool_calls.is_empty() {
-        Value::Null
-    } else {
-        json!(text)
-    };
-    message.insert("content".into(), content);
-    message.insert("refusal".into(), Value::Null);
-    if !tool_calls.is_empty() {
-        message.insert("tool_calls".into(), Value::Array(tool_calls));
-    }
+    let message = chat::assistant_message(text, tool_calls);
 
     let usage = match msg.get("usage") {
         None | Some(Value::Null) => None,
         Some(u) => Some(MessageUsage::from_json(u)?),
     };
-    let mut out = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": Value::Object(message),
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }],
-    });
+    let mut out = chat::completion(
+        id,
+        created,
+        model,
+        vec![chat::choice(0, message, finish_reason)],
+    );
     if let Some(u) = usage {
-        out["usage"] = json!({
-            "prompt_tokens": u.prompt_tokens(),
-            "completion_tokens": u.output,
-            "total_tokens": u.total_tokens(),
-            "prompt_tokens_details": { "cached_tokens": u.cache_read },
-        });
+        out["usage"] = u.openai_json();
     }
-    let bytes = serde_json::to_vec(&out)
-        .map_err(|e| TranslateError::new("body", format!("cannot serialise: {e}")))?;
-    Ok((bytes, usage))
+    Ok((chat::serialise(&out)?, usage))
 }
 
 #[cfg(test)]

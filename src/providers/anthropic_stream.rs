@@ -27,20 +27,14 @@
 //! With `include_usage`, every other chunk carries `"usage": null`, as
 //! OpenAI does with `stream_options.include_usage`.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::anthropic::{MessageUsage, TranslateError};
-use crate::tokens::sse::{parse_event, SseFramer};
-
-/// The most bytes of one incomplete upstream event kept between two calls to
-/// [`StreamTranslator::feed`]; an event growing past it is an error.
-pub const MAX_PENDING_EVENT_BYTES: usize = 1 << 20;
+pub use super::chunks::{error_event, MAX_PENDING_EVENT_BYTES};
+use super::chunks::{write_error, Chunks, SseTranslation, SseTranslator};
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> TranslateError {
-    TranslateError {
-        field: field.into(),
-        message: message.into(),
-    }
+    TranslateError::new(field, message)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,49 +47,34 @@ enum State {
     Done,
     /// An upstream `error` event translated.
     UpstreamError,
-    /// A call returned an error; later calls fail too.
-    Broken,
 }
 
 /// Translates one Anthropic Messages event stream into OpenAI chunks.
 #[derive(Debug)]
-pub struct StreamTranslator {
-    model: String,
-    created: i64,
-    include_usage: bool,
-    framer: SseFramer,
-    /// The bytes of an incomplete event, carried to the next feed.
-    pending: Vec<u8>,
-    /// Where `parse_event` joins multi-line data.
-    scratch: Vec<u8>,
+pub struct StreamTranslator(SseTranslator<Messages>);
+
+/// What the events say so far.
+#[derive(Debug)]
+struct Messages {
+    chunks: Chunks,
     state: State,
-    id: String,
     usage: Option<MessageUsage>,
     /// Anthropic content block index → OpenAI tool-call index.
     tool_blocks: Vec<(u64, u64)>,
     tool_calls: u64,
-    /// The error that made the translator [`State::Broken`].
-    broken: Option<TranslateError>,
 }
 
 impl StreamTranslator {
     /// `model` and `created` (Unix seconds) are written into every chunk;
     /// `include_usage` is the request's `stream_options.include_usage`.
     pub fn new(model: &str, created: i64, include_usage: bool) -> Self {
-        Self {
-            model: model.to_string(),
-            created,
-            include_usage,
-            framer: SseFramer::new(),
-            pending: Vec::new(),
-            scratch: Vec::new(),
+        Self(SseTranslator::new(Messages {
+            chunks: Chunks::new(model, created, include_usage),
             state: State::Start,
-            id: String::new(),
             usage: None,
             tool_blocks: Vec::new(),
             tool_calls: 0,
-            broken: None,
-        }
+        }))
     }
 
     /// Appends to `out` the OpenAI events for every upstream event that
@@ -105,9 +84,7 @@ impl StreamTranslator {
     /// [`MAX_PENDING_EVENT_BYTES`]) leaves whatever was appended before it
     /// valid and makes every later call fail.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
-        self.check_broken()?;
-        let r = self.feed_inner(chunk, out);
-        self.poison(r)
+        self.0.feed(chunk, out)
     }
 
     /// The end of the upstream body. A stream ended before `message_stop`
@@ -115,87 +92,31 @@ impl StreamTranslator {
     /// SSE error event; [`StreamTranslator::usage`] still reports what was
     /// counted.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
-        self.check_broken()?;
-        let r = self.finish_inner(out);
-        self.poison(r)
+        self.0.finish(out)
     }
 
     /// The token counts so far: `None` before `message_start`.
     pub fn usage(&self) -> Option<MessageUsage> {
-        self.usage
+        self.0.t.usage
     }
 
     /// Whether `message_stop` arrived: the usage is the provider's final count.
     pub fn complete(&self) -> bool {
-        self.state == State::Done
+        self.0.t.state == State::Done
     }
 
     /// Whether upstream sent an `error` event (translated, then stopped).
     pub fn upstream_failed(&self) -> bool {
-        self.state == State::UpstreamError
+        self.0.t.state == State::UpstreamError
     }
+}
 
-    fn check_broken(&self) -> Result<(), TranslateError> {
-        match &self.broken {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        }
-    }
-
-    fn poison(&mut self, r: Result<(), TranslateError>) -> Result<(), TranslateError> {
-        if let Err(e) = &r {
-            self.state = State::Broken;
-            self.broken = Some(e.clone());
-            self.pending = Vec::new();
-        }
-        r
-    }
-
+impl SseTranslation for Messages {
     fn ended(&self) -> bool {
         matches!(self.state, State::Done | State::UpstreamError)
     }
 
-    fn feed_inner(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
-        let mut start = 0;
-        let mut cursor = 0;
-        while let Some(end) = self.framer.next_end(chunk, &mut cursor) {
-            if self.ended() {
-                return Ok(());
-            }
-            if self.pending.is_empty() {
-                self.event(&chunk[start..end], out)?;
-            } else {
-                let mut ev = std::mem::take(&mut self.pending);
-                ev.extend_from_slice(&chunk[start..end]);
-                self.event(&ev, out)?;
-                ev.clear();
-                self.pending = ev;
-            }
-            start = end;
-        }
-        if self.ended() {
-            return Ok(());
-        }
-        let rest = &chunk[start..];
-        if self.pending.len() + rest.len() > MAX_PENDING_EVENT_BYTES {
-            return Err(err(
-                "stream",
-                format!("an upstream event exceeds {MAX_PENDING_EVENT_BYTES} bytes"),
-            ));
-        }
-        self.pending.extend_from_slice(rest);
-        Ok(())
-    }
-
-    fn finish_inner(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
-        if !self.ended() && self.framer.pending_end() && !self.pending.is_empty() {
-            // A last event closed by a final CR.
-            let ev = std::mem::take(&mut self.pending);
-            self.event(&ev, out)?;
-        }
-        if self.ended() {
-            return Ok(());
-        }
+    fn end(&mut self, _out: &mut Vec<u8>) -> Result<(), TranslateError> {
         Err(err(
             "stream",
             match self.state {
@@ -206,23 +127,16 @@ impl StreamTranslator {
     }
 
     /// Translates one complete upstream event.
-    fn event(&mut self, event: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let fields = parse_event(event, &mut scratch);
-        let parsed = fields.data.map(|d| {
-            serde_json::from_slice::<Value>(d)
-                .map_err(|e| err("stream", format!("upstream event data is not JSON: {e}")))
-        });
-        let kind = fields.kind.map(|k| String::from_utf8_lossy(k).into_owned());
-        self.scratch = scratch;
-        let data = match parsed {
-            None => return Ok(()),
-            Some(d) => d?,
-        };
+    fn event(
+        &mut self,
+        kind: Option<&[u8]>,
+        data: Value,
+        out: &mut Vec<u8>,
+    ) -> Result<(), TranslateError> {
         let ty = match data.get("type").and_then(Value::as_str) {
             Some(t) => t.to_string(),
             None => match kind {
-                Some(k) => k,
+                Some(k) => String::from_utf8_lossy(k).into_owned(),
                 None => return Err(err("stream", "upstream event without a type")),
             },
         };
@@ -252,7 +166,9 @@ impl StreamTranslator {
             _ => Ok(()),
         }
     }
+}
 
+impl Messages {
     fn require_started(&self, ty: &str) -> Result<(), TranslateError> {
         if self.state == State::Start {
             return Err(err("stream", format!("{ty} before message_start")));
@@ -267,7 +183,7 @@ impl StreamTranslator {
         let msg = data
             .get("message")
             .ok_or_else(|| err("message_start.message", "required, an object"))?;
-        self.id = msg
+        self.chunks.id = msg
             .get("id")
             .and_then(Value::as_str)
             .ok_or_else(|| err("message_start.message.id", "required, a string"))?
@@ -420,22 +336,8 @@ impl StreamTranslator {
     }
 
     fn message_stop(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
-        if self.include_usage {
-            let u = self.usage.unwrap_or_default();
-            let mut c = self.chunk_base();
-            c.insert("choices".into(), json!([]));
-            c.insert(
-                "usage".into(),
-                json!({
-                    "prompt_tokens": u.prompt_tokens(),
-                    "completion_tokens": u.output,
-                    "total_tokens": u.total_tokens(),
-                    "prompt_tokens_details": { "cached_tokens": u.cache_read },
-                }),
-            );
-            write_data(&Value::Object(c), out);
-        }
-        out.extend_from_slice(b"data: [DONE]\n\n");
+        let usage = self.usage.unwrap_or_default();
+        self.chunks.done(|| usage.openai_json(), out);
         self.state = State::Done;
         Ok(())
     }
@@ -458,68 +360,21 @@ impl StreamTranslator {
             | "rate_limit_error" => kind,
             _ => "server_error",
         };
-        let ev = json!({ "error": {
-            "message": message,
-            "type": openai_type,
-            "param": null,
-            "code": kind,
-        }});
-        write_data(&ev, out);
+        write_error(message, openai_type, kind, out);
         self.state = State::UpstreamError;
-    }
-
-    fn chunk_base(&self) -> Map<String, Value> {
-        let mut c = Map::new();
-        c.insert("id".into(), json!(self.id));
-        c.insert("object".into(), json!("chat.completion.chunk"));
-        c.insert("created".into(), json!(self.created));
-        c.insert("model".into(), json!(self.model));
-        c
     }
 
     /// Writes a chunk with one choice.
     fn choice_chunk(&self, delta: Value, finish_reason: Option<&str>, out: &mut Vec<u8>) {
-        let mut c = self.chunk_base();
-        c.insert(
-            "choices".into(),
-            json!([{
-                "index": 0,
-                "delta": delta,
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            }]),
-        );
-        if self.include_usage {
-            c.insert("usage".into(), Value::Null);
-        }
-        write_data(&Value::Object(c), out);
+        self.chunks.choice(0, delta, finish_reason, out);
     }
-}
-
-fn write_data(v: &Value, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"data: ");
-    // Writing a Value into a Vec cannot fail.
-    serde_json::to_writer(&mut *out, v).expect("serialising a JSON value");
-    out.extend_from_slice(b"\n\n");
-}
-
-/// An OpenAI-shaped SSE error event for a [`TranslateError`] returned by
-/// [`StreamTranslator::feed`] or [`StreamTranslator::finish`], for a caller
-/// that reports it in the stream.
-pub fn error_event(e: &TranslateError, out: &mut Vec<u8>) {
-    let ev = json!({ "error": {
-        "message": e.to_string(),
-        "type": "server_error",
-        "param": null,
-        "code": "upstream_stream_error",
-    }});
-    write_data(&ev, out);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::providers::anthropic::message_to_chat;
+    use crate::providers::chunks::test_support::content;
     use proptest::prelude::*;
 
     const MODEL: &str = "claude-sonnet-4-5";
@@ -590,12 +445,6 @@ mod tests {
                     serde_json::from_str(d).unwrap()
                 }
             })
-            .collect()
-    }
-
-    fn content(evs: &[Value]) -> String {
-        evs.iter()
-            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
             .collect()
     }
 

@@ -38,6 +38,9 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::chat::{
+    self, refuses, Blocks, HttpImages, ImageUrl, Parts, Role, ToolChoice, Turns, Unsupported,
+};
 pub use super::TranslateError;
 use crate::tokens::{Usage, UsageSource};
 
@@ -52,83 +55,94 @@ const IMAGE_FORMATS: [(&str, &str); 5] = [
 
 /// Request fields with no Converse equivalent: present with a value other
 /// than the harmless default, they are an error.
-fn reject_unsupported(req: &Map<String, Value>) -> Result<(), TranslateError> {
-    let unsupported = |f: &str, why: &str| Err(TranslateError::new(f, why.to_string()));
-    for (k, v) in req {
-        if v.is_null() {
-            continue;
-        }
-        match k.as_str() {
-            "n" if v.as_u64() != Some(1) => {
-                return unsupported("n", "Bedrock returns one choice; only n = 1 is supported")
-            }
-            "logprobs" if v.as_bool() != Some(false) => {
-                return unsupported("logprobs", "Bedrock does not return log probabilities")
-            }
-            "top_logprobs" => {
-                return unsupported("top_logprobs", "Bedrock does not return log probabilities")
-            }
-            "logit_bias" if v.as_object().is_none_or(|m| !m.is_empty()) => {
-                return unsupported("logit_bias", "Bedrock has no logit bias")
-            }
-            "presence_penalty" | "frequency_penalty" if v.as_f64() != Some(0.0) => {
-                return unsupported(k, "Converse has no presence or frequency penalty")
-            }
-            "audio" => return unsupported("audio", "Bedrock Converse does not produce audio"),
-            "modalities"
-                if v.as_array()
-                    .is_none_or(|m| m.iter().any(|x| x.as_str() != Some("text"))) =>
-            {
-                return unsupported("modalities", "Converse produces text only")
-            }
-            "prediction" => return unsupported("prediction", "Bedrock has no predicted outputs"),
-            "reasoning_effort" => {
-                return unsupported(
-                    "reasoning_effort",
-                    "not translated to a Bedrock model's reasoning configuration",
-                )
-            }
-            "web_search_options" => {
-                return unsupported("web_search_options", "Bedrock has no web search")
-            }
-            "functions" | "function_call" => {
-                return unsupported(k, "deprecated; use tools and tool_choice")
-            }
-            "parallel_tool_calls" if v.as_bool() != Some(true) => {
-                return unsupported(
-                    "parallel_tool_calls",
-                    "Converse cannot forbid parallel tool calls; only true is supported",
-                )
-            }
-            "response_format" if v.get("type").and_then(Value::as_str) != Some("text") => {
-                return unsupported(
-                    "response_format",
-                    "not translated for Bedrock; only type text is supported",
-                )
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
+const UNSUPPORTED: &[Unsupported] = &[
+    Unsupported::new(
+        "n",
+        refuses::not_one,
+        "Bedrock returns one choice; only n = 1 is supported",
+    ),
+    Unsupported::new(
+        "logprobs",
+        refuses::not_false,
+        "Bedrock does not return log probabilities",
+    ),
+    Unsupported::new(
+        "top_logprobs",
+        refuses::any,
+        "Bedrock does not return log probabilities",
+    ),
+    Unsupported::new(
+        "logit_bias",
+        refuses::not_empty_object,
+        "Bedrock has no logit bias",
+    ),
+    Unsupported::new(
+        "presence_penalty",
+        refuses::not_zero,
+        "Converse has no presence or frequency penalty",
+    ),
+    Unsupported::new(
+        "frequency_penalty",
+        refuses::not_zero,
+        "Converse has no presence or frequency penalty",
+    ),
+    Unsupported::new(
+        "audio",
+        refuses::any,
+        "Bedrock Converse does not produce audio",
+    ),
+    Unsupported::new(
+        "modalities",
+        refuses::not_text_only,
+        "Converse produces text only",
+    ),
+    Unsupported::new(
+        "prediction",
+        refuses::any,
+        "Bedrock has no predicted outputs",
+    ),
+    Unsupported::new(
+        "reasoning_effort",
+        refuses::any,
+        "not translated to a Bedrock model's reasoning configuration",
+    ),
+    Unsupported::new(
+        "web_search_options",
+        refuses::any,
+        "Bedrock has no web search",
+    ),
+    Unsupported::new(
+        "functions",
+        refuses::any,
+        "deprecated; use tools and tool_choice",
+    ),
+    Unsupported::new(
+        "function_call",
+        refuses::any,
+        "deprecated; use tools and tool_choice",
+    ),
+    Unsupported::new(
+        "parallel_tool_calls",
+        refuses::not_true,
+        "Converse cannot forbid parallel tool calls; only true is supported",
+    ),
+    Unsupported::new(
+        "response_format",
+        refuses::not_text_type,
+        "not translated for Bedrock; only type text is supported",
+    ),
+];
 
 /// Translates an OpenAI chat completions request into a Bedrock Converse
 /// request body. `default_max_tokens` becomes `inferenceConfig.maxTokens`
 /// when the request sets neither `max_completion_tokens` (which wins) nor
 /// `max_tokens`.
 pub fn chat_to_converse(body: &[u8], default_max_tokens: u64) -> Result<Vec<u8>, TranslateError> {
-    let req: Value = serde_json::from_slice(body)
-        .map_err(|e| TranslateError::new("body", format!("not valid JSON: {e}")))?;
-    let req = req
-        .as_object()
-        .ok_or_else(|| TranslateError::new("body", "must be a JSON object"))?;
-    reject_unsupported(req)?;
+    let req = chat::parse_object(body)?;
+    let req = &req;
+    chat::reject_unsupported(req, UNSUPPORTED)?;
 
-    let messages = req
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| TranslateError::new("messages", "required, an array"))?;
-    let (system, turns, has_tool_blocks) = translate_messages(messages)?;
+    let (system, turns, has_tool_blocks) = translate_messages(chat::messages(req)?)?;
 
     let mut out = Map::new();
     out.insert("messages".into(), Value::Array(turns));
@@ -139,53 +153,46 @@ pub fn chat_to_converse(body: &[u8], default_max_tokens: u64) -> Result<Vec<u8>,
     let mut config = Map::new();
     config.insert(
         "maxTokens".into(),
-        json!(max_tokens(req, default_max_tokens)?),
+        json!(chat::max_tokens(req, default_max_tokens)?),
     );
     for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
-        if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
-            let x = v
-                .as_f64()
-                .ok_or_else(|| TranslateError::new(from, "must be a number"))?;
+        if let Some(x) = chat::number(req, from)? {
             if !(0.0..=1.0).contains(&x) {
                 return Err(TranslateError::new(from, "Bedrock Converse accepts 0 to 1"));
             }
             config.insert(to.into(), json!(x));
         }
     }
-    if let Some(stop) = req.get("stop").filter(|v| !v.is_null()) {
-        let seqs: Vec<Value> = match stop {
-            Value::String(s) => vec![json!(s)],
-            Value::Array(a) if a.iter().all(Value::is_string) => a.clone(),
-            _ => {
-                return Err(TranslateError::new(
-                    "stop",
-                    "must be a string or an array of strings",
-                ))
-            }
-        };
-        if !seqs.is_empty() {
-            config.insert("stopSequences".into(), Value::Array(seqs));
-        }
+    if let Some(seqs) = chat::stop_sequences(req)? {
+        config.insert("stopSequences".into(), seqs);
     }
     out.insert("inferenceConfig".into(), Value::Object(config));
 
-    let tools = match req.get("tools").filter(|v| !v.is_null()) {
-        Some(t) => translate_tools(t)?,
-        None => Vec::new(),
-    };
-    let choice = match req.get("tool_choice").filter(|v| !v.is_null()) {
-        Some(c) => translate_tool_choice(c)?,
-        None => Choice::Auto,
-    };
+    let tools = chat::tools(req, false, |t| {
+        let schema = t
+            .parameters()?
+            .cloned()
+            .unwrap_or_else(|| json!({ "type": "object", "properties": {} }));
+        let mut spec = Map::new();
+        spec.insert("name".into(), json!(t.name));
+        if let Some(d) = t.function.get("description").and_then(Value::as_str) {
+            if !d.is_empty() {
+                spec.insert("description".into(), json!(d));
+            }
+        }
+        spec.insert("inputSchema".into(), json!({ "json": schema }));
+        Ok(json!({ "toolSpec": Value::Object(spec) }))
+    })?;
+    let choice = chat::tool_choice(req)?.unwrap_or(ToolChoice::Auto);
     match choice {
-        Choice::None if has_tool_blocks => {
+        ToolChoice::None if has_tool_blocks => {
             return Err(TranslateError::new(
                 "tool_choice",
                 "\"none\" cannot be sent to Bedrock with tool calls or results in the \
                  conversation: Converse has no \"none\" choice and needs the tools defined",
             ))
         }
-        Choice::None => {}
+        ToolChoice::None => {}
         _ if tools.is_empty() => {
             if has_tool_blocks {
                 return Err(TranslateError::new(
@@ -194,7 +201,7 @@ pub fn chat_to_converse(body: &[u8], default_max_tokens: u64) -> Result<Vec<u8>,
                      tool calls or results",
                 ));
             }
-            if !matches!(choice, Choice::Auto) {
+            if choice != ToolChoice::Auto {
                 return Err(TranslateError::new(
                     "tool_choice",
                     "requires tools to choose from",
@@ -206,11 +213,11 @@ pub fn chat_to_converse(body: &[u8], default_max_tokens: u64) -> Result<Vec<u8>,
             tc.insert("tools".into(), Value::Array(tools));
             match choice {
                 // Auto is Converse's default: left implicit.
-                Choice::Auto | Choice::None => {}
-                Choice::Any => {
+                ToolChoice::Auto | ToolChoice::None => {}
+                ToolChoice::Required => {
                     tc.insert("toolChoice".into(), json!({ "any": {} }));
                 }
-                Choice::Tool(name) => {
+                ToolChoice::Function(name) => {
                     tc.insert("toolChoice".into(), json!({ "tool": { "name": name } }));
                 }
             }
@@ -218,40 +225,18 @@ pub fn chat_to_converse(body: &[u8], default_max_tokens: u64) -> Result<Vec<u8>,
         }
     }
 
-    serde_json::to_vec(&Value::Object(out))
-        .map_err(|e| TranslateError::new("body", format!("cannot serialise: {e}")))
+    chat::serialise(&Value::Object(out))
 }
 
-fn max_tokens(req: &Map<String, Value>, default: u64) -> Result<u64, TranslateError> {
-    for k in ["max_completion_tokens", "max_tokens"] {
-        match req.get(k) {
-            None | Some(Value::Null) => continue,
-            Some(v) => {
-                return v
-                    .as_u64()
-                    .filter(|&n| n >= 1)
-                    .ok_or_else(|| TranslateError::new(k, "must be a positive integer"))
-            }
-        }
-    }
-    Ok(default)
-}
-
-/// One Converse turn being assembled.
-struct Turn {
-    role: &'static str,
-    blocks: Vec<Value>,
-}
-
-fn push_turn(turns: &mut Vec<Turn>, role: &'static str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    match turns.last_mut() {
-        Some(last) if last.role == role => last.blocks.extend(blocks),
-        _ => turns.push(Turn { role, blocks }),
-    }
-}
+/// Content as Converse blocks: text (Bedrock refuses blank text blocks, so
+/// empty texts are left out), and images; no audio, no files.
+const BLOCKS: Blocks = Blocks {
+    require_objects: false,
+    text: |s| json!({ "text": s }),
+    image: image_block,
+    audio: |_, at| chat::refuse_part(at, "Bedrock Converse does not accept audio input"),
+    file: |_, at| chat::refuse_part(at, "file parts are not translated for Bedrock"),
+};
 
 /// The system blocks, the alternating user/assistant turns, and whether any
 /// turn has a `toolUse` or `toolResult` block.
@@ -259,236 +244,67 @@ fn translate_messages(
     messages: &[Value],
 ) -> Result<(Vec<Value>, Vec<Value>, bool), TranslateError> {
     let mut system: Vec<Value> = Vec::new();
-    let mut turns: Vec<Turn> = Vec::new();
+    let mut turns = Turns::default();
     let mut has_tool_blocks = false;
     for (i, m) in messages.iter().enumerate() {
         let at = format!("messages[{i}]");
-        let role = m
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| TranslateError::new(format!("{at}.role"), "required, a string"))?;
+        let role = chat::role(m, &at, false)?;
         let content = m.get("content").unwrap_or(&Value::Null);
+        let content_at = format!("{at}.content");
         match role {
-            "system" | "developer" => {
-                system.extend(text_blocks(content, &format!("{at}.content"))?);
-            }
-            "user" => {
-                let blocks = user_blocks(content, &format!("{at}.content"))?;
-                push_turn(&mut turns, "user", blocks);
-            }
-            "assistant" => {
-                for f in ["function_call", "audio"] {
-                    if m.get(f).is_some_and(|v| !v.is_null()) {
-                        return Err(TranslateError::new(
-                            format!("{at}.{f}"),
-                            "not supported for Bedrock; use tool_calls and text",
-                        ));
-                    }
-                }
-                let mut blocks = assistant_text_blocks(content, &format!("{at}.content"))?;
+            Role::System => system.extend(BLOCKS.read(content, &content_at, Parts::Text)?),
+            Role::User => turns.push("user", BLOCKS.read(content, &content_at, Parts::User)?),
+            Role::Assistant => {
+                let why = "not supported for Bedrock; use tool_calls and text";
+                chat::refuse_members(m, &at, &[("function_call", why), ("audio", why)])?;
+                let mut blocks = BLOCKS.read(content, &content_at, Parts::Assistant)?;
                 if let Some(calls) = m.get("tool_calls").filter(|v| !v.is_null()) {
-                    let uses = tool_use_blocks(calls, &format!("{at}.tool_calls"))?;
-                    has_tool_blocks |= !uses.is_empty();
-                    blocks.extend(uses);
-                }
-                push_turn(&mut turns, "assistant", blocks);
-            }
-            "tool" => {
-                let id = m
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        TranslateError::new(format!("{at}.tool_call_id"), "required, a string")
+                    chat::tool_calls(calls, &format!("{at}.tool_calls"), false, |c| {
+                        blocks.push(json!({ "toolUse": {
+                            "toolUseId": c.id, "name": c.name, "input": c.arguments,
+                        }}));
+                        has_tool_blocks = true;
+                        Ok(())
                     })?;
+                }
+                turns.push("assistant", blocks);
+            }
+            Role::Tool => {
+                let id = chat::tool_call_id(m, &at)?;
                 // An empty result is sent with no content blocks: Bedrock
                 // refuses blank text blocks.
-                let parts = text_blocks(content, &format!("{at}.content"))?;
+                let parts = BLOCKS.read(content, &content_at, Parts::Text)?;
                 let block = json!({ "toolResult": { "toolUseId": id, "content": parts } });
                 has_tool_blocks = true;
-                push_turn(&mut turns, "user", vec![block]);
-            }
-            "function" => {
-                return Err(TranslateError::new(
-                    format!("{at}.role"),
-                    "the deprecated function role is not supported; use tool",
-                ))
-            }
-            other => {
-                return Err(TranslateError::new(
-                    format!("{at}.role"),
-                    format!("unknown role {other:?}"),
-                ))
+                turns.push("user", vec![block]);
             }
         }
     }
-    match turns.first() {
-        None => {
-            return Err(TranslateError::new(
-                "messages",
-                "needs at least one non-empty user message",
-            ))
-        }
-        Some(t) if t.role != "user" => {
-            return Err(TranslateError::new(
-                "messages",
-                "Bedrock requires the first non-system message to be from the user",
-            ))
-        }
-        Some(_) => {}
-    }
-    let turns = turns
-        .into_iter()
-        .map(|t| {
-            let mut blocks = t.blocks;
-            if t.role == "user" {
-                // Tool results answer the preceding assistant turn: they go
-                // first in the user turn, before any text the user added.
-                blocks.sort_by_key(|b| b.get("toolResult").is_none());
-            }
-            json!({ "role": t.role, "content": blocks })
-        })
-        .collect();
+    turns
+        .require_user_first("Bedrock requires the first non-system message to be from the user")?;
+    let turns = turns.into_json("content", |b| b.get("toolResult").is_some());
     Ok((system, turns, has_tool_blocks))
-}
-
-/// A text block; none for empty text (Bedrock refuses blank text blocks).
-fn text_block(s: &str) -> Option<Value> {
-    (!s.is_empty()).then(|| json!({ "text": s }))
-}
-
-/// Content that may only be text: a string or an array of text parts.
-fn text_blocks(content: &Value, at: &str) -> Result<Vec<Value>, TranslateError> {
-    match content {
-        Value::Null => Ok(Vec::new()),
-        Value::String(s) => Ok(text_block(s).into_iter().collect()),
-        Value::Array(parts) => {
-            let mut out = Vec::new();
-            for (j, p) in parts.iter().enumerate() {
-                let at = format!("{at}[{j}]");
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") => out.extend(text_block(part_text(p, &at)?)),
-                    other => {
-                        return Err(TranslateError::new(
-                            format!("{at}.type"),
-                            format!("only text parts are supported here, not {other:?}"),
-                        ))
-                    }
-                }
-            }
-            Ok(out)
-        }
-        _ => Err(TranslateError::new(
-            at,
-            "must be a string or an array of parts",
-        )),
-    }
-}
-
-fn part_text<'a>(p: &'a Value, at: &str) -> Result<&'a str, TranslateError> {
-    p.get("text")
-        .and_then(Value::as_str)
-        .ok_or_else(|| TranslateError::new(format!("{at}.text"), "required, a string"))
-}
-
-fn assistant_text_blocks(content: &Value, at: &str) -> Result<Vec<Value>, TranslateError> {
-    let Value::Array(parts) = content else {
-        return text_blocks(content, at);
-    };
-    let mut out = Vec::new();
-    for (j, p) in parts.iter().enumerate() {
-        let at = format!("{at}[{j}]");
-        match p.get("type").and_then(Value::as_str) {
-            Some("text") => out.extend(text_block(part_text(p, &at)?)),
-            Some("refusal") => {
-                let r = p.get("refusal").and_then(Value::as_str).ok_or_else(|| {
-                    TranslateError::new(format!("{at}.refusal"), "required, a string")
-                })?;
-                out.extend(text_block(r));
-            }
-            other => {
-                return Err(TranslateError::new(
-                    format!("{at}.type"),
-                    format!("unsupported assistant content part {other:?}"),
-                ))
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn user_blocks(content: &Value, at: &str) -> Result<Vec<Value>, TranslateError> {
-    let Value::Array(parts) = content else {
-        return text_blocks(content, at);
-    };
-    let mut out = Vec::new();
-    for (j, p) in parts.iter().enumerate() {
-        let at = format!("{at}[{j}]");
-        match p.get("type").and_then(Value::as_str) {
-            Some("text") => out.extend(text_block(part_text(p, &at)?)),
-            Some("image_url") => out.push(image_block(p, &at)?),
-            Some("input_audio") => {
-                return Err(TranslateError::new(
-                    format!("{at}.type"),
-                    "Bedrock Converse does not accept audio input",
-                ))
-            }
-            Some("file") => {
-                return Err(TranslateError::new(
-                    format!("{at}.type"),
-                    "file parts are not translated for Bedrock",
-                ))
-            }
-            other => {
-                return Err(TranslateError::new(
-                    format!("{at}.type"),
-                    format!("unsupported content part {other:?}"),
-                ))
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// An `image_url` part with a base64 `data:` URL; Bedrock cannot fetch
 /// an http(s) URL, so one is an error naming the field.
 fn image_block(p: &Value, at: &str) -> Result<Value, TranslateError> {
     let field = format!("{at}.image_url.url");
-    let url = match p.get("image_url") {
-        Some(Value::String(s)) => s.as_str(),
-        Some(v) => v
-            .get("url")
-            .and_then(Value::as_str)
-            .ok_or_else(|| TranslateError::new(&field, "required, a string"))?,
-        None => return Err(TranslateError::new(&field, "required, a string")),
+    let refuse = HttpImages::Refuse(
+        "Bedrock does not fetch image URLs; send the image as a base64 data URL",
+    );
+    let ImageUrl::Data { mime, data } = chat::image_url(p, &field, refuse)? else {
+        return Err(TranslateError::new(&field, "must be a base64 data URL"));
     };
-    let Some(rest) = url.strip_prefix("data:") else {
-        let why = if url.starts_with("https://") || url.starts_with("http://") {
-            "Bedrock does not fetch image URLs; send the image as a base64 data URL"
-        } else {
-            "must be a base64 data URL"
-        };
-        return Err(TranslateError::new(&field, why));
-    };
-    let (meta, data) = rest
-        .split_once(',')
-        .ok_or_else(|| TranslateError::new(&field, "a data URL needs a comma"))?;
-    let media_type = meta
-        .strip_suffix(";base64")
-        .ok_or_else(|| TranslateError::new(&field, "only base64 data URLs are supported"))?;
-    let media_type = media_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase();
     let format = IMAGE_FORMATS
         .iter()
-        .find(|(m, _)| *m == media_type)
+        .find(|(m, _)| *m == mime)
         .map(|(_, f)| *f)
         .ok_or_else(|| {
             TranslateError::new(
                 &field,
                 format!(
-                    "image media type {media_type:?} is not one Bedrock accepts \
+                    "image media type {mime:?} is not one Bedrock accepts \
                      (png, jpeg, gif, webp)"
                 ),
             )
@@ -506,138 +322,6 @@ fn image_block(p: &Value, at: &str) -> Result<Value, TranslateError> {
         ));
     }
     Ok(json!({ "image": { "format": format, "source": { "bytes": data } } }))
-}
-
-fn tool_use_blocks(calls: &Value, at: &str) -> Result<Vec<Value>, TranslateError> {
-    let calls = calls
-        .as_array()
-        .ok_or_else(|| TranslateError::new(at, "must be an array"))?;
-    let mut out = Vec::with_capacity(calls.len());
-    for (k, c) in calls.iter().enumerate() {
-        let at = format!("{at}[{k}]");
-        match c.get("type").and_then(Value::as_str) {
-            None | Some("function") => {}
-            Some(other) => {
-                return Err(TranslateError::new(
-                    format!("{at}.type"),
-                    format!("only function tool calls are supported, not {other:?}"),
-                ))
-            }
-        }
-        let id = c
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| TranslateError::new(format!("{at}.id"), "required, a string"))?;
-        let f = c.get("function");
-        let name = f
-            .and_then(|f| f.get("name"))
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                TranslateError::new(format!("{at}.function.name"), "required, a string")
-            })?;
-        let args_at = format!("{at}.function.arguments");
-        let args = match f.and_then(|f| f.get("arguments")) {
-            None | Some(Value::Null) => "",
-            Some(Value::String(s)) => s.as_str(),
-            Some(_) => return Err(TranslateError::new(args_at, "must be a string")),
-        };
-        let input: Value = if args.trim().is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str(args)
-                .map_err(|e| TranslateError::new(&args_at, format!("not valid JSON: {e}")))?
-        };
-        if !input.is_object() {
-            return Err(TranslateError::new(args_at, "must encode a JSON object"));
-        }
-        out.push(json!({ "toolUse": { "toolUseId": id, "name": name, "input": input } }));
-    }
-    Ok(out)
-}
-
-fn translate_tools(tools: &Value) -> Result<Vec<Value>, TranslateError> {
-    let tools = tools
-        .as_array()
-        .ok_or_else(|| TranslateError::new("tools", "must be an array"))?;
-    let mut out = Vec::with_capacity(tools.len());
-    for (i, t) in tools.iter().enumerate() {
-        let at = format!("tools[{i}]");
-        if t.get("type").and_then(Value::as_str) != Some("function") {
-            return Err(TranslateError::new(
-                format!("{at}.type"),
-                "only function tools are supported",
-            ));
-        }
-        let f = t
-            .get("function")
-            .filter(|f| f.is_object())
-            .ok_or_else(|| TranslateError::new(format!("{at}.function"), "required, an object"))?;
-        let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
-            TranslateError::new(format!("{at}.function.name"), "required, a string")
-        })?;
-        let schema = match f.get("parameters") {
-            None | Some(Value::Null) => json!({ "type": "object", "properties": {} }),
-            Some(p) if p.is_object() => p.clone(),
-            Some(_) => {
-                return Err(TranslateError::new(
-                    format!("{at}.function.parameters"),
-                    "must be a JSON Schema object",
-                ))
-            }
-        };
-        let mut spec = Map::new();
-        spec.insert("name".into(), json!(name));
-        if let Some(d) = f.get("description").and_then(Value::as_str) {
-            if !d.is_empty() {
-                spec.insert("description".into(), json!(d));
-            }
-        }
-        spec.insert("inputSchema".into(), json!({ "json": schema }));
-        out.push(json!({ "toolSpec": Value::Object(spec) }));
-    }
-    Ok(out)
-}
-
-/// An OpenAI `tool_choice`, before it meets the tools.
-enum Choice {
-    Auto,
-    None,
-    Any,
-    Tool(String),
-}
-
-fn translate_tool_choice(c: &Value) -> Result<Choice, TranslateError> {
-    match c {
-        Value::String(s) => match s.as_str() {
-            "auto" => Ok(Choice::Auto),
-            "required" => Ok(Choice::Any),
-            "none" => Ok(Choice::None),
-            other => Err(TranslateError::new(
-                "tool_choice",
-                format!("unknown value {other:?}"),
-            )),
-        },
-        Value::Object(o) => {
-            if o.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(TranslateError::new(
-                    "tool_choice.type",
-                    "only function tool choices are supported",
-                ));
-            }
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    TranslateError::new("tool_choice.function.name", "required, a string")
-                })?;
-            Ok(Choice::Tool(name.to_string()))
-        }
-        _ => Err(TranslateError::new(
-            "tool_choice",
-            "must be a string or an object",
-        )),
-    }
 }
 
 /// The path of a Converse (or, when `stream`, ConverseStream) request for
@@ -797,12 +481,12 @@ pub fn usage_from_json(v: &Value) -> Option<Usage> {
 
 /// OpenAI's `usage` object for a normalized [`Usage`].
 pub(crate) fn openai_usage(u: &Usage) -> Value {
-    json!({
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.total_tokens(),
-        "prompt_tokens_details": { "cached_tokens": u.cached_tokens },
-    })
+    chat::usage_json(
+        u.prompt_tokens,
+        u.completion_tokens,
+        u.total_tokens(),
+        u.cached_tokens,
+    )
 }
 
 /// OpenAI's `finish_reason` for a Converse `stopReason`.
@@ -837,11 +521,7 @@ pub fn converse_to_chat(
     model: &str,
     created: i64,
 ) -> Result<(Vec<u8>, Option<Usage>), TranslateError> {
-    let resp: Value = serde_json::from_slice(body)
-        .map_err(|e| TranslateError::new("body", format!("not valid JSON: {e}")))?;
-    if !resp.is_object() {
-        return Err(TranslateError::new("body", "must be a JSON object"));
-    }
+    let resp = Value::Object(chat::parse_object(body)?);
     let blocks = resp
         .get("output")
         .and_then(|o| o.get("message"))
@@ -867,11 +547,7 @@ pub fn converse_to_chat(
                 .and_then(Value::as_str)
                 .ok_or_else(|| TranslateError::new(at("toolUse.name"), "required, a string"))?;
             let input = u.get("input").cloned().unwrap_or_else(|| json!({}));
-            tool_calls.push(json!({
-                "id": id,
-                "type": "function",
-                "function": { "name": name, "arguments": input.to_string() },
-            }));
+            tool_calls.push(chat::tool_call_json(id, name, &input));
         }
         // reasoningContent has no place in a chat.completion message;
         // citations, guard content and other blocks are not requested.
@@ -881,18 +557,7 @@ pub fn converse_to_chat(
         Some(s) => json!(finish_reason(s)),
         None => Value::Null,
     };
-    let mut message = Map::new();
-    message.insert("role".into(), json!("assistant"));
-    let content = if text.is_empty() && !tool_calls.is_empty() {
-        Value::Null
-    } else {
-        json!(text)
-    };
-    message.insert("content".into(), content);
-    message.insert("refusal".into(), Value::Null);
-    if !tool_calls.is_empty() {
-        message.insert("tool_calls".into(), Value::Array(tool_calls));
-    }
+    let message = chat::assistant_message(text, tool_calls);
 
     let usage = match resp.get("usage") {
         None | Some(Value::Null) => None,
@@ -903,24 +568,16 @@ pub fn converse_to_chat(
             )
         })?),
     };
-    let mut out = json!({
-        "id": completion_id(&[body]),
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": Value::Object(message),
-            "logprobs": null,
-            "finish_reason": finish,
-        }],
-    });
+    let mut out = chat::completion(
+        &completion_id(&[body]),
+        created,
+        model,
+        vec![chat::choice(0, message, finish)],
+    );
     if let Some(u) = &usage {
         out["usage"] = openai_usage(u);
     }
-    let bytes = serde_json::to_vec(&out)
-        .map_err(|e| TranslateError::new("body", format!("cannot serialise: {e}")))?;
-    Ok((bytes, usage))
+    Ok((chat::serialise(&out)?, usage))
 }
 
 /// The message of a Bedrock error body (`{"message": "..."}`; its type is

@@ -36,12 +36,15 @@
 //! carries `"usage": null`, as OpenAI does with
 //! `stream_options.include_usage`.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::bedrock::{completion_id, finish_reason, openai_usage, usage_from_json};
+use super::chunks::{write_error, Chunks, Fuse};
 use super::eventstream::{Decoder, Message};
 use super::TranslateError;
 use crate::tokens::Usage;
+
+pub use super::chunks::error_event;
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> TranslateError {
     TranslateError::new(field, message)
@@ -57,17 +60,12 @@ enum State {
     Done,
     /// An upstream exception translated.
     UpstreamError,
-    /// A call returned an error; later calls fail too.
-    Broken,
 }
 
 /// Translates one ConverseStream response into OpenAI chunks.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    model: String,
-    created: i64,
-    include_usage: bool,
-    id: String,
+    chunks: Chunks,
     decoder: Decoder,
     state: State,
     stopped: bool,
@@ -75,32 +73,31 @@ pub struct StreamTranslator {
     /// Converse content block index → OpenAI tool-call index.
     tool_blocks: Vec<(u64, u64)>,
     tool_calls: u64,
-    broken: Option<TranslateError>,
+    fuse: Fuse,
 }
 
 impl StreamTranslator {
     /// `model` and `created` (Unix seconds) are written into every chunk;
     /// `include_usage` is the request's `stream_options.include_usage`.
     pub fn new(model: &str, created: i64, include_usage: bool) -> Self {
+        let mut chunks = Chunks::new(model, created, include_usage);
+        chunks.id = completion_id(&[model.as_bytes(), &created.to_be_bytes()]);
         Self {
-            model: model.to_string(),
-            created,
-            include_usage,
-            id: completion_id(&[model.as_bytes(), &created.to_be_bytes()]),
+            chunks,
             decoder: Decoder::new(),
             state: State::Start,
             stopped: false,
             usage: None,
             tool_blocks: Vec::new(),
             tool_calls: 0,
-            broken: None,
+            fuse: Fuse::default(),
         }
     }
 
     /// Sets the chunks' `id` (before the first feed), e.g. from the
     /// response's `x-amzn-requestid`.
     pub fn set_id(&mut self, id: &str) {
-        self.id = id.to_string();
+        self.chunks.id = id.to_string();
     }
 
     /// Appends to `out` the OpenAI events for every upstream message that
@@ -111,7 +108,7 @@ impl StreamTranslator {
     /// out-of-order events) leaves whatever was appended before it valid and
     /// makes every later call fail.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
-        self.check_broken()?;
+        self.fuse.check()?;
         let r = self.feed_inner(chunk, out);
         self.poison(r)
     }
@@ -124,7 +121,7 @@ impl StreamTranslator {
     /// turn into an SSE error event ([`error_event`]);
     /// [`StreamTranslator::usage`] still reports what was read.
     pub fn finish(&mut self, _out: &mut Vec<u8>) -> Result<(), TranslateError> {
-        self.check_broken()?;
+        self.fuse.check()?;
         let r = match self.state {
             State::Done | State::UpstreamError => Ok(()),
             State::Start => Err(err("stream", "upstream stream ended before messageStart")),
@@ -150,20 +147,11 @@ impl StreamTranslator {
         self.state == State::UpstreamError
     }
 
-    fn check_broken(&self) -> Result<(), TranslateError> {
-        match &self.broken {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        }
-    }
-
     fn poison(&mut self, r: Result<(), TranslateError>) -> Result<(), TranslateError> {
-        if let Err(e) = &r {
-            self.state = State::Broken;
-            self.broken = Some(e.clone());
+        if r.is_err() {
             self.decoder = Decoder::new();
         }
-        r
+        self.fuse.record(r)
     }
 
     fn ended(&self) -> bool {
@@ -374,13 +362,7 @@ impl StreamTranslator {
         let Some(u) = self.usage.filter(|_| self.stopped) else {
             return;
         };
-        if self.include_usage {
-            let mut c = self.chunk_base();
-            c.insert("choices".into(), json!([]));
-            c.insert("usage".into(), openai_usage(&u));
-            write_data(&Value::Object(c), out);
-        }
-        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.chunks.done(|| openai_usage(&u), out);
         self.state = State::Done;
     }
 
@@ -394,41 +376,13 @@ impl StreamTranslator {
             // serviceUnavailableException, modelTimeoutException, ...
             _ => "server_error",
         };
-        let ev = json!({ "error": {
-            "message": message,
-            "type": openai_type,
-            "param": null,
-            "code": kind,
-        }});
-        write_data(&ev, out);
+        write_error(message, openai_type, kind, out);
         self.state = State::UpstreamError;
-    }
-
-    fn chunk_base(&self) -> Map<String, Value> {
-        let mut c = Map::new();
-        c.insert("id".into(), json!(self.id));
-        c.insert("object".into(), json!("chat.completion.chunk"));
-        c.insert("created".into(), json!(self.created));
-        c.insert("model".into(), json!(self.model));
-        c
     }
 
     /// Writes a chunk with one choice.
     fn choice_chunk(&self, delta: Value, finish_reason: Option<&str>, out: &mut Vec<u8>) {
-        let mut c = self.chunk_base();
-        c.insert(
-            "choices".into(),
-            json!([{
-                "index": 0,
-                "delta": delta,
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            }]),
-        );
-        if self.include_usage {
-            c.insert("usage".into(), Value::Null);
-        }
-        write_data(&Value::Object(c), out);
+        self.chunks.choice(0, delta, finish_reason, out);
     }
 }
 
@@ -437,30 +391,11 @@ fn payload_message(payload: &[u8]) -> Option<String> {
     super::bedrock::error_message(payload)
 }
 
-fn write_data(v: &Value, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"data: ");
-    // Writing a Value into a Vec cannot fail.
-    serde_json::to_writer(&mut *out, v).expect("serialising a JSON value");
-    out.extend_from_slice(b"\n\n");
-}
-
-/// An OpenAI-shaped SSE error event for a [`TranslateError`] returned by
-/// [`StreamTranslator::feed`] or [`StreamTranslator::finish`], for a caller
-/// that reports it in the stream.
-pub fn error_event(e: &TranslateError, out: &mut Vec<u8>) {
-    let ev = json!({ "error": {
-        "message": e.to_string(),
-        "type": "server_error",
-        "param": null,
-        "code": "upstream_stream_error",
-    }});
-    write_data(&ev, out);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::providers::bedrock::converse_to_chat;
+    use crate::providers::chunks::test_support::{content, events};
     use crate::providers::eventstream::{encode, EVENT_MESSAGE_BYTES_MAX};
     use crate::tokens::UsageSource;
     use proptest::prelude::*;
@@ -525,28 +460,6 @@ mod tests {
         t.feed(input, &mut out).expect("feed");
         t.finish(&mut out).expect("finish");
         out
-    }
-
-    /// The data payloads of an OpenAI SSE output; `[DONE]` as a string.
-    fn events(out: &[u8]) -> Vec<Value> {
-        let s = std::str::from_utf8(out).unwrap();
-        assert!(s.is_empty() || s.ends_with("\n\n"), "{s}");
-        s.split_terminator("\n\n")
-            .map(|e| {
-                let d = e.strip_prefix("data: ").expect("a data line");
-                if d == "[DONE]" {
-                    json!("[DONE]")
-                } else {
-                    serde_json::from_str(d).unwrap()
-                }
-            })
-            .collect()
-    }
-
-    fn content(evs: &[Value]) -> String {
-        evs.iter()
-            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
-            .collect()
     }
 
     #[test]

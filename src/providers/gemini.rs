@@ -63,88 +63,82 @@
 
 use serde_json::{json, Map, Value};
 
+use super::chat::{
+    self, refuses, Blocks, HttpImages, ImageUrl, Parts, Role, ToolCall, ToolChoice, Turns,
+    Unsupported,
+};
 pub use super::TranslateError;
 use crate::tokens::{Usage, UsageSource};
 
 /// Request fields with no Gemini translation: present with a value other
 /// than the harmless default, they are an error.
-fn reject_unsupported(req: &Map<String, Value>) -> Result<(), TranslateError> {
-    let unsupported = |f: &str, why: &str| Err(TranslateError::new(f, why.to_string()));
-    for (k, v) in req {
-        if v.is_null() {
-            continue;
-        }
-        match k.as_str() {
-            "logprobs" if v.as_bool() != Some(false) => {
-                return unsupported(
-                    "logprobs",
-                    "log probabilities are not translated for Gemini",
-                )
-            }
-            "top_logprobs" => {
-                return unsupported(
-                    "top_logprobs",
-                    "log probabilities are not translated for Gemini",
-                )
-            }
-            "logit_bias" if v.as_object().is_none_or(|m| !m.is_empty()) => {
-                return unsupported("logit_bias", "Gemini has no logit bias")
-            }
-            "audio" => return unsupported("audio", "audio output is not translated for Gemini"),
-            "modalities"
-                if v.as_array()
-                    .is_none_or(|m| m.iter().any(|x| x.as_str() != Some("text"))) =>
-            {
-                return unsupported("modalities", "only text output is translated for Gemini")
-            }
-            "prediction" => return unsupported("prediction", "Gemini has no predicted outputs"),
-            "web_search_options" => {
-                return unsupported("web_search_options", "not translated for Gemini")
-            }
-            "functions" | "function_call" => {
-                return unsupported(k, "deprecated; use tools and tool_choice")
-            }
-            "parallel_tool_calls" => match v.as_bool() {
-                Some(true) => {}
-                Some(false) => {
-                    return unsupported(
-                        "parallel_tool_calls",
-                        "Gemini cannot be told to make one tool call at a time",
-                    )
-                }
-                None => return unsupported("parallel_tool_calls", "must be a boolean"),
-            },
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn parse_object(body: &[u8]) -> Result<Map<String, Value>, TranslateError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(TranslateError::new("body", "must be a JSON object")),
-        Err(e) => Err(TranslateError::new("body", format!("not valid JSON: {e}"))),
-    }
-}
-
-fn serialise(v: &Value) -> Result<Vec<u8>, TranslateError> {
-    serde_json::to_vec(v).map_err(|e| TranslateError::new("body", format!("cannot serialise: {e}")))
-}
+const UNSUPPORTED: &[Unsupported] = &[
+    Unsupported::new(
+        "logprobs",
+        refuses::not_false,
+        "log probabilities are not translated for Gemini",
+    ),
+    Unsupported::new(
+        "top_logprobs",
+        refuses::any,
+        "log probabilities are not translated for Gemini",
+    ),
+    Unsupported::new(
+        "logit_bias",
+        refuses::not_empty_object,
+        "Gemini has no logit bias",
+    ),
+    Unsupported::new(
+        "audio",
+        refuses::any,
+        "audio output is not translated for Gemini",
+    ),
+    Unsupported::new(
+        "modalities",
+        refuses::not_text_only,
+        "only text output is translated for Gemini",
+    ),
+    Unsupported::new(
+        "prediction",
+        refuses::any,
+        "Gemini has no predicted outputs",
+    ),
+    Unsupported::new(
+        "web_search_options",
+        refuses::any,
+        "not translated for Gemini",
+    ),
+    Unsupported::new(
+        "functions",
+        refuses::any,
+        "deprecated; use tools and tool_choice",
+    ),
+    Unsupported::new(
+        "function_call",
+        refuses::any,
+        "deprecated; use tools and tool_choice",
+    ),
+    Unsupported::new(
+        "parallel_tool_calls",
+        refuses::is_false,
+        "Gemini cannot be told to make one tool call at a time",
+    ),
+    Unsupported::new(
+        "parallel_tool_calls",
+        refuses::not_bool,
+        "must be a boolean",
+    ),
+];
 
 /// Translates an OpenAI chat completions request into a Gemini
 /// `GenerateContentRequest`. `default_max_tokens` is `maxOutputTokens` when
 /// the request sets neither `max_completion_tokens` nor `max_tokens`.
 pub fn chat_to_generate(body: &[u8], default_max_tokens: u64) -> Result<Vec<u8>, TranslateError> {
-    let req = parse_object(body)?;
-    reject_unsupported(&req)?;
+    let req = chat::parse_object(body)?;
+    chat::reject_unsupported(&req, UNSUPPORTED)?;
     let mut out = Map::new();
 
-    let messages = req
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| TranslateError::new("messages", "required, an array"))?;
-    let (system, contents) = translate_messages(messages)?;
+    let (system, contents) = translate_messages(chat::messages(&req)?)?;
     out.insert("contents".into(), Value::Array(contents));
     if let Some(system) = system {
         out.insert(
@@ -153,10 +147,26 @@ pub fn chat_to_generate(body: &[u8], default_max_tokens: u64) -> Result<Vec<u8>,
         );
     }
 
-    let tools = match req.get("tools").filter(|v| !v.is_null()) {
-        Some(t) => translate_tools(t)?,
-        None => Vec::new(),
-    };
+    let tools = chat::tools(&req, true, |t| {
+        let mut decl = Map::new();
+        decl.insert("name".into(), json!(t.name));
+        match t.function.get("description") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(d)) => {
+                decl.insert("description".into(), json!(d));
+            }
+            Some(_) => {
+                return Err(TranslateError::new(
+                    format!("{}.function.description", t.at),
+                    "must be a string",
+                ))
+            }
+        }
+        if let Some(p) = t.parameters()? {
+            decl.insert("parameters".into(), p.clone());
+        }
+        Ok(Value::Object(decl))
+    })?;
     let has_tools = !tools.is_empty();
     if has_tools {
         out.insert(
@@ -164,8 +174,16 @@ pub fn chat_to_generate(body: &[u8], default_max_tokens: u64) -> Result<Vec<u8>,
             json!([{ "functionDeclarations": Value::Array(tools) }]),
         );
     }
-    if let Some(c) = req.get("tool_choice").filter(|v| !v.is_null()) {
-        let config = translate_tool_choice(c)?;
+    if let Some(c) = chat::tool_choice(&req)? {
+        // OpenAI's tool_choice as a functionCallingConfig.
+        let config = match c {
+            ToolChoice::Auto => json!({ "mode": "AUTO" }),
+            ToolChoice::Required => json!({ "mode": "ANY" }),
+            ToolChoice::None => json!({ "mode": "NONE" }),
+            ToolChoice::Function(name) => {
+                json!({ "mode": "ANY", "allowedFunctionNames": [name] })
+            }
+        };
         if has_tools {
             out.insert(
                 "toolConfig".into(),
@@ -183,7 +201,7 @@ pub fn chat_to_generate(body: &[u8], default_max_tokens: u64) -> Result<Vec<u8>,
         "generationConfig".into(),
         Value::Object(generation_config(&req, default_max_tokens)?),
     );
-    serialise(&Value::Object(out))
+    chat::serialise(&Value::Object(out))
 }
 
 fn generation_config(
@@ -193,9 +211,9 @@ fn generation_config(
     let mut g = Map::new();
     g.insert(
         "maxOutputTokens".into(),
-        json!(max_tokens(req, default_max_tokens)?),
+        json!(chat::max_tokens(req, default_max_tokens)?),
     );
-    let present = |k: &str| req.get(k).filter(|v| !v.is_null());
+    let present = |k: &str| chat::present(req, k);
     if let Some(n) = present("n") {
         let n = n
             .as_u64()
@@ -203,30 +221,10 @@ fn generation_config(
             .ok_or_else(|| TranslateError::new("n", "must be a positive integer"))?;
         g.insert("candidateCount".into(), json!(n));
     }
-    if let Some(stop) = present("stop") {
-        let seqs: Vec<Value> = match stop {
-            Value::String(s) => vec![json!(s)],
-            Value::Array(a) if a.iter().all(Value::is_string) => a.clone(),
-            _ => {
-                return Err(TranslateError::new(
-                    "stop",
-                    "must be a string or an array of strings",
-                ))
-            }
-        };
-        if !seqs.is_empty() {
-            g.insert("stopSequences".into(), Value::Array(seqs));
-        }
+    if let Some(seqs) = chat::stop_sequences(req)? {
+        g.insert("stopSequences".into(), seqs);
     }
-    let number = |k: &str| -> Result<Option<f64>, TranslateError> {
-        match present(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| TranslateError::new(k, "must be a number")),
-        }
-    };
+    let number = |k: &str| chat::number(req, k);
     if let Some(t) = number("temperature")? {
         if !(0.0..=2.0).contains(&t) {
             return Err(TranslateError::new("temperature", "must be 0 to 2"));
@@ -308,239 +306,85 @@ fn generation_config(
     Ok(g)
 }
 
-fn max_tokens(req: &Map<String, Value>, default: u64) -> Result<u64, TranslateError> {
-    for k in ["max_completion_tokens", "max_tokens"] {
-        match req.get(k) {
-            None | Some(Value::Null) => continue,
-            Some(v) => {
-                return v
-                    .as_u64()
-                    .filter(|&n| n >= 1)
-                    .ok_or_else(|| TranslateError::new(k, "must be a positive integer"))
-            }
-        }
-    }
-    Ok(default)
-}
-
-/// One Gemini turn being assembled.
-struct Turn {
-    role: &'static str,
-    parts: Vec<Value>,
-}
-
-fn push_turn(turns: &mut Vec<Turn>, role: &'static str, parts: Vec<Value>) {
-    if parts.is_empty() {
-        return;
-    }
-    match turns.last_mut() {
-        Some(last) if last.role == role => last.parts.extend(parts),
-        _ => turns.push(Turn { role, parts }),
-    }
-}
+/// Content as Gemini parts: text, images, audio and files (data URLs).
+const PARTS: Blocks = Blocks {
+    require_objects: true,
+    text: |s| json!({ "text": s }),
+    image: image_part,
+    audio: audio_part,
+    file: file_part,
+};
 
 /// The system instruction's text and the alternating `contents`.
 fn translate_messages(messages: &[Value]) -> Result<(Option<String>, Vec<Value>), TranslateError> {
     let mut system: Vec<String> = Vec::new();
-    let mut turns: Vec<Turn> = Vec::new();
+    let mut turns = Turns::default();
     // Tool call id → function name, for the tool messages that answer them.
     let mut call_names: Vec<(String, String)> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let at = format!("messages[{i}]");
-        if !m.is_object() {
-            return Err(TranslateError::new(at, "must be an object"));
-        }
-        let role = m
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| TranslateError::new(format!("{at}.role"), "required, a string"))?;
+        let role = chat::role(m, &at, true)?;
         let content = m.get("content").unwrap_or(&Value::Null);
         let content_at = format!("{at}.content");
         match role {
-            "system" | "developer" => {
-                let text = only_text(content, &content_at)?;
+            Role::System => {
+                let text = chat::joined_text(content, &content_at, true)?;
                 if !text.is_empty() {
                     system.push(text);
                 }
             }
-            "user" => push_turn(&mut turns, "user", user_parts(content, &content_at)?),
-            "assistant" => {
-                for (k, why) in [
-                    ("function_call", "deprecated; use tool_calls"),
-                    ("audio", "audio is not translated for Gemini"),
-                ] {
-                    if m.get(k).is_some_and(|v| !v.is_null()) {
-                        return Err(TranslateError::new(format!("{at}.{k}"), why));
-                    }
-                }
-                let mut parts = assistant_parts(content, &content_at)?;
+            Role::User => turns.push("user", PARTS.read(content, &content_at, Parts::User)?),
+            Role::Assistant => {
+                chat::refuse_members(
+                    m,
+                    &at,
+                    &[
+                        ("function_call", "deprecated; use tool_calls"),
+                        ("audio", "audio is not translated for Gemini"),
+                    ],
+                )?;
+                let mut parts = PARTS.read(content, &content_at, Parts::Assistant)?;
                 if let Some(calls) = m.get("tool_calls").filter(|v| !v.is_null()) {
-                    parts.extend(function_call_parts(
-                        calls,
-                        &format!("{at}.tool_calls"),
-                        &mut call_names,
-                    )?);
+                    chat::tool_calls(calls, &format!("{at}.tool_calls"), true, |c| {
+                        parts.push(function_call_part(&c)?);
+                        call_names.push((c.id.to_string(), c.name.to_string()));
+                        Ok(())
+                    })?;
                 }
-                push_turn(&mut turns, "model", parts);
+                turns.push("model", parts);
             }
-            "tool" => {
+            Role::Tool => {
                 let part = function_response_part(m, content, &at, &call_names)?;
-                push_turn(&mut turns, "user", vec![part]);
-            }
-            "function" => {
-                return Err(TranslateError::new(
-                    format!("{at}.role"),
-                    "the deprecated function role is not supported; use tool",
-                ))
-            }
-            other => {
-                return Err(TranslateError::new(
-                    format!("{at}.role"),
-                    format!("unknown role {other:?}"),
-                ))
+                turns.push("user", vec![part]);
             }
         }
     }
-    if turns.is_empty() {
+    if turns.first_role().is_none() {
         return Err(TranslateError::new(
             "messages",
             "needs at least one non-empty user or assistant message",
         ));
     }
-    let contents = turns
-        .into_iter()
-        .map(|t| {
-            let mut parts = t.parts;
-            if t.role == "user" {
-                // Function responses answer the preceding model turn: they
-                // go first, before any text the user added (a stable sort).
-                parts.sort_by_key(|p| p.get("functionResponse").is_none());
-            }
-            json!({ "role": t.role, "parts": parts })
-        })
-        .collect();
+    // Function responses answer the preceding model turn: they go first,
+    // before any text the user added.
+    let contents = turns.into_json("parts", |p| p.get("functionResponse").is_some());
     let system = (!system.is_empty()).then(|| system.join("\n\n"));
     Ok((system, contents))
 }
 
-fn text_part(s: &str) -> Option<Value> {
-    (!s.is_empty()).then(|| json!({ "text": s }))
-}
-
-fn part_text<'a>(p: &'a Value, at: &str) -> Result<&'a str, TranslateError> {
-    p.get("text")
-        .and_then(Value::as_str)
-        .ok_or_else(|| TranslateError::new(format!("{at}.text"), "required, a string"))
-}
-
-fn part_type<'a>(p: &'a Value, at: &str) -> Result<Option<&'a str>, TranslateError> {
-    if !p.is_object() {
-        return Err(TranslateError::new(at, "must be an object"));
-    }
-    Ok(p.get("type").and_then(Value::as_str))
-}
-
-/// Content that may only be text (a string or text parts), joined.
-fn only_text(content: &Value, at: &str) -> Result<String, TranslateError> {
-    match content {
-        Value::Null => Ok(String::new()),
-        Value::String(s) => Ok(s.clone()),
-        Value::Array(parts) => {
-            let mut out = String::new();
-            for (j, p) in parts.iter().enumerate() {
-                let at = format!("{at}[{j}]");
-                match part_type(p, &at)? {
-                    Some("text") => out.push_str(part_text(p, &at)?),
-                    other => {
-                        return Err(TranslateError::new(
-                            format!("{at}.type"),
-                            format!("only text parts are supported here, not {other:?}"),
-                        ))
-                    }
-                }
-            }
-            Ok(out)
-        }
-        _ => Err(TranslateError::new(
-            at,
-            "must be a string or an array of parts",
-        )),
-    }
-}
-
-fn string_content_parts(content: &Value, at: &str) -> Option<Result<Vec<Value>, TranslateError>> {
-    match content {
-        Value::Null => Some(Ok(Vec::new())),
-        Value::String(s) => Some(Ok(text_part(s).into_iter().collect())),
-        Value::Array(_) => None,
-        _ => Some(Err(TranslateError::new(
-            at,
-            "must be a string or an array of parts",
-        ))),
-    }
-}
-
-fn assistant_parts(content: &Value, at: &str) -> Result<Vec<Value>, TranslateError> {
-    if let Some(r) = string_content_parts(content, at) {
-        return r;
-    }
-    let mut out = Vec::new();
-    for (j, p) in content.as_array().into_iter().flatten().enumerate() {
-        let at = format!("{at}[{j}]");
-        match part_type(p, &at)? {
-            Some("text") => out.extend(text_part(part_text(p, &at)?)),
-            Some("refusal") => {
-                let r = p.get("refusal").and_then(Value::as_str).ok_or_else(|| {
-                    TranslateError::new(format!("{at}.refusal"), "required, a string")
-                })?;
-                out.extend(text_part(r));
-            }
-            other => {
-                return Err(TranslateError::new(
-                    format!("{at}.type"),
-                    format!("unsupported assistant content part {other:?}"),
-                ))
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn user_parts(content: &Value, at: &str) -> Result<Vec<Value>, TranslateError> {
-    if let Some(r) = string_content_parts(content, at) {
-        return r;
-    }
-    let mut out = Vec::new();
-    for (j, p) in content.as_array().into_iter().flatten().enumerate() {
-        let at = format!("{at}[{j}]");
-        match part_type(p, &at)? {
-            Some("text") => out.extend(text_part(part_text(p, &at)?)),
-            Some("image_url") => out.push(image_part(p, &at)?),
-            Some("input_audio") => out.push(audio_part(p, &at)?),
-            Some("file") => out.push(file_part(p, &at)?),
-            other => {
-                return Err(TranslateError::new(
-                    format!("{at}.type"),
-                    format!("unsupported content part {other:?}"),
-                ))
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// A base64 `data:` URL's MIME type (lower case) and data.
 fn data_url<'a>(url: &'a str, field: &str) -> Result<(String, &'a str), TranslateError> {
-    let rest = url
-        .strip_prefix("data:")
+    let (mime, data) = chat::data_url(url, field)?
         .ok_or_else(|| TranslateError::new(field, "must be a base64 data URL"))?;
-    let (meta, data) = rest
-        .split_once(',')
-        .ok_or_else(|| TranslateError::new(field, "a data URL needs a comma"))?;
-    let meta = meta
-        .strip_suffix(";base64")
-        .ok_or_else(|| TranslateError::new(field, "only base64 data URLs are supported"))?;
-    let mime = meta.split(';').next().unwrap_or("").to_ascii_lowercase();
+    checked_data(mime, data, field)
+}
+
+/// A data URL's MIME type and data, refused when either is missing.
+fn checked_data<'a>(
+    mime: String,
+    data: &'a str,
+    field: &str,
+) -> Result<(String, &'a str), TranslateError> {
     if mime.is_empty() || !mime.contains('/') {
         return Err(TranslateError::new(
             field,
@@ -574,31 +418,21 @@ fn mime_from_extension(url: &str) -> Option<&'static str> {
 /// `fileData` (Gemini fetches it; its MIME type is guessed from the path).
 fn image_part(p: &Value, at: &str) -> Result<Value, TranslateError> {
     let field = format!("{at}.image_url.url");
-    let url = match p.get("image_url") {
-        Some(Value::String(s)) => s.as_str(),
-        Some(v) => v
-            .get("url")
-            .and_then(Value::as_str)
-            .ok_or_else(|| TranslateError::new(&field, "required, a string"))?,
-        None => return Err(TranslateError::new(&field, "required, a string")),
-    };
-    if url.starts_with("data:") {
-        let (mime, data) = data_url(url, &field)?;
-        Ok(json!({ "inlineData": { "mimeType": mime, "data": data } }))
-    } else if url.starts_with("https://") || url.starts_with("http://") {
-        let mime = mime_from_extension(url).ok_or_else(|| {
-            TranslateError::new(
-                &field,
-                "cannot tell the image's MIME type from the URL (png, jpg, jpeg, webp, gif, \
-                 heic, heif, pdf); send it as a data URL",
-            )
-        })?;
-        Ok(json!({ "fileData": { "mimeType": mime, "fileUri": url } }))
-    } else {
-        Err(TranslateError::new(
-            &field,
-            "must be an http(s) URL or a base64 data URL",
-        ))
+    match chat::image_url(p, &field, HttpImages::Accept)? {
+        ImageUrl::Data { mime, data } => {
+            let (mime, data) = checked_data(mime, data, &field)?;
+            Ok(json!({ "inlineData": { "mimeType": mime, "data": data } }))
+        }
+        ImageUrl::Http(url) => {
+            let mime = mime_from_extension(url).ok_or_else(|| {
+                TranslateError::new(
+                    &field,
+                    "cannot tell the image's MIME type from the URL (png, jpg, jpeg, webp, gif, \
+                     heic, heif, pdf); send it as a data URL",
+                )
+            })?;
+            Ok(json!({ "fileData": { "mimeType": mime, "fileUri": url } }))
+        }
     }
 }
 
@@ -643,69 +477,21 @@ fn file_part(p: &Value, at: &str) -> Result<Value, TranslateError> {
     Ok(json!({ "inlineData": { "mimeType": mime, "data": data } }))
 }
 
-fn function_call_parts(
-    calls: &Value,
-    at: &str,
-    call_names: &mut Vec<(String, String)>,
-) -> Result<Vec<Value>, TranslateError> {
-    let calls = calls
-        .as_array()
-        .ok_or_else(|| TranslateError::new(at, "must be an array"))?;
-    let mut out = Vec::with_capacity(calls.len());
-    for (k, c) in calls.iter().enumerate() {
-        let at = format!("{at}[{k}]");
-        match c.get("type").and_then(Value::as_str) {
-            None | Some("function") => {}
-            Some(other) => {
-                return Err(TranslateError::new(
-                    format!("{at}.type"),
-                    format!("only function tool calls are supported, not {other:?}"),
-                ))
-            }
+/// An assistant tool call as a `functionCall` part, its thought signature
+/// (`extra_content.google.thought_signature`) carried back.
+fn function_call_part(c: &ToolCall<'_>) -> Result<Value, TranslateError> {
+    let mut part = json!({ "functionCall": { "name": c.name, "args": c.arguments } });
+    match c.call.pointer("/extra_content/google/thought_signature") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => part["thoughtSignature"] = json!(s),
+        Some(_) => {
+            return Err(TranslateError::new(
+                format!("{}.extra_content.google.thought_signature", c.at),
+                "must be a string",
+            ))
         }
-        let id = c
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| TranslateError::new(format!("{at}.id"), "required, a string"))?;
-        let f = c.get("function");
-        let name = f
-            .and_then(|f| f.get("name"))
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| {
-                TranslateError::new(format!("{at}.function.name"), "required, a string")
-            })?;
-        let args_at = format!("{at}.function.arguments");
-        let args = match f.and_then(|f| f.get("arguments")) {
-            None | Some(Value::Null) => "",
-            Some(Value::String(s)) => s.as_str(),
-            Some(_) => return Err(TranslateError::new(args_at, "must be a string")),
-        };
-        let args: Value = if args.trim().is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str(args)
-                .map_err(|e| TranslateError::new(&args_at, format!("not valid JSON: {e}")))?
-        };
-        if !args.is_object() {
-            return Err(TranslateError::new(args_at, "must encode a JSON object"));
-        }
-        let mut part = json!({ "functionCall": { "name": name, "args": args } });
-        let sig = c.pointer("/extra_content/google/thought_signature");
-        match sig {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) => part["thoughtSignature"] = json!(s),
-            Some(_) => {
-                return Err(TranslateError::new(
-                    format!("{at}.extra_content.google.thought_signature"),
-                    "must be a string",
-                ))
-            }
-        }
-        call_names.push((id.to_string(), name.to_string()));
-        out.push(part);
     }
-    Ok(out)
+    Ok(part)
 }
 
 fn function_response_part(
@@ -714,11 +500,7 @@ fn function_response_part(
     at: &str,
     call_names: &[(String, String)],
 ) -> Result<Value, TranslateError> {
-    let id_at = format!("{at}.tool_call_id");
-    let id = m
-        .get("tool_call_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| TranslateError::new(&id_at, "required, a string"))?;
+    let id = chat::tool_call_id(m, at)?;
     let name = call_names
         .iter()
         .rev()
@@ -731,106 +513,16 @@ fn function_response_part(
         })
         .ok_or_else(|| {
             TranslateError::new(
-                &id_at,
+                format!("{at}.tool_call_id"),
                 format!("no earlier assistant tool call has id {id:?} (Gemini needs its name)"),
             )
         })?;
-    let text = only_text(content, &format!("{at}.content"))?;
+    let text = chat::joined_text(content, &format!("{at}.content"), true)?;
     let response = match serde_json::from_str::<Value>(&text) {
         Ok(v @ Value::Object(_)) => v,
         _ => json!({ "content": text }),
     };
     Ok(json!({ "functionResponse": { "name": name, "response": response } }))
-}
-
-fn translate_tools(tools: &Value) -> Result<Vec<Value>, TranslateError> {
-    let tools = tools
-        .as_array()
-        .ok_or_else(|| TranslateError::new("tools", "must be an array"))?;
-    let mut out = Vec::with_capacity(tools.len());
-    for (i, t) in tools.iter().enumerate() {
-        let at = format!("tools[{i}]");
-        if t.get("type").and_then(Value::as_str) != Some("function") {
-            return Err(TranslateError::new(
-                format!("{at}.type"),
-                "only function tools are supported",
-            ));
-        }
-        let f = t
-            .get("function")
-            .filter(|f| f.is_object())
-            .ok_or_else(|| TranslateError::new(format!("{at}.function"), "required, an object"))?;
-        let name = f
-            .get("name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| {
-                TranslateError::new(format!("{at}.function.name"), "required, a string")
-            })?;
-        let mut decl = Map::new();
-        decl.insert("name".into(), json!(name));
-        match f.get("description") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(d)) => {
-                decl.insert("description".into(), json!(d));
-            }
-            Some(_) => {
-                return Err(TranslateError::new(
-                    format!("{at}.function.description"),
-                    "must be a string",
-                ))
-            }
-        }
-        match f.get("parameters") {
-            None | Some(Value::Null) => {}
-            Some(p) if p.is_object() => {
-                decl.insert("parameters".into(), p.clone());
-            }
-            Some(_) => {
-                return Err(TranslateError::new(
-                    format!("{at}.function.parameters"),
-                    "must be a JSON Schema object",
-                ))
-            }
-        }
-        out.push(Value::Object(decl));
-    }
-    Ok(out)
-}
-
-/// OpenAI's `tool_choice` as a `functionCallingConfig`.
-fn translate_tool_choice(c: &Value) -> Result<Value, TranslateError> {
-    match c {
-        Value::String(s) => match s.as_str() {
-            "auto" => Ok(json!({ "mode": "AUTO" })),
-            "required" => Ok(json!({ "mode": "ANY" })),
-            "none" => Ok(json!({ "mode": "NONE" })),
-            other => Err(TranslateError::new(
-                "tool_choice",
-                format!("unknown value {other:?}"),
-            )),
-        },
-        Value::Object(o) => {
-            if o.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(TranslateError::new(
-                    "tool_choice.type",
-                    "only function tool choices are supported",
-                ));
-            }
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    TranslateError::new("tool_choice.function.name", "required, a string")
-                })?;
-            Ok(json!({ "mode": "ANY", "allowedFunctionNames": [name] }))
-        }
-        _ => Err(TranslateError::new(
-            "tool_choice",
-            "must be a string or an object",
-        )),
-    }
 }
 
 /// The path under `https://generativelanguage.googleapis.com/v1beta` of a
@@ -891,13 +583,14 @@ pub fn usage_from_metadata(v: &Value) -> Option<Usage> {
 
 /// The `usage` member of a chat.completion (or its last chunk) for `u`.
 pub(crate) fn openai_usage(u: &Usage) -> Value {
-    json!({
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.total_tokens(),
-        "prompt_tokens_details": { "cached_tokens": u.cached_tokens },
-        "completion_tokens_details": { "reasoning_tokens": u.reasoning_tokens },
-    })
+    let mut usage = chat::usage_json(
+        u.prompt_tokens,
+        u.completion_tokens,
+        u.total_tokens(),
+        u.cached_tokens,
+    );
+    usage["completion_tokens_details"] = json!({ "reasoning_tokens": u.reasoning_tokens });
+    usage
 }
 
 /// The OpenAI `finish_reason` for a candidate's `finishReason`; a candidate
@@ -974,11 +667,8 @@ pub(crate) fn read_parts(
                 None | Some(Value::Null) => json!({}),
                 Some(a) => a.clone(),
             };
-            let mut call = json!({
-                "id": format!("call_{}", first_call + read.tool_calls.len()),
-                "type": "function",
-                "function": { "name": name, "arguments": args.to_string() },
-            });
+            let id = format!("call_{}", first_call + read.tool_calls.len());
+            let mut call = chat::tool_call_json(&id, name, &args);
             if let Some(sig) = p.get("thoughtSignature").and_then(Value::as_str) {
                 call["extra_content"] = json!({ "google": { "thought_signature": sig } });
             }
@@ -1009,7 +699,7 @@ pub fn generate_to_chat(
     model: &str,
     created: i64,
 ) -> Result<(Vec<u8>, Option<Usage>), TranslateError> {
-    let resp = parse_object(body)?;
+    let resp = chat::parse_object(body)?;
     if let Some(e) = resp.get("error") {
         let message = e
             .get("message")
@@ -1051,24 +741,8 @@ pub fn generate_to_chat(
             .and_then(Value::as_str)
             .map(|r| json!(finish_reason(r, !read.tool_calls.is_empty())))
             .unwrap_or(Value::Null);
-        let mut message = Map::new();
-        message.insert("role".into(), json!("assistant"));
-        let content = if read.text.is_empty() && !read.tool_calls.is_empty() {
-            Value::Null
-        } else {
-            json!(read.text)
-        };
-        message.insert("content".into(), content);
-        message.insert("refusal".into(), Value::Null);
-        if !read.tool_calls.is_empty() {
-            message.insert("tool_calls".into(), Value::Array(read.tool_calls));
-        }
-        choices.push(json!({
-            "index": index,
-            "message": Value::Object(message),
-            "logprobs": null,
-            "finish_reason": finish,
-        }));
+        let message = chat::assistant_message(read.text, read.tool_calls);
+        choices.push(chat::choice(index, message, finish));
     }
     if choices.is_empty() {
         let blocked = resp
@@ -1089,17 +763,11 @@ pub fn generate_to_chat(
         }));
     }
 
-    let mut out = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": choices,
-    });
+    let mut out = chat::completion(&id, created, model, choices);
     if let Some(u) = &usage {
         out["usage"] = openai_usage(u);
     }
-    Ok((serialise(&out)?, usage))
+    Ok((chat::serialise(&out)?, usage))
 }
 
 /// The message of a Gemini error body, `{"error": {"code", "message",

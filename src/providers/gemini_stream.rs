@@ -32,20 +32,16 @@
 //! With `include_usage`, every other chunk carries `"usage": null`, as
 //! OpenAI does with `stream_options.include_usage`.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
+use super::chunks::{write_error, Chunks, SseTranslation, SseTranslator};
 use super::gemini::{
     completion_id, finish_reason, openai_error_type, openai_usage, read_parts, usage_from_metadata,
 };
 use super::TranslateError;
-use crate::tokens::sse::{parse_event, SseFramer};
 use crate::tokens::Usage;
 
-pub use super::anthropic_stream::error_event;
-
-/// The most bytes of one incomplete upstream event kept between two calls to
-/// [`StreamTranslator::feed`]; an event growing past it is an error.
-pub const MAX_PENDING_EVENT_BYTES: usize = 1 << 20;
+pub use super::chunks::{error_event, MAX_PENDING_EVENT_BYTES};
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> TranslateError {
     TranslateError::new(field, message)
@@ -61,8 +57,6 @@ enum State {
     Done,
     /// An upstream `error` event translated.
     UpstreamError,
-    /// A call returned an error; later calls fail too.
-    Broken,
 }
 
 /// One candidate (OpenAI choice) seen in the stream.
@@ -76,40 +70,27 @@ struct Candidate {
 /// Translates one Gemini `streamGenerateContent?alt=sse` body into OpenAI
 /// chunks.
 #[derive(Debug)]
-pub struct StreamTranslator {
-    model: String,
-    created: i64,
-    include_usage: bool,
-    framer: SseFramer,
-    /// The bytes of an incomplete event, carried to the next feed.
-    pending: Vec<u8>,
-    /// Where `parse_event` joins multi-line data.
-    scratch: Vec<u8>,
+pub struct StreamTranslator(SseTranslator<Generate>);
+
+/// What the events say so far.
+#[derive(Debug)]
+struct Generate {
+    chunks: Chunks,
     state: State,
-    id: String,
     usage: Option<Usage>,
     candidates: Vec<Candidate>,
-    /// The error that made the translator [`State::Broken`].
-    broken: Option<TranslateError>,
 }
 
 impl StreamTranslator {
     /// `model` and `created` (Unix seconds) are written into every chunk;
     /// `include_usage` is the request's `stream_options.include_usage`.
     pub fn new(model: &str, created: i64, include_usage: bool) -> Self {
-        Self {
-            model: model.to_string(),
-            created,
-            include_usage,
-            framer: SseFramer::new(),
-            pending: Vec::new(),
-            scratch: Vec::new(),
+        Self(SseTranslator::new(Generate {
+            chunks: Chunks::new(model, created, include_usage),
             state: State::Start,
-            id: String::new(),
             usage: None,
             candidates: Vec::new(),
-            broken: None,
-        }
+        }))
     }
 
     /// Appends to `out` the OpenAI events for every upstream event that
@@ -119,9 +100,7 @@ impl StreamTranslator {
     /// [`MAX_PENDING_EVENT_BYTES`]) leaves whatever was appended before it
     /// valid and makes every later call fail.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
-        self.check_broken()?;
-        let r = self.feed_inner(chunk, out);
-        self.poison(r)
+        self.0.feed(chunk, out)
     }
 
     /// The end of the upstream body: writes the usage chunk (with
@@ -131,88 +110,33 @@ impl StreamTranslator {
     /// ([`error_event`]); [`StreamTranslator::usage`] still reports what was
     /// counted. After an upstream `error` event, nothing is written.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
-        self.check_broken()?;
-        let r = self.finish_inner(out);
-        self.poison(r)
+        self.0.finish(out)
     }
 
     /// The latest `usageMetadata` seen, normalized; `None` before any.
     pub fn usage(&self) -> Option<Usage> {
-        self.usage
+        self.0.t.usage
     }
 
     /// Whether the usage is final: a `finishReason` and a `usageMetadata`
     /// were seen.
     pub fn usage_complete(&self) -> bool {
-        self.usage.is_some() && self.candidates.iter().any(|c| c.finished)
+        let t = &self.0.t;
+        t.usage.is_some() && t.candidates.iter().any(|c| c.finished)
     }
 
     /// Whether upstream sent an `error` event (translated, then stopped).
     pub fn upstream_failed(&self) -> bool {
-        self.state == State::UpstreamError
+        self.0.t.state == State::UpstreamError
     }
+}
 
-    fn check_broken(&self) -> Result<(), TranslateError> {
-        match &self.broken {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        }
-    }
-
-    fn poison(&mut self, r: Result<(), TranslateError>) -> Result<(), TranslateError> {
-        if let Err(e) = &r {
-            self.state = State::Broken;
-            self.broken = Some(e.clone());
-            self.pending = Vec::new();
-        }
-        r
-    }
-
+impl SseTranslation for Generate {
     fn ended(&self) -> bool {
         matches!(self.state, State::Done | State::UpstreamError)
     }
 
-    fn feed_inner(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
-        let mut start = 0;
-        let mut cursor = 0;
-        while let Some(end) = self.framer.next_end(chunk, &mut cursor) {
-            if self.ended() {
-                return Ok(());
-            }
-            if self.pending.is_empty() {
-                self.event(&chunk[start..end], out)?;
-            } else {
-                let mut ev = std::mem::take(&mut self.pending);
-                ev.extend_from_slice(&chunk[start..end]);
-                self.event(&ev, out)?;
-                ev.clear();
-                self.pending = ev;
-            }
-            start = end;
-        }
-        if self.ended() {
-            return Ok(());
-        }
-        let rest = &chunk[start..];
-        if self.pending.len() + rest.len() > MAX_PENDING_EVENT_BYTES {
-            return Err(err(
-                "stream",
-                format!("an upstream event exceeds {MAX_PENDING_EVENT_BYTES} bytes"),
-            ));
-        }
-        self.pending.extend_from_slice(rest);
-        Ok(())
-    }
-
-    fn finish_inner(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
-        if !self.ended() && self.framer.pending_end() && !self.pending.is_empty() {
-            // A last event closed by a final CR.
-            let ev = std::mem::take(&mut self.pending);
-            self.event(&ev, out)?;
-        }
-        if self.ended() {
-            return Ok(());
-        }
+    fn end(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
         if self.candidates.is_empty() {
             return Err(err("stream", "upstream stream ended before any candidate"));
         }
@@ -225,30 +149,19 @@ impl StreamTranslator {
                 ),
             ));
         }
-        if self.include_usage {
-            let u = self.usage.unwrap_or_default();
-            let mut c = self.chunk_base();
-            c.insert("choices".into(), json!([]));
-            c.insert("usage".into(), openai_usage(&u));
-            write_data(&Value::Object(c), out);
-        }
-        out.extend_from_slice(b"data: [DONE]\n\n");
+        let usage = self.usage.unwrap_or_default();
+        self.chunks.done(|| openai_usage(&usage), out);
         self.state = State::Done;
         Ok(())
     }
 
     /// Translates one complete upstream event.
-    fn event(&mut self, event: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let parsed = parse_event(event, &mut scratch).data.map(|d| {
-            serde_json::from_slice::<Value>(d)
-                .map_err(|e| err("stream", format!("upstream event data is not JSON: {e}")))
-        });
-        self.scratch = scratch;
-        let data = match parsed {
-            None => return Ok(()),
-            Some(d) => d?,
-        };
+    fn event(
+        &mut self,
+        _kind: Option<&[u8]>,
+        data: Value,
+        out: &mut Vec<u8>,
+    ) -> Result<(), TranslateError> {
         if !data.is_object() {
             return Err(err("stream", "upstream event data is not a JSON object"));
         }
@@ -257,7 +170,10 @@ impl StreamTranslator {
             return Ok(());
         }
         if self.state == State::Start {
-            self.id = completion_id(data.get("responseId").and_then(Value::as_str), self.created);
+            self.chunks.id = completion_id(
+                data.get("responseId").and_then(Value::as_str),
+                self.chunks.created(),
+            );
             self.state = State::Streaming;
         }
         match data.get("usageMetadata") {
@@ -293,7 +209,9 @@ impl StreamTranslator {
         }
         Ok(())
     }
+}
 
+impl Generate {
     /// The slot of candidate `index`, announcing it (the role chunk) on its
     /// first sight.
     fn candidate_slot(&mut self, index: u64, out: &mut Vec<u8>) -> usize {
@@ -354,23 +272,8 @@ impl StreamTranslator {
             .get("message")
             .and_then(Value::as_str)
             .unwrap_or("upstream error");
-        let ev = json!({ "error": {
-            "message": message,
-            "type": openai_error_type(status),
-            "param": null,
-            "code": status,
-        }});
-        write_data(&ev, out);
+        write_error(message, openai_error_type(status), status, out);
         self.state = State::UpstreamError;
-    }
-
-    fn chunk_base(&self) -> Map<String, Value> {
-        let mut c = Map::new();
-        c.insert("id".into(), json!(self.id));
-        c.insert("object".into(), json!("chat.completion.chunk"));
-        c.insert("created".into(), json!(self.created));
-        c.insert("model".into(), json!(self.model));
-        c
     }
 
     /// Writes a chunk with one choice.
@@ -381,33 +284,14 @@ impl StreamTranslator {
         finish_reason: Option<&str>,
         out: &mut Vec<u8>,
     ) {
-        let mut c = self.chunk_base();
-        c.insert(
-            "choices".into(),
-            json!([{
-                "index": index,
-                "delta": delta,
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            }]),
-        );
-        if self.include_usage {
-            c.insert("usage".into(), Value::Null);
-        }
-        write_data(&Value::Object(c), out);
+        self.chunks.choice(index, delta, finish_reason, out);
     }
-}
-
-fn write_data(v: &Value, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"data: ");
-    // Writing a Value into a Vec cannot fail.
-    serde_json::to_writer(&mut *out, v).expect("serialising a JSON value");
-    out.extend_from_slice(b"\n\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::chunks::test_support::{content, events};
     use crate::providers::gemini::generate_to_chat;
     use crate::tokens::UsageSource;
     use proptest::prelude::*;
@@ -469,28 +353,6 @@ mod tests {
         t.feed(input, &mut out).expect("feed");
         t.finish(&mut out).expect("finish");
         out
-    }
-
-    /// The data payloads of an OpenAI SSE output; `[DONE]` as a string.
-    fn events(out: &[u8]) -> Vec<Value> {
-        let s = std::str::from_utf8(out).unwrap();
-        assert!(s.is_empty() || s.ends_with("\n\n"), "{s}");
-        s.split_terminator("\n\n")
-            .map(|e| {
-                let d = e.strip_prefix("data: ").expect("a data line");
-                if d == "[DONE]" {
-                    json!("[DONE]")
-                } else {
-                    serde_json::from_str(d).unwrap()
-                }
-            })
-            .collect()
-    }
-
-    fn content(evs: &[Value]) -> String {
-        evs.iter()
-            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
-            .collect()
     }
 
     fn usage(p: u64, c: u64, cached: u64, reasoning: u64) -> Usage {

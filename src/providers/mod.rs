@@ -9,12 +9,17 @@
 //! `bedrock_stream` translates ConverseStream, framed in the AWS event
 //! stream that `eventstream` decodes. `translate` is the proxy's one door to
 //! them all. `endpoint` names the data plane's endpoints, below the proxy
-//! and the translations alike.
+//! and the translations alike. `chat` reads an OpenAI chat request (and
+//! writes a `chat.completion`) for the three translations, and `chunks` is
+//! the core their stream translators share (SSE framing, the fuse, the chunk
+//! writer).
 
 pub mod anthropic;
 pub mod anthropic_stream;
 pub mod bedrock;
 pub mod bedrock_stream;
+pub mod chat;
+pub mod chunks;
 pub mod endpoint;
 pub mod eventstream;
 pub mod gemini;

@@ -536,7 +536,20 @@ pub async fn forward(
         )
         .await));
     }
-    Attempt::Done(answer_whole(w, conn, head, target, call, out, rid, keep, inbound, plan).await)
+    let result = answer_whole(
+        w, &mut conn, &head, target, call, out, rid, keep, inbound, plan,
+    )
+    .await;
+    let reusable = result.is_ok() && head.keep_alive;
+    if reusable {
+        w.pool.borrow_mut().checkin(conn);
+    }
+    w.stats.pool_idle.set(w.pool.borrow().idle_count() as i64);
+    Attempt::Done(match result {
+        // Charged (durably, in the ring) before the client sees the response.
+        Ok(()) => Ok(out.flush().await.is_ok() && keep),
+        Err(e) => Err(e),
+    })
 }
 
 /// A response to fail over from: its body is read (bounded) for usage the
@@ -600,8 +613,8 @@ async fn fail_over(
 #[allow(clippy::too_many_arguments)]
 async fn answer_whole(
     w: &Worker,
-    mut conn: UpstreamConn,
-    head: UpstreamHead,
+    conn: &mut UpstreamConn,
+    head: &UpstreamHead,
     target: &UpstreamTarget,
     call: &Call<'_>,
     out: &mut ClientOut<'_>,
@@ -609,9 +622,9 @@ async fn answer_whole(
     keep: bool,
     inbound: Duration,
     plan: &mut MeterPlan<'_>,
-) -> Result<bool, ApiError> {
+) -> Result<(), ApiError> {
     let ok = (200..300).contains(&head.status);
-    let body = match read_body(w, &mut conn, &head, target).await {
+    let body = match read_body(w, conn, head, target).await {
         Ok(body) => body,
         Err(e) => {
             // A success cut mid-body: a non-streamed body is sent once the
@@ -630,9 +643,9 @@ async fn answer_whole(
     let usage = if ok {
         match call
             .translation
-            .response(body.bytes(&conn), call.model, super::unix_now() as i64)
+            .response(body.bytes(conn), call.model, super::unix_now() as i64)
         {
-            None => crate::tokens::usage_from_body(plan.protocol, body.bytes(&conn)),
+            None => crate::tokens::usage_from_body(plan.protocol, body.bytes(conn)),
             Some(Ok((b, u))) => {
                 translated = Some(b);
                 u
@@ -655,8 +668,8 @@ async fn answer_whole(
         let u = call
             .translation
             .upstream_protocol(plan.protocol)
-            .and_then(|p| crate::tokens::usage_from_body(p, body.bytes(&conn)));
-        translated = call.translation.error(head.status, body.bytes(&conn));
+            .and_then(|p| crate::tokens::usage_from_body(p, body.bytes(conn)));
+        translated = call.translation.error(head.status, body.bytes(conn));
         u
     };
     if let Some(usage) = &usage {
@@ -683,7 +696,7 @@ async fn answer_whole(
     response::header(out.wbuf, "x-request-id", rid.as_str().as_bytes());
     super::cost_headers(out.wbuf, settled, plan.lowered_cap);
     super::route_headers(out.wbuf, plan);
-    let bytes = translated.as_deref().unwrap_or_else(|| body.bytes(&conn));
+    let bytes = translated.as_deref().unwrap_or_else(|| body.bytes(conn));
     response::finish(out.wbuf, ResponseFraming::Length(bytes.len()), keep);
     out.wbuf.extend_from_slice(bytes);
     if let Body::InConn(n) = body {
@@ -691,15 +704,11 @@ async fn answer_whole(
         // (the pool shrinks one grown for a large body).
         conn.rbuf.drain(..n);
     }
-    if head.keep_alive {
-        w.pool.borrow_mut().checkin(conn);
-    }
-    w.stats.pool_idle.set(w.pool.borrow().idle_count() as i64);
     // Overhead on the way out: response complete -> client write.
     w.record_overhead(inbound + body_at.elapsed());
     plan.status = head.status;
     plan.first_byte_at = Some(Instant::now());
-    Ok(out.flush().await.is_ok() && keep)
+    Ok(())
 }
 
 #[cfg(test)]

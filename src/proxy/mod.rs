@@ -605,10 +605,10 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
             .get(target_model)
             .or_else(|| catalog.prices.get(model))
     };
-    let now_ms = crate::ratelimit::now_ms().max(0) as u64;
     let mut targets = match routed {
         crate::catalog::Routed::Provider(_) => {
-            targets::Targets::new(catalog, routed, model, now_ms, 0, |_| targets::Fit {
+            // A plain route reads no clock and no health.
+            targets::Targets::new(catalog, routed, model, 0, 0, |_| targets::Fit {
                 fits_window: true,
                 worst: None,
             })
@@ -620,6 +620,7 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
                 .unwrap_or(catalog.pricing.default_max_output_tokens)
                 .saturating_mul(probe.outputs_billed(endpoint));
             let seed = ask.rid.as_u128() as u64 ^ (w.spin() as u64).rotate_left(32);
+            let now_ms = crate::ratelimit::now_ms().max(0) as u64;
             targets::Targets::new(catalog, routed, model, now_ms, seed, |m| {
                 let price = price_of(m);
                 targets::Fit {
@@ -876,7 +877,8 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
             may_fail_over: attempts < targets.attempts_max && targets.has_more(),
             may_rotate_key: attempts < targets.attempts_max && provider.key_count() > 1,
         };
-        let started = Instant::now();
+        // Only a group target's health measures the attempt.
+        let started = target.health.map(|_| Instant::now());
         let inflight = target.health.map(|h| h.begin());
         let attempt = forward::forward(
             w,
@@ -905,7 +907,9 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
                             g.failures_before_cooldown,
                         );
                     } else {
-                        let ttfb = plan.first_byte_at.unwrap_or_else(Instant::now) - started;
+                        let ttfb = started.map_or(std::time::Duration::ZERO, |t| {
+                            plan.first_byte_at.unwrap_or_else(Instant::now) - t
+                        });
                         h.succeeded(u64::try_from(ttfb.as_micros()).unwrap_or(u64::MAX));
                     }
                 }

@@ -190,6 +190,9 @@ pub struct VirtualKey {
     /// Fall back already while a level of the key's chain has less than
     /// this left (as the worker last heard from the ledger).
     pub fallback_below: Option<crate::money::Money>,
+    /// The response cache's namespace for this key's requests (`None`: the
+    /// key does not use the cache).
+    pub cache_namespace: Option<Arc<str>>,
 }
 
 impl VirtualKey {
@@ -290,6 +293,8 @@ pub struct Catalog {
     fallback: Option<ProviderId>,
     /// Model groups, routed before the providers' own models.
     pub groups: Vec<ModelGroup>,
+    /// The response cache's settings (entries are the workers').
+    pub cache: CacheSettings,
     group_routes: HashMap<Box<str>, GroupId, foldhash::fast::RandomState>,
     keys_by_digest: DigestMap<KeyId>,
     /// The prices in force (shipped table plus config overrides).
@@ -531,6 +536,7 @@ impl Catalog {
                 } else {
                     team.and_then(|t| t.fallback_below)
                 },
+                cache_namespace: cache_namespace(config, k, team, customer),
             });
         }
         let model_levels = config
@@ -559,6 +565,12 @@ impl Catalog {
             fallback,
             groups,
             group_routes,
+            cache: CacheSettings {
+                ttl_ms: i64::try_from(config.cache.ttl.as_millis()).unwrap_or(i64::MAX),
+                sampled: config.cache.sampled,
+                entries_per_worker: (config.cache.entries_max / workers.max(1)).max(1),
+                bytes_per_worker: config.cache.bytes_max / workers.max(1),
+            },
             keys_by_digest,
             prices: Arc::new(config.prices.clone()),
             pricing: config.pricing,
@@ -640,6 +652,47 @@ impl Catalog {
     pub fn is_listed(&self, model: &str) -> bool {
         self.routes.contains_key(model) || self.group_routes.contains_key(model)
     }
+}
+
+/// The response cache's namespace of `k`'s requests, or `None` when the key
+/// does not use the cache: the key's `cache`, else its team's, else its
+/// customer's, else `[cache] enabled`; entries are shared by the key's
+/// customer, team or key (`[cache] namespace`, falling back to the next
+/// level down when the key has no such level).
+fn cache_namespace(
+    config: &Config,
+    k: &crate::config::KeyConfig,
+    team: Option<&crate::config::TeamConfig>,
+    customer: Option<&crate::config::CustomerConfig>,
+) -> Option<Arc<str>> {
+    use crate::config::cache::Namespace;
+    let on = k
+        .cache
+        .or(team.and_then(|t| t.cache))
+        .or(customer.and_then(|c| c.cache))
+        .unwrap_or(config.cache.enabled);
+    if !on {
+        return None;
+    }
+    let customer = customer.map(|c| format!("customer:{}", c.name));
+    let team = team.map(|t| format!("team:{}", t.name));
+    let key = format!("key:{}", k.name);
+    let ns = match config.cache.namespace {
+        Namespace::Customer => customer.or(team).unwrap_or(key),
+        Namespace::Team => team.unwrap_or(key),
+        Namespace::Key => key,
+    };
+    Some(ns.into())
+}
+
+/// What the workers' cache shards need of the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub ttl_ms: i64,
+    pub sampled: bool,
+    /// Each worker's share of `[cache] entries_max` and `bytes_max`.
+    pub entries_per_worker: usize,
+    pub bytes_per_worker: usize,
 }
 
 /// The model groups of `config`, with the health of every target that

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod alerts;
 pub mod books;
 pub mod budget;
+pub mod cache;
 pub mod catalog;
 pub mod cli;
 pub mod clock;

@@ -157,6 +157,13 @@ pub struct WorkerStats {
     /// Upstream attempts left for another target or key (unreachable,
     /// timed out, 429, 5xx, auth refused).
     pub upstream_failovers: Counter,
+    /// Requests answered from the response cache, looked up and not found,
+    /// and answers stored in it; its entries and bytes on this worker.
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_stores: Counter,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
     /// Tags from request bodies (`user`, `metadata`) not logged: the request
     /// already had `reqlog::row::TAGS_MAX` tags.
     pub tags_dropped: Counter,
@@ -528,7 +535,7 @@ impl Registry {
             (self.catalog_version)()
         );
         type Get = fn(&WorkerStats) -> i64;
-        let series: [(&str, &str, &str, Get); 22] = [
+        let series: [(&str, &str, &str, Get); 27] = [
             (
                 "bursar_connections_accepted_total",
                 "counter",
@@ -594,6 +601,36 @@ impl Registry {
                 "counter",
                 "Requests whose output cap was lowered to fit a strict budget.",
                 |w| w.budget_degraded.get() as i64,
+            ),
+            (
+                "bursar_cache_hits_total",
+                "counter",
+                "Requests answered from the response cache (no upstream call, nothing charged).",
+                |w| w.cache_hits.get() as i64,
+            ),
+            (
+                "bursar_cache_misses_total",
+                "counter",
+                "Cacheable requests not found in the response cache.",
+                |w| w.cache_misses.get() as i64,
+            ),
+            (
+                "bursar_cache_stores_total",
+                "counter",
+                "Answers stored in the response cache.",
+                |w| w.cache_stores.get() as i64,
+            ),
+            (
+                "bursar_cache_entries",
+                "gauge",
+                "Entries in the worker's response cache shard.",
+                |w| w.cache_entries.get(),
+            ),
+            (
+                "bursar_cache_bytes",
+                "gauge",
+                "Bytes held by the worker's response cache shard.",
+                |w| w.cache_bytes.get(),
             ),
             (
                 "bursar_budget_downgraded_total",

@@ -41,6 +41,9 @@ pub struct FileConfig {
     /// Public model names served by several targets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_groups: Vec<ModelGroupSection>,
+    /// The response cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<super::cache::CacheSection>,
 }
 
 /// `[[model_groups]]`: one public model name over several targets.
@@ -200,6 +203,11 @@ pub struct CustomerSection {
     pub model_budgets: Vec<ModelBudgetEntry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_rate_limits: Vec<ModelRateLimitEntry>,
+    /// Opts out of the response cache (`false`) or in (`true`) whatever
+    /// `[cache] enabled` says; the key's word wins over its team's, the
+    /// team's over its customer's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Clone, Serialize)]
@@ -225,6 +233,11 @@ pub struct TeamSection {
     /// Fall back already while a budget has less than this left (USD).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_below_usd: Option<String>,
+    /// Opts out of the response cache (`false`) or in (`true`) whatever
+    /// `[cache] enabled` says; the key's word wins over its team's, the
+    /// team's over its customer's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 /// A price override, USD per million tokens.
@@ -435,4 +448,9 @@ pub struct KeySection {
     /// Fall back already while a budget has less than this left (USD).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_below_usd: Option<String>,
+    /// Opts out of the response cache (`false`) or in (`true`) whatever
+    /// `[cache] enabled` says; the key's word wins over its team's, the
+    /// team's over its customer's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }

@@ -6,6 +6,7 @@
 //! names the field. Nothing downstream re-validates.
 
 pub mod alerts;
+pub mod cache;
 pub mod dimensions;
 pub mod file;
 pub mod groups;
@@ -57,6 +58,8 @@ pub struct Config {
     pub tag_budgets: Vec<dimensions::TagBudget>,
     /// Public model names served by several targets (`[[model_groups]]`).
     pub model_groups: Vec<groups::ModelGroup>,
+    /// The response cache (`[cache]`).
+    pub cache: cache::CacheConfig,
     /// The file it came from, if any (for reload).
     pub source: Option<PathBuf>,
 }
@@ -69,6 +72,8 @@ pub struct CustomerConfig {
     pub model_budgets: Vec<dimensions::ModelBudget>,
     /// Rate limits on single models, over this customer's keys.
     pub model_rate_limits: Vec<dimensions::ModelRateLimit>,
+    /// `cache = true | false`: opts the customer's keys in or out.
+    pub cache: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +90,8 @@ pub struct TeamConfig {
     /// The model a request falls back to when the team's budgets cannot
     /// afford the one it asked for.
     pub fallback_model: Option<String>,
+    /// `cache = true | false`: opts the team's keys in or out.
+    pub cache: Option<bool>,
     /// And already while a budget has less than this left.
     pub fallback_below: Option<crate::money::Money>,
 }
@@ -224,6 +231,8 @@ pub struct KeyConfig {
     /// The model a request falls back to when its budgets cannot afford
     /// the one it asked for (announced in `x-bursar-model-downgraded`).
     pub fallback_model: Option<String>,
+    /// `cache = true | false`: opts the key in or out.
+    pub cache: Option<bool>,
     /// And already while a budget has less than this left.
     pub fallback_below: Option<crate::money::Money>,
 }
@@ -644,6 +653,7 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
             budget: budget_field(&field, &c.budget)?,
             model_budgets: dimensions::owner_model_budgets(&field, &c.model_budgets)?,
             model_rate_limits: dimensions::owner_model_rate_limits(&field, &c.model_rate_limits)?,
+            cache: c.cache,
         });
     }
     let mut teams: Vec<TeamConfig> = Vec::with_capacity(file.teams.len());
@@ -673,6 +683,7 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
             model_budgets: dimensions::owner_model_budgets(&field, &t.model_budgets)?,
             model_rate_limits: dimensions::owner_model_rate_limits(&field, &t.model_rate_limits)?,
             fallback_model: t.fallback_model.clone(),
+            cache: t.cache,
             fallback_below: fallback_below(&field, &t.fallback_model, &t.fallback_below_usd)?,
         });
     }
@@ -707,6 +718,7 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         k.model_rate_limits =
             dimensions::owner_model_rate_limits(&field, &section.model_rate_limits)?;
         k.fallback_model = section.fallback_model.clone();
+        k.cache = section.cache;
         k.fallback_below =
             fallback_below(&field, &section.fallback_model, &section.fallback_below_usd)?;
     }
@@ -850,6 +862,7 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         model_budgets,
         tag_budgets,
         model_groups,
+        cache: cache::cache_config(file.cache.as_ref())?,
         source,
     };
     for (field, fallback) in config
@@ -985,6 +998,7 @@ fn validate_key(field: &str, k: &KeySection) -> Result<KeyConfig, ConfigError> {
         model_rate_limits: Vec::new(),
         fallback_model: None,
         fallback_below: None,
+        cache: None,
     })
 }
 

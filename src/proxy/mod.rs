@@ -52,6 +52,9 @@ pub struct Worker {
     pub books: books::WorkerBooks,
     /// The request log's queue (`None`: `[log] sink = "off"`).
     pub log: Option<crate::reqlog::LogSender>,
+    /// This worker's response cache shard, made with the settings it was
+    /// made for (a catalog with other bounds makes a new, empty one).
+    cache: RefCell<Option<(crate::catalog::CacheSettings, crate::cache::Shard)>>,
     ids: RequestIds,
     spin: Cell<usize>,
     /// Internal overhead per forwarded request, in nanoseconds.
@@ -91,6 +94,7 @@ impl Worker {
             count_jobs,
             books: books::WorkerBooks::new(link),
             log,
+            cache: RefCell::new(None),
             ids: RequestIds::new(id_salt, id),
             spin: Cell::new(id),
             catalog_cache: RefCell::new(Rc::new(catalog.load_full())),
@@ -128,6 +132,55 @@ impl Worker {
             self.overhead_published.set(h.len());
             self.stats.publish_overhead(h.clone());
         }
+    }
+
+    /// The worker's cache shard for `settings`.
+    pub fn cache_shard(
+        &self,
+        settings: &crate::catalog::CacheSettings,
+    ) -> std::cell::RefMut<'_, crate::cache::Shard> {
+        let mut slot = self.cache.borrow_mut();
+        let fits = slot.as_ref().is_some_and(|(s, _)| {
+            s.entries_per_worker == settings.entries_per_worker
+                && s.bytes_per_worker == settings.bytes_per_worker
+        });
+        if !fits {
+            let shard =
+                crate::cache::Shard::new(settings.entries_per_worker, settings.bytes_per_worker);
+            *slot = Some((*settings, shard));
+        }
+        std::cell::RefMut::map(slot, |s| match s {
+            Some((_, shard)) => shard,
+            None => unreachable!("set above"),
+        })
+    }
+
+    /// Stores an answer in the cache shard (made by the request's lookup).
+    pub fn cache_store(
+        &self,
+        key: crate::cache::CacheKey,
+        body: Vec<u8>,
+        stream: bool,
+        plan: &settle::MeterPlan<'_>,
+    ) {
+        let Some(charged) = plan.charged.filter(|c| !c.estimated) else {
+            return;
+        };
+        let catalog = self.catalog();
+        let mut shard = self.cache_shard(&catalog.cache);
+        shard.insert(
+            key,
+            crate::cache::Entry {
+                body: body.into(),
+                stream,
+                cost_picodollars: charged.cost.picodollars(),
+                model: plan.model.into(),
+                expires_at_ms: crate::ratelimit::now_ms().saturating_add(catalog.cache.ttl_ms),
+            },
+        );
+        self.stats.cache_stores.inc();
+        self.stats.cache_entries.set(shard.len() as i64);
+        self.stats.cache_bytes.set(shard.bytes() as i64);
     }
 
     pub fn draining(&self) -> bool {
@@ -373,6 +426,8 @@ struct RowSeed<'c, 'r> {
     charged: Option<settle::Charged>,
     /// Whether the model had a price ("unpriced" in the log when not).
     priced: bool,
+    /// What the response cache did with the request.
+    cache: crate::reqlog::CacheStatus,
     /// Failed attempts the provider reported usage for, each charged under
     /// its own request id: (id, charge, status, provider).
     billed_attempts: Vec<(RequestId, settle::Charged, u16, &'c std::sync::Arc<str>)>,
@@ -421,7 +476,7 @@ impl RowSeed<'_, '_> {
             estimated: self.charged.is_some_and(|c| c.estimated),
             ttfb_us: self.ttfb_us,
             total_us: u64::try_from(ready_at.elapsed().as_micros()).unwrap_or(u64::MAX),
-            cache_status: crate::reqlog::CacheStatus::None,
+            cache_status: self.cache,
             stream: self.stream,
             tags: self.tags,
             prompt_text: None,
@@ -472,6 +527,7 @@ async fn proxy_api_inner<'c, 'r>(
             ttfb_us: None,
             charged: None,
             priced: true,
+            cache: crate::reqlog::CacheStatus::None,
             billed_attempts: Vec::new(),
         });
     }
@@ -511,6 +567,45 @@ async fn proxy_api_inner<'c, 'r>(
             format!("the model {model:?} does not exist or is not served by this gateway"),
         )
     })?;
+    // The response cache, before any routing or budget: a hit costs
+    // nothing and no provider is asked.
+    let mut cache_key = None;
+    if let Some(ns) = key.cache_namespace.as_deref() {
+        let (skip, refresh) = match req.head.header(req.bytes, "x-bursar-cache") {
+            None => (false, false),
+            Some(v) => match v.trim_ascii() {
+                b"skip" => (true, false),
+                b"refresh" => (false, true),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid_value",
+                        "x-bursar-cache must be \"skip\" or \"refresh\"",
+                    ))
+                }
+            },
+        };
+        if !skip && endpoint != Endpoint::Messages {
+            if let Ok(k) = crate::cache::key(ns, endpoint, req.body, catalog.cache.sampled) {
+                if !refresh {
+                    if let Some(hit) = answer_from_cache(w, catalog, k, req, out, rid, keep) {
+                        w.stats.cache_hits.inc();
+                        w.stats.response(200);
+                        if let Some(r) = row.as_mut() {
+                            r.cache = crate::reqlog::CacheStatus::Hit;
+                            r.status = 200;
+                            r.model = std::borrow::Cow::Owned(hit.to_string());
+                        }
+                        return Ok(out.flush().await.is_ok() && keep);
+                    }
+                    w.stats.cache_misses.inc();
+                }
+                if let Some(r) = row.as_mut() {
+                    r.cache = crate::reqlog::CacheStatus::Miss;
+                }
+                cache_key = Some(k);
+            }
+        }
+    }
     let ctx = Ask {
         catalog,
         key,
@@ -522,6 +617,7 @@ async fn proxy_api_inner<'c, 'r>(
         rid,
         keep,
         ready_at,
+        cache_key,
     };
     // A budget running low sends the request to the fallback model at once
     // (`fallback_below_usd`, against this worker's view of the budgets).
@@ -574,6 +670,9 @@ struct Ask<'c, 'r, 'p> {
     rid: &'p RequestId,
     keep: bool,
     ready_at: Instant,
+    /// The request's key in the response cache, when its answer may be
+    /// stored there.
+    cache_key: Option<crate::cache::CacheKey>,
 }
 
 /// Anthropic adds a system prompt of its own to a request with tools (a
@@ -754,6 +853,7 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
                 provider: &provider.header_line,
                 attempts,
                 downgraded_to,
+                cache_key: None,
             };
             let result = answer_from_mock(w, ask, out, &mut plan).await;
             if result.is_ok() {
@@ -802,6 +902,9 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
             provider: &provider.header_line,
             attempts,
             downgraded_to,
+            // An answer for a fallback model is not the answer to the
+            // request's own key.
+            cache_key: ask.cache_key.filter(|_| downgraded_to.is_none()),
         };
 
         let auth = provider.auth_header();
@@ -963,6 +1066,48 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
     Err(last_error.or(refusal).unwrap_or_else(|| {
         ApiError::service_unavailable(format!("no target of the model {model:?} is available"))
     }))
+}
+
+/// Writes the cached answer to `key` into the client's buffer, if the
+/// worker's shard has it: the model it names, or `None` on a miss. The
+/// answer costs nothing; a stream is replayed as one chunk, its cost (0)
+/// in the head.
+fn answer_from_cache(
+    w: &Worker,
+    catalog: &Catalog,
+    key: crate::cache::CacheKey,
+    req: &RequestView<'_>,
+    out: &mut ClientOut<'_>,
+    rid: &RequestId,
+    keep: bool,
+) -> Option<Box<str>> {
+    let mut shard = w.cache_shard(&catalog.cache);
+    let entry = shard.get(key, crate::ratelimit::now_ms())?;
+    let http10 = req.head.version_minor == 0;
+    response::begin(out.wbuf, 200);
+    let kind: &[u8] = if entry.stream {
+        b"text/event-stream; charset=utf-8"
+    } else {
+        b"application/json"
+    };
+    response::header(out.wbuf, "content-type", kind);
+    response::header(out.wbuf, "x-request-id", rid.as_str().as_bytes());
+    out.wbuf
+        .extend_from_slice(b"x-bursar-cache: hit\r\nx-bursar-cost-usd: 0\r\n");
+    if entry.stream && !http10 {
+        response::finish(out.wbuf, response::ResponseFraming::Chunked, keep);
+        crate::http::chunked::write_chunk_header(out.wbuf, entry.body.len());
+        out.wbuf.extend_from_slice(&entry.body);
+        out.wbuf.extend_from_slice(b"\r\n0\r\n\r\n");
+    } else {
+        response::finish(
+            out.wbuf,
+            response::ResponseFraming::Length(entry.body.len()),
+            keep,
+        );
+        out.wbuf.extend_from_slice(&entry.body);
+    }
+    Some(entry.model.clone())
 }
 
 /// Answers a request from the in-process mock provider.
@@ -1186,6 +1331,9 @@ fn route_headers(wbuf: &mut Vec<u8>, plan: &settle::MeterPlan<'_>) {
     // unannounced rather than break the head.
     wbuf.extend_from_slice(plan.provider);
     wbuf.extend_from_slice(ATTEMPTS[(plan.attempts as usize).min(ATTEMPTS.len() - 1)]);
+    if plan.cache_key.is_some() {
+        wbuf.extend_from_slice(b"x-bursar-cache: miss\r\n");
+    }
     if let Some(m) = plan.downgraded_to {
         if m.bytes().all(|b| (0x20..0x7f).contains(&b)) {
             response::header(wbuf, "x-bursar-model-downgraded", m.as_bytes());

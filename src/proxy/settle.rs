@@ -37,6 +37,9 @@ pub struct MeterPlan<'a> {
     pub provider: &'a [u8],
     pub attempts: u32,
     pub downgraded_to: Option<&'a str>,
+    /// Where a successful answer with the provider's usage is stored in the
+    /// response cache (`None`: not cacheable, or not to be stored).
+    pub cache_key: Option<crate::cache::CacheKey>,
 }
 
 /// What a request was charged, for the request log.

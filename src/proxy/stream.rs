@@ -182,6 +182,8 @@ pub async fn relay(
     let mut tail: [u8; 2] = *b"\n\n";
     // A translated stream: the provider's bytes, before translation.
     let mut upstream_bytes = Vec::new();
+    // The stream as the client receives it, when it may be cached.
+    let mut cached: Option<Vec<u8>> = plan.cache_key.map(|_| Vec::new());
     let end = loop {
         if gone_at_head {
             break StreamEnd::ClientGone;
@@ -204,6 +206,14 @@ pub async fn relay(
             remove_null_usage(&mut frame, data_start);
         }
         let data_len = frame.len() - data_start;
+        if let Some(kept) = cached.as_mut() {
+            // What the client receives, for the response cache (bounded).
+            if kept.len() + data_len <= crate::cache::CACHE_ENTRY_BYTES_MAX {
+                kept.extend_from_slice(&frame[data_start..]);
+            } else {
+                cached = None;
+            }
+        }
         if data_len > 0 {
             if chunked_out {
                 frame[..FRAME_HEADER_BYTES].copy_from_slice(&fixed_chunk_header(data_len));
@@ -343,6 +353,12 @@ pub async fn relay(
         }
     }
 
+    if let (Some(key), Some(mut kept), StreamEnd::Complete) = (plan.cache_key, cached, end) {
+        if kept.len() + held.len() <= crate::cache::CACHE_ENTRY_BYTES_MAX {
+            kept.extend_from_slice(&held);
+            w.cache_store(key, kept, true, plan);
+        }
+    }
     match end {
         StreamEnd::Complete => {
             if head.keep_alive && !matches!(source, Source::Close) {

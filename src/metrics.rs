@@ -162,6 +162,8 @@ pub struct WorkerStats {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub cache_stores: Counter,
+    /// What the hits' answers cost when they were paid for.
+    pub cache_avoided_picodollars: Counter,
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
     /// Tags from request bodies (`user`, `metadata`) not logged: the request
@@ -535,7 +537,7 @@ impl Registry {
             (self.catalog_version)()
         );
         type Get = fn(&WorkerStats) -> i64;
-        let series: [(&str, &str, &str, Get); 27] = [
+        let series: [(&str, &str, &str, Get); 28] = [
             (
                 "bursar_connections_accepted_total",
                 "counter",
@@ -619,6 +621,12 @@ impl Registry {
                 "counter",
                 "Answers stored in the response cache.",
                 |w| w.cache_stores.get() as i64,
+            ),
+            (
+                "bursar_cache_avoided_picodollars_total",
+                "counter",
+                "Spend the response cache's hits avoided: what their answers cost when paid for, in picodollars.",
+                |w| w.cache_avoided_picodollars.get() as i64,
             ),
             (
                 "bursar_cache_entries",

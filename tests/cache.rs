@@ -91,6 +91,10 @@ fn the_same_question_is_answered_from_memory_for_free_and_reaches_no_provider() 
     assert_eq!(spent_at(&gw, ADMIN, "customers/acme"), paid);
     assert_eq!(gw.metric_sum("bursar_cache_hits_total"), 2);
     assert_eq!(gw.metric_sum("bursar_cache_stores_total"), 1);
+    assert_eq!(
+        gw.metric_sum("bursar_cache_avoided_picodollars_total") as i128,
+        2 * paid
+    );
     // The log says so.
     std::thread::sleep(Duration::from_millis(600));
     let rows = util::admin_get(&gw, ADMIN, "/admin/logs?limit=10").json();

@@ -426,8 +426,10 @@ struct RowSeed<'c, 'r> {
     charged: Option<settle::Charged>,
     /// Whether the model had a price ("unpriced" in the log when not).
     priced: bool,
-    /// What the response cache did with the request.
+    /// What the response cache did with the request, and on a hit the
+    /// spend it avoided (what the answer cost when it was paid for).
     cache: crate::reqlog::CacheStatus,
+    avoided_picodollars: i128,
     /// Failed attempts the provider reported usage for, each charged under
     /// its own request id: (id, charge, status, provider).
     billed_attempts: Vec<(RequestId, settle::Charged, u16, &'c std::sync::Arc<str>)>,
@@ -528,6 +530,7 @@ async fn proxy_api_inner<'c, 'r>(
             charged: None,
             priced: true,
             cache: crate::reqlog::CacheStatus::None,
+            avoided_picodollars: 0,
             billed_attempts: Vec::new(),
         });
     }
@@ -587,13 +590,19 @@ async fn proxy_api_inner<'c, 'r>(
         if !skip && endpoint != Endpoint::Messages {
             if let Ok(k) = crate::cache::key(ns, endpoint, req.body, catalog.cache.sampled) {
                 if !refresh {
-                    if let Some(hit) = answer_from_cache(w, catalog, k, req, out, rid, keep) {
+                    if let Some((model, avoided)) =
+                        answer_from_cache(w, catalog, k, req, out, rid, keep)
+                    {
                         w.stats.cache_hits.inc();
+                        w.stats
+                            .cache_avoided_picodollars
+                            .add(u64::try_from(avoided).unwrap_or(0));
                         w.stats.response(200);
                         if let Some(r) = row.as_mut() {
                             r.cache = crate::reqlog::CacheStatus::Hit;
+                            r.avoided_picodollars = avoided;
                             r.status = 200;
-                            r.model = std::borrow::Cow::Owned(hit.to_string());
+                            r.model = std::borrow::Cow::Owned(model.to_string());
                         }
                         return Ok(out.flush().await.is_ok() && keep);
                     }
@@ -1069,7 +1078,8 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
 }
 
 /// Writes the cached answer to `key` into the client's buffer, if the
-/// worker's shard has it: the model it names, or `None` on a miss. The
+/// worker's shard has it: the model it names and the spend it avoids, or
+/// `None` on a miss. The
 /// answer costs nothing; a stream is replayed as one chunk, its cost (0)
 /// in the head.
 fn answer_from_cache(
@@ -1080,7 +1090,7 @@ fn answer_from_cache(
     out: &mut ClientOut<'_>,
     rid: &RequestId,
     keep: bool,
-) -> Option<Box<str>> {
+) -> Option<(Box<str>, i128)> {
     let mut shard = w.cache_shard(&catalog.cache);
     let entry = shard.get(key, crate::ratelimit::now_ms())?;
     let http10 = req.head.version_minor == 0;
@@ -1107,7 +1117,7 @@ fn answer_from_cache(
         );
         out.wbuf.extend_from_slice(&entry.body);
     }
-    Some(entry.model.clone())
+    Some((entry.model.clone(), entry.cost_picodollars))
 }
 
 /// Answers a request from the in-process mock provider.

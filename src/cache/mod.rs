@@ -57,9 +57,23 @@ pub fn key(
     body: &[u8],
     sampled_ok: bool,
 ) -> Result<CacheKey, NotCacheable> {
+    if !sampled_ok && endpoint != Endpoint::Embeddings {
+        // Decided on the raw bytes first (the byte walker, no parse): a
+        // request that is not cacheable pays almost nothing for the cache.
+        // A name written with escapes is not found here: not cached.
+        let deterministic = crate::tokens::json::top_member(body, b"temperature")
+            .and_then(|(s, e)| std::str::from_utf8(&body[s..e]).ok())
+            .and_then(|t| t.parse::<f64>().ok())
+            .is_some_and(|t| t == 0.0);
+        if !deterministic {
+            return Err(NotCacheable::Sampled);
+        }
+    }
     let mut v: serde_json::Value = serde_json::from_slice(body).map_err(|_| NotCacheable::Body)?;
     let obj = v.as_object_mut().ok_or(NotCacheable::Body)?;
     if !sampled_ok && endpoint != Endpoint::Embeddings {
+        // The parse is the judge: a duplicate `temperature` member (the
+        // walker saw the first, serde keeps the last) must say 0 as well.
         let deterministic = obj
             .get("temperature")
             .and_then(serde_json::Value::as_f64)
@@ -318,6 +332,16 @@ mod tests {
             key("n", Endpoint::ChatCompletions, b"[1]", true),
             Err(NotCacheable::Body)
         );
+        // Duplicates: both readings must say 0.
+        for dup in [
+            &br#"{"temperature":0,"temperature":1,"messages":[]}"#[..],
+            &br#"{"temperature":1,"temperature":0,"messages":[]}"#[..],
+        ] {
+            assert_eq!(
+                key("n", Endpoint::ChatCompletions, dup, false),
+                Err(NotCacheable::Sampled)
+            );
+        }
     }
 
     #[test]

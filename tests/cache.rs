@@ -255,3 +255,41 @@ cache = true
         Some("hit")
     );
 }
+
+#[test]
+fn the_in_process_mock_provider_is_cached_too() {
+    let config = r#"
+[server]
+workers = 1
+
+[cache]
+enabled = true
+
+[[providers]]
+name = "inproc"
+kind = "mock"
+models = ["mock-model"]
+
+[[virtual_keys]]
+name = "demo"
+key = "sk-bursar-demo"
+
+[[prices]]
+model = "mock-model"
+input_per_mtok_usd = "1"
+output_per_mtok_usd = "2"
+"#;
+    let gw = Gateway::start(config, &[]);
+    let mut c = Client::connect(gw.addr);
+    for stream in ["false", "true"] {
+        let body = Q.replace("gpt-4o-mini", "mock-model").replace(
+            "\"temperature\":0",
+            &format!("\"temperature\":0,\"stream\":{stream}"),
+        );
+        let first = ask(&mut c, "sk-bursar-demo", &body, &[]);
+        assert_eq!(first.header("x-bursar-cache"), Some("miss"));
+        let second = ask(&mut c, "sk-bursar-demo", &body, &[]);
+        assert_eq!(second.header("x-bursar-cache"), Some("hit"), "{stream}");
+        assert_eq!(second.body, first.body);
+    }
+}

@@ -862,7 +862,7 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
                 provider: &provider.header_line,
                 attempts,
                 downgraded_to,
-                cache_key: None,
+                cache_key: ask.cache_key.filter(|_| downgraded_to.is_none()),
             };
             let result = answer_from_mock(w, ask, out, &mut plan).await;
             if result.is_ok() {
@@ -1376,6 +1376,9 @@ async fn send_mock(
                 keep,
             );
             out.wbuf.extend_from_slice(&body);
+            if let Some(key) = plan.cache_key {
+                w.cache_store(key, body, false, plan);
+            }
             out.flush().await.is_ok() && keep
         }
         MockReply::Events(events) => {
@@ -1408,6 +1411,9 @@ async fn send_mock(
             }
             if framing == response::ResponseFraming::Chunked {
                 out.wbuf.extend_from_slice(b"0\r\n\r\n");
+            }
+            if let Some(key) = plan.cache_key {
+                w.cache_store(key, events.concat(), true, plan);
             }
             w.stats.streams_completed.inc();
             out.flush().await.is_ok() && keep && !http10

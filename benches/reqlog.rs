@@ -56,6 +56,7 @@ fn row(n: u64, tags: bool) -> LogRow {
         cache_write_tokens: 0,
         reasoning_tokens: 0,
         cost_picodollars: 225_000_000 + (n % 1000) as i128 * 600_000,
+        avoided_picodollars: 0,
         price_version: "2026-11-01".into(),
         estimated: false,
         ttfb_us: Some(180_000),

@@ -184,7 +184,8 @@ INSERT INTO request_tags VALUES ('req_v1', 'env', 'prod'), ('req_v1', 'feature',
         .query_one("SELECT version FROM schema_version", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 2);
+    // Through version 2 to the current one.
+    assert_eq!(version, 3);
     let left: i64 = client
         .query_one(
             "SELECT COUNT(*) FROM pg_class WHERE relname LIKE 'request_tags%'",
@@ -200,6 +201,7 @@ INSERT INTO request_tags VALUES ('req_v1', 'env', 'prod'), ('req_v1', 'feature',
     let old = store.query_logs(&LogFilter::default()).unwrap();
     assert_eq!(old.len(), 1);
     assert_eq!(old[0].cost_picodollars, 123_456_789_012_345_678_901_234);
+    assert_eq!(old[0].avoided_picodollars, 0);
     let mut new_rows = varied_rows(31, 1);
     new_rows[0].time_ms = T0 + 1;
     new_rows[0].tags = vec![];
@@ -208,6 +210,137 @@ INSERT INTO request_tags VALUES ('req_v1', 'env', 'prod'), ('req_v1', 'feature',
         requests_by_tag(store.as_mut(), "feature"),
         [("".to_string(), 1), ("search".to_string(), 1)]
     );
+}
+
+/// The version 2 schema, as bursar created it before the spend a cache hit
+/// avoided was kept, with two rows (one a cache hit, from before the column).
+const SCHEMA_V2: &str = r#"
+CREATE TABLE schema_version (version BIGINT NOT NULL);
+INSERT INTO schema_version (version) VALUES (2);
+CREATE TABLE requests (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    time_ms BIGINT NOT NULL,
+    key_name TEXT NOT NULL,
+    team TEXT,
+    customer TEXT,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    cached_tokens BIGINT NOT NULL,
+    cache_write_tokens BIGINT NOT NULL,
+    reasoning_tokens BIGINT NOT NULL,
+    cost_picodollars NUMERIC(39, 0) NOT NULL,
+    price_version TEXT NOT NULL,
+    estimated BOOLEAN NOT NULL,
+    ttfb_us BIGINT,
+    total_us BIGINT NOT NULL,
+    cache_status TEXT NOT NULL,
+    stream BOOLEAN NOT NULL,
+    tags TEXT NOT NULL,
+    prompt_text TEXT,
+    completion_text TEXT
+);
+CREATE INDEX requests_time ON requests (time_ms, id);
+CREATE INDEX requests_key_time ON requests (key_name, time_ms);
+INSERT INTO requests VALUES ('req_v2a', 1795737600000, 'k-old', 'red', NULL, 'openai',
+    'gpt-4o', 'chat/completions', 200, 10, 2, 0, 0, 0, 123456789012345678901234, '2026-11-01',
+    false, 1500, 90000, 'miss', true, '{"env":"prod"}', NULL, NULL);
+INSERT INTO requests VALUES ('req_v2b', 1795737600001, 'k-old', 'red', NULL, 'openai',
+    'gpt-4o', 'chat/completions', 200, 10, 2, 0, 0, 0, 0, '2026-11-01',
+    false, 100, 200, 'hit', false, '{}', NULL, NULL);
+"#;
+
+#[test]
+fn a_version_2_database_gains_avoided_spend_and_its_rows_read_zero() {
+    let db = TestDb::new();
+    let dir = TempDir::new("pg-migrate-v2");
+    let mut client =
+        postgres::Client::connect(&format!("{SERVER}/{}", db.name), postgres::NoTls).unwrap();
+    client.batch_execute(SCHEMA_V2).unwrap();
+    let cfg = db.config();
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    let version: i64 = client
+        .query_one("SELECT version FROM schema_version", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 3);
+    assert_eq!(version, bursar::reqlog::store::SCHEMA_VERSION);
+    // The column is NUMERIC(39,0) NOT NULL, 0 in the old rows.
+    let column = client
+        .query_one(
+            "SELECT data_type, numeric_precision, numeric_scale, is_nullable \
+             FROM information_schema.columns \
+             WHERE table_name = 'requests' AND column_name = 'avoided_picodollars'",
+            &[],
+        )
+        .unwrap();
+    let (kind, precision, scale, nullable): (String, i32, i32, String) =
+        (column.get(0), column.get(1), column.get(2), column.get(3));
+    assert_eq!(
+        (kind.as_str(), precision, scale, nullable.as_str()),
+        ("numeric", 39, 0, "NO")
+    );
+    let stored: Vec<String> = client
+        .query(
+            "SELECT avoided_picodollars::TEXT FROM requests ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored, ["0", "0"]);
+    // The old rows read back whole, avoiding nothing.
+    let old = store.query_logs(&LogFilter::default()).unwrap();
+    assert_eq!(
+        old.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["req_v2b", "req_v2a"]
+    );
+    assert!(old.iter().all(|r| r.avoided_picodollars == 0));
+    assert_eq!(old[1].cost_picodollars, 123_456_789_012_345_678_901_234);
+    assert_eq!(old[0].cache_status, bursar::reqlog::CacheStatus::Hit);
+    // A new hit goes in beside them (COPY through the staging table made
+    // after the migration); the sums cover old and new rows.
+    let mut new_rows = varied_rows(32, 1);
+    new_rows[0].time_ms = T0 + 2;
+    new_rows[0].key = "k-old".into();
+    new_rows[0].cache_status = bursar::reqlog::CacheStatus::Hit;
+    new_rows[0].cost_picodollars = 0;
+    new_rows[0].avoided_picodollars = 123_456_789_012_345_678_901_234;
+    write_through(&cfg, dir.path(), &new_rows);
+    let got = store
+        .query_logs(&LogFilter {
+            limit: 1,
+            ..LogFilter::default()
+        })
+        .unwrap();
+    assert_eq!(got, as_stored(&new_rows, true));
+    let totals = store.spend_totals(&GroupBy::Key, T0, T0 + DAY).unwrap();
+    assert_eq!(totals.len(), 1);
+    assert_eq!(totals[0].requests, 3);
+    assert_eq!(totals[0].cost_picodollars, 123_456_789_012_345_678_901_234);
+    assert_eq!(
+        totals[0].avoided_picodollars,
+        123_456_789_012_345_678_901_234
+    );
+    let series = store
+        .spend_series(&GroupBy::Key, bursar::reqlog::Bucket::Minute, T0, T0 + DAY)
+        .unwrap();
+    assert_eq!(series.len(), 1);
+    assert_eq!(
+        (series[0].cost_picodollars, series[0].avoided_picodollars),
+        (
+            123_456_789_012_345_678_901_234,
+            123_456_789_012_345_678_901_234
+        )
+    );
+    // Opening again changes nothing.
+    drop(store);
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    assert_eq!(store.count().unwrap(), 3);
 }
 
 #[test]
@@ -231,6 +364,7 @@ fn costs_are_numeric_and_sum_exactly_in_sql() {
     let mut rows = varied_rows(12, 4);
     for (r, cost) in rows.iter_mut().zip([i128::MAX, i128::MIN + 1, 1, -1]) {
         r.cost_picodollars = cost;
+        r.avoided_picodollars = cost.wrapping_neg();
     }
     write_through(&db.config(), dir.path(), &rows);
     let mut store = db.config().open_store(dir.path()).unwrap();
@@ -245,5 +379,14 @@ fn costs_are_numeric_and_sum_exactly_in_sql() {
         .unwrap()
         .get(0);
     // MAX + (MIN + 1) + 1 - 1 = 0: exact across the whole i128 range.
+    assert_eq!(sum, "0");
+    // The same for the spend cache hits avoided.
+    let mut avoided: Vec<i128> = got.iter().map(|r| r.avoided_picodollars).collect();
+    avoided.sort_unstable();
+    assert_eq!(avoided, vec![i128::MIN + 1, -1, 1, i128::MAX]);
+    let sum: String = client
+        .query_one("SELECT SUM(avoided_picodollars)::TEXT FROM requests", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(sum, "0");
 }

@@ -80,6 +80,19 @@ fn the_file_is_wal_with_the_schema_version() {
         )
         .unwrap();
     assert!(cost.parse::<i128>().is_ok(), "{cost}");
+    // So is the spend a cache hit avoided.
+    let avoided: Vec<String> = conn
+        .prepare("SELECT avoided_picodollars FROM requests")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(avoided.len(), 3);
+    assert!(
+        avoided.iter().all(|a| a.parse::<i128>().is_ok()),
+        "{avoided:?}"
+    );
     // A newer schema is refused at start rather than misread.
     conn.execute("UPDATE schema_version SET version = 99", [])
         .unwrap();
@@ -141,14 +154,15 @@ fn a_version_1_file_is_migrated_and_its_tags_still_query() {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(SCHEMA_V1).unwrap();
     }
-    // Opening migrates: version 2, `request_tags` and its index gone.
+    // Opening migrates to the current version (through 2 and 3):
+    // `request_tags` and its index gone.
     let cfg = sqlite();
     let mut store = cfg.open_store(dir.path()).unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let left: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_schema WHERE name LIKE 'request_tags%'",
@@ -167,6 +181,7 @@ fn a_version_1_file_is_migrated_and_its_tags_still_query() {
     assert_eq!(old.len(), 1);
     assert_eq!(old[0].id, "req_v1");
     assert_eq!(old[0].cost_picodollars, 123_456_789_012_345_678_901_234);
+    assert_eq!(old[0].avoided_picodollars, 0);
     assert_eq!(
         old[0].tags,
         vec![
@@ -193,6 +208,140 @@ fn a_version_1_file_is_migrated_and_its_tags_still_query() {
     assert_eq!(
         requests_by_tag(store.as_mut(), "feature"),
         [("".to_string(), 1), ("search".to_string(), 2)]
+    );
+    // Opening again changes nothing.
+    drop(store);
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    assert_eq!(store.count().unwrap(), 3);
+}
+
+/// The version 2 schema, as bursar created it before the spend a cache hit
+/// avoided was kept, with two rows (one a cache hit, from before the column).
+const SCHEMA_V2: &str = "
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+INSERT INTO schema_version (version) VALUES (2);
+CREATE TABLE requests (
+    id TEXT NOT NULL UNIQUE,
+    time_ms INTEGER NOT NULL,
+    key_name TEXT NOT NULL,
+    team TEXT,
+    customer TEXT,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    cost_picodollars TEXT NOT NULL,
+    price_version TEXT NOT NULL,
+    estimated INTEGER NOT NULL,
+    ttfb_us INTEGER,
+    total_us INTEGER NOT NULL,
+    cache_status TEXT NOT NULL,
+    stream INTEGER NOT NULL,
+    tags TEXT NOT NULL,
+    prompt_text TEXT,
+    completion_text TEXT
+);
+CREATE INDEX requests_time ON requests (time_ms, id);
+CREATE INDEX requests_key_time ON requests (key_name, time_ms);
+INSERT INTO requests VALUES ('req_v2a', 1795737600000, 'k-old', 'red', NULL, 'openai',
+    'gpt-4o', 'chat/completions', 200, 10, 2, 0, 0, 0, '123456789012345678901234', '2026-11-01',
+    0, 1500, 90000, 'miss', 1, '{\"env\":\"prod\"}', NULL, NULL);
+INSERT INTO requests VALUES ('req_v2b', 1795737600001, 'k-old', 'red', NULL, 'openai',
+    'gpt-4o', 'chat/completions', 200, 10, 2, 0, 0, 0, '0', '2026-11-01',
+    0, 100, 200, 'hit', 0, '{}', NULL, NULL);
+";
+
+#[test]
+fn a_version_2_file_gains_avoided_spend_and_its_rows_read_zero() {
+    let dir = TempDir::new("migrate-v2");
+    let path = dir.path().join(LOG_SQLITE_FILE);
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V2).unwrap();
+    }
+    let cfg = sqlite();
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+    assert_eq!(version, bursar::reqlog::store::SCHEMA_VERSION);
+    // The column is exact decimal text, '0' in the old rows.
+    let (kind, not_null, default): (String, bool, String) = conn
+        .query_row(
+            "SELECT type, \"notnull\", dflt_value FROM pragma_table_info('requests') \
+             WHERE name = 'avoided_picodollars'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (kind.as_str(), not_null, default.as_str()),
+        ("TEXT", true, "'0'")
+    );
+    let stored: Vec<String> = conn
+        .prepare("SELECT avoided_picodollars FROM requests ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(stored, ["0", "0"]);
+    // The old rows read back whole, avoiding nothing.
+    let old = store.query_logs(&LogFilter::default()).unwrap();
+    assert_eq!(
+        old.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["req_v2b", "req_v2a"]
+    );
+    assert!(old.iter().all(|r| r.avoided_picodollars == 0));
+    assert_eq!(old[1].cost_picodollars, 123_456_789_012_345_678_901_234);
+    assert_eq!(old[0].cache_status, bursar::reqlog::CacheStatus::Hit);
+    // A new hit goes in beside them; the sums cover old and new rows.
+    let mut new_rows = varied_rows(32, 1);
+    new_rows[0].time_ms = T0 + 2;
+    new_rows[0].key = "k-old".into();
+    new_rows[0].cache_status = bursar::reqlog::CacheStatus::Hit;
+    new_rows[0].cost_picodollars = 0;
+    new_rows[0].avoided_picodollars = 123_456_789_012_345_678_901_234;
+    write_through(&cfg, dir.path(), &new_rows);
+    let got = store
+        .query_logs(&LogFilter {
+            limit: 1,
+            ..LogFilter::default()
+        })
+        .unwrap();
+    assert_eq!(got, new_rows);
+    let totals = store
+        .spend_totals(&bursar::reqlog::GroupBy::Key, T0, T0 + DAY)
+        .unwrap();
+    assert_eq!(totals.len(), 1);
+    assert_eq!(totals[0].requests, 3);
+    assert_eq!(totals[0].cost_picodollars, 123_456_789_012_345_678_901_234);
+    assert_eq!(
+        totals[0].avoided_picodollars,
+        123_456_789_012_345_678_901_234
+    );
+    let series = store
+        .spend_series(
+            &bursar::reqlog::GroupBy::Key,
+            bursar::reqlog::Bucket::Minute,
+            T0,
+            T0 + DAY,
+        )
+        .unwrap();
+    assert_eq!(series.len(), 1);
+    assert_eq!(
+        (series[0].cost_picodollars, series[0].avoided_picodollars),
+        (
+            123_456_789_012_345_678_901_234,
+            123_456_789_012_345_678_901_234
+        )
     );
     // Opening again changes nothing.
     drop(store);

@@ -114,6 +114,8 @@ fn exercise(gw: &Gateway) {
             Some(cost) => assert_eq!(row["cost_usd"], cost, "{row}"),
             None => assert_eq!(row["cost_usd"], "0", "{row}"),
         }
+        // No request here was answered from the cache.
+        assert_eq!(row["avoided_usd"], "0", "{row}");
     }
     let [bad_tags, failed, omitted, streamed_with, streamed, tagged_row] = logged.as_slice() else {
         unreachable!()
@@ -180,6 +182,7 @@ fn exercise(gw: &Gateway) {
         .find(|g| g["group"] == "search-prod")
         .unwrap();
     assert_eq!(pico(key_total["cost_usd"].as_str().unwrap()), total);
+    assert_eq!(key_total["avoided_usd"], "0");
     assert_eq!(key_total["requests"], 6);
     let by_feature = admin(
         gw,
@@ -194,6 +197,7 @@ fn exercise(gw: &Gateway) {
         .collect();
     assert_eq!(searched.len(), 1, "{by_feature}");
     assert_eq!(searched[0]["cost_usd"], "0.0000042");
+    assert_eq!(searched[0]["avoided_usd"], "0");
     assert_eq!(searched[0]["requests"], 1);
     let r = admin(gw, "/admin/spend/series?group_by=nonsense");
     assert_eq!(r.status, 400);
@@ -254,6 +258,93 @@ fn the_postgres_log_holds_every_request_exactly() {
     drop(db);
     drop(gw);
     let _ = pg.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+}
+
+/// Rows in the gateway's own SQLite log, as its writer stores them: cache
+/// hits (cost 0) with the spend they avoided, and a miss that cost $1.
+fn store_hits(gw: &Gateway, key: &str, time_ms: i64) -> Vec<bursar::reqlog::LogRow> {
+    use bursar::reqlog::{CacheStatus, LogConfig, LogRow, LogStore};
+    let row = |n: u32, cache_status, cost, avoided| LogRow {
+        id: format!("req_{n:028x}"),
+        time_ms: time_ms + i64::from(n),
+        key: key.into(),
+        team: None,
+        customer: None,
+        provider: "local".into(),
+        model: "gpt-4o-mini".into(),
+        endpoint: "chat/completions".into(),
+        status: 200,
+        prompt_tokens: 8,
+        completion_tokens: 5,
+        cached_tokens: 0,
+        cache_write_tokens: 0,
+        reasoning_tokens: 0,
+        cost_picodollars: cost,
+        avoided_picodollars: avoided,
+        price_version: "2026-11-27.1+config".into(),
+        estimated: false,
+        ttfb_us: Some(10),
+        total_us: 20,
+        cache_status,
+        stream: false,
+        tags: vec![("feature".into(), "faq".into())],
+        prompt_text: None,
+        completion_text: None,
+    };
+    let rows = vec![
+        row(1, CacheStatus::Hit, 0, 4_200_000),
+        // Beyond i64 picodollars: the sum stays exact.
+        row(2, CacheStatus::Hit, 0, 10_000_000_000_000_000_000_000),
+        row(3, CacheStatus::Miss, 1_000_000_000_000, 0),
+    ];
+    let mut store: Box<dyn LogStore> = LogConfig::default()
+        .open_store(&gw.dir.0.join("bursar-state"))
+        .unwrap();
+    assert_eq!(store.insert_batch(&rows, &mut || {}).unwrap(), 3);
+    rows
+}
+
+#[test]
+fn the_spend_cache_hits_avoided_is_reported_beside_the_cost() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.base_url(), ""), &[]);
+    // 2026-11-27T00:00:00Z, inside the ranges asked below.
+    let t0: i64 = 1_795_737_600_000;
+    let hits = store_hits(&gw, "cached-key", t0);
+    let logged = rows(&gw, "cached-key", 3);
+    let avoided: Vec<&str> = logged
+        .iter()
+        .map(|r| r["avoided_usd"].as_str().unwrap())
+        .collect();
+    assert_eq!(avoided, ["0", "10000000000", "0.0000042"]);
+    assert_eq!(logged[1]["cost_usd"], "0");
+    assert_eq!(logged[1]["cache"], "hit");
+    let range = format!("from={t0}&to={}", t0 + 86_400_000);
+    let totals = admin(
+        &gw,
+        &format!("/admin/spend/totals?group_by=key&key=cached-key&{range}"),
+    );
+    assert_eq!(totals.status, 200, "{}", totals.text());
+    let totals = totals.json();
+    let data = totals["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{totals}");
+    assert_eq!(data[0]["group"], "cached-key");
+    assert_eq!(data[0]["requests"], 3);
+    assert_eq!(data[0]["cost_usd"], "1");
+    assert_eq!(data[0]["avoided_usd"], "10000000000.0000042");
+    let want: i128 = hits.iter().map(|r| r.avoided_picodollars).sum();
+    assert_eq!(pico(data[0]["avoided_usd"].as_str().unwrap()), want);
+    let series = admin(
+        &gw,
+        &format!("/admin/spend/series?group_by=tag&tag=feature&bucket=day&key=cached-key&{range}"),
+    );
+    assert_eq!(series.status, 200, "{}", series.text());
+    let series = series.json();
+    let points = series["data"].as_array().unwrap();
+    assert_eq!(points.len(), 1, "{series}");
+    assert_eq!(points[0]["group"], "faq");
+    assert_eq!(points[0]["cost_usd"], "1");
+    assert_eq!(points[0]["avoided_usd"], "10000000000.0000042");
 }
 
 #[test]

@@ -37,7 +37,8 @@
 //!   request log, grouped and bucketed; `key=` / `team=` / `customer=` /
 //!   `model=` sum only the rows that match (a key's spend on one model over
 //!   time: `key=<name>&model=<model>`); `group_by=tags` groups by every tag as
-//!   `key=value`, a row counting once per tag).
+//!   `key=value`, a row counting once per tag). Each group (and bucket) has
+//!   `cost_usd` and `avoided_usd`, the spend its cache hits avoided.
 //!
 //! Query values are checked before anything is computed from them: a time
 //! (unix ms or RFC 3339) must lie in 1970..=9999 ([`TIME_MS_MIN`],
@@ -783,6 +784,7 @@ async fn series(
             .iter()
             .map(|t| {
                 json!({"group": t.group, "requests": t.requests, "cost_usd": usd(t.cost_picodollars),
+                       "avoided_usd": usd(t.avoided_picodollars),
                        "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens})
             })
             .collect();
@@ -818,6 +820,7 @@ async fn series(
         .map(|p| {
             json!({"bucket_start": crate::budget::period::format_rfc3339_ms(p.bucket_start_ms),
                    "group": p.group, "requests": p.requests, "cost_usd": usd(p.cost_picodollars),
+                   "avoided_usd": usd(p.avoided_picodollars),
                    "prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens})
         })
         .collect();

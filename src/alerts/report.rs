@@ -433,6 +433,7 @@ mod tests {
             group: group.into(),
             requests,
             cost_picodollars: cost,
+            avoided_picodollars: 0,
             prompt_tokens: 0,
             completion_tokens: 0,
         }

@@ -56,7 +56,8 @@ CREATE TABLE requests (
     stream BOOLEAN NOT NULL,
     tags TEXT NOT NULL,
     prompt_text TEXT,
-    completion_text TEXT
+    completion_text TEXT,
+    avoided_picodollars NUMERIC(39, 0) NOT NULL DEFAULT 0
 );
 CREATE INDEX requests_time ON requests (time_ms, id);
 CREATE INDEX requests_key_time ON requests (key_name, time_ms);
@@ -66,11 +67,17 @@ CREATE INDEX requests_key_time ON requests (key_name, time_ms);
 /// drops its index and foreign key).
 const MIGRATE_1_TO_2: &str = "DROP TABLE IF EXISTS request_tags";
 
+/// Version 2 to 3: the spend a cache hit avoided, exact like
+/// `cost_picodollars`; rows from before read 0 (a constant default: no
+/// rewrite of the table).
+const MIGRATE_2_TO_3: &str =
+    "ALTER TABLE requests ADD COLUMN avoided_picodollars NUMERIC(39, 0) NOT NULL DEFAULT 0";
+
 /// The `requests` columns in COPY order.
 const ROW_COLUMNS: &str = "id, time_ms, key_name, team, customer, provider, model, endpoint, \
     status, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, \
     reasoning_tokens, cost_picodollars, price_version, estimated, ttfb_us, total_us, \
-    cache_status, stream, tags, prompt_text, completion_text";
+    cache_status, stream, tags, prompt_text, completion_text, avoided_picodollars";
 
 /// Serialises schema creation between sessions (the writer and a reader may
 /// start together): an arbitrary constant, "bursar" in ASCII.
@@ -149,6 +156,9 @@ impl PostgresStore {
                 if v < 2 {
                     tx.batch_execute(MIGRATE_1_TO_2)?;
                 }
+                if v < 3 {
+                    tx.batch_execute(MIGRATE_2_TO_3)?;
+                }
                 if v < SCHEMA_VERSION {
                     tx.execute("UPDATE schema_version SET version = $1", &[&SCHEMA_VERSION])?;
                 }
@@ -188,8 +198,9 @@ impl PostgresStore {
                     group: r.try_get(first)?,
                     requests: r.try_get(first + 1)?,
                     cost: r.try_get(first + 2)?,
-                    prompt_tokens: r.try_get(first + 3)?,
-                    completion_tokens: r.try_get(first + 4)?,
+                    avoided: r.try_get(first + 3)?,
+                    prompt_tokens: r.try_get(first + 4)?,
+                    completion_tokens: r.try_get(first + 5)?,
                 })
             })
             .collect::<Result<_, postgres::Error>>()
@@ -229,6 +240,7 @@ fn raw_row(r: &postgres::Row) -> Result<RawRow, postgres::Error> {
         tags: r.try_get(21)?,
         prompt_text: r.try_get(22)?,
         completion_text: r.try_get(23)?,
+        avoided: r.try_get(24)?,
     })
 }
 
@@ -319,6 +331,8 @@ fn copy_row(out: &mut Vec<u8>, scratch: &mut String, row: &LogRow) {
     copy_opt_text(out, row.prompt_text.as_deref());
     out.push(b'\t');
     copy_opt_text(out, row.completion_text.as_deref());
+    out.push(b'\t');
+    copy_display(out, row.avoided_picodollars);
     out.push(b'\n');
 }
 

@@ -123,6 +123,8 @@ pub struct SeriesPoint {
     pub requests: u64,
     /// Exact sum, picodollars.
     pub cost_picodollars: i128,
+    /// Exact sum of the spend cache hits avoided, picodollars.
+    pub avoided_picodollars: i128,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
 }
@@ -134,6 +136,8 @@ pub struct SpendTotal {
     pub requests: u64,
     /// Exact sum, picodollars.
     pub cost_picodollars: i128,
+    /// Exact sum of the spend cache hits avoided, picodollars.
+    pub avoided_picodollars: i128,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
 }
@@ -170,14 +174,14 @@ pub(crate) fn row_columns(d: Dialect) -> &'static str {
              r.status, r.prompt_tokens, r.completion_tokens, r.cached_tokens, \
              r.cache_write_tokens, r.reasoning_tokens, r.cost_picodollars, r.price_version, \
              r.estimated, r.ttfb_us, r.total_us, r.cache_status, r.stream, r.tags, \
-             r.prompt_text, r.completion_text"
+             r.prompt_text, r.completion_text, r.avoided_picodollars"
         }
         Dialect::Postgres => {
             "r.id, r.time_ms, r.key_name, r.team, r.customer, r.provider, r.model, r.endpoint, \
              r.status::BIGINT, r.prompt_tokens, r.completion_tokens, r.cached_tokens, \
              r.cache_write_tokens, r.reasoning_tokens, r.cost_picodollars::TEXT, \
              r.price_version, r.estimated, r.ttfb_us, r.total_us, r.cache_status, r.stream, \
-             r.tags, r.prompt_text, r.completion_text"
+             r.tags, r.prompt_text, r.completion_text, r.avoided_picodollars::TEXT"
         }
     }
 }
@@ -300,7 +304,7 @@ pub(crate) fn select_logs(d: Dialect, f: &LogFilter) -> Sql {
 
 /// Spend grouped by `group_by` over `[from_ms, to_ms)`, per bucket when
 /// `bucket` is set. Selected columns: [bucket_start,] group, requests,
-/// cost (decimal text), prompt_tokens, completion_tokens. At most
+/// cost, avoided (both decimal text), prompt_tokens, completion_tokens. At most
 /// [`LOG_SERIES_POINTS_MAX`] + 1 rows, so the caller can tell "too many".
 pub(crate) fn select_spend(
     d: Dialect,
@@ -326,9 +330,17 @@ pub(crate) fn select_spend(
         (GroupBy::Tags, Dialect::Postgres) => ", json_each_text(r.tags::json) t",
         _ => "",
     };
-    let (cost, tokens_cast) = match d {
-        Dialect::Sqlite => ("sum_picodollars(r.cost_picodollars)", ""),
-        Dialect::Postgres => ("SUM(r.cost_picodollars)::TEXT", "::BIGINT"),
+    let (cost, avoided, tokens_cast) = match d {
+        Dialect::Sqlite => (
+            "sum_picodollars(r.cost_picodollars)",
+            "sum_picodollars(r.avoided_picodollars)",
+            "",
+        ),
+        Dialect::Postgres => (
+            "SUM(r.cost_picodollars)::TEXT",
+            "SUM(r.avoided_picodollars)::TEXT",
+            "::BIGINT",
+        ),
     };
     let from = sql.bind(Param::Int(from_ms));
     let to = sql.bind(Param::Int(to_ms));
@@ -359,7 +371,7 @@ pub(crate) fn select_spend(
         None => (String::new(), "g"),
     };
     sql.text = format!(
-        "SELECT {bucket_col}{group}{bytewise} AS g, COUNT(*), {cost}, \
+        "SELECT {bucket_col}{group}{bytewise} AS g, COUNT(*), {cost}, {avoided}, \
          SUM(r.prompt_tokens){tokens_cast}, SUM(r.completion_tokens){tokens_cast} \
          FROM requests r{tags_join} WHERE r.time_ms >= {from} AND r.time_ms < {to}{scope} \
          GROUP BY {group_cols} ORDER BY {group_cols} LIMIT {limit}"
@@ -444,7 +456,8 @@ mod tests {
         };
         let lite = select_spend(Dialect::Sqlite, &GroupBy::Tags, &filter, None, 0, 10);
         assert!(lite.text.contains(
-            "SELECT (t.key || '=' || t.value) AS g, COUNT(*), sum_picodollars(r.cost_picodollars)"
+            "SELECT (t.key || '=' || t.value) AS g, COUNT(*), sum_picodollars(r.cost_picodollars), \
+             sum_picodollars(r.avoided_picodollars), SUM(r.prompt_tokens)"
         ));
         assert!(lite
             .text
@@ -462,6 +475,14 @@ mod tests {
             pg.text
         );
         assert!(!pg.text.contains("json_each"));
+        assert!(
+            pg.text.contains(
+                "SUM(r.cost_picodollars)::TEXT, SUM(r.avoided_picodollars)::TEXT, \
+                 SUM(r.prompt_tokens)::BIGINT"
+            ),
+            "{}",
+            pg.text
+        );
         let pg_tags = select_spend(Dialect::Postgres, &GroupBy::Tags, &filter, None, 0, 10);
         assert!(pg_tags
             .text

@@ -116,6 +116,11 @@ pub struct LogRow {
     /// The cost charged, in picodollars (1 USD = 10^12).
     #[serde(with = "i128_string")]
     pub cost_picodollars: i128,
+    /// The spend a cache hit avoided: what the original request cost, in
+    /// picodollars; 0 unless `cache_status` is a hit. Spill lines written
+    /// before the field existed read as 0.
+    #[serde(with = "i128_string", default)]
+    pub avoided_picodollars: i128,
     /// The price table version the cost was computed with.
     pub price_version: Arc<str>,
     /// Tokens were counted by the tokenizer, not reported by the provider.
@@ -151,10 +156,11 @@ impl LogRow {
     /// The row as the admin API renders it:
     /// `{"id","time","key","team","customer","provider","model","status",
     /// "prompt_tokens","completion_tokens","cached_tokens","cache_write_tokens",
-    /// "reasoning_tokens","cost_usd","price_version","estimated","ttfb_ms",
+    /// "reasoning_tokens","cost_usd","avoided_usd","price_version","estimated","ttfb_ms",
     /// "total_ms","cache","stream","tags"}`.
     ///
-    /// `time` is RFC 3339 UTC with milliseconds; `cost_usd` is the exact
+    /// `time` is RFC 3339 UTC with milliseconds; `cost_usd` (and
+    /// `avoided_usd`, the spend a cache hit avoided) is the exact
     /// decimal string of [`Money`]'s `Display` (a cost outside Money's bound,
     /// which no price can produce, is rendered from the raw picodollars with
     /// the same exact formatting); `ttfb_ms`/`total_ms` are milliseconds with
@@ -181,6 +187,7 @@ impl LogRow {
             "cache_write_tokens": self.cache_write_tokens,
             "reasoning_tokens": self.reasoning_tokens,
             "cost_usd": format_usd(self.cost_picodollars),
+            "avoided_usd": format_usd(self.avoided_picodollars),
             "price_version": self.price_version,
             "estimated": self.estimated,
             "ttfb_ms": self.ttfb_us.map(micros_as_ms),
@@ -638,6 +645,7 @@ pub(crate) mod tests {
             cache_write_tokens: 0,
             reasoning_tokens: 7,
             cost_picodollars: 12_345_678,
+            avoided_picodollars: 0,
             price_version: "2026-11-01".into(),
             estimated: false,
             ttfb_us: Some(12_345),
@@ -668,6 +676,7 @@ pub(crate) mod tests {
             "cache_write_tokens": 0,
             "reasoning_tokens": 7,
             "cost_usd": "0.000012345678",
+            "avoided_usd": "0",
             "price_version": "2026-11-01",
             "estimated": false,
             "ttfb_ms": 12.345,
@@ -712,8 +721,41 @@ pub(crate) mod tests {
         let mut row = sample_row();
         for cost in [0, 1, -1, i128::MAX, i128::MIN] {
             row.cost_picodollars = cost;
+            row.avoided_picodollars = cost.wrapping_neg();
             let line = serde_json::to_string(&row).unwrap();
             assert_eq!(serde_json::from_str::<LogRow>(&line).unwrap(), row);
         }
+    }
+
+    #[test]
+    fn a_cache_hit_renders_the_spend_it_avoided() {
+        let mut row = sample_row();
+        row.cache_status = CacheStatus::Hit;
+        row.cost_picodollars = 0;
+        row.avoided_picodollars = 2_500_000_000_000;
+        let v = row.to_json();
+        assert_eq!(v["cost_usd"], "0");
+        assert_eq!(v["avoided_usd"], "2.5");
+        let line = serde_json::to_string(&row).unwrap();
+        assert!(
+            line.contains(r#""avoided_picodollars":"2500000000000""#),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_spill_line_written_before_avoided_spend_reads_as_zero() {
+        let mut row = sample_row();
+        row.avoided_picodollars = 9;
+        let mut old: serde_json::Value = serde_json::to_value(&row).unwrap();
+        assert!(old
+            .as_object_mut()
+            .unwrap()
+            .remove("avoided_picodollars")
+            .is_some());
+        let back: LogRow = serde_json::from_str(&old.to_string()).unwrap();
+        assert_eq!(back.avoided_picodollars, 0);
+        row.avoided_picodollars = 0;
+        assert_eq!(back, row);
     }
 }

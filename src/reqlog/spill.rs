@@ -2,7 +2,8 @@
 //! replayed into the sink oldest first once it works again.
 //!
 //! Files are `NNNNNNNNNN.jsonl` (a sequence number, so names sort by age),
-//! one [`LogRow`] per line in its serde form. Appends go to one open file,
+//! one [`LogRow`] per line in its serde form (a line from before a field
+//! was added, `avoided_picodollars`, reads it as 0). Appends go to one open file,
 //! fsynced per batch and rotated past [`LOG_SPILL_FILE_BYTES_MAX`]; a start
 //! never appends to an old file. Replay first closes the file being appended
 //! (so a file is never read and written at once), then reads a file a chunk
@@ -490,6 +491,31 @@ mod tests {
         // New appends continue the numbering.
         spill.append(&[row(3)]).unwrap();
         assert!(dir.join("0000000008.jsonl").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn avoided_spend_is_written_and_old_lines_without_it_read_zero() {
+        let dir = tempdir("avoided");
+        let mut hit = row(1);
+        hit.cache_status = super::super::row::CacheStatus::Hit;
+        hit.cost_picodollars = 0;
+        hit.avoided_picodollars = 170_141_183_460_469_231_731_687_303_715_884_105_727;
+        // A line as spilled before the field existed.
+        let mut old = serde_json::to_value(row(2)).unwrap();
+        old.as_object_mut().unwrap().remove("avoided_picodollars");
+        fs::write(dir.join("0000000001.jsonl"), format!("{old}\n")).unwrap();
+        let mut spill = Spill::open(&dir).unwrap();
+        spill.append(std::slice::from_ref(&hit)).unwrap();
+        let written = fs::read_to_string(dir.join("0000000002.jsonl")).unwrap();
+        assert!(
+            written.contains(r#""avoided_picodollars":"170141183460469231731687303715884105727""#),
+            "{written}"
+        );
+        let back = drain(&mut spill);
+        assert_eq!(back, vec![row(2), hit]);
+        assert_eq!(back[0].avoided_picodollars, 0);
+        assert_eq!(spill.corrupt_rows(), 0);
         fs::remove_dir_all(&dir).unwrap();
     }
 

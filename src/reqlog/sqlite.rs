@@ -56,7 +56,8 @@ CREATE TABLE requests (
     stream INTEGER NOT NULL,
     tags TEXT NOT NULL,
     prompt_text TEXT,
-    completion_text TEXT
+    completion_text TEXT,
+    avoided_picodollars TEXT NOT NULL DEFAULT '0'
 );
 CREATE INDEX requests_time ON requests (time_ms, id);
 CREATE INDEX requests_key_time ON requests (key_name, time_ms);
@@ -69,12 +70,18 @@ DROP INDEX IF EXISTS request_tags_kv;
 DROP TABLE IF EXISTS request_tags;
 ";
 
+/// Version 2 to 3: the spend a cache hit avoided, exact decimal text like
+/// `cost_picodollars`; rows from before read 0.
+const MIGRATE_2_TO_3: &str =
+    "ALTER TABLE requests ADD COLUMN avoided_picodollars TEXT NOT NULL DEFAULT '0'";
+
 const INSERT_ROW: &str = "INSERT OR IGNORE INTO requests (id, time_ms, key_name, team, \
     customer, provider, model, endpoint, status, prompt_tokens, completion_tokens, \
     cached_tokens, cache_write_tokens, reasoning_tokens, cost_picodollars, price_version, \
-    estimated, ttfb_us, total_us, cache_status, stream, tags, prompt_text, completion_text) \
+    estimated, ttfb_us, total_us, cache_status, stream, tags, prompt_text, completion_text, \
+    avoided_picodollars) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-    ?19, ?20, ?21, ?22, ?23, ?24)";
+    ?19, ?20, ?21, ?22, ?23, ?24, ?25)";
 
 /// A connection to the request log's SQLite file.
 pub struct SqliteStore {
@@ -215,6 +222,9 @@ impl SqliteStore {
                 if v < 2 {
                     tx.execute_batch(MIGRATE_1_TO_2)?;
                 }
+                if v < 3 {
+                    tx.execute_batch(MIGRATE_2_TO_3)?;
+                }
                 if v < SCHEMA_VERSION {
                     tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])?;
                 }
@@ -241,8 +251,9 @@ impl SqliteStore {
                 group: r.get(first)?,
                 requests: r.get(first + 1)?,
                 cost: r.get(first + 2)?,
-                prompt_tokens: r.get(first + 3)?,
-                completion_tokens: r.get(first + 4)?,
+                avoided: r.get(first + 3)?,
+                prompt_tokens: r.get(first + 4)?,
+                completion_tokens: r.get(first + 5)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -289,6 +300,7 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         tags: r.get(21)?,
         prompt_text: r.get(22)?,
         completion_text: r.get(23)?,
+        avoided: r.get(24)?,
     })
 }
 
@@ -300,14 +312,17 @@ impl LogStore for SqliteStore {
         let mut inserted = 0;
         {
             let mut insert_row = tx.prepare_cached(INSERT_ROW)?;
-            // Reused for every row: no allocation per row for the two
+            // Reused for every row: no allocation per row for the
             // columns that are formatted here.
             let mut cost = String::with_capacity(48);
+            let mut avoided = String::with_capacity(48);
             let mut tags = String::with_capacity(256);
             for row in rows {
                 cost.clear();
                 // Writing into a String cannot fail.
                 let _ = write!(cost, "{}", row.cost_picodollars);
+                avoided.clear();
+                let _ = write!(avoided, "{}", row.avoided_picodollars);
                 tags.clear();
                 write_tags_json(&mut tags, &row.tags, false);
                 // 0 for a duplicate id (a replay), which is ignored.
@@ -336,6 +351,7 @@ impl LogStore for SqliteStore {
                     tags.as_str(),
                     row.prompt_text,
                     row.completion_text,
+                    avoided.as_str(),
                 ])? as u64;
                 pace();
             }

@@ -19,7 +19,14 @@
 //! writer's CPU per row (docs/benchmarks.md). Opening a version 1 store drops
 //! that table (and its index) in the transaction that sets version 2.
 //!
-//! Cost is exact in both: PostgreSQL stores picodollars as `NUMERIC(39,0)`
+//! Version 3 adds `requests.avoided_picodollars`, the spend a cache hit
+//! avoided (what the original request cost; 0 for any other row), stored and
+//! summed exactly as the cost is. Opening a version 2 store adds the column
+//! with default 0 (`ALTER TABLE .. ADD COLUMN`, no rewrite of the rows) in
+//! the transaction that sets version 3, so its old rows read as avoiding
+//! nothing.
+//!
+//! Cost (and avoided spend) is exact in both: PostgreSQL stores picodollars as `NUMERIC(39,0)`
 //! (every i128 fits) and sums them exactly. SQLite has no integer wider than
 //! 64 bits (an i64 of picodollars stops at $9.2M per row, and a SUM of them
 //! would overflow or, with `total()`, turn into a float), so it stores the
@@ -39,7 +46,7 @@ use super::row::{CacheStatus, LogRow};
 use super::{SinkKind, LOG_SERIES_POINTS_MAX, LOG_SQLITE_FILE};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Why a store call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -247,6 +254,7 @@ pub(crate) struct RawRow {
     pub status: i64,
     pub tokens: [i64; 5],
     pub cost: String,
+    pub avoided: String,
     pub price_version: String,
     pub estimated: bool,
     pub ttfb_us: Option<i64>,
@@ -295,6 +303,10 @@ impl RawRow {
                 .cost
                 .parse()
                 .map_err(|_| bad("cost_picodollars", &self.cost))?,
+            avoided_picodollars: self
+                .avoided
+                .parse()
+                .map_err(|_| bad("avoided_picodollars", &self.avoided))?,
             price_version: self.price_version.into(),
             estimated: self.estimated,
             ttfb_us: match self.ttfb_us {
@@ -319,6 +331,7 @@ pub(crate) struct RawSpend {
     pub group: String,
     pub requests: i64,
     pub cost: String,
+    pub avoided: String,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
 }
@@ -341,6 +354,10 @@ impl RawSpend {
         Ok(SpendTotal {
             requests: count("requests", self.requests)?,
             cost_picodollars: self.cost.parse().map_err(|_| bad("cost", &self.cost))?,
+            avoided_picodollars: self
+                .avoided
+                .parse()
+                .map_err(|_| bad("avoided", &self.avoided))?,
             prompt_tokens: count("prompt_tokens", self.prompt_tokens)?,
             completion_tokens: count("completion_tokens", self.completion_tokens)?,
             group: self.group,
@@ -360,6 +377,7 @@ pub(crate) fn series_points(raw: Vec<RawSpend>) -> Result<Vec<SeriesPoint>, Stor
                 group: t.group,
                 requests: t.requests,
                 cost_picodollars: t.cost_picodollars,
+                avoided_picodollars: t.avoided_picodollars,
                 prompt_tokens: t.prompt_tokens,
                 completion_tokens: t.completion_tokens,
             })
@@ -390,6 +408,7 @@ mod tests {
             status: 200,
             tokens: [1, 2, 3, 4, 5],
             cost: "-170141183460469231731687303715884105728".into(),
+            avoided: "170141183460469231731687303715884105727".into(),
             price_version: "v".into(),
             estimated: true,
             ttfb_us: None,
@@ -406,6 +425,7 @@ mod tests {
     fn a_good_raw_row_decodes() {
         let row = raw().into_row().unwrap();
         assert_eq!(row.cost_picodollars, i128::MIN);
+        assert_eq!(row.avoided_picodollars, i128::MAX);
         assert_eq!(
             row.tags,
             vec![("a".into(), "1".into()), ("b".into(), "2".into())]
@@ -416,10 +436,12 @@ mod tests {
     #[test]
     fn bad_values_are_errors_naming_the_column() {
         type Spoil = fn(&mut RawRow);
-        let cases: [(Spoil, &str); 6] = [
+        let cases: [(Spoil, &str); 8] = [
             (|r| r.status = 70_000, "status"),
             (|r| r.tokens[2] = -1, "cached_tokens"),
             (|r| r.cost = "1.5".into(), "cost_picodollars"),
+            (|r| r.avoided = "".into(), "avoided_picodollars"),
+            (|r| r.avoided = "1e3".into(), "avoided_picodollars"),
             (|r| r.cache_status = "warm".into(), "cache_status"),
             (|r| r.tags = "[1]".into(), "tags"),
             (|r| r.tags = r#"{"a":1}"#.into(), "tags"),
@@ -431,6 +453,35 @@ mod tests {
                 Err(StoreError::Corrupt(m)) => assert!(m.contains(column), "{m}"),
                 other => panic!("{column}: {other:?}"),
             }
+        }
+    }
+
+    fn raw_spend(avoided: &str) -> RawSpend {
+        RawSpend {
+            bucket_start_ms: 60_000,
+            group: "g".into(),
+            requests: 2,
+            cost: "0".into(),
+            avoided: avoided.into(),
+            prompt_tokens: 3,
+            completion_tokens: 4,
+        }
+    }
+
+    #[test]
+    fn spend_carries_the_avoided_sum_and_a_bad_one_is_named() {
+        let big = "170141183460469231731687303715884105727";
+        let t = totals(vec![raw_spend(big)]).unwrap();
+        assert_eq!(t[0].avoided_picodollars, i128::MAX);
+        assert_eq!(t[0].cost_picodollars, 0);
+        let p = series_points(vec![raw_spend("5")]).unwrap();
+        assert_eq!(
+            (p[0].bucket_start_ms, p[0].avoided_picodollars),
+            (60_000, 5)
+        );
+        match totals(vec![raw_spend("0.5")]) {
+            Err(StoreError::Corrupt(m)) => assert!(m.contains("avoided"), "{m}"),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -68,7 +68,9 @@ impl Rng {
 }
 
 /// A varied row: every field takes several values, including the edges
-/// (costs beyond i64, absent team and ttfb, text with awkward characters).
+/// (costs beyond i64, absent team and ttfb, text with awkward characters);
+/// a cache hit carries the spend it avoided (beyond i64 for some), any other
+/// row none.
 pub fn varied_row(rng: &mut Rng, i: u64) -> LogRow {
     let pick =
         |rng: &mut Rng, list: &[&str]| list[rng.below(list.len() as u64) as usize].to_string();
@@ -89,7 +91,7 @@ pub fn varied_row(rng: &mut Rng, i: u64) -> LogRow {
             pick(rng, &["search", "chat", "sum mary"]),
         ));
     }
-    LogRow {
+    let mut row = LogRow {
         id: format!("req_{:012x}{:016x}", i, rng.next()),
         // Few distinct times, so many rows tie and paging must use the id.
         time_ms: T0 + rng.below(40) as i64 * 250,
@@ -118,6 +120,7 @@ pub fn varied_row(rng: &mut Rng, i: u64) -> LogRow {
         cache_write_tokens: rng.below(100),
         reasoning_tokens: rng.below(100),
         cost_picodollars: cost,
+        avoided_picodollars: 0,
         price_version: "2026-11-01".into(),
         estimated: rng.below(2) == 0,
         ttfb_us: if rng.below(4) == 0 {
@@ -140,7 +143,17 @@ pub fn varied_row(rng: &mut Rng, i: u64) -> LogRow {
             None
         },
         completion_text: Some(format!("answer {i}")),
+    };
+    // Derived from `i`, not drawn, so the generator's sequence (which the
+    // crash test replays) is what it was before avoided spend.
+    if row.cache_status == CacheStatus::Hit {
+        row.avoided_picodollars = match i % 3 {
+            0 => i128::from(i64::MAX) + i as i128,
+            1 => i as i128 * 1_000_003,
+            _ => 999_999_999_999_999_999_999_999_999_999 - i as i128,
+        };
     }
+    row
 }
 
 pub fn varied_rows(seed: u64, n: u64) -> Vec<LogRow> {
@@ -233,11 +246,28 @@ pub fn check_round_trip(cfg: &LogConfig, dir: &Path, nul_to_replacement: bool) {
         assert_eq!(g, w);
     }
     let costs: i128 = got.iter().map(|r| r.cost_picodollars).sum();
+    let avoided: i128 = got.iter().map(|r| r.avoided_picodollars).sum();
+    assert!(got
+        .iter()
+        .any(|r| r.avoided_picodollars > i128::from(i64::MAX)));
     let totals = store.spend_totals(&GroupBy::Key, T0, T0 + DAY).unwrap();
     assert_eq!(
         totals.iter().map(|t| t.cost_picodollars).sum::<i128>(),
         costs
     );
+    assert_eq!(
+        totals.iter().map(|t| t.avoided_picodollars).sum::<i128>(),
+        avoided
+    );
+    // Each key's avoided spend is the sum over its own rows.
+    for t in &totals {
+        let want: i128 = got
+            .iter()
+            .filter(|r| *r.key == *t.group)
+            .map(|r| r.avoided_picodollars)
+            .sum();
+        assert_eq!(t.avoided_picodollars, want, "{}", t.group);
+    }
     assert_eq!(totals.iter().map(|t| t.requests).sum::<u64>(), 3000);
 }
 
@@ -354,14 +384,15 @@ pub fn check_filters_and_paging(cfg: &LogConfig, dir: &Path, nul_to_replacement:
     );
 }
 
-/// A row for the spend checks; `spend` is (cost, prompt, completion).
+/// A row for the spend checks; `spend` is (cost, avoided, prompt,
+/// completion); a row with avoided spend is a cache hit.
 fn spend_row(
     id: &str,
     time_ms: i64,
     model: &str,
     team: Option<&str>,
     feature: Option<&str>,
-    (cost, prompt, completion): (i128, u64, u64),
+    (cost, avoided, prompt, completion): (i128, i128, u64, u64),
 ) -> LogRow {
     let mut rng = Rng::new(1);
     let mut r = varied_row(&mut rng, 0);
@@ -372,6 +403,12 @@ fn spend_row(
     r.provider = "openai".into();
     r.key = "k-1".into();
     r.cost_picodollars = cost;
+    r.avoided_picodollars = avoided;
+    r.cache_status = if avoided == 0 {
+        CacheStatus::Miss
+    } else {
+        CacheStatus::Hit
+    };
     r.prompt_tokens = prompt;
     r.completion_tokens = completion;
     r.tags = feature
@@ -384,7 +421,7 @@ fn point(
     b: i64,
     group: &str,
     requests: u64,
-    cost: i128,
+    (cost, avoided): (i128, i128),
     prompt: u64,
     completion: u64,
 ) -> SeriesPoint {
@@ -393,25 +430,35 @@ fn point(
         group: group.into(),
         requests,
         cost_picodollars: cost,
+        avoided_picodollars: avoided,
         prompt_tokens: prompt,
         completion_tokens: completion,
     }
 }
 
-fn total(group: &str, requests: u64, cost: i128, prompt: u64, completion: u64) -> SpendTotal {
+fn total(
+    group: &str,
+    requests: u64,
+    (cost, avoided): (i128, i128),
+    prompt: u64,
+    completion: u64,
+) -> SpendTotal {
     SpendTotal {
         group: group.into(),
         requests,
         cost_picodollars: cost,
+        avoided_picodollars: avoided,
         prompt_tokens: prompt,
         completion_tokens: completion,
     }
 }
 
 /// Spend series and totals over hand-built rows with hand-computed sums,
-/// including a group whose sum does not fit an i64.
+/// including a group whose sum does not fit an i64; the spend cache hits
+/// avoided is summed over the same rows.
 pub fn check_series(cfg: &LogConfig, dir: &Path) {
     const BIG: i128 = 999_999_999_999_999_999_999; // > i64::MAX picodollars
+    const HIT: i128 = 2_000_000_000_000; // $2 avoided
     let rows = vec![
         spend_row(
             "req_a",
@@ -419,7 +466,7 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
             "m1",
             Some("a"),
             Some("search"),
-            (1_000_000_000_001, 10, 1),
+            (1_000_000_000_001, 0, 10, 1),
         ),
         spend_row(
             "req_b",
@@ -427,17 +474,31 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
             "m1",
             Some("a"),
             Some("chat"),
-            (2, 20, 2),
+            (2, HIT, 20, 2),
         ),
-        spend_row("req_c", T0 + 70 * MINUTE, "m2", None, None, (BIG, 5, 5)),
-        spend_row("req_c2", T0 + 80 * MINUTE, "m2", None, None, (BIG, 1, 0)),
+        spend_row(
+            "req_c",
+            T0 + 70 * MINUTE,
+            "m2",
+            None,
+            None,
+            (BIG, BIG - 1, 5, 5),
+        ),
+        spend_row(
+            "req_c2",
+            T0 + 80 * MINUTE,
+            "m2",
+            None,
+            None,
+            (BIG, BIG, 1, 0),
+        ),
         spend_row(
             "req_d",
             T0 + DAY + 5 * MINUTE,
             "m1",
             Some("b"),
             Some("search"),
-            (7, 1, 1),
+            (7, 3, 1, 1),
         ),
         spend_row(
             "req_early",
@@ -445,7 +506,7 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
             "m1",
             Some("a"),
             Some("search"),
-            (100, 100, 100),
+            (100, 5, 100, 100),
         ),
         spend_row(
             "req_late",
@@ -453,7 +514,7 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
             "m1",
             Some("a"),
             Some("search"),
-            (100, 100, 100),
+            (100, 5, 100, 100),
         ),
     ];
     write_through(cfg, dir, &rows);
@@ -464,9 +525,9 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
             .spend_series(&GroupBy::Model, Bucket::Hour, from, to)
             .unwrap(),
         vec![
-            point(T0, "m1", 2, 1_000_000_000_003, 30, 3),
-            point(T0 + HOUR, "m2", 2, 2 * BIG, 6, 5),
-            point(T0 + DAY, "m1", 1, 7, 1, 1),
+            point(T0, "m1", 2, (1_000_000_000_003, HIT), 30, 3),
+            point(T0 + HOUR, "m2", 2, (2 * BIG, 2 * BIG - 1), 6, 5),
+            point(T0 + DAY, "m1", 1, (7, 3), 1, 1),
         ]
     );
     assert_eq!(
@@ -474,10 +535,10 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
             .spend_series(&GroupBy::Tag("feature".into()), Bucket::Day, from, to)
             .unwrap(),
         vec![
-            point(T0, "", 2, 2 * BIG, 6, 5),
-            point(T0, "chat", 1, 2, 20, 2),
-            point(T0, "search", 1, 1_000_000_000_001, 10, 1),
-            point(T0 + DAY, "search", 1, 7, 1, 1),
+            point(T0, "", 2, (2 * BIG, 2 * BIG - 1), 6, 5),
+            point(T0, "chat", 1, (2, HIT), 20, 2),
+            point(T0, "search", 1, (1_000_000_000_001, 0), 10, 1),
+            point(T0 + DAY, "search", 1, (7, 3), 1, 1),
         ]
     );
     assert_eq!(
@@ -485,16 +546,16 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
             .spend_series(&GroupBy::Provider, Bucket::Minute, T0, T0 + HOUR)
             .unwrap(),
         vec![
-            point(T0 + 10 * MINUTE, "openai", 1, 1_000_000_000_001, 10, 1),
-            point(T0 + 50 * MINUTE, "openai", 1, 2, 20, 2),
+            point(T0 + 10 * MINUTE, "openai", 1, (1_000_000_000_001, 0), 10, 1),
+            point(T0 + 50 * MINUTE, "openai", 1, (2, HIT), 20, 2),
         ]
     );
     assert_eq!(
         store.spend_totals(&GroupBy::Team, from, to).unwrap(),
         vec![
-            total("", 2, 2 * BIG, 6, 5),
-            total("a", 2, 1_000_000_000_003, 30, 3),
-            total("b", 1, 7, 1, 1),
+            total("", 2, (2 * BIG, 2 * BIG - 1), 6, 5),
+            total("a", 2, (1_000_000_000_003, HIT), 30, 3),
+            total("b", 1, (7, 3), 1, 1),
         ]
     );
     assert_eq!(
@@ -505,6 +566,20 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
             .map(|t| t.requests)
             .sum::<u64>(),
         7
+    );
+    // The whole range: every row's avoided spend, the early and late ones
+    // too, in one key's total.
+    assert_eq!(
+        store
+            .spend_totals(&GroupBy::Key, T0 - DAY, T0 + 3 * DAY)
+            .unwrap(),
+        vec![total(
+            "k-1",
+            7,
+            (2 * BIG + 1_000_000_000_210, HIT + 2 * BIG - 1 + 3 + 5 + 5),
+            237,
+            209
+        )]
     );
     assert_eq!(
         store
@@ -521,8 +596,8 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
     assert_eq!(
         store.spend_totals(&GroupBy::Tags, from, to).unwrap(),
         vec![
-            total("feature=chat", 1, 2, 20, 2),
-            total("feature=search", 2, 1_000_000_000_008, 11, 2),
+            total("feature=chat", 1, (2, HIT), 20, 2),
+            total("feature=search", 2, (1_000_000_000_008, 3), 11, 2),
         ]
     );
     assert_eq!(
@@ -530,15 +605,15 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
             .spend_totals_where(&GroupBy::Tags, &team("a"), from, to)
             .unwrap(),
         vec![
-            total("feature=chat", 1, 2, 20, 2),
-            total("feature=search", 1, 1_000_000_000_001, 10, 1),
+            total("feature=chat", 1, (2, HIT), 20, 2),
+            total("feature=search", 1, (1_000_000_000_001, 0), 10, 1),
         ]
     );
     assert_eq!(
         store
             .spend_series_where(&GroupBy::Model, &team("b"), Bucket::Day, from, to)
             .unwrap(),
-        vec![point(T0 + DAY, "m1", 1, 7, 1, 1)]
+        vec![point(T0 + DAY, "m1", 1, (7, 3), 1, 1)]
     );
     let nobody = bursar::reqlog::SpendFilter {
         customer: Some("nobody".into()),
@@ -561,7 +636,7 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
         store
             .spend_totals_where(&GroupBy::Model, &key_model("k-1", "m2"), from, to)
             .unwrap(),
-        vec![total("m2", 2, 2 * BIG, 6, 5)]
+        vec![total("m2", 2, (2 * BIG, 2 * BIG - 1), 6, 5)]
     );
     assert_eq!(
         store

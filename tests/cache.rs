@@ -105,6 +105,31 @@ fn the_same_question_is_answered_from_memory_for_free_and_reaches_no_provider() 
         .map(|r| r["cache"].as_str().unwrap())
         .collect();
     assert_eq!(caches, ["hit", "hit", "miss"], "{rows}");
+    // A hit costs nothing and records what it avoided: the first answer's cost.
+    for r in rows["data"].as_array().unwrap() {
+        let (cost, avoided) = (
+            pico(r["cost_usd"].as_str().unwrap()),
+            pico(r["avoided_usd"].as_str().unwrap()),
+        );
+        if r["cache"] == "hit" {
+            assert_eq!((cost, avoided), (0, paid), "{r}");
+        } else {
+            assert_eq!((cost, avoided), (paid, 0), "{r}");
+        }
+    }
+    // The spend API reports it per entity.
+    let totals = util::admin_get(&gw, ADMIN, "/admin/spend/totals?group_by=key").json();
+    let acme_1 = totals["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["group"] == "acme-1")
+        .unwrap_or_else(|| panic!("{totals}"));
+    assert_eq!(
+        pico(acme_1["avoided_usd"].as_str().unwrap()),
+        paid,
+        "{totals}"
+    );
 }
 
 #[test]

@@ -470,7 +470,7 @@ impl RowSeed<'_, '_> {
             cache_write_tokens: usage.cache_write_tokens,
             reasoning_tokens: usage.reasoning_tokens,
             cost_picodollars: self.charged.map_or(0, |c| c.cost.picodollars()),
-            avoided_picodollars: 0,
+            avoided_picodollars: self.avoided_picodollars,
             price_version: match (&self.charged, self.priced) {
                 (Some(_), _) => std::sync::Arc::clone(price_version),
                 (None, false) => "unpriced".into(),

@@ -318,3 +318,55 @@ output_per_mtok_usd = "2"
         assert_eq!(second.body, first.body);
     }
 }
+
+#[test]
+fn a_key_out_of_budget_still_gets_answers_it_has_paid_for() {
+    let mock = Mock::start(&[]);
+    let config = format!(
+        r#"
+[server]
+workers = 1
+
+[admin]
+token = "{ADMIN}"
+
+[cache]
+enabled = true
+
+[[providers]]
+name = "local"
+kind = "openai"
+base_url = "{}"
+models = ["gpt-4o-mini"]
+
+[[virtual_keys]]
+name = "tight"
+key = "sk-tight-budget"
+[virtual_keys.budget]
+limit_usd = "0.00005"
+reset = "1d"
+"#,
+        mock.base_url()
+    );
+    let gw = Gateway::start(&config, &[]);
+    let mut c = Client::connect(gw.addr);
+    ask(&mut c, "sk-tight-budget", Q, &[]);
+    // Spend the rest on other questions until the budget refuses.
+    let mut n = 0;
+    loop {
+        let other = Q.replace("France", &format!("country number {n}"));
+        let r = c.post("/v1/chat/completions", "sk-tight-budget", &other, &[]);
+        if r.status == 402 {
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        n += 1;
+        assert!(n < 100, "the budget never ran out");
+    }
+    let spent = spent_at(&gw, ADMIN, "keys/tight");
+    // The question it paid for is still answered, and costs nothing.
+    let r = ask(&mut c, "sk-tight-budget", Q, &[]);
+    assert_eq!(r.header("x-bursar-cache"), Some("hit"));
+    assert_eq!(spent_at(&gw, ADMIN, "keys/tight"), spent);
+    assert!(spent <= pico("0.00005"));
+}

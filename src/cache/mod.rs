@@ -374,6 +374,94 @@ mod tests {
         assert!(s.get(CacheKey(99), 0).is_none());
     }
 
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+        use serde_json::{json, Map, Value};
+
+        /// A small JSON value: numbers, strings, booleans, arrays, objects.
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                any::<i32>().prop_map(|n| json!(n)),
+                "[a-z \"\\\\é]{0,8}".prop_map(Value::String),
+                any::<bool>().prop_map(Value::Bool),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map("[a-e]{1,3}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// `obj`'s text with its members in reverse order, spaced out.
+        fn reversed(v: &Value) -> String {
+            match v {
+                Value::Object(m) => {
+                    let members: Vec<String> = m
+                        .iter()
+                        .rev()
+                        .map(|(k, v)| format!("{} : {}", json!(k), reversed(v)))
+                        .collect();
+                    format!("{{ {} }}", members.join(" , "))
+                }
+                Value::Array(a) => {
+                    let items: Vec<String> = a.iter().map(reversed).collect();
+                    format!("[ {} ]", items.join(", "))
+                }
+                other => other.to_string(),
+            }
+        }
+
+        /// Every path to a leaf of `v`.
+        fn change_one_leaf(v: &mut Value, pick: &mut usize) -> bool {
+            match v {
+                Value::Object(m) => m.values_mut().any(|x| change_one_leaf(x, pick)),
+                Value::Array(a) => a.iter_mut().any(|x| change_one_leaf(x, pick)),
+                leaf => {
+                    if *pick == 0 {
+                        *leaf = match leaf {
+                            Value::Bool(b) => Value::Bool(!*b),
+                            Value::Number(n) => json!(n.as_i64().unwrap_or(0).wrapping_add(1)),
+                            Value::String(s) => Value::String(format!("{s}x")),
+                            _ => Value::Null,
+                        };
+                        true
+                    } else {
+                        *pick -= 1;
+                        false
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn member_order_and_spacing_never_change_a_key_and_any_value_does(
+                members in prop::collection::btree_map("[f-k]{1,4}", value(), 1..6),
+                pick in 0usize..32,
+            ) {
+                let mut m: Map<String, Value> = members.into_iter().collect();
+                m.insert("temperature".into(), json!(0));
+                let v = Value::Object(m);
+                let text = v.to_string();
+                let k = key("ns", Endpoint::ChatCompletions, text.as_bytes(), false).unwrap();
+                let other = reversed(&v);
+                prop_assert_eq!(
+                    k,
+                    key("ns", Endpoint::ChatCompletions, other.as_bytes(), false).unwrap()
+                );
+                let mut changed = v.clone();
+                let mut n = pick;
+                if change_one_leaf(&mut changed, &mut n) && changed != v {
+                    let k2 = key("ns", Endpoint::ChatCompletions, changed.to_string().as_bytes(), true);
+                    prop_assert_ne!(Ok(k), k2);
+                }
+            }
+        }
+    }
+
     #[test]
     fn replacing_an_entry_keeps_the_byte_count_exact() {
         let mut s = Shard::new(10, 1 << 20);

@@ -14,6 +14,8 @@
 //! kept once more), which approximates LRU with O(1) work and no list
 //! surgery on a hit. An entry lives at most the configured TTL.
 
+pub mod guards;
+
 use std::collections::{HashMap, VecDeque};
 
 use sha2::{Digest, Sha256};

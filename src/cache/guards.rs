@@ -1,0 +1,742 @@
+//! The semantic cache's guards (issue 16, stage b): what a bag of words
+//! cannot see, checked on the two prompts' text before a similar stored
+//! prompt may answer a new one. Two prompts pass only if they agree on
+//! every one of:
+//!
+//! - **numbers**, digits or number words, as a multiset ("3" = "three");
+//! - **units**, normalised ("kilometres" = "km"), as a multiset;
+//! - **quoted text** ("…", '…', `…`, “…”), exactly;
+//! - **names**: capitalised words that are not ordinary words;
+//! - **code identifiers**: tokens with `_`, `.`, `::`, `/`, `()`, a
+//!   leading `-`, or camelCase;
+//! - **negation**: how many negating words each has;
+//! - **scope**: the quantifiers and bounds (all, every, only, first, per,
+//!   before, …), as a multiset;
+//! - **direction and order**: around each directional word (to, into,
+//!   from, than, then, vs, …) the nearest content words on either side form
+//!   an ordered pair; a pair that one prompt has as (x, y) and the other as
+//!   (y, x) fails.
+//!
+//! Deliberately strict: a guard that refuses a true paraphrase costs one
+//! provider call; one that passes a near-miss serves a wrong answer. Pure
+//! and allocation-light; no I/O.
+
+/// Why two prompts may not share an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    Numbers,
+    Units,
+    Quoted,
+    Names,
+    Identifiers,
+    Negation,
+    Scope,
+    Direction,
+}
+
+/// Whether `a` and `b` agree on everything the guards check.
+pub fn compatible(a: &str, b: &str) -> Result<(), Mismatch> {
+    let (fa, fb) = (Features::of(a), Features::of(b));
+    let checks = [
+        (fa.numbers == fb.numbers, Mismatch::Numbers),
+        (fa.units == fb.units, Mismatch::Units),
+        (fa.quoted == fb.quoted, Mismatch::Quoted),
+        (fa.names == fb.names, Mismatch::Names),
+        (fa.identifiers == fb.identifiers, Mismatch::Identifiers),
+        (fa.negations == fb.negations, Mismatch::Negation),
+        (fa.scope == fb.scope, Mismatch::Scope),
+        (!reversed(&fa.pairs, &fb.pairs), Mismatch::Direction),
+    ];
+    match checks.iter().find(|(ok, _)| !ok) {
+        Some(&(_, why)) => Err(why),
+        None => Ok(()),
+    }
+}
+
+/// What the guards read of one prompt (each list sorted, for comparison).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    pub numbers: Vec<String>,
+    pub units: Vec<&'static str>,
+    pub quoted: Vec<String>,
+    pub names: Vec<String>,
+    pub identifiers: Vec<String>,
+    pub negations: usize,
+    pub scope: Vec<&'static str>,
+    /// (left, right) content words around each directional word.
+    pub pairs: Vec<(String, String)>,
+}
+
+const NUMBER_WORDS: &[(&str, &str)] = &[
+    ("zero", "0"),
+    ("one", "1"),
+    ("two", "2"),
+    ("three", "3"),
+    ("four", "4"),
+    ("five", "5"),
+    ("six", "6"),
+    ("seven", "7"),
+    ("eight", "8"),
+    ("nine", "9"),
+    ("ten", "10"),
+    ("eleven", "11"),
+    ("twelve", "12"),
+    ("thirteen", "13"),
+    ("fourteen", "14"),
+    ("fifteen", "15"),
+    ("sixteen", "16"),
+    ("seventeen", "17"),
+    ("eighteen", "18"),
+    ("nineteen", "19"),
+    ("twenty", "20"),
+    ("thirty", "30"),
+    ("forty", "40"),
+    ("fifty", "50"),
+    ("hundred", "100"),
+    ("thousand", "1000"),
+    ("million", "1000000"),
+    ("billion", "1000000000"),
+    ("half", "0.5"),
+    ("twice", "2x"),
+    ("double", "2x"),
+    ("dozen", "12"),
+];
+
+/// Unit spellings and the unit they name.
+const UNITS: &[(&str, &str)] = &[
+    ("km", "km"),
+    ("kms", "km"),
+    ("kilometer", "km"),
+    ("kilometers", "km"),
+    ("kilometre", "km"),
+    ("kilometres", "km"),
+    ("m", "m"),
+    ("meter", "m"),
+    ("meters", "m"),
+    ("metre", "m"),
+    ("metres", "m"),
+    ("cm", "cm"),
+    ("centimeters", "cm"),
+    ("centimetres", "cm"),
+    ("mm", "mm"),
+    ("millimeters", "mm"),
+    ("mile", "mi"),
+    ("miles", "mi"),
+    ("mi", "mi"),
+    ("yard", "yd"),
+    ("yards", "yd"),
+    ("yd", "yd"),
+    ("foot", "ft"),
+    ("feet", "ft"),
+    ("ft", "ft"),
+    ("inch", "in"),
+    ("inches", "in"),
+    ("kg", "kg"),
+    ("kilogram", "kg"),
+    ("kilograms", "kg"),
+    ("kilos", "kg"),
+    ("g", "g"),
+    ("gram", "g"),
+    ("grams", "g"),
+    ("mg", "mg"),
+    ("milligrams", "mg"),
+    ("lb", "lb"),
+    ("lbs", "lb"),
+    ("pound", "lb"),
+    ("pounds", "lb"),
+    ("oz", "oz"),
+    ("ounce", "oz"),
+    ("ounces", "oz"),
+    ("l", "l"),
+    ("liter", "l"),
+    ("liters", "l"),
+    ("litre", "l"),
+    ("litres", "l"),
+    ("ml", "ml"),
+    ("milliliters", "ml"),
+    ("gallon", "gal"),
+    ("gallons", "gal"),
+    ("cup", "cup"),
+    ("cups", "cup"),
+    ("celsius", "c"),
+    ("°c", "c"),
+    ("fahrenheit", "f"),
+    ("°f", "f"),
+    ("kelvin", "k"),
+    ("kb", "kb"),
+    ("mb", "mb"),
+    ("gb", "gb"),
+    ("tb", "tb"),
+    ("kib", "kib"),
+    ("mib", "mib"),
+    ("gib", "gib"),
+    ("mph", "mph"),
+    ("kph", "kph"),
+    ("km/h", "kph"),
+    ("usd", "usd"),
+    ("eur", "eur"),
+    ("gbp", "gbp"),
+];
+
+/// Time units, kept apart from the physical ones so "per day" / "per week"
+/// also fail as units.
+const TIME_UNITS: &[(&str, &str)] = &[
+    ("second", "s"),
+    ("seconds", "s"),
+    ("sec", "s"),
+    ("minute", "min"),
+    ("minutes", "min"),
+    ("hour", "h"),
+    ("hours", "h"),
+    ("hr", "h"),
+    ("day", "d"),
+    ("days", "d"),
+    ("daily", "d"),
+    ("week", "w"),
+    ("weeks", "w"),
+    ("weekly", "w"),
+    ("month", "mo"),
+    ("months", "mo"),
+    ("monthly", "mo"),
+    ("year", "y"),
+    ("years", "y"),
+    ("yearly", "y"),
+    ("annually", "y"),
+    ("ms", "ms"),
+];
+
+const NEGATIONS: &[&str] = &[
+    "not",
+    "no",
+    "never",
+    "none",
+    "nothing",
+    "nobody",
+    "neither",
+    "nor",
+    "without",
+    "cannot",
+    "can't",
+    "don't",
+    "doesn't",
+    "didn't",
+    "isn't",
+    "aren't",
+    "wasn't",
+    "weren't",
+    "won't",
+    "wouldn't",
+    "shouldn't",
+    "couldn't",
+    "hasn't",
+    "haven't",
+    "hadn't",
+    "exclude",
+];
+
+const SCOPE: &[&str] = &[
+    "all",
+    "every",
+    "each",
+    "any",
+    "some",
+    "only",
+    "first",
+    "last",
+    "most",
+    "least",
+    "more",
+    "less",
+    "fewer",
+    "before",
+    "after",
+    "since",
+    "until",
+    "above",
+    "below",
+    "over",
+    "under",
+    "between",
+    "per",
+    "max",
+    "maximum",
+    "min",
+    "minimum",
+    "top",
+    "bottom",
+    "always",
+    "sometimes",
+    "often",
+    "rarely",
+    "usually",
+    "largest",
+    "smallest",
+    "highest",
+    "lowest",
+    "oldest",
+    "newest",
+];
+
+/// Words that relate what is on their left to what is on their right.
+const DIRECTIONAL: &[&str] = &[
+    "to", "into", "from", "than", "then", "vs", "versus", "->", "=>", "over", "before", "after",
+    "onto", "towards",
+];
+
+/// Ordinary words: never names, never content words of a pair.
+const COMMON: &[&str] = &[
+    "a",
+    "an",
+    "the",
+    "and",
+    "or",
+    "but",
+    "if",
+    "of",
+    "in",
+    "on",
+    "at",
+    "by",
+    "for",
+    "with",
+    "about",
+    "as",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "being",
+    "am",
+    "do",
+    "does",
+    "did",
+    "have",
+    "has",
+    "had",
+    "can",
+    "could",
+    "would",
+    "should",
+    "will",
+    "shall",
+    "may",
+    "might",
+    "must",
+    "what",
+    "which",
+    "who",
+    "whom",
+    "whose",
+    "when",
+    "where",
+    "why",
+    "how",
+    "this",
+    "that",
+    "these",
+    "those",
+    "it",
+    "its",
+    "i",
+    "me",
+    "my",
+    "we",
+    "us",
+    "our",
+    "you",
+    "your",
+    "he",
+    "she",
+    "they",
+    "them",
+    "their",
+    "there",
+    "here",
+    "please",
+    "tell",
+    "give",
+    "show",
+    "explain",
+    "list",
+    "write",
+    "describe",
+    "find",
+    "get",
+    "make",
+    "let",
+    "so",
+    "just",
+    "also",
+    "some",
+    "way",
+    "ways",
+    "best",
+    "good",
+    "kindly",
+    "could",
+    "want",
+    "need",
+    "know",
+    "like",
+    "quick",
+    "quickly",
+    "simple",
+    "simply",
+    "exactly",
+    "really",
+    "briefly",
+    "short",
+    "question",
+    "hey",
+    "hi",
+    "hello",
+    "thanks",
+    "thank",
+    "okay",
+    "ok",
+    "can't",
+    "possible",
+    "using",
+    "use",
+    "help",
+    "me",
+    "difference",
+    "mean",
+    "means",
+    "meaning",
+    "is",
+    "are",
+];
+
+fn lookup<'t>(table: &[(&str, &'t str)], word: &str) -> Option<&'t str> {
+    table.iter().find(|(w, _)| *w == word).map(|&(_, v)| v)
+}
+
+fn is_common(lower: &str) -> bool {
+    COMMON.contains(&lower)
+}
+
+/// `t` as a number's canonical text (`1,000` = `1000`, `2nd` = `2`, `3.10`
+/// kept apart from `3.1`: versions), or `None`.
+fn number(t: &str) -> Option<String> {
+    let t = t.trim_end_matches(['%']);
+    let digits = t
+        .strip_suffix("st")
+        .or_else(|| t.strip_suffix("nd"))
+        .or_else(|| t.strip_suffix("rd"))
+        .or_else(|| t.strip_suffix("th"))
+        .unwrap_or(t);
+    let digits: String = digits.chars().filter(|&c| c != ',').collect();
+    let mut seen_digit = false;
+    for c in digits.chars() {
+        match c {
+            '0'..='9' => seen_digit = true,
+            '.' | '-' | '+' => {}
+            _ => return None,
+        }
+    }
+    seen_digit.then_some(digits)
+}
+
+/// A token that looks like code: snake_case, dotted paths, `::`, paths,
+/// calls, flags, camelCase.
+fn is_identifier(t: &str) -> bool {
+    let has_letter = t.chars().any(char::is_alphabetic);
+    if !has_letter || t.len() < 2 {
+        return false;
+    }
+    let camel = t
+        .chars()
+        .zip(t.chars().skip(1))
+        .any(|(x, y)| x.is_lowercase() && y.is_uppercase());
+    t.contains('_')
+        || t.contains("::")
+        || t.contains("()")
+        || (t.contains('.') && !t.ends_with('.') && t.split('.').all(|p| !p.is_empty()))
+        || (t.contains('/') && t.len() > 2)
+        || t.starts_with('-')
+        || camel
+}
+
+/// Splits on whitespace and strips the punctuation around each token (not
+/// inside it: `os.path.join`, `km/h`, `don't` stay whole).
+fn tokens(text: &str) -> impl Iterator<Item = &str> {
+    text.split_whitespace()
+        .map(|t| {
+            t.trim_matches(|c: char| {
+                matches!(
+                    c,
+                    ',' | ';'
+                        | ':'
+                        | '!'
+                        | '?'
+                        | '('
+                        | ')'
+                        | '['
+                        | ']'
+                        | '{'
+                        | '}'
+                        | '"'
+                        | '“'
+                        | '”'
+                        | '‘'
+                        | '’'
+                        | '`'
+                        | '\''
+                ) || (c == '.')
+            })
+        })
+        .filter(|t| !t.is_empty())
+}
+
+/// The spans between matching quote marks.
+fn quoted(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (open, close) in [('"', '"'), ('`', '`'), ('“', '”'), ('\'', '\'')] {
+        let mut rest = text;
+        while let Some(i) = rest.find(open) {
+            // An apostrophe inside a word (don't) is not a quote.
+            if open == '\'' {
+                let before = rest[..i].chars().next_back();
+                if before.is_some_and(char::is_alphanumeric) {
+                    rest = &rest[i + open.len_utf8()..];
+                    continue;
+                }
+            }
+            let after = &rest[i + open.len_utf8()..];
+            let Some(j) = after.find(close) else { break };
+            let inner = &after[..j];
+            if !inner.trim().is_empty() {
+                out.push(inner.to_string());
+            }
+            rest = &after[j + close.len_utf8()..];
+        }
+    }
+    out.sort();
+    out
+}
+
+impl Features {
+    pub fn of(text: &str) -> Features {
+        let mut f = Features {
+            quoted: quoted(text),
+            ..Features::default()
+        };
+        let toks: Vec<&str> = tokens(text).collect();
+        // Which tokens start a sentence: their capital says nothing.
+        let starts: Vec<bool> = {
+            let raw: Vec<&str> = text.split_whitespace().collect();
+            let mut out = Vec::with_capacity(toks.len());
+            let mut start = true;
+            for r in raw {
+                if tokens(r).next().is_some() {
+                    out.push(start);
+                }
+                start = r.ends_with(['.', '?', '!', ':']);
+            }
+            out
+        };
+        let lower: Vec<String> = toks.iter().map(|t| t.to_lowercase()).collect();
+        for (i, (t, l)) in toks.iter().zip(&lower).enumerate() {
+            if let Some(n) = number(t) {
+                f.numbers.push(n);
+                continue;
+            }
+            if let Some(n) = lookup(NUMBER_WORDS, l) {
+                f.numbers.push(n.to_string());
+                continue;
+            }
+            // A unit written against its number ("5km", "20°C").
+            let unit_part = l.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+            if unit_part.len() < l.len() {
+                f.numbers.push(l[..l.len() - unit_part.len()].to_string());
+            }
+            if let Some(u) = lookup(UNITS, unit_part).or_else(|| lookup(TIME_UNITS, unit_part)) {
+                // Single letters are units only after a number.
+                let after_number = i > 0 && number(toks[i - 1]).is_some();
+                if unit_part.len() > 1 || after_number || unit_part.len() < l.len() {
+                    f.units.push(u);
+                    continue;
+                }
+            }
+            if NEGATIONS.contains(&l.as_str()) || l.ends_with("n't") {
+                f.negations += 1;
+            }
+            if let Some(&s) = SCOPE.iter().find(|s| **s == l.as_str()) {
+                f.scope.push(s);
+            }
+            if is_identifier(t) {
+                f.identifiers.push(t.to_string());
+                continue;
+            }
+            let capitalised = t.chars().next().is_some_and(char::is_uppercase)
+                && t.chars().skip(1).any(char::is_lowercase);
+            let acronym = t.len() >= 2
+                && t.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+            let sentence_start = starts.get(i).copied().unwrap_or(i == 0);
+            if ((capitalised && !sentence_start) || acronym)
+                && !is_common(l)
+                && !SCOPE.contains(&l.as_str())
+            {
+                f.names.push(l.clone());
+            }
+        }
+        // Direction: the nearest content words around each directional word.
+        let content = |l: &String| {
+            !is_common(l)
+                && !DIRECTIONAL.contains(&l.as_str())
+                && !NEGATIONS.contains(&l.as_str())
+                && l.chars().any(char::is_alphanumeric)
+        };
+        for (i, l) in lower.iter().enumerate() {
+            if !DIRECTIONAL.contains(&l.as_str()) {
+                continue;
+            }
+            let left = lower[..i].iter().rev().find(|w| content(w));
+            let right = lower[i + 1..].iter().find(|w| content(w));
+            if let (Some(x), Some(y)) = (left, right) {
+                if x != y {
+                    f.pairs.push((x.clone(), y.clone()));
+                }
+            }
+        }
+        f.numbers.sort();
+        f.units.sort_unstable();
+        f.names.sort();
+        f.names.dedup();
+        f.identifiers.sort();
+        f.identifiers.dedup();
+        f.scope.sort_unstable();
+        f
+    }
+}
+
+/// Whether one list has a pair the other has the other way round.
+fn reversed(a: &[(String, String)], b: &[(String, String)]) -> bool {
+    a.iter()
+        .any(|(x, y)| b.iter().any(|(p, q)| p == y && q == x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pass(a: &str, b: &str) {
+        assert_eq!(
+            compatible(a, b),
+            Ok(()),
+            "{a:?} / {b:?}: {:#?} {:#?}",
+            Features::of(a),
+            Features::of(b)
+        );
+    }
+
+    fn fail(a: &str, b: &str, why: Mismatch) {
+        assert_eq!(compatible(a, b), Err(why), "{a:?} / {b:?}");
+    }
+
+    #[test]
+    fn paraphrases_pass() {
+        pass(
+            "How do I reverse a list in Python?",
+            "In Python, how can I reverse a list?",
+        );
+        pass(
+            "What is the capital of France?",
+            "what's the capital city of France",
+        );
+        pass("Convert 5 km to miles", "How many miles is five km?");
+        pass(
+            "Could you explain what os.path.join does?",
+            "Explain os.path.join please",
+        );
+    }
+
+    #[test]
+    fn near_misses_fail_on_what_changed() {
+        fail(
+            "What is the capital of France?",
+            "What is the capital of Germany?",
+            Mismatch::Names,
+        );
+        fail(
+            "Give me 3 apple recipes",
+            "Give me 4 apple recipes",
+            Mismatch::Numbers,
+        );
+        fail(
+            "Top five films of 1999",
+            "Top ten films of 1999",
+            Mismatch::Numbers,
+        );
+        fail(
+            "Convert 5 km to miles",
+            "Convert 5 km to yards",
+            Mismatch::Units,
+        );
+        fail(
+            "How do I convert a string to an int?",
+            "How do I convert an int to a string?",
+            Mismatch::Direction,
+        );
+        fail(
+            "Which foods contain gluten?",
+            "Which foods do not contain gluten?",
+            Mismatch::Negation,
+        );
+        fail(
+            "List all prime numbers below 20",
+            "List the first prime number below 20",
+            Mismatch::Scope,
+        );
+        fail(
+            "What does `git reset --hard` do?",
+            "What does `git reset --soft` do?",
+            Mismatch::Quoted,
+        );
+        fail(
+            "What does os.path.join do?",
+            "What does os.path.split do?",
+            Mismatch::Identifiers,
+        );
+        fail(
+            "Say hello in Spanish",
+            "Say hello in Portuguese",
+            Mismatch::Names,
+        );
+        fail(
+            "Sort the list then deduplicate it",
+            "Deduplicate the list then sort it",
+            Mismatch::Direction,
+        );
+        fail("Is 20°C warm?", "Is 20°F warm?", Mismatch::Units);
+        fail(
+            "How much do I earn per day at $20/hour?",
+            "How much do I earn per week at $20/hour?",
+            Mismatch::Units,
+        );
+    }
+
+    #[test]
+    fn nothing_panics_on_odd_text() {
+        for t in [
+            "",
+            " ",
+            "''",
+            "\"unclosed",
+            "`a` `",
+            "ééé",
+            "-",
+            "...",
+            "a->",
+            "don't'",
+            "1,2,,3",
+        ] {
+            let _ = Features::of(t);
+            let _ = compatible(t, "x");
+        }
+    }
+}

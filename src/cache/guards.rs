@@ -277,6 +277,9 @@ const SCOPE: &[&str] = &[
     "newest",
 ];
 
+/// How many content words on each side of a directional word it relates.
+const DIRECTION_WINDOW: usize = 3;
+
 /// Words that relate what is on their left to what is on their right.
 const DIRECTIONAL: &[&str] = &[
     "to", "into", "from", "than", "then", "vs", "versus", "->", "=>", "over", "before", "after",
@@ -595,11 +598,22 @@ impl Features {
             if !DIRECTIONAL.contains(&l.as_str()) {
                 continue;
             }
-            let left = lower[..i].iter().rev().find(|w| content(w));
-            let right = lower[i + 1..].iter().find(|w| content(w));
-            if let (Some(x), Some(y)) = (left, right) {
-                if x != y {
-                    f.pairs.push((x.clone(), y.clone()));
+            // Up to `DIRECTION_WINDOW` content words on each side: "Jupiter
+            // larger than Saturn" relates Jupiter as well as "larger".
+            let left = lower[..i]
+                .iter()
+                .rev()
+                .filter(|w| content(w))
+                .take(DIRECTION_WINDOW);
+            for x in left {
+                let right = lower[i + 1..]
+                    .iter()
+                    .filter(|w| content(w))
+                    .take(DIRECTION_WINDOW);
+                for y in right {
+                    if x != y {
+                        f.pairs.push((x.clone(), y.clone()));
+                    }
                 }
             }
         }

@@ -20,6 +20,7 @@ fn main() {
     let mut by_kind: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut false_hits = Vec::new();
+    let mut refused = Vec::new();
     for (n, line) in text
         .lines()
         .enumerate()
@@ -44,6 +45,14 @@ fn main() {
                 ));
             }
         } else if let Err(why) = verdict {
+            if same {
+                refused.push((
+                    v["id"].as_str().unwrap_or("?").to_string(),
+                    why,
+                    a.to_string(),
+                    b.to_string(),
+                ));
+            }
             *reasons
                 .entry(format!(
                     "{:?} ({})",
@@ -81,6 +90,11 @@ fn main() {
     println!();
     for (r, n) in &reasons {
         println!("{n:5}  {r}");
+    }
+    println!();
+    println!("paraphrases the guards refused (a provider call, never a wrong answer):");
+    for (id, why, a, b) in &refused {
+        println!("  {id} [{why:?}] {a:?} / {b:?}");
     }
     println!();
     println!("near-misses the guards alone let through (left to the similarity and confirmation stages):");

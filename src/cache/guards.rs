@@ -41,7 +41,10 @@ pub fn compatible(a: &str, b: &str) -> Result<(), Mismatch> {
         (fa.numbers == fb.numbers, Mismatch::Numbers),
         (fa.units == fb.units, Mismatch::Units),
         (fa.quoted == fb.quoted, Mismatch::Quoted),
-        (fa.names == fb.names, Mismatch::Names),
+        (
+            names_agree(&fa.names, &fb.words) && names_agree(&fb.names, &fa.words),
+            Mismatch::Names,
+        ),
         (fa.identifiers == fb.identifiers, Mismatch::Identifiers),
         (fa.negations == fb.negations, Mismatch::Negation),
         (fa.scope == fb.scope, Mismatch::Scope),
@@ -65,6 +68,9 @@ pub struct Features {
     pub scope: Vec<&'static str>,
     /// (left, right) content words around each directional word.
     pub pairs: Vec<(String, String)>,
+    /// Every word, lowercased: a name one prompt writes capitalised the
+    /// other may write in lower case or at a sentence's start.
+    pub words: Vec<String>,
 }
 
 const NUMBER_WORDS: &[(&str, &str)] = &[
@@ -234,47 +240,71 @@ const NEGATIONS: &[&str] = &[
     "exclude",
 ];
 
-const SCOPE: &[&str] = &[
-    "all",
-    "every",
-    "each",
-    "any",
-    "some",
-    "only",
-    "first",
-    "last",
-    "most",
-    "least",
-    "more",
-    "less",
-    "fewer",
-    "before",
-    "after",
-    "since",
-    "until",
-    "above",
-    "below",
-    "over",
-    "under",
-    "between",
-    "per",
-    "max",
-    "maximum",
-    "min",
-    "minimum",
-    "top",
-    "bottom",
-    "always",
-    "sometimes",
-    "often",
-    "rarely",
-    "usually",
-    "largest",
-    "smallest",
-    "highest",
-    "lowest",
-    "oldest",
-    "newest",
+/// Quantifiers and bounds, each with the class it means: "every" and
+/// "each" say what "all" says, "tallest" what "highest" says.
+const SCOPE: &[(&str, &str)] = &[
+    ("all", "all"),
+    ("every", "all"),
+    ("each", "all"),
+    ("any", "any"),
+    ("some", "some"),
+    ("only", "only"),
+    ("first", "first"),
+    ("last", "last"),
+    ("most", "most"),
+    ("largest", "most"),
+    ("biggest", "most"),
+    ("highest", "most"),
+    ("greatest", "most"),
+    ("longest", "most"),
+    ("tallest", "most"),
+    ("top", "most"),
+    ("max", "most"),
+    ("maximum", "most"),
+    ("least", "least"),
+    ("smallest", "least"),
+    ("lowest", "least"),
+    ("fewest", "least"),
+    ("shortest", "least"),
+    ("bottom", "least"),
+    ("min", "least"),
+    ("minimum", "least"),
+    ("more", "more"),
+    ("larger", "more"),
+    ("bigger", "more"),
+    ("higher", "more"),
+    ("greater", "more"),
+    ("longer", "more"),
+    ("less", "less"),
+    ("fewer", "less"),
+    ("smaller", "less"),
+    ("lower", "less"),
+    ("shorter", "less"),
+    ("before", "before"),
+    ("after", "after"),
+    ("since", "since"),
+    ("until", "until"),
+    ("above", "above"),
+    ("below", "below"),
+    ("over", "above"),
+    ("under", "below"),
+    ("per", "per"),
+    ("always", "always"),
+    ("never", "never"),
+    ("sometimes", "sometimes"),
+    ("often", "often"),
+    ("rarely", "rarely"),
+    ("usually", "usually"),
+    ("oldest", "oldest"),
+    ("newest", "newest"),
+    ("earliest", "oldest"),
+    ("latest", "newest"),
+];
+
+/// Words after which "to" starts an infinitive.
+const INFINITIVE_BEFORE: &[&str] = &[
+    "how", "want", "wants", "need", "needs", "able", "trying", "try", "going", "way", "ways",
+    "where", "what", "when", "used", "have", "has", "like", "best",
 ];
 
 /// How many content words on each side of a directional word it relates.
@@ -567,8 +597,8 @@ impl Features {
             if NEGATIONS.contains(&l.as_str()) || l.ends_with("n't") {
                 f.negations += 1;
             }
-            if let Some(&s) = SCOPE.iter().find(|s| **s == l.as_str()) {
-                f.scope.push(s);
+            if let Some(class) = lookup(SCOPE, l) {
+                f.scope.push(class);
             }
             if is_identifier(t) {
                 f.identifiers.push(t.to_string());
@@ -582,7 +612,7 @@ impl Features {
             let sentence_start = starts.get(i).copied().unwrap_or(i == 0);
             if ((capitalised && !sentence_start) || acronym)
                 && !is_common(l)
-                && !SCOPE.contains(&l.as_str())
+                && lookup(SCOPE, l).is_none()
             {
                 f.names.push(l.clone());
             }
@@ -596,6 +626,12 @@ impl Features {
         };
         for (i, l) in lower.iter().enumerate() {
             if !DIRECTIONAL.contains(&l.as_str()) {
+                continue;
+            }
+            // "how to", "want to": an infinitive, not a direction.
+            let infinitive =
+                l == "to" && i > 0 && INFINITIVE_BEFORE.contains(&lower[i - 1].as_str());
+            if infinitive {
                 continue;
             }
             // Up to `DIRECTION_WINDOW` content words on each side: "Jupiter
@@ -617,6 +653,9 @@ impl Features {
                 }
             }
         }
+        f.words = lower;
+        f.words.sort();
+        f.words.dedup();
         f.numbers.sort();
         f.units.sort_unstable();
         f.names.sort();
@@ -626,6 +665,11 @@ impl Features {
         f.scope.sort_unstable();
         f
     }
+}
+
+/// Whether every name is a word of the other prompt (`words` sorted).
+fn names_agree(names: &[String], words: &[String]) -> bool {
+    names.iter().all(|n| words.binary_search(n).is_ok())
 }
 
 /// Whether one list has a pair the other has the other way round.
@@ -666,6 +710,14 @@ mod tests {
         pass(
             "Could you explain what os.path.join does?",
             "Explain os.path.join please",
+        );
+        pass(
+            "How do I convert a string to lowercase in Python?",
+            "python: how to make a string lowercase?",
+        );
+        pass(
+            "Which ocean lies between Africa and Australia?",
+            "what ocean lies between africa and australia",
         );
     }
 

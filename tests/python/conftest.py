@@ -4,6 +4,7 @@ Binaries come from BURSAR_BIN_DIR (default: target/debug of the repository),
 built by the test command before pytest runs.
 """
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -38,6 +39,34 @@ def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
     raise RuntimeError(f"{what} did not listen on {port}")
 
 
+@contextlib.contextmanager
+def running_gateway(config: str, env: dict | None = None):
+    """`bursar serve` on `config` in a fresh directory, ports chosen by the
+    gateway (it prints them on its first stdout line); yields the data-plane
+    and control-plane addresses, and stops it on exit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "bursar.toml"
+        cfg.write_text(config)
+        proc = subprocess.Popen(
+            [
+                str(BIN_DIR / "bursar"), "serve", "--config", str(cfg),
+                "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+            ],
+            cwd=tmp,
+            env={**os.environ, "BURSAR_LOG": "warn", **(env or {})},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            words = proc.stdout.readline().split()
+            if words[:3] != ["bursar", "listening", "on"]:
+                raise RuntimeError(f"bursar did not start: {words!r}")
+            yield words[3], words[5]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+
+
 @pytest.fixture(scope="session")
 def mock_upstream():
     # Port 0: the mock prints the address it bound on its first stdout line.
@@ -56,10 +85,7 @@ def mock_upstream():
 
 @pytest.fixture(scope="session")
 def gateway(mock_upstream):
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = Path(tmp) / "bursar.toml"
-        cfg.write_text(
-            f"""
+    config = f"""
 [server]
 workers = 2
 
@@ -106,25 +132,9 @@ model = "mock-model"
 input_per_mtok_usd = "1"
 output_per_mtok_usd = "2"
 """
-        )
-        # Port 0 for both listeners; bursar prints what it bound on stdout.
-        proc = subprocess.Popen(
-            [
-                str(BIN_DIR / "bursar"), "serve", "--config", str(cfg),
-                "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-            ],
-            cwd=tmp,
-            env={**os.environ, "BURSAR_LOG": "warn"},
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        words = proc.stdout.readline().split()
-        if words[:3] != ["bursar", "listening", "on"]:
-            raise RuntimeError(f"bursar did not start: {words!r}")
-        ADDRS["admin"] = words[5]
-        yield f"http://{words[3]}/v1"
-        proc.terminate()
-        proc.wait(timeout=20)
+    with running_gateway(config) as (data, control):
+        ADDRS["admin"] = control
+        yield f"http://{data}/v1"
 
 
 @pytest.fixture()

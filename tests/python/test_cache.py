@@ -2,25 +2,17 @@
 the same question asked again is answered from the cache, streamed or
 not, costs nothing, and another tenant never gets it."""
 
-import os
-import subprocess
-import tempfile
-from pathlib import Path
-
 import openai
 import pytest
 
-from conftest import BIN_DIR
+from conftest import running_gateway
 
 QUESTION = [{"role": "user", "content": "what is the capital of France"}]
 
 
 @pytest.fixture(scope="module")
 def cache_gateway(mock_upstream):
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = Path(tmp) / "bursar.toml"
-        cfg.write_text(
-            f"""
+    config = f"""
 [server]
 workers = 1
 
@@ -49,23 +41,8 @@ name = "globex"
 key = "sk-globex-cache"
 customer = "globex"
 """
-        )
-        proc = subprocess.Popen(
-            [
-                str(BIN_DIR / "bursar"), "serve", "--config", str(cfg),
-                "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-            ],
-            cwd=tmp,
-            env={**os.environ, "BURSAR_LOG": "warn"},
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        words = proc.stdout.readline().split()
-        if words[:3] != ["bursar", "listening", "on"]:
-            raise RuntimeError(f"bursar did not start: {words!r}")
-        yield f"http://{words[3]}/v1"
-        proc.terminate()
-        proc.wait(timeout=20)
+    with running_gateway(config) as (data, _control):
+        yield f"http://{data}/v1"
 
 
 def client(url, key):

@@ -5,17 +5,13 @@ through to an `anthropic` provider. The upstream is the real mock
 (`bursar-load mock`), which speaks each provider's wire format."""
 
 import json
-import os
-import subprocess
-import tempfile
 from decimal import Decimal
-from pathlib import Path
 
 import anthropic
 import openai
 import pytest
 
-from conftest import BIN_DIR
+from conftest import running_gateway
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
 # The mock's rule: 3 + (3 + words) per turn.
@@ -38,10 +34,7 @@ WEATHER = {
 @pytest.fixture(scope="module")
 def providers_gateway(mock_upstream):
     root = mock_upstream.removesuffix("/v1")
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = Path(tmp) / "bursar.toml"
-        cfg.write_text(
-            f"""
+    config = f"""
 [server]
 workers = 2
 
@@ -75,28 +68,12 @@ model = "{BEDROCK_MODEL}"
 input_per_mtok_usd = "0.25"
 output_per_mtok_usd = "1.25"
 """
-        )
-        proc = subprocess.Popen(
-            [
-                str(BIN_DIR / "bursar"), "serve", "--config", str(cfg),
-                "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-            ],
-            cwd=tmp,
-            env={
-                **os.environ,
-                "BURSAR_LOG": "warn",
-                "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
-                "AWS_SECRET_ACCESS_KEY": "not-checked-by-this-mock",
-            },
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        words = proc.stdout.readline().split()
-        if words[:3] != ["bursar", "listening", "on"]:
-            raise RuntimeError(f"bursar did not start: {words!r}")
-        yield f"http://{words[3]}"
-        proc.terminate()
-        proc.wait(timeout=20)
+    env = {
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "not-checked-by-this-mock",
+    }
+    with running_gateway(config, env) as (data, _control):
+        yield f"http://{data}"
 
 
 @pytest.fixture()

@@ -33,6 +33,9 @@ pub struct ApiError {
     pub retry_after_secs: Option<u64>,
     /// For a 402: which budget refused, and its state.
     pub budget: Option<Box<BudgetDetails>>,
+    /// Upstream attempts made before this error was answered (0: none, or
+    /// not said), announced in `x-bursar-attempts`.
+    pub attempts: u32,
 }
 
 /// The budget that refused a request, as the 402 body reports it (in the
@@ -71,6 +74,7 @@ impl ApiError {
             retryable: false,
             retry_after_secs: None,
             budget: None,
+            attempts: 0,
         }
     }
 

@@ -724,3 +724,21 @@ fn a_target_that_times_out_is_left_for_the_next() {
     assert_eq!(r.header("x-bursar-provider"), Some("b"));
     assert_eq!(r.header("x-bursar-attempts"), Some("2"));
 }
+
+#[test]
+fn when_every_target_fails_the_error_says_how_many_attempts_were_made() {
+    // Two providers nobody listens for.
+    let dead = |_| format!("http://127.0.0.1:{}/v1", util::free_port());
+    let gw = Gateway::start(
+        &config(
+            &(provider("a", &dead(0), "") + &provider("b", &dead(1), "")),
+            "targets = [ { provider = \"a\" }, { provider = \"b\" } ]",
+            "",
+        ),
+        &[],
+    );
+    let r = send(&gw, CHAT);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.header("x-bursar-attempts"), Some("2"));
+    assert_eq!(r.json()["error"]["code"], "upstream_unreachable");
+}

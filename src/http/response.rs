@@ -112,6 +112,11 @@ pub fn error(out: &mut Vec<u8>, e: &ApiError, request_id: &str, keep_alive: bool
     if let Some(secs) = e.retry_after_secs {
         header(out, "retry-after", secs.to_string().as_bytes());
     }
+    if e.attempts > 0 {
+        out.extend_from_slice(b"x-bursar-attempts: ");
+        push_decimal(out, u64::from(e.attempts));
+        out.extend_from_slice(b"\r\n");
+    }
     if e.status >= 500 && e.fault == crate::error::Fault::Upstream && !e.retryable {
         // The upstream may have worked on the request (it closed after it
         // could have arrived): the OpenAI and Anthropic SDKs, which retry a

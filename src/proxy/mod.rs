@@ -1007,7 +1007,10 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
         .await;
         drop(inflight);
         match attempt {
-            forward::Attempt::Done(result) => {
+            forward::Attempt::Done(mut result) => {
+                if let Err(e) = result.as_mut() {
+                    e.attempts = attempts;
+                }
                 let status = result.as_ref().map_or_else(|e| e.status, |_| plan.status);
                 // The provider's error rate (operational alerts): this
                 // worker's own slot, a relaxed load and store.
@@ -1073,9 +1076,11 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
             }
         }
     }
-    Err(last_error.or(refusal).unwrap_or_else(|| {
+    let mut e = last_error.or(refusal).unwrap_or_else(|| {
         ApiError::service_unavailable(format!("no target of the model {model:?} is available"))
-    }))
+    });
+    e.attempts = attempts;
+    Err(e)
 }
 
 /// Writes the cached answer to `key` into the client's buffer, if the

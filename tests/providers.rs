@@ -485,3 +485,29 @@ key = "sk-bursar-demo"
     );
     assert!(!head.contains("sk-bursar-demo"));
 }
+
+#[test]
+fn a_strict_budget_reserves_the_input_a_provider_adds_that_the_body_does_not_hold() {
+    // Anthropic adds a tool-use system prompt the body does not hold: a
+    // strict worst case reserves 1,024 input tokens more for it, whatever
+    // the body spells. $0.002 affords this request's bytes and output cap
+    // (about $0.001 at $3/$15 per million) but not 1,024 more input tokens
+    // ($0.003).
+    let mock = mock();
+    let gw = start(
+        &mock,
+        "[[virtual_keys]]\nname = \"tight\"\nkey = \"sk-tight-budget\"\n[virtual_keys.budget]\nlimit_usd = \"0.002\"\nreset = \"1d\"\n",
+    );
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":40,"messages":[{"role":"user","content":"hi"}],"\u0074ools":[{"name":"t","input_schema":{"type":"object"}}]}"#;
+    let r = Client::connect(gw.addr).request(
+        "POST",
+        "/v1/messages",
+        &[
+            ("x-api-key", "sk-tight-budget"),
+            ("anthropic-version", "2023-06-01"),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 402, "{}", r.text());
+}

@@ -31,6 +31,10 @@ use std::fmt;
 
 pub use endpoint::Endpoint;
 
+/// The most input tokens a provider's own additions to a request are
+/// reserved at ([`ProviderKind::hidden_prompt_tokens_max`]).
+pub const HIDDEN_PROMPT_TOKENS_MAX: u64 = 1024;
+
 /// What a provider speaks, which decides how a request is sent to it and how
 /// its answer comes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +74,23 @@ impl ProviderKind {
             .iter()
             .find(|(_, k)| *k == self)
             .map_or("openai", |(n, _)| n)
+    }
+
+    /// Input tokens the provider may add to a request that its body does not
+    /// hold: Anthropic (and Claude on Bedrock) adds a tool-use system prompt
+    /// of a few hundred tokens to a request with tools (346 at most in its
+    /// published table), Gemini renders tool declarations its own way. A
+    /// strict worst case reserves this much more, for every request to such
+    /// a kind: reading whether a body has tools would have to agree with the
+    /// provider on every spelling of the member (escapes, duplicates), and
+    /// the extra reservation is released at settle.
+    pub fn hidden_prompt_tokens_max(self) -> u64 {
+        match self {
+            ProviderKind::Anthropic | ProviderKind::Gemini | ProviderKind::Bedrock => {
+                HIDDEN_PROMPT_TOKENS_MAX
+            }
+            ProviderKind::OpenAi | ProviderKind::Azure | ProviderKind::Mock => 0,
+        }
     }
 
     /// Whether OpenAI's bodies go to it unchanged (no translation).

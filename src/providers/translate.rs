@@ -234,11 +234,6 @@ impl StreamTranslation {
             StreamTranslation::Bedrock(t) => t.usage().map(|u| u.prompt_tokens),
         }
     }
-
-    /// Appends an OpenAI-shaped error event for `e`.
-    pub fn error_event(e: &TranslateError, out: &mut Vec<u8>) {
-        anthropic_stream::error_event(e, out);
-    }
 }
 
 #[cfg(test)]

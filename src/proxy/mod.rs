@@ -685,11 +685,6 @@ struct Ask<'c, 'r, 'p> {
     cache_key: Option<crate::cache::CacheKey>,
 }
 
-/// Anthropic adds a system prompt of its own to a request with tools (a
-/// few hundred tokens by its published table); a translated request's
-/// worst case reserves this much more input for it.
-pub const TRANSLATED_TOOL_PROMPT_TOKENS_MAX: u64 = 1024;
-
 /// Sends the request for `model` (the one asked for, or the fallback
 /// `downgraded_to`) to its targets in turn: a target whose budgets cannot
 /// afford it is passed over for the next before any 402; one that fails
@@ -799,13 +794,9 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
             model,
             tags: ask.tags,
         };
-        let extra_input = if translation != crate::providers::translate::Translation::None
-            && memchr::memmem::find(ask.req.body, b"\"tools\"").is_some()
-        {
-            TRANSLATED_TOOL_PROMPT_TOKENS_MAX
-        } else {
-            0
-        };
+        // Input the provider adds that the body does not hold (a tool-use
+        // system prompt), reserved whatever the body says.
+        let extra_input = provider.kind.hidden_prompt_tokens_max();
         let admitted = match admit_budget(
             w,
             &chain,

@@ -498,6 +498,14 @@ failures_before_cooldown = 1000"#,
                     match r.status {
                         200 => *seen.lock().unwrap() += pico(r.cost_usd().unwrap()),
                         402 => return,
+                        // Near the end, b may be passed over for its budget
+                        // and a tried last: a's failure is then relayed as
+                        // it is, charged only if it reported usage.
+                        500 | 502 => {
+                            if let Some(cost) = r.cost_usd() {
+                                *seen.lock().unwrap() += pico(cost);
+                            }
+                        }
                         s => panic!("{s}: {}", r.text()),
                     }
                 }

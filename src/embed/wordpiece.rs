@@ -193,12 +193,7 @@ impl Vocab {
         let mut rest = text;
         while out.len() < limit {
             let (before, special) = self.next_special(rest);
-            let segment = &rest[..before];
-            if segment.is_ascii() {
-                self.ascii_segment(segment, &mut word, limit, out);
-            } else {
-                self.unicode_segment(segment, &mut word, limit, out);
-            }
+            self.segment(&rest[..before], &mut word, limit, out);
             self.flush(&mut word, out);
             match special {
                 Some((id, bytes)) if out.len() < limit => {
@@ -229,6 +224,29 @@ impl Vocab {
             from = at + 1;
         }
         (text.len(), None)
+    }
+
+    /// Normalises and pre-tokenizes text between added tokens, in runs:
+    /// ASCII by the fast path, the rest by the Unicode one. Exact, because
+    /// every step is per character except NFD's reordering of combining
+    /// marks, and that never crosses a starter (every ASCII character is
+    /// one). A word may span runs: `word` carries over.
+    fn segment(&self, mut text: &str, word: &mut Word, limit: usize, out: &mut Vec<u32>) {
+        while !text.is_empty() && out.len() < limit {
+            let bytes = text.as_bytes();
+            let ascii = bytes
+                .iter()
+                .position(|b| !b.is_ascii())
+                .unwrap_or(bytes.len());
+            self.ascii_segment(&text[..ascii], word, limit, out);
+            let rest = &text[ascii..];
+            let other = rest
+                .bytes()
+                .position(|b| b.is_ascii())
+                .unwrap_or(rest.len());
+            self.unicode_segment(&rest[..other], word, limit, out);
+            text = &rest[other..];
+        }
     }
 
     /// Normalises and pre-tokenizes ASCII text: no NFD (it cannot change

@@ -22,10 +22,12 @@
 //! panic or allocate without bound (prompts are cut at
 //! [`minilm::SEQUENCE_TOKENS_MAX`]).
 
+pub mod minilm;
 pub mod wordpiece;
 
 use std::path::PathBuf;
 
+pub use minilm::{Kernel, MiniLm, Scratch, SEQUENCE_TOKENS_MAX, TEXT_TOKENS_MAX};
 pub use wordpiece::{Vocab, WORD_CHARS_MAX};
 
 /// Why a vocabulary or model could not be loaded.
@@ -72,7 +74,7 @@ pub(crate) mod testdata {
     use std::path::{Path, PathBuf};
     use std::sync::OnceLock;
 
-    use super::Vocab;
+    use super::{MiniLm, Vocab};
 
     /// The embeddings directory (`manifest.json`, `minilm/`,
     /// `reference.jsonl`).
@@ -99,12 +101,19 @@ pub(crate) mod testdata {
         })
     }
 
+    /// The model, loaded once (with the fastest kernel).
+    pub(crate) fn model() -> &'static MiniLm {
+        static MODEL: OnceLock<MiniLm> = OnceLock::new();
+        MODEL.get_or_init(|| MiniLm::load(&dir().join("minilm")).expect("load minilm/"))
+    }
+
     /// One line of `reference.jsonl`: Hugging Face's ids and
     /// sentence-transformers' embedding of a text.
     #[derive(Debug, serde::Deserialize)]
     pub(crate) struct Reference {
         pub(crate) text: String,
         pub(crate) ids: Vec<u32>,
+        pub(crate) full: Vec<f32>,
     }
 
     /// Every line of `reference.jsonl`; fails when it is missing.

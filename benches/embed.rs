@@ -12,7 +12,7 @@
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bursar::embed::{Kernel, MiniLm, Scratch, Vocab};
 use criterion::Criterion;
@@ -62,8 +62,9 @@ fn prompt(vocab: &Vocab, tokens: usize) -> String {
 fn benches(c: &mut Criterion) {
     let dir = dir();
     let vocab = Vocab::load(&dir.join("minilm/vocab.txt")).unwrap();
+    let start = Instant::now();
     let mut model = MiniLm::load(&dir.join("minilm")).unwrap();
-    eprintln!("kernel: {:?}", model.kernel());
+    eprintln!("load: {:?}, kernel: {:?}", start.elapsed(), model.kernel());
 
     let mut ids = Vec::with_capacity(256);
     for (name, text) in [

@@ -30,6 +30,14 @@ use std::path::PathBuf;
 pub use minilm::{Kernel, MiniLm, Scratch, SEQUENCE_TOKENS_MAX, TEXT_TOKENS_MAX};
 pub use wordpiece::{Vocab, WORD_CHARS_MAX};
 
+// Loaded once and shared by every thread that embeds (each with its own
+// `Scratch`).
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<Vocab>();
+    shareable::<MiniLm>();
+};
+
 /// Why a vocabulary or model could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod embed;
 pub mod error;
 pub mod health;
 pub mod http;

@@ -12,7 +12,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
-pub mod embed;
+/// The semantic cache's embeddings and vector search (the `embed/` crate).
+pub use bursar_embed as embed;
 pub mod error;
 pub mod health;
 pub mod http;

@@ -438,7 +438,7 @@ fn is_chinese(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embed::testdata;
+    use crate::testdata;
 
     /// A vocabulary small enough to reason about by hand.
     fn tiny() -> Vocab {
@@ -548,7 +548,7 @@ mod tests {
     #[test]
     fn model_tokenizer_matches_huggingface_fixture() {
         let vocab = testdata::vocab();
-        let fixture = include_str!("../../tests/fixtures/embed/wordpiece.jsonl");
+        let fixture = include_str!("../tests/fixtures/wordpiece.jsonl");
         let mut out = Vec::new();
         let mut checked = 0;
         for line in fixture.lines() {

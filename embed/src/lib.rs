@@ -1,7 +1,7 @@
 //! Sentence embeddings: text to a unit vector whose cosine with another
 //! text's says how alike their meanings are.
 //!
-//! Two parts, both pure computation over files read once at load:
+//! Its parts, all pure computation over files read once at load:
 //!
 //! - [`wordpiece`]: BERT's uncased WordPiece tokenizer ([`Vocab`]), written to
 //!   give the same ids as Hugging Face `tokenizers` does for
@@ -10,6 +10,11 @@
 //!   6-layer BERT with mean pooling, hand-written: one small fixed
 //!   architecture does not justify a tensor framework's build time, and a
 //!   hand-written forward pass can keep every buffer and bound in view.
+//! - [`table`]: the static table ([`StaticTable`]) distilled from it by
+//!   `scripts/fetch-embeddings`: a prompt's vector in microseconds, the
+//!   semantic cache's stage a.
+//! - [`models`]: what `[cache] embedding_dir` holds, loaded once per
+//!   directory ([`load_shared`]).
 //!
 //! Nothing here does I/O after loading, takes a lock or allocates on a warm
 //! path (the tokenizer writes into the caller's `Vec`, the model into a
@@ -22,12 +27,18 @@
 //! panic or allocate without bound (prompts are cut at
 //! [`minilm::SEQUENCE_TOKENS_MAX`]).
 
+pub mod ann;
 pub mod minilm;
+pub mod models;
+pub mod table;
+pub mod vectors;
 pub mod wordpiece;
 
 use std::path::PathBuf;
 
 pub use minilm::{Kernel, MiniLm, Scratch, SEQUENCE_TOKENS_MAX, TEXT_TOKENS_MAX};
+pub use models::{load_shared, Models};
+pub use table::{Manifest, StaticTable};
 pub use wordpiece::{Vocab, WORD_CHARS_MAX};
 
 // Loaded once and shared by every thread that embeds (each with its own
@@ -89,7 +100,7 @@ pub(crate) mod testdata {
     pub(crate) fn dir() -> PathBuf {
         let dir = std::env::var_os("BURSAR_EMBEDDINGS_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/embeddings"));
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/embeddings"));
         let model = dir.join("minilm");
         assert!(
             model.join("model.safetensors").is_file() && model.join("vocab.txt").is_file(),

@@ -966,7 +966,7 @@ impl Tensors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embed::testdata;
+    use crate::testdata;
 
     /// A deterministic stream of floats in [-1, 1) (xorshift).
     struct Noise(u64);

@@ -3,19 +3,27 @@
 //! prompt may answer a new one. Two prompts pass only if they agree on
 //! every one of:
 //!
-//! - **numbers**, digits or number words, as a multiset ("3" = "three");
+//! - **numbers**, digits or number words, in order ("3" = "three"; "17
+//!   divided by 5" is not "5 divided by 17"), currency signs stripped;
 //! - **units**, normalised ("kilometres" = "km"), as a multiset;
-//! - **quoted text** ("…", '…', `…`, “…”), exactly;
+//! - **quoted text** ("…", '…', `…`, “…”), exactly and in order;
+//! - **operators**: the arithmetic and comparison signs that stand between
+//!   numbers or words (`(`, `)`, `+`, `-`, `*`, `/`, `=`, `<`, `>`, `^`),
+//!   in order: "(10 - 4) * 2" is not "10 - (4 * 2)";
 //! - **names**: capitalised words that are not ordinary words;
 //! - **code identifiers**: tokens with `_`, `.`, `::`, `/`, `()`, a
 //!   leading `-`, or camelCase;
 //! - **negation**: how many negating words each has;
-//! - **scope**: the quantifiers and bounds (all, every, only, first, per,
-//!   before, …), as a multiset;
+//! - **scope**: the quantifiers, bounds and modalities (all, every, only,
+//!   first, per, before, required, optional, …), as a multiset;
 //! - **direction and order**: around each directional word (to, into,
 //!   from, than, then, vs, …) the nearest content words on either side form
 //!   an ordered pair; a pair that one prompt has as (x, y) and the other as
-//!   (y, x) fails.
+//!   (y, x) fails;
+//! - **word order**: the content words both prompts have once each come in
+//!   the same order, or one prompt moves a prepositional phrase to the
+//!   other end ("In Python, how do I …" = "How do I … in Python"): "Is
+//!   every square a rectangle?" is not "Is every rectangle a square?".
 //!
 //! Deliberately strict: a guard that refuses a true paraphrase costs one
 //! provider call; one that passes a near-miss serves a wrong answer. Pure
@@ -32,6 +40,8 @@ pub enum Mismatch {
     Negation,
     Scope,
     Direction,
+    Operators,
+    Order,
 }
 
 /// Whether `a` and `b` agree on everything the guards check.
@@ -49,6 +59,8 @@ pub fn compatible(a: &str, b: &str) -> Result<(), Mismatch> {
         (fa.negations == fb.negations, Mismatch::Negation),
         (fa.scope == fb.scope, Mismatch::Scope),
         (!reversed(&fa.pairs, &fb.pairs), Mismatch::Direction),
+        (fa.operators == fb.operators, Mismatch::Operators),
+        (order_agrees(&fa, &fb), Mismatch::Order),
     ];
     match checks.iter().find(|(ok, _)| !ok) {
         Some(&(_, why)) => Err(why),
@@ -56,7 +68,9 @@ pub fn compatible(a: &str, b: &str) -> Result<(), Mismatch> {
     }
 }
 
-/// What the guards read of one prompt (each list sorted, for comparison).
+/// What the guards read of one prompt (each list sorted for comparison,
+/// except the numbers, the quoted text, the operators and the sequence,
+/// whose order counts).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Features {
     pub numbers: Vec<String>,
@@ -71,6 +85,11 @@ pub struct Features {
     /// Every word, lowercased: a name one prompt writes capitalised the
     /// other may write in lower case or at a sentence's start.
     pub words: Vec<String>,
+    /// The operator signs between numbers or words, in order.
+    pub operators: Vec<char>,
+    /// The content words in order (stemmed), each with the two words
+    /// before it (empty at the prompt's start).
+    pub sequence: Vec<(String, [String; 2])>,
 }
 
 const NUMBER_WORDS: &[(&str, &str)] = &[
@@ -299,7 +318,41 @@ const SCOPE: &[(&str, &str)] = &[
     ("newest", "newest"),
     ("earliest", "oldest"),
     ("latest", "newest"),
+    // Modality: what is required is not what is recommended.
+    ("required", "required"),
+    ("require", "required"),
+    ("requires", "required"),
+    ("mandatory", "required"),
+    ("compulsory", "required"),
+    ("necessary", "required"),
+    ("recommended", "recommended"),
+    ("recommend", "recommended"),
+    ("suggested", "recommended"),
+    ("advised", "recommended"),
+    ("optional", "optional"),
+    ("allowed", "allowed"),
+    ("permitted", "allowed"),
+    ("legal", "allowed"),
+    ("forbidden", "forbidden"),
+    ("prohibited", "forbidden"),
+    ("banned", "forbidden"),
+    ("illegal", "forbidden"),
 ];
+
+/// Words that lead a phrase a paraphrase may move to the other end.
+const PREPOSITIONS: &[&str] = &[
+    "in", "on", "for", "with", "using", "within", "inside", "at", "by", "via", "during", "through",
+    "between", "about", "from",
+];
+
+/// Question words, which move what they ask about ("Russia has how many
+/// time zones?" = "How many time zones does Russia have?").
+const QUESTION_WORDS: &[&str] = &[
+    "how", "what", "which", "who", "whom", "whose", "when", "where", "why",
+];
+
+/// Signs compared in order (when not inside a word: `e-mail`, `km/h`).
+const OPERATORS: &[char] = &['(', ')', '+', '-', '*', '/', '=', '<', '>', '^', '×', '÷'];
 
 /// Words after which "to" starts an infinitive.
 const INFINITIVE_BEFORE: &[&str] = &[
@@ -454,7 +507,9 @@ fn is_common(lower: &str) -> bool {
 /// `t` as a number's canonical text (`1,000` = `1000`, `2nd` = `2`, `3.10`
 /// kept apart from `3.1`: versions), or `None`.
 fn number(t: &str) -> Option<String> {
-    let t = t.trim_end_matches(['%']);
+    let t = t
+        .trim_end_matches(['%'])
+        .trim_start_matches(['$', '€', '£', '¥']);
     let digits = t
         .strip_suffix("st")
         .or_else(|| t.strip_suffix("nd"))
@@ -547,7 +602,6 @@ fn quoted(text: &str) -> Vec<String> {
             rest = &after[j + close.len_utf8()..];
         }
     }
-    out.sort();
     out
 }
 
@@ -653,10 +707,23 @@ impl Features {
                 }
             }
         }
+        f.operators = operators(text);
+        let mut seq_tokens = Vec::new();
+        for (i, l) in lower.iter().enumerate() {
+            let skip = number(toks[i]).is_some()
+                || lookup(NUMBER_WORDS, l).is_some()
+                || lookup(UNITS, l).is_some()
+                || lookup(TIME_UNITS, l).is_some();
+            if content(l) && !skip {
+                let at = |j: Option<usize>| j.map(|j| lower[j].clone()).unwrap_or_default();
+                let before = [at(i.checked_sub(1)), at(i.checked_sub(2))];
+                seq_tokens.push((stem(l), before));
+            }
+        }
+        f.sequence = seq_tokens;
         f.words = lower;
         f.words.sort();
         f.words.dedup();
-        f.numbers.sort();
         f.units.sort_unstable();
         f.names.sort();
         f.names.dedup();
@@ -665,6 +732,154 @@ impl Features {
         f.scope.sort_unstable();
         f
     }
+}
+
+/// Irregular verb forms and their stem, so that "taught" and "teach" are
+/// one word to the order check.
+const IRREGULAR: &[(&str, &str)] = &[
+    ("taught", "teach"),
+    ("thought", "think"),
+    ("bought", "buy"),
+    ("brought", "bring"),
+    ("caught", "catch"),
+    ("fought", "fight"),
+    ("sought", "seek"),
+    ("wrote", "write"),
+    ("written", "write"),
+    ("drove", "drive"),
+    ("driven", "drive"),
+    ("gave", "give"),
+    ("given", "give"),
+    ("took", "take"),
+    ("taken", "take"),
+    ("made", "make"),
+    ("beaten", "beat"),
+    ("won", "win"),
+    ("lost", "lose"),
+    ("led", "lead"),
+    ("found", "find"),
+    ("built", "build"),
+    ("sent", "send"),
+    ("told", "tell"),
+    ("sold", "sell"),
+    ("knew", "know"),
+    ("known", "know"),
+    ("saw", "see"),
+    ("seen", "see"),
+    ("ate", "eat"),
+    ("eaten", "eat"),
+    ("ran", "run"),
+    ("began", "begin"),
+    ("begun", "begin"),
+    ("chose", "choose"),
+    ("chosen", "choose"),
+    ("went", "go"),
+    ("gone", "go"),
+    ("came", "come"),
+    ("became", "become"),
+    ("killed", "kill"),
+    ("paid", "pay"),
+    ("said", "say"),
+    ("held", "hold"),
+    ("met", "meet"),
+    ("left", "leave"),
+    ("fed", "feed"),
+    ("hit", "hit"),
+    ("struck", "strike"),
+    ("followed", "follow"),
+];
+
+/// A crude stem: irregular forms, then a regular suffix (-ing, -ed, -es,
+/// -s) off a word long enough to keep a stem of three letters.
+fn stem(w: &str) -> String {
+    if let Some(s) = lookup(IRREGULAR, w) {
+        return s.to_string();
+    }
+    for suffix in ["ing", "ed", "es", "s"] {
+        if let Some(s) = w.strip_suffix(suffix) {
+            if s.chars().count() >= 3 && !w.ends_with("ss") {
+                return s.to_string();
+            }
+        }
+    }
+    w.to_string()
+}
+
+/// The operator signs of `text` in order: a sign between two letters
+/// (`e-mail`, `km/h`, `and/or`) is part of a word, not an operator.
+fn operators(text: &str) -> Vec<char> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if !OPERATORS.contains(&c) {
+            continue;
+        }
+        let prev = i.checked_sub(1).and_then(|j| chars.get(j)).copied();
+        let next = chars.get(i + 1).copied();
+        let in_word =
+            prev.is_some_and(char::is_alphabetic) && next.is_some_and(char::is_alphabetic);
+        // A hyphen or slash joining words, or a trailing dash: prose.
+        let prose = matches!(c, '-' | '/')
+            && (in_word
+                || prev.is_none_or(char::is_whitespace)
+                    && next.is_none_or(char::is_whitespace)
+                    && !chars[..i]
+                        .iter()
+                        .rev()
+                        .find(|c| !c.is_whitespace())
+                        .is_some_and(|c| c.is_ascii_digit() || *c == ')'));
+        if !in_word && !prose {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether the content words both prompts have once each come in the same
+/// order, or in an order one gets from the other by moving a phrase that
+/// can move (see [`anchored`]) to the other end.
+fn order_agrees(a: &Features, b: &Features) -> bool {
+    let once = |f: &Features, w: &str| f.sequence.iter().filter(|(x, _)| x == w).count() == 1;
+    let shared = |x: &Features, y: &Features| -> Vec<String> {
+        x.sequence
+            .iter()
+            .filter(|(w, _)| once(x, w) && once(y, w))
+            .map(|(w, _)| w.clone())
+            .collect()
+    };
+    let (sa, sb) = (shared(a, b), shared(b, a));
+    let (wa, wb): (Vec<&str>, Vec<&str>) = (
+        sa.iter().map(String::as_str).collect(),
+        sb.iter().map(String::as_str).collect(),
+    );
+    if wa == wb {
+        return true;
+    }
+    // A rotation: b = a[k..] + a[..k]. The phrase moved is a[..k] (to the
+    // end) or a[k..] (to the front); it must be one that can move.
+    (1..wa.len()).any(|k| {
+        let rotated: Vec<&str> = wa[k..].iter().chain(&wa[..k]).copied().collect();
+        rotated == wb
+            && [wa[0], wa[k]]
+                .iter()
+                .any(|h| anchored(a, h) && anchored(b, h))
+    })
+}
+
+/// Whether the content word `head` opens a phrase that can move as a
+/// whole: the prompt starts with it, or a preposition or a question word
+/// is among the two words before it ("in which country", "how many time
+/// zones"). "Is every square a rectangle?" has no such phrase to move.
+fn anchored(f: &Features, head: &str) -> bool {
+    f.sequence
+        .iter()
+        .find(|(w, _)| w == head)
+        .is_some_and(|(_, before)| {
+            before[0].is_empty()
+                || before.iter().any(|p| {
+                    PREPOSITIONS.contains(&p.as_str()) || QUESTION_WORDS.contains(&p.as_str())
+                })
+        })
 }
 
 /// Whether every name is a word of the other prompt (`words` sorted).
@@ -719,6 +934,62 @@ mod tests {
             "Which ocean lies between Africa and Australia?",
             "what ocean lies between africa and australia",
         );
+    }
+
+    #[test]
+    fn swapped_words_numbers_operators_and_quotes_fail() {
+        fail(
+            "Is every square a rectangle?",
+            "Is every rectangle a square?",
+            Mismatch::Order,
+        );
+        fail(
+            "Which philosopher taught Plato?",
+            "Which philosopher did Plato teach?",
+            Mismatch::Order,
+        );
+        fail(
+            "In the 2022 World Cup final, did Argentina beat France?",
+            "In the 2022 World Cup final, did France beat Argentina?",
+            Mismatch::Order,
+        );
+        fail(
+            "What is the remainder of 17 divided by 5?",
+            "What is the remainder of 5 divided by 17?",
+            Mismatch::Numbers,
+        );
+        fail(
+            "How much is a 20% tip on a $45 bill?",
+            "How much is a 20% tip on a $54 bill?",
+            Mismatch::Numbers,
+        );
+        fail(
+            "Compute (10 - 4) * 2.",
+            "Compute 10 - (4 * 2).",
+            Mismatch::Operators,
+        );
+        fail(
+            "In ASCII sorting, does \"apple\" come before \"Apple\"?",
+            "In ASCII sorting, does \"Apple\" come before \"apple\"?",
+            Mismatch::Quoted,
+        );
+        fail(
+            "What vaccines are required for travel to Kenya?",
+            "What vaccines are recommended for travel to Kenya?",
+            Mismatch::Scope,
+        );
+        // A phrase moved to the other end, led by its preposition, is the
+        // same question; prose dashes and word-joining slashes are not
+        // operators.
+        pass(
+            "On Linux, how do I list open ports?",
+            "How do I list open ports on Linux?",
+        );
+        pass(
+            "Is an e-mail address case-sensitive?",
+            "is an e-mail address case-sensitive",
+        );
+        pass("What is 10 - 4?", "what's 10 - 4");
     }
 
     #[test]

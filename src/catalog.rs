@@ -295,6 +295,8 @@ pub struct Catalog {
     pub groups: Vec<ModelGroup>,
     /// The response cache's settings (entries are the workers').
     pub cache: CacheSettings,
+    /// The semantic cache's models and thresholds (`[cache] semantic`).
+    pub semantic: Option<SemanticSettings>,
     group_routes: HashMap<Box<str>, GroupId, foldhash::fast::RandomState>,
     keys_by_digest: DigestMap<KeyId>,
     /// The prices in force (shipped table plus config overrides).
@@ -571,6 +573,7 @@ impl Catalog {
                 entries_per_worker: (config.cache.entries_max / workers.max(1)).max(1),
                 bytes_per_worker: config.cache.bytes_max / workers.max(1),
             },
+            semantic: semantic_settings(config),
             keys_by_digest,
             prices: Arc::new(config.prices.clone()),
             pricing: config.pricing,
@@ -693,6 +696,52 @@ pub struct CacheSettings {
     /// Each worker's share of `[cache] entries_max` and `bytes_max`.
     pub entries_per_worker: usize,
     pub bytes_per_worker: usize,
+}
+
+/// What the semantic cache needs of the config: its models (loaded once
+/// per directory, see [`crate::embed::load_shared`]) and thresholds.
+#[derive(Debug, Clone)]
+pub struct SemanticSettings {
+    pub models: Arc<crate::embed::Models>,
+    /// Stage a's threshold.
+    pub similarity_min: f32,
+    /// Stage c's threshold (`None`: no confirmation).
+    pub confirm_min: Option<f32>,
+    pub confirm_timeout: std::time::Duration,
+}
+
+/// Loads the semantic cache's models of `config`, if it has one: start-up
+/// and `check-config` call this to refuse a directory that cannot be
+/// loaded. Hold the result while building the catalog: it is loaded once.
+pub fn load_semantic_models(
+    config: &Config,
+) -> Result<Option<Arc<crate::embed::Models>>, crate::embed::EmbedError> {
+    let Some(s) = config.cache.semantic.as_ref() else {
+        return Ok(None);
+    };
+    let confirm = s.confirm == crate::config::cache::Confirm::MiniLm;
+    crate::embed::load_shared(&s.embedding_dir, confirm).map(Some)
+}
+
+/// The semantic cache's settings, `None` when it is off or its models
+/// cannot be loaded (start-up and `check-config` load them first and
+/// refuse to go on; a directory broken since is logged and the semantic
+/// cache stays off).
+fn semantic_settings(config: &Config) -> Option<SemanticSettings> {
+    let s = config.cache.semantic.as_ref()?;
+    let confirm = s.confirm == crate::config::cache::Confirm::MiniLm;
+    match crate::embed::load_shared(&s.embedding_dir, confirm) {
+        Ok(models) => Some(SemanticSettings {
+            models,
+            similarity_min: s.similarity_min,
+            confirm_min: confirm.then_some(s.confirm_min),
+            confirm_timeout: s.confirm_timeout,
+        }),
+        Err(e) => {
+            log::error!("the semantic cache is off: {e}");
+            None
+        }
+    }
 }
 
 /// The model groups of `config`, with the health of every target that

@@ -99,6 +99,12 @@ pub fn main() -> i32 {
         }
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => {
+                // The semantic cache's directory is part of the config: a
+                // gateway that could not load it would not start.
+                if let Err(e) = crate::catalog::load_semantic_models(&c) {
+                    eprintln!("{}: invalid: cache.embedding_dir: {e}", config.display());
+                    return 1;
+                }
                 println!(
                     "{}: ok ({} providers, {} virtual keys, {} workers)",
                     config.display(),

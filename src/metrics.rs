@@ -166,6 +166,17 @@ pub struct WorkerStats {
     pub cache_avoided_picodollars: Counter,
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
+    /// The semantic cache: hits, candidates from stage a, candidates the
+    /// guards (stage b) or the confirmation (stage c) turned down,
+    /// confirmations not had in time (queue full or late), and its entries
+    /// and bytes on this worker.
+    pub cache_semantic_hits: Counter,
+    pub cache_semantic_candidates: Counter,
+    pub cache_semantic_guard_refusals: Counter,
+    pub cache_semantic_confirm_refusals: Counter,
+    pub cache_semantic_confirm_missed: Counter,
+    pub cache_semantic_entries: Gauge,
+    pub cache_semantic_bytes: Gauge,
     /// Tags from request bodies (`user`, `metadata`) not logged: the request
     /// already had `reqlog::row::TAGS_MAX` tags.
     pub tags_dropped: Counter,
@@ -537,7 +548,7 @@ impl Registry {
             (self.catalog_version)()
         );
         type Get = fn(&WorkerStats) -> i64;
-        let series: [(&str, &str, &str, Get); 28] = [
+        let series: [(&str, &str, &str, Get); 35] = [
             (
                 "bursar_connections_accepted_total",
                 "counter",
@@ -639,6 +650,48 @@ impl Registry {
                 "gauge",
                 "Bytes held by the worker's response cache shard.",
                 |w| w.cache_bytes.get(),
+            ),
+            (
+                "bursar_cache_semantic_hits_total",
+                "counter",
+                "Requests answered by the semantic cache (another prompt's answer, confirmed the same question).",
+                |w| w.cache_semantic_hits.get() as i64,
+            ),
+            (
+                "bursar_cache_semantic_candidates_total",
+                "counter",
+                "Stored prompts the semantic cache's static embeddings found similar enough (stage a).",
+                |w| w.cache_semantic_candidates.get() as i64,
+            ),
+            (
+                "bursar_cache_semantic_guard_refusals_total",
+                "counter",
+                "Semantic candidates the guards turned down: a number, name, identifier, negation or order differed (stage b).",
+                |w| w.cache_semantic_guard_refusals.get() as i64,
+            ),
+            (
+                "bursar_cache_semantic_confirm_refusals_total",
+                "counter",
+                "Semantic candidates the confirming model turned down (stage c).",
+                |w| w.cache_semantic_confirm_refusals.get() as i64,
+            ),
+            (
+                "bursar_cache_semantic_confirm_missed_total",
+                "counter",
+                "Confirmations not had in time (queue full or past confirm_timeout): the request was forwarded.",
+                |w| w.cache_semantic_confirm_missed.get() as i64,
+            ),
+            (
+                "bursar_cache_semantic_entries",
+                "gauge",
+                "Prompts in the worker's semantic index.",
+                |w| w.cache_semantic_entries.get(),
+            ),
+            (
+                "bursar_cache_semantic_bytes",
+                "gauge",
+                "Bytes held by the worker's semantic index (vectors, graph, prompts).",
+                |w| w.cache_semantic_bytes.get(),
             ),
             (
                 "bursar_budget_downgraded_total",

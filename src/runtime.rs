@@ -61,6 +61,7 @@ struct WorkerSeed {
     shutdown: Arc<AtomicBool>,
     id_salt: u64,
     count_jobs: crossbeam_channel::Sender<crate::proxy::CountRequest>,
+    confirm_jobs: crate::cache::confirm::ConfirmSender,
     link: crate::books::thread::WorkerLink,
     log: Option<crate::reqlog::LogSender>,
     /// Debug builds only: panic serving this accepted connection (1-based);
@@ -179,6 +180,10 @@ impl Gateway {
         };
         let books = Arc::new(books);
         let entities = Arc::new(Mutex::new(entities));
+        // The semantic cache's models, loaded before the catalog that holds
+        // them: a directory that cannot be loaded stops the start.
+        let _semantic_models = crate::catalog::load_semantic_models(&config)
+            .context("cache.embedding_dir (run scripts/fetch-embeddings DIR)")?;
         let catalog = CatalogHandle::new(Catalog::from_config(&config, 1, &ids));
         let resolver = Resolver::new();
         resolver.set_hosts(config.upstream_hosts());
@@ -190,6 +195,7 @@ impl Gateway {
         let id_salt = random_salt();
         let tokenizer_stats = Arc::new(crate::metrics::TokenCounters::default());
         let count_jobs = spawn_tokenizer(Arc::clone(&tokenizer_stats))?;
+        let confirm_jobs = spawn_confirmer()?;
         #[cfg(debug_assertions)]
         let panic_at_connection = debug_panic_at_connection()?;
 
@@ -224,6 +230,7 @@ impl Gateway {
                 shutdown: Arc::clone(&shutdown),
                 id_salt,
                 count_jobs: count_jobs.clone(),
+                confirm_jobs: confirm_jobs.clone(),
                 link,
                 log: log_sender.clone(),
                 #[cfg(debug_assertions)]
@@ -507,6 +514,24 @@ fn debug_panic_at_connection() -> anyhow::Result<Option<u64>> {
     }
 }
 
+/// Nice value of the semantic cache's confirmation thread.
+pub const CONFIRM_THREAD_NICE: i32 = 10;
+
+/// The semantic cache's confirmation thread (stage c): the full sentence
+/// model, off the workers. Idle (blocked on its queue) unless the semantic
+/// cache asks; a reload may turn the semantic cache on at any time.
+fn spawn_confirmer() -> anyhow::Result<crate::cache::confirm::ConfirmSender> {
+    let (tx, rx) = crate::cache::confirm::queue();
+    std::thread::Builder::new()
+        .name("bursar-confirm".into())
+        .spawn(move || {
+            crate::sched::lower_thread_priority(CONFIRM_THREAD_NICE);
+            crate::cache::confirm::run(rx);
+        })
+        .context("spawning the confirmation thread")?;
+    Ok(tx)
+}
+
 /// Nice value of the tokenizer thread.
 pub const TOKENIZER_THREAD_NICE: i32 = 10;
 
@@ -658,6 +683,7 @@ async fn worker_main(
         seed.shutdown,
         seed.id_salt,
         seed.count_jobs,
+        seed.confirm_jobs,
         seed.link,
         seed.log,
     ));

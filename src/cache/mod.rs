@@ -14,7 +14,13 @@
 //! kept once more), which approximates LRU with O(1) work and no list
 //! surgery on a hit. An entry lives at most the configured TTL.
 
+pub mod confirm;
 pub mod guards;
+pub mod semantic;
+
+/// The vector index and the int8 kernel (in the `embed/` crate, built
+/// optimised in every profile).
+pub use bursar_embed::{ann, vectors};
 
 use std::collections::{HashMap, VecDeque};
 
@@ -59,6 +65,28 @@ pub fn key(
     body: &[u8],
     sampled_ok: bool,
 ) -> Result<CacheKey, NotCacheable> {
+    keys(namespace, endpoint, body, sampled_ok, false).map(|k| k.exact)
+}
+
+/// What a request is looked up under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// The exact cache's key.
+    pub exact: CacheKey,
+    /// The semantic cache's query, when it was asked for and the request
+    /// is one the semantic cache answers.
+    pub semantic: Option<semantic::Query>,
+}
+
+/// The exact key of a request and, with `semantic`, its semantic query
+/// (see [`semantic::query`]), from one parse; or why it has none.
+pub fn keys(
+    namespace: &str,
+    endpoint: Endpoint,
+    body: &[u8],
+    sampled_ok: bool,
+    semantic: bool,
+) -> Result<Keys, NotCacheable> {
     if !sampled_ok && endpoint != Endpoint::Embeddings {
         // Decided on the raw bytes first (the byte walker, no parse): a
         // request that is not cacheable pays almost nothing for the cache.
@@ -96,16 +124,53 @@ pub fn key(
     // value back gives one canonical text for every member order, spacing
     // and string escape.
     let canonical = serde_json::to_vec(&v).map_err(|_| NotCacheable::Body)?;
+    let exact = digest(&[
+        &(namespace.len() as u64).to_le_bytes(),
+        namespace.as_bytes(),
+        endpoint.name().as_bytes(),
+        &[u8::from(include_usage)],
+        &canonical,
+    ]);
+    let semantic = if semantic && endpoint == Endpoint::ChatCompletions {
+        semantic::query(&mut v).and_then(|(prompt, rest)| {
+            let context = serde_json::to_vec(&rest).ok()?;
+            Some(semantic::Query {
+                context: digest(&[
+                    b"semantic\0",
+                    &(namespace.len() as u64).to_le_bytes(),
+                    namespace.as_bytes(),
+                    endpoint.name().as_bytes(),
+                    &[u8::from(include_usage)],
+                    &context,
+                ]),
+                prompt,
+            })
+        })
+    } else {
+        None
+    };
+    Ok(Keys { exact, semantic })
+}
+
+/// Where a request's answer is stored when it is paid for: its exact key
+/// and, when the semantic cache may answer it, what it indexes the prompt
+/// under.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub exact: CacheKey,
+    pub semantic: Option<semantic::Pending>,
+}
+
+/// 128 bits of SHA-256 over `parts`, in order.
+fn digest(parts: &[&[u8]]) -> CacheKey {
     let mut h = Sha256::new();
-    h.update((namespace.len() as u64).to_le_bytes());
-    h.update(namespace.as_bytes());
-    h.update(endpoint.name().as_bytes());
-    h.update([u8::from(include_usage)]);
-    h.update(&canonical);
+    for p in parts {
+        h.update(p);
+    }
     let d = h.finalize();
     let mut k = [0u8; 16];
     k.copy_from_slice(&d[..16]);
-    Ok(CacheKey(u128::from_le_bytes(k)))
+    CacheKey(u128::from_le_bytes(k))
 }
 
 /// A stored answer.
@@ -143,6 +208,9 @@ pub struct Shard {
     bytes: usize,
     entries_max: usize,
     bytes_max: usize,
+    /// Keys of entries dropped (evicted, expired, replaced) since the last
+    /// [`Shard::take_dropped`]: the semantic index follows the shard.
+    dropped: Vec<CacheKey>,
     /// Lifetime counts, for /metrics.
     pub hits: u64,
     pub misses: u64,
@@ -157,6 +225,7 @@ impl Shard {
             bytes: 0,
             entries_max,
             bytes_max,
+            dropped: Vec::new(),
             hits: 0,
             misses: 0,
             evictions: 0,
@@ -222,9 +291,22 @@ impl Shard {
         self.clock.push_back(key);
     }
 
+    /// The entry under `key`, expired or not, without counting a read.
+    pub fn peek(&self, key: CacheKey) -> Option<&Entry> {
+        self.map.get(&key).map(|s| &s.entry)
+    }
+
+    /// The keys of the entries dropped since the last call. The caller
+    /// takes them after every insert and lookup, so the list holds at most
+    /// what one insert evicts.
+    pub fn take_dropped(&mut self) -> Vec<CacheKey> {
+        std::mem::take(&mut self.dropped)
+    }
+
     /// Drops the entry under `key`, if any.
     pub fn remove(&mut self, key: CacheKey) {
         if let Some(s) = self.map.remove(&key) {
+            self.dropped.push(key);
             self.bytes -= s.entry.bytes();
             // Its place in the clock is skipped when the hand reaches it.
         }

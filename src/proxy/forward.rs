@@ -699,7 +699,7 @@ async fn answer_whole(
     let bytes = translated.as_deref().unwrap_or_else(|| body.bytes(conn));
     response::finish(out.wbuf, ResponseFraming::Length(bytes.len()), keep);
     out.wbuf.extend_from_slice(bytes);
-    if let (Some(key), true) = (plan.cache_key, ok && usage.is_some()) {
+    if let (Some(key), true) = (plan.cache, ok && usage.is_some()) {
         // A success the provider reported usage for: the same question in
         // the same tenant is answered from memory next time.
         w.cache_store(key, bytes.to_vec(), false, plan);

@@ -48,6 +48,8 @@ pub struct Worker {
     pub shutdown: Arc<AtomicBool>,
     /// Tokenizer counts for streams without usage go to the tokenizer thread.
     pub count_jobs: crossbeam_channel::Sender<CountRequest>,
+    /// The semantic cache's confirmations go to the confirmation thread.
+    pub confirm_jobs: crate::cache::confirm::ConfirmSender,
     /// This worker's side of the books: lease shard and ledger link.
     pub books: books::WorkerBooks,
     /// The request log's queue (`None`: `[log] sink = "off"`).
@@ -55,6 +57,11 @@ pub struct Worker {
     /// This worker's response cache shard, made with the settings it was
     /// made for (a catalog with other bounds makes a new, empty one).
     cache: RefCell<Option<(crate::catalog::CacheSettings, crate::cache::Shard)>>,
+    /// This worker's semantic index, made for the models it was made with
+    /// (other models, other vectors: a new, empty one).
+    /// Shared with the tasks that index a prompt once its confirmation
+    /// vector arrives.
+    semantic: Rc<SemanticSlot>,
     ids: RequestIds,
     spin: Cell<usize>,
     /// Internal overhead per forwarded request, in nanoseconds.
@@ -80,6 +87,7 @@ impl Worker {
         shutdown: Arc<AtomicBool>,
         id_salt: u64,
         count_jobs: crossbeam_channel::Sender<CountRequest>,
+        confirm_jobs: crate::cache::confirm::ConfirmSender,
         link: crate::books::thread::WorkerLink,
         log: Option<crate::reqlog::LogSender>,
     ) -> Worker {
@@ -92,9 +100,11 @@ impl Worker {
             tls: monoio_rustls::TlsConnector::from(tls),
             shutdown,
             count_jobs,
+            confirm_jobs,
             books: books::WorkerBooks::new(link),
             log,
             cache: RefCell::new(None),
+            semantic: Rc::new(RefCell::new(None)),
             ids: RequestIds::new(id_salt, id),
             spin: Cell::new(id),
             catalog_cache: RefCell::new(Rc::new(catalog.load_full())),
@@ -155,10 +165,33 @@ impl Worker {
         })
     }
 
-    /// Stores an answer in the cache shard (made by the request's lookup).
+    /// The worker's semantic index for the models of `s`.
+    pub fn semantic_shard(
+        &self,
+        s: &crate::catalog::SemanticSettings,
+    ) -> std::cell::RefMut<'_, crate::cache::semantic::SemanticShard> {
+        semantic_of(&self.semantic, &s.models)
+    }
+
+    /// Drops the semantic entries of answers the exact shard no longer
+    /// holds (evicted, expired).
+    pub fn semantic_forget(&self, dropped: &[crate::cache::CacheKey]) {
+        if let Some((_, shard)) = self.semantic.borrow_mut().as_mut() {
+            for k in dropped {
+                shard.remove(*k);
+            }
+            self.stats.cache_semantic_entries.set(shard.len() as i64);
+        }
+    }
+
+    /// Stores an answer in the cache shard (made by the request's lookup)
+    /// and indexes its prompt for the semantic cache: at once without
+    /// confirmation, or once the confirming model's vector is known (from
+    /// the lookup, or asked for now; an entry whose vector does not come is
+    /// served exactly only).
     pub fn cache_store(
         &self,
-        key: crate::cache::CacheKey,
+        store: &crate::cache::Store,
         body: Vec<u8>,
         stream: bool,
         plan: &settle::MeterPlan<'_>,
@@ -169,7 +202,7 @@ impl Worker {
         let catalog = self.catalog();
         let mut shard = self.cache_shard(&catalog.cache);
         shard.insert(
-            key,
+            store.exact,
             crate::cache::Entry {
                 body: body.into(),
                 stream,
@@ -181,6 +214,58 @@ impl Worker {
         self.stats.cache_stores.inc();
         self.stats.cache_entries.set(shard.len() as i64);
         self.stats.cache_bytes.set(shard.bytes() as i64);
+        let stored = shard.peek(store.exact).is_some();
+        let dropped = shard.take_dropped();
+        let entries_max = catalog.cache.entries_per_worker;
+        drop(shard);
+        self.semantic_forget(&dropped);
+        let (Some(s), Some(p), true) = (catalog.semantic.as_ref(), &store.semantic, stored) else {
+            return;
+        };
+        let index = |slot: &SemanticSlot, confirm: Option<&[f32]>, stats: &WorkerStats| {
+            let mut shard = semantic_of(slot, &s.models);
+            // Never more prompts than answers (a late vector may find its
+            // answer gone: it is dropped when found).
+            if shard.len() < entries_max {
+                shard.insert(store.exact, &p.query, &p.static_vec, confirm);
+            }
+            stats.cache_semantic_entries.set(shard.len() as i64);
+            stats.cache_semantic_bytes.set(shard.bytes() as i64);
+        };
+        if s.confirm_min.is_none() {
+            index(&self.semantic, None, &self.stats);
+            return;
+        }
+        if let Some(v) = &p.confirm {
+            index(&self.semantic, Some(v), &self.stats);
+            return;
+        }
+        // The vector is asked for now and the prompt indexed when it comes,
+        // by a task of this worker's (nobody waits for it).
+        let slot = Rc::clone(&self.semantic);
+        let stats = Arc::clone(&self.stats);
+        let jobs = self.confirm_jobs.clone();
+        let models = Arc::clone(&s.models);
+        let (exact, p) = (store.exact, p.clone());
+        monoio::spawn(async move {
+            let Some(v) = crate::cache::confirm::embed(
+                &jobs,
+                &models,
+                &p.query.prompt,
+                crate::config::cache::CONFIRM_TIMEOUT_MAX,
+            )
+            .await
+            else {
+                stats.cache_semantic_confirm_missed.inc();
+                return;
+            };
+            let mut shard = semantic_of(&slot, &models);
+            if shard.len() < entries_max {
+                shard.insert(exact, &p.query, &p.static_vec, Some(&v));
+            }
+            stats.cache_semantic_entries.set(shard.len() as i64);
+            stats.cache_semantic_bytes.set(shard.bytes() as i64);
+        });
     }
 
     pub fn draining(&self) -> bool {
@@ -193,6 +278,31 @@ impl Worker {
         self.spin.set(s);
         s
     }
+}
+
+/// A worker's semantic index and the models its vectors come from.
+type SemanticSlot = RefCell<
+    Option<(
+        Arc<crate::embed::Models>,
+        crate::cache::semantic::SemanticShard,
+    )>,
+>;
+
+/// The semantic index of `slot` for `models`: a new, empty one when it was
+/// made for other models (another table, other vectors).
+fn semantic_of<'a>(
+    slot: &'a SemanticSlot,
+    models: &Arc<crate::embed::Models>,
+) -> std::cell::RefMut<'a, crate::cache::semantic::SemanticShard> {
+    let mut slot = slot.borrow_mut();
+    if !slot.as_ref().is_some_and(|(m, _)| Arc::ptr_eq(m, models)) {
+        let shard = crate::cache::semantic::SemanticShard::new(models.table.dims());
+        *slot = Some((Arc::clone(models), shard));
+    }
+    std::cell::RefMut::map(slot, |s| match s {
+        Some((_, shard)) => shard,
+        None => unreachable!("set above"),
+    })
 }
 
 /// A tokenizer count for the tokenizer thread, with the price to cost it at.
@@ -573,7 +683,7 @@ async fn proxy_api_inner<'c, 'r>(
     })?;
     // The response cache, before any routing or budget: a hit costs
     // nothing and no provider is asked.
-    let mut cache_key = None;
+    let mut store = None;
     if let Some(ns) = key.cache_namespace.as_deref() {
         let (skip, refresh) = match req.head.header(req.bytes, "x-bursar-cache") {
             None => (false, false),
@@ -588,32 +698,80 @@ async fn proxy_api_inner<'c, 'r>(
                 }
             },
         };
-        if !skip && endpoint != Endpoint::Messages {
-            if let Ok(k) = crate::cache::key(ns, endpoint, req.body, catalog.cache.sampled) {
-                if !refresh {
-                    if let Some((model, avoided)) =
-                        answer_from_cache(w, catalog, k, req, out, rid, keep)
-                    {
-                        w.stats.cache_hits.inc();
-                        w.stats
-                            .cache_avoided_picodollars
-                            .add(u64::try_from(avoided).unwrap_or(0));
-                        w.stats.response(200);
-                        if let Some(r) = row.as_mut() {
-                            r.cache = crate::reqlog::CacheStatus::Hit;
-                            r.avoided_picodollars = avoided;
-                            r.status = 200;
-                            r.model = std::borrow::Cow::Owned(model.to_string());
+        let semantic = catalog.semantic.as_ref();
+        let keys = if !skip && endpoint != Endpoint::Messages {
+            crate::cache::keys(
+                ns,
+                endpoint,
+                req.body,
+                catalog.cache.sampled,
+                semantic.is_some(),
+            )
+            .ok()
+        } else {
+            None
+        };
+        if let Some(keys) = keys {
+            let mut pending = None;
+            let query = keys.semantic;
+            if !refresh {
+                let mut hit = answer_from_cache(w, catalog, keys.exact, req, out, rid, keep, None)
+                    .map(|h| (h, crate::reqlog::CacheStatus::Hit));
+                if let (None, Some(s), Some(q)) = (&hit, semantic, query) {
+                    let (found, p) = semantic_lookup(w, s, q).await;
+                    pending = Some(p);
+                    if let Some((exact, similarity)) = found {
+                        hit = answer_from_cache(
+                            w,
+                            catalog,
+                            exact,
+                            req,
+                            out,
+                            rid,
+                            keep,
+                            Some(similarity),
+                        )
+                        .map(|h| (h, crate::reqlog::CacheStatus::SemanticHit));
+                        if hit.is_none() {
+                            // Its answer expired or was evicted since.
+                            w.semantic_forget(&[exact]);
                         }
-                        return Ok(out.flush().await.is_ok() && keep);
                     }
-                    w.stats.cache_misses.inc();
                 }
-                if let Some(r) = row.as_mut() {
-                    r.cache = crate::reqlog::CacheStatus::Miss;
+                if let Some(((model, avoided), status)) = hit {
+                    w.stats.cache_hits.inc();
+                    if status == crate::reqlog::CacheStatus::SemanticHit {
+                        w.stats.cache_semantic_hits.inc();
+                    }
+                    w.stats
+                        .cache_avoided_picodollars
+                        .add(u64::try_from(avoided).unwrap_or(0));
+                    w.stats.response(200);
+                    if let Some(r) = row.as_mut() {
+                        r.cache = status;
+                        r.avoided_picodollars = avoided;
+                        r.status = 200;
+                        r.model = std::borrow::Cow::Owned(model.to_string());
+                    }
+                    return Ok(out.flush().await.is_ok() && keep);
                 }
-                cache_key = Some(k);
+                w.stats.cache_misses.inc();
+            } else if let (Some(s), Some(q)) = (semantic, query) {
+                // A refreshed answer replaces the stored one, in the
+                // semantic index too.
+                pending = Some(crate::cache::semantic::Pending {
+                    static_vec: static_embed(s, &q.prompt),
+                    query: q,
+                    confirm: None,
+                });
             }
+            if let Some(r) = row.as_mut() {
+                r.cache = crate::reqlog::CacheStatus::Miss;
+            }
+            store = Some(crate::cache::Store {
+                exact: keys.exact,
+                semantic: pending,
+            });
         }
     }
     let ctx = Ask {
@@ -627,7 +785,7 @@ async fn proxy_api_inner<'c, 'r>(
         rid,
         keep,
         ready_at,
-        cache_key,
+        cache: store.as_ref(),
     };
     // A budget running low sends the request to the fallback model at once
     // (`fallback_below_usd`, against this worker's view of the budgets).
@@ -680,9 +838,9 @@ struct Ask<'c, 'r, 'p> {
     rid: &'p RequestId,
     keep: bool,
     ready_at: Instant,
-    /// The request's key in the response cache, when its answer may be
-    /// stored there.
-    cache_key: Option<crate::cache::CacheKey>,
+    /// Where the request's answer is stored in the response cache, when it
+    /// may be.
+    cache: Option<&'p crate::cache::Store>,
 }
 
 /// Sends the request for `model` (the one asked for, or the fallback
@@ -854,7 +1012,7 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
                 provider: &provider.header_line,
                 attempts,
                 downgraded_to,
-                cache_key: ask.cache_key.filter(|_| downgraded_to.is_none()),
+                cache: ask.cache.filter(|_| downgraded_to.is_none()),
             };
             let result = answer_from_mock(w, ask, out, &mut plan).await;
             if result.is_ok() {
@@ -905,7 +1063,7 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
             downgraded_to,
             // An answer for a fallback model is not the answer to the
             // request's own key.
-            cache_key: ask.cache_key.filter(|_| downgraded_to.is_none()),
+            cache: ask.cache.filter(|_| downgraded_to.is_none()),
         };
 
         let auth = provider.auth_header();
@@ -1074,11 +1232,82 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
     Err(e)
 }
 
+/// The static embedding of `prompt` (stage a's vector).
+fn static_embed(s: &crate::catalog::SemanticSettings, prompt: &str) -> Vec<f32> {
+    let mut ids = Vec::new();
+    let mut v = Vec::new();
+    s.models.table.embed(prompt, &mut ids, &mut v);
+    v
+}
+
+/// The semantic cache's lookup (stages a, b and c): the exact key of the
+/// stored answer to the same question in other words, with its similarity,
+/// if there is one; and what indexing this prompt needs if it is stored.
+async fn semantic_lookup(
+    w: &Worker,
+    s: &crate::catalog::SemanticSettings,
+    query: crate::cache::semantic::Query,
+) -> (
+    Option<(crate::cache::CacheKey, f32)>,
+    crate::cache::semantic::Pending,
+) {
+    let static_vec = static_embed(s, &query.prompt);
+    let mut candidates = Vec::new();
+    {
+        let mut shard = w.semantic_shard(s);
+        let (seen, refused) = (shard.candidates, shard.guard_refusals);
+        shard.candidates(&query, &static_vec, s.similarity_min, &mut candidates);
+        w.stats
+            .cache_semantic_candidates
+            .add(shard.candidates - seen);
+        w.stats
+            .cache_semantic_guard_refusals
+            .add(shard.guard_refusals - refused);
+    }
+    let mut pending = crate::cache::semantic::Pending {
+        query,
+        static_vec,
+        confirm: None,
+    };
+    if candidates.is_empty() {
+        return (None, pending);
+    }
+    let Some(confirm_min) = s.confirm_min else {
+        // No confirmation: the static table's best candidate that passed
+        // the guards.
+        let best = candidates
+            .iter()
+            .max_by(|a, b| a.similarity.total_cmp(&b.similarity))
+            .map(|c| (c.exact, c.similarity));
+        return (best, pending);
+    };
+    let Some(v) = crate::cache::confirm::embed(
+        &w.confirm_jobs,
+        &s.models,
+        &pending.query.prompt,
+        s.confirm_timeout,
+    )
+    .await
+    else {
+        w.stats.cache_semantic_confirm_missed.inc();
+        return (None, pending);
+    };
+    let found = crate::cache::semantic::confirmed(&candidates, &v, confirm_min);
+    if found.is_none() {
+        w.stats
+            .cache_semantic_confirm_refusals
+            .add(candidates.len() as u64);
+    }
+    pending.confirm = Some(v);
+    (found, pending)
+}
+
 /// Writes the cached answer to `key` into the client's buffer, if the
 /// worker's shard has it: the model it names and the spend it avoids, or
 /// `None` on a miss. The
 /// answer costs nothing; a stream is replayed as one chunk, its cost (0)
 /// in the head.
+#[allow(clippy::too_many_arguments)]
 fn answer_from_cache(
     w: &Worker,
     catalog: &Catalog,
@@ -1087,9 +1316,20 @@ fn answer_from_cache(
     out: &mut ClientOut<'_>,
     rid: &RequestId,
     keep: bool,
+    similarity: Option<f32>,
 ) -> Option<(Box<str>, i128)> {
     let mut shard = w.cache_shard(&catalog.cache);
-    let entry = shard.get(key, crate::ratelimit::now_ms())?;
+    let found = shard.get(key, crate::ratelimit::now_ms()).is_some();
+    let dropped = shard.take_dropped();
+    if !dropped.is_empty() {
+        drop(shard);
+        w.semantic_forget(&dropped);
+        shard = w.cache_shard(&catalog.cache);
+    }
+    if !found {
+        return None;
+    }
+    let entry = shard.peek(key)?;
     let http10 = req.head.version_minor == 0;
     response::begin(out.wbuf, 200);
     let kind: &[u8] = if entry.stream {
@@ -1099,8 +1339,16 @@ fn answer_from_cache(
     };
     response::header(out.wbuf, "content-type", kind);
     response::header(out.wbuf, "x-request-id", rid.as_str().as_bytes());
-    out.wbuf
-        .extend_from_slice(b"x-bursar-cache: hit\r\nx-bursar-cost-usd: 0\r\n");
+    match similarity {
+        None => out.wbuf.extend_from_slice(b"x-bursar-cache: hit\r\n"),
+        Some(s) => {
+            use std::io::Write;
+            out.wbuf
+                .extend_from_slice(b"x-bursar-cache: semantic-hit\r\n");
+            let _ = write!(out.wbuf, "x-bursar-cache-similarity: {s:.4}\r\n");
+        }
+    }
+    out.wbuf.extend_from_slice(b"x-bursar-cost-usd: 0\r\n");
     if entry.stream && !http10 {
         response::finish(out.wbuf, response::ResponseFraming::Chunked, keep);
         crate::http::chunked::write_chunk_header(out.wbuf, entry.body.len());
@@ -1338,7 +1586,7 @@ fn route_headers(wbuf: &mut Vec<u8>, plan: &settle::MeterPlan<'_>) {
     // unannounced rather than break the head.
     wbuf.extend_from_slice(plan.provider);
     wbuf.extend_from_slice(ATTEMPTS[(plan.attempts as usize).min(ATTEMPTS.len() - 1)]);
-    if plan.cache_key.is_some() {
+    if plan.cache.is_some() {
         wbuf.extend_from_slice(b"x-bursar-cache: miss\r\n");
     }
     if let Some(m) = plan.downgraded_to {
@@ -1373,7 +1621,7 @@ async fn send_mock(
                 keep,
             );
             out.wbuf.extend_from_slice(&body);
-            if let Some(key) = plan.cache_key {
+            if let Some(key) = plan.cache {
                 w.cache_store(key, body, false, plan);
             }
             out.flush().await.is_ok() && keep
@@ -1409,7 +1657,7 @@ async fn send_mock(
             if framing == response::ResponseFraming::Chunked {
                 out.wbuf.extend_from_slice(b"0\r\n\r\n");
             }
-            if let Some(key) = plan.cache_key {
+            if let Some(key) = plan.cache {
                 w.cache_store(key, events.concat(), true, plan);
             }
             w.stats.streams_completed.inc();

@@ -39,7 +39,7 @@ pub struct MeterPlan<'a> {
     pub downgraded_to: Option<&'a str>,
     /// Where a successful answer with the provider's usage is stored in the
     /// response cache (`None`: not cacheable, or not to be stored).
-    pub cache_key: Option<crate::cache::CacheKey>,
+    pub cache: Option<&'a crate::cache::Store>,
 }
 
 /// What a request was charged, for the request log.

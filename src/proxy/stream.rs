@@ -183,7 +183,7 @@ pub async fn relay(
     // A translated stream: the provider's bytes, before translation.
     let mut upstream_bytes = Vec::new();
     // The stream as the client receives it, when it may be cached.
-    let mut cached: Option<Vec<u8>> = plan.cache_key.map(|_| Vec::new());
+    let mut cached: Option<Vec<u8>> = plan.cache.map(|_| Vec::new());
     let end = loop {
         if gone_at_head {
             break StreamEnd::ClientGone;
@@ -353,7 +353,7 @@ pub async fn relay(
         }
     }
 
-    if let (Some(key), Some(mut kept), StreamEnd::Complete) = (plan.cache_key, cached, end) {
+    if let (Some(key), Some(mut kept), StreamEnd::Complete) = (plan.cache, cached, end) {
         if kept.len() + held.len() <= crate::cache::CACHE_ENTRY_BYTES_MAX {
             kept.extend_from_slice(&held);
             w.cache_store(key, kept, true, plan);

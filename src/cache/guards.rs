@@ -46,7 +46,12 @@ pub enum Mismatch {
 
 /// Whether `a` and `b` agree on everything the guards check.
 pub fn compatible(a: &str, b: &str) -> Result<(), Mismatch> {
-    let (fa, fb) = (Features::of(a), Features::of(b));
+    agree(&Features::of(a), &Features::of(b))
+}
+
+/// Whether two prompts' features agree (see [`compatible`]): a lookup reads
+/// its prompt's features once, whatever the number of candidates.
+pub fn agree(fa: &Features, fb: &Features) -> Result<(), Mismatch> {
     let checks = [
         (fa.numbers == fb.numbers, Mismatch::Numbers),
         (fa.units == fb.units, Mismatch::Units),
@@ -60,7 +65,7 @@ pub fn compatible(a: &str, b: &str) -> Result<(), Mismatch> {
         (fa.scope == fb.scope, Mismatch::Scope),
         (!reversed(&fa.pairs, &fb.pairs), Mismatch::Direction),
         (fa.operators == fb.operators, Mismatch::Operators),
-        (order_agrees(&fa, &fb), Mismatch::Order),
+        (order_agrees(fa, fb), Mismatch::Order),
     ];
     match checks.iter().find(|(ok, _)| !ok) {
         Some(&(_, why)) => Err(why),
@@ -507,6 +512,10 @@ fn is_common(lower: &str) -> bool {
 /// `t` as a number's canonical text (`1,000` = `1000`, `2nd` = `2`, `3.10`
 /// kept apart from `3.1`: versions), or `None`.
 fn number(t: &str) -> Option<String> {
+    // Most tokens are words: no allocation for them.
+    if !t.bytes().any(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let t = t
         .trim_end_matches(['%'])
         .trim_start_matches(['$', '€', '£', '¥']);
@@ -606,6 +615,30 @@ fn quoted(text: &str) -> Vec<String> {
 }
 
 impl Features {
+    /// The heap memory these features hold, in bytes (for the cache's
+    /// accounting).
+    pub fn heap_bytes(&self) -> usize {
+        let strings = |v: &[String]| v.iter().map(|s| s.capacity() + 24).sum::<usize>();
+        strings(&self.numbers)
+            + strings(&self.quoted)
+            + strings(&self.names)
+            + strings(&self.identifiers)
+            + strings(&self.words)
+            + self.units.capacity() * 16
+            + self.scope.capacity() * 16
+            + self.operators.capacity() * 4
+            + self
+                .pairs
+                .iter()
+                .map(|(a, b)| a.capacity() + b.capacity() + 48)
+                .sum::<usize>()
+            + self
+                .sequence
+                .iter()
+                .map(|(w, b)| w.capacity() + b[0].capacity() + b[1].capacity() + 72)
+                .sum::<usize>()
+    }
+
     pub fn of(text: &str) -> Features {
         let mut f = Features {
             quoted: quoted(text),
@@ -934,6 +967,21 @@ mod tests {
             "Which ocean lies between Africa and Australia?",
             "what ocean lies between africa and australia",
         );
+    }
+
+    #[test]
+    fn the_guards_are_symmetric_on_the_whole_evaluation_set() {
+        // The semantic cache asks them one way only.
+        let set = include_str!("../../bench/cache-eval/pairs.jsonl");
+        for line in set.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let (a, b) = (v["a"].as_str().unwrap(), v["b"].as_str().unwrap());
+            assert_eq!(
+                compatible(a, b).is_ok(),
+                compatible(b, a).is_ok(),
+                "{a:?} / {b:?}"
+            );
+        }
     }
 
     #[test]

@@ -37,6 +37,11 @@ use super::CacheKey;
 pub const SEMANTIC_PROMPT_BYTES_MAX: usize = 2048;
 /// Most candidates stage a hands to the guards and the confirmation.
 pub const SEMANTIC_CANDIDATES_MAX: usize = 4;
+/// How many candidates a graph search keeps (an index above
+/// `ann::FLAT_ENTRIES_MAX` entries): fewer is faster and misses more near
+/// duplicates, and a miss is only a provider call. 16 keeps stages a and b
+/// under 50 µs at p99 with 100k entries in a context (docs/benchmarks.md).
+pub const SEMANTIC_EF_SEARCH: usize = 16;
 
 /// A request's semantic query: its context's hash and its prompt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +147,8 @@ struct Stored {
     exact: CacheKey,
     context: CacheKey,
     prompt: Box<str>,
+    /// What the guards read of the prompt, read once when it is stored.
+    features: super::guards::Features,
     /// The confirming model's vector (`None` without confirmation).
     confirm: Option<Quantized>,
 }
@@ -201,6 +208,7 @@ impl SemanticShard {
             .values()
             .map(|s| {
                 s.prompt.len()
+                    + s.features.heap_bytes()
                     + std::mem::size_of::<Stored>()
                     + s.confirm.as_ref().map_or(0, |q| q.data.len())
             })
@@ -223,10 +231,15 @@ impl SemanticShard {
         let id = self.next_id;
         self.next_id += 1;
         let dims = self.dims;
-        let space = self
-            .spaces
-            .entry(query.context)
-            .or_insert_with(|| VectorIndex::new(dims));
+        let space = self.spaces.entry(query.context).or_insert_with(|| {
+            VectorIndex::with_options(
+                dims,
+                super::ann::Options {
+                    ef_search: SEMANTIC_EF_SEARCH,
+                    ..super::ann::Options::default()
+                },
+            )
+        });
         if space.insert(id, static_vec).is_err() {
             // Full, or a vector that is not finite: not indexed.
             if space.is_empty() {
@@ -240,6 +253,7 @@ impl SemanticShard {
                 exact,
                 context: query.context,
                 prompt: query.prompt.as_str().into(),
+                features: super::guards::Features::of(&query.prompt),
                 confirm: confirm.map(Quantized::new),
             },
         );
@@ -288,12 +302,15 @@ impl SemanticShard {
         {
             return;
         }
+        let mut asked = None;
         for (id, similarity) in found {
             let Some(s) = self.entries.get(&id) else {
                 continue;
             };
             self.candidates += 1;
-            if super::guards::compatible(&s.prompt, &query.prompt).is_err() {
+            let asked = asked.get_or_insert_with(|| super::guards::Features::of(&query.prompt));
+            // The guards are symmetric: one call judges both ways.
+            if super::guards::agree(&s.features, asked).is_err() {
                 self.guard_refusals += 1;
                 continue;
             }

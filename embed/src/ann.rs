@@ -1542,6 +1542,45 @@ mod tests {
         }
     }
 
+    /// The budgets are hard stops: a search or an insert given a few
+    /// evaluations makes no more, and still answers (a search its best so
+    /// far, an insert a linked node).
+    #[test]
+    fn a_budget_stops_a_search_and_an_insert_where_it_says() {
+        let mut rng = Rng(17);
+        let dims = 16;
+        let data = clustered(&mut rng, 600, 20, dims);
+        let mut idx = build(opts(0), &data);
+        assert!(idx.is_graph());
+        let t = &mut idx.serving;
+        let sc = &mut idx.scratch;
+        for allowed in [1, 5, 40, 200] {
+            sc.q_scale = quantize(&data[7], &mut sc.query);
+            let mut b = Budget::new(allowed);
+            b.take();
+            let ep = Cand {
+                sim: t.qsim(codes(&sc.query), sc.q_scale, t.entry),
+                slot: t.entry,
+            };
+            let ep = greedy(t, sc, ep, 0, &mut b);
+            sc.entries.clear();
+            sc.entries.push(ep);
+            search_layer(t, sc, 0, EF_MAX, &mut b);
+            assert!(b.used <= allowed, "{} of {allowed}", b.used);
+            assert!(!sc.found.is_empty());
+        }
+        for allowed in [1, 10, 100] {
+            let v = rng.unit(dims);
+            let scale = quantize(&v, &mut sc.query);
+            let row = sc.query.clone();
+            let slot = t.push(10_000 + allowed as u64, &row, scale, 0).unwrap();
+            let mut b = Budget::new(allowed);
+            graph_insert(t, sc, slot, 0, &mut b);
+            assert!(b.used <= allowed, "{} of {allowed}", b.used);
+            assert!(!t.links(slot, 0).is_empty(), "linked on {allowed}");
+        }
+    }
+
     #[test]
     fn the_id_map_grows_without_losing_an_id() {
         let mut rng = Rng(5);

@@ -29,6 +29,9 @@
 //! provider call; one that passes a near-miss serves a wrong answer. Pure
 //! and allocation-light; no I/O.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+
 /// Why two prompts may not share an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mismatch {
@@ -501,12 +504,39 @@ const COMMON: &[&str] = &[
     "are",
 ];
 
-fn lookup<'t>(table: &[(&str, &'t str)], word: &str) -> Option<&'t str> {
-    table.iter().find(|(w, _)| *w == word).map(|&(_, v)| v)
+fn lookup(table: &HashMap<&'static str, &'static str>, word: &str) -> Option<&'static str> {
+    table.get(word).copied()
 }
 
 fn is_common(lower: &str) -> bool {
-    COMMON.contains(&lower)
+    index().common.contains(lower)
+}
+
+/// The word tables as hash maps, built once: a lookup reads every token
+/// against several tables of up to a few hundred words, and scanning them
+/// was most of the guards' time.
+struct Index {
+    number_words: HashMap<&'static str, &'static str>,
+    units: HashMap<&'static str, &'static str>,
+    time_units: HashMap<&'static str, &'static str>,
+    scope: HashMap<&'static str, &'static str>,
+    irregular: HashMap<&'static str, &'static str>,
+    common: HashSet<&'static str>,
+}
+
+fn index() -> &'static Index {
+    static INDEX: OnceLock<Index> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        let map = |t: &[(&'static str, &'static str)]| t.iter().copied().collect();
+        Index {
+            number_words: map(NUMBER_WORDS),
+            units: map(UNITS),
+            time_units: map(TIME_UNITS),
+            scope: map(SCOPE),
+            irregular: map(IRREGULAR),
+            common: COMMON.iter().copied().collect(),
+        }
+    })
 }
 
 /// `t` as a number's canonical text (`1,000` = `1000`, `2nd` = `2`, `3.10`
@@ -664,7 +694,7 @@ impl Features {
                 f.numbers.push(n);
                 continue;
             }
-            if let Some(n) = lookup(NUMBER_WORDS, l) {
+            if let Some(n) = lookup(&index().number_words, l) {
                 f.numbers.push(n.to_string());
                 continue;
             }
@@ -673,7 +703,9 @@ impl Features {
             if unit_part.len() < l.len() {
                 f.numbers.push(l[..l.len() - unit_part.len()].to_string());
             }
-            if let Some(u) = lookup(UNITS, unit_part).or_else(|| lookup(TIME_UNITS, unit_part)) {
+            if let Some(u) =
+                lookup(&index().units, unit_part).or_else(|| lookup(&index().time_units, unit_part))
+            {
                 // Single letters are units only after a number.
                 let after_number = i > 0 && number(toks[i - 1]).is_some();
                 if unit_part.len() > 1 || after_number || unit_part.len() < l.len() {
@@ -684,7 +716,7 @@ impl Features {
             if NEGATIONS.contains(&l.as_str()) || l.ends_with("n't") {
                 f.negations += 1;
             }
-            if let Some(class) = lookup(SCOPE, l) {
+            if let Some(class) = lookup(&index().scope, l) {
                 f.scope.push(class);
             }
             if is_identifier(t) {
@@ -699,7 +731,7 @@ impl Features {
             let sentence_start = starts.get(i).copied().unwrap_or(i == 0);
             if ((capitalised && !sentence_start) || acronym)
                 && !is_common(l)
-                && lookup(SCOPE, l).is_none()
+                && lookup(&index().scope, l).is_none()
             {
                 f.names.push(l.clone());
             }
@@ -744,9 +776,9 @@ impl Features {
         let mut seq_tokens = Vec::new();
         for (i, l) in lower.iter().enumerate() {
             let skip = number(toks[i]).is_some()
-                || lookup(NUMBER_WORDS, l).is_some()
-                || lookup(UNITS, l).is_some()
-                || lookup(TIME_UNITS, l).is_some();
+                || lookup(&index().number_words, l).is_some()
+                || lookup(&index().units, l).is_some()
+                || lookup(&index().time_units, l).is_some();
             if content(l) && !skip {
                 let at = |j: Option<usize>| j.map(|j| lower[j].clone()).unwrap_or_default();
                 let before = [at(i.checked_sub(1)), at(i.checked_sub(2))];
@@ -825,7 +857,7 @@ const IRREGULAR: &[(&str, &str)] = &[
 /// A crude stem: irregular forms, then a regular suffix (-ing, -ed, -es,
 /// -s) off a word long enough to keep a stem of three letters.
 fn stem(w: &str) -> String {
-    if let Some(s) = lookup(IRREGULAR, w) {
+    if let Some(s) = lookup(&index().irregular, w) {
         return s.to_string();
     }
     for suffix in ["ing", "ed", "es", "s"] {

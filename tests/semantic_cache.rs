@@ -319,8 +319,8 @@ fn without_confirmation_the_static_table_and_guards_decide_at_a_stricter_thresho
         "sk-acme-one",
         &body("What is the capital of Australia?"),
     );
-    // Indexed at once: no vector to wait for.
-    assert_eq!(gw.metric_sum("bursar_cache_semantic_entries"), 1);
+    // Indexed once the answer went out: no vector to wait for.
+    indexed(&gw, 1);
     let r = ask(
         &mut c,
         "sk-acme-one",

@@ -174,6 +174,8 @@ pub struct SemanticShard {
     entries: HashMap<u64, Stored, foldhash::fast::RandomState>,
     by_exact: HashMap<CacheKey, u64, foldhash::fast::RandomState>,
     next_id: u64,
+    /// What [`SemanticShard::bytes`] reports.
+    bytes: usize,
     /// Lifetime counts of each stage's outcome, for /metrics.
     pub candidates: u64,
     pub guard_refusals: u64,
@@ -187,6 +189,7 @@ impl SemanticShard {
             entries: HashMap::default(),
             by_exact: HashMap::default(),
             next_id: 0,
+            bytes: 0,
             candidates: 0,
             guard_refusals: 0,
         }
@@ -201,19 +204,18 @@ impl SemanticShard {
     }
 
     /// Memory held by the indexes (vectors and graphs) and the stored
-    /// prompts, in bytes.
+    /// prompts, in bytes: kept as entries come and go (the worker reads it
+    /// after every store; summing 100k entries there would cost more than
+    /// the store).
     pub fn bytes(&self) -> usize {
-        let prompts: usize = self
-            .entries
-            .values()
-            .map(|s| {
-                s.prompt.len()
-                    + s.features.heap_bytes()
-                    + std::mem::size_of::<Stored>()
-                    + s.confirm.as_ref().map_or(0, |q| q.data.len())
-            })
-            .sum();
-        self.spaces.values().map(VectorIndex::bytes).sum::<usize>() + prompts
+        self.bytes
+    }
+
+    fn stored_bytes(s: &Stored) -> usize {
+        s.prompt.len()
+            + s.features.heap_bytes()
+            + std::mem::size_of::<Stored>()
+            + s.confirm.as_ref().map_or(0, |q| q.data.len())
     }
 
     /// Adds the prompt whose answer the exact cache holds under `exact`.
@@ -231,6 +233,7 @@ impl SemanticShard {
         let id = self.next_id;
         self.next_id += 1;
         let dims = self.dims;
+        let fresh = !self.spaces.contains_key(&query.context);
         let space = self.spaces.entry(query.context).or_insert_with(|| {
             VectorIndex::with_options(
                 dims,
@@ -240,23 +243,28 @@ impl SemanticShard {
                 },
             )
         });
-        if space.insert(id, static_vec).is_err() {
+        let before = if fresh { 0 } else { space.bytes() };
+        let indexed = space.insert(id, static_vec).is_ok();
+        let after = space.bytes();
+        if !indexed && space.is_empty() {
             // Full, or a vector that is not finite: not indexed.
-            if space.is_empty() {
-                self.spaces.remove(&query.context);
-            }
+            self.spaces.remove(&query.context);
+            self.bytes = self.bytes.saturating_sub(before);
             return;
         }
-        self.entries.insert(
-            id,
-            Stored {
-                exact,
-                context: query.context,
-                prompt: query.prompt.as_str().into(),
-                features: super::guards::Features::of(&query.prompt),
-                confirm: confirm.map(Quantized::new),
-            },
-        );
+        self.bytes = (self.bytes + after).saturating_sub(before);
+        if !indexed {
+            return;
+        }
+        let stored = Stored {
+            exact,
+            context: query.context,
+            prompt: query.prompt.as_str().into(),
+            features: super::guards::Features::of(&query.prompt),
+            confirm: confirm.map(Quantized::new),
+        };
+        self.bytes += Self::stored_bytes(&stored);
+        self.entries.insert(id, stored);
         self.by_exact.insert(exact, id);
     }
 
@@ -268,10 +276,15 @@ impl SemanticShard {
         let Some(s) = self.entries.remove(&id) else {
             return;
         };
+        self.bytes = self.bytes.saturating_sub(Self::stored_bytes(&s));
         if let Some(space) = self.spaces.get_mut(&s.context) {
+            let before = space.bytes();
             space.remove(id);
             if space.is_empty() {
                 self.spaces.remove(&s.context);
+                self.bytes = self.bytes.saturating_sub(before);
+            } else {
+                self.bytes = (self.bytes + space.bytes()).saturating_sub(before);
             }
         }
     }
@@ -375,6 +388,38 @@ mod tests {
             "x".repeat(SEMANTIC_PROMPT_BYTES_MAX + 1)
         );
         assert!(q(&long).is_none());
+    }
+
+    #[test]
+    fn the_byte_count_is_kept_exactly_as_entries_come_and_go() {
+        let mut shard = SemanticShard::new(4);
+        let recount = |s: &SemanticShard| {
+            s.entries
+                .values()
+                .map(SemanticShard::stored_bytes)
+                .sum::<usize>()
+                + s.spaces.values().map(VectorIndex::bytes).sum::<usize>()
+        };
+        let q = |c: u128, p: &str| Query {
+            context: CacheKey(c),
+            prompt: p.to_string(),
+        };
+        for i in 0..50u128 {
+            let v = [1.0, (i % 7) as f32, (i % 3) as f32, 0.5];
+            shard.insert(CacheKey(i), &q(i % 3, &format!("prompt {i}")), &v, Some(&v));
+            assert_eq!(shard.bytes(), recount(&shard));
+        }
+        for i in (0..50u128).step_by(2) {
+            shard.remove(CacheKey(i));
+            assert_eq!(shard.bytes(), recount(&shard));
+        }
+        // Replacing an entry, and emptying a context.
+        shard.insert(CacheKey(1), &q(9, "again"), &[1.0, 0.0, 0.0, 0.0], None);
+        assert_eq!(shard.bytes(), recount(&shard));
+        for i in 0..50u128 {
+            shard.remove(CacheKey(i));
+        }
+        assert_eq!((shard.len(), shard.bytes()), (0, 0));
     }
 
     #[test]

@@ -222,46 +222,43 @@ impl Worker {
         let (Some(s), Some(p), true) = (catalog.semantic.as_ref(), &store.semantic, stored) else {
             return;
         };
-        let index = |slot: &SemanticSlot, confirm: Option<&[f32]>, stats: &WorkerStats| {
-            let mut shard = semantic_of(slot, &s.models);
-            // Never more prompts than answers (a late vector may find its
-            // answer gone: it is dropped when found).
-            if shard.len() < entries_max {
-                shard.insert(store.exact, &p.query, &p.static_vec, confirm);
-            }
-            stats.cache_semantic_entries.set(shard.len() as i64);
-            stats.cache_semantic_bytes.set(shard.bytes() as i64);
-        };
-        if s.confirm_min.is_none() {
-            index(&self.semantic, None, &self.stats);
-            return;
-        }
-        if let Some(v) = &p.confirm {
-            index(&self.semantic, Some(v), &self.stats);
-            return;
-        }
-        // The vector is asked for now and the prompt indexed when it comes,
-        // by a task of this worker's (nobody waits for it).
+        // Indexed by a task of this worker's, after the answer went out: an
+        // insert into a large graph takes a few hundred microseconds (more
+        // while it rebuilds) that the client must not wait for. The task
+        // first sleeps past the event loop's next turn, so the answer's
+        // write is submitted before the insert runs; with confirmation and
+        // no vector from the lookup, it asks the confirmation thread first.
         let slot = Rc::clone(&self.semantic);
         let stats = Arc::clone(&self.stats);
         let jobs = self.confirm_jobs.clone();
         let models = Arc::clone(&s.models);
-        let (exact, p) = (store.exact, p.clone());
+        let confirm_on = s.confirm_min.is_some();
+        let (exact, mut p) = (store.exact, p.clone());
         monoio::spawn(async move {
-            let Some(v) = crate::cache::confirm::embed(
-                &jobs,
-                &models,
-                &p.query.prompt,
-                crate::config::cache::CONFIRM_TIMEOUT_MAX,
-            )
-            .await
-            else {
-                stats.cache_semantic_confirm_missed.inc();
-                return;
+            monoio::time::sleep(SEMANTIC_INDEX_DELAY).await;
+            let v = match (confirm_on, p.confirm.take()) {
+                (false, _) => None,
+                (true, Some(v)) => Some(v),
+                (true, None) => {
+                    let asked = crate::cache::confirm::embed(
+                        &jobs,
+                        &models,
+                        &p.query.prompt,
+                        crate::config::cache::CONFIRM_TIMEOUT_MAX,
+                    )
+                    .await;
+                    let Some(v) = asked else {
+                        stats.cache_semantic_confirm_missed.inc();
+                        return;
+                    };
+                    Some(v)
+                }
             };
             let mut shard = semantic_of(&slot, &models);
+            // Never more prompts than answers (an answer evicted meanwhile
+            // is dropped from the index when a lookup finds it gone).
             if shard.len() < entries_max {
-                shard.insert(exact, &p.query, &p.static_vec, Some(&v));
+                shard.insert(exact, &p.query, &p.static_vec, v.as_deref());
             }
             stats.cache_semantic_entries.set(shard.len() as i64);
             stats.cache_semantic_bytes.set(shard.bytes() as i64);
@@ -279,6 +276,10 @@ impl Worker {
         s
     }
 }
+
+/// How long a stored answer's prompt waits before it is indexed: past the
+/// event loop's next turn, so the answer's write is submitted first.
+const SEMANTIC_INDEX_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A worker's semantic index and the models its vectors come from.
 type SemanticSlot = RefCell<

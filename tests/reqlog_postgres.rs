@@ -390,3 +390,10 @@ fn costs_are_numeric_and_sum_exactly_in_sql() {
         .get(0);
     assert_eq!(sum, "0");
 }
+
+#[test]
+fn rollups_answer_exactly_what_a_scan_of_the_rows_does() {
+    let db = TestDb::new();
+    let dir = TempDir::new("pg-rollups");
+    check_rollups_match_scan(&db.config(), dir.path(), 11);
+}

@@ -686,3 +686,9 @@ fn a_writer_killed_while_spilling_loses_no_spilled_row() {
     );
     assert_eq!(got, newest_first(want));
 }
+
+#[test]
+fn rollups_answer_exactly_what_a_scan_of_the_rows_does() {
+    let dir = TempDir::new("rollups");
+    check_rollups_match_scan(&sqlite(), dir.path(), 7);
+}

@@ -767,6 +767,7 @@ async fn series(
         team: param(&params, "team").map(str::to_string),
         customer: param(&params, "customer").map(str::to_string),
         model: param(&params, "model").map(str::to_string),
+        ..Default::default()
     };
     let mut range = json!({
         "from": crate::budget::period::format_rfc3339_ms(from),

@@ -216,27 +216,24 @@ pub(super) fn top_up(
 }
 
 /// The spend view of an entity: exact decimal strings, `null` where a field
-/// does not apply (no limit, no reset).
+/// does not apply (no limit, no reset). The budget's fields are
+/// [`budget_fields`](crate::books::view::budget_fields), the ones a key
+/// holder's usage view shows too; the rest are the operator's.
 pub fn spend_json(kind_name: &str, name: &str, v: &EntityView) -> Value {
-    let money = |m: Money| json!(m.to_string());
-    let resets = v.budget.and_then(|b| b.reset).is_some();
-    json!({
-        "object": "spend",
-        "kind": kind_name,
-        "name": name,
-        "spent_usd": money(v.spent),
-        "limit_usd": v.limit_effective.map(money),
-        "remaining_usd": v.remaining.map(money),
-        "reset_at": resets.then(|| crate::budget::period::format_rfc3339_ms(v.period.end_ms)),
-        "period_start": crate::budget::period::format_rfc3339_ms(v.period.start_ms),
-        "mode": v.budget.map(|b| b.mode.as_str()),
-        "soft_limit_usd": v.budget.and_then(|b| b.soft_limit).map(money),
-        "topup_usd": money(v.topup),
-        "leased_usd": money(v.leased),
-        "overshoot_usd": money(v.overshoot),
-        "lifetime_spent_usd": money(v.lifetime_spent),
-        "blocked": v.blocked,
-    })
+    let money = crate::books::view::money;
+    let mut m = crate::books::view::budget_fields(v);
+    m.insert("object".into(), json!("spend"));
+    m.insert("kind".into(), json!(kind_name));
+    m.insert("name".into(), json!(name));
+    m.insert(
+        "soft_limit_usd".into(),
+        json!(v.budget.and_then(|b| b.soft_limit).map(money)),
+    );
+    m.insert("topup_usd".into(), money(v.topup));
+    m.insert("leased_usd".into(), money(v.leased));
+    m.insert("overshoot_usd".into(), money(v.overshoot));
+    m.insert("lifetime_spent_usd".into(), money(v.lifetime_spent));
+    Value::Object(m)
 }
 
 /// The spend view of `target` (see [`spend_json`]).

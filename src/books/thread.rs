@@ -214,6 +214,13 @@ pub enum Msg {
         entity: EntityId,
         reply: mpsc::Sender<Option<EntityView>>,
     },
+    /// A worker asks for an entity as of now (a key holder's
+    /// `GET /v1/bursar/usage`): `View` with a reply the worker awaits
+    /// instead of blocking on. Nothing else happens (no alert hears of it).
+    WorkerView {
+        entity: EntityId,
+        reply: oneshot::Sender<Option<EntityView>>,
+    },
     /// A worker refused a request at this entity (a 402): the alerts hear of
     /// it, and the reply is the entity as of now, to explain the refusal.
     Refused {
@@ -323,6 +330,18 @@ impl WorkerLink {
     ) -> Result<oneshot::Receiver<Option<EntityView>>, BooksError> {
         let (tx, rx) = oneshot::channel();
         self.commands.try_send(Msg::Refused { entity, reply: tx })?;
+        Ok(rx)
+    }
+
+    /// Asks for the entity as of now (a key holder's usage view); the reply
+    /// is awaited. Never blocks: a full queue is an error.
+    pub fn view(
+        &self,
+        entity: EntityId,
+    ) -> Result<oneshot::Receiver<Option<EntityView>>, BooksError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .try_send(Msg::WorkerView { entity, reply: tx })?;
         Ok(rx)
     }
 
@@ -924,6 +943,10 @@ impl LedgerThread {
             // response (settled in the ring before the last byte) and then
             // asks for the spend sees its own charge.
             Msg::View { entity, reply } => {
+                self.drain_rings()?;
+                let _ = reply.send(self.ledger.state().view(entity, now));
+            }
+            Msg::WorkerView { entity, reply } => {
                 self.drain_rings()?;
                 let _ = reply.send(self.ledger.state().view(entity, now));
             }

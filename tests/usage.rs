@@ -261,29 +261,31 @@ fn each_key_sees_its_own_spend_and_requests_only() {
 #[test]
 fn usage_counts_against_the_keys_requests_per_minute() {
     let gw = Gateway::start(&config(LOG_ON), &[]);
-    // Two a minute: the key's limiter counts usage reads like any request.
-    // (Both may straddle a minute boundary; then the third is admitted too,
-    // so retry once in the next minute.)
-    for attempt in 0..2 {
-        let first = usage(&gw, KEY_LIMITED, "");
-        let second = usage(&gw, KEY_LIMITED, "");
-        let third = usage(&gw, KEY_LIMITED, "");
-        if third.status == 200 && attempt == 0 {
-            continue;
-        }
-        assert_eq!(first.status, 200, "{}", first.text());
-        assert_eq!(second.status, 200, "{}", second.text());
-        assert_eq!(third.status, 429, "{}", third.text());
-        assert_eq!(third.error_code(), "rate_limit_exceeded");
-        assert!(third.header("retry-after").is_some());
-        // A key without a budget: its spend with no limit.
-        let v = first.json();
-        assert_eq!(v["budget"]["spent_usd"], "0", "{v}");
-        assert_eq!(v["budget"]["limit_usd"], Value::Null, "{v}");
-        assert_eq!(v["budget"]["reset_at"], Value::Null, "{v}");
-        return;
+    // The limit is per UTC minute: start well inside one, so the three
+    // reads below fall in the same minute.
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if second >= 50 {
+        std::thread::sleep(Duration::from_secs(61 - second));
     }
-    unreachable!("returned or retried above");
+    // Two a minute: the key's limiter counts usage reads like any request.
+    let first = usage(&gw, KEY_LIMITED, "");
+    let second = usage(&gw, KEY_LIMITED, "");
+    let third = usage(&gw, KEY_LIMITED, "");
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(third.status, 429, "{}", third.text());
+    assert_eq!(third.error_code(), "rate_limit_exceeded");
+    assert!(third.header("retry-after").is_some());
+    // A key without a budget: its spend, with no limit.
+    let v = first.json();
+    assert_eq!(v["budget"]["spent_usd"], "0", "{v}");
+    assert_eq!(v["budget"]["limit_usd"], Value::Null, "{v}");
+    assert_eq!(v["budget"]["reset_at"], Value::Null, "{v}");
+    assert_eq!(v["budget"]["mode"], Value::Null, "{v}");
 }
 
 #[test]

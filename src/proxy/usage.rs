@@ -4,7 +4,7 @@
 //! ```json
 //! {"object": "usage", "key": "search-prod", "team": "search", "customer": "acme",
 //!  "budget": {"spent_usd": "0.0042", "limit_usd": "1", "remaining_usd": "0.9958",
-//!             "reset_at": "2026-12-08T00:00:00.000Z", "period_start": "2026-12-07T00:00:00.000Z",
+//!             "reset_at": "2026-12-08T09:14:03.512Z", "period_start": "2026-12-07T09:14:03.512Z",
 //!             "mode": "strict", "blocked": false},
 //!  "levels": [{"kind": "team", "name": "search", ...the same fields...}],
 //!  "requests": [...the key's last rows, newest first, as /admin/logs gives them...],

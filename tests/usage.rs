@@ -30,6 +30,7 @@ budget = {{ limit_usd = "5", reset = "1d" }}
 [[teams]]
 name = "search"
 customer = "acme"
+budget = {{ limit_usd = "3", reset = "1d", mode = "soft" }}
 [[virtual_keys]]
 name = "key-a"
 team = "search"
@@ -162,8 +163,9 @@ fn each_key_sees_its_own_spend_and_requests_only() {
         pico(a["budget"]["remaining_usd"].as_str().unwrap()),
         pico("1") - spent_a
     );
-    // The customer has a budget: listed, as the admin API shows it. The
-    // team has none: left out.
+    // The customer's strict budget can refuse the key (its 402 would name
+    // it): listed, as the admin API shows it. The team's soft budget never
+    // refuses: left out.
     let levels = a["levels"].as_array().unwrap();
     assert_eq!(levels.len(), 1, "{a}");
     assert_eq!(levels[0]["kind"], "customer");

@@ -22,12 +22,13 @@
 //!   budget (its spend is still counted). `null` as a whole only when the
 //!   books have no entity for the key (not expected).
 //! - **`levels`** are the key's team and customer, only those with a
-//!   budget (a limit): the budgets the key's requests are held to. A 402
-//!   already tells a key holder the entity, its limit and its spend when it
-//!   refuses them, so this shows nothing a holder cannot learn; a team or
-//!   customer without a budget is left out (its spend is other keys'
-//!   activity, and limits nothing of this key's). Per-model and tag budgets
-//!   are not listed.
+//!   strict budget: the ones that can refuse the key's requests. When one
+//!   does, its 402 names the entity, its limit and its spend, so these are
+//!   facts a holder is shown anyway; here they are shown before the
+//!   refusal too. A team or customer without a budget, or with a soft one
+//!   (which never answers a 402), is left out: its spend is other keys'
+//!   activity, and it refuses nothing of this key's. Per-model and tag
+//!   budgets are not listed.
 //! - **`requests`**: the key's last `limit` rows of the request log
 //!   ([`USAGE_REQUESTS_DEFAULT`], at most [`USAGE_REQUESTS_MAX`]), the JSON
 //!   of `/admin/logs`. The log is written in batches (every
@@ -213,7 +214,7 @@ pub(super) async fn usage(
         let Some(view) = view else { continue };
         match level.kind {
             EntityKind::Key => budget = Value::Object(crate::books::view::budget_fields(view)),
-            kind if has_limit(view) => {
+            kind if can_refuse(view) => {
                 let mut fields = crate::books::view::budget_fields(view);
                 fields.insert("kind".into(), json!(crate::books::registry::kind_str(kind)));
                 fields.insert("name".into(), json!(&*level.name));
@@ -250,9 +251,12 @@ pub(super) async fn usage(
     Ok(out.flush().await.is_ok() && keep)
 }
 
-/// Whether the view's entity has a budget with a limit.
-fn has_limit(v: &EntityView) -> bool {
+/// Whether the view's entity has a strict budget (one whose refusal, a
+/// 402, names it with its limit and spend).
+fn can_refuse(v: &EntityView) -> bool {
     v.limit_effective.is_some()
+        && v.budget
+            .is_some_and(|b| b.mode == crate::budget::Mode::Strict)
 }
 
 #[cfg(test)]

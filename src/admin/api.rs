@@ -772,9 +772,11 @@ async fn series(
         ),
         other => match other.strip_prefix("tag:") {
             Some(t) if !t.is_empty() => GroupBy::Tag(t.to_string()),
-            _ => return Err(bad(format!(
+            _ => {
+                return Err(bad(format!(
                 "group_by {other:?}: use key, team, customer, provider, model, tag, tags or none"
-            ))),
+            )))
+            }
         },
     };
     // Without `to`: up to now (inclusive). Without `from`: the

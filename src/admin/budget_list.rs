@@ -444,7 +444,7 @@ mod tests {
         assert_eq!(b, "minute");
         assert!(p.contains("key=k+1") && p.contains("group_by=none"), "{p}");
         let (p, b) =
-            series_path(EntityKind::TeamModel, "t/meta/llama", 0, 30 * 86_400_000).unwrap();
+            series_path(EntityKind::TeamModel, "t/meta/llama", 0, 20 * 86_400_000).unwrap();
         assert_eq!(b, "hour");
         assert!(
             p.contains("team=t") && p.contains("model=meta%2Fllama"),

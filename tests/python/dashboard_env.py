@@ -243,7 +243,11 @@ def browser(width: int = 1280, height: int = 800) -> webdriver.Chrome:
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
     d = webdriver.Chrome(options=opts, service=service)
+    # The window's size includes what headless Chromium keeps for its
+    # (invisible) frame: make the viewport itself width x height.
     d.set_window_size(width, height)
+    inner = d.execute_script("return [window.innerWidth, window.innerHeight]")
+    d.set_window_size(width + (width - inner[0]), height + (height - inner[1]))
     return d
 
 

@@ -27,7 +27,7 @@ export function mount(el) {
   const channelsPanel = h("section", { class: "panel" });
   const rulesPanel = h("section", { class: "panel" });
   fill(el, h("div", { class: "page-head" }, h("h1", {}, "Alerts")),
-    h("div", { class: "split" }, h("div", {}, historyPanel), h("div", {}, statePanel, channelsPanel, rulesPanel)));
+    h("div", { class: "split" }, h("div", {}, historyPanel), h("div", {}, channelsPanel, statePanel, rulesPanel)));
 
   async function load() {
     const my = ++seq;
@@ -73,7 +73,7 @@ export function mount(el) {
       h("table", { testid: "alerts-state" },
         h("thead", {}, h("tr", {}, h("th", {}, "Watched"), h("th", { class: "r" }, "Spent / limit"), h("th", {}, "Firing"))),
         h("tbody", {}, entities.length ? entities.map((e) => h("tr", { testid: `alert-state-${e.entity.kind}-${e.entity.name}`, "data-firing": e.firing.join(",") },
-          h("td", {}, h("strong", {}, e.entity.name), h("div", { class: "muted small" }, KIND_LABELS[e.entity.kind] || e.entity.kind, e.rules.length ? ` · ${e.rules.join(", ")}` : "")),
+          h("td", { class: "nowrap" }, h("strong", {}, e.entity.name), h("div", { class: "muted small" }, KIND_LABELS[e.entity.kind] || e.entity.kind, e.rules.length ? ` · ${e.rules.join(", ")}` : "")),
           h("td", { class: "r" }, money("state-spent", e.spent_usd), h("span", { class: "muted" }, " / "), money("state-limit", e.limit_usd)),
           h("td", {}, e.firing.length ? e.firing.map((f) => badge(f, f === "exhausted" ? "bad" : "warn")) : h("span", { class: "muted small" }, "quiet")))) :
           h("tr", {}, h("td", { colspan: 3, class: "empty" }, "No alert rule covers a budget.")))),
@@ -116,6 +116,7 @@ export function mount(el) {
     try {
       const t = await post(`/admin/alerts/channels/${seg(c.name)}/test`);
       result.setAttribute("data-value", t.outcome);
+      result.setAttribute("data-alert-id", t.alert_id);
       fill(result, badge(t.delivered ? "delivered" : t.outcome, t.delivered ? "ok" : "bad"),
         h("span", { class: "muted" }, ` ${t.status ? `HTTP ${t.status} · ` : ""}${t.latency_ms} ms${t.error ? ` · ${t.error}` : ""}`));
     } catch (e) {

@@ -51,7 +51,10 @@ function unmount() {
   current = null;
 }
 
-function route() {
+/** Shows the page the hash names. `oldURL`: the URL before a hash change;
+ * a change within a page that keeps its parameters (a request's detail
+ * opened or closed) is the page's to handle, anything else mounts it anew. */
+function route(oldURL) {
   if (!token()) return showLogin();
   const { page } = parseHash();
   const found = PAGES.find((p) => p[0] === page);
@@ -66,7 +69,9 @@ function route() {
     if (on) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
-  if (current && current.name === name && current.mod.onHashChange) {
+  const before = oldURL ? parseHash(new URL(oldURL).hash) : null;
+  const sameQuery = before && before.page === name && before.params.toString() === parseHash().params.toString();
+  if (current && current.name === name && current.mod.onHashChange && sameQuery) {
     // Within a page (a request's detail): the page decides.
     current.mod.onHashChange(current.handle);
     return;
@@ -109,8 +114,8 @@ document.getElementById("refresh").addEventListener("click", () => {
 });
 
 window.addEventListener("bursar:signed-out", (ev) => showLogin(ev.detail ? `Signed out: ${ev.detail}` : ""));
-window.addEventListener("hashchange", () => {
-  if (token()) route();
+window.addEventListener("hashchange", (ev) => {
+  if (token()) route(ev.oldURL);
 });
 
 fill(nav, PAGES.map(([name, title]) => h("a", { href: `#/${name}`, "data-page": name, testid: `nav-${name}` }, title)));

@@ -12,6 +12,22 @@ function utc(ts) {
   return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC");
 }
 
+const pad = (n) => String(n).padStart(2, "0");
+
+/** Time ticks in UTC, 24-hour; the date under the first tick of each day. */
+function timeAxis(u, splits, axisIdx, space, incr) {
+  let prevDay = null;
+  return splits.map((ts) => {
+    if (ts == null) return "";
+    const d = new Date(ts * 1e3);
+    const day = `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}`;
+    const hm = `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}`;
+    const label = incr >= 86400 ? day.slice(5) : prevDay !== day ? `${hm}\n${day.slice(5)}` : hm;
+    prevDay = day;
+    return label;
+  });
+}
+
 const usdAxis = (u, splits) => splits.map((v) => (v == null ? "" : fmtUsd(String(v))));
 
 /** Keeps a chart as wide as its container. Returns a function that stops. */
@@ -55,7 +71,8 @@ export function stackedBars(el, { xs, groups, height = 280, bucketSeconds }) {
       paths: bars,
       points: { show: false },
       // The legend shows the group's own amount, not the stack's top.
-      value: (u, v, si, idx) => (idx == null ? "" : fmtUsd(String(g.values[idx] || 0))),
+      // Without a cursor: the group's total over the range.
+      value: (u, v, si, idx) => fmtUsd(String(idx == null ? g.total ?? 0 : g.values[idx] || 0)),
     });
     data.push(tops[i]);
   }
@@ -68,7 +85,7 @@ export function stackedBars(el, { xs, groups, height = 280, bucketSeconds }) {
     cursor: { points: { show: false }, drag: { x: false, y: false } },
     legend: { show: true, live: true },
     scales: { x: { time: true, range: (u, min, max) => [min - bucketSeconds / 2, max + bucketSeconds / 2] }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.08 : 1] } },
-    axes: [{ ...AXIS }, { ...AXIS, values: usdAxis, size: 70 }],
+    axes: [{ ...AXIS, values: timeAxis, size: 44 }, { ...AXIS, values: usdAxis, size: 70 }],
     series,
   };
   const u = new uPlot(opts, data, el);
@@ -106,7 +123,7 @@ export function burnDown(el, { points, projection, limit, height = 240, label = 
     cursor: { drag: { x: false, y: false } },
     legend: { show: true, live: true },
     scales: { x: { time: true }, y: { range: (u, min) => [Math.min(0, min ?? 0), top * 1.08] } },
-    axes: [{ ...AXIS }, { ...AXIS, values: usdAxis, size: 70 }],
+    axes: [{ ...AXIS, values: timeAxis, size: 44 }, { ...AXIS, values: usdAxis, size: 70 }],
     series,
   };
   const u = new uPlot(opts, data, el);

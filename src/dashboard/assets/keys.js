@@ -25,7 +25,7 @@ export function mount(el) {
   let spendError = null;
   const secretBox = h("div", {});
   const panels = Object.fromEntries(SECTIONS.map(([kind]) => [kind, h("section", { class: "panel", testid: `${kind}s-panel` })]));
-  fill(el, h("div", { class: "page-head" }, h("h1", {}, "Keys & teams")), secretBox, panels.key, h("div", { class: "grid2" }, panels.team, panels.customer));
+  fill(el, h("div", { class: "page-head" }, h("h1", {}, "Keys & teams")), secretBox, panels.key, panels.team, panels.customer);
 
   async function load() {
     const my = ++seq;

@@ -52,7 +52,7 @@ export function mount(el) {
           const bar = h("div", { class: "bar" }, h("span", {}));
           bar.firstChild.style.width = `${max > 0 ? ((100 * (Number(x.cost_usd) || 0)) / max).toFixed(1) : 0}%`;
           return h("tr", { testid: `top-${id}-${name}`, "data-rank": rank + 1 },
-            h("td", {}, name === "" ? h("span", { class: "muted" }, "(none)") : name),
+            h("td", { title: name }, name === "" ? h("span", { class: "muted" }, "(none)") : name),
             h("td", { class: "r" }, money("top-cost", x.cost_usd)),
             h("td", { class: "r" }, count("top-requests", x.requests)),
             h("td", { class: "share" }, bar));

@@ -32,6 +32,9 @@
 //!   customer's, team's or key's budget on a model (set in its
 //!   `model_budgets` list, which the entity routes above read and write).
 //!
+//! - `GET /admin/budgets`: every budget with its spend view, burn rate,
+//!   projected exhaustion and whether it is at risk, those at risk first
+//!   ([`super::budget_list`]).
 //! - `GET /admin/logs` (the request log, filtered and paged),
 //!   `GET /admin/spend/totals` and `GET /admin/spend/series` (spend over the
 //!   request log, grouped and bucketed; `key=` / `team=` / `customer=` /
@@ -73,6 +76,8 @@ pub const GENERATED_KEY_RANDOM_BYTES: usize = 24;
 pub const GENERATED_KEY_PREFIX: &str = "sk-bursar-";
 /// The range of a spend query that names no `from`: this much before `to`.
 pub const SPEND_RANGE_DEFAULT_MS: i64 = DAY_MS;
+/// The most groups `limit=` (totals) or `top=` (series) may ask for.
+pub const SPEND_GROUPS_LIMIT_MAX: usize = 1_000;
 /// `retry-after` of a 503 answered when the request log's query queue is full.
 pub const LOG_QUERIES_BUSY_RETRY_AFTER_SECS: u64 = 1;
 /// Lowest `status` a log query may filter on.
@@ -104,6 +109,10 @@ pub async fn handle(gov: &Governance, req: &AdminRequest<'_>) -> Result<AdminRes
                 super::alerts_api::handle(gov, method, req.path, rest, req.query, req.body).await?;
             ok(status, &v)
         }
+        (Method::Get, ["budgets"]) => super::budget_list::list(gov, &query_params(req.query)).await,
+        (_, ["budgets"]) => Err(ApiError::method_not_allowed(
+            "method not allowed for /admin/budgets",
+        )),
         (Method::Get, ["logs"]) => logs(gov, req.query).await,
         (Method::Get, ["spend", "series"]) => series(gov, req.query, true).await,
         (Method::Get, ["spend", "totals"]) => series(gov, req.query, false).await,
@@ -776,10 +785,28 @@ async fn series(
     }
     let usd = |p: i128| crate::reqlog::row::format_usd(p);
     if !bucketed {
-        let totals = gov
+        // `order=cost&limit=N`: the top N groups by cost, most first (ties
+        // by name); without them every group, in the store's order.
+        let order_by_cost = match param(&params, "order") {
+            None => false,
+            Some("cost") => true,
+            Some(other) => return Err(bad(format!("order {other:?}: use order=cost"))),
+        };
+        let limit = count_param(&params, "limit", SPEND_GROUPS_LIMIT_MAX)?;
+        let mut totals = gov
             .query_log(move |store| store.spend_totals_where(&group_by, &filter, from, to))
             .await
             .map_err(log_query_error)?;
+        if order_by_cost {
+            totals.sort_by(|a, b| {
+                b.cost_picodollars
+                    .cmp(&a.cost_picodollars)
+                    .then_with(|| a.group.cmp(&b.group))
+            });
+        }
+        if let Some(n) = limit {
+            totals.truncate(n);
+        }
         let data: Vec<Value> = totals
             .iter()
             .map(|t| {
@@ -811,10 +838,14 @@ async fn series(
             )))
         }
     }
-    let points = gov
+    let top = count_param(&params, "top", SPEND_GROUPS_LIMIT_MAX)?;
+    let mut points = gov
         .query_log(move |store| store.spend_series_where(&group_by, &filter, bucket, from, to))
         .await
         .map_err(log_query_error)?;
+    if let Some(n) = top {
+        points = fold_beyond_top(points, n);
+    }
     let data: Vec<Value> = points
         .iter()
         .map(|p| {
@@ -828,6 +859,74 @@ async fn series(
         200,
         &json!({ "object": "list", "range": range, "bucket": bucket_name, "data": data }),
     )
+}
+
+/// A whole-number parameter from 1 to `max`, if given.
+fn count_param(
+    params: &[(String, String)],
+    name: &str,
+    max: usize,
+) -> Result<Option<usize>, ApiError> {
+    param(params, name)
+        .map(|v| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{name}: {v:?} is not a whole number from 1 to {max}"
+                    ))
+                })
+        })
+        .transpose()
+}
+
+/// The group of a series' points folded together beyond its `top` groups.
+pub const SERIES_OTHER_GROUP: &str = "(other)";
+
+/// Keeps the `top` groups with the most cost over the whole series and folds
+/// every other group's points into [`SERIES_OTHER_GROUP`], bucket by bucket:
+/// each bucket's sums are unchanged. Sorted by bucket, then group.
+fn fold_beyond_top(
+    points: Vec<crate::reqlog::SeriesPoint>,
+    top: usize,
+) -> Vec<crate::reqlog::SeriesPoint> {
+    use std::collections::{BTreeMap, HashMap};
+    let mut by_group: HashMap<&str, i128> = HashMap::new();
+    for p in &points {
+        let c = by_group.entry(p.group.as_str()).or_insert(0);
+        *c = c.saturating_add(p.cost_picodollars);
+    }
+    if by_group.len() <= top {
+        return points;
+    }
+    let mut ranked: Vec<(&str, i128)> = by_group.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let kept: std::collections::HashSet<String> = ranked
+        .iter()
+        .take(top)
+        .map(|(g, _)| g.to_string())
+        .collect();
+    let mut out: BTreeMap<(i64, String), crate::reqlog::SeriesPoint> = BTreeMap::new();
+    for mut p in points {
+        if !kept.contains(&p.group) {
+            p.group = SERIES_OTHER_GROUP.to_string();
+        }
+        match out.entry((p.bucket_start_ms, p.group.clone())) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(p);
+            }
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                let q = e.get_mut();
+                q.requests = q.requests.saturating_add(p.requests);
+                q.cost_picodollars = q.cost_picodollars.saturating_add(p.cost_picodollars);
+                q.avoided_picodollars = q.avoided_picodollars.saturating_add(p.avoided_picodollars);
+                q.prompt_tokens = q.prompt_tokens.saturating_add(p.prompt_tokens);
+                q.completion_tokens = q.completion_tokens.saturating_add(p.completion_tokens);
+            }
+        }
+    }
+    out.into_values().collect()
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@
 
 pub mod alerts_api;
 pub mod api;
+pub mod budget_list;
 pub mod budgets_api;
 pub mod operational;
 pub mod reports;

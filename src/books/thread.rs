@@ -126,6 +126,9 @@ pub const RING_READ_BATCH_MAX: usize = 4096;
 pub const MSGS_PER_ITERATION_MAX: usize = 4096;
 /// How often the ledger is sent `Tick` (rollovers of idle entities).
 pub const TICK_INTERVAL_MS: i64 = 1000;
+/// Entities one [`Msg::Views`] asks for: a listing of thousands of budgets
+/// is answered in several visits, other commands served between them.
+pub const VIEWS_PER_MESSAGE_MAX: usize = 1024;
 /// Default snapshot interval when the config gives none.
 pub const SNAPSHOT_INTERVAL_MS_DEFAULT: u64 = 5 * 60 * 1000;
 /// Most (read cursor, journal seq) marks remembered per ring while waiting for
@@ -213,6 +216,12 @@ pub enum Msg {
     View {
         entity: EntityId,
         reply: mpsc::Sender<Option<EntityView>>,
+    },
+    /// The control plane asks for several entities as of now (at most
+    /// [`VIEWS_PER_MESSAGE_MAX`]), in one visit to the ledger thread.
+    Views {
+        entities: Vec<EntityId>,
+        reply: mpsc::Sender<Vec<Option<EntityView>>>,
     },
     /// A worker refused a request at this entity (a 402): the alerts hear of
     /// it, and the reply is the entity as of now, to explain the refusal.
@@ -448,6 +457,23 @@ impl BooksHandle {
         let (tx, rx) = mpsc::channel();
         self.commands.send(Msg::View { entity, reply: tx })?;
         rx.recv().map_err(|_| BooksError::Stopped)
+    }
+
+    /// Entities as of the ledger's clock now, in `entities`' order (blocking:
+    /// control plane only). Asked in messages of at most
+    /// [`VIEWS_PER_MESSAGE_MAX`], so one call never holds the ledger thread
+    /// for long: other commands are served between them.
+    pub fn views(&self, entities: &[EntityId]) -> Result<Vec<Option<EntityView>>, BooksError> {
+        let mut out = Vec::with_capacity(entities.len());
+        for chunk in entities.chunks(VIEWS_PER_MESSAGE_MAX) {
+            let (tx, rx) = mpsc::channel();
+            self.commands.send(Msg::Views {
+                entities: chunk.to_vec(),
+                reply: tx,
+            })?;
+            out.extend(rx.recv().map_err(|_| BooksError::Stopped)?);
+        }
+        Ok(out)
     }
 
     /// Evaluates alerts with `plan` from now on (new rules or entities).
@@ -926,6 +952,12 @@ impl LedgerThread {
             Msg::View { entity, reply } => {
                 self.drain_rings()?;
                 let _ = reply.send(self.ledger.state().view(entity, now));
+            }
+            Msg::Views { entities, reply } => {
+                self.drain_rings()?;
+                let state = self.ledger.state();
+                let views = entities.iter().map(|&e| state.view(e, now)).collect();
+                let _ = reply.send(views);
             }
             Msg::Refused { entity, reply } => {
                 self.drain_rings()?;

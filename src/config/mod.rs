@@ -29,6 +29,11 @@ pub use providers::{parse_base_url, WireConfig};
 
 /// The key of the built-in default configuration's demo virtual key.
 pub const DEMO_KEY: &str = "sk-bursar-demo";
+/// The built-in default's admin token: the demo's dashboard
+/// (`http://127.0.0.1:8081/`) and admin API answer to it. The control plane
+/// listens on localhost only, and the default serves only the offline mock;
+/// a real config sets its own token (`[admin] token` or `token_env`).
+pub const DEMO_ADMIN_TOKEN: &str = "bursar-demo-admin";
 /// The built-in default data-plane address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The built-in default control-plane address.
@@ -381,6 +386,10 @@ models = ["gpt-4o-mini", "gpt-4o", "o3-mini", "text-embedding-3-small", "*"]
 name = "demo"
 key = "{DEMO_KEY}"
 allowed_models = ["*"]
+budget = {{ limit_usd = "10", reset = "1d" }}
+
+[admin]
+token = "{DEMO_ADMIN_TOKEN}"
 "#
     )
 }

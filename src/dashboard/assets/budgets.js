@@ -42,6 +42,7 @@ export function usageBar(b) {
 
 export function mount(el) {
   let list = [];
+  let total = 0;
   let selected = null; // [kind, name]
   let chart = null;
   let seq = 0;
@@ -51,7 +52,7 @@ export function mount(el) {
   const tablePanel = h("section", {});
   const detail = h("section", { class: "panel", testid: "budget-detail" });
   fill(el, h("div", { class: "page-head" }, h("h1", {}, "Budgets"), h("span", { class: "muted" }, "At risk first; spend is the books' exact amount this period.")),
-    h("div", { class: "split" }, tablePanel, detail));
+    h("div", { class: "split wide" }, tablePanel, detail));
 
   async function load() {
     const my = ++seq;
@@ -65,6 +66,7 @@ export function mount(el) {
     }
     if (my !== seq) return;
     list = body.data || [];
+    total = body.total ?? list.length;
     if (!selected || !list.some((b) => b.kind === selected[0] && b.name === selected[1])) {
       selected = list.length ? [list[0].kind, list[0].name] : null;
     }
@@ -82,12 +84,12 @@ export function mount(el) {
         tabindex: "0", "aria-selected": isSel ? "true" : "false",
         onclick: () => select(b), onkeydown: (e) => { if (e.key === "Enter") select(b); },
       },
-      h("td", {}, h("div", {}, h("strong", {}, b.name)), h("div", { class: "muted small" }, KIND_LABELS[b.kind] || b.kind, b.mode ? ` · ${b.mode}` : "")),
+      h("td", { class: "nowrap" }, h("div", {}, h("strong", {}, b.name)), h("div", { class: "muted small" }, KIND_LABELS[b.kind] || b.kind, b.mode ? ` · ${b.mode}` : "")),
       h("td", { class: "r" }, money("budget-spent", b.spent_usd)),
       h("td", { class: "r" }, money("budget-limit", b.limit_usd)),
       h("td", { class: "r" }, money("budget-remaining", b.remaining_usd), usageBar(b)),
-      h("td", {}, time("budget-reset", b.reset_at), h("div", { class: "muted small" }, b.reset_at ? fmtRelative(b.reset_at) : "prepaid")),
-      h("td", {}, time("budget-projection", b.projected_exhaustion), h("div", { class: "muted small" },
+      h("td", {}, time("budget-reset", b.reset_at, { short: true }), h("div", { class: "muted small" }, b.reset_at ? fmtRelative(b.reset_at) : "prepaid")),
+      h("td", {}, time("budget-projection", b.projected_exhaustion, { short: true }), h("div", { class: "muted small" },
         b.projected_exhaustion ? fmtRelative(b.projected_exhaustion) : b.burn_usd_per_hour && Number(b.burn_usd_per_hour) > 0 ? "lasts the period" : "no recent spend")),
       h("td", {}, h("span", { testid: "budget-status", "data-value": code }, badge(text, cls))));
       return tr;
@@ -95,7 +97,8 @@ export function mount(el) {
     fill(tablePanel, h("div", { class: "table-wrap" }, h("table", { testid: "budgets-table" },
       h("thead", {}, h("tr", {}, h("th", {}, "Budget"), h("th", { class: "r" }, "Spent"), h("th", { class: "r" }, "Limit"),
         h("th", { class: "r" }, "Remaining"), h("th", {}, "Resets (UTC)"), h("th", {}, "Runs out (UTC)"), h("th", {}, "Status"))),
-      h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 7, class: "empty" }, "No budgets are configured."))))));
+      h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 7, class: "empty" }, "No budgets are configured."))))),
+      total > list.length ? h("p", { class: "muted small", testid: "budgets-more" }, `Showing the ${list.length} most at risk of ${total} budgets.`) : null);
   }
 
   function select(b) {
@@ -126,7 +129,7 @@ export function mount(el) {
         h("dt", {}, "Limit"), h("dd", {}, money("detail-limit", b.limit_usd), b.topup_usd && Number(b.topup_usd) > 0 ? h("span", { class: "muted small" }, ` incl. ${fmtUsd(b.topup_usd)} top-ups`) : null),
         h("dt", {}, "Remaining"), h("dd", {}, money("detail-remaining", b.remaining_usd)),
         h("dt", {}, "Burn rate"), h("dd", {}, b.burn_usd_per_hour != null ? [money("detail-burn", b.burn_usd_per_hour), " / hour"] : h("span", { class: "muted" }, "—")),
-        h("dt", {}, "Period"), h("dd", {}, time("detail-period-start", b.period_start), " → ", b.reset_at ? time("detail-reset", b.reset_at, { relative: true }) : "no reset (prepaid)"),
+        h("dt", {}, "Period"), h("dd", {}, time("detail-period-start", b.period_start, { short: true }), " → ", b.reset_at ? time("detail-reset", b.reset_at, { relative: true, short: true }) : "no reset (prepaid)"),
         h("dt", {}, "Runs out"), h("dd", {}, b.projected_exhaustion ? time("detail-projection", b.projected_exhaustion, { relative: true }) : h("span", { class: "muted" }, "not at the current burn rate"))),
       h("h3", { class: "chart-title" }, b.limit_usd ? "Remaining this period" : "Spent this period"),
       chartEl);
@@ -214,11 +217,16 @@ export function burnData(b, s, now) {
     const burn = Number(b.burn_usd_per_hour) || 0;
     const reset = b.reset_at ? Date.parse(b.reset_at) : null;
     const last = points[points.length - 1];
-    if (b.projected_exhaustion) {
-      projection.push({ t: last.t, remaining: last.remaining }, { t: Math.max(last.t + 1, Date.parse(b.projected_exhaustion)), remaining: 0 });
+    const out = b.projected_exhaustion ? Date.parse(b.projected_exhaustion) : null;
+    if (out !== null && (!reset || out <= reset)) {
+      projection.push({ t: last.t, remaining: last.remaining }, { t: Math.max(last.t + 1, out), remaining: 0 });
     } else if (burn > 0 && reset && reset > last.t) {
+      // Lasts the period: the projection ends at the reset.
       projection.push({ t: last.t, remaining: last.remaining }, { t: reset, remaining: last.remaining - (burn * (reset - last.t)) / 3600e3 });
     }
   }
-  return { points, projection, limit: hasLimit ? Number(b.limit_usd) : null, label: hasLimit ? "Remaining" : "Spent" };
+  // The axis runs to the period's end when it has one.
+  const reset = b.reset_at ? Date.parse(b.reset_at) : null;
+  const end = reset && reset > points[points.length - 1].t ? reset : null;
+  return { points, projection, end, limit: hasLimit ? Number(b.limit_usd) : null, label: hasLimit ? "Remaining" : "Spent" };
 }

@@ -58,7 +58,7 @@ export function stackedBars(el, { xs, groups, height = 280, bucketSeconds }) {
   });
   const order = groups.map((_, i) => i).reverse();
   const bars = uPlot.paths.bars({ size: [0.72, 48], gap: 1 });
-  const series = [{ value: (u, v) => (v == null ? "" : fmtTime(v * 1e3, { seconds: false })) }];
+  const series = [{ label: "Bucket", value: (u, v) => (v == null ? "range total" : fmtTime(v * 1e3, { seconds: false })) }];
   const data = [xs];
   for (const i of order) {
     const g = groups[i];
@@ -93,26 +93,35 @@ export function stackedBars(el, { xs, groups, height = 280, bucketSeconds }) {
   return { destroy() { stop(); u.destroy(); } };
 }
 
+/** A legend value: at the cursor, or without one the series' last point. */
+function legendValue(list) {
+  const last = list.length ? list[list.length - 1].remaining : null;
+  return (u, v, si, idx) => {
+    const x = idx == null ? last : v;
+    return x == null ? "—" : fmtUsd(String(x));
+  };
+}
+
 /** A budget's burn-down: what remains over its period (a line), and the
  * projection from now to exhaustion (dashed). `points` [{t (ms), remaining}]
  * up to now; `projection` [{t, remaining}] two points or none; `end` the
  * period's end (ms) or null. Returns {destroy}. */
-export function burnDown(el, { points, projection, limit, height = 240, label = "Remaining" }) {
+export function burnDown(el, { points, projection, end, limit, height = 240, label = "Remaining" }) {
   el.replaceChildren();
   if (typeof uPlot === "undefined") {
     el.append(h("div", { class: "error" }, "The chart library did not load."));
     return { destroy() {} };
   }
-  const times = [...new Set([...points.map((p) => p.t), ...projection.map((p) => p.t)])].sort((a, b) => a - b);
+  const times = [...new Set([...points.map((p) => p.t), ...projection.map((p) => p.t), ...(end ? [end] : [])])].sort((a, b) => a - b);
   const at = (list) => {
     const m = new Map(list.map((p) => [p.t, p.remaining]));
     return times.map((t) => (m.has(t) ? m.get(t) : null));
   };
   const data = [times.map((t) => t / 1e3), at(points), at(projection)];
   const series = [
-    { value: (u, v) => (v == null ? "" : fmtTime(v * 1e3, { seconds: false })) },
-    { label, stroke: "#3b6ea5", width: 2, fill: "rgba(59,110,165,0.08)", points: { show: false }, spanGaps: true, value: (u, v) => (v == null ? "" : fmtUsd(String(v))) },
-    { label: "Projected", stroke: "#c2544f", width: 1.5, dash: [6, 4], points: { show: false }, spanGaps: true, value: (u, v) => (v == null ? "" : fmtUsd(String(v))) },
+    { label: "Time", value: (u, v) => (v == null ? "—" : fmtTime(v * 1e3, { seconds: false })) },
+    { label, stroke: "#3b6ea5", width: 2, fill: "rgba(59,110,165,0.08)", points: { show: false }, spanGaps: true, value: legendValue(points) },
+    { label: "Projected", stroke: "#c2544f", width: 1.5, dash: [6, 4], points: { show: false }, spanGaps: true, value: legendValue(projection) },
   ];
   const top = Math.max(limit || 0, ...points.map((p) => p.remaining ?? 0)) || 1;
   const opts = {

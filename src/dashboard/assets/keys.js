@@ -81,7 +81,7 @@ export function mount(el) {
     const teams = data.team.map((t) => t.name);
     const customers = data.customer.map((c) => c.name);
     const form = h("form", { class: "inline-form create", testid: `create-${kind}-form`, onsubmit: (e) => { e.preventDefault(); create(kind, coll, form); } },
-      h("label", { class: "field" }, h("span", {}, "Name"), h("input", { name: "name", required: true, placeholder: `new ${kind} name`, autocomplete: "off", pattern: "[^\\s/]+", title: "no spaces or slashes" })),
+      h("label", { class: "field" }, h("span", {}, "Name"), h("input", { name: "name", required: true, placeholder: `new ${kind} name`, autocomplete: "off", pattern: "[^\\s\\/]+", title: "no spaces or slashes" })),
       kind === "key" ? h("label", { class: "field" }, h("span", {}, "Team"), h("select", { name: "team" }, h("option", { value: "" }, "(none)"), teams.map((t) => h("option", { value: t }, t)))) : null,
       kind !== "customer" ? h("label", { class: "field" }, h("span", {}, kind === "key" ? "or customer" : "Customer"), h("select", { name: "customer" }, h("option", { value: "" }, "(none)"), customers.map((c) => h("option", { value: c }, c)))) : null,
       h("label", { class: "field" }, h("span", {}, "Budget (USD)"), h("input", { name: "limit_usd", placeholder: "none", inputmode: "decimal", size: 8 })),

@@ -59,10 +59,14 @@ export function fmtInt(n) {
 const pad = (n, w = 2) => String(n).padStart(w, "0");
 
 /** A time (RFC 3339 string or unix ms) as "2026-12-07 03:41:05" UTC. */
-export function fmtTime(t, { seconds = true } = {}) {
+export function fmtTime(t, { seconds = true, short = false } = {}) {
   if (t === null || t === undefined || t === "") return "—";
   const d = new Date(t);
   if (Number.isNaN(d.getTime())) return String(t);
+  if (short) {
+    const sameYear = d.getUTCFullYear() === new Date().getUTCFullYear();
+    return `${sameYear ? "" : d.getUTCFullYear() + "-"}${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}`;
+  }
   const s = `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}`;
   return seconds ? `${s}:${pad(d.getUTCSeconds())}` : s;
 }
@@ -72,6 +76,7 @@ export function fmtRelative(t, now = Date.now()) {
   if (t === null || t === undefined || t === "") return "";
   const ms = new Date(t).getTime() - now;
   if (Number.isNaN(ms)) return "";
+  if (Math.abs(ms) < 1500) return "now";
   const a = Math.abs(ms);
   let s;
   if (a < 60e3) s = `${Math.round(a / 1e3)} s`;
@@ -95,8 +100,8 @@ export function count(testid, n, cls = "num") {
 }
 
 /** A time cell: UTC text, the API's string in data-value. */
-export function time(testid, t, { relative = false } = {}) {
-  const el = h("span", { testid, "data-value": t ?? "", title: t ?? null }, fmtTime(t));
+export function time(testid, t, { relative = false, short = false } = {}) {
+  const el = h("span", { testid, "data-value": t ?? "", title: t ?? null, class: "num" }, fmtTime(t, { short }));
   if (relative && t) el.append(h("span", { class: "muted small" }, " · " + fmtRelative(t)));
   return el;
 }
@@ -126,7 +131,6 @@ export function loading() {
  * confirmed, null when cancelled. */
 export function confirmDialog({ title, message, fields = [], yes = "Confirm", danger = false }) {
   const dlg = document.querySelector('[data-testid="confirm-dialog"]');
-  const form = dlg.querySelector("form");
   const body = dlg.querySelector(".dialog-body");
   const inputs = {};
   const rows = fields.map((f) => {
@@ -159,7 +163,6 @@ export function confirmDialog({ title, message, fields = [], yes = "Confirm", da
     };
     dlg.addEventListener("close", done);
     dlg.returnValue = "";
-    form.reset?.();
     for (const f of fields) if (inputs[f.name] && f.value !== undefined) inputs[f.name].value = f.value;
     dlg.showModal();
     (fields.length ? inputs[fields[0].name] : yesBtn).focus();

@@ -58,8 +58,11 @@ export function mount(el) {
     const { from, to } = resolveRange(state.range);
     const bucket = bucketFor(from, to, state.bucket);
     setHashParams({ ...rangeParams(state.range), group: state.group, bucket: state.bucket });
-    const today = new Date(to - 1);
+    // Today is today's whatever the range: since 00:00 UTC, up to now.
+    const now = Date.now();
+    const today = new Date(now);
     const midnight = Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), today.getUTCDate());
+    const todayTo = state.range.preset ? to : now + 1;
 
     fill(head,
       h("h1", {}, "Overview"),
@@ -73,7 +76,7 @@ export function mount(el) {
     const range = { from, to };
     const results = await Promise.allSettled([
       get("/admin/spend/totals", { group_by: "none", ...range }),
-      get("/admin/spend/totals", { group_by: "none", from: midnight, to }),
+      get("/admin/spend/totals", { group_by: "none", from: midnight, to: todayTo }),
       get("/admin/spend/series", { group_by: state.group, bucket, top: TOP_GROUPS, ...range }),
       get("/admin/spend/totals", { group_by: state.group, order: "cost", limit: TOP_GROUPS, ...range }),
     ]);
@@ -88,7 +91,7 @@ export function mount(el) {
       spend.setAttribute("data-to", to);
       const todayEl = money("today-spend", d.cost_usd);
       todayEl.setAttribute("data-from", midnight);
-      todayEl.setAttribute("data-to", to);
+      todayEl.setAttribute("data-to", todayTo);
       const rate = t.requests ? ((100 * (t.errors || 0)) / t.requests).toFixed(1) + "% of requests" : "";
       fill(statsEl,
         stat("Spend in range", spend, `${fmtTime(from, { seconds: false })} → ${fmtTime(to, { seconds: false })}`),

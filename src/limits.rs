@@ -92,6 +92,26 @@ pub const OVERHEAD_NS_MAX: u64 = 60_000_000_000;
 /// tokenizer thread; past this a worker counts inline.
 pub const COUNT_JOBS_QUEUE_MAX: usize = 1024;
 
+/// `GET /v1/bursar/usage` (`proxy::usage`): most of the key's last requests
+/// one answer lists (`?limit=`; more is a 400 `invalid_value`).
+pub const USAGE_REQUESTS_MAX: usize = 50;
+/// ... and how many it lists without `?limit=`.
+pub const USAGE_REQUESTS_DEFAULT: usize = 20;
+const _: () = assert!(USAGE_REQUESTS_DEFAULT >= 1 && USAGE_REQUESTS_DEFAULT <= USAGE_REQUESTS_MAX);
+/// Longest a usage answer waits for the ledger thread's views of the key,
+/// its team and its customer; past it the answer is a 503.
+pub const USAGE_LEDGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a usage answer waits for the key's last requests from the
+/// request log's query thread; past it they are left out
+/// (`"requests_available": false`) and the rest is answered.
+pub const USAGE_LOG_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most usage look-ups (all workers together) queued or running on the
+/// request log's query thread at once: half its queue
+/// (`reqlog::LOG_QUERIES_QUEUED_MAX`, checked in `proxy::usage`), so key
+/// holders can never fill it and the admin API keeps the other half. Past
+/// it a usage answer leaves its requests out, as when the queue is full.
+pub const USAGE_LOG_QUERIES_MAX: usize = 8;
+
 /// Admin (control-plane) request bounds: small, it is a localhost API.
 /// Shortest admin token accepted (the interface contract's example,
 /// "admin-secret", is 12).

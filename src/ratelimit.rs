@@ -145,11 +145,13 @@ impl Limiter {
     }
 
     /// Takes one request slot (and a concurrency slot); undone by dropping
-    /// the returned permit's concurrency part when the request ends.
-    fn admit(self: &Arc<Self>, now_ms: i64) -> Result<(), ApiError> {
+    /// the returned permit's concurrency part when the request ends. With
+    /// `uses_tokens` false (a request that spends none) the minute's tokens
+    /// are not checked.
+    fn admit(self: &Arc<Self>, now_ms: i64, uses_tokens: bool) -> Result<(), ApiError> {
         let minute = (now_ms.max(0) / 60_000) as u32;
         let retry = (60 - (now_ms.max(0) / 1000) % 60).max(1) as u64;
-        if let Some(tpm) = self.limit.tokens_per_minute {
+        if let (true, Some(tpm)) = (uses_tokens, self.limit.tokens_per_minute) {
             let used = u64::from(self.tokens.count(minute));
             if used >= tpm {
                 return Err(self.refuse("tokens per minute", tpm, retry));
@@ -217,7 +219,23 @@ impl Permit {
             held: Vec::with_capacity(chain.len() + model_chain.len()),
         };
         for l in chain.iter().chain(model_chain) {
-            l.admit(now_ms)?; // on error, `permit` drops and releases the earlier ones
+            l.admit(now_ms, true)?; // on error, `permit` drops and releases the earlier ones
+            permit.held.push(Arc::clone(l));
+        }
+        Ok(permit)
+    }
+
+    /// Admits a request that spends no tokens (a key holder's
+    /// `GET /v1/bursar/usage`) against the requests-per-minute and
+    /// concurrency limits of every limiter in `chain`, all or none. Tokens
+    /// per minute are not checked: it uses none, and a key out of tokens
+    /// may still ask what it spent.
+    pub fn acquire_tokenless(chain: &[Arc<Limiter>], now_ms: i64) -> Result<Permit, ApiError> {
+        let mut permit = Permit {
+            held: Vec::with_capacity(chain.len()),
+        };
+        for l in chain {
+            l.admit(now_ms, false)?;
             permit.held.push(Arc::clone(l));
         }
         Ok(permit)
@@ -314,6 +332,30 @@ mod tests {
         // The team admits, the key refuses: the team's slot must come back.
         assert!(Permit::acquire(&[team.clone(), key.clone()], &[], 0).is_err());
         assert!(Permit::acquire(std::slice::from_ref(&team), &[], 0).is_ok());
+    }
+
+    #[test]
+    fn a_tokenless_request_counts_requests_but_not_tokens() {
+        let l = limiter(RateLimit {
+            requests_per_minute: Some(2),
+            tokens_per_minute: Some(10),
+            ..Default::default()
+        });
+        let t = 60_000;
+        let p = Permit::acquire(std::slice::from_ref(&l), &[], t).unwrap();
+        p.record_tokens(t, 10);
+        // The minute's tokens are spent: a request that uses tokens is
+        // refused, one that uses none is admitted and takes a request slot.
+        assert_eq!(
+            Permit::acquire(std::slice::from_ref(&l), &[], t)
+                .unwrap_err()
+                .status,
+            429
+        );
+        let _usage = Permit::acquire_tokenless(std::slice::from_ref(&l), t).unwrap();
+        let e = Permit::acquire_tokenless(std::slice::from_ref(&l), t).unwrap_err();
+        assert_eq!(e.status, 429);
+        assert!(e.message.contains("requests per minute"), "{}", e.message);
     }
 
     #[test]

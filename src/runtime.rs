@@ -64,6 +64,9 @@ struct WorkerSeed {
     confirm_jobs: crate::cache::confirm::ConfirmSender,
     link: crate::books::thread::WorkerLink,
     log: Option<crate::reqlog::LogSender>,
+    /// The request log's query thread, shared with the admin API (`None`:
+    /// the log is off).
+    usage_log: Option<crate::proxy::usage::UsageLog>,
     /// Debug builds only: panic serving this accepted connection (1-based);
     /// see [`DEBUG_PANIC_AT_CONNECTION_ENV`].
     #[cfg(debug_assertions)]
@@ -178,6 +181,17 @@ impl Gateway {
             }
             None => (None, None),
         };
+        // The request log's query thread, one for the admin API and the
+        // workers' usage route: started now (idle until the first query,
+        // which opens its store connection), so a worker never starts it.
+        let log_reader = match &config.log {
+            Some(cfg) => Some(
+                crate::reqlog::LogReader::start(cfg.sink.clone(), &state_dir)
+                    .context("starting the request log's query thread")?,
+            ),
+            None => None,
+        };
+        let usage_log = log_reader.clone().map(crate::proxy::usage::UsageLog::new);
         let books = Arc::new(books);
         let entities = Arc::new(Mutex::new(entities));
         // The semantic cache's models, loaded before the catalog that holds
@@ -233,6 +247,7 @@ impl Gateway {
                 confirm_jobs: confirm_jobs.clone(),
                 link,
                 log: log_sender.clone(),
+                usage_log: usage_log.clone(),
                 #[cfg(debug_assertions)]
                 panic_at_connection: panic_at_connection.filter(|_| id == 0),
             };
@@ -280,6 +295,9 @@ impl Gateway {
             Arc::clone(&resolver),
         );
         governance.delivery = Some(delivery.clone());
+        if let Some(reader) = log_reader {
+            governance.share_log_reader(reader);
+        }
         let governance = Arc::new(governance);
         let admin_listen = match config.server.admin_listen {
             Some(addr) => Some(crate::control::start(
@@ -686,6 +704,7 @@ async fn worker_main(
         seed.confirm_jobs,
         seed.link,
         seed.log,
+        seed.usage_log,
     ));
     let _ = ready.send((seed.id, Ok(driver)));
 

@@ -298,3 +298,67 @@ fn top_spenders_and_series_folded_beyond_the_top() {
     let r = admin(&gw, "/admin/spend/series?top=0");
     assert_eq!(r.status, 400, "{}", r.text());
 }
+
+#[test]
+fn one_request_by_id_and_the_overview_totals() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&config(&mock.base_url()), &[]);
+    let mut c = Client::connect(gw.addr);
+    for _ in 0..2 {
+        assert_eq!(
+            c.post("/v1/chat/completions", "sk-big-spender", CHAT, &[])
+                .status,
+            200
+        );
+    }
+    // An error row: a model the key may not use is refused and logged.
+    let bad = CHAT.replace("gpt-4o-mini", "no-such-model");
+    let r = c.post("/v1/chat/completions", "sk-big-spender", &bad, &[]);
+    assert!(r.status >= 400, "{}", r.text());
+    wait_rows(&gw, 3);
+
+    let page = ok(&gw, "/admin/logs?limit=10");
+    for row in page["data"].as_array().unwrap() {
+        let id = row["id"].as_str().unwrap();
+        assert_eq!(&ok(&gw, &format!("/admin/logs/{id}")), row, "{id}");
+    }
+    let r = admin(&gw, "/admin/logs/req_00000000000000000000000000ff");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "not_found");
+    let r = admin(&gw, &format!("/admin/logs/{}", "x".repeat(129)));
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = util::admin_request(&gw, ADMIN, "DELETE", "/admin/logs/x", "");
+    assert_eq!(r.status, 405);
+
+    // group_by=none: one group with the range's totals, errors counted.
+    let totals = ok(&gw, "/admin/spend/totals?group_by=none");
+    let data = totals["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{totals}");
+    assert_eq!(data[0]["group"], "");
+    assert_eq!(data[0]["requests"], 3);
+    assert_eq!(data[0]["errors"], 1);
+    assert_eq!(data[0]["cache_hits"], 0);
+    assert_eq!(
+        pico(data[0]["cost_usd"].as_str().unwrap()),
+        2 * CHAT_COST_PICO
+    );
+    // And it is the sum of any grouping.
+    let by_model = ok(&gw, "/admin/spend/totals?group_by=model");
+    let sum: i128 = by_model["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| pico(g["cost_usd"].as_str().unwrap()))
+        .sum();
+    assert_eq!(sum, 2 * CHAT_COST_PICO);
+    // Filters by provider and tag.
+    let local = ok(&gw, "/admin/spend/totals?group_by=none&provider=local");
+    assert_eq!(
+        pico(local["data"][0]["cost_usd"].as_str().unwrap()),
+        2 * CHAT_COST_PICO
+    );
+    let tagged = ok(&gw, "/admin/spend/totals?group_by=none&tag=env=prod");
+    assert_eq!(tagged["data"].as_array().unwrap().len(), 0, "{tagged}");
+    let r = admin(&gw, "/admin/spend/totals?tag=novalue");
+    assert_eq!(r.status, 400);
+}

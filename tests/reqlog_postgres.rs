@@ -6,7 +6,7 @@ mod reqlog_common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use bursar::reqlog::{GroupBy, LogConfig, LogFilter, SinkKind};
+use bursar::reqlog::{Bucket, GroupBy, LogConfig, LogFilter, SinkKind};
 use reqlog_common::*;
 
 const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
@@ -184,8 +184,8 @@ INSERT INTO request_tags VALUES ('req_v1', 'env', 'prod'), ('req_v1', 'feature',
         .query_one("SELECT version FROM schema_version", &[])
         .unwrap()
         .get(0);
-    // Through version 2 to the current one.
-    assert_eq!(version, 3);
+    // Through versions 2 and 3 to the current one.
+    assert_eq!(version, 4);
     let left: i64 = client
         .query_one(
             "SELECT COUNT(*) FROM pg_class WHERE relname LIKE 'request_tags%'",
@@ -266,7 +266,7 @@ fn a_version_2_database_gains_avoided_spend_and_its_rows_read_zero() {
         .query_one("SELECT version FROM schema_version", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     assert_eq!(version, bursar::reqlog::store::SCHEMA_VERSION);
     // The column is NUMERIC(39,0) NOT NULL, 0 in the old rows.
     let column = client
@@ -389,4 +389,66 @@ fn costs_are_numeric_and_sum_exactly_in_sql() {
         .unwrap()
         .get(0);
     assert_eq!(sum, "0");
+}
+
+#[test]
+fn rollups_answer_exactly_what_a_scan_of_the_rows_does() {
+    let db = TestDb::new();
+    let dir = TempDir::new("pg-rollups");
+    check_rollups_match_scan(&db.config(), dir.path(), 11);
+}
+
+#[test]
+fn log_pages_stop_at_their_scan_bound_and_continue() {
+    let db = TestDb::new();
+    let dir = TempDir::new("pg-log-pages");
+    check_log_pages(&db.config(), dir.path());
+}
+
+#[test]
+fn a_version_3_database_gains_rollups_of_its_rows() {
+    let db = TestDb::new();
+    let dir = TempDir::new("pg-v3");
+    let cfg = db.config();
+    let rows = rollup_rows(5, 600);
+    {
+        let mut store = cfg.open_store(dir.path()).unwrap();
+        store.insert_batch(&rows, &mut || {}).unwrap();
+    }
+    let mut client =
+        postgres::Client::connect(&format!("{SERVER}/{}", db.name), postgres::NoTls).unwrap();
+    client
+        .batch_execute(
+            "DROP TABLE rollups; DROP TABLE rollup_tags; UPDATE schema_version SET version = 3",
+        )
+        .unwrap();
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    let f0 = bursar::reqlog::SpendFilter::default();
+    for group_by in [
+        GroupBy::None,
+        GroupBy::Customer,
+        GroupBy::Tag("env".into()),
+        GroupBy::Tags,
+    ] {
+        for bucket in [Bucket::Minute, Bucket::Hour, Bucket::Day] {
+            let (f, t) = if bucket == Bucket::Minute {
+                (T0 - HOUR - 7, T0 + 2 * HOUR + 3)
+            } else {
+                (T0 - 2 * DAY + 5 * MINUTE + 1, T0 + 3 * DAY - 1)
+            };
+            assert_eq!(
+                store
+                    .spend_series_where(&group_by, &f0, bucket, f, t)
+                    .unwrap(),
+                store
+                    .spend_scan(&group_by, &f0, Some(bucket), f, t)
+                    .unwrap(),
+                "{group_by:?} {bucket:?}"
+            );
+        }
+    }
+    let all = store
+        .spend_totals(&GroupBy::None, T0 - 2 * DAY, T0 + 3 * DAY)
+        .unwrap();
+    assert_eq!(all[0].requests, 600);
 }

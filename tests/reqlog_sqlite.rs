@@ -5,6 +5,7 @@ mod reqlog_common;
 
 use std::time::Duration;
 
+use bursar::reqlog::{Bucket, GroupBy};
 use bursar::reqlog::{
     LogConfig, LogFilter, LogWriter, LOG_BOOST_ROWS, LOG_SQLITE_CHECKPOINT_BYTES, LOG_SQLITE_FILE,
     LOG_SQLITE_WAL_BYTES_MAX,
@@ -70,7 +71,10 @@ fn the_file_is_wal_with_the_schema_version() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(tables, ["requests", "schema_version"]);
+    assert_eq!(
+        tables,
+        ["requests", "rollup_tags", "rollups", "schema_version"]
+    );
     // Costs are stored as exact decimal text.
     let cost: String = conn
         .query_row(
@@ -162,7 +166,7 @@ fn a_version_1_file_is_migrated_and_its_tags_still_query() {
     let version: i64 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let left: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_schema WHERE name LIKE 'request_tags%'",
@@ -270,7 +274,7 @@ fn a_version_2_file_gains_avoided_spend_and_its_rows_read_zero() {
     let version: i64 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     assert_eq!(version, bursar::reqlog::store::SCHEMA_VERSION);
     // The column is exact decimal text, '0' in the old rows.
     let (kind, not_null, default): (String, bool, String) = conn
@@ -685,4 +689,120 @@ fn a_writer_killed_while_spilling_loses_no_spilled_row() {
         },
     );
     assert_eq!(got, newest_first(want));
+}
+
+#[test]
+fn rollups_answer_exactly_what_a_scan_of_the_rows_does() {
+    let dir = TempDir::new("rollups");
+    check_rollups_match_scan(&sqlite(), dir.path(), 7);
+}
+
+#[test]
+fn a_version_3_file_gains_rollups_of_its_rows() {
+    let dir = TempDir::new("v3");
+    let cfg = sqlite();
+    let rows = rollup_rows(5, 600);
+    {
+        let mut store = cfg.open_store(dir.path()).unwrap();
+        store.insert_batch(&rows, &mut || {}).unwrap();
+    }
+    // Back to version 3: no rollups.
+    let path = dir.path().join(bursar::reqlog::LOG_SQLITE_FILE);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP TABLE rollups; DROP TABLE rollup_tags; UPDATE schema_version SET version = 3",
+    )
+    .unwrap();
+    drop(conn);
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    let (from, to) = (T0 - 2 * DAY, T0 + 3 * DAY);
+    for group_by in [
+        GroupBy::None,
+        GroupBy::Key,
+        GroupBy::Team,
+        GroupBy::Tag("env".into()),
+        GroupBy::Tags,
+    ] {
+        for bucket in [Bucket::Minute, Bucket::Hour, Bucket::Day] {
+            let (f, t) = if bucket == Bucket::Minute {
+                (T0 - HOUR - 7, T0 + 2 * HOUR + 3)
+            } else {
+                (from + 5 * MINUTE + 1, to - 1)
+            };
+            let f0 = bursar::reqlog::SpendFilter::default();
+            assert_eq!(
+                store
+                    .spend_series_where(&group_by, &f0, bucket, f, t)
+                    .unwrap(),
+                store
+                    .spend_scan(&group_by, &f0, Some(bucket), f, t)
+                    .unwrap(),
+                "{group_by:?} {bucket:?}"
+            );
+        }
+    }
+    let all = store.spend_totals(&GroupBy::None, from, to).unwrap();
+    assert_eq!(all[0].requests, 600);
+    // New rows add to the backfilled rollups.
+    let more = rollup_rows(6, 50)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut r)| {
+            r.id = format!("req_more{i}");
+            r
+        })
+        .collect::<Vec<_>>();
+    store.insert_batch(&more, &mut || {}).unwrap();
+    assert_eq!(
+        store.spend_totals(&GroupBy::None, from, to).unwrap()[0].requests,
+        650
+    );
+}
+
+#[test]
+fn raw_retention_keeps_the_rollups_and_minute_rollups_expire() {
+    let dir = TempDir::new("rollup-retention");
+    let cfg = sqlite();
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    let rows = rollup_rows(9, 300);
+    store.insert_batch(&rows, &mut || {}).unwrap();
+    let (from, to) = (T0 - 2 * DAY, T0 + 3 * DAY);
+    let before = store.spend_totals(&GroupBy::Model, from, to).unwrap();
+    // Every raw row deleted: whole-minute ranges still answer from the rollups.
+    assert_eq!(store.delete_before(i64::MAX, u64::MAX).unwrap(), 300);
+    assert_eq!(store.count().unwrap(), 0);
+    assert_eq!(
+        store.spend_totals(&GroupBy::Model, from, to).unwrap(),
+        before
+    );
+    let by_hour = store
+        .spend_series(&GroupBy::Key, Bucket::Hour, from, to)
+        .unwrap();
+    assert_eq!(
+        by_hour.iter().map(|p| p.requests).sum::<u64>(),
+        300,
+        "{by_hour:?}"
+    );
+    // The minute tier goes; hours and days stay.
+    let n = store
+        .delete_minute_rollups_before(i64::MAX, u64::MAX)
+        .unwrap();
+    assert!(n > 0);
+    assert_eq!(
+        store.spend_totals(&GroupBy::Model, from, to).unwrap(),
+        before
+    );
+    let unaligned = store
+        .spend_totals(&GroupBy::None, T0 + 5 * MINUTE, T0 + 6 * HOUR)
+        .unwrap();
+    let aligned = store
+        .spend_totals(&GroupBy::None, T0 + HOUR, T0 + 6 * HOUR)
+        .unwrap();
+    assert_eq!(unaligned, aligned, "only the whole hours remain");
+}
+
+#[test]
+fn log_pages_stop_at_their_scan_bound_and_continue() {
+    let dir = TempDir::new("log-pages");
+    check_log_pages(&sqlite(), dir.path());
 }

@@ -76,6 +76,9 @@ pub const GENERATED_KEY_RANDOM_BYTES: usize = 24;
 pub const GENERATED_KEY_PREFIX: &str = "sk-bursar-";
 /// The range of a spend query that names no `from`: this much before `to`.
 pub const SPEND_RANGE_DEFAULT_MS: i64 = DAY_MS;
+/// The longest request id `GET /admin/logs/<id>` looks up (ids are
+/// `req_` and 28 hex digits; anything much longer is not one).
+pub const LOG_ROW_ID_BYTES_MAX: usize = 128;
 /// The most groups `limit=` (totals) or `top=` (series) may ask for.
 pub const SPEND_GROUPS_LIMIT_MAX: usize = 1_000;
 /// `retry-after` of a 503 answered when the request log's query queue is full.
@@ -114,6 +117,11 @@ pub async fn handle(gov: &Governance, req: &AdminRequest<'_>) -> Result<AdminRes
             "method not allowed for /admin/budgets",
         )),
         (Method::Get, ["logs"]) => logs(gov, req.query).await,
+        (Method::Get, ["logs", id]) => log_row(gov, id).await,
+        (_, ["logs"] | ["logs", _]) => Err(ApiError::method_not_allowed(format!(
+            "method not allowed for {}",
+            req.path
+        ))),
         (Method::Get, ["spend", "series"]) => series(gov, req.query, true).await,
         (Method::Get, ["spend", "totals"]) => series(gov, req.query, false).await,
         (Method::Get, ["spend", "models", model @ ..]) if !model.is_empty() => {
@@ -700,19 +708,44 @@ async fn logs(gov: &Governance, query: Option<&str>) -> Result<AdminResponse, Ap
     if let (Some(from), Some(to)) = (filter.from_ms, filter.to_ms) {
         check_range(from, to)?;
     }
-    let limit = filter.limit;
-    let rows = gov
-        .query_log(move |store| store.query_logs(&filter))
+    let page = gov
+        .query_log(move |store| store.query_log_page(&filter))
         .await
         .map_err(log_query_error)?;
-    let next = (rows.len() == limit)
-        .then(|| rows.last().map(|r| format!("{}:{}", r.time_ms, r.id)))
-        .flatten();
-    let data: Vec<Value> = rows.iter().map(crate::reqlog::LogRow::to_json).collect();
+    // A page may end short of `limit` with a `next`: it stopped at its scan
+    // bound (reqlog::LOG_QUERY_SCAN_ROWS_MAX); keep paging while `next` is set.
+    let next = page.next.map(|c| format!("{}:{}", c.time_ms, c.id));
+    let data: Vec<Value> = page
+        .rows
+        .iter()
+        .map(crate::reqlog::LogRow::to_json)
+        .collect();
     ok(
         200,
         &json!({ "object": "list", "data": data, "next": next }),
     )
+}
+
+/// `GET /admin/logs/<id>`: one request's row, or a 404.
+async fn log_row(gov: &Governance, id: &str) -> Result<AdminResponse, ApiError> {
+    let id = super::targets::percent_decode(id)?;
+    if id.is_empty() || id.len() > LOG_ROW_ID_BYTES_MAX {
+        return Err(bad(format!(
+            "a request id is 1 to {LOG_ROW_ID_BYTES_MAX} bytes"
+        )));
+    }
+    let wanted = id.clone();
+    let row = gov
+        .query_log(move |store| store.log_by_id(&wanted))
+        .await
+        .map_err(log_query_error)?;
+    match row {
+        Some(row) => ok(200, &row.to_json()),
+        None => Err(ApiError::not_found(
+            "not_found",
+            format!("no request {id:?} in the request log"),
+        )),
+    }
 }
 
 /// `GET /admin/spend/series` (bucketed) and `/admin/spend/totals`.
@@ -731,6 +764,7 @@ async fn series(
         "provider" => GroupBy::Provider,
         "model" => GroupBy::Model,
         "tags" => GroupBy::Tags,
+        "none" => GroupBy::None,
         "tag" => GroupBy::Tag(
             param(&params, "tag")
                 .ok_or_else(|| bad("group_by=tag needs tag=<key>"))?
@@ -738,11 +772,9 @@ async fn series(
         ),
         other => match other.strip_prefix("tag:") {
             Some(t) if !t.is_empty() => GroupBy::Tag(t.to_string()),
-            _ => {
-                return Err(bad(format!(
-                    "group_by {other:?}: use key, team, customer, provider, model, tag or tags"
-                )))
-            }
+            _ => return Err(bad(format!(
+                "group_by {other:?}: use key, team, customer, provider, model, tag, tags or none"
+            ))),
         },
     };
     // Without `to`: up to now (inclusive). Without `from`: the
@@ -762,11 +794,21 @@ async fn series(
     check_range(from, to)?;
     // Only the rows of one key, team, customer or model (a spend report's
     // scope; a key's spend on one model: key= and model=).
+    let tag = param(&params, "tag")
+        .filter(|_| group != "tag")
+        .map(|v| {
+            v.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| bad("tag: use tag=key=value"))
+        })
+        .transpose()?;
     let filter = crate::reqlog::SpendFilter {
         key: param(&params, "key").map(str::to_string),
         team: param(&params, "team").map(str::to_string),
         customer: param(&params, "customer").map(str::to_string),
         model: param(&params, "model").map(str::to_string),
+        provider: param(&params, "provider").map(str::to_string),
+        tag: tag.clone(),
     };
     let mut range = json!({
         "from": crate::budget::period::format_rfc3339_ms(from),
@@ -778,10 +820,14 @@ async fn series(
         ("team", &filter.team),
         ("customer", &filter.customer),
         ("model", &filter.model),
+        ("provider", &filter.provider),
     ] {
         if let Some(v) = value {
             range[name] = json!(v);
         }
+    }
+    if let Some((k, v)) = &tag {
+        range["tag"] = json!(format!("{k}={v}"));
     }
     let usd = |p: i128| crate::reqlog::row::format_usd(p);
     if !bucketed {
@@ -810,7 +856,8 @@ async fn series(
         let data: Vec<Value> = totals
             .iter()
             .map(|t| {
-                json!({"group": t.group, "requests": t.requests, "cost_usd": usd(t.cost_picodollars),
+                json!({"group": t.group, "requests": t.requests, "errors": t.errors,
+                       "cache_hits": t.cache_hits, "cost_usd": usd(t.cost_picodollars),
                        "avoided_usd": usd(t.avoided_picodollars),
                        "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens})
             })
@@ -850,7 +897,8 @@ async fn series(
         .iter()
         .map(|p| {
             json!({"bucket_start": crate::budget::period::format_rfc3339_ms(p.bucket_start_ms),
-                   "group": p.group, "requests": p.requests, "cost_usd": usd(p.cost_picodollars),
+                   "group": p.group, "requests": p.requests, "errors": p.errors,
+                   "cache_hits": p.cache_hits, "cost_usd": usd(p.cost_picodollars),
                    "avoided_usd": usd(p.avoided_picodollars),
                    "prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens})
         })
@@ -919,6 +967,8 @@ fn fold_beyond_top(
             std::collections::btree_map::Entry::Occupied(mut e) => {
                 let q = e.get_mut();
                 q.requests = q.requests.saturating_add(p.requests);
+                q.errors = q.errors.saturating_add(p.errors);
+                q.cache_hits = q.cache_hits.saturating_add(p.cache_hits);
                 q.cost_picodollars = q.cost_picodollars.saturating_add(p.cost_picodollars);
                 q.avoided_picodollars = q.avoided_picodollars.saturating_add(p.avoided_picodollars);
                 q.prompt_tokens = q.prompt_tokens.saturating_add(p.prompt_tokens);

@@ -360,8 +360,10 @@ pub struct Governance {
     /// The alert delivery thread (`None` when it could not start).
     pub delivery: Option<crate::alerts::delivery::DeliveryHandle>,
     /// The admin API's reader of the request log: the query thread
-    /// (`reqlog::reader`) with its own store connection, started on the
-    /// first query, so no query runs on the control-plane thread.
+    /// (`reqlog::reader`) with its own store connection, so no query runs
+    /// on the control-plane thread. The gateway shares the one it started
+    /// for the workers' usage route ([`Governance::share_log_reader`]);
+    /// otherwise it is started on the first query.
     log_reader: Mutex<Option<crate::reqlog::LogReader>>,
 }
 
@@ -442,6 +444,13 @@ impl Governance {
             delivery: None,
             log_reader: Mutex::new(None),
         }
+    }
+
+    /// Runs the admin API's queries on `reader`, the query thread the
+    /// workers' usage route reads through too (one thread, one store
+    /// connection), instead of starting one on the first query.
+    pub fn share_log_reader(&mut self, reader: crate::reqlog::LogReader) {
+        *self.log_reader.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(reader);
     }
 
     /// Runs `f` on the request log's query thread (its own store

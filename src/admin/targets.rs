@@ -216,27 +216,24 @@ pub(super) fn top_up(
 }
 
 /// The spend view of an entity: exact decimal strings, `null` where a field
-/// does not apply (no limit, no reset).
+/// does not apply (no limit, no reset). The budget's fields are
+/// [`budget_fields`](crate::books::view::budget_fields), the ones a key
+/// holder's usage view shows too; the rest are the operator's.
 pub fn spend_json(kind_name: &str, name: &str, v: &EntityView) -> Value {
-    let money = |m: Money| json!(m.to_string());
-    let resets = v.budget.and_then(|b| b.reset).is_some();
-    json!({
-        "object": "spend",
-        "kind": kind_name,
-        "name": name,
-        "spent_usd": money(v.spent),
-        "limit_usd": v.limit_effective.map(money),
-        "remaining_usd": v.remaining.map(money),
-        "reset_at": resets.then(|| crate::budget::period::format_rfc3339_ms(v.period.end_ms)),
-        "period_start": crate::budget::period::format_rfc3339_ms(v.period.start_ms),
-        "mode": v.budget.map(|b| b.mode.as_str()),
-        "soft_limit_usd": v.budget.and_then(|b| b.soft_limit).map(money),
-        "topup_usd": money(v.topup),
-        "leased_usd": money(v.leased),
-        "overshoot_usd": money(v.overshoot),
-        "lifetime_spent_usd": money(v.lifetime_spent),
-        "blocked": v.blocked,
-    })
+    let money = crate::books::view::money;
+    let mut m = crate::books::view::budget_fields(v);
+    m.insert("object".into(), json!("spend"));
+    m.insert("kind".into(), json!(kind_name));
+    m.insert("name".into(), json!(name));
+    m.insert(
+        "soft_limit_usd".into(),
+        json!(v.budget.and_then(|b| b.soft_limit).map(money)),
+    );
+    m.insert("topup_usd".into(), money(v.topup));
+    m.insert("leased_usd".into(), money(v.leased));
+    m.insert("overshoot_usd".into(), money(v.overshoot));
+    m.insert("lifetime_spent_usd".into(), money(v.lifetime_spent));
+    Value::Object(m)
 }
 
 /// The spend view of `target` (see [`spend_json`]).
@@ -282,4 +279,81 @@ pub(super) fn percent_decode(s: &str) -> Result<String, ApiError> {
 
 pub(super) fn bad(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_value", message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::{Alignment, Budget, Mode, Period, Reset};
+
+    /// The admin spend view, every field pinned: the budget's part comes
+    /// from `books::view` (shared with the usage route), the rest is the
+    /// operator's.
+    #[test]
+    fn spend_json_keeps_every_field() {
+        let usd = |s| Money::parse_usd(s).unwrap();
+        let v = EntityView {
+            id: crate::ledger::EntityId(3),
+            kind: EntityKind::Key,
+            budget: Some(Budget {
+                limit: usd("1"),
+                reset: Some(Reset::parse("1d").unwrap()),
+                alignment: Alignment::Rolling,
+                mode: Mode::Strict,
+                soft_limit: Some(usd("0.5")),
+            }),
+            period: Period {
+                start_ms: 0,
+                end_ms: 86_400_000,
+            },
+            epoch: 0,
+            spent: usd("0.25"),
+            leased: usd("0.01"),
+            topup: usd("0"),
+            lifetime_spent: usd("2.25"),
+            limit_effective: Some(usd("1")),
+            remaining: Some(usd("0.75")),
+            overshoot: usd("0"),
+            excess: usd("0"),
+            blocked: false,
+        };
+        assert_eq!(
+            spend_json("key", "k", &v),
+            json!({
+                "object": "spend",
+                "kind": "key",
+                "name": "k",
+                "spent_usd": "0.25",
+                "limit_usd": "1",
+                "remaining_usd": "0.75",
+                "reset_at": "1970-01-02T00:00:00Z",
+                "period_start": "1970-01-01T00:00:00Z",
+                "mode": "strict",
+                "soft_limit_usd": "0.5",
+                "topup_usd": "0",
+                "leased_usd": "0.01",
+                "overshoot_usd": "0",
+                "lifetime_spent_usd": "2.25",
+                "blocked": false,
+            })
+        );
+        // No budget: its fields are null, the spend is still there.
+        let none = EntityView {
+            budget: None,
+            limit_effective: None,
+            remaining: None,
+            ..v
+        };
+        let j = spend_json("key", "k", &none);
+        for f in [
+            "limit_usd",
+            "remaining_usd",
+            "reset_at",
+            "mode",
+            "soft_limit_usd",
+        ] {
+            assert_eq!(j[f], Value::Null, "{f}");
+        }
+        assert_eq!(j["spent_usd"], "0.25");
+    }
 }

@@ -436,6 +436,8 @@ mod tests {
             avoided_picodollars: 0,
             prompt_tokens: 0,
             completion_tokens: 0,
+            errors: 0,
+            cache_hits: 0,
         }
     }
 

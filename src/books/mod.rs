@@ -9,12 +9,15 @@
 //!   commands in over one bounded channel, settles in from the rings, events
 //!   out to each worker.
 //! - [`shard`]: a worker's leases and reservations (pure, single-threaded).
+//! - [`view`]: an entity's spend view as JSON, shared by the admin API and
+//!   the data plane's usage route.
 
 pub mod lock;
 pub mod registry;
 pub mod ring;
 pub mod shard;
 pub mod thread;
+pub mod view;
 
 pub use lock::{LockError, StateLock};
 pub use registry::{EntityIds, EntityRegistry, RegistryError};

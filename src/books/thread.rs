@@ -223,6 +223,13 @@ pub enum Msg {
         entities: Vec<EntityId>,
         reply: mpsc::Sender<Vec<Option<EntityView>>>,
     },
+    /// A worker asks for an entity as of now (a key holder's
+    /// `GET /v1/bursar/usage`): `View` with a reply the worker awaits
+    /// instead of blocking on. Nothing else happens (no alert hears of it).
+    WorkerView {
+        entity: EntityId,
+        reply: oneshot::Sender<Option<EntityView>>,
+    },
     /// A worker refused a request at this entity (a 402): the alerts hear of
     /// it, and the reply is the entity as of now, to explain the refusal.
     Refused {
@@ -332,6 +339,18 @@ impl WorkerLink {
     ) -> Result<oneshot::Receiver<Option<EntityView>>, BooksError> {
         let (tx, rx) = oneshot::channel();
         self.commands.try_send(Msg::Refused { entity, reply: tx })?;
+        Ok(rx)
+    }
+
+    /// Asks for the entity as of now (a key holder's usage view); the reply
+    /// is awaited. Never blocks: a full queue is an error.
+    pub fn view(
+        &self,
+        entity: EntityId,
+    ) -> Result<oneshot::Receiver<Option<EntityView>>, BooksError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .try_send(Msg::WorkerView { entity, reply: tx })?;
         Ok(rx)
     }
 
@@ -958,6 +977,10 @@ impl LedgerThread {
                 let state = self.ledger.state();
                 let views = entities.iter().map(|&e| state.view(e, now)).collect();
                 let _ = reply.send(views);
+            }
+            Msg::WorkerView { entity, reply } => {
+                self.drain_rings()?;
+                let _ = reply.send(self.ledger.state().view(entity, now));
             }
             Msg::Refused { entity, reply } => {
                 self.drain_rings()?;

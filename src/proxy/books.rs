@@ -324,6 +324,35 @@ impl WorkerBooks {
             .ok()?
     }
 
+    /// The views of `entities` as of now (a key holder's usage): every
+    /// request is queued before any reply is awaited, and the whole wait is
+    /// bounded by `timeout`. `Err` (why) when the ledger's queue is full,
+    /// the ledger is gone, or it did not answer in time.
+    pub async fn views(
+        &self,
+        entities: &[EntityId],
+        timeout: Duration,
+    ) -> Result<Vec<Option<EntityView>>, &'static str> {
+        let mut asked = Vec::with_capacity(entities.len());
+        for &entity in entities {
+            let rx = self
+                .link
+                .borrow()
+                .view(entity)
+                .map_err(|_| "the ledger is overloaded")?;
+            asked.push(rx);
+        }
+        monoio::time::timeout(timeout, async move {
+            let mut views = Vec::with_capacity(asked.len());
+            for rx in asked {
+                views.push(rx.await.map_err(|_| "the ledger is gone")?);
+            }
+            Ok(views)
+        })
+        .await
+        .map_err(|_| "the ledger did not answer in time")?
+    }
+
     /// Charges `cost` at every level of the hold, durably (the worker's ring)
     /// before returning. Call before the response's last bytes are written.
     ///

@@ -1,7 +1,9 @@
 //! The request path, laid out as named phases over one per-request context:
 //! read (http), route ([`route`], [`probe`]), admit ([`admit`], [`books`];
 //! the body changed by [`rewrite`]), forward ([`forward`]), stream ([`stream`]),
-//! settle ([`settle`]), then the request log.
+//! settle ([`settle`]), then the request log. Beside them, [`usage`]
+//! answers a key holder's `GET /v1/bursar/usage` (its spend and last
+//! requests, read from the ledger and the request log's query thread).
 //!
 //! Everything here runs on a worker thread: it never locks and never blocks.
 
@@ -14,6 +16,7 @@ pub mod route;
 pub mod settle;
 pub mod stream;
 pub mod targets;
+pub mod usage;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -54,6 +57,9 @@ pub struct Worker {
     pub books: books::WorkerBooks,
     /// The request log's queue (`None`: `[log] sink = "off"`).
     pub log: Option<crate::reqlog::LogSender>,
+    /// The request log's query thread, for the usage route's last requests
+    /// (`None`: `[log] sink = "off"`).
+    pub usage_log: Option<usage::UsageLog>,
     /// This worker's response cache shard, made with the settings it was
     /// made for (a catalog with other bounds makes a new, empty one).
     cache: RefCell<Option<(crate::catalog::CacheSettings, crate::cache::Shard)>>,
@@ -90,6 +96,7 @@ impl Worker {
         confirm_jobs: crate::cache::confirm::ConfirmSender,
         link: crate::books::thread::WorkerLink,
         log: Option<crate::reqlog::LogSender>,
+        usage_log: Option<usage::UsageLog>,
     ) -> Worker {
         let pool = Pool::new(limits.pool_idle_per_upstream_max, limits.pool_idle_timeout);
         Worker {
@@ -103,6 +110,7 @@ impl Worker {
             confirm_jobs,
             books: books::WorkerBooks::new(link),
             log,
+            usage_log,
             cache: RefCell::new(None),
             semantic: Rc::new(RefCell::new(None)),
             ids: RequestIds::new(id_salt, id),
@@ -440,6 +448,7 @@ async fn handle(w: &Worker, conn: &mut ServerConn, rid: &RequestId, ready_at: In
         Route::Api(endpoint) => proxy_api(w, &req, &mut out, endpoint, rid, keep, ready_at).await,
         Route::ListModels => list_models(w, &req, &mut out, rid, keep).await,
         Route::GetModel(id) => get_model(w, &req, &mut out, id, rid, keep).await,
+        Route::Usage => usage::usage(w, &req, &mut out, rid, keep).await,
         Route::Health => {
             let body = br#"{"status":"ok"}"#;
             response::json(out.wbuf, 200, rid.as_str(), keep, body);

@@ -11,6 +11,9 @@ pub enum Route<'a> {
     Api(Endpoint),
     ListModels,
     GetModel(&'a str),
+    /// `GET /v1/bursar/usage`: the key's own spend and last requests
+    /// ([`super::usage`]).
+    Usage,
     Health,
     MethodNotAllowed,
     NotFound,
@@ -38,6 +41,14 @@ pub fn classify(method: Method, path: &str) -> Route<'_> {
         "/embeddings" => Some(Endpoint::Embeddings),
         "/responses" => Some(Endpoint::Responses),
         "/messages" => Some(Endpoint::Messages),
+        // After the endpoints: a chat request never compares against it.
+        "/bursar/usage" => {
+            return if method == Method::Get {
+                Route::Usage
+            } else {
+                Route::MethodNotAllowed
+            }
+        }
         _ => None,
     };
     if let Some(e) = endpoint {
@@ -94,6 +105,13 @@ mod tests {
             Route::GetModel("gpt-4o")
         );
         assert_eq!(classify(Method::Get, "/v1/nope"), Route::NotFound);
+        assert_eq!(classify(Method::Get, "/v1/bursar/usage"), Route::Usage);
+        assert_eq!(classify(Method::Get, "/bursar/usage/"), Route::Usage);
+        assert_eq!(
+            classify(Method::Post, "/v1/bursar/usage"),
+            Route::MethodNotAllowed
+        );
+        assert_eq!(classify(Method::Get, "/v1/bursar"), Route::NotFound);
         assert_eq!(classify(Method::Get, "/health"), Route::Health);
     }
 }

@@ -66,6 +66,7 @@
 pub mod postgres;
 pub mod query;
 pub mod reader;
+pub(crate) mod rollup;
 pub mod row;
 mod spill;
 pub mod sqlite;
@@ -75,7 +76,9 @@ pub mod writer;
 use std::path::Path;
 use std::time::Duration;
 
-pub use query::{Bucket, GroupBy, LogCursor, LogFilter, SeriesPoint, SpendFilter, SpendTotal};
+pub use query::{
+    Bucket, GroupBy, LogCursor, LogFilter, LogPage, SeriesPoint, SpendFilter, SpendTotal,
+};
 pub use reader::{LogReader, QueryRefused};
 pub use row::{
     check_tag_key, check_tag_value, parse_tags, parse_tags_counted, CacheStatus, LogRow,
@@ -142,6 +145,14 @@ pub const LOG_RETENTION_MIN: Duration = Duration::from_secs(60);
 pub const LOG_DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// Most rows one `query_logs` call returns.
 pub const LOG_QUERY_LIMIT_MAX: usize = 1000;
+/// Most rows one [`LogStore::query_log_page`] examines when a filter no
+/// index serves (any but `key`) selects them: about 20-40 ms of SQLite or
+/// PostgreSQL work, so a page of a rare status or tag stays well under the
+/// dashboard's 100 ms and says where to continue instead of scanning the log.
+pub const LOG_QUERY_SCAN_ROWS_MAX: usize = 20_000;
+/// How long the minute tier of the rollups is kept (by bucket start); the
+/// hour and day tiers are kept as long as the store (`reqlog::rollup`).
+pub const LOG_ROLLUP_MINUTE_KEEP: Duration = Duration::from_secs(35 * 86_400);
 /// Default `LogFilter::limit`.
 pub const LOG_QUERY_LIMIT_DEFAULT: usize = 100;
 /// Queries waiting for the query thread (`bursar-query`, [`LogReader`])
@@ -193,6 +204,7 @@ const _: () = assert!(LOG_SPILL_LINE_BYTES_MAX as u64 <= LOG_SPILL_FILE_BYTES_MA
 const _: () = assert!(2 * LOG_TEXT_BYTES_MAX * 6 < LOG_SPILL_LINE_BYTES_MAX);
 const _: () = assert!(LOG_RETENTION_DELETE_CHUNK <= LOG_RETENTION_PASS_ROWS_MAX);
 const _: () = assert!(LOG_QUERY_LIMIT_DEFAULT <= LOG_QUERY_LIMIT_MAX);
+const _: () = assert!(LOG_QUERY_LIMIT_MAX <= LOG_QUERY_SCAN_ROWS_MAX);
 const _: () = assert!(LOG_RETRY_BACKOFF_MIN.as_nanos() <= LOG_RETRY_BACKOFF_MAX.as_nanos());
 const _: () = assert!(LOG_FLUSH_INTERVAL.as_nanos() <= LOG_FLUSH_INTERVAL_MAX.as_nanos());
 

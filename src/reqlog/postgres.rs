@@ -18,18 +18,21 @@
 //! The schema is described in [`store`]; a tag is read out of
 //! `requests.tags` with `tags::json ->> key`, the key bound as a parameter.
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 
 use super::query::{
-    self, Bucket, Dialect, GroupBy, LogFilter, Param, SeriesPoint, SpendFilter, SpendTotal,
+    self, Bucket, Dialect, GroupBy, LogCursor, LogFilter, LogPage, Param, SeriesPoint, SpendFilter,
+    SpendTotal,
 };
+use super::rollup::{self, RollupBatch, Tier};
 use super::row::LogRow;
 use super::store::SCHEMA_VERSION;
 use super::store::{self, clamp_i64, write_tags_json, LogStore, RawRow, RawSpend, StoreError};
-use super::{LOG_PG_CONNECT_TIMEOUT, LOG_PG_STATEMENT_TIMEOUT};
+use super::{LOG_PG_CONNECT_TIMEOUT, LOG_PG_STATEMENT_TIMEOUT, LOG_QUERY_SCAN_ROWS_MAX};
 
 const SCHEMA: &str = r#"
 CREATE TABLE requests (
@@ -62,6 +65,74 @@ CREATE TABLE requests (
 CREATE INDEX requests_time ON requests (time_ms, id);
 CREATE INDEX requests_key_time ON requests (key_name, time_ms);
 "#;
+
+/// Version 4: the rollups (`reqlog::rollup`); text compared bytewise.
+const ROLLUP_SCHEMA: &str = r#"
+CREATE TABLE rollups (
+    tier BIGINT NOT NULL,
+    bucket_ms BIGINT NOT NULL,
+    key_name TEXT COLLATE "C" NOT NULL,
+    team TEXT COLLATE "C" NOT NULL,
+    customer TEXT COLLATE "C" NOT NULL,
+    provider TEXT COLLATE "C" NOT NULL,
+    model TEXT COLLATE "C" NOT NULL,
+    requests BIGINT NOT NULL,
+    errors BIGINT NOT NULL,
+    cache_hits BIGINT NOT NULL,
+    cost_picodollars NUMERIC(39, 0) NOT NULL,
+    avoided_picodollars NUMERIC(39, 0) NOT NULL,
+    prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    PRIMARY KEY (tier, bucket_ms, key_name, team, customer, provider, model)
+);
+CREATE TABLE rollup_tags (
+    tier BIGINT NOT NULL,
+    tag_key TEXT COLLATE "C" NOT NULL,
+    bucket_ms BIGINT NOT NULL,
+    tag_value TEXT COLLATE "C" NOT NULL,
+    key_name TEXT COLLATE "C" NOT NULL,
+    team TEXT COLLATE "C" NOT NULL,
+    customer TEXT COLLATE "C" NOT NULL,
+    provider TEXT COLLATE "C" NOT NULL,
+    model TEXT COLLATE "C" NOT NULL,
+    requests BIGINT NOT NULL,
+    errors BIGINT NOT NULL,
+    cache_hits BIGINT NOT NULL,
+    cost_picodollars NUMERIC(39, 0) NOT NULL,
+    avoided_picodollars NUMERIC(39, 0) NOT NULL,
+    prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    PRIMARY KEY (tier, tag_key, bucket_ms, tag_value, key_name, team, customer, provider, model)
+);
+"#;
+
+/// Version 3 to 4: the rollups of the rows already stored.
+const BACKFILL_3_TO_4: &str = "
+INSERT INTO rollups SELECT t.w, r.time_ms - (((r.time_ms % t.w) + t.w) % t.w), r.key_name,
+    COALESCE(r.team, ''), COALESCE(r.customer, ''), r.provider, r.model, COUNT(*),
+    SUM(CASE WHEN r.status >= 400 THEN 1 ELSE 0 END),
+    SUM(CASE WHEN r.cache_status IN ('hit', 'semantic-hit') THEN 1 ELSE 0 END),
+    SUM(r.cost_picodollars), SUM(r.avoided_picodollars),
+    SUM(r.prompt_tokens), SUM(r.completion_tokens)
+FROM requests r, (VALUES (60000::BIGINT), (3600000), (86400000)) t(w)
+GROUP BY 1, 2, 3, 4, 5, 6, 7;
+INSERT INTO rollup_tags SELECT t.w, j.key, r.time_ms - (((r.time_ms % t.w) + t.w) % t.w),
+    j.value, r.key_name, COALESCE(r.team, ''), COALESCE(r.customer, ''), r.provider, r.model,
+    COUNT(*), SUM(CASE WHEN r.status >= 400 THEN 1 ELSE 0 END),
+    SUM(CASE WHEN r.cache_status IN ('hit', 'semantic-hit') THEN 1 ELSE 0 END),
+    SUM(r.cost_picodollars), SUM(r.avoided_picodollars),
+    SUM(r.prompt_tokens), SUM(r.completion_tokens)
+FROM requests r, json_each_text(r.tags::json) j, (VALUES (3600000::BIGINT), (86400000)) t(w)
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
+";
+
+/// The measures' update of both rollup upserts.
+const ROLLUP_ADD: &str = "requests = x.requests + EXCLUDED.requests, \
+    errors = x.errors + EXCLUDED.errors, cache_hits = x.cache_hits + EXCLUDED.cache_hits, \
+    cost_picodollars = x.cost_picodollars + EXCLUDED.cost_picodollars, \
+    avoided_picodollars = x.avoided_picodollars + EXCLUDED.avoided_picodollars, \
+    prompt_tokens = x.prompt_tokens + EXCLUDED.prompt_tokens, \
+    completion_tokens = x.completion_tokens + EXCLUDED.completion_tokens";
 
 /// Version 1 to 2: tags live only in `requests.tags` (dropping the table
 /// drops its index and foreign key).
@@ -146,6 +217,7 @@ impl PostgresStore {
         match found {
             None => {
                 tx.batch_execute(SCHEMA)?;
+                tx.batch_execute(ROLLUP_SCHEMA)?;
                 tx.execute(
                     "INSERT INTO schema_version (version) VALUES ($1)",
                     &[&SCHEMA_VERSION],
@@ -158,6 +230,10 @@ impl PostgresStore {
                 }
                 if v < 3 {
                     tx.batch_execute(MIGRATE_2_TO_3)?;
+                }
+                if v < 4 {
+                    tx.batch_execute(ROLLUP_SCHEMA)?;
+                    tx.batch_execute(BACKFILL_3_TO_4)?;
                 }
                 if v < SCHEMA_VERSION {
                     tx.execute("UPDATE schema_version SET version = $1", &[&SCHEMA_VERSION])?;
@@ -178,6 +254,29 @@ impl PostgresStore {
             .collect()
     }
 
+    fn run_spend(&mut self, sql: &query::Sql, bucketed: bool) -> Result<Vec<RawSpend>, StoreError> {
+        let rows = self
+            .client
+            .query(sql.text.as_str(), &Self::query_params(&sql.params))?;
+        let first = usize::from(bucketed);
+        rows.iter()
+            .map(|r| {
+                Ok(RawSpend {
+                    bucket_start_ms: if bucketed { r.try_get(0)? } else { 0 },
+                    group: r.try_get(first)?,
+                    requests: r.try_get(first + 1)?,
+                    cost: r.try_get(first + 2)?,
+                    avoided: r.try_get(first + 3)?,
+                    prompt_tokens: r.try_get(first + 4)?,
+                    completion_tokens: r.try_get(first + 5)?,
+                    errors: r.try_get(first + 6)?,
+                    cache_hits: r.try_get(first + 7)?,
+                })
+            })
+            .collect::<Result<_, postgres::Error>>()
+            .map_err(corrupt)
+    }
+
     fn spend(
         &mut self,
         group_by: &GroupBy,
@@ -185,27 +284,179 @@ impl PostgresStore {
         bucket: Option<Bucket>,
         from_ms: i64,
         to_ms: i64,
-    ) -> Result<Vec<RawSpend>, StoreError> {
-        let sql = query::select_spend(Dialect::Postgres, group_by, filter, bucket, from_ms, to_ms);
+        scan: bool,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
+        if scan {
+            let sql =
+                query::select_spend(Dialect::Postgres, group_by, filter, bucket, from_ms, to_ms);
+            let raw = run(&sql, bucket.is_some())?;
+            return rollup::from_raw(raw, bucket.is_some());
+        }
+        rollup::spend(
+            Dialect::Postgres,
+            &mut run,
+            group_by,
+            filter,
+            bucket,
+            from_ms,
+            to_ms,
+        )
+    }
+
+    fn query_rows(&mut self, sql: &query::Sql) -> Result<Vec<LogRow>, StoreError> {
         let rows = self
             .client
             .query(sql.text.as_str(), &Self::query_params(&sql.params))?;
-        let first = usize::from(bucket.is_some());
         rows.iter()
-            .map(|r| {
-                Ok(RawSpend {
-                    bucket_start_ms: if first == 1 { r.try_get(0)? } else { 0 },
-                    group: r.try_get(first)?,
-                    requests: r.try_get(first + 1)?,
-                    cost: r.try_get(first + 2)?,
-                    avoided: r.try_get(first + 3)?,
-                    prompt_tokens: r.try_get(first + 4)?,
-                    completion_tokens: r.try_get(first + 5)?,
-                })
-            })
-            .collect::<Result<_, postgres::Error>>()
-            .map_err(corrupt)
+            .map(|r| raw_row(r).map_err(corrupt)?.into_row())
+            .collect()
     }
+}
+
+/// A text as PostgreSQL stores it: NUL (which its text cannot hold) as U+FFFD.
+fn pg_text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{fffd}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// The measures of a batch's rollup rows as arrays for `unnest`.
+#[derive(Default)]
+struct MeasureArrays {
+    requests: Vec<i64>,
+    errors: Vec<i64>,
+    cache_hits: Vec<i64>,
+    cost: Vec<String>,
+    avoided: Vec<String>,
+    prompt: Vec<i64>,
+    completion: Vec<i64>,
+}
+
+impl MeasureArrays {
+    fn push(&mut self, m: &rollup::Measures) {
+        self.requests.push(m.requests);
+        self.errors.push(m.errors);
+        self.cache_hits.push(m.cache_hits);
+        self.cost.push(m.cost.to_string());
+        self.avoided.push(m.avoided.to_string());
+        self.prompt.push(m.prompt_tokens);
+        self.completion.push(m.completion_tokens);
+    }
+}
+
+/// Upserts a batch's rollups, one statement per table (in the batch's
+/// transaction).
+fn upsert_rollups(
+    tx: &mut postgres::Transaction<'_>,
+    batch: &RollupBatch<'_>,
+) -> Result<(), StoreError> {
+    if !batch.rollups.is_empty() {
+        let (mut tier, mut bucket) = (Vec::new(), Vec::new());
+        let mut ents: [Vec<&str>; 5] = Default::default();
+        let mut m = MeasureArrays::default();
+        for (k, v) in &batch.rollups {
+            tier.push(k.tier.ms());
+            bucket.push(k.bucket_ms);
+            for (col, s) in ents.iter_mut().zip([
+                &k.e.key,
+                &k.e.team,
+                &k.e.customer,
+                &k.e.provider,
+                &k.e.model,
+            ]) {
+                col.push(s.as_ref());
+            }
+            m.push(v);
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO rollups AS x (tier, bucket_ms, key_name, team, customer, provider, \
+                 model, requests, errors, cache_hits, cost_picodollars, avoided_picodollars, \
+                 prompt_tokens, completion_tokens) \
+                 SELECT a, b, c, d, e, f, g, h, i, j, k::NUMERIC, l::NUMERIC, m, n FROM \
+                 unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
+                 $6::TEXT[], $7::TEXT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::TEXT[], \
+                 $12::TEXT[], $13::BIGINT[], $14::BIGINT[]) AS u(a, b, c, d, e, f, g, h, i, j, \
+                 k, l, m, n) \
+                 ON CONFLICT (tier, bucket_ms, key_name, team, customer, provider, model) \
+                 DO UPDATE SET {ROLLUP_ADD}"
+            ),
+            &[
+                &tier,
+                &bucket,
+                &ents[0],
+                &ents[1],
+                &ents[2],
+                &ents[3],
+                &ents[4],
+                &m.requests,
+                &m.errors,
+                &m.cache_hits,
+                &m.cost,
+                &m.avoided,
+                &m.prompt,
+                &m.completion,
+            ],
+        )?;
+    }
+    if !batch.tags.is_empty() {
+        let (mut tier, mut bucket) = (Vec::new(), Vec::new());
+        let (mut tk, mut tv) = (Vec::new(), Vec::new());
+        let mut ents: [Vec<&str>; 5] = Default::default();
+        let mut m = MeasureArrays::default();
+        for (k, v) in &batch.tags {
+            tier.push(k.tier.ms());
+            bucket.push(k.bucket_ms);
+            tk.push(k.tag_key.as_ref());
+            tv.push(k.tag_value.as_ref());
+            for (col, s) in ents.iter_mut().zip([
+                &k.e.key,
+                &k.e.team,
+                &k.e.customer,
+                &k.e.provider,
+                &k.e.model,
+            ]) {
+                col.push(s.as_ref());
+            }
+            m.push(v);
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO rollup_tags AS x (tier, tag_key, bucket_ms, tag_value, key_name, \
+                 team, customer, provider, model, requests, errors, cache_hits, \
+                 cost_picodollars, avoided_picodollars, prompt_tokens, completion_tokens) \
+                 SELECT a, b, c, d, e, f, g, h, i, j, k, l, m::NUMERIC, n::NUMERIC, o, p FROM \
+                 unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], \
+                 $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[], \
+                 $12::BIGINT[], $13::TEXT[], $14::TEXT[], $15::BIGINT[], $16::BIGINT[]) \
+                 AS u(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p) \
+                 ON CONFLICT (tier, tag_key, bucket_ms, tag_value, key_name, team, customer, \
+                 provider, model) DO UPDATE SET {ROLLUP_ADD}"
+            ),
+            &[
+                &tier,
+                &tk,
+                &bucket,
+                &tv,
+                &ents[0],
+                &ents[1],
+                &ents[2],
+                &ents[3],
+                &ents[4],
+                &m.requests,
+                &m.errors,
+                &m.cache_hits,
+                &m.cost,
+                &m.avoided,
+                &m.prompt,
+                &m.completion,
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 fn corrupt(e: postgres::Error) -> StoreError {
@@ -355,25 +606,64 @@ impl LogStore for PostgresStore {
         w.write_all(&data)
             .map_err(|e| StoreError::Unavailable(format!("COPY requests: {e}")))?;
         w.finish()?;
-        let inserted = tx.execute(
+        let ids = tx.query(
             &format!(
                 "INSERT INTO requests ({ROW_COLUMNS}) SELECT {ROW_COLUMNS} FROM requests_in \
-                 ON CONFLICT (id) DO NOTHING"
+                 ON CONFLICT (id) DO NOTHING RETURNING id"
             ),
             &[],
         )?;
+        // The ids as stored (a NUL became U+FFFD); each counts once.
+        let mut new_ids = std::collections::HashSet::with_capacity(ids.len());
+        for r in &ids {
+            let id: String = r.try_get(0).map_err(corrupt)?;
+            new_ids.insert(id);
+        }
+        let inserted = new_ids.len() as u64;
+        let mut batch = RollupBatch::default();
+        for row in rows {
+            if new_ids.remove(pg_text(&row.id).as_ref()) {
+                batch.add(row, pg_text)?;
+            }
+        }
+        upsert_rollups(&mut tx, &batch)?;
         tx.commit()?;
         Ok(inserted)
     }
 
     fn query_logs(&mut self, filter: &LogFilter) -> Result<Vec<LogRow>, StoreError> {
-        let sql = query::select_logs(Dialect::Postgres, filter);
-        let rows = self
-            .client
-            .query(sql.text.as_str(), &Self::query_params(&sql.params))?;
-        rows.iter()
-            .map(|r| raw_row(r).map_err(corrupt)?.into_row())
-            .collect()
+        self.query_rows(&query::select_logs(Dialect::Postgres, filter))
+    }
+
+    fn query_log_page(&mut self, filter: &LogFilter) -> Result<LogPage, StoreError> {
+        let boundary = if store::page_is_bounded(filter) {
+            let sql =
+                query::select_scan_boundary(Dialect::Postgres, filter, LOG_QUERY_SCAN_ROWS_MAX);
+            match self
+                .client
+                .query_opt(sql.text.as_str(), &Self::query_params(&sql.params))?
+            {
+                Some(r) => Some(LogCursor {
+                    time_ms: r.try_get(0).map_err(corrupt)?,
+                    id: r.try_get(1).map_err(corrupt)?,
+                }),
+                None => None,
+            }
+        } else {
+            None
+        };
+        let rows = self.query_rows(&query::select_logs_above(
+            Dialect::Postgres,
+            filter,
+            boundary.as_ref(),
+        ))?;
+        Ok(store::log_page(filter, rows, boundary))
+    }
+
+    fn log_by_id(&mut self, id: &str) -> Result<Option<LogRow>, StoreError> {
+        Ok(self
+            .query_rows(&query::select_log_by_id(Dialect::Postgres, id))?
+            .pop())
     }
 
     fn spend_series_where(
@@ -384,8 +674,7 @@ impl LogStore for PostgresStore {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<SeriesPoint>, StoreError> {
-        let raw = self.spend(group_by, filter, Some(bucket), from_ms, to_ms)?;
-        store::series_points(raw)
+        self.spend(group_by, filter, Some(bucket), from_ms, to_ms, false)
     }
 
     fn spend_totals_where(
@@ -395,8 +684,33 @@ impl LogStore for PostgresStore {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<SpendTotal>, StoreError> {
-        let raw = self.spend(group_by, filter, None, from_ms, to_ms)?;
-        store::totals(raw)
+        Ok(rollup::totals(
+            self.spend(group_by, filter, None, from_ms, to_ms, false)?,
+        ))
+    }
+
+    fn spend_scan(
+        &mut self,
+        group_by: &GroupBy,
+        filter: &SpendFilter,
+        bucket: Option<Bucket>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        self.spend(group_by, filter, bucket, from_ms, to_ms, true)
+    }
+
+    fn delete_minute_rollups_before(
+        &mut self,
+        cutoff_ms: i64,
+        rows_max: u64,
+    ) -> Result<u64, StoreError> {
+        Ok(self.client.execute(
+            "DELETE FROM rollups WHERE (tier, bucket_ms, key_name, team, customer, provider, \
+             model) IN (SELECT tier, bucket_ms, key_name, team, customer, provider, model \
+             FROM rollups WHERE tier = $1 AND bucket_ms < $2 ORDER BY bucket_ms LIMIT $3)",
+            &[&Tier::Minute.ms(), &cutoff_ms, &clamp_i64(rows_max)],
+        )?)
     }
 
     fn delete_before(&mut self, cutoff_ms: i64, rows_max: u64) -> Result<u64, StoreError> {

@@ -67,6 +67,22 @@ impl LogCursor {
     }
 }
 
+/// One page of [`LogStore::query_log_page`](super::LogStore::query_log_page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPage {
+    /// The matching rows, newest first, at most the filter's `limit`.
+    pub rows: Vec<LogRow>,
+    /// Where the next page starts (pass it as [`LogFilter::before`]); `None`
+    /// when no row below this page can match. Set when the page is full,
+    /// and also when the page stopped at its scan bound
+    /// ([`LOG_QUERY_SCAN_ROWS_MAX`](super::LOG_QUERY_SCAN_ROWS_MAX) rows
+    /// examined) with fewer rows: "scanned down to here, continue below".
+    pub next: Option<LogCursor>,
+    /// The page stopped at its scan bound rather than at the end of the
+    /// range or a full page (`next` is then the last row examined).
+    pub scan_bounded: bool,
+}
+
 /// What spend is grouped by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupBy {
@@ -81,6 +97,9 @@ pub enum GroupBy {
     /// groups and rows without tags in none, so these groups need not sum to
     /// the range's total (the spend reports' top tags).
     Tags,
+    /// No grouping: one group `""` with the range's totals (absent when the
+    /// range holds no request).
+    None,
 }
 
 /// Which rows a spend query sums: every set field must match (the spend
@@ -93,6 +112,9 @@ pub struct SpendFilter {
     pub team: Option<String>,
     pub customer: Option<String>,
     pub model: Option<String>,
+    pub provider: Option<String>,
+    /// Only rows carrying this tag `(key, value)` (read from `rollup_tags`).
+    pub tag: Option<(String, String)>,
 }
 
 /// The width of a series bucket (UTC; a day is 86,400,000 ms in unix time).
@@ -127,6 +149,10 @@ pub struct SeriesPoint {
     pub avoided_picodollars: i128,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Requests answered with a status >= 400.
+    pub errors: u64,
+    /// Requests served from the cache (exact or semantic).
+    pub cache_hits: u64,
 }
 
 /// One group's spend over a whole range.
@@ -140,6 +166,10 @@ pub struct SpendTotal {
     pub avoided_picodollars: i128,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Requests answered with a status >= 400.
+    pub errors: u64,
+    /// Requests served from the cache (exact or semantic).
+    pub cache_hits: u64,
 }
 
 /// The SQL dialect of a sink.
@@ -247,65 +277,50 @@ impl Sql {
     }
 }
 
-/// `SELECT` for [`LogStore::query_logs`](super::LogStore::query_logs).
+/// `SELECT` for [`LogStore::query_logs`](super::LogStore::query_logs); with
+/// `lowest` only rows at or above that position (a bounded page's window).
 pub(crate) fn select_logs(d: Dialect, f: &LogFilter) -> Sql {
+    select_logs_above(d, f, None)
+}
+
+/// [`select_logs`] of the rows at or above `lowest` in the newest-first order.
+pub(crate) fn select_logs_above(d: Dialect, f: &LogFilter, lowest: Option<&LogCursor>) -> Sql {
     let mut sql = Sql::new(d);
-    let mut conds: Vec<String> = Vec::new();
-    let text_fields = [
-        ("r.key_name", &f.key),
-        ("r.team", &f.team),
-        ("r.customer", &f.customer),
-        ("r.provider", &f.provider),
-        ("r.model", &f.model),
-    ];
-    for (column, value) in text_fields {
-        if let Some(v) = value {
-            let p = sql.bind_text(v);
-            conds.push(format!("{column} = {p}"));
-        }
-    }
-    if let Some(status) = f.status {
-        let p = sql.bind(Param::Int(i64::from(status)));
-        conds.push(format!("r.status = {p}"));
-    }
-    if let Some(from) = f.from_ms {
-        let p = sql.bind(Param::Int(from));
-        conds.push(format!("r.time_ms >= {p}"));
-    }
-    if let Some(to) = f.to_ms {
-        let p = sql.bind(Param::Int(to));
-        conds.push(format!("r.time_ms < {p}"));
-    }
-    if let Some((k, v)) = &f.tag {
-        let value = sql.tag_value(k);
-        let pv = sql.bind_text(v);
-        conds.push(format!("{value} = {pv}"));
-    }
-    if let Some(c) = &f.before {
+    let mut conds = log_conditions(&mut sql, f);
+    if let Some(c) = lowest {
         let t1 = sql.bind(Param::Int(c.time_ms));
         let t2 = sql.bind(Param::Int(c.time_ms));
         let id = sql.bind_text(&c.id);
         conds.push(format!(
-            "(r.time_ms < {t1} OR (r.time_ms = {t2} AND r.id < {id}))"
+            "(r.time_ms > {t1} OR (r.time_ms = {t2} AND r.id >= {id}))"
         ));
     }
     let limit = sql.bind(Param::Int(f.limit.min(LOG_QUERY_LIMIT_MAX) as i64));
-    let where_clause = if conds.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conds.join(" AND "))
-    };
     sql.text = format!(
-        "SELECT {} FROM requests r{where_clause} ORDER BY r.time_ms DESC, r.id DESC LIMIT {limit}",
-        row_columns(d)
+        "SELECT {} FROM requests r{} ORDER BY r.time_ms DESC, r.id DESC LIMIT {limit}",
+        row_columns(d),
+        where_clause(&conds)
     );
     sql
 }
 
+/// The SQL of a cache hit (exact or semantic) on a row of `requests`.
+pub(crate) const RAW_CACHE_HIT: &str = "r.cache_status IN ('hit', 'semantic-hit')";
+
+/// The bucket start of `{col}` for width `w` (floor, also for negative times).
+fn bucket_expr(col: &str, w: i64) -> String {
+    format!("{col} - ((({col} % {w}) + {w}) % {w})")
+}
+
 /// Spend grouped by `group_by` over `[from_ms, to_ms)`, per bucket when
-/// `bucket` is set. Selected columns: [bucket_start,] group, requests,
-/// cost, avoided (both decimal text), prompt_tokens, completion_tokens. At most
-/// [`LOG_SERIES_POINTS_MAX`] + 1 rows, so the caller can tell "too many".
+/// `bucket` is set, read from the raw rows. Selected columns: [bucket_start,]
+/// group, requests, cost, avoided (both decimal text), prompt_tokens,
+/// completion_tokens, errors, cache_hits. At most [`LOG_SERIES_POINTS_MAX`] + 1
+/// rows, so the caller can tell "too many".
+///
+/// The rollup queries read this for the sub-minute edges of a range (and for
+/// the few combinations no rollup holds); the tests use it as the oracle the
+/// rollups must match.
 pub(crate) fn select_spend(
     d: Dialect,
     group_by: &GroupBy,
@@ -323,6 +338,7 @@ pub(crate) fn select_spend(
         GroupBy::Model => "r.model".to_string(),
         GroupBy::Tag(k) => format!("COALESCE({}, '')", sql.tag_value(k)),
         GroupBy::Tags => "(t.key || '=' || t.value)".to_string(),
+        GroupBy::None => "''".to_string(),
     };
     // Every tag of a row is one row of the join (none for a row without).
     let tags_join = match (group_by, d) {
@@ -350,32 +366,222 @@ pub(crate) fn select_spend(
         ("r.team", &filter.team),
         ("r.customer", &filter.customer),
         ("r.model", &filter.model),
+        ("r.provider", &filter.provider),
     ] {
         if let Some(v) = value {
             let p = sql.bind_text(v);
             scope.push_str(&format!(" AND {column} = {p}"));
         }
     }
+    if let Some((k, v)) = &filter.tag {
+        let value = sql.tag_value(k);
+        let pv = sql.bind_text(v);
+        scope.push_str(&format!(" AND {value} = {pv}"));
+    }
     let limit = sql.bind(Param::Int(LOG_SERIES_POINTS_MAX as i64 + 1));
     // The collation goes on the selected expression: PostgreSQL accepts an
     // output name in ORDER BY only bare.
     let bytewise = sql.bytewise();
     let (bucket_col, group_cols) = match bucket {
-        Some(b) => {
-            let w = b.ms();
-            (
-                format!("r.time_ms - (((r.time_ms % {w}) + {w}) % {w}) AS b, "),
-                "b, g",
-            )
-        }
+        Some(b) => (
+            format!("{} AS b, ", bucket_expr("r.time_ms", b.ms())),
+            "b, g",
+        ),
         None => (String::new(), "g"),
     };
     sql.text = format!(
         "SELECT {bucket_col}{group}{bytewise} AS g, COUNT(*), {cost}, {avoided}, \
-         SUM(r.prompt_tokens){tokens_cast}, SUM(r.completion_tokens){tokens_cast} \
+         SUM(r.prompt_tokens){tokens_cast}, SUM(r.completion_tokens){tokens_cast}, \
+         SUM(CASE WHEN r.status >= 400 THEN 1 ELSE 0 END){tokens_cast}, \
+         SUM(CASE WHEN {RAW_CACHE_HIT} THEN 1 ELSE 0 END){tokens_cast} \
          FROM requests r{tags_join} WHERE r.time_ms >= {from} AND r.time_ms < {to}{scope} \
          GROUP BY {group_cols} ORDER BY {group_cols} LIMIT {limit}"
     );
+    sql
+}
+
+/// Which rollup table a piece of a spend query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RollupTable {
+    /// `rollups`: per bucket, key, team, customer, provider and model.
+    Entities,
+    /// `rollup_tags`: the same, per tag `(key, value)` of the rows too.
+    Tags,
+}
+
+/// What a rollup piece groups by, in the columns of its table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RollupGroup {
+    /// A column of both tables (`key_name`, `team`, ...) or `''`.
+    Column(&'static str),
+    /// `rollup_tags`: the value of the tag key the piece is restricted to.
+    TagValue(String),
+    /// `rollup_tags`: `tag_key || '=' || tag_value`.
+    TagPair,
+}
+
+/// Spend of one piece of a range read from a rollup tier: the buckets of
+/// width `tier_ms` starting in `[from_ms, to_ms)` (both multiples of
+/// `tier_ms`), summed per `bucket` (a multiple of `tier_ms`) when set, and
+/// per group. Same columns as [`select_spend`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn select_rollup(
+    d: Dialect,
+    table: RollupTable,
+    group: &RollupGroup,
+    filter: &SpendFilter,
+    tier_ms: i64,
+    bucket: Option<Bucket>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Sql {
+    let mut sql = Sql::new(d);
+    let (table_name, mut scope) = match table {
+        RollupTable::Entities => ("rollups", String::new()),
+        RollupTable::Tags => ("rollup_tags", String::new()),
+    };
+    let tier = sql.bind(Param::Int(tier_ms));
+    let from = sql.bind(Param::Int(from_ms));
+    let to = sql.bind(Param::Int(to_ms));
+    for (column, value) in [
+        ("x.key_name", &filter.key),
+        ("x.team", &filter.team),
+        ("x.customer", &filter.customer),
+        ("x.model", &filter.model),
+        ("x.provider", &filter.provider),
+    ] {
+        if let Some(v) = value {
+            let p = sql.bind_text(v);
+            scope.push_str(&format!(" AND {column} = {p}"));
+        }
+    }
+    let group_expr = match group {
+        RollupGroup::Column(c) if *c == "''" => "''".to_string(),
+        RollupGroup::Column(c) => format!("x.{c}"),
+        RollupGroup::TagValue(k) => {
+            let p = sql.bind_text(k);
+            scope.push_str(&format!(" AND x.tag_key = {p}"));
+            "x.tag_value".to_string()
+        }
+        RollupGroup::TagPair => "(x.tag_key || '=' || x.tag_value)".to_string(),
+    };
+    if let Some((k, v)) = &filter.tag {
+        let pk = sql.bind_text(k);
+        let pv = sql.bind_text(v);
+        scope.push_str(&format!(" AND x.tag_key = {pk} AND x.tag_value = {pv}"));
+    }
+    let (cost, avoided, cast) = match d {
+        Dialect::Sqlite => (
+            "sum_picodollars(x.cost_picodollars)",
+            "sum_picodollars(x.avoided_picodollars)",
+            "",
+        ),
+        Dialect::Postgres => (
+            "SUM(x.cost_picodollars)::TEXT",
+            "SUM(x.avoided_picodollars)::TEXT",
+            "::BIGINT",
+        ),
+    };
+    let limit = sql.bind(Param::Int(LOG_SERIES_POINTS_MAX as i64 + 1));
+    let bytewise = sql.bytewise();
+    let (bucket_col, group_cols) = match bucket {
+        Some(b) if b.ms() == tier_ms => ("x.bucket_ms AS b, ".to_string(), "b, g"),
+        Some(b) => (
+            format!("{} AS b, ", bucket_expr("x.bucket_ms", b.ms())),
+            "b, g",
+        ),
+        None => (String::new(), "g"),
+    };
+    sql.text = format!(
+        "SELECT {bucket_col}{group_expr}{bytewise} AS g, SUM(x.requests){cast}, {cost}, \
+         {avoided}, SUM(x.prompt_tokens){cast}, SUM(x.completion_tokens){cast}, \
+         SUM(x.errors){cast}, SUM(x.cache_hits){cast} FROM {table_name} x \
+         WHERE x.tier = {tier} AND x.bucket_ms >= {from} AND x.bucket_ms < {to}{scope} \
+         GROUP BY {group_cols} ORDER BY {group_cols} LIMIT {limit}"
+    );
+    sql
+}
+
+/// The conditions of [`select_logs`] on a row of `requests r`.
+fn log_conditions(sql: &mut Sql, f: &LogFilter) -> Vec<String> {
+    let mut conds: Vec<String> = Vec::new();
+    let text_fields = [
+        ("r.key_name", &f.key),
+        ("r.team", &f.team),
+        ("r.customer", &f.customer),
+        ("r.provider", &f.provider),
+        ("r.model", &f.model),
+    ];
+    for (column, value) in text_fields {
+        if let Some(v) = value {
+            let p = sql.bind_text(v);
+            conds.push(format!("{column} = {p}"));
+        }
+    }
+    if let Some(status) = f.status {
+        let p = sql.bind(Param::Int(i64::from(status)));
+        conds.push(format!("r.status = {p}"));
+    }
+    conds.extend(log_window_conditions(sql, f));
+    if let Some((k, v)) = &f.tag {
+        let value = sql.tag_value(k);
+        let pv = sql.bind_text(v);
+        conds.push(format!("{value} = {pv}"));
+    }
+    conds
+}
+
+/// The time range and cursor conditions of a log query (the rows a page
+/// may look at, before the other filters).
+fn log_window_conditions(sql: &mut Sql, f: &LogFilter) -> Vec<String> {
+    let mut conds = Vec::new();
+    if let Some(from) = f.from_ms {
+        let p = sql.bind(Param::Int(from));
+        conds.push(format!("r.time_ms >= {p}"));
+    }
+    if let Some(to) = f.to_ms {
+        let p = sql.bind(Param::Int(to));
+        conds.push(format!("r.time_ms < {p}"));
+    }
+    if let Some(c) = &f.before {
+        let t1 = sql.bind(Param::Int(c.time_ms));
+        let t2 = sql.bind(Param::Int(c.time_ms));
+        let id = sql.bind_text(&c.id);
+        conds.push(format!(
+            "(r.time_ms < {t1} OR (r.time_ms = {t2} AND r.id < {id}))"
+        ));
+    }
+    conds
+}
+
+fn where_clause(conds: &[String]) -> String {
+    if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    }
+}
+
+/// `SELECT time_ms, id` of the row `LOG_QUERY_SCAN_ROWS_MAX` rows below the
+/// page's start (its time range and cursor only): the last row a bounded page
+/// may examine. None when fewer rows are left.
+pub(crate) fn select_scan_boundary(d: Dialect, f: &LogFilter, scan_rows: usize) -> Sql {
+    let mut sql = Sql::new(d);
+    let conds = log_window_conditions(&mut sql, f);
+    let offset = sql.bind(Param::Int(scan_rows.saturating_sub(1) as i64));
+    sql.text = format!(
+        "SELECT r.time_ms, r.id FROM requests r{} ORDER BY r.time_ms DESC, r.id DESC \
+         LIMIT 1 OFFSET {offset}",
+        where_clause(&conds)
+    );
+    sql
+}
+
+/// `SELECT` of one row by id.
+pub(crate) fn select_log_by_id(d: Dialect, id: &str) -> Sql {
+    let mut sql = Sql::new(d);
+    let p = sql.bind_text(id);
+    sql.text = format!("SELECT {} FROM requests r WHERE r.id = {p}", row_columns(d));
     sql
 }
 

@@ -1,5 +1,6 @@
 //! The request log's query thread (`bursar-query`): the admin API's reads
-//! (log pages, spend totals and series) run here, on their own connection to
+//! (log pages, spend totals and series) and the data plane's usage look-ups
+//! (a key's last rows, `proxy::usage`) run here, on their own connection to
 //! the store, so a slow query (hundreds of milliseconds over a million
 //! SQLite rows, up to [`LOG_PG_STATEMENT_TIMEOUT`](super::LOG_PG_STATEMENT_TIMEOUT)
 //! on PostgreSQL) never stalls the control-plane thread, which keeps
@@ -10,9 +11,10 @@
 //! back through a oneshot channel the caller awaits. A full queue refuses at
 //! once ([`QueryRefused::Busy`]) rather than blocking the caller. One thread
 //! runs the queries one at a time, as the one connection the control plane
-//! used before did: queries are rare (an operator or a dashboard), and a
-//! second reader would compete with the log writer and the workers for the
-//! same cores.
+//! used before did: queries are rare (an operator, a dashboard, a key
+//! holder's usage read, which its caller rate-limits and bounds to a share
+//! of the queue), and a second reader would compete with the log writer and
+//! the workers for the same cores.
 //!
 //! The connection is opened on the first query (opening may block: a
 //! PostgreSQL connect waits up to its timeout) and dropped after a failed
@@ -81,8 +83,9 @@ impl Connection {
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
-/// A handle to the query thread; the thread exits when the last handle is
-/// dropped (after the queries already queued).
+/// A handle to the query thread, cloned to whoever queries (the admin API
+/// and every worker share one thread); the thread exits when the last
+/// handle is dropped (after the queries already queued).
 #[derive(Clone)]
 pub struct LogReader {
     jobs: crossbeam_channel::Sender<Job>,

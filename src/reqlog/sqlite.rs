@@ -11,6 +11,7 @@
 //! path `$."key"` bound as a parameter) or, for a key with a quote, a
 //! backslash or a control character, `json_each` with the key bound.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
@@ -21,14 +22,16 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, ToSql, TransactionBehavior};
 
 use super::query::{
-    self, Bucket, Dialect, GroupBy, LogFilter, Param, SeriesPoint, SpendFilter, SpendTotal,
+    self, Bucket, Dialect, GroupBy, LogCursor, LogFilter, LogPage, Param, SeriesPoint, SpendFilter,
+    SpendTotal,
 };
+use super::rollup::{self, RollupBatch, Tier};
 use super::row::LogRow;
 use super::store::SCHEMA_VERSION;
 use super::store::{self, clamp_i64, write_tags_json, LogStore, RawRow, RawSpend, StoreError};
 use super::{
-    LOG_SQLITE_BUSY_TIMEOUT, LOG_SQLITE_CACHE_BYTES, LOG_SQLITE_CHECKPOINT_BYTES,
-    LOG_SQLITE_PAGE_BYTES, LOG_SQLITE_WAL_BYTES_MAX,
+    LOG_QUERY_SCAN_ROWS_MAX, LOG_SQLITE_BUSY_TIMEOUT, LOG_SQLITE_CACHE_BYTES,
+    LOG_SQLITE_CHECKPOINT_BYTES, LOG_SQLITE_PAGE_BYTES, LOG_SQLITE_WAL_BYTES_MAX,
 };
 
 const SCHEMA: &str = "
@@ -62,6 +65,93 @@ CREATE TABLE requests (
 CREATE INDEX requests_time ON requests (time_ms, id);
 CREATE INDEX requests_key_time ON requests (key_name, time_ms);
 ";
+
+/// Version 4: the rollups (`reqlog::rollup`). WITHOUT ROWID: the primary key
+/// is the table's one b-tree, so an upsert touches one b-tree and a range of
+/// a tier's buckets is read in key order. Costs are decimal text, as in
+/// `requests`.
+const ROLLUP_SCHEMA: &str = "
+CREATE TABLE rollups (
+    tier INTEGER NOT NULL,
+    bucket_ms INTEGER NOT NULL,
+    key_name TEXT NOT NULL,
+    team TEXT NOT NULL,
+    customer TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    cache_hits INTEGER NOT NULL,
+    cost_picodollars TEXT NOT NULL,
+    avoided_picodollars TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    PRIMARY KEY (tier, bucket_ms, key_name, team, customer, provider, model)
+) WITHOUT ROWID;
+CREATE TABLE rollup_tags (
+    tier INTEGER NOT NULL,
+    tag_key TEXT NOT NULL,
+    bucket_ms INTEGER NOT NULL,
+    tag_value TEXT NOT NULL,
+    key_name TEXT NOT NULL,
+    team TEXT NOT NULL,
+    customer TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    cache_hits INTEGER NOT NULL,
+    cost_picodollars TEXT NOT NULL,
+    avoided_picodollars TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    PRIMARY KEY (tier, tag_key, bucket_ms, tag_value, key_name, team, customer, provider, model)
+) WITHOUT ROWID;
+";
+
+/// Version 3 to 4: the rollups of the rows already stored, computed in SQL
+/// (in the migration's transaction: a large log takes a while to open once).
+const BACKFILL_3_TO_4: &str = "
+INSERT INTO rollups SELECT t.w, r.time_ms - (((r.time_ms % t.w) + t.w) % t.w), r.key_name,
+    COALESCE(r.team, ''), COALESCE(r.customer, ''), r.provider, r.model, COUNT(*),
+    SUM(r.status >= 400), SUM(r.cache_status IN ('hit', 'semantic-hit')),
+    sum_picodollars(r.cost_picodollars), sum_picodollars(r.avoided_picodollars),
+    SUM(r.prompt_tokens), SUM(r.completion_tokens)
+FROM requests r, (SELECT 60000 AS w UNION ALL SELECT 3600000 UNION ALL SELECT 86400000) t
+GROUP BY 1, 2, 3, 4, 5, 6, 7;
+INSERT INTO rollup_tags SELECT t.w, j.key, r.time_ms - (((r.time_ms % t.w) + t.w) % t.w),
+    j.value, r.key_name, COALESCE(r.team, ''), COALESCE(r.customer, ''), r.provider, r.model,
+    COUNT(*), SUM(r.status >= 400), SUM(r.cache_status IN ('hit', 'semantic-hit')),
+    sum_picodollars(r.cost_picodollars), sum_picodollars(r.avoided_picodollars),
+    SUM(r.prompt_tokens), SUM(r.completion_tokens)
+FROM requests r, json_each(r.tags) j, (SELECT 3600000 AS w UNION ALL SELECT 86400000) t
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
+";
+
+const UPSERT_ROLLUP: &str = "INSERT INTO rollups (tier, bucket_ms, key_name, team, customer, \
+    provider, model, requests, errors, cache_hits, cost_picodollars, avoided_picodollars, \
+    prompt_tokens, completion_tokens) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+    ON CONFLICT (tier, bucket_ms, key_name, team, customer, provider, model) DO UPDATE SET \
+    requests = requests + excluded.requests, errors = errors + excluded.errors, \
+    cache_hits = cache_hits + excluded.cache_hits, \
+    cost_picodollars = add_picodollars(cost_picodollars, excluded.cost_picodollars), \
+    avoided_picodollars = add_picodollars(avoided_picodollars, excluded.avoided_picodollars), \
+    prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
+    completion_tokens = completion_tokens + excluded.completion_tokens";
+
+const UPSERT_ROLLUP_TAG: &str = "INSERT INTO rollup_tags (tier, tag_key, bucket_ms, tag_value, \
+    key_name, team, customer, provider, model, requests, errors, cache_hits, cost_picodollars, \
+    avoided_picodollars, prompt_tokens, completion_tokens) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+    ON CONFLICT (tier, tag_key, bucket_ms, tag_value, key_name, team, customer, provider, model) \
+    DO UPDATE SET \
+    requests = requests + excluded.requests, errors = errors + excluded.errors, \
+    cache_hits = cache_hits + excluded.cache_hits, \
+    cost_picodollars = add_picodollars(cost_picodollars, excluded.cost_picodollars), \
+    avoided_picodollars = add_picodollars(avoided_picodollars, excluded.avoided_picodollars), \
+    prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
+    completion_tokens = completion_tokens + excluded.completion_tokens";
 
 /// Version 1 to 2: tags live only in `requests.tags`. The freed pages stay in
 /// the file and are reused by new rows.
@@ -131,16 +221,8 @@ impl Aggregate<i128, String> for SumPicodollars {
 
     fn step(&self, ctx: &mut Context<'_>, acc: &mut i128) -> rusqlite::Result<()> {
         let fail = |m: String| rusqlite::Error::UserFunctionError(m.into());
-        let v: i128 = match ctx.get_raw(0) {
-            ValueRef::Null => return Ok(()),
-            ValueRef::Integer(i) => i128::from(i),
-            ValueRef::Text(t) => std::str::from_utf8(t)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| {
-                    fail(format!("not picodollars: {:?}", String::from_utf8_lossy(t)))
-                })?,
-            other => return Err(fail(format!("not picodollars: {other:?}"))),
+        let Some(v) = picodollars(ctx.get_raw(0)).map_err(fail)? else {
+            return Ok(());
         };
         *acc = acc
             .checked_add(v)
@@ -151,6 +233,30 @@ impl Aggregate<i128, String> for SumPicodollars {
     fn finalize(&self, _: &mut Context<'_>, acc: Option<i128>) -> rusqlite::Result<String> {
         Ok(acc.unwrap_or(0).to_string())
     }
+}
+
+/// A picodollar value of a SQLite cell: decimal text or an integer.
+fn picodollars(v: ValueRef<'_>) -> Result<Option<i128>, String> {
+    Ok(Some(match v {
+        ValueRef::Null => return Ok(None),
+        ValueRef::Integer(i) => i128::from(i),
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("not picodollars: {:?}", String::from_utf8_lossy(t)))?,
+        other => return Err(format!("not picodollars: {other:?}")),
+    }))
+}
+
+/// `add_picodollars(a, b)`: the exact i128 sum of two picodollar values, as
+/// decimal text (the rollups' upsert); overflow or a non-number is an error.
+fn add_picodollars(ctx: &Context<'_>) -> rusqlite::Result<String> {
+    let fail = |m: String| rusqlite::Error::UserFunctionError(m.into());
+    let a = picodollars(ctx.get_raw(0)).map_err(fail)?.unwrap_or(0);
+    let b = picodollars(ctx.get_raw(1)).map_err(fail)?.unwrap_or(0);
+    a.checked_add(b)
+        .map(|s| s.to_string())
+        .ok_or_else(|| fail("sum of picodollars overflows i128".into()))
 }
 
 impl SqliteStore {
@@ -191,6 +297,12 @@ impl SqliteStore {
             FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
             SumPicodollars,
         )?;
+        conn.create_scalar_function(
+            "add_picodollars",
+            2,
+            FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+            |ctx| add_picodollars(ctx),
+        )?;
         let mut store = SqliteStore {
             conn,
             wal_frames,
@@ -212,6 +324,7 @@ impl SqliteStore {
         match found {
             None => {
                 tx.execute_batch(SCHEMA)?;
+                tx.execute_batch(ROLLUP_SCHEMA)?;
                 tx.execute(
                     "INSERT INTO schema_version (version) VALUES (?1)",
                     [SCHEMA_VERSION],
@@ -225,6 +338,10 @@ impl SqliteStore {
                 if v < 3 {
                     tx.execute_batch(MIGRATE_2_TO_3)?;
                 }
+                if v < 4 {
+                    tx.execute_batch(ROLLUP_SCHEMA)?;
+                    tx.execute_batch(BACKFILL_3_TO_4)?;
+                }
                 if v < SCHEMA_VERSION {
                     tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])?;
                 }
@@ -234,6 +351,26 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Runs one spend statement of `query` (see [`query::select_spend`]).
+    fn run_spend(&mut self, sql: &query::Sql, bucketed: bool) -> Result<Vec<RawSpend>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&sql.text)?;
+        let first = usize::from(bucketed);
+        let rows = stmt.query_map(rusqlite::params_from_iter(sql.params.iter()), |r| {
+            Ok(RawSpend {
+                bucket_start_ms: if bucketed { r.get(0)? } else { 0 },
+                group: r.get(first)?,
+                requests: r.get(first + 1)?,
+                cost: r.get(first + 2)?,
+                avoided: r.get(first + 3)?,
+                prompt_tokens: r.get(first + 4)?,
+                completion_tokens: r.get(first + 5)?,
+                errors: r.get(first + 6)?,
+                cache_hits: r.get(first + 7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn spend(
         &mut self,
         group_by: &GroupBy,
@@ -241,22 +378,32 @@ impl SqliteStore {
         bucket: Option<Bucket>,
         from_ms: i64,
         to_ms: i64,
-    ) -> Result<Vec<RawSpend>, StoreError> {
-        let sql = query::select_spend(Dialect::Sqlite, group_by, filter, bucket, from_ms, to_ms);
+        scan: bool,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
+        if scan {
+            let sql =
+                query::select_spend(Dialect::Sqlite, group_by, filter, bucket, from_ms, to_ms);
+            let raw = run(&sql, bucket.is_some())?;
+            return rollup::from_raw(raw, bucket.is_some());
+        }
+        rollup::spend(
+            Dialect::Sqlite,
+            &mut run,
+            group_by,
+            filter,
+            bucket,
+            from_ms,
+            to_ms,
+        )
+    }
+
+    fn query_rows(&mut self, sql: &query::Sql) -> Result<Vec<LogRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&sql.text)?;
-        let first = usize::from(bucket.is_some());
-        let rows = stmt.query_map(rusqlite::params_from_iter(sql.params.iter()), |r| {
-            Ok(RawSpend {
-                bucket_start_ms: if first == 1 { r.get(0)? } else { 0 },
-                group: r.get(first)?,
-                requests: r.get(first + 1)?,
-                cost: r.get(first + 2)?,
-                avoided: r.get(first + 3)?,
-                prompt_tokens: r.get(first + 4)?,
-                completion_tokens: r.get(first + 5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let raws = stmt
+            .query_map(rusqlite::params_from_iter(sql.params.iter()), raw_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        raws.into_iter().map(RawRow::into_row).collect()
     }
 }
 
@@ -276,6 +423,64 @@ impl SqliteStore {
         tx.commit()?;
         Ok(n as u64)
     }
+}
+
+/// Upserts a batch's rollups (in the batch's transaction).
+fn upsert_rollups(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &RollupBatch<'_>,
+) -> Result<(), StoreError> {
+    let mut up = tx.prepare_cached(UPSERT_ROLLUP)?;
+    let mut cost = String::with_capacity(48);
+    let mut avoided = String::with_capacity(48);
+    for (k, m) in &batch.rollups {
+        cost.clear();
+        let _ = write!(cost, "{}", m.cost);
+        avoided.clear();
+        let _ = write!(avoided, "{}", m.avoided);
+        up.execute(params![
+            k.tier.ms(),
+            k.bucket_ms,
+            k.e.key.as_ref(),
+            k.e.team.as_ref(),
+            k.e.customer.as_ref(),
+            k.e.provider.as_ref(),
+            k.e.model.as_ref(),
+            m.requests,
+            m.errors,
+            m.cache_hits,
+            cost.as_str(),
+            avoided.as_str(),
+            m.prompt_tokens,
+            m.completion_tokens,
+        ])?;
+    }
+    let mut up = tx.prepare_cached(UPSERT_ROLLUP_TAG)?;
+    for (k, m) in &batch.tags {
+        cost.clear();
+        let _ = write!(cost, "{}", m.cost);
+        avoided.clear();
+        let _ = write!(avoided, "{}", m.avoided);
+        up.execute(params![
+            k.tier.ms(),
+            k.tag_key.as_ref(),
+            k.bucket_ms,
+            k.tag_value.as_ref(),
+            k.e.key.as_ref(),
+            k.e.team.as_ref(),
+            k.e.customer.as_ref(),
+            k.e.provider.as_ref(),
+            k.e.model.as_ref(),
+            m.requests,
+            m.errors,
+            m.cache_hits,
+            cost.as_str(),
+            avoided.as_str(),
+            m.prompt_tokens,
+            m.completion_tokens,
+        ])?;
+    }
+    Ok(())
 }
 
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -310,6 +515,7 @@ impl LogStore for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut inserted = 0;
+        let mut batch = RollupBatch::default();
         {
             let mut insert_row = tx.prepare_cached(INSERT_ROW)?;
             // Reused for every row: no allocation per row for the
@@ -326,7 +532,7 @@ impl LogStore for SqliteStore {
                 tags.clear();
                 write_tags_json(&mut tags, &row.tags, false);
                 // 0 for a duplicate id (a replay), which is ignored.
-                inserted += insert_row.execute(params![
+                let n = insert_row.execute(params![
                     row.id,
                     row.time_ms,
                     row.key,
@@ -352,9 +558,14 @@ impl LogStore for SqliteStore {
                     row.prompt_text,
                     row.completion_text,
                     avoided.as_str(),
-                ])? as u64;
+                ])?;
+                if n == 1 {
+                    inserted += 1;
+                    batch.add(row, Cow::Borrowed)?;
+                }
                 pace();
             }
+            upsert_rollups(&tx, &batch)?;
         }
         tx.commit()?;
         Ok(inserted)
@@ -373,12 +584,36 @@ impl LogStore for SqliteStore {
     }
 
     fn query_logs(&mut self, filter: &LogFilter) -> Result<Vec<LogRow>, StoreError> {
-        let sql = query::select_logs(Dialect::Sqlite, filter);
-        let mut stmt = self.conn.prepare_cached(&sql.text)?;
-        let raws = stmt
-            .query_map(rusqlite::params_from_iter(sql.params.iter()), raw_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        raws.into_iter().map(RawRow::into_row).collect()
+        self.query_rows(&query::select_logs(Dialect::Sqlite, filter))
+    }
+
+    fn query_log_page(&mut self, filter: &LogFilter) -> Result<LogPage, StoreError> {
+        let boundary = if store::page_is_bounded(filter) {
+            let sql = query::select_scan_boundary(Dialect::Sqlite, filter, LOG_QUERY_SCAN_ROWS_MAX);
+            self.conn
+                .prepare_cached(&sql.text)?
+                .query_row(rusqlite::params_from_iter(sql.params.iter()), |r| {
+                    Ok(LogCursor {
+                        time_ms: r.get(0)?,
+                        id: r.get(1)?,
+                    })
+                })
+                .optional()?
+        } else {
+            None
+        };
+        let rows = self.query_rows(&query::select_logs_above(
+            Dialect::Sqlite,
+            filter,
+            boundary.as_ref(),
+        ))?;
+        Ok(store::log_page(filter, rows, boundary))
+    }
+
+    fn log_by_id(&mut self, id: &str) -> Result<Option<LogRow>, StoreError> {
+        Ok(self
+            .query_rows(&query::select_log_by_id(Dialect::Sqlite, id))?
+            .pop())
     }
 
     fn spend_series_where(
@@ -389,8 +624,7 @@ impl LogStore for SqliteStore {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<SeriesPoint>, StoreError> {
-        let raw = self.spend(group_by, filter, Some(bucket), from_ms, to_ms)?;
-        store::series_points(raw)
+        self.spend(group_by, filter, Some(bucket), from_ms, to_ms, false)
     }
 
     fn spend_totals_where(
@@ -400,8 +634,40 @@ impl LogStore for SqliteStore {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<SpendTotal>, StoreError> {
-        let raw = self.spend(group_by, filter, None, from_ms, to_ms)?;
-        store::totals(raw)
+        Ok(rollup::totals(
+            self.spend(group_by, filter, None, from_ms, to_ms, false)?,
+        ))
+    }
+
+    fn spend_scan(
+        &mut self,
+        group_by: &GroupBy,
+        filter: &SpendFilter,
+        bucket: Option<Bucket>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        self.spend(group_by, filter, bucket, from_ms, to_ms, true)
+    }
+
+    fn delete_minute_rollups_before(
+        &mut self,
+        cutoff_ms: i64,
+        rows_max: u64,
+    ) -> Result<u64, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Only bucket starts, so the primary key's (tier, bucket_ms) prefix
+        // finds them.
+        let n = tx.execute(
+            "DELETE FROM rollups WHERE (tier, bucket_ms, key_name, team, customer, provider, \
+             model) IN (SELECT tier, bucket_ms, key_name, team, customer, provider, model \
+             FROM rollups WHERE tier = ?1 AND bucket_ms < ?2 ORDER BY bucket_ms LIMIT ?3)",
+            params![Tier::Minute.ms(), cutoff_ms, clamp_i64(rows_max)],
+        )?;
+        tx.commit()?;
+        Ok(n as u64)
     }
 
     fn delete_before(&mut self, cutoff_ms: i64, rows_max: u64) -> Result<u64, StoreError> {

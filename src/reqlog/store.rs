@@ -41,12 +41,14 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use super::query::{Bucket, GroupBy, LogFilter, SeriesPoint, SpendFilter, SpendTotal};
+use super::query::{
+    Bucket, GroupBy, LogCursor, LogFilter, LogPage, SeriesPoint, SpendFilter, SpendTotal,
+};
 use super::row::{CacheStatus, LogRow};
-use super::{SinkKind, LOG_SERIES_POINTS_MAX, LOG_SQLITE_FILE};
+use super::{SinkKind, LOG_SQLITE_FILE};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Why a store call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +99,19 @@ pub trait LogStore: Send {
     /// The rows matching `filter`, newest first (by `(time_ms, id)`).
     fn query_logs(&mut self, filter: &LogFilter) -> Result<Vec<LogRow>, StoreError>;
 
+    /// One page of the rows matching `filter`, newest first, with where the
+    /// next page starts. A filter without `key` but with any other column
+    /// (team, customer, provider, model, status, tag: no index serves them)
+    /// examines at most [`LOG_QUERY_SCAN_ROWS_MAX`](super::LOG_QUERY_SCAN_ROWS_MAX) rows of its range below
+    /// its cursor, so a rare value cannot make one page scan the whole log;
+    /// the page then may hold fewer rows than `limit` (even none) and `next`
+    /// says where to continue. Without such a filter, or with `key` (its
+    /// index), a page is as [`LogStore::query_logs`]'s.
+    fn query_log_page(&mut self, filter: &LogFilter) -> Result<LogPage, StoreError>;
+
+    /// The row with this id, if stored.
+    fn log_by_id(&mut self, id: &str) -> Result<Option<LogRow>, StoreError>;
+
     /// Spend per bucket and group over `[from_ms, to_ms)`, ordered by bucket
     /// then group (bytewise). Buckets with no request are absent.
     fn spend_series(
@@ -138,6 +153,28 @@ pub trait LogStore: Send {
         to_ms: i64,
     ) -> Result<Vec<SpendTotal>, StoreError>;
 
+    /// [`LogStore::spend_series_where`] (`bucket` set) or
+    /// [`LogStore::spend_totals_where`] (as points in bucket 0) computed by a
+    /// scan of every raw row of the range, never from the rollups: the
+    /// rollups' test oracle. Slow on a large log; not for the dashboard.
+    fn spend_scan(
+        &mut self,
+        group_by: &GroupBy,
+        filter: &SpendFilter,
+        bucket: Option<Bucket>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SeriesPoint>, StoreError>;
+
+    /// Deletes up to `rows_max` of the oldest minute-tier rollup rows with a
+    /// bucket before `cutoff_ms` ([`super::LOG_ROLLUP_MINUTE_KEEP`]); returns how
+    /// many were deleted. Raw-row retention never deletes rollups.
+    fn delete_minute_rollups_before(
+        &mut self,
+        cutoff_ms: i64,
+        rows_max: u64,
+    ) -> Result<u64, StoreError>;
+
     /// Deletes up to `rows_max` of the oldest rows with `time_ms < cutoff_ms`;
     /// returns how many were deleted.
     fn delete_before(&mut self, cutoff_ms: i64, rows_max: u64) -> Result<u64, StoreError>;
@@ -158,6 +195,38 @@ pub(crate) fn open(sink: &SinkKind, state_dir: &Path) -> Result<Box<dyn LogStore
         )?),
         SinkKind::Postgres { url } => Box::new(super::postgres::PostgresStore::connect(url)?),
     })
+}
+
+/// Whether a log page is bounded to [`LOG_QUERY_SCAN_ROWS_MAX`](super::LOG_QUERY_SCAN_ROWS_MAX) rows examined
+/// (see [`LogStore::query_log_page`]).
+pub(crate) fn page_is_bounded(f: &LogFilter) -> bool {
+    f.key.is_none()
+        && (f.team.is_some()
+            || f.customer.is_some()
+            || f.provider.is_some()
+            || f.model.is_some()
+            || f.status.is_some()
+            || f.tag.is_some())
+}
+
+/// A page from its rows and the last row its scan could examine (`None`:
+/// the scan was not bounded, or the range ends before the bound).
+pub(crate) fn log_page(f: &LogFilter, rows: Vec<LogRow>, boundary: Option<LogCursor>) -> LogPage {
+    let limit = f.limit.min(super::LOG_QUERY_LIMIT_MAX);
+    if rows.len() >= limit {
+        let next = rows.last().map(LogCursor::after);
+        return LogPage {
+            rows,
+            next,
+            scan_bounded: false,
+        };
+    }
+    let scan_bounded = boundary.is_some();
+    LogPage {
+        rows,
+        next: boundary,
+        scan_bounded,
+    }
 }
 
 /// A count as the stores keep it (see the module doc).
@@ -326,6 +395,7 @@ impl RawRow {
 }
 
 /// One group (and bucket) of a spend query as read from either store.
+#[derive(Debug, Clone)]
 pub(crate) struct RawSpend {
     pub bucket_start_ms: i64,
     pub group: String,
@@ -334,61 +404,8 @@ pub(crate) struct RawSpend {
     pub avoided: String,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
-}
-
-fn check_points(n: usize) -> Result<(), StoreError> {
-    if n > LOG_SERIES_POINTS_MAX {
-        return Err(StoreError::TooLarge(format!(
-            "more than {LOG_SERIES_POINTS_MAX} points; narrow the range or use a coarser bucket"
-        )));
-    }
-    Ok(())
-}
-
-impl RawSpend {
-    fn validate(self) -> Result<SpendTotal, StoreError> {
-        let bad = |column: &str, value: &dyn std::fmt::Display| {
-            StoreError::Corrupt(format!("spend of {:?}: {column} = {value}", self.group))
-        };
-        let count = |column: &str, v: i64| u64::try_from(v).map_err(|_| bad(column, &v));
-        Ok(SpendTotal {
-            requests: count("requests", self.requests)?,
-            cost_picodollars: self.cost.parse().map_err(|_| bad("cost", &self.cost))?,
-            avoided_picodollars: self
-                .avoided
-                .parse()
-                .map_err(|_| bad("avoided", &self.avoided))?,
-            prompt_tokens: count("prompt_tokens", self.prompt_tokens)?,
-            completion_tokens: count("completion_tokens", self.completion_tokens)?,
-            group: self.group,
-        })
-    }
-}
-
-/// Validated series points from a spend query's rows.
-pub(crate) fn series_points(raw: Vec<RawSpend>) -> Result<Vec<SeriesPoint>, StoreError> {
-    check_points(raw.len())?;
-    raw.into_iter()
-        .map(|r| {
-            let bucket_start_ms = r.bucket_start_ms;
-            let t = r.validate()?;
-            Ok(SeriesPoint {
-                bucket_start_ms,
-                group: t.group,
-                requests: t.requests,
-                cost_picodollars: t.cost_picodollars,
-                avoided_picodollars: t.avoided_picodollars,
-                prompt_tokens: t.prompt_tokens,
-                completion_tokens: t.completion_tokens,
-            })
-        })
-        .collect()
-}
-
-/// Validated totals from a spend query's rows.
-pub(crate) fn totals(raw: Vec<RawSpend>) -> Result<Vec<SpendTotal>, StoreError> {
-    check_points(raw.len())?;
-    raw.into_iter().map(RawSpend::validate).collect()
+    pub errors: i64,
+    pub cache_hits: i64,
 }
 
 #[cfg(test)]
@@ -453,35 +470,6 @@ mod tests {
                 Err(StoreError::Corrupt(m)) => assert!(m.contains(column), "{m}"),
                 other => panic!("{column}: {other:?}"),
             }
-        }
-    }
-
-    fn raw_spend(avoided: &str) -> RawSpend {
-        RawSpend {
-            bucket_start_ms: 60_000,
-            group: "g".into(),
-            requests: 2,
-            cost: "0".into(),
-            avoided: avoided.into(),
-            prompt_tokens: 3,
-            completion_tokens: 4,
-        }
-    }
-
-    #[test]
-    fn spend_carries_the_avoided_sum_and_a_bad_one_is_named() {
-        let big = "170141183460469231731687303715884105727";
-        let t = totals(vec![raw_spend(big)]).unwrap();
-        assert_eq!(t[0].avoided_picodollars, i128::MAX);
-        assert_eq!(t[0].cost_picodollars, 0);
-        let p = series_points(vec![raw_spend("5")]).unwrap();
-        assert_eq!(
-            (p[0].bucket_start_ms, p[0].avoided_picodollars),
-            (60_000, 5)
-        );
-        match totals(vec![raw_spend("0.5")]) {
-            Err(StoreError::Corrupt(m)) => assert!(m.contains("avoided"), "{m}"),
-            other => panic!("{other:?}"),
         }
     }
 

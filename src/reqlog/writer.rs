@@ -760,10 +760,6 @@ impl Writer {
             return;
         }
         let (retention, max_rows) = (self.cfg.retention, self.cfg.max_rows);
-        if retention.is_none() && max_rows.is_none() {
-            self.next_retention = now + LOG_RETENTION_INTERVAL;
-            return;
-        }
         let Some(store) = self.ready_store(now) else {
             self.next_retention = now + LOG_RETENTION_INTERVAL;
             return;
@@ -771,7 +767,10 @@ impl Writer {
         let cutoff_ms = retention.map(|r| {
             unix_ms_now().saturating_sub(i64::try_from(r.as_millis()).unwrap_or(i64::MAX))
         });
-        let result = retention_pass(store.as_mut(), cutoff_ms, max_rows);
+        let minute_cutoff_ms = unix_ms_now().saturating_sub(
+            i64::try_from(super::LOG_ROLLUP_MINUTE_KEEP.as_millis()).unwrap_or(i64::MAX),
+        );
+        let result = retention_pass(store.as_mut(), cutoff_ms, max_rows, minute_cutoff_ms);
         match result {
             Ok((deleted, more)) => {
                 if deleted > 0 {
@@ -810,13 +809,25 @@ impl Writer {
 }
 
 /// One retention pass: rows older than `cutoff_ms`, then rows beyond
-/// `max_rows`. Returns the rows deleted and whether more remain.
+/// `max_rows`, then minute-tier rollups older than `minute_cutoff_ms` (never
+/// the hour or day tiers). Returns the rows deleted and whether more remain.
 fn retention_pass(
     store: &mut dyn LogStore,
     cutoff_ms: Option<i64>,
     max_rows: Option<u64>,
+    minute_cutoff_ms: i64,
 ) -> Result<(u64, bool), StoreError> {
     let mut deleted = 0;
+    loop {
+        let n = store.delete_minute_rollups_before(minute_cutoff_ms, LOG_RETENTION_DELETE_CHUNK)?;
+        deleted += n;
+        if n < LOG_RETENTION_DELETE_CHUNK {
+            break;
+        }
+        if deleted >= LOG_RETENTION_PASS_ROWS_MAX {
+            return Ok((deleted, true));
+        }
+    }
     if let Some(cutoff) = cutoff_ms {
         loop {
             let n = store.delete_before(cutoff, LOG_RETENTION_DELETE_CHUNK)?;

@@ -402,6 +402,7 @@ fn spend_row(
     r.team = team.map(Into::into);
     r.provider = "openai".into();
     r.key = "k-1".into();
+    r.status = 200;
     r.cost_picodollars = cost;
     r.avoided_picodollars = avoided;
     r.cache_status = if avoided == 0 {
@@ -415,6 +416,35 @@ fn spend_row(
         .map(|f| vec![("feature".to_string(), f.to_string())])
         .unwrap_or_default();
     r
+}
+
+/// Spend with `errors` checked (every `spend_row` answers 200) and
+/// `cache_hits` checked against `requests`, then cleared, so the expected
+/// values below need not repeat them (the rollup property tests check both).
+trait Plain {
+    fn plain(self) -> Self;
+}
+
+impl Plain for Vec<SeriesPoint> {
+    fn plain(mut self) -> Self {
+        for p in &mut self {
+            assert_eq!(p.errors, 0, "{p:?}");
+            assert!(p.cache_hits <= p.requests, "{p:?}");
+            p.cache_hits = 0;
+        }
+        self
+    }
+}
+
+impl Plain for Vec<SpendTotal> {
+    fn plain(mut self) -> Self {
+        for p in &mut self {
+            assert_eq!(p.errors, 0, "{p:?}");
+            assert!(p.cache_hits <= p.requests, "{p:?}");
+            p.cache_hits = 0;
+        }
+        self
+    }
 }
 
 fn point(
@@ -433,6 +463,8 @@ fn point(
         avoided_picodollars: avoided,
         prompt_tokens: prompt,
         completion_tokens: completion,
+        errors: 0,
+        cache_hits: 0,
     }
 }
 
@@ -450,6 +482,8 @@ fn total(
         avoided_picodollars: avoided,
         prompt_tokens: prompt,
         completion_tokens: completion,
+        errors: 0,
+        cache_hits: 0,
     }
 }
 
@@ -523,7 +557,8 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
     assert_eq!(
         store
             .spend_series(&GroupBy::Model, Bucket::Hour, from, to)
-            .unwrap(),
+            .unwrap()
+            .plain(),
         vec![
             point(T0, "m1", 2, (1_000_000_000_003, HIT), 30, 3),
             point(T0 + HOUR, "m2", 2, (2 * BIG, 2 * BIG - 1), 6, 5),
@@ -533,7 +568,8 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
     assert_eq!(
         store
             .spend_series(&GroupBy::Tag("feature".into()), Bucket::Day, from, to)
-            .unwrap(),
+            .unwrap()
+            .plain(),
         vec![
             point(T0, "", 2, (2 * BIG, 2 * BIG - 1), 6, 5),
             point(T0, "chat", 1, (2, HIT), 20, 2),
@@ -544,14 +580,18 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
     assert_eq!(
         store
             .spend_series(&GroupBy::Provider, Bucket::Minute, T0, T0 + HOUR)
-            .unwrap(),
+            .unwrap()
+            .plain(),
         vec![
             point(T0 + 10 * MINUTE, "openai", 1, (1_000_000_000_001, 0), 10, 1),
             point(T0 + 50 * MINUTE, "openai", 1, (2, HIT), 20, 2),
         ]
     );
     assert_eq!(
-        store.spend_totals(&GroupBy::Team, from, to).unwrap(),
+        store
+            .spend_totals(&GroupBy::Team, from, to)
+            .unwrap()
+            .plain(),
         vec![
             total("", 2, (2 * BIG, 2 * BIG - 1), 6, 5),
             total("a", 2, (1_000_000_000_003, HIT), 30, 3),
@@ -572,7 +612,8 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
     assert_eq!(
         store
             .spend_totals(&GroupBy::Key, T0 - DAY, T0 + 3 * DAY)
-            .unwrap(),
+            .unwrap()
+            .plain(),
         vec![total(
             "k-1",
             7,
@@ -584,7 +625,8 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
     assert_eq!(
         store
             .spend_totals(&GroupBy::Key, T0 + 3 * DAY, T0 + 4 * DAY)
-            .unwrap(),
+            .unwrap()
+            .plain(),
         vec![]
     );
     // Every tag as key=value (rows without tags in no group), and only one
@@ -594,7 +636,10 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
         ..Default::default()
     };
     assert_eq!(
-        store.spend_totals(&GroupBy::Tags, from, to).unwrap(),
+        store
+            .spend_totals(&GroupBy::Tags, from, to)
+            .unwrap()
+            .plain(),
         vec![
             total("feature=chat", 1, (2, HIT), 20, 2),
             total("feature=search", 2, (1_000_000_000_008, 3), 11, 2),
@@ -603,7 +648,8 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
     assert_eq!(
         store
             .spend_totals_where(&GroupBy::Tags, &team("a"), from, to)
-            .unwrap(),
+            .unwrap()
+            .plain(),
         vec![
             total("feature=chat", 1, (2, HIT), 20, 2),
             total("feature=search", 1, (1_000_000_000_001, 0), 10, 1),
@@ -612,7 +658,8 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
     assert_eq!(
         store
             .spend_series_where(&GroupBy::Model, &team("b"), Bucket::Day, from, to)
-            .unwrap(),
+            .unwrap()
+            .plain(),
         vec![point(T0 + DAY, "m1", 1, (7, 3), 1, 1)]
     );
     let nobody = bursar::reqlog::SpendFilter {
@@ -622,7 +669,8 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
     assert_eq!(
         store
             .spend_totals_where(&GroupBy::Key, &nobody, from, to)
-            .unwrap(),
+            .unwrap()
+            .plain(),
         vec![]
     );
     // One key's spend on one model (the series behind a key's budget on a
@@ -635,13 +683,15 @@ pub fn check_series(cfg: &LogConfig, dir: &Path) {
     assert_eq!(
         store
             .spend_totals_where(&GroupBy::Model, &key_model("k-1", "m2"), from, to)
-            .unwrap(),
+            .unwrap()
+            .plain(),
         vec![total("m2", 2, (2 * BIG, 2 * BIG - 1), 6, 5)]
     );
     assert_eq!(
         store
             .spend_totals_where(&GroupBy::Model, &key_model("k-2", "m2"), from, to)
-            .unwrap(),
+            .unwrap()
+            .plain(),
         vec![]
     );
 }
@@ -821,4 +871,255 @@ pub fn check_awkward_tags(cfg: &LogConfig, dir: &Path) {
     assert_eq!(groups(store.as_mut(), "$"), [g("", 2), g("y\"z\\", 1)]);
     assert_eq!(groups(store.as_mut(), "$.a"), [g("", 3)]);
     assert_eq!(groups(store.as_mut(), "a\\b"), [g("", 2), g("bs", 1)]);
+}
+
+/// Rows for the rollup checks: `varied_row`s spread over three days around
+/// `T0`, many near minute, hour and day boundaries.
+pub fn rollup_rows(seed: u64, n: u64) -> Vec<LogRow> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|i| {
+            let mut r = varied_row(&mut rng, i);
+            let base = T0 - DAY + rng.below(3) as i64 * DAY;
+            let edge = [MINUTE, HOUR, DAY][rng.below(3) as usize];
+            r.time_ms = match rng.below(3) {
+                // Near a boundary of a minute, an hour or a day.
+                0 => base + rng.below(24) as i64 * edge % DAY - 2_000 + rng.below(4_000) as i64,
+                _ => base + rng.below(DAY as u64) as i64,
+            };
+            if rng.below(5) == 0 {
+                r.customer = None;
+            }
+            r.key = ["k-a", "k-b", "k-c", "k-d"][rng.below(4) as usize].into();
+            if rng.below(4) == 0 {
+                r.tags.push(("user".into(), format!("u{}", rng.below(20))));
+                r.tags.sort();
+            }
+            r
+        })
+        .collect()
+}
+
+/// A range near the rows: sometimes aligned, sometimes not, sometimes empty.
+fn rollup_range(rng: &mut Rng) -> (i64, i64) {
+    let t = |rng: &mut Rng| {
+        let unit = [1, 1_000, MINUTE, HOUR, DAY][rng.below(5) as usize];
+        T0 - 2 * DAY + (rng.below(5 * DAY as u64 / unit as u64) as i64) * unit
+    };
+    let (a, b) = (t(rng), t(rng));
+    (a.min(b), a.max(b) + [0, 1, 7][rng.below(3) as usize])
+}
+
+/// Spend from the rollups equals a scan of the raw rows, for random ranges,
+/// buckets, groupings and filters, after batches that include a replay of
+/// rows already stored (which must not count twice).
+pub fn check_rollups_match_scan(cfg: &LogConfig, dir: &Path, seed: u64) {
+    use bursar::reqlog::SpendFilter;
+    let mut store = cfg.open_store(dir).unwrap();
+    let rows = rollup_rows(seed, 1_500);
+    for chunk in rows.chunks(200) {
+        store.insert_batch(chunk, &mut || {}).unwrap();
+    }
+    // A replay: the same rows again, plus two new ones.
+    let mut again = rows[100..400].to_vec();
+    let mut extra = rollup_rows(seed + 1, 2);
+    for (i, r) in extra.iter_mut().enumerate() {
+        r.id = format!("req_extra{i}");
+    }
+    again.extend(extra);
+    assert_eq!(store.insert_batch(&again, &mut || {}).unwrap(), 2);
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let pick =
+        |rng: &mut Rng, list: &[&str]| list[rng.below(list.len() as u64) as usize].to_string();
+    let mut compared = 0;
+    let mut nonempty = 0;
+    for _ in 0..300 {
+        let group_by = match rng.below(9) {
+            0 => GroupBy::Key,
+            1 => GroupBy::Team,
+            2 => GroupBy::Customer,
+            3 => GroupBy::Provider,
+            4 => GroupBy::Model,
+            5 => GroupBy::Tag(pick(&mut rng, &["env", "feature", "user", "none"])),
+            6 => GroupBy::Tags,
+            _ => GroupBy::None,
+        };
+        let mut filter = SpendFilter::default();
+        if rng.below(4) == 0 {
+            filter.key = Some(pick(&mut rng, &["k-a", "k-b", "k-zz"]));
+        }
+        if rng.below(5) == 0 {
+            filter.team = Some(pick(&mut rng, &["red", "blue", ""]));
+        }
+        if rng.below(6) == 0 {
+            filter.customer = Some(pick(&mut rng, &["acme", "globex"]));
+        }
+        if rng.below(5) == 0 {
+            filter.model = Some(pick(&mut rng, &["gpt-4o", "claude"]));
+        }
+        if rng.below(5) == 0 {
+            filter.provider = Some(pick(&mut rng, &["openai", "anthropic"]));
+        }
+        if rng.below(4) == 0 {
+            filter.tag = Some(match rng.below(3) {
+                0 => ("env".into(), pick(&mut rng, &["prod", "dev"])),
+                1 => ("feature".into(), pick(&mut rng, &["search", "sum mary"])),
+                _ => ("user".into(), format!("u{}", rng.below(20))),
+            });
+        }
+        let (from, to) = rollup_range(&mut rng);
+        let bucket = match rng.below(4) {
+            0 => None,
+            1 => Some(Bucket::Minute),
+            2 => Some(Bucket::Hour),
+            _ => Some(Bucket::Day),
+        };
+        // A minute series over days is too many points for either answer.
+        if bucket == Some(Bucket::Minute) && to - from > 6 * HOUR {
+            continue;
+        }
+        let what = format!("{group_by:?} {filter:?} {bucket:?} [{from}, {to})");
+        let scan = store
+            .spend_scan(&group_by, &filter, bucket, from, to)
+            .unwrap_or_else(|e| panic!("scan {what}: {e}"));
+        match bucket {
+            Some(b) => {
+                let ours = store
+                    .spend_series_where(&group_by, &filter, b, from, to)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!(ours, scan, "{what}");
+            }
+            None => {
+                let ours = store
+                    .spend_totals_where(&group_by, &filter, from, to)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                let scan: Vec<SpendTotal> = scan
+                    .iter()
+                    .map(|p| SpendTotal {
+                        group: p.group.clone(),
+                        requests: p.requests,
+                        cost_picodollars: p.cost_picodollars,
+                        avoided_picodollars: p.avoided_picodollars,
+                        prompt_tokens: p.prompt_tokens,
+                        completion_tokens: p.completion_tokens,
+                        errors: p.errors,
+                        cache_hits: p.cache_hits,
+                    })
+                    .collect();
+                assert_eq!(ours, scan, "{what}");
+            }
+        }
+        compared += 1;
+        nonempty += usize::from(!scan.is_empty());
+    }
+    // The comparisons were not all of empty answers.
+    assert!(
+        compared > 200 && nonempty > compared / 2,
+        "{compared} {nonempty}"
+    );
+    // The whole range's total by every grouping that partitions it.
+    let all = store
+        .spend_totals(&GroupBy::None, T0 - 2 * DAY, T0 + 3 * DAY)
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].requests, 1_502);
+    let hits = rows
+        .iter()
+        .filter(|r| matches!(r.cache_status, CacheStatus::Hit | CacheStatus::SemanticHit))
+        .count() as u64;
+    let errors = rows.iter().filter(|r| r.status >= 400).count() as u64;
+    let extra_hits = again[again.len() - 2..]
+        .iter()
+        .filter(|r| matches!(r.cache_status, CacheStatus::Hit | CacheStatus::SemanticHit))
+        .count() as u64;
+    let extra_errors = again[again.len() - 2..]
+        .iter()
+        .filter(|r| r.status >= 400)
+        .count() as u64;
+    assert_eq!(all[0].cache_hits, hits + extra_hits);
+    assert_eq!(all[0].errors, errors + extra_errors);
+}
+
+/// `query_log_page` pages through a rare status and a tag across the scan
+/// bound, returning exactly the rows `query_logs` finds, and `log_by_id`
+/// finds a row.
+pub fn check_log_pages(cfg: &LogConfig, dir: &Path) {
+    use bursar::reqlog::LOG_QUERY_SCAN_ROWS_MAX;
+    let mut store = cfg.open_store(dir).unwrap();
+    let n = 2 * LOG_QUERY_SCAN_ROWS_MAX as u64 + 500;
+    let mut rng = Rng::new(3);
+    let rows: Vec<LogRow> = (0..n)
+        .map(|i| {
+            let mut r = varied_row(&mut rng, i);
+            r.time_ms = T0 + i as i64 * 10;
+            r.prompt_text = None;
+            r.completion_text = None;
+            if i % 9_000 == 17 {
+                r.status = 418;
+                r.tags = vec![("rare".into(), "yes".into())];
+            }
+            r
+        })
+        .collect();
+    for chunk in rows.chunks(5_000) {
+        store.insert_batch(chunk, &mut || {}).unwrap();
+    }
+    for base in [
+        LogFilter {
+            status: Some(418),
+            limit: 3,
+            ..LogFilter::default()
+        },
+        LogFilter {
+            tag: Some(("rare".into(), "yes".into())),
+            limit: 4,
+            ..LogFilter::default()
+        },
+        LogFilter {
+            model: Some("claude".into()),
+            from_ms: Some(T0 + (n as i64 - 2_000) * 10),
+            limit: 70,
+            ..LogFilter::default()
+        },
+    ] {
+        let oracle = store
+            .query_logs(&LogFilter {
+                limit: usize::MAX,
+                ..base.clone()
+            })
+            .unwrap();
+        // The oracle is one page: it must hold every match.
+        assert!(
+            oracle.len() < bursar::reqlog::LOG_QUERY_LIMIT_MAX,
+            "{base:?}"
+        );
+        let mut got = Vec::new();
+        let mut f = base.clone();
+        let mut pages = 0;
+        let mut bounded = 0;
+        loop {
+            let page = store.query_log_page(&f).unwrap();
+            assert!(page.rows.len() <= base.limit);
+            pages += 1;
+            bounded += usize::from(page.scan_bounded);
+            got.extend(page.rows);
+            match page.next {
+                Some(c) => f.before = Some(c),
+                None => break,
+            }
+            assert!(pages < 1_000, "paging does not end");
+        }
+        let ids = |v: &[LogRow]| v.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        assert_eq!(got.len(), oracle.len(), "{base:?}");
+        assert!(ids(&got) == ids(&oracle), "{base:?}");
+        if base.model.is_none() {
+            // A rare value: some pages stopped at the scan bound.
+            assert!(bounded > 0, "{base:?}");
+        }
+    }
+    let id = &rows[1234].id;
+    let found = store.log_by_id(id).unwrap().unwrap();
+    assert_eq!(&found.id, id);
+    assert_eq!(found.time_ms, rows[1234].time_ms);
+    assert!(store.log_by_id("req_none").unwrap().is_none());
 }

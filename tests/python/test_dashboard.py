@@ -489,6 +489,13 @@ def test_a_budget_through_a_402_and_its_alert_on_the_alerts_page(env):
     hook.wait_for(lambda r: r.json and r.json.get("type") == "budget.exhausted", path="/hook", timeout=30)
     sent = {r.headers["webhook-id"]: r.json["type"] for r in hook.requests("/hook")}
     assert {"budget.threshold_crossed", "budget.exhausted"} <= set(sent.values())
+    # The receiver has them; the gateway records "delivered" once it has
+    # read the answer.
+    deadline = time.time() + 10
+    while any(r["state"] != "delivered" for a in gw.get("/admin/alerts/history", limit=50)["data"]
+              for r in a["routes"]):
+        assert time.time() < deadline, "deliveries still pending"
+        time.sleep(0.1)
     goto(d, gw, "#/alerts")
     settle(d)
     assert len(admin_calls(d)) <= 4, admin_calls(d)

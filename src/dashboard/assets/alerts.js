@@ -74,7 +74,7 @@ export function mount(el) {
         h("thead", {}, h("tr", {}, h("th", {}, "Watched"), h("th", { class: "r" }, "Spent / limit"), h("th", {}, "Firing"))),
         h("tbody", {}, entities.length ? entities.map((e) => h("tr", { testid: `alert-state-${e.entity.kind}-${e.entity.name}`, "data-firing": e.firing.join(",") },
           h("td", { class: "nowrap" }, h("strong", {}, e.entity.name), h("div", { class: "muted small" }, KIND_LABELS[e.entity.kind] || e.entity.kind, e.rules.length ? ` · ${e.rules.join(", ")}` : "")),
-          h("td", { class: "r" }, money("state-spent", e.spent_usd), h("span", { class: "muted" }, " / "), money("state-limit", e.limit_usd)),
+          h("td", { class: "r nowrap" }, money("state-spent", e.spent_usd), h("span", { class: "muted" }, " / "), money("state-limit", e.limit_usd)),
           h("td", {}, e.firing.length ? e.firing.map((f) => badge(f, f === "exhausted" ? "bad" : "warn")) : h("span", { class: "muted small" }, "quiet")))) :
           h("tr", {}, h("td", { colspan: 3, class: "empty" }, "No alert rule covers a budget.")))),
       h("p", { class: "muted small" }, `${firing.length} of ${entities.length} watched budgets have alerts standing this period.`));

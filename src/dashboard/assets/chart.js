@@ -12,6 +12,9 @@ function utc(ts) {
   return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC");
 }
 
+// Tick spacings of a time axis, seconds: whole minutes, hours, days.
+const TIME_INCRS = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800, 1209600, 2592000];
+
 const pad = (n) => String(n).padStart(2, "0");
 
 /** Time ticks in UTC, 24-hour; the date under the first tick of each day. */
@@ -57,7 +60,7 @@ export function stackedBars(el, { xs, groups, height = 280, bucketSeconds }) {
     return acc.slice();
   });
   const order = groups.map((_, i) => i).reverse();
-  const bars = uPlot.paths.bars({ size: [0.72, 48], gap: 1 });
+  const bars = uPlot.paths.bars({ size: [0.72, 160], gap: 1 });
   const series = [{ label: "Bucket", value: (u, v) => (v == null ? "range total" : fmtTime(v * 1e3, { seconds: false })) }];
   const data = [xs];
   for (const i of order) {
@@ -81,11 +84,11 @@ export function stackedBars(el, { xs, groups, height = 280, bucketSeconds }) {
     width,
     height,
     tzDate: utc,
-    padding: [12, 12, 0, 4],
+    padding: [12, 20, 0, 4],
     cursor: { points: { show: false }, drag: { x: false, y: false } },
     legend: { show: true, live: true },
     scales: { x: { time: true, range: (u, min, max) => [min - bucketSeconds / 2, max + bucketSeconds / 2] }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.08 : 1] } },
-    axes: [{ ...AXIS, values: timeAxis, size: 44 }, { ...AXIS, values: usdAxis, size: 70 }],
+    axes: [{ ...AXIS, values: timeAxis, size: 44, incrs: TIME_INCRS.filter((s) => s >= bucketSeconds) }, { ...AXIS, values: usdAxis, size: 70 }],
     series,
   };
   const u = new uPlot(opts, data, el);
@@ -128,11 +131,11 @@ export function burnDown(el, { points, projection, end, limit, height = 240, lab
     width: Math.max(320, el.clientWidth || 700),
     height,
     tzDate: utc,
-    padding: [12, 12, 0, 4],
+    padding: [12, 20, 0, 4],
     cursor: { drag: { x: false, y: false } },
     legend: { show: true, live: true },
     scales: { x: { time: true }, y: { range: (u, min) => [Math.min(0, min ?? 0), top * 1.08] } },
-    axes: [{ ...AXIS, values: timeAxis, size: 44 }, { ...AXIS, values: usdAxis, size: 70 }],
+    axes: [{ ...AXIS, values: timeAxis, size: 44, incrs: TIME_INCRS }, { ...AXIS, values: usdAxis, size: 70 }],
     series,
   };
   const u = new uPlot(opts, data, el);

@@ -94,7 +94,7 @@ export function mount(el) {
       todayEl.setAttribute("data-to", todayTo);
       const rate = t.requests ? ((100 * (t.errors || 0)) / t.requests).toFixed(1) + "% of requests" : "";
       fill(statsEl,
-        stat("Spend in range", spend, `${fmtTime(from, { seconds: false })} → ${fmtTime(to, { seconds: false })}`),
+        stat("Spend in range", spend, `${fmtTime(from, { short: true })} → ${fmtTime(to, { short: true })} UTC`),
         stat("Spend today", todayEl, "since 00:00 UTC"),
         stat("Avoided by the cache", money("avoided-spend", t.avoided_usd), t.cache_hits != null ? `${fmtInt(t.cache_hits)} cache hits` : ""),
         stat("Requests", count("total-requests", t.requests), ""),

@@ -219,7 +219,7 @@ function closeButton(onclick) {
 /** One request: tokens by kind, cost, price version, timings, cache. */
 export function detailView(r, onClose) {
   const field = (name, label, value, shown) => [h("dt", {}, label),
-    h("dd", {}, h("span", { testid: `detail-${name}`, "data-value": value == null ? "" : typeof value === "object" ? JSON.stringify(value) : String(value) }, shown ?? (value == null ? "—" : String(value))))];
+    h("dd", {}, h("span", { testid: `detail-${name}`, "data-value": value == null ? "" : typeof value === "object" ? JSON.stringify(value) : String(value) }, shown ?? (value == null || value === "" ? "—" : String(value))))];
   const tags = Object.entries(r.tags || {});
   return h("div", { testid: "request-detail", "data-id": r.id },
     h("div", { class: "panel-head" }, h("div", {}, h("h2", {}, "Request ", h("code", {}, r.id)), h("div", { class: "muted small" }, fmtTime(r.time), " UTC")), closeButton(onClose)),

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import openai
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -265,7 +266,11 @@ def find_all(d, testid: str, within=None):
 
 
 def wait(d, cond, timeout: float = 15, message: str = ""):
-    return WebDriverWait(d, timeout, poll_frequency=0.1).until(lambda drv: cond(drv), message)
+    """Until cond(d) is truthy; an element found by it that the page
+    re-rendered meanwhile (stale) or not yet rendered is tried again."""
+    return WebDriverWait(d, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)
+                         ).until(lambda drv: cond(drv), message)
 
 
 def wait_testid(d, testid: str, timeout: float = 15):
@@ -286,7 +291,13 @@ def login(d, gw: Gateway, token: str = ADMIN) -> None:
 
 
 def goto(d, gw: Gateway, hash_: str) -> None:
-    """Shows a page by its hash; waits until the page has rendered."""
+    """Shows a page by its hash; waits until the page has rendered. The
+    page shown before is let finish loading first, so admin_calls() counts
+    only the new page's calls."""
+    try:
+        settle(d, timeout=10)
+    except Exception:  # noqa: BLE001 - a page that never settles is the test's to find
+        pass
     d.execute_script("performance.clearResourceTimings(); location.hash = arguments[0];", hash_)
     page = hash_.lstrip("#/").split("/")[0].split("?")[0]
     wait(d, lambda drv: drv.find_element(By.ID, "page").get_attribute("data-page") == page)

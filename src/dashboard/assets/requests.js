@@ -127,7 +127,7 @@ export function mount(el) {
       h("td", { class: "r" }, money("request-cost", r.cost_usd), r.estimated ? h("span", { class: "muted small", title: "estimated" }, " est.") : null),
       h("td", {}, cacheBadge(r.cache)),
       h("td", { class: "r num" }, r.total_ms != null ? `${Number(r.total_ms).toFixed(1)} ms` : "—"))) :
-        h("tr", {}, h("td", { colspan: 9, class: "empty" }, "No requests match."))))));
+        h("tr", {}, h("td", { colspan: 9, class: "empty" }, next ? "None in the stretch of the log this page looked at; Older → looks further." : "No requests match."))))));
     fill(pager,
       h("button", { type: "button", class: "secondary", testid: "prev-page", disabled: page === 0, onclick: () => { page--; loadPage(); } }, "← Newer"),
       h("span", { class: "muted small", testid: "page-number" }, `Page ${page + 1}`),

@@ -108,6 +108,10 @@ def test_login_refuses_a_wrong_token_keeps_the_right_one_for_the_session_never_i
     assert d.execute_script("return sessionStorage.length") == 0
 
     login(d, gw)
+    settle(d)
+    # Signing in: one check of the token, then the overview's load, once.
+    calls = admin_calls(d)
+    assert calls[0].endswith("/admin/keys") and len(calls) <= 5, calls
     assert ADMIN not in d.current_url and "token" not in d.current_url
     assert d.execute_script("return sessionStorage.getItem('bursar.admin-token')") == ADMIN
     urls = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")

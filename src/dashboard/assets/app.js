@@ -51,10 +51,10 @@ function unmount() {
   current = null;
 }
 
-/** Shows the page the hash names. `oldURL`: the URL before a hash change;
+/** Shows the page the hash names. `oldURL`, `newURL`: a hash change's;
  * a change within a page that keeps its parameters (a request's detail
  * opened or closed) is the page's to handle, anything else mounts it anew. */
-function route(oldURL) {
+function route(oldURL, newURL) {
   if (!token()) return showLogin();
   const { page } = parseHash();
   const found = PAGES.find((p) => p[0] === page);
@@ -70,10 +70,12 @@ function route(oldURL) {
     else a.removeAttribute("aria-current");
   }
   const before = oldURL ? parseHash(new URL(oldURL).hash) : null;
-  const sameQuery = before && before.page === name && before.params.toString() === parseHash().params.toString();
-  if (current && current.name === name && current.mod.onHashChange && sameQuery) {
-    // Within a page (a request's detail): the page decides.
-    current.mod.onHashChange(current.handle);
+  const after = newURL ? parseHash(new URL(newURL).hash) : parseHash();
+  const sameQuery = before && before.page === name && before.params.toString() === after.params.toString();
+  if (current && current.name === name && sameQuery) {
+    // Within a page (a request's detail): the page decides; the same page
+    // with the same parameters (the hash set after signing in) stays.
+    if (current.mod.onHashChange) current.mod.onHashChange(current.handle);
     return;
   }
   unmount();
@@ -95,7 +97,8 @@ loginForm.addEventListener("submit", async (ev) => {
     await api("GET", "/admin/keys", { tokenOverride: value });
     setToken(value);
     loginForm.elements.token.value = "";
-    if (!parseHash().page || !location.hash) location.replace("#/overview");
+    // No hashchange event: showApp() mounts the page itself.
+    if (!location.hash) history.replaceState(null, "", "#/overview");
     showApp();
   } catch (e) {
     loginError.textContent =
@@ -115,7 +118,7 @@ document.getElementById("refresh").addEventListener("click", () => {
 
 window.addEventListener("bursar:signed-out", (ev) => showLogin(ev.detail ? `Signed out: ${ev.detail}` : ""));
 window.addEventListener("hashchange", (ev) => {
-  if (token()) route(ev.oldURL);
+  if (token()) route(ev.oldURL, ev.newURL);
 });
 
 fill(nav, PAGES.map(([name, title]) => h("a", { href: `#/${name}`, "data-page": name, testid: `nav-${name}` }, title)));

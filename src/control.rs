@@ -129,6 +129,13 @@ async fn serve(
                 let body = format!(r#"{{"status":"ok","io_driver":"{}"}}"#, registry.driver());
                 response::json(&mut conn.wbuf, 200, &id, keep, body.as_bytes());
             }
+            // The dashboard's page and files: no token (they hold no data;
+            // its calls to /admin/ carry it).
+            (_, p) if crate::dashboard::is_dashboard_path(p) => {
+                let inm = conn.head.header(conn.head_bytes(), "if-none-match");
+                let inm = inm.map(<[u8]>::to_vec);
+                crate::dashboard::respond(&mut conn.wbuf, method, p, inm.as_deref(), &id, keep);
+            }
             (_, p) if p.starts_with("/admin/") => {
                 let (req, out) = conn.split(limits.idle_timeout);
                 let target = req.head.target(req.bytes);

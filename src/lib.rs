@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 /// The semantic cache's embeddings and vector search (the `embed/` crate).
 pub use bursar_embed as embed;
 pub mod error;

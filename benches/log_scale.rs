@@ -152,7 +152,7 @@ fn row(rng: &mut Rng, names: &Names, i: u64, time_ms: i64) -> LogRow {
         time_ms,
         key: names.keys[k as usize].clone(),
         team: Some(names.teams[t as usize].clone()),
-        customer: if k % 7 == 0 {
+        customer: if k.is_multiple_of(7) {
             None
         } else {
             Some(names.customers[customer_of(t) as usize].clone())

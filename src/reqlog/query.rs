@@ -522,8 +522,14 @@ pub(crate) fn select_next_tag_key(d: Dialect, tier_ms: i64, after: Option<&str>)
         }
         None => String::new(),
     };
+    // PostgreSQL: the constants typed as the other spend queries' columns.
+    let (int, text) = match d {
+        Dialect::Sqlite => ("", ""),
+        Dialect::Postgres => ("::BIGINT", "::TEXT"),
+    };
     sql.text = format!(
-        "SELECT x.k, 1, '0', '0', 0, 0, 0, 0 FROM (SELECT MIN(tag_key) AS k FROM rollup_tags \
+        "SELECT x.k, 1{int}, '0'{text}, '0'{text}, 0{int}, 0{int}, 0{int}, 0{int} \
+         FROM (SELECT MIN(tag_key) AS k FROM rollup_tags \
          WHERE tier = {tier}{cond}) x WHERE x.k IS NOT NULL"
     );
     sql

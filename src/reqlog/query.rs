@@ -416,8 +416,10 @@ pub(crate) enum RollupGroup {
     Column(&'static str),
     /// `rollup_tags`: the value of the tag key the piece is restricted to.
     TagValue(String),
-    /// `rollup_tags`: `tag_key || '=' || tag_value`.
-    TagPair,
+    /// `rollup_tags`: `tag_key || '=' || tag_value` of one tag key (a
+    /// grouping by every tag reads one key at a time: the primary key starts
+    /// `(tier, tag_key, bucket_ms)`, so each read is one contiguous range).
+    TagPair(String),
 }
 
 /// Spend of one piece of a range read from a rollup tier: the buckets of
@@ -463,7 +465,11 @@ pub(crate) fn select_rollup(
             scope.push_str(&format!(" AND x.tag_key = {p}"));
             "x.tag_value".to_string()
         }
-        RollupGroup::TagPair => "(x.tag_key || '=' || x.tag_value)".to_string(),
+        RollupGroup::TagPair(k) => {
+            let p = sql.bind_text(k);
+            scope.push_str(&format!(" AND x.tag_key = {p}"));
+            "(x.tag_key || '=' || x.tag_value)".to_string()
+        }
     };
     if let Some((k, v)) = &filter.tag {
         let pk = sql.bind_text(k);
@@ -498,6 +504,33 @@ pub(crate) fn select_rollup(
          SUM(x.errors){cast}, SUM(x.cache_hits){cast} FROM {table_name} x \
          WHERE x.tier = {tier} AND x.bucket_ms >= {from} AND x.bucket_ms < {to}{scope} \
          GROUP BY {group_cols} ORDER BY {group_cols} LIMIT {limit}"
+    );
+    sql
+}
+
+/// The smallest tag key of tier `tier_ms` in `rollup_tags` after `after`,
+/// in the columns of [`select_spend`] without a bucket (the key as the group;
+/// no row when there is none): one index seek, so the tag keys are listed
+/// without reading their buckets.
+pub(crate) fn select_next_tag_key(d: Dialect, tier_ms: i64, after: Option<&str>) -> Sql {
+    let mut sql = Sql::new(d);
+    let tier = sql.bind(Param::Int(tier_ms));
+    let cond = match after {
+        Some(a) => {
+            let p = sql.bind_text(a);
+            format!(" AND tag_key > {p}")
+        }
+        None => String::new(),
+    };
+    // PostgreSQL: the constants typed as the other spend queries' columns.
+    let (int, text) = match d {
+        Dialect::Sqlite => ("", ""),
+        Dialect::Postgres => ("::BIGINT", "::TEXT"),
+    };
+    sql.text = format!(
+        "SELECT x.k, 1{int}, '0'{text}, '0'{text}, 0{int}, 0{int}, 0{int}, 0{int} \
+         FROM (SELECT MIN(tag_key) AS k FROM rollup_tags \
+         WHERE tier = {tier}{cond}) x WHERE x.k IS NOT NULL"
     );
     sql
 }

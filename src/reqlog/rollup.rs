@@ -437,6 +437,8 @@ pub(crate) fn spend(
         .copied()
         .filter(|t| *t <= coarsest)
         .collect();
+    // The tag keys of each tier, listed once per query (grouping by every tag).
+    let mut tag_keys: HashMap<Tier, Vec<String>> = HashMap::new();
     for piece in pieces(from_ms, to_ms, &tiers) {
         let tier = match piece.source {
             Source::Raw => {
@@ -474,7 +476,43 @@ pub(crate) fn spend(
                 read(RollupTable::Tags, RollupGroup::TagValue(k.clone()), false)?
             }
             (g, Some(_)) => read(RollupTable::Tags, RollupGroup::Column(column(g)), false)?,
-            (GroupBy::Tags, None) => read(RollupTable::Tags, RollupGroup::TagPair, false)?,
+            (GroupBy::Tags, None) => {
+                let keys = match tag_keys.get(&tier) {
+                    Some(k) => k.clone(),
+                    None => {
+                        let mut keys = Vec::new();
+                        loop {
+                            let sql = query::select_next_tag_key(
+                                d,
+                                tier.ms(),
+                                keys.last().map(String::as_str),
+                            );
+                            match run(&sql, false)?.pop() {
+                                Some(r) => keys.push(r.group),
+                                None => break,
+                            }
+                            if keys.len() > LOG_SERIES_POINTS_MAX {
+                                return Err(too_many());
+                            }
+                        }
+                        tag_keys.insert(tier, keys.clone());
+                        keys
+                    }
+                };
+                for k in keys {
+                    let sql = query::select_rollup(
+                        d,
+                        RollupTable::Tags,
+                        &RollupGroup::TagPair(k),
+                        filter,
+                        tier.ms(),
+                        bucket,
+                        piece.from_ms,
+                        piece.to_ms,
+                    );
+                    merge.add(run(&sql, bucket.is_some())?, false, flat)?;
+                }
+            }
             (GroupBy::Tag(k), None) => {
                 // "" = every row minus the rows with the tag, plus the rows
                 // whose value is "" (which the tagged read adds back).

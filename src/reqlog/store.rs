@@ -10,9 +10,11 @@
 //! key no path label can hold; PostgreSQL `tags::json ->> key`, the key
 //! bound) with no index on tags: a tag filter is checked on each row the
 //! other conditions select, newest first, until the page is full (fast for a
-//! common tag, a scan of the whole range for a rare or absent one); a spend
-//! query by tag reads each row of its range, as a spend query by any other
-//! column does. `schema_version(version)`: one row.
+//! common tag; for a rare or absent one `query_logs` scans the whole range,
+//! `query_log_page` at most `LOG_QUERY_SCAN_ROWS_MAX` rows per page); spend
+//! queries read the raw rows only for the sub-minute (with tags, sub-hour)
+//! edges of their range, the rest from the rollups (version 4, below).
+//! `schema_version(version)`: one row.
 //!
 //! Version 1 also kept each tag as a row of a `request_tags` table, two more
 //! b-tree entries per tag on every insert, which roughly doubled the SQLite
@@ -25,6 +27,15 @@
 //! with default 0 (`ALTER TABLE .. ADD COLUMN`, no rewrite of the rows) in
 //! the transaction that sets version 3, so its old rows read as avoiding
 //! nothing.
+//!
+//! Version 4 adds the rollups (`rollups`, `rollup_tags`: per-minute, -hour
+//! and -day aggregates by key, team, customer, provider and model, and per
+//! tag; [`rollup`](super::rollup) describes them), kept by `insert_batch` in
+//! the batch's transaction. Opening a version 3 store creates them and fills
+//! them from the stored rows in SQL (`GROUP BY`, the tags through
+//! `json_each` / `json_each_text`) in the transaction that sets version 4;
+//! on a large log that takes a while, once. Spend queries read the rollups;
+//! raw-row retention never deletes them.
 //!
 //! Cost (and avoided spend) is exact in both: PostgreSQL stores picodollars as `NUMERIC(39,0)`
 //! (every i128 fits) and sums them exactly. SQLite has no integer wider than

@@ -524,7 +524,7 @@ mod tests {
     #[test]
     fn totals_are_the_stores_exact_sums() {
         let dir = crate::ledger::test_dir::TestDir::new("report-totals");
-        let mut store = crate::reqlog::store::open(&crate::reqlog::SinkKind::Sqlite, dir.path())
+        let mut store = crate::reqlog::sinks::open(&crate::reqlog::SinkKind::Sqlite, dir.path())
             .expect("a store");
         let window = last_completed(ReportPeriod::Daily, unix_ms(2026, 12, 7, 1, 0, 0));
         let mut rows = Vec::new();

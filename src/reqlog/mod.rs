@@ -68,6 +68,7 @@ pub mod query;
 pub mod reader;
 pub(crate) mod rollup;
 pub mod row;
+pub(crate) mod sinks;
 mod spill;
 pub mod sqlite;
 pub mod store;
@@ -261,6 +262,6 @@ impl LogConfig {
     /// thread). Call it off the worker threads: it does blocking I/O. SQLite
     /// in WAL mode lets a reader read while the writer writes.
     pub fn open_store(&self, state_dir: &Path) -> Result<Box<dyn LogStore>, StoreError> {
-        store::open(&self.sink, state_dir)
+        sinks::open(&self.sink, state_dir)
     }
 }

@@ -34,7 +34,8 @@ use std::path::{Path, PathBuf};
 
 use futures_channel::oneshot;
 
-use super::store::{self, LogStore, StoreError};
+use super::sinks;
+use super::store::{LogStore, StoreError};
 use super::{SinkKind, LOG_QUERIES_QUEUED_MAX, LOG_QUERY_NICE};
 
 /// Debug builds: the longest a query waits on the test gate.
@@ -71,7 +72,7 @@ impl Connection {
     ) -> Result<R, StoreError> {
         let store = match &mut self.store {
             Some(store) => store,
-            slot => slot.insert(store::open(&self.sink, &self.state_dir)?),
+            slot => slot.insert(sinks::open(&self.sink, &self.state_dir)?),
         };
         let result = f(store.as_mut());
         if result.is_err() {

@@ -50,13 +50,11 @@
 //! failing its batch.
 
 use std::borrow::Cow;
-use std::path::Path;
 
 use super::query::{
     Bucket, GroupBy, LogCursor, LogFilter, LogPage, SeriesPoint, SpendFilter, SpendTotal,
 };
 use super::row::{CacheStatus, LogRow};
-use super::{SinkKind, LOG_SQLITE_FILE};
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = 4;
@@ -196,16 +194,6 @@ pub trait LogStore: Send {
 
     /// How many rows are stored.
     fn count(&mut self) -> Result<u64, StoreError>;
-}
-
-/// Opens (creating if needed) the store a sink names.
-pub(crate) fn open(sink: &SinkKind, state_dir: &Path) -> Result<Box<dyn LogStore>, StoreError> {
-    Ok(match sink {
-        SinkKind::Sqlite => Box::new(super::sqlite::SqliteStore::open(
-            &state_dir.join(LOG_SQLITE_FILE),
-        )?),
-        SinkKind::Postgres { url } => Box::new(super::postgres::PostgresStore::connect(url)?),
-    })
 }
 
 /// Whether a log page is bounded to [`LOG_QUERY_SCAN_ROWS_MAX`](super::LOG_QUERY_SCAN_ROWS_MAX) rows examined

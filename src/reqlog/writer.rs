@@ -11,8 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 
 use super::row::LogRow;
+use super::sinks;
 use super::spill::Spill;
-use super::store::{self, LogStore, StoreError};
+use super::store::{LogStore, StoreError};
 use super::{
     LogConfig, LOG_BOOST_ROWS, LOG_DROP_REPORT_INTERVAL, LOG_PACE_ROWS, LOG_QUEUE_MAX,
     LOG_RETENTION_DELETE_CHUNK, LOG_RETENTION_INTERVAL, LOG_RETENTION_PASS_ROWS_MAX,
@@ -214,7 +215,7 @@ impl LogWriter {
         stats.spill_bytes.store(spill.bytes(), Relaxed);
         let now = Instant::now();
         let mut health = Health::Up;
-        let store = match store::open(&cfg.sink, state_dir) {
+        let store = match sinks::open(&cfg.sink, state_dir) {
             Ok(s) => Some(s),
             Err(e @ StoreError::Unavailable(_)) => {
                 log::warn!(
@@ -542,7 +543,7 @@ impl Writer {
             return None;
         }
         if self.store.is_none() {
-            match store::open(&self.cfg.sink, &self.state_dir) {
+            match sinks::open(&self.cfg.sink, &self.state_dir) {
                 Ok(s) => self.store = Some(s),
                 Err(e) => {
                     self.stats.write_errors.fetch_add(1, Relaxed);

@@ -893,7 +893,7 @@ async fn series(
         .await
         .map_err(log_query_error)?;
     if let Some(n) = top {
-        points = fold_beyond_top(points, n);
+        points = fold_beyond_top(points, n)?;
     }
     let data: Vec<Value> = points
         .iter()
@@ -940,15 +940,18 @@ pub const SERIES_OTHER_GROUP: &str = "(other)";
 fn fold_beyond_top(
     points: Vec<crate::reqlog::SeriesPoint>,
     top: usize,
-) -> Vec<crate::reqlog::SeriesPoint> {
+) -> Result<Vec<crate::reqlog::SeriesPoint>, ApiError> {
+    // Money is summed checked: a total past i128 picodollars is an error,
+    // never a wrong figure (counts saturate: they are not money).
+    let overflow = || ApiError::internal("a series total overflows i128 picodollars");
     use std::collections::{BTreeMap, HashMap};
     let mut by_group: HashMap<&str, i128> = HashMap::new();
     for p in &points {
         let c = by_group.entry(p.group.as_str()).or_insert(0);
-        *c = c.saturating_add(p.cost_picodollars);
+        *c = c.saturating_add(p.cost_picodollars); // a ranking, not a figure shown
     }
     if by_group.len() <= top {
-        return points;
+        return Ok(points);
     }
     let mut ranked: Vec<(&str, i128)> = by_group.into_iter().collect();
     ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
@@ -971,14 +974,20 @@ fn fold_beyond_top(
                 q.requests = q.requests.saturating_add(p.requests);
                 q.errors = q.errors.saturating_add(p.errors);
                 q.cache_hits = q.cache_hits.saturating_add(p.cache_hits);
-                q.cost_picodollars = q.cost_picodollars.saturating_add(p.cost_picodollars);
-                q.avoided_picodollars = q.avoided_picodollars.saturating_add(p.avoided_picodollars);
+                q.cost_picodollars = q
+                    .cost_picodollars
+                    .checked_add(p.cost_picodollars)
+                    .ok_or_else(overflow)?;
+                q.avoided_picodollars = q
+                    .avoided_picodollars
+                    .checked_add(p.avoided_picodollars)
+                    .ok_or_else(overflow)?;
                 q.prompt_tokens = q.prompt_tokens.saturating_add(p.prompt_tokens);
                 q.completion_tokens = q.completion_tokens.saturating_add(p.completion_tokens);
             }
         }
     }
-    out.into_values().collect()
+    Ok(out.into_values().collect())
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@
 //!   per budget.
 //! - The burn rate is the spend of the last [`BURN_WINDOW_MS`] in the
 //!   request log (one visit to the query thread, grouped totals from the
-//!   log's rollups), `burn_basis: "last_hour"`; with the log off or
+//!   log's rollups: one per kind of budget listed, one per tag key a tag
+//!   budget names), `burn_basis: "last_hour"`; with the log off or
 //!   unavailable, or for an owner's budgets on more than
 //!   [`BURN_OWNER_MODELS_MAX`] models, it is the period's average so far
 //!   (`"period_average"`).
@@ -67,7 +68,9 @@ pub const BURN_SERIES_POINTS_MAX: i64 = 720;
 /// spend in the window.
 #[derive(Default)]
 struct Burn {
-    by: HashMap<&'static str, HashMap<String, i128>>,
+    by: HashMap<EntityKind, HashMap<String, i128>>,
+    /// Tag budgets: tag key to value to spend.
+    tags: HashMap<String, HashMap<String, i128>>,
     /// Owner's budgets on a model: (owner kind, model) to owner to spend.
     owner_model: HashMap<(EntityKind, String), HashMap<String, i128>>,
 }
@@ -75,14 +78,17 @@ struct Burn {
 impl Burn {
     /// The window's spend of `kind`/`name`, if the log was read for it.
     fn of(&self, kind: EntityKind, name: &str) -> Option<i128> {
-        let group = |g: &str| self.by.get(g).map(|m| m.get(name).copied().unwrap_or(0));
+        let spent = |m: &HashMap<String, i128>, g: &str| m.get(g).copied().unwrap_or(0);
         match kind {
-            EntityKind::Customer => group("customer"),
-            EntityKind::Team => group("team"),
-            EntityKind::Key => group("key"),
-            EntityKind::Provider => group("provider"),
-            EntityKind::Model => group("model"),
-            EntityKind::Tag => group("tags"),
+            EntityKind::Customer
+            | EntityKind::Team
+            | EntityKind::Key
+            | EntityKind::Provider
+            | EntityKind::Model => self.by.get(&kind).map(|m| spent(m, name)),
+            EntityKind::Tag => {
+                let (key, value) = name.split_once('=')?;
+                self.tags.get(key).map(|m| spent(m, value))
+            }
             EntityKind::KeyModel | EntityKind::TeamModel | EntityKind::CustomerModel => {
                 let (owner, model) = name.split_once('/')?;
                 self.owner_model
@@ -101,13 +107,48 @@ fn owner_group(kind: EntityKind) -> GroupBy {
     }
 }
 
-/// Reads the window's spend per group on the query thread, in one visit.
-async fn read_burn(
-    gov: &Governance,
+/// What the burn rates are read from: the kinds of budget listed (one
+/// grouped total each), the tag keys tag budgets name (one grouping by that
+/// key each, never by every tag: a high-cardinality tag such as `user` would
+/// make that thousands of groups), and the owners' budgets on models.
+#[derive(Default)]
+struct BurnQueries {
+    kinds: Vec<EntityKind>,
+    tag_keys: Vec<String>,
     owner_models: Vec<(EntityKind, String)>,
-    from: i64,
-    to: i64,
-) -> Option<Burn> {
+}
+
+impl BurnQueries {
+    fn of(ids: &[(EntityKind, String, crate::ledger::EntityId)]) -> BurnQueries {
+        let mut q = BurnQueries::default();
+        for (kind, name, _) in ids {
+            match kind {
+                EntityKind::Tag => {
+                    if let Some((key, _)) = name.split_once('=') {
+                        q.tag_keys.push(key.to_string());
+                    }
+                }
+                EntityKind::KeyModel | EntityKind::TeamModel | EntityKind::CustomerModel => {
+                    if let Some((_, model)) = name.split_once('/') {
+                        q.owner_models.push((*kind, model.to_string()));
+                    }
+                }
+                k => q.kinds.push(*k),
+            }
+        }
+        q.kinds.sort();
+        q.kinds.dedup();
+        q.tag_keys.sort();
+        q.tag_keys.dedup();
+        q.owner_models.sort();
+        q.owner_models.dedup();
+        q.owner_models.truncate(BURN_OWNER_MODELS_MAX);
+        q
+    }
+}
+
+/// Reads the window's spend per group on the query thread, in one visit.
+async fn read_burn(gov: &Governance, queries: BurnQueries, from: i64, to: i64) -> Option<Burn> {
     let answer = gov
         .query_log(move |store| {
             let mut burn = Burn::default();
@@ -118,18 +159,24 @@ async fn read_burn(
                     .map(|t| (t.group, t.cost_picodollars))
                     .collect()
             };
-            for (name, group) in [
-                ("customer", GroupBy::Customer),
-                ("team", GroupBy::Team),
-                ("key", GroupBy::Key),
-                ("provider", GroupBy::Provider),
-                ("model", GroupBy::Model),
-                ("tags", GroupBy::Tags),
-            ] {
+            for kind in queries.kinds {
+                let group = match kind {
+                    EntityKind::Customer => GroupBy::Customer,
+                    EntityKind::Team => GroupBy::Team,
+                    EntityKind::Key => GroupBy::Key,
+                    EntityKind::Provider => GroupBy::Provider,
+                    EntityKind::Model => GroupBy::Model,
+                    _ => continue,
+                };
                 let totals = store.spend_totals_where(&group, &none, from, to)?;
-                burn.by.insert(name, sums(totals));
+                burn.by.insert(kind, sums(totals));
             }
-            for (kind, model) in owner_models {
+            for key in queries.tag_keys {
+                let totals =
+                    store.spend_totals_where(&GroupBy::Tag(key.clone()), &none, from, to)?;
+                burn.tags.insert(key, sums(totals));
+            }
+            for (kind, model) in queries.owner_models {
                 let filter = SpendFilter {
                     model: Some(model.clone()),
                     ..SpendFilter::default()
@@ -332,20 +379,8 @@ pub(super) async fn list(
         .views(&ids.iter().map(|(_, _, id)| *id).collect::<Vec<_>>())
         .map_err(ledger_error)?;
     let now = crate::ratelimit::now_ms().clamp(TIME_MS_MIN, TIME_MS_MAX);
-    let mut owner_models: Vec<(EntityKind, String)> = ids
-        .iter()
-        .filter(|(kind, ..)| {
-            matches!(
-                kind,
-                EntityKind::KeyModel | EntityKind::TeamModel | EntityKind::CustomerModel
-            )
-        })
-        .filter_map(|(kind, name, _)| name.split_once('/').map(|(_, m)| (*kind, m.to_string())))
-        .collect();
-    owner_models.sort();
-    owner_models.dedup();
-    owner_models.truncate(BURN_OWNER_MODELS_MAX);
-    let burn = read_burn(gov, owner_models, now.saturating_sub(BURN_WINDOW_MS), now).await;
+    let queries = BurnQueries::of(&ids);
+    let burn = read_burn(gov, queries, now.saturating_sub(BURN_WINDOW_MS), now).await;
     let mut rows: Vec<Row> = ids
         .into_iter()
         .zip(views)

@@ -25,7 +25,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bursar::reqlog::{CacheStatus, LogRow, LogStore, LOG_BATCH_ROWS_DEFAULT};
+use bursar::reqlog::{
+    rollup_closed_to as closed_to, CacheStatus, LogRow, LogStore, LOG_BATCH_ROWS_DEFAULT,
+};
 
 const KEYS: u64 = 2_000;
 const TEAMS: u64 = 50;
@@ -207,6 +209,7 @@ fn generate(target: &str, rows: u64, now_ms: i64) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let wall = Instant::now();
     let mut cpu = Duration::ZERO;
+    let mut build_cpu = Duration::ZERO;
     let mut batch = Vec::with_capacity(LOG_BATCH_ROWS_DEFAULT);
     let mut i = 0;
     let mut reported = Instant::now();
@@ -222,34 +225,52 @@ fn generate(target: &str, rows: u64, now_ms: i64) {
         store
             .insert_batch(&batch, &mut || {})
             .expect("insert_batch");
-        cpu += thread_cpu() - c0;
+        let c1 = thread_cpu();
+        cpu += c1 - c0;
+        // As the writer does between batches, with the rows' clock: the
+        // minutes closed by the newest row are summed into the rollups.
+        let newest = batch.last().map_or(start_ms, |r| r.time_ms);
+        while store.roll_up(closed_to(newest)).expect("roll_up") {}
+        build_cpu += thread_cpu() - c1;
         if reported.elapsed() > Duration::from_secs(30) {
             eprintln!(
-                "{i} rows, {:.0} s, {:.2} µs CPU per row so far",
+                "{i} rows, {:.0} s, {:.2} + {:.2} µs CPU per row so far",
                 wall.elapsed().as_secs_f64(),
-                cpu.as_secs_f64() * 1e6 / i as f64
+                cpu.as_secs_f64() * 1e6 / i as f64,
+                build_cpu.as_secs_f64() * 1e6 / i as f64
             );
             reported = Instant::now();
         }
     }
+    let c1 = thread_cpu();
+    while store.roll_up(closed_to(now_ms)).expect("roll_up") {}
+    build_cpu += thread_cpu() - c1;
     let secs = wall.elapsed().as_secs_f64();
     println!(
-        "generated {rows} rows in {secs:.0} s ({:.0} rows/s); insert_batch CPU (this thread) {:.2} µs per row",
+        "generated {rows} rows in {secs:.0} s ({:.0} rows/s); CPU of this thread per row: \
+         insert_batch {:.2} µs, rollup builds {:.2} µs (the server's own work not in either)",
         rows as f64 / secs,
-        cpu.as_secs_f64() * 1e6 / rows as f64
+        cpu.as_secs_f64() * 1e6 / rows as f64,
+        build_cpu.as_secs_f64() * 1e6 / rows as f64
     );
 }
 
 /// Fills a call's placeholders: times (unix ms) relative to `now` (moved back
 /// a random amount up to an hour per run, so ranges rarely align), and a
 /// random key, team, customer, model, provider or user.
-fn fill(line: &str, now_ms: i64, rng: &mut Rng) -> String {
+fn fill(line: &str, now_ms: i64, rng: &mut Rng, ids: &[String]) -> String {
     let now = now_ms - rng.below(3_600_000) as i64;
+    let id = if ids.is_empty() {
+        "req_none".to_string()
+    } else {
+        ids[rng.below(ids.len() as u64) as usize].clone()
+    };
     let day_start = now - now.rem_euclid(DAY_MS);
     let k = rng.skewed(KEYS);
     let t = team_of(k);
     let (provider, model) = MODELS[rng.below(MODELS.len() as u64) as usize];
-    let subs: [(&str, String); 14] = [
+    let subs: [(&str, String); 15] = [
+        ("{id}", id),
         ("{now}", now.to_string()),
         ("{day_start}", day_start.to_string()),
         ("{h2_ago}", (now - 2 * 3_600_000).to_string()),
@@ -312,6 +333,18 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn calls(addr: &str, token: &str, file: &str, now_ms: i64, runs: usize) {
     let text = std::fs::read_to_string(file).expect("calls file");
     let mut rng = Rng(0x1234_5678_9abc_def1);
+    // Request ids for `{id}`: the newest page's.
+    let (_, body) = get(addr, token, "/admin/logs?limit=100");
+    let ids: Vec<String> = serde_json::from_str::<serde_json::Value>(body.trim())
+        .ok()
+        .and_then(|v| {
+            v.get("data")?.as_array().map(|rows| {
+                rows.iter()
+                    .filter_map(|r| r.get("id")?.as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
     println!("| call | runs | p50 ms | p95 ms | max ms | statuses | rows (median) |");
     println!("|---|---|---|---|---|---|---|");
     for line in text.lines().map(str::trim) {
@@ -326,7 +359,7 @@ fn calls(addr: &str, token: &str, file: &str, now_ms: i64, runs: usize) {
         let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
         let mut counts = Vec::new();
         for _ in 0..runs {
-            let mut path = fill(template, now_ms, &mut rng);
+            let mut path = fill(template, now_ms, &mut rng, &ids);
             if page3 {
                 for _ in 0..2 {
                     let (_, body) = get(addr, token, &path);
@@ -367,6 +400,35 @@ fn calls(addr: &str, token: &str, file: &str, now_ms: i64, runs: usize) {
             counts[counts.len() / 2]
         );
     }
+}
+
+/// The catalog of the generated log as bursar TOML: every customer, team and
+/// key of the rows, each with a budget (the Budgets page lists them all).
+fn catalog() {
+    let mut out = String::new();
+    for c in 0..CUSTOMERS {
+        out.push_str(&format!(
+            "[[customers]]\nname = \"customer-{c}\"\n\
+             budget = {{ limit_usd = \"20000\", reset = \"1M\" }}\n"
+        ));
+    }
+    for t in 0..TEAMS {
+        out.push_str(&format!(
+            "[[teams]]\nname = \"team-{t:02}\"\ncustomer = \"customer-{}\"\n\
+             budget = {{ limit_usd = \"2000\", reset = \"1M\" }}\n",
+            customer_of(t)
+        ));
+    }
+    for k in 0..KEYS {
+        out.push_str(&format!(
+            "[[virtual_keys]]\nname = \"{}\"\nteam = \"team-{:02}\"\nkey = \"sk-bench-{k:04}\"\n\
+             budget = {{ limit_usd = \"{}\", reset = \"1d\" }}\n",
+            key_name(k),
+            team_of(k),
+            5 + k % 50
+        ));
+    }
+    print!("{out}");
 }
 
 fn open(target: &str) -> Box<dyn LogStore> {
@@ -484,6 +546,7 @@ fn main() {
             args[2].parse().expect("rows"),
             args[3].parse().expect("now ms"),
         ),
+        Some("catalog") => catalog(),
         Some("pages") if args.len() == 4 => pages(
             &args[1],
             args[2].parse().expect("now ms"),
@@ -499,6 +562,7 @@ fn main() {
         _ => eprintln!(
             "usage: log_scale generate <sqlite:DIR|postgres:URL> <ROWS> <NOW_MS>\n       \
              log_scale pages <sqlite:DIR|postgres:URL> <NOW_MS> <RUNS>\n       \
+             log_scale catalog\n       \
              log_scale calls <ADMIN_ADDR> <TOKEN> <CALLS_FILE> <NOW_MS> <RUNS>\n\
              (run through scripts/bench/dashboard-scale)"
         ),

@@ -185,7 +185,7 @@ INSERT INTO request_tags VALUES ('req_v1', 'env', 'prod'), ('req_v1', 'feature',
         .unwrap()
         .get(0);
     // Through versions 2 and 3 to the current one.
-    assert_eq!(version, 4);
+    assert_eq!(version, bursar::reqlog::store::SCHEMA_VERSION);
     let left: i64 = client
         .query_one(
             "SELECT COUNT(*) FROM pg_class WHERE relname LIKE 'request_tags%'",
@@ -266,7 +266,6 @@ fn a_version_2_database_gains_avoided_spend_and_its_rows_read_zero() {
         .query_one("SELECT version FROM schema_version", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 4);
     assert_eq!(version, bursar::reqlog::store::SCHEMA_VERSION);
     // The column is NUMERIC(39,0) NOT NULL, 0 in the old rows.
     let column = client
@@ -419,7 +418,8 @@ fn a_version_3_database_gains_rollups_of_its_rows() {
         postgres::Client::connect(&format!("{SERVER}/{}", db.name), postgres::NoTls).unwrap();
     client
         .batch_execute(
-            "DROP TABLE rollups; DROP TABLE rollup_tags; UPDATE schema_version SET version = 3",
+            "DROP TABLE rollups; DROP TABLE IF EXISTS rollup_tags; DROP TABLE rollup_dims; \
+             DROP TABLE rollup_marks; UPDATE schema_version SET version = 3",
         )
         .unwrap();
     let mut store = cfg.open_store(dir.path()).unwrap();

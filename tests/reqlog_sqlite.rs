@@ -73,7 +73,13 @@ fn the_file_is_wal_with_the_schema_version() {
         .unwrap();
     assert_eq!(
         tables,
-        ["requests", "rollup_tags", "rollups", "schema_version"]
+        [
+            "requests",
+            "rollup_dims",
+            "rollup_marks",
+            "rollups",
+            "schema_version"
+        ]
     );
     // Costs are stored as exact decimal text.
     let cost: String = conn
@@ -166,7 +172,7 @@ fn a_version_1_file_is_migrated_and_its_tags_still_query() {
     let version: i64 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, bursar::reqlog::store::SCHEMA_VERSION);
     let left: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_schema WHERE name LIKE 'request_tags%'",
@@ -274,7 +280,7 @@ fn a_version_2_file_gains_avoided_spend_and_its_rows_read_zero() {
     let version: i64 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, bursar::reqlog::store::SCHEMA_VERSION);
     assert_eq!(version, bursar::reqlog::store::SCHEMA_VERSION);
     // The column is exact decimal text, '0' in the old rows.
     let (kind, not_null, default): (String, bool, String) = conn
@@ -710,7 +716,8 @@ fn a_version_3_file_gains_rollups_of_its_rows() {
     let path = dir.path().join(bursar::reqlog::LOG_SQLITE_FILE);
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE rollups; DROP TABLE rollup_tags; UPDATE schema_version SET version = 3",
+        "DROP TABLE rollups; DROP TABLE IF EXISTS rollup_tags; DROP TABLE rollup_dims; \
+         DROP TABLE rollup_marks; UPDATE schema_version SET version = 3",
     )
     .unwrap();
     drop(conn);

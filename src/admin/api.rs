@@ -888,13 +888,22 @@ async fn series(
         }
     }
     let top = count_param(&params, "top", SPEND_GROUPS_LIMIT_MAX)?;
-    let mut points = gov
-        .query_log(move |store| store.spend_series_where(&group_by, &filter, bucket, from, to))
+    let points = gov
+        .query_log(move |store| match top {
+            Some(n) => crate::reqlog::top::spend_series_top(
+                store,
+                &group_by,
+                &filter,
+                bucket,
+                from,
+                to,
+                n,
+                SERIES_OTHER_GROUP,
+            ),
+            None => store.spend_series_where(&group_by, &filter, bucket, from, to),
+        })
         .await
         .map_err(log_query_error)?;
-    if let Some(n) = top {
-        points = fold_beyond_top(points, n)?;
-    }
     let data: Vec<Value> = points
         .iter()
         .map(|p| {
@@ -933,62 +942,6 @@ fn count_param(
 
 /// The group of a series' points folded together beyond its `top` groups.
 pub const SERIES_OTHER_GROUP: &str = "(other)";
-
-/// Keeps the `top` groups with the most cost over the whole series and folds
-/// every other group's points into [`SERIES_OTHER_GROUP`], bucket by bucket:
-/// each bucket's sums are unchanged. Sorted by bucket, then group.
-fn fold_beyond_top(
-    points: Vec<crate::reqlog::SeriesPoint>,
-    top: usize,
-) -> Result<Vec<crate::reqlog::SeriesPoint>, ApiError> {
-    // Money is summed checked: a total past i128 picodollars is an error,
-    // never a wrong figure (counts saturate: they are not money).
-    let overflow = || ApiError::internal("a series total overflows i128 picodollars");
-    use std::collections::{BTreeMap, HashMap};
-    let mut by_group: HashMap<&str, i128> = HashMap::new();
-    for p in &points {
-        let c = by_group.entry(p.group.as_str()).or_insert(0);
-        *c = c.saturating_add(p.cost_picodollars); // a ranking, not a figure shown
-    }
-    if by_group.len() <= top {
-        return Ok(points);
-    }
-    let mut ranked: Vec<(&str, i128)> = by_group.into_iter().collect();
-    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-    let kept: std::collections::HashSet<String> = ranked
-        .iter()
-        .take(top)
-        .map(|(g, _)| g.to_string())
-        .collect();
-    let mut out: BTreeMap<(i64, String), crate::reqlog::SeriesPoint> = BTreeMap::new();
-    for mut p in points {
-        if !kept.contains(&p.group) {
-            p.group = SERIES_OTHER_GROUP.to_string();
-        }
-        match out.entry((p.bucket_start_ms, p.group.clone())) {
-            std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert(p);
-            }
-            std::collections::btree_map::Entry::Occupied(mut e) => {
-                let q = e.get_mut();
-                q.requests = q.requests.saturating_add(p.requests);
-                q.errors = q.errors.saturating_add(p.errors);
-                q.cache_hits = q.cache_hits.saturating_add(p.cache_hits);
-                q.cost_picodollars = q
-                    .cost_picodollars
-                    .checked_add(p.cost_picodollars)
-                    .ok_or_else(overflow)?;
-                q.avoided_picodollars = q
-                    .avoided_picodollars
-                    .checked_add(p.avoided_picodollars)
-                    .ok_or_else(overflow)?;
-                q.prompt_tokens = q.prompt_tokens.saturating_add(p.prompt_tokens);
-                q.completion_tokens = q.completion_tokens.saturating_add(p.completion_tokens);
-            }
-        }
-    }
-    Ok(out.into_values().collect())
-}
 
 #[cfg(test)]
 mod tests {

@@ -67,11 +67,13 @@ pub mod postgres;
 pub mod query;
 pub mod reader;
 pub(crate) mod rollup;
+pub(crate) mod rollup_build;
 pub mod row;
 pub(crate) mod sinks;
 mod spill;
 pub mod sqlite;
 pub mod store;
+pub mod top;
 pub mod writer;
 
 use std::path::Path;
@@ -81,6 +83,7 @@ pub use query::{
     Bucket, GroupBy, LogCursor, LogFilter, LogPage, SeriesPoint, SpendFilter, SpendTotal,
 };
 pub use reader::{LogReader, QueryRefused};
+pub use rollup_build::closed_to as rollup_closed_to;
 pub use row::{
     check_tag_key, check_tag_value, parse_tags, parse_tags_counted, CacheStatus, LogRow,
     ParsedTags, TagError,
@@ -156,6 +159,17 @@ pub const LOG_QUERY_SCAN_ROWS_MAX: usize = 20_000;
 /// How long the minute tier of the rollups is kept (by bucket start); the
 /// hour and day tiers are kept as long as the store (`reqlog::rollup`).
 pub const LOG_ROLLUP_MINUTE_KEEP: Duration = Duration::from_secs(35 * 86_400);
+/// How long after a minute ends its rows are summed into the rollups
+/// (`reqlog::rollup_build`); a row of that minute arriving later is added by
+/// its own insert.
+pub const LOG_ROLLUP_CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Minutes one rollup build step sums at most (one transaction), so a
+/// writer catching up on a long backlog returns to its batches between
+/// steps.
+pub const LOG_ROLLUP_BUILD_MINUTES_MAX: usize = 60;
+/// How often the writer checks for a closed minute to roll up (a cached
+/// comparison unless one has closed).
+pub const LOG_ROLLUP_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `LogFilter::limit`.
 pub const LOG_QUERY_LIMIT_DEFAULT: usize = 100;
 /// Queries waiting for the query thread (`bursar-query`, [`LogReader`])

@@ -28,7 +28,8 @@ use super::query::{
     self, Bucket, Dialect, GroupBy, LogCursor, LogFilter, LogPage, Param, SeriesPoint, SpendFilter,
     SpendTotal,
 };
-use super::rollup::{self, RollupBatch, Tier};
+use super::rollup::{self, Marks, RollupBatch, Tier};
+use super::rollup_build::{self, ROLLUP_LOCK};
 use super::row::LogRow;
 use super::store::SCHEMA_VERSION;
 use super::store::{self, clamp_i64, write_tags_json, LogStore, RawRow, RawSpend, StoreError};
@@ -106,6 +107,32 @@ CREATE TABLE rollup_tags (
 );
 "#;
 
+/// Version 5: the rollups by one dimension and the mark of the built
+/// minutes (`reqlog::rollup_build`).
+const DIMS_SCHEMA: &str = r#"
+CREATE TABLE rollup_dims (
+    tier BIGINT NOT NULL,
+    dim TEXT COLLATE "C" NOT NULL,
+    bucket_ms BIGINT NOT NULL,
+    value TEXT COLLATE "C" NOT NULL,
+    requests BIGINT NOT NULL,
+    errors BIGINT NOT NULL,
+    cache_hits BIGINT NOT NULL,
+    cost_picodollars NUMERIC(39, 0) NOT NULL,
+    avoided_picodollars NUMERIC(39, 0) NOT NULL,
+    prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    PRIMARY KEY (tier, dim, bucket_ms, value)
+);
+-- One value's buckets in order: a key's burn-down, the top groups of a
+-- series (a range of the primary key would pass every other value).
+CREATE INDEX rollup_dims_value ON rollup_dims (tier, dim, value, bucket_ms);
+CREATE TABLE rollup_marks (
+    tier BIGINT PRIMARY KEY,
+    done_ms BIGINT NOT NULL
+);
+"#;
+
 /// Version 3 to 4: the rollups of the rows already stored.
 const BACKFILL_3_TO_4: &str = "
 INSERT INTO rollups SELECT t.w, r.time_ms - (((r.time_ms % t.w) + t.w) % t.w), r.key_name,
@@ -158,6 +185,9 @@ const MIGRATE_LOCK: i64 = 0x6275_7273_6172;
 pub struct PostgresStore {
     client: Client,
     staging_ready: bool,
+    /// The mark this session last built or read to (a hint that skips the
+    /// build's transaction while no minute has closed).
+    built_to: Option<i64>,
 }
 
 impl From<postgres::Error> for StoreError {
@@ -201,6 +231,7 @@ impl PostgresStore {
         let mut store = PostgresStore {
             client,
             staging_ready: false,
+            built_to: None,
         };
         store.migrate()?;
         Ok(store)
@@ -218,6 +249,8 @@ impl PostgresStore {
             None => {
                 tx.batch_execute(SCHEMA)?;
                 tx.batch_execute(ROLLUP_SCHEMA)?;
+                tx.batch_execute("DROP TABLE rollup_tags")?;
+                tx.batch_execute(DIMS_SCHEMA)?;
                 tx.execute(
                     "INSERT INTO schema_version (version) VALUES ($1)",
                     &[&SCHEMA_VERSION],
@@ -234,6 +267,10 @@ impl PostgresStore {
                 if v < 4 {
                     tx.batch_execute(ROLLUP_SCHEMA)?;
                     tx.batch_execute(BACKFILL_3_TO_4)?;
+                }
+                if v < 5 {
+                    tx.batch_execute(DIMS_SCHEMA)?;
+                    tx.batch_execute(&rollup_build::backfill_4_to_5(Dialect::Postgres))?;
                 }
                 if v < SCHEMA_VERSION {
                     tx.execute("UPDATE schema_version SET version = $1", &[&SCHEMA_VERSION])?;
@@ -286,13 +323,14 @@ impl PostgresStore {
         to_ms: i64,
         scan: bool,
     ) -> Result<Vec<SeriesPoint>, StoreError> {
-        let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
         if scan {
             let sql =
                 query::select_spend(Dialect::Postgres, group_by, filter, bucket, from_ms, to_ms);
-            let raw = run(&sql, bucket.is_some())?;
+            let raw = self.run_spend(&sql, bucket.is_some())?;
             return rollup::from_raw(raw, bucket.is_some());
         }
+        let marks = read_marks(&mut self.client)?;
+        let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
         rollup::spend(
             Dialect::Postgres,
             &mut run,
@@ -301,7 +339,17 @@ impl PostgresStore {
             bucket,
             from_ms,
             to_ms,
+            &marks,
         )
+    }
+
+    /// Builds the rollups until the mark covers rows below `to_ms` (before a
+    /// retention delete, which must not take rows the rollups lack); returns
+    /// the mark.
+    fn roll_up_before_delete(&mut self, to_ms: i64) -> Result<i64, StoreError> {
+        let limit = rollup_build::mark_covering(to_ms.saturating_sub(1));
+        while self.roll_up(limit)? {}
+        Ok(read_marks(&mut self.client)?.done_ms.unwrap_or(i64::MIN))
     }
 
     fn query_rows(&mut self, sql: &query::Sql) -> Result<Vec<LogRow>, StoreError> {
@@ -312,6 +360,15 @@ impl PostgresStore {
             .map(|r| raw_row(r).map_err(corrupt)?.into_row())
             .collect()
     }
+}
+
+/// The mark as `client` sees it (in its transaction, if it is one).
+fn read_marks(client: &mut impl postgres::GenericClient) -> Result<Marks, StoreError> {
+    let done_ms = match client.query_opt(rollup_build::SELECT_MARK, &[])? {
+        Some(r) => Some(r.try_get(0).map_err(corrupt)?),
+        None => None,
+    };
+    Ok(Marks { done_ms })
 }
 
 /// A text as PostgreSQL stores it: NUL (which its text cannot hold) as U+FFFD.
@@ -402,50 +459,33 @@ fn upsert_rollups(
             ],
         )?;
     }
-    if !batch.tags.is_empty() {
+    if !batch.dims.is_empty() {
         let (mut tier, mut bucket) = (Vec::new(), Vec::new());
-        let (mut tk, mut tv) = (Vec::new(), Vec::new());
-        let mut ents: [Vec<&str>; 5] = Default::default();
+        let (mut dim, mut value) = (Vec::new(), Vec::new());
         let mut m = MeasureArrays::default();
-        for (k, v) in &batch.tags {
+        for (k, v) in &batch.dims {
             tier.push(k.tier.ms());
+            dim.push(k.dim.as_ref());
             bucket.push(k.bucket_ms);
-            tk.push(k.tag_key.as_ref());
-            tv.push(k.tag_value.as_ref());
-            for (col, s) in ents.iter_mut().zip([
-                &k.e.key,
-                &k.e.team,
-                &k.e.customer,
-                &k.e.provider,
-                &k.e.model,
-            ]) {
-                col.push(s.as_ref());
-            }
+            value.push(k.value.as_ref());
             m.push(v);
         }
         tx.execute(
             &format!(
-                "INSERT INTO rollup_tags AS x (tier, tag_key, bucket_ms, tag_value, key_name, \
-                 team, customer, provider, model, requests, errors, cache_hits, \
-                 cost_picodollars, avoided_picodollars, prompt_tokens, completion_tokens) \
-                 SELECT a, b, c, d, e, f, g, h, i, j, k, l, m::NUMERIC, n::NUMERIC, o, p FROM \
-                 unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], \
-                 $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[], \
-                 $12::BIGINT[], $13::TEXT[], $14::TEXT[], $15::BIGINT[], $16::BIGINT[]) \
-                 AS u(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p) \
-                 ON CONFLICT (tier, tag_key, bucket_ms, tag_value, key_name, team, customer, \
-                 provider, model) DO UPDATE SET {ROLLUP_ADD}"
+                "INSERT INTO rollup_dims AS x (tier, dim, bucket_ms, value, requests, errors, \
+                 cache_hits, cost_picodollars, avoided_picodollars, prompt_tokens, \
+                 completion_tokens) \
+                 SELECT a, b, c, d, e, f, g, h::NUMERIC, i::NUMERIC, j, k FROM \
+                 unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], \
+                 $6::BIGINT[], $7::BIGINT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], \
+                 $11::BIGINT[]) AS u(a, b, c, d, e, f, g, h, i, j, k) \
+                 ON CONFLICT (tier, dim, bucket_ms, value) DO UPDATE SET {ROLLUP_ADD}"
             ),
             &[
                 &tier,
-                &tk,
+                &dim,
                 &bucket,
-                &tv,
-                &ents[0],
-                &ents[1],
-                &ents[2],
-                &ents[3],
-                &ents[4],
+                &value,
                 &m.requests,
                 &m.errors,
                 &m.cache_hits,
@@ -602,6 +642,10 @@ impl LogStore for PostgresStore {
             pace();
         }
         let mut tx = self.client.transaction()?;
+        // Shared with other inserts, exclusive of a build (module doc of
+        // `rollup_build`): the mark read here holds until the commit.
+        tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&ROLLUP_LOCK])?;
+        let marks = read_marks(&mut tx)?;
         let mut w = tx.copy_in(&format!("COPY requests_in ({ROW_COLUMNS}) FROM STDIN"))?;
         w.write_all(&data)
             .map_err(|e| StoreError::Unavailable(format!("COPY requests: {e}")))?;
@@ -622,13 +666,57 @@ impl LogStore for PostgresStore {
         let inserted = new_ids.len() as u64;
         let mut batch = RollupBatch::default();
         for row in rows {
-            if new_ids.remove(pg_text(&row.id).as_ref()) {
+            if new_ids.remove(pg_text(&row.id).as_ref()) && marks.is_late(row.time_ms) {
                 batch.add(row, pg_text)?;
             }
         }
-        upsert_rollups(&mut tx, &batch)?;
+        if !batch.is_empty() {
+            upsert_rollups(&mut tx, &batch)?;
+        }
         tx.commit()?;
         Ok(inserted)
+    }
+
+    fn roll_up(&mut self, limit_ms: i64) -> Result<bool, StoreError> {
+        if self.built_to.is_some_and(|d| d >= limit_ms) {
+            return Ok(false);
+        }
+        let mut tx = self.client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ROLLUP_LOCK])?;
+        let done = read_marks(&mut tx)?.done_ms;
+        let first_sql = rollup_build::select_first_row(Dialect::Postgres, done.unwrap_or(i64::MIN));
+        let first: Option<i64> = tx
+            .query_one(
+                first_sql.text.as_str(),
+                &Self::query_params(&first_sql.params),
+            )?
+            .try_get(0)
+            .map_err(corrupt)?;
+        let Some(step) = rollup_build::plan(done, first, limit_ms) else {
+            tx.commit()?;
+            self.built_to = done;
+            return Ok(false);
+        };
+        if let Some((from, to)) = step.range {
+            for sql in rollup_build::statements(Dialect::Postgres, from, to) {
+                tx.execute(sql.text.as_str(), &Self::query_params(&sql.params))?;
+            }
+        }
+        let mark = rollup_build::set_mark(Dialect::Postgres, step.done_ms);
+        tx.execute(mark.text.as_str(), &Self::query_params(&mark.params))?;
+        tx.commit()?;
+        self.built_to = Some(step.done_ms);
+        Ok(step.more)
+    }
+
+    fn begin_read(&mut self) -> Result<(), StoreError> {
+        Ok(self
+            .client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?)
+    }
+
+    fn end_read(&mut self) -> Result<(), StoreError> {
+        Ok(self.client.batch_execute("COMMIT")?)
     }
 
     fn query_logs(&mut self, filter: &LogFilter) -> Result<Vec<LogRow>, StoreError> {
@@ -705,19 +793,37 @@ impl LogStore for PostgresStore {
         cutoff_ms: i64,
         rows_max: u64,
     ) -> Result<u64, StoreError> {
-        Ok(self.client.execute(
+        let mut tx = self.client.transaction()?;
+        let mut n = tx.execute(
             "DELETE FROM rollups WHERE (tier, bucket_ms, key_name, team, customer, provider, \
              model) IN (SELECT tier, bucket_ms, key_name, team, customer, provider, model \
              FROM rollups WHERE tier = $1 AND bucket_ms < $2 ORDER BY bucket_ms LIMIT $3)",
             &[&Tier::Minute.ms(), &cutoff_ms, &clamp_i64(rows_max)],
-        )?)
+        )?;
+        // One dimension at a time, each a range of the primary key (only
+        // the entity dimensions have a minute tier).
+        for (dim, _) in rollup::ENTITY_DIMS {
+            let left = rows_max.saturating_sub(n);
+            if left == 0 {
+                break;
+            }
+            n += tx.execute(
+                "DELETE FROM rollup_dims WHERE (tier, dim, bucket_ms, value) IN \
+                 (SELECT tier, dim, bucket_ms, value FROM rollup_dims \
+                 WHERE tier = $1 AND dim = $2 AND bucket_ms < $3 ORDER BY bucket_ms LIMIT $4)",
+                &[&Tier::Minute.ms(), &dim, &cutoff_ms, &clamp_i64(left)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n)
     }
 
     fn delete_before(&mut self, cutoff_ms: i64, rows_max: u64) -> Result<u64, StoreError> {
+        let built = self.roll_up_before_delete(cutoff_ms)?;
         Ok(self.client.execute(
             "DELETE FROM requests WHERE id IN \
              (SELECT id FROM requests WHERE time_ms < $1 ORDER BY time_ms LIMIT $2)",
-            &[&cutoff_ms, &clamp_i64(rows_max)],
+            &[&cutoff_ms.min(built), &clamp_i64(rows_max)],
         )?)
     }
 
@@ -733,10 +839,12 @@ impl LogStore for PostgresStore {
             r.try_get(0).map_err(corrupt)?,
             r.try_get(1).map_err(corrupt)?,
         );
+        let built = self.roll_up_before_delete(time_ms.saturating_add(1))?;
         Ok(self.client.execute(
             "DELETE FROM requests WHERE id IN (SELECT id FROM requests \
-             WHERE time_ms < $1 OR (time_ms = $1 AND id <= $2) ORDER BY time_ms, id LIMIT $3)",
-            &[&time_ms, &id, &clamp_i64(rows_max)],
+             WHERE (time_ms < $1 OR (time_ms = $1 AND id <= $2)) AND time_ms < $4 \
+             ORDER BY time_ms, id LIMIT $3)",
+            &[&time_ms, &id, &clamp_i64(rows_max), &built],
         )?)
     }
 

@@ -113,7 +113,7 @@ pub struct SpendFilter {
     pub customer: Option<String>,
     pub model: Option<String>,
     pub provider: Option<String>,
-    /// Only rows carrying this tag `(key, value)` (read from `rollup_tags`).
+    /// Only rows carrying this tag `(key, value)`.
     pub tag: Option<(String, String)>,
 }
 
@@ -217,7 +217,7 @@ pub(crate) fn row_columns(d: Dialect) -> &'static str {
 }
 
 impl Sql {
-    fn new(dialect: Dialect) -> Sql {
+    pub(crate) fn new(dialect: Dialect) -> Sql {
         Sql {
             dialect,
             text: String::new(),
@@ -226,7 +226,7 @@ impl Sql {
     }
 
     /// Adds a parameter and returns its placeholder.
-    fn bind(&mut self, p: Param) -> String {
+    pub(crate) fn bind(&mut self, p: Param) -> String {
         let kind = match p {
             Param::Int(_) => "BIGINT",
             Param::Text(_) => "TEXT",
@@ -403,26 +403,11 @@ pub(crate) fn select_spend(
     sql
 }
 
-/// Which rollup table a piece of a spend query reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RollupTable {
-    /// `rollups`: per bucket, key, team, customer, provider and model.
-    Entities,
-    /// `rollup_tags`: the same, per tag `(key, value)` of the rows too.
-    Tags,
-}
-
-/// What a rollup piece groups by, in the columns of its table.
+/// What a `rollups` piece groups by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RollupGroup {
-    /// A column of both tables (`key_name`, `team`, ...) or `''`.
+    /// A column (`key_name`, `team`, ...) or `''`.
     Column(&'static str),
-    /// `rollup_tags`: the value of the tag key the piece is restricted to.
-    TagValue(String),
-    /// `rollup_tags`: `tag_key || '=' || tag_value` of one tag key (a
-    /// grouping by every tag reads one key at a time: the primary key starts
-    /// `(tier, tag_key, bucket_ms)`, so each read is one contiguous range).
-    TagPair(String),
 }
 
 /// Spend of one piece of a range read from a rollup tier: the buckets of
@@ -432,7 +417,6 @@ pub(crate) enum RollupGroup {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn select_rollup(
     d: Dialect,
-    table: RollupTable,
     group: &RollupGroup,
     filter: &SpendFilter,
     tier_ms: i64,
@@ -441,10 +425,7 @@ pub(crate) fn select_rollup(
     to_ms: i64,
 ) -> Sql {
     let mut sql = Sql::new(d);
-    let (table_name, mut scope) = match table {
-        RollupTable::Entities => ("rollups", String::new()),
-        RollupTable::Tags => ("rollup_tags", String::new()),
-    };
+    let mut scope = String::new();
     let tier = sql.bind(Param::Int(tier_ms));
     let from = sql.bind(Param::Int(from_ms));
     let to = sql.bind(Param::Int(to_ms));
@@ -463,22 +444,7 @@ pub(crate) fn select_rollup(
     let group_expr = match group {
         RollupGroup::Column(c) if *c == "''" => "''".to_string(),
         RollupGroup::Column(c) => format!("x.{c}"),
-        RollupGroup::TagValue(k) => {
-            let p = sql.bind_text(k);
-            scope.push_str(&format!(" AND x.tag_key = {p}"));
-            "x.tag_value".to_string()
-        }
-        RollupGroup::TagPair(k) => {
-            let p = sql.bind_text(k);
-            scope.push_str(&format!(" AND x.tag_key = {p}"));
-            "(x.tag_key || '=' || x.tag_value)".to_string()
-        }
     };
-    if let Some((k, v)) = &filter.tag {
-        let pk = sql.bind_text(k);
-        let pv = sql.bind_text(v);
-        scope.push_str(&format!(" AND x.tag_key = {pk} AND x.tag_value = {pv}"));
-    }
     let (cost, avoided, cast) = match d {
         Dialect::Sqlite => (
             "sum_picodollars(x.cost_picodollars)",
@@ -504,36 +470,109 @@ pub(crate) fn select_rollup(
     sql.text = format!(
         "SELECT {bucket_col}{group_expr}{bytewise} AS g, SUM(x.requests){cast}, {cost}, \
          {avoided}, SUM(x.prompt_tokens){cast}, SUM(x.completion_tokens){cast}, \
-         SUM(x.errors){cast}, SUM(x.cache_hits){cast} FROM {table_name} x \
+         SUM(x.errors){cast}, SUM(x.cache_hits){cast} FROM rollups x \
          WHERE x.tier = {tier} AND x.bucket_ms >= {from} AND x.bucket_ms < {to}{scope} \
          GROUP BY {group_cols} ORDER BY {group_cols} LIMIT {limit}"
     );
     sql
 }
 
-/// The smallest tag key of tier `tier_ms` in `rollup_tags` after `after`,
-/// in the columns of [`select_spend`] without a bucket (the key as the group;
-/// no row when there is none): one index seek, so the tag keys are listed
-/// without reading their buckets.
-pub(crate) fn select_next_tag_key(d: Dialect, tier_ms: i64, after: Option<&str>) -> Sql {
+/// What a `rollup_dims` piece groups by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DimGroup {
+    /// One group `""` (no grouping).
+    None,
+    /// The dimension's values.
+    Value,
+    /// `<tag key>=<value>` (a grouping by every tag, one tag key at a time).
+    Pair(String),
+}
+
+/// Spend of one piece of a range read from `rollup_dims`: dimension `dim`
+/// (only its value `value` when set), buckets of width `tier_ms` starting in
+/// `[from_ms, to_ms)`, summed per `bucket` when set and per group. Same
+/// columns as [`select_spend`]. One contiguous range of the primary key
+/// `(tier, dim, bucket_ms, value)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn select_dims(
+    d: Dialect,
+    dim: &str,
+    group: &DimGroup,
+    value: Option<&str>,
+    tier_ms: i64,
+    bucket: Option<Bucket>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Sql {
     let mut sql = Sql::new(d);
     let tier = sql.bind(Param::Int(tier_ms));
-    let cond = match after {
-        Some(a) => {
-            let p = sql.bind_text(a);
-            format!(" AND tag_key > {p}")
+    let pd = sql.bind_text(dim);
+    let from = sql.bind(Param::Int(from_ms));
+    let to = sql.bind(Param::Int(to_ms));
+    let mut scope = String::new();
+    if let Some(v) = value {
+        let p = sql.bind_text(v);
+        scope.push_str(&format!(" AND x.value = {p}"));
+    }
+    let group_expr = match group {
+        DimGroup::None => "''".to_string(),
+        DimGroup::Value => "x.value".to_string(),
+        DimGroup::Pair(k) => {
+            let p = sql.bind_text(&format!("{k}="));
+            format!("({p} || x.value)")
         }
-        None => String::new(),
     };
-    // PostgreSQL: the constants typed as the other spend queries' columns.
+    let (cost, avoided, cast) = match d {
+        Dialect::Sqlite => (
+            "sum_picodollars(x.cost_picodollars)",
+            "sum_picodollars(x.avoided_picodollars)",
+            "",
+        ),
+        Dialect::Postgres => (
+            "SUM(x.cost_picodollars)::TEXT",
+            "SUM(x.avoided_picodollars)::TEXT",
+            "::BIGINT",
+        ),
+    };
+    let limit = sql.bind(Param::Int(LOG_SERIES_POINTS_MAX as i64 + 1));
+    let bytewise = sql.bytewise();
+    let (bucket_col, group_cols) = match bucket {
+        Some(b) if b.ms() == tier_ms => ("x.bucket_ms AS b, ".to_string(), "b, g"),
+        Some(b) => (
+            format!("{} AS b, ", bucket_expr("x.bucket_ms", b.ms())),
+            "b, g",
+        ),
+        None => (String::new(), "g"),
+    };
+    sql.text = format!(
+        "SELECT {bucket_col}{group_expr}{bytewise} AS g, SUM(x.requests){cast}, {cost}, \
+         {avoided}, SUM(x.prompt_tokens){cast}, SUM(x.completion_tokens){cast}, \
+         SUM(x.errors){cast}, SUM(x.cache_hits){cast} FROM rollup_dims x \
+         WHERE x.tier = {tier} AND x.dim = {pd} AND x.bucket_ms >= {from} \
+         AND x.bucket_ms < {to}{scope} \
+         GROUP BY {group_cols} ORDER BY {group_cols} LIMIT {limit}"
+    );
+    sql
+}
+
+/// The smallest tag dimension of tier `tier_ms` in `rollup_dims` after
+/// `after` (or the first), in the columns of [`select_spend`] without a
+/// bucket (the dimension as the group; no row when there is none): one index
+/// seek per tag key.
+pub(crate) fn select_next_tag_dim(d: Dialect, tier_ms: i64, after: Option<&str>) -> Sql {
+    let mut sql = Sql::new(d);
+    let tier = sql.bind(Param::Int(tier_ms));
+    let low = sql.bind_text(after.unwrap_or(super::rollup::TAG_DIM_PREFIX));
+    let high = sql.bind_text(super::rollup::TAG_DIM_END);
+    let op = if after.is_some() { ">" } else { ">=" };
     let (int, text) = match d {
         Dialect::Sqlite => ("", ""),
         Dialect::Postgres => ("::BIGINT", "::TEXT"),
     };
     sql.text = format!(
         "SELECT x.k, 1{int}, '0'{text}, '0'{text}, 0{int}, 0{int}, 0{int}, 0{int} \
-         FROM (SELECT MIN(tag_key) AS k FROM rollup_tags \
-         WHERE tier = {tier}{cond}) x WHERE x.k IS NOT NULL"
+         FROM (SELECT MIN(dim) AS k FROM rollup_dims \
+         WHERE tier = {tier} AND dim {op} {low} AND dim < {high}) x WHERE x.k IS NOT NULL"
     );
     sql
 }

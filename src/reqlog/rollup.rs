@@ -1,25 +1,31 @@
-//! Rollups: per-bucket aggregates of the request log, kept by the log writer
-//! in the same transaction as the raw rows, so a spend query reads a few
-//! aggregate rows per bucket instead of every request of its range.
+//! Rollups: per-bucket aggregates of the request log, built by the log
+//! writer as minutes close (`reqlog::rollup_build`), so a spend query reads a
+//! few aggregate rows per bucket instead of every request of its range.
 //!
-//! # Tables (schema version 4, both sinks)
+//! # Tables (schema version 5, both sinks)
 //!
+//! - `rollup_dims(tier, dim, bucket_ms, value, requests, errors, cache_hits,
+//!   cost_picodollars, avoided_picodollars, prompt_tokens,
+//!   completion_tokens)`, primary key `(tier, dim, bucket_ms, value)`: spend
+//!   by ONE dimension. `dim` is `""` (the whole log; `value` `""`), `key`,
+//!   `team`, `customer`, `provider`, `model` ([`ENTITY_DIMS`]; minute, hour
+//!   and day tiers) or `t:<tag key>` (hour and day). This is what the
+//!   dashboard reads: an unfiltered total or series, or one filtered by a
+//!   single dimension, reads one contiguous key range whose size is the
+//!   number of that dimension's values per bucket (11 customers, not the
+//!   thousands of key × model × provider combinations a bucket holds).
 //! - `rollups(tier, bucket_ms, key_name, team, customer, provider, model,
-//!   requests, errors, cache_hits, cost_picodollars, avoided_picodollars,
-//!   prompt_tokens, completion_tokens)`, primary key `(tier, bucket_ms,
-//!   key_name, team, customer, provider, model)`; `team` and `customer` are
-//!   `''` for a row without one. Tiers ([`ROLLUP_TIERS`]): minute, hour, day;
-//!   `tier` is the bucket width in ms and `bucket_ms` the floor of the rows'
-//!   `time_ms` to it.
-//! - `rollup_tags(tier, tag_key, bucket_ms, tag_value, key_name, team,
-//!   customer, provider, model, same measures)`, primary key in that order
-//!   (a tag key's buckets are contiguous, so grouping by one tag key never
-//!   reads another's, e.g. a high-cardinality `user`). Tiers
-//!   ([`TAG_ROLLUP_TIERS`]): hour and day only. A minute tier per tag would
-//!   hold about one row per raw row and tag (a minute's requests rarely share
-//!   key, model and tag value) and cost the writer one more upsert per tag
-//!   per row; the sub-hour edges of a tag query read the raw rows instead.
+//!   same measures)`: the combinations, for queries with two or more
+//!   entity filters, or one and a grouping by another entity (a key's spend
+//!   by model). Tiers ([`ROLLUP_TIERS`]): minute, hour, day. There is no
+//!   combination by tag (version 4's `rollup_tags` held about one row per
+//!   tagged raw row and tier for a tag such as `user`: the largest table and
+//!   most of the writer's cost): a tag with any other filter or grouping
+//!   reads the raw rows of the range.
+//! - `rollup_marks(tier, done_ms)`: how far the build has gone ([`Marks`]).
 //!
+//! `team` and `customer` are `''` for a row without one. `tier` is the bucket
+//! width in ms and `bucket_ms` the floor of the rows' `time_ms` to it.
 //! `errors` counts rows with status >= 400, `cache_hits` rows served from the
 //! exact or semantic cache. Money is exact as in `requests` (SQLite: decimal
 //! text, added by `add_picodollars` and summed by `sum_picodollars`, both
@@ -27,50 +33,53 @@
 //!
 //! # Writing
 //!
-//! `insert_batch` inserts the raw rows ignoring known ids, learns which rows
-//! were actually inserted (SQLite: the change count of each `INSERT OR
-//! IGNORE`; PostgreSQL: `ON CONFLICT DO NOTHING RETURNING id`), aggregates
-//! those in Rust ([`RollupBatch`]) and upserts one row per (tier, bucket,
-//! entities[, tag]) into the rollups, in the same transaction: a spill replay
-//! never counts a row twice, and a rollup never holds a row the log does not
-//! (or did not) hold.
+//! The writer inserts raw rows only; a build step sums each closed minute
+//! into every table and tier in SQL and moves the mark (`rollup_build`).
+//! Every raw row below the mark is in every tier, none above it is. A row
+//! inserted below the mark (late) is added to every tier by its own insert
+//! ([`RollupBatch`]), in the same transaction, and only if it was actually
+//! inserted (SQLite: the change count of each `INSERT OR IGNORE`;
+//! PostgreSQL: `ON CONFLICT DO NOTHING RETURNING id`): a spill replay never
+//! counts a row twice.
 //!
 //! # Reading: the decomposition of a range
 //!
 //! A range `[from, to)` ([`pieces`]) is cut at the boundaries of the
 //! coarsest tier allowed: whole days in the middle from the day tier, the
 //! hours between the day boundary and the range's edge from the hour tier,
-//! the minutes from the minute tier, and the sub-minute edges (under a
-//! minute at each end) from the raw rows by the `(time_ms, id)` index. A
-//! series with bucket B uses only tiers no wider than B, so each piece floors
-//! exactly into B's buckets. Queries that touch tags use the hour tier as the
-//! finest, so their sub-hour edges come from raw rows. Pieces are summed in
-//! Rust with checked i128 arithmetic; a grouping by one tag key gets its `""`
-//! group (rows without the tag) as the entity rollup minus the tagged ones.
+//! the minutes from the minute tier, and the rest from the raw rows by the
+//! `(time_ms, id)` index: the sub-minute edges and everything at or above
+//! the mark (a tier's bucket is read only when it is whole below the mark,
+//! so the open hour and day come from their minutes). A series with bucket
+//! B uses only tiers no wider than B, so each piece floors exactly into B's
+//! buckets. Queries that touch tags use the hour tier as the finest. Pieces
+//! are summed in Rust with checked i128 arithmetic; a grouping by one tag key
+//! gets its `""` group (rows without the tag) as the whole minus the tagged
+//! rows.
 //!
-//! Two combinations no rollup holds are answered from the raw rows of the
-//! whole range: a tag filter with grouping by another tag key or by every
-//! tag, and a filter on an empty team or customer name (`''` in the rollups
-//! also means "none").
+//! Two kinds of query no rollup holds are answered from the raw rows of the
+//! whole range: a tag with any other filter or grouping (a tag filter and a
+//! grouping by model, a key filter and a grouping by tag), and a filter on an
+//! empty team or customer name (`''` in the rollups also means "none").
 //!
 //! # Retention and exactness
 //!
-//! Raw-row retention (`retention`, `max_rows`) never deletes rollups. The
-//! minute tier is kept [`super::LOG_ROLLUP_MINUTE_KEEP`]; hour and day tiers
-//! are kept indefinitely. A spend answer is exact (equal to a scan of the
-//! raw rows) while the raw rows of its two sub-minute edges exist and the
-//! minute tier covers its sub-hour edges. Once the raw rows are gone, the
-//! answer covers only the whole minutes of the range (the sub-minute edges
-//! count nothing); once the minute tier is gone too (older than
-//! `LOG_ROLLUP_MINUTE_KEEP`), only its whole hours; a range aligned to whole
-//! hours (or minutes, while the minute tier lasts) stays exact forever.
+//! Raw-row retention (`retention`, `max_rows`) never deletes rollups, and
+//! builds the rollups past the rows it deletes first. The minute tiers are
+//! kept [`super::LOG_ROLLUP_MINUTE_KEEP`]; hour and day tiers indefinitely.
+//! A spend answer is exact (equal to a scan of the raw rows) while the raw
+//! rows of its two sub-minute edges exist and the minute tier covers its
+//! sub-hour edges. Once the raw rows are gone, the answer covers only the
+//! whole minutes of the range (the sub-minute edges count nothing); once the
+//! minute tier is gone too (older than `LOG_ROLLUP_MINUTE_KEEP`), only its
+//! whole hours; a range aligned to whole hours (or minutes, while the minute
+//! tier lasts) stays exact forever.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use super::query::{
-    self, Bucket, Dialect, GroupBy, RollupGroup, RollupTable, SeriesPoint, SpendFilter, SpendTotal,
-    Sql,
+    self, Bucket, Dialect, DimGroup, GroupBy, RollupGroup, SeriesPoint, SpendFilter, SpendTotal,
 };
 use super::row::{CacheStatus, LogRow};
 use super::store::{clamp_i64, RawSpend, StoreError};
@@ -106,7 +115,7 @@ impl Tier {
 
 /// The tiers of `rollups`, finest first.
 pub(crate) const ROLLUP_TIERS: [Tier; 3] = [Tier::Minute, Tier::Hour, Tier::Day];
-/// The tiers of `rollup_tags`, finest first.
+/// The tiers of the tag dimensions of `rollup_dims`, finest first.
 pub(crate) const TAG_ROLLUP_TIERS: [Tier; 2] = [Tier::Hour, Tier::Day];
 
 /// `time_ms` floored to a multiple of `w`.
@@ -187,25 +196,51 @@ pub(crate) struct RollupKey<'a> {
     pub e: Entities<'a>,
 }
 
-/// One `rollup_tags` row's key.
+/// One `rollup_dims` row's key: a dimension ([`ENTITY_DIMS`], or `t:<tag
+/// key>`) and one of its values.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct TagRollupKey<'a> {
+pub(crate) struct DimKey<'a> {
     pub tier: Tier,
+    pub dim: Cow<'a, str>,
     pub bucket_ms: i64,
-    pub tag_key: Cow<'a, str>,
-    pub tag_value: Cow<'a, str>,
-    pub e: Entities<'a>,
+    pub value: Cow<'a, str>,
 }
 
-/// The inserted rows of one batch, aggregated per rollup row.
+/// The entity dimensions of `rollup_dims`: (dim, the `rollups` column it
+/// sums by). `""` is the whole log (its one value is `""`).
+pub(crate) const ENTITY_DIMS: [(&str, &str); 6] = [
+    ("", "''"),
+    ("key", "key_name"),
+    ("team", "team"),
+    ("customer", "customer"),
+    ("provider", "provider"),
+    ("model", "model"),
+];
+
+/// The `rollup_dims` dimension of a tag key.
+pub(crate) fn tag_dim(tag_key: &str) -> String {
+    format!("{TAG_DIM_PREFIX}{tag_key}")
+}
+
+/// Tag dimensions sort between these two (`';'` follows `':'`).
+pub(crate) const TAG_DIM_PREFIX: &str = "t:";
+pub(crate) const TAG_DIM_END: &str = "t;";
+
+/// The late rows of one batch (rows below the marks, which the build has
+/// passed), aggregated per rollup row of every table and tier.
 #[derive(Debug, Default)]
 pub(crate) struct RollupBatch<'a> {
     pub rollups: HashMap<RollupKey<'a>, Measures>,
-    pub tags: HashMap<TagRollupKey<'a>, Measures>,
+    pub dims: HashMap<DimKey<'a>, Measures>,
 }
 
 impl<'a> RollupBatch<'a> {
-    /// Adds one inserted row. `text` maps each stored text as the sink
+    /// Whether the batch holds nothing to upsert.
+    pub fn is_empty(&self) -> bool {
+        self.rollups.is_empty() && self.dims.is_empty()
+    }
+
+    /// Adds one inserted late row (see [`Marks::is_late`]) to every tier. `text` maps each stored text as the sink
     /// stores it (PostgreSQL: NUL as U+FFFD), so two names the sink stores
     /// alike are one rollup row.
     pub fn add(
@@ -222,23 +257,41 @@ impl<'a> RollupBatch<'a> {
             model: text(&row.model),
         };
         for tier in ROLLUP_TIERS {
+            let bucket_ms = floor_to(row.time_ms, tier.ms());
+            let values = [
+                Cow::Borrowed(""),
+                e.key.clone(),
+                e.team.clone(),
+                e.customer.clone(),
+                e.provider.clone(),
+                e.model.clone(),
+            ];
+            for ((dim, _), value) in ENTITY_DIMS.iter().zip(values) {
+                let k = DimKey {
+                    tier,
+                    dim: Cow::Borrowed(dim),
+                    bucket_ms,
+                    value,
+                };
+                self.dims.entry(k).or_default().add(&m)?;
+            }
             let k = RollupKey {
                 tier,
-                bucket_ms: floor_to(row.time_ms, tier.ms()),
+                bucket_ms,
                 e: e.clone(),
             };
             self.rollups.entry(k).or_default().add(&m)?;
         }
         for (tk, tv) in &row.tags {
             for tier in TAG_ROLLUP_TIERS {
-                let k = TagRollupKey {
+                let bucket_ms = floor_to(row.time_ms, tier.ms());
+                let k = DimKey {
                     tier,
-                    bucket_ms: floor_to(row.time_ms, tier.ms()),
-                    tag_key: text(tk),
-                    tag_value: text(tv),
-                    e: e.clone(),
+                    dim: Cow::Owned(tag_dim(&text(tk))),
+                    bucket_ms,
+                    value: text(tv),
                 };
-                self.tags.entry(k).or_default().add(&m)?;
+                self.dims.entry(k).or_default().add(&m)?;
             }
         }
         Ok(())
@@ -260,15 +313,47 @@ pub(crate) struct Piece {
     pub to_ms: i64,
 }
 
+/// How far the rollups are built: every raw row with `time_ms` below
+/// `done_ms` is in every tier (a partial hour or day bucket included), no
+/// row at or above it is. `None`: nothing built yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Marks {
+    pub done_ms: Option<i64>,
+}
+
+impl Marks {
+    /// Every row built: for tests of the decomposition alone.
+    #[cfg(test)]
+    pub const ALL: Marks = Marks {
+        done_ms: Some(i64::MAX),
+    };
+
+    /// The end of the whole buckets of `tier` that hold every row they
+    /// will: the mark floored to the tier (`i64::MIN`: none).
+    pub fn complete_to(&self, tier: Tier) -> i64 {
+        match self.done_ms {
+            Some(d) => floor_to(d, tier.ms()),
+            None => i64::MIN,
+        }
+    }
+
+    /// Whether a row at `time_ms` arrives after its buckets were built (and
+    /// so is added to the rollups by the insert itself).
+    pub fn is_late(&self, time_ms: i64) -> bool {
+        self.done_ms.is_some_and(|d| time_ms < d)
+    }
+}
+
 /// Cuts `[from_ms, to_ms)` into pieces: each tier of `tiers` (finest first)
-/// covers the whole buckets the coarser ones leave, raw rows the rest.
-pub(crate) fn pieces(from_ms: i64, to_ms: i64, tiers: &[Tier]) -> Vec<Piece> {
+/// covers the whole, complete buckets the coarser ones leave, raw rows the
+/// rest (below the marks' complete buckets and above them).
+pub(crate) fn pieces(from_ms: i64, to_ms: i64, tiers: &[Tier], marks: &Marks) -> Vec<Piece> {
     let mut out = Vec::new();
-    cut(from_ms, to_ms, tiers, &mut out);
+    cut(from_ms, to_ms, tiers, marks, &mut out);
     out
 }
 
-fn cut(from: i64, to: i64, tiers: &[Tier], out: &mut Vec<Piece>) {
+fn cut(from: i64, to: i64, tiers: &[Tier], marks: &Marks, out: &mut Vec<Piece>) {
     if from >= to {
         return;
     }
@@ -286,18 +371,18 @@ fn cut(from: i64, to: i64, tiers: &[Tier], out: &mut Vec<Piece>) {
         0 => Some(from),
         r => from.checked_add(w - r),
     };
-    let b = floor_to(to, w);
+    let b = floor_to(to, w).min(marks.complete_to(coarsest));
     match a {
         Some(a) if a < b => {
-            cut(from, a, finer, out);
+            cut(from, a, finer, marks, out);
             out.push(Piece {
                 source: Source::Tier(coarsest),
                 from_ms: a,
                 to_ms: b,
             });
-            cut(b, to, finer, out);
+            cut(b, to, finer, marks, out);
         }
-        _ => cut(from, to, finer, out),
+        _ => cut(from, to, finer, marks, out),
     }
 }
 
@@ -394,20 +479,114 @@ fn too_many() -> StoreError {
 }
 
 /// Runs one spend statement (`bucketed`: its first column is the bucket).
-pub(crate) type RunSpend<'r> = dyn FnMut(&Sql, bool) -> Result<Vec<RawSpend>, StoreError> + 'r;
+pub(crate) type RunSpend<'r> =
+    dyn FnMut(&query::Sql, bool) -> Result<Vec<RawSpend>, StoreError> + 'r;
 
 /// Whether a query must read every raw row of its range (see the module doc).
-fn raw_only(group_by: &GroupBy, filter: &SpendFilter) -> bool {
-    let tag_filter_other = match (&filter.tag, group_by) {
-        (Some(_), GroupBy::Tags) => true,
-        (Some((fk, _)), GroupBy::Tag(k)) => k != fk,
-        _ => false,
+fn raw_only(group_by: &GroupBy, filter: &SpendFilter, route: Option<&DimRoute>) -> bool {
+    // Tags are rolled up by one dimension only: a tag with any other filter
+    // or grouping has no rollup.
+    let tag_combination = route.is_none()
+        && (filter.tag.is_some() || matches!(group_by, GroupBy::Tag(_) | GroupBy::Tags));
+    tag_combination || filter.team.as_deref() == Some("") || filter.customer.as_deref() == Some("")
+}
+
+/// How a query is answered from `rollup_dims`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DimRoute {
+    /// One dimension (one value of it when filtered), grouped or not.
+    Plain {
+        dim: String,
+        group: DimGroup,
+        value: Option<String>,
+    },
+    /// Grouping by one tag key, unfiltered: its values, and `""` as the whole
+    /// log minus the tagged rows.
+    Tag(String),
+    /// Grouping by every tag, unfiltered: every tag dimension.
+    AllTags,
+}
+
+impl DimRoute {
+    fn uses_tags(&self) -> bool {
+        match self {
+            DimRoute::Plain { dim, .. } => dim.starts_with(TAG_DIM_PREFIX),
+            DimRoute::Tag(_) | DimRoute::AllTags => true,
+        }
+    }
+}
+
+/// The `rollup_dims` dimension of an entity grouping.
+fn entity_dim(g: &GroupBy) -> Option<&'static str> {
+    Some(match g {
+        GroupBy::Key => "key",
+        GroupBy::Team => "team",
+        GroupBy::Customer => "customer",
+        GroupBy::Provider => "provider",
+        GroupBy::Model => "model",
+        _ => return None,
+    })
+}
+
+/// The dimension route of a query, when it has at most one filter and groups
+/// by nothing, by that filter's dimension, or (unfiltered) by anything.
+/// Queries with more filters, or a filter and another grouping, read the
+/// combinations (`rollups`) or, with a tag, the raw rows.
+fn dim_route(group_by: &GroupBy, filter: &SpendFilter) -> Option<DimRoute> {
+    let mut filters: Vec<(String, &String)> = Vec::new();
+    for (dim, value) in [
+        ("key", &filter.key),
+        ("team", &filter.team),
+        ("customer", &filter.customer),
+        ("model", &filter.model),
+        ("provider", &filter.provider),
+    ] {
+        if let Some(v) = value {
+            filters.push((dim.to_string(), v));
+        }
+    }
+    if let Some((k, v)) = &filter.tag {
+        filters.push((tag_dim(k), v));
+    }
+    let grouped_dim = match group_by {
+        GroupBy::Tag(k) => Some(tag_dim(k)),
+        g => entity_dim(g).map(str::to_string),
     };
-    tag_filter_other || filter.team.as_deref() == Some("") || filter.customer.as_deref() == Some("")
+    match filters.as_slice() {
+        [] => Some(match group_by {
+            GroupBy::None => DimRoute::Plain {
+                dim: String::new(),
+                group: DimGroup::None,
+                value: None,
+            },
+            GroupBy::Tag(k) => DimRoute::Tag(k.clone()),
+            GroupBy::Tags => DimRoute::AllTags,
+            _ => DimRoute::Plain {
+                dim: grouped_dim?,
+                group: DimGroup::Value,
+                value: None,
+            },
+        }),
+        [(dim, value)] => {
+            let group = match group_by {
+                GroupBy::None => DimGroup::None,
+                _ if grouped_dim.as_ref() == Some(dim) => DimGroup::Value,
+                _ => return None,
+            };
+            Some(DimRoute::Plain {
+                dim: dim.clone(),
+                group,
+                value: Some((*value).clone()),
+            })
+        }
+        _ => None,
+    }
 }
 
 /// Spend per bucket (when `bucket` is set; else one bucket, 0) and group over
-/// `[from_ms, to_ms)`, from the rollups and the raw rows of the edges.
+/// `[from_ms, to_ms)`, from the rollups' complete buckets below `marks` and
+/// the raw rows of the rest.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spend(
     d: Dialect,
     run: &mut RunSpend<'_>,
@@ -416,16 +595,21 @@ pub(crate) fn spend(
     bucket: Option<Bucket>,
     from_ms: i64,
     to_ms: i64,
+    marks: &Marks,
 ) -> Result<Vec<SeriesPoint>, StoreError> {
     let mut merge = Merge::default();
     // Buckets of a totals query: all 0.
     let flat = bucket.is_none().then_some(0);
-    if raw_only(group_by, filter) {
+    let route = dim_route(group_by, filter);
+    if raw_only(group_by, filter, route.as_ref()) {
         let sql = query::select_spend(d, group_by, filter, bucket, from_ms, to_ms);
         merge.add(run(&sql, bucket.is_some())?, false, flat)?;
         return merge.finish();
     }
-    let uses_tags = filter.tag.is_some() || matches!(group_by, GroupBy::Tag(_) | GroupBy::Tags);
+    let uses_tags = match &route {
+        Some(r) => r.uses_tags(),
+        None => filter.tag.is_some() || matches!(group_by, GroupBy::Tag(_) | GroupBy::Tags),
+    };
     let available: &[Tier] = if uses_tags {
         &TAG_ROLLUP_TIERS
     } else {
@@ -437,9 +621,10 @@ pub(crate) fn spend(
         .copied()
         .filter(|t| *t <= coarsest)
         .collect();
-    // The tag keys of each tier, listed once per query (grouping by every tag).
-    let mut tag_keys: HashMap<Tier, Vec<String>> = HashMap::new();
-    for piece in pieces(from_ms, to_ms, &tiers) {
+    // The tag dimensions of each tier, listed once per query (grouping by
+    // every tag).
+    let mut tag_dims: HashMap<Tier, Vec<String>> = HashMap::new();
+    for piece in pieces(from_ms, to_ms, &tiers, marks) {
         let tier = match piece.source {
             Source::Raw => {
                 let sql =
@@ -449,87 +634,29 @@ pub(crate) fn spend(
             }
             Source::Tier(t) => t,
         };
-        let mut read = |table, group: RollupGroup, negate: bool| -> Result<(), StoreError> {
-            let sql = query::select_rollup(
+        let dims = |dim: &str, group: &DimGroup, value: Option<&str>| {
+            query::select_dims(
                 d,
-                table,
-                &group,
-                filter,
+                dim,
+                group,
+                value,
                 tier.ms(),
                 bucket,
                 piece.from_ms,
                 piece.to_ms,
-            );
-            merge.add(run(&sql, bucket.is_some())?, negate, flat)
+            )
         };
-        let column = |g: &GroupBy| match g {
-            GroupBy::Key => "key_name",
-            GroupBy::Team => "team",
-            GroupBy::Customer => "customer",
-            GroupBy::Provider => "provider",
-            GroupBy::Model => "model",
-            _ => "''",
-        };
-        match (group_by, &filter.tag) {
-            // With a tag filter every row read carries that tag.
-            (GroupBy::Tag(k), Some(_)) => {
-                read(RollupTable::Tags, RollupGroup::TagValue(k.clone()), false)?
+        match &route {
+            Some(DimRoute::Plain { dim, group, value }) => {
+                let sql = dims(dim, group, value.as_deref());
+                merge.add(run(&sql, bucket.is_some())?, false, flat)?;
             }
-            (g, Some(_)) => read(RollupTable::Tags, RollupGroup::Column(column(g)), false)?,
-            (GroupBy::Tags, None) => {
-                let keys = match tag_keys.get(&tier) {
-                    Some(k) => k.clone(),
-                    None => {
-                        let mut keys = Vec::new();
-                        loop {
-                            let sql = query::select_next_tag_key(
-                                d,
-                                tier.ms(),
-                                keys.last().map(String::as_str),
-                            );
-                            match run(&sql, false)?.pop() {
-                                Some(r) => keys.push(r.group),
-                                None => break,
-                            }
-                            if keys.len() > LOG_SERIES_POINTS_MAX {
-                                return Err(too_many());
-                            }
-                        }
-                        tag_keys.insert(tier, keys.clone());
-                        keys
-                    }
-                };
-                for k in keys {
-                    let sql = query::select_rollup(
-                        d,
-                        RollupTable::Tags,
-                        &RollupGroup::TagPair(k),
-                        filter,
-                        tier.ms(),
-                        bucket,
-                        piece.from_ms,
-                        piece.to_ms,
-                    );
-                    merge.add(run(&sql, bucket.is_some())?, false, flat)?;
-                }
-            }
-            (GroupBy::Tag(k), None) => {
+            Some(DimRoute::Tag(k)) => {
                 // "" = every row minus the rows with the tag, plus the rows
                 // whose value is "" (which the tagged read adds back).
-                read(RollupTable::Entities, RollupGroup::Column("''"), false)?;
-                let tagged = {
-                    let sql = query::select_rollup(
-                        d,
-                        RollupTable::Tags,
-                        &RollupGroup::TagValue(k.clone()),
-                        filter,
-                        tier.ms(),
-                        bucket,
-                        piece.from_ms,
-                        piece.to_ms,
-                    );
-                    run(&sql, bucket.is_some())?
-                };
+                let all = run(&dims("", &DimGroup::None, None), bucket.is_some())?;
+                merge.add(all, false, flat)?;
+                let tagged = run(&dims(&tag_dim(k), &DimGroup::Value, None), bucket.is_some())?;
                 let untag: Vec<RawSpend> = tagged
                     .iter()
                     .map(|r| RawSpend {
@@ -540,7 +667,57 @@ pub(crate) fn spend(
                 merge.add(untag, true, flat)?;
                 merge.add(tagged, false, flat)?;
             }
-            (g, None) => read(RollupTable::Entities, RollupGroup::Column(column(g)), false)?,
+            Some(DimRoute::AllTags) => {
+                let listed = match tag_dims.get(&tier) {
+                    Some(k) => k.clone(),
+                    None => {
+                        let mut listed: Vec<String> = Vec::new();
+                        loop {
+                            let sql = query::select_next_tag_dim(
+                                d,
+                                tier.ms(),
+                                listed.last().map(String::as_str),
+                            );
+                            match run(&sql, false)?.pop() {
+                                Some(r) => listed.push(r.group),
+                                None => break,
+                            }
+                            if listed.len() > LOG_SERIES_POINTS_MAX {
+                                return Err(too_many());
+                            }
+                        }
+                        tag_dims.insert(tier, listed.clone());
+                        listed
+                    }
+                };
+                for dim in listed {
+                    let key = dim.strip_prefix(TAG_DIM_PREFIX).unwrap_or(&dim).to_string();
+                    let sql = dims(&dim, &DimGroup::Pair(key), None);
+                    merge.add(run(&sql, bucket.is_some())?, false, flat)?;
+                }
+            }
+            None => {
+                // Entity filters and groupings only (`raw_only` took the
+                // rest): the combinations.
+                let group = RollupGroup::Column(match group_by {
+                    GroupBy::Key => "key_name",
+                    GroupBy::Team => "team",
+                    GroupBy::Customer => "customer",
+                    GroupBy::Provider => "provider",
+                    GroupBy::Model => "model",
+                    _ => "''",
+                });
+                let sql = query::select_rollup(
+                    d,
+                    &group,
+                    filter,
+                    tier.ms(),
+                    bucket,
+                    piece.from_ms,
+                    piece.to_ms,
+                );
+                merge.add(run(&sql, bucket.is_some())?, false, flat)?;
+            }
         }
     }
     merge.finish()
@@ -581,7 +758,7 @@ mod tests {
         const D: i64 = 86_400_000;
         let from = 2 * D - 2 * H - 3 * M - 5;
         let to = 5 * D + H + M + 7;
-        let p = pieces(from, to, &ROLLUP_TIERS);
+        let p = pieces(from, to, &ROLLUP_TIERS, &Marks::ALL);
         let src: Vec<_> = p.iter().map(|p| p.source).collect();
         assert_eq!(
             src,
@@ -610,23 +787,23 @@ mod tests {
             }
         }
         // Only the hour tier (tags), and a range inside one minute.
-        let p = pieces(from, to, &TAG_ROLLUP_TIERS);
+        let p = pieces(from, to, &TAG_ROLLUP_TIERS, &Marks::ALL);
         assert_eq!(p.first().map(|p| p.source), Some(Source::Raw));
         assert_eq!(p.len(), 5);
         assert_eq!(
-            pieces(5, 9, &ROLLUP_TIERS),
+            pieces(5, 9, &ROLLUP_TIERS, &Marks::ALL),
             vec![Piece {
                 source: Source::Raw,
                 from_ms: 5,
                 to_ms: 9
             }]
         );
-        assert!(pieces(9, 9, &ROLLUP_TIERS).is_empty());
+        assert!(pieces(9, 9, &ROLLUP_TIERS, &Marks::ALL).is_empty());
         // Negative times and the ends of i64 do not overflow.
-        let p = pieces(i64::MIN, i64::MAX, &ROLLUP_TIERS);
+        let p = pieces(i64::MIN, i64::MAX, &ROLLUP_TIERS, &Marks::ALL);
         assert_eq!(p.first().map(|p| p.from_ms), Some(i64::MIN));
         assert_eq!(p.last().map(|p| p.to_ms), Some(i64::MAX));
-        let p = pieces(-D - 1, D + 1, &ROLLUP_TIERS);
+        let p = pieces(-D - 1, D + 1, &ROLLUP_TIERS, &Marks::ALL);
         assert!(p.contains(&Piece {
             source: Source::Tier(Tier::Day),
             from_ms: -D,

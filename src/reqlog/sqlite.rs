@@ -25,7 +25,8 @@ use super::query::{
     self, Bucket, Dialect, GroupBy, LogCursor, LogFilter, LogPage, Param, SeriesPoint, SpendFilter,
     SpendTotal,
 };
-use super::rollup::{self, RollupBatch, Tier};
+use super::rollup::{self, Marks, RollupBatch, Tier};
+use super::rollup_build;
 use super::row::LogRow;
 use super::store::SCHEMA_VERSION;
 use super::store::{self, clamp_i64, write_tags_json, LogStore, RawRow, RawSpend, StoreError};
@@ -109,6 +110,32 @@ CREATE TABLE rollup_tags (
 ) WITHOUT ROWID;
 ";
 
+/// Version 5: the rollups by one dimension (`reqlog::rollup`) and the mark
+/// of the built minutes (`reqlog::rollup_build`).
+const DIMS_SCHEMA: &str = "
+CREATE TABLE rollup_dims (
+    tier INTEGER NOT NULL,
+    dim TEXT NOT NULL,
+    bucket_ms INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    cache_hits INTEGER NOT NULL,
+    cost_picodollars TEXT NOT NULL,
+    avoided_picodollars TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    PRIMARY KEY (tier, dim, bucket_ms, value)
+) WITHOUT ROWID;
+-- One value's buckets in order: a key's burn-down, the top groups of a
+-- series (a range of the primary key would pass every other value).
+CREATE INDEX rollup_dims_value ON rollup_dims (tier, dim, value, bucket_ms);
+CREATE TABLE rollup_marks (
+    tier INTEGER PRIMARY KEY,
+    done_ms INTEGER NOT NULL
+);
+";
+
 /// Version 3 to 4: the rollups of the rows already stored, computed in SQL
 /// (in the migration's transaction: a large log takes a while to open once).
 const BACKFILL_3_TO_4: &str = "
@@ -133,19 +160,6 @@ const UPSERT_ROLLUP: &str = "INSERT INTO rollups (tier, bucket_ms, key_name, tea
     prompt_tokens, completion_tokens) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
     ON CONFLICT (tier, bucket_ms, key_name, team, customer, provider, model) DO UPDATE SET \
-    requests = requests + excluded.requests, errors = errors + excluded.errors, \
-    cache_hits = cache_hits + excluded.cache_hits, \
-    cost_picodollars = add_picodollars(cost_picodollars, excluded.cost_picodollars), \
-    avoided_picodollars = add_picodollars(avoided_picodollars, excluded.avoided_picodollars), \
-    prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
-    completion_tokens = completion_tokens + excluded.completion_tokens";
-
-const UPSERT_ROLLUP_TAG: &str = "INSERT INTO rollup_tags (tier, tag_key, bucket_ms, tag_value, \
-    key_name, team, customer, provider, model, requests, errors, cache_hits, cost_picodollars, \
-    avoided_picodollars, prompt_tokens, completion_tokens) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
-    ON CONFLICT (tier, tag_key, bucket_ms, tag_value, key_name, team, customer, provider, model) \
-    DO UPDATE SET \
     requests = requests + excluded.requests, errors = errors + excluded.errors, \
     cache_hits = cache_hits + excluded.cache_hits, \
     cost_picodollars = add_picodollars(cost_picodollars, excluded.cost_picodollars), \
@@ -180,6 +194,9 @@ pub struct SqliteStore {
     wal_frames: Arc<AtomicI32>,
     /// [`LOG_SQLITE_CHECKPOINT_BYTES`] in this file's pages.
     checkpoint_frames: i32,
+    /// The mark this connection last built or read to (a hint that skips
+    /// the build's transaction while no minute has closed).
+    built_to: Option<i64>,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -307,6 +324,7 @@ impl SqliteStore {
             conn,
             wal_frames,
             checkpoint_frames: pages(LOG_SQLITE_CHECKPOINT_BYTES),
+            built_to: None,
         };
         store.migrate()?;
         Ok(store)
@@ -325,6 +343,8 @@ impl SqliteStore {
             None => {
                 tx.execute_batch(SCHEMA)?;
                 tx.execute_batch(ROLLUP_SCHEMA)?;
+                tx.execute_batch("DROP TABLE rollup_tags")?;
+                tx.execute_batch(DIMS_SCHEMA)?;
                 tx.execute(
                     "INSERT INTO schema_version (version) VALUES (?1)",
                     [SCHEMA_VERSION],
@@ -341,6 +361,10 @@ impl SqliteStore {
                 if v < 4 {
                     tx.execute_batch(ROLLUP_SCHEMA)?;
                     tx.execute_batch(BACKFILL_3_TO_4)?;
+                }
+                if v < 5 {
+                    tx.execute_batch(DIMS_SCHEMA)?;
+                    tx.execute_batch(&rollup_build::backfill_4_to_5(Dialect::Sqlite))?;
                 }
                 if v < SCHEMA_VERSION {
                     tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])?;
@@ -380,13 +404,15 @@ impl SqliteStore {
         to_ms: i64,
         scan: bool,
     ) -> Result<Vec<SeriesPoint>, StoreError> {
-        let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
         if scan {
+            let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
             let sql =
                 query::select_spend(Dialect::Sqlite, group_by, filter, bucket, from_ms, to_ms);
             let raw = run(&sql, bucket.is_some())?;
             return rollup::from_raw(raw, bucket.is_some());
         }
+        let marks = self.marks()?;
+        let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
         rollup::spend(
             Dialect::Sqlite,
             &mut run,
@@ -395,7 +421,21 @@ impl SqliteStore {
             bucket,
             from_ms,
             to_ms,
+            &marks,
         )
+    }
+
+    /// The rollups' mark as this connection sees it now.
+    fn marks(&mut self) -> Result<Marks, StoreError> {
+        read_marks(&self.conn)
+    }
+
+    /// Builds the rollups until the mark covers rows below `to_ms` (before a
+    /// retention delete, which must not take rows the rollups lack).
+    fn roll_up_before_delete(&mut self, to_ms: i64) -> Result<i64, StoreError> {
+        let limit = rollup_build::mark_covering(to_ms.saturating_sub(1));
+        while self.roll_up(limit)? {}
+        Ok(self.marks()?.done_ms.unwrap_or(i64::MIN))
     }
 
     fn query_rows(&mut self, sql: &query::Sql) -> Result<Vec<LogRow>, StoreError> {
@@ -424,6 +464,25 @@ impl SqliteStore {
         Ok(n as u64)
     }
 }
+
+/// The mark as `conn` sees it (in its transaction, if one is open).
+fn read_marks(conn: &Connection) -> Result<Marks, StoreError> {
+    let done_ms: Option<i64> = conn
+        .query_row(rollup_build::SELECT_MARK, [], |r| r.get(0))
+        .optional()?;
+    Ok(Marks { done_ms })
+}
+
+const UPSERT_DIM: &str = "INSERT INTO rollup_dims (tier, dim, bucket_ms, value, requests, \
+    errors, cache_hits, cost_picodollars, avoided_picodollars, prompt_tokens, \
+    completion_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+    ON CONFLICT (tier, dim, bucket_ms, value) DO UPDATE SET \
+    requests = requests + excluded.requests, errors = errors + excluded.errors, \
+    cache_hits = cache_hits + excluded.cache_hits, \
+    cost_picodollars = add_picodollars(cost_picodollars, excluded.cost_picodollars), \
+    avoided_picodollars = add_picodollars(avoided_picodollars, excluded.avoided_picodollars), \
+    prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
+    completion_tokens = completion_tokens + excluded.completion_tokens";
 
 /// Upserts a batch's rollups (in the batch's transaction).
 fn upsert_rollups(
@@ -455,22 +514,17 @@ fn upsert_rollups(
             m.completion_tokens,
         ])?;
     }
-    let mut up = tx.prepare_cached(UPSERT_ROLLUP_TAG)?;
-    for (k, m) in &batch.tags {
+    let mut up = tx.prepare_cached(UPSERT_DIM)?;
+    for (k, m) in &batch.dims {
         cost.clear();
         let _ = write!(cost, "{}", m.cost);
         avoided.clear();
         let _ = write!(avoided, "{}", m.avoided);
         up.execute(params![
             k.tier.ms(),
-            k.tag_key.as_ref(),
+            k.dim.as_ref(),
             k.bucket_ms,
-            k.tag_value.as_ref(),
-            k.e.key.as_ref(),
-            k.e.team.as_ref(),
-            k.e.customer.as_ref(),
-            k.e.provider.as_ref(),
-            k.e.model.as_ref(),
+            k.value.as_ref(),
             m.requests,
             m.errors,
             m.cache_hits,
@@ -516,6 +570,9 @@ impl LogStore for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut inserted = 0;
         let mut batch = RollupBatch::default();
+        // Read in the write transaction: no build can pass between this and
+        // the commit.
+        let marks = read_marks(&tx)?;
         {
             let mut insert_row = tx.prepare_cached(INSERT_ROW)?;
             // Reused for every row: no allocation per row for the
@@ -561,14 +618,59 @@ impl LogStore for SqliteStore {
                 ])?;
                 if n == 1 {
                     inserted += 1;
-                    batch.add(row, Cow::Borrowed)?;
+                    if marks.is_late(row.time_ms) {
+                        batch.add(row, Cow::Borrowed)?;
+                    }
                 }
                 pace();
             }
-            upsert_rollups(&tx, &batch)?;
+            if !batch.is_empty() {
+                upsert_rollups(&tx, &batch)?;
+            }
         }
         tx.commit()?;
         Ok(inserted)
+    }
+
+    fn roll_up(&mut self, limit_ms: i64) -> Result<bool, StoreError> {
+        if self.built_to.is_some_and(|d| d >= limit_ms) {
+            return Ok(false);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let done = read_marks(&tx)?.done_ms;
+        let first_sql = rollup_build::select_first_row(Dialect::Sqlite, done.unwrap_or(i64::MIN));
+        let first: Option<i64> = tx.query_row(
+            &first_sql.text,
+            rusqlite::params_from_iter(first_sql.params.iter()),
+            |r| r.get(0),
+        )?;
+        let Some(step) = rollup_build::plan(done, first, limit_ms) else {
+            drop(tx);
+            self.built_to = done;
+            return Ok(false);
+        };
+        if let Some((from, to)) = step.range {
+            for sql in rollup_build::statements(Dialect::Sqlite, from, to) {
+                tx.prepare_cached(&sql.text)?
+                    .execute(rusqlite::params_from_iter(sql.params.iter()))?;
+            }
+        }
+        let mark = rollup_build::set_mark(Dialect::Sqlite, step.done_ms);
+        tx.execute(&mark.text, rusqlite::params_from_iter(mark.params.iter()))?;
+        tx.commit()?;
+        self.built_to = Some(step.done_ms);
+        Ok(step.more)
+    }
+
+    fn begin_read(&mut self) -> Result<(), StoreError> {
+        // Deferred: the snapshot is taken at the first read (WAL).
+        Ok(self.conn.execute_batch("BEGIN DEFERRED")?)
+    }
+
+    fn end_read(&mut self) -> Result<(), StoreError> {
+        Ok(self.conn.execute_batch("COMMIT")?)
     }
 
     fn checkpoint_if_due(&mut self) -> Result<(), StoreError> {
@@ -660,18 +762,36 @@ impl LogStore for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Only bucket starts, so the primary key's (tier, bucket_ms) prefix
         // finds them.
-        let n = tx.execute(
+        let mut n = tx.execute(
             "DELETE FROM rollups WHERE (tier, bucket_ms, key_name, team, customer, provider, \
              model) IN (SELECT tier, bucket_ms, key_name, team, customer, provider, model \
              FROM rollups WHERE tier = ?1 AND bucket_ms < ?2 ORDER BY bucket_ms LIMIT ?3)",
             params![Tier::Minute.ms(), cutoff_ms, clamp_i64(rows_max)],
-        )?;
+        )? as u64;
+        // One dimension at a time, each a range of the primary key (only
+        // the entity dimensions have a minute tier).
+        for (dim, _) in rollup::ENTITY_DIMS {
+            let left = rows_max.saturating_sub(n);
+            if left == 0 {
+                break;
+            }
+            n += tx.execute(
+                "DELETE FROM rollup_dims WHERE (tier, dim, bucket_ms, value) IN \
+                 (SELECT tier, dim, bucket_ms, value FROM rollup_dims \
+                 WHERE tier = ?1 AND dim = ?2 AND bucket_ms < ?3 ORDER BY bucket_ms LIMIT ?4)",
+                params![Tier::Minute.ms(), dim, cutoff_ms, clamp_i64(left)],
+            )? as u64;
+        }
         tx.commit()?;
-        Ok(n as u64)
+        Ok(n)
     }
 
     fn delete_before(&mut self, cutoff_ms: i64, rows_max: u64) -> Result<u64, StoreError> {
-        self.delete_where("time_ms < ?1", params![cutoff_ms, clamp_i64(rows_max)])
+        let built = self.roll_up_before_delete(cutoff_ms)?;
+        self.delete_where(
+            "time_ms < ?1",
+            params![cutoff_ms.min(built), clamp_i64(rows_max)],
+        )
     }
 
     fn delete_beyond(&mut self, keep_rows: u64, rows_max: u64) -> Result<u64, StoreError> {
@@ -686,9 +806,10 @@ impl LogStore for SqliteStore {
         let Some((time_ms, id)) = newest_to_drop else {
             return Ok(0);
         };
+        let built = self.roll_up_before_delete(time_ms.saturating_add(1))?;
         self.delete_where(
-            "time_ms < ?1 OR (time_ms = ?1 AND id <= ?3)",
-            params![time_ms, clamp_i64(rows_max), id],
+            "(time_ms < ?1 OR (time_ms = ?1 AND id <= ?3)) AND time_ms < ?4",
+            params![time_ms, clamp_i64(rows_max), id, built],
         )
     }
 

@@ -57,7 +57,7 @@ use super::query::{
 use super::row::{CacheStatus, LogRow};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Why a store call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +97,25 @@ pub trait LogStore: Send {
     /// row is handed to the store (the writer yields its core there while it
     /// catches up at normal priority).
     fn insert_batch(&mut self, rows: &[LogRow], pace: &mut dyn FnMut()) -> Result<u64, StoreError>;
+
+    /// One step of the rollup build (`reqlog::rollup_build`): sums closed
+    /// minutes below `limit_ms` (a minute boundary; the writer passes
+    /// [`closed_to`](super::rollup_build::closed_to) of now) into the
+    /// rollups and moves the mark. Returns whether more remain below
+    /// `limit_ms`.
+    fn roll_up(&mut self, limit_ms: i64) -> Result<bool, StoreError>;
+
+    /// Starts a read snapshot: the queries until [`end_read`](Self::end_read)
+    /// see one state of the store (a series folded beyond its top groups
+    /// subtracts some reads from another).
+    fn begin_read(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Ends the snapshot [`begin_read`](Self::begin_read) started.
+    fn end_read(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Maintenance the writer runs between batches, in the idle scheduling
     /// class when it has it (SQLite: a passive checkpoint once the WAL is

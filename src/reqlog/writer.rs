@@ -17,8 +17,8 @@ use super::store::{LogStore, StoreError};
 use super::{
     LogConfig, LOG_BOOST_ROWS, LOG_DROP_REPORT_INTERVAL, LOG_PACE_ROWS, LOG_QUEUE_MAX,
     LOG_RETENTION_DELETE_CHUNK, LOG_RETENTION_INTERVAL, LOG_RETENTION_PASS_ROWS_MAX,
-    LOG_RETRY_BACKOFF_MAX, LOG_RETRY_BACKOFF_MIN, LOG_SPILL_DIR, LOG_TEXT_BYTES_MAX,
-    LOG_WRITE_SLOW,
+    LOG_RETRY_BACKOFF_MAX, LOG_RETRY_BACKOFF_MIN, LOG_ROLLUP_POLL_INTERVAL, LOG_SPILL_DIR,
+    LOG_TEXT_BYTES_MAX, LOG_WRITE_SLOW,
 };
 
 /// Why the writer could not start.
@@ -244,6 +244,7 @@ impl LogWriter {
             spill,
             replay_retry_at: now,
             next_retention: now,
+            next_roll_up: now,
             dropped_reported: 0,
             next_drop_report: now,
             spill_error_logged: false,
@@ -301,6 +302,8 @@ struct Writer {
     /// After a spill read error, replay waits until then.
     replay_retry_at: Instant,
     next_retention: Instant,
+    /// When the writer next checks for closed minutes to roll up.
+    next_roll_up: Instant,
     dropped_reported: u64,
     next_drop_report: Instant,
     spill_error_logged: bool,
@@ -496,7 +499,10 @@ impl Writer {
 
     /// When the loop must next act without a row arriving.
     fn next_wake(&self, now: Instant) -> Instant {
-        let mut wake = self.next_retention.min(now + LOG_RETENTION_INTERVAL);
+        let mut wake = self
+            .next_retention
+            .min(now + LOG_RETENTION_INTERVAL)
+            .min(self.next_roll_up);
         if self.spill.has_pending() {
             let ready = match self.health {
                 Health::Up => now,
@@ -526,6 +532,7 @@ impl Writer {
     fn maintain(&mut self) {
         let now = Instant::now();
         self.replay_one(now);
+        self.roll_up(now);
         self.retention(now);
         self.report_drops(now, false);
     }
@@ -752,6 +759,35 @@ impl Writer {
             .spill_rows_corrupt
             .store(self.spill.corrupt_rows(), Relaxed);
         self.stats.spill_bytes.store(self.spill.bytes(), Relaxed);
+    }
+
+    /// Sums the minutes closed by now into the rollups, one bounded step
+    /// (the next wake comes at once while more remain).
+    fn roll_up(&mut self, now: Instant) {
+        if now < self.next_roll_up {
+            return;
+        }
+        let Some(store) = self.ready_store(now) else {
+            return;
+        };
+        match store.roll_up(super::rollup_build::closed_to(unix_ms_now())) {
+            Ok(more) => {
+                self.next_roll_up = if more {
+                    now
+                } else {
+                    now + LOG_ROLLUP_POLL_INTERVAL
+                };
+            }
+            Err(e) => {
+                self.stats.write_errors.fetch_add(1, Relaxed);
+                log::error!("request log: rollup build failed: {e}");
+                if !e.is_data() {
+                    self.store = None;
+                    self.mark_down(&e.to_string(), now);
+                }
+                self.next_roll_up = now + LOG_RETENTION_INTERVAL;
+            }
+        }
     }
 
     /// Deletes rows past `retention` and `max_rows`, at most

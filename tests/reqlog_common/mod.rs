@@ -911,14 +911,19 @@ fn rollup_range(rng: &mut Rng) -> (i64, i64) {
 }
 
 /// Spend from the rollups equals a scan of the raw rows, for random ranges,
-/// buckets, groupings and filters, after batches that include a replay of
-/// rows already stored (which must not count twice).
+/// buckets, groupings and filters: while the rollup mark is in the middle of
+/// the rows (batches in random time order, so later batches hold rows below
+/// the mark that their inserts add, and rows above it the builds sum), after
+/// a replay of rows already stored (which must not count twice), and once
+/// every row is built.
 pub fn check_rollups_match_scan(cfg: &LogConfig, dir: &Path, seed: u64) {
-    use bursar::reqlog::SpendFilter;
     let mut store = cfg.open_store(dir).unwrap();
     let rows = rollup_rows(seed, 1_500);
+    let mut mark = T0 - DAY;
     for chunk in rows.chunks(200) {
         store.insert_batch(chunk, &mut || {}).unwrap();
+        mark += 7 * HOUR + 13 * MINUTE;
+        while store.roll_up(mark).unwrap() {}
     }
     // A replay: the same rows again, plus two new ones.
     let mut again = rows[100..400].to_vec();
@@ -929,45 +934,74 @@ pub fn check_rollups_match_scan(cfg: &LogConfig, dir: &Path, seed: u64) {
     again.extend(extra);
     assert_eq!(store.insert_batch(&again, &mut || {}).unwrap(), 2);
     let mut rng = Rng::new(seed ^ 0x5eed);
+    compare_rollups_with_scan(store.as_mut(), &mut rng, 200);
+    while store.roll_up(T0 + 3 * DAY).unwrap() {}
+    compare_rollups_with_scan(store.as_mut(), &mut rng, 100);
+    // The whole range's total by every grouping that partitions it.
+    let all = store
+        .spend_totals(&GroupBy::None, T0 - 2 * DAY, T0 + 3 * DAY)
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].requests, 1_502);
+    let hits = rows
+        .iter()
+        .filter(|r| matches!(r.cache_status, CacheStatus::Hit | CacheStatus::SemanticHit))
+        .count() as u64;
+    let errors = rows.iter().filter(|r| r.status >= 400).count() as u64;
+    let extra_hits = again[again.len() - 2..]
+        .iter()
+        .filter(|r| matches!(r.cache_status, CacheStatus::Hit | CacheStatus::SemanticHit))
+        .count() as u64;
+    let extra_errors = again[again.len() - 2..]
+        .iter()
+        .filter(|r| r.status >= 400)
+        .count() as u64;
+    assert_eq!(all[0].cache_hits, hits + extra_hits);
+    assert_eq!(all[0].errors, errors + extra_errors);
+}
+
+/// `n` random spend queries answered from the rollups and by a scan.
+fn compare_rollups_with_scan(store: &mut dyn bursar::reqlog::LogStore, rng: &mut Rng, n: usize) {
+    use bursar::reqlog::SpendFilter;
     let pick =
         |rng: &mut Rng, list: &[&str]| list[rng.below(list.len() as u64) as usize].to_string();
     let mut compared = 0;
     let mut nonempty = 0;
-    for _ in 0..300 {
+    for _ in 0..n {
         let group_by = match rng.below(9) {
             0 => GroupBy::Key,
             1 => GroupBy::Team,
             2 => GroupBy::Customer,
             3 => GroupBy::Provider,
             4 => GroupBy::Model,
-            5 => GroupBy::Tag(pick(&mut rng, &["env", "feature", "user", "none"])),
+            5 => GroupBy::Tag(pick(rng, &["env", "feature", "user", "none"])),
             6 => GroupBy::Tags,
             _ => GroupBy::None,
         };
         let mut filter = SpendFilter::default();
         if rng.below(4) == 0 {
-            filter.key = Some(pick(&mut rng, &["k-a", "k-b", "k-zz"]));
+            filter.key = Some(pick(rng, &["k-a", "k-b", "k-zz"]));
         }
         if rng.below(5) == 0 {
-            filter.team = Some(pick(&mut rng, &["red", "blue", ""]));
+            filter.team = Some(pick(rng, &["red", "blue", ""]));
         }
         if rng.below(6) == 0 {
-            filter.customer = Some(pick(&mut rng, &["acme", "globex"]));
+            filter.customer = Some(pick(rng, &["acme", "globex"]));
         }
         if rng.below(5) == 0 {
-            filter.model = Some(pick(&mut rng, &["gpt-4o", "claude"]));
+            filter.model = Some(pick(rng, &["gpt-4o", "claude"]));
         }
         if rng.below(5) == 0 {
-            filter.provider = Some(pick(&mut rng, &["openai", "anthropic"]));
+            filter.provider = Some(pick(rng, &["openai", "anthropic"]));
         }
         if rng.below(4) == 0 {
             filter.tag = Some(match rng.below(3) {
-                0 => ("env".into(), pick(&mut rng, &["prod", "dev"])),
-                1 => ("feature".into(), pick(&mut rng, &["search", "sum mary"])),
+                0 => ("env".into(), pick(rng, &["prod", "dev"])),
+                1 => ("feature".into(), pick(rng, &["search", "sum mary"])),
                 _ => ("user".into(), format!("u{}", rng.below(20))),
             });
         }
-        let (from, to) = rollup_range(&mut rng);
+        let (from, to) = rollup_range(rng);
         let bucket = match rng.below(4) {
             0 => None,
             1 => Some(Bucket::Minute),
@@ -988,6 +1022,16 @@ pub fn check_rollups_match_scan(cfg: &LogConfig, dir: &Path, seed: u64) {
                     .spend_series_where(&group_by, &filter, b, from, to)
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
                 assert_eq!(ours, scan, "{what}");
+                // Its top groups, read group by group, equal the whole
+                // series folded.
+                let top = 1 + rng.below(3) as usize;
+                let folded =
+                    bursar::reqlog::top::fold_beyond_top(scan.clone(), top, "(other)").unwrap();
+                let ours = bursar::reqlog::top::spend_series_top(
+                    store, &group_by, &filter, b, from, to, top, "(other)",
+                )
+                .unwrap_or_else(|e| panic!("top {top} {what}: {e}"));
+                assert_eq!(ours, folded, "top {top} {what}");
             }
             None => {
                 let ours = store
@@ -1014,30 +1058,9 @@ pub fn check_rollups_match_scan(cfg: &LogConfig, dir: &Path, seed: u64) {
     }
     // The comparisons were not all of empty answers.
     assert!(
-        compared > 200 && nonempty > compared / 2,
+        compared > n * 2 / 3 && nonempty > compared / 2,
         "{compared} {nonempty}"
     );
-    // The whole range's total by every grouping that partitions it.
-    let all = store
-        .spend_totals(&GroupBy::None, T0 - 2 * DAY, T0 + 3 * DAY)
-        .unwrap();
-    assert_eq!(all.len(), 1);
-    assert_eq!(all[0].requests, 1_502);
-    let hits = rows
-        .iter()
-        .filter(|r| matches!(r.cache_status, CacheStatus::Hit | CacheStatus::SemanticHit))
-        .count() as u64;
-    let errors = rows.iter().filter(|r| r.status >= 400).count() as u64;
-    let extra_hits = again[again.len() - 2..]
-        .iter()
-        .filter(|r| matches!(r.cache_status, CacheStatus::Hit | CacheStatus::SemanticHit))
-        .count() as u64;
-    let extra_errors = again[again.len() - 2..]
-        .iter()
-        .filter(|r| r.status >= 400)
-        .count() as u64;
-    assert_eq!(all[0].cache_hits, hits + extra_hits);
-    assert_eq!(all[0].errors, errors + extra_errors);
 }
 
 /// `query_log_page` pages through a rare status and a tag across the scan

@@ -193,7 +193,7 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-fn generate(target: &str, rows: u64, now_ms: i64) {
+fn generate(target: &str, rows: u64, now_ms: i64, span_ms: i64) {
     let mut store = open(target);
     let names = Names {
         keys: (0..KEYS).map(|k| key_name(k).into()).collect(),
@@ -204,8 +204,8 @@ fn generate(target: &str, rows: u64, now_ms: i64) {
         providers: vec!["openai".into(), "anthropic".into(), "google".into()],
         price: "2026-11-01".into(),
     };
-    let start_ms = now_ms - DAYS * DAY_MS;
-    let span = (DAYS * DAY_MS) as u64;
+    let start_ms = now_ms - span_ms;
+    let span = span_ms as u64;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let wall = Instant::now();
     let mut cpu = Duration::ZERO;
@@ -545,7 +545,19 @@ fn main() {
             &args[1],
             args[2].parse().expect("rows"),
             args[3].parse().expect("now ms"),
+            DAYS * DAY_MS,
         ),
+        // The writer's cost at a steady rate: ROWS rows at RATE a second
+        // (the same keys, models and tags), ending now.
+        Some("writer") if args.len() == 4 => {
+            let rows: u64 = args[2].parse().expect("rows");
+            let rate: u64 = args[3].parse().expect("rows per second");
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis() as i64;
+            generate(&args[1], rows, now_ms, (rows * 1000 / rate.max(1)) as i64)
+        }
         Some("catalog") => catalog(),
         Some("pages") if args.len() == 4 => pages(
             &args[1],
@@ -563,6 +575,7 @@ fn main() {
             "usage: log_scale generate <sqlite:DIR|postgres:URL> <ROWS> <NOW_MS>\n       \
              log_scale pages <sqlite:DIR|postgres:URL> <NOW_MS> <RUNS>\n       \
              log_scale catalog\n       \
+             log_scale writer <sqlite:DIR|postgres:URL> <ROWS> <ROWS_PER_SECOND>\n       \
              log_scale calls <ADMIN_ADDR> <TOKEN> <CALLS_FILE> <NOW_MS> <RUNS>\n\
              (run through scripts/bench/dashboard-scale)"
         ),

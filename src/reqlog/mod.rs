@@ -165,8 +165,9 @@ pub const LOG_ROLLUP_MINUTE_KEEP: Duration = Duration::from_secs(35 * 86_400);
 pub const LOG_ROLLUP_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Minutes one rollup build step sums at most (one transaction), so a
 /// writer catching up on a long backlog returns to its batches between
-/// steps.
-pub const LOG_ROLLUP_BUILD_MINUTES_MAX: usize = 60;
+/// steps, and a step stays well inside `LOG_PG_STATEMENT_TIMEOUT` (ten
+/// minutes at 5,000 requests/s are 3 million rows).
+pub const LOG_ROLLUP_BUILD_MINUTES_MAX: usize = 10;
 /// How often the writer checks for a closed minute to roll up (a cached
 /// comparison unless one has closed).
 pub const LOG_ROLLUP_POLL_INTERVAL: Duration = Duration::from_secs(1);

@@ -709,6 +709,17 @@ impl LogStore for PostgresStore {
         Ok(step.more)
     }
 
+    fn spend_series_tags_summed(
+        &mut self,
+        bucket: Bucket,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        let marks = read_marks(&mut self.client)?;
+        let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
+        rollup::spend_tags_summed(Dialect::Postgres, &mut run, bucket, from_ms, to_ms, &marks)
+    }
+
     fn begin_read(&mut self) -> Result<(), StoreError> {
         Ok(self
             .client

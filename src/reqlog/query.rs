@@ -332,8 +332,34 @@ pub(crate) fn select_spend(
     from_ms: i64,
     to_ms: i64,
 ) -> Sql {
+    select_spend_as(d, group_by, false, filter, bucket, from_ms, to_ms)
+}
+
+/// [`select_spend`] grouped by every tag, summed over the tags: one group
+/// `""` per bucket, a row counted once per tag it carries (what a grouping
+/// by every tag sums to in each bucket).
+pub(crate) fn select_spend_tags_summed(
+    d: Dialect,
+    bucket: Option<Bucket>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Sql {
+    let none = SpendFilter::default();
+    select_spend_as(d, &GroupBy::Tags, true, &none, bucket, from_ms, to_ms)
+}
+
+fn select_spend_as(
+    d: Dialect,
+    group_by: &GroupBy,
+    one_group: bool,
+    filter: &SpendFilter,
+    bucket: Option<Bucket>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Sql {
     let mut sql = Sql::new(d);
     let group = match group_by {
+        _ if one_group => "''".to_string(),
         GroupBy::Key => "r.key_name".to_string(),
         GroupBy::Team => "COALESCE(r.team, '')".to_string(),
         GroupBy::Customer => "COALESCE(r.customer, '')".to_string(),
@@ -510,9 +536,17 @@ pub(crate) fn select_dims(
     let from = sql.bind(Param::Int(from_ms));
     let to = sql.bind(Param::Int(to_ms));
     let mut scope = String::new();
+    // One value: its buckets by the index on (tier, dim, value, bucket_ms)
+    // (SQLite, without statistics, would take the primary key's bucket range
+    // and pass every other value: 47 ms against 1 ms for a key's week by
+    // hour at 10 million rows). PostgreSQL's planner chooses by itself.
+    let mut indexed = "";
     if let Some(v) = value {
         let p = sql.bind_text(v);
         scope.push_str(&format!(" AND x.value = {p}"));
+        if d == Dialect::Sqlite {
+            indexed = " INDEXED BY rollup_dims_value";
+        }
     }
     let group_expr = match group {
         DimGroup::None => "''".to_string(),
@@ -547,7 +581,7 @@ pub(crate) fn select_dims(
     sql.text = format!(
         "SELECT {bucket_col}{group_expr}{bytewise} AS g, SUM(x.requests){cast}, {cost}, \
          {avoided}, SUM(x.prompt_tokens){cast}, SUM(x.completion_tokens){cast}, \
-         SUM(x.errors){cast}, SUM(x.cache_hits){cast} FROM rollup_dims x \
+         SUM(x.errors){cast}, SUM(x.cache_hits){cast} FROM rollup_dims x{indexed} \
          WHERE x.tier = {tier} AND x.dim = {pd} AND x.bucket_ms >= {from} \
          AND x.bucket_ms < {to}{scope} \
          GROUP BY {group_cols} ORDER BY {group_cols} LIMIT {limit}"

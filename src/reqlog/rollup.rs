@@ -668,28 +668,7 @@ pub(crate) fn spend(
                 merge.add(tagged, false, flat)?;
             }
             Some(DimRoute::AllTags) => {
-                let listed = match tag_dims.get(&tier) {
-                    Some(k) => k.clone(),
-                    None => {
-                        let mut listed: Vec<String> = Vec::new();
-                        loop {
-                            let sql = query::select_next_tag_dim(
-                                d,
-                                tier.ms(),
-                                listed.last().map(String::as_str),
-                            );
-                            match run(&sql, false)?.pop() {
-                                Some(r) => listed.push(r.group),
-                                None => break,
-                            }
-                            if listed.len() > LOG_SERIES_POINTS_MAX {
-                                return Err(too_many());
-                            }
-                        }
-                        tag_dims.insert(tier, listed.clone());
-                        listed
-                    }
-                };
+                let listed = list_tag_dims(d, run, tier, &mut tag_dims)?;
                 for dim in listed {
                     let key = dim.strip_prefix(TAG_DIM_PREFIX).unwrap_or(&dim).to_string();
                     let sql = dims(&dim, &DimGroup::Pair(key), None);
@@ -721,6 +700,79 @@ pub(crate) fn spend(
         }
     }
     merge.finish()
+}
+
+/// Spend per bucket over every tag group of the unfiltered log, summed (a
+/// row counted once per tag it carries; one group `""`): a series grouped by
+/// every tag, without its groups, which for a tag such as `user` are tens of
+/// thousands a day. A chart folding every tag beyond its top groups takes
+/// its folded group as this minus the kept ones.
+pub(crate) fn spend_tags_summed(
+    d: Dialect,
+    run: &mut RunSpend<'_>,
+    bucket: Bucket,
+    from_ms: i64,
+    to_ms: i64,
+    marks: &Marks,
+) -> Result<Vec<SeriesPoint>, StoreError> {
+    let mut merge = Merge::default();
+    let tiers: Vec<Tier> = TAG_ROLLUP_TIERS
+        .iter()
+        .copied()
+        .filter(|t| *t <= Tier::of(bucket))
+        .collect();
+    let mut tag_dims: HashMap<Tier, Vec<String>> = HashMap::new();
+    for piece in pieces(from_ms, to_ms, &tiers, marks) {
+        let tier = match piece.source {
+            Source::Raw => {
+                let sql =
+                    query::select_spend_tags_summed(d, Some(bucket), piece.from_ms, piece.to_ms);
+                merge.add(run(&sql, true)?, false, None)?;
+                continue;
+            }
+            Source::Tier(t) => t,
+        };
+        let listed = list_tag_dims(d, run, tier, &mut tag_dims)?;
+        for dim in listed {
+            let sql = query::select_dims(
+                d,
+                &dim,
+                &DimGroup::None,
+                None,
+                tier.ms(),
+                Some(bucket),
+                piece.from_ms,
+                piece.to_ms,
+            );
+            merge.add(run(&sql, true)?, false, None)?;
+        }
+    }
+    merge.finish()
+}
+
+/// The tag dimensions of `tier` (listed once per query, then cached).
+fn list_tag_dims(
+    d: Dialect,
+    run: &mut RunSpend<'_>,
+    tier: Tier,
+    cache: &mut HashMap<Tier, Vec<String>>,
+) -> Result<Vec<String>, StoreError> {
+    if let Some(k) = cache.get(&tier) {
+        return Ok(k.clone());
+    }
+    let mut listed: Vec<String> = Vec::new();
+    loop {
+        let sql = query::select_next_tag_dim(d, tier.ms(), listed.last().map(String::as_str));
+        match run(&sql, false)?.pop() {
+            Some(r) => listed.push(r.group),
+            None => break,
+        }
+        if listed.len() > LOG_SERIES_POINTS_MAX {
+            return Err(too_many());
+        }
+    }
+    cache.insert(tier, listed.clone());
+    Ok(listed)
 }
 
 /// Points from the rows of one raw spend statement (the scan oracle).

@@ -664,6 +664,17 @@ impl LogStore for SqliteStore {
         Ok(step.more)
     }
 
+    fn spend_series_tags_summed(
+        &mut self,
+        bucket: Bucket,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        let marks = self.marks()?;
+        let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
+        rollup::spend_tags_summed(Dialect::Sqlite, &mut run, bucket, from_ms, to_ms, &marks)
+    }
+
     fn begin_read(&mut self) -> Result<(), StoreError> {
         // Deferred: the snapshot is taken at the first read (WAL).
         Ok(self.conn.execute_batch("BEGIN DEFERRED")?)

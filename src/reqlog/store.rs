@@ -105,6 +105,16 @@ pub trait LogStore: Send {
     /// `limit_ms`.
     fn roll_up(&mut self, limit_ms: i64) -> Result<bool, StoreError>;
 
+    /// Spend per bucket over every tag group of the whole log, summed (one
+    /// group `""`; a row counts once per tag it carries): what a series
+    /// grouped by every tag sums to in each bucket (`reqlog::top`).
+    fn spend_series_tags_summed(
+        &mut self,
+        bucket: Bucket,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SeriesPoint>, StoreError>;
+
     /// Starts a read snapshot: the queries until [`end_read`](Self::end_read)
     /// see one state of the store (a series folded beyond its top groups
     /// subtracts some reads from another).

@@ -8,10 +8,13 @@
 //! `rollup_dims` index on `(tier, dim, value, bucket_ms)` reads one value's
 //! buckets), and the folded group is the whole minus the kept ones. All in
 //! one read snapshot ([`LogStore::begin_read`]), so the subtraction sees the
-//! rows the parts saw. A grouping whose groups a filter cannot name (every
-//! tag, which overlap; the `""` group of rows without a team, customer or
-//! tag), or a filter already on the grouped dimension, reads the whole
-//! series and folds it.
+//! rows the parts saw. Grouped by every tag (groups that overlap: a row
+//! counts in each of its tags'), the whole is the per-bucket sum over every
+//! tag group ([`LogStore::spend_series_tags_summed`]), unfiltered only. A
+//! grouping whose groups a filter cannot name (the `""` group of rows
+//! without a team, customer or tag), a filter already on the grouped
+//! dimension, or every tag with a filter, reads the whole series and folds
+//! it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -60,7 +63,8 @@ fn series_top_in_snapshot(
         let points = store.spend_series_where(group_by, filter, bucket, from_ms, to_ms)?;
         fold_beyond_top(points, top, other)
     };
-    if matches!(group_by, GroupBy::Tags | GroupBy::None) {
+    let every_tag = matches!(group_by, GroupBy::Tags);
+    if matches!(group_by, GroupBy::None) || (every_tag && *filter != SpendFilter::default()) {
         return whole(store);
     }
     let mut totals = store.spend_totals_where(group_by, filter, from_ms, to_ms)?;
@@ -72,21 +76,43 @@ fn series_top_in_snapshot(
             .cmp(&a.cost_picodollars)
             .then_with(|| a.group.cmp(&b.group))
     });
-    let kept: Vec<String> = totals.into_iter().take(top).map(|t| t.group).collect();
-    let narrowed: Option<Vec<SpendFilter>> =
-        kept.iter().map(|g| narrow(group_by, filter, g)).collect();
+    let kept: Vec<(String, u64)> = totals
+        .into_iter()
+        .take(top)
+        .map(|t| (t.group, t.requests))
+        .collect();
+    let narrowed: Option<Vec<SpendFilter>> = kept
+        .iter()
+        .map(|(g, _)| narrow(group_by, filter, g))
+        .collect();
     let Some(narrowed) = narrowed else {
         return whole(store);
     };
-    // The whole range's series, from which each kept group's is taken.
-    let mut rest: BTreeMap<i64, SeriesPoint> = store
-        .spend_series_where(&GroupBy::None, filter, bucket, from_ms, to_ms)?
+    // Each kept group's series, read as a filter on that group; a group the
+    // filter does not find whole (a tag key holding `=`, which the gateway
+    // never writes) is read the long way.
+    let mut parts = Vec::with_capacity(kept.len());
+    for ((group, requests), f) in kept.iter().zip(&narrowed) {
+        let points = store.spend_series_where(&GroupBy::None, f, bucket, from_ms, to_ms)?;
+        if points.iter().map(|p| p.requests).sum::<u64>() != *requests {
+            return whole(store);
+        }
+        parts.push((group, points));
+    }
+    // The whole range's series (every tag's groups summed, for a grouping
+    // by every tag), from which the kept groups are taken.
+    let whole_series = if every_tag {
+        store.spend_series_tags_summed(bucket, from_ms, to_ms)?
+    } else {
+        store.spend_series_where(&GroupBy::None, filter, bucket, from_ms, to_ms)?
+    };
+    let mut rest: BTreeMap<i64, SeriesPoint> = whole_series
         .into_iter()
         .map(|p| (p.bucket_start_ms, p))
         .collect();
     let mut out = Vec::new();
-    for (group, f) in kept.iter().zip(&narrowed) {
-        for mut p in store.spend_series_where(&GroupBy::None, f, bucket, from_ms, to_ms)? {
+    for (group, points) in parts {
+        for mut p in points {
             let inconsistent = || {
                 StoreError::Corrupt(format!(
                     "group {group:?} has more spend at {} than the whole log",
@@ -132,6 +158,11 @@ fn narrow(group_by: &GroupBy, filter: &SpendFilter, group: &str) -> Option<Spend
         GroupBy::Model => &mut f.model,
         GroupBy::Tag(k) if !group.is_empty() && f.tag.is_none() => {
             f.tag = Some((k.clone(), group.to_string()));
+            return Some(f);
+        }
+        GroupBy::Tags if f.tag.is_none() => {
+            let (k, v) = group.split_once('=')?;
+            f.tag = Some((k.to_string(), v.to_string()));
             return Some(f);
         }
         _ => return None,

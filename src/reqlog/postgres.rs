@@ -224,8 +224,13 @@ impl PostgresStore {
             config.application_name("bursar-log");
         }
         let mut client = config.connect(NoTls)?;
+        // Custom plans: every query here is a range of times or buckets
+        // whose width the parameters decide (a generic plan, chosen after
+        // five runs of a prepared statement, guesses thousands of rows for a
+        // minute's dozens and plans a parallel aggregate: measured at 10
+        // million rows, 0.1-0.2 s for a rollup build step of 231 rows).
         client.batch_execute(&format!(
-            "SET statement_timeout = {}",
+            "SET statement_timeout = {}; SET plan_cache_mode = force_custom_plan",
             LOG_PG_STATEMENT_TIMEOUT.as_millis()
         ))?;
         let mut store = PostgresStore {
@@ -683,6 +688,9 @@ impl LogStore for PostgresStore {
         }
         let mut tx = self.client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ROLLUP_LOCK])?;
+        // A minute's rows: starting parallel workers costs more than the
+        // work.
+        tx.batch_execute("SET LOCAL max_parallel_workers_per_gather = 0")?;
         let done = read_marks(&mut tx)?.done_ms;
         let first_sql = rollup_build::select_first_row(Dialect::Postgres, done.unwrap_or(i64::MIN));
         let first: Option<i64> = tx

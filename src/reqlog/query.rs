@@ -471,7 +471,24 @@ pub(crate) fn select_rollup(
         RollupGroup::Column(c) if *c == "''" => "''".to_string(),
         RollupGroup::Column(c) => format!("x.{c}"),
     };
-    let (cost, avoided, cast) = match d {
+    let (select, group_cols, limit) = rollup_select(&mut sql, &group_expr, bucket, tier_ms);
+    sql.text = format!(
+        "{select} FROM rollups x \
+         WHERE x.tier = {tier} AND x.bucket_ms >= {from} AND x.bucket_ms < {to}{scope} \
+         GROUP BY {group_cols} ORDER BY {group_cols} LIMIT {limit}"
+    );
+    sql
+}
+
+/// The select list of a rollup piece (table aliased `x`) in the columns of
+/// [`select_spend`], its grouping columns and its bound row limit.
+fn rollup_select(
+    sql: &mut Sql,
+    group_expr: &str,
+    bucket: Option<Bucket>,
+    tier_ms: i64,
+) -> (String, &'static str, String) {
+    let (cost, avoided, cast) = match sql.dialect {
         Dialect::Sqlite => (
             "sum_picodollars(x.cost_picodollars)",
             "sum_picodollars(x.avoided_picodollars)",
@@ -493,14 +510,15 @@ pub(crate) fn select_rollup(
         ),
         None => (String::new(), "g"),
     };
-    sql.text = format!(
-        "SELECT {bucket_col}{group_expr}{bytewise} AS g, SUM(x.requests){cast}, {cost}, \
-         {avoided}, SUM(x.prompt_tokens){cast}, SUM(x.completion_tokens){cast}, \
-         SUM(x.errors){cast}, SUM(x.cache_hits){cast} FROM rollups x \
-         WHERE x.tier = {tier} AND x.bucket_ms >= {from} AND x.bucket_ms < {to}{scope} \
-         GROUP BY {group_cols} ORDER BY {group_cols} LIMIT {limit}"
-    );
-    sql
+    (
+        format!(
+            "SELECT {bucket_col}{group_expr}{bytewise} AS g, SUM(x.requests){cast}, {cost}, \
+             {avoided}, SUM(x.prompt_tokens){cast}, SUM(x.completion_tokens){cast}, \
+             SUM(x.errors){cast}, SUM(x.cache_hits){cast}"
+        ),
+        group_cols,
+        limit,
+    )
 }
 
 /// What a `rollup_dims` piece groups by.
@@ -556,32 +574,9 @@ pub(crate) fn select_dims(
             format!("({p} || x.value)")
         }
     };
-    let (cost, avoided, cast) = match d {
-        Dialect::Sqlite => (
-            "sum_picodollars(x.cost_picodollars)",
-            "sum_picodollars(x.avoided_picodollars)",
-            "",
-        ),
-        Dialect::Postgres => (
-            "SUM(x.cost_picodollars)::TEXT",
-            "SUM(x.avoided_picodollars)::TEXT",
-            "::BIGINT",
-        ),
-    };
-    let limit = sql.bind(Param::Int(LOG_SERIES_POINTS_MAX as i64 + 1));
-    let bytewise = sql.bytewise();
-    let (bucket_col, group_cols) = match bucket {
-        Some(b) if b.ms() == tier_ms => ("x.bucket_ms AS b, ".to_string(), "b, g"),
-        Some(b) => (
-            format!("{} AS b, ", bucket_expr("x.bucket_ms", b.ms())),
-            "b, g",
-        ),
-        None => (String::new(), "g"),
-    };
+    let (select, group_cols, limit) = rollup_select(&mut sql, &group_expr, bucket, tier_ms);
     sql.text = format!(
-        "SELECT {bucket_col}{group_expr}{bytewise} AS g, SUM(x.requests){cast}, {cost}, \
-         {avoided}, SUM(x.prompt_tokens){cast}, SUM(x.completion_tokens){cast}, \
-         SUM(x.errors){cast}, SUM(x.cache_hits){cast} FROM rollup_dims x{indexed} \
+        "{select} FROM rollup_dims x{indexed} \
          WHERE x.tier = {tier} AND x.dim = {pd} AND x.bucket_ms >= {from} \
          AND x.bucket_ms < {to}{scope} \
          GROUP BY {group_cols} ORDER BY {group_cols} LIMIT {limit}"

@@ -521,6 +521,11 @@ fn rollup_select(
     )
 }
 
+/// The `rollup_dims` dimensions of tag keys are `t:<tag key>`; they sort
+/// between these two (`';'` follows `':'`).
+pub(crate) const TAG_DIM_PREFIX: &str = "t:";
+pub(crate) const TAG_DIM_END: &str = "t;";
+
 /// What a `rollup_dims` piece groups by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum DimGroup {
@@ -591,8 +596,8 @@ pub(crate) fn select_dims(
 pub(crate) fn select_next_tag_dim(d: Dialect, tier_ms: i64, after: Option<&str>) -> Sql {
     let mut sql = Sql::new(d);
     let tier = sql.bind(Param::Int(tier_ms));
-    let low = sql.bind_text(after.unwrap_or(super::rollup::TAG_DIM_PREFIX));
-    let high = sql.bind_text(super::rollup::TAG_DIM_END);
+    let low = sql.bind_text(after.unwrap_or(TAG_DIM_PREFIX));
+    let high = sql.bind_text(TAG_DIM_END);
     let op = if after.is_some() { ">" } else { ">=" };
     let (int, text) = match d {
         Dialect::Sqlite => ("", ""),

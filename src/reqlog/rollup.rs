@@ -80,6 +80,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::query::{
     self, Bucket, Dialect, DimGroup, GroupBy, RollupGroup, SeriesPoint, SpendFilter, SpendTotal,
+    TAG_DIM_PREFIX,
 };
 use super::row::{CacheStatus, LogRow};
 use super::store::{clamp_i64, RawSpend, StoreError};
@@ -221,10 +222,6 @@ pub(crate) const ENTITY_DIMS: [(&str, &str); 6] = [
 pub(crate) fn tag_dim(tag_key: &str) -> String {
     format!("{TAG_DIM_PREFIX}{tag_key}")
 }
-
-/// Tag dimensions sort between these two (`';'` follows `':'`).
-pub(crate) const TAG_DIM_PREFIX: &str = "t:";
-pub(crate) const TAG_DIM_END: &str = "t;";
 
 /// The late rows of one batch (rows below the marks, which the build has
 /// passed), aggregated per rollup row of every table and tier.

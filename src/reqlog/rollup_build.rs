@@ -21,8 +21,8 @@
 //! has already summed without seeing it (several gateways may share one
 //! database).
 
-use super::query::{Dialect, Param, Sql};
-use super::rollup::{floor_to, Tier, ENTITY_DIMS, TAG_DIM_PREFIX};
+use super::query::{Dialect, Param, Sql, TAG_DIM_PREFIX};
+use super::rollup::{floor_to, Tier, ENTITY_DIMS};
 use super::{LOG_ROLLUP_BUILD_MINUTES_MAX, LOG_ROLLUP_CLOSE_GRACE};
 
 /// The advisory lock of rollup builds and inserts (PostgreSQL): an arbitrary

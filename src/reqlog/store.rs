@@ -13,7 +13,8 @@
 //! common tag; for a rare or absent one `query_logs` scans the whole range,
 //! `query_log_page` at most `LOG_QUERY_SCAN_ROWS_MAX` rows per page); spend
 //! queries read the raw rows only for the sub-minute (with tags, sub-hour)
-//! edges of their range, the rest from the rollups (version 4, below).
+//! edges of their range and above the rollup mark, the rest from the
+//! rollups (versions 4 and 5, below).
 //! `schema_version(version)`: one row.
 //!
 //! Version 1 also kept each tag as a row of a `request_tags` table, two more
@@ -36,6 +37,13 @@
 //! `json_each` / `json_each_text`) in the transaction that sets version 4;
 //! on a large log that takes a while, once. Spend queries read the rollups;
 //! raw-row retention never deletes them.
+//!
+//! Version 5 adds `rollup_dims` (sums by one dimension) and `rollup_marks`
+//! (how far the rollups are built: from version 5 on they are built when a
+//! minute closes, `reqlog::rollup_build`, not by `insert_batch`), and drops
+//! `rollup_tags`. Opening a version 4 store fills `rollup_dims` from the
+//! version 4 tables, sets the mark past the newest row and drops
+//! `rollup_tags`, in the transaction that sets version 5.
 //!
 //! Cost (and avoided spend) is exact in both: PostgreSQL stores picodollars as `NUMERIC(39,0)`
 //! (every i128 fits) and sums them exactly. SQLite has no integer wider than

@@ -813,3 +813,51 @@ fn log_pages_stop_at_their_scan_bound_and_continue() {
     let dir = TempDir::new("log-pages");
     check_log_pages(&sqlite(), dir.path());
 }
+
+/// The writer thread builds the rollups of closed minutes by itself: after
+/// rows from days ago go through it, the mark passes them and the spend
+/// read from the rollups equals a scan of the rows.
+#[test]
+fn the_writer_rolls_up_closed_minutes_by_itself() {
+    let dir = TempDir::new("writer-rolls-up");
+    let cfg = sqlite();
+    let rows = rollup_rows(21, 400);
+    let newest = rows.iter().map(|r| r.time_ms).max().unwrap();
+    let (handle, sender) = LogWriter::start(&cfg, dir.path()).unwrap();
+    for r in &rows {
+        assert!(sender.try_log(r.clone()));
+    }
+    let path = dir.path().join(LOG_SQLITE_FILE);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    wait_until(
+        "the rollup mark passes the rows",
+        Duration::from_secs(30),
+        || {
+            conn.query_row("SELECT done_ms FROM rollup_marks", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .is_ok_and(|done| done > newest)
+        },
+    );
+    let dims: i64 = conn
+        .query_row("SELECT COUNT(*) FROM rollup_dims", [], |r| r.get(0))
+        .unwrap();
+    assert!(dims > 0);
+    drop(handle);
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    let (from, to) = (T0 - 2 * DAY + 7, T0 + 3 * DAY - 5);
+    let none = bursar::reqlog::SpendFilter::default();
+    for group_by in [GroupBy::None, GroupBy::Key, GroupBy::Tag("user".into())] {
+        let scan = store
+            .spend_scan(&group_by, &none, Some(Bucket::Hour), from, to)
+            .unwrap();
+        assert_eq!(
+            store
+                .spend_series_where(&group_by, &none, Bucket::Hour, from, to)
+                .unwrap(),
+            scan,
+            "{group_by:?}"
+        );
+        assert!(scan.iter().map(|p| p.requests).sum::<u64>() > 0);
+    }
+}

@@ -831,7 +831,7 @@ fn the_writer_rolls_up_closed_minutes_by_itself() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     wait_until(
         "the rollup mark passes the rows",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || {
             conn.query_row("SELECT done_ms FROM rollup_marks", [], |r| {
                 r.get::<_, i64>(0)

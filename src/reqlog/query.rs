@@ -429,13 +429,6 @@ fn select_spend_as(
     sql
 }
 
-/// What a `rollups` piece groups by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum RollupGroup {
-    /// A column (`key_name`, `team`, ...) or `''`.
-    Column(&'static str),
-}
-
 /// Spend of one piece of a range read from a rollup tier: the buckets of
 /// width `tier_ms` starting in `[from_ms, to_ms)` (both multiples of
 /// `tier_ms`), summed per `bucket` (a multiple of `tier_ms`) when set, and
@@ -443,7 +436,7 @@ pub(crate) enum RollupGroup {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn select_rollup(
     d: Dialect,
-    group: &RollupGroup,
+    group_by: &GroupBy,
     filter: &SpendFilter,
     tier_ms: i64,
     bucket: Option<Bucket>,
@@ -467,11 +460,17 @@ pub(crate) fn select_rollup(
             scope.push_str(&format!(" AND {column} = {p}"));
         }
     }
-    let group_expr = match group {
-        RollupGroup::Column(c) if *c == "''" => "''".to_string(),
-        RollupGroup::Column(c) => format!("x.{c}"),
+    // Entity groupings only (a query touching tags reads `rollup_dims` or
+    // raw rows); anything else is one group.
+    let group_expr = match group_by {
+        GroupBy::Key => "x.key_name",
+        GroupBy::Team => "x.team",
+        GroupBy::Customer => "x.customer",
+        GroupBy::Provider => "x.provider",
+        GroupBy::Model => "x.model",
+        _ => "''",
     };
-    let (select, group_cols, limit) = rollup_select(&mut sql, &group_expr, bucket, tier_ms);
+    let (select, group_cols, limit) = rollup_select(&mut sql, group_expr, bucket, tier_ms);
     sql.text = format!(
         "{select} FROM rollups x \
          WHERE x.tier = {tier} AND x.bucket_ms >= {from} AND x.bucket_ms < {to}{scope} \

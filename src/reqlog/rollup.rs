@@ -79,8 +79,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use super::query::{
-    self, Bucket, Dialect, DimGroup, GroupBy, RollupGroup, SeriesPoint, SpendFilter, SpendTotal,
-    TAG_DIM_PREFIX,
+    self, Bucket, Dialect, DimGroup, GroupBy, SeriesPoint, SpendFilter, SpendTotal, TAG_DIM_PREFIX,
 };
 use super::row::{CacheStatus, LogRow};
 use super::store::{clamp_i64, RawSpend, StoreError};
@@ -675,17 +674,9 @@ pub(crate) fn spend(
             None => {
                 // Entity filters and groupings only (`raw_only` took the
                 // rest): the combinations.
-                let group = RollupGroup::Column(match group_by {
-                    GroupBy::Key => "key_name",
-                    GroupBy::Team => "team",
-                    GroupBy::Customer => "customer",
-                    GroupBy::Provider => "provider",
-                    GroupBy::Model => "model",
-                    _ => "''",
-                });
                 let sql = query::select_rollup(
                     d,
-                    &group,
+                    group_by,
                     filter,
                     tier.ms(),
                     bucket,

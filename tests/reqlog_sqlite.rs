@@ -703,6 +703,108 @@ fn rollups_answer_exactly_what_a_scan_of_the_rows_does() {
     check_rollups_match_scan(&sqlite(), dir.path(), 7);
 }
 
+/// Version 5 had one mark for every tier, each holding every row below it
+/// (its open hour and day partly summed) and no tag minutes, tag sums or
+/// bounds: opened by version 6, the hour and day marks start at that mark,
+/// the tags' minutes and the sums and bounds are backfilled, and every
+/// answer equals a scan, before and after the build goes on.
+#[test]
+fn a_version_5_file_gains_tier_marks_and_tag_minutes() {
+    let dir = TempDir::new("v5");
+    let cfg = sqlite();
+    let rows = rollup_rows(8, 900);
+    // Inside an hour and a day, so both are open at the mark.
+    let mark = T0 + 5 * HOUR + 17 * MINUTE;
+    {
+        let mut store = cfg.open_store(dir.path()).unwrap();
+        store.insert_batch(&rows, &mut || {}).unwrap();
+        while store.roll_up(mark).unwrap() {}
+    }
+    // Back to version 5: the open hour and day get the minutes below the
+    // mark (version 5 summed each minute into them), version 6's own rows
+    // and marks go.
+    let path = dir.path().join(bursar::reqlog::LOG_SQLITE_FILE);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    // Picodollars exceed i64: summed as i128 decimal text, as the store does.
+    struct SumPd;
+    impl rusqlite::functions::Aggregate<i128, String> for SumPd {
+        fn init(&self, _: &mut rusqlite::functions::Context<'_>) -> rusqlite::Result<i128> {
+            Ok(0)
+        }
+        fn step(
+            &self,
+            ctx: &mut rusqlite::functions::Context<'_>,
+            acc: &mut i128,
+        ) -> rusqlite::Result<()> {
+            *acc += ctx.get::<String>(0)?.parse::<i128>().unwrap();
+            Ok(())
+        }
+        fn finalize(
+            &self,
+            _: &mut rusqlite::functions::Context<'_>,
+            acc: Option<i128>,
+        ) -> rusqlite::Result<String> {
+            Ok(acc.unwrap_or(0).to_string())
+        }
+    }
+    conn.create_aggregate_function("sum_pd", 1, Default::default(), SumPd)
+        .unwrap();
+    conn.create_scalar_function("add_pd", 2, Default::default(), |ctx| {
+        let a: i128 = ctx.get::<String>(0)?.parse().unwrap();
+        let b: i128 = ctx.get::<String>(1)?.parse().unwrap();
+        Ok((a + b).to_string())
+    })
+    .unwrap();
+    let money = |c: &str| format!("sum_pd({c})");
+    let add = |c: &str| format!("{c} = add_pd(x.{c}, excluded.{c})");
+    let measures = format!(
+        "SUM(requests), SUM(errors), SUM(cache_hits), {}, {}, SUM(prompt_tokens), \
+         SUM(completion_tokens)",
+        money("cost_picodollars"),
+        money("avoided_picodollars")
+    );
+    let set = format!(
+        "requests = x.requests + excluded.requests, errors = x.errors + excluded.errors, \
+         cache_hits = x.cache_hits + excluded.cache_hits, {}, {}, \
+         prompt_tokens = x.prompt_tokens + excluded.prompt_tokens, \
+         completion_tokens = x.completion_tokens + excluded.completion_tokens",
+        add("cost_picodollars"),
+        add("avoided_picodollars")
+    );
+    for w in [HOUR, DAY] {
+        let open = mark - mark % w;
+        conn.execute_batch(&format!(
+            "INSERT INTO rollups AS x SELECT {w}, bucket_ms - bucket_ms % {w}, key_name, team, \
+             customer, provider, model, {measures} FROM rollups \
+             WHERE tier = 60000 AND bucket_ms >= {open} AND bucket_ms < {mark} \
+             GROUP BY 1, 2, 3, 4, 5, 6, 7 \
+             ON CONFLICT (tier, bucket_ms, key_name, team, customer, provider, model) \
+             DO UPDATE SET {set};
+             INSERT INTO rollup_dims AS x SELECT {w}, dim, bucket_ms - bucket_ms % {w}, value, \
+             {measures} FROM rollup_dims WHERE tier = 60000 AND dim NOT IN ('tagsum', 'tagmax') \
+             AND bucket_ms >= {open} AND bucket_ms < {mark} GROUP BY 1, 2, 3, 4 \
+             ON CONFLICT (tier, dim, bucket_ms, value) DO UPDATE SET {set};"
+        ))
+        .unwrap();
+    }
+    conn.execute_batch(
+        "DELETE FROM rollup_dims WHERE dim IN ('tagsum', 'tagmax') \
+         OR (tier = 60000 AND dim >= 't:' AND dim < 't;'); \
+         DELETE FROM rollup_marks WHERE tier <> 60000; UPDATE schema_version SET version = 5",
+    )
+    .unwrap();
+    drop(conn);
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    let mut rng = Rng::new(55);
+    compare_rollups_with_scan(store.as_mut(), &mut rng, 150);
+    while store.roll_up(T0 + 3 * DAY).unwrap() {}
+    compare_rollups_with_scan(store.as_mut(), &mut rng, 150);
+    let all = store
+        .spend_totals(&GroupBy::None, T0 - 2 * DAY, T0 + 3 * DAY)
+        .unwrap();
+    assert_eq!(all[0].requests, 900);
+}
+
 #[test]
 fn a_version_3_file_gains_rollups_of_its_rows() {
     let dir = TempDir::new("v3");

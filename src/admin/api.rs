@@ -841,20 +841,28 @@ async fn series(
             Some(other) => return Err(bad(format!("order {other:?}: use order=cost"))),
         };
         let limit = count_param(&params, "limit", SPEND_GROUPS_LIMIT_MAX)?;
-        let mut totals = gov
-            .query_log(move |store| store.spend_totals_where(&group_by, &filter, from, to))
+        let totals = gov
+            .query_log(move |store| match (order_by_cost, limit) {
+                (true, Some(n)) => {
+                    crate::reqlog::top::spend_totals_top(store, &group_by, &filter, from, to, n)
+                }
+                _ => {
+                    let mut totals = store.spend_totals_where(&group_by, &filter, from, to)?;
+                    if order_by_cost {
+                        totals.sort_by(|a, b| {
+                            b.cost_picodollars
+                                .cmp(&a.cost_picodollars)
+                                .then_with(|| a.group.cmp(&b.group))
+                        });
+                    }
+                    if let Some(n) = limit {
+                        totals.truncate(n);
+                    }
+                    Ok(totals)
+                }
+            })
             .await
             .map_err(log_query_error)?;
-        if order_by_cost {
-            totals.sort_by(|a, b| {
-                b.cost_picodollars
-                    .cmp(&a.cost_picodollars)
-                    .then_with(|| a.group.cmp(&b.group))
-            });
-        }
-        if let Some(n) = limit {
-            totals.truncate(n);
-        }
         let data: Vec<Value> = totals
             .iter()
             .map(|t| {

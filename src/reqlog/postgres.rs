@@ -277,6 +277,15 @@ impl PostgresStore {
                     tx.batch_execute(DIMS_SCHEMA)?;
                     tx.batch_execute(&rollup_build::backfill_4_to_5(Dialect::Postgres))?;
                 }
+                if v < 6 {
+                    tx.batch_execute(&rollup_build::backfill_5_to_6(Dialect::Postgres))?;
+                    if let Some(mark) = read_marks(&mut tx)?.minute {
+                        let mut b = BuildClient(&mut tx);
+                        for sql in rollup_build::backfill_5_to_6_minutes(Dialect::Postgres, mark) {
+                            rollup_build::BuildTx::execute(&mut b, &sql)?;
+                        }
+                    }
+                }
                 if v < SCHEMA_VERSION {
                     tx.execute("UPDATE schema_version SET version = $1", &[&SCHEMA_VERSION])?;
                 }
@@ -354,7 +363,7 @@ impl PostgresStore {
     fn roll_up_before_delete(&mut self, to_ms: i64) -> Result<i64, StoreError> {
         let limit = rollup_build::mark_covering(to_ms.saturating_sub(1));
         while self.roll_up(limit)? {}
-        Ok(read_marks(&mut self.client)?.done_ms.unwrap_or(i64::MIN))
+        Ok(read_marks(&mut self.client)?.minute.unwrap_or(i64::MIN))
     }
 
     fn query_rows(&mut self, sql: &query::Sql) -> Result<Vec<LogRow>, StoreError> {
@@ -367,13 +376,40 @@ impl PostgresStore {
     }
 }
 
-/// The mark as `client` sees it (in its transaction, if it is one).
+/// The marks as `client` sees them (in its transaction, if it is one).
 fn read_marks(client: &mut impl postgres::GenericClient) -> Result<Marks, StoreError> {
-    let done_ms = match client.query_opt(rollup_build::SELECT_MARK, &[])? {
-        Some(r) => Some(r.try_get(0).map_err(corrupt)?),
-        None => None,
-    };
-    Ok(Marks { done_ms })
+    rollup_build::read_marks(&mut BuildClient(client), Dialect::Postgres)
+}
+
+/// A client (or its transaction) as the rollup build's.
+struct BuildClient<'c, C: postgres::GenericClient>(&'c mut C);
+
+impl<C: postgres::GenericClient> rollup_build::BuildTx for BuildClient<'_, C> {
+    fn execute(&mut self, sql: &query::Sql) -> Result<u64, StoreError> {
+        Ok(self
+            .0
+            .execute(sql.text.as_str(), &PostgresStore::query_params(&sql.params))?)
+    }
+
+    fn query_int(&mut self, sql: &query::Sql) -> Result<Option<i64>, StoreError> {
+        match self
+            .0
+            .query_opt(sql.text.as_str(), &PostgresStore::query_params(&sql.params))?
+        {
+            Some(r) => r.try_get(0).map_err(corrupt),
+            None => Ok(None),
+        }
+    }
+
+    fn query_text(&mut self, sql: &query::Sql) -> Result<Option<String>, StoreError> {
+        match self
+            .0
+            .query_opt(sql.text.as_str(), &PostgresStore::query_params(&sql.params))?
+        {
+            Some(r) => r.try_get(0).map_err(corrupt),
+            None => Ok(None),
+        }
+    }
 }
 
 /// A text as PostgreSQL stores it: NUL (which its text cannot hold) as U+FFFD.
@@ -671,8 +707,8 @@ impl LogStore for PostgresStore {
         let inserted = new_ids.len() as u64;
         let mut batch = RollupBatch::default();
         for row in rows {
-            if new_ids.remove(pg_text(&row.id).as_ref()) && marks.is_late(row.time_ms) {
-                batch.add(row, pg_text)?;
+            if new_ids.remove(pg_text(&row.id).as_ref()) && marks.is_late_any(row.time_ms) {
+                batch.add(row, pg_text, &marks)?;
             }
         }
         if !batch.is_empty() {
@@ -691,27 +727,14 @@ impl LogStore for PostgresStore {
         // A minute's rows: starting parallel workers costs more than the
         // work.
         tx.batch_execute("SET LOCAL max_parallel_workers_per_gather = 0")?;
-        let done = read_marks(&mut tx)?.done_ms;
-        let first_sql = rollup_build::select_first_row(Dialect::Postgres, done.unwrap_or(i64::MIN));
-        let first: Option<i64> = tx
-            .query_one(
-                first_sql.text.as_str(),
-                &Self::query_params(&first_sql.params),
-            )?
-            .try_get(0)
-            .map_err(corrupt)?;
-        let Some(step) = rollup_build::plan(done, first, limit_ms) else {
+        let Some(step) =
+            rollup_build::step(&mut BuildClient(&mut tx), Dialect::Postgres, limit_ms)?
+        else {
+            let done = read_marks(&mut tx)?.minute;
             tx.commit()?;
             self.built_to = done;
             return Ok(false);
         };
-        if let Some((from, to)) = step.range {
-            for sql in rollup_build::statements(Dialect::Postgres, from, to) {
-                tx.execute(sql.text.as_str(), &Self::query_params(&sql.params))?;
-            }
-        }
-        let mark = rollup_build::set_mark(Dialect::Postgres, step.done_ms);
-        tx.execute(mark.text.as_str(), &Self::query_params(&mark.params))?;
         tx.commit()?;
         self.built_to = Some(step.done_ms);
         Ok(step.more)
@@ -726,6 +749,34 @@ impl LogStore for PostgresStore {
         let marks = read_marks(&mut self.client)?;
         let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
         rollup::spend_tags_summed(Dialect::Postgres, &mut run, bucket, from_ms, to_ms, &marks)
+    }
+
+    fn spend_tag_bounds(
+        &mut self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(String, i128)>, StoreError> {
+        let marks = read_marks(&mut self.client)?;
+        let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
+        rollup::tag_bounds(Dialect::Postgres, &mut run, from_ms, to_ms, &marks)
+    }
+
+    fn spend_totals_tag_pairs(
+        &mut self,
+        key: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SpendTotal>, StoreError> {
+        let marks = read_marks(&mut self.client)?;
+        let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
+        Ok(rollup::totals(rollup::tag_pairs(
+            Dialect::Postgres,
+            &mut run,
+            key,
+            from_ms,
+            to_ms,
+            &marks,
+        )?))
     }
 
     fn begin_read(&mut self) -> Result<(), StoreError> {
@@ -813,15 +864,23 @@ impl LogStore for PostgresStore {
         rows_max: u64,
     ) -> Result<u64, StoreError> {
         let mut tx = self.client.transaction()?;
+        // Never a minute the hour tier has not summed yet.
+        let cutoff_ms = cutoff_ms.min(read_marks(&mut tx)?.complete_to(Tier::Hour));
         let mut n = tx.execute(
             "DELETE FROM rollups WHERE (tier, bucket_ms, key_name, team, customer, provider, \
              model) IN (SELECT tier, bucket_ms, key_name, team, customer, provider, model \
              FROM rollups WHERE tier = $1 AND bucket_ms < $2 ORDER BY bucket_ms LIMIT $3)",
             &[&Tier::Minute.ms(), &cutoff_ms, &clamp_i64(rows_max)],
         )?;
-        // One dimension at a time, each a range of the primary key (only
-        // the entity dimensions have a minute tier).
-        for (dim, _) in rollup::ENTITY_DIMS {
+        // One dimension at a time, each a range of the primary key.
+        let dims = rollup_build::list_dims(
+            &mut BuildClient(&mut tx),
+            Dialect::Postgres,
+            Tier::Minute,
+            "",
+            None,
+        )?;
+        for dim in dims {
             let left = rows_max.saturating_sub(n);
             if left == 0 {
                 break;

@@ -588,16 +588,25 @@ pub(crate) fn select_dims(
     sql
 }
 
-/// The smallest tag dimension of tier `tier_ms` in `rollup_dims` after
-/// `after` (or the first), in the columns of [`select_spend`] without a
-/// bucket (the dimension as the group; no row when there is none): one index
-/// seek per tag key.
-pub(crate) fn select_next_tag_dim(d: Dialect, tier_ms: i64, after: Option<&str>) -> Sql {
+/// The smallest dimension of tier `tier_ms` in `rollup_dims` after `after`
+/// (or the first from `low`, inclusive) and below `high` (when set), as the
+/// group of one row in the columns of [`select_spend`] without a bucket (no
+/// row when there is none): one index seek per dimension.
+pub(crate) fn select_next_dim(
+    d: Dialect,
+    tier_ms: i64,
+    after: Option<&str>,
+    low: &str,
+    high: Option<&str>,
+) -> Sql {
     let mut sql = Sql::new(d);
     let tier = sql.bind(Param::Int(tier_ms));
-    let low = sql.bind_text(after.unwrap_or(TAG_DIM_PREFIX));
-    let high = sql.bind_text(TAG_DIM_END);
+    let low = sql.bind_text(after.unwrap_or(low));
     let op = if after.is_some() { ">" } else { ">=" };
+    let below = match high {
+        Some(h) => format!(" AND dim < {}", sql.bind_text(h)),
+        None => String::new(),
+    };
     let (int, text) = match d {
         Dialect::Sqlite => ("", ""),
         Dialect::Postgres => ("::BIGINT", "::TEXT"),
@@ -605,7 +614,7 @@ pub(crate) fn select_next_tag_dim(d: Dialect, tier_ms: i64, after: Option<&str>)
     sql.text = format!(
         "SELECT x.k, 1{int}, '0'{text}, '0'{text}, 0{int}, 0{int}, 0{int}, 0{int} \
          FROM (SELECT MIN(dim) AS k FROM rollup_dims \
-         WHERE tier = {tier} AND dim {op} {low} AND dim < {high}) x WHERE x.k IS NOT NULL"
+         WHERE tier = {tier} AND dim {op} {low}{below}) x WHERE x.k IS NOT NULL"
     );
     sql
 }

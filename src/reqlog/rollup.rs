@@ -113,10 +113,8 @@ impl Tier {
     }
 }
 
-/// The tiers of `rollups`, finest first.
+/// The tiers of both tables, finest first.
 pub(crate) const ROLLUP_TIERS: [Tier; 3] = [Tier::Minute, Tier::Hour, Tier::Day];
-/// The tiers of the tag dimensions of `rollup_dims`, finest first.
-pub(crate) const TAG_ROLLUP_TIERS: [Tier; 2] = [Tier::Hour, Tier::Day];
 
 /// `time_ms` floored to a multiple of `w`.
 pub(crate) fn floor_to(t: i64, w: i64) -> i64 {
@@ -217,6 +215,20 @@ pub(crate) const ENTITY_DIMS: [(&str, &str); 6] = [
     ("model", "model"),
 ];
 
+/// The `rollup_dims` dimension whose values are tag keys and whose measures
+/// are the sums over every row carrying that key (a row counts once per tag
+/// it carries): what a grouping by every tag sums to per bucket, without
+/// reading each tag value.
+pub(crate) const TAG_SUM_DIM: &str = "tagsum";
+
+/// The `rollup_dims` dimension whose values are tag keys and whose measures
+/// bound, each on its own, what any one value of that key has in the bucket:
+/// the largest, as built when the bucket closed; a late row adds its own
+/// measures (so the bound may loosen, never fail). Summed over a range's
+/// buckets it bounds every value's total, which lets the top groups of every
+/// tag skip a key whose values cannot reach them ([`tag_bounds`]).
+pub(crate) const TAG_MAX_DIM: &str = "tagmax";
+
 /// The `rollup_dims` dimension of a tag key.
 pub(crate) fn tag_dim(tag_key: &str) -> String {
     format!("{TAG_DIM_PREFIX}{tag_key}")
@@ -236,13 +248,15 @@ impl<'a> RollupBatch<'a> {
         self.rollups.is_empty() && self.dims.is_empty()
     }
 
-    /// Adds one inserted late row (see [`Marks::is_late`]) to every tier. `text` maps each stored text as the sink
-    /// stores it (PostgreSQL: NUL as U+FFFD), so two names the sink stores
-    /// alike are one rollup row.
+    /// Adds one inserted row to each tier whose mark it is below (see
+    /// [`Marks::is_late`]). `text` maps each stored text as the sink stores it
+    /// (PostgreSQL: NUL as U+FFFD), so two names the sink stores alike are
+    /// one rollup row.
     pub fn add(
         &mut self,
         row: &'a LogRow,
         text: fn(&'a str) -> Cow<'a, str>,
+        marks: &Marks,
     ) -> Result<(), StoreError> {
         let m = Measures::of(row);
         let e = Entities {
@@ -253,6 +267,9 @@ impl<'a> RollupBatch<'a> {
             model: text(&row.model),
         };
         for tier in ROLLUP_TIERS {
+            if !marks.is_late(row.time_ms, tier) {
+                continue;
+            }
             let bucket_ms = floor_to(row.time_ms, tier.ms());
             let values = [
                 Cow::Borrowed(""),
@@ -262,14 +279,24 @@ impl<'a> RollupBatch<'a> {
                 e.provider.clone(),
                 e.model.clone(),
             ];
-            for ((dim, _), value) in ENTITY_DIMS.iter().zip(values) {
+            let mut dim = |dim: Cow<'a, str>, value: Cow<'a, str>| {
                 let k = DimKey {
                     tier,
-                    dim: Cow::Borrowed(dim),
+                    dim,
                     bucket_ms,
                     value,
                 };
-                self.dims.entry(k).or_default().add(&m)?;
+                self.dims.entry(k).or_default().add(&m)
+            };
+            for ((name, _), value) in ENTITY_DIMS.iter().zip(values) {
+                dim(Cow::Borrowed(name), value)?;
+            }
+            for (tk, tv) in &row.tags {
+                let tk = text(tk);
+                dim(Cow::Owned(tag_dim(&tk)), text(tv))?;
+                dim(Cow::Borrowed(TAG_SUM_DIM), tk.clone())?;
+                // The bound grows by what the row adds to its value.
+                dim(Cow::Borrowed(TAG_MAX_DIM), tk)?;
             }
             let k = RollupKey {
                 tier,
@@ -277,18 +304,6 @@ impl<'a> RollupBatch<'a> {
                 e: e.clone(),
             };
             self.rollups.entry(k).or_default().add(&m)?;
-        }
-        for (tk, tv) in &row.tags {
-            for tier in TAG_ROLLUP_TIERS {
-                let bucket_ms = floor_to(row.time_ms, tier.ms());
-                let k = DimKey {
-                    tier,
-                    dim: Cow::Owned(tag_dim(&text(tk))),
-                    bucket_ms,
-                    value: text(tv),
-                };
-                self.dims.entry(k).or_default().add(&m)?;
-            }
         }
         Ok(())
     }
@@ -309,34 +324,53 @@ pub(crate) struct Piece {
     pub to_ms: i64,
 }
 
-/// How far the rollups are built: every raw row with `time_ms` below
-/// `done_ms` is in every tier (a partial hour or day bucket included), no
-/// row at or above it is. `None`: nothing built yet.
+/// How far each tier is built: every raw row with `time_ms` below a tier's
+/// mark is in that tier, no row at or above it is (`None`: nothing built
+/// yet). The build keeps `day <= hour <= minute`, each mark a boundary of its
+/// tier.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Marks {
-    pub done_ms: Option<i64>,
+    pub minute: Option<i64>,
+    pub hour: Option<i64>,
+    pub day: Option<i64>,
 }
 
 impl Marks {
     /// Every row built: for tests of the decomposition alone.
     #[cfg(test)]
     pub const ALL: Marks = Marks {
-        done_ms: Some(i64::MAX),
+        minute: Some(i64::MAX),
+        hour: Some(i64::MAX),
+        day: Some(i64::MAX),
     };
 
+    /// The mark of `tier`.
+    pub fn of(&self, tier: Tier) -> Option<i64> {
+        match tier {
+            Tier::Minute => self.minute,
+            Tier::Hour => self.hour,
+            Tier::Day => self.day,
+        }
+    }
+
     /// The end of the whole buckets of `tier` that hold every row they
-    /// will: the mark floored to the tier (`i64::MIN`: none).
+    /// will: its mark floored to the tier (`i64::MIN`: none).
     pub fn complete_to(&self, tier: Tier) -> i64 {
-        match self.done_ms {
+        match self.of(tier) {
             Some(d) => floor_to(d, tier.ms()),
             None => i64::MIN,
         }
     }
 
-    /// Whether a row at `time_ms` arrives after its buckets were built (and
-    /// so is added to the rollups by the insert itself).
-    pub fn is_late(&self, time_ms: i64) -> bool {
-        self.done_ms.is_some_and(|d| time_ms < d)
+    /// Whether a row at `time_ms` arrives after `tier`'s bucket of it was
+    /// built (and so is added to that tier by the insert itself).
+    pub fn is_late(&self, time_ms: i64, tier: Tier) -> bool {
+        self.of(tier).is_some_and(|d| time_ms < d)
+    }
+
+    /// Whether a row at `time_ms` is late for any tier.
+    pub fn is_late_any(&self, time_ms: i64) -> bool {
+        ROLLUP_TIERS.iter().any(|t| self.is_late(time_ms, *t))
     }
 }
 
@@ -503,15 +537,6 @@ enum DimRoute {
     AllTags,
 }
 
-impl DimRoute {
-    fn uses_tags(&self) -> bool {
-        match self {
-            DimRoute::Plain { dim, .. } => dim.starts_with(TAG_DIM_PREFIX),
-            DimRoute::Tag(_) | DimRoute::AllTags => true,
-        }
-    }
-}
-
 /// The `rollup_dims` dimension of an entity grouping.
 fn entity_dim(g: &GroupBy) -> Option<&'static str> {
     Some(match g {
@@ -602,17 +627,8 @@ pub(crate) fn spend(
         merge.add(run(&sql, bucket.is_some())?, false, flat)?;
         return merge.finish();
     }
-    let uses_tags = match &route {
-        Some(r) => r.uses_tags(),
-        None => filter.tag.is_some() || matches!(group_by, GroupBy::Tag(_) | GroupBy::Tags),
-    };
-    let available: &[Tier] = if uses_tags {
-        &TAG_ROLLUP_TIERS
-    } else {
-        &ROLLUP_TIERS
-    };
     let coarsest = bucket.map_or(Tier::Day, Tier::of);
-    let tiers: Vec<Tier> = available
+    let tiers: Vec<Tier> = ROLLUP_TIERS
         .iter()
         .copied()
         .filter(|t| *t <= coarsest)
@@ -694,7 +710,8 @@ pub(crate) fn spend(
 /// row counted once per tag it carries; one group `""`): a series grouped by
 /// every tag, without its groups, which for a tag such as `user` are tens of
 /// thousands a day. A chart folding every tag beyond its top groups takes
-/// its folded group as this minus the kept ones.
+/// its folded group as this minus the kept ones. Reads the tag keys' sums
+/// ([`TAG_SUM_DIM`]), not their values.
 pub(crate) fn spend_tags_summed(
     d: Dialect,
     run: &mut RunSpend<'_>,
@@ -704,35 +721,135 @@ pub(crate) fn spend_tags_summed(
     marks: &Marks,
 ) -> Result<Vec<SeriesPoint>, StoreError> {
     let mut merge = Merge::default();
-    let tiers: Vec<Tier> = TAG_ROLLUP_TIERS
+    let tiers: Vec<Tier> = ROLLUP_TIERS
         .iter()
         .copied()
         .filter(|t| *t <= Tier::of(bucket))
         .collect();
-    let mut tag_dims: HashMap<Tier, Vec<String>> = HashMap::new();
     for piece in pieces(from_ms, to_ms, &tiers, marks) {
-        let tier = match piece.source {
+        let sql = match piece.source {
             Source::Raw => {
-                let sql =
-                    query::select_spend_tags_summed(d, Some(bucket), piece.from_ms, piece.to_ms);
-                merge.add(run(&sql, true)?, false, None)?;
-                continue;
+                query::select_spend_tags_summed(d, Some(bucket), piece.from_ms, piece.to_ms)
             }
-            Source::Tier(t) => t,
-        };
-        let listed = list_tag_dims(d, run, tier, &mut tag_dims)?;
-        for dim in listed {
-            let sql = query::select_dims(
+            Source::Tier(t) => query::select_dims(
                 d,
-                &dim,
+                TAG_SUM_DIM,
                 &DimGroup::None,
                 None,
-                tier.ms(),
+                t.ms(),
                 Some(bucket),
                 piece.from_ms,
                 piece.to_ms,
-            );
-            merge.add(run(&sql, true)?, false, None)?;
+            ),
+        };
+        merge.add(run(&sql, true)?, false, None)?;
+    }
+    merge.finish()
+}
+
+/// For each tag key with a row in `[from_ms, to_ms)` of the unfiltered log,
+/// a bound no one value of it exceeds in cost over the range: the sum over
+/// the range's pieces of the largest value's cost in each (each bucket's
+/// [`TAG_MAX_DIM`] row; the raw pieces' values summed exactly). A grouping
+/// by every tag ranked by cost skips the keys whose bound is below the
+/// groups it keeps ([`super::top`]).
+pub(crate) fn tag_bounds(
+    d: Dialect,
+    run: &mut RunSpend<'_>,
+    from_ms: i64,
+    to_ms: i64,
+    marks: &Marks,
+) -> Result<Vec<(String, i128)>, StoreError> {
+    let mut bounds: BTreeMap<String, i128> = BTreeMap::new();
+    let mut add = |key: String, cost: i128| -> Result<(), StoreError> {
+        let b = bounds.entry(key).or_insert(0);
+        *b = b.checked_add(cost).ok_or_else(|| overflow("cost"))?;
+        Ok(())
+    };
+    for piece in pieces(from_ms, to_ms, &ROLLUP_TIERS, marks) {
+        match piece.source {
+            Source::Raw => {
+                let sql = query::select_spend(
+                    d,
+                    &GroupBy::Tags,
+                    &SpendFilter::default(),
+                    None,
+                    piece.from_ms,
+                    piece.to_ms,
+                );
+                // The largest value of each key in this piece.
+                let mut largest: BTreeMap<String, i128> = BTreeMap::new();
+                for p in from_raw(run(&sql, false)?, false)? {
+                    let key = p.group.split_once('=').map_or(&*p.group, |(k, _)| k);
+                    let l = largest.entry(key.to_string()).or_insert(0);
+                    *l = (*l).max(p.cost_picodollars);
+                }
+                for (key, cost) in largest {
+                    add(key, cost)?;
+                }
+            }
+            Source::Tier(t) => {
+                let sql = query::select_dims(
+                    d,
+                    TAG_MAX_DIM,
+                    &DimGroup::Value,
+                    None,
+                    t.ms(),
+                    None,
+                    piece.from_ms,
+                    piece.to_ms,
+                );
+                for p in from_raw(run(&sql, false)?, false)? {
+                    add(p.group, p.cost_picodollars)?;
+                }
+            }
+        }
+    }
+    Ok(bounds.into_iter().collect())
+}
+
+/// Spend per group of the unfiltered log grouped by every tag, the groups of
+/// tag key `key` only (`<key>=<value>`), over `[from_ms, to_ms)`.
+pub(crate) fn tag_pairs(
+    d: Dialect,
+    run: &mut RunSpend<'_>,
+    key: &str,
+    from_ms: i64,
+    to_ms: i64,
+    marks: &Marks,
+) -> Result<Vec<SeriesPoint>, StoreError> {
+    let mut merge = Merge::default();
+    let prefix = format!("{key}=");
+    for piece in pieces(from_ms, to_ms, &ROLLUP_TIERS, marks) {
+        match piece.source {
+            Source::Raw => {
+                let sql = query::select_spend(
+                    d,
+                    &GroupBy::Tags,
+                    &SpendFilter::default(),
+                    None,
+                    piece.from_ms,
+                    piece.to_ms,
+                );
+                let mine: Vec<RawSpend> = run(&sql, false)?
+                    .into_iter()
+                    .filter(|r| r.group.starts_with(&prefix))
+                    .collect();
+                merge.add(mine, false, Some(0))?;
+            }
+            Source::Tier(t) => {
+                let sql = query::select_dims(
+                    d,
+                    &tag_dim(key),
+                    &DimGroup::Pair(key.to_string()),
+                    None,
+                    t.ms(),
+                    None,
+                    piece.from_ms,
+                    piece.to_ms,
+                );
+                merge.add(run(&sql, false)?, false, Some(0))?;
+            }
         }
     }
     merge.finish()
@@ -750,7 +867,13 @@ fn list_tag_dims(
     }
     let mut listed: Vec<String> = Vec::new();
     loop {
-        let sql = query::select_next_tag_dim(d, tier.ms(), listed.last().map(String::as_str));
+        let sql = query::select_next_dim(
+            d,
+            tier.ms(),
+            listed.last().map(String::as_str),
+            TAG_DIM_PREFIX,
+            Some(query::TAG_DIM_END),
+        );
         match run(&sql, false)?.pop() {
             Some(r) => listed.push(r.group),
             None => break,
@@ -827,7 +950,7 @@ mod tests {
             }
         }
         // Only the hour tier (tags), and a range inside one minute.
-        let p = pieces(from, to, &TAG_ROLLUP_TIERS, &Marks::ALL);
+        let p = pieces(from, to, &ROLLUP_TIERS[1..], &Marks::ALL);
         assert_eq!(p.first().map(|p| p.source), Some(Source::Raw));
         assert_eq!(p.len(), 5);
         assert_eq!(

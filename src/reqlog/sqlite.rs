@@ -252,6 +252,33 @@ impl Aggregate<i128, String> for SumPicodollars {
     }
 }
 
+/// `max_picodollars(cost)`: the largest of decimal-text (or integer)
+/// picodollars, compared as numbers (a text `MAX` compares bytes: "9" >
+/// "10"); NULLs are skipped; a non-number is an error.
+struct MaxPicodollars;
+
+impl Aggregate<Option<i128>, Option<String>> for MaxPicodollars {
+    fn init(&self, _: &mut Context<'_>) -> rusqlite::Result<Option<i128>> {
+        Ok(None)
+    }
+
+    fn step(&self, ctx: &mut Context<'_>, acc: &mut Option<i128>) -> rusqlite::Result<()> {
+        let fail = |m: String| rusqlite::Error::UserFunctionError(m.into());
+        if let Some(v) = picodollars(ctx.get_raw(0)).map_err(fail)? {
+            *acc = Some(acc.map_or(v, |a| a.max(v)));
+        }
+        Ok(())
+    }
+
+    fn finalize(
+        &self,
+        _: &mut Context<'_>,
+        acc: Option<Option<i128>>,
+    ) -> rusqlite::Result<Option<String>> {
+        Ok(acc.flatten().map(|v| v.to_string()))
+    }
+}
+
 /// A picodollar value of a SQLite cell: decimal text or an integer.
 fn picodollars(v: ValueRef<'_>) -> Result<Option<i128>, String> {
     Ok(Some(match v {
@@ -314,6 +341,12 @@ impl SqliteStore {
             FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
             SumPicodollars,
         )?;
+        conn.create_aggregate_function(
+            "max_picodollars",
+            1,
+            FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+            MaxPicodollars,
+        )?;
         conn.create_scalar_function(
             "add_picodollars",
             2,
@@ -365,6 +398,15 @@ impl SqliteStore {
                 if v < 5 {
                     tx.execute_batch(DIMS_SCHEMA)?;
                     tx.execute_batch(&rollup_build::backfill_4_to_5(Dialect::Sqlite))?;
+                }
+                if v < 6 {
+                    tx.execute_batch(&rollup_build::backfill_5_to_6(Dialect::Sqlite))?;
+                    if let Some(mark) = read_marks(&tx)?.minute {
+                        let mut b = BuildConn(&tx);
+                        for sql in rollup_build::backfill_5_to_6_minutes(Dialect::Sqlite, mark) {
+                            rollup_build::BuildTx::execute(&mut b, &sql)?;
+                        }
+                    }
                 }
                 if v < SCHEMA_VERSION {
                     tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])?;
@@ -435,7 +477,7 @@ impl SqliteStore {
     fn roll_up_before_delete(&mut self, to_ms: i64) -> Result<i64, StoreError> {
         let limit = rollup_build::mark_covering(to_ms.saturating_sub(1));
         while self.roll_up(limit)? {}
-        Ok(self.marks()?.done_ms.unwrap_or(i64::MIN))
+        Ok(self.marks()?.minute.unwrap_or(i64::MIN))
     }
 
     fn query_rows(&mut self, sql: &query::Sql) -> Result<Vec<LogRow>, StoreError> {
@@ -465,12 +507,39 @@ impl SqliteStore {
     }
 }
 
-/// The mark as `conn` sees it (in its transaction, if one is open).
+/// The marks as `conn` sees them (in its transaction, if one is open).
 fn read_marks(conn: &Connection) -> Result<Marks, StoreError> {
-    let done_ms: Option<i64> = conn
-        .query_row(rollup_build::SELECT_MARK, [], |r| r.get(0))
-        .optional()?;
-    Ok(Marks { done_ms })
+    rollup_build::read_marks(&mut BuildConn(conn), Dialect::Sqlite)
+}
+
+/// A connection (in its transaction) as the rollup build's.
+struct BuildConn<'c>(&'c Connection);
+
+impl rollup_build::BuildTx for BuildConn<'_> {
+    fn execute(&mut self, sql: &query::Sql) -> Result<u64, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached(&sql.text)?
+            .execute(rusqlite::params_from_iter(sql.params.iter()))? as u64)
+    }
+
+    fn query_int(&mut self, sql: &query::Sql) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached(&sql.text)?
+            .query_row(rusqlite::params_from_iter(sql.params.iter()), |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
+    fn query_text(&mut self, sql: &query::Sql) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached(&sql.text)?
+            .query_row(rusqlite::params_from_iter(sql.params.iter()), |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
 }
 
 const UPSERT_DIM: &str = "INSERT INTO rollup_dims (tier, dim, bucket_ms, value, requests, \
@@ -618,8 +687,8 @@ impl LogStore for SqliteStore {
                 ])?;
                 if n == 1 {
                     inserted += 1;
-                    if marks.is_late(row.time_ms) {
-                        batch.add(row, Cow::Borrowed)?;
+                    if marks.is_late_any(row.time_ms) {
+                        batch.add(row, Cow::Borrowed, &marks)?;
                     }
                 }
                 pace();
@@ -639,26 +708,12 @@ impl LogStore for SqliteStore {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let done = read_marks(&tx)?.done_ms;
-        let first_sql = rollup_build::select_first_row(Dialect::Sqlite, done.unwrap_or(i64::MIN));
-        let first: Option<i64> = tx.query_row(
-            &first_sql.text,
-            rusqlite::params_from_iter(first_sql.params.iter()),
-            |r| r.get(0),
-        )?;
-        let Some(step) = rollup_build::plan(done, first, limit_ms) else {
+        let Some(step) = rollup_build::step(&mut BuildConn(&tx), Dialect::Sqlite, limit_ms)? else {
+            let done = read_marks(&tx)?.minute;
             drop(tx);
             self.built_to = done;
             return Ok(false);
         };
-        if let Some((from, to)) = step.range {
-            for sql in rollup_build::statements(Dialect::Sqlite, from, to) {
-                tx.prepare_cached(&sql.text)?
-                    .execute(rusqlite::params_from_iter(sql.params.iter()))?;
-            }
-        }
-        let mark = rollup_build::set_mark(Dialect::Sqlite, step.done_ms);
-        tx.execute(&mark.text, rusqlite::params_from_iter(mark.params.iter()))?;
         tx.commit()?;
         self.built_to = Some(step.done_ms);
         Ok(step.more)
@@ -673,6 +728,34 @@ impl LogStore for SqliteStore {
         let marks = self.marks()?;
         let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
         rollup::spend_tags_summed(Dialect::Sqlite, &mut run, bucket, from_ms, to_ms, &marks)
+    }
+
+    fn spend_tag_bounds(
+        &mut self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(String, i128)>, StoreError> {
+        let marks = self.marks()?;
+        let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
+        rollup::tag_bounds(Dialect::Sqlite, &mut run, from_ms, to_ms, &marks)
+    }
+
+    fn spend_totals_tag_pairs(
+        &mut self,
+        key: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SpendTotal>, StoreError> {
+        let marks = self.marks()?;
+        let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
+        Ok(rollup::totals(rollup::tag_pairs(
+            Dialect::Sqlite,
+            &mut run,
+            key,
+            from_ms,
+            to_ms,
+            &marks,
+        )?))
     }
 
     fn begin_read(&mut self) -> Result<(), StoreError> {
@@ -771,6 +854,8 @@ impl LogStore for SqliteStore {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Never a minute the hour tier has not summed yet.
+        let cutoff_ms = cutoff_ms.min(read_marks(&tx)?.complete_to(Tier::Hour));
         // Only bucket starts, so the primary key's (tier, bucket_ms) prefix
         // finds them.
         let mut n = tx.execute(
@@ -779,9 +864,10 @@ impl LogStore for SqliteStore {
              FROM rollups WHERE tier = ?1 AND bucket_ms < ?2 ORDER BY bucket_ms LIMIT ?3)",
             params![Tier::Minute.ms(), cutoff_ms, clamp_i64(rows_max)],
         )? as u64;
-        // One dimension at a time, each a range of the primary key (only
-        // the entity dimensions have a minute tier).
-        for (dim, _) in rollup::ENTITY_DIMS {
+        // One dimension at a time, each a range of the primary key.
+        let dims =
+            rollup_build::list_dims(&mut BuildConn(&tx), Dialect::Sqlite, Tier::Minute, "", None)?;
+        for dim in dims {
             let left = rows_max.saturating_sub(n);
             if left == 0 {
                 break;

@@ -65,7 +65,7 @@ use super::query::{
 use super::row::{CacheStatus, LogRow};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Why a store call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,6 +122,24 @@ pub trait LogStore: Send {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<SeriesPoint>, StoreError>;
+
+    /// For each tag key with a row in `[from_ms, to_ms)`, a bound on the
+    /// cost of any one of its values over the range (`reqlog::top` skips the
+    /// keys that cannot reach a ranking's top groups).
+    fn spend_tag_bounds(
+        &mut self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(String, i128)>, StoreError>;
+
+    /// The groups of tag key `key` in a grouping of the whole log by every
+    /// tag (`<key>=<value>`), over `[from_ms, to_ms)`, ordered by group.
+    fn spend_totals_tag_pairs(
+        &mut self,
+        key: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SpendTotal>, StoreError>;
 
     /// Starts a read snapshot: the queries until [`end_read`](Self::end_read)
     /// see one state of the store (a series folded beyond its top groups

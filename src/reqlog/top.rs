@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::query::{Bucket, GroupBy, SeriesPoint, SpendFilter};
+use super::query::{Bucket, GroupBy, SeriesPoint, SpendFilter, SpendTotal};
 use super::store::{LogStore, StoreError};
 
 fn overflow() -> StoreError {
@@ -67,15 +67,11 @@ fn series_top_in_snapshot(
     if matches!(group_by, GroupBy::None) || (every_tag && *filter != SpendFilter::default()) {
         return whole(store);
     }
-    let mut totals = store.spend_totals_where(group_by, filter, from_ms, to_ms)?;
+    // One more than kept: whether there is anything to fold.
+    let totals = totals_top_in_snapshot(store, group_by, filter, from_ms, to_ms, top + 1)?;
     if totals.len() <= top {
         return store.spend_series_where(group_by, filter, bucket, from_ms, to_ms);
     }
-    totals.sort_by(|a, b| {
-        b.cost_picodollars
-            .cmp(&a.cost_picodollars)
-            .then_with(|| a.group.cmp(&b.group))
-    });
     let kept: Vec<(String, u64)> = totals
         .into_iter()
         .take(top)
@@ -144,6 +140,65 @@ fn series_top_in_snapshot(
     }));
     out.sort_by(|a, b| (a.bucket_start_ms, &a.group).cmp(&(b.bucket_start_ms, &b.group)));
     Ok(out)
+}
+
+/// The `n` groups of `group_by` with the most cost over `[from_ms, to_ms)`,
+/// most first (ties by name): the first `n` of every group's totals so
+/// sorted. Grouped by every tag, unfiltered, a tag key is read only when the
+/// bound of its values' cost ([`LogStore::spend_tag_bounds`]) can reach the
+/// `n` groups kept so far, keys in order of their bounds: a `user` tag of
+/// 50,000 values, each far below the top groups of `feature` and `env`, is
+/// never summed value by value. In one read snapshot.
+pub fn spend_totals_top(
+    store: &mut dyn LogStore,
+    group_by: &GroupBy,
+    filter: &SpendFilter,
+    from_ms: i64,
+    to_ms: i64,
+    n: usize,
+) -> Result<Vec<SpendTotal>, StoreError> {
+    store.begin_read()?;
+    let result = totals_top_in_snapshot(store, group_by, filter, from_ms, to_ms, n);
+    let end = store.end_read();
+    let totals = result?;
+    end?;
+    Ok(totals)
+}
+
+fn by_cost(a: &SpendTotal, b: &SpendTotal) -> std::cmp::Ordering {
+    b.cost_picodollars
+        .cmp(&a.cost_picodollars)
+        .then_with(|| a.group.cmp(&b.group))
+}
+
+fn totals_top_in_snapshot(
+    store: &mut dyn LogStore,
+    group_by: &GroupBy,
+    filter: &SpendFilter,
+    from_ms: i64,
+    to_ms: i64,
+    n: usize,
+) -> Result<Vec<SpendTotal>, StoreError> {
+    if !matches!(group_by, GroupBy::Tags) || *filter != SpendFilter::default() {
+        let mut totals = store.spend_totals_where(group_by, filter, from_ms, to_ms)?;
+        totals.sort_by(by_cost);
+        totals.truncate(n);
+        return Ok(totals);
+    }
+    let mut bounds = store.spend_tag_bounds(from_ms, to_ms)?;
+    bounds.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut kept: Vec<SpendTotal> = Vec::new();
+    for (key, bound) in bounds {
+        // A value of this key can at best equal the bound; it enters only
+        // by beating the n-th group kept (or tying it with a smaller name).
+        if n == 0 || (kept.len() >= n && bound < kept[n - 1].cost_picodollars) {
+            break;
+        }
+        kept.extend(store.spend_totals_tag_pairs(&key, from_ms, to_ms)?);
+        kept.sort_by(by_cost);
+        kept.truncate(n);
+    }
+    Ok(kept)
 }
 
 /// `filter` narrowed to the rows of `group` of `group_by`, when a filter can

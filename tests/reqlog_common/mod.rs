@@ -961,7 +961,11 @@ pub fn check_rollups_match_scan(cfg: &LogConfig, dir: &Path, seed: u64) {
 }
 
 /// `n` random spend queries answered from the rollups and by a scan.
-fn compare_rollups_with_scan(store: &mut dyn bursar::reqlog::LogStore, rng: &mut Rng, n: usize) {
+pub fn compare_rollups_with_scan(
+    store: &mut dyn bursar::reqlog::LogStore,
+    rng: &mut Rng,
+    n: usize,
+) {
     use bursar::reqlog::SpendFilter;
     let pick =
         |rng: &mut Rng, list: &[&str]| list[rng.below(list.len() as u64) as usize].to_string();
@@ -1061,6 +1065,58 @@ fn compare_rollups_with_scan(store: &mut dyn bursar::reqlog::LogStore, rng: &mut
         compared > n * 2 / 3 && nonempty > compared / 2,
         "{compared} {nonempty}"
     );
+    // The top groups of every tag by cost (the keys whose bound cannot reach
+    // them skipped) are the scan's first ones, and each key's bound holds.
+    let mut pruned = 0;
+    for _ in 0..n / 4 {
+        let (from, to) = rollup_range(rng);
+        let what = format!("every tag [{from}, {to})");
+        let mut scan = store
+            .spend_scan(&GroupBy::Tags, &SpendFilter::default(), None, from, to)
+            .unwrap_or_else(|e| panic!("scan {what}: {e}"));
+        scan.sort_by(|a, b| {
+            b.cost_picodollars
+                .cmp(&a.cost_picodollars)
+                .then_with(|| a.group.cmp(&b.group))
+        });
+        let bounds = store.spend_tag_bounds(from, to).unwrap();
+        for p in &scan {
+            let key = p.group.split_once('=').unwrap().0;
+            let bound = bounds.iter().find(|(k, _)| k == key).map(|(_, b)| *b);
+            assert!(
+                bound.is_some_and(|b| b >= p.cost_picodollars),
+                "{what}: {} above its key's bound {bound:?}",
+                p.group
+            );
+        }
+        let top = 1 + rng.below(4) as usize;
+        let ours = bursar::reqlog::top::spend_totals_top(
+            store,
+            &GroupBy::Tags,
+            &SpendFilter::default(),
+            from,
+            to,
+            top,
+        )
+        .unwrap_or_else(|e| panic!("top {top} {what}: {e}"));
+        let want: Vec<(String, u64, i128)> = scan
+            .iter()
+            .take(top)
+            .map(|p| (p.group.clone(), p.requests, p.cost_picodollars))
+            .collect();
+        let got: Vec<(String, u64, i128)> = ours
+            .iter()
+            .map(|t| (t.group.clone(), t.requests, t.cost_picodollars))
+            .collect();
+        assert_eq!(got, want, "top {top} {what}");
+        // Whether a key could be skipped: the user tag's bound below the
+        // n-th group.
+        let user = bounds.iter().find(|(k, _)| k == "user").map(|(_, b)| *b);
+        if scan.len() >= top && user.is_some_and(|b| b < scan[top - 1].cost_picodollars) {
+            pruned += 1;
+        }
+    }
+    assert!(pruned > 0, "no ranking could skip a key");
 }
 
 /// `query_log_page` pages through a rare status and a tag across the scan

@@ -1,15 +1,18 @@
 //! Rollups: per-bucket aggregates of the request log, built by the log
-//! writer as minutes close (`reqlog::rollup_build`), so a spend query reads a
-//! few aggregate rows per bucket instead of every request of its range.
+//! writer as their buckets close (`reqlog::rollup_build`), so a spend query
+//! reads a few aggregate rows per bucket instead of every request of its
+//! range.
 //!
-//! # Tables (schema version 5, both sinks)
+//! # Tables (schema version 6, both sinks)
 //!
 //! - `rollup_dims(tier, dim, bucket_ms, value, requests, errors, cache_hits,
 //!   cost_picodollars, avoided_picodollars, prompt_tokens,
 //!   completion_tokens)`, primary key `(tier, dim, bucket_ms, value)`: spend
 //!   by ONE dimension. `dim` is `""` (the whole log; `value` `""`), `key`,
-//!   `team`, `customer`, `provider`, `model` ([`ENTITY_DIMS`]; minute, hour
-//!   and day tiers) or `t:<tag key>` (hour and day). This is what the
+//!   `team`, `customer`, `provider`, `model` ([`ENTITY_DIMS`]), `t:<tag
+//!   key>` (the key's values), and two per tag key: [`TAG_SUM_DIM`] (the sum
+//!   of the rows carrying the key) and [`TAG_MAX_DIM`] (a bound on any one
+//!   value of it); minute, hour and day tiers. This is what the
 //!   dashboard reads: an unfiltered total or series, or one filtered by a
 //!   single dimension, reads one contiguous key range whose size is the
 //!   number of that dimension's values per bucket (11 customers, not the
@@ -22,7 +25,7 @@
 //!   tagged raw row and tier for a tag such as `user`: the largest table and
 //!   most of the writer's cost): a tag with any other filter or grouping
 //!   reads the raw rows of the range.
-//! - `rollup_marks(tier, done_ms)`: how far the build has gone ([`Marks`]).
+//! - `rollup_marks(tier, done_ms)`: how far each tier is built ([`Marks`]).
 //!
 //! `team` and `customer` are `''` for a row without one. `tier` is the bucket
 //! width in ms and `bucket_ms` the floor of the rows' `time_ms` to it.
@@ -34,10 +37,12 @@
 //! # Writing
 //!
 //! The writer inserts raw rows only; a build step sums each closed minute
-//! into every table and tier in SQL and moves the mark (`rollup_build`).
-//! Every raw row below the mark is in every tier, none above it is. A row
-//! inserted below the mark (late) is added to every tier by its own insert
-//! ([`RollupBatch`]), in the same transaction, and only if it was actually
+//! into the minute tier in SQL, each closed hour from its minutes into the
+//! hour tier and each closed day from its hours into the day tier, and moves
+//! the marks (`rollup_build`): every rollup row is written once. Every raw
+//! row below a tier's mark is in that tier, none above it is. A row inserted
+//! below a mark (late) is added to each tier whose mark it is below by its
+//! own insert ([`RollupBatch`]), in the same transaction, and only if it was actually
 //! inserted (SQLite: the change count of each `INSERT OR IGNORE`;
 //! PostgreSQL: `ON CONFLICT DO NOTHING RETURNING id`): a spill replay never
 //! counts a row twice.
@@ -49,13 +54,19 @@
 //! hours between the day boundary and the range's edge from the hour tier,
 //! the minutes from the minute tier, and the rest from the raw rows by the
 //! `(time_ms, id)` index: the sub-minute edges and everything at or above
-//! the mark (a tier's bucket is read only when it is whole below the mark,
-//! so the open hour and day come from their minutes). A series with bucket
-//! B uses only tiers no wider than B, so each piece floors exactly into B's
-//! buckets. Queries that touch tags use the hour tier as the finest. Pieces
+//! the minute mark (a tier's bucket is read only when it is whole below that
+//! tier's mark, so the open hour and day come from their minutes). A series
+//! with bucket B uses only tiers no wider than B, so each piece floors
+//! exactly into B's buckets. Pieces
 //! are summed in Rust with checked i128 arithmetic; a grouping by one tag key
 //! gets its `""` group (rows without the tag) as the whole minus the tagged
 //! rows.
+//!
+//! A grouping by every tag ranked by cost with a limit (the dashboard's top
+//! tags) reads the tag keys in order of [`tag_bounds`] and stops at the
+//! first key whose bound is below the groups it keeps (`reqlog::top`), so a
+//! key of 50,000 small values is not read value by value; its summed series
+//! (every tag's groups folded) reads [`TAG_SUM_DIM`].
 //!
 //! Two kinds of query no rollup holds are answered from the raw rows of the
 //! whole range: a tag with any other filter or grouping (a tag filter and a

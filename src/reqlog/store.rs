@@ -45,6 +45,17 @@
 //! version 4 tables, sets the mark past the newest row and drops
 //! `rollup_tags`, in the transaction that sets version 5.
 //!
+//! Version 6 builds each tier once, when its bucket closes (a mark per tier
+//! in `rollup_marks`; version 5 added every minute's share to the open hour
+//! and day), gives the tags a minute tier and adds per tag key its sums and
+//! a bound on its values (`tagsum`, `tagmax` in `rollup_dims`). Opening a
+//! version 5 store starts the hour and day marks at version 5's mark floored
+//! to them, deletes the open hour's and day's rows (rebuilt when they close),
+//! fills the sums and bounds from the hour and day tag rows, and sums the
+//! raw rows of the kept minutes (`LOG_ROLLUP_MINUTE_KEEP`) into the tags'
+//! minute tier, in the transaction that sets version 6: on a large log, a
+//! `json_each` over up to 35 days of rows, once.
+//!
 //! Cost (and avoided spend) is exact in both: PostgreSQL stores picodollars as `NUMERIC(39,0)`
 //! (every i128 fits) and sums them exactly. SQLite has no integer wider than
 //! 64 bits (an i64 of picodollars stops at $9.2M per row, and a SUM of them

@@ -107,6 +107,13 @@ CREATE TABLE rollup_tags (
 );
 "#;
 
+/// Version 6: how `tier` and `dim` of `rollup_dims` go together. Without
+/// it the planner multiplies their selectivities as if independent, guessed
+/// 416,000 rows for one dimension's 34,000 day rows at 5.6 million log rows
+/// and read the whole table in parallel (0.7 s against 28 ms).
+const STATISTICS_6: &str = "CREATE STATISTICS IF NOT EXISTS rollup_dims_tier_dim \
+    (dependencies, mcv) ON tier, dim FROM rollup_dims";
+
 /// Version 5: the rollups by one dimension and the mark of the built
 /// minutes (`reqlog::rollup_build`).
 const DIMS_SCHEMA: &str = r#"
@@ -256,6 +263,7 @@ impl PostgresStore {
                 tx.batch_execute(ROLLUP_SCHEMA)?;
                 tx.batch_execute("DROP TABLE rollup_tags")?;
                 tx.batch_execute(DIMS_SCHEMA)?;
+                tx.batch_execute(STATISTICS_6)?;
                 tx.execute(
                     "INSERT INTO schema_version (version) VALUES ($1)",
                     &[&SCHEMA_VERSION],
@@ -278,6 +286,7 @@ impl PostgresStore {
                     tx.batch_execute(&rollup_build::backfill_4_to_5(Dialect::Postgres))?;
                 }
                 if v < 6 {
+                    tx.batch_execute(STATISTICS_6)?;
                     tx.batch_execute(&rollup_build::backfill_5_to_6(Dialect::Postgres))?;
                     if let Some(mark) = read_marks(&mut tx)?.minute {
                         let mut b = BuildClient(&mut tx);

@@ -54,7 +54,8 @@
 //! fills the sums and bounds from the hour and day tag rows, and sums the
 //! raw rows of the kept minutes (`LOG_ROLLUP_MINUTE_KEEP`) into the tags'
 //! minute tier, in the transaction that sets version 6: on a large log, a
-//! `json_each` over up to 35 days of rows, once.
+//! `json_each` over up to 35 days of rows, once. On PostgreSQL it also
+//! creates extended statistics on `rollup_dims (tier, dim)`.
 //!
 //! Cost (and avoided spend) is exact in both: PostgreSQL stores picodollars as `NUMERIC(39,0)`
 //! (every i128 fits) and sums them exactly. SQLite has no integer wider than

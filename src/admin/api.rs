@@ -849,11 +849,7 @@ async fn series(
                 _ => {
                     let mut totals = store.spend_totals_where(&group_by, &filter, from, to)?;
                     if order_by_cost {
-                        totals.sort_by(|a, b| {
-                            b.cost_picodollars
-                                .cmp(&a.cost_picodollars)
-                                .then_with(|| a.group.cmp(&b.group))
-                        });
+                        totals.sort_by(crate::reqlog::top::by_cost);
                     }
                     if let Some(n) = limit {
                         totals.truncate(n);

@@ -39,13 +39,9 @@ pub fn spend_series_top(
     top: usize,
     other: &str,
 ) -> Result<Vec<SeriesPoint>, StoreError> {
-    store.begin_read()?;
-    let result =
-        series_top_in_snapshot(store, group_by, filter, bucket, from_ms, to_ms, top, other);
-    let end = store.end_read();
-    let points = result?;
-    end?;
-    Ok(points)
+    in_snapshot(store, |s| {
+        series_top_in_snapshot(s, group_by, filter, bucket, from_ms, to_ms, top, other)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -157,15 +153,26 @@ pub fn spend_totals_top(
     to_ms: i64,
     n: usize,
 ) -> Result<Vec<SpendTotal>, StoreError> {
-    store.begin_read()?;
-    let result = totals_top_in_snapshot(store, group_by, filter, from_ms, to_ms, n);
-    let end = store.end_read();
-    let totals = result?;
-    end?;
-    Ok(totals)
+    in_snapshot(store, |s| {
+        totals_top_in_snapshot(s, group_by, filter, from_ms, to_ms, n)
+    })
 }
 
-fn by_cost(a: &SpendTotal, b: &SpendTotal) -> std::cmp::Ordering {
+/// `f` in one read snapshot of `store`.
+fn in_snapshot<T>(
+    store: &mut dyn LogStore,
+    f: impl FnOnce(&mut dyn LogStore) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    store.begin_read()?;
+    let result = f(store);
+    let end = store.end_read();
+    let out = result?;
+    end?;
+    Ok(out)
+}
+
+/// Most cost first, ties by name: the order of every ranking.
+pub fn by_cost(a: &SpendTotal, b: &SpendTotal) -> std::cmp::Ordering {
     b.cost_picodollars
         .cmp(&a.cost_picodollars)
         .then_with(|| a.group.cmp(&b.group))

@@ -434,7 +434,7 @@ fn a_version_3_database_gains_rollups_of_its_rows() {
             let (f, t) = if bucket == Bucket::Minute {
                 (T0 - HOUR - 7, T0 + 2 * HOUR + 3)
             } else {
-                (T0 - 2 * DAY + 5 * MINUTE + 1, T0 + 3 * DAY - 1)
+                (T0 - 16 * DAY + 5 * MINUTE + 1, T0 + 3 * DAY - 1)
             };
             assert_eq!(
                 store
@@ -448,7 +448,70 @@ fn a_version_3_database_gains_rollups_of_its_rows() {
         }
     }
     let all = store
-        .spend_totals(&GroupBy::None, T0 - 2 * DAY, T0 + 3 * DAY)
+        .spend_totals(&GroupBy::None, T0 - 16 * DAY, T0 + 3 * DAY)
         .unwrap();
     assert_eq!(all[0].requests, 600);
+}
+
+/// The rows of the tiers version 7 added (six hours, week) in both rollup
+/// tables, in key order, each as text.
+fn new_tier_rows(client: &mut postgres::Client) -> Vec<String> {
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT concat_ws('|', tier, dim, bucket_ms, value, requests, errors, cache_hits, \
+         cost_picodollars, avoided_picodollars, prompt_tokens, completion_tokens) \
+         FROM rollup_dims WHERE tier IN (21600000, 604800000) \
+         ORDER BY tier, dim COLLATE \"C\", bucket_ms, value COLLATE \"C\"",
+        "SELECT concat_ws('|', tier, bucket_ms, key_name, team, customer, provider, model, \
+         requests, cost_picodollars) FROM rollups WHERE tier IN (21600000, 604800000) \
+         ORDER BY tier, bucket_ms, key_name COLLATE \"C\", team COLLATE \"C\", \
+         customer COLLATE \"C\", provider COLLATE \"C\", model COLLATE \"C\"",
+    ] {
+        out.extend(
+            client
+                .query(sql, &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0)),
+        );
+    }
+    out
+}
+
+/// Version 6 had no six-hour or week tier: opened by version 7, both are
+/// built from the hour and day tiers below their marks, row for row what
+/// the build itself writes, and every answer equals a scan.
+#[test]
+fn a_version_6_database_gains_six_hour_and_week_tiers() {
+    let db = TestDb::new();
+    let dir = TempDir::new("pg-v6");
+    let cfg = db.config();
+    let rows = rollup_rows(12, 600);
+    {
+        let mut store = cfg.open_store(dir.path()).unwrap();
+        store.insert_batch(&rows, &mut || {}).unwrap();
+        while store.roll_up(T0 + 5 * HOUR + 17 * MINUTE).unwrap() {}
+    }
+    let mut client =
+        postgres::Client::connect(&format!("{SERVER}/{}", db.name), postgres::NoTls).unwrap();
+    let built = new_tier_rows(&mut client);
+    assert!(
+        built.iter().any(|r| r.starts_with("604800000|"))
+            && built.iter().any(|r| r.starts_with("21600000|")),
+        "{built:?}"
+    );
+    client
+        .batch_execute(
+            "DELETE FROM rollups WHERE tier IN (21600000, 604800000); \
+             DELETE FROM rollup_dims WHERE tier IN (21600000, 604800000); \
+             DELETE FROM rollup_marks WHERE tier IN (21600000, 604800000); \
+             UPDATE schema_version SET version = 6",
+        )
+        .unwrap();
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    assert_eq!(new_tier_rows(&mut client), built);
+    let mut rng = Rng::new(67);
+    compare_rollups_with_scan(store.as_mut(), &mut rng, 100);
+    while store.roll_up(T0 + 3 * DAY).unwrap() {}
+    compare_rollups_with_scan(store.as_mut(), &mut rng, 100);
 }

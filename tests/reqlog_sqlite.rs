@@ -790,6 +790,8 @@ fn a_version_5_file_gains_tier_marks_and_tag_minutes() {
     conn.execute_batch(
         "DELETE FROM rollup_dims WHERE dim IN ('tagsum', 'tagmax') \
          OR (tier = 60000 AND dim >= 't:' AND dim < 't;'); \
+         DELETE FROM rollups WHERE tier IN (21600000, 604800000); \
+         DELETE FROM rollup_dims WHERE tier IN (21600000, 604800000); \
          DELETE FROM rollup_marks WHERE tier <> 60000; UPDATE schema_version SET version = 5",
     )
     .unwrap();
@@ -800,7 +802,7 @@ fn a_version_5_file_gains_tier_marks_and_tag_minutes() {
     while store.roll_up(T0 + 3 * DAY).unwrap() {}
     compare_rollups_with_scan(store.as_mut(), &mut rng, 150);
     let all = store
-        .spend_totals(&GroupBy::None, T0 - 2 * DAY, T0 + 3 * DAY)
+        .spend_totals(&GroupBy::None, T0 - 16 * DAY, T0 + 3 * DAY)
         .unwrap();
     assert_eq!(all[0].requests, 900);
 }
@@ -824,7 +826,7 @@ fn a_version_3_file_gains_rollups_of_its_rows() {
     .unwrap();
     drop(conn);
     let mut store = cfg.open_store(dir.path()).unwrap();
-    let (from, to) = (T0 - 2 * DAY, T0 + 3 * DAY);
+    let (from, to) = (T0 - 16 * DAY, T0 + 3 * DAY);
     for group_by in [
         GroupBy::None,
         GroupBy::Key,
@@ -875,7 +877,7 @@ fn raw_retention_keeps_the_rollups_and_minute_rollups_expire() {
     let mut store = cfg.open_store(dir.path()).unwrap();
     let rows = rollup_rows(9, 300);
     store.insert_batch(&rows, &mut || {}).unwrap();
-    let (from, to) = (T0 - 2 * DAY, T0 + 3 * DAY);
+    let (from, to) = (T0 - 16 * DAY, T0 + 3 * DAY);
     let before = store.spend_totals(&GroupBy::Model, from, to).unwrap();
     // Every raw row deleted: whole-minute ranges still answer from the rollups.
     assert_eq!(store.delete_before(i64::MAX, u64::MAX).unwrap(), 300);
@@ -947,7 +949,7 @@ fn the_writer_rolls_up_closed_minutes_by_itself() {
     assert!(dims > 0);
     drop(handle);
     let mut store = cfg.open_store(dir.path()).unwrap();
-    let (from, to) = (T0 - 2 * DAY + 7, T0 + 3 * DAY - 5);
+    let (from, to) = (T0 - 16 * DAY + 7, T0 + 3 * DAY - 5);
     let none = bursar::reqlog::SpendFilter::default();
     for group_by in [GroupBy::None, GroupBy::Key, GroupBy::Tag("user".into())] {
         let scan = store
@@ -962,4 +964,70 @@ fn the_writer_rolls_up_closed_minutes_by_itself() {
         );
         assert!(scan.iter().map(|p| p.requests).sum::<u64>() > 0);
     }
+}
+
+/// The rows of the tiers version 7 added (six hours, week) in both rollup
+/// tables, in key order, each as text.
+fn new_tier_rows(conn: &rusqlite::Connection) -> Vec<String> {
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT tier || '|' || dim || '|' || bucket_ms || '|' || value || '|' || requests || '|' \
+         || errors || '|' || cache_hits || '|' || cost_picodollars || '|' || avoided_picodollars \
+         || '|' || prompt_tokens || '|' || completion_tokens FROM rollup_dims \
+         WHERE tier IN (21600000, 604800000) ORDER BY tier, dim, bucket_ms, value",
+        "SELECT tier || '|' || bucket_ms || '|' || key_name || '|' || team || '|' || customer \
+         || '|' || provider || '|' || model || '|' || requests || '|' || cost_picodollars \
+         FROM rollups WHERE tier IN (21600000, 604800000) \
+         ORDER BY tier, bucket_ms, key_name, team, customer, provider, model",
+    ] {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+        out.extend(rows.map(Result::unwrap));
+    }
+    out
+}
+
+/// Version 6 had no six-hour or week tier: opened by version 7, both are
+/// built from the hour and day tiers below their marks, row for row what
+/// the build itself writes, and every answer equals a scan, before and after
+/// the build goes on.
+#[test]
+fn a_version_6_file_gains_six_hour_and_week_tiers() {
+    let dir = TempDir::new("v6");
+    let cfg = sqlite();
+    let rows = rollup_rows(12, 900);
+    // Inside a quarter-day and a week, so both are open at the mark.
+    let mark = T0 + 5 * HOUR + 17 * MINUTE;
+    {
+        let mut store = cfg.open_store(dir.path()).unwrap();
+        store.insert_batch(&rows, &mut || {}).unwrap();
+        while store.roll_up(mark).unwrap() {}
+    }
+    let path = dir.path().join(bursar::reqlog::LOG_SQLITE_FILE);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let built = new_tier_rows(&conn);
+    assert!(
+        built.iter().any(|r| r.starts_with("604800000|"))
+            && built.iter().any(|r| r.starts_with("21600000|")),
+        "{built:?}"
+    );
+    conn.execute_batch(
+        "DELETE FROM rollups WHERE tier IN (21600000, 604800000); \
+         DELETE FROM rollup_dims WHERE tier IN (21600000, 604800000); \
+         DELETE FROM rollup_marks WHERE tier IN (21600000, 604800000); \
+         UPDATE schema_version SET version = 6",
+    )
+    .unwrap();
+    drop(conn);
+    let mut store = cfg.open_store(dir.path()).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(new_tier_rows(&conn), built);
+    let version: i64 = conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, bursar::reqlog::store::SCHEMA_VERSION);
+    let mut rng = Rng::new(66);
+    compare_rollups_with_scan(store.as_mut(), &mut rng, 150);
+    while store.roll_up(T0 + 3 * DAY).unwrap() {}
+    compare_rollups_with_scan(store.as_mut(), &mut rng, 150);
 }

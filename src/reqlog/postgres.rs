@@ -288,11 +288,22 @@ impl PostgresStore {
                 if v < 6 {
                     tx.batch_execute(STATISTICS_6)?;
                     tx.batch_execute(&rollup_build::backfill_5_to_6(Dialect::Postgres))?;
-                    if let Some(mark) = read_marks(&mut tx)?.minute {
+                    if let Some(mark) = read_marks(&mut tx)?.minute() {
                         let mut b = BuildClient(&mut tx);
                         for sql in rollup_build::backfill_5_to_6_minutes(Dialect::Postgres, mark) {
                             rollup_build::BuildTx::execute(&mut b, &sql)?;
                         }
+                    }
+                }
+                if v < 7 {
+                    let marks = read_marks(&mut tx)?;
+                    if let Some(minute) = marks.minute() {
+                        rollup_build::close_tiers(
+                            &mut BuildClient(&mut tx),
+                            Dialect::Postgres,
+                            &marks,
+                            minute,
+                        )?;
                     }
                 }
                 if v < SCHEMA_VERSION {
@@ -372,7 +383,7 @@ impl PostgresStore {
     fn roll_up_before_delete(&mut self, to_ms: i64) -> Result<i64, StoreError> {
         let limit = rollup_build::mark_covering(to_ms.saturating_sub(1));
         while self.roll_up(limit)? {}
-        Ok(read_marks(&mut self.client)?.minute.unwrap_or(i64::MIN))
+        Ok(read_marks(&mut self.client)?.minute().unwrap_or(i64::MIN))
     }
 
     fn query_rows(&mut self, sql: &query::Sql) -> Result<Vec<LogRow>, StoreError> {
@@ -739,7 +750,7 @@ impl LogStore for PostgresStore {
         let Some(step) =
             rollup_build::step(&mut BuildClient(&mut tx), Dialect::Postgres, limit_ms)?
         else {
-            let done = read_marks(&mut tx)?.minute;
+            let done = read_marks(&mut tx)?.minute();
             tx.commit()?;
             self.built_to = done;
             return Ok(false);

@@ -96,12 +96,20 @@ use super::row::{CacheStatus, LogRow};
 use super::store::{clamp_i64, RawSpend, StoreError};
 use super::LOG_SERIES_POINTS_MAX;
 
-/// A rollup tier: buckets of a fixed width.
+/// A rollup tier: buckets of a fixed width, each a multiple of the finer
+/// tier's (so a tier's bucket is the sum of whole buckets of the tier below,
+/// and is built from them when it closes). `SixHours` and `Week` are not
+/// series buckets: they shorten a long range's decomposition (a 30-day range
+/// at an arbitrary time of day reads at most 5 hours, 3 quarter-days and 6
+/// days at each edge and weeks between, instead of up to 23 hours and 29
+/// days). Weeks start at the epoch (a Thursday): no caller sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Tier {
     Minute,
     Hour,
+    SixHours,
     Day,
+    Week,
 }
 
 impl Tier {
@@ -110,7 +118,9 @@ impl Tier {
         match self {
             Tier::Minute => 60_000,
             Tier::Hour => 3_600_000,
+            Tier::SixHours => 21_600_000,
             Tier::Day => 86_400_000,
+            Tier::Week => 604_800_000,
         }
     }
 
@@ -122,10 +132,21 @@ impl Tier {
             Bucket::Day => Tier::Day,
         }
     }
+
+    /// The position in [`ROLLUP_TIERS`].
+    const fn index(self) -> usize {
+        self as usize
+    }
 }
 
-/// The tiers of both tables, finest first.
-pub(crate) const ROLLUP_TIERS: [Tier; 3] = [Tier::Minute, Tier::Hour, Tier::Day];
+/// The tiers of both tables, finest first; each divides the next.
+pub(crate) const ROLLUP_TIERS: [Tier; 5] = [
+    Tier::Minute,
+    Tier::Hour,
+    Tier::SixHours,
+    Tier::Day,
+    Tier::Week,
+];
 
 /// `time_ms` floored to a multiple of `w`.
 pub(crate) fn floor_to(t: i64, w: i64) -> i64 {
@@ -337,31 +358,29 @@ pub(crate) struct Piece {
 
 /// How far each tier is built: every raw row with `time_ms` below a tier's
 /// mark is in that tier, no row at or above it is (`None`: nothing built
-/// yet). The build keeps `day <= hour <= minute`, each mark a boundary of its
-/// tier.
+/// yet). The build keeps each mark at or below the finer tier's (`week <= day
+/// <= six hours <= hour <= minute`), each a boundary of its tier.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Marks {
-    pub minute: Option<i64>,
-    pub hour: Option<i64>,
-    pub day: Option<i64>,
+    /// By [`Tier::index`].
+    pub done: [Option<i64>; ROLLUP_TIERS.len()],
 }
 
 impl Marks {
     /// Every row built: for tests of the decomposition alone.
     #[cfg(test)]
     pub const ALL: Marks = Marks {
-        minute: Some(i64::MAX),
-        hour: Some(i64::MAX),
-        day: Some(i64::MAX),
+        done: [Some(i64::MAX); ROLLUP_TIERS.len()],
     };
 
     /// The mark of `tier`.
     pub fn of(&self, tier: Tier) -> Option<i64> {
-        match tier {
-            Tier::Minute => self.minute,
-            Tier::Hour => self.hour,
-            Tier::Day => self.day,
-        }
+        self.done[tier.index()]
+    }
+
+    /// The minute tier's mark: how far the raw rows are summed.
+    pub fn minute(&self) -> Option<i64> {
+        self.of(Tier::Minute)
     }
 
     /// The end of the whole buckets of `tier` that hold every row they
@@ -638,7 +657,7 @@ pub(crate) fn spend(
         merge.add(run(&sql, bucket.is_some())?, false, flat)?;
         return merge.finish();
     }
-    let coarsest = bucket.map_or(Tier::Day, Tier::of);
+    let coarsest = bucket.map_or(Tier::Week, Tier::of);
     let tiers: Vec<Tier> = ROLLUP_TIERS
         .iter()
         .copied()
@@ -983,5 +1002,40 @@ mod tests {
             from_ms: -D,
             to_ms: D
         }));
+    }
+
+    /// A 30-day range at any time of day reads few buckets per group: at
+    /// most 5 hours, 3 quarter-days and 6 days at each edge and the weeks
+    /// between (not up to 23 hours at each edge and 29 days).
+    #[test]
+    fn a_month_reads_weeks_and_quarter_days_not_hundreds_of_hours() {
+        const M: i64 = 60_000;
+        const D: i64 = 86_400_000;
+        let mut seen_week = false;
+        for start_m in (0..14 * 24 * 60).step_by(37) {
+            let from = 20_000 * D + start_m * M + 11;
+            let to = from + 30 * D;
+            let p = pieces(from, to, &ROLLUP_TIERS, &Marks::ALL);
+            let count = |tier: Tier| -> i64 {
+                p.iter()
+                    .filter(|q| q.source == Source::Tier(tier))
+                    .map(|q| (q.to_ms - q.from_ms) / tier.ms())
+                    .sum()
+            };
+            assert!(count(Tier::Hour) <= 10, "{p:?}");
+            assert!(count(Tier::SixHours) <= 6, "{p:?}");
+            assert!(count(Tier::Day) <= 12, "{p:?}");
+            assert!((3..=4).contains(&count(Tier::Week)), "{p:?}");
+            seen_week |= count(Tier::Week) == 4;
+            let total: i64 = [Tier::Hour, Tier::SixHours, Tier::Day, Tier::Week]
+                .into_iter()
+                .map(count)
+                .sum();
+            assert!(total <= 32, "{total} {p:?}");
+            for w in p.windows(2) {
+                assert_eq!(w[0].to_ms, w[1].from_ms);
+            }
+        }
+        assert!(seen_week);
     }
 }

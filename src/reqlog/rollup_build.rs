@@ -27,7 +27,7 @@
 //! database).
 
 use super::query::{self, Dialect, Param, Sql, TAG_DIM_END, TAG_DIM_PREFIX};
-use super::rollup::{floor_to, Marks, Tier, ENTITY_DIMS, TAG_MAX_DIM, TAG_SUM_DIM};
+use super::rollup::{floor_to, Marks, Tier, ENTITY_DIMS, ROLLUP_TIERS, TAG_MAX_DIM, TAG_SUM_DIM};
 use super::store::StoreError;
 use super::{LOG_ROLLUP_BUILD_MINUTES_MAX, LOG_ROLLUP_CLOSE_GRACE};
 
@@ -114,8 +114,8 @@ pub(crate) fn step(
     limit_ms: i64,
 ) -> Result<Option<Step>, StoreError> {
     let marks = read_marks(tx, d)?;
-    let first = tx.query_int(&select_first_row(d, marks.minute.unwrap_or(i64::MIN)))?;
-    let Some(step) = plan(marks.minute, first, limit_ms) else {
+    let first = tx.query_int(&select_first_row(d, marks.minute().unwrap_or(i64::MIN)))?;
+    let Some(step) = plan(marks.minute(), first, limit_ms) else {
         return Ok(None);
     };
     if let Some((from, to)) = step.range {
@@ -124,10 +124,24 @@ pub(crate) fn step(
         }
     }
     tx.execute(&set_mark(d, Tier::Minute, step.done_ms))?;
-    // The hours the minute mark closed, then the days the hour mark closed,
-    // each from the finer tier's rows.
-    let mut finer_mark = step.done_ms;
-    for (source, target) in [(Tier::Minute, Tier::Hour), (Tier::Hour, Tier::Day)] {
+    close_tiers(tx, d, &marks, step.done_ms)?;
+    Ok(Some(step))
+}
+
+/// Builds each tier coarser than the minute's up to the buckets its finer
+/// tier's mark closes, finest first (the hours the minute mark `minute_ms`
+/// closed, then the quarter-days those hours closed, and so on), and moves
+/// their marks; `marks` are the marks before. Also the migration's way to
+/// build a new tier from the tier below it.
+pub(crate) fn close_tiers(
+    tx: &mut dyn BuildTx,
+    d: Dialect,
+    marks: &Marks,
+    minute_ms: i64,
+) -> Result<(), StoreError> {
+    let mut finer_mark = minute_ms;
+    for pair in ROLLUP_TIERS.windows(2) {
+        let (source, target) = (pair[0], pair[1]);
         let to = floor_sat(finer_mark, target.ms());
         let from = marks.of(target);
         if from.is_some_and(|f| f >= to) {
@@ -142,22 +156,19 @@ pub(crate) fn step(
         tx.execute(&set_mark(d, target, to))?;
         finer_mark = to;
     }
-    Ok(Some(step))
+    Ok(())
 }
 
 /// The marks as `tx` sees them.
 pub(crate) fn read_marks(tx: &mut dyn BuildTx, d: Dialect) -> Result<Marks, StoreError> {
-    let mut of = |tier: Tier| {
+    let mut marks = Marks::default();
+    for (tier, done) in ROLLUP_TIERS.iter().zip(marks.done.iter_mut()) {
         let mut sql = Sql::new(d);
         let t = sql.bind(Param::Int(tier.ms()));
         sql.text = format!("SELECT done_ms FROM rollup_marks WHERE tier = {t}");
-        tx.query_int(&sql)
-    };
-    Ok(Marks {
-        minute: of(Tier::Minute)?,
-        hour: of(Tier::Hour)?,
-        day: of(Tier::Day)?,
-    })
+        *done = tx.query_int(&sql)?;
+    }
+    Ok(marks)
 }
 
 /// The dimensions of `tier` in `rollup_dims` from `low` (inclusive) to

@@ -401,11 +401,22 @@ impl SqliteStore {
                 }
                 if v < 6 {
                     tx.execute_batch(&rollup_build::backfill_5_to_6(Dialect::Sqlite))?;
-                    if let Some(mark) = read_marks(&tx)?.minute {
+                    if let Some(mark) = read_marks(&tx)?.minute() {
                         let mut b = BuildConn(&tx);
                         for sql in rollup_build::backfill_5_to_6_minutes(Dialect::Sqlite, mark) {
                             rollup_build::BuildTx::execute(&mut b, &sql)?;
                         }
+                    }
+                }
+                if v < 7 {
+                    let marks = read_marks(&tx)?;
+                    if let Some(minute) = marks.minute() {
+                        rollup_build::close_tiers(
+                            &mut BuildConn(&tx),
+                            Dialect::Sqlite,
+                            &marks,
+                            minute,
+                        )?;
                     }
                 }
                 if v < SCHEMA_VERSION {
@@ -477,7 +488,7 @@ impl SqliteStore {
     fn roll_up_before_delete(&mut self, to_ms: i64) -> Result<i64, StoreError> {
         let limit = rollup_build::mark_covering(to_ms.saturating_sub(1));
         while self.roll_up(limit)? {}
-        Ok(self.marks()?.minute.unwrap_or(i64::MIN))
+        Ok(self.marks()?.minute().unwrap_or(i64::MIN))
     }
 
     fn query_rows(&mut self, sql: &query::Sql) -> Result<Vec<LogRow>, StoreError> {
@@ -709,7 +720,7 @@ impl LogStore for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let Some(step) = rollup_build::step(&mut BuildConn(&tx), Dialect::Sqlite, limit_ms)? else {
-            let done = read_marks(&tx)?.minute;
+            let done = read_marks(&tx)?.minute();
             drop(tx);
             self.built_to = done;
             return Ok(false);

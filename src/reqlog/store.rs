@@ -57,6 +57,14 @@
 //! `json_each` over up to 35 days of rows, once. On PostgreSQL it also
 //! creates extended statistics on `rollup_dims (tier, dim)`.
 //!
+//! Version 7 adds two tiers that are not series buckets, six hours and a
+//! week (`rollup::Tier`), so a long range's edges and middle read a few
+//! coarse buckets instead of up to 46 hours and 29 days per group (the
+//! dashboard's 30-day key totals: docs/benchmarks.md). The tables do not
+//! change. Opening a version 6 store builds both tiers from the hour and day
+//! tiers below their marks (`rollup_build::close_tiers`), in the transaction
+//! that sets version 7.
+//!
 //! Cost (and avoided spend) is exact in both: PostgreSQL stores picodollars as `NUMERIC(39,0)`
 //! (every i128 fits) and sums them exactly. SQLite has no integer wider than
 //! 64 bits (an i64 of picodollars stops at $9.2M per row, and a SUM of them
@@ -77,7 +85,7 @@ use super::query::{
 use super::row::{CacheStatus, LogRow};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Why a store call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

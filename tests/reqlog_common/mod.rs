@@ -874,7 +874,8 @@ pub fn check_awkward_tags(cfg: &LogConfig, dir: &Path) {
 }
 
 /// Rows for the rollup checks: `varied_row`s spread over three days around
-/// `T0`, many near minute, hour and day boundaries.
+/// `T0`, many near minute, hour and day boundaries, and one in eight over the
+/// two weeks before them (so ranges hold whole weeks and quarter-days).
 pub fn rollup_rows(seed: u64, n: u64) -> Vec<LogRow> {
     let mut rng = Rng::new(seed);
     (0..n)
@@ -887,6 +888,9 @@ pub fn rollup_rows(seed: u64, n: u64) -> Vec<LogRow> {
                 0 => base + rng.below(24) as i64 * edge % DAY - 2_000 + rng.below(4_000) as i64,
                 _ => base + rng.below(DAY as u64) as i64,
             };
+            if rng.below(8) == 0 {
+                r.time_ms = T0 - 15 * DAY + rng.below(14 * DAY as u64) as i64;
+            }
             if rng.below(5) == 0 {
                 r.customer = None;
             }
@@ -902,9 +906,11 @@ pub fn rollup_rows(seed: u64, n: u64) -> Vec<LogRow> {
 
 /// A range near the rows: sometimes aligned, sometimes not, sometimes empty.
 fn rollup_range(rng: &mut Rng) -> (i64, i64) {
+    // One range in four may start in the weeks before.
+    let span = [5, 5, 5, 18][rng.below(4) as usize] * DAY;
     let t = |rng: &mut Rng| {
-        let unit = [1, 1_000, MINUTE, HOUR, DAY][rng.below(5) as usize];
-        T0 - 2 * DAY + (rng.below(5 * DAY as u64 / unit as u64) as i64) * unit
+        let unit = [1, 1_000, MINUTE, HOUR, 6 * HOUR, DAY][rng.below(6) as usize];
+        T0 + 3 * DAY - span + (rng.below(span as u64 / unit as u64) as i64) * unit
     };
     let (a, b) = (t(rng), t(rng));
     (a.min(b), a.max(b) + [0, 1, 7][rng.below(3) as usize])
@@ -939,7 +945,7 @@ pub fn check_rollups_match_scan(cfg: &LogConfig, dir: &Path, seed: u64) {
     compare_rollups_with_scan(store.as_mut(), &mut rng, 100);
     // The whole range's total by every grouping that partitions it.
     let all = store
-        .spend_totals(&GroupBy::None, T0 - 2 * DAY, T0 + 3 * DAY)
+        .spend_totals(&GroupBy::None, T0 - 16 * DAY, T0 + 3 * DAY)
         .unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].requests, 1_502);

@@ -157,7 +157,7 @@ pub const LOG_QUERY_LIMIT_MAX: usize = 1000;
 /// well under the dashboard's 100 ms.
 pub const LOG_QUERY_SCAN_ROWS_MAX: usize = 20_000;
 /// How long the minute tier of the rollups is kept (by bucket start); the
-/// hour and day tiers are kept as long as the store (`reqlog::rollup`).
+/// coarser tiers are kept as long as the store (`reqlog::rollup`).
 pub const LOG_ROLLUP_MINUTE_KEEP: Duration = Duration::from_secs(35 * 86_400);
 /// How long after a minute ends its rows are summed into the rollups
 /// (`reqlog::rollup_build`); a row of that minute arriving later is added by

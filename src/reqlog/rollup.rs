@@ -3,7 +3,7 @@
 //! reads a few aggregate rows per bucket instead of every request of its
 //! range.
 //!
-//! # Tables (schema version 6, both sinks)
+//! # Tables (schema version 7, both sinks)
 //!
 //! - `rollup_dims(tier, dim, bucket_ms, value, requests, errors, cache_hits,
 //!   cost_picodollars, avoided_picodollars, prompt_tokens,
@@ -12,7 +12,7 @@
 //!   `team`, `customer`, `provider`, `model` ([`ENTITY_DIMS`]), `t:<tag
 //!   key>` (the key's values), and two per tag key: [`TAG_SUM_DIM`] (the sum
 //!   of the rows carrying the key) and [`TAG_MAX_DIM`] (a bound on any one
-//!   value of it); minute, hour and day tiers. This is what the
+//!   value of it); every tier ([`ROLLUP_TIERS`]). This is what the
 //!   dashboard reads: an unfiltered total or series, or one filtered by a
 //!   single dimension, reads one contiguous key range whose size is the
 //!   number of that dimension's values per bucket (11 customers, not the
@@ -20,7 +20,9 @@
 //! - `rollups(tier, bucket_ms, key_name, team, customer, provider, model,
 //!   same measures)`: the combinations, for queries with two or more
 //!   entity filters, or one and a grouping by another entity (a key's spend
-//!   by model). Tiers ([`ROLLUP_TIERS`]): minute, hour, day. There is no
+//!   by model). Tiers ([`ROLLUP_TIERS`]): minute, hour, six hours, day,
+//!   week (the six-hour and week tiers are not series buckets: they shorten
+//!   a long range's decomposition). There is no
 //!   combination by tag (version 4's `rollup_tags` held about one row per
 //!   tagged raw row and tier for a tag such as `user`: the largest table and
 //!   most of the writer's cost): a tag with any other filter or grouping
@@ -38,8 +40,8 @@
 //!
 //! The writer inserts raw rows only; a build step sums each closed minute
 //! into the minute tier in SQL, each closed hour from its minutes into the
-//! hour tier and each closed day from its hours into the day tier, and moves
-//! the marks (`rollup_build`): every rollup row is written once. Every raw
+//! hour tier, each closed quarter-day from its hours, each closed day from
+//! its quarter-days and each closed week from its days, and moves the marks (`rollup_build`): every rollup row is written once. Every raw
 //! row below a tier's mark is in that tier, none above it is. A row inserted
 //! below a mark (late) is added to each tier whose mark it is below by its
 //! own insert ([`RollupBatch`]), in the same transaction, and only if it was actually
@@ -50,9 +52,12 @@
 //! # Reading: the decomposition of a range
 //!
 //! A range `[from, to)` ([`pieces`]) is cut at the boundaries of the
-//! coarsest tier allowed: whole days in the middle from the day tier, the
-//! hours between the day boundary and the range's edge from the hour tier,
-//! the minutes from the minute tier, and the rest from the raw rows by the
+//! coarsest tier allowed: whole weeks in the middle from the week tier,
+//! then at each edge the days, quarter-days and hours between the coarser
+//! boundary and the range's edge from their tiers (a 30-day range at any
+//! time of day: at most 6 days, 3 quarter-days and 5 hours per edge, instead
+//! of 29 days and up to 23 hours per edge without the week and six-hour
+//! tiers), the minutes from the minute tier, and the rest from the raw rows by the
 //! `(time_ms, id)` index: the sub-minute edges and everything at or above
 //! the minute mark (a tier's bucket is read only when it is whole below that
 //! tier's mark, so the open hour and day come from their minutes). A series
@@ -77,7 +82,7 @@
 //!
 //! Raw-row retention (`retention`, `max_rows`) never deletes rollups, and
 //! builds the rollups past the rows it deletes first. The minute tiers are
-//! kept [`super::LOG_ROLLUP_MINUTE_KEEP`]; hour and day tiers indefinitely.
+//! kept [`super::LOG_ROLLUP_MINUTE_KEEP`]; the coarser tiers indefinitely.
 //! A spend answer is exact (equal to a scan of the raw rows) while the raw
 //! rows of its two sub-minute edges exist and the minute tier covers its
 //! sub-hour edges. Once the raw rows are gone, the answer covers only the

@@ -804,17 +804,9 @@ pub(crate) fn tag_bounds(
     for piece in pieces(from_ms, to_ms, &ROLLUP_TIERS, marks) {
         match piece.source {
             Source::Raw => {
-                let sql = query::select_spend(
-                    d,
-                    &GroupBy::Tags,
-                    &SpendFilter::default(),
-                    None,
-                    piece.from_ms,
-                    piece.to_ms,
-                );
                 // The largest value of each key in this piece.
                 let mut largest: BTreeMap<String, i128> = BTreeMap::new();
-                for p in from_raw(run(&sql, false)?, false)? {
+                for p in from_raw(run(&raw_tag_pairs(d, &piece), false)?, false)? {
                     let key = p.group.split_once('=').map_or(&*p.group, |(k, _)| k);
                     let l = largest.entry(key.to_string()).or_insert(0);
                     *l = (*l).max(p.cost_picodollars);
@@ -843,6 +835,19 @@ pub(crate) fn tag_bounds(
     Ok(bounds.into_iter().collect())
 }
 
+/// The totals of a raw piece of the unfiltered log grouped by every tag
+/// (`<key>=<value>` groups).
+fn raw_tag_pairs(d: Dialect, piece: &Piece) -> query::Sql {
+    query::select_spend(
+        d,
+        &GroupBy::Tags,
+        &SpendFilter::default(),
+        None,
+        piece.from_ms,
+        piece.to_ms,
+    )
+}
+
 /// Spend per group of the unfiltered log grouped by every tag, the groups of
 /// tag key `key` only (`<key>=<value>`), over `[from_ms, to_ms)`.
 pub(crate) fn tag_pairs(
@@ -858,15 +863,7 @@ pub(crate) fn tag_pairs(
     for piece in pieces(from_ms, to_ms, &ROLLUP_TIERS, marks) {
         match piece.source {
             Source::Raw => {
-                let sql = query::select_spend(
-                    d,
-                    &GroupBy::Tags,
-                    &SpendFilter::default(),
-                    None,
-                    piece.from_ms,
-                    piece.to_ms,
-                );
-                let mine: Vec<RawSpend> = run(&sql, false)?
+                let mine: Vec<RawSpend> = run(&raw_tag_pairs(d, &piece), false)?
                     .into_iter()
                     .filter(|r| r.group.starts_with(&prefix))
                     .collect();

@@ -236,8 +236,15 @@ impl PostgresStore {
         // five runs of a prepared statement, guesses thousands of rows for a
         // minute's dozens and plans a parallel aggregate: measured at 10
         // million rows, 0.1-0.2 s for a rollup build step of 231 rows).
+        // No JIT: every statement here runs for milliseconds, and the
+        // planner's guess of 100 rows per `json_each_text` call put the
+        // tags' minute build over `jit_optimize_above_cost`, where compiling
+        // it took 0.4 s (50 inlining, 198 optimising, 153 emitting) to
+        // execute in 3 ms: the build fell behind at 2,400 rows/s
+        // (docs/benchmarks.md).
         client.batch_execute(&format!(
-            "SET statement_timeout = {}; SET plan_cache_mode = force_custom_plan",
+            "SET statement_timeout = {}; SET plan_cache_mode = force_custom_plan; \
+             SET jit = off",
             LOG_PG_STATEMENT_TIMEOUT.as_millis()
         ))?;
         let mut store = PostgresStore {

@@ -788,6 +788,28 @@ impl LogStore for PostgresStore {
         rollup::tag_bounds(Dialect::Postgres, &mut run, from_ms, to_ms, &marks)
     }
 
+    fn spend_series_of_groups(
+        &mut self,
+        group_by: &GroupBy,
+        groups: &[String],
+        bucket: Bucket,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Option<Vec<SeriesPoint>>, StoreError> {
+        let marks = read_marks(&mut self.client)?;
+        let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
+        rollup::spend_of_groups(
+            Dialect::Postgres,
+            &mut run,
+            group_by,
+            groups,
+            bucket,
+            from_ms,
+            to_ms,
+            &marks,
+        )
+    }
+
     fn spend_totals_tag_pairs(
         &mut self,
         key: &str,

@@ -552,6 +552,24 @@ pub(crate) fn select_dims(
     from_ms: i64,
     to_ms: i64,
 ) -> Sql {
+    let values: Vec<&str> = value.into_iter().collect();
+    select_dims_of(d, dim, group, &values, tier_ms, bucket, from_ms, to_ms)
+}
+
+/// [`select_dims`] of the values `values` of `dim` only (none: every
+/// value), each read by the value index: a chart's kept groups in one
+/// statement per piece instead of one per group.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn select_dims_of(
+    d: Dialect,
+    dim: &str,
+    group: &DimGroup,
+    values: &[&str],
+    tier_ms: i64,
+    bucket: Option<Bucket>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Sql {
     let mut sql = Sql::new(d);
     let tier = sql.bind(Param::Int(tier_ms));
     let pd = sql.bind_text(dim);
@@ -563,9 +581,9 @@ pub(crate) fn select_dims(
     // and pass every other value: 47 ms against 1 ms for a key's week by
     // hour at 10 million rows). PostgreSQL's planner chooses by itself.
     let mut indexed = "";
-    if let Some(v) = value {
-        let p = sql.bind_text(v);
-        scope.push_str(&format!(" AND x.value = {p}"));
+    if !values.is_empty() {
+        let ps: Vec<String> = values.iter().map(|v| sql.bind_text(v)).collect();
+        scope.push_str(&format!(" AND x.value IN ({})", ps.join(", ")));
         if d == Dialect::Sqlite {
             indexed = " INDEXED BY rollup_dims_value";
         }

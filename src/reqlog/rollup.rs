@@ -741,6 +741,69 @@ pub(crate) fn spend(
     merge.finish()
 }
 
+/// The series of the groups `groups` of an entity grouping (`group_by`:
+/// key, team, customer, provider or model) of the unfiltered log, per
+/// bucket and group: a chart's kept groups read together, one statement per
+/// piece (each group's buckets by the value index), instead of one series
+/// per group. `None` for any other grouping.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn spend_of_groups(
+    d: Dialect,
+    run: &mut RunSpend<'_>,
+    group_by: &GroupBy,
+    groups: &[String],
+    bucket: Bucket,
+    from_ms: i64,
+    to_ms: i64,
+    marks: &Marks,
+) -> Result<Option<Vec<SeriesPoint>>, StoreError> {
+    let Some(dim) = entity_dim(group_by) else {
+        return Ok(None);
+    };
+    let mut merge = Merge::default();
+    if groups.is_empty() {
+        return merge.finish().map(Some);
+    }
+    let values: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let tiers: Vec<Tier> = ROLLUP_TIERS
+        .iter()
+        .copied()
+        .filter(|t| *t <= Tier::of(bucket))
+        .collect();
+    for piece in pieces(from_ms, to_ms, &tiers, marks) {
+        let raw = match piece.source {
+            Source::Raw => {
+                let sql = query::select_spend(
+                    d,
+                    group_by,
+                    &SpendFilter::default(),
+                    Some(bucket),
+                    piece.from_ms,
+                    piece.to_ms,
+                );
+                let mut rows = run(&sql, true)?;
+                rows.retain(|r| groups.contains(&r.group));
+                rows
+            }
+            Source::Tier(t) => run(
+                &query::select_dims_of(
+                    d,
+                    dim,
+                    &DimGroup::Value,
+                    &values,
+                    t.ms(),
+                    Some(bucket),
+                    piece.from_ms,
+                    piece.to_ms,
+                ),
+                true,
+            )?,
+        };
+        merge.add(raw, false, None)?;
+    }
+    merge.finish().map(Some)
+}
+
 /// Spend per bucket over every tag group of the unfiltered log, summed (a
 /// row counted once per tag it carries; one group `""`): a series grouped by
 /// every tag, without its groups, which for a tag such as `user` are tens of

@@ -751,6 +751,28 @@ impl LogStore for SqliteStore {
         rollup::tag_bounds(Dialect::Sqlite, &mut run, from_ms, to_ms, &marks)
     }
 
+    fn spend_series_of_groups(
+        &mut self,
+        group_by: &GroupBy,
+        groups: &[String],
+        bucket: Bucket,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Option<Vec<SeriesPoint>>, StoreError> {
+        let marks = self.marks()?;
+        let mut run = |sql: &query::Sql, bucketed: bool| self.run_spend(sql, bucketed);
+        rollup::spend_of_groups(
+            Dialect::Sqlite,
+            &mut run,
+            group_by,
+            groups,
+            bucket,
+            from_ms,
+            to_ms,
+            &marks,
+        )
+    }
+
     fn spend_totals_tag_pairs(
         &mut self,
         key: &str,

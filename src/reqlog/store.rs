@@ -152,6 +152,19 @@ pub trait LogStore: Send {
         to_ms: i64,
     ) -> Result<Vec<(String, i128)>, StoreError>;
 
+    /// The series of the groups `groups` of an entity grouping (key, team,
+    /// customer, provider, model) of the whole log, per bucket and group,
+    /// ordered by bucket then group; `None` for any other grouping
+    /// (`reqlog::top` reads a chart's kept groups with it).
+    fn spend_series_of_groups(
+        &mut self,
+        group_by: &GroupBy,
+        groups: &[String],
+        bucket: Bucket,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Option<Vec<SeriesPoint>>, StoreError>;
+
     /// The groups of tag key `key` in a grouping of the whole log by every
     /// tag (`<key>=<value>`), over `[from_ms, to_ms)`, ordered by group.
     fn spend_totals_tag_pairs(

@@ -409,6 +409,16 @@ impl Marks {
     }
 }
 
+/// The tiers no coarser than `coarsest`, finest first: what a series with
+/// `coarsest`'s buckets may read (each piece floors exactly into them).
+fn tiers_up_to(coarsest: Tier) -> Vec<Tier> {
+    ROLLUP_TIERS
+        .iter()
+        .copied()
+        .filter(|t| *t <= coarsest)
+        .collect()
+}
+
 /// Cuts `[from_ms, to_ms)` into pieces: each tier of `tiers` (finest first)
 /// covers the whole, complete buckets the coarser ones leave, raw rows the
 /// rest (below the marks' complete buckets and above them).
@@ -663,11 +673,7 @@ pub(crate) fn spend(
         return merge.finish();
     }
     let coarsest = bucket.map_or(Tier::Week, Tier::of);
-    let tiers: Vec<Tier> = ROLLUP_TIERS
-        .iter()
-        .copied()
-        .filter(|t| *t <= coarsest)
-        .collect();
+    let tiers = tiers_up_to(coarsest);
     // The tag dimensions of each tier, listed once per query (grouping by
     // every tag).
     let mut tag_dims: HashMap<Tier, Vec<String>> = HashMap::new();
@@ -765,11 +771,7 @@ pub(crate) fn spend_of_groups(
         return merge.finish().map(Some);
     }
     let values: Vec<&str> = groups.iter().map(String::as_str).collect();
-    let tiers: Vec<Tier> = ROLLUP_TIERS
-        .iter()
-        .copied()
-        .filter(|t| *t <= Tier::of(bucket))
-        .collect();
+    let tiers = tiers_up_to(Tier::of(bucket));
     for piece in pieces(from_ms, to_ms, &tiers, marks) {
         let raw = match piece.source {
             Source::Raw => {
@@ -819,11 +821,7 @@ pub(crate) fn spend_tags_summed(
     marks: &Marks,
 ) -> Result<Vec<SeriesPoint>, StoreError> {
     let mut merge = Merge::default();
-    let tiers: Vec<Tier> = ROLLUP_TIERS
-        .iter()
-        .copied()
-        .filter(|t| *t <= Tier::of(bucket))
-        .collect();
+    let tiers = tiers_up_to(Tier::of(bucket));
     for piece in pieces(from_ms, to_ms, &tiers, marks) {
         let sql = match piece.source {
             Source::Raw => {

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod catalog;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod dashboard;

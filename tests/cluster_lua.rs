@@ -166,3 +166,205 @@ fn a_script_refuses_what_is_not_an_amount_or_leaves_the_exact_range() {
     let out = lua(&mut c, &max, &neg).unwrap_err();
     assert!(out.to_string().contains("exact range"), "{out}");
 }
+
+/// Every field of an entity's lease hash, summed by kind: (Σ c, Σ l, Σ h,
+/// Σ o) in picodollars.
+fn sums(c: &mut redis::Connection, key: &str) -> (i128, i128, i128, i128) {
+    let fields: Vec<(String, String)> = redis::cmd("HGETALL").arg(key).query(c).unwrap();
+    let mut out = (0, 0, 0, 0);
+    for (name, v) in fields {
+        let slot = match name.split_once(':').map(|(k, _)| k) {
+            Some("c") => &mut out.0,
+            Some("l") => &mut out.1,
+            Some("h") => &mut out.2,
+            Some("o") => &mut out.3,
+            _ => continue,
+        };
+        *slot += from_lua(&v).unwrap().picodollars();
+    }
+    out
+}
+
+/// Three nodes draw, spend and push against one limit in a random order,
+/// with leases that expire mid-way (a node keeps spending an expired lease
+/// for requests already admitted, as a node cut off from Redis would until
+/// they end): after every script `Σ c + Σ l + Σ h <= limit`, no push is an
+/// overrun, a repeated push changes nothing, and at the end the pushed
+/// contributions are exactly what the nodes spent.
+#[test]
+fn node_leases_never_let_the_nodes_spend_past_the_limit() {
+    use bursar::cluster::scripts::{script, LUA_DRAW, LUA_PUSH};
+    let redis = Redis::start();
+    let mut c = redis.connect().unwrap();
+    let draw = redis::Script::new(&script(LUA_DRAW));
+    let push = redis::Script::new(&script(LUA_PUSH));
+    let key = "bursar:{e1}:0";
+    let usd = 1_000_000_000_000_i128;
+    let limit = 50 * usd + 7;
+    redis::cmd("HSET")
+        .arg(key)
+        .arg("limit")
+        .arg(limit.to_string())
+        .query::<()>(&mut c)
+        .unwrap();
+    // Each node: its lease as the node sees it (usable until its deadline),
+    // what it holds of expired leases (only in-flight requests spend it),
+    // its spend, its journal sequence.
+    #[derive(Default, Clone)]
+    struct Node {
+        lease: i128,
+        expired: i128,
+        deadline: Option<Instant>,
+        spent: i128,
+        seq: i64,
+    }
+    let names = ["n1", "n2", "n3"];
+    let mut nodes = vec![Node::default(); 3];
+    let mut x: u64 = 0x0dd_c0ffee;
+    let mut rnd = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let check = |c: &mut redis::Connection| {
+        let (sc, sl, sh, so) = sums(c, key);
+        assert!(sc + sl + sh <= limit, "{sc} + {sl} + {sh} > {limit}");
+        assert_eq!(so, 0, "an overrun");
+    };
+    let mut granted_any = 0;
+    let mut refused = 0;
+    for _ in 0..400 {
+        let i = rnd(3) as usize;
+        let now = Instant::now();
+        let n = &mut nodes[i];
+        if n.deadline.is_some_and(|d| d <= now) {
+            n.expired += n.lease;
+            n.lease = 0;
+            n.deadline = None;
+        }
+        match rnd(4) {
+            0 => {
+                // Draw: need up to $3, want up to $8; a short or a long TTL.
+                let need = rnd(3 * usd as u64) as i128;
+                let want = rnd(8 * usd as u64) as i128;
+                let ttl: u64 = if rnd(4) == 0 { 3 } else { 60_000 };
+                let sent = Instant::now();
+                let out: Vec<String> = draw
+                    .key(key)
+                    .arg(names[i])
+                    .arg(need.to_string())
+                    .arg(want.to_string())
+                    .arg(ttl)
+                    .invoke(&mut c)
+                    .unwrap();
+                let g = from_lua(&out[0]).unwrap().picodollars();
+                assert!(
+                    g == 0 || (g >= need && g <= need.max(want)),
+                    "{g} {need} {want}"
+                );
+                if g > 0 {
+                    granted_any += 1;
+                } else {
+                    refused += 1;
+                }
+                n.lease += g;
+                // The node's deadline is counted from before it sent the
+                // draw, a margin inside Redis's expiry.
+                n.deadline = Some(sent + Duration::from_millis(ttl.saturating_sub(2)));
+            }
+            1 | 2 => {
+                // Spend: a request from the live lease, or one admitted
+                // earlier finishing on an expired one.
+                let from_expired = n.expired > 0 && rnd(2) == 0;
+                let pool = if from_expired { n.expired } else { n.lease };
+                if pool > 0 {
+                    let amount = 1 + rnd(pool as u64) as i128;
+                    let amount = amount.min(pool);
+                    if from_expired {
+                        n.expired -= amount;
+                    } else {
+                        n.lease -= amount;
+                    }
+                    n.spent += amount;
+                    n.seq += 1;
+                }
+            }
+            _ => {
+                // Push; idle when nothing is left to finish on an expired
+                // lease (the node gives up what remains of it).
+                let idle = rnd(3) == 0;
+                if idle {
+                    n.expired = 0;
+                }
+                let out: Vec<String> = push
+                    .key(key)
+                    .arg(names[i])
+                    .arg(n.spent.to_string())
+                    .arg(n.seq)
+                    .arg(if idle { "1" } else { "0" })
+                    .invoke(&mut c)
+                    .unwrap();
+                assert_eq!(out[4], "0", "overrun on {}", names[i]);
+                // The same push again: stale, nothing changes.
+                let before = sums(&mut c, key);
+                let again: Vec<String> = push
+                    .key(key)
+                    .arg(names[i])
+                    .arg(n.spent.to_string())
+                    .arg(n.seq)
+                    .arg("0")
+                    .invoke(&mut c)
+                    .unwrap();
+                assert!(again[0] == "stale" || n.seq == 0, "{again:?}");
+                let (bc, bl, bh, _) = before;
+                let (ac, al, ah, _) = sums(&mut c, key);
+                assert_eq!(ac, bc);
+                // (A repeat may still sweep an expiry: l moves to h.)
+                assert_eq!(al + ah, bl + bh);
+            }
+        }
+        check(&mut c);
+        if rnd(10) == 0 {
+            std::thread::sleep(Duration::from_millis(4));
+        }
+    }
+    // Every node pushes its final spend, idle.
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.seq += 1;
+        let _: Vec<String> = push
+            .key(key)
+            .arg(names[i])
+            .arg(n.spent.to_string())
+            .arg(n.seq)
+            .arg("1")
+            .invoke(&mut c)
+            .unwrap();
+    }
+    check(&mut c);
+    let (sc, _, _, _) = sums(&mut c, key);
+    let spent: i128 = nodes.iter().map(|n| n.spent).sum();
+    assert_eq!(sc, spent);
+    assert!(spent <= limit);
+    // The run reached the limit: draws were refused, and most of it spent.
+    assert!(granted_any > 10 && refused > 0, "{granted_any} {refused}");
+    assert!(spent > limit / 2, "{spent}");
+    // All of `need` or nothing: one picodollar more than is available gets
+    // nothing; exactly what is available gets it all.
+    let (sc, sl, sh, _) = sums(&mut c, key);
+    let available = limit - sc - sl - sh;
+    let mut draw_one = |need: i128, want: i128| -> i128 {
+        let out: Vec<String> = draw
+            .key(key)
+            .arg("n4")
+            .arg(need.to_string())
+            .arg(want.to_string())
+            .arg(60_000)
+            .invoke(&mut c)
+            .unwrap();
+        from_lua(&out[0]).unwrap().picodollars()
+    };
+    assert_eq!(draw_one(available + 1, 0), 0);
+    assert_eq!(draw_one(available, available + 5), available);
+    assert_eq!(draw_one(1, 1), 0);
+}

@@ -1,0 +1,128 @@
+//! The Redis scripts of cluster mode's node leases (decision 0016): one hash
+//! per entity and period epoch, `bursar:{<entity>}:<epoch>`, with the limit
+//! and, per node, its contribution (`c:<node>`, the node's whole spend in the
+//! epoch) as of its journal sequence (`q:<node>`), its outstanding lease
+//! (`l:<node>`) and when that expires (`x:<node>`, Redis's clock), and the
+//! money of its expired leases not yet accounted for (`h:<node>`).
+//!
+//! Each script runs atomically and first moves every expired lease to held,
+//! so after any script `Σ c + Σ l + Σ h <= limit` holds, unless pushes
+//! report spend beyond what a node was granted (an overrun: counted in
+//! `o:<node>` and returned, never hidden).
+//!
+//! Amounts are decimal picodollar strings (see [`super::lua_money`]).
+
+use super::lua_money::LUA_MONEY;
+
+/// The part every lease script shares after the money helpers: reads the
+/// hash, sweeps expired leases into held, and sums it.
+const LUA_LEASE_STATE: &str = r#"
+local function state_read(key)
+  local t = redis.call("TIME")
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local raw = redis.call("HGETALL", key)
+  local f = {}
+  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  if f["limit"] == nil then
+    error("bursar: the entity has no limit in this epoch")
+  end
+  local s = {now = now, limit = money_parse(f["limit"]), nodes = {}, f = f}
+  for name, v in pairs(f) do
+    local kind, node = string.match(name, "^([clxhqo]):(.+)$")
+    if kind ~= nil then
+      s.nodes[node] = true
+    end
+  end
+  -- Expired leases are held, not returned (decision 0016).
+  for node in pairs(s.nodes) do
+    local l = money_parse(f["l:" .. node] or "0")
+    local x = tonumber(f["x:" .. node] or "0")
+    if x <= now and money_cmp(l, money_zero()) > 0 then
+      local h = money_add(money_parse(f["h:" .. node] or "0"), l)
+      f["h:" .. node] = money_str(h)
+      f["l:" .. node] = "0"
+      redis.call("HSET", key, "h:" .. node, f["h:" .. node], "l:" .. node, "0")
+    end
+  end
+  local used = money_zero()
+  for node in pairs(s.nodes) do
+    for _, k in ipairs({"c:", "l:", "h:"}) do
+      used = money_add(used, money_parse(f[k .. node] or "0"))
+    end
+  end
+  s.used = used
+  return s
+end
+"#;
+
+/// Draws a node lease: `KEYS[1]` the entity's hash; `ARGV` node, need,
+/// want, ttl (ms). Grants all of `need` or nothing, at most
+/// `max(need, want)`, never more than is available; adds the grant to the
+/// node's lease and renews its expiry. Returns `{granted, available after,
+/// now ms}`.
+pub const LUA_DRAW: &str = r#"
+local key, node = KEYS[1], ARGV[1]
+local need, want = money_parse(ARGV[2]), money_parse(ARGV[3])
+local ttl = tonumber(ARGV[4])
+if money_cmp(need, money_zero()) < 0 or money_cmp(want, money_zero()) < 0 or ttl == nil or ttl <= 0 then
+  error("bursar: bad draw arguments")
+end
+local s = state_read(key)
+local available = money_sub(s.limit, s.used)
+local grant = money_zero()
+if money_cmp(need, available) <= 0 then
+  grant = money_max(need, want)
+  if money_cmp(grant, available) > 0 then grant = available end
+end
+local l = money_add(money_parse(s.f["l:" .. node] or "0"), grant)
+redis.call("HSET", key, "l:" .. node, money_str(l), "x:" .. node, tostring(s.now + ttl))
+return {money_str(grant), money_str(money_sub(available, grant)), tostring(s.now)}
+"#;
+
+/// Pushes a node's contribution: `KEYS[1]` the entity's hash; `ARGV` node,
+/// contribution (the node's whole spend in the epoch), its journal
+/// sequence, and `1` when no request admitted against an expired lease of
+/// the node is still running (its held money may be released), else `0`.
+/// A sequence at or below the stored one changes nothing (a repeat or a
+/// reordered push). The increase is taken from the node's held money, then
+/// its lease; beyond both it is an overrun, added to `o:<node>`. A stored
+/// contribution above the pushed one (a bug, or two processes as one node)
+/// is an error. Returns `{"ok" | "stale", contribution, lease, held,
+/// overrun of this push}`.
+pub const LUA_PUSH: &str = r#"
+local key, node = KEYS[1], ARGV[1]
+local c_new, seq, idle = money_parse(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+if seq == nil or money_cmp(c_new, money_zero()) < 0 then
+  error("bursar: bad push arguments")
+end
+local s = state_read(key)
+local c = money_parse(s.f["c:" .. node] or "0")
+local l = money_parse(s.f["l:" .. node] or "0")
+local h = money_parse(s.f["h:" .. node] or "0")
+local q = tonumber(s.f["q:" .. node] or "-1")
+if seq <= q then
+  return {"stale", money_str(c), money_str(l), money_str(h), "0"}
+end
+local delta = money_sub(c_new, c)
+if money_cmp(delta, money_zero()) < 0 then
+  error("bursar: a contribution went down")
+end
+local from_h = delta
+if money_cmp(from_h, h) > 0 then from_h = h end
+h = money_sub(h, from_h)
+delta = money_sub(delta, from_h)
+local from_l = delta
+if money_cmp(from_l, l) > 0 then from_l = l end
+l = money_sub(l, from_l)
+local over = money_sub(delta, from_l)
+if idle == "1" then h = money_zero() end
+local o = money_add(money_parse(s.f["o:" .. node] or "0"), over)
+redis.call("HSET", key, "c:" .. node, money_str(c_new), "q:" .. node, tostring(seq),
+  "l:" .. node, money_str(l), "h:" .. node, money_str(h), "o:" .. node, money_str(o))
+return {"ok", money_str(c_new), money_str(l), money_str(h), money_str(over)}
+"#;
+
+/// A lease script with its helpers, ready for `redis::Script::new`.
+pub fn script(body: &str) -> String {
+    format!("{LUA_MONEY}{LUA_LEASE_STATE}{body}")
+}

@@ -197,8 +197,19 @@ fn node_leases_never_let_the_nodes_spend_past_the_limit() {
     let redis = Redis::start();
     let mut c = redis.connect().unwrap();
     let draw = redis::Script::new(&script(LUA_DRAW));
-    let push = redis::Script::new(&script(LUA_PUSH));
+    let push_script = redis::Script::new(&script(LUA_PUSH));
     let key = "bursar:{e1}:0";
+    // A node's push: its whole spend as of its journal sequence.
+    let push = |c: &mut redis::Connection, node: &str, spent: i128, seq: i64, idle: bool| {
+        push_script
+            .key(key)
+            .arg(node)
+            .arg(spent.to_string())
+            .arg(seq)
+            .arg(if idle { "1" } else { "0" })
+            .invoke::<Vec<String>>(c)
+            .unwrap()
+    };
     let usd = 1_000_000_000_000_i128;
     let limit = 50 * usd + 7;
     redis::cmd("HSET")
@@ -297,25 +308,11 @@ fn node_leases_never_let_the_nodes_spend_past_the_limit() {
                 if idle {
                     n.expired = 0;
                 }
-                let out: Vec<String> = push
-                    .key(key)
-                    .arg(names[i])
-                    .arg(n.spent.to_string())
-                    .arg(n.seq)
-                    .arg(if idle { "1" } else { "0" })
-                    .invoke(&mut c)
-                    .unwrap();
+                let out = push(&mut c, names[i], n.spent, n.seq, idle);
                 assert_eq!(out[4], "0", "overrun on {}", names[i]);
                 // The same push again: stale, nothing changes.
                 let before = sums(&mut c, key);
-                let again: Vec<String> = push
-                    .key(key)
-                    .arg(names[i])
-                    .arg(n.spent.to_string())
-                    .arg(n.seq)
-                    .arg("0")
-                    .invoke(&mut c)
-                    .unwrap();
+                let again = push(&mut c, names[i], n.spent, n.seq, false);
                 assert!(again[0] == "stale" || n.seq == 0, "{again:?}");
                 let (bc, bl, bh, _) = before;
                 let (ac, al, ah, _) = sums(&mut c, key);
@@ -332,14 +329,7 @@ fn node_leases_never_let_the_nodes_spend_past_the_limit() {
     // Every node pushes its final spend, idle.
     for (i, n) in nodes.iter_mut().enumerate() {
         n.seq += 1;
-        let _: Vec<String> = push
-            .key(key)
-            .arg(names[i])
-            .arg(n.spent.to_string())
-            .arg(n.seq)
-            .arg("1")
-            .invoke(&mut c)
-            .unwrap();
+        push(&mut c, names[i], n.spent, n.seq, true);
     }
     check(&mut c);
     let (sc, _, _, _) = sums(&mut c, key);

@@ -558,7 +558,10 @@ pub(crate) fn select_dims(
 
 /// [`select_dims`] of the values `values` of `dim` only (none: every
 /// value), each read by the value index: a chart's kept groups in one
-/// statement per piece instead of one per group.
+/// statement per piece instead of one per group. One bound parameter per
+/// value: callers pass at most a chart's `top` groups
+/// (`SPEND_GROUPS_LIMIT_MAX`, 1,000), far below SQLite's 32,766 and
+/// PostgreSQL's 65,535 parameters.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn select_dims_of(
     d: Dialect,

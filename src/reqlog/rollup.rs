@@ -41,7 +41,8 @@
 //! The writer inserts raw rows only; a build step sums each closed minute
 //! into the minute tier in SQL, each closed hour from its minutes into the
 //! hour tier, each closed quarter-day from its hours, each closed day from
-//! its quarter-days and each closed week from its days, and moves the marks (`rollup_build`): every rollup row is written once. Every raw
+//! its quarter-days and each closed week from its days, and moves the marks
+//! (`rollup_build`): every rollup row is written once. Every raw
 //! row below a tier's mark is in that tier, none above it is. A row inserted
 //! below a mark (late) is added to each tier whose mark it is below by its
 //! own insert ([`RollupBatch`]), in the same transaction, and only if it was actually
@@ -92,7 +93,7 @@
 //! tier lasts) stays exact forever.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::query::{
     self, Bucket, Dialect, DimGroup, GroupBy, SeriesPoint, SpendFilter, SpendTotal, TAG_DIM_PREFIX,
@@ -771,6 +772,7 @@ pub(crate) fn spend_of_groups(
         return merge.finish().map(Some);
     }
     let values: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let wanted: HashSet<&str> = values.iter().copied().collect();
     let tiers = tiers_up_to(Tier::of(bucket));
     for piece in pieces(from_ms, to_ms, &tiers, marks) {
         let raw = match piece.source {
@@ -784,7 +786,7 @@ pub(crate) fn spend_of_groups(
                     piece.to_ms,
                 );
                 let mut rows = run(&sql, true)?;
-                rows.retain(|r| groups.contains(&r.group));
+                rows.retain(|r| wanted.contains(r.group.as_str()));
                 rows
             }
             Source::Tier(t) => run(

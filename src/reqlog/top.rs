@@ -4,9 +4,12 @@
 //!
 //! Read without computing every group's series: the groups' totals rank
 //! them (one grouped read of the rollups), then the range's whole series and
-//! one series per kept group, each read as a filter on that group (the
-//! `rollup_dims` index on `(tier, dim, value, bucket_ms)` reads one value's
-//! buckets), and the folded group is the whole minus the kept ones. All in
+//! the kept groups' series (the `rollup_dims` index on `(tier, dim, value,
+//! bucket_ms)` reads one value's buckets): for an entity grouping of the
+//! whole log all kept groups in one statement per piece of the range
+//! ([`LogStore::spend_series_of_groups`]), otherwise one series per kept
+//! group, read as a filter on it; the folded group is the whole minus the
+//! kept ones. All in
 //! one read snapshot ([`LogStore::begin_read`]), so the subtraction sees the
 //! rows the parts saw. Grouped by every tag (groups that overlap: a row
 //! counts in each of its tags'), the whole is the per-bucket sum over every
@@ -73,51 +76,56 @@ fn series_top_in_snapshot(
         .take(top)
         .map(|t| (t.group, t.requests))
         .collect();
-    let mut parts = Vec::with_capacity(kept.len());
-    // An entity grouping of the whole log: the kept groups' series in one
-    // read (one statement per piece of the range, not one per group).
+    // The kept groups' series, in `kept`'s order: an entity grouping of the
+    // whole log in one read (one statement per piece of the range), any
+    // other one series per group, read as a filter on that group.
     let names: Vec<String> = kept.iter().map(|(g, _)| g.clone()).collect();
     let together = if *filter == SpendFilter::default() {
         store.spend_series_of_groups(group_by, &names, bucket, from_ms, to_ms)?
     } else {
         None
     };
-    if let Some(points) = together {
-        let mut by_group: HashMap<&str, Vec<SeriesPoint>> = HashMap::new();
-        for p in points {
-            let Some((g, _)) = kept.iter().find(|(g, _)| *g == p.group) else {
-                return Err(StoreError::Corrupt(format!(
-                    "a series of the kept groups holds group {:?}",
-                    p.group
-                )));
+    let series: Vec<Vec<SeriesPoint>> = match together {
+        Some(points) => {
+            let mut by_group: HashMap<String, Vec<SeriesPoint>> =
+                names.iter().map(|g| (g.clone(), Vec::new())).collect();
+            for p in points {
+                let Some(s) = by_group.get_mut(&p.group) else {
+                    return Err(StoreError::Corrupt(format!(
+                        "a series of the kept groups holds group {:?}",
+                        p.group
+                    )));
+                };
+                s.push(p);
+            }
+            names
+                .iter()
+                .map(|g| by_group.remove(g).unwrap_or_default())
+                .collect()
+        }
+        None => {
+            let Some(narrowed) = kept
+                .iter()
+                .map(|(g, _)| narrow(group_by, filter, g))
+                .collect::<Option<Vec<SpendFilter>>>()
+            else {
+                return whole(store);
             };
-            by_group.entry(g.as_str()).or_default().push(p);
-        }
-        for (group, requests) in &kept {
-            let points = by_group.remove(group.as_str()).unwrap_or_default();
-            if points.iter().map(|p| p.requests).sum::<u64>() != *requests {
-                return whole(store);
+            let mut series = Vec::with_capacity(narrowed.len());
+            for f in &narrowed {
+                series.push(store.spend_series_where(&GroupBy::None, f, bucket, from_ms, to_ms)?);
             }
-            parts.push((group, points));
+            series
         }
-    } else {
-        let narrowed: Option<Vec<SpendFilter>> = kept
-            .iter()
-            .map(|(g, _)| narrow(group_by, filter, g))
-            .collect();
-        let Some(narrowed) = narrowed else {
+    };
+    // A group the read does not find whole (a tag key holding `=`, which
+    // the gateway never writes) is read the long way.
+    let mut parts = Vec::with_capacity(kept.len());
+    for ((group, requests), points) in kept.iter().zip(series) {
+        if points.iter().map(|p| p.requests).sum::<u64>() != *requests {
             return whole(store);
-        };
-        // Each kept group's series, read as a filter on that group; a group
-        // the filter does not find whole (a tag key holding `=`, which the
-        // gateway never writes) is read the long way.
-        for ((group, requests), f) in kept.iter().zip(&narrowed) {
-            let points = store.spend_series_where(&GroupBy::None, f, bucket, from_ms, to_ms)?;
-            if points.iter().map(|p| p.requests).sum::<u64>() != *requests {
-                return whole(store);
-            }
-            parts.push((group, points));
         }
+        parts.push((group, points));
     }
     // The whole range's series (every tag's groups summed, for a grouping
     // by every tag), from which the kept groups are taken.

@@ -105,6 +105,10 @@ pub fn main() -> i32 {
                     eprintln!("{}: invalid: cache.embedding_dir: {e}", config.display());
                     return 1;
                 }
+                if let Err(e) = crate::cluster::check_budgets(&c) {
+                    eprintln!("{}: invalid: {e}", config.display());
+                    return 1;
+                }
                 println!(
                     "{}: ok ({} providers, {} virtual keys, {} workers)",
                     config.display(),

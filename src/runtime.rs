@@ -95,6 +95,8 @@ pub struct Gateway {
     delivery: crate::alerts::delivery::DeliveryHandle,
     /// The operational alerts' sampler thread (`bursar-opsalerts`).
     operational: crate::admin::operational::OperationalAlerts,
+    /// Cluster mode's Redis thread (`bursar-cluster`).
+    cluster: Option<crate::cluster::node::ClusterNode>,
     /// Held for the life of the process: one gateway per state directory.
     _state_lock: StateLock,
 }
@@ -156,10 +158,17 @@ impl Gateway {
             existing: outbox_alerts,
             stats: Arc::clone(&emit_stats),
         };
+        crate::cluster::check_budgets(&config).map_err(anyhow::Error::msg)?;
+        let mut books_config = BooksConfig::from_config(&config);
+        let cluster_rx = config.cluster.as_ref().map(|_| {
+            let (link, rx) = crate::books::node_lease::ClusterLink::new();
+            books_config.cluster = Some(link);
+            rx
+        });
         let started = Instant::now();
         let (books, links) = Books::start_with_alerts(
             &state_dir,
-            &BooksConfig::from_config(&config),
+            &books_config,
             &mut entities,
             Arc::new(SystemClock),
             Some(alert_setup),
@@ -194,6 +203,19 @@ impl Gateway {
         let usage_log = log_reader.clone().map(crate::proxy::usage::UsageLog::new);
         let books = Arc::new(books);
         let entities = Arc::new(Mutex::new(entities));
+        let cluster = match (&config.cluster, cluster_rx, &books_config.cluster) {
+            (Some(cfg), Some(rx), Some(link)) => Some(
+                crate::cluster::node::ClusterNode::start(
+                    cfg,
+                    rx,
+                    books.sender(),
+                    Arc::clone(&link.durable_seq),
+                    Arc::clone(&entities),
+                )
+                .context("starting the cluster thread")?,
+            ),
+            _ => None,
+        };
         // The semantic cache's models, loaded before the catalog that holds
         // them: a directory that cannot be loaded stops the start.
         let _semantic_models = crate::catalog::load_semantic_models(&config)
@@ -352,6 +374,7 @@ impl Gateway {
             log: log_handle,
             delivery,
             operational,
+            cluster,
             _state_lock: state_lock,
         })
     }
@@ -425,6 +448,9 @@ impl Gateway {
         // checkpoint, and stop the ledger thread.
         if let Err(e) = self.books.shutdown() {
             log::error!("shutdown: closing the books: {e}");
+        }
+        if let Some(mut cluster) = self.cluster.take() {
+            cluster.stop();
         }
         // The ledger appended its last alerts; what is not sent yet stays
         // in the outbox for the next start.

@@ -59,6 +59,7 @@ fn config(workers: u16, entities: Vec<(EntityKind, String, Option<Budget>)>) -> 
         snapshot_interval_ms: 3_600_000,
         ring_slots: 1024,
         entities,
+        cluster: None,
     }
 }
 

@@ -430,6 +430,7 @@ impl Audit {
             state: StateConfig {
                 workers,
                 settled_ids_max: 1 << 16,
+                cluster: false,
             },
             journal: JournalConfig {
                 sync_interval_ms: rng.range(0, 5000) as u32,

@@ -9,10 +9,13 @@
 //!   commands in over one bounded channel, settles in from the rings, events
 //!   out to each worker.
 //! - [`shard`]: a worker's leases and reservations (pure, single-threaded).
+//! - [`node_lease`]: cluster mode's side of the ledger thread: when to ask
+//!   the cluster thread for a node lease, and the spend it pushes.
 //! - [`view`]: an entity's spend view as JSON, shared by the admin API and
 //!   the data plane's usage route.
 
 pub mod lock;
+pub mod node_lease;
 pub mod registry;
 pub mod ring;
 pub mod shard;

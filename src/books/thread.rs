@@ -71,6 +71,7 @@ use atomic_waker::AtomicWaker;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures_channel::oneshot;
 
+use super::node_lease::{ClusterLink, NodeLeases};
 use super::registry::{EntityRegistry, RegistryError};
 use super::ring::{self, PushError, RingConsumer, RingError, RingProducer, SettleRecord};
 use crate::alerts::ledger_side::{AlertSink, EmitStats, EntityAlertState, LedgerAlerts};
@@ -150,6 +151,9 @@ pub struct BooksConfig {
     pub ring_slots: u32,
     /// Every configured entity, with its budget (`None`: tracked, no limit).
     pub entities: Vec<(EntityKind, String, Option<Budget>)>,
+    /// Cluster mode: the way to the cluster thread (`ledger.state.cluster`
+    /// must be set too). `None`: a single node.
+    pub cluster: Option<ClusterLink>,
 }
 
 impl BooksConfig {
@@ -160,6 +164,7 @@ impl BooksConfig {
         ledger.state.workers = config.server.workers.clamp(1, usize::from(u16::MAX)) as u16;
         let fsync_ms = config.ledger.fsync_interval.as_millis();
         ledger.journal.sync_interval_ms = fsync_ms.clamp(1, u128::from(u32::MAX)) as u32;
+        ledger.state.cluster = config.cluster.is_some();
         let entities = super::registry::config_entities(config)
             .into_iter()
             .map(|(kind, name, budget)| (kind, name.into_owned(), budget))
@@ -170,6 +175,7 @@ impl BooksConfig {
             snapshot_interval_ms: config.ledger.snapshot_interval.as_millis().max(1) as u64,
             ring_slots: ring::RING_SLOTS,
             entities,
+            cluster: None,
         }
     }
 }
@@ -412,6 +418,15 @@ impl LedgerTx {
         sent
     }
 
+    /// Sends a command whose reply nobody awaits, without blocking (the
+    /// cluster thread's node grants): a full queue is an error.
+    pub fn tell(&self, cmd: Command) -> Result<(), BooksError> {
+        self.try_send(Msg::Command {
+            cmd,
+            reply: ReplyTo::None,
+        })
+    }
+
     /// Queues, blocking while the queue is full (control plane only).
     fn send(&self, msg: Msg) -> Result<(), BooksError> {
         let sent = self.tx.send(msg).map_err(|_| BooksError::Stopped);
@@ -605,6 +620,11 @@ impl Books {
                 config.workers, config.ledger.state.workers
             )));
         }
+        if config.cluster.is_some() != config.ledger.state.cluster {
+            return Err(BooksError::Config(
+                "cluster mode needs both the cluster link and ledger.state.cluster".into(),
+            ));
+        }
         let ledger_dir = state_dir.join("ledger");
         let (mut ledger, _report) = Ledger::open(&ledger_dir, config.ledger)?;
         let stats = Arc::new(BooksStats::default());
@@ -713,6 +733,10 @@ impl Books {
             alerts
         });
         let mut thread = LedgerThread {
+            node: config
+                .cluster
+                .clone()
+                .map(|link| NodeLeases::new(link, config.workers)),
             alerts,
             history,
             ledger,
@@ -770,6 +794,8 @@ fn apply_ring_settle(
 }
 
 struct LedgerThread {
+    /// Cluster mode's node leases (`None`: a single node).
+    node: Option<NodeLeases<ReplyTo>>,
     /// `None` when no alert rule was configured at start.
     alerts: Option<LedgerAlerts>,
     /// Where the alerts' burn histories are kept (at every checkpoint).
@@ -850,6 +876,7 @@ impl LedgerThread {
                 self.next_tick_ms = if more { now } else { now + TICK_INTERVAL_MS };
             }
             self.ledger.flush_if_due(now)?;
+            self.node_tick(now)?;
             self.flush_alerts(now)?;
             if self.rings_filling() {
                 // Slots are released only once durable: a ring half full of
@@ -868,7 +895,10 @@ impl LedgerThread {
             // A message sent after the drain above unparks this at once (the
             // park token is set even when the thread is not parked yet).
             if taken < MSGS_PER_ITERATION_MAX {
-                if idle_polls >= DOZE_AFTER_IDLE_POLLS && self.settled_everything() {
+                if idle_polls >= DOZE_AFTER_IDLE_POLLS
+                    && self.settled_everything()
+                    && !self.node.as_ref().is_some_and(|n| n.busy())
+                {
                     if !self.doze(now)? {
                         idle_polls = 0;
                         wait = self.ring_poll_interval;
@@ -954,14 +984,22 @@ impl LedgerThread {
                 ) {
                     self.drain_rings()?;
                 }
-                let r = self.apply(now, &cmd)?;
-                match reply {
-                    ReplyTo::None => {}
-                    ReplyTo::Async(tx) => {
-                        let _ = tx.send(r);
-                    }
-                    ReplyTo::Sync(tx) => {
-                        let _ = tx.send(r);
+                // Cluster mode: a lease the node cap cannot cover waits for
+                // a node lease.
+                let (cmd, reply) = match &mut self.node {
+                    Some(node) => match node.lease_request(self.ledger.state(), now, cmd, reply) {
+                        Some(ready) => ready,
+                        None => return Ok(Flow::Continue),
+                    },
+                    None => (cmd, reply),
+                };
+                self.apply_and_reply(now, cmd, reply)?;
+                if let (Some(node), Command::NodeGrant { entity, amount, .. }) =
+                    (&mut self.node, cmd)
+                {
+                    let ready = node.answered(self.ledger.state(), now, entity, amount);
+                    for (cmd, reply) in ready {
+                        self.apply_and_reply(now, cmd, reply)?;
                     }
                 }
             }
@@ -1011,6 +1049,48 @@ impl LedgerThread {
             Msg::Crash => return Ok(Flow::Crash),
         }
         Ok(Flow::Continue)
+    }
+
+    /// Applies a command and sends its reply; in cluster mode, a worker's
+    /// lease grant may ask the cluster ahead of need.
+    fn apply_and_reply(&mut self, now: i64, cmd: Command, reply: ReplyTo) -> Result<(), BooksError> {
+        let r = self.apply(now, &cmd)?;
+        if let (
+            Some(node),
+            Command::LeaseRequest { entity, want, .. },
+            Reply::LeaseGrant { granted, .. },
+        ) = (&mut self.node, cmd, &r)
+        {
+            if granted.is_positive() {
+                node.after_grant(self.ledger.state(), now, entity, want);
+            }
+        }
+        match reply {
+            ReplyTo::None => {}
+            ReplyTo::Async(tx) => {
+                let _ = tx.send(r);
+            }
+            ReplyTo::Sync(tx) => {
+                let _ = tx.send(r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Cluster mode, every iteration: lease requests that waited too long
+    /// are answered from the cap as it is (fail closed), and the node's
+    /// spend is pushed.
+    fn node_tick(&mut self, now: i64) -> Result<(), BooksError> {
+        let Some(node) = &mut self.node else {
+            return Ok(());
+        };
+        for (cmd, reply) in node.timed_out(now) {
+            self.apply_and_reply(now, cmd, reply)?;
+        }
+        if let Some(node) = &mut self.node {
+            node.tick(self.ledger.state(), now, self.ledger.durable_seq());
+        }
+        Ok(())
     }
 
     fn apply(&mut self, now: i64, cmd: &Command) -> Result<Reply, BooksError> {
@@ -1076,6 +1156,11 @@ impl LedgerThread {
                 })?;
                 for rec in batch[..n].iter().flatten() {
                     apply_ring_settle(&mut self.ledger, now, rec, &self.stats)?;
+                    if let Some(node) = &mut self.node {
+                        for c in rec.charges.as_slice() {
+                            node.charged(c.entity);
+                        }
+                    }
                     self.broadcast();
                     self.observe_alerts(now);
                 }

@@ -12,7 +12,8 @@
 //!
 //! [`LUA_MONEY`] is the helper code each script starts with:
 //! `money_parse(s)`, `money_add(a, b)`, `money_sub(a, b)`, `money_cmp(a, b)`
-//! (-1, 0, 1), `money_str(a)`, `money_max(a, b)`, `money_zero()`.
+//! (-1, 0, 1), `money_str(a)`, `money_max(a, b)`, `money_min(a, b)`,
+//! `money_div(a, n)` (by a whole number up to 8192, rounded down), `money_zero()`.
 //! `money_parse` raises a Lua error on anything that is not an optional `-`
 //! and 1 to 28 digits, so a corrupted hash field stops the script instead of
 //! being read as a number.
@@ -112,6 +113,29 @@ local function money_cmp(a, b)
 end
 local function money_max(a, b)
   if money_cmp(a, b) >= 0 then return a else return b end
+end
+local function money_min(a, b)
+  if money_cmp(a, b) <= 0 then return a else return b end
+end
+-- `a` divided by a whole `n` in 1..=MONEY_DIV_MAX, rounded down; a
+-- negative `a` gives zero (a share of nothing). The remainder of the
+-- dollar limb times 10^12 plus the picodollar limb stays below 2^53, and
+-- the quotient is checked against it, so no double rounding can err.
+local MONEY_DIV_MAX = 8192
+local function money_div(a, n)
+  if n ~= math.floor(n) or n < 1 or n > MONEY_DIV_MAX then
+    error("bursar: bad divisor")
+  end
+  if a.hi < 0 then return money_zero() end
+  local hi = math.floor(a.hi / n)
+  local r = a.hi - hi * n
+  if r < 0 then hi, r = hi - 1, r + n end
+  if r >= n then hi, r = hi + 1, r - n end
+  local x = r * MONEY_BASE + a.lo
+  local lo = math.floor(x / n)
+  if lo * n > x then lo = lo - 1 end
+  if (lo + 1) * n <= x then lo = lo + 1 end
+  return money_norm(hi, lo)
 end
 local function money_str(a)
   local sign = ""

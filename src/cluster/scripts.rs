@@ -17,12 +17,29 @@ use super::lua_money::LUA_MONEY;
 /// The part every lease script shares after the money helpers: reads the
 /// hash, sweeps expired leases into held, and sums it.
 const LUA_LEASE_STATE: &str = r#"
-local function state_read(key)
+-- `s.used` (Σ c + Σ l + Σ h over the nodes) and `s.node_count`.
+local function state_sum(s)
+  local used, count = money_zero(), 0
+  for node in pairs(s.nodes) do
+    count = count + 1
+    for _, k in ipairs({"c:", "l:", "h:"}) do
+      used = money_add(used, money_parse(s.f[k .. node] or "0"))
+    end
+  end
+  s.used, s.node_count = used, count
+end
+
+local function state_read(key, limit_arg)
   local t = redis.call("TIME")
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local raw = redis.call("HGETALL", key)
   local f = {}
   for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  if f["limit"] == nil and limit_arg ~= nil and limit_arg ~= "" then
+    money_parse(limit_arg)
+    f["limit"] = limit_arg
+    redis.call("HSET", key, "limit", limit_arg)
+  end
   if f["limit"] == nil then
     error("bursar: the entity has no limit in this epoch")
   end
@@ -44,22 +61,80 @@ local function state_read(key)
       redis.call("HSET", key, "h:" .. node, f["h:" .. node], "l:" .. node, "0")
     end
   end
-  local used = money_zero()
-  for node in pairs(s.nodes) do
-    for _, k in ipairs({"c:", "l:", "h:"}) do
-      used = money_add(used, money_parse(f[k .. node] or "0"))
-    end
-  end
-  s.used = used
+  state_sum(s)
   return s
+end
+
+-- A node's contribution `c_new` as of its journal sequence `seq`: the
+-- increase is taken from its held money, then its lease; beyond both it is
+-- an overrun. A sequence at or below the stored one changes nothing.
+-- Returns the status ("ok" | "stale") and the overrun.
+local function account(s, key, node, c_new, seq)
+  local c = money_parse(s.f["c:" .. node] or "0")
+  local l = money_parse(s.f["l:" .. node] or "0")
+  local h = money_parse(s.f["h:" .. node] or "0")
+  local q = tonumber(s.f["q:" .. node] or "-1")
+  if seq <= q then
+    return "stale", money_zero()
+  end
+  local delta = money_sub(c_new, c)
+  if money_cmp(delta, money_zero()) < 0 then
+    error("bursar: a contribution went down")
+  end
+  local from_h = delta
+  if money_cmp(from_h, h) > 0 then from_h = h end
+  h = money_sub(h, from_h)
+  delta = money_sub(delta, from_h)
+  local from_l = delta
+  if money_cmp(from_l, l) > 0 then from_l = l end
+  l = money_sub(l, from_l)
+  local over = money_sub(delta, from_l)
+  local o = money_add(money_parse(s.f["o:" .. node] or "0"), over)
+  s.f["c:" .. node], s.f["q:" .. node] = money_str(c_new), tostring(seq)
+  s.f["l:" .. node], s.f["h:" .. node], s.f["o:" .. node] = money_str(l), money_str(h), money_str(o)
+  redis.call("HSET", key, "c:" .. node, s.f["c:" .. node], "q:" .. node, s.f["q:" .. node],
+    "l:" .. node, s.f["l:" .. node], "h:" .. node, s.f["h:" .. node], "o:" .. node, s.f["o:" .. node])
+  s.nodes[node] = true
+  state_sum(s)
+  return "ok", over
+end
+
+-- A node process's first call on the hash: it declares its whole state,
+-- its contribution `c_new` as of journal sequence `seq` and `outstanding`,
+-- what it may still spend of what it holds. Whatever an earlier process of
+-- the node held (lease, held money) is replaced: everything it spent is in
+-- the journal the contribution comes from, and nothing it admitted still
+-- runs. A contribution or sequence below the stored one is an error: the
+-- node's journal is behind what it pushed (its state was lost).
+local function hello(s, key, node, c_new, seq, outstanding)
+  local c = money_parse(s.f["c:" .. node] or "0")
+  local q = tonumber(s.f["q:" .. node] or "-1")
+  if money_cmp(c_new, c) < 0 or seq < q then
+    error("bursar: the node's journal is behind what it pushed before")
+  end
+  s.f["c:" .. node], s.f["q:" .. node] = money_str(c_new), tostring(seq)
+  s.f["l:" .. node], s.f["h:" .. node] = money_str(outstanding), "0"
+  redis.call("HSET", key, "c:" .. node, s.f["c:" .. node], "q:" .. node, s.f["q:" .. node],
+    "l:" .. node, s.f["l:" .. node], "h:" .. node, "0")
+  s.nodes[node] = true
+  state_sum(s)
 end
 "#;
 
 /// Draws a node lease: `KEYS[1]` the entity's hash; `ARGV` node, need,
-/// want, ttl (ms). Grants all of `need` or nothing, at most
-/// `max(need, want)`, never more than is available; adds the grant to the
-/// node's lease and renews its expiry. Returns `{granted, available after,
-/// now ms}`.
+/// want, ttl (ms), and optionally the limit the node has configured, and,
+/// on its process's first call on the hash, the node's contribution,
+/// journal sequence and outstanding money (see `hello`: what an earlier
+/// process of the node held is replaced by what this one declares). A hash without a limit
+/// takes the given one; a different stored limit refuses the draw (the
+/// nodes disagree: nobody may spend until they agree). Grants all of
+/// `need` or nothing, at most `max(need, want)` and, above `need`, at most
+/// an even share of what is available among the nodes on the hash (so
+/// slices shrink near the limit and every node can draw), never more than
+/// is available; adds the grant to the node's lease and renews its expiry
+/// (a draw of zero renews only). Returns `{granted, available after, now
+/// ms, status}`, status "ok", "refused" (`need` is more than is
+/// available) or "limit" (granted 0; available is the stored limit).
 pub const LUA_DRAW: &str = r#"
 local key, node = KEYS[1], ARGV[1]
 local need, want = money_parse(ARGV[2]), money_parse(ARGV[3])
@@ -67,16 +142,29 @@ local ttl = tonumber(ARGV[4])
 if money_cmp(need, money_zero()) < 0 or money_cmp(want, money_zero()) < 0 or ttl == nil or ttl <= 0 then
   error("bursar: bad draw arguments")
 end
-local s = state_read(key)
+local s = state_read(key, ARGV[5])
+if ARGV[5] ~= nil and ARGV[5] ~= "" and money_cmp(money_parse(ARGV[5]), s.limit) ~= 0 then
+  return {"0", money_str(s.limit), tostring(s.now), "limit"}
+end
+if ARGV[6] ~= nil and ARGV[6] ~= "" then
+  local seq = tonumber(ARGV[7])
+  if seq == nil then error("bursar: bad draw arguments") end
+  hello(s, key, node, money_parse(ARGV[6]), seq, money_parse(ARGV[8]))
+end
 local available = money_sub(s.limit, s.used)
 local grant = money_zero()
+local status = "refused"
 if money_cmp(need, available) <= 0 then
-  grant = money_max(need, want)
+  status = "ok"
+  local nodes = s.node_count
+  if s.nodes[node] == nil then nodes = nodes + 1 end
+  local share = money_div(available, 2 * nodes)
+  grant = money_max(need, money_min(want, share))
   if money_cmp(grant, available) > 0 then grant = available end
 end
 local l = money_add(money_parse(s.f["l:" .. node] or "0"), grant)
 redis.call("HSET", key, "l:" .. node, money_str(l), "x:" .. node, tostring(s.now + ttl))
-return {money_str(grant), money_str(money_sub(available, grant)), tostring(s.now)}
+return {money_str(grant), money_str(money_sub(available, grant)), tostring(s.now), status}
 "#;
 
 /// Pushes a node's contribution: `KEYS[1]` the entity's hash; `ARGV` node,
@@ -95,31 +183,14 @@ local c_new, seq, idle = money_parse(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 if seq == nil or money_cmp(c_new, money_zero()) < 0 then
   error("bursar: bad push arguments")
 end
-local s = state_read(key)
-local c = money_parse(s.f["c:" .. node] or "0")
-local l = money_parse(s.f["l:" .. node] or "0")
-local h = money_parse(s.f["h:" .. node] or "0")
-local q = tonumber(s.f["q:" .. node] or "-1")
-if seq <= q then
-  return {"stale", money_str(c), money_str(l), money_str(h), "0"}
+local s = state_read(key, ARGV[5])
+local status, over = account(s, key, node, c_new, seq)
+if status == "ok" and idle == "1" then
+  s.f["h:" .. node] = "0"
+  redis.call("HSET", key, "h:" .. node, "0")
 end
-local delta = money_sub(c_new, c)
-if money_cmp(delta, money_zero()) < 0 then
-  error("bursar: a contribution went down")
-end
-local from_h = delta
-if money_cmp(from_h, h) > 0 then from_h = h end
-h = money_sub(h, from_h)
-delta = money_sub(delta, from_h)
-local from_l = delta
-if money_cmp(from_l, l) > 0 then from_l = l end
-l = money_sub(l, from_l)
-local over = money_sub(delta, from_l)
-if idle == "1" then h = money_zero() end
-local o = money_add(money_parse(s.f["o:" .. node] or "0"), over)
-redis.call("HSET", key, "c:" .. node, money_str(c_new), "q:" .. node, tostring(seq),
-  "l:" .. node, money_str(l), "h:" .. node, money_str(h), "o:" .. node, money_str(o))
-return {"ok", money_str(c_new), money_str(l), money_str(h), money_str(over)}
+return {status, s.f["c:" .. node] or "0", s.f["l:" .. node] or "0", s.f["h:" .. node] or "0",
+  money_str(over)}
 "#;
 
 /// A lease script with its helpers, ready for `redis::Script::new`.

@@ -44,6 +44,9 @@ pub struct FileConfig {
     /// The response cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<super::cache::CacheSection>,
+    /// Several nodes sharing budgets through Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<super::cluster::ClusterSection>,
 }
 
 /// `[[model_groups]]`: one public model name over several targets.

@@ -7,6 +7,7 @@
 
 pub mod alerts;
 pub mod cache;
+pub mod cluster;
 pub mod dimensions;
 pub mod file;
 pub mod groups;
@@ -65,6 +66,8 @@ pub struct Config {
     pub model_groups: Vec<groups::ModelGroup>,
     /// The response cache (`[cache]`).
     pub cache: cache::CacheConfig,
+    /// Cluster mode (`[cluster]`); `None`: a single node.
+    pub cluster: Option<cluster::ClusterConfig>,
     /// The file it came from, if any (for reload).
     pub source: Option<PathBuf>,
 }
@@ -872,6 +875,7 @@ fn validate(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigE
         tag_budgets,
         model_groups,
         cache: cache::cache_config(file.cache.as_ref())?,
+        cluster: cluster::cluster_config(file.cluster.as_ref())?,
         source,
     };
     for (field, fallback) in config

@@ -228,6 +228,15 @@ pub enum Command {
     /// The ledger thread's timer: roll over entities whose period ended, so
     /// workers hear of the new period without waiting for traffic.
     Tick,
+    /// Cluster mode: the cluster granted this node `amount` more of the
+    /// entity's budget in the period starting at `period_start_ms`; zero
+    /// means refused (nothing left in the cluster). Not journaled: node
+    /// leases, like worker leases, die with the process.
+    NodeGrant {
+        entity: EntityId,
+        period_start_ms: i64,
+        amount: Money,
+    },
 }
 
 /// Why a command was refused. Nothing changed.
@@ -259,6 +268,8 @@ pub enum CommandError {
     TopUpNotPositive,
     #[error(transparent)]
     Budget(#[from] BudgetError),
+    #[error("{0} is not available in cluster mode yet: it must reach every node (issue 18)")]
+    NotInCluster(&'static str),
 }
 
 /// The ledger's answer to one command.
@@ -298,6 +309,12 @@ pub enum Reply {
     /// A reset, top-up or budget change, as journal record `seq`.
     Applied {
         seq: u64,
+    },
+    /// A node grant; `applied` false when the entity is not shared
+    /// or has moved to another period (the node lease is for a period over).
+    NodeLease {
+        entity: EntityId,
+        applied: bool,
     },
     /// `more`: further rollovers are due; tick again.
     Ticked {

@@ -81,7 +81,7 @@ pub use messages::{
 };
 pub use recovery::{RecoveryError, RecoveryReport};
 pub use snapshot::{SnapshotError, SnapshotInfo};
-pub use state::{Books, EntityBooks, EntityView, LedgerState, StateConfig};
+pub use state::{Books, EntityBooks, EntityView, LedgerState, NodeLeaseView, StateConfig};
 
 /// Everything a ledger needs at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +151,10 @@ impl Ledger {
             path: dir.to_path_buf(),
             source,
         })?;
-        let recovered = recovery::recover(dir, config.state)?;
+        let mut recovered = recovery::recover(dir, config.state)?;
+        if config.state.cluster {
+            recovered.state.reset_node_caps();
+        }
         for (path, why) in &recovered.report.snapshots_rejected {
             let aside = snapshot::set_aside(path)?;
             log::warn!(

@@ -413,6 +413,7 @@ mod tests {
         let config = StateConfig {
             workers: 2,
             settled_ids_max: 16,
+            cluster: false,
         };
         let mut s = LedgerState::new(config).unwrap();
         let now = unix_ms(2024, 2, 29, 12, 0, 0);
@@ -500,6 +501,7 @@ mod tests {
         let mut s = LedgerState::new(StateConfig {
             workers: 1,
             settled_ids_max: 4,
+            cluster: false,
         })
         .unwrap();
         let now = unix_ms(2026, 12, 6, 12, 0, 0);

@@ -19,7 +19,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fmt;
 
-use crate::budget::period::{clamp_time_ms, Period};
+use crate::budget::period::{clamp_time_ms, Alignment, Period};
 use crate::budget::{Budget, Mode};
 use crate::money::Money;
 
@@ -48,6 +48,10 @@ pub struct StateConfig {
     /// Recent settled request ids remembered to refuse duplicates,
     /// 1..=[`SETTLED_IDS_MAX_CEILING`].
     pub settled_ids_max: u32,
+    /// Cluster mode (decision 0016): every budget is shared with other
+    /// nodes, and this node may grant its workers only what the cluster
+    /// granted it (its node cap), not its whole limit.
+    pub cluster: bool,
 }
 
 impl Default for StateConfig {
@@ -55,6 +59,7 @@ impl Default for StateConfig {
         StateConfig {
             workers: 1,
             settled_ids_max: SETTLED_IDS_MAX_DEFAULT,
+            cluster: false,
         }
     }
 }
@@ -131,6 +136,33 @@ pub struct EntityView {
     pub blocked: bool,
 }
 
+/// An entity's node lease in cluster mode ([`LedgerState::node_lease`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeLeaseView {
+    /// The period the node lease belongs to (the cluster's key for it).
+    pub period: Period,
+    /// The budget's limit plus prepaid credit: the cluster-wide limit.
+    pub limit: Money,
+    /// This node's spend in the period: its contribution.
+    pub spent: Money,
+    /// The most this node may commit in the period.
+    pub cap: Money,
+    /// Spent plus what workers hold.
+    pub committed: Money,
+    /// The cluster refused the last draw.
+    pub refused: bool,
+}
+
+impl NodeLeaseView {
+    /// What a draw must bring for a request needing `need` more: the need
+    /// beyond what the cap leaves, plus what is committed past the cap
+    /// (leases carried into a new period).
+    pub fn shortfall(&self, need: Money) -> Money {
+        let left = self.cap.picodollars() - self.committed.picodollars();
+        money_clamped((need.picodollars() - left).max(0))
+    }
+}
+
 /// What [`LedgerState::spend_probe`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpendProbe {
@@ -168,6 +200,15 @@ struct Entity {
     excess: Money,
     blocked: bool,
     soft_reached: bool,
+    /// Cluster mode, a budgeted entity: the most this node may commit in
+    /// the period (what it had spent when the process started or the
+    /// period began, plus every node lease the cluster granted it since).
+    /// `None`: not shared (single node, or no budget).
+    node_cap: Option<Money>,
+    /// Cluster mode: the cluster refused this node's last draw (nothing
+    /// left in the cluster), so a node cap used up blocks the workers.
+    /// Until then a used-up cap only means "ask the cluster".
+    cluster_refused: bool,
 }
 
 impl Entity {
@@ -186,6 +227,8 @@ impl Entity {
             excess: Money::ZERO,
             blocked: false,
             soft_reached: false,
+            node_cap: None,
+            cluster_refused: false,
         }
     }
 
@@ -200,14 +243,31 @@ impl Entity {
         Some(budget.limit.picodollars() + credit)
     }
 
+    /// What this node may commit: the limit, or in cluster mode the lower
+    /// of the limit and the node cap.
+    fn grant_limit(&self) -> Option<i128> {
+        let limit = self.limit_effective()?;
+        Some(match self.node_cap {
+            Some(cap) => limit.min(cap.picodollars()),
+            None => limit,
+        })
+    }
+
     fn committed(&self) -> i128 {
         self.spent.picodollars() + self.leased.picodollars()
     }
 
     /// What may still be granted; `None`: no limit.
     fn grantable(&self) -> Option<i128> {
-        self.limit_effective()
-            .map(|l| (l - self.committed()).max(0))
+        self.grant_limit().map(|l| (l - self.committed()).max(0))
+    }
+
+    /// Cluster mode: sets the node cap to what is committed now (nothing
+    /// more may be granted until the cluster grants a node lease), or clears
+    /// it for an entity without a budget or outside cluster mode.
+    fn reset_node_cap(&mut self, cluster: bool) {
+        self.node_cap = (cluster && self.budget.is_some()).then(|| money_clamped(self.committed()));
+        self.cluster_refused = false;
     }
 
     fn is_strict(&self) -> bool {
@@ -255,7 +315,7 @@ impl Entity {
 
     /// Lowers the excess allowance as far as commitments allow. Never raises it.
     fn drain_excess(&mut self) {
-        let over = match (self.is_strict(), self.limit_effective()) {
+        let over = match (self.is_strict(), self.grant_limit()) {
             (true, Some(limit)) => (self.committed() - limit).max(0),
             _ => 0,
         };
@@ -265,14 +325,16 @@ impl Entity {
     /// Sets the excess allowance to exactly what is committed past the limit:
     /// after a budget change or a recovery, when the past cannot be un-committed.
     fn excuse_current_excess(&mut self) {
-        self.excess = match (self.is_strict(), self.limit_effective()) {
+        self.excess = match (self.is_strict(), self.grant_limit()) {
             (true, Some(limit)) => money_clamped((self.committed() - limit).max(0)),
             _ => Money::ZERO,
         };
     }
 
+    /// Nothing left to grant; in cluster mode, nothing left in the cluster
+    /// either (a used-up node cap alone is a reason to draw, not to refuse).
     fn is_blocked(&self) -> bool {
-        self.grantable() == Some(0)
+        self.grantable() == Some(0) && (self.node_cap.is_none() || self.cluster_refused)
     }
 
     fn books(&self, id: EntityId) -> EntityBooks {
@@ -472,6 +534,11 @@ impl LedgerState {
                 budget,
             } => self.set_budget(now_ms, entity, kind, budget),
             Command::Tick => self.tick(now_ms),
+            Command::NodeGrant {
+                entity,
+                period_start_ms,
+                amount,
+            } => self.node_grant(now_ms, entity, period_start_ms, amount),
         };
         if cfg!(debug_assertions) {
             self.check_last_apply(cmd);
@@ -555,7 +622,14 @@ impl LedgerState {
         debug_assert!(period.start_ms >= e.period.end_ms);
         self.roll_to(index, period);
         let e = self.entity_mut(index);
-        e.drain_excess();
+        if e.node_cap.is_some() {
+            // The leases carried over were drawn in the old period's node
+            // lease: in the new one the node must draw them again (its next
+            // draw asks for them), so until then they are excused.
+            e.excuse_current_excess();
+        } else {
+            e.drain_excess();
+        }
         let (epoch, period) = (e.epoch, e.period);
         self.push_record(
             now_ms,
@@ -583,6 +657,11 @@ impl LedgerState {
         e.epoch += 1;
         e.spent = Money::ZERO;
         e.soft_reached = false;
+        if e.node_cap.is_some() {
+            // A new period is a new node lease in the cluster: nothing drawn.
+            e.node_cap = Some(Money::ZERO);
+            e.cluster_refused = false;
+        }
     }
 
     /// Emits Blocked/Unblocked/SoftLimitReached for changes of the entity's flags.
@@ -818,6 +897,9 @@ impl LedgerState {
             Ok(index) => index,
             Err(e) => return Reply::Rejected(e),
         };
+        if self.config.cluster {
+            return Reply::Rejected(CommandError::NotInCluster("a manual reset"));
+        }
         self.roll_if_due(now_ms, index);
         self.reset_books(index);
         let e = self.entity_mut(index);
@@ -850,6 +932,9 @@ impl LedgerState {
         if !amount.is_positive() {
             return Reply::Rejected(CommandError::TopUpNotPositive);
         }
+        if self.config.cluster {
+            return Reply::Rejected(CommandError::NotInCluster("a top-up"));
+        }
         let e = self.entity(index);
         if !e.budget.is_some_and(|b| b.is_prepaid()) {
             return Reply::Rejected(CommandError::TopUpNotPrepaid(id));
@@ -880,6 +965,13 @@ impl LedgerState {
             if let Err(e) = b.validate() {
                 return Reply::Rejected(e.into());
             }
+            // Nodes agree on a period only if it does not depend on when
+            // each created the entity.
+            if self.config.cluster && b.reset.is_some() && b.alignment != Alignment::Calendar {
+                return Reply::Rejected(CommandError::NotInCluster(
+                    "a rolling budget (use calendar_aligned = true)",
+                ));
+            }
         }
         match self.index(id) {
             Ok(index) => {
@@ -897,7 +989,12 @@ impl LedgerState {
             Err(e) => return Reply::Rejected(e),
         }
         let index = self.set_budget_books(now_ms, id, kind, budget);
-        self.entity_mut(index).excuse_current_excess();
+        let cluster = self.config.cluster;
+        let e = self.entity_mut(index);
+        if e.node_cap.is_none() != (cluster && e.budget.is_some()) {
+            e.reset_node_cap(cluster);
+        }
+        e.excuse_current_excess();
         self.refresh_flags(index);
         self.schedule_rollover(index);
         let seq = self.push_record(
@@ -943,6 +1040,60 @@ impl LedgerState {
             }
         }
         index
+    }
+
+    /// Cluster mode: the cluster granted this node `amount` more of the
+    /// entity's budget in the period starting at `period_start_ms` (zero:
+    /// refused, nothing is left in the cluster). A grant for another period
+    /// (the entity rolled over while the draw was under way) is not applied:
+    /// that node lease belongs to a period that is over.
+    fn node_grant(
+        &mut self,
+        now_ms: i64,
+        id: EntityId,
+        period_start_ms: i64,
+        amount: Money,
+    ) -> Reply {
+        let index = match self.index(id) {
+            Ok(index) => index,
+            Err(e) => return Reply::Rejected(e),
+        };
+        if amount.is_negative() {
+            return Reply::Rejected(CommandError::NegativeAmount);
+        }
+        self.roll_if_due(now_ms, index);
+        let e = self.entity_mut(index);
+        let Some(cap) = e.node_cap.filter(|_| e.period.start_ms == period_start_ms) else {
+            return Reply::NodeLease {
+                entity: id,
+                applied: false,
+            };
+        };
+        let Some(cap) = cap.checked_add(amount) else {
+            return Reply::Rejected(CommandError::Overflow(id));
+        };
+        e.node_cap = Some(cap);
+        e.cluster_refused = amount.is_zero();
+        e.drain_excess();
+        self.refresh_flags(index);
+        Reply::NodeLease {
+            entity: id,
+            applied: true,
+        }
+    }
+
+    /// Cluster mode, after recovery: every node cap is what is committed
+    /// (node leases, like worker leases, die with the process; the cluster
+    /// counts the old process's as held until this node pushes its spend).
+    pub fn reset_node_caps(&mut self) {
+        let cluster = self.config.cluster;
+        for index in 0..self.entities.len() {
+            if let Some(e) = self.entities[index].as_mut() {
+                e.reset_node_cap(cluster);
+                e.excuse_current_excess();
+                e.blocked = e.is_blocked();
+            }
+        }
     }
 
     fn tick(&mut self, now_ms: i64) -> Reply {
@@ -1152,6 +1303,7 @@ impl LedgerState {
             e.spent = b.spent;
             e.topup = b.topup;
             e.lifetime_spent = b.lifetime_spent;
+            e.reset_node_cap(config.cluster);
             state.entities[index] = Some(e);
             state.entity_count += 1;
             state.quiet_refresh(index);
@@ -1226,6 +1378,35 @@ impl LedgerState {
         })
     }
 
+    /// Cluster mode: an entity's node lease as of `now_ms` (as if it had
+    /// rolled over, like [`LedgerState::view`]); `None` when the entity is
+    /// not shared with the cluster.
+    pub fn node_lease(&self, id: EntityId, now_ms: i64) -> Option<NodeLeaseView> {
+        let index = self.index(id).ok()?;
+        let e = self.entity(index);
+        let cap = e.node_cap?;
+        let limit = money_clamped(e.limit_effective()?);
+        let now_ms = clamp_time_ms(now_ms);
+        if now_ms >= e.period.end_ms {
+            return Some(NodeLeaseView {
+                period: period_for(e.budget.as_ref(), e.anchor_ms, now_ms),
+                limit,
+                spent: Money::ZERO,
+                cap: Money::ZERO,
+                committed: e.leased,
+                refused: false,
+            });
+        }
+        Some(NodeLeaseView {
+            period: e.period,
+            limit,
+            spent: e.spent,
+            cap,
+            committed: money_clamped(e.committed()),
+            refused: e.cluster_refused,
+        })
+    }
+
     /// The outstanding lease of one worker on one entity.
     pub fn lease(&self, worker: u16, id: EntityId) -> Money {
         self.index(id)
@@ -1296,7 +1477,7 @@ impl LedgerState {
         // Invariant: strict budgets are never over-committed by a grant:
         // spent + leased <= limit + topup + excess, where excess comes only from
         // overruns and lowered limits and drains as commitments settle.
-        if let (true, Some(limit)) = (e.is_strict(), e.limit_effective()) {
+        if let (true, Some(limit)) = (e.is_strict(), e.grant_limit()) {
             assert!(
                 e.committed() <= limit + e.excess.picodollars(),
                 "{id}: strict budget over-committed: spent {} + leased {} > limit {} + excess {}",
@@ -1308,6 +1489,13 @@ impl LedgerState {
         } else {
             assert!(e.excess.is_zero(), "{id}: excess without a strict limit");
         }
+        // Invariant: in cluster mode every budgeted entity has a node cap, and
+        // only those.
+        assert_eq!(
+            e.node_cap.is_some(),
+            self.config.cluster && e.budget.is_some(),
+            "{id}: node cap out of step with cluster mode"
+        );
         // Invariant: the block flag matches the books, so every change was broadcast.
         assert_eq!(e.blocked, e.is_blocked(), "{id}: stale block flag");
     }
@@ -1319,7 +1507,8 @@ impl LedgerState {
             | Command::LeaseReturn { entity, .. }
             | Command::Reset { entity }
             | Command::TopUp { entity, .. }
-            | Command::SetBudget { entity, .. } => {
+            | Command::SetBudget { entity, .. }
+            | Command::NodeGrant { entity, .. } => {
                 if let Ok(i) = self.index(entity) {
                     self.check_entity(i, self.entity(i));
                 }
@@ -1368,6 +1557,7 @@ mod tests {
         LedgerState::new(StateConfig {
             workers,
             settled_ids_max: 64,
+            cluster: false,
         })
         .unwrap()
     }
@@ -1817,6 +2007,7 @@ mod tests {
             StateConfig {
                 workers: 1,
                 settled_ids_max: 10,
+                cluster: false,
             },
             s.books(),
         )

@@ -1,0 +1,460 @@
+//! The `bursar-cluster` thread: the one owner of this node's Redis
+//! connection (decision 0016).
+//!
+//! It takes the ledger thread's [`NodeLeaseMsg`]s, draws node leases and
+//! pushes contributions with the scripts of [`super::scripts`], one call per
+//! entity, and answers each draw with [`Command::NodeGrant`] on the ledger's
+//! command channel. It never touches the ledger's state: messages both
+//! ways. Redis being slow or down delays only this thread; the ledger
+//! answers waiting lease requests from what it has when their time runs
+//! out (fail closed).
+//!
+//! Per (entity, period) hash, the first call of this process is a draw
+//! carrying the node's whole state (its contribution, journal sequence and
+//! what it may still spend): whatever an earlier process of the node held
+//! there is replaced by it. A contribution is written only once the journal
+//! record it is as of is durable, so Redis never holds more spend for this
+//! node than its journal can give back after a crash.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::lua_money::{from_lua, to_lua};
+use super::scripts::{script, LUA_DRAW, LUA_PUSH};
+use crate::books::node_lease::{Contribution, NodeLeaseMsg};
+use crate::books::registry::kind_str;
+use crate::books::thread::LedgerTx;
+use crate::books::EntityRegistry;
+use crate::budget::period::Period;
+use crate::config::cluster::ClusterConfig;
+use crate::ledger::{Command, EntityId};
+use crate::money::Money;
+
+/// How long a connection attempt, a read or a write to Redis may take.
+pub const REDIS_IO_TIMEOUT: Duration = Duration::from_millis(500);
+/// The wait between reconnection attempts while Redis is unreachable.
+pub const REDIS_RECONNECT_INTERVAL: Duration = Duration::from_millis(250);
+/// How long the thread waits for a message before it looks at its
+/// deferred work again.
+const IDLE_WAIT: Duration = Duration::from_millis(5);
+/// Most messages deferred (waiting for the journal to be durable) at once;
+/// beyond it a draw is answered "refused" and a push waits for the next.
+pub const DEFERRED_MAX: usize = 8192;
+/// Hashes remembered (entity × period) for their first call; the oldest
+/// period's entries are forgotten first when full (a forgotten hash gets
+/// a first call again, which is correct, only one more declaration).
+pub const HASHES_KNOWN_MAX: usize = 1 << 20;
+
+/// What the cluster thread counts, for /metrics and tests.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Draw scripts run (each one round trip).
+    pub draws: AtomicU64,
+    /// Draws the cluster refused (nothing left).
+    pub draws_refused: AtomicU64,
+    /// Push scripts run.
+    pub pushes: AtomicU64,
+    /// Redis errors (unreachable, a script error).
+    pub errors: AtomicU64,
+    /// Node leases granted, picodollars (saturating).
+    pub granted_picodollars: AtomicU64,
+    /// Whether the last call reached Redis.
+    pub connected: AtomicBool,
+}
+
+/// The running thread.
+pub struct ClusterNode {
+    join: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    pub stats: Arc<ClusterStats>,
+}
+
+impl ClusterNode {
+    /// Starts the thread. It connects lazily: an unreachable Redis at start
+    /// is not fatal (strict budgets fail closed until it answers).
+    pub fn start(
+        config: &ClusterConfig,
+        rx: Receiver<NodeLeaseMsg>,
+        ledger: LedgerTx,
+        durable_seq: Arc<AtomicU64>,
+        registry: Arc<Mutex<EntityRegistry>>,
+    ) -> std::io::Result<ClusterNode> {
+        let client = redis::Client::open(config.redis_url.as_str())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(ClusterStats::default());
+        let mut worker = Worker {
+            client,
+            conn: None,
+            next_connect: Instant::now(),
+            node: config.node.clone(),
+            ttl_ms: config.lease_ttl.as_millis().max(1) as u64,
+            rx,
+            ledger,
+            durable_seq,
+            registry,
+            names: HashMap::new(),
+            known: HashMap::new(),
+            deferred: VecDeque::new(),
+            draw: redis::Script::new(&script(LUA_DRAW)),
+            push: redis::Script::new(&script(LUA_PUSH)),
+            stats: Arc::clone(&stats),
+            stop: Arc::clone(&stop),
+            limit_warned: HashMap::new(),
+        };
+        let join = std::thread::Builder::new()
+            .name("bursar-cluster".into())
+            .spawn(move || worker.run())?;
+        Ok(ClusterNode {
+            join: Some(join),
+            stop,
+            stats,
+        })
+    }
+
+    /// Stops the thread (what is deferred is dropped: a restart declares
+    /// the node's state again at its first call on each hash).
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Worker {
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+    next_connect: Instant,
+    node: String,
+    ttl_ms: u64,
+    rx: Receiver<NodeLeaseMsg>,
+    ledger: LedgerTx,
+    durable_seq: Arc<AtomicU64>,
+    registry: Arc<Mutex<EntityRegistry>>,
+    /// Each entity's part of its hash keys, `kind:name`, escaped.
+    names: HashMap<EntityId, String>,
+    /// Hashes this process has made its first call on.
+    known: HashMap<(EntityId, i64), ()>,
+    /// Messages waiting for the journal to be durable.
+    deferred: VecDeque<NodeLeaseMsg>,
+    draw: redis::Script,
+    push: redis::Script,
+    stats: Arc<ClusterStats>,
+    stop: Arc<AtomicBool>,
+    /// Entities whose limit disagrees with Redis's, logged once each.
+    limit_warned: HashMap<EntityId, ()>,
+}
+
+/// A draw's answer.
+enum Drawn {
+    Granted(Money),
+    Refused,
+}
+
+impl Worker {
+    fn run(&mut self) {
+        while !self.stop.load(Ordering::Acquire) {
+            let deferred: Vec<NodeLeaseMsg> = self.deferred.drain(..).collect();
+            for msg in deferred {
+                self.handle(msg);
+            }
+            match self.rx.recv_timeout(IDLE_WAIT) {
+                Ok(msg) => {
+                    self.handle(msg);
+                    while let Ok(msg) = self.rx.try_recv() {
+                        self.handle(msg);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn durable(&self, seq: u64) -> bool {
+        self.durable_seq.load(Ordering::Acquire) >= seq
+    }
+
+    fn defer(&mut self, msg: NodeLeaseMsg) -> bool {
+        if self.deferred.len() >= DEFERRED_MAX {
+            return false;
+        }
+        self.deferred.push_back(msg);
+        true
+    }
+
+    fn handle(&mut self, msg: NodeLeaseMsg) {
+        match msg {
+            NodeLeaseMsg::Want {
+                entity,
+                period,
+                limit,
+                need,
+                want,
+                spent,
+                outstanding,
+                seq,
+            } => {
+                let first = !self.known.contains_key(&(entity, period.start_ms));
+                if first && !self.durable(seq) {
+                    if !self.defer(msg) {
+                        self.answer(entity, period, Money::ZERO);
+                    }
+                    return;
+                }
+                let hello = first.then_some((spent, seq, outstanding));
+                let amount = match self.draw(entity, period, limit, need, want, hello) {
+                    Some(Drawn::Granted(m)) => m,
+                    Some(Drawn::Refused) | None => Money::ZERO,
+                };
+                self.answer(entity, period, amount);
+            }
+            NodeLeaseMsg::Push { seq, spends } => {
+                if !self.durable(seq) {
+                    if !self.defer(NodeLeaseMsg::Push { seq, spends }) {
+                        log::warn!("cluster: too much waiting for the journal; a push waits for the next");
+                    }
+                    return;
+                }
+                for c in spends {
+                    self.push_one(seq, &c);
+                }
+            }
+        }
+    }
+
+    fn answer(&self, entity: EntityId, period: Period, amount: Money) {
+        let cmd = Command::NodeGrant {
+            entity,
+            period_start_ms: period.start_ms,
+            amount,
+        };
+        if let Err(e) = self.ledger.tell(cmd) {
+            log::warn!("cluster: the ledger did not take a node grant for {entity}: {e}");
+        }
+    }
+
+    /// The hash of an entity's period: `bursar:{<kind>:<name>}:<start ms>`
+    /// (`prepaid` for a budget that never resets: its one period starts
+    /// when each node created it, which the nodes do not share).
+    fn key(&mut self, entity: EntityId, period: Period) -> Option<String> {
+        if !self.names.contains_key(&entity) {
+            let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+            let (kind, name) = registry.name_of(entity)?;
+            let escaped = format!("{}:{}", kind_str(kind), escape(name));
+            drop(registry);
+            self.names.insert(entity, escaped);
+        }
+        let name = self.names.get(&entity)?;
+        Some(if period.is_forever() {
+            format!("bursar:{{{name}}}:prepaid")
+        } else {
+            format!("bursar:{{{name}}}:{}", period.start_ms)
+        })
+    }
+
+    fn conn(&mut self) -> Option<&mut redis::Connection> {
+        if self.conn.is_none() {
+            if Instant::now() < self.next_connect {
+                return None;
+            }
+            self.next_connect = Instant::now() + REDIS_RECONNECT_INTERVAL;
+            match self.client.get_connection_with_timeout(REDIS_IO_TIMEOUT) {
+                Ok(c) => {
+                    let _ = c.set_read_timeout(Some(REDIS_IO_TIMEOUT));
+                    let _ = c.set_write_timeout(Some(REDIS_IO_TIMEOUT));
+                    log::info!("cluster: connected to Redis");
+                    // Redis may have lost what this process told it (a
+                    // restart, a flush): declare again at the next call.
+                    self.known.clear();
+                    self.conn = Some(c);
+                }
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    if self.stats.connected.swap(false, Ordering::Relaxed) {
+                        log::warn!("cluster: Redis unreachable: {e}");
+                    }
+                    return None;
+                }
+            }
+        }
+        self.conn.as_mut()
+    }
+
+    fn failed(&mut self, what: &str, e: &redis::RedisError) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error() {
+            if self.stats.connected.swap(false, Ordering::Relaxed) {
+                log::warn!("cluster: Redis connection lost during {what}: {e}");
+            }
+            self.conn = None;
+        } else {
+            log::error!("cluster: {what} failed: {e}");
+        }
+    }
+
+    /// Runs the draw script; `None` on an error (logged).
+    fn draw(
+        &mut self,
+        entity: EntityId,
+        period: Period,
+        limit: Money,
+        need: Money,
+        want: Money,
+        hello: Option<(Money, u64, Money)>,
+    ) -> Option<Drawn> {
+        let key = self.key(entity, period)?;
+        let (Some(limit_s), Some(need_s), Some(want_s)) = (to_lua(limit), to_lua(need), to_lua(want))
+        else {
+            log::error!("cluster: {entity}: an amount beyond what the cluster scripts handle");
+            return None;
+        };
+        let hello_args = match hello {
+            Some((spent, seq, out)) => match (to_lua(spent), to_lua(out)) {
+                (Some(s), Some(o)) => Some((s, seq.to_string(), o)),
+                _ => return None,
+            },
+            None => None,
+        };
+        let node = self.node.clone();
+        let ttl = self.ttl_ms;
+        let script = self.draw.clone();
+        let conn = self.conn()?;
+        let mut inv = script.key(&key);
+        inv.arg(&node).arg(&need_s).arg(&want_s).arg(ttl).arg(&limit_s);
+        if let Some((s, q, o)) = &hello_args {
+            inv.arg(s).arg(q).arg(o);
+        }
+        let result: redis::RedisResult<Vec<String>> = inv.invoke(conn);
+        self.stats.draws.fetch_add(1, Ordering::Relaxed);
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                self.failed("a draw", &e);
+                return None;
+            }
+        };
+        self.stats.connected.store(true, Ordering::Relaxed);
+        if hello.is_some() {
+            if self.known.len() >= HASHES_KNOWN_MAX {
+                self.known.clear();
+            }
+            self.known.insert((entity, period.start_ms), ());
+        }
+        match out.get(3).map(String::as_str) {
+            Some("ok") => {
+                let granted = out.first().and_then(|g| from_lua(g))?;
+                let p = u64::try_from(granted.picodollars()).unwrap_or(u64::MAX);
+                let _ = self.stats.granted_picodollars.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |v| Some(v.saturating_add(p)),
+                );
+                Some(Drawn::Granted(granted))
+            }
+            Some("refused") => {
+                self.stats.draws_refused.fetch_add(1, Ordering::Relaxed);
+                Some(Drawn::Refused)
+            }
+            Some("limit") => {
+                if self.limit_warned.insert(entity, ()).is_none() {
+                    log::error!(
+                        "cluster: {key}: this node's limit {limit} differs from the cluster's {} \
+                         (picodollars): no draw until the nodes' configs agree",
+                        out.get(1).map_or("?", String::as_str)
+                    );
+                }
+                Some(Drawn::Refused)
+            }
+            other => {
+                log::error!("cluster: {key}: unexpected draw answer {other:?}");
+                None
+            }
+        }
+    }
+
+    fn push_one(&mut self, seq: u64, c: &Contribution) {
+        if !self.known.contains_key(&(c.entity, c.period.start_ms)) {
+            // The first call on this hash declares the whole state.
+            let _ = self.draw(
+                c.entity,
+                c.period,
+                c.limit,
+                Money::ZERO,
+                Money::ZERO,
+                Some((c.spent, seq, c.outstanding)),
+            );
+            return;
+        }
+        let Some(key) = self.key(c.entity, c.period) else {
+            return;
+        };
+        let (Some(spent), Some(limit)) = (to_lua(c.spent), to_lua(c.limit)) else {
+            return;
+        };
+        let node = self.node.clone();
+        let script = self.push.clone();
+        let Some(conn) = self.conn() else {
+            return;
+        };
+        let result: redis::RedisResult<Vec<String>> = script
+            .key(&key)
+            .arg(&node)
+            .arg(&spent)
+            .arg(seq)
+            .arg("0")
+            .arg(&limit)
+            .invoke(conn);
+        self.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(out) => {
+                self.stats.connected.store(true, Ordering::Relaxed);
+                if out.get(4).is_some_and(|o| o != "0") {
+                    log::warn!(
+                        "cluster: {key}: this node spent {} picodollars beyond its node leases",
+                        out[4]
+                    );
+                }
+            }
+            Err(e) => self.failed("a push", &e),
+        }
+    }
+}
+
+/// A name as part of a Redis key: `%`, `{` and `}` percent-escaped, so
+/// the braces around it are the only ones (Redis Cluster's hash tag).
+fn escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for ch in name.chars() {
+        match ch {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn names_in_keys_have_no_braces_of_their_own() {
+        assert_eq!(escape("alice"), "alice");
+        assert_eq!(escape("a{b}%c"), "a%7Bb%7D%25c");
+    }
+}

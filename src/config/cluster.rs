@@ -1,0 +1,108 @@
+//! `[cluster]`: several nodes sharing budgets through Redis (decision
+//! 0016): where Redis is, this node's name, how long a node lease lives
+//! without its node, and what happens when Redis cannot be reached.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{err, parse_duration, ConfigError};
+
+#[derive(Debug, Default, Deserialize, Clone, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `redis://host:port[/db]` (required).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// This node's name, unique in the cluster (required): its share of
+    /// each budget is recorded under it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// How long a node lease outlives its node (default "10s"): a node
+    /// that dies holds its leases this long, then they are held for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_ttl: Option<String>,
+    /// "closed" (default): once its node leases are used up, a node that
+    /// cannot reach Redis refuses strict requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_mode: Option<String>,
+}
+
+/// What happens when Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Refuse once the node's leases are used up.
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub redis_url: String,
+    pub node: String,
+    pub lease_ttl: Duration,
+    pub fail_mode: FailMode,
+}
+
+pub const LEASE_TTL_DEFAULT: Duration = Duration::from_secs(10);
+pub const LEASE_TTL_MIN: Duration = Duration::from_secs(1);
+pub const LEASE_TTL_MAX: Duration = Duration::from_secs(600);
+/// The longest node name (it is part of Redis hash field names).
+pub const NODE_NAME_BYTES_MAX: usize = 64;
+
+pub(super) fn cluster_config(s: Option<&ClusterSection>) -> Result<Option<ClusterConfig>, ConfigError> {
+    let Some(s) = s else {
+        return Ok(None);
+    };
+    let redis_url = s
+        .redis_url
+        .clone()
+        .ok_or_else(|| err("cluster.redis_url", "required, e.g. \"redis://127.0.0.1:6379\""))?;
+    if !redis_url.starts_with("redis://") {
+        return Err(err(
+            "cluster.redis_url",
+            format!("{redis_url:?}: use redis://host:port (TLS to Redis is not supported yet)"),
+        ));
+    }
+    let node = s
+        .node
+        .clone()
+        .ok_or_else(|| err("cluster.node", "required: a name unique in the cluster"))?;
+    if node.is_empty()
+        || node.len() > NODE_NAME_BYTES_MAX
+        || !node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(err(
+            "cluster.node",
+            format!("{node:?}: 1 to {NODE_NAME_BYTES_MAX} letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    let lease_ttl = match &s.lease_ttl {
+        None => LEASE_TTL_DEFAULT,
+        Some(t) => parse_duration(t)
+            .filter(|d| (LEASE_TTL_MIN..=LEASE_TTL_MAX).contains(d))
+            .ok_or_else(|| err("cluster.lease_ttl", format!("{t:?}: a duration from 1s to 10m")))?,
+    };
+    let fail_mode = match s.fail_mode.as_deref() {
+        None | Some("closed") => FailMode::Closed,
+        Some("open") => {
+            return Err(err(
+                "cluster.fail_mode",
+                "\"open\" is not built yet (issue 18): only \"closed\"",
+            ))
+        }
+        Some(other) => {
+            return Err(err(
+                "cluster.fail_mode",
+                format!("{other:?}: use \"closed\" or \"open\""),
+            ))
+        }
+    };
+    Ok(Some(ClusterConfig {
+        redis_url,
+        node,
+        lease_ttl,
+        fail_mode,
+    }))
+}

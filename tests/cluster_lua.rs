@@ -2,62 +2,14 @@
 //! by a real `redis-server` (started here on a free port, with its own
 //! directory and no persistence), against `Money`'s i128 arithmetic.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod util;
+
 use std::time::{Duration, Instant};
+
+use util::redis::Redis;
 
 use bursar::cluster::lua_money::{from_lua, to_lua, LUA_MONEY, LUA_MONEY_MAX};
 use bursar::money::Money;
-
-struct Redis {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("bursar-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/test installs Debian's redis-server)");
-        let r = Redis { child, dir, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while r.connect().is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        r
-    }
-
-    fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let mut c =
-            redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()?;
-        redis::cmd("PING").query::<String>(&mut c)?;
-        Ok(c)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// `op` of `a` and `b` computed by the helpers inside Redis: the sum, the
 /// difference, the comparison and the larger, as strings.
@@ -66,11 +18,23 @@ fn lua(c: &mut redis::Connection, a: &str, b: &str) -> redis::RedisResult<Vec<St
         "{LUA_MONEY}
         local a = money_parse(ARGV[1])
         local b = money_parse(ARGV[2])
+        local n = tonumber(ARGV[3])
         return {{money_str(money_add(a, b)), money_str(money_sub(a, b)),
                  tostring(money_cmp(a, b)), money_str(money_max(a, b)),
-                 money_str(a)}}"
+                 money_str(a), money_str(money_min(a, b)), money_str(money_div(a, n))}}"
     ));
-    script.arg(a).arg(b).invoke(c)
+    script.arg(a).arg(b).arg(divisor(b)).invoke(c)
+}
+
+/// The divisor the arithmetic test divides `a` by, from `b`: 1 to 8192
+/// (`money_div`'s range), its ends included.
+fn divisor(b: &str) -> u32 {
+    let d: u32 = b.bytes().map(u32::from).sum();
+    match d % 5 {
+        0 => 1,
+        1 => 8192,
+        _ => d % 8192 + 1,
+    }
 }
 
 fn pd(p: i128) -> Money {
@@ -126,6 +90,10 @@ fn lua_money_equals_i128_money_across_the_exact_range() {
         assert_eq!(from_lua(&out[3]), Some(pd(a.max(b))), "max {a} {b}");
         // The round trip keeps the canonical text (no leading zeros, no "-0").
         assert_eq!(out[4], sa, "parse and print {a}");
+        assert_eq!(from_lua(&out[5]), Some(pd(a.min(b))), "min {a} {b}");
+        // Division rounds down; a negative amount's share is zero.
+        let n = i128::from(divisor(&sb));
+        assert_eq!(from_lua(&out[6]), Some(pd(a.max(0) / n)), "{a} / {n}");
         checked += 1;
     }
     assert_eq!(checked, values.len());

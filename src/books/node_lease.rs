@@ -71,10 +71,7 @@ pub enum NodeLeaseMsg {
         seq: u64,
     },
     /// This node's spend on each entity as of journal record `seq`.
-    Push {
-        seq: u64,
-        spends: Vec<Contribution>,
-    },
+    Push { seq: u64, spends: Vec<Contribution> },
 }
 
 /// One entity's spend on this node in a period.
@@ -236,7 +233,11 @@ impl<R> NodeLeases<R> {
         let want = need.picodollars().saturating_add(
             each.saturating_mul(i128::from(self.workers * NODE_WANT_WORKER_LEASES)),
         );
-        let want = Money::from_picodollars(want).unwrap_or(Money::MAX);
+        // Never more than the limit (a worker may ask for a large slice;
+        // the cluster's share caps it anyway, and amounts must fit its
+        // scripts' range).
+        let want =
+            Money::from_picodollars(want.min(view.limit.picodollars())).unwrap_or(view.limit);
         let msg = NodeLeaseMsg::Want {
             entity,
             period: view.period,

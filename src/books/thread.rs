@@ -1053,7 +1053,12 @@ impl LedgerThread {
 
     /// Applies a command and sends its reply; in cluster mode, a worker's
     /// lease grant may ask the cluster ahead of need.
-    fn apply_and_reply(&mut self, now: i64, cmd: Command, reply: ReplyTo) -> Result<(), BooksError> {
+    fn apply_and_reply(
+        &mut self,
+        now: i64,
+        cmd: Command,
+        reply: ReplyTo,
+    ) -> Result<(), BooksError> {
         let r = self.apply(now, &cmd)?;
         if let (
             Some(node),

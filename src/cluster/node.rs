@@ -224,7 +224,9 @@ impl Worker {
             NodeLeaseMsg::Push { seq, spends } => {
                 if !self.durable(seq) {
                     if !self.defer(NodeLeaseMsg::Push { seq, spends }) {
-                        log::warn!("cluster: too much waiting for the journal; a push waits for the next");
+                        log::warn!(
+                            "cluster: too much waiting for the journal; a push waits for the next"
+                        );
                     }
                     return;
                 }
@@ -295,7 +297,11 @@ impl Worker {
 
     fn failed(&mut self, what: &str, e: &redis::RedisError) {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error() {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_timeout()
+            || e.is_unrecoverable_error()
+        {
             if self.stats.connected.swap(false, Ordering::Relaxed) {
                 log::warn!("cluster: Redis connection lost during {what}: {e}");
             }
@@ -316,7 +322,8 @@ impl Worker {
         hello: Option<(Money, u64, Money)>,
     ) -> Option<Drawn> {
         let key = self.key(entity, period)?;
-        let (Some(limit_s), Some(need_s), Some(want_s)) = (to_lua(limit), to_lua(need), to_lua(want))
+        let (Some(limit_s), Some(need_s), Some(want_s)) =
+            (to_lua(limit), to_lua(need), to_lua(want))
         else {
             log::error!("cluster: {entity}: an amount beyond what the cluster scripts handle");
             return None;
@@ -333,7 +340,11 @@ impl Worker {
         let script = self.draw.clone();
         let conn = self.conn()?;
         let mut inv = script.key(&key);
-        inv.arg(&node).arg(&need_s).arg(&want_s).arg(ttl).arg(&limit_s);
+        inv.arg(&node)
+            .arg(&need_s)
+            .arg(&want_s)
+            .arg(ttl)
+            .arg(&limit_s);
         if let Some((s, q, o)) = &hello_args {
             inv.arg(s).arg(q).arg(o);
         }

@@ -49,14 +49,18 @@ pub const LEASE_TTL_MAX: Duration = Duration::from_secs(600);
 /// The longest node name (it is part of Redis hash field names).
 pub const NODE_NAME_BYTES_MAX: usize = 64;
 
-pub(super) fn cluster_config(s: Option<&ClusterSection>) -> Result<Option<ClusterConfig>, ConfigError> {
+pub(super) fn cluster_config(
+    s: Option<&ClusterSection>,
+) -> Result<Option<ClusterConfig>, ConfigError> {
     let Some(s) = s else {
         return Ok(None);
     };
-    let redis_url = s
-        .redis_url
-        .clone()
-        .ok_or_else(|| err("cluster.redis_url", "required, e.g. \"redis://127.0.0.1:6379\""))?;
+    let redis_url = s.redis_url.clone().ok_or_else(|| {
+        err(
+            "cluster.redis_url",
+            "required, e.g. \"redis://127.0.0.1:6379\"",
+        )
+    })?;
     if !redis_url.starts_with("redis://") {
         return Err(err(
             "cluster.redis_url",
@@ -82,7 +86,12 @@ pub(super) fn cluster_config(s: Option<&ClusterSection>) -> Result<Option<Cluste
         None => LEASE_TTL_DEFAULT,
         Some(t) => parse_duration(t)
             .filter(|d| (LEASE_TTL_MIN..=LEASE_TTL_MAX).contains(d))
-            .ok_or_else(|| err("cluster.lease_ttl", format!("{t:?}: a duration from 1s to 10m")))?,
+            .ok_or_else(|| {
+                err(
+                    "cluster.lease_ttl",
+                    format!("{t:?}: a duration from 1s to 10m"),
+                )
+            })?,
     };
     let fail_mode = match s.fail_mode.as_deref() {
         None | Some("closed") => FailMode::Closed,

@@ -991,7 +991,7 @@ impl LedgerState {
         let index = self.set_budget_books(now_ms, id, kind, budget);
         let cluster = self.config.cluster;
         let e = self.entity_mut(index);
-        if e.node_cap.is_none() != (cluster && e.budget.is_some()) {
+        if e.node_cap.is_some() != (cluster && e.budget.is_some()) {
             e.reset_node_cap(cluster);
         }
         e.excuse_current_excess();

@@ -3,6 +3,7 @@
 //! plain sockets so every byte on the wire is under the test's control.
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,211 @@
+//! Cluster mode end to end (issue 18, decision 0016): three real gateway
+//! processes share strict budgets through a real `redis-server` started
+//! here on its own port and directory, with real clients over real sockets.
+
+mod util;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use util::redis::Redis;
+use util::{counter, pico, proxy_config, Client, Gateway, Mock, Response, CHAT, CHAT_STREAM};
+
+const ADMIN: &str = "admin-secret";
+/// What the mock bills CHAT and CHAT_STREAM at gpt-4o-mini's prices (see
+/// tests/budgets.rs): $0.0000042.
+const CHAT_COST_PICO: i128 = 8 * 150_000 + 5 * 600_000;
+const KEY: &str = "sk-search-prod";
+
+fn admin(gw: &Gateway, method: &str, path: &str, body: &str) -> Response {
+    util::admin_request(gw, ADMIN, method, path, body)
+}
+
+fn spent(gw: &Gateway, level: &str) -> i128 {
+    util::spent_at(gw, ADMIN, level)
+}
+
+/// A node's config: the key's budget `key_limit` a day, its team's and
+/// customer's larger, all calendar-aligned (cluster mode's rule).
+fn node_config(mock: &Mock, redis: &Redis, node: &str, key_limit: &str) -> String {
+    proxy_config(
+        &mock.base_url(),
+        &format!(
+            r#"
+[admin]
+token = "{ADMIN}"
+
+[cluster]
+redis_url = "{url}"
+node = "{node}"
+lease_ttl = "2s"
+
+[[customers]]
+name = "acme"
+budget = {{ limit_usd = "100", reset = "1M", calendar_aligned = true }}
+
+[[teams]]
+name = "search"
+customer = "acme"
+budget = {{ limit_usd = "50", reset = "1d", calendar_aligned = true }}
+
+[[virtual_keys]]
+name = "search-prod"
+team = "search"
+key = "{KEY}"
+budget = {{ limit_usd = "{key_limit}", reset = "1d", calendar_aligned = true }}
+"#,
+            url = redis.url()
+        ),
+    )
+}
+
+fn start_nodes(mock: &Mock, redis: &Redis, key_limit: &str) -> Vec<Gateway> {
+    ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| Gateway::start(&node_config(mock, redis, n, key_limit), &[]))
+        .collect()
+}
+
+/// Redis's view of the key's budget today: the sum over nodes of each
+/// field kind (`c`, `l`, `h`, `o`) of its hash, and the limit.
+fn redis_sums(redis: &Redis) -> (i128, i128, i128, i128, i128) {
+    let mut c = redis.connect().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("bursar:{key:search-prod}:*")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(keys.len(), 1, "one period's hash: {keys:?}");
+    let fields: Vec<(String, String)> = redis::cmd("HGETALL").arg(&keys[0]).query(&mut c).unwrap();
+    let mut sums = [0i128; 4];
+    let mut limit = 0;
+    for (k, v) in fields {
+        if k == "limit" {
+            limit = v.parse().unwrap();
+            continue;
+        }
+        let slot = match k.split_once(':').map(|(kind, _)| kind) {
+            Some("c") => 0,
+            Some("l") => 1,
+            Some("h") => 2,
+            Some("o") => 3,
+            _ => continue,
+        };
+        sums[slot] += v.parse::<i128>().unwrap();
+    }
+    (sums[0], sums[1], sums[2], sums[3], limit)
+}
+
+/// Waits until `f` holds (a bounded time: pushes go out every 100 ms).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_strict_budget_over_three_nodes_never_overshoots_and_redis_equals_what_clients_saw() {
+    let redis = Redis::start();
+    let mock = Mock::start(&[]);
+    let limit = "0.0005"; // ~119 requests' worth of 4.2 µ$, shared by three nodes
+    let nodes = start_nodes(&mock, &redis, limit);
+    let threads_per_node = 16;
+    let per_thread = 8; // 384 requests in all, over three nodes
+    let costs = Arc::new(Mutex::new(Vec::new()));
+    let statuses = Arc::new(Mutex::new(Vec::new()));
+    let handles: Vec<_> = (0..threads_per_node * nodes.len())
+        .map(|t| {
+            let addr = nodes[t % nodes.len()].addr;
+            let costs = Arc::clone(&costs);
+            let statuses = Arc::clone(&statuses);
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for i in 0..per_thread {
+                    let body = if (t + i) % 2 == 0 { CHAT } else { CHAT_STREAM };
+                    let r = c.post(
+                        "/v1/chat/completions",
+                        KEY,
+                        body,
+                        &[("x-mock-delay-ms", "5")],
+                    );
+                    statuses.lock().unwrap().push(r.status);
+                    if r.status == 200 {
+                        costs
+                            .lock()
+                            .unwrap()
+                            .push(pico(r.cost_usd().expect("a 200 carries its cost")));
+                    } else {
+                        assert_eq!(r.status, 402, "{}", r.text());
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let costs = costs.lock().unwrap();
+    let statuses = statuses.lock().unwrap();
+    let total: i128 = costs.iter().sum();
+    assert_eq!(statuses.len(), threads_per_node * nodes.len() * per_thread);
+    assert!(costs.iter().all(|&c| c == CHAT_COST_PICO));
+    // The bound: the nodes together never spent past the limit.
+    assert!(total <= pico(limit), "overspent: {total} > {}", pico(limit));
+    assert!(
+        statuses.iter().any(|&s| s == 402),
+        "the budget allowed everything"
+    );
+    assert!(
+        costs.len() >= 60,
+        "only {} of ~119 affordable requests were admitted",
+        costs.len()
+    );
+    // Each node's books hold its own share; together, what clients saw.
+    let per_node: Vec<i128> = nodes.iter().map(|g| spent(g, "keys/search-prod")).collect();
+    assert_eq!(per_node.iter().sum::<i128>(), total, "{per_node:?}");
+    assert!(
+        per_node.iter().all(|&s| s > 0),
+        "every node served: {per_node:?}"
+    );
+    for level in ["teams/search", "customers/acme"] {
+        let sum: i128 = nodes.iter().map(|g| spent(g, level)).sum();
+        assert_eq!(sum, total, "{level}");
+    }
+    // Redis's contributions come to the same, and its books balance.
+    eventually("Redis's contributions to equal what clients saw", || {
+        redis_sums(&redis).0 == total
+    });
+    let (c, l, h, o, redis_limit) = redis_sums(&redis);
+    assert_eq!(redis_limit, pico(limit));
+    assert!(c + l + h <= redis_limit, "{c} + {l} + {h} > {redis_limit}");
+    assert_eq!(o, 0, "a node spent beyond its node leases");
+    for g in &nodes {
+        assert_eq!(counter(g, "bursar_budget_overruns_total"), 0);
+        assert_eq!(counter(g, "bursar_ledger_ring_rejected_total"), 0);
+    }
+}
+
+#[test]
+fn a_rolling_budget_is_refused_in_cluster_mode() {
+    let redis = Redis::start();
+    let mock = Mock::start(&[]);
+    let config = node_config(&mock, &redis, "n1", "1").replace(
+        r#"{ limit_usd = "50", reset = "1d", calendar_aligned = true }"#,
+        r#"{ limit_usd = "50", reset = "1d" }"#,
+    );
+    let dir = util::TempDir::new("cluster-rolling");
+    let path = dir.0.join("bursar.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bursar"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("team \"search\"") && err.contains("calendar-aligned"),
+        "{err}"
+    );
+}

@@ -209,3 +209,82 @@ fn a_rolling_budget_is_refused_in_cluster_mode() {
         "{err}"
     );
 }
+
+/// The fields of one node in the key's hash today: its contribution,
+/// lease and held money.
+fn redis_node(redis: &Redis, node: &str) -> (i128, i128, i128) {
+    let mut c = redis.connect().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("bursar:{key:search-prod}:*")
+        .query(&mut c)
+        .unwrap();
+    let get = |c: &mut redis::Connection, f: &str| -> i128 {
+        redis::cmd("HGET")
+            .arg(&keys[0])
+            .arg(format!("{f}:{node}"))
+            .query::<Option<String>>(c)
+            .unwrap()
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    (get(&mut c, "c"), get(&mut c, "l"), get(&mut c, "h"))
+}
+
+fn chat(t: usize) -> &'static str {
+    if t % 2 == 0 {
+        CHAT
+    } else {
+        CHAT_STREAM
+    }
+}
+
+#[test]
+fn a_node_killed_mid_load_loses_no_charge_and_its_leases_come_back() {
+    let redis = Redis::start();
+    let mock = Mock::start(&[]);
+    let limit = "1"; // ~238,000 requests: the load does not reach it
+    let mut nodes = start_nodes(&mock, &redis, limit);
+    let threads = 6;
+    let loads: Vec<_> = nodes
+        .iter()
+        .map(|g| util::LoadUntilCut::start(g.addr, threads, KEY, &[("x-mock-delay-ms", "2")], chat))
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    // kill -9 of n2 mid-load; the others keep serving.
+    let n2 = nodes.remove(1);
+    let n2 = n2.kill_and_restart_later();
+    std::thread::sleep(Duration::from_millis(500));
+    let seen: Vec<i128> = loads.into_iter().map(|l| l.stop()).collect();
+    let seen_total: i128 = seen.iter().sum();
+    assert!(seen.iter().all(|&s| s > 0), "{seen:?}");
+    // While n2 is down, what it held is still counted: its lease, or once
+    // that expires, its held money.
+    let (_, l2, h2) = redis_node(&redis, "n2");
+    assert!(l2 + h2 > 0, "n2's leases vanished while it was down");
+    let n2 = n2.start();
+    nodes.insert(1, n2);
+    // Its restart declares its state: nothing of the dead process's leases
+    // stays held, and its contribution is its journal's.
+    eventually("n2's old leases to come back", || {
+        let (_, l, h) = redis_node(&redis, "n2");
+        l == 0 && h == 0
+    });
+    let per_node: Vec<i128> = nodes.iter().map(|g| spent(g, "keys/search-prod")).collect();
+    let books: i128 = per_node.iter().sum();
+    // No completed charge is lost; at most one per n2 client was settled
+    // (in its ring) but cut by the kill before the client read it.
+    assert!(books >= seen_total, "{books} < {seen_total}");
+    assert!(
+        books <= seen_total + threads as i128 * CHAT_COST_PICO,
+        "{books} > {seen_total} + {threads} requests"
+    );
+    assert!(books <= pico(limit));
+    eventually("Redis's contributions to equal the nodes' books", || {
+        redis_sums(&redis).0 == books
+    });
+    let (c, l, h, o, redis_limit) = redis_sums(&redis);
+    assert!(c + l + h <= redis_limit);
+    assert_eq!(o, 0);
+    // The money the dead process held is drawable again: the survivors and
+    // n2 take leases from it (l may be theirs, but held money is gone).
+    assert_eq!(h, 0);
+}

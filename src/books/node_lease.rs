@@ -47,9 +47,16 @@ pub const NODE_PUSH_INTERVAL_MS: i64 = 100;
 pub const NODE_REFUSED_RETRY_MS: i64 = 1000;
 /// Bound of the channel from the ledger thread to the cluster thread.
 pub const NODE_LEASE_QUEUE_MAX: usize = 4096;
-/// A draw asks for this many times what the workers ask for, so one draw
-/// serves several worker leases (the cluster caps it at a fair share).
-pub const NODE_WANT_WORKER_LEASES: u64 = 4;
+/// A draw asks for this many requests' worth (the need of the request that
+/// asked), so one draw serves many requests; the cluster caps it at a fair
+/// share of what is left. Workers ask for everything (`want` = MAX: their
+/// ledger cuts a fair share), so the node sizes its draws by need instead:
+/// a node that drew by the workers' want would hold the cluster's budget
+/// in leases it does not use while other nodes are refused.
+pub const NODE_WANT_REQUESTS: i128 = 32;
+/// A draw is asked ahead of need when what the cap leaves is below this
+/// many requests per worker.
+pub const NODE_LOW_WATER_REQUESTS_PER_WORKER: i128 = 4;
 /// Most contributions in one push message.
 pub const NODE_PUSH_BATCH_MAX: usize = 1024;
 
@@ -174,10 +181,7 @@ impl<R> NodeLeases<R> {
         cmd: Command,
         reply: R,
     ) -> Option<(Command, R)> {
-        let Command::LeaseRequest {
-            entity, need, want, ..
-        } = cmd
-        else {
+        let Command::LeaseRequest { entity, need, .. } = cmd else {
             return Some((cmd, reply));
         };
         let Some(view) = state.node_lease(entity, now_ms) else {
@@ -187,7 +191,7 @@ impl<R> NodeLeases<R> {
         if short.is_zero() || view.refused || self.waiting.len() >= NODE_PENDING_LEASES_MAX {
             return Some((cmd, reply));
         }
-        self.want(state, now_ms, entity, &view, short, want);
+        self.want(state, now_ms, entity, &view, short, need);
         self.stats.waits.fetch_add(1, Ordering::Relaxed);
         self.waiting.push_back(Waiting {
             cmd,
@@ -199,17 +203,19 @@ impl<R> NodeLeases<R> {
 
     /// After a worker's lease was applied: asks ahead of need when what the
     /// cap leaves is below what the workers would take in one round.
-    pub fn after_grant(&mut self, state: &LedgerState, now_ms: i64, entity: EntityId, want: Money) {
+    pub fn after_grant(&mut self, state: &LedgerState, now_ms: i64, entity: EntityId, need: Money) {
         let Some(view) = state.node_lease(entity, now_ms) else {
             return;
         };
         if view.refused {
             return;
         }
-        let round = want.picodollars().saturating_mul(i128::from(self.workers));
+        let round = need
+            .picodollars()
+            .saturating_mul(NODE_LOW_WATER_REQUESTS_PER_WORKER * i128::from(self.workers));
         let left = view.cap.picodollars() - view.committed.picodollars();
         if left < round {
-            self.want(state, now_ms, entity, &view, Money::ZERO, want);
+            self.want(state, now_ms, entity, &view, Money::ZERO, need);
         }
     }
 
@@ -220,7 +226,7 @@ impl<R> NodeLeases<R> {
         entity: EntityId,
         view: &NodeLeaseView,
         need: Money,
-        worker_want: Money,
+        request_need: Money,
     ) {
         if self
             .drawing
@@ -229,10 +235,10 @@ impl<R> NodeLeases<R> {
         {
             return;
         }
-        let each = worker_want.max(need).picodollars();
-        let want = need.picodollars().saturating_add(
-            each.saturating_mul(i128::from(self.workers * NODE_WANT_WORKER_LEASES)),
-        );
+        let each = request_need.max(need).picodollars();
+        let want = need
+            .picodollars()
+            .saturating_add(each.saturating_mul(NODE_WANT_REQUESTS));
         // Never more than the limit (a worker may ask for a large slice;
         // the cluster's share caps it anyway, and amounts must fit its
         // scripts' range).
@@ -288,10 +294,7 @@ impl<R> NodeLeases<R> {
         let mut asked = false;
         while let Some(w) = self.waiting.pop_front() {
             let Command::LeaseRequest {
-                entity: e,
-                need,
-                want,
-                ..
+                entity: e, need, ..
             } = w.cmd
             else {
                 ready.push((w.cmd, w.reply));
@@ -308,7 +311,7 @@ impl<R> NodeLeases<R> {
             } else {
                 if !asked {
                     if let Some(v) = view {
-                        self.want(state, now_ms, entity, &v, short, want);
+                        self.want(state, now_ms, entity, &v, short, need);
                     }
                     asked = true;
                 }
@@ -383,7 +386,7 @@ impl<R> NodeLeases<R> {
                 self.refused.iter().map(|(e, m)| (*e, *m)).collect();
             for (entity, need) in refused {
                 match state.node_lease(entity, now_ms) {
-                    Some(v) => self.want(state, now_ms, entity, &v, need, Money::ZERO),
+                    Some(v) => self.want(state, now_ms, entity, &v, need, need),
                     None => {
                         self.refused.remove(&entity);
                     }

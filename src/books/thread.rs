@@ -733,10 +733,15 @@ impl Books {
             alerts
         });
         let mut thread = LedgerThread {
-            node: config
-                .cluster
-                .clone()
-                .map(|link| NodeLeases::new(link, config.workers)),
+            node: config.cluster.clone().map(|link| {
+                // The first push declares this process's state on every
+                // shared entity: what an earlier process held is released.
+                let mut node = NodeLeases::new(link, config.workers);
+                for e in ledger.state().shared_entities() {
+                    node.charged(e);
+                }
+                node
+            }),
             alerts,
             history,
             ledger,
@@ -1062,12 +1067,12 @@ impl LedgerThread {
         let r = self.apply(now, &cmd)?;
         if let (
             Some(node),
-            Command::LeaseRequest { entity, want, .. },
+            Command::LeaseRequest { entity, need, .. },
             Reply::LeaseGrant { granted, .. },
         ) = (&mut self.node, cmd, &r)
         {
             if granted.is_positive() {
-                node.after_grant(self.ledger.state(), now, entity, want);
+                node.after_grant(self.ledger.state(), now, entity, need);
             }
         }
         match reply {

@@ -1407,6 +1407,15 @@ impl LedgerState {
         })
     }
 
+    /// Cluster mode: every entity shared with the cluster (with a budget).
+    pub fn shared_entities(&self) -> impl Iterator<Item = EntityId> + '_ {
+        self.entities.iter().enumerate().filter_map(|(i, e)| {
+            e.as_ref()
+                .filter(|e| e.node_cap.is_some())
+                .map(|_| EntityId(i as u32))
+        })
+    }
+
     /// The outstanding lease of one worker on one entity.
     pub fn lease(&self, worker: u16, id: EntityId) -> Money {
         self.index(id)

@@ -97,6 +97,18 @@ impl Drop for Mock {
     }
 }
 
+/// A gateway that was killed, with its state directory and config.
+pub struct Stopped {
+    dir: TempDir,
+    config_path: PathBuf,
+}
+
+impl Stopped {
+    pub fn start(self) -> Gateway {
+        Gateway::spawn(self.dir, self.config_path, &[])
+    }
+}
+
 /// A running gateway, killed on drop.
 pub struct Gateway {
     pub child: Child,
@@ -122,6 +134,18 @@ impl Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.respawn(extra)
+    }
+
+    /// Kills the gateway with SIGKILL and keeps its state directory, to
+    /// start it again later ([`Stopped::start`]).
+    pub fn kill_and_restart_later(mut self) -> Stopped {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, TempDir(PathBuf::new()));
+        Stopped {
+            dir,
+            config_path: self.config_path.clone(),
+        }
     }
 
     /// Stops the gateway with SIGTERM (a clean shutdown), waits for it to

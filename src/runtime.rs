@@ -97,6 +97,8 @@ pub struct Gateway {
     operational: crate::admin::operational::OperationalAlerts,
     /// Cluster mode's Redis thread (`bursar-cluster`).
     cluster: Option<crate::cluster::node::ClusterNode>,
+    /// Cluster mode's reader of other nodes' admin changes.
+    cluster_defs: Option<crate::cluster::governance::DefinitionsWatcher>,
     /// Held for the life of the process: one gateway per state directory.
     _state_lock: StateLock,
 }
@@ -317,10 +319,34 @@ impl Gateway {
             Arc::clone(&resolver),
         );
         governance.delivery = Some(delivery.clone());
+        // Cluster mode: admin changes go through Redis to every node.
+        let shared_overlay = match (&config.cluster, &books_config.cluster) {
+            (Some(cfg), Some(link)) => {
+                let store = Arc::new(
+                    crate::cluster::governance::RedisOverlay::new(&cfg.redis_url, &cfg.node)
+                        .context("cluster.redis_url")?,
+                );
+                governance.shared_version = Arc::clone(&link.limit_version);
+                governance.share_overlay(store.clone());
+                Some(store)
+            }
+            _ => None,
+        };
         if let Some(reader) = log_reader {
             governance.share_log_reader(reader);
         }
         let governance = Arc::new(governance);
+        let cluster_defs = match (&config.cluster, shared_overlay) {
+            (Some(cfg), Some(store)) => Some(
+                crate::cluster::governance::DefinitionsWatcher::start(
+                    &cfg.redis_url,
+                    store,
+                    Arc::clone(&governance),
+                )
+                .context("starting the cluster's definitions thread")?,
+            ),
+            _ => None,
+        };
         let admin_listen = match config.server.admin_listen {
             Some(addr) => Some(crate::control::start(
                 addr,
@@ -375,6 +401,7 @@ impl Gateway {
             delivery,
             operational,
             cluster,
+            cluster_defs,
             _state_lock: state_lock,
         })
     }
@@ -448,6 +475,9 @@ impl Gateway {
         // checkpoint, and stop the ledger thread.
         if let Err(e) = self.books.shutdown() {
             log::error!("shutdown: closing the books: {e}");
+        }
+        if let Some(mut defs) = self.cluster_defs.take() {
+            defs.stop();
         }
         if let Some(mut cluster) = self.cluster.take() {
             cluster.stop();

@@ -288,3 +288,105 @@ fn a_node_killed_mid_load_loses_no_charge_and_its_leases_come_back() {
     // n2 take leases from it (l may be theirs, but held money is gone).
     assert_eq!(h, 0);
 }
+
+/// Polls `f` until it holds; the time it took (a liveness bound of 10 s,
+/// not a speed claim: docs/benchmarks.md measures the propagation).
+fn time_until(what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn an_admin_change_on_one_node_applies_on_every_node() {
+    let redis = Redis::start();
+    let mock = Mock::start(&[]);
+    let nodes = start_nodes(&mock, &redis, "0.0005");
+    // A key created on n1 serves on n2 and n3.
+    let r = admin(
+        &nodes[0],
+        "POST",
+        "/admin/keys",
+        r#"{"name":"ml-batch","team":"search","budget":{"limit_usd":"0.0001","reset":"1d","calendar_aligned":true}}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let secret = r.json()["key"].as_str().unwrap().to_string();
+    for g in &nodes[1..] {
+        let mut c = Client::connect(g.addr);
+        time_until("the new key on another node", || {
+            c.post("/v1/chat/completions", &secret, CHAT, &[]).status == 200
+        });
+        assert_eq!(
+            admin(g, "GET", "/admin/keys/ml-batch", "").json()["source"],
+            "api"
+        );
+    }
+    // A limit lowered on n2 holds on all three: together the nodes stop at
+    // the new limit (each node's spend is its share; Redis has the sum).
+    let r = admin(
+        &nodes[1],
+        "PATCH",
+        "/admin/keys/search-prod",
+        r#"{"budget":{"limit_usd":"0.00005","reset":"1d","calendar_aligned":true}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for g in &nodes {
+        time_until("the new limit on every node", || {
+            admin(g, "GET", "/admin/spend/keys/search-prod", "").json()["limit_usd"] == "0.00005"
+        });
+    }
+    let mut seen = 0;
+    for round in 0..6 {
+        for g in &nodes {
+            let mut c = Client::connect(g.addr);
+            let r = c.post("/v1/chat/completions", KEY, CHAT, &[]);
+            if r.status == 200 {
+                seen += pico(r.cost_usd().unwrap());
+            } else {
+                assert_eq!(r.status, 402, "round {round}: {}", r.text());
+            }
+        }
+    }
+    assert!(seen > 0);
+    assert!(seen <= pico("0.00005"), "{seen} past the lowered limit");
+    eventually("Redis's contributions", || redis_sums(&redis).0 == seen);
+    assert_eq!(redis_sums(&redis).4, pico("0.00005"));
+    // A node behind the cluster's definitions cannot change them: here
+    // another writer moved the version without announcing it, so every
+    // node is behind; a proposal is refused (409) and nothing changes.
+    let mut rc = redis.connect().unwrap();
+    redis::cmd("HINCRBY")
+        .arg("bursar:governance")
+        .arg("version")
+        .arg(1)
+        .query::<i64>(&mut rc)
+        .unwrap();
+    let r = admin(&nodes[2], "DELETE", "/admin/keys/ml-batch", "");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(
+        admin(&nodes[2], "GET", "/admin/keys/ml-batch", "").status,
+        200
+    );
+    // Announced, the version is applied everywhere, and the change goes in.
+    redis::cmd("XADD")
+        .arg("bursar:changes")
+        .arg("*")
+        .arg("version")
+        .arg("x")
+        .query::<String>(&mut rc)
+        .unwrap();
+    time_until("the announced version on n3", || {
+        admin(&nodes[2], "DELETE", "/admin/keys/ml-batch", "").status == 200
+    });
+    for g in &nodes {
+        time_until("the deletion on every node", || {
+            admin(g, "GET", "/admin/keys/ml-batch", "").status == 404
+        });
+    }
+}

@@ -44,6 +44,7 @@ pub mod targets;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -365,6 +366,32 @@ pub struct Governance {
     /// for the workers' usage route ([`Governance::share_log_reader`]);
     /// otherwise it is started on the first query.
     log_reader: Mutex<Option<crate::reqlog::LogReader>>,
+    /// Cluster mode: where the overlay is shared with the other nodes
+    /// ([`Governance::share_overlay`]); `None`: a single node.
+    shared: Option<Arc<dyn SharedOverlay>>,
+    /// Cluster mode: the version of the cluster's overlay this node has
+    /// applied (0: none yet). Read by the ledger thread's cluster side,
+    /// which sends it with each draw: a node whose limits are behind the
+    /// cluster's is refused draws until it applies the newer overlay.
+    pub shared_version: Arc<AtomicU64>,
+}
+
+/// Cluster mode's store of the admin API's overlay, one for all nodes
+/// (decision 0016): each change is proposed as the whole overlay on top of
+/// the version the node has, and every node applies each new version.
+pub trait SharedOverlay: Send + Sync {
+    /// Makes `overlay` the cluster's version `base + 1` if the cluster is
+    /// still at `base`.
+    fn propose(&self, base: u64, overlay: &Overlay) -> Result<u64, ProposeError>;
+}
+
+/// Why a proposed overlay was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    /// Another node changed it first: the cluster is at this version.
+    Conflict(u64),
+    /// The store could not be reached.
+    Unavailable(String),
 }
 
 /// Why a request log query has no answer.
@@ -399,6 +426,9 @@ pub enum ChangeError {
     /// Storage or the ledger failed (500).
     #[error("{0}")]
     Internal(String),
+    /// Cluster mode: the cluster's store could not be reached (503).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// What the config becomes at start: the file merged with the persisted
@@ -443,7 +473,35 @@ impl Governance {
             resolver,
             delivery: None,
             log_reader: Mutex::new(None),
+            shared: None,
+            shared_version: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Cluster mode: admin changes go through `shared` first, so every
+    /// node applies them ([`Governance::apply_shared`]).
+    pub fn share_overlay(&mut self, shared: Arc<dyn SharedOverlay>) {
+        self.shared = Some(shared);
+    }
+
+    /// Cluster mode: applies version `version` of the cluster's overlay
+    /// (another node's change, or the cluster's state at start), unless
+    /// this node has it already. Validated, booked, persisted and
+    /// published like a change of this node's own.
+    pub fn apply_shared(&self, overlay: Overlay, version: u64) -> Result<bool, ChangeError> {
+        let mut inner = self.lock();
+        if version <= self.shared_version.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let next = effective(&inner.file, &overlay, &inner.config)
+            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        self.publish(&next, Some(&overlay))?;
+        inner.overlay = overlay;
+        inner.config = next;
+        // After the ledger has the new budgets: a draw that carries this
+        // version carries its limits.
+        self.shared_version.store(version, Ordering::Release);
+        Ok(true)
     }
 
     /// Runs the admin API's queries on `reader`, the query thread the
@@ -532,9 +590,31 @@ impl Governance {
         let result = change(&mut overlay, &inner.file, &inner.config)?;
         let next = effective(&inner.file, &overlay, &inner.config)
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        // Cluster mode: the cluster takes the change first (or refuses it:
+        // another node's came first), then this node applies it like the
+        // others will.
+        let shared_version = match &self.shared {
+            Some(shared) => {
+                let base = self.shared_version.load(Ordering::Acquire);
+                Some(shared.propose(base, &overlay).map_err(|e| match e {
+                    ProposeError::Conflict(at) => ChangeError::Conflict(format!(
+                        "another node changed the cluster's definitions first (version {at}, \
+                         this node has {base}); they apply here within a moment: retry"
+                    )),
+                    ProposeError::Unavailable(why) => ChangeError::Unavailable(format!(
+                        "the cluster's store is unreachable, so the change cannot reach every \
+                         node: {why}"
+                    )),
+                })?)
+            }
+            None => None,
+        };
         self.publish(&next, Some(&overlay))?;
         inner.overlay = overlay;
         inner.config = next;
+        if let Some(v) = shared_version {
+            self.shared_version.store(v, Ordering::Release);
+        }
         Ok(result)
     }
 

@@ -61,6 +61,7 @@ impl From<ChangeError> for ApiError {
             ChangeError::Conflict(m) => ApiError::conflict(m),
             ChangeError::NotFound(m) => ApiError::not_found("not_found", m),
             ChangeError::Internal(m) => ApiError::internal(m),
+            ChangeError::Unavailable(m) => ApiError::service_unavailable(m),
         }
     }
 }

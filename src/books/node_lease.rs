@@ -71,6 +71,8 @@ pub enum NodeLeaseMsg {
         entity: EntityId,
         period: Period,
         limit: Money,
+        /// The version of the cluster's definitions `limit` is as of.
+        limit_version: u64,
         need: Money,
         want: Money,
         spent: Money,
@@ -87,6 +89,7 @@ pub struct Contribution {
     pub entity: EntityId,
     pub period: Period,
     pub limit: Money,
+    pub limit_version: u64,
     pub spent: Money,
     /// What this node may still spend of what it holds (for a first call).
     pub outstanding: Money,
@@ -101,6 +104,11 @@ pub struct ClusterLink {
     /// record is on disk (a contribution Redis holds must never be above
     /// what the journal can give back after a crash).
     pub durable_seq: Arc<AtomicU64>,
+    /// The version of the cluster's definitions (the admin API's overlay)
+    /// this node has applied, published by the control plane once the
+    /// ledger has its budgets: sent with each limit, so a node behind the
+    /// cluster's is refused draws until it catches up.
+    pub limit_version: Arc<AtomicU64>,
 }
 
 impl ClusterLink {
@@ -111,6 +119,7 @@ impl ClusterLink {
             ClusterLink {
                 tx,
                 durable_seq: Arc::new(AtomicU64::new(0)),
+                limit_version: Arc::new(AtomicU64::new(0)),
             },
             rx,
         )
@@ -244,10 +253,15 @@ impl<R> NodeLeases<R> {
         // scripts' range).
         let want =
             Money::from_picodollars(want.min(view.limit.picodollars())).unwrap_or(view.limit);
+        // Read before the ledger's state is (it is published after the
+        // ledger applied the definitions): a limit sent with a version is
+        // never older than that version's.
+        let limit_version = self.link.limit_version.load(Ordering::Acquire);
         let msg = NodeLeaseMsg::Want {
             entity,
             period: view.period,
             limit: view.limit,
+            limit_version,
             need,
             want,
             spent: view.spent,
@@ -354,6 +368,7 @@ impl<R> NodeLeases<R> {
         if now_ms >= self.next_push_ms && !self.dirty.is_empty() {
             self.next_push_ms = now_ms + NODE_PUSH_INTERVAL_MS;
             let seq = state.journal_seq();
+            let limit_version = self.link.limit_version.load(Ordering::Acquire);
             while !self.dirty.is_empty() {
                 let take = self.dirty.len().min(NODE_PUSH_BATCH_MAX);
                 let spends: Vec<Contribution> = self.dirty[self.dirty.len() - take..]
@@ -364,6 +379,7 @@ impl<R> NodeLeases<R> {
                             entity,
                             period: v.period,
                             limit: v.limit,
+                            limit_version,
                             spent: v.spent,
                             outstanding: outstanding(&v),
                         })

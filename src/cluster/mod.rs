@@ -14,12 +14,16 @@
 //! - [`node`]: the `bursar-cluster` thread, the one owner of the Redis
 //!   connection: it draws node leases for the ledger thread and pushes this
 //!   node's spend, talking to the ledger by messages only.
+//! - [`governance`]: admin changes made on one node apply on all: the
+//!   admin API's definitions versioned in Redis, proposed by compare and
+//!   set, announced on a stream the `bursar-cluster-defs` thread reads.
 //!
 //! The ledger's side (node caps, lease requests waiting for a draw, the
 //! pushes) is [`crate::ledger::NodeLeaseView`] and
 //! [`crate::books::node_lease`]; this module imports them, never the
 //! reverse.
 
+pub mod governance;
 pub mod lua_money;
 pub mod node;
 pub mod scripts;

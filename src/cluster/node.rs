@@ -201,6 +201,7 @@ impl Worker {
                 entity,
                 period,
                 limit,
+                limit_version,
                 need,
                 want,
                 spent,
@@ -215,10 +216,11 @@ impl Worker {
                     return;
                 }
                 let hello = first.then_some((spent, seq, outstanding));
-                let amount = match self.draw(entity, period, limit, need, want, hello) {
-                    Some(Drawn::Granted(m)) => m,
-                    Some(Drawn::Refused) | None => Money::ZERO,
-                };
+                let amount =
+                    match self.draw(entity, period, (limit, limit_version), need, want, hello) {
+                        Some(Drawn::Granted(m)) => m,
+                        Some(Drawn::Refused) | None => Money::ZERO,
+                    };
                 self.answer(entity, period, amount);
             }
             NodeLeaseMsg::Push { seq, spends } => {
@@ -316,7 +318,7 @@ impl Worker {
         &mut self,
         entity: EntityId,
         period: Period,
-        limit: Money,
+        (limit, limit_version): (Money, u64),
         need: Money,
         want: Money,
         hello: Option<(Money, u64, Money)>,
@@ -344,7 +346,8 @@ impl Worker {
             .arg(&need_s)
             .arg(&want_s)
             .arg(ttl)
-            .arg(&limit_s);
+            .arg(&limit_s)
+            .arg(limit_version);
         if let Some((s, q, o)) = &hello_args {
             inv.arg(s).arg(q).arg(o);
         }
@@ -402,7 +405,7 @@ impl Worker {
             let _ = self.draw(
                 c.entity,
                 c.period,
-                c.limit,
+                (c.limit, c.limit_version),
                 Money::ZERO,
                 Money::ZERO,
                 Some((c.spent, seq, c.outstanding)),
@@ -427,6 +430,7 @@ impl Worker {
             .arg(seq)
             .arg("0")
             .arg(&limit)
+            .arg(c.limit_version)
             .invoke(conn);
         self.stats.pushes.fetch_add(1, Ordering::Relaxed);
         match result {

@@ -29,16 +29,24 @@ local function state_sum(s)
   s.used, s.node_count = used, count
 end
 
-local function state_read(key, limit_arg)
+-- `limit_arg` (optional): the limit the calling node has, as of version
+-- `lv_arg` of the cluster's definitions. A hash without a limit, or with
+-- one of an older version, takes it; a newer stored version is kept (the
+-- caller is behind, and the draw will say so).
+local function state_read(key, limit_arg, lv_arg)
   local t = redis.call("TIME")
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local raw = redis.call("HGETALL", key)
   local f = {}
   for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
-  if f["limit"] == nil and limit_arg ~= nil and limit_arg ~= "" then
+  if limit_arg ~= nil and limit_arg ~= "" then
     money_parse(limit_arg)
-    f["limit"] = limit_arg
-    redis.call("HSET", key, "limit", limit_arg)
+    local lv = tonumber(lv_arg or "0")
+    if lv == nil or lv < 0 then error("bursar: bad limit version") end
+    if f["limit"] == nil or lv > tonumber(f["lv"] or "0") then
+      f["limit"], f["lv"] = limit_arg, tostring(lv)
+      redis.call("HSET", key, "limit", limit_arg, "lv", f["lv"])
+    end
   end
   if f["limit"] == nil then
     error("bursar: the entity has no limit in this epoch")
@@ -122,12 +130,14 @@ end
 "#;
 
 /// Draws a node lease: `KEYS[1]` the entity's hash; `ARGV` node, need,
-/// want, ttl (ms), and optionally the limit the node has configured, and,
-/// on its process's first call on the hash, the node's contribution,
-/// journal sequence and outstanding money (see `hello`: what an earlier
-/// process of the node held is replaced by what this one declares). A hash without a limit
-/// takes the given one; a different stored limit refuses the draw (the
-/// nodes disagree: nobody may spend until they agree). Grants all of
+/// want, ttl (ms), and optionally the limit the node has and the version
+/// of the cluster's definitions it is as of, and, on its process's first
+/// call on the hash, the node's contribution, journal sequence and
+/// outstanding money (see `hello`: what an earlier process of the node
+/// held is replaced by what this one declares). A hash without a limit,
+/// or with an older version's, takes the given one; a different stored
+/// limit refuses the draw (the node is behind, or the nodes' files
+/// disagree: nobody may draw on a limit not every node has). Grants all of
 /// `need` or nothing, at most `max(need, want)` and, above `need`, at most
 /// an even share of what is available among the nodes on the hash (so
 /// slices shrink near the limit and every node can draw), never more than
@@ -142,14 +152,14 @@ local ttl = tonumber(ARGV[4])
 if money_cmp(need, money_zero()) < 0 or money_cmp(want, money_zero()) < 0 or ttl == nil or ttl <= 0 then
   error("bursar: bad draw arguments")
 end
-local s = state_read(key, ARGV[5])
+local s = state_read(key, ARGV[5], ARGV[6])
 if ARGV[5] ~= nil and ARGV[5] ~= "" and money_cmp(money_parse(ARGV[5]), s.limit) ~= 0 then
   return {"0", money_str(s.limit), tostring(s.now), "limit"}
 end
-if ARGV[6] ~= nil and ARGV[6] ~= "" then
-  local seq = tonumber(ARGV[7])
+if ARGV[7] ~= nil and ARGV[7] ~= "" then
+  local seq = tonumber(ARGV[8])
   if seq == nil then error("bursar: bad draw arguments") end
-  hello(s, key, node, money_parse(ARGV[6]), seq, money_parse(ARGV[8]))
+  hello(s, key, node, money_parse(ARGV[7]), seq, money_parse(ARGV[9]))
 end
 local available = money_sub(s.limit, s.used)
 local grant = money_zero()
@@ -175,15 +185,16 @@ return {money_str(grant), money_str(money_sub(available, grant)), tostring(s.now
 /// reordered push). The increase is taken from the node's held money, then
 /// its lease; beyond both it is an overrun, added to `o:<node>`. A stored
 /// contribution above the pushed one (a bug, or two processes as one node)
-/// is an error. Returns `{"ok" | "stale", contribution, lease, held,
-/// overrun of this push}`.
+/// is an error. Optionally the limit and its version follow, as for a
+/// draw (they create the hash if needed). Returns `{"ok" | "stale",
+/// contribution, lease, held, overrun of this push}`.
 pub const LUA_PUSH: &str = r#"
 local key, node = KEYS[1], ARGV[1]
 local c_new, seq, idle = money_parse(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 if seq == nil or money_cmp(c_new, money_zero()) < 0 then
   error("bursar: bad push arguments")
 end
-local s = state_read(key, ARGV[5])
+local s = state_read(key, ARGV[5], ARGV[6])
 local status, over = account(s, key, node, c_new, seq)
 if status == "ok" and idle == "1" then
   s.f["h:" .. node] = "0"

@@ -367,6 +367,11 @@ pub struct Registry {
         Arc<crate::alerts::delivery::AlertStats>,
         Arc<crate::alerts::ledger_side::EmitStats>,
     )>,
+    /// Cluster mode's counters: the cluster thread's and the ledger's side.
+    pub cluster: Option<(
+        Arc<crate::cluster::node::ClusterStats>,
+        Arc<crate::books::node_lease::NodeLeaseStats>,
+    )>,
 }
 
 impl Registry {
@@ -408,6 +413,25 @@ impl Registry {
                 ("bursar_ledger_dozes_total", "counter", "Times the idle ledger thread parked until its next tick (a settle or command wakes it).", b.dozes.load(Relaxed)),
                 ("bursar_budget_overruns_total", "counter", "Strict charges beyond what the worker's lease covered (an output the provider did not cap, or a replay after a crash).", b.overruns.load(Relaxed)),
                 ("bursar_budget_soft_limits_reached_total", "counter", "Budgets whose spend crossed their soft limit in a period.", b.soft_limits_reached.load(Relaxed)),
+            ];
+            write_series(&mut out, &series);
+        }
+        if let Some((c, n)) = &self.cluster {
+            use std::sync::atomic::Ordering::Relaxed;
+            let series: [(&str, &str, &str, u64); 13] = [
+                ("bursar_cluster_draws_total", "counter", "Node lease draws sent to Redis (one round trip each).", c.draws.load(Relaxed)),
+                ("bursar_cluster_draws_refused_total", "counter", "Draws the cluster refused: nothing left in the budget.", c.draws_refused.load(Relaxed)),
+                ("bursar_cluster_draws_quarantined_total", "counter", "Draws refused while a budget's hash was repaired after a loss.", c.draws_quarantined.load(Relaxed)),
+                ("bursar_cluster_pushes_total", "counter", "Contribution pushes sent to Redis (one round trip each).", c.pushes.load(Relaxed)),
+                ("bursar_cluster_errors_total", "counter", "Redis calls that failed (unreachable, timed out, a script error).", c.errors.load(Relaxed)),
+                ("bursar_cluster_granted_picodollars_total", "counter", "Node leases granted to this node.", c.granted_picodollars.load(Relaxed)),
+                ("bursar_cluster_losses_total", "counter", "Budget hashes found gone back in time (Redis restarted empty or from an old snapshot, or flushed).", c.losses.load(Relaxed)),
+                ("bursar_cluster_drift_picodollars_total", "counter", "What those hashes had lost of this node's acknowledged spend (repaired from its journal).", c.drift_picodollars.load(Relaxed)),
+                ("bursar_cluster_connected", "gauge", "1 when the last Redis call succeeded.", u64::from(c.connected.load(Relaxed))),
+                ("bursar_cluster_wants_total", "counter", "Node lease draws the ledger asked for.", n.wants.load(Relaxed)),
+                ("bursar_cluster_lease_waits_total", "counter", "Worker lease requests that waited for a node lease.", n.waits.load(Relaxed)),
+                ("bursar_cluster_lease_waits_timed_out_total", "counter", "... answered from the node's cap as it was, Redis silent (fail closed).", n.waits_timed_out.load(Relaxed)),
+                ("bursar_cluster_queue_full_total", "counter", "Messages to the cluster thread its full queue did not take.", n.sends_dropped.load(Relaxed)),
             ];
             write_series(&mut out, &series);
         }
@@ -884,6 +908,7 @@ mod tests {
             books: Arc::default(),
             log: None,
             alerts: None,
+            cluster: None,
         };
         r.books
             .ring_settles

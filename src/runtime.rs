@@ -308,6 +308,10 @@ impl Gateway {
             books: Arc::clone(books.stats()),
             log: log_sender.clone(),
             alerts: Some((Arc::clone(&alert_stats), Arc::clone(&emit_stats))),
+            cluster: match (&cluster, &books_config.cluster) {
+                (Some(c), Some(link)) => Some((Arc::clone(&c.stats), Arc::clone(&link.stats))),
+                _ => None,
+            },
         });
         let mut governance = crate::admin::Governance::new(
             config.clone(),

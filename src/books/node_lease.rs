@@ -109,6 +109,8 @@ pub struct ClusterLink {
     /// ledger has its budgets: sent with each limit, so a node behind the
     /// cluster's is refused draws until it catches up.
     pub limit_version: Arc<AtomicU64>,
+    /// What the ledger thread's cluster side counts.
+    pub stats: Arc<NodeLeaseStats>,
 }
 
 impl ClusterLink {
@@ -120,6 +122,7 @@ impl ClusterLink {
                 tx,
                 durable_seq: Arc::new(AtomicU64::new(0)),
                 limit_version: Arc::new(AtomicU64::new(0)),
+                stats: Arc::new(NodeLeaseStats::default()),
             },
             rx,
         )
@@ -151,24 +154,27 @@ pub(super) struct NodeLeases<R> {
     dirty: Vec<EntityId>,
     dirty_set: HashSet<EntityId>,
     next_push_ms: i64,
-    /// Counters for /metrics.
-    pub stats: Arc<NodeLeaseStats>,
+    stats: Arc<NodeLeaseStats>,
 }
 
 /// What the ledger thread's cluster side counts.
 #[derive(Debug, Default)]
 pub struct NodeLeaseStats {
+    /// Draws asked of the cluster thread.
     pub wants: AtomicU64,
+    /// Worker lease requests that waited for a draw.
     pub waits: AtomicU64,
+    /// ... and were answered from the cap as it was, the cluster silent.
     pub waits_timed_out: AtomicU64,
+    /// Push messages sent to the cluster thread.
     pub pushes: AtomicU64,
+    /// Messages the cluster thread's full queue did not take.
     pub sends_dropped: AtomicU64,
 }
 
 impl<R> NodeLeases<R> {
     pub fn new(link: ClusterLink, workers: u16) -> NodeLeases<R> {
         NodeLeases {
-            link,
             workers: u64::from(workers.max(1)),
             waiting: VecDeque::new(),
             drawing: HashMap::new(),
@@ -177,7 +183,8 @@ impl<R> NodeLeases<R> {
             dirty: Vec::new(),
             dirty_set: HashSet::new(),
             next_push_ms: 0,
-            stats: Arc::new(NodeLeaseStats::default()),
+            stats: Arc::clone(&link.stats),
+            link,
         }
     }
 

@@ -260,6 +260,8 @@ pub enum Msg {
     AlertState {
         reply: mpsc::Sender<Vec<EntityAlertState>>,
     },
+    /// Cluster mode: push every shared entity's state again (Redis lost it).
+    ClusterRedeclare,
 }
 
 /// What the ledger thread needs to evaluate alerts: the rules, the outbox
@@ -425,6 +427,12 @@ impl LedgerTx {
             cmd,
             reply: ReplyTo::None,
         })
+    }
+
+    /// Cluster mode: the cluster thread found Redis restarted or flushed:
+    /// every shared entity's state is pushed again (declared afresh).
+    pub fn cluster_redeclare(&self) -> Result<(), BooksError> {
+        self.try_send(Msg::ClusterRedeclare)
     }
 
     /// Queues, blocking while the queue is full (control plane only).
@@ -1052,6 +1060,13 @@ impl LedgerThread {
                 let _ = reply.send(state);
             }
             Msg::Crash => return Ok(Flow::Crash),
+            Msg::ClusterRedeclare => {
+                if let Some(node) = &mut self.node {
+                    for e in self.ledger.state().shared_entities() {
+                        node.charged(e);
+                    }
+                }
+            }
         }
         Ok(Flow::Continue)
     }

@@ -16,7 +16,7 @@
 //! record it is as of is durable, so Redis never holds more spend for this
 //! node than its journal can give back after a crash.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -63,6 +63,14 @@ pub struct ClusterStats {
     pub errors: AtomicU64,
     /// Node leases granted, picodollars (saturating).
     pub granted_picodollars: AtomicU64,
+    /// Draws refused while a hash was quarantined after a loss.
+    pub draws_quarantined: AtomicU64,
+    /// Hashes found gone back in time (Redis restarted empty or from an
+    /// old snapshot, or flushed).
+    pub losses: AtomicU64,
+    /// What those hashes had lost of this node's acknowledged
+    /// contributions, picodollars (saturating): the drift repaired.
+    pub drift_picodollars: AtomicU64,
     /// Whether the last call reached Redis.
     pub connected: AtomicBool,
 }
@@ -99,7 +107,8 @@ impl ClusterNode {
             durable_seq,
             registry,
             names: HashMap::new(),
-            known: HashMap::new(),
+            declared: HashSet::new(),
+            acked: HashMap::new(),
             deferred: VecDeque::new(),
             draw: redis::Script::new(&script(LUA_DRAW)),
             push: redis::Script::new(&script(LUA_PUSH)),
@@ -145,8 +154,13 @@ struct Worker {
     registry: Arc<Mutex<EntityRegistry>>,
     /// Each entity's part of its hash keys, `kind:name`, escaped.
     names: HashMap<EntityId, String>,
-    /// Hashes this process has made its first call on.
-    known: HashMap<(EntityId, i64), ()>,
+    /// Hashes this node has declared its state on since it connected
+    /// (its first call on each declares; a reconnect or a loss starts over).
+    declared: HashSet<(EntityId, i64)>,
+    /// Per hash, the last write of this node Redis acknowledged: its
+    /// contribution and journal sequence. Sent with every call, so a hash
+    /// that went back in time is caught (and its loss measured: the drift).
+    acked: HashMap<(EntityId, i64), (Money, u64)>,
     /// Messages waiting for the journal to be durable.
     deferred: VecDeque<NodeLeaseMsg>,
     draw: redis::Script,
@@ -208,7 +222,7 @@ impl Worker {
                 outstanding,
                 seq,
             } => {
-                let first = !self.known.contains_key(&(entity, period.start_ms));
+                let first = !self.declared.contains(&(entity, period.start_ms));
                 if first && !self.durable(seq) {
                     if !self.defer(msg) {
                         self.answer(entity, period, Money::ZERO);
@@ -280,9 +294,9 @@ impl Worker {
                     let _ = c.set_read_timeout(Some(REDIS_IO_TIMEOUT));
                     let _ = c.set_write_timeout(Some(REDIS_IO_TIMEOUT));
                     log::info!("cluster: connected to Redis");
-                    // Redis may have lost what this process told it (a
-                    // restart, a flush): declare again at the next call.
-                    self.known.clear();
+                    // Redis may have lost what this node told it (a
+                    // restart, a flush): declare everything again.
+                    self.redeclare();
                     self.conn = Some(c);
                 }
                 Err(e) => {
@@ -295,6 +309,53 @@ impl Worker {
             }
         }
         self.conn.as_mut()
+    }
+
+    /// Declares this node's state again on every hash: its next call on
+    /// each is a declaration, and the ledger pushes every shared entity.
+    fn redeclare(&mut self) {
+        self.declared.clear();
+        if let Err(e) = self.ledger.cluster_redeclare() {
+            log::warn!("cluster: the ledger did not take a redeclaration: {e}");
+        }
+    }
+
+    /// A hash went back in time: what this node had acknowledged there
+    /// beyond what Redis now holds is the drift; the node declares again.
+    fn lost(&mut self, key: &str, entity: EntityId, period: Period, prev_c: &str, prev_q: &str) {
+        // Measured once: the declaration that follows starts afresh.
+        let acked = self.acked.remove(&(entity, period.start_ms));
+        let stored = from_lua(prev_c).unwrap_or(Money::ZERO);
+        let drift = acked.map_or(0, |(c, _)| (c.picodollars() - stored.picodollars()).max(0));
+        self.stats.losses.fetch_add(1, Ordering::Relaxed);
+        let d = u64::try_from(drift).unwrap_or(u64::MAX);
+        let _ =
+            self.stats
+                .drift_picodollars
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_add(d))
+                });
+        log::error!(
+            "cluster: {key} went back in time (Redis restarted or flushed): this node's \
+             contribution there was {} as of journal record {}, Redis had {prev_c} as of {prev_q} \
+             (picodollars): drift {drift}; declaring again, draws wait meanwhile",
+            acked.map_or(0, |(c, _)| c.picodollars()),
+            acked.map_or(0, |(_, q)| q),
+        );
+        self.redeclare();
+    }
+
+    fn acked_seq(&self, entity: EntityId, period: Period) -> i64 {
+        self.acked
+            .get(&(entity, period.start_ms))
+            .map_or(-1, |(_, q)| i64::try_from(*q).unwrap_or(i64::MAX))
+    }
+
+    fn ack(&mut self, entity: EntityId, period: Period, c: Money, q: u64) {
+        if self.acked.len() >= HASHES_KNOWN_MAX {
+            self.acked.clear();
+        }
+        self.acked.insert((entity, period.start_ms), (c, q));
     }
 
     fn failed(&mut self, what: &str, e: &redis::RedisError) {
@@ -340,6 +401,7 @@ impl Worker {
         let node = self.node.clone();
         let ttl = self.ttl_ms;
         let script = self.draw.clone();
+        let acked = self.acked_seq(entity, period);
         let conn = self.conn()?;
         let mut inv = script.key(&key);
         inv.arg(&node)
@@ -347,7 +409,8 @@ impl Worker {
             .arg(&want_s)
             .arg(ttl)
             .arg(&limit_s)
-            .arg(limit_version);
+            .arg(limit_version)
+            .arg(acked);
         if let Some((s, q, o)) = &hello_args {
             inv.arg(s).arg(q).arg(o);
         }
@@ -361,13 +424,27 @@ impl Worker {
             }
         };
         self.stats.connected.store(true, Ordering::Relaxed);
-        if hello.is_some() {
-            if self.known.len() >= HASHES_KNOWN_MAX {
-                self.known.clear();
+        let status = out.get(3).map(String::as_str);
+        if status == Some("lost") {
+            let (c, q) = (
+                out.get(4).cloned().unwrap_or_default(),
+                out.get(5).cloned().unwrap_or_default(),
+            );
+            self.lost(&key, entity, period, &c, &q);
+            // A declaration that went in with it stands.
+            if let Some((spent, seq, _)) = hello {
+                self.declared.insert((entity, period.start_ms));
+                self.ack(entity, period, spent, seq);
             }
-            self.known.insert((entity, period.start_ms), ());
+            return Some(Drawn::Refused);
         }
-        match out.get(3).map(String::as_str) {
+        if let Some((spent, seq, _)) = hello {
+            if status != Some("limit") {
+                self.declared.insert((entity, period.start_ms));
+                self.ack(entity, period, spent, seq);
+            }
+        }
+        match status {
             Some("ok") => {
                 let granted = out.first().and_then(|g| from_lua(g))?;
                 let p = u64::try_from(granted.picodollars()).unwrap_or(u64::MAX);
@@ -380,6 +457,10 @@ impl Worker {
             }
             Some("refused") => {
                 self.stats.draws_refused.fetch_add(1, Ordering::Relaxed);
+                Some(Drawn::Refused)
+            }
+            Some("quarantine") => {
+                self.stats.draws_quarantined.fetch_add(1, Ordering::Relaxed);
                 Some(Drawn::Refused)
             }
             Some("limit") => {
@@ -400,7 +481,7 @@ impl Worker {
     }
 
     fn push_one(&mut self, seq: u64, c: &Contribution) {
-        if !self.known.contains_key(&(c.entity, c.period.start_ms)) {
+        if !self.declared.contains(&(c.entity, c.period.start_ms)) {
             // The first call on this hash declares the whole state.
             let _ = self.draw(
                 c.entity,
@@ -420,6 +501,8 @@ impl Worker {
         };
         let node = self.node.clone();
         let script = self.push.clone();
+        let acked = self.acked_seq(c.entity, c.period);
+        let ttl = self.ttl_ms;
         let Some(conn) = self.conn() else {
             return;
         };
@@ -431,11 +514,23 @@ impl Worker {
             .arg("0")
             .arg(&limit)
             .arg(c.limit_version)
+            .arg(acked)
+            .arg(ttl)
             .invoke(conn);
         self.stats.pushes.fetch_add(1, Ordering::Relaxed);
         match result {
+            Ok(out) if out.first().map(String::as_str) == Some("lost") => {
+                let (pc, pq) = (
+                    out.get(1).cloned().unwrap_or_default(),
+                    out.get(2).cloned().unwrap_or_default(),
+                );
+                self.lost(&key, c.entity, c.period, &pc, &pq);
+            }
             Ok(out) => {
                 self.stats.connected.store(true, Ordering::Relaxed);
+                if out.first().map(String::as_str) == Some("ok") {
+                    self.ack(c.entity, c.period, c.spent, seq);
+                }
                 if out.get(4).is_some_and(|o| o != "0") {
                     log::warn!(
                         "cluster: {key}: this node spent {} picodollars beyond its node leases",

@@ -107,6 +107,25 @@ local function account(s, key, node, c_new, seq)
   return "ok", over
 end
 
+-- Whether the hash went back in time for `node`: the node had a write
+-- acknowledged as of journal sequence `acked` (-1: none), and the stored
+-- sequence is lower (Redis restarted empty or from an old snapshot, or was
+-- flushed). Then the hash is quarantined for `ttl` ms: no draw grants until
+-- every live node has declared its state again (each does on its next
+-- call, as this one is told to), so the totals are whole again.
+local function regressed(s, key, node, acked, ttl)
+  if acked == nil or acked < 0 then return false end
+  local q = tonumber(s.f["q:" .. node] or "-1")
+  if q >= acked then return false end
+  s.f["qu"] = tostring(s.now + ttl)
+  redis.call("HSET", key, "qu", s.f["qu"])
+  return true
+end
+
+local function quarantined(s)
+  return tonumber(s.f["qu"] or "0") > s.now
+end
+
 -- A node process's first call on the hash: it declares its whole state,
 -- its contribution `c_new` as of journal sequence `seq` and `outstanding`,
 -- what it may still spend of what it holds. Whatever an earlier process of
@@ -137,14 +156,21 @@ end
 /// held is replaced by what this one declares). A hash without a limit,
 /// or with an older version's, takes the given one; a different stored
 /// limit refuses the draw (the node is behind, or the nodes' files
-/// disagree: nobody may draw on a limit not every node has). Grants all of
+/// disagree: nobody may draw on a limit not every node has). `ARGV[7]` is
+/// the journal sequence of the node's last write Redis acknowledged on
+/// this hash (-1: none): a lower stored one means Redis lost state (see
+/// `regressed`): the draw grants nothing, says "lost" and returns what was
+/// stored for the node before (its contribution and sequence), so the
+/// node can tell how much was lost (the drift). While the hash is
+/// quarantined, draws that need money say "quarantine". Grants all of
 /// `need` or nothing, at most `max(need, want)` and, above `need`, at most
 /// an even share of what is available among the nodes on the hash (so
 /// slices shrink near the limit and every node can draw), never more than
 /// is available; adds the grant to the node's lease and renews its expiry
 /// (a draw of zero renews only). Returns `{granted, available after, now
-/// ms, status}`, status "ok", "refused" (`need` is more than is
-/// available) or "limit" (granted 0; available is the stored limit).
+/// ms, status, stored contribution before, stored sequence before}`,
+/// status "ok", "refused" (`need` is more than is available), "limit"
+/// (granted 0; available is the stored limit), "lost" or "quarantine".
 pub const LUA_DRAW: &str = r#"
 local key, node = KEYS[1], ARGV[1]
 local need, want = money_parse(ARGV[2]), money_parse(ARGV[3])
@@ -153,18 +179,25 @@ if money_cmp(need, money_zero()) < 0 or money_cmp(want, money_zero()) < 0 or ttl
   error("bursar: bad draw arguments")
 end
 local s = state_read(key, ARGV[5], ARGV[6])
+local prev_c, prev_q = s.f["c:" .. node] or "0", s.f["q:" .. node] or "-1"
 if ARGV[5] ~= nil and ARGV[5] ~= "" and money_cmp(money_parse(ARGV[5]), s.limit) ~= 0 then
-  return {"0", money_str(s.limit), tostring(s.now), "limit"}
+  return {"0", money_str(s.limit), tostring(s.now), "limit", prev_c, prev_q}
 end
-if ARGV[7] ~= nil and ARGV[7] ~= "" then
-  local seq = tonumber(ARGV[8])
+local lost = regressed(s, key, node, tonumber(ARGV[7] or "-1"), ttl)
+if ARGV[8] ~= nil and ARGV[8] ~= "" then
+  local seq = tonumber(ARGV[9])
   if seq == nil then error("bursar: bad draw arguments") end
-  hello(s, key, node, money_parse(ARGV[7]), seq, money_parse(ARGV[9]))
+  hello(s, key, node, money_parse(ARGV[8]), seq, money_parse(ARGV[10]))
 end
 local available = money_sub(s.limit, s.used)
+if lost then
+  return {"0", money_str(available), tostring(s.now), "lost", prev_c, prev_q}
+end
 local grant = money_zero()
 local status = "refused"
-if money_cmp(need, available) <= 0 then
+if money_cmp(need, money_zero()) > 0 and quarantined(s) then
+  status = "quarantine"
+elseif money_cmp(need, available) <= 0 then
   status = "ok"
   local nodes = s.node_count
   if s.nodes[node] == nil then nodes = nodes + 1 end
@@ -174,7 +207,8 @@ if money_cmp(need, available) <= 0 then
 end
 local l = money_add(money_parse(s.f["l:" .. node] or "0"), grant)
 redis.call("HSET", key, "l:" .. node, money_str(l), "x:" .. node, tostring(s.now + ttl))
-return {money_str(grant), money_str(money_sub(available, grant)), tostring(s.now), status}
+return {money_str(grant), money_str(money_sub(available, grant)), tostring(s.now), status,
+  prev_c, prev_q}
 "#;
 
 /// Pushes a node's contribution: `KEYS[1]` the entity's hash; `ARGV` node,
@@ -186,8 +220,12 @@ return {money_str(grant), money_str(money_sub(available, grant)), tostring(s.now
 /// its lease; beyond both it is an overrun, added to `o:<node>`. A stored
 /// contribution above the pushed one (a bug, or two processes as one node)
 /// is an error. Optionally the limit and its version follow, as for a
-/// draw (they create the hash if needed). Returns `{"ok" | "stale",
-/// contribution, lease, held, overrun of this push}`.
+/// draw (they create the hash if needed), then the sequence of the node's
+/// last acknowledged write and the quarantine in ms, as for a draw: a hash
+/// that went back in time changes nothing and says "lost" (the node
+/// declares its state with its next draw). Returns `{"ok" | "stale" |
+/// "lost", contribution, lease, held, overrun of this push}` (for "lost":
+/// the stored contribution and sequence before).
 pub const LUA_PUSH: &str = r#"
 local key, node = KEYS[1], ARGV[1]
 local c_new, seq, idle = money_parse(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
@@ -195,6 +233,9 @@ if seq == nil or money_cmp(c_new, money_zero()) < 0 then
   error("bursar: bad push arguments")
 end
 local s = state_read(key, ARGV[5], ARGV[6])
+if regressed(s, key, node, tonumber(ARGV[7] or "-1"), tonumber(ARGV[8] or "0")) then
+  return {"lost", s.f["c:" .. node] or "0", s.f["q:" .. node] or "-1", "0", "0"}
+end
 local status, over = account(s, key, node, c_new, seq)
 if status == "ok" and idle == "1" then
   s.f["h:" .. node] = "0"

@@ -343,12 +343,12 @@ fn a_hash_that_went_back_in_time_grants_nothing_until_its_quarantine_ends() {
     let key = "bursar:{key:k}:0";
     let limit = "100";
     // draw(node, need, want, ttl, acked, hello) -> [granted, available, now, status, c, q]
-    let mut draw_as = |c: &mut redis::Connection,
-                       node: &str,
-                       need: u64,
-                       acked: i64,
-                       hello: Option<(u64, u64, u64)>,
-                       ttl: u64|
+    let draw_as = |c: &mut redis::Connection,
+                   node: &str,
+                   need: u64,
+                   acked: i64,
+                   hello: Option<(u64, u64, u64)>,
+                   ttl: u64|
      -> Vec<String> {
         let mut inv = draw.key(key);
         inv.arg(node)

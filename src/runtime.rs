@@ -332,6 +332,10 @@ impl Gateway {
                 );
                 governance.shared_version = Arc::clone(&link.limit_version);
                 governance.share_overlay(store.clone());
+                governance.share_totals(Arc::new(
+                    crate::cluster::totals::RedisTotals::new(&cfg.redis_url)
+                        .context("cluster.redis_url")?,
+                ));
                 Some(store)
             }
             _ => None,

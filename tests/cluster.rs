@@ -20,7 +20,15 @@ fn admin(gw: &Gateway, method: &str, path: &str, body: &str) -> Response {
     util::admin_request(gw, ADMIN, method, path, body)
 }
 
+/// This node's share of the spend at `level` (`node_spent_usd`).
 fn spent(gw: &Gateway, level: &str) -> i128 {
+    let r = admin(gw, "GET", &format!("/admin/spend/{level}"), "");
+    assert_eq!(r.status, 200, "{level}: {}", r.text());
+    pico(r.json()["node_spent_usd"].as_str().unwrap())
+}
+
+/// The cluster's spend at `level` as this node's view shows it.
+fn cluster_spent(gw: &Gateway, level: &str) -> i128 {
     util::spent_at(gw, ADMIN, level)
 }
 
@@ -173,6 +181,21 @@ fn a_strict_budget_over_three_nodes_never_overshoots_and_redis_equals_what_clien
     eventually("Redis's contributions to equal what clients saw", || {
         redis_sums(&redis).0 == total
     });
+    // Every node's view shows the cluster's spend: what clients saw.
+    for g in &nodes {
+        for level in ["keys/search-prod", "teams/search", "customers/acme"] {
+            assert_eq!(cluster_spent(g, level), total, "{level}");
+        }
+        let list = admin(g, "GET", "/admin/budgets?kind=key", "").json();
+        let row = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "search-prod")
+            .cloned()
+            .unwrap();
+        assert_eq!(pico(row["spent_usd"].as_str().unwrap()), total);
+    }
     let (c, l, h, o, redis_limit) = redis_sums(&redis);
     assert_eq!(redis_limit, pico(limit));
     assert!(c + l + h <= redis_limit, "{c} + {l} + {h} > {redis_limit}");

@@ -374,10 +374,27 @@ pub(super) async fn list(
             .filter_map(|(kind, name)| registry.lookup(kind, &name).map(|id| (kind, name, id)))
             .collect()
     };
-    let views = gov
+    let mut views = gov
         .books
         .views(&ids.iter().map(|(_, _, id)| *id).collect::<Vec<_>>())
         .map_err(ledger_error)?;
+    // Cluster mode: the cluster's spend, not this node's share.
+    let cluster = {
+        let present: Vec<(EntityKind, &str, &crate::ledger::EntityView)> = ids
+            .iter()
+            .zip(&views)
+            .filter_map(|((k, n, _), v)| v.as_ref().map(|v| (*k, n.as_str(), v)))
+            .collect();
+        gov.cluster_spend(&present)
+    };
+    let mut cluster_iter = cluster.into_iter();
+    for v in views.iter_mut() {
+        if let Some(v) = v {
+            if let Some(Some(c)) = cluster_iter.next() {
+                super::targets::cluster_view(v, &c);
+            }
+        }
+    }
     let now = crate::ratelimit::now_ms().clamp(TIME_MS_MIN, TIME_MS_MAX);
     let queries = BurnQueries::of(&ids);
     let burn = read_burn(gov, queries, now.saturating_sub(BURN_WINDOW_MS), now).await;

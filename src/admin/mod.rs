@@ -57,7 +57,7 @@ use crate::config::file::{
     TeamSection,
 };
 use crate::config::{Config, ConfigError};
-use crate::ledger::{Command, EntityKind, Reply};
+use crate::ledger::{Command, EntityKind, EntityView, Reply};
 
 /// The overlay's file name in the state directory.
 pub const OVERLAY_FILE: &str = "governance.json";
@@ -374,6 +374,30 @@ pub struct Governance {
     /// which sends it with each draw: a node whose limits are behind the
     /// cluster's is refused draws until it applies the newer overlay.
     pub shared_version: Arc<AtomicU64>,
+    /// Cluster mode: the cluster's spend on a budget (every node's), read
+    /// by the spend views and the budget list ([`Governance::cluster_spend`]).
+    cluster_totals: Option<Arc<dyn ClusterTotals>>,
+}
+
+/// Cluster mode: what the whole cluster has spent on budgets, for views.
+pub trait ClusterTotals: Send + Sync {
+    /// For each (kind, name, period): the cluster's spend there, or `None`
+    /// (not known: no node has written it, or the store is unreachable).
+    /// One round trip for all.
+    fn totals(
+        &self,
+        items: &[(EntityKind, &str, crate::budget::period::Period)],
+    ) -> Vec<Option<ClusterSpend>>;
+}
+
+/// A budget's state in the cluster: every node's pushed spend, the node
+/// leases outstanding, the money of expired leases held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterSpend {
+    pub spent: crate::money::Money,
+    pub leased: crate::money::Money,
+    pub held: crate::money::Money,
+    pub nodes: u32,
 }
 
 /// Cluster mode's store of the admin API's overlay, one for all nodes
@@ -475,7 +499,34 @@ impl Governance {
             log_reader: Mutex::new(None),
             shared: None,
             shared_version: Arc::new(AtomicU64::new(0)),
+            cluster_totals: None,
         }
+    }
+
+    /// Cluster mode: spend views show the cluster's spend from `totals`.
+    pub fn share_totals(&mut self, totals: Arc<dyn ClusterTotals>) {
+        self.cluster_totals = Some(totals);
+    }
+
+    /// Cluster mode: the cluster's spend on each budgeted view's entity
+    /// (`None` for each outside cluster mode, without a budget, or not
+    /// known), in one round trip.
+    pub fn cluster_spend(
+        &self,
+        views: &[(EntityKind, &str, &EntityView)],
+    ) -> Vec<Option<ClusterSpend>> {
+        let Some(totals) = &self.cluster_totals else {
+            return vec![None; views.len()];
+        };
+        let items: Vec<_> = views.iter().map(|(k, n, v)| (*k, *n, v.period)).collect();
+        let mut out = totals.totals(&items);
+        out.resize(views.len(), None);
+        for (o, (_, _, v)) in out.iter_mut().zip(views) {
+            if v.budget.is_none() {
+                *o = None;
+            }
+        }
+        out
     }
 
     /// Cluster mode: admin changes go through `shared` first, so every

@@ -237,16 +237,63 @@ pub fn spend_json(kind_name: &str, name: &str, v: &EntityView) -> Value {
     Value::Object(m)
 }
 
-/// The spend view of `target` (see [`spend_json`]).
+/// The spend view of `target` (see [`spend_json`]); in cluster mode, the
+/// cluster's (see [`cluster_view`]).
 pub(super) fn spend(gov: &Governance, target: &Target) -> Result<AdminResponse, ApiError> {
     let id = entity_id(gov, target)?;
-    let view = gov
+    let mut view = gov
         .books
         .view(id)
         .map_err(ledger_error)?
         .ok_or_else(|| target.not_found())?;
     let kind_name = crate::books::registry::kind_str(target.entity_kind());
-    ok(200, &spend_json(kind_name, &target.books_name(), &view))
+    let name = target.books_name();
+    let cluster = gov
+        .cluster_spend(&[(target.entity_kind(), &name, &view)])
+        .pop()
+        .flatten();
+    let node_spent = view.spent;
+    if let Some(c) = &cluster {
+        cluster_view(&mut view, c);
+    }
+    let mut v = spend_json(kind_name, &name, &view);
+    if let (Some(c), Value::Object(m)) = (&cluster, &mut v) {
+        cluster_fields(m, node_spent, c);
+    }
+    ok(200, &v)
+}
+
+/// Cluster mode: `view` as the cluster sees it: spent is every node's
+/// pushed spend (or this node's own, if that is more: its last charges may
+/// not be pushed yet), remaining and overshoot follow.
+pub fn cluster_view(view: &mut EntityView, c: &crate::admin::ClusterSpend) {
+    let spent = c.spent.max(view.spent);
+    view.spent = spent;
+    if let Some(limit) = view.limit_effective {
+        let rest = limit.picodollars() - spent.picodollars();
+        view.remaining = Money::from_picodollars(rest.max(0));
+        view.overshoot = Money::from_picodollars((-rest).max(0)).unwrap_or(Money::MAX);
+    }
+}
+
+/// Cluster mode's fields of a spend view: this node's share, and the
+/// cluster's leases and held money.
+pub fn cluster_fields(
+    m: &mut serde_json::Map<String, Value>,
+    node_spent: Money,
+    c: &crate::admin::ClusterSpend,
+) {
+    let money = crate::books::view::money;
+    m.insert("node_spent_usd".into(), money(node_spent));
+    m.insert(
+        "cluster".into(),
+        json!({
+            "spent_usd": money(c.spent),
+            "leased_usd": money(c.leased),
+            "held_usd": money(c.held),
+            "nodes": c.nodes,
+        }),
+    );
 }
 
 /// Path segments joined with `/` and percent-decoded: a model name (which

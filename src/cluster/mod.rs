@@ -27,9 +27,45 @@ pub mod governance;
 pub mod lua_money;
 pub mod node;
 pub mod scripts;
+pub mod totals;
 
-use crate::budget::period::Alignment;
+use crate::budget::period::{Alignment, Period};
 use crate::config::Config;
+use crate::ledger::EntityKind;
+
+/// The hash of an entity's budget in one period:
+/// `bursar:{<kind>:<name>}:<period start ms>`, or `...:prepaid` for a
+/// budget that never resets (its one period starts when each node created
+/// it, which the nodes do not share). The braces are Redis Cluster's hash
+/// tag: every period of an entity lives on one shard.
+pub fn hash_key(kind: EntityKind, name: &str, period: Period) -> String {
+    hash_key_of_tag(&hash_tag(kind, name), period)
+}
+
+/// `<kind>:<name>` with `%`, `{` and `}` percent-escaped, so the braces
+/// around it in a key are the only ones.
+pub(crate) fn hash_tag(kind: EntityKind, name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 12);
+    out.push_str(crate::books::registry::kind_str(kind));
+    out.push(':');
+    for ch in name.chars() {
+        match ch {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+pub(crate) fn hash_key_of_tag(tag: &str, period: Period) -> String {
+    if period.is_forever() {
+        format!("bursar:{{{tag}}}:prepaid")
+    } else {
+        format!("bursar:{{{tag}}}:{}", period.start_ms)
+    }
+}
 
 /// Cluster mode's demands on a config, checked by `check-config` and at
 /// start (the ledger refuses the same when a budget is set): every node
@@ -52,4 +88,25 @@ pub fn check_budgets(config: &Config) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_keys_have_no_braces_of_their_own() {
+        let day = Period {
+            start_ms: 1_796_601_600_000,
+            end_ms: 1_796_688_000_000,
+        };
+        assert_eq!(
+            hash_key(EntityKind::Key, "alice", day),
+            "bursar:{key:alice}:1796601600000"
+        );
+        assert_eq!(
+            hash_key(EntityKind::Tag, "a{b}%c", Period::forever(7)),
+            "bursar:{tag:a%7Bb%7D%25c}:prepaid"
+        );
+    }
 }

@@ -27,7 +27,6 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use super::lua_money::{from_lua, to_lua};
 use super::scripts::{script, LUA_DRAW, LUA_PUSH};
 use crate::books::node_lease::{Contribution, NodeLeaseMsg};
-use crate::books::registry::kind_str;
 use crate::books::thread::LedgerTx;
 use crate::books::EntityRegistry;
 use crate::budget::period::Period;
@@ -264,23 +263,16 @@ impl Worker {
         }
     }
 
-    /// The hash of an entity's period: `bursar:{<kind>:<name>}:<start ms>`
-    /// (`prepaid` for a budget that never resets: its one period starts
-    /// when each node created it, which the nodes do not share).
+    /// The hash of an entity's period ([`super::hash_key`]).
     fn key(&mut self, entity: EntityId, period: Period) -> Option<String> {
         if !self.names.contains_key(&entity) {
             let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
             let (kind, name) = registry.name_of(entity)?;
-            let escaped = format!("{}:{}", kind_str(kind), escape(name));
+            let tag = super::hash_tag(kind, name);
             drop(registry);
-            self.names.insert(entity, escaped);
+            self.names.insert(entity, tag);
         }
-        let name = self.names.get(&entity)?;
-        Some(if period.is_forever() {
-            format!("bursar:{{{name}}}:prepaid")
-        } else {
-            format!("bursar:{{{name}}}:{}", period.start_ms)
-        })
+        Some(super::hash_key_of_tag(self.names.get(&entity)?, period))
     }
 
     fn conn(&mut self) -> Option<&mut redis::Connection> {
@@ -540,31 +532,5 @@ impl Worker {
             }
             Err(e) => self.failed("a push", &e),
         }
-    }
-}
-
-/// A name as part of a Redis key: `%`, `{` and `}` percent-escaped, so
-/// the braces around it are the only ones (Redis Cluster's hash tag).
-fn escape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for ch in name.chars() {
-        match ch {
-            '%' => out.push_str("%25"),
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::escape;
-
-    #[test]
-    fn names_in_keys_have_no_braces_of_their_own() {
-        assert_eq!(escape("alice"), "alice");
-        assert_eq!(escape("a{b}%c"), "a%7Bb%7D%25c");
     }
 }

@@ -388,11 +388,9 @@ pub(super) async fn list(
         gov.cluster_spend(&present)
     };
     let mut cluster_iter = cluster.into_iter();
-    for v in views.iter_mut() {
-        if let Some(v) = v {
-            if let Some(Some(c)) = cluster_iter.next() {
-                super::targets::cluster_view(v, &c);
-            }
+    for v in views.iter_mut().flatten() {
+        if let Some(Some(c)) = cluster_iter.next() {
+            super::targets::cluster_view(v, &c);
         }
     }
     let now = crate::ratelimit::now_ms().clamp(TIME_MS_MIN, TIME_MS_MAX);

@@ -150,16 +150,6 @@ impl Gateway {
             Arc::clone(&alert_stats),
         )
         .context("starting the alert delivery thread")?;
-        let alert_setup = crate::books::thread::AlertSetup {
-            rules: config.alerts.rules.clone(),
-            history: Some(alerts_dir.join(crate::alerts::ledger_side::BURN_HISTORY_FILE)),
-            sink: Box::new(OutboxSink {
-                writer: outbox,
-                delivery: delivery.clone(),
-            }),
-            existing: outbox_alerts,
-            stats: Arc::clone(&emit_stats),
-        };
         crate::cluster::check_budgets(&config).map_err(anyhow::Error::msg)?;
         let mut books_config = BooksConfig::from_config(&config);
         let cluster_rx = config.cluster.as_ref().map(|_| {
@@ -167,6 +157,28 @@ impl Gateway {
             books_config.cluster = Some(link);
             rx
         });
+        let outbox_sink: Box<dyn crate::alerts::ledger_side::AlertSink> = Box::new(OutboxSink {
+            writer: outbox,
+            delivery: delivery.clone(),
+        });
+        // Cluster mode: budget alerts are claimed in Redis before the
+        // outbox takes them, so one node sends each.
+        let claimed: crate::cluster::alerts::Claimed = Arc::default();
+        let sink: Box<dyn crate::alerts::ledger_side::AlertSink> = match &books_config.cluster {
+            Some(link) => Box::new(crate::cluster::alerts::ClaimSink::new(
+                outbox_sink,
+                link.tx.clone(),
+                Arc::clone(&claimed),
+            )),
+            None => outbox_sink,
+        };
+        let alert_setup = crate::books::thread::AlertSetup {
+            rules: config.alerts.rules.clone(),
+            history: Some(alerts_dir.join(crate::alerts::ledger_side::BURN_HISTORY_FILE)),
+            sink,
+            existing: outbox_alerts,
+            stats: Arc::clone(&emit_stats),
+        };
         let started = Instant::now();
         let (books, links) = Books::start_with_alerts(
             &state_dir,
@@ -213,6 +225,7 @@ impl Gateway {
                     books.sender(),
                     Arc::clone(&link.durable_seq),
                     Arc::clone(&entities),
+                    claimed,
                 )
                 .context("starting the cluster thread")?,
             ),

@@ -521,3 +521,139 @@ fn redis_restarted_empty_mid_load_neither_overshoots_nor_double_counts() {
 fn redis_restarted_from_an_old_snapshot_neither_overshoots_nor_double_counts() {
     redis_loses_its_state_mid_load(true);
 }
+
+/// A local webhook receiver: answers 200 to every POST and keeps its JSON
+/// bodies.
+struct Receiver {
+    addr: std::net::SocketAddr,
+    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&bodies);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let kept = Arc::clone(&kept);
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    loop {
+                        let mut len = 0usize;
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some((k, v)) = line.split_once(':') {
+                                if k.eq_ignore_ascii_case("content-length") {
+                                    len = v.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        if let Ok(v) = serde_json::from_slice(&body) {
+                            kept.lock().unwrap().push(v);
+                        }
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                    }
+                });
+            }
+        });
+        Receiver { addr, bodies }
+    }
+
+    /// The budget events received for the key, by type.
+    fn events(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| b["type"] == kind && b["data"]["entity"]["name"] == "search-prod")
+            .cloned()
+            .collect()
+    }
+}
+
+#[test]
+fn budget_alerts_are_sent_once_for_the_cluster() {
+    let redis = Redis::start();
+    let mock = Mock::start(&[]);
+    let receiver = Receiver::start();
+    let alerts = format!(
+        r#"
+[[alerts.channels]]
+name = "hook"
+kind = "webhook"
+url = "http://{}/hook"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+allow_private = true
+rate_limit_per_minute = 10000
+
+[[alerts.rules]]
+name = "key-budgets"
+scope = "keys"
+thresholds = [50]
+channels = ["hook"]
+"#,
+        receiver.addr
+    );
+    let nodes: Vec<Gateway> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| {
+            let config = format!("{}{alerts}", node_config(&mock, &redis, n, "0.0005"));
+            Gateway::start(&config, &[])
+        })
+        .collect();
+    // Load over all three until the budget is spent: every node sees the
+    // cluster cross 50% and run out.
+    let load = Load::start(&nodes, 4);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes
+        .iter()
+        .map(|g| cluster_spent(g, "keys/search-prod"))
+        .max()
+        .unwrap_or(0)
+        < pico("0.0004")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the load did not spend the budget"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (seen, _) = load.stop();
+    assert!(seen <= pico("0.0005"));
+    eventually("the 50% alert", || {
+        !receiver.events("budget.threshold_crossed").is_empty()
+    });
+    eventually("the exhausted alert", || {
+        !receiver.events("budget.exhausted").is_empty()
+    });
+    // Every node could have sent them; one did, once.
+    std::thread::sleep(Duration::from_secs(2));
+    let crossed = receiver.events("budget.threshold_crossed");
+    assert_eq!(crossed.len(), 1, "{crossed:?}");
+    assert_eq!(crossed[0]["data"]["threshold_percent"], 50);
+    assert_eq!(receiver.events("budget.exhausted").len(), 1);
+    let claimed: u64 = nodes
+        .iter()
+        .map(|g| counter(g, "bursar_cluster_alerts_claimed_total"))
+        .sum();
+    assert_eq!(claimed, 2);
+}

@@ -252,7 +252,7 @@ pub(super) fn spend(gov: &Governance, target: &Target) -> Result<AdminResponse, 
         .cluster_spend(&[(target.entity_kind(), &name, &view)])
         .pop()
         .flatten();
-    let node_spent = view.spent;
+    let node_spent = view.node_spent;
     if let Some(c) = &cluster {
         cluster_view(&mut view, c);
     }
@@ -356,6 +356,7 @@ mod tests {
             },
             epoch: 0,
             spent: usd("0.25"),
+            node_spent: usd("0.25"),
             leased: usd("0.01"),
             topup: usd("0"),
             lifetime_spent: usd("2.25"),

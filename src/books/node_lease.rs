@@ -81,6 +81,9 @@ pub enum NodeLeaseMsg {
     },
     /// This node's spend on each entity as of journal record `seq`.
     Push { seq: u64, spends: Vec<Contribution> },
+    /// Alerts this node would send: the cluster thread claims them, and
+    /// hands the ones it won back to the ledger (`EmitAlerts`).
+    Claim(Vec<crate::alerts::Alert>),
 }
 
 /// One entity's spend on this node in a period.

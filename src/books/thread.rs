@@ -429,6 +429,12 @@ impl LedgerTx {
         })
     }
 
+    /// Alerts to append to the outbox (the cluster thread's won claims),
+    /// without blocking: a full queue is an error.
+    pub fn emit_alerts(&self, alerts: Vec<Alert>) -> Result<(), BooksError> {
+        self.try_send(Msg::EmitAlerts(alerts))
+    }
+
     /// Cluster mode: the cluster thread found Redis restarted or flushed:
     /// every shared entity's state is pushed again (declared afresh).
     pub fn cluster_redeclare(&self) -> Result<(), BooksError> {

@@ -14,6 +14,8 @@
 //! - [`node`]: the `bursar-cluster` thread, the one owner of the Redis
 //!   connection: it draws node leases for the ledger thread and pushes this
 //!   node's spend, talking to the ledger by messages only.
+//! - [`alerts`]: budget alerts and reports sent once for the cluster: each
+//!   node claims an alert in Redis before its outbox takes it.
 //! - [`governance`]: admin changes made on one node apply on all: the
 //!   admin API's definitions versioned in Redis, proposed by compare and
 //!   set, announced on a stream the `bursar-cluster-defs` thread reads.
@@ -23,6 +25,7 @@
 //! [`crate::books::node_lease`]; this module imports them, never the
 //! reverse.
 
+pub mod alerts;
 pub mod governance;
 pub mod lua_money;
 pub mod node;

@@ -48,6 +48,8 @@ pub const DEFERRED_MAX: usize = 8192;
 /// period's entries are forgotten first when full (a forgotten hash gets
 /// a first call again, which is correct, only one more declaration).
 pub const HASHES_KNOWN_MAX: usize = 1 << 20;
+/// Most alerts waiting for Redis to be claimed.
+pub const CLAIMS_WAITING_MAX: usize = 4096;
 
 /// What the cluster thread counts, for /metrics and tests.
 #[derive(Debug, Default)]
@@ -72,6 +74,8 @@ pub struct ClusterStats {
     pub drift_picodollars: AtomicU64,
     /// Whether the last call reached Redis.
     pub connected: AtomicBool,
+    /// Alerts this node claimed for the cluster (and so sends).
+    pub alerts_claimed: AtomicU64,
 }
 
 /// The running thread.
@@ -90,6 +94,7 @@ impl ClusterNode {
         ledger: LedgerTx,
         durable_seq: Arc<AtomicU64>,
         registry: Arc<Mutex<EntityRegistry>>,
+        claimed: super::alerts::Claimed,
     ) -> std::io::Result<ClusterNode> {
         let client = redis::Client::open(config.redis_url.as_str())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -108,12 +113,15 @@ impl ClusterNode {
             names: HashMap::new(),
             declared: HashSet::new(),
             acked: HashMap::new(),
+            others: HashMap::new(),
             deferred: VecDeque::new(),
             draw: redis::Script::new(&script(LUA_DRAW)),
             push: redis::Script::new(&script(LUA_PUSH)),
             stats: Arc::clone(&stats),
             stop: Arc::clone(&stop),
             limit_warned: HashMap::new(),
+            claimed,
+            claims: VecDeque::new(),
         };
         let join = std::thread::Builder::new()
             .name("bursar-cluster".into())
@@ -160,6 +168,8 @@ struct Worker {
     /// contribution and journal sequence. Sent with every call, so a hash
     /// that went back in time is caught (and its loss measured: the drift).
     acked: HashMap<(EntityId, i64), (Money, u64)>,
+    /// Per hash, what the other nodes had pushed as last told the ledger.
+    others: HashMap<(EntityId, i64), Money>,
     /// Messages waiting for the journal to be durable.
     deferred: VecDeque<NodeLeaseMsg>,
     draw: redis::Script,
@@ -168,6 +178,10 @@ struct Worker {
     stop: Arc<AtomicBool>,
     /// Entities whose limit disagrees with Redis's, logged once each.
     limit_warned: HashMap<EntityId, ()>,
+    /// Alert ids this node won, for the outbox's sink to let through.
+    claimed: super::alerts::Claimed,
+    /// Alerts waiting for Redis to be claimed.
+    claims: VecDeque<crate::alerts::Alert>,
 }
 
 /// A draw's answer.
@@ -183,6 +197,7 @@ impl Worker {
             for msg in deferred {
                 self.handle(msg);
             }
+            self.claim_waiting();
             match self.rx.recv_timeout(IDLE_WAIT) {
                 Ok(msg) => {
                     self.handle(msg);
@@ -236,6 +251,19 @@ impl Worker {
                     };
                 self.answer(entity, period, amount);
             }
+            NodeLeaseMsg::Claim(alerts) => {
+                for a in alerts {
+                    if self.claims.len() >= CLAIMS_WAITING_MAX {
+                        log::error!(
+                            "cluster: too many alerts waiting for Redis; {} dropped here",
+                            a.id
+                        );
+                        continue;
+                    }
+                    self.claims.push_back(a);
+                }
+                self.claim_waiting();
+            }
             NodeLeaseMsg::Push { seq, spends } => {
                 if !self.durable(seq) {
                     if !self.defer(NodeLeaseMsg::Push { seq, spends }) {
@@ -249,6 +277,44 @@ impl Worker {
                     self.push_one(seq, &c);
                 }
             }
+        }
+    }
+
+    /// Claims the alerts waiting; the won ones go to the ledger's outbox.
+    /// While Redis is unreachable they wait (delayed, not lost, while this
+    /// process lives; after a restart the evaluator finds them again).
+    fn claim_waiting(&mut self) {
+        if self.claims.is_empty() {
+            return;
+        }
+        let alerts: Vec<crate::alerts::Alert> = self.claims.iter().cloned().collect();
+        let node = self.node.clone();
+        let Some(conn) = self.conn() else {
+            return;
+        };
+        match super::alerts::claim(conn, &node, &alerts) {
+            Ok(won) => {
+                self.claims.clear();
+                let won: Vec<crate::alerts::Alert> = alerts
+                    .into_iter()
+                    .zip(won)
+                    .filter_map(|(a, w)| w.then_some(a))
+                    .collect();
+                self.stats
+                    .alerts_claimed
+                    .fetch_add(won.len() as u64, Ordering::Relaxed);
+                if won.is_empty() {
+                    return;
+                }
+                {
+                    let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+                    claimed.extend(won.iter().map(|a| a.id.clone()));
+                }
+                if let Err(e) = self.ledger.emit_alerts(won) {
+                    log::error!("cluster: the ledger did not take the claimed alerts: {e}");
+                }
+            }
+            Err(e) => self.failed("an alert claim", &e),
         }
     }
 
@@ -335,6 +401,28 @@ impl Worker {
             acked.map_or(0, |(_, q)| q),
         );
         self.redeclare();
+    }
+
+    /// Tells the ledger what the other nodes have pushed on a hash, when
+    /// it changed (views and alerts show the cluster's spend).
+    fn others_spent(&mut self, entity: EntityId, period: Period, others: Option<&String>) {
+        let Some(others) = others.and_then(|o| from_lua(o)) else {
+            return;
+        };
+        if self.others.get(&(entity, period.start_ms)) == Some(&others) {
+            return;
+        }
+        if self.others.len() >= HASHES_KNOWN_MAX {
+            self.others.clear();
+        }
+        let cmd = Command::ClusterSpend {
+            entity,
+            period_start_ms: period.start_ms,
+            others,
+        };
+        if self.ledger.tell(cmd).is_ok() {
+            self.others.insert((entity, period.start_ms), others);
+        }
     }
 
     fn acked_seq(&self, entity: EntityId, period: Period) -> i64 {
@@ -436,6 +524,9 @@ impl Worker {
                 self.ack(entity, period, spent, seq);
             }
         }
+        if status != Some("limit") {
+            self.others_spent(entity, period, out.get(6));
+        }
         match status {
             Some("ok") => {
                 let granted = out.first().and_then(|g| from_lua(g))?;
@@ -523,6 +614,7 @@ impl Worker {
                 if out.first().map(String::as_str) == Some("ok") {
                     self.ack(c.entity, c.period, c.spent, seq);
                 }
+                self.others_spent(c.entity, c.period, out.get(5));
                 if out.get(4).is_some_and(|o| o != "0") {
                     log::warn!(
                         "cluster: {key}: this node spent {} picodollars beyond its node leases",

@@ -122,6 +122,15 @@ local function regressed(s, key, node, acked, ttl)
   return true
 end
 
+-- What the other nodes have pushed: Σ c over nodes but `node`.
+local function others_spent(s, node)
+  local sum = money_zero()
+  for n in pairs(s.nodes) do
+    if n ~= node then sum = money_add(sum, money_parse(s.f["c:" .. n] or "0")) end
+  end
+  return sum
+end
+
 local function quarantined(s)
   return tonumber(s.f["qu"] or "0") > s.now
 end
@@ -168,7 +177,8 @@ end
 /// slices shrink near the limit and every node can draw), never more than
 /// is available; adds the grant to the node's lease and renews its expiry
 /// (a draw of zero renews only). Returns `{granted, available after, now
-/// ms, status, stored contribution before, stored sequence before}`,
+/// ms, status, stored contribution before, stored sequence before, what
+/// the other nodes have pushed}`,
 /// status "ok", "refused" (`need` is more than is available), "limit"
 /// (granted 0; available is the stored limit), "lost" or "quarantine".
 pub const LUA_DRAW: &str = r#"
@@ -208,7 +218,7 @@ end
 local l = money_add(money_parse(s.f["l:" .. node] or "0"), grant)
 redis.call("HSET", key, "l:" .. node, money_str(l), "x:" .. node, tostring(s.now + ttl))
 return {money_str(grant), money_str(money_sub(available, grant)), tostring(s.now), status,
-  prev_c, prev_q}
+  prev_c, prev_q, money_str(others_spent(s, node))}
 "#;
 
 /// Pushes a node's contribution: `KEYS[1]` the entity's hash; `ARGV` node,
@@ -224,8 +234,9 @@ return {money_str(grant), money_str(money_sub(available, grant)), tostring(s.now
 /// last acknowledged write and the quarantine in ms, as for a draw: a hash
 /// that went back in time changes nothing and says "lost" (the node
 /// declares its state with its next draw). Returns `{"ok" | "stale" |
-/// "lost", contribution, lease, held, overrun of this push}` (for "lost":
-/// the stored contribution and sequence before).
+/// "lost", contribution, lease, held, overrun of this push, what the other
+/// nodes have pushed}` (for "lost": the stored contribution and sequence
+/// before).
 pub const LUA_PUSH: &str = r#"
 local key, node = KEYS[1], ARGV[1]
 local c_new, seq, idle = money_parse(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
@@ -242,7 +253,7 @@ if status == "ok" and idle == "1" then
   redis.call("HSET", key, "h:" .. node, "0")
 end
 return {status, s.f["c:" .. node] or "0", s.f["l:" .. node] or "0", s.f["h:" .. node] or "0",
-  money_str(over)}
+  money_str(over), money_str(others_spent(s, node))}
 "#;
 
 /// A lease script with its helpers, ready for `redis::Script::new`.

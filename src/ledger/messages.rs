@@ -237,6 +237,15 @@ pub enum Command {
         period_start_ms: i64,
         amount: Money,
     },
+    /// Cluster mode: what the other nodes have spent on the entity in the
+    /// period starting at `period_start_ms`, as Redis last said. Views and
+    /// alerts show the cluster's spend: this node's plus this. Not
+    /// journaled (Redis says it again after a restart).
+    ClusterSpend {
+        entity: EntityId,
+        period_start_ms: i64,
+        others: Money,
+    },
 }
 
 /// Why a command was refused. Nothing changed.

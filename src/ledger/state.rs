@@ -134,6 +134,10 @@ pub struct EntityView {
     /// grant of the ledger's (an overrun or a lowered limit); zero normally.
     pub excess: Money,
     pub blocked: bool,
+    /// This node's spend in the period. Equal to `spent` on a single node;
+    /// in cluster mode `spent` is the cluster's (this node's plus what the
+    /// other nodes had pushed when Redis last said).
+    pub node_spent: Money,
 }
 
 /// An entity's node lease in cluster mode ([`LedgerState::node_lease`]).
@@ -209,6 +213,9 @@ struct Entity {
     /// left in the cluster), so a node cap used up blocks the workers.
     /// Until then a used-up cap only means "ask the cluster".
     cluster_refused: bool,
+    /// Cluster mode: what the other nodes have spent in the period, as
+    /// Redis last said (views and alerts add it to `spent`).
+    others_spent: Money,
 }
 
 impl Entity {
@@ -229,6 +236,7 @@ impl Entity {
             soft_reached: false,
             node_cap: None,
             cluster_refused: false,
+            others_spent: Money::ZERO,
         }
     }
 
@@ -539,6 +547,11 @@ impl LedgerState {
                 period_start_ms,
                 amount,
             } => self.node_grant(now_ms, entity, period_start_ms, amount),
+            Command::ClusterSpend {
+                entity,
+                period_start_ms,
+                others,
+            } => self.cluster_spend(now_ms, entity, period_start_ms, others),
         };
         if cfg!(debug_assertions) {
             self.check_last_apply(cmd);
@@ -662,6 +675,7 @@ impl LedgerState {
             e.node_cap = Some(Money::ZERO);
             e.cluster_refused = false;
         }
+        e.others_spent = Money::ZERO;
     }
 
     /// Emits Blocked/Unblocked/SoftLimitReached for changes of the entity's flags.
@@ -1082,6 +1096,35 @@ impl LedgerState {
         }
     }
 
+    /// Cluster mode: what the other nodes have spent in the period starting
+    /// at `period_start_ms` (ignored for another period, or an entity not
+    /// shared). Raises the soft-limit flag if the cluster crossed it.
+    fn cluster_spend(
+        &mut self,
+        now_ms: i64,
+        id: EntityId,
+        period_start_ms: i64,
+        others: Money,
+    ) -> Reply {
+        let index = match self.index(id) {
+            Ok(index) => index,
+            Err(e) => return Reply::Rejected(e),
+        };
+        if others.is_negative() {
+            return Reply::Rejected(CommandError::NegativeAmount);
+        }
+        self.roll_if_due(now_ms, index);
+        let e = self.entity_mut(index);
+        let applied = e.node_cap.is_some() && e.period.start_ms == period_start_ms;
+        if applied {
+            e.others_spent = others;
+        }
+        Reply::NodeLease {
+            entity: id,
+            applied,
+        }
+    }
+
     /// Cluster mode, after recovery: every node cap is what is committed
     /// (node leases, like worker leases, die with the process; the cluster
     /// counts the old process's as held until this node pushes its spend).
@@ -1326,17 +1369,21 @@ impl LedgerState {
         let index = self.index(id).ok()?;
         let e = self.entity(index);
         let now_ms = clamp_time_ms(now_ms);
-        let (period, epoch, spent) = if now_ms >= e.period.end_ms {
+        let (period, epoch, spent, others) = if now_ms >= e.period.end_ms {
             (
                 period_for(e.budget.as_ref(), e.anchor_ms, now_ms),
                 e.epoch + 1,
                 Money::ZERO,
+                Money::ZERO,
             )
         } else {
-            (e.period, e.epoch, e.spent)
+            (e.period, e.epoch, e.spent, e.others_spent)
         };
         let limit = e.limit_effective();
         let committed = spent.picodollars() + e.leased.picodollars();
+        // Cluster mode: the cluster's spend as far as this node knows.
+        let node_spent = spent;
+        let spent = money_clamped(spent.picodollars() + others.picodollars());
         // A rollover drains the excess as far as the lower commitment allows.
         let excess = match limit {
             Some(l) if e.is_strict() => e.excess.picodollars().min((committed - l).max(0)),
@@ -1358,7 +1405,11 @@ impl LedgerState {
                 money_clamped((spent.picodollars() - l).max(0))
             }),
             excess: money(excess),
-            blocked: limit.is_some_and(|l| committed >= l),
+            blocked: match e.node_cap {
+                Some(_) => e.blocked,
+                None => limit.is_some_and(|l| committed >= l),
+            },
+            node_spent,
         })
     }
 
@@ -1372,7 +1423,7 @@ impl LedgerState {
         Some(SpendProbe {
             epoch: e.epoch,
             period_end_ms: e.period.end_ms,
-            spent: e.spent,
+            spent: money_clamped(e.spent.picodollars() + e.others_spent.picodollars()),
             limit_effective: e.limit_effective().map(money_clamped),
             soft_limit: e.budget.and_then(|b| b.soft_limit),
         })
@@ -1517,7 +1568,8 @@ impl LedgerState {
             | Command::Reset { entity }
             | Command::TopUp { entity, .. }
             | Command::SetBudget { entity, .. }
-            | Command::NodeGrant { entity, .. } => {
+            | Command::NodeGrant { entity, .. }
+            | Command::ClusterSpend { entity, .. } => {
                 if let Ok(i) = self.index(entity) {
                     self.check_entity(i, self.entity(i));
                 }

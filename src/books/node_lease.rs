@@ -54,6 +54,14 @@ pub const NODE_LEASE_QUEUE_MAX: usize = 4096;
 /// a node that drew by the workers' want would hold the cluster's budget
 /// in leases it does not use while other nodes are refused.
 pub const NODE_WANT_REQUESTS: i128 = 32;
+/// Draws for one entity aim at about one per this interval: a draw asked
+/// sooner after the last one asks for twice as much as that one (up to
+/// [`NODE_WANT_SCALE_MAX`] times [`NODE_WANT_REQUESTS`]); one asked ten
+/// intervals later, for half. So the Redis traffic of a busy budget stays
+/// near one draw a second whatever its request rate, and a quiet one
+/// holds little.
+pub const NODE_DRAW_INTERVAL_MS: i64 = 1000;
+pub const NODE_WANT_SCALE_MAX: i128 = 1 << 16;
 /// A draw is asked ahead of need when what the cap leaves is below this
 /// many requests per worker.
 pub const NODE_LOW_WATER_REQUESTS_PER_WORKER: i128 = 4;
@@ -151,6 +159,9 @@ pub(super) struct NodeLeases<R> {
     waiting: VecDeque<Waiting<R>>,
     /// Entities with a draw under way, and since when.
     drawing: HashMap<EntityId, i64>,
+    /// Per entity, the scale of its draws and when it last asked for one
+    /// ([`NODE_DRAW_INTERVAL_MS`]); at most one entry per shared entity.
+    scale: HashMap<EntityId, (i128, i64)>,
     /// Entities the cluster refused, with the shortfall last asked for.
     refused: HashMap<EntityId, Money>,
     next_retry_ms: i64,
@@ -181,6 +192,7 @@ impl<R> NodeLeases<R> {
             workers: u64::from(workers.max(1)),
             waiting: VecDeque::new(),
             drawing: HashMap::new(),
+            scale: HashMap::new(),
             refused: HashMap::new(),
             next_retry_ms: 0,
             dirty: Vec::new(),
@@ -254,10 +266,24 @@ impl<R> NodeLeases<R> {
         {
             return;
         }
+        let (scale, last) = self
+            .scale
+            .get(&entity)
+            .copied()
+            .unwrap_or((1, i64::MIN / 2));
+        let since = now_ms.saturating_sub(last);
+        let scale = if since < NODE_DRAW_INTERVAL_MS {
+            (scale * 2).min(NODE_WANT_SCALE_MAX)
+        } else if since > 10 * NODE_DRAW_INTERVAL_MS {
+            (scale / 2).max(1)
+        } else {
+            scale
+        };
+        self.scale.insert(entity, (scale, now_ms));
         let each = request_need.max(need).picodollars();
         let want = need
             .picodollars()
-            .saturating_add(each.saturating_mul(NODE_WANT_REQUESTS));
+            .saturating_add(each.saturating_mul(NODE_WANT_REQUESTS * scale));
         // Never more than the limit (a worker may ask for a large slice;
         // the cluster's share caps it anyway, and amounts must fit its
         // scripts' range).

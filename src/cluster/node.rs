@@ -39,8 +39,12 @@ pub const REDIS_IO_TIMEOUT: Duration = Duration::from_millis(500);
 /// The wait between reconnection attempts while Redis is unreachable.
 pub const REDIS_RECONNECT_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the thread waits for a message before it looks at its
-/// deferred work again.
-const IDLE_WAIT: Duration = Duration::from_millis(5);
+/// deferred work again (pushes waiting for the journal, claims waiting for
+/// Redis): the journal is durable within its fsync interval.
+const DEFERRED_WAIT: Duration = Duration::from_millis(5);
+/// How long it waits with nothing deferred (a message wakes it at once;
+/// this only bounds how late it sees the stop flag).
+const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// Most messages deferred (waiting for the journal to be durable) at once;
 /// beyond it a draw is answered "refused" and a push waits for the next.
 pub const DEFERRED_MAX: usize = 8192;
@@ -198,7 +202,12 @@ impl Worker {
                 self.handle(msg);
             }
             self.claim_waiting();
-            match self.rx.recv_timeout(IDLE_WAIT) {
+            let wait = if self.deferred.is_empty() && self.claims.is_empty() {
+                IDLE_WAIT
+            } else {
+                DEFERRED_WAIT
+            };
+            match self.rx.recv_timeout(wait) {
                 Ok(msg) => {
                     self.handle(msg);
                     while let Ok(msg) = self.rx.try_recv() {

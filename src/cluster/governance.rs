@@ -15,7 +15,7 @@
 //! them back by the first node that notices, at the version that node has.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -52,8 +52,7 @@ return {"ok", tostring(next)}
 
 /// The cluster's store of the definitions, for [`Governance`].
 pub struct RedisOverlay {
-    client: redis::Client,
-    conn: Mutex<Option<redis::Connection>>,
+    conn: super::SharedConn,
     node: String,
     script: redis::Script,
 }
@@ -61,33 +60,10 @@ pub struct RedisOverlay {
 impl RedisOverlay {
     pub fn new(redis_url: &str, node: &str) -> redis::RedisResult<RedisOverlay> {
         Ok(RedisOverlay {
-            client: redis::Client::open(redis_url)?,
-            conn: Mutex::new(None),
+            conn: super::SharedConn::open(redis_url)?,
             node: node.to_string(),
             script: redis::Script::new(LUA_PROPOSE),
         })
-    }
-
-    fn with_conn<T>(
-        &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> redis::RedisResult<T> {
-        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            let c = self.client.get_connection_with_timeout(REDIS_IO_TIMEOUT)?;
-            c.set_read_timeout(Some(REDIS_IO_TIMEOUT))?;
-            c.set_write_timeout(Some(REDIS_IO_TIMEOUT))?;
-            *slot = Some(c);
-        }
-        let Some(conn) = slot.as_mut() else {
-            unreachable!("set above")
-        };
-        let result = f(conn);
-        if result.is_err() {
-            // The next call connects afresh.
-            *slot = None;
-        }
-        result
     }
 
     /// Sets the definitions at `next` if the cluster is at `base`.
@@ -96,7 +72,8 @@ impl RedisOverlay {
             ProposeError::Unavailable(format!("cannot encode the definitions: {e}"))
         })?;
         let out: Vec<String> = self
-            .with_conn(|c| {
+            .conn
+            .with(|c| {
                 self.script
                     .key(GOVERNANCE_KEY)
                     .key(CHANGES_STREAM)
@@ -117,7 +94,7 @@ impl RedisOverlay {
 
     /// The stored definitions and their version (`None`: none stored).
     fn fetch(&self) -> redis::RedisResult<Option<(u64, Overlay)>> {
-        let (version, json): (Option<u64>, Option<String>) = self.with_conn(|c| {
+        let (version, json): (Option<u64>, Option<String>) = self.conn.with(|c| {
             redis::cmd("HMGET")
                 .arg(GOVERNANCE_KEY)
                 .arg("version")

@@ -62,6 +62,47 @@ pub(crate) fn hash_tag(kind: EntityKind, name: &str) -> String {
     out
 }
 
+/// A Redis connection shared by the control plane's callers (the admin
+/// API's proposals, the spend views' reads), made on first use with the
+/// I/O timeouts and made afresh after any error.
+pub(crate) struct SharedConn {
+    client: redis::Client,
+    conn: std::sync::Mutex<Option<redis::Connection>>,
+}
+
+impl SharedConn {
+    pub(crate) fn open(redis_url: &str) -> redis::RedisResult<SharedConn> {
+        Ok(SharedConn {
+            client: redis::Client::open(redis_url)?,
+            conn: std::sync::Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn with<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
+        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = match slot.as_mut() {
+            Some(conn) => conn,
+            None => {
+                let c = self
+                    .client
+                    .get_connection_with_timeout(node::REDIS_IO_TIMEOUT)?;
+                c.set_read_timeout(Some(node::REDIS_IO_TIMEOUT))?;
+                c.set_write_timeout(Some(node::REDIS_IO_TIMEOUT))?;
+                slot.insert(c)
+            }
+        };
+        let result = f(conn);
+        if result.is_err() {
+            // The next call connects afresh.
+            *slot = None;
+        }
+        result
+    }
+}
+
 pub(crate) fn hash_key_of_tag(tag: &str, period: Period) -> String {
     if period.is_forever() {
         format!("bursar:{{{tag}}}:prepaid")

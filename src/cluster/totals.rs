@@ -2,52 +2,33 @@
 //! ([`crate::admin::ClusterTotals`]): each budget's hash read in one
 //! pipelined round trip, its contributions, leases and held money summed.
 
-use std::sync::Mutex;
-
 use crate::admin::{ClusterSpend, ClusterTotals};
 use crate::budget::period::Period;
 use crate::ledger::EntityKind;
 use crate::money::Money;
 
 use super::lua_money::from_lua;
-use super::node::REDIS_IO_TIMEOUT;
 
 /// Most hashes read in one call (a budget list pages at fewer).
 pub const TOTALS_PER_CALL_MAX: usize = 4096;
 
 pub struct RedisTotals {
-    client: redis::Client,
-    conn: Mutex<Option<redis::Connection>>,
+    conn: super::SharedConn,
 }
 
 impl RedisTotals {
     pub fn new(redis_url: &str) -> redis::RedisResult<RedisTotals> {
         Ok(RedisTotals {
-            client: redis::Client::open(redis_url)?,
-            conn: Mutex::new(None),
+            conn: super::SharedConn::open(redis_url)?,
         })
     }
 
     fn read(&self, keys: &[String]) -> redis::RedisResult<Vec<Vec<(String, String)>>> {
-        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            let c = self.client.get_connection_with_timeout(REDIS_IO_TIMEOUT)?;
-            c.set_read_timeout(Some(REDIS_IO_TIMEOUT))?;
-            c.set_write_timeout(Some(REDIS_IO_TIMEOUT))?;
-            *slot = Some(c);
-        }
-        let Some(conn) = slot.as_mut() else {
-            unreachable!("set above")
-        };
         let mut pipe = redis::pipe();
         for k in keys {
             pipe.cmd("HGETALL").arg(k);
         }
-        let result = pipe.query(conn);
-        if result.is_err() {
-            *slot = None;
-        }
-        result
+        self.conn.with(|c| pipe.query(c))
     }
 }
 

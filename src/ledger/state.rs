@@ -1782,6 +1782,133 @@ mod tests {
         s.check_invariants();
     }
 
+    fn node_grant(s: &mut LedgerState, now: i64, period_start_ms: i64, amount: &str) -> Reply {
+        s.apply(
+            now,
+            &Command::NodeGrant {
+                entity: KEY,
+                period_start_ms,
+                amount: usd(amount),
+            },
+        )
+    }
+
+    /// Cluster mode: a node grants its workers only what the cluster
+    /// granted it; a used-up cap is a reason to draw, not a block; a
+    /// refusal blocks; a grant for a period that is over is not applied; a
+    /// new period starts with nothing drawn and the leases carried over
+    /// counted short; resets and rolling budgets are refused.
+    #[test]
+    fn a_cluster_node_grants_only_what_the_cluster_granted_it() {
+        let mut s = LedgerState::new(StateConfig {
+            workers: 2,
+            settled_ids_max: 64,
+            cluster: true,
+        })
+        .unwrap();
+        let now = t0();
+        let rolling = Budget::new(usd("10"), Some(Reset::one(ResetUnit::Day)));
+        let r = s.apply(
+            now,
+            &Command::SetBudget {
+                entity: KEY,
+                kind: EntityKind::Key,
+                budget: Some(rolling),
+            },
+        );
+        assert!(
+            matches!(r, Reply::Rejected(CommandError::NotInCluster(_))),
+            "{r:?}"
+        );
+        setup(&mut s, now, Some(daily("10")));
+        let start = s.view(KEY, now).unwrap().period.start_ms;
+        // Nothing drawn: nothing to grant, and not blocked (ask the cluster).
+        assert_eq!(lease(&mut s, now, 0, "1", "1"), Money::ZERO);
+        assert!(!s.view(KEY, now).unwrap().blocked);
+        let v = s.node_lease(KEY, now).unwrap();
+        assert_eq!((v.cap, v.limit), (Money::ZERO, usd("10")));
+        assert_eq!(v.shortfall(usd("1")), usd("1"));
+        // The cluster grants 3: workers lease out of it, never past it.
+        assert_eq!(
+            node_grant(&mut s, now, start, "3"),
+            Reply::NodeLease {
+                entity: KEY,
+                applied: true
+            }
+        );
+        assert_eq!(lease(&mut s, now, 0, "2", "2"), usd("2"));
+        assert_eq!(lease(&mut s, now, 1, "2", "2"), Money::ZERO);
+        assert_eq!(
+            s.node_lease(KEY, now).unwrap().shortfall(usd("2")),
+            usd("1")
+        );
+        assert!(matches!(
+            settle(&mut s, now, 1, 0, "2"),
+            Reply::Settled { .. }
+        ));
+        // A refusal alone does not block while the cap has room; once the
+        // cap is used up too, the workers are told (Blocked), and a later
+        // grant unblocks them.
+        node_grant(&mut s, now, start, "0");
+        assert!(s.node_lease(KEY, now).unwrap().refused);
+        assert!(!s.view(KEY, now).unwrap().blocked);
+        assert_eq!(lease(&mut s, now, 1, "1", "1"), usd("1"));
+        assert!(s.view(KEY, now).unwrap().blocked);
+        assert!(
+            matches!(s.events(), [Event::Blocked { .. }]),
+            "{:?}",
+            s.events()
+        );
+        node_grant(&mut s, now, start, "1");
+        assert!(!s.node_lease(KEY, now).unwrap().refused);
+        assert!(
+            matches!(s.events(), [Event::Unblocked { .. }]),
+            "{:?}",
+            s.events()
+        );
+        // A grant for another period is not applied.
+        let r = node_grant(&mut s, now, start - 86_400_000, "5");
+        assert_eq!(
+            r,
+            Reply::NodeLease {
+                entity: KEY,
+                applied: false
+            }
+        );
+        assert_eq!(s.node_lease(KEY, now).unwrap().cap, usd("4"));
+        // Views show what the other nodes spent, beside this node's share.
+        s.apply(
+            now,
+            &Command::ClusterSpend {
+                entity: KEY,
+                period_start_ms: start,
+                others: usd("5"),
+            },
+        );
+        let v = s.view(KEY, now).unwrap();
+        assert_eq!(
+            (v.spent, v.node_spent, v.remaining),
+            (usd("7"), usd("2"), Some(usd("3")))
+        );
+        // A manual reset must reach every node first: refused.
+        let r = s.apply(now, &Command::Reset { entity: KEY });
+        assert!(
+            matches!(r, Reply::Rejected(CommandError::NotInCluster(_))),
+            "{r:?}"
+        );
+        // The next day: nothing drawn, the lease carried over counted short.
+        let next = now + 86_400_000;
+        s.apply(next, &Command::Tick);
+        let v = s.node_lease(KEY, next).unwrap();
+        assert_eq!(
+            (v.cap, v.spent, v.committed),
+            (Money::ZERO, Money::ZERO, usd("1"))
+        );
+        assert_eq!(v.shortfall(usd("2")), usd("3"));
+        assert_eq!(s.view(KEY, next).unwrap().spent, Money::ZERO);
+        s.check_invariants();
+    }
+
     #[test]
     fn tick_rolls_over_and_unblocks() {
         let mut s = state(1);

@@ -68,10 +68,50 @@ budget = {{ limit_usd = "{key_limit}", reset = "1d", calendar_aligned = true }}
 }
 
 fn start_nodes(mock: &Mock, redis: &Redis, key_limit: &str) -> Vec<Gateway> {
+    start_nodes_with(mock, redis, key_limit, "")
+}
+
+/// Three nodes, `extra` appended to each config, the operational alerts'
+/// sampler every 100 ms (a debug build's knob).
+fn start_nodes_with(mock: &Mock, redis: &Redis, key_limit: &str, extra: &str) -> Vec<Gateway> {
     ["n1", "n2", "n3"]
         .iter()
-        .map(|n| Gateway::start(&node_config(mock, redis, n, key_limit), &[]))
+        .map(|n| {
+            let dir = util::TempDir::new("cluster-node");
+            let path = dir.0.join("bursar.toml");
+            std::fs::write(
+                &path,
+                format!("{}{extra}", node_config(mock, redis, n, key_limit)),
+            )
+            .unwrap();
+            Gateway::spawn_with(dir, path, &[], |cmd| {
+                cmd.env("BURSAR_DEBUG_OPERATIONAL_INTERVAL_MS", "100");
+            })
+        })
         .collect()
+}
+
+/// A webhook channel to `receiver` and a rule sending it the operational
+/// alerts.
+fn operational_alerts(receiver: &Receiver) -> String {
+    format!(
+        r#"
+[[alerts.channels]]
+name = "ops-hook"
+kind = "webhook"
+url = "http://{}/ops"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+allow_private = true
+rate_limit_per_minute = 10000
+
+[[alerts.rules]]
+name = "ops"
+scope = "all"
+operational = true
+channels = ["ops-hook"]
+"#,
+        receiver.addr
+    )
 }
 
 /// Redis's view of the key's budget today: the sum over nodes of each
@@ -470,8 +510,9 @@ impl Load {
 fn redis_loses_its_state_mid_load(snapshot: bool) {
     let mut redis = Redis::start();
     let mock = Mock::start(&[]);
+    let receiver = Receiver::start();
     let limit = "0.003"; // ~714 requests: the load reaches it
-    let nodes = start_nodes(&mock, &redis, limit);
+    let nodes = start_nodes_with(&mock, &redis, limit, &operational_alerts(&receiver));
     let load = Load::start(&nodes, 3);
     std::thread::sleep(Duration::from_millis(300));
     if snapshot {
@@ -510,6 +551,19 @@ fn redis_loses_its_state_mid_load(snapshot: bool) {
         .sum();
     assert!(losses > 0, "no loss reported");
     assert!(drift > 0, "no drift reported");
+    // ... and said to the operators: Redis was unreachable, totals repaired.
+    let kinds = |kind: &str| {
+        receiver
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| b["type"] == kind)
+            .count()
+    };
+    eventually("the cluster alerts", || {
+        kinds("operational.cluster_unavailable") > 0 && kinds("operational.cluster_drift") > 0
+    });
 }
 
 #[test]
@@ -656,4 +710,55 @@ channels = ["hook"]
         .map(|g| counter(g, "bursar_cluster_alerts_claimed_total"))
         .sum();
     assert_eq!(claimed, 2);
+}
+
+/// Every node writes the request log to one PostgreSQL: the spend queries
+/// and the request log on any node show every node's requests.
+#[test]
+fn every_node_logs_to_one_postgres_and_each_shows_the_whole_cluster() {
+    let server = "postgres://postgres@127.0.0.1:5432";
+    let name = format!("bursar_cluster_{}", std::process::id());
+    let mut pg = postgres::Client::connect(&format!("{server}/postgres"), postgres::NoTls)
+        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/ensure-postgres starts it)");
+    let _ = pg.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    pg.batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let redis = Redis::start();
+    let mock = Mock::start(&[]);
+    let log = format!(
+        "\n[log]\nsink = \"postgres\"\nurl = \"{server}/{name}\"\nflush_interval = \"50ms\"\n"
+    );
+    let nodes = start_nodes_with(&mock, &redis, "1", &log);
+    let mut seen = 0;
+    let per_node = 4;
+    for g in &nodes {
+        let mut c = Client::connect(g.addr);
+        for _ in 0..per_node {
+            let r = c.post("/v1/chat/completions", KEY, CHAT, &[]);
+            assert_eq!(r.status, 200, "{}", r.text());
+            seen += pico(r.cost_usd().unwrap());
+        }
+    }
+    let requests = (per_node * nodes.len()) as u64;
+    for g in &nodes {
+        eventually("every node's rows in the log", || {
+            let r = admin(g, "GET", "/admin/spend/totals?group_by=key", "");
+            r.status == 200
+                && r.json()["data"].as_array().is_some_and(|rows| {
+                    rows.iter().any(|row| {
+                        row["group"] == "search-prod"
+                            && row["requests"].as_u64() == Some(requests)
+                            && pico(row["cost_usd"].as_str().unwrap_or("0")) == seen
+                    })
+                })
+        });
+        let logs = admin(g, "GET", "/admin/logs?key=search-prod&limit=100", "").json();
+        assert_eq!(
+            logs["data"].as_array().unwrap().len() as u64,
+            requests,
+            "{logs}"
+        );
+    }
+    drop(nodes);
+    let _ = pg.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
 }

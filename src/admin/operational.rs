@@ -62,6 +62,14 @@ fn observe(gov: &super::Governance, registry: &crate::metrics::Registry) -> Obse
         last_overrun,
         log_rows_dropped: registry.log.as_ref().map(|l| l.stats().rows_dropped),
         providers,
+        cluster: registry.cluster.as_ref().map(|(c, _)| {
+            crate::alerts::operational::ClusterObserved {
+                errors: c.errors.load(Relaxed),
+                connected: c.connected.load(Relaxed),
+                losses: c.losses.load(Relaxed),
+                drift_picodollars: c.drift_picodollars.load(Relaxed),
+            }
+        }),
     }
 }
 

@@ -46,6 +46,14 @@ pub enum AlertKind {
     /// A provider's error rate over a window passed the rule's bound.
     #[serde(rename = "operational.provider_errors")]
     ProviderErrors,
+    /// Cluster mode: Redis could not be reached (strict budgets fail closed
+    /// once this node's leases are used up).
+    #[serde(rename = "operational.cluster_unavailable")]
+    ClusterUnavailable,
+    /// Cluster mode: a budget's hash in Redis was found gone back in time
+    /// (restarted empty or from an old snapshot, or flushed) and repaired.
+    #[serde(rename = "operational.cluster_drift")]
+    ClusterDrift,
     /// A channel test sent from the admin API.
     #[serde(rename = "alert.test")]
     Test,
@@ -65,6 +73,8 @@ impl AlertKind {
             AlertKind::Overrun => "operational.overrun",
             AlertKind::LogRowsDropped => "operational.log_rows_dropped",
             AlertKind::ProviderErrors => "operational.provider_errors",
+            AlertKind::ClusterUnavailable => "operational.cluster_unavailable",
+            AlertKind::ClusterDrift => "operational.cluster_drift",
             AlertKind::Test => "alert.test",
         }
     }
@@ -322,6 +332,8 @@ impl Alert {
                 AlertKind::Overrun => format!("Strict budget overrun: {}", o.subject),
                 AlertKind::LogRowsDropped => "Request log rows dropped".to_string(),
                 AlertKind::ProviderErrors => format!("Provider errors: {}", o.subject),
+                AlertKind::ClusterUnavailable => "Cluster: Redis unreachable".to_string(),
+                AlertKind::ClusterDrift => "Cluster: budget totals repaired".to_string(),
                 _ => format!("bursar: {}", o.subject),
             },
             AlertData::Budget(b) => {

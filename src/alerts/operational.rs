@@ -14,6 +14,12 @@
 //!   beyond its reservation), naming the last overrun's entity; one an hour.
 //! - `operational.log_rows_dropped`: the request log's `rows_dropped` grew;
 //!   one an hour.
+//! - `operational.cluster_unavailable`: cluster mode's Redis calls failed
+//!   (`bursar_cluster_errors_total` grew) and the last one did not reach
+//!   Redis; one an hour.
+//! - `operational.cluster_drift`: cluster mode found budget hashes gone back
+//!   in time and repaired them from this node's journal
+//!   (`bursar_cluster_losses_total` grew), with the drift; one an hour.
 //! - `operational.provider_errors`: a provider's upstream error rate over the
 //!   last [`PROVIDER_ERROR_WINDOW_S`] passed a rule's
 //!   `provider_error_rate_percent`, with at least
@@ -71,6 +77,21 @@ pub struct Observed {
     pub log_rows_dropped: Option<u64>,
     /// Every provider: name, responses, errors (totals since they exist).
     pub providers: Vec<(Arc<str>, u64, u64)>,
+    /// Cluster mode (`None`: a single node).
+    pub cluster: Option<ClusterObserved>,
+}
+
+/// Cluster mode's counters, as the sampler reads them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterObserved {
+    /// Redis calls that failed, in all.
+    pub errors: u64,
+    /// Whether the last call reached Redis.
+    pub connected: bool,
+    /// Budget hashes found gone back in time, in all.
+    pub losses: u64,
+    /// What they had lost of this node's acknowledged spend, picodollars.
+    pub drift_picodollars: u64,
 }
 
 /// A counter's growth not yet reported.
@@ -111,6 +132,9 @@ pub struct Sampler {
     window_ms: i64,
     overruns: Growth,
     log_rows: Growth,
+    cluster_errors: Growth,
+    cluster_losses: Growth,
+    cluster_drift: Growth,
     providers: HashMap<Arc<str>, VecDeque<Sample>>,
     /// Ids emitted, and when they may be forgotten (their period's end).
     emitted: HashMap<String, i64>,
@@ -148,6 +172,9 @@ impl Sampler {
             window_ms: window_ms.max(1),
             overruns: Growth::default(),
             log_rows: Growth::default(),
+            cluster_errors: Growth::default(),
+            cluster_losses: Growth::default(),
+            cluster_drift: Growth::default(),
             providers: HashMap::new(),
             emitted: HashMap::new(),
             unpriced_today: (i64::MIN, 0),
@@ -314,6 +341,73 @@ impl Sampler {
                     self.emitted.insert(id, hour_ends);
                     self.log_rows.reported(now_ms);
                 }
+            }
+        }
+
+        // Cluster mode: Redis unreachable, and hashes repaired; one an hour each.
+        if let Some(c) = obs.cluster {
+            let errors = self.cluster_errors.observe(now_ms, c.errors);
+            let losses = self.cluster_losses.observe(now_ms, c.losses);
+            let drift = self.cluster_drift.observe(now_ms, c.drift_picodollars);
+            if rules.is_empty() {
+                self.cluster_errors.reported(now_ms);
+                self.cluster_losses.reported(now_ms);
+                self.cluster_drift.reported(now_ms);
+            }
+            let id = alert_id(&[b"cluster_unavailable", hour.to_string().as_bytes()]);
+            if !rules.is_empty() && errors > 0 && !c.connected && !self.emitted.contains_key(&id) {
+                let window_s = secs(now_ms - self.cluster_errors.since_ms);
+                out.push(make(
+                    AlertKind::ClusterUnavailable,
+                    Severity::Critical,
+                    id.clone(),
+                    now_ms,
+                    format!("Redis unreachable: {errors} failed calls in {window_s} s"),
+                    OperationalData {
+                        subject: "redis".to_string(),
+                        count: errors,
+                        window_s,
+                        detail: "cluster mode cannot reach Redis: strict budgets refuse \
+                                 requests once this node's leases are used up, and admin \
+                                 changes cannot reach the other nodes"
+                            .to_string(),
+                        rules: Vec::new(),
+                    },
+                    &rules,
+                ));
+                self.emitted.insert(id, hour_ends);
+                self.cluster_errors.reported(now_ms);
+            }
+            let id = alert_id(&[b"cluster_drift", hour.to_string().as_bytes()]);
+            if !rules.is_empty() && losses > 0 && !self.emitted.contains_key(&id) {
+                let window_s = secs(now_ms - self.cluster_losses.since_ms);
+                let usd = crate::money::Money::from_picodollars(i128::from(drift))
+                    .map_or_else(|| drift.to_string(), |m| m.to_string());
+                out.push(make(
+                    AlertKind::ClusterDrift,
+                    Severity::Error,
+                    id.clone(),
+                    now_ms,
+                    format!(
+                        "Redis lost budget totals: {losses} hashes repaired from this node's \
+                         journal, ${usd} of its spend had been lost"
+                    ),
+                    OperationalData {
+                        subject: "redis".to_string(),
+                        count: losses,
+                        window_s,
+                        detail: format!(
+                            "budget hashes in Redis went back in time (a restart without its \
+                             data, an old snapshot, a flush); each was quarantined and \
+                             repaired from the nodes' journals; drift ${usd}"
+                        ),
+                        rules: Vec::new(),
+                    },
+                    &rules,
+                ));
+                self.emitted.insert(id, hour_ends);
+                self.cluster_losses.reported(now_ms);
+                self.cluster_drift.reported(now_ms);
             }
         }
 
@@ -535,6 +629,55 @@ mod tests {
         let channels: Vec<&str> = out[0].routes.iter().map(|r| &*r.channel).collect();
         assert_eq!(channels, vec!["a", "b", "c"], "each channel once");
         assert_ne!(out[0].id, a.id);
+    }
+
+    /// Cluster mode: Redis unreachable alerts once an hour, only while the
+    /// last call failed; repaired hashes alert once an hour with the drift.
+    #[test]
+    fn cluster_troubles_alert_once_an_hour() {
+        let rules = vec![rule("ops", true, None, &["a"])];
+        let mut s = Sampler::default();
+        let start = T0 - T0.rem_euclid(HOUR_MS);
+        let seen = |errors, connected, losses, drift| Observed {
+            cluster: Some(ClusterObserved {
+                errors,
+                connected,
+                losses,
+                drift_picodollars: drift,
+            }),
+            ..Observed::default()
+        };
+        assert!(s.tick(start, seen(0, true, 0, 0), &rules).is_empty());
+        // Errors while connected again (a blip): nothing.
+        assert!(s
+            .tick(start + 15 * S, seen(3, true, 0, 0), &rules)
+            .is_empty());
+        // Errors and the last call failed: one alert, then none this hour.
+        let out = s.tick(start + 30 * S, seen(9, false, 0, 0), &rules);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].kind, AlertKind::ClusterUnavailable);
+        assert_eq!(data(&out[0]).count, 9);
+        assert!(s
+            .tick(start + 45 * S, seen(20, false, 0, 0), &rules)
+            .is_empty());
+        // Hashes repaired: one alert with the drift in dollars.
+        let out = s.tick(start + 60 * S, seen(20, true, 3, 4_200_000), &rules);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].kind, AlertKind::ClusterDrift);
+        assert_eq!(data(&out[0]).count, 3);
+        assert!(out[0].summary.contains("$0.0000042"), "{}", out[0].summary);
+        assert!(s
+            .tick(start + 75 * S, seen(20, true, 5, 9_000_000), &rules)
+            .is_empty());
+        // The next hour, still unreachable: again; and the two hashes
+        // repaired since the last drift alert are told now.
+        let out = s.tick(start + HOUR_MS + S, seen(30, false, 5, 9_000_000), &rules);
+        let kinds: Vec<AlertKind> = out.iter().map(|a| a.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![AlertKind::ClusterUnavailable, AlertKind::ClusterDrift]
+        );
+        assert_eq!(data(&out[1]).count, 2);
     }
 
     #[test]

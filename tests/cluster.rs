@@ -762,3 +762,89 @@ fn every_node_logs_to_one_postgres_and_each_shows_the_whole_cluster() {
     drop(nodes);
     let _ = pg.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
 }
+
+/// `fail_mode = "open"`: while Redis is unreachable the nodes keep
+/// admitting, granting themselves the leases they would have drawn (no
+/// 402 for want of Redis), the operators hear of it, and when Redis returns
+/// (empty) the nodes declare what they spent: no charge lost or counted
+/// twice, and how far past the limit they went is reported.
+#[test]
+fn fail_open_keeps_serving_while_redis_is_away_and_reports_the_overshoot() {
+    let mut redis = Redis::start();
+    let mock = Mock::start(&[]);
+    let receiver = Receiver::start();
+    // ~1,400 requests: one client per node (a few hundred requests a
+    // second each) stays under it on its own node, and the three together
+    // pass it during the outage.
+    let limit = "0.006";
+    let extra = format!("{}\n", operational_alerts(&receiver));
+    let nodes: Vec<Gateway> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| {
+            let dir = util::TempDir::new("cluster-node");
+            let path = dir.0.join("bursar.toml");
+            let config = node_config(&mock, &redis, n, limit).replace(
+                "lease_ttl = \"2s\"",
+                "lease_ttl = \"2s\"\nfail_mode = \"open\"",
+            );
+            std::fs::write(&path, format!("{config}{extra}")).unwrap();
+            Gateway::spawn_with(dir, path, &[], |cmd| {
+                cmd.env("BURSAR_DEBUG_OPERATIONAL_INTERVAL_MS", "100");
+            })
+        })
+        .collect();
+    let load = Load::start(&nodes, 1);
+    std::thread::sleep(Duration::from_millis(200));
+    redis.kill();
+    let refused = |nodes: &[Gateway]| -> u64 {
+        nodes
+            .iter()
+            .map(|g| {
+                util::per_worker(&g.metrics(), "bursar_budget_refused_total")
+                    .iter()
+                    .sum::<u64>()
+            })
+            .sum()
+    };
+    let refused_before = refused(&nodes);
+    std::thread::sleep(Duration::from_millis(2500));
+    let refused_during = refused(&nodes) - refused_before;
+    let grants: u64 = nodes
+        .iter()
+        .map(|g| counter(g, "bursar_cluster_fail_open_grants_total"))
+        .sum();
+    assert!(grants > 0, "no node granted itself a lease");
+    assert_eq!(refused_during, 0, "refused while failing open");
+    redis.restart();
+    std::thread::sleep(Duration::from_millis(1000));
+    let (seen, _) = load.stop();
+    // The outage let the nodes past the limit, by design; no charge is
+    // lost or counted twice, and Redis has every node's spend back.
+    let per_node: Vec<i128> = nodes.iter().map(|g| spent(g, "keys/search-prod")).collect();
+    assert!(
+        seen > pico(limit),
+        "{seen} (per node {per_node:?}): the outage's load did not pass the limit"
+    );
+    let books: i128 = nodes.iter().map(|g| spent(g, "keys/search-prod")).sum();
+    assert_eq!(books, seen);
+    eventually("Redis's contributions declared", || {
+        redis_sums(&redis).0 == seen
+    });
+    let found: u64 = nodes
+        .iter()
+        .map(|g| counter(g, "bursar_cluster_over_limit_found_total"))
+        .sum();
+    assert!(found > 0, "the overshoot was not reported");
+    let kinds = |kind: &str| {
+        receiver
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| b["type"] == kind)
+            .count()
+    };
+    eventually("the unreachable alert", || {
+        kinds("operational.cluster_unavailable") > 0
+    });
+}

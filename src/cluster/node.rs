@@ -80,6 +80,16 @@ pub struct ClusterStats {
     pub connected: AtomicBool,
     /// Alerts this node claimed for the cluster (and so sends).
     pub alerts_claimed: AtomicU64,
+    /// fail_mode = "open": node leases this node granted itself while
+    /// Redis was unreachable, and their sum in picodollars.
+    pub fail_open_grants: AtomicU64,
+    pub fail_open_picodollars: AtomicU64,
+    /// Declarations that found the nodes past a budget's limit, and the
+    /// most one found them past it by (picodollars; each later declaration
+    /// on a hash sees what the earlier ones declared, so a sum would count
+    /// twice).
+    pub over_limit_found: AtomicU64,
+    pub over_limit_max_picodollars: AtomicU64,
 }
 
 /// The running thread.
@@ -126,6 +136,7 @@ impl ClusterNode {
             limit_warned: HashMap::new(),
             claimed,
             claims: VecDeque::new(),
+            fail_open: config.fail_mode == crate::config::cluster::FailMode::Open,
         };
         let join = std::thread::Builder::new()
             .name("bursar-cluster".into())
@@ -186,12 +197,16 @@ struct Worker {
     claimed: super::alerts::Claimed,
     /// Alerts waiting for Redis to be claimed.
     claims: VecDeque<crate::alerts::Alert>,
+    /// fail_mode = "open".
+    fail_open: bool,
 }
 
 /// A draw's answer.
 enum Drawn {
     Granted(Money),
     Refused,
+    /// Redis could not be reached (or the connection broke).
+    Unreachable,
 }
 
 impl Worker {
@@ -256,7 +271,21 @@ impl Worker {
                 let amount =
                     match self.draw(entity, period, (limit, limit_version), need, want, hello) {
                         Some(Drawn::Granted(m)) => m,
-                        Some(Drawn::Refused) | None => Money::ZERO,
+                        Some(Drawn::Unreachable) if self.fail_open => {
+                            // fail_mode = "open": the lease it would have
+                            // drawn, granted by itself; declared (and any
+                            // overshoot reported) when Redis returns.
+                            let m = want.max(need);
+                            self.stats.fail_open_grants.fetch_add(1, Ordering::Relaxed);
+                            let p = u64::try_from(m.picodollars()).unwrap_or(u64::MAX);
+                            let _ = self.stats.fail_open_picodollars.fetch_update(
+                                Ordering::Relaxed,
+                                Ordering::Relaxed,
+                                |v| Some(v.saturating_add(p)),
+                            );
+                            m
+                        }
+                        Some(Drawn::Refused | Drawn::Unreachable) | None => Money::ZERO,
                     };
                 self.answer(entity, period, amount);
             }
@@ -323,7 +352,9 @@ impl Worker {
                     log::error!("cluster: the ledger did not take the claimed alerts: {e}");
                 }
             }
-            Err(e) => self.failed("an alert claim", &e),
+            Err(e) => {
+                self.failed("an alert claim", &e);
+            }
         }
     }
 
@@ -447,7 +478,10 @@ impl Worker {
         self.acked.insert((entity, period.start_ms), (c, q));
     }
 
-    fn failed(&mut self, what: &str, e: &redis::RedisError) {
+    /// Counts and logs a failed call; `true` when Redis is unreachable
+    /// (the connection is dropped, to be made again), `false` for an error
+    /// of the script's.
+    fn failed(&mut self, what: &str, e: &redis::RedisError) -> bool {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
         if e.is_io_error()
             || e.is_connection_dropped()
@@ -458,8 +492,10 @@ impl Worker {
                 log::warn!("cluster: Redis connection lost during {what}: {e}");
             }
             self.conn = None;
+            true
         } else {
             log::error!("cluster: {what} failed: {e}");
+            false
         }
     }
 
@@ -491,7 +527,9 @@ impl Worker {
         let ttl = self.ttl_ms;
         let script = self.draw.clone();
         let acked = self.acked_seq(entity, period);
-        let conn = self.conn()?;
+        let Some(conn) = self.conn() else {
+            return Some(Drawn::Unreachable);
+        };
         let mut inv = script.key(&key);
         inv.arg(&node)
             .arg(&need_s)
@@ -508,8 +546,8 @@ impl Worker {
         let out = match result {
             Ok(out) => out,
             Err(e) => {
-                self.failed("a draw", &e);
-                return None;
+                let unreachable = self.failed("a draw", &e);
+                return unreachable.then_some(Drawn::Unreachable);
             }
         };
         self.stats.connected.store(true, Ordering::Relaxed);
@@ -531,6 +569,24 @@ impl Worker {
             if status != Some("limit") {
                 self.declared.insert((entity, period.start_ms));
                 self.ack(entity, period, spent, seq);
+                // What the nodes hold past the limit, found as this node
+                // declares: nodes that admitted while Redis was away (fail
+                // open), or a limit lowered below what was spent.
+                if let Some(over) = out
+                    .get(1)
+                    .and_then(|a| from_lua(a))
+                    .filter(|a| a.is_negative())
+                {
+                    let p = u64::try_from(-over.picodollars()).unwrap_or(u64::MAX);
+                    self.stats.over_limit_found.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "cluster: {key}: the nodes hold {p} picodollars past the limit \
+                         (admitted while Redis was unreachable, or a lowered limit)"
+                    );
+                    self.stats
+                        .over_limit_max_picodollars
+                        .fetch_max(p, Ordering::Relaxed);
+                }
             }
         }
         if status != Some("limit") {
@@ -631,7 +687,9 @@ impl Worker {
                     );
                 }
             }
-            Err(e) => self.failed("a push", &e),
+            Err(e) => {
+                self.failed("a push", &e);
+            }
         }
     }
 }

@@ -23,7 +23,9 @@ pub struct ClusterSection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_ttl: Option<String>,
     /// "closed" (default): once its node leases are used up, a node that
-    /// cannot reach Redis refuses strict requests.
+    /// cannot reach Redis refuses strict requests. "open": it grants itself
+    /// node leases while Redis is unreachable (the overshoot this allows is
+    /// reported when Redis returns).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fail_mode: Option<String>,
 }
@@ -33,6 +35,9 @@ pub struct ClusterSection {
 pub enum FailMode {
     /// Refuse once the node's leases are used up.
     Closed,
+    /// Admit past them: the node grants itself the node leases it would
+    /// have drawn, with the operational alert `cluster_unavailable`.
+    Open,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,12 +100,7 @@ pub(super) fn cluster_config(
     };
     let fail_mode = match s.fail_mode.as_deref() {
         None | Some("closed") => FailMode::Closed,
-        Some("open") => {
-            return Err(err(
-                "cluster.fail_mode",
-                "\"open\" is not built yet (issue 18): only \"closed\"",
-            ))
-        }
+        Some("open") => FailMode::Open,
         Some(other) => {
             return Err(err(
                 "cluster.fail_mode",

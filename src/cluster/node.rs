@@ -54,6 +54,14 @@ pub const DEFERRED_MAX: usize = 8192;
 pub const HASHES_KNOWN_MAX: usize = 1 << 20;
 /// Most alerts waiting for Redis to be claimed.
 pub const CLAIMS_WAITING_MAX: usize = 4096;
+/// Most contributions sent in one pipelined round trip. Draws are served
+/// between two such batches, so a node declaring every budget at start
+/// (one call each) does not hold up the leases requests wait for.
+pub const PUSH_PIPELINE_MAX: usize = 256;
+/// Most contributions waiting to be pushed; beyond it the oldest are
+/// dropped (each entity is pushed again at its next charge, and all are
+/// declared again at the next reconnect).
+pub const PUSHES_PENDING_MAX: usize = 1 << 20;
 
 /// What the cluster thread counts, for /metrics and tests.
 #[derive(Debug, Default)]
@@ -80,6 +88,8 @@ pub struct ClusterStats {
     pub connected: AtomicBool,
     /// Alerts this node claimed for the cluster (and so sends).
     pub alerts_claimed: AtomicU64,
+    /// Contributions dropped from a full push queue ([`PUSHES_PENDING_MAX`]).
+    pub pushes_dropped: AtomicU64,
     /// fail_mode = "open": node leases this node granted itself while
     /// Redis was unreachable, and their sum in picodollars.
     pub fail_open_grants: AtomicU64,
@@ -137,6 +147,8 @@ impl ClusterNode {
             claimed,
             claims: VecDeque::new(),
             fail_open: config.fail_mode == crate::config::cluster::FailMode::Open,
+            pushes: VecDeque::new(),
+            scripts_loaded: false,
         };
         let join = std::thread::Builder::new()
             .name("bursar-cluster".into())
@@ -199,6 +211,12 @@ struct Worker {
     claims: VecDeque<crate::alerts::Alert>,
     /// fail_mode = "open".
     fail_open: bool,
+    /// Contributions whose journal records are durable, waiting their turn
+    /// after the draws ([`PUSH_PIPELINE_MAX`] a round trip).
+    pushes: VecDeque<(u64, Contribution)>,
+    /// Whether this connection has the scripts loaded (a pipeline cannot
+    /// load them on NOSCRIPT as a lone call does).
+    scripts_loaded: bool,
 }
 
 /// A draw's answer.
@@ -217,7 +235,10 @@ impl Worker {
                 self.handle(msg);
             }
             self.claim_waiting();
-            let wait = if self.deferred.is_empty() && self.claims.is_empty() {
+            self.push_some();
+            let wait = if !self.pushes.is_empty() {
+                Duration::ZERO
+            } else if self.deferred.is_empty() && self.claims.is_empty() {
                 IDLE_WAIT
             } else {
                 DEFERRED_WAIT
@@ -312,7 +333,11 @@ impl Worker {
                     return;
                 }
                 for c in spends {
-                    self.push_one(seq, &c);
+                    if self.pushes.len() >= PUSHES_PENDING_MAX {
+                        self.pushes.pop_front();
+                        self.stats.pushes_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.pushes.push_back((seq, c));
                 }
             }
         }
@@ -392,6 +417,7 @@ impl Worker {
                     let _ = c.set_read_timeout(Some(REDIS_IO_TIMEOUT));
                     let _ = c.set_write_timeout(Some(REDIS_IO_TIMEOUT));
                     log::info!("cluster: connected to Redis");
+                    self.scripts_loaded = false;
                     // Redis may have lost what this node told it (a
                     // restart, a flush): declare everything again.
                     self.redeclare();
@@ -569,24 +595,7 @@ impl Worker {
             if status != Some("limit") {
                 self.declared.insert((entity, period.start_ms));
                 self.ack(entity, period, spent, seq);
-                // What the nodes hold past the limit, found as this node
-                // declares: nodes that admitted while Redis was away (fail
-                // open), or a limit lowered below what was spent.
-                if let Some(over) = out
-                    .get(1)
-                    .and_then(|a| from_lua(a))
-                    .filter(|a| a.is_negative())
-                {
-                    let p = u64::try_from(-over.picodollars()).unwrap_or(u64::MAX);
-                    self.stats.over_limit_found.fetch_add(1, Ordering::Relaxed);
-                    log::warn!(
-                        "cluster: {key}: the nodes hold {p} picodollars past the limit \
-                         (admitted while Redis was unreachable, or a lowered limit)"
-                    );
-                    self.stats
-                        .over_limit_max_picodollars
-                        .fetch_max(p, Ordering::Relaxed);
-                }
+                self.over_limit(&key, &out);
             }
         }
         if status != Some("limit") {
@@ -628,6 +637,168 @@ impl Worker {
         }
     }
 
+    /// Sends up to [`PUSH_PIPELINE_MAX`] waiting contributions in one
+    /// pipelined round trip: a declaration (a draw of nothing) for a hash
+    /// this node has not declared on since it connected, else a push. On
+    /// an error the batch goes one call at a time (a lone call reloads a
+    /// script Redis lost, and one bad hash does not sink the others).
+    fn push_some(&mut self) {
+        if self.pushes.is_empty() {
+            return;
+        }
+        let take = self.pushes.len().min(PUSH_PIPELINE_MAX);
+        let batch: Vec<(u64, Contribution)> = self.pushes.drain(..take).collect();
+        let mut pipe = redis::pipe();
+        let mut sent = Vec::with_capacity(batch.len());
+        for (seq, c) in &batch {
+            let Some(key) = self.key(c.entity, c.period) else {
+                continue;
+            };
+            let (Some(spent), Some(limit), Some(out)) =
+                (to_lua(c.spent), to_lua(c.limit), to_lua(c.outstanding))
+            else {
+                continue;
+            };
+            let acked = self.acked_seq(c.entity, c.period);
+            let declare = !self.declared.contains(&(c.entity, c.period.start_ms));
+            let inv = if declare {
+                let mut inv = self.draw.key(&key);
+                inv.arg(&self.node)
+                    .arg("0")
+                    .arg("0")
+                    .arg(self.ttl_ms)
+                    .arg(&limit)
+                    .arg(c.limit_version)
+                    .arg(acked)
+                    .arg(&spent)
+                    .arg(*seq)
+                    .arg(&out);
+                inv
+            } else {
+                let mut inv = self.push.key(&key);
+                inv.arg(&self.node)
+                    .arg(&spent)
+                    .arg(*seq)
+                    .arg("0")
+                    .arg(&limit)
+                    .arg(c.limit_version)
+                    .arg(acked)
+                    .arg(self.ttl_ms);
+                inv
+            };
+            pipe.invoke_script(&inv);
+            sent.push((*seq, *c, key, declare));
+        }
+        if sent.is_empty() {
+            return;
+        }
+        let (draw, push) = (self.draw.clone(), self.push.clone());
+        let loaded = self.scripts_loaded;
+        let Some(conn) = self.conn() else {
+            return;
+        };
+        let ready = loaded || {
+            draw.prepare_invoke().load(conn).is_ok() && push.prepare_invoke().load(conn).is_ok()
+        };
+        let replies: Option<Vec<Vec<String>>> = if ready { pipe.query(conn).ok() } else { None };
+        self.scripts_loaded = ready;
+        match replies {
+            Some(replies) if replies.len() == sent.len() => {
+                self.stats
+                    .pushes
+                    .fetch_add(sent.len() as u64, Ordering::Relaxed);
+                self.stats.connected.store(true, Ordering::Relaxed);
+                for ((seq, c, key, declare), out) in sent.into_iter().zip(replies) {
+                    if declare {
+                        self.declared_reply(&key, c.entity, c.period, (c.spent, seq), &out);
+                    } else {
+                        self.pushed_reply(&key, seq, &c, &out);
+                    }
+                }
+            }
+            _ => {
+                self.scripts_loaded = false;
+                for (seq, c, _, _) in sent {
+                    self.push_one(seq, &c);
+                }
+            }
+        }
+    }
+
+    /// A declaration's reply (see [`Worker::draw`]'s, whose handling it
+    /// shares for a draw of nothing).
+    fn declared_reply(
+        &mut self,
+        key: &str,
+        entity: EntityId,
+        period: Period,
+        (spent, seq): (Money, u64),
+        out: &[String],
+    ) {
+        match out.get(3).map(String::as_str) {
+            Some("lost") => {
+                let (c, q) = (
+                    out.get(4).cloned().unwrap_or_default(),
+                    out.get(5).cloned().unwrap_or_default(),
+                );
+                self.lost(key, entity, period, &c, &q);
+                self.declared.insert((entity, period.start_ms));
+                self.ack(entity, period, spent, seq);
+            }
+            Some("limit") => {}
+            _ => {
+                self.declared.insert((entity, period.start_ms));
+                self.ack(entity, period, spent, seq);
+                self.over_limit(key, out);
+                self.others_spent(entity, period, out.get(6));
+            }
+        }
+    }
+
+    /// A push's reply.
+    fn pushed_reply(&mut self, key: &str, seq: u64, c: &Contribution, out: &[String]) {
+        if out.first().map(String::as_str) == Some("lost") {
+            let (pc, pq) = (
+                out.get(1).cloned().unwrap_or_default(),
+                out.get(2).cloned().unwrap_or_default(),
+            );
+            self.lost(key, c.entity, c.period, &pc, &pq);
+            return;
+        }
+        if out.first().map(String::as_str) == Some("ok") {
+            self.ack(c.entity, c.period, c.spent, seq);
+        }
+        self.others_spent(c.entity, c.period, out.get(5));
+        if out.get(4).is_some_and(|o| o != "0") {
+            log::warn!(
+                "cluster: {key}: this node spent {} picodollars beyond its node leases",
+                out[4]
+            );
+        }
+    }
+
+    /// A declaration found the nodes past the hash's limit: counted and
+    /// logged (nodes that admitted while Redis was away, fail open, or a
+    /// limit lowered below what was spent).
+    fn over_limit(&self, key: &str, out: &[String]) {
+        let Some(over) = out
+            .get(1)
+            .and_then(|a| from_lua(a))
+            .filter(|a| a.is_negative())
+        else {
+            return;
+        };
+        let p = u64::try_from(-over.picodollars()).unwrap_or(u64::MAX);
+        self.stats.over_limit_found.fetch_add(1, Ordering::Relaxed);
+        log::warn!(
+            "cluster: {key}: the nodes hold {p} picodollars past the limit \
+             (admitted while Redis was unreachable, or a lowered limit)"
+        );
+        self.stats
+            .over_limit_max_picodollars
+            .fetch_max(p, Ordering::Relaxed);
+    }
+
     fn push_one(&mut self, seq: u64, c: &Contribution) {
         if !self.declared.contains(&(c.entity, c.period.start_ms)) {
             // The first call on this hash declares the whole state.
@@ -667,25 +838,9 @@ impl Worker {
             .invoke(conn);
         self.stats.pushes.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok(out) if out.first().map(String::as_str) == Some("lost") => {
-                let (pc, pq) = (
-                    out.get(1).cloned().unwrap_or_default(),
-                    out.get(2).cloned().unwrap_or_default(),
-                );
-                self.lost(&key, c.entity, c.period, &pc, &pq);
-            }
             Ok(out) => {
                 self.stats.connected.store(true, Ordering::Relaxed);
-                if out.first().map(String::as_str) == Some("ok") {
-                    self.ack(c.entity, c.period, c.spent, seq);
-                }
-                self.others_spent(c.entity, c.period, out.get(5));
-                if out.get(4).is_some_and(|o| o != "0") {
-                    log::warn!(
-                        "cluster: {key}: this node spent {} picodollars beyond its node leases",
-                        out[4]
-                    );
-                }
+                self.pushed_reply(&key, seq, c, &out);
             }
             Err(e) => {
                 self.failed("a push", &e);

@@ -89,7 +89,15 @@ pub fn main() -> i32 {
                     crate::config::DEMO_KEY
                 );
             }
-            match Gateway::start(cfg).and_then(Gateway::run_until_signalled) {
+            // The handlers go in before anything listens: a SIGHUP sent
+            // once the port answers must reload, not be lost (ignored, when
+            // the parent ignores it) or end the process (the default).
+            let served = crate::runtime::signals()
+                .map_err(anyhow::Error::from)
+                .and_then(|signals| {
+                    Gateway::start(cfg).and_then(|g| g.run_until_signalled(signals))
+                });
+            match served {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("bursar: {e:#}");

@@ -43,6 +43,14 @@ impl crate::alerts::ledger_side::AlertSink for OutboxSink {
     }
 }
 
+/// The signals the gateway answers (SIGTERM and SIGINT drain and stop,
+/// SIGHUP reloads), their handlers registered now: one that arrives before
+/// [`Gateway::run_until_signalled`] reads them waits for it.
+pub fn signals() -> std::io::Result<signal_hook::iterator::Signals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+}
+
 /// How often the delivery thread reads the outbox without a nudge.
 pub const ALERT_OUTBOX_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -511,9 +519,12 @@ impl Gateway {
     }
 
     /// Runs until SIGTERM or SIGINT; reloads on SIGHUP.
-    pub fn run_until_signalled(mut self) -> anyhow::Result<()> {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    /// `signals` from [`signals`], registered before the gateway started.
+    pub fn run_until_signalled(
+        mut self,
+        mut signals: signal_hook::iterator::Signals,
+    ) -> anyhow::Result<()> {
+        use signal_hook::consts::SIGHUP;
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         for sig in signals.forever() {
             match sig {

@@ -552,17 +552,9 @@ fn redis_loses_its_state_mid_load(snapshot: bool) {
     assert!(losses > 0, "no loss reported");
     assert!(drift > 0, "no drift reported");
     // ... and said to the operators: Redis was unreachable, totals repaired.
-    let kinds = |kind: &str| {
-        receiver
-            .bodies
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|b| b["type"] == kind)
-            .count()
-    };
     eventually("the cluster alerts", || {
-        kinds("operational.cluster_unavailable") > 0 && kinds("operational.cluster_drift") > 0
+        receiver.count("operational.cluster_unavailable") > 0
+            && receiver.count("operational.cluster_drift") > 0
     });
 }
 
@@ -629,6 +621,16 @@ impl Receiver {
             }
         });
         Receiver { addr, bodies }
+    }
+
+    /// How many alerts of `kind` arrived.
+    fn count(&self, kind: &str) -> usize {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| b["type"] == kind)
+            .count()
     }
 
     /// The budget events received for the key, by type.
@@ -835,16 +837,7 @@ fn fail_open_keeps_serving_while_redis_is_away_and_reports_the_overshoot() {
         .map(|g| counter(g, "bursar_cluster_over_limit_found_total"))
         .sum();
     assert!(found > 0, "the overshoot was not reported");
-    let kinds = |kind: &str| {
-        receiver
-            .bodies
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|b| b["type"] == kind)
-            .count()
-    };
     eventually("the unreachable alert", || {
-        kinds("operational.cluster_unavailable") > 0
+        receiver.count("operational.cluster_unavailable") > 0
     });
 }

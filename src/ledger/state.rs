@@ -1068,14 +1068,10 @@ impl LedgerState {
         period_start_ms: i64,
         amount: Money,
     ) -> Reply {
-        let index = match self.index(id) {
+        let index = match self.cluster_entity(now_ms, id, amount) {
             Ok(index) => index,
-            Err(e) => return Reply::Rejected(e),
+            Err(refused) => return refused,
         };
-        if amount.is_negative() {
-            return Reply::Rejected(CommandError::NegativeAmount);
-        }
-        self.roll_if_due(now_ms, index);
         let e = self.entity_mut(index);
         let Some(cap) = e.node_cap.filter(|_| e.period.start_ms == period_start_ms) else {
             return Reply::NodeLease {
@@ -1096,9 +1092,20 @@ impl LedgerState {
         }
     }
 
+    /// The entity a cluster command names, rolled over to `now_ms`; a
+    /// refusal for an unknown entity or a negative amount.
+    fn cluster_entity(&mut self, now_ms: i64, id: EntityId, amount: Money) -> Result<usize, Reply> {
+        let index = self.index(id).map_err(Reply::Rejected)?;
+        if amount.is_negative() {
+            return Err(Reply::Rejected(CommandError::NegativeAmount));
+        }
+        self.roll_if_due(now_ms, index);
+        Ok(index)
+    }
+
     /// Cluster mode: what the other nodes have spent in the period starting
     /// at `period_start_ms` (ignored for another period, or an entity not
-    /// shared). Raises the soft-limit flag if the cluster crossed it.
+    /// shared): views and the alert evaluator add it to this node's spend.
     fn cluster_spend(
         &mut self,
         now_ms: i64,
@@ -1106,14 +1113,10 @@ impl LedgerState {
         period_start_ms: i64,
         others: Money,
     ) -> Reply {
-        let index = match self.index(id) {
+        let index = match self.cluster_entity(now_ms, id, others) {
             Ok(index) => index,
-            Err(e) => return Reply::Rejected(e),
+            Err(refused) => return refused,
         };
-        if others.is_negative() {
-            return Reply::Rejected(CommandError::NegativeAmount);
-        }
-        self.roll_if_due(now_ms, index);
         let e = self.entity_mut(index);
         let applied = e.node_cap.is_some() && e.period.start_ms == period_start_ms;
         if applied {

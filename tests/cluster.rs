@@ -568,6 +568,41 @@ fn redis_restarted_from_an_old_snapshot_neither_overshoots_nor_double_counts() {
     redis_loses_its_state_mid_load(true);
 }
 
+/// Redis stopped mid-load with its data saved (`SHUTDOWN SAVE`) and
+/// started again: the nodes fail closed while it is away, nothing is lost
+/// or counted twice, and nothing needs repair.
+#[test]
+fn redis_stopped_and_restarted_with_its_data_neither_overshoots_nor_double_counts() {
+    let mut redis = Redis::start();
+    let mock = Mock::start(&[]);
+    let limit = "0.003";
+    let nodes = start_nodes(&mock, &redis, limit);
+    let load = Load::start(&nodes, 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = redis.connect().unwrap();
+    // The server saves and exits: the command's connection just closes.
+    let _ = redis::cmd("SHUTDOWN").arg("SAVE").query::<()>(&mut c);
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(400));
+    redis.restart();
+    std::thread::sleep(Duration::from_millis(3000));
+    let (seen, refused) = load.stop();
+    assert!(seen <= pico(limit), "overspent: {seen} > {}", pico(limit));
+    assert!(refused > 0);
+    let books: i128 = nodes.iter().map(|g| spent(g, "keys/search-prod")).sum();
+    assert_eq!(books, seen);
+    eventually("Redis's contributions", || redis_sums(&redis).0 == seen);
+    let (c, l, h, o, redis_limit) = redis_sums(&redis);
+    assert!(c + l + h <= redis_limit, "{c} + {l} + {h} > {redis_limit}");
+    assert_eq!(o, 0);
+    // Its data came back whole: no hash had gone back in time.
+    let losses: u64 = nodes
+        .iter()
+        .map(|g| counter(g, "bursar_cluster_losses_total"))
+        .sum();
+    assert_eq!(losses, 0);
+}
+
 /// A local webhook receiver: answers 200 to every POST and keeps its JSON
 /// bodies.
 struct Receiver {

@@ -69,6 +69,7 @@
 pub mod journal;
 pub mod messages;
 pub mod recovery;
+mod settled;
 pub mod snapshot;
 pub mod state;
 

@@ -113,7 +113,7 @@ pub fn main() -> i32 {
                     eprintln!("{}: invalid: cache.embedding_dir: {e}", config.display());
                     return 1;
                 }
-                if let Err(e) = crate::cluster::check_budgets(&c) {
+                if let Err(e) = crate::books::registry::check_cluster_budgets(&c) {
                     eprintln!("{}: invalid: {e}", config.display());
                     return 1;
                 }

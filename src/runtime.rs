@@ -158,7 +158,7 @@ impl Gateway {
             Arc::clone(&alert_stats),
         )
         .context("starting the alert delivery thread")?;
-        crate::cluster::check_budgets(&config).map_err(anyhow::Error::msg)?;
+        crate::books::registry::check_cluster_budgets(&config).map_err(anyhow::Error::msg)?;
         let mut books_config = BooksConfig::from_config(&config);
         let cluster_rx = config.cluster.as_ref().map(|_| {
             let (link, rx) = crate::books::node_lease::ClusterLink::new();

@@ -368,6 +368,15 @@ fn an_admin_change_on_one_node_applies_on_every_node() {
     let redis = Redis::start();
     let mock = Mock::start(&[]);
     let nodes = start_nodes(&mock, &redis, "0.0005");
+    // A rolling budget cannot be shared: refused as bad input, not applied.
+    let r = admin(
+        &nodes[0],
+        "POST",
+        "/admin/keys",
+        r#"{"name":"rolling","budget":{"limit_usd":"1","reset":"1d"}}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("calendar"), "{}", r.text());
     // A key created on n1 serves on n2 and n3.
     let r = admin(
         &nodes[0],

@@ -641,6 +641,7 @@ impl Governance {
         let result = change(&mut overlay, &inner.file, &inner.config)?;
         let next = effective(&inner.file, &overlay, &inner.config)
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        crate::books::registry::check_cluster_budgets(&next).map_err(ChangeError::Invalid)?;
         // Cluster mode: the cluster takes the change first (or refuses it:
         // another node's came first), then this node applies it like the
         // others will.

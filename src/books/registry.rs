@@ -291,6 +291,30 @@ impl EntityRegistry {
     }
 }
 
+/// Cluster mode's demands on a config's budgets, checked by `check-config`,
+/// at start and on every admin change (the ledger refuses the same when a
+/// budget is set): every node
+/// must agree on each budget's periods without talking, so a resetting
+/// budget must be calendar-aligned (a rolling one counts from when each
+/// node created it).
+pub fn check_cluster_budgets(config: &Config) -> Result<(), String> {
+    if config.cluster.is_none() {
+        return Ok(());
+    }
+    for (kind, name, budget) in config_entities(config) {
+        if let Some(b) = budget {
+            if b.reset.is_some() && b.alignment != crate::budget::period::Alignment::Calendar {
+                return Err(format!(
+                    "{} {name:?}: in cluster mode a resetting budget must be calendar-aligned \
+                     (calendar_aligned = true), so every node agrees on its periods",
+                    kind_str(kind)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Every entity a config defines, with its budget: customers, teams, virtual
 /// keys, providers (in that order), then the budgets on other dimensions:
 /// models gateway-wide, tag values, and each customer's, team's and key's

@@ -32,8 +32,7 @@ pub mod node;
 pub mod scripts;
 pub mod totals;
 
-use crate::budget::period::{Alignment, Period};
-use crate::config::Config;
+use crate::budget::period::Period;
 use crate::ledger::EntityKind;
 
 /// The hash of an entity's budget in one period:
@@ -109,29 +108,6 @@ pub(crate) fn hash_key_of_tag(tag: &str, period: Period) -> String {
     } else {
         format!("bursar:{{{tag}}}:{}", period.start_ms)
     }
-}
-
-/// Cluster mode's demands on a config, checked by `check-config` and at
-/// start (the ledger refuses the same when a budget is set): every node
-/// must agree on each budget's periods without talking, so a resetting
-/// budget must be calendar-aligned (a rolling one counts from when each
-/// node created it).
-pub fn check_budgets(config: &Config) -> Result<(), String> {
-    if config.cluster.is_none() {
-        return Ok(());
-    }
-    for (kind, name, budget) in crate::books::registry::config_entities(config) {
-        if let Some(b) = budget {
-            if b.reset.is_some() && b.alignment != Alignment::Calendar {
-                return Err(format!(
-                    "{} {name:?}: in cluster mode a resetting budget must be calendar-aligned \
-                     (calendar_aligned = true), so every node agrees on its periods",
-                    crate::books::registry::kind_str(kind)
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -552,7 +552,7 @@ impl AlertBook {
                     }
                 }
                 RecordBody::Rollover { entity, .. } => show(self, entity, Cause::Rollover),
-                RecordBody::Reset { entity } => show(self, entity, Cause::Reset),
+                RecordBody::Reset { entity, .. } => show(self, entity, Cause::Reset),
                 RecordBody::TopUp { entity, .. } => show(self, entity, Cause::TopUp),
                 RecordBody::SetBudget { entity, .. } => show(self, entity, Cause::Budget),
             }

@@ -37,8 +37,10 @@ use crate::ledger::EntityKind;
 
 /// The hash of an entity's budget in one period:
 /// `bursar:{<kind>:<name>}:<period start ms>`, or `...:prepaid` for a
-/// budget that never resets (its one period starts when each node created
-/// it, which the nodes do not share). The braces are Redis Cluster's hash
+/// budget that never resets (in cluster mode its one period starts at the
+/// Unix epoch on every node), `...:prepaid:<ms>` after the cluster reset
+/// it at that instant. A cluster reset of a resetting budget starts a
+/// period (so a hash) of its own too. The braces are Redis Cluster's hash
 /// tag: every period of an entity lives on one shard.
 pub fn hash_key(kind: EntityKind, name: &str, period: Period) -> String {
     hash_key_of_tag(&hash_tag(kind, name), period)
@@ -103,8 +105,11 @@ impl SharedConn {
 }
 
 pub(crate) fn hash_key_of_tag(tag: &str, period: Period) -> String {
-    if period.is_forever() {
+    if period.is_forever() && period.start_ms == 0 {
         format!("bursar:{{{tag}}}:prepaid")
+    } else if period.is_forever() {
+        // Reset by the cluster at that instant.
+        format!("bursar:{{{tag}}}:prepaid:{}", period.start_ms)
     } else {
         format!("bursar:{{{tag}}}:{}", period.start_ms)
     }
@@ -125,8 +130,12 @@ mod tests {
             "bursar:{key:alice}:1796601600000"
         );
         assert_eq!(
-            hash_key(EntityKind::Tag, "a{b}%c", Period::forever(7)),
+            hash_key(EntityKind::Tag, "a{b}%c", Period::forever(0)),
             "bursar:{tag:a%7Bb%7D%25c}:prepaid"
+        );
+        assert_eq!(
+            hash_key(EntityKind::Key, "alice", Period::forever(7)),
+            "bursar:{key:alice}:prepaid:7"
         );
     }
 }

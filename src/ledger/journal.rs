@@ -90,6 +90,8 @@ const KIND_ROLLOVER: u8 = 2;
 const KIND_RESET: u8 = 3;
 const KIND_TOP_UP: u8 = 4;
 const KIND_SET_BUDGET: u8 = 5;
+/// A cluster reset: a reset that also moves the period's start.
+const KIND_CLUSTER_RESET: u8 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -225,7 +227,15 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
             out.extend_from_slice(&entity.0.to_le_bytes());
             out.extend_from_slice(&period_start_ms.to_le_bytes());
         }
-        RecordBody::Reset { entity } => out.extend_from_slice(&entity.0.to_le_bytes()),
+        RecordBody::Reset {
+            entity,
+            period_start_ms,
+        } => {
+            out.extend_from_slice(&entity.0.to_le_bytes());
+            if let Some(start_ms) = period_start_ms {
+                out.extend_from_slice(&start_ms.to_le_bytes());
+            }
+        }
         RecordBody::TopUp { entity, amount } => {
             out.extend_from_slice(&entity.0.to_le_bytes());
             out.extend_from_slice(&amount.picodollars().to_le_bytes());
@@ -281,7 +291,14 @@ fn kind_of(body: &RecordBody) -> (u8, &'static str) {
     match body {
         RecordBody::Settle { .. } => (KIND_SETTLE, "settle"),
         RecordBody::Rollover { .. } => (KIND_ROLLOVER, "rollover"),
-        RecordBody::Reset { .. } => (KIND_RESET, "reset"),
+        RecordBody::Reset {
+            period_start_ms: None,
+            ..
+        } => (KIND_RESET, "reset"),
+        RecordBody::Reset {
+            period_start_ms: Some(_),
+            ..
+        } => (KIND_CLUSTER_RESET, "cluster-reset"),
         RecordBody::TopUp { .. } => (KIND_TOP_UP, "top-up"),
         RecordBody::SetBudget { .. } => (KIND_SET_BUDGET, "set-budget"),
     }
@@ -391,6 +408,11 @@ pub fn decode_body(body: &[u8]) -> Result<Record, String> {
         },
         KIND_RESET => RecordBody::Reset {
             entity: EntityId(r.u32()?),
+            period_start_ms: None,
+        },
+        KIND_CLUSTER_RESET => RecordBody::Reset {
+            entity: EntityId(r.u32()?),
+            period_start_ms: Some(r.i64()?),
         },
         KIND_TOP_UP => RecordBody::TopUp {
             entity: EntityId(r.u32()?),
@@ -942,6 +964,11 @@ mod tests {
             },
             RecordBody::Reset {
                 entity: EntityId(u32::MAX),
+                period_start_ms: None,
+            },
+            RecordBody::Reset {
+                entity: EntityId(3),
+                period_start_ms: Some(1_796_601_600_123),
             },
             RecordBody::TopUp {
                 entity: EntityId(10),

@@ -246,6 +246,20 @@ pub enum Command {
         period_start_ms: i64,
         others: Money,
     },
+    /// Cluster mode: a manual reset the cluster agreed on (decision 0016,
+    /// "Resets and top-ups"): the entity's spend starts over in a period
+    /// that starts at `period_start_ms` (the proposing node's clock, the
+    /// same on every node) and ends where the budget's period ends. Applied
+    /// once: a reset at or before the period's start is already in the
+    /// books (or superseded by a later period).
+    ClusterReset {
+        entity: EntityId,
+        period_start_ms: i64,
+    },
+    /// Cluster mode: the cluster's top-ups of a prepaid budget add up to
+    /// `total`; the entity's credit rises to it (journaled as a top-up of
+    /// the difference). Never lowers the credit.
+    ClusterTopUp { entity: EntityId, total: Money },
 }
 
 /// Why a command was refused. Nothing changed.
@@ -277,8 +291,10 @@ pub enum CommandError {
     TopUpNotPositive,
     #[error(transparent)]
     Budget(#[from] BudgetError),
-    #[error("{0} is not available in cluster mode yet: it must reach every node (issue 18)")]
+    #[error("{0} is not available in cluster mode")]
     NotInCluster(&'static str),
+    #[error("{0} is for cluster mode only")]
+    ClusterOnly(&'static str),
 }
 
 /// The ledger's answer to one command.
@@ -390,8 +406,11 @@ pub enum RecordBody {
         entity: EntityId,
         period_start_ms: i64,
     },
+    /// Spend starts over. `period_start_ms`: a cluster reset, which also
+    /// moves the period's start there (`None`: the period stays).
     Reset {
         entity: EntityId,
+        period_start_ms: Option<i64>,
     },
     TopUp {
         entity: EntityId,

@@ -491,6 +491,11 @@ impl LedgerState {
                 period_start_ms,
                 others,
             } => self.cluster_spend(now_ms, entity, period_start_ms, others),
+            Command::ClusterReset {
+                entity,
+                period_start_ms,
+            } => self.cluster_reset(now_ms, entity, period_start_ms),
+            Command::ClusterTopUp { entity, total } => self.cluster_top_up(now_ms, entity, total),
         };
         if cfg!(debug_assertions) {
             self.check_last_apply(cmd);
@@ -851,7 +856,11 @@ impl LedgerState {
             Err(e) => return Reply::Rejected(e),
         };
         if self.config.cluster {
-            return Reply::Rejected(CommandError::NotInCluster("a manual reset"));
+            // Every node must start over at the same point: the cluster
+            // agrees on it first (`ClusterReset`).
+            return Reply::Rejected(CommandError::NotInCluster(
+                "a reset of this node alone (the cluster's definitions carry resets)",
+            ));
         }
         self.roll_if_due(now_ms, index);
         self.reset_books(index);
@@ -865,8 +874,108 @@ impl LedgerState {
             manual: true,
         });
         self.refresh_flags(index);
-        let seq = self.push_record(now_ms, RecordBody::Reset { entity: id });
+        let seq = self.push_record(
+            now_ms,
+            RecordBody::Reset {
+                entity: id,
+                period_start_ms: None,
+            },
+        );
         Reply::Applied { seq }
+    }
+
+    /// Cluster mode: see [`Command::ClusterReset`]. Rolls over first as of
+    /// the later of now and the reset (a node whose clock is behind the
+    /// proposer's enters the reset's period).
+    fn cluster_reset(&mut self, now_ms: i64, id: EntityId, start_ms: i64) -> Reply {
+        let index = match self.index(id) {
+            Ok(index) => index,
+            Err(e) => return Reply::Rejected(e),
+        };
+        if !self.config.cluster {
+            return Reply::Rejected(CommandError::ClusterOnly("a cluster reset"));
+        }
+        let start_ms = clamp_time_ms(start_ms);
+        self.roll_if_due(now_ms.max(start_ms), index);
+        let e = self.entity(index);
+        if e.budget.is_none() || start_ms <= e.period.start_ms || start_ms >= e.period.end_ms {
+            return Reply::NodeLease {
+                entity: id,
+                applied: false,
+            };
+        }
+        self.cluster_reset_books(index, start_ms);
+        let e = self.entity_mut(index);
+        // As at a rollover: a new hash in the cluster, nothing drawn there
+        // yet; the leases carried over are excused until drawn again.
+        e.node_cap = Some(Money::ZERO);
+        e.cluster_refused = false;
+        e.excuse_current_excess();
+        let (epoch, period) = (e.epoch, e.period);
+        self.events.push(Event::NewEpoch {
+            entity: id,
+            epoch,
+            period,
+            manual: true,
+        });
+        self.refresh_flags(index);
+        self.push_record(
+            now_ms,
+            RecordBody::Reset {
+                entity: id,
+                period_start_ms: Some(start_ms),
+            },
+        );
+        Reply::NodeLease {
+            entity: id,
+            applied: true,
+        }
+    }
+
+    /// The books' side of a cluster reset (shared with replay). The period's
+    /// end stays, so its rollover stays scheduled.
+    fn cluster_reset_books(&mut self, index: usize, start_ms: i64) {
+        self.reset_books(index);
+        let e = self.entity_mut(index);
+        e.period.start_ms = start_ms;
+        e.others_spent = Money::ZERO;
+    }
+
+    /// Cluster mode: see [`Command::ClusterTopUp`].
+    fn cluster_top_up(&mut self, now_ms: i64, id: EntityId, total: Money) -> Reply {
+        let index = match self.index(id) {
+            Ok(index) => index,
+            Err(e) => return Reply::Rejected(e),
+        };
+        if !self.config.cluster {
+            return Reply::Rejected(CommandError::ClusterOnly("a cluster top-up"));
+        }
+        let e = self.entity(index);
+        if !e.budget.is_some_and(|b| b.is_prepaid()) {
+            return Reply::Rejected(CommandError::TopUpNotPrepaid(id));
+        }
+        let amount = total.picodollars() - e.topup.picodollars();
+        if amount <= 0 {
+            return Reply::NodeLease {
+                entity: id,
+                applied: false,
+            };
+        }
+        let e = self.entity_mut(index);
+        e.topup = total;
+        e.drain_excess();
+        self.refresh_flags(index);
+        self.push_record(
+            now_ms,
+            RecordBody::TopUp {
+                entity: id,
+                amount: money(amount),
+            },
+        );
+        Reply::NodeLease {
+            entity: id,
+            applied: true,
+        }
     }
 
     /// A manual reset: spent starts over; the period and top-ups stay.
@@ -886,7 +995,9 @@ impl LedgerState {
             return Reply::Rejected(CommandError::TopUpNotPositive);
         }
         if self.config.cluster {
-            return Reply::Rejected(CommandError::NotInCluster("a top-up"));
+            return Reply::Rejected(CommandError::NotInCluster(
+                "a top-up of this node alone (the cluster's definitions carry top-ups)",
+            ));
         }
         let e = self.entity(index);
         if !e.budget.is_some_and(|b| b.is_prepaid()) {
@@ -988,7 +1099,11 @@ impl LedgerState {
                 }
             }
             slot @ None => {
-                *slot = Some(Entity::new(kind, budget, now_ms, now_ms));
+                // Cluster mode: every node anchors at the same instant, so
+                // a prepaid budget's period (and its hash) is the same on
+                // all (rolling budgets, which would use it, are refused).
+                let anchor_ms = if self.config.cluster { 0 } else { now_ms };
+                *slot = Some(Entity::new(kind, budget, anchor_ms, now_ms));
                 self.entity_count += 1;
             }
         }
@@ -1070,10 +1185,21 @@ impl LedgerState {
     /// Cluster mode, after recovery: every node cap is what is committed
     /// (node leases, like worker leases, die with the process; the cluster
     /// counts the old process's as held until this node pushes its spend).
+    /// Entities made before cluster mode are anchored at the cluster's
+    /// instant here (see `set_budget_books`).
     pub fn reset_node_caps(&mut self) {
         let cluster = self.config.cluster;
         for index in 0..self.entities.len() {
             if let Some(e) = self.entities[index].as_mut() {
+                let rolling = e.budget.is_some_and(|b| {
+                    b.reset.is_some() && b.alignment == Alignment::Rolling
+                });
+                if cluster && e.anchor_ms != 0 && !rolling {
+                    if e.period.is_forever() && e.period.start_ms == e.anchor_ms {
+                        e.period = Period::forever(0);
+                    }
+                    e.anchor_ms = 0;
+                }
                 e.reset_node_cap(cluster);
                 e.excuse_current_excess();
                 e.blocked = e.is_blocked();
@@ -1174,9 +1300,23 @@ impl LedgerState {
                 self.quiet_refresh(index);
                 self.schedule_rollover(index);
             }
-            RecordBody::Reset { entity } => {
+            RecordBody::Reset {
+                entity,
+                period_start_ms,
+            } => {
                 let index = self.index(entity).map_err(|e| invalid(e.to_string()))?;
-                self.reset_books(index);
+                match period_start_ms {
+                    None => self.reset_books(index),
+                    Some(start_ms) => {
+                        let p = self.entity(index).period;
+                        if start_ms <= p.start_ms || start_ms >= p.end_ms {
+                            return Err(invalid(format!(
+                                "cluster reset of {entity} at {start_ms} is outside its period"
+                            )));
+                        }
+                        self.cluster_reset_books(index, start_ms);
+                    }
+                }
                 self.quiet_refresh(index);
             }
             RecordBody::TopUp { entity, amount } => {
@@ -1274,8 +1414,10 @@ impl LedgerState {
             if b.anchor_ms != clamp_time_ms(b.anchor_ms) || b.period.start_ms >= b.period.end_ms {
                 return Err(bad("times out of range"));
             }
-            // The period must be the one its rule gives, so rollovers tile time.
-            if period_for(b.budget.as_ref(), b.anchor_ms, b.period.start_ms) != b.period {
+            // The period must end where its rule says, so rollovers tile
+            // time; it starts where the rule says or later (a cluster reset).
+            let ruled = period_for(b.budget.as_ref(), b.anchor_ms, b.period.start_ms);
+            if ruled.end_ms != b.period.end_ms || ruled.start_ms > b.period.start_ms {
                 return Err(bad("period does not follow from its budget"));
             }
             let index = id.0 as usize;
@@ -1511,7 +1653,9 @@ impl LedgerState {
             | Command::TopUp { entity, .. }
             | Command::SetBudget { entity, .. }
             | Command::NodeGrant { entity, .. }
-            | Command::ClusterSpend { entity, .. } => {
+            | Command::ClusterSpend { entity, .. }
+            | Command::ClusterReset { entity, .. }
+            | Command::ClusterTopUp { entity, .. } => {
                 if let Ok(i) = self.index(entity) {
                     self.check_entity(i, self.entity(i));
                 }

@@ -288,7 +288,8 @@ fn a_cluster_node_grants_only_what_the_cluster_granted_it() {
         (v.spent, v.node_spent, v.remaining),
         (usd("7"), usd("2"), Some(usd("3")))
     );
-    // A manual reset must reach every node first: refused.
+    // A manual reset must reach every node first (`ClusterReset`): a
+    // node's own is refused.
     let r = s.apply(now, &Command::Reset { entity: KEY });
     assert!(
         matches!(r, Reply::Rejected(CommandError::NotInCluster(_))),
@@ -305,6 +306,169 @@ fn a_cluster_node_grants_only_what_the_cluster_granted_it() {
     assert_eq!(v.shortfall(usd("2")), usd("3"));
     assert_eq!(s.view(KEY, next).unwrap().spent, Money::ZERO);
     s.check_invariants();
+}
+
+fn cluster_state() -> LedgerState {
+    LedgerState::new(StateConfig {
+        workers: 2,
+        settled_ids_max: 64,
+        cluster: true,
+    })
+    .unwrap()
+}
+
+fn applied(r: Reply) -> bool {
+    match r {
+        Reply::NodeLease { applied, .. } => applied,
+        r => panic!("{r:?}"),
+    }
+}
+
+#[test]
+fn a_cluster_reset_starts_a_new_period_once_and_replays() {
+    let mut s = cluster_state();
+    let mut log = Vec::new();
+    let now = t0();
+    setup(&mut s, now, Some(daily("10")));
+    log.extend_from_slice(s.records());
+    let day = s.view(KEY, now).unwrap().period;
+    node_grant(&mut s, now, day.start_ms, "5");
+    assert_eq!(lease(&mut s, now, 0, "3", "3"), usd("3"));
+    assert!(matches!(settle(&mut s, now, 1, 0, "2"), Reply::Settled { .. }));
+    log.extend_from_slice(s.records());
+    // The reset the cluster agreed on: a period from there to the day's
+    // end, nothing spent, nothing drawn; the lease still held is carried
+    // (excused until drawn again, as at a rollover).
+    let at = now + 1_000;
+    assert!(applied(s.apply(
+        now + 5,
+        &Command::ClusterReset {
+            entity: KEY,
+            period_start_ms: at
+        }
+    )));
+    log.extend_from_slice(s.records());
+    assert!(s
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::NewEpoch { manual: true, .. })));
+    let v = s.view(KEY, now + 5).unwrap();
+    assert_eq!(
+        (v.period.start_ms, v.period.end_ms, v.spent, v.lifetime_spent),
+        (at, day.end_ms, Money::ZERO, usd("2"))
+    );
+    let n = s.node_lease(KEY, now + 5).unwrap();
+    assert_eq!((n.period.start_ms, n.cap, n.committed), (at, Money::ZERO, usd("1")));
+    // Applied once: the same reset again, or an older one, changes nothing.
+    for start in [at, at - 10, day.start_ms] {
+        let r = s.apply(
+            now + 6,
+            &Command::ClusterReset {
+                entity: KEY,
+                period_start_ms: start,
+            },
+        );
+        assert!(!applied(r));
+        assert!(s.records().is_empty());
+    }
+    // Grants for the period before the reset are not applied.
+    assert!(!applied(node_grant(&mut s, now + 6, day.start_ms, "5")));
+    assert!(applied(node_grant(&mut s, now + 6, at, "2")));
+    assert_eq!(s.node_lease(KEY, now + 6).unwrap().cap, usd("2"));
+    // A reset past the period's end belongs to the next period: the
+    // entity rolls there first (this node's clock was behind).
+    let next_day = day.end_ms + 60_000;
+    assert!(applied(s.apply(
+        day.end_ms - 1,
+        &Command::ClusterReset {
+            entity: KEY,
+            period_start_ms: next_day
+        }
+    )));
+    log.extend_from_slice(s.records());
+    let v = s.view(KEY, next_day).unwrap();
+    assert_eq!(
+        (v.period.start_ms, v.period.end_ms),
+        (next_day, day.end_ms + 86_400_000)
+    );
+    s.check_invariants();
+    // The journal and a snapshot give the same books.
+    let mut replayed = cluster_state();
+    for r in &log {
+        assert_eq!(replayed.replay(r), Ok(Replayed::Applied), "{r:?}");
+    }
+    assert_eq!(replayed.books(), s.books());
+    let restored = LedgerState::from_books(s.config(), s.books()).unwrap();
+    assert_eq!(restored.books(), s.books());
+    // Not a single node's command.
+    let mut single = state(1);
+    setup(&mut single, now, Some(daily("10")));
+    assert!(matches!(
+        single.apply(
+            now,
+            &Command::ClusterReset {
+                entity: KEY,
+                period_start_ms: at
+            }
+        ),
+        Reply::Rejected(CommandError::ClusterOnly(_))
+    ));
+}
+
+#[test]
+fn cluster_prepaid_budgets_start_at_the_epoch_and_top_ups_rise_to_the_total() {
+    let mut s = cluster_state();
+    let now = t0();
+    setup(&mut s, now, Some(Budget::new(usd("1"), None)));
+    // Every node's prepaid period starts at the same instant.
+    assert_eq!(s.view(KEY, now).unwrap().period, Period::forever(0));
+    let top_up = |s: &mut LedgerState, total: &str| {
+        s.apply(
+            now,
+            &Command::ClusterTopUp {
+                entity: KEY,
+                total: usd(total),
+            },
+        )
+    };
+    assert!(applied(top_up(&mut s, "2")));
+    assert!(matches!(
+        s.records(),
+        [Record {
+            body: RecordBody::TopUp { amount, .. },
+            ..
+        }] if *amount == usd("2")
+    ));
+    assert_eq!(s.view(KEY, now).unwrap().limit_effective, Some(usd("3")));
+    assert_eq!(s.node_lease(KEY, now).unwrap().limit, usd("3"));
+    // The same total again, or a lower one: nothing.
+    assert!(!applied(top_up(&mut s, "2")));
+    assert!(!applied(top_up(&mut s, "1.5")));
+    assert!(applied(top_up(&mut s, "2.5")));
+    assert_eq!(s.view(KEY, now).unwrap().topup, usd("2.5"));
+    // A reset moves the prepaid period's start (its hash) there.
+    assert!(applied(s.apply(
+        now,
+        &Command::ClusterReset {
+            entity: KEY,
+            period_start_ms: now
+        }
+    )));
+    assert_eq!(s.view(KEY, now).unwrap().period, Period::forever(now));
+    // A node's own top-up or reset would leave the others behind.
+    assert!(matches!(
+        s.apply(now, &Command::Reset { entity: KEY }),
+        Reply::Rejected(CommandError::NotInCluster(_))
+    ));
+    s.check_invariants();
+    // Entities made before cluster mode are anchored there at start.
+    let mut single = state(2);
+    setup(&mut single, now, Some(Budget::new(usd("1"), None)));
+    assert_eq!(single.view(KEY, now).unwrap().period, Period::forever(now));
+    let mut joined = LedgerState::from_books(cluster_state().config(), single.books()).unwrap();
+    joined.reset_node_caps();
+    assert_eq!(joined.view(KEY, now).unwrap().period, Period::forever(0));
+    joined.check_invariants();
 }
 
 #[test]

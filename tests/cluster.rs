@@ -117,13 +117,23 @@ channels = ["ops-hook"]
 /// Redis's view of the key's budget today: the sum over nodes of each
 /// field kind (`c`, `l`, `h`, `o`) of its hash, and the limit.
 fn redis_sums(redis: &Redis) -> (i128, i128, i128, i128, i128) {
-    let mut c = redis.connect().unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("bursar:{key:search-prod}:*")
-        .query(&mut c)
-        .unwrap();
+    let keys = redis_keys(redis, "bursar:{key:search-prod}:*");
     assert_eq!(keys.len(), 1, "one period's hash: {keys:?}");
-    let fields: Vec<(String, String)> = redis::cmd("HGETALL").arg(&keys[0]).query(&mut c).unwrap();
+    hash_sums(redis, &keys[0])
+}
+
+fn redis_keys(redis: &Redis, pattern: &str) -> Vec<String> {
+    let mut c = redis.connect().unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut c).unwrap();
+    keys.sort();
+    keys
+}
+
+/// One hash's sums over nodes of each field kind (`c`, `l`, `h`, `o`),
+/// and its limit.
+fn hash_sums(redis: &Redis, key: &str) -> (i128, i128, i128, i128, i128) {
+    let mut c = redis.connect().unwrap();
+    let fields: Vec<(String, String)> = redis::cmd("HGETALL").arg(key).query(&mut c).unwrap();
     let mut sums = [0i128; 4];
     let mut limit = 0;
     for (k, v) in fields {
@@ -458,6 +468,155 @@ fn an_admin_change_on_one_node_applies_on_every_node() {
             admin(g, "GET", "/admin/keys/ml-batch", "").status == 404
         });
     }
+}
+
+/// Sends chat requests round the nodes with `key` until every node has
+/// answered 402 in one round, twice, with a pause between longer than a
+/// refused node's retry (refused nodes give back what they hold, and a
+/// retry may draw the pieces together); the cost of every 200.
+fn spend_until_refused(nodes: &[Gateway], key: &str) -> i128 {
+    let mut clients: Vec<Client> = nodes.iter().map(|g| Client::connect(g.addr)).collect();
+    let mut seen = 0;
+    let mut paused = false;
+    for round in 0..200 {
+        let mut refused = 0;
+        for c in &mut clients {
+            let r = c.post("/v1/chat/completions", key, CHAT, &[]);
+            match r.status {
+                200 => seen += pico(r.cost_usd().unwrap()),
+                402 => refused += 1,
+                s => panic!("round {round}: {s} {}", r.text()),
+            }
+        }
+        if refused < nodes.len() {
+            paused = false;
+        } else if paused {
+            return seen;
+        } else {
+            std::thread::sleep(Duration::from_millis(2500));
+            paused = true;
+        }
+    }
+    panic!("the budget was never used up");
+}
+
+#[test]
+fn a_reset_or_top_up_on_one_node_applies_on_every_node_and_the_bound_holds() {
+    let redis = Redis::start();
+    let mock = Mock::start(&[]);
+    let prepaid = r#"
+[[virtual_keys]]
+name = "prepaid"
+team = "search"
+key = "sk-prepaid"
+budget = { limit_usd = "0.00002" }
+"#;
+    let nodes = start_nodes_with(&mock, &redis, "0.00005", prepaid);
+    let limit = pico("0.00005");
+    // Used up over the three nodes.
+    let before = spend_until_refused(&nodes, KEY);
+    // Strict: never past the limit; what is left is less than one
+    // request's worst case, and no node holds any of it (the refused ones
+    // gave theirs back, so their remainders were drawn together).
+    assert!(before <= limit && before >= limit / 2, "{before}");
+    let (_, leased, held, _, _) = redis_sums(&redis);
+    assert_eq!((leased, held), (0, 0));
+    // Reset on n2: every node starts over at the same instant (the new
+    // period's start, the same on all), and the nodes together spend the
+    // limit again, never more.
+    let r = admin(&nodes[1], "POST", "/admin/keys/search-prod/reset", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let start = r.json()["period_start"].as_str().unwrap().to_string();
+    assert_eq!(r.json()["spent_usd"], "0");
+    for g in &nodes {
+        time_until("the reset on every node", || {
+            let v = admin(g, "GET", "/admin/spend/keys/search-prod", "").json();
+            v["period_start"] == start.as_str() && v["spent_usd"] == "0"
+        });
+    }
+    let after = spend_until_refused(&nodes, KEY);
+    assert!(after <= limit, "{after} past the limit after the reset");
+    assert!(after >= limit / 2, "{after}");
+    // Redis: the day's hash as it was, the reset's own hash with exactly
+    // what the clients saw after it.
+    let keys = redis_keys(&redis, "bursar:{key:search-prod}:*");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let reset_ms = keys
+        .iter()
+        .filter_map(|k| k.rsplit(':').next()?.parse::<i64>().ok())
+        .max()
+        .unwrap();
+    let reset_key = format!("bursar:{{key:search-prod}}:{reset_ms}");
+    eventually("the reset's contributions", || {
+        hash_sums(&redis, &reset_key).0 == after
+    });
+    let day_key = keys.iter().find(|k| **k != reset_key).unwrap();
+    assert_eq!(hash_sums(&redis, day_key).0, before);
+    for g in &nodes {
+        eventually("every node's view of the cluster", || {
+            cluster_spent(g, "keys/search-prod") == after
+        });
+    }
+    // A second reset, on n3, right away: applied once more, everywhere.
+    let r = admin(&nodes[2], "POST", "/admin/keys/search-prod/reset", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let second = r.json()["period_start"].as_str().unwrap().to_string();
+    assert!(second > start, "{second} after {start}");
+    for g in &nodes {
+        time_until("the second reset on every node", || {
+            admin(g, "GET", "/admin/spend/keys/search-prod", "").json()["period_start"]
+                == second.as_str()
+        });
+    }
+    // A prepaid budget: used up, topped up on n3, every node's limit
+    // rises by the top-up and together they stop at it.
+    let prepaid_limit = pico("0.00002");
+    let used = spend_until_refused(&nodes, "sk-prepaid");
+    assert!(used <= prepaid_limit, "{used}");
+    let r = admin(
+        &nodes[2],
+        "POST",
+        "/admin/keys/prepaid/top-up",
+        r#"{"amount_usd":"0.00001"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["limit_usd"], "0.00003");
+    for g in &nodes {
+        time_until("the top-up on every node", || {
+            admin(g, "GET", "/admin/spend/keys/prepaid", "").json()["limit_usd"] == "0.00003"
+        });
+    }
+    let more = spend_until_refused(&nodes, "sk-prepaid");
+    assert!(more > 0, "nothing served after the top-up");
+    assert!(
+        used + more <= pico("0.00003"),
+        "{} past the topped-up limit",
+        used + more
+    );
+    let prepaid_keys = redis_keys(&redis, "bursar:{key:prepaid}:*");
+    assert_eq!(
+        prepaid_keys,
+        vec!["bursar:{key:prepaid}:prepaid".to_string()]
+    );
+    eventually("the prepaid hash", || {
+        let (c, _, _, _, limit) = hash_sums(&redis, &prepaid_keys[0]);
+        c == used + more && limit == pico("0.00003")
+    });
+    // A budget that is not prepaid cannot be topped up; one without a
+    // budget cannot be reset (only budgets are shared).
+    let r = admin(
+        &nodes[0],
+        "POST",
+        "/admin/keys/search-prod/top-up",
+        r#"{"amount_usd":"1"}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    // A node restarted keeps the resets and top-ups (its journal has them).
+    let n1 = nodes.into_iter().next().unwrap().kill_and_restart(&[]);
+    let v = admin(&n1, "GET", "/admin/spend/keys/search-prod", "").json();
+    assert_eq!(v["period_start"], second.as_str());
+    let v = admin(&n1, "GET", "/admin/spend/keys/prepaid", "").json();
+    assert_eq!(v["limit_usd"], "0.00003");
 }
 
 /// Clients on every node sending chat requests until stopped, each adding

@@ -96,6 +96,31 @@ pub struct Overlay {
     /// `model_budgets` is.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tag_budgets: BTreeMap<String, Option<BudgetSection>>,
+    /// Cluster mode: the manual resets and top-ups of budgets, by
+    /// `<kind>:<name>` ([`adjustment_key`]), which every node applies to
+    /// its own books ([`Governance::apply_adjustments`]). Empty on a
+    /// single node, whose ledger journals them directly.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub budget_adjustments: BTreeMap<String, BudgetAdjustment>,
+}
+
+/// Cluster mode: what the operators did to one budget's books, as every
+/// node must apply it (decision 0016, "Resets and top-ups").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetAdjustment {
+    /// The last manual reset, unix ms on the clock of the node that took
+    /// it: the instant the budget's new period starts on every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_at_ms: Option<i64>,
+    /// Every top-up of the prepaid budget, added up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topup_usd: Option<crate::money::Money>,
+}
+
+/// The key of a budget in [`Overlay::budget_adjustments`].
+pub fn adjustment_key(kind: EntityKind, name: &str) -> String {
+    format!("{}:{name}", crate::books::registry::kind_str(kind))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +203,7 @@ impl Overlay {
             && self.alert_rules.is_empty()
             && self.model_budgets.is_empty()
             && self.tag_budgets.is_empty()
+            && self.budget_adjustments.is_empty()
     }
 
     /// The file's definitions with this overlay's replacing (by name) or
@@ -683,6 +709,9 @@ impl Governance {
         self.sync_books(config)
             .map_err(|e| ChangeError::Internal(format!("the ledger refused the change: {e}")))?;
         if let Some(overlay) = overlay {
+            self.apply_adjustments(overlay).map_err(|e| {
+                ChangeError::Internal(format!("the ledger refused the change: {e}"))
+            })?;
             overlay
                 .save(&self.state_dir)
                 .map_err(|e| ChangeError::Internal(format!("cannot persist the change: {e}")))?;
@@ -720,6 +749,56 @@ impl Governance {
     pub fn ids(&self, config: &Config) -> anyhow::Result<EntityIds> {
         let mut registry = self.entities.lock().unwrap_or_else(|p| p.into_inner());
         Ok(registry.ids_for_config(config)?)
+    }
+
+    /// Cluster mode: brings this node's books to the cluster's resets and
+    /// top-ups (idempotent: the ledger applies a reset once, and a top-up
+    /// total only above the credit it has). Outside cluster mode there is
+    /// nothing to apply (a node that left a cluster keeps its books).
+    pub fn apply_adjustments(&self, overlay: &Overlay) -> anyhow::Result<()> {
+        if self.shared.is_none() || overlay.budget_adjustments.is_empty() {
+            return Ok(());
+        }
+        let registry = self.entities.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, adj) in &overlay.budget_adjustments {
+            let Some(id) = key
+                .split_once(':')
+                .and_then(|(kind, name)| Some((crate::books::registry::kind_from_str(kind)?, name)))
+                .and_then(|(kind, name)| registry.lookup(kind, name))
+            else {
+                continue;
+            };
+            let Some(view) = self.books.view(id)? else {
+                continue;
+            };
+            let Some(budget) = view.budget else {
+                continue;
+            };
+            let mut commands = Vec::with_capacity(2);
+            if let Some(total) = adj
+                .topup_usd
+                .filter(|t| budget.is_prepaid() && *t > view.topup)
+            {
+                commands.push(Command::ClusterTopUp { entity: id, total });
+            }
+            if let Some(at) = adj.reset_at_ms.filter(|at| *at > view.period.start_ms) {
+                commands.push(Command::ClusterReset {
+                    entity: id,
+                    period_start_ms: at,
+                });
+            }
+            for cmd in commands {
+                if let Reply::Rejected(e) = self.books.apply(cmd)? {
+                    anyhow::bail!("{key}: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether changes go through the cluster (cluster mode).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// Makes every entity of `config` exist in the ledger with its budget

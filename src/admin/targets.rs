@@ -8,7 +8,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{ChangeError, Governance};
+use super::{adjustment_key, ChangeError, Governance};
 use crate::error::ApiError;
 use crate::ledger::{Command, EntityKind, EntityView, Reply};
 use crate::money::Money;
@@ -174,9 +174,28 @@ pub(super) fn ledger_error(e: crate::books::thread::BooksError) -> ApiError {
     ApiError::service_unavailable(format!("the ledger is unavailable: {e}"))
 }
 
-/// Starts the budget's spend over now; answers the spend view after.
+/// Starts the budget's spend over now; answers the spend view after. In
+/// cluster mode every node must start over at the same instant: the reset
+/// goes into the cluster's definitions ([`super::BudgetAdjustment`]), which every
+/// node applies to its books (this one before answering).
 pub(super) fn reset(gov: &Governance, target: &Target) -> Result<AdminResponse, ApiError> {
     let id = entity_id(gov, target)?;
+    if gov.is_shared() {
+        let view = shared_budget_view(gov, target, id)?;
+        let key = adjustment_key(target.entity_kind(), &target.books_name());
+        let now = crate::ratelimit::now_ms();
+        gov.change(|overlay, _, _| {
+            let adj = overlay.budget_adjustments.entry(key).or_default();
+            // Later than any reset before it and than the period's start,
+            // so every node applies it (once).
+            let at = now
+                .max(adj.reset_at_ms.map_or(0, |t| t + 1))
+                .max(view.period.start_ms + 1);
+            adj.reset_at_ms = Some(at);
+            Ok(())
+        })?;
+        return spend(gov, target);
+    }
     match gov
         .books
         .apply(Command::Reset { entity: id })
@@ -187,8 +206,28 @@ pub(super) fn reset(gov: &Governance, target: &Target) -> Result<AdminResponse, 
     }
 }
 
+/// Cluster mode: the entity's view, which must have a budget (only
+/// budgets are shared: an entity without one keeps each node's spend).
+fn shared_budget_view(
+    gov: &Governance,
+    target: &Target,
+    id: crate::ledger::EntityId,
+) -> Result<EntityView, ApiError> {
+    match gov.books.view(id).map_err(ledger_error)? {
+        Some(v) if v.budget.is_some() => Ok(v),
+        _ => Err(ApiError::bad_request(
+            "invalid_value",
+            format!(
+                "{} has no budget: in cluster mode only budgets are shared, so there is \
+                 nothing to reset or top up on every node",
+                target.books_name()
+            ),
+        )),
+    }
+}
+
 /// Adds `{"amount_usd": "5"}` to a prepaid budget; answers the spend view
-/// after.
+/// after (in cluster mode through the cluster's definitions, as a reset).
 pub(super) fn top_up(
     gov: &Governance,
     target: &Target,
@@ -206,6 +245,34 @@ pub(super) fn top_up(
             Money::parse_usd(s)
                 .map_err(|e| ApiError::bad_request("invalid_value", format!("amount_usd: {e}")))
         })?;
+    if gov.is_shared() {
+        let view = shared_budget_view(gov, target, id)?;
+        if !view.budget.is_some_and(|b| b.is_prepaid()) {
+            return Err(ApiError::bad_request(
+                "invalid_value",
+                crate::ledger::CommandError::TopUpNotPrepaid(id).to_string(),
+            ));
+        }
+        if !amount.is_positive() {
+            return Err(ApiError::bad_request(
+                "invalid_value",
+                crate::ledger::CommandError::TopUpNotPositive.to_string(),
+            ));
+        }
+        let key = adjustment_key(target.entity_kind(), &target.books_name());
+        gov.change(|overlay, _, _| {
+            let adj = overlay.budget_adjustments.entry(key).or_default();
+            // On top of what this node has: its books may hold credit from
+            // before it joined the cluster.
+            let base = adj.topup_usd.unwrap_or(Money::ZERO).max(view.topup);
+            let total = base.checked_add(amount).ok_or_else(|| {
+                ChangeError::Invalid(crate::ledger::CommandError::Overflow(id).to_string())
+            })?;
+            adj.topup_usd = Some(total);
+            Ok(())
+        })?;
+        return spend(gov, target);
+    }
     match gov
         .books
         .apply(Command::TopUp { entity: id, amount })

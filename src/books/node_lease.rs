@@ -89,6 +89,14 @@ pub enum NodeLeaseMsg {
     },
     /// This node's spend on each entity as of journal record `seq`.
     Push { seq: u64, spends: Vec<Contribution> },
+    /// The ledger gave back `amount` of its node lease on `entity` in
+    /// `period` (the cluster refused it, and what it held is too little
+    /// for its requests): the cluster thread returns it to the hash.
+    Release {
+        entity: EntityId,
+        period: Period,
+        amount: Money,
+    },
     /// Alerts this node would send: the cluster thread claims them, and
     /// hands the ones it won back to the ledger (`EmitAlerts`).
     Claim(Vec<crate::alerts::Alert>),
@@ -165,6 +173,8 @@ pub(super) struct NodeLeases<R> {
     /// Entities the cluster refused, with the shortfall last asked for.
     refused: HashMap<EntityId, Money>,
     next_retry_ms: i64,
+    /// Entities whose free node lease is to go back to the cluster.
+    releases: Vec<EntityId>,
     dirty: Vec<EntityId>,
     dirty_set: HashSet<EntityId>,
     next_push_ms: i64,
@@ -195,6 +205,7 @@ impl<R> NodeLeases<R> {
             scale: HashMap::new(),
             refused: HashMap::new(),
             next_retry_ms: 0,
+            releases: Vec::new(),
             dirty: Vec::new(),
             dirty_set: HashSet::new(),
             next_push_ms: 0,
@@ -336,6 +347,7 @@ impl<R> NodeLeases<R> {
                 .max()
                 .unwrap_or(Money::UNIT);
             self.refused.insert(entity, need);
+            self.releases.push(entity);
         } else {
             self.refused.remove(&entity);
         }
@@ -370,6 +382,35 @@ impl<R> NodeLeases<R> {
         }
         self.waiting = keep;
         ready
+    }
+
+    /// Entities whose free node lease goes back to the cluster now: those
+    /// just refused, and every refused one when it is asked again (workers
+    /// give back their leases once blocked). Released before the retry
+    /// asks: several nodes' remainders, each too small, make one that
+    /// serves.
+    pub fn take_releases(&mut self, now_ms: i64) -> Vec<EntityId> {
+        let mut out = std::mem::take(&mut self.releases);
+        if now_ms >= self.next_retry_ms {
+            out.extend(self.refused.keys().copied());
+        }
+        out.sort_unstable_by_key(|e| e.0);
+        out.dedup();
+        out
+    }
+
+    /// The ledger gave back `amount` of the node lease (see
+    /// [`NodeLeaseMsg::Release`]).
+    pub fn released(&mut self, entity: EntityId, period: Period, amount: Money) {
+        if !self.link.send(NodeLeaseMsg::Release {
+            entity,
+            period,
+            amount,
+        }) {
+            // The cluster counts it leased until it expires (held until
+            // this node next declares): never more than was granted.
+            self.stats.sends_dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Requests that waited too long (the cluster did not answer): to be
@@ -449,7 +490,10 @@ impl<R> NodeLeases<R> {
 
     /// Whether requests wait (the thread must not doze).
     pub fn busy(&self) -> bool {
-        !self.waiting.is_empty() || !self.dirty.is_empty() || !self.refused.is_empty()
+        !self.waiting.is_empty()
+            || !self.dirty.is_empty()
+            || !self.refused.is_empty()
+            || !self.releases.is_empty()
     }
 }
 

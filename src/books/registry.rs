@@ -67,7 +67,7 @@ pub fn kind_str(kind: EntityKind) -> &'static str {
     kind.as_str()
 }
 
-fn kind_from_str(s: &str) -> Option<EntityKind> {
+pub fn kind_from_str(s: &str) -> Option<EntityKind> {
     EntityKind::ALL.into_iter().find(|k| kind_str(*k) == s)
 }
 

@@ -999,7 +999,11 @@ impl LedgerThread {
                 // the period it was made in, not the next.
                 if matches!(
                     cmd,
-                    Command::Reset { .. } | Command::TopUp { .. } | Command::SetBudget { .. }
+                    Command::Reset { .. }
+                        | Command::TopUp { .. }
+                        | Command::SetBudget { .. }
+                        | Command::ClusterReset { .. }
+                        | Command::ClusterTopUp { .. }
                 ) {
                     self.drain_rings()?;
                 }
@@ -1020,6 +1024,7 @@ impl LedgerThread {
                     for (cmd, reply) in ready {
                         self.apply_and_reply(now, cmd, reply)?;
                     }
+                    self.node_release(now)?;
                 }
             }
             // Views first apply what the rings hold: a client that got its
@@ -1118,8 +1123,34 @@ impl LedgerThread {
         for (cmd, reply) in node.timed_out(now) {
             self.apply_and_reply(now, cmd, reply)?;
         }
+        self.node_release(now)?;
         if let Some(node) = &mut self.node {
             node.tick(self.ledger.state(), now, self.ledger.durable_seq());
+        }
+        Ok(())
+    }
+
+    /// Cluster mode: gives back the free node lease of entities the
+    /// cluster refused ([`NodeLeases::take_releases`]).
+    fn node_release(&mut self, now: i64) -> Result<(), BooksError> {
+        let Some(node) = &mut self.node else {
+            return Ok(());
+        };
+        for entity in node.take_releases(now) {
+            let Some(view) = self.ledger.state().node_lease(entity, now) else {
+                continue;
+            };
+            let cmd = Command::NodeRelease {
+                entity,
+                period_start_ms: view.period.start_ms,
+            };
+            if let Reply::NodeReleased { amount, .. } = self.apply(now, &cmd)? {
+                if amount.is_positive() {
+                    if let Some(node) = &mut self.node {
+                        node.released(entity, view.period, amount);
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::lua_money::{from_lua, to_lua};
-use super::scripts::{script, LUA_DRAW, LUA_PUSH};
+use super::scripts::{script, LUA_DRAW, LUA_PUSH, LUA_RELEASE};
 use crate::books::node_lease::{Contribution, NodeLeaseMsg};
 use crate::books::thread::LedgerTx;
 use crate::books::EntityRegistry;
@@ -99,6 +99,9 @@ pub struct ClusterStats {
     /// on a hash sees what the earlier ones declared, so a sum would count
     /// twice).
     pub over_limit_found: AtomicU64,
+    /// Node leases given back to the cluster, and how much.
+    pub releases: AtomicU64,
+    pub released_picodollars: AtomicU64,
     pub over_limit_max_picodollars: AtomicU64,
 }
 
@@ -141,6 +144,7 @@ impl ClusterNode {
             deferred: VecDeque::new(),
             draw: redis::Script::new(&script(LUA_DRAW)),
             push: redis::Script::new(&script(LUA_PUSH)),
+            release: redis::Script::new(&script(LUA_RELEASE)),
             stats: Arc::clone(&stats),
             stop: Arc::clone(&stop),
             limit_warned: HashMap::new(),
@@ -201,6 +205,7 @@ struct Worker {
     deferred: VecDeque<NodeLeaseMsg>,
     draw: redis::Script,
     push: redis::Script,
+    release: redis::Script,
     stats: Arc<ClusterStats>,
     stop: Arc<AtomicBool>,
     /// Entities whose limit disagrees with Redis's, logged once each.
@@ -310,6 +315,11 @@ impl Worker {
                     };
                 self.answer(entity, period, amount);
             }
+            NodeLeaseMsg::Release {
+                entity,
+                period,
+                amount,
+            } => self.release(entity, period, amount),
             NodeLeaseMsg::Claim(alerts) => {
                 for a in alerts {
                     if self.claims.len() >= CLAIMS_WAITING_MAX {
@@ -522,6 +532,48 @@ impl Worker {
         } else {
             log::error!("cluster: {what} failed: {e}");
             false
+        }
+    }
+
+    /// Gives `amount` of this node's lease on a hash back to the cluster.
+    /// Only on a hash declared on this connection: otherwise the next draw
+    /// declares what the node holds, which leaves it out already. An error
+    /// leaves it counted as leased (until it expires): never more than was
+    /// granted.
+    fn release(&mut self, entity: EntityId, period: Period, amount: Money) {
+        if !self.declared.contains(&(entity, period.start_ms)) {
+            return;
+        }
+        let (Some(key), Some(amount_s)) = (self.key(entity, period), to_lua(amount)) else {
+            return;
+        };
+        let node = self.node.clone();
+        let script = self.release.clone();
+        let acked = self.acked_seq(entity, period);
+        let Some(conn) = self.conn() else {
+            return;
+        };
+        let result: redis::RedisResult<Vec<String>> = script
+            .key(&key)
+            .arg(&node)
+            .arg(&amount_s)
+            .arg(acked)
+            .invoke(conn);
+        match result {
+            Ok(out) if out.first().map(String::as_str) == Some("ok") => {
+                let released = out.get(1).and_then(|m| from_lua(m)).unwrap_or(Money::ZERO);
+                self.stats.releases.fetch_add(1, Ordering::Relaxed);
+                let p = u64::try_from(released.picodollars()).unwrap_or(u64::MAX);
+                let _ = self.stats.released_picodollars.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |v| Some(v.saturating_add(p)),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.failed("a release", &e);
+            }
         }
     }
 

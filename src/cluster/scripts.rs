@@ -256,6 +256,32 @@ return {status, s.f["c:" .. node] or "0", s.f["l:" .. node] or "0", s.f["h:" .. 
   money_str(over), money_str(others_spent(s, node))}
 "#;
 
+/// Gives back part of a node's lease: `KEYS[1]` the entity's hash; `ARGV`
+/// node, amount, and the journal sequence of the node's last write Redis
+/// acknowledged on this hash (as for a draw). The amount leaves the node's
+/// lease, then its held money (never more than both). A hash that does
+/// not exist or went back in time for the node changes nothing (the
+/// node's next draw declares its state, which already leaves this out).
+/// Returns `{"ok" | "lost" | "none", released}`.
+pub const LUA_RELEASE: &str = r#"
+local key, node = KEYS[1], ARGV[1]
+local amount = money_parse(ARGV[2])
+if money_cmp(amount, money_zero()) < 0 then error("bursar: bad release arguments") end
+if redis.call("EXISTS", key) == 0 then return {"none", "0"} end
+local s = state_read(key, nil, nil)
+local acked = tonumber(ARGV[3] or "-1")
+if acked ~= nil and acked >= 0 and tonumber(s.f["q:" .. node] or "-1") < acked then
+  return {"lost", "0"}
+end
+local l = money_parse(s.f["l:" .. node] or "0")
+local h = money_parse(s.f["h:" .. node] or "0")
+local from_l = money_min(amount, l)
+local from_h = money_min(money_sub(amount, from_l), h)
+redis.call("HSET", key, "l:" .. node, money_str(money_sub(l, from_l)),
+  "h:" .. node, money_str(money_sub(h, from_h)))
+return {"ok", money_str(money_add(from_l, from_h))}
+"#;
+
 /// A lease script with its helpers, ready for `redis::Script::new`.
 pub fn script(body: &str) -> String {
     format!("{LUA_MONEY}{LUA_LEASE_STATE}{body}")

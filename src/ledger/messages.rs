@@ -260,6 +260,14 @@ pub enum Command {
     /// `total`; the entity's credit rises to it (journaled as a top-up of
     /// the difference). Never lowers the credit.
     ClusterTopUp { entity: EntityId, total: Money },
+    /// Cluster mode: the cluster refused this node: what its node cap
+    /// holds beyond what is committed (too little for the request that
+    /// asked) goes back, so another node can use it with its own. Not
+    /// journaled. Only in the period starting at `period_start_ms`.
+    NodeRelease {
+        entity: EntityId,
+        period_start_ms: i64,
+    },
 }
 
 /// Why a command was refused. Nothing changed.
@@ -340,6 +348,11 @@ pub enum Reply {
     NodeLease {
         entity: EntityId,
         applied: bool,
+    },
+    /// Cluster mode: what the node cap gave back (zero: nothing free).
+    NodeReleased {
+        entity: EntityId,
+        amount: Money,
     },
     /// `more`: further rollovers are due; tick again.
     Ticked {

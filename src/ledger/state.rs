@@ -496,6 +496,10 @@ impl LedgerState {
                 period_start_ms,
             } => self.cluster_reset(now_ms, entity, period_start_ms),
             Command::ClusterTopUp { entity, total } => self.cluster_top_up(now_ms, entity, total),
+            Command::NodeRelease {
+                entity,
+                period_start_ms,
+            } => self.node_release(now_ms, entity, period_start_ms),
         };
         if cfg!(debug_assertions) {
             self.check_last_apply(cmd);
@@ -1146,6 +1150,28 @@ impl LedgerState {
         }
     }
 
+    /// Cluster mode: see [`Command::NodeRelease`].
+    fn node_release(&mut self, now_ms: i64, id: EntityId, period_start_ms: i64) -> Reply {
+        let index = match self.cluster_entity(now_ms, id, Money::ZERO) {
+            Ok(index) => index,
+            Err(refused) => return refused,
+        };
+        let e = self.entity_mut(index);
+        let amount = match e.node_cap {
+            Some(cap) if e.period.start_ms == period_start_ms => {
+                let free = (cap.picodollars() - e.committed()).max(0);
+                e.node_cap = Some(money(cap.picodollars() - free));
+                money(free)
+            }
+            _ => Money::ZERO,
+        };
+        if amount.is_positive() {
+            e.drain_excess();
+            self.refresh_flags(index);
+        }
+        Reply::NodeReleased { entity: id, amount }
+    }
+
     /// The entity a cluster command names, rolled over to `now_ms`; a
     /// refusal for an unknown entity or a negative amount.
     fn cluster_entity(&mut self, now_ms: i64, id: EntityId, amount: Money) -> Result<usize, Reply> {
@@ -1191,9 +1217,9 @@ impl LedgerState {
         let cluster = self.config.cluster;
         for index in 0..self.entities.len() {
             if let Some(e) = self.entities[index].as_mut() {
-                let rolling = e.budget.is_some_and(|b| {
-                    b.reset.is_some() && b.alignment == Alignment::Rolling
-                });
+                let rolling = e
+                    .budget
+                    .is_some_and(|b| b.reset.is_some() && b.alignment == Alignment::Rolling);
                 if cluster && e.anchor_ms != 0 && !rolling {
                     if e.period.is_forever() && e.period.start_ms == e.anchor_ms {
                         e.period = Period::forever(0);
@@ -1655,7 +1681,8 @@ impl LedgerState {
             | Command::NodeGrant { entity, .. }
             | Command::ClusterSpend { entity, .. }
             | Command::ClusterReset { entity, .. }
-            | Command::ClusterTopUp { entity, .. } => {
+            | Command::ClusterTopUp { entity, .. }
+            | Command::NodeRelease { entity, .. } => {
                 if let Ok(i) = self.index(entity) {
                     self.check_entity(i, self.entity(i));
                 }

@@ -334,7 +334,10 @@ fn a_cluster_reset_starts_a_new_period_once_and_replays() {
     let day = s.view(KEY, now).unwrap().period;
     node_grant(&mut s, now, day.start_ms, "5");
     assert_eq!(lease(&mut s, now, 0, "3", "3"), usd("3"));
-    assert!(matches!(settle(&mut s, now, 1, 0, "2"), Reply::Settled { .. }));
+    assert!(matches!(
+        settle(&mut s, now, 1, 0, "2"),
+        Reply::Settled { .. }
+    ));
     log.extend_from_slice(s.records());
     // The reset the cluster agreed on: a period from there to the day's
     // end, nothing spent, nothing drawn; the lease still held is carried
@@ -354,11 +357,19 @@ fn a_cluster_reset_starts_a_new_period_once_and_replays() {
         .any(|e| matches!(e, Event::NewEpoch { manual: true, .. })));
     let v = s.view(KEY, now + 5).unwrap();
     assert_eq!(
-        (v.period.start_ms, v.period.end_ms, v.spent, v.lifetime_spent),
+        (
+            v.period.start_ms,
+            v.period.end_ms,
+            v.spent,
+            v.lifetime_spent
+        ),
         (at, day.end_ms, Money::ZERO, usd("2"))
     );
     let n = s.node_lease(KEY, now + 5).unwrap();
-    assert_eq!((n.period.start_ms, n.cap, n.committed), (at, Money::ZERO, usd("1")));
+    assert_eq!(
+        (n.period.start_ms, n.cap, n.committed),
+        (at, Money::ZERO, usd("1"))
+    );
     // Applied once: the same reset again, or an older one, changes nothing.
     for start in [at, at - 10, day.start_ms] {
         let r = s.apply(

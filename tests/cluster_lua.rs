@@ -161,22 +161,34 @@ fn sums(c: &mut redis::Connection, key: &str) -> (i128, i128, i128, i128) {
 /// contributions are exactly what the nodes spent.
 #[test]
 fn node_leases_never_let_the_nodes_spend_past_the_limit() {
-    use bursar::cluster::scripts::{script, LUA_DRAW, LUA_PUSH};
+    use bursar::cluster::scripts::{script, LUA_DRAW, LUA_PUSH, LUA_RELEASE};
     let redis = Redis::start();
     let mut c = redis.connect().unwrap();
     let draw = redis::Script::new(&script(LUA_DRAW));
     let push_script = redis::Script::new(&script(LUA_PUSH));
+    let release_script = redis::Script::new(&script(LUA_RELEASE));
     let key = "bursar:{e1}:0";
     // A node's push: its whole spend as of its journal sequence.
-    let push = |c: &mut redis::Connection, node: &str, spent: i128, seq: i64, idle: bool| {
+    let push = |c: &mut redis::Connection, node: &str, spent: i128, seq: i64| {
         push_script
             .key(key)
             .arg(node)
             .arg(spent.to_string())
             .arg(seq)
-            .arg(if idle { "1" } else { "0" })
             .invoke::<Vec<String>>(c)
             .unwrap()
+    };
+    // A node gives back `amount` it will not spend; what was released.
+    let release = |c: &mut redis::Connection, node: &str, amount: i128| -> i128 {
+        let out: Vec<String> = release_script
+            .key(key)
+            .arg(node)
+            .arg(amount.to_string())
+            .arg(-1)
+            .invoke(c)
+            .unwrap();
+        assert!(out[0] == "ok", "{out:?}");
+        from_lua(&out[1]).unwrap().picodollars()
     };
     let usd = 1_000_000_000_000_i128;
     let limit = 50 * usd + 7;
@@ -269,18 +281,30 @@ fn node_leases_never_let_the_nodes_spend_past_the_limit() {
                     n.seq += 1;
                 }
             }
+            3 if rnd(2) == 0 => {
+                // Release: what is left of expired leases once nothing
+                // admitted on them still runs, or part of the live lease
+                // (a refused node gives back what it cannot use).
+                let amount = if n.expired > 0 {
+                    std::mem::take(&mut n.expired)
+                } else {
+                    let part = rnd(n.lease as u64 + 1) as i128;
+                    n.lease -= part;
+                    part
+                };
+                let (_, bl, bh, _) = sums(&mut c, key);
+                let released = release(&mut c, names[i], amount);
+                let (_, al, ah, _) = sums(&mut c, key);
+                // All of it (the node holds it in Redis), no more.
+                assert_eq!(released, amount);
+                assert_eq!(bl + bh - (al + ah), amount);
+            }
             _ => {
-                // Push; idle when nothing is left to finish on an expired
-                // lease (the node gives up what remains of it).
-                let idle = rnd(3) == 0;
-                if idle {
-                    n.expired = 0;
-                }
-                let out = push(&mut c, names[i], n.spent, n.seq, idle);
+                let out = push(&mut c, names[i], n.spent, n.seq);
                 assert_eq!(out[4], "0", "overrun on {}", names[i]);
                 // The same push again: stale, nothing changes.
                 let before = sums(&mut c, key);
-                let again = push(&mut c, names[i], n.spent, n.seq, false);
+                let again = push(&mut c, names[i], n.spent, n.seq);
                 assert!(again[0] == "stale" || n.seq == 0, "{again:?}");
                 let (bc, bl, bh, _) = before;
                 let (ac, al, ah, _) = sums(&mut c, key);
@@ -294,10 +318,10 @@ fn node_leases_never_let_the_nodes_spend_past_the_limit() {
             std::thread::sleep(Duration::from_millis(4));
         }
     }
-    // Every node pushes its final spend, idle.
+    // Every node pushes its final spend.
     for (i, n) in nodes.iter_mut().enumerate() {
         n.seq += 1;
-        push(&mut c, names[i], n.spent, n.seq, true);
+        push(&mut c, names[i], n.spent, n.seq);
     }
     check(&mut c);
     let (sc, _, _, _) = sums(&mut c, key);
@@ -372,7 +396,6 @@ fn a_hash_that_went_back_in_time_grants_nothing_until_its_quarantine_ends() {
             .arg(node)
             .arg(30)
             .arg(5)
-            .arg("0")
             .arg(limit)
             .arg(0)
             .arg(1)
@@ -406,7 +429,6 @@ fn a_hash_that_went_back_in_time_grants_nothing_until_its_quarantine_ends() {
         .arg("n2")
         .arg(35)
         .arg(7)
-        .arg("0")
         .arg(limit)
         .arg(0)
         .arg(5)

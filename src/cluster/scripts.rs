@@ -223,9 +223,7 @@ return {money_str(grant), money_str(money_sub(available, grant)), tostring(s.now
 
 /// Pushes a node's contribution: `KEYS[1]` the entity's hash; `ARGV` node,
 /// contribution (the node's whole spend in the epoch), its journal
-/// sequence, and `1` when no request admitted against an expired lease of
-/// the node is still running (its held money may be released), else `0`.
-/// A sequence at or below the stored one changes nothing (a repeat or a
+/// sequence. A sequence at or below the stored one changes nothing (a repeat or a
 /// reordered push). The increase is taken from the node's held money, then
 /// its lease; beyond both it is an overrun, added to `o:<node>`. A stored
 /// contribution above the pushed one (a bug, or two processes as one node)
@@ -239,19 +237,15 @@ return {money_str(grant), money_str(money_sub(available, grant)), tostring(s.now
 /// before).
 pub const LUA_PUSH: &str = r#"
 local key, node = KEYS[1], ARGV[1]
-local c_new, seq, idle = money_parse(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local c_new, seq = money_parse(ARGV[2]), tonumber(ARGV[3])
 if seq == nil or money_cmp(c_new, money_zero()) < 0 then
   error("bursar: bad push arguments")
 end
-local s = state_read(key, ARGV[5], ARGV[6])
-if regressed(s, key, node, tonumber(ARGV[7] or "-1"), tonumber(ARGV[8] or "0")) then
+local s = state_read(key, ARGV[4], ARGV[5])
+if regressed(s, key, node, tonumber(ARGV[6] or "-1"), tonumber(ARGV[7] or "0")) then
   return {"lost", s.f["c:" .. node] or "0", s.f["q:" .. node] or "-1", "0", "0"}
 end
 local status, over = account(s, key, node, c_new, seq)
-if status == "ok" and idle == "1" then
-  s.f["h:" .. node] = "0"
-  redis.call("HSET", key, "h:" .. node, "0")
-end
 return {status, s.f["c:" .. node] or "0", s.f["l:" .. node] or "0", s.f["h:" .. node] or "0",
   money_str(over), money_str(others_spent(s, node))}
 "#;

@@ -418,7 +418,7 @@ impl Registry {
         }
         if let Some((c, n)) = &self.cluster {
             use std::sync::atomic::Ordering::Relaxed;
-            let series: [(&str, &str, &str, u64); 20] = [
+            let series: [(&str, &str, &str, u64); 21] = [
                 ("bursar_cluster_draws_total", "counter", "Node lease draws sent to Redis (one round trip each).", c.draws.load(Relaxed)),
                 ("bursar_cluster_draws_refused_total", "counter", "Draws the cluster refused: nothing left in the budget.", c.draws_refused.load(Relaxed)),
                 ("bursar_cluster_draws_quarantined_total", "counter", "Draws refused while a budget's hash was repaired after a loss.", c.draws_quarantined.load(Relaxed)),
@@ -435,6 +435,7 @@ impl Registry {
                 ("bursar_cluster_releases_total", "counter", "Node leases given back to the cluster after a refusal (each too small for this node's requests; with other nodes' they serve).", c.releases.load(Relaxed)),
                 ("bursar_cluster_released_picodollars_total", "counter", "... their sum.", c.released_picodollars.load(Relaxed)),
                 ("bursar_cluster_alerts_claimed_total", "counter", "Budget alerts and reports this node claimed for the cluster (and so sends).", c.alerts_claimed.load(Relaxed)),
+                ("bursar_cluster_alerts_taken_over_total", "counter", "Alerts this node sent for a node that claimed them and did not get them into its outbox in time (it died).", c.alerts_taken_over.load(Relaxed)),
                 ("bursar_cluster_wants_total", "counter", "Node lease draws the ledger asked for.", n.wants.load(Relaxed)),
                 ("bursar_cluster_lease_waits_total", "counter", "Worker lease requests that waited for a node lease.", n.waits.load(Relaxed)),
                 ("bursar_cluster_lease_waits_timed_out_total", "counter", "... answered from the node's cap as it was, Redis silent (fail closed).", n.waits_timed_out.load(Relaxed)),

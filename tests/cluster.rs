@@ -630,10 +630,17 @@ struct Load {
 
 impl Load {
     fn start(nodes: &[Gateway], per_node: usize) -> Load {
+        let addrs: Vec<_> = nodes.iter().map(|g| g.addr).collect();
+        Load::start_on(&addrs, per_node)
+    }
+
+    /// `per_addr` clients on each address (an address given twice gets
+    /// twice the clients).
+    fn start_on(addrs: &[std::net::SocketAddr], per_addr: usize) -> Load {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let clients = (0..per_node * nodes.len())
+        let clients = (0..per_addr * addrs.len())
             .map(|t| {
-                let addr = nodes[t % nodes.len()].addr;
+                let addr = addrs[t % addrs.len()];
                 let stop = Arc::clone(&stop);
                 std::thread::spawn(move || {
                     let mut c = Client::connect(addr);
@@ -839,6 +846,19 @@ impl Receiver {
 
 #[test]
 fn budget_alerts_are_sent_once_for_the_cluster() {
+    alerts_once(false);
+}
+
+/// n1 claims alerts and then drops the ones it won, as a node that died
+/// between its claim and its outbox would: the others take those over
+/// once the claims have been pending for three lease TTLs, and each alert
+/// is still sent once.
+#[test]
+fn alerts_a_claimer_never_delivered_are_taken_over_and_sent_once() {
+    alerts_once(true);
+}
+
+fn alerts_once(first_claimer_dies: bool) {
     let redis = Redis::start();
     let mock = Mock::start(&[]);
     let receiver = Receiver::start();
@@ -863,13 +883,33 @@ channels = ["hook"]
     let nodes: Vec<Gateway> = ["n1", "n2", "n3"]
         .iter()
         .map(|n| {
+            let dir = util::TempDir::new("cluster-node");
+            let path = dir.0.join("bursar.toml");
             let config = format!("{}{alerts}", node_config(&mock, &redis, n, "0.0005"));
-            Gateway::start(&config, &[])
+            std::fs::write(&path, config).unwrap();
+            let drop_claims = first_claimer_dies && *n == "n1";
+            Gateway::spawn_with(dir, path, &[], |cmd| {
+                if drop_claims {
+                    cmd.env("BURSAR_DEBUG_CLUSTER_CLAIM_DROP", "1");
+                }
+            })
         })
         .collect();
     // Load over all three until the budget is spent: every node sees the
-    // cluster cross 50% and run out.
-    let load = Load::start(&nodes, 4);
+    // cluster cross 50% and run out. With a dying claimer, most of the
+    // load is on it, so it sees the crossings first and claims them.
+    let addrs: Vec<_> = if first_claimer_dies {
+        vec![
+            nodes[0].addr,
+            nodes[0].addr,
+            nodes[0].addr,
+            nodes[1].addr,
+            nodes[2].addr,
+        ]
+    } else {
+        nodes.iter().map(|g| g.addr).collect()
+    };
+    let load = Load::start_on(&addrs, if first_claimer_dies { 2 } else { 4 });
     let deadline = Instant::now() + Duration::from_secs(10);
     while nodes
         .iter()
@@ -887,23 +927,40 @@ channels = ["hook"]
     std::thread::sleep(Duration::from_millis(500));
     let (seen, _) = load.stop();
     assert!(seen <= pico("0.0005"));
-    eventually("the 50% alert", || {
-        !receiver.events("budget.threshold_crossed").is_empty()
-    });
-    eventually("the exhausted alert", || {
-        !receiver.events("budget.exhausted").is_empty()
-    });
+    // A takeover waits for the claim's deadline (3 lease TTLs: 6 s here).
+    let wait = |what: &str, kind: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while receiver.events(kind).is_empty() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("the 50% alert", "budget.threshold_crossed");
+    wait("the exhausted alert", "budget.exhausted");
     // Every node could have sent them; one did, once.
     std::thread::sleep(Duration::from_secs(2));
     let crossed = receiver.events("budget.threshold_crossed");
     assert_eq!(crossed.len(), 1, "{crossed:?}");
     assert_eq!(crossed[0]["data"]["threshold_percent"], 50);
     assert_eq!(receiver.events("budget.exhausted").len(), 1);
-    let claimed: u64 = nodes
+    let claimed: Vec<u64> = nodes
         .iter()
         .map(|g| counter(g, "bursar_cluster_alerts_claimed_total"))
-        .sum();
-    assert_eq!(claimed, 2);
+        .collect();
+    let taken_over: Vec<u64> = nodes
+        .iter()
+        .map(|g| counter(g, "bursar_cluster_alerts_taken_over_total"))
+        .collect();
+    if first_claimer_dies {
+        // What n1 won and dropped, the others took over, each once.
+        assert!(claimed[0] >= 1, "n1 claimed nothing: {claimed:?}");
+        assert_eq!(taken_over[0], 0);
+        assert_eq!(taken_over[1] + taken_over[2], claimed[0], "{taken_over:?}");
+        assert_eq!(claimed.iter().sum::<u64>(), 2 + claimed[0]);
+    } else {
+        assert_eq!(claimed.iter().sum::<u64>(), 2);
+        assert_eq!(taken_over.iter().sum::<u64>(), 0);
+    }
 }
 
 /// Every node writes the request log to one PostgreSQL: the spend queries

@@ -100,6 +100,9 @@ pub enum NodeLeaseMsg {
     /// Alerts this node would send: the cluster thread claims them, and
     /// hands the ones it won back to the ledger (`EmitAlerts`).
     Claim(Vec<crate::alerts::Alert>),
+    /// The outbox has these claimed alerts (timestamp, claim id): their
+    /// claims are kept, no other node takes them over.
+    ClaimsKept(Vec<(i64, String)>),
 }
 
 /// One entity's spend on this node in a period.

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use super::alerts::{Claim, CLAIMS_WATCHED_MAX};
 use super::lua_money::{from_lua, to_lua};
 use super::scripts::{script, LUA_DRAW, LUA_PUSH, LUA_RELEASE};
 use crate::books::node_lease::{Contribution, NodeLeaseMsg};
@@ -99,6 +100,9 @@ pub struct ClusterStats {
     /// on a hash sees what the earlier ones declared, so a sum would count
     /// twice).
     pub over_limit_found: AtomicU64,
+    /// Alerts this node took over from a node that claimed them and did
+    /// not keep them in time (it died before its outbox had them).
+    pub alerts_taken_over: AtomicU64,
     /// Node leases given back to the cluster, and how much.
     pub releases: AtomicU64,
     pub released_picodollars: AtomicU64,
@@ -150,6 +154,11 @@ impl ClusterNode {
             limit_warned: HashMap::new(),
             claimed,
             claims: VecDeque::new(),
+            watched: VecDeque::new(),
+            claims_kept: Vec::new(),
+            claim: redis::Script::new(super::alerts::LUA_CLAIM),
+            debug_claim_drop: cfg!(debug_assertions)
+                && std::env::var_os(super::alerts::DEBUG_CLAIM_DROP_ENV).is_some(),
             fail_open: config.fail_mode == crate::config::cluster::FailMode::Open,
             pushes: VecDeque::new(),
             scripts_loaded: false,
@@ -214,6 +223,13 @@ struct Worker {
     claimed: super::alerts::Claimed,
     /// Alerts waiting for Redis to be claimed.
     claims: VecDeque<crate::alerts::Alert>,
+    /// Alerts another node claimed and has not kept, by when to ask again.
+    watched: VecDeque<(Instant, crate::alerts::Alert)>,
+    /// Claims this node's outbox kept, to mark in Redis.
+    claims_kept: Vec<(i64, String)>,
+    claim: redis::Script,
+    /// Debug builds: [`super::alerts::DEBUG_CLAIM_DROP_ENV`].
+    debug_claim_drop: bool,
     /// fail_mode = "open".
     fail_open: bool,
     /// Contributions whose journal records are durable, waiting their turn
@@ -243,7 +259,10 @@ impl Worker {
             self.push_some();
             let wait = if !self.pushes.is_empty() {
                 Duration::ZERO
-            } else if self.deferred.is_empty() && self.claims.is_empty() {
+            } else if self.deferred.is_empty()
+                && self.claims.is_empty()
+                && self.claims_kept.is_empty()
+            {
                 IDLE_WAIT
             } else {
                 DEFERRED_WAIT
@@ -320,6 +339,12 @@ impl Worker {
                 period,
                 amount,
             } => self.release(entity, period, amount),
+            NodeLeaseMsg::ClaimsKept(kept) => {
+                if self.claims_kept.len() + kept.len() <= CLAIMS_WAITING_MAX {
+                    self.claims_kept.extend(kept);
+                }
+                self.claim_waiting();
+            }
             NodeLeaseMsg::Claim(alerts) => {
                 for a in alerts {
                     if self.claims.len() >= CLAIMS_WAITING_MAX {
@@ -353,30 +378,69 @@ impl Worker {
         }
     }
 
-    /// Claims the alerts waiting; the won ones go to the ledger's outbox.
-    /// While Redis is unreachable they wait (delayed, not lost, while this
-    /// process lives; after a restart the evaluator finds them again).
+    /// Claims the alerts waiting, and those watched whose retry is due;
+    /// the won ones go to the ledger's outbox, those another node won and
+    /// has not kept are watched, and the claims this node's outbox kept
+    /// are marked. While Redis is unreachable they wait (delayed, not
+    /// lost, while this process lives; after a restart the evaluator finds
+    /// them again).
     fn claim_waiting(&mut self) {
-        if self.claims.is_empty() {
+        let now = Instant::now();
+        while self.watched.front().is_some_and(|(due, _)| *due <= now) {
+            if let Some((_, a)) = self.watched.pop_front() {
+                self.claims.push_back(a);
+            }
+        }
+        if self.claims.is_empty() && self.claims_kept.is_empty() {
             return;
         }
         let alerts: Vec<crate::alerts::Alert> = self.claims.iter().cloned().collect();
+        let kept = self.claims_kept.clone();
         let node = self.node.clone();
+        let script = self.claim.clone();
+        let pending_ms = self.ttl_ms * super::alerts::CLAIM_PENDING_LEASE_TTLS;
         let Some(conn) = self.conn() else {
             return;
         };
-        match super::alerts::claim(conn, &node, &alerts) {
-            Ok(won) => {
+        if !kept.is_empty() {
+            match super::alerts::kept(conn, &node, &kept) {
+                Ok(()) => self.claims_kept.clear(),
+                Err(e) => {
+                    self.failed("marking alert claims kept", &e);
+                    return;
+                }
+            }
+        }
+        let Some(conn) = self.conn() else {
+            return;
+        };
+        match super::alerts::claim(conn, &script, &node, pending_ms, &alerts) {
+            Ok(found) => {
                 self.claims.clear();
-                let won: Vec<crate::alerts::Alert> = alerts
-                    .into_iter()
-                    .zip(won)
-                    .filter_map(|(a, w)| w.then_some(a))
-                    .collect();
+                let mut won = Vec::new();
+                for (a, f) in alerts.into_iter().zip(found) {
+                    match f {
+                        Claim::Won => won.push(a),
+                        Claim::TakenOver => {
+                            self.stats.alerts_taken_over.fetch_add(1, Ordering::Relaxed);
+                            won.push(a);
+                        }
+                        Claim::Kept => {}
+                        Claim::Wait if self.watched.len() < CLAIMS_WATCHED_MAX => {
+                            let retry = Duration::from_millis(self.ttl_ms);
+                            self.watched.push_back((now + retry, a));
+                        }
+                        Claim::Wait => log::error!(
+                            "cluster: too many alerts watched; {} is left to the node that \
+                             claimed it",
+                            a.id
+                        ),
+                    }
+                }
                 self.stats
                     .alerts_claimed
                     .fetch_add(won.len() as u64, Ordering::Relaxed);
-                if won.is_empty() {
+                if won.is_empty() || self.debug_claim_drop {
                     return;
                 }
                 {

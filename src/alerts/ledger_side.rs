@@ -125,6 +125,12 @@ impl LedgerAlerts {
         self.book.refused(now_ms, state, entity);
     }
 
+    /// Cluster mode: what the other nodes spent on `entity` changed (no
+    /// journal record says so): the evaluator looks at it again.
+    pub fn cluster_spend(&mut self, now_ms: i64, state: &LedgerState, entity: EntityId) {
+        self.book.sweep(now_ms, state, &[entity]);
+    }
+
     pub fn set_plan(&mut self, plan: Arc<AlertPlan>) {
         self.book.set_plan(plan);
         self.sweep_all = true;

@@ -1017,6 +1017,19 @@ impl LedgerThread {
                     None => (cmd, reply),
                 };
                 self.apply_and_reply(now, cmd, reply)?;
+                if let (
+                    Some(alerts),
+                    Command::ClusterSpend {
+                        entity, refused, ..
+                    },
+                ) = (&mut self.alerts, cmd)
+                {
+                    if refused {
+                        alerts.refused(now, self.ledger.state(), entity);
+                    } else {
+                        alerts.cluster_spend(now, self.ledger.state(), entity);
+                    }
+                }
                 if let (Some(node), Command::NodeGrant { entity, amount, .. }) =
                     (&mut self.node, cmd)
                 {

@@ -16,6 +16,9 @@
 //!   node's spend, talking to the ledger by messages only.
 //! - [`alerts`]: budget alerts and reports sent once for the cluster: each
 //!   node claims an alert in Redis before its outbox takes it.
+//! - [`feed`]: which budget hashes were pushed to, polled by every node,
+//!   so a node that serves none of a budget's traffic still knows the
+//!   cluster's spend on it.
 //! - [`governance`]: admin changes made on one node apply on all: the
 //!   admin API's definitions versioned in Redis, proposed by compare and
 //!   set, announced on a stream the `bursar-cluster-defs` thread reads.
@@ -26,6 +29,7 @@
 //! reverse.
 
 pub mod alerts;
+pub mod feed;
 pub mod governance;
 pub mod lua_money;
 pub mod node;

@@ -157,6 +157,9 @@ impl ClusterNode {
             watched: VecDeque::new(),
             claims_kept: Vec::new(),
             claim: redis::Script::new(super::alerts::LUA_CLAIM),
+            touch: redis::Script::new(super::feed::LUA_TOUCH),
+            feed_after: None,
+            next_poll: Instant::now(),
             debug_claim_drop: cfg!(debug_assertions)
                 && std::env::var_os(super::alerts::DEBUG_CLAIM_DROP_ENV).is_some(),
             fail_open: config.fail_mode == crate::config::cluster::FailMode::Open,
@@ -209,7 +212,7 @@ struct Worker {
     /// that went back in time is caught (and its loss measured: the drift).
     acked: HashMap<(EntityId, i64), (Money, u64)>,
     /// Per hash, what the other nodes had pushed as last told the ledger.
-    others: HashMap<(EntityId, i64), Money>,
+    others: HashMap<(EntityId, i64), (Money, bool)>,
     /// Messages waiting for the journal to be durable.
     deferred: VecDeque<NodeLeaseMsg>,
     draw: redis::Script,
@@ -228,6 +231,11 @@ struct Worker {
     /// Claims this node's outbox kept, to mark in Redis.
     claims_kept: Vec<(i64, String)>,
     claim: redis::Script,
+    /// The spend feed ([`super::feed`]): its script, the position read up
+    /// to (`None`: not read yet), when to read it next.
+    touch: redis::Script,
+    feed_after: Option<u64>,
+    next_poll: Instant,
     /// Debug builds: [`super::alerts::DEBUG_CLAIM_DROP_ENV`].
     debug_claim_drop: bool,
     /// fail_mode = "open".
@@ -257,6 +265,7 @@ impl Worker {
             }
             self.claim_waiting();
             self.push_some();
+            self.poll_feed();
             let wait = if !self.pushes.is_empty() {
                 Duration::ZERO
             } else if self.deferred.is_empty()
@@ -546,10 +555,90 @@ impl Worker {
     /// Tells the ledger what the other nodes have pushed on a hash, when
     /// it changed (views and alerts show the cluster's spend).
     fn others_spent(&mut self, entity: EntityId, period: Period, others: Option<&String>) {
-        let Some(others) = others.and_then(|o| from_lua(o)) else {
+        if let Some(others) = others.and_then(|o| from_lua(o)) {
+            self.others_spent_at(entity, period.start_ms, others, false);
+        }
+    }
+
+    /// Every [`super::feed::FEED_POLL_INTERVAL`]: the hashes other nodes
+    /// pushed to since the last poll, their spend told to the ledger (so a
+    /// node serving none of a budget's traffic knows the cluster's spend).
+    fn poll_feed(&mut self) {
+        let now = Instant::now();
+        if now < self.next_poll {
+            return;
+        }
+        self.next_poll = now + super::feed::FEED_POLL_INTERVAL;
+        let (after, node) = (self.feed_after, self.node.clone());
+        let Some(conn) = self.conn() else {
             return;
         };
-        if self.others.get(&(entity, period.start_ms)) == Some(&others) {
+        let Some(after) = after else {
+            match super::feed::position(conn) {
+                Ok(p) => self.feed_after = Some(p),
+                Err(e) => {
+                    self.failed("reading the spend feed", &e);
+                }
+            }
+            return;
+        };
+        let (last, changed) = match super::feed::poll(conn, after, &node) {
+            Ok(polled) => polled,
+            Err(e) => {
+                self.failed("reading the spend feed", &e);
+                return;
+            }
+        };
+        // A counter below the position read up to: Redis lost the feed
+        // (restarted empty); read from its start.
+        self.feed_after = Some(if changed.is_empty() && last == after {
+            match super::feed::position(conn) {
+                Ok(p) if p < after => p,
+                _ => after,
+            }
+        } else {
+            last
+        });
+        if changed.is_empty() {
+            return;
+        }
+        let found: Vec<(EntityId, i64, super::feed::Changed)> = {
+            let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+            changed
+                .into_iter()
+                .filter_map(|c| {
+                    let (kind, name, start_ms) = super::feed::parse_hash_key(&c.key)?;
+                    Some((registry.lookup(kind, &name)?, start_ms, c))
+                })
+                .collect()
+        };
+        for (entity, start_ms, c) in found {
+            self.others_spent_at(entity, start_ms, c.others, c.refused);
+        }
+    }
+
+    /// Tells the spend feed a hash changed (a lone push, a refusal).
+    fn touch_feed(&mut self, key: &str) {
+        let touch = self.touch.clone();
+        let Some(conn) = self.conn() else {
+            return;
+        };
+        let touched: redis::RedisResult<u64> = touch
+            .key(super::feed::FEED_SEQ_KEY)
+            .key(super::feed::FEED_KEY)
+            .arg(super::feed::FEED_KEPT_MAX)
+            .arg(key)
+            .invoke(conn);
+        if let Err(e) = touched {
+            self.failed("touching the spend feed", &e);
+        }
+    }
+
+    /// Tells the ledger what the other nodes spent on a hash, and whether
+    /// a node was refused there, when either changed.
+    fn others_spent_at(&mut self, entity: EntityId, start_ms: i64, others: Money, refused: bool) {
+        let period_start_ms = start_ms;
+        if self.others.get(&(entity, period_start_ms)) == Some(&(others, refused)) {
             return;
         }
         if self.others.len() >= HASHES_KNOWN_MAX {
@@ -557,11 +646,13 @@ impl Worker {
         }
         let cmd = Command::ClusterSpend {
             entity,
-            period_start_ms: period.start_ms,
+            period_start_ms,
             others,
+            refused,
         };
         if self.ledger.tell(cmd).is_ok() {
-            self.others.insert((entity, period.start_ms), others);
+            self.others
+                .insert((entity, period_start_ms), (others, refused));
         }
     }
 
@@ -730,6 +821,10 @@ impl Worker {
             }
             Some("refused") => {
                 self.stats.draws_refused.fetch_add(1, Ordering::Relaxed);
+                // The other nodes hear of it from the spend feed.
+                if need.is_positive() {
+                    self.touch_feed(&key);
+                }
                 Some(Drawn::Refused)
             }
             Some("quarantine") => {
@@ -807,13 +902,24 @@ impl Worker {
         if sent.is_empty() {
             return;
         }
-        let (draw, push) = (self.draw.clone(), self.push.clone());
+        // The feed hears of every hash of the batch (see `poll_feed`).
+        let mut touch = self.touch.key(super::feed::FEED_SEQ_KEY);
+        touch
+            .key(super::feed::FEED_KEY)
+            .arg(super::feed::FEED_KEPT_MAX);
+        for (_, _, key, _) in &sent {
+            touch.arg(key);
+        }
+        pipe.invoke_script(&touch).ignore();
+        let (draw, push, feed) = (self.draw.clone(), self.push.clone(), self.touch.clone());
         let loaded = self.scripts_loaded;
         let Some(conn) = self.conn() else {
             return;
         };
         let ready = loaded || {
-            draw.prepare_invoke().load(conn).is_ok() && push.prepare_invoke().load(conn).is_ok()
+            draw.prepare_invoke().load(conn).is_ok()
+                && push.prepare_invoke().load(conn).is_ok()
+                && feed.prepare_invoke().load(conn).is_ok()
         };
         let replies: Option<Vec<Vec<String>>> = if ready { pipe.query(conn).ok() } else { None };
         self.scripts_loaded = ready;
@@ -951,6 +1057,9 @@ impl Worker {
             .arg(ttl)
             .invoke(conn);
         self.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        if result.is_ok() {
+            self.touch_feed(&key);
+        }
         match result {
             Ok(out) => {
                 self.stats.connected.store(true, Ordering::Relaxed);

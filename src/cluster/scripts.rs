@@ -179,7 +179,8 @@ end
 /// (a draw of zero renews only). Returns `{granted, available after, now
 /// ms, status, stored contribution before, stored sequence before, what
 /// the other nodes have pushed}`,
-/// status "ok", "refused" (`need` is more than is available), "limit"
+/// status "ok", "refused" (`need` is more than is available; the hash
+/// keeps `rf` until the next grant), "limit"
 /// (granted 0; available is the stored limit), "lost" or "quarantine".
 pub const LUA_DRAW: &str = r#"
 local key, node = KEYS[1], ARGV[1]
@@ -214,6 +215,13 @@ elseif money_cmp(need, available) <= 0 then
   local share = money_div(available, 2 * nodes)
   grant = money_max(need, money_min(want, share))
   if money_cmp(grant, available) > 0 then grant = available end
+end
+-- `rf`: a node was refused since the last grant (the budget is exhausted
+-- in the cluster; the spend feed tells the other nodes).
+if status == "refused" and money_cmp(need, money_zero()) > 0 then
+  redis.call("HSET", key, "rf", "1")
+elseif money_cmp(grant, money_zero()) > 0 and s.f["rf"] ~= nil then
+  redis.call("HDEL", key, "rf")
 end
 local l = money_add(money_parse(s.f["l:" .. node] or "0"), grant)
 redis.call("HSET", key, "l:" .. node, money_str(l), "x:" .. node, tostring(s.now + ttl))

@@ -245,6 +245,9 @@ pub enum Command {
         entity: EntityId,
         period_start_ms: i64,
         others: Money,
+        /// A node was refused a draw there (the budget is exhausted in the
+        /// cluster): the alert evaluator counts it as a refusal.
+        refused: bool,
     },
     /// Cluster mode: a manual reset the cluster agreed on (decision 0016,
     /// "Resets and top-ups"): the entity's spend starts over in a period

@@ -490,6 +490,7 @@ impl LedgerState {
                 entity,
                 period_start_ms,
                 others,
+                ..
             } => self.cluster_spend(now_ms, entity, period_start_ms, others),
             Command::ClusterReset {
                 entity,

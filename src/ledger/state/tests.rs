@@ -281,6 +281,7 @@ fn a_cluster_node_grants_only_what_the_cluster_granted_it() {
             entity: KEY,
             period_start_ms: start,
             others: usd("5"),
+            refused: false,
         },
     );
     let v = s.view(KEY, now).unwrap();

@@ -94,6 +94,20 @@ impl RedisOverlay {
 
     /// The stored definitions and their version (`None`: none stored).
     fn fetch(&self) -> redis::RedisResult<Option<(u64, Overlay)>> {
+        // Bounded as the file is: the length first, the value only if it fits.
+        let len: u64 = self.conn.with(|c| {
+            redis::cmd("HSTRLEN")
+                .arg(GOVERNANCE_KEY)
+                .arg("overlay")
+                .query(c)
+        })?;
+        if len > crate::admin::OVERLAY_BYTES_MAX {
+            log::error!(
+                "cluster: the definitions in Redis are {len} bytes, more than {}: not applied",
+                crate::admin::OVERLAY_BYTES_MAX
+            );
+            return Ok(None);
+        }
         let (version, json): (Option<u64>, Option<String>) = self.conn.with(|c| {
             redis::cmd("HMGET")
                 .arg(GOVERNANCE_KEY)

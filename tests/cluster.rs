@@ -253,6 +253,8 @@ fn a_strict_budget_over_three_nodes_never_overshoots_and_redis_equals_what_clien
     for g in &nodes {
         assert_eq!(counter(g, "bursar_budget_overruns_total"), 0);
         assert_eq!(counter(g, "bursar_ledger_ring_rejected_total"), 0);
+        // Every Redis call succeeded (a script error is counted here).
+        assert_eq!(counter(g, "bursar_cluster_errors_total"), 0);
     }
 }
 
@@ -750,6 +752,64 @@ fn redis_goes_away_mid_load(outage: Outage) {
         receiver.count("operational.cluster_unavailable") > 0
             && receiver.count("operational.cluster_drift") > 0
     });
+}
+
+/// With `[cluster] nodes`, a node that is down while Redis loses its
+/// state holds the budget closed until it is back: its spend, which only
+/// its journal has, is counted again before anyone draws. (Without the
+/// list the others would draw on a total missing its share.)
+#[test]
+fn a_node_down_while_redis_loses_its_state_keeps_the_budget_closed_until_it_is_back() {
+    let mut redis = Redis::start();
+    let mock = Mock::start(&[]);
+    let limit = "0.006"; // ~1,400 requests: the load reaches it
+    let nodes: Vec<Gateway> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| {
+            let config = node_config(&mock, &redis, n, limit).replace(
+                "lease_ttl = \"2s\"",
+                "lease_ttl = \"2s\"\nnodes = [\"n1\", \"n2\", \"n3\"]",
+            );
+            assert!(config.contains("nodes = "));
+            Gateway::start(&config, &[])
+        })
+        .collect();
+    let mut nodes = nodes;
+    let n3 = nodes.pop().unwrap();
+    let load12 = Load::start(&nodes, 3);
+    let load3 = Load::start(std::slice::from_ref(&n3), 3);
+    std::thread::sleep(Duration::from_millis(600));
+    // n3 stops (its clients first, then kill -9); Redis restarts empty.
+    let (seen3, _) = load3.stop();
+    assert!(seen3 > 0);
+    let n3 = n3.kill_and_restart_later();
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(200));
+    redis.restart();
+    // The other two run on: the lost hash grants nothing without n3.
+    std::thread::sleep(Duration::from_millis(4000));
+    let draws_before: u64 = nodes
+        .iter()
+        .map(|g| counter(g, "bursar_cluster_draws_quarantined_total"))
+        .sum();
+    assert!(draws_before > 0, "no draw was held back while n3 was down");
+    // n3 returns and declares what its journal holds: the budget opens.
+    let n3 = n3.start();
+    std::thread::sleep(Duration::from_millis(3000));
+    let (seen12, refused) = load12.stop();
+    assert!(refused > 0);
+    let seen = seen12 + seen3;
+    assert!(seen <= pico(limit), "overspent: {seen} > {}", pico(limit));
+    // Every charge a client saw is in the books (n3's kill may have cut a
+    // settled response per client of its).
+    nodes.push(n3);
+    let books: i128 = nodes.iter().map(|g| spent(g, "keys/search-prod")).sum();
+    assert!(
+        books >= seen && books <= seen + 3 * CHAT_COST_PICO,
+        "{books} vs {seen}"
+    );
+    assert!(books <= pico(limit), "the books passed the limit: {books}");
+    eventually("Redis's contributions", || redis_sums(&redis).0 == books);
 }
 
 #[test]

@@ -84,6 +84,9 @@ pub struct Changed {
     pub others: Money,
     /// A node's draw was refused there since the last grant (`rf`).
     pub refused: bool,
+    /// Redis lost the hash's state and not every node has declared there
+    /// since (`lost`).
+    pub lost: bool,
 }
 
 /// The hashes pushed to (or refused on) after `after`; and the feed
@@ -117,17 +120,19 @@ pub fn poll(
         .zip(hashes)
         .filter_map(|((key, _), fields)| {
             let mut others = 0i128;
-            let mut refused = false;
+            let (mut refused, mut lost) = (false, false);
             for (k, v) in &fields {
                 if k.starts_with("c:") && *k != mine {
                     others += from_lua(v)?.picodollars();
                 }
                 refused |= k == "rf";
+                lost |= k == "lost";
             }
             Some(Changed {
                 key,
                 others: Money::from_picodollars(others)?,
                 refused,
+                lost,
             })
         })
         .collect();

@@ -137,6 +137,8 @@ impl ClusterNode {
             next_connect: Instant::now(),
             node: config.node.clone(),
             ttl_ms: config.lease_ttl.as_millis().max(1) as u64,
+            nodes: config.nodes.join(","),
+            lost_seen: HashSet::new(),
             rx,
             ledger,
             durable_seq,
@@ -198,6 +200,12 @@ struct Worker {
     next_connect: Instant,
     node: String,
     ttl_ms: u64,
+    /// `[cluster] nodes`, comma-separated (empty: not given), sent with
+    /// each draw: a hash Redis lost grants nothing until all have
+    /// declared there again.
+    nodes: String,
+    /// Hashes the spend feed showed lost that this node redeclared for.
+    lost_seen: HashSet<String>,
     rx: Receiver<NodeLeaseMsg>,
     ledger: LedgerTx,
     durable_seq: Arc<AtomicU64>,
@@ -550,6 +558,8 @@ impl Worker {
             acked.map_or(0, |(_, q)| q),
         );
         self.redeclare();
+        // The other nodes hear of it from the spend feed, and declare too.
+        self.touch_feed(key);
     }
 
     /// Tells the ledger what the other nodes have pushed on a hash, when
@@ -612,8 +622,23 @@ impl Worker {
                 })
                 .collect()
         };
+        let mut redeclare = false;
         for (entity, start_ms, c) in found {
+            // A hash Redis lost: every node declares its state there
+            // again, the ones serving none of its traffic too (with the
+            // node list, the hash waits for all of them).
+            if c.lost {
+                if self.lost_seen.len() >= HASHES_KNOWN_MAX {
+                    self.lost_seen.clear();
+                }
+                redeclare |= self.lost_seen.insert(c.key.clone());
+            } else {
+                self.lost_seen.remove(&c.key);
+            }
             self.others_spent_at(entity, start_ms, c.others, c.refused);
+        }
+        if redeclare {
+            self.redeclare();
         }
     }
 
@@ -759,6 +784,7 @@ impl Worker {
         let node = self.node.clone();
         let ttl = self.ttl_ms;
         let script = self.draw.clone();
+        let nodes = self.nodes.clone();
         let acked = self.acked_seq(entity, period);
         let Some(conn) = self.conn() else {
             return Some(Drawn::Unreachable);
@@ -771,9 +797,11 @@ impl Worker {
             .arg(&limit_s)
             .arg(limit_version)
             .arg(acked);
-        if let Some((s, q, o)) = &hello_args {
-            inv.arg(s).arg(q).arg(o);
-        }
+        match &hello_args {
+            Some((s, q, o)) => inv.arg(s).arg(q).arg(o),
+            None => inv.arg("").arg("").arg(""),
+        };
+        inv.arg(&nodes);
         let result: redis::RedisResult<Vec<String>> = inv.invoke(conn);
         self.stats.draws.fetch_add(1, Ordering::Relaxed);
         let out = match result {

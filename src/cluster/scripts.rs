@@ -73,6 +73,14 @@ local function state_read(key, limit_arg, lv_arg)
   return s
 end
 
+-- After a loss (`lost`), the node wrote its state: it is counted again.
+local function present(s, key, node)
+  if s.f["lost"] ~= nil and s.f["dc:" .. node] == nil then
+    s.f["dc:" .. node] = "1"
+    redis.call("HSET", key, "dc:" .. node, "1")
+  end
+end
+
 -- A node's contribution `c_new` as of its journal sequence `seq`: the
 -- increase is taken from its held money, then its lease; beyond both it is
 -- an overrun. A sequence at or below the stored one changes nothing.
@@ -103,6 +111,7 @@ local function account(s, key, node, c_new, seq)
   redis.call("HSET", key, "c:" .. node, s.f["c:" .. node], "q:" .. node, s.f["q:" .. node],
     "l:" .. node, s.f["l:" .. node], "h:" .. node, s.f["h:" .. node], "o:" .. node, s.f["o:" .. node])
   s.nodes[node] = true
+  present(s, key, node)
   state_sum(s)
   return "ok", over
 end
@@ -118,9 +127,18 @@ local function regressed(s, key, node, acked, ttl)
   local q = tonumber(s.f["q:" .. node] or "-1")
   if q >= acked then return false end
   s.f["qu"] = tostring(s.now + ttl)
-  redis.call("HSET", key, "qu", s.f["qu"])
+  s.f["lost"] = "1"
+  redis.call("HSET", key, "qu", s.f["qu"], "lost", "1")
+  -- Who declared since: nobody yet (see `quarantined`).
+  for name in pairs(s.f) do
+    if string.sub(name, 1, 3) == "dc:" then
+      redis.call("HDEL", key, name)
+      s.f[name] = nil
+    end
+  end
   return true
 end
+
 
 -- What the other nodes have pushed: Σ c over nodes but `node`.
 local function others_spent(s, node)
@@ -131,8 +149,18 @@ local function others_spent(s, node)
   return sum
 end
 
-local function quarantined(s)
-  return tonumber(s.f["qu"] or "0") > s.now
+-- No draw grants while quarantined: for `ttl` after a loss, and, given
+-- the cluster's node list (`nodes`, comma-separated), until every node on
+-- it has written its state since the loss (then the loss is over).
+local function quarantined(s, key, nodes)
+  if tonumber(s.f["qu"] or "0") > s.now then return true end
+  if s.f["lost"] == nil or nodes == nil or nodes == "" then return false end
+  for n in string.gmatch(nodes, "[^,]+") do
+    if s.f["dc:" .. n] == nil then return true end
+  end
+  s.f["lost"] = nil
+  redis.call("HDEL", key, "lost")
+  return false
 end
 
 -- A node process's first call on the hash: it declares its whole state,
@@ -153,6 +181,7 @@ local function hello(s, key, node, c_new, seq, outstanding)
   redis.call("HSET", key, "c:" .. node, s.f["c:" .. node], "q:" .. node, s.f["q:" .. node],
     "l:" .. node, s.f["l:" .. node], "h:" .. node, "0")
   s.nodes[node] = true
+  present(s, key, node)
   state_sum(s)
 end
 "#;
@@ -170,8 +199,10 @@ end
 /// this hash (-1: none): a lower stored one means Redis lost state (see
 /// `regressed`): the draw grants nothing, says "lost" and returns what was
 /// stored for the node before (its contribution and sequence), so the
-/// node can tell how much was lost (the drift). While the hash is
-/// quarantined, draws that need money say "quarantine". Grants all of
+/// node can tell how much was lost (the drift). `ARGV[8..10]` are the
+/// declaration (empty strings: none); `ARGV[11]`, optional, the cluster's
+/// node list, comma-separated. While the hash is quarantined (see
+/// `quarantined`), draws that need money say "quarantine". Grants all of
 /// `need` or nothing, at most `max(need, want)` and, above `need`, at most
 /// an even share of what is available among the nodes on the hash (so
 /// slices shrink near the limit and every node can draw), never more than
@@ -206,7 +237,7 @@ if lost then
 end
 local grant = money_zero()
 local status = "refused"
-if money_cmp(need, money_zero()) > 0 and quarantined(s) then
+if money_cmp(need, money_zero()) > 0 and quarantined(s, key, ARGV[11]) then
   status = "quarantine"
 elseif money_cmp(need, available) <= 0 then
   status = "ok"

@@ -28,6 +28,14 @@ pub struct ClusterSection {
     /// reported when Redis returns).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fail_mode: Option<String>,
+    /// Every node of the cluster by name, this one included (optional).
+    /// Given, a budget whose hash Redis lost (restarted empty, from an old
+    /// snapshot, flushed) grants nothing until every node listed has
+    /// declared its spend there again: a node that is down then holds the
+    /// budget closed until it is back (or is taken off the list), instead
+    /// of its spend being missed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
 }
 
 /// What happens when Redis cannot be reached.
@@ -46,6 +54,8 @@ pub struct ClusterConfig {
     pub node: String,
     pub lease_ttl: Duration,
     pub fail_mode: FailMode,
+    /// `nodes`; empty when not given.
+    pub nodes: Vec<String>,
 }
 
 pub const LEASE_TTL_DEFAULT: Duration = Duration::from_secs(10);
@@ -53,6 +63,23 @@ pub const LEASE_TTL_MIN: Duration = Duration::from_secs(1);
 pub const LEASE_TTL_MAX: Duration = Duration::from_secs(600);
 /// The longest node name (it is part of Redis hash field names).
 pub const NODE_NAME_BYTES_MAX: usize = 64;
+/// The most nodes `nodes` may list (each draw carries the list).
+pub const CLUSTER_NODES_MAX: usize = 64;
+
+fn check_node_name(key: &str, node: &str) -> Result<(), ConfigError> {
+    if node.is_empty()
+        || node.len() > NODE_NAME_BYTES_MAX
+        || !node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(err(
+            key,
+            format!("{node:?}: 1 to {NODE_NAME_BYTES_MAX} letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    Ok(())
+}
 
 pub(super) fn cluster_config(
     s: Option<&ClusterSection>,
@@ -76,17 +103,7 @@ pub(super) fn cluster_config(
         .node
         .clone()
         .ok_or_else(|| err("cluster.node", "required: a name unique in the cluster"))?;
-    if node.is_empty()
-        || node.len() > NODE_NAME_BYTES_MAX
-        || !node
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return Err(err(
-            "cluster.node",
-            format!("{node:?}: 1 to {NODE_NAME_BYTES_MAX} letters, digits, '-', '_' or '.'"),
-        ));
-    }
+    check_node_name("cluster.node", &node)?;
     let lease_ttl = match &s.lease_ttl {
         None => LEASE_TTL_DEFAULT,
         Some(t) => parse_duration(t)
@@ -108,10 +125,30 @@ pub(super) fn cluster_config(
             ))
         }
     };
+    let nodes = s.nodes.clone().unwrap_or_default();
+    if nodes.len() > CLUSTER_NODES_MAX {
+        return Err(err(
+            "cluster.nodes",
+            format!("{} nodes: at most {CLUSTER_NODES_MAX}", nodes.len()),
+        ));
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        check_node_name("cluster.nodes", n)?;
+        if nodes[..i].contains(n) {
+            return Err(err("cluster.nodes", format!("{n:?} is listed twice")));
+        }
+    }
+    if !nodes.is_empty() && !nodes.contains(&node) {
+        return Err(err(
+            "cluster.nodes",
+            format!("must list this node, {node:?}, too"),
+        ));
+    }
     Ok(Some(ClusterConfig {
         redis_url,
         node,
         lease_ttl,
         fail_mode,
+        nodes,
     }))
 }

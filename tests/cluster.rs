@@ -613,6 +613,9 @@ budget = { limit_usd = "0.00002" }
         r#"{"amount_usd":"1"}"#,
     );
     assert_eq!(r.status, 400, "{}", r.text());
+    let r = admin(&nodes[0], "POST", "/admin/providers/local/reset", "");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("no budget"), "{}", r.text());
     // A node restarted keeps the resets and top-ups (its journal has them).
     let n1 = nodes.into_iter().next().unwrap().kill_and_restart(&[]);
     let v = admin(&n1, "GET", "/admin/spend/keys/search-prod", "").json();

@@ -869,16 +869,8 @@ impl LedgerState {
         }
         self.roll_if_due(now_ms, index);
         self.reset_books(index);
-        let e = self.entity_mut(index);
-        e.drain_excess();
-        let (epoch, period) = (e.epoch, e.period);
-        self.events.push(Event::NewEpoch {
-            entity: id,
-            epoch,
-            period,
-            manual: true,
-        });
-        self.refresh_flags(index);
+        self.entity_mut(index).drain_excess();
+        self.announce_manual_epoch(index);
         let seq = self.push_record(
             now_ms,
             RecordBody::Reset {
@@ -916,14 +908,7 @@ impl LedgerState {
         e.node_cap = Some(Money::ZERO);
         e.cluster_refused = false;
         e.excuse_current_excess();
-        let (epoch, period) = (e.epoch, e.period);
-        self.events.push(Event::NewEpoch {
-            entity: id,
-            epoch,
-            period,
-            manual: true,
-        });
-        self.refresh_flags(index);
+        self.announce_manual_epoch(index);
         self.push_record(
             now_ms,
             RecordBody::Reset {
@@ -935,6 +920,18 @@ impl LedgerState {
             entity: id,
             applied: true,
         }
+    }
+
+    /// Tells the workers of a manual reset's new epoch, and the flags.
+    fn announce_manual_epoch(&mut self, index: usize) {
+        let e = self.entity(index);
+        self.events.push(Event::NewEpoch {
+            entity: EntityId(index as u32),
+            epoch: e.epoch,
+            period: e.period,
+            manual: true,
+        });
+        self.refresh_flags(index);
     }
 
     /// The books' side of a cluster reset (shared with replay). The period's

@@ -572,7 +572,7 @@ impl Governance {
         }
         let next = effective(&inner.file, &overlay, &inner.config)
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
-        self.publish(&next, Some(&overlay))?;
+        self.publish(&next, Some((&overlay, &inner.overlay)))?;
         inner.overlay = overlay;
         inner.config = next;
         // After the ledger has the new budgets: a draw that carries this
@@ -687,7 +687,7 @@ impl Governance {
             }
             None => None,
         };
-        self.publish(&next, Some(&overlay))?;
+        self.publish(&next, Some((&overlay, &inner.overlay)))?;
         inner.overlay = overlay;
         inner.config = next;
         if let Some(v) = shared_version {
@@ -702,14 +702,20 @@ impl Governance {
         f(&inner.overlay, &inner.file, &inner.config)
     }
 
-    /// Books `config`'s entities, persists `overlay` (when given), then
-    /// publishes the catalog: a crash between the steps leaves the ledger
-    /// knowing an entity the catalog does not use yet, never the reverse.
-    fn publish(&self, config: &Config, overlay: Option<&Overlay>) -> Result<u64, ChangeError> {
+    /// Books `config`'s entities (and, in cluster mode, the adjustments
+    /// that differ from the `previous` overlay's), persists `overlay` (when
+    /// given), then publishes the catalog: a crash between the steps leaves
+    /// the ledger knowing an entity the catalog does not use yet, never the
+    /// reverse, and an adjustment applied is applied again harmlessly.
+    fn publish(
+        &self,
+        config: &Config,
+        overlay: Option<(&Overlay, &Overlay)>,
+    ) -> Result<u64, ChangeError> {
         self.sync_books(config)
             .map_err(|e| ChangeError::Internal(format!("the ledger refused the change: {e}")))?;
-        if let Some(overlay) = overlay {
-            self.apply_adjustments(overlay).map_err(|e| {
+        if let Some((overlay, previous)) = overlay {
+            self.apply_adjustments(overlay, previous).map_err(|e| {
                 ChangeError::Internal(format!("the ledger refused the change: {e}"))
             })?;
             overlay
@@ -752,15 +758,21 @@ impl Governance {
     }
 
     /// Cluster mode: brings this node's books to the cluster's resets and
-    /// top-ups (idempotent: the ledger applies a reset once, and a top-up
-    /// total only above the credit it has). Outside cluster mode there is
-    /// nothing to apply (a node that left a cluster keeps its books).
-    pub fn apply_adjustments(&self, overlay: &Overlay) -> anyhow::Result<()> {
+    /// top-ups, those that differ from `previous` (the overlay this node
+    /// applied before: its books have those). Idempotent: the ledger
+    /// applies a reset once, and a top-up total only above the credit it
+    /// has. Outside cluster mode there is nothing to apply (a node that
+    /// left a cluster keeps its books).
+    fn apply_adjustments(&self, overlay: &Overlay, previous: &Overlay) -> anyhow::Result<()> {
         if self.shared.is_none() || overlay.budget_adjustments.is_empty() {
             return Ok(());
         }
         let registry = self.entities.lock().unwrap_or_else(|p| p.into_inner());
-        for (key, adj) in &overlay.budget_adjustments {
+        let changed = overlay
+            .budget_adjustments
+            .iter()
+            .filter(|(key, adj)| previous.budget_adjustments.get(*key) != Some(*adj));
+        for (key, adj) in changed {
             let Some(id) = key
                 .split_once(':')
                 .and_then(|(kind, name)| Some((crate::books::registry::kind_from_str(kind)?, name)))

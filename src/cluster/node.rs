@@ -359,6 +359,13 @@ impl Worker {
             NodeLeaseMsg::ClaimsKept(kept) => {
                 if self.claims_kept.len() + kept.len() <= CLAIMS_WAITING_MAX {
                     self.claims_kept.extend(kept);
+                } else {
+                    // Left pending: another node may send them again
+                    // once their deadline passes (twice, never none).
+                    log::warn!(
+                        "cluster: too many alert claims waiting for Redis; {} left pending",
+                        kept.len()
+                    );
                 }
                 self.claim_waiting();
             }

@@ -335,14 +335,242 @@ fn the_legacy_driver_can_be_forced_and_serves() {
     assert!(!m.contains("driver=\"io_uring\""));
 }
 
-#[test]
-fn the_default_driver_is_io_uring_here() {
-    // This machine kind has io_uring; `auto` must pick it and say so.
-    let gw = gateway();
+/// Why this process cannot run the gateway's io_uring driver, or `None`
+/// when it can: the ring must be set up (the kernel has io_uring, and neither
+/// seccomp nor `kernel.io_uring_disabled` refuses it) and offer every opcode
+/// monoio's detection asks for. The gateway a test starts inherits this
+/// process's seccomp filter and sysctls, so its `auto` choice must agree.
+fn io_uring_refusal() -> Option<String> {
+    use io_uring::opcode::*;
+    let ring = match io_uring::IoUring::new(2) {
+        Ok(ring) => ring,
+        Err(e) => return Some(format!("io_uring_setup: {e}")),
+    };
+    let mut probe = io_uring::Probe::new();
+    if let Err(e) = ring.submitter().register_probe(&mut probe) {
+        return Some(format!("IORING_REGISTER_PROBE: {e}"));
+    }
+    let needed = [
+        Accept::CODE,
+        AsyncCancel::CODE,
+        Close::CODE,
+        Connect::CODE,
+        Fsync::CODE,
+        OpenAt::CODE,
+        PollAdd::CODE,
+        ProvideBuffers::CODE,
+        Read::CODE,
+        Readv::CODE,
+        Recv::CODE,
+        Send::CODE,
+        SendMsg::CODE,
+        RecvMsg::CODE,
+        Timeout::CODE,
+        Write::CODE,
+        Writev::CODE,
+    ];
+    needed
+        .iter()
+        .find(|op| !probe.is_supported(**op))
+        .map(|op| format!("io_uring opcode {op} unsupported"))
+}
+
+/// Makes `io_uring_setup` fail with EPERM in the child about to exec, as
+/// Docker's default seccomp profile does: a seccomp filter (after
+/// `PR_SET_NO_NEW_PRIVS`) returning that errno for this one system call.
+fn block_io_uring(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let nr_offset = std::mem::offset_of!(libc::seccomp_data, nr) as u32;
+    let filter = [
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: nr_offset,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_io_uring_setup as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+    ];
+    // SAFETY: between fork and exec the closure only makes two prctl system
+    // calls on memory the closure owns (its copy of `filter`).
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Starts the gateway on the default driver choice (`auto`) with its stderr
+/// piped, `customize` applied to the command first. Returns the gateway and
+/// a channel of its stderr lines (read by a thread until it exits).
+fn auto_gateway(
+    customize: impl FnOnce(&mut std::process::Command),
+) -> (Gateway, std::sync::mpsc::Receiver<String>) {
+    let down = format!("http://127.0.0.1:{}/v1", free_port());
+    let dir = TempDir::new("driver");
+    let config_path = dir.0.join("bursar.toml");
+    std::fs::write(&config_path, proxy_config(&down, "")).unwrap();
+    let mut gw = Gateway::spawn_with(dir, config_path, &[], |cmd| {
+        // monoio's own switch to the legacy driver must not decide this.
+        cmd.env_remove("MONOIO_FORCE_LEGACY_DRIVER")
+            .stderr(std::process::Stdio::piped());
+        customize(cmd);
+    });
+    let stderr = gw.child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (gw, rx)
+}
+
+/// Asserts that every worker runs the legacy driver and that the gateway
+/// said why at start-up (the warning the README documents).
+fn assert_documented_fallback(gw: &Gateway, stderr: &std::sync::mpsc::Receiver<String>) {
     let m = gw.metrics();
-    assert!(
-        m.contains("bursar_io_driver{worker=\"0\",driver=\"io_uring\"} 1"),
+    assert!(m.contains("io_driver=\"legacy\""), "{m}");
+    assert_eq!(
+        m.lines()
+            .filter(|l| l.starts_with("bursar_io_driver{") && l.contains("driver=\"legacy\"} 1"))
+            .count(),
+        2,
         "{m}"
+    );
+    assert!(!m.contains("driver=\"io_uring\""), "{m}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let said = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match stderr.recv_timeout(left) {
+            Ok(line) if line.contains("io_uring is unavailable here") => break true,
+            Ok(_) => continue,
+            Err(_) => break false,
+        }
+    };
+    assert!(said, "no start-up warning that io_uring is unavailable");
+    let mut c = Client::connect(gw.addr);
+    for _ in 0..20 {
+        assert_eq!(
+            c.post("/v1/chat/completions", "sk-bursar-demo", MOCK_CHAT, &[])
+                .status,
+            200
+        );
+    }
+}
+
+#[test]
+fn the_default_driver_is_io_uring_where_the_kernel_allows_it() {
+    // `auto` must pick io_uring wherever this process can set a ring up;
+    // where it cannot (seccomp in a container, kernel.io_uring_disabled=2,
+    // an old kernel), the documented fallback is the legacy epoll driver,
+    // said at start-up and in /metrics.
+    let (gw, stderr) = auto_gateway(|_| {});
+    match io_uring_refusal() {
+        None => {
+            let m = gw.metrics();
+            for worker in 0..2 {
+                assert!(
+                    m.contains(&format!(
+                        "bursar_io_driver{{worker=\"{worker}\",driver=\"io_uring\"}} 1"
+                    )),
+                    "io_uring is available here but worker {worker} does not run it:\n{m}"
+                );
+            }
+            assert!(m.contains("io_driver=\"io_uring\""), "{m}");
+        }
+        Some(why) => {
+            eprintln!(
+                "NOTE: io_uring is unavailable on this machine ({why}); \
+                 checking the documented fallback to the legacy epoll driver instead"
+            );
+            assert_documented_fallback(&gw, &stderr);
+        }
+    }
+}
+
+#[test]
+fn auto_falls_back_to_legacy_where_seccomp_blocks_io_uring() {
+    // The gateway alone is put behind a seccomp filter that refuses
+    // io_uring_setup (EPERM, as Docker's default profile answers).
+    let (gw, stderr) = auto_gateway(block_io_uring);
+    assert_documented_fallback(&gw, &stderr);
+}
+
+#[test]
+fn io_uring_asked_for_explicitly_refuses_to_start_where_blocked() {
+    // `io_driver = "io_uring"` is a demand, not a preference: no fallback.
+    let dir = TempDir::new("driver-demand");
+    let config_path = dir.0.join("bursar.toml");
+    let down = format!("http://127.0.0.1:{}/v1", free_port());
+    std::fs::write(&config_path, proxy_config(&down, "")).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bursar"));
+    cmd.args(["serve", "--config"])
+        .arg(&config_path)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--io-driver", "io_uring"])
+        .current_dir(&dir.0)
+        .env("BURSAR_LOG", "warn")
+        .stdin(std::process::Stdio::null());
+    block_io_uring(&mut cmd);
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("bursar --io-driver io_uring kept running with io_uring blocked");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("io_uring"), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }
 

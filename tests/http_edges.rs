@@ -514,7 +514,10 @@ fn the_default_driver_is_io_uring_where_the_kernel_allows_it() {
             assert!(m.contains("io_driver=\"io_uring\""), "{m}");
         }
         Some(why) => {
-            eprintln!(
+            // Straight to stderr, not through the test harness's capture:
+            // the note shows in a passing run's output too.
+            let _ = writeln!(
+                std::io::stderr(),
                 "NOTE: io_uring is unavailable on this machine ({why}); \
                  checking the documented fallback to the legacy epoll driver instead"
             );

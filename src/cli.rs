@@ -1,4 +1,5 @@
-//! The command line: `bursar serve`, `bursar check-config`, `bursar hash-key`.
+//! The command line: `bursar serve`, `bursar check-config`, `bursar verify-state`,
+//! `bursar hash-key`.
 
 use std::path::PathBuf;
 
@@ -44,6 +45,17 @@ enum Command {
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Check a state directory offline (changing nothing): what a start
+    /// would repair, and whether it would refuse. Exit 0 when a start keeps
+    /// every durable charge, 1 when it would refuse, 2 on a usage error.
+    VerifyState {
+        /// The gateway's config: its state_dir, workers and request log.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The state directory (overrides the config's).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Print the SHA-256 of a virtual key, for `key_sha256` in the config.
     HashKey { key: String },
@@ -131,11 +143,51 @@ pub fn main() -> i32 {
                 1
             }
         },
+        Command::VerifyState { config, state_dir } => verify_state(config, state_dir),
         Command::HashKey { key } => {
             println!("{}", hex::encode(crate::config::hash_key(&key)));
             0
         }
     }
+}
+
+fn verify_state(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> i32 {
+    let cfg = match &config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("bursar: invalid configuration: {e}");
+                return 2;
+            }
+        },
+        None => None,
+    };
+    let Some(state_dir) = state_dir.or_else(|| cfg.as_ref().map(|c| c.server.state_dir.clone()))
+    else {
+        eprintln!("bursar verify-state: give --state-dir or --config");
+        return 2;
+    };
+    let books = cfg
+        .as_ref()
+        .map(crate::books::thread::BooksConfig::from_config);
+    let state = books.map(|b| b.ledger.state).unwrap_or_else(|| {
+        let mut s = crate::ledger::state::StateConfig::default();
+        // Any worker id a journal or ring holds is accepted.
+        s.workers = crate::ledger::messages::LEDGER_WORKERS_MAX;
+        s
+    });
+    let sqlite_log = match cfg.as_ref().and_then(|c| c.log.as_ref()) {
+        Some(log) if !matches!(log.sink, crate::reqlog::SinkKind::Sqlite) => None,
+        _ => Some(state_dir.join(crate::reqlog::LOG_SQLITE_FILE)),
+    };
+    let report = crate::verify::verify(&crate::verify::VerifyConfig {
+        state_dir: state_dir.clone(),
+        state,
+        sqlite_log,
+    });
+    println!("bursar verify-state: {}", state_dir.display());
+    print!("{report}");
+    i32::from(report.refuses())
 }
 
 fn apply_overrides(

@@ -34,3 +34,4 @@ pub mod runtime;
 pub mod sched;
 pub mod tokens;
 pub mod upstream;
+pub mod verify;

@@ -43,7 +43,14 @@ fn ids_are_stable_across_reopen_and_never_reused() {
     let text = std::fs::read_to_string(dir.join(REGISTRY_FILE)).unwrap();
     assert_eq!(
         text,
-        "0\tcustomer\tacme\n1\tteam\tsearch\n2\tteam\tacme\n3\tkey\tsearch-prod\n4\tprovider\topenai\n"
+        [
+            line("0\tcustomer\tacme"),
+            line("1\tteam\tsearch"),
+            line("2\tteam\tacme"),
+            line("3\tkey\tsearch-prod"),
+            line("4\tprovider\topenai"),
+        ]
+        .concat()
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -87,7 +94,7 @@ fn a_torn_last_line_is_cut_and_its_id_assigned_again() {
     assert_eq!(r.len(), 1);
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
-        "0\tcustomer\tacme\n"
+        line("0\tcustomer\tacme")
     );
     assert_eq!(r.id_for(EntityKind::Team, "other").unwrap(), EntityId(1));
     drop(r);
@@ -128,4 +135,59 @@ fn a_malformed_complete_line_is_an_error_naming_file_and_line() {
         assert_eq!(std::fs::read(dir.join(REGISTRY_FILE)).unwrap(), *text);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// A registry line with its checksum, as the registry writes it.
+fn line(fields: &str) -> String {
+    format!("{fields}\t{:08x}\n", crc32c::crc32c(fields.as_bytes()))
+}
+
+#[test]
+fn a_damaged_name_is_caught_by_its_checksum_not_read_as_another_entity() {
+    let dir = temp_dir("registry-flip");
+    let mut r = EntityRegistry::open(&dir).unwrap();
+    r.id_for(EntityKind::Key, "key-a").unwrap();
+    r.id_for(EntityKind::Key, "key-b").unwrap();
+    drop(r);
+    let path = dir.join(REGISTRY_FILE);
+    let good = std::fs::read(&path).unwrap();
+    // One bit: "key-a" becomes "key-c", a valid name of another key.
+    let at = good.windows(5).position(|w| w == b"key-a").unwrap() + 4;
+    let mut bad = good.clone();
+    bad[at] ^= 0b10;
+    assert_eq!(&bad[at - 4..at + 1], b"key-c");
+    std::fs::write(&path, &bad).unwrap();
+    let err = EntityRegistry::open(&dir).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Corrupt { line: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("checksum"), "{err}");
+    // The read-only check says the same and changes nothing.
+    assert!(EntityRegistry::inspect(&dir).is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), bad);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_older_builds_lines_without_checksums_are_read_and_rewritten_with_them() {
+    let dir = temp_dir("registry-upgrade");
+    let path = dir.join(REGISTRY_FILE);
+    std::fs::write(&path, "0\tcustomer\tacme\n1\tteam\tsearch\n").unwrap();
+    let file = EntityRegistry::inspect(&dir).unwrap();
+    assert_eq!(file.unchecked, 2);
+    assert_eq!(file.names.len(), 2);
+    let mut r = EntityRegistry::open(&dir).unwrap();
+    assert_eq!(r.lookup(EntityKind::Team, "search"), Some(EntityId(1)));
+    let want = [line("0\tcustomer\tacme"), line("1\tteam\tsearch")].concat();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+    // Appends continue after the rewritten file.
+    assert_eq!(r.id_for(EntityKind::Key, "k").unwrap(), EntityId(2));
+    drop(r);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        [want, line("2\tkey\tk")].concat()
+    );
+    assert_eq!(EntityRegistry::inspect(&dir).unwrap().unchecked, 0);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -199,7 +199,15 @@ fn a_bad_header_is_refused() {
     bytes[16] = 5; // worker 5, then fix the header crc
     let crc = crc32c::crc32c(&bytes[0..20]);
     bytes[20..24].copy_from_slice(&crc.to_le_bytes());
-    bytes[128] = 9; // tail 9, head 0
+    // A damaged tail (it carries a check of its value): moved forward it
+    // would skip pending settles.
+    let mut damaged = bytes.clone();
+    damaged[128] ^= 9;
+    std::fs::write(&path, &damaged).unwrap();
+    let err = open_ring(&dir, 5, 16).unwrap_err();
+    assert!(err.to_string().contains("tail word"), "{err}");
+    // Head past tail by more than the ring holds.
+    bytes[64] = 100; // head 100, tail 0
     std::fs::write(&path, &bytes).unwrap();
     let err = open_ring(&dir, 5, 16).unwrap_err();
     assert!(err.to_string().contains("inconsistent"), "{err}");

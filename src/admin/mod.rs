@@ -134,6 +134,54 @@ pub enum OverlayError {
     Invalid { path: PathBuf, reason: String },
 }
 
+/// The member `governance.json` ends with: the crc32c of the file as it
+/// would be without it, so a flipped digit in a limit is caught rather
+/// than read as another limit.
+const CHECKSUM_MEMBER: &str = ",\n  \"checksum\": \"crc32c:";
+
+/// Adds the checksum member to a pretty-printed JSON object.
+fn seal(body: &[u8]) -> Vec<u8> {
+    debug_assert!(body.ends_with(b"\n}"));
+    let crc = crc32c::crc32c(body);
+    let mut out = body[..body.len() - 2].to_vec();
+    out.extend_from_slice(format!("{CHECKSUM_MEMBER}{crc:08x}\"\n}}\n").as_bytes());
+    out
+}
+
+enum Sealed {
+    /// The checksum matches: the JSON without it.
+    Checked(Vec<u8>),
+    /// No checksum member at the end.
+    Unsealed,
+    /// A checksum member that does not match.
+    Mismatch,
+}
+
+fn unseal(bytes: &[u8]) -> Sealed {
+    let text = bytes.trim_ascii_end();
+    let member = CHECKSUM_MEMBER.as_bytes();
+    let Some(at) = text.windows(member.len()).rposition(|w| w == member) else {
+        return Sealed::Unsealed;
+    };
+    let rest = &text[at + member.len()..];
+    let (Some(hex), true) = (rest.get(..8), rest.get(8..) == Some(b"\"\n}")) else {
+        return Sealed::Unsealed;
+    };
+    let Some(want) = std::str::from_utf8(hex)
+        .ok()
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+    else {
+        return Sealed::Mismatch;
+    };
+    let mut body = text[..at].to_vec();
+    body.extend_from_slice(b"\n}");
+    if crc32c::crc32c(&body) == want {
+        Sealed::Checked(body)
+    } else {
+        Sealed::Mismatch
+    }
+}
+
 impl Overlay {
     /// Reads `state_dir/governance.json`; an absent file is an empty overlay.
     pub fn load(state_dir: &Path) -> Result<Overlay, OverlayError> {
@@ -154,8 +202,28 @@ impl Overlay {
             });
         }
         let bytes = std::fs::read(&path).map_err(io)?;
+        let body = match unseal(&bytes) {
+            Sealed::Checked(body) => body,
+            Sealed::Unsealed => {
+                log::warn!(
+                    "{}: no checksum (written by an older build, or edited by hand); \
+                     the next admin change adds one",
+                    path.display()
+                );
+                bytes
+            }
+            Sealed::Mismatch => {
+                return Err(OverlayError::Invalid {
+                    path,
+                    reason: "its checksum does not match its contents: the file is damaged. \
+                             Restore it from a backup, or, if it was edited by hand on \
+                             purpose, remove its \"checksum\" member"
+                        .into(),
+                })
+            }
+        };
         let overlay: Overlay =
-            serde_json::from_slice(&bytes).map_err(|e| OverlayError::Invalid {
+            serde_json::from_slice(&body).map_err(|e| OverlayError::Invalid {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
@@ -183,6 +251,7 @@ impl Overlay {
         let mut this = self.clone();
         this.version = OVERLAY_VERSION;
         let bytes = serde_json::to_vec_pretty(&this).map_err(|e| io(std::io::Error::other(e)))?;
+        let bytes = seal(&bytes);
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;

@@ -175,6 +175,45 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// One alerts file as `bursar verify-state` sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileLines {
+    pub name: String,
+    /// Lines that parse.
+    pub lines: usize,
+    /// Whole lines that do not (skipped and counted at start).
+    pub corrupt: u64,
+    /// A last line without its newline (cut at start).
+    pub torn: bool,
+}
+
+/// Reads every outbox segment and attempts file in `dir` without changing
+/// them (`bursar verify-state`).
+pub fn inspect(dir: &Path) -> io::Result<Vec<FileLines>> {
+    fn one<T: for<'de> Deserialize<'de>>(dir: &Path, name: String) -> io::Result<FileLines> {
+        let bytes = read_or_empty(&dir.join(&name))?;
+        let torn = !bytes.is_empty() && !bytes.ends_with(b"\n");
+        let mut out: Vec<T> = Vec::new();
+        let corrupt = parse_lines(&bytes, &mut out) - u64::from(torn);
+        Ok(FileLines {
+            name,
+            lines: out.len(),
+            corrupt,
+            torn,
+        })
+    }
+    let mut files = Vec::new();
+    for n in outbox_segments(dir)? {
+        files.push(one::<Alert>(dir, segment_name(n))?);
+    }
+    for name in [ATTEMPTS_PREVIOUS_FILE, ATTEMPTS_FILE] {
+        if dir.join(name).exists() {
+            files.push(one::<AttemptRecord>(dir, name.to_string())?);
+        }
+    }
+    Ok(files)
+}
+
 /// Cuts a torn last line (no newline) off the file at `path`; returns the
 /// file's length after. Only the file's one writer may call this.
 fn cut_torn_tail(path: &Path, what: &str) -> io::Result<u64> {

@@ -4,8 +4,13 @@
 //! The ledger names entities by a dense [`EntityId`]; the config and the admin
 //! API name them by kind and name. The mapping must survive restarts and config
 //! edits (a journal record for id 7 must mean the same key forever), so it is
-//! kept in `entities.log` in the state directory: one `"{id}\t{kind}\t{name}\n"`
-//! line per entity, appended and fsynced before the new id is handed out.
+//! kept in `entities.log` in the state directory: one
+//! `"{id}\t{kind}\t{name}\t{crc}\n"` line per entity (`crc`: the crc32c of
+//! `"{id}\t{kind}\t{name}"`, 8 hex digits, so a flipped byte in a name is
+//! caught rather than read as another entity's name), appended and fsynced
+//! before the new id is handed out. Lines without the checksum (written by
+//! builds before it) are read, and the file is rewritten with checksums at
+//! the next start.
 //! Ids are assigned in order and never reused, even when an entity leaves the
 //! config: its history in the journal still names it.
 //!
@@ -101,7 +106,8 @@ pub struct EntityRegistry {
 }
 
 impl EntityRegistry {
-    /// Opens (or creates) `state_dir/entities.log`, cutting a torn last line.
+    /// Opens (or creates) `state_dir/entities.log`, cutting a torn last line
+    /// and adding checksums to lines an older build wrote without them.
     pub fn open(state_dir: &Path) -> Result<EntityRegistry, RegistryError> {
         let path = state_dir.join(REGISTRY_FILE);
         let io = |source| RegistryError::Io {
@@ -128,14 +134,14 @@ impl EntityRegistry {
         }
         let mut bytes = Vec::with_capacity(len as usize);
         file.read_to_end(&mut bytes).map_err(io)?;
-        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        if whole < bytes.len() {
+        let parsed = parse(&bytes, &path)?;
+        if parsed.torn_bytes > 0 {
             log::warn!(
                 "entity registry {}: cutting a torn last line of {} bytes",
                 path.display(),
-                bytes.len() - whole
+                parsed.torn_bytes
             );
-            file.set_len(whole as u64).map_err(io)?;
+            file.set_len(parsed.whole as u64).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
         let mut registry = EntityRegistry {
@@ -143,60 +149,65 @@ impl EntityRegistry {
             file,
             by_name: HashMap::new(),
             names: Vec::new(),
-            len: whole as u64,
+            len: parsed.whole as u64,
             poisoned: false,
         };
-        let total_lines = bytes[..whole].split(|&b| b == b'\n').count();
-        for (i, line) in bytes[..whole].split(|&b| b == b'\n').enumerate() {
-            if line.is_empty() {
-                if i + 1 == total_lines {
-                    // The empty remainder after the final '\n'.
-                    continue;
-                }
-                return Err(RegistryError::Corrupt {
-                    path: path.clone(),
-                    line: i + 1,
-                    reason: "empty line".into(),
-                });
-            }
-            let corrupt = |reason: String| RegistryError::Corrupt {
-                path: path.clone(),
-                line: i + 1,
-                reason,
-            };
-            let text = std::str::from_utf8(line).map_err(|_| corrupt("not UTF-8".into()))?;
-            let mut fields = text.split('\t');
-            let (Some(id), Some(kind), Some(name), None) =
-                (fields.next(), fields.next(), fields.next(), fields.next())
-            else {
-                return Err(corrupt(format!(
-                    "expected `id<TAB>kind<TAB>name`, found {text:?}"
-                )));
-            };
-            let id: u32 = id
-                .parse()
-                .map_err(|_| corrupt(format!("id {id:?} is not a number")))?;
-            let expected = registry.names.len();
-            if id as usize != expected {
-                return Err(corrupt(format!(
-                    "id {id} where id {expected} was expected (ids are assigned in order)"
-                )));
-            }
-            if id >= crate::ledger::messages::ENTITIES_MAX {
-                return Err(corrupt(format!("id {id} is out of range")));
-            }
-            let kind =
-                kind_from_str(kind).ok_or_else(|| corrupt(format!("unknown kind {kind:?}")))?;
-            check_name(name).map_err(|why| corrupt(format!("name {name:?} is {why}")))?;
-            if registry.by_name.contains_key(&(kind, name.to_owned())) {
-                return Err(corrupt(format!(
-                    "{} {name:?} is registered twice",
-                    kind_str(kind)
-                )));
-            }
-            registry.insert(kind, name.to_owned());
+        for (kind, name) in parsed.names {
+            registry.insert(kind, name);
+        }
+        if parsed.unchecked > 0 {
+            log::info!(
+                "entity registry {}: adding checksums to {} lines an older build wrote",
+                path.display(),
+                parsed.unchecked
+            );
+            registry.rewrite(state_dir)?;
         }
         Ok(registry)
+    }
+
+    /// Reads `state_dir/entities.log` without changing it (`bursar
+    /// verify-state`).
+    pub fn inspect(state_dir: &Path) -> Result<RegistryFile, RegistryError> {
+        let path = state_dir.join(REGISTRY_FILE);
+        let io = |source| RegistryError::Io {
+            path: path.clone(),
+            source,
+        };
+        let len = fs::metadata(&path).map_err(io)?.len();
+        if len > REGISTRY_FILE_BYTES_MAX {
+            return Err(RegistryError::TooLarge { path, len });
+        }
+        let bytes = fs::read(&path).map_err(io)?;
+        parse(&bytes, &path)
+    }
+
+    /// Writes every entry again, with checksums, in place of the file
+    /// (a temporary file, synced, renamed over it, the directory synced).
+    fn rewrite(&mut self, state_dir: &Path) -> Result<(), RegistryError> {
+        let tmp = state_dir.join(format!("{REGISTRY_FILE}.tmp"));
+        let io_at = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RegistryError::Io { path, source }
+        };
+        let mut text = String::new();
+        for (id, (kind, name)) in self.names.iter().enumerate() {
+            text.push_str(&line(id as u32, *kind, name));
+        }
+        let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io_at(&tmp))?;
+        drop(f);
+        fs::rename(&tmp, &self.path).map_err(io_at(&self.path))?;
+        sync_dir(state_dir)?;
+        self.file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io_at(&self.path))?;
+        self.len = text.len() as u64;
+        Ok(())
     }
 
     fn insert(&mut self, kind: EntityKind, name: String) -> EntityId {
@@ -220,7 +231,7 @@ impl EntityRegistry {
         if next >= crate::ledger::messages::ENTITIES_MAX {
             return Err(RegistryError::Full);
         }
-        let line = format!("{next}\t{}\t{name}\n", kind_str(kind));
+        let line = line(next, kind, name);
         let path = self.path.clone();
         let io = |source| RegistryError::Io { path, source };
         if self.poisoned {
@@ -408,6 +419,98 @@ impl EntityIds {
                 .collect(),
         )
     }
+}
+
+/// One registry line, with its checksum.
+fn line(id: u32, kind: EntityKind, name: &str) -> String {
+    let fields = format!("{id}\t{}\t{name}", kind_str(kind));
+    let crc = crc32c::crc32c(fields.as_bytes());
+    format!("{fields}\t{crc:08x}\n")
+}
+
+/// What a registry file holds ([`EntityRegistry::inspect`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryFile {
+    /// Indexed by id.
+    pub names: Vec<(EntityKind, String)>,
+    /// Bytes of whole lines.
+    pub whole: usize,
+    /// A torn last line (a crash mid-append; cut at the next start).
+    pub torn_bytes: usize,
+    /// Lines without a checksum (an older build's; rewritten at the next start).
+    pub unchecked: usize,
+}
+
+/// Parses a registry file's bytes. A torn last line (no `\n`) is left out
+/// and counted; any whole line that does not check out is corruption,
+/// named by its line number.
+pub fn parse(bytes: &[u8], path: &Path) -> Result<RegistryFile, RegistryError> {
+    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut file = RegistryFile {
+        names: Vec::new(),
+        whole,
+        torn_bytes: bytes.len() - whole,
+        unchecked: 0,
+    };
+    let mut seen: HashMap<(EntityKind, &str), u32> = HashMap::new();
+    if whole == 0 {
+        return Ok(file);
+    }
+    for (i, line) in bytes[..whole - 1].split(|&b| b == b'\n').enumerate() {
+        let corrupt = |reason: String| RegistryError::Corrupt {
+            path: path.to_path_buf(),
+            line: i + 1,
+            reason,
+        };
+        if line.is_empty() {
+            return Err(corrupt("empty line".into()));
+        }
+        let text = std::str::from_utf8(line).map_err(|_| corrupt("not UTF-8".into()))?;
+        let fields: Vec<&str> = text.splitn(5, '\t').collect();
+        let (id, kind, name) = match fields[..] {
+            [id, kind, name, crc] => {
+                let body = &text[..text.len() - crc.len() - 1];
+                let want = format!("{:08x}", crc32c::crc32c(body.as_bytes()));
+                if crc != want {
+                    return Err(corrupt(format!(
+                        "checksum {crc:?} does not match the line (damaged)"
+                    )));
+                }
+                (id, kind, name)
+            }
+            [id, kind, name] => {
+                file.unchecked += 1;
+                (id, kind, name)
+            }
+            _ => {
+                return Err(corrupt(format!(
+                    "expected `id<TAB>kind<TAB>name<TAB>crc`, found {text:?}"
+                )))
+            }
+        };
+        let id: u32 = id
+            .parse()
+            .map_err(|_| corrupt(format!("id {id:?} is not a number")))?;
+        let expected = file.names.len();
+        if id as usize != expected {
+            return Err(corrupt(format!(
+                "id {id} where id {expected} was expected (ids are assigned in order)"
+            )));
+        }
+        if id >= crate::ledger::messages::ENTITIES_MAX {
+            return Err(corrupt(format!("id {id} is out of range")));
+        }
+        let kind = kind_from_str(kind).ok_or_else(|| corrupt(format!("unknown kind {kind:?}")))?;
+        check_name(name).map_err(|why| corrupt(format!("name {name:?} is {why}")))?;
+        if seen.insert((kind, name), id).is_some() {
+            return Err(corrupt(format!(
+                "{} {name:?} is registered twice",
+                kind_str(kind)
+            )));
+        }
+        file.names.push((kind, name.to_owned()));
+    }
+    Ok(file)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), RegistryError> {

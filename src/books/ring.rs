@@ -19,16 +19,23 @@
 //! empty):
 //!
 //! ```text
-//! header: magic "BRSRNG01" | slots u32 | slot_bytes u32 | worker u16 | pad | crc32c u32 @20 (of bytes 0..20)
+//! header: magic "BRSRNG02" | slots u32 | slot_bytes u32 | worker u16 | pad | crc32c u32 @20 (of bytes 0..20)
 //!         head AtomicU64 @64 (next position the producer writes)
-//!         tail AtomicU64 @128 (next position the consumer has not released)
+//!         tail AtomicU64 @128 (next position the consumer has not released:
+//!                              48 bits, and a 16-bit check of them on top)
+//!         witness AtomicU64 @192 (the journal's durable seq, see below)
 //! slot:   request_id u128 | worker u16 | estimated u8 | count u8 | pad u32 | pos u64
 //!         | count × (entity u32 | amount i128 | from_lease u8)  (21 bytes each)
 //!         | crc32c u32 @slot_bytes-4 (of everything before it)
 //! ```
 //!
-//! Positions are absolute and only grow (a u64 does not wrap in practice);
-//! position `p` lives in slot `p % slots`. `pos` inside a slot is the position
+//! Positions are absolute and only grow, up to 2^48 (at a million settles a
+//! second, nine years of one worker's); position `p` lives in slot
+//! `p % slots`. `tail` carries a check of its value because a damaged `tail`
+//! that moved forward would skip pending settles without a trace (a damaged
+//! `head` shows: slots past it that hold settles, or stale slots before it).
+//! A ring made by builds before the check (magic "BRSRNG01") keeps a plain
+//! `tail` and is remade at the next start that finds it empty. `pos` inside a slot is the position
 //! it was written for, so a stale slot from a previous lap is never mistaken
 //! for a new one.
 //!
@@ -68,6 +75,20 @@
 //!   the ones the power loss window allows to be lost). An `msync` after
 //!   journaling would buy nothing: journaled settles are already durable.
 //!
+//! # The journal's witness
+//!
+//! The ledger thread stores the journal's durable sequence number in every
+//! ring's header each time it grows ([`RingConsumer::witness_durable`]):
+//! 48 bits of seq and a 16-bit check of them in one atomic word, written
+//! only after the `fdatasync` that made the records durable returned. The
+//! journal's own tail cannot tell a lost tail from one never written (zeros
+//! or a cut at a record boundary look like a clean end), so at start the
+//! recovered journal must reach the witness ([`RingConsumer::witnessed`]):
+//! if it ends before it, acknowledged records were lost, and the gateway
+//! refuses to start instead of starting with silently lost money. After a
+//! power loss the ring's page may be older than the journal (a smaller
+//! witness: nothing is falsely refused), never newer.
+//!
 //! # Page faults
 //!
 //! The file is written in full with zeros at creation (blocks allocated, so a
@@ -106,9 +127,16 @@ pub const LEGACY_SLOT_BYTES: usize = 256;
 pub const HEADER_BYTES: usize = 4096;
 const PAGE_BYTES: usize = 4096;
 
-const MAGIC: &[u8; 8] = b"BRSRNG01";
+const MAGIC: &[u8; 8] = b"BRSRNG02";
+/// Rings made before `tail` carried a check.
+const MAGIC_PLAIN_TAIL: &[u8; 8] = b"BRSRNG01";
 const HEAD_OFFSET: usize = 64;
 const TAIL_OFFSET: usize = 128;
+const WITNESS_OFFSET: usize = 192;
+/// Sequence numbers the witness word holds, and positions `tail` holds: 48 bits.
+const WITNESS_SEQ_MASK: u64 = (1 << 48) - 1;
+/// Positions a ring reaches (see the module docs).
+pub const RING_POSITIONS_MAX: u64 = WITNESS_SEQ_MASK;
 const CHARGES_OFFSET: usize = 32;
 const CHARGE_BYTES: usize = 21;
 
@@ -234,6 +262,8 @@ struct RingMap {
     slots: u32,
     /// [`SLOT_BYTES`], or [`LEGACY_SLOT_BYTES`] in a ring an older build made.
     slot_bytes: usize,
+    /// `tail` carries its check (every ring but an older build's).
+    tail_checked: bool,
     worker: u16,
     path: PathBuf,
 }
@@ -247,7 +277,7 @@ unsafe impl Sync for RingMap {}
 
 impl RingMap {
     fn atomic(&self, offset: usize) -> &AtomicU64 {
-        debug_assert!(offset == HEAD_OFFSET || offset == TAIL_OFFSET);
+        debug_assert!(offset == HEAD_OFFSET || offset == TAIL_OFFSET || offset == WITNESS_OFFSET);
         // SAFETY: offset is within the header page, 8-aligned (the mapping is
         // page-aligned), and only ever accessed atomically.
         unsafe { &*(self.base.add(offset) as *const AtomicU64) }
@@ -261,6 +291,29 @@ impl RingMap {
         self.atomic(TAIL_OFFSET)
     }
 
+    fn witness(&self) -> &AtomicU64 {
+        self.atomic(WITNESS_OFFSET)
+    }
+
+    /// `tail`'s position (unchecked: checked once, at open).
+    fn load_tail(&self, order: Ordering) -> u64 {
+        let word = self.tail().load(order);
+        if self.tail_checked {
+            word & WITNESS_SEQ_MASK
+        } else {
+            word
+        }
+    }
+
+    fn store_tail(&self, pos: u64) {
+        let word = if self.tail_checked {
+            tail_pack(pos)
+        } else {
+            pos
+        };
+        self.tail().store(word, Ordering::Release);
+    }
+
     fn slot_ptr(&self, pos: u64) -> *mut u8 {
         let index = (pos & u64::from(self.slots - 1)) as usize;
         // SAFETY: index < slots, and the mapping is HEADER_BYTES + slots × slot_bytes.
@@ -272,6 +325,49 @@ fn file_bytes(slots: u32, slot_bytes: usize) -> usize {
     HEADER_BYTES + slots as usize * slot_bytes
 }
 
+/// What a ring's header says of the journal ([`RingConsumer::witnessed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Witness {
+    /// Never written (a new ring, or one an older build made).
+    None,
+    /// The journal was durable through this record.
+    Durable(u64),
+    /// The word does not check out: the header is damaged (ignored: the
+    /// journal is then checked by its own frames only).
+    Damaged(u64),
+}
+
+fn witness_check(seq: u64) -> u64 {
+    u64::from(crc32c::crc32c(&seq.to_le_bytes()) & 0xffff)
+}
+
+fn witness_pack(seq: u64) -> u64 {
+    debug_assert!(seq > 0 && seq <= WITNESS_SEQ_MASK);
+    (witness_check(seq) << 48) | (seq & WITNESS_SEQ_MASK)
+}
+
+/// `tail` as stored in a ring with checked tails.
+fn tail_pack(pos: u64) -> u64 {
+    (witness_check(pos) << 48) | (pos & WITNESS_SEQ_MASK)
+}
+
+fn tail_unpack(word: u64) -> Option<u64> {
+    let pos = word & WITNESS_SEQ_MASK;
+    (word >> 48 == witness_check(pos)).then_some(pos)
+}
+
+fn witness_unpack(word: u64) -> Witness {
+    if word == 0 {
+        return Witness::None;
+    }
+    let seq = word & WITNESS_SEQ_MASK;
+    if seq != 0 && word >> 48 == witness_check(seq) {
+        Witness::Durable(seq)
+    } else {
+        Witness::Damaged(word)
+    }
+}
+
 fn header_bytes(slots: u32, worker: u16) -> [u8; 24] {
     let mut h = [0u8; 24];
     h[0..8].copy_from_slice(MAGIC);
@@ -281,6 +377,150 @@ fn header_bytes(slots: u32, worker: u16) -> [u8; 24] {
     let crc = crc32c::crc32c(&h[0..20]);
     h[20..24].copy_from_slice(&crc.to_le_bytes());
     h
+}
+
+/// What a ring file's header says, once checked ([`check_ring`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingLayout {
+    pub slots: u32,
+    pub slot_bytes: usize,
+    /// Past the settle a crash left written but not published, if any.
+    pub head: u64,
+    pub tail: u64,
+    pub tail_checked: bool,
+    /// A settle was written at the old `head` and not published (the process
+    /// died between the slot's stores and `head`'s): it is a real settle of
+    /// a request the upstream served, so it is charged like the others
+    /// (`head` above already counts it).
+    pub unpublished: bool,
+    pub witness: Witness,
+}
+
+impl RingLayout {
+    /// Settles published and not released: replayed at the next start.
+    pub fn pending(&self) -> u64 {
+        self.head - self.tail
+    }
+}
+
+/// Checks a ring file's bytes: the header (magic, checksum, sizes, owner),
+/// the file's length, `head` and `tail` against each other, and that no
+/// settle was published past `head` (a damaged `head` would otherwise hide
+/// the settles after it: the one slot at `head` itself may be written and
+/// unpublished, by a crash between the slot's stores and `head`'s).
+pub fn check_ring(bytes: &[u8], path: &Path, worker: u16) -> Result<RingLayout, RingError> {
+    let bad = |reason: String| RingError::BadHeader {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let len = bytes.len();
+    if len < HEADER_BYTES {
+        return Err(bad(format!("file is {len} bytes, shorter than the header")));
+    }
+    let h = &bytes[0..24];
+    let tail_checked = match &h[0..8] {
+        m if m == MAGIC => true,
+        m if m == MAGIC_PLAIN_TAIL => false,
+        _ => return Err(bad("bad magic".into())),
+    };
+    let crc = u32::from_le_bytes(h[20..24].try_into().expect("4 bytes"));
+    if crc != crc32c::crc32c(&h[0..20]) {
+        return Err(bad("header checksum mismatch".into()));
+    }
+    let slots = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+    let slot_bytes = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes")) as usize;
+    let file_worker = u16::from_le_bytes(h[16..18].try_into().expect("2 bytes"));
+    if !slots.is_power_of_two() || slots > RING_SLOTS_MAX {
+        return Err(bad(format!("{slots} slots")));
+    }
+    if slot_bytes != SLOT_BYTES && slot_bytes != LEGACY_SLOT_BYTES {
+        return Err(bad(format!(
+            "slot size {slot_bytes}, this build uses {SLOT_BYTES} (and reads {LEGACY_SLOT_BYTES})"
+        )));
+    }
+    if file_worker != worker {
+        return Err(bad(format!("belongs to worker {file_worker}")));
+    }
+    if len != file_bytes(slots, slot_bytes) {
+        return Err(bad(format!(
+            "file is {len} bytes, {slots} slots need {}",
+            file_bytes(slots, slot_bytes)
+        )));
+    }
+    let word = |offset: usize| u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8"));
+    let mut head = word(HEAD_OFFSET);
+    let tail = if tail_checked {
+        tail_unpack(word(TAIL_OFFSET)).ok_or_else(|| {
+            bad(format!(
+                "tail word {:#x} does not check out (damaged: it could skip pending settles)",
+                word(TAIL_OFFSET)
+            ))
+        })?
+    } else {
+        word(TAIL_OFFSET)
+    };
+    if tail > head || head - tail > u64::from(slots) || head >= RING_POSITIONS_MAX {
+        return Err(bad(format!(
+            "head {head} and tail {tail} are inconsistent with {slots} slots"
+        )));
+    }
+    // No slot past `head` may hold a settle written for its position, but
+    // the one at `head` itself (see `unpublished`).
+    let mask = u64::from(slots) - 1;
+    let mut unpublished = false;
+    for pos in head..tail + u64::from(slots) {
+        let at = HEADER_BYTES + (pos & mask) as usize * slot_bytes;
+        let slot = &bytes[at..at + slot_bytes];
+        // Cheap first: a slot from an earlier lap names another position.
+        if slot[24..32] != pos.to_le_bytes() || decode_slot(slot, pos).is_err() {
+            continue;
+        }
+        if pos > head {
+            return Err(bad(format!(
+                "head is {head} but a settle was written at position {pos}: \
+                 the header is damaged and would hide settles"
+            )));
+        }
+        unpublished = true;
+    }
+    if unpublished {
+        head += 1;
+    }
+    Ok(RingLayout {
+        slots,
+        slot_bytes,
+        head,
+        tail,
+        tail_checked,
+        unpublished,
+        witness: witness_unpack(word(WITNESS_OFFSET)),
+    })
+}
+
+/// Reads worker `worker`'s ring file in `dir` without changing it (for
+/// `bursar verify-state`): its layout and its pending settles, each checked.
+pub fn inspect_ring(dir: &Path, worker: u16) -> Result<(RingLayout, Vec<SettleRecord>), RingError> {
+    let path = dir.join(ring_file_name(worker));
+    let bytes = fs::read(&path).map_err(|source| RingError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let layout = check_ring(&bytes, &path, worker)?;
+    let mask = u64::from(layout.slots) - 1;
+    let mut pending = Vec::with_capacity(layout.pending() as usize);
+    for pos in layout.tail..layout.head {
+        let at = HEADER_BYTES + (pos & mask) as usize * layout.slot_bytes;
+        let rec = decode_slot(&bytes[at..at + layout.slot_bytes], pos).map_err(|reason| {
+            RingError::Corrupt {
+                path: path.clone(),
+                slot: pos & mask,
+                pos,
+                reason,
+            }
+        })?;
+        pending.push(rec);
+    }
+    Ok((layout, pending))
 }
 
 /// Opens (creating if missing) worker `worker`'s ring in `dir`. A new ring has
@@ -326,35 +566,17 @@ pub fn open_ring(
     // SAFETY: the file is bursar's own in its state directory; nothing else is
     // expected to truncate it while mapped (that would SIGBUS, as for any mmap).
     let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(io)?;
-    let h = &map[0..24];
-    if &h[0..8] != MAGIC {
-        return Err(bad("bad magic".into()));
-    }
-    let crc = u32::from_le_bytes(h[20..24].try_into().expect("4 bytes"));
-    if crc != crc32c::crc32c(&h[0..20]) {
-        return Err(bad("header checksum mismatch".into()));
-    }
-    let file_slots = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-    let slot_bytes = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
-    let file_worker = u16::from_le_bytes(h[16..18].try_into().expect("2 bytes"));
-    if !file_slots.is_power_of_two() || file_slots > RING_SLOTS_MAX {
-        return Err(bad(format!("{file_slots} slots")));
-    }
-    let slot_bytes = slot_bytes as usize;
-    if slot_bytes != SLOT_BYTES && slot_bytes != LEGACY_SLOT_BYTES {
-        return Err(bad(format!(
-            "slot size {slot_bytes}, this build uses {SLOT_BYTES} (and reads {LEGACY_SLOT_BYTES})"
-        )));
-    }
-    if file_worker != worker {
-        return Err(bad(format!("belongs to worker {file_worker}")));
-    }
-    if len != file_bytes(file_slots, slot_bytes) as u64 {
-        return Err(bad(format!(
-            "file is {len} bytes, {file_slots} slots need {}",
-            file_bytes(file_slots, slot_bytes)
-        )));
-    }
+    // Nothing else maps the file yet: the checks read it as plain bytes.
+    let layout = check_ring(&map[..], &path, worker)?;
+    let RingLayout {
+        slots: file_slots,
+        slot_bytes,
+        head,
+        tail,
+        tail_checked,
+        unpublished,
+        ..
+    } = layout;
     prefault(&mut map);
     let base = map.as_mut_ptr();
     let ring = Arc::new(RingMap {
@@ -362,22 +584,27 @@ pub fn open_ring(
         base,
         slots: file_slots,
         slot_bytes,
+        tail_checked,
         worker,
         path: path.clone(),
     });
-    let head = ring.head().load(Ordering::Acquire);
-    let tail = ring.tail().load(Ordering::Acquire);
-    if tail > head || head - tail > u64::from(file_slots) {
-        return Err(bad(format!(
-            "head {head} and tail {tail} are inconsistent with {file_slots} slots"
-        )));
+    if unpublished {
+        log::warn!(
+            "{}: a settle at position {} was written but not published when the process \
+             died; charging it (its request was served upstream)",
+            path.display(),
+            head - 1
+        );
+        ring.head().store(head, Ordering::Release);
     }
-    if slot_bytes != SLOT_BYTES && head == tail {
+    if (slot_bytes != SLOT_BYTES || !tail_checked) && head == tail {
         // An older build's ring with nothing to replay: remade at this
-        // build's slot size (positions start over; nothing refers to them).
+        // build's slot size and format (positions start over; nothing
+        // refers to them).
         drop(ring);
         log::info!(
-            "{}: settle ring of {slot_bytes}-byte slots is empty; remaking it with {SLOT_BYTES}-byte slots",
+            "{}: an older build's settle ring is empty; remaking it with {SLOT_BYTES}-byte slots \
+             and a checked tail",
             path.display()
         );
         fs::remove_file(&path).map_err(io)?;
@@ -404,6 +631,7 @@ fn create_file(dir: &Path, path: &Path, slots: u32, worker: u16) -> Result<(), R
     let mut f = File::create(&tmp).map_err(io)?;
     let mut first = vec![0u8; HEADER_BYTES];
     first[0..24].copy_from_slice(&header_bytes(slots, worker));
+    first[TAIL_OFFSET..TAIL_OFFSET + 8].copy_from_slice(&tail_pack(0).to_le_bytes());
     f.write_all(&first).map_err(io)?;
     let zeros = vec![0u8; 1 << 16];
     let mut left = file_bytes(slots, SLOT_BYTES) - HEADER_BYTES;
@@ -583,7 +811,7 @@ impl RingProducer {
         }
         let slots = u64::from(self.ring.slots);
         if self.head - self.tail_seen >= slots {
-            self.tail_seen = self.ring.tail().load(Ordering::Acquire);
+            self.tail_seen = self.ring.load_tail(Ordering::Acquire);
             if self.head - self.tail_seen >= slots {
                 return Err(PushError::Full(RingFull {
                     slots: self.ring.slots,
@@ -644,7 +872,7 @@ impl RingConsumer {
 
     /// Slots published and not yet released (read or not).
     pub fn unreleased(&self) -> u64 {
-        self.ring.head().load(Ordering::Acquire) - self.ring.tail().load(Ordering::Relaxed)
+        self.ring.head().load(Ordering::Acquire) - self.ring.load_tail(Ordering::Relaxed)
     }
 
     /// Reads up to `max` published slots in order, verifying each, and hands
@@ -692,15 +920,30 @@ impl RingConsumer {
     /// read cursor; a `pos` behind the current tail is ignored.
     pub fn release(&mut self, pos: u64) {
         assert!(pos <= self.read, "release past the read cursor");
-        let tail = self.ring.tail();
-        if pos > tail.load(Ordering::Relaxed) {
-            tail.store(pos, Ordering::Release);
+        if pos > self.ring.load_tail(Ordering::Relaxed) {
+            self.ring.store_tail(pos);
         }
     }
 
     /// Releases everything read.
     pub fn release_read(&mut self) {
         self.release(self.read);
+    }
+
+    /// Records that the journal is durable through `seq` (call only after
+    /// the sync that made it so returned; see the module docs). Sequence
+    /// numbers past 48 bits are not recorded.
+    pub fn witness_durable(&mut self, seq: u64) {
+        if seq > 0 && seq <= WITNESS_SEQ_MASK {
+            self.ring
+                .witness()
+                .store(witness_pack(seq), Ordering::Relaxed);
+        }
+    }
+
+    /// What the header says the journal was durable through.
+    pub fn witnessed(&self) -> Witness {
+        witness_unpack(self.ring.witness().load(Ordering::Relaxed))
     }
 
     pub fn worker(&self) -> u16 {
@@ -763,7 +1006,7 @@ mod tests {
     fn legacy_ring(dir: &Path, worker: u16, slots: u32, pending: &[SettleRecord]) {
         let mut bytes = vec![0u8; HEADER_BYTES + slots as usize * LEGACY_SLOT_BYTES];
         let mut h = [0u8; 24];
-        h[0..8].copy_from_slice(MAGIC);
+        h[0..8].copy_from_slice(MAGIC_PLAIN_TAIL);
         h[8..12].copy_from_slice(&slots.to_le_bytes());
         h[12..16].copy_from_slice(&(LEGACY_SLOT_BYTES as u32).to_le_bytes());
         h[16..18].copy_from_slice(&worker.to_le_bytes());
@@ -845,5 +1088,83 @@ mod tests {
         let mut bad = buf;
         bad[19] = 3;
         assert!(decode_slot(&bad, 6).unwrap_err().contains("checksum"));
+    }
+
+    fn one_charge(id: u128) -> SettleRecord {
+        SettleRecord {
+            request_id: id,
+            worker: 1,
+            estimated: false,
+            charges: charges(1),
+        }
+    }
+
+    fn push_one(p: &mut RingProducer, id: u128) -> u64 {
+        p.push(id, false, &charges(1)).unwrap()
+    }
+
+    #[test]
+    fn the_journal_witness_round_trips_and_a_damaged_word_is_told_apart() {
+        for seq in [1, 2, 4096, WITNESS_SEQ_MASK] {
+            assert_eq!(witness_unpack(witness_pack(seq)), Witness::Durable(seq));
+            for bit in 0..64 {
+                let word = witness_pack(seq) ^ (1 << bit);
+                assert_ne!(witness_unpack(word), Witness::Durable(seq), "{seq} {bit}");
+            }
+        }
+        assert_eq!(witness_unpack(0), Witness::None);
+        let dir = crate::ledger::test_dir::TestDir::new("ring-witness");
+        let (_, mut c) = open_ring(dir.path(), 1, 16).unwrap();
+        assert_eq!(c.witnessed(), Witness::None);
+        c.witness_durable(77);
+        drop(c);
+        let (layout, _) = inspect_ring(dir.path(), 1).unwrap();
+        assert_eq!(layout.witness, Witness::Durable(77));
+        let (_, c) = open_ring(dir.path(), 1, 16).unwrap();
+        assert_eq!(c.witnessed(), Witness::Durable(77));
+    }
+
+    /// A crash between a slot's stores and `head`'s leaves one written,
+    /// unpublished settle at `head`: it is charged. A settle written past
+    /// `head` can only be a damaged `head` hiding it: refused.
+    #[test]
+    fn a_settle_at_head_is_charged_and_one_past_it_refuses_the_ring() {
+        let dir = crate::ledger::test_dir::TestDir::new("ring-head");
+        let (mut p, mut c) = open_ring(dir.path(), 1, 16).unwrap();
+        for id in 1..=3 {
+            push_one(&mut p, id);
+        }
+        c.read(2, |_, _| {}).unwrap();
+        c.release_read();
+        drop((p, c));
+        let path = dir.path().join(ring_file_name(1));
+        let good = fs::read(&path).unwrap();
+        let head =
+            |b: &[u8]| u64::from_le_bytes(b[HEAD_OFFSET..HEAD_OFFSET + 8].try_into().unwrap());
+        assert_eq!(head(&good), 3);
+        // `head` one behind: slot 2 is read as written and not published.
+        let mut bytes = good.clone();
+        bytes[HEAD_OFFSET..HEAD_OFFSET + 8].copy_from_slice(&2u64.to_le_bytes());
+        fs::write(&path, &bytes).unwrap();
+        let (layout, pending) = inspect_ring(dir.path(), 1).unwrap();
+        assert!(layout.unpublished);
+        assert_eq!(pending, vec![one_charge(3)]);
+        let (_, mut c) = open_ring(dir.path(), 1, 16).unwrap();
+        let mut seen = Vec::new();
+        c.read(10, |_, r| seen.push(r.request_id)).unwrap();
+        assert_eq!(seen, vec![3]);
+        drop(c);
+        // `head` two behind: a settle past it.
+        fs::write(&path, &good).unwrap();
+        let (mut p, c) = open_ring(dir.path(), 1, 16).unwrap();
+        push_one(&mut p, 4);
+        drop((p, c));
+        let mut bytes = fs::read(&path).unwrap();
+        assert_eq!(head(&bytes), 4);
+        bytes[HEAD_OFFSET..HEAD_OFFSET + 8].copy_from_slice(&2u64.to_le_bytes());
+        fs::write(&path, &bytes).unwrap();
+        let err = open_ring(dir.path(), 1, 16).unwrap_err().to_string();
+        assert!(err.contains("written at position 3"), "{err}");
+        assert!(inspect_ring(dir.path(), 1).is_err());
     }
 }

@@ -190,6 +190,29 @@ pub enum BooksError {
     Registry(#[from] RegistryError),
     #[error("books config: {0}")]
     Config(String),
+    #[error(
+        "the journal in {ledger_dir} ends at record {journal_seq}, but {ring} saw it durable \
+         through record {witnessed}: acknowledged charges are missing from the journal (a \
+         truncated or zeroed segment, or one removed). Restore {ledger_dir} from a backup; \
+         `bursar verify-state` shows what each file holds. (If the ring's header is what is \
+         damaged, verify-state says so.)"
+    )]
+    JournalBehind {
+        ledger_dir: PathBuf,
+        ring: PathBuf,
+        witnessed: u64,
+        journal_seq: u64,
+    },
+    #[error(
+        "entity registry {path} names {entities} entities, but the books hold entity id {id}: \
+         the registry lost entries (it was cut short), and their ids would be handed to other \
+         entities. Restore it from a backup; `bursar verify-state` checks a state directory"
+    )]
+    RegistryBehind {
+        path: PathBuf,
+        entities: u32,
+        id: u32,
+    },
     #[error("the ledger thread is gone")]
     Stopped,
     #[error("the ledger queue is full")]
@@ -652,8 +675,17 @@ impl Books {
         let mut producers = Vec::new();
         let mut rings = Vec::new();
         let now = clock.now_ms();
+        let mut opened = Vec::with_capacity(ring_workers.len());
         for w in ring_workers {
-            let (producer, mut consumer) = ring::open_ring(state_dir, w, config.ring_slots)?;
+            opened.push((w, ring::open_ring(state_dir, w, config.ring_slots)?));
+        }
+        check_witnesses(
+            &ledger_dir,
+            ledger.state().journal_seq(),
+            opened.iter().map(|(_, (_, c))| c),
+        )?;
+        check_registry_covers(registry, ledger.state())?;
+        for (w, (producer, mut consumer)) in opened {
             loop {
                 let mut result = Ok(());
                 let n = consumer.read(RING_READ_BATCH_MAX, |_, rec| {
@@ -705,8 +737,10 @@ impl Books {
             }
         }
         ledger.flush()?;
+        let witnessed = ledger.durable_seq();
         for r in &mut rings {
             r.consumer.release_read();
+            r.consumer.witness_durable(witnessed);
         }
 
         let (tx, rx) = crossbeam_channel::bounded(LEDGER_QUEUE_MAX);
@@ -768,6 +802,7 @@ impl Books {
             ring_poll_interval: ring_poll_interval(config.ledger.journal.sync_interval_ms),
             next_tick_ms: now + TICK_INTERVAL_MS,
             next_checkpoint_ms: now + config.snapshot_interval_ms.max(1) as i64,
+            witnessed,
             dozing: Arc::clone(&tx.dozing),
         };
         let join = std::thread::Builder::new()
@@ -785,6 +820,52 @@ impl Books {
             links,
         ))
     }
+}
+
+/// The journal must reach what the rings saw durable ([`ring::Witness`]):
+/// a journal that ends before acknowledged records lost them (a truncated
+/// or zeroed tail, a segment removed), which its own frames cannot show.
+pub fn check_witnesses<'a>(
+    ledger_dir: &Path,
+    journal_seq: u64,
+    rings: impl Iterator<Item = &'a RingConsumer>,
+) -> Result<(), BooksError> {
+    for consumer in rings {
+        match consumer.witnessed() {
+            ring::Witness::Durable(seq) if seq > journal_seq => {
+                return Err(BooksError::JournalBehind {
+                    ledger_dir: ledger_dir.to_path_buf(),
+                    ring: consumer.path().to_path_buf(),
+                    witnessed: seq,
+                    journal_seq,
+                });
+            }
+            ring::Witness::Damaged(word) => log::warn!(
+                "settle ring {}: the journal witness {word:#x} does not check out; ignored",
+                consumer.path().display()
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Every entity the books name must be in the registry: a registry cut
+/// short would hand their ids to other entities.
+pub fn check_registry_covers(
+    registry: &EntityRegistry,
+    state: &crate::ledger::state::LedgerState,
+) -> Result<(), BooksError> {
+    if let Some(max) = state.entity_books().map(|e| e.id.0).max() {
+        if max >= registry.len() {
+            return Err(BooksError::RegistryBehind {
+                path: registry.path().to_path_buf(),
+                entities: registry.len(),
+                id: max,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn apply_ring_settle(
@@ -830,6 +911,8 @@ struct LedgerThread {
     ring_poll_interval: Duration,
     next_tick_ms: i64,
     next_checkpoint_ms: i64,
+    /// The journal's durable seq last recorded in the rings.
+    witnessed: u64,
     /// Shared with every [`LedgerTx`]: set while the thread dozes.
     dozing: Arc<AtomicBool>,
 }
@@ -1274,9 +1357,16 @@ impl LedgerThread {
             .any(|r| r.consumer.unreleased() >= u64::from(r.consumer.slots()) / 2)
     }
 
-    /// Releases ring slots whose settles are durable in the journal.
+    /// Releases ring slots whose settles are durable in the journal, and
+    /// records how far it is durable in every ring (the journal's witness).
     fn release_rings(&mut self) {
         let durable = self.ledger.durable_seq();
+        if durable > self.witnessed {
+            for r in &mut self.rings {
+                r.consumer.witness_durable(durable);
+            }
+            self.witnessed = durable;
+        }
         for r in &mut self.rings {
             let mut release = None;
             while let Some(&(cursor, seq)) = r.marks.front() {

@@ -54,9 +54,20 @@ pub struct Recovered {
     pub append_to: Option<(u64, u64)>,
 }
 
-/// Loads the newest valid snapshot in `dir` and replays the journal after it.
+/// Loads the newest valid snapshot in `dir` and replays the journal after it,
+/// cutting a torn tail and removing unfinished snapshots.
 pub fn recover(dir: &Path, config: StateConfig) -> Result<Recovered, RecoveryError> {
-    let loaded = snapshot::load_newest(dir, config)?;
+    recover_with(dir, config, true)
+}
+
+/// [`recover`] without changing anything in `dir` (`bursar verify-state`):
+/// the same books, and the report says what a start would repair.
+pub fn inspect(dir: &Path, config: StateConfig) -> Result<Recovered, RecoveryError> {
+    recover_with(dir, config, false)
+}
+
+fn recover_with(dir: &Path, config: StateConfig, repair: bool) -> Result<Recovered, RecoveryError> {
+    let loaded = snapshot::load_newest(dir, config, repair)?;
     let mut report = RecoveryReport {
         snapshots_rejected: loaded.rejected,
         ..RecoveryReport::default()
@@ -80,8 +91,10 @@ pub fn recover(dir: &Path, config: StateConfig) -> Result<Recovered, RecoveryErr
             }
         }
         report.segments_read += 1;
-        let scan = if last {
+        let scan = if last && repair {
             journal::replay(path)?
+        } else if last {
+            journal::scan_segment(path, Some(*first_seq))?
         } else {
             // Zeros after whole records are accepted here (a segment is
             // trimmed, durably, before its successor is created, so they are

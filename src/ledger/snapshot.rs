@@ -335,15 +335,22 @@ pub struct Loaded {
 }
 
 /// Loads the newest snapshot that checks out. Leftover temp files (a crash
-/// during a write) are removed.
-pub fn load_newest(dir: &Path, config: StateConfig) -> Result<Loaded, SnapshotError> {
-    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
-        let entry = entry.map_err(io_error(dir))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("snapshot-") && name.ends_with(".tmp") {
-            log::warn!("removing unfinished snapshot {}", entry.path().display());
-            fs::remove_file(entry.path()).map_err(io_error(&entry.path()))?;
+/// during a write) are removed when `remove_tmp` is set (a start, not a
+/// check).
+pub fn load_newest(
+    dir: &Path,
+    config: StateConfig,
+    remove_tmp: bool,
+) -> Result<Loaded, SnapshotError> {
+    if remove_tmp {
+        for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+            let entry = entry.map_err(io_error(dir))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("snapshot-") && name.ends_with(".tmp") {
+                log::warn!("removing unfinished snapshot {}", entry.path().display());
+                fs::remove_file(entry.path()).map_err(io_error(&entry.path()))?;
+            }
         }
     }
     let mut rejected = Vec::new();
@@ -482,7 +489,7 @@ mod tests {
         );
         let second = write_snapshot(dir.path(), &s, true).unwrap();
         assert!(second.journal_seq > first.journal_seq);
-        let loaded = load_newest(dir.path(), s.config()).unwrap();
+        let loaded = load_newest(dir.path(), s.config(), true).unwrap();
         let (info, state) = loaded.newest.unwrap();
         assert_eq!(info, second);
         assert_eq!(state.books(), s.books());
@@ -516,7 +523,10 @@ mod tests {
             );
         }
         write_snapshot(dir.path(), &s, false).unwrap();
-        let (_, loaded) = load_newest(dir.path(), s.config()).unwrap().newest.unwrap();
+        let (_, loaded) = load_newest(dir.path(), s.config(), true)
+            .unwrap()
+            .newest
+            .unwrap();
         assert_eq!(loaded.books(), s.books());
         for (i, kind) in EntityKind::ALL.into_iter().enumerate() {
             let view = loaded.view(EntityId(i as u32), now).unwrap();
@@ -549,7 +559,7 @@ mod tests {
             fs::write(&newer.path, &pristine[..len]).unwrap();
             assert!(read_snapshot(&newer.path, s.config()).is_err(), "len {len}");
         }
-        let loaded = load_newest(dir.path(), s.config()).unwrap();
+        let loaded = load_newest(dir.path(), s.config(), true).unwrap();
         let (info, state) = loaded.newest.unwrap();
         assert_eq!(info.path, older.path);
         assert_eq!(state.books(), older_books);
@@ -560,7 +570,7 @@ mod tests {
             b"x",
         )
         .unwrap();
-        load_newest(dir.path(), s.config()).unwrap();
+        load_newest(dir.path(), s.config(), true).unwrap();
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 

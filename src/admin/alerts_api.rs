@@ -117,6 +117,10 @@ fn list_rules(gov: &Governance) -> Value {
 
 fn put_channel(gov: &Governance, body: &[u8]) -> Result<(u16, Value), ApiError> {
     let section: ChannelSection = parse(body, "alert channel")?;
+    // Before anything reads the environment the section names.
+    let allow_private = gov.read(|_, file, _| file.alerts.api_channels_allow_private);
+    super::check_api_channel(&section, allow_private)
+        .map_err(|e| ApiError::bad_request("invalid_value", e.to_string()))?;
     // Checked on its own first, so the error names the body's field.
     let checked = section.validate().map_err(|e| {
         ApiError::bad_request("invalid_value", format!("{}: {}", e.field, e.message))

@@ -182,6 +182,43 @@ fn unseal(bytes: &[u8]) -> Sealed {
     }
 }
 
+/// A channel defined at run time may not read the gateway's environment
+/// (`*_env`: it holds provider keys and the admin token, which the channel
+/// would send wherever its URL points) nor reach private addresses
+/// (`allow_private`: the SSRF guard) unless the config file allows it
+/// (`[alerts] api_channels_allow_private`). Both are the config file's to
+/// grant, which only the host's operator writes.
+pub fn check_api_channel(
+    c: &crate::alerts::channel::ChannelSection,
+    allow_private: bool,
+) -> Result<(), crate::config::ConfigError> {
+    let env = [
+        ("url_env", c.url_env.is_some()),
+        ("secret_env", c.secret_env.is_some()),
+        ("routing_key_env", c.routing_key_env.is_some()),
+        ("password_env", c.password_env.is_some()),
+    ];
+    let field = |f: &str| format!("alert channel {:?}: {f}", c.name);
+    if let Some((f, _)) = env.iter().find(|(_, set)| *set) {
+        return Err(crate::config::ConfigError {
+            field: field(f),
+            message: "names an environment variable of the gateway's; a channel defined \
+                      through the admin API gives the value itself (or is defined in the \
+                      config file)"
+                .into(),
+        });
+    }
+    if c.allow_private && !allow_private {
+        return Err(crate::config::ConfigError {
+            field: field("allow_private"),
+            message: "reaches private and loopback addresses; only a channel in the config \
+                      file may, unless the file sets [alerts] api_channels_allow_private = true"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 impl Overlay {
     /// Reads `state_dir/governance.json`; an absent file is an empty overlay.
     pub fn load(state_dir: &Path) -> Result<Overlay, OverlayError> {
@@ -261,6 +298,14 @@ impl Overlay {
             .and_then(|d| d.sync_all())
             .map_err(io)?;
         Ok(())
+    }
+
+    /// Alert channels defined at run time (the admin API, or another
+    /// node's definitions in cluster mode): see [`check_api_channel`].
+    pub fn check_channels(&self, allow_private: bool) -> Result<(), crate::config::ConfigError> {
+        self.alert_channels
+            .values()
+            .try_for_each(|c| check_api_channel(c, allow_private))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -403,6 +448,7 @@ pub fn effective(
     overlay: &Overlay,
     running: &Config,
 ) -> Result<Config, ConfigError> {
+    overlay.check_channels(file.alerts.api_channels_allow_private)?;
     let merged = if overlay.is_empty() {
         file.clone()
     } else {
@@ -908,6 +954,37 @@ impl Governance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channels_defined_at_run_time_may_not_read_the_environment_or_reach_private_addresses() {
+        let mut c = crate::alerts::channel::ChannelSection {
+            name: "x".into(),
+            url: Some("https://hooks.example.com/x".into()),
+            ..Default::default()
+        };
+        assert!(check_api_channel(&c, false).is_ok());
+        c.allow_private = true;
+        let e = check_api_channel(&c, false).unwrap_err();
+        assert!(e.field.ends_with("allow_private"), "{e}");
+        assert!(check_api_channel(&c, true).is_ok());
+        for set in [
+            |c: &mut crate::alerts::channel::ChannelSection| c.url_env = Some("A".into()),
+            |c: &mut crate::alerts::channel::ChannelSection| c.secret_env = Some("A".into()),
+            |c: &mut crate::alerts::channel::ChannelSection| c.routing_key_env = Some("A".into()),
+            |c: &mut crate::alerts::channel::ChannelSection| c.password_env = Some("A".into()),
+        ] {
+            let mut d = c.clone();
+            set(&mut d);
+            let e = check_api_channel(&d, true).unwrap_err();
+            assert!(e.message.contains("environment variable"), "{e}");
+        }
+        // The same holds for definitions that arrive in an overlay
+        // (governance.json, or another node's through Redis).
+        let mut overlay = Overlay::default();
+        c.password_env = Some("HOME".into());
+        overlay.alert_channels.insert("x".into(), c);
+        assert!(overlay.check_channels(true).is_err());
+    }
 
     const FILE: &str = r#"
 [[providers]]

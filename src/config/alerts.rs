@@ -29,6 +29,11 @@ pub struct AlertsSection {
     /// How long a delivery is retried before it is dead-lettered ("24h").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_for: Option<String>,
+    /// Whether channels defined through the admin API may set
+    /// `allow_private` (reach loopback and private addresses). Off by
+    /// default: the admin token alone must not reach the host's network.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub api_channels_allow_private: bool,
 }
 
 /// `[alerts]`, validated.

@@ -48,6 +48,10 @@ def config(receiver: HttpReceiver, *, mode: str = "soft", limit: str = "0.0027",
            smtp_port: int | None = None, pd_url: str | None = None) -> str:
     names = channels or ["hook"]
     chans = f"""
+[alerts]
+# The admin API test adds a channel to the local receiver.
+api_channels_allow_private = true
+
 [[alerts.channels]]
 name = "hook"
 kind = "webhook"
@@ -431,6 +435,16 @@ def test_admin_api_channels_rules_test_state_history_replay(tmp, hook):
         text = json.dumps(chans)
         assert SECRET not in text and "R0UT1NGKEY" not in text, "secrets are masked"
         assert "/hook" not in text, "a URL's path may hold a token: masked"
+        # A channel defined at run time may not read the gateway's
+        # environment (provider keys, the admin token live there).
+        # (HOME is set and would pass as a password: only the rule refuses.)
+        status, err = gw.admin("POST", "/admin/alerts/channels", {
+            "name": "leak", "kind": "email", "smtp_host": "127.0.0.1", "smtp_port": 25,
+            "smtp_tls": "none", "from": "bursar@example.com", "to": ["x@example.com"],
+            "username": "u", "password_env": "HOME", "allow_private": True})
+        assert status == 400, err
+        assert "password_env" in err["error"]["message"], err
+        assert "environment variable of the gateway's" in err["error"]["message"], err
         # A channel and a rule added at run time work at once.
         status, created = gw.admin("POST", "/admin/alerts/channels", {
             "name": "late", "kind": "webhook", "url": hook.url("/late"),

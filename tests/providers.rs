@@ -486,6 +486,69 @@ key = "sk-bursar-demo"
     assert!(!head.contains("sk-bursar-demo"));
 }
 
+/// An Azure provider serving any model ("*") puts the client's model name
+/// into the request line as the deployment: a name that is not a plain
+/// path segment (CR/LF would inject headers or a second request on the
+/// connection that carries the provider's key) is refused before anything
+/// is sent.
+#[test]
+fn an_azure_deployment_from_the_clients_model_name_must_be_a_plain_path_segment() {
+    let (port, seen) = recording_upstream();
+    let config = format!(
+        r#"
+[pricing]
+unpriced = "allow"
+
+[[providers]]
+name = "az"
+kind = "azure"
+base_url = "http://127.0.0.1:{port}"
+api_key = "az-secret"
+api_version = "2024-10-21"
+models = ["*"]
+
+[[virtual_keys]]
+name = "demo"
+key = "sk-bursar-demo"
+"#
+    );
+    let gw = Gateway::start(&config, &[]);
+    for model in [
+        "x HTTP/1.1\\r\\nx-injected: 1\\r\\n\\r\\nGET /steal",
+        "a/../../admin",
+        "..",
+        "50%25",
+        "a?b=c",
+    ] {
+        let body = format!(
+            r#"{{"model":"{model}","max_tokens":5,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        let r = post(&gw, "/v1/chat/completions", &[], &body);
+        assert_eq!(r.status, 400, "{model}: {}", r.text());
+        assert!(r.text().contains("deployment name"), "{}", r.text());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            "",
+            "{model}: the upstream was sent a request"
+        );
+    }
+    // A plain name goes through as its own deployment.
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        &[],
+        r#"{"model":"gpt-4o.mini_2","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        seen.lock()
+            .unwrap()
+            .starts_with("POST /openai/deployments/gpt-4o.mini_2/chat/completions?"),
+        "{}",
+        seen.lock().unwrap()
+    );
+}
+
 #[test]
 fn a_strict_budget_reserves_the_input_a_provider_adds_that_the_body_does_not_hold() {
     // Anthropic adds a tool-use system prompt the body does not hold: a

@@ -47,9 +47,13 @@ pub const ANTHROPIC_BASE_URL_DEFAULT: &str = "https://api.anthropic.com";
 
 /// A header value or path segment from the config: printable ASCII, no
 /// spaces or characters a path or header would need escaped.
-pub(super) fn is_token(s: &str) -> bool {
+/// Whether `s` can go into a URL path as one segment as it is: letters,
+/// digits, '-', '_', '.', '~' (no escaping needed), not "." or ".." (or
+/// any dots-only name a server might resolve), at most 128 bytes.
+pub fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
+        && !s.bytes().all(|b| b == b'.')
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
 }

@@ -1121,8 +1121,22 @@ async fn route_and_forward<'c: 'm, 'r, 'm>(
         let outbound = forward::Outbound {
             path: match (&provider.wire, provider.kind, &made_path) {
                 (crate::config::WireConfig::Azure { api_version, .. }, _, _) => {
+                    let deployment = provider.wire.azure_deployment(target.model);
+                    // A model the config did not map (a "*" provider) goes
+                    // into the request line as it is: only a plain path
+                    // segment may (no CR/LF, spaces, '/', '?', '%', "..").
+                    if !crate::config::providers::is_token(deployment) {
+                        return Err(ApiError::bad_request(
+                            "invalid_value",
+                            format!(
+                                "model {:?} cannot be an Azure deployment name (letters, digits, \
+                                 '-', '_', '.', '~')",
+                                target.model
+                            ),
+                        ));
+                    }
                     forward::UpstreamPath::Azure {
-                        deployment: provider.wire.azure_deployment(target.model),
+                        deployment,
                         endpoint,
                         api_version,
                     }

@@ -170,12 +170,13 @@ fn verify_state(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> i32 {
     let books = cfg
         .as_ref()
         .map(crate::books::thread::BooksConfig::from_config);
-    let state = books.map(|b| b.ledger.state).unwrap_or_else(|| {
-        let mut s = crate::ledger::state::StateConfig::default();
-        // Any worker id a journal or ring holds is accepted.
-        s.workers = crate::ledger::messages::LEDGER_WORKERS_MAX;
-        s
-    });
+    let state = books.map(|b| b.ledger.state).unwrap_or(
+        // Without a config, any worker id a journal or ring holds is accepted.
+        crate::ledger::state::StateConfig {
+            workers: crate::ledger::messages::LEDGER_WORKERS_MAX,
+            ..Default::default()
+        },
+    );
     let sqlite_log = match cfg.as_ref().and_then(|c| c.log.as_ref()) {
         Some(log) if !matches!(log.sink, crate::reqlog::SinkKind::Sqlite) => None,
         _ => Some(state_dir.join(crate::reqlog::LOG_SQLITE_FILE)),

@@ -207,7 +207,11 @@ impl Gateway {
         // spill to disk until it answers); an unusable one is.
         let (log_handle, log_sender) = match &config.log {
             Some(cfg) => {
-                let (h, s) = crate::reqlog::LogWriter::start(cfg, &state_dir)?;
+                let (h, s) = crate::reqlog::LogWriter::start_yielding(
+                    cfg,
+                    &state_dir,
+                    Some(Arc::clone(&books.stats().journal_down)),
+                )?;
                 (Some(h), Some(s))
             }
             None => (None, None),

@@ -120,6 +120,10 @@ pub const RING_POLL_IDLE_MAX: Duration = Duration::from_millis(16);
 /// [`RING_POLL_IDLE_MAX`]: an idle gateway's ledger wakes about once a
 /// second instead of 60 times, and a busy one never dozes.
 pub const DOZE_AFTER_IDLE_POLLS: u32 = 64;
+/// While the journal cannot be written, how often the ledger thread tries
+/// the batch again.
+pub const JOURNAL_RETRY_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Most slots read from one ring per iteration, so one busy worker cannot
 /// starve the command channel.
 pub const RING_READ_BATCH_MAX: usize = 4096;
@@ -219,6 +223,14 @@ pub enum BooksError {
     QueueFull,
     #[error("could not start the ledger thread: {0}")]
     Spawn(std::io::Error),
+}
+
+impl BooksError {
+    /// A journal or snapshot write that a retry may clear
+    /// ([`LedgerError::is_retryable`]).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, BooksError::Ledger(e) if e.is_retryable())
+    }
 }
 
 /// Where a command's reply goes.
@@ -331,6 +343,14 @@ pub struct BooksStats {
     /// Times the thread dozed: parked until its next tick with nothing to do
     /// ([`DOZE_AFTER_IDLE_POLLS`]).
     pub dozes: AtomicU64,
+    /// Set while the journal cannot be written (a full disk, an I/O error):
+    /// workers refuse new requests (503) until it can; shared with every
+    /// [`WorkerLink`].
+    pub journal_down: Arc<AtomicBool>,
+    /// Journal or snapshot writes that failed (each retry counts).
+    pub journal_write_failures: AtomicU64,
+    /// Times the journal became writable again after failing.
+    pub journal_recoveries: AtomicU64,
 }
 
 /// What a worker holds to talk to the books.
@@ -347,6 +367,8 @@ pub struct WorkerLink {
     /// the worker's listener sleeps until there is something to drain (no
     /// timer wake-ups on an idle gateway).
     pub bell: Arc<AtomicWaker>,
+    /// [`BooksStats::journal_down`]: admit nothing new while it is set.
+    pub journal_down: Arc<AtomicBool>,
 }
 
 impl WorkerLink {
@@ -767,6 +789,7 @@ impl Books {
                 events: erx,
                 resync,
                 bell,
+                journal_down: Arc::clone(&stats.journal_down),
             });
         }
         let mut history = None;
@@ -803,6 +826,9 @@ impl Books {
             next_tick_ms: now + TICK_INTERVAL_MS,
             next_checkpoint_ms: now + config.snapshot_interval_ms.max(1) as i64,
             witnessed,
+            journal_down_since: None,
+            journal_retry_ms: 0,
+            journal_down_logged_ms: 0,
             dozing: Arc::clone(&tx.dozing),
         };
         let join = std::thread::Builder::new()
@@ -913,8 +939,20 @@ struct LedgerThread {
     next_checkpoint_ms: i64,
     /// The journal's durable seq last recorded in the rings.
     witnessed: u64,
+    /// When the journal stopped being writable (`None`: it is).
+    journal_down_since: Option<i64>,
+    /// When to try the journal's batch again while it is down.
+    journal_retry_ms: i64,
+    journal_down_logged_ms: i64,
     /// Shared with every [`LedgerTx`]: set while the thread dozes.
     dozing: Arc<AtomicBool>,
+}
+
+/// What a pass of the ledger thread's loop leaves to do.
+enum Step {
+    Continue,
+    /// The thread stops with this result.
+    Stopped(Result<(), BooksError>),
 }
 
 enum Flow {
@@ -936,80 +974,143 @@ impl LedgerThread {
         let mut wait = self.ring_poll_interval;
         let mut idle_polls: u32 = 0;
         loop {
-            let mut flow = Flow::Continue;
-            let mut taken = 0;
-            while matches!(flow, Flow::Continue) && taken < MSGS_PER_ITERATION_MAX {
-                match self.rx.try_recv() {
-                    Ok(msg) => flow = self.handle(msg)?,
-                    Err(crossbeam_channel::TryRecvError::Empty) => break,
-                    // Every sender is gone: nobody can ask anything any more.
-                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                        flow = Flow::Stop(None);
-                    }
-                }
-                taken += 1;
-            }
-            let mut busy = taken > 0;
-            match flow {
-                Flow::Continue => {}
-                Flow::Crash => return Ok(()),
-                Flow::Stop(reply) => {
-                    let result = self.stop();
-                    if let Some(reply) = reply {
-                        let _ = reply.send(result.as_ref().map_err(|e| e.to_string()).copied());
-                    }
-                    return result;
-                }
-            }
-            if self.poll_rings()? > 0 {
-                busy = true;
-            }
-            wait = if busy {
-                idle_polls = 0;
-                self.ring_poll_interval
-            } else {
-                idle_polls = idle_polls.saturating_add(1);
-                (wait * 2).min(RING_POLL_IDLE_MAX)
-            };
-            let now = self.clock.now_ms();
-            if now >= self.next_tick_ms {
-                let reply = self.apply(now, &Command::Tick)?;
-                let more = matches!(reply, Reply::Ticked { more: true, .. });
-                self.next_tick_ms = if more { now } else { now + TICK_INTERVAL_MS };
-            }
-            self.ledger.flush_if_due(now)?;
-            self.node_tick(now)?;
-            self.flush_alerts(now)?;
-            if self.rings_filling() {
-                // Slots are released only once durable: a ring half full of
-                // read-but-not-durable settles needs the batch written now,
-                // or its worker would soon find it full.
-                self.ledger.flush()?;
-            }
-            self.release_rings();
-            if now >= self.next_checkpoint_ms {
-                self.save_histories();
-                self.ledger.checkpoint()?;
-                self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-                self.release_rings();
-                self.next_checkpoint_ms = now + self.snapshot_interval_ms;
-            }
-            // A message sent after the drain above unparks this at once (the
-            // park token is set even when the thread is not parked yet).
-            if taken < MSGS_PER_ITERATION_MAX {
-                if idle_polls >= DOZE_AFTER_IDLE_POLLS
-                    && self.settled_everything()
-                    && !self.node.as_ref().is_some_and(|n| n.busy())
-                {
-                    if !self.doze(now)? {
-                        idle_polls = 0;
-                        wait = self.ring_poll_interval;
-                    }
-                } else {
-                    std::thread::park_timeout(wait);
-                }
+            match self.iteration(&mut wait, &mut idle_polls) {
+                Ok(Step::Continue) => {}
+                Ok(Step::Stopped(result)) => return result,
+                Err(e) if e.is_retryable() => self.journal_failed(&e),
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// A journal or snapshot write failed for a reason a retry may clear
+    /// (a full disk, an I/O error). Nothing is lost: the batch stays in
+    /// memory and every settle not yet durable stays in its ring, so a
+    /// crash now loses nothing either. Until a retry writes the batch the
+    /// thread reads no ring (nothing new to buffer), writes no snapshot,
+    /// and workers refuse new requests with a 503 (`journal_down`).
+    fn journal_failed(&mut self, e: &BooksError) {
+        self.stats
+            .journal_write_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let now = self.clock.now_ms();
+        if self.journal_down_since.is_none() {
+            log::error!(
+                "the ledger cannot write its journal: {e}. New requests are refused (503) \
+                 until it can; every charge so far is kept (in the journal's batch and the \
+                 settle rings). Retrying every {} ms",
+                JOURNAL_RETRY_INTERVAL.as_millis()
+            );
+            self.journal_down_since = Some(now);
+            self.journal_down_logged_ms = now;
+            self.stats.journal_down.store(true, Ordering::Release);
+        } else if now >= self.journal_down_logged_ms + 60_000 {
+            log::error!("the ledger still cannot write its journal: {e}");
+            self.journal_down_logged_ms = now;
+        }
+    }
+
+    /// One pass of the loop (see the module docs). While the journal is
+    /// down, only messages are served and the batch is retried.
+    fn iteration(&mut self, wait: &mut Duration, idle_polls: &mut u32) -> Result<Step, BooksError> {
+        let mut flow = Flow::Continue;
+        let mut taken = 0;
+        while matches!(flow, Flow::Continue) && taken < MSGS_PER_ITERATION_MAX {
+            match self.rx.try_recv() {
+                Ok(msg) => flow = self.handle(msg)?,
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                // Every sender is gone: nobody can ask anything any more.
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    flow = Flow::Stop(None);
+                }
+            }
+            taken += 1;
+        }
+        let mut busy = taken > 0;
+        match flow {
+            Flow::Continue => {}
+            Flow::Crash => return Ok(Step::Stopped(Ok(()))),
+            Flow::Stop(reply) => {
+                let result = self.stop();
+                if let Some(reply) = reply {
+                    let _ = reply.send(result.as_ref().map_err(|e| e.to_string()).copied());
+                }
+                return Ok(Step::Stopped(result));
+            }
+        }
+        if let Some(since) = self.journal_down_since {
+            let now = self.clock.now_ms();
+            if now >= self.journal_retry_ms {
+                self.journal_retry_ms = now + JOURNAL_RETRY_INTERVAL.as_millis() as i64;
+                self.ledger.flush()?;
+                log::warn!(
+                    "the ledger writes its journal again after {} ms; requests are admitted",
+                    now - since
+                );
+                self.journal_down_since = None;
+                self.stats
+                    .journal_recoveries
+                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.journal_down.store(false, Ordering::Release);
+                self.release_rings();
+                return Ok(Step::Continue);
+            }
+            if taken < MSGS_PER_ITERATION_MAX {
+                std::thread::park_timeout(JOURNAL_RETRY_INTERVAL);
+            }
+            return Ok(Step::Continue);
+        }
+        if self.poll_rings()? > 0 {
+            busy = true;
+        }
+        *wait = if busy {
+            *idle_polls = 0;
+            self.ring_poll_interval
+        } else {
+            *idle_polls = idle_polls.saturating_add(1);
+            (*wait * 2).min(RING_POLL_IDLE_MAX)
+        };
+        let now = self.clock.now_ms();
+        if now >= self.next_tick_ms {
+            let reply = self.apply(now, &Command::Tick)?;
+            let more = matches!(reply, Reply::Ticked { more: true, .. });
+            self.next_tick_ms = if more { now } else { now + TICK_INTERVAL_MS };
+        }
+        self.ledger.flush_if_due(now)?;
+        self.node_tick(now)?;
+        self.flush_alerts(now)?;
+        if self.rings_filling() {
+            // Slots are released only once durable: a ring half full of
+            // read-but-not-durable settles needs the batch written now,
+            // or its worker would soon find it full.
+            self.ledger.flush()?;
+        }
+        self.release_rings();
+        if now >= self.next_checkpoint_ms {
+            // Due again in an interval even when this one fails (a full
+            // disk): a failed snapshot loses nothing, the journal has it all.
+            self.next_checkpoint_ms = now + self.snapshot_interval_ms;
+            self.save_histories();
+            self.ledger.checkpoint()?;
+            self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+            self.release_rings();
+        }
+        // A message sent after the drain above unparks this at once (the
+        // park token is set even when the thread is not parked yet).
+        if taken < MSGS_PER_ITERATION_MAX {
+            if *idle_polls >= DOZE_AFTER_IDLE_POLLS
+                && self.settled_everything()
+                && !self.node.as_ref().is_some_and(|n| n.busy())
+            {
+                if !self.doze(now)? {
+                    *idle_polls = 0;
+                    *wait = self.ring_poll_interval;
+                }
+            } else {
+                std::thread::park_timeout(*wait);
+            }
+        }
+        Ok(Step::Continue)
     }
 
     /// Keeps the alerts' burn histories (best effort: they are history, not money).

@@ -123,6 +123,21 @@ pub enum LedgerError {
     Poisoned,
 }
 
+impl LedgerError {
+    /// An I/O error writing the journal or a snapshot (a full disk, a failed
+    /// `fsync`): nothing is lost by retrying. The journal keeps the batch it
+    /// could not make durable in memory and writes it again, whole, at the
+    /// same offset, then syncs again (a failed `fsync` may have dropped the
+    /// kernel's copy of those pages, so the retry rewrites them from ours).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            LedgerError::Journal(JournalError::Io { .. })
+                | LedgerError::Snapshot(SnapshotError::Io { .. })
+        )
+    }
+}
+
 /// The books with their durability: the state machine, the journal writer,
 /// and the snapshot policy. Owned by the ledger thread.
 #[derive(Debug)]
@@ -197,13 +212,21 @@ impl Ledger {
             return Err(LedgerError::Poisoned);
         }
         let reply = self.state.apply(now_ms, cmd);
+        // Every record is buffered even when a batch's write fails on the
+        // way: the books already hold them, so the journal must too.
+        let mut failed = None;
         for record in self.state.records() {
             if let Err(e) = self.journal.append(record, now_ms) {
-                self.poisoned = true;
-                return Err(e.into());
+                failed.get_or_insert(e);
             }
         }
-        Ok(reply)
+        match failed {
+            None => Ok(reply),
+            Some(e) => {
+                self.poisoned |= !matches!(e, JournalError::Io { .. });
+                Err(e.into())
+            }
+        }
     }
 
     /// Events of the last `apply`, to broadcast to workers.
@@ -255,10 +278,16 @@ impl Ledger {
             return Err(LedgerError::Poisoned);
         }
         let result = f(self);
-        if result.is_err() {
-            self.poisoned = true;
+        if let Err(e) = &result {
+            self.poisoned |= !e.is_retryable();
         }
         result
+    }
+
+    /// Whether writes failed for a reason a later retry may clear (a full
+    /// disk, an I/O error) rather than a bug or corruption.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
     }
 
     /// Journal bytes buffered, not yet written (what a crash now would lose).

@@ -128,6 +128,10 @@ pub struct WorkerBooks {
     shard: RefCell<LeaseShard>,
 }
 
+/// The 503's message while the ledger cannot write its journal.
+pub const JOURNAL_DOWN: &str = "the gateway cannot write its books to disk (disk full or an I/O \
+     error): no new request is admitted until it can; every charge so far is kept";
+
 /// Why admission refused a request.
 #[derive(Debug)]
 pub enum Refusal {
@@ -224,6 +228,14 @@ impl WorkerBooks {
     /// Reserves `worst` at every strict level of `levels` (soft levels only
     /// check they are not blocked), asking the ledger for lease as needed.
     pub async fn admit(&self, levels: &Levels, worst: Money) -> Result<Hold<'_>, Refusal> {
+        if self
+            .link
+            .borrow()
+            .journal_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Refusal::Unavailable(JOURNAL_DOWN));
+        }
         let mut rounds = 0;
         let mut waited = false;
         loop {

@@ -206,6 +206,20 @@ impl LogWriter {
     /// writer spills until it answers. Call it off the workers (it may wait
     /// up to the store's connect timeout).
     pub fn start(cfg: &LogConfig, state_dir: &Path) -> Result<(LogHandle, LogSender), LogError> {
+        Self::start_yielding(cfg, state_dir, None)
+    }
+
+    /// [`LogWriter::start`], with the writer yielding the disk while `pause`
+    /// is set (the gateway passes its journal's `journal_down`: when the
+    /// disk is full the books come first, so the log writes nothing, not
+    /// even its spill, and counts the rows it drops, until the journal can
+    /// write again; otherwise rows logged for the refused requests would
+    /// take every byte freed before the journal's next retry).
+    pub fn start_yielding(
+        cfg: &LogConfig,
+        state_dir: &Path,
+        pause: Option<Arc<AtomicBool>>,
+    ) -> Result<(LogHandle, LogSender), LogError> {
         let spill_dir = state_dir.join(LOG_SPILL_DIR);
         let spill = Spill::open(&spill_dir).map_err(|source| LogError::Spill {
             path: spill_dir.clone(),
@@ -248,6 +262,7 @@ impl LogWriter {
             dropped_reported: 0,
             next_drop_report: now,
             spill_error_logged: false,
+            pause,
         };
         let thread = std::thread::Builder::new()
             .name("bursar-log".into())
@@ -291,6 +306,8 @@ enum Failure {
 }
 
 struct Writer {
+    /// While set, write nothing ([`LogWriter::start_yielding`]).
+    pause: Option<Arc<AtomicBool>>,
     cfg: LogConfig,
     state_dir: PathBuf,
     rows: Receiver<LogRow>,
@@ -664,8 +681,20 @@ impl Writer {
         }
     }
 
-    /// Writes a live batch: to the sink, else to the spill.
+    fn paused(&self) -> bool {
+        self.pause.as_ref().is_some_and(|p| p.load(Relaxed))
+    }
+
+    /// Writes a live batch: to the sink, else to the spill; while the disk
+    /// is yielded to the books, nowhere (the rows are counted as dropped).
     fn write(&mut self, batch: &mut Vec<LogRow>) {
+        if self.paused() {
+            self.stats
+                .rows_dropped
+                .fetch_add(batch.len() as u64, Relaxed);
+            batch.clear();
+            return;
+        }
         match self.insert(batch) {
             Ok(()) => {}
             Err(Failure::Down) => self.spill_rows(batch),
@@ -724,7 +753,11 @@ impl Writer {
 
     /// Replays one chunk of the spill when the sink is up.
     fn replay_one(&mut self, now: Instant) {
-        if !self.spill.has_pending() || !self.sink_due(now) || now < self.replay_retry_at {
+        if self.paused()
+            || !self.spill.has_pending()
+            || !self.sink_due(now)
+            || now < self.replay_retry_at
+        {
             return;
         }
         let chunk = match self.spill.take_chunk(self.cfg.batch_max) {
@@ -764,7 +797,7 @@ impl Writer {
     /// Sums the minutes closed by now into the rollups, one bounded step
     /// (the next wake comes at once while more remain).
     fn roll_up(&mut self, now: Instant) {
-        if now < self.next_roll_up {
+        if now < self.next_roll_up || self.paused() {
             return;
         }
         let Some(store) = self.ready_store(now) else {

@@ -39,8 +39,17 @@ pub const STREAM_READ_BYTES: usize = 16 * 1024;
 
 /// Idle upstream connections kept per upstream address per worker.
 pub const POOL_IDLE_PER_UPSTREAM_MAX_DEFAULT: usize = 256;
-/// Concurrent client connections one worker accepts before refusing more.
+/// Concurrent client connections one worker serves. At the bound the worker
+/// stops accepting (accept backpressure): new connections wait in the
+/// kernel's listen backlog, and the worker accepts again when one of its
+/// connections closes. Nothing is accepted only to be closed.
 pub const CONNECTIONS_PER_WORKER_MAX_DEFAULT: usize = 16 * 1024;
+/// Each worker's listen backlog (`listen(2)`): connections the kernel
+/// completes and queues for a worker that is not accepting (at
+/// `connections_per_worker_max`, or busy). Past it the kernel drops new
+/// SYNs and clients retry. Linux caps it at `net.core.somaxconn`
+/// (4096 by default since 5.4).
+pub const LISTEN_BACKLOG: i32 = 4096;
 /// Most workers (threads) a gateway may run.
 pub const WORKERS_MAX: usize = 256;
 /// Most providers, models per provider, and virtual keys in one catalog.
@@ -85,6 +94,10 @@ pub const UPSTREAM_STALE_RETRY_WINDOW: Duration = Duration::from_millis(250);
 /// How often a worker publishes its overhead histogram and evicts idle
 /// upstream connections.
 pub const OVERHEAD_PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
+/// A worker whose housekeeping timer fires this much later than due ran
+/// its event loop that long without yielding: counted as a stall
+/// (`bursar_worker_stalls_total`).
+pub const WORKER_STALL: Duration = Duration::from_millis(100);
 /// The overhead histogram's range: 1 ns to this, 3 significant digits.
 pub const OVERHEAD_NS_MAX: u64 = 60_000_000_000;
 

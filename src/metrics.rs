@@ -126,7 +126,9 @@ impl TokenCounters {
 pub struct WorkerStats {
     driver: AtomicU8,
     pub connections_accepted: Counter,
-    pub connections_refused: Counter,
+    /// Times the worker stopped accepting at `connections_per_worker_max`
+    /// (new connections then wait in the listen backlog until one closes).
+    pub accept_paused: Counter,
     pub connections_active: Gauge,
     /// Responses by status class: index 1 for 1xx ... 5 for 5xx.
     pub responses: [Counter; 6],
@@ -184,6 +186,13 @@ pub struct WorkerStats {
     /// Names of unpriced models this worker saw, for the operational alerts'
     /// sampler (`alerts::operational`).
     pub unpriced_models: UnpricedModels,
+    /// How late the worker's housekeeping timer (every
+    /// `OVERHEAD_PUBLISH_INTERVAL`) fired, the worst so far, in
+    /// microseconds: a bound on how long the worker's event loop was busy
+    /// without yielding (a stall delays every connection on the worker).
+    pub loop_lag_max_us: Gauge,
+    /// Times that lateness passed `limits::WORKER_STALL`.
+    pub stalls: Counter,
     /// The worker's overhead histogram as last published (every
     /// `OVERHEAD_PUBLISH_INTERVAL`); the worker's own copy is never shared.
     overhead: arc_swap::ArcSwapOption<Histogram<u64>>,
@@ -583,7 +592,19 @@ impl Registry {
             (self.catalog_version)()
         );
         type Get = fn(&WorkerStats) -> i64;
-        let series: [(&str, &str, &str, Get); 35] = [
+        let series: [(&str, &str, &str, Get); 37] = [
+            (
+                "bursar_worker_loop_lag_max_microseconds",
+                "gauge",
+                "The latest the worker's 500 ms housekeeping timer fired, the worst so far: how long its event loop ran without yielding.",
+                |w| w.loop_lag_max_us.get(),
+            ),
+            (
+                "bursar_worker_stalls_total",
+                "counter",
+                "Times the worker's event loop ran past WORKER_STALL (100 ms) without yielding.",
+                |w| w.stalls.get() as i64,
+            ),
             (
                 "bursar_connections_accepted_total",
                 "counter",
@@ -591,15 +612,15 @@ impl Registry {
                 |w| w.connections_accepted.get() as i64,
             ),
             (
-                "bursar_connections_refused_total",
+                "bursar_accept_paused_total",
                 "counter",
-                "Client connections refused at the per-worker bound.",
-                |w| w.connections_refused.get() as i64,
+                "Times the worker stopped accepting at connections_per_worker_max; new connections waited in the listen backlog until one closed.",
+                |w| w.accept_paused.get() as i64,
             ),
             (
                 "bursar_connections_active",
                 "gauge",
-                "Open client connections.",
+                "Open client connections on the worker.",
                 |w| w.connections_active.get(),
             ),
             (

@@ -74,6 +74,8 @@ pub struct Worker {
     overhead: RefCell<hdrhistogram::Histogram<u64>>,
     /// The overhead histogram's count when it was last published.
     overhead_published: std::cell::Cell<u64>,
+    /// When the housekeeping timer last fired ([`Worker::publish_overhead`]).
+    housekept_at: std::cell::Cell<Option<std::time::Instant>>,
     /// The catalog as this worker last saw it: cloning an `Rc` per request
     /// keeps the shared `Arc` count (one cache line for all workers) cold.
     /// The extra allocation is once per published catalog, on purpose.
@@ -118,6 +120,7 @@ impl Worker {
             catalog_cache: RefCell::new(Rc::new(catalog.load_full())),
             overhead: RefCell::new(crate::metrics::overhead_histogram()),
             overhead_published: std::cell::Cell::new(0),
+            housekept_at: std::cell::Cell::new(None),
             catalog,
             limits,
         }
@@ -145,6 +148,22 @@ impl Worker {
     /// when it recorded anything since the last copy (the copy is the size of
     /// the histogram's whole range, not worth making for nothing).
     pub fn publish_overhead(&self) {
+        // Called by the housekeeping timer every OVERHEAD_PUBLISH_INTERVAL:
+        // how late it fired is how long the event loop ran without yielding.
+        let now = std::time::Instant::now();
+        if let Some(last) = self.housekept_at.replace(Some(now)) {
+            let late = now
+                .duration_since(last)
+                .saturating_sub(crate::limits::OVERHEAD_PUBLISH_INTERVAL);
+            let late_us = i64::try_from(late.as_micros()).unwrap_or(i64::MAX);
+            if late_us > self.stats.loop_lag_max_us.get() {
+                self.stats.loop_lag_max_us.set(late_us);
+            }
+            if late >= crate::limits::WORKER_STALL {
+                self.stats.stalls.inc();
+                log::warn!("worker stalled: its event loop ran {late:?} without yielding");
+            }
+        }
         let h = self.overhead.borrow();
         if h.len() != self.overhead_published.get() {
             self.overhead_published.set(h.len());

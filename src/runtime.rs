@@ -758,6 +758,32 @@ fn build_uring_runtime(
     }
 }
 
+/// Wakes a worker's accept loop, paused at `connections_per_worker_max`,
+/// when one of its connections closes. One waiter: the accept loop.
+#[derive(Default)]
+struct SlotFreed(std::cell::Cell<Option<std::task::Waker>>);
+
+impl SlotFreed {
+    fn notify(&self) {
+        if let Some(waker) = self.0.take() {
+            waker.wake();
+        }
+    }
+
+    /// Resolves once `ready` holds, checking it at each [`Self::notify`].
+    async fn wait_until(&self, ready: impl Fn() -> bool) {
+        std::future::poll_fn(|cx| {
+            if ready() {
+                std::task::Poll::Ready(())
+            } else {
+                self.0.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
 async fn worker_main(
     seed: WorkerSeed,
     mut stop: futures_channel::oneshot::Receiver<()>,
@@ -767,7 +793,7 @@ async fn worker_main(
     let opts = ListenerOpts::new()
         .reuse_port(true)
         .reuse_addr(true)
-        .backlog(4096);
+        .backlog(crate::limits::LISTEN_BACKLOG);
     let listener = match TcpListener::bind_with_config(seed.listen, &opts) {
         Ok(l) => l,
         Err(e) => {
@@ -824,7 +850,28 @@ async fn worker_main(
         }
     });
 
+    // Accept backpressure: at `connections_per_worker_max` the loop stops
+    // accepting (no accept is pending) until a connection closes; new
+    // connections wait in the listen backlog meanwhile. Only this loop adds
+    // connections, so an accept started below the bound completes below it.
+    let slot_freed = Rc::new(SlotFreed::default());
     loop {
+        if worker.stats.connections_active.get() >= max_conns {
+            if worker.stats.accept_paused.get() == 0 {
+                log::warn!(
+                    "worker {}: {max_conns} connections open (connections_per_worker_max): \
+                     not accepting until one closes (bursar_accept_paused_total)",
+                    worker.id
+                );
+            }
+            worker.stats.accept_paused.inc();
+            let below = || worker.stats.connections_active.get() < max_conns;
+            monoio::select! {
+                _ = slot_freed.wait_until(below) => {},
+                _ = &mut stop => break,
+            }
+            continue;
+        }
         let accepted = monoio::select! {
             r = listener.accept() => r,
             _ = &mut stop => break,
@@ -832,14 +879,10 @@ async fn worker_main(
         match accepted {
             Ok((stream, _peer)) => {
                 let stats = &worker.stats;
-                if stats.connections_active.get() >= max_conns {
-                    stats.connections_refused.inc();
-                    drop(stream);
-                    continue;
-                }
                 stats.connections_accepted.inc();
                 stats.connections_active.add(1);
                 let w = Rc::clone(&worker);
+                let freed = Rc::clone(&slot_freed);
                 #[cfg(debug_assertions)]
                 let panic_here = {
                     connections_accepted_here += 1;
@@ -855,6 +898,7 @@ async fn worker_main(
                     }
                     serve_connection(Rc::clone(&w), stream).await;
                     w.stats.connections_active.add(-1);
+                    freed.notify();
                 });
             }
             Err(e) => {

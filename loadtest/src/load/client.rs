@@ -115,6 +115,65 @@ pub struct RequestTemplate {
     /// One `Authorization: Bearer K` per `--key`, used round-robin by request number.
     pub keys: Vec<HeaderValue>,
     pub timeout: Duration,
+    /// `--sum-header`: a response header (or trailer) whose decimal value is
+    /// added up over every response read in full.
+    pub sum: Option<HeaderSum>,
+}
+
+/// The running total of a response header's decimal values ([`HeaderSum::add`]),
+/// in units of 10^-12 (exact for up to 12 decimals).
+#[derive(Debug)]
+pub struct HeaderSum {
+    pub name: HeaderName,
+    pub units: std::sync::atomic::AtomicU64,
+    pub responses: std::sync::atomic::AtomicU64,
+    /// Values that did not parse as a non-negative decimal of at most 12 places.
+    pub unparsed: std::sync::atomic::AtomicU64,
+}
+
+impl HeaderSum {
+    pub fn new(name: HeaderName) -> HeaderSum {
+        HeaderSum {
+            name,
+            units: Default::default(),
+            responses: Default::default(),
+            unparsed: Default::default(),
+        }
+    }
+
+    fn add(&self, value: &HeaderValue) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match value.to_str().ok().and_then(parse_units) {
+            Some(u) => {
+                self.units.fetch_add(u, Relaxed);
+                self.responses.fetch_add(1, Relaxed);
+            }
+            None => {
+                self.unparsed.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// The total as a decimal with 12 places.
+    pub fn total(&self) -> String {
+        let u = self.units.load(std::sync::atomic::Ordering::Relaxed);
+        format!("{}.{:012}", u / 1_000_000_000_000, u % 1_000_000_000_000)
+    }
+}
+
+/// "0.0000042" → 4_200_000 (units of 10^-12); `None` for anything else.
+pub fn parse_units(s: &str) -> Option<u64> {
+    let (int, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
+    if int.is_empty()
+        || frac.len() > 12
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let int: u64 = int.parse().ok()?;
+    let frac: u64 = format!("{frac:0<12}").parse().ok()?;
+    int.checked_mul(1_000_000_000_000)?.checked_add(frac)
 }
 
 impl RequestTemplate {
@@ -151,6 +210,7 @@ impl RequestTemplate {
             headers,
             keys,
             timeout,
+            sum: None,
         })
     }
 
@@ -259,7 +319,13 @@ impl Conn {
             return out;
         };
         let req = tpl.build(seq);
-        let exchange = exchange(sender, req, tpl.scenario.streamed(), &mut out);
+        let exchange = exchange(
+            sender,
+            req,
+            tpl.scenario.streamed(),
+            tpl.sum.as_ref(),
+            &mut out,
+        );
         let result = tokio::time::timeout(tpl.timeout, exchange).await;
         out.done = Instant::now();
         match result {
@@ -282,6 +348,7 @@ async fn exchange(
     sender: &mut http1::SendRequest<Full<Bytes>>,
     req: Request<Full<Bytes>>,
     streamed: bool,
+    sum: Option<&HeaderSum>,
     out: &mut Outcome,
 ) -> Result<(), ErrorKind> {
     let resp = sender.send_request(req).await.map_err(|e| classify(&e))?;
@@ -289,9 +356,21 @@ async fn exchange(
     out.status = Some(status.as_u16());
     let scan = streamed && status.is_success();
     let mut sse = SseScanner::default();
+    // Counted only once the whole body is read: a response cut short was
+    // not seen in full.
+    let mut summed = sum.and_then(|s| resp.headers().get(&s.name).cloned());
     let mut body = resp.into_body();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| classify(&e))?;
+        let frame = match frame.into_trailers() {
+            Ok(trailers) => {
+                if let Some(v) = sum.and_then(|s| trailers.get(&s.name)) {
+                    summed = Some(v.clone());
+                }
+                continue;
+            }
+            Err(frame) => frame,
+        };
         if !scan {
             continue;
         }
@@ -305,6 +384,9 @@ async fn exchange(
         }
     }
     out.tokens = sse.tokens;
+    if let (Some(s), Some(v)) = (sum, &summed) {
+        s.add(v);
+    }
     Ok(())
 }
 
@@ -343,6 +425,22 @@ fn classify_io(e: &io::Error) -> Option<ErrorKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_sums_are_exact_decimals() {
+        assert_eq!(parse_units("0.0000042"), Some(4_200_000));
+        assert_eq!(parse_units("12"), Some(12_000_000_000_000));
+        assert_eq!(parse_units("0.000000000001"), Some(1));
+        for bad in ["", "-1", "1.0000000000001", "1e3", "0x1", ".5", "1.2.3"] {
+            assert_eq!(parse_units(bad), None, "{bad}");
+        }
+        let sum = HeaderSum::new(HeaderName::from_static("x-cost"));
+        sum.add(&HeaderValue::from_static("0.0000042"));
+        sum.add(&HeaderValue::from_static("1.5"));
+        sum.add(&HeaderValue::from_static("n/a"));
+        assert_eq!(sum.total(), "1.500004200000");
+        assert_eq!(sum.unparsed.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn targets() {

@@ -91,6 +91,15 @@ pub struct LoadArgs {
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub report_json: Option<PathBuf>,
+    /// Add up this response header's (or trailer's) decimal value over every
+    /// response read in full, warm-up included, e.g. `x-bursar-cost-usd`:
+    /// printed as `header-sum NAME TOTAL RESPONSES UNPARSED` after the report.
+    #[arg(long, value_name = "NAME", value_parser = parse_header_name)]
+    pub sum_header: Option<HeaderName>,
+}
+
+fn parse_header_name(s: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(s.trim().as_bytes()).map_err(|e| format!("{s:?}: {e}"))
 }
 
 #[derive(clap::Args)]
@@ -185,7 +194,18 @@ pub fn run_main(args: RunArgs) -> anyhow::Result<()> {
     let rt = load.runtime()?;
     let result = rt.block_on(schedule::execute(&spec))?;
     let md = report::run_markdown(&result);
-    report::emit(&md, &result, &args.load)
+    report::emit(&md, &result, &args.load)?;
+    if let Some(sum) = &spec.template.sum {
+        use std::sync::atomic::Ordering::Relaxed;
+        println!(
+            "header-sum {} {} {} {}",
+            sum.name,
+            sum.total(),
+            sum.responses.load(Relaxed),
+            sum.unparsed.load(Relaxed)
+        );
+    }
+    Ok(())
 }
 
 pub fn compare_main(args: CompareArgs) -> anyhow::Result<()> {
@@ -331,7 +351,7 @@ impl Loaded {
             .iter()
             .map(|h| (h.0.clone(), h.1.clone()))
             .collect();
-        let template = RequestTemplate::new(
+        let mut template = RequestTemplate::new(
             &target,
             a.scenario,
             &a.model,
@@ -340,6 +360,7 @@ impl Loaded {
             &headers,
             a.timeout,
         )?;
+        template.sum = a.sum_header.clone().map(client::HeaderSum::new);
         Ok(RunSpec {
             name,
             target,

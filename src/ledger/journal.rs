@@ -540,6 +540,16 @@ pub fn scan_segment(path: &Path, first_seq: Option<u64>) -> Result<SegmentScan, 
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(io_error(path))?;
+    scan_bytes(&bytes, path, first_seq)
+}
+
+/// [`scan_segment`] of a segment's bytes already read (`path` names it in
+/// errors).
+pub fn scan_bytes(
+    bytes: &[u8],
+    path: &Path,
+    first_seq: Option<u64>,
+) -> Result<SegmentScan, JournalError> {
     let corrupt = |offset: usize, reason: String| JournalError::Corrupt {
         path: path.to_path_buf(),
         offset: offset as u64,

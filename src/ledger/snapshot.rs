@@ -272,11 +272,31 @@ pub fn write_snapshot(
 
 /// Reads and checks one snapshot file into a ledger (no leases).
 pub fn read_snapshot(path: &Path, config: StateConfig) -> Result<LedgerState, SnapshotError> {
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let file_len = file.metadata().map_err(io_error(path))?.len();
+    read_snapshot_from(&mut file, file_len, path, config)
+}
+
+/// [`read_snapshot`] of a snapshot's bytes already in memory (`path` names
+/// it in errors).
+pub fn read_snapshot_bytes(
+    bytes: &[u8],
+    path: &Path,
+    config: StateConfig,
+) -> Result<LedgerState, SnapshotError> {
+    read_snapshot_from(&mut &bytes[..], bytes.len() as u64, path, config)
+}
+
+fn read_snapshot_from(
+    file: &mut impl Read,
+    file_len: u64,
+    path: &Path,
+    config: StateConfig,
+) -> Result<LedgerState, SnapshotError> {
     let invalid = |reason: String| SnapshotError::Invalid {
         path: path.to_path_buf(),
         reason,
     };
-    let mut file = File::open(path).map_err(io_error(path))?;
     let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
     file.read_exact(&mut header)
         .map_err(|e| invalid(format!("short header: {e}")))?;
@@ -301,7 +321,6 @@ pub fn read_snapshot(path: &Path, config: StateConfig) -> Result<LedgerState, Sn
     if body_len > SNAPSHOT_BODY_BYTES_MAX {
         return Err(invalid(format!("body of {body_len} bytes is too large")));
     }
-    let file_len = file.metadata().map_err(io_error(path))?.len();
     if file_len != SNAPSHOT_HEADER_BYTES as u64 + body_len {
         return Err(invalid(format!(
             "file is {file_len} bytes, header says {}",

@@ -140,7 +140,7 @@ pub enum OverlayError {
 const CHECKSUM_MEMBER: &str = ",\n  \"checksum\": \"crc32c:";
 
 /// Adds the checksum member to a pretty-printed JSON object.
-fn seal(body: &[u8]) -> Vec<u8> {
+pub fn seal(body: &[u8]) -> Vec<u8> {
     debug_assert!(body.ends_with(b"\n}"));
     let crc = crc32c::crc32c(body);
     let mut out = body[..body.len() - 2].to_vec();
@@ -239,7 +239,14 @@ impl Overlay {
             });
         }
         let bytes = std::fs::read(&path).map_err(io)?;
-        let body = match unseal(&bytes) {
+        Overlay::parse(&bytes, &path)
+    }
+
+    /// [`Overlay::load`] of a file's bytes already in memory (`path` names
+    /// it in errors).
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Overlay, OverlayError> {
+        let path = path.to_path_buf();
+        let body = match unseal(bytes) {
             Sealed::Checked(body) => body,
             Sealed::Unsealed => {
                 log::warn!(
@@ -247,7 +254,7 @@ impl Overlay {
                      the next admin change adds one",
                     path.display()
                 );
-                bytes
+                bytes.to_vec()
             }
             Sealed::Mismatch => {
                 return Err(OverlayError::Invalid {

@@ -421,8 +421,8 @@ impl EntityIds {
     }
 }
 
-/// One registry line, with its checksum.
-fn line(id: u32, kind: EntityKind, name: &str) -> String {
+/// One registry line, with its checksum, as the registry writes it.
+pub fn line(id: u32, kind: EntityKind, name: &str) -> String {
     let fields = format!("{id}\t{}\t{name}", kind_str(kind));
     let crc = crc32c::crc32c(fields.as_bytes());
     format!("{fields}\t{crc:08x}\n")

@@ -505,7 +505,18 @@ pub fn inspect_ring(dir: &Path, worker: u16) -> Result<(RingLayout, Vec<SettleRe
         path: path.clone(),
         source,
     })?;
-    let layout = check_ring(&bytes, &path, worker)?;
+    inspect_ring_bytes(&bytes, &path, worker)
+}
+
+/// [`inspect_ring`] of a ring file's bytes already in memory (`path` names
+/// it in errors).
+pub fn inspect_ring_bytes(
+    bytes: &[u8],
+    path: &Path,
+    worker: u16,
+) -> Result<(RingLayout, Vec<SettleRecord>), RingError> {
+    let path = path.to_path_buf();
+    let layout = check_ring(bytes, &path, worker)?;
     let mask = u64::from(layout.slots) - 1;
     let mut pending = Vec::with_capacity(layout.pending() as usize);
     for pos in layout.tail..layout.head {

@@ -34,6 +34,20 @@ pub const CHUNK_TRAILER_BYTES_MAX: usize = 8 * 1024;
 /// Initial size of a connection's read buffer; it grows only as far as a
 /// request needs, within the bounds above.
 pub const READ_BUFFER_BYTES_INITIAL: usize = 8 * 1024;
+/// Most bytes of read buffer a connection keeps between requests: a larger
+/// request's grown buffer is shrunk back when it is done (and a chunked
+/// body's is freed), so a long-lived keep-alive connection does not hold
+/// the largest request it ever sent. Below it nothing is reallocated.
+pub const CONNECTION_BUFFER_KEPT_BYTES_MAX: usize = 64 * 1024;
+/// Client connections open on a worker from which a connection waiting for
+/// its next request waits without a read buffer (a readiness poll, then the
+/// read): an idle connection then costs no buffer at all, for one more
+/// operation per request. Below it the read is posted at once with the
+/// buffer (8 KiB per waiting connection).
+pub const IDLE_WAIT_UNBUFFERED_CONNECTIONS_MIN: usize = 1024;
+/// Spare write buffers a worker keeps for its connections' next responses
+/// (a connection that waits for a request holds none; `http::server`).
+pub const WRITE_BUFFERS_POOLED_MAX: usize = 256;
 /// Size of one read from an upstream while relaying a stream.
 pub const STREAM_READ_BYTES: usize = 16 * 1024;
 

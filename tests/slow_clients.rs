@@ -323,3 +323,107 @@ idle_timeout = "60s"
         .expect("the tenth is served once a slot frees");
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[test]
+fn a_connection_that_sent_a_large_request_serves_small_ones_after_it() {
+    // Between requests a connection gives back the buffers a large request
+    // grew (limits::CONNECTION_BUFFER_KEPT_BYTES_MAX) and its write buffer;
+    // nothing of the next request may be lost to that, pipelined or not.
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start(&proxy_config(&mock.base_url(), LIMITS), &[]);
+    let large = format!(
+        r#"{{"model":"gpt-4o-mini","max_tokens":5,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "lorem ipsum ".repeat(40_000)
+    );
+    let auth = [("authorization", "Bearer sk-bursar-demo")];
+    let mut c = Client::connect(gw.addr);
+    for _ in 0..2 {
+        let r = c.post("/v1/chat/completions", "sk-bursar-demo", &large, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // A large chunked body with a small request pipelined behind it.
+    let mut bytes = b"POST /v1/chat/completions HTTP/1.1\r\nhost: a\r\n\
+        authorization: Bearer sk-bursar-demo\r\ntransfer-encoding: chunked\r\n\r\n"
+        .to_vec();
+    for piece in large.as_bytes().chunks(7000) {
+        bytes.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        bytes.extend_from_slice(piece);
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(b"0\r\n\r\n");
+    bytes.extend_from_slice(&format_request(
+        "POST",
+        "/v1/chat/completions",
+        &auth,
+        CHAT.as_bytes(),
+    ));
+    c.send_raw(&bytes);
+    for _ in 0..2 {
+        let r = c.read_response().expect("a response");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn past_a_thousand_connections_waiting_ones_hold_no_buffer_and_lose_nothing() {
+    for driver in ["io_uring", "legacy"] {
+        many_connections_lose_nothing(driver);
+    }
+}
+
+fn many_connections_lose_nothing(driver: &str) {
+    // From limits::IDLE_WAIT_UNBUFFERED_CONNECTIONS_MIN (1024) open
+    // connections on a worker, a connection waits for its next request with
+    // a readiness poll instead of a buffered read: every request must still
+    // arrive whole, pipelined ones too, and a close must still be seen.
+    let mock = Mock::start(&[]);
+    let config = proxy_config(&mock.base_url(), LIMITS).replace("workers = 2", "workers = 1");
+    let gw = Gateway::start(&config, &["--io-driver", driver]);
+    let mut conns: Vec<Client> = (0..1100)
+        .map(|_| {
+            let mut c = Client::connect(gw.addr);
+            let r = c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &[]);
+            assert_eq!(r.status, 200, "{}", r.text());
+            c
+        })
+        .collect();
+    assert_eq!(
+        per_worker(&gw.metrics(), "bursar_connections_active"),
+        [1100]
+    );
+    for c in conns.iter_mut().step_by(10) {
+        let r = c.post("/v1/chat/completions", "sk-bursar-demo", CHAT, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let auth = [("authorization", "Bearer sk-bursar-demo")];
+    let one = format_request("POST", "/v1/chat/completions", &auth, CHAT.as_bytes());
+    conns[7].send_raw(&[one.clone(), one.clone(), one].concat());
+    for _ in 0..3 {
+        let r = conns[7].read_response().expect("a pipelined response");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // A request trickled in two parts after a wait is read whole.
+    let (first, rest) = CHAT.as_bytes().split_at(20);
+    let mut head = format_request("POST", "/v1/chat/completions", &auth, CHAT.as_bytes());
+    head.truncate(head.len() - CHAT.len());
+    conns[8].send_raw(&[&head[..], first].concat());
+    thread::sleep(Duration::from_millis(200));
+    conns[8].send_raw(rest);
+    let r = conns[8].read_response().expect("a response");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Clients closing are seen: the worker's count comes down.
+    conns.truncate(100);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let open = per_worker(&gw.metrics(), "bursar_connections_active")[0];
+        if open == 100 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{open} connections still open");
+        thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -12,7 +12,44 @@ use monoio::net::TcpStream;
 use super::chunked::{ChunkError, ChunkedDecoder};
 use super::request::{parse_head, BodyFraming, RequestHead};
 use crate::error::ApiError;
-use crate::limits::{Limits, READ_BUFFER_BYTES_INITIAL};
+use crate::limits::{
+    Limits, CONNECTION_BUFFER_KEPT_BYTES_MAX, IDLE_WAIT_UNBUFFERED_CONNECTIONS_MIN,
+    READ_BUFFER_BYTES_INITIAL, WRITE_BUFFERS_POOLED_MAX,
+};
+
+thread_local! {
+    /// This worker's spare write buffers. A connection holds one only while
+    /// it has a request (from the whole request read to the next wait for
+    /// one): an idle keep-alive connection then costs its read buffer, not
+    /// its write buffer too, and a busy worker reuses as many buffers as it
+    /// has requests in flight, allocating none per request.
+    static WRITE_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// This worker's open client connections (`ServerConn`s alive).
+    static OPEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A write buffer from the worker's spares, or a new one.
+fn take_write_buffer() -> Vec<u8> {
+    WRITE_BUFFERS
+        .with(|pool| pool.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(READ_BUFFER_BYTES_INITIAL))
+}
+
+/// Gives a connection's write buffer back to the worker's spares (bounded:
+/// past `WRITE_BUFFERS_POOLED_MAX`, or grown past
+/// `CONNECTION_BUFFER_KEPT_BYTES_MAX`, it is freed).
+fn give_write_buffer(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > CONNECTION_BUFFER_KEPT_BYTES_MAX {
+        return;
+    }
+    buf.clear();
+    WRITE_BUFFERS.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < WRITE_BUFFERS_POOLED_MAX {
+            pool.push(buf);
+        }
+    });
+}
 
 /// One client connection and its reusable buffers.
 pub struct ServerConn {
@@ -22,6 +59,8 @@ pub struct ServerConn {
     pub head: RequestHead,
     /// The decoded body of a chunked request.
     pub chunked_body: Vec<u8>,
+    /// Held from a whole request read to the next wait for one; empty (no
+    /// capacity) while the connection waits (see `WRITE_BUFFERS`).
     pub wbuf: Vec<u8>,
     /// Bytes of `rbuf` the current request occupies (head + framed body).
     consumed: usize,
@@ -90,12 +129,14 @@ enum Fill {
 
 impl ServerConn {
     pub fn new(stream: TcpStream) -> Self {
+        OPEN.with(|n| n.set(n.get() + 1));
         ServerConn {
             stream,
-            rbuf: Vec::with_capacity(READ_BUFFER_BYTES_INITIAL),
+            // Allocated by the first read (`fill`).
+            rbuf: Vec::new(),
             head: RequestHead::default(),
             chunked_body: Vec::new(),
-            wbuf: Vec::with_capacity(READ_BUFFER_BYTES_INITIAL),
+            wbuf: Vec::new(),
             consumed: 0,
             body: BodyLoc::InBuf(0..0),
         }
@@ -152,7 +193,10 @@ impl ServerConn {
         }
     }
 
-    /// Drops the previous request's bytes, keeping any pipelined ones.
+    /// Drops the previous request's bytes, keeping any pipelined ones, and
+    /// the buffers a large request grew: a connection that waits keeps at
+    /// most `CONNECTION_BUFFER_KEPT_BYTES_MAX` of read buffer and no
+    /// chunked-body or write buffer.
     fn compact(&mut self) {
         if self.consumed > 0 {
             if self.consumed >= self.rbuf.len() {
@@ -162,12 +206,35 @@ impl ServerConn {
             }
             self.consumed = 0;
         }
-        self.chunked_body.clear();
+        if self.rbuf.capacity() > CONNECTION_BUFFER_KEPT_BYTES_MAX {
+            self.rbuf
+                .shrink_to(self.rbuf.len().max(READ_BUFFER_BYTES_INITIAL));
+        }
+        if self.chunked_body.capacity() > CONNECTION_BUFFER_KEPT_BYTES_MAX {
+            self.chunked_body = Vec::new();
+        } else {
+            self.chunked_body.clear();
+        }
+        give_write_buffer(std::mem::take(&mut self.wbuf));
     }
 
     /// Reads the next whole request (head and body) within the limits.
     pub async fn read_request(&mut self, limits: &Limits) -> Result<(), ReadError> {
         self.compact();
+        if self.rbuf.is_empty() && OPEN.with(|n| n.get()) >= IDLE_WAIT_UNBUFFERED_CONNECTIONS_MIN {
+            // Many connections open (a flood of idle ones, or just many
+            // clients): wait for the next request's first byte without a
+            // buffer (a readiness poll; cancelling it on the idle timeout
+            // loses nothing, unlike a read), so a waiting connection costs no
+            // read buffer either. Fewer open, a read is posted at once with
+            // the buffer: one operation per request instead of two.
+            self.rbuf = Vec::new();
+            match monoio::time::timeout(limits.idle_timeout, self.stream.readable(false)).await {
+                Err(_) => return Err(ReadError::Idle),
+                Ok(Err(e)) => return Err(ReadError::Io(e)),
+                Ok(Ok(())) => {}
+            }
+        }
         // Head: the idle timeout until its first byte, then the request timeout.
         let mut started: Option<Instant> = (!self.rbuf.is_empty()).then(Instant::now);
         loop {
@@ -202,6 +269,9 @@ impl ServerConn {
         }
         let started = started.unwrap_or_else(Instant::now);
         let head_len = self.head.head_len;
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = take_write_buffer();
+        }
         if self.head.expect_continue {
             self.write_raw(b"HTTP/1.1 100 Continue\r\n\r\n", limits)
                 .await
@@ -295,6 +365,12 @@ impl ServerConn {
         self.wbuf.clear();
         self.wbuf.extend_from_slice(bytes);
         self.flush(limits).await
+    }
+}
+
+impl Drop for ServerConn {
+    fn drop(&mut self) {
+        OPEN.with(|n| n.set(n.get().saturating_sub(1)));
     }
 }
 

@@ -559,10 +559,10 @@ pub fn scan_bytes(
     let mut offset = 0;
     let mut expected = first_seq;
     while offset < bytes.len() {
-        let (end, body) = match frame_at(&bytes, offset) {
+        let (end, body) = match frame_at(bytes, offset) {
             Ok(frame) => frame,
             Err(why) => {
-                if let Some(next) = valid_frame_after(&bytes, offset) {
+                if let Some(next) = valid_frame_after(bytes, offset) {
                     return Err(corrupt(
                         offset,
                         format!("{why}, followed by a valid record at byte offset {next}"),

@@ -298,6 +298,115 @@ fn an_openai_chat_through_gemini_prices_thoughts_as_reasoning_and_cached_content
     );
 }
 
+/// A translated stream whose provider never sends its final counts (Gemini
+/// without `usageMetadata`, Anthropic without `message_delta.usage`) used to
+/// end in a usage chunk of zeros that the meter took as the provider's word:
+/// billed $0 (Gemini) or one output token (Anthropic). Now no usage chunk is
+/// invented, the stream's text is counted, the row says "estimated", and the
+/// charge is the estimate's: close to what the same answer costs with the
+/// provider's counts, never 0.
+#[test]
+fn a_translated_stream_without_the_providers_final_counts_is_charged_its_estimate_not_zero() {
+    let mock = mock();
+    let gw = start(&mock, "[admin]\ntoken = \"admin-secret\"\n");
+    for (model, input, output) in [
+        ("claude-sonnet-4-5", "3", "15"),
+        ("gemini-2.5-flash", "0.3", "2.5"),
+    ] {
+        let exact = at(PROMPT, input) + at(40, output);
+        for asks_usage in [false, true] {
+            let extra = if asks_usage {
+                r#","stream_options":{"include_usage":true}"#
+            } else {
+                ""
+            };
+            let headers = [
+                ("x-mock-completion-tokens", "40"),
+                ("x-mock-omit-usage", "1"),
+            ];
+            let r = post(
+                &gw,
+                "/v1/chat/completions",
+                &headers,
+                &chat(model, true, extra),
+            );
+            assert_eq!(r.status, 200, "{model}: {}", r.text());
+            let events = sse_data(&r.body);
+            assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{model}");
+            // No invented usage chunk, asked for or not.
+            assert!(
+                !String::from_utf8_lossy(&r.body).contains("\"usage\":{"),
+                "{model}: {events:?}"
+            );
+            let cost = pico(r.trailer("x-bursar-cost-usd").unwrap());
+            // The estimate counts the 40 words' text with a tokenizer and the
+            // prompt from the body (or Anthropic's message_start): within a
+            // factor of what the provider's counts would have cost.
+            assert!(
+                cost * 2 > exact && cost < exact * 2,
+                "{model}: charged {cost} pico, the provider's counts cost {exact}"
+            );
+            let id = r.header("x-request-id").unwrap().to_string();
+            let row = wait_row(&gw, &id);
+            assert_eq!(row["estimated"], true, "{model}: {row}");
+            assert!(row["completion_tokens"].as_u64().unwrap() >= 20, "{row}");
+        }
+        // The same answer with the provider's counts is exact and not estimated.
+        let r = post(
+            &gw,
+            "/v1/chat/completions",
+            &[("x-mock-completion-tokens", "40")],
+            &chat(model, true, ""),
+        );
+        assert_eq!(
+            pico(r.trailer("x-bursar-cost-usd").unwrap()),
+            exact,
+            "{model}"
+        );
+        let row = wait_row(&gw, r.header("x-request-id").unwrap());
+        assert_eq!(row["estimated"], false, "{model}: {row}");
+    }
+}
+
+/// A Gemini stream that sent its finish and its final `usageMetadata`, and
+/// then broke before the body's end: the translator has the provider's final
+/// counts, but never wrote its usage chunk (that happens at the body's end).
+/// The charge is the provider's count, not the tokenizer's estimate.
+#[test]
+fn a_gemini_stream_cut_after_its_final_counts_is_charged_the_providers_counts() {
+    let mock = mock();
+    let gw = start(&mock, "[admin]\ntoken = \"admin-secret\"\n");
+    let headers = [
+        ("x-mock-completion-tokens", "40"),
+        ("x-mock-reasoning-tokens", "4"),
+        ("x-mock-close-at-end", "1"),
+    ];
+    let exact = at(PROMPT, "0.3") + at(40, "2.5") + at(4, "2.5");
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        &headers,
+        &chat("gemini-2.5-flash", true, ""),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(pico(r.trailer("x-bursar-cost-usd").unwrap()), exact);
+    let row = wait_row(&gw, r.header("x-request-id").unwrap());
+    assert_eq!(row["estimated"], false, "{row}");
+    assert_eq!(row["reasoning_tokens"], 4, "{row}");
+}
+
+/// One request's log row, once the writer has stored it.
+fn wait_row(gw: &Gateway, id: &str) -> serde_json::Value {
+    for _ in 0..100 {
+        let r = util::admin_get(gw, "admin-secret", &format!("/admin/logs/{id}"));
+        if r.status == 200 {
+            return r.json();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("no log row for {id}");
+}
+
 #[test]
 fn an_openai_chat_through_bedrock_is_signed_with_sigv4_and_its_event_stream_translated() {
     let mock = mock();

@@ -19,7 +19,11 @@
 //!   set; its `usage` updates the counts (`output_tokens`, and any input or
 //!   cache count it carries, Anthropic's counts being cumulative).
 //! - `message_stop` → with `include_usage`, a chunk with `choices: []` and
-//!   `usage`; then `data: [DONE]`. Later bytes are ignored.
+//!   `usage`; then `data: [DONE]`. Later bytes are ignored. The usage chunk
+//!   is written only when the stream gave an input count and a
+//!   `message_delta` gave the final output count: zeros (or
+//!   `message_start`'s first output token) would read as the provider's
+//!   final word, so without them the gateway counts the text instead.
 //! - `error` → `data: {"error": {...}}` in OpenAI's shape, and the
 //!   translator stops (no `[DONE]`): the caller decides what follows.
 //! - `ping`, `content_block_stop` and unknown event types produce nothing.
@@ -58,7 +62,14 @@ pub struct StreamTranslator(SseTranslator<Messages>);
 struct Messages {
     chunks: Chunks,
     state: State,
-    usage: Option<MessageUsage>,
+    /// The counts read so far (0 where none was sent).
+    usage: MessageUsage,
+    /// Whether an `input_tokens` count arrived (`message_start`, or a
+    /// `message_delta` that repeats it).
+    input_counted: bool,
+    /// Whether a `message_delta` carried `output_tokens`: the final,
+    /// cumulative output count (`message_start`'s is only where it began).
+    output_counted: bool,
     /// Anthropic content block index → OpenAI tool-call index.
     tool_blocks: Vec<(u64, u64)>,
     tool_calls: u64,
@@ -71,7 +82,9 @@ impl StreamTranslator {
         Self(SseTranslator::new(Messages {
             chunks: Chunks::new(model, created, include_usage),
             state: State::Start,
-            usage: None,
+            usage: MessageUsage::default(),
+            input_counted: false,
+            output_counted: false,
             tool_blocks: Vec::new(),
             tool_calls: 0,
         }))
@@ -95,9 +108,21 @@ impl StreamTranslator {
         self.0.finish(out)
     }
 
-    /// The token counts so far: `None` before `message_start`.
+    /// The provider's counts once it has sent both the input count and the
+    /// final output count (`message_delta`'s `output_tokens`); `None` until
+    /// then, and for a stream that never sends them: such a stream is not
+    /// the provider's word that it cost nothing.
     pub fn usage(&self) -> Option<MessageUsage> {
-        self.0.t.usage
+        let t = &self.0.t;
+        (t.input_counted && t.output_counted).then_some(t.usage)
+    }
+
+    /// Every input token as the provider counted them (`message_start`),
+    /// also for a stream cut before its final counts; `None` when it sent no
+    /// input count.
+    pub fn prompt_tokens(&self) -> Option<u64> {
+        let t = &self.0.t;
+        t.input_counted.then(|| t.usage.prompt_tokens())
     }
 
     /// Whether `message_stop` arrived: the usage is the provider's final count.
@@ -188,13 +213,13 @@ impl Messages {
             .and_then(Value::as_str)
             .ok_or_else(|| err("message_start.message.id", "required, a string"))?
             .to_string();
-        self.usage = Some(match msg.get("usage") {
-            None | Some(Value::Null) => MessageUsage::default(),
-            Some(u) => MessageUsage::from_json(u).map_err(|e| TranslateError {
+        if let Some(u) = msg.get("usage").filter(|u| !u.is_null()) {
+            self.usage = MessageUsage::from_json(u).map_err(|e| TranslateError {
                 field: format!("message_start.message.{}", e.field),
                 message: e.message,
-            })?,
-        });
+            })?;
+            self.input_counted = u.get("input_tokens").is_some_and(|v| !v.is_null());
+        }
         self.state = State::Streaming;
         self.choice_chunk(json!({ "role": "assistant", "content": "" }), None, out);
         Ok(())
@@ -304,12 +329,14 @@ impl Messages {
                     message: e.message,
                 })?;
             let has = |k: &str| u.get(k).is_some_and(|v| !v.is_null());
-            let usage = self.usage.get_or_insert_with(MessageUsage::default);
+            let usage = &mut self.usage;
             if has("output_tokens") {
                 usage.output = read.output;
+                self.output_counted = true;
             }
             if has("input_tokens") {
                 usage.input = read.input;
+                self.input_counted = true;
             }
             if has("cache_read_input_tokens") {
                 usage.cache_read = read.cache_read;
@@ -336,8 +363,9 @@ impl Messages {
     }
 
     fn message_stop(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
-        let usage = self.usage.unwrap_or_default();
-        self.chunks.done(|| usage.openai_json(), out);
+        // Counts missing: no usage chunk (see `Chunks::done`).
+        let usage = (self.input_counted && self.output_counted).then_some(self.usage);
+        self.chunks.done(|| usage.map(|u| u.openai_json()), out);
         self.state = State::Done;
         Ok(())
     }
@@ -650,7 +678,7 @@ mod tests {
         );
         assert!(!evs.contains(&json!("[DONE]")));
         assert!(t.upstream_failed());
-        assert_eq!(t.usage().unwrap().input, 25);
+        assert_eq!(t.prompt_tokens(), Some(25));
     }
 
     #[test]
@@ -668,7 +696,7 @@ mod tests {
         assert_eq!(content(&evs), "Hello there");
         assert!(!evs.contains(&json!("[DONE]")));
         // Billing still sees the input; the error reaches the client as SSE.
-        assert_eq!(t.usage().unwrap().input, 25);
+        assert_eq!(t.prompt_tokens(), Some(25));
         let mut tail = Vec::new();
         error_event(&e, &mut tail);
         assert_eq!(events(&tail)[0]["error"]["code"], "upstream_stream_error");

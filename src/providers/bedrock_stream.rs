@@ -362,7 +362,7 @@ impl StreamTranslator {
         let Some(u) = self.usage.filter(|_| self.stopped) else {
             return;
         };
-        self.chunks.done(|| openai_usage(&u), out);
+        self.chunks.done(|| Some(openai_usage(&u)), out);
         self.state = State::Done;
     }
 

@@ -103,12 +103,20 @@ impl Chunks {
 
     /// Ends the stream: with `include_usage`, a chunk with `choices: []` and
     /// the `usage` object `usage` makes; then `data: [DONE]`.
-    pub(crate) fn done(&self, usage: impl FnOnce() -> Value, out: &mut Vec<u8>) {
+    ///
+    /// `usage` gives `None` when the provider never sent its counts: then no
+    /// usage chunk is written at all. A chunk of zeros would be read
+    /// downstream (the gateway's own meter among them) as the provider's
+    /// word that the request cost nothing; without one the meter counts the
+    /// stream's text and marks the charge estimated.
+    pub(crate) fn done(&self, usage: impl FnOnce() -> Option<Value>, out: &mut Vec<u8>) {
         if self.include_usage {
-            let mut c = self.base();
-            c.insert("choices".into(), json!([]));
-            c.insert("usage".into(), usage());
-            write_data(&Value::Object(c), out);
+            if let Some(usage) = usage() {
+                let mut c = self.base();
+                c.insert("choices".into(), json!([]));
+                c.insert("usage".into(), usage);
+                write_data(&Value::Object(c), out);
+            }
         }
         out.extend_from_slice(b"data: [DONE]\n\n");
     }

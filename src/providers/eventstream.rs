@@ -296,7 +296,8 @@ fn parse_headers(mut b: &[u8]) -> Result<Vec<(String, HeaderValue)>, TranslateEr
 }
 
 /// Encodes a message with string headers (for tests, and for a mock
-/// upstream). Panics if a header name exceeds 255 bytes, a value 65,535
+/// upstream). Panics if a header name is empty or exceeds 255 bytes (the
+/// decoder refuses both), a value 65,535
 /// bytes, or the message [`EVENT_MESSAGE_BYTES_MAX`].
 pub fn encode(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
     let typed: Vec<(&str, HeaderValue)> = headers
@@ -310,6 +311,7 @@ pub fn encode(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
 pub fn encode_typed(headers: &[(&str, HeaderValue)], payload: &[u8]) -> Vec<u8> {
     let mut h = Vec::new();
     for (name, value) in headers {
+        assert!(!name.is_empty(), "empty header name");
         let name_len = u8::try_from(name.len()).expect("header name of at most 255 bytes");
         h.push(name_len);
         h.extend_from_slice(name.as_bytes());

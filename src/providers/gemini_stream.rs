@@ -24,7 +24,8 @@
 //! - an `{"error": {...}}` event → `data: {"error": {...}}` in OpenAI's
 //!   shape, and the translator stops (no `[DONE]`);
 //! - the end of the upstream body ([`StreamTranslator::finish`]) → with
-//!   `include_usage`, a chunk with `choices: []` and `usage`; then
+//!   `include_usage`, a chunk with `choices: []` and `usage` (none when no
+//!   `usageMetadata` came: zeros would read as "free"); then
 //!   `data: [DONE]`. Gemini has no end event: the finish reason is in the
 //!   last event but one may still follow with the final usage, so the
 //!   stream is closed only at the end of the body.
@@ -118,11 +119,12 @@ impl StreamTranslator {
         self.0.t.usage
     }
 
-    /// Whether the usage is final: a `finishReason` and a `usageMetadata`
-    /// were seen.
+    /// Whether the usage is final: a `usageMetadata` was seen and every
+    /// candidate has its `finishReason` (with several candidates, one
+    /// finished says nothing of the others' counts).
     pub fn usage_complete(&self) -> bool {
         let t = &self.0.t;
-        t.usage.is_some() && t.candidates.iter().any(|c| c.finished)
+        t.usage.is_some() && !t.candidates.is_empty() && t.candidates.iter().all(|c| c.finished)
     }
 
     /// Whether upstream sent an `error` event (translated, then stopped).
@@ -149,8 +151,9 @@ impl SseTranslation for Generate {
                 ),
             ));
         }
-        let usage = self.usage.unwrap_or_default();
-        self.chunks.done(|| openai_usage(&usage), out);
+        // No `usageMetadata` at all: no usage chunk (see `Chunks::done`).
+        let usage = self.usage;
+        self.chunks.done(|| usage.map(|u| openai_usage(&u)), out);
         self.state = State::Done;
         Ok(())
     }

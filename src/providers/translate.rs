@@ -229,7 +229,7 @@ impl StreamTranslation {
     /// start, for a stream cut before its final usage.
     pub fn prompt_tokens(&self) -> Option<u64> {
         match self {
-            StreamTranslation::Anthropic(t) => t.usage().map(|u| u.prompt_tokens()),
+            StreamTranslation::Anthropic(t) => t.prompt_tokens(),
             StreamTranslation::Gemini(t) => t.usage().map(|u| u.prompt_tokens),
             StreamTranslation::Bedrock(t) => t.usage().map(|u| u.prompt_tokens),
         }

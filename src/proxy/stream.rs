@@ -272,14 +272,19 @@ pub async fn relay(
         // A translated stream cut short still has the provider's prompt count.
         meter.set_prompt_estimate(prompt);
     }
+    // The translator read the provider's own final counts (cache writes
+    // included, which the translated chunk cannot carry): they win over the
+    // meter's, also when the upstream broke after sending them and before
+    // the translated usage chunk was written (no tokenizer count then).
     let final_usage = translator.as_ref().and_then(StreamTranslation::final_usage);
-    let outcome = match meter.finish_deferred(ending, &mut held) {
+    let finished = match (meter.finish_deferred(ending, &mut held), final_usage) {
+        (Finished::NeedsCount(job), Some(_)) => Finished::Ready(job.into_uncounted()),
+        (finished, _) => finished,
+    };
+    let outcome = match finished {
         Finished::Ready(mut outcome) => {
             if let Some(u) = final_usage {
-                // The translator read the provider's own counts, cache
-                // writes included, which the translated chunk cannot carry.
-                outcome.usage = u;
-                outcome.estimated = false;
+                outcome.use_provider_usage(u);
             }
             w.stats
                 .tokens

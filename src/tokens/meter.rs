@@ -710,7 +710,31 @@ pub struct CountJob {
     family: ModelFamily,
 }
 
+impl MeterOutcome {
+    /// Takes `usage` as the provider's final counts: a translated stream's,
+    /// read by its translator from events the meter never sees (Gemini's
+    /// and Bedrock's counts, Anthropic's cache writes), including when the
+    /// upstream broke after sending them.
+    pub fn use_provider_usage(&mut self, usage: Usage) {
+        self.usage = Usage {
+            source: UsageSource::Provider,
+            ..usage
+        };
+        self.estimated = false;
+        self.prompt_source = UsageSource::Provider;
+        self.completion_source = UsageSource::Provider;
+        self.tokenizer = None;
+        self.prompt_estimate_missing = false;
+    }
+}
+
 impl CountJob {
+    /// The outcome without the count, for a caller that has the provider's
+    /// counts after all ([`MeterOutcome::use_provider_usage`]).
+    pub fn into_uncounted(self) -> MeterOutcome {
+        self.outcome
+    }
+
     /// The text's bytes, for callers that store or inspect it.
     pub fn text(&self) -> &[u8] {
         &self.text

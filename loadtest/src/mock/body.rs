@@ -216,6 +216,10 @@ impl EventBody {
                 return Poll::Ready(Some(Ok(self.emit_byte())));
             }
             let Some(next) = self.events.peek().map(|e| e.part) else {
+                if self.pacing.cut.is_some_and(|c| c.at_end) {
+                    // Everything said; the body's end never comes.
+                    return self.start_cut();
+                }
                 return Poll::Ready(None);
             };
             if self.should_cut(next) {
@@ -252,6 +256,7 @@ impl EventBody {
     fn should_cut(&self, next: Part) -> bool {
         match self.pacing.cut {
             None => false,
+            Some(cut) if cut.at_end => false,
             Some(cut) => match next {
                 Part::Lead => false,
                 Part::Content => self.content_sent >= cut.after,

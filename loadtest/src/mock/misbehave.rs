@@ -21,6 +21,7 @@ pub const H_DELAY: &str = "x-mock-delay-ms";
 pub const H_INTERVAL: &str = "x-mock-stream-interval-ms";
 pub const H_RESET: &str = "x-mock-reset-after";
 pub const H_CLOSE: &str = "x-mock-close-after";
+pub const H_CLOSE_AT_END: &str = "x-mock-close-at-end";
 pub const H_OMIT_USAGE: &str = "x-mock-omit-usage";
 pub const H_CACHED: &str = "x-mock-cached-tokens";
 pub const H_REASONING: &str = "x-mock-reasoning-tokens";
@@ -47,6 +48,9 @@ pub enum CutAction {
 pub struct Cut {
     pub action: CutAction,
     pub after: u64,
+    /// Cut after every event, where the body would end (`after` is then
+    /// `u64::MAX`): a stream that said everything, and then broke.
+    pub at_end: bool,
 }
 
 /// Everything the `x-mock-*` headers of one request ask for.
@@ -89,22 +93,32 @@ impl Misbehaviour {
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
         let reset = number(headers, H_RESET, u64::MAX)?;
         let close = number(headers, H_CLOSE, u64::MAX)?;
-        let cut = match (reset, close) {
-            (Some(_), Some(_)) => {
+        let at_end = flag(headers, H_CLOSE_AT_END)?;
+        let cut = match (reset, close, at_end) {
+            (Some(_), Some(_), _) | (Some(_), _, true) | (_, Some(_), true) => {
                 return Err(ApiError::bad_request(
-                    format!("mock: `{H_RESET}` and `{H_CLOSE}` cannot be combined"),
+                    format!(
+                        "mock: `{H_RESET}`, `{H_CLOSE}` and `{H_CLOSE_AT_END}` cannot be combined"
+                    ),
                     Some(H_RESET),
                 ))
             }
-            (Some(after), None) => Some(Cut {
+            (Some(after), None, false) => Some(Cut {
                 action: CutAction::Reset,
                 after,
+                at_end: false,
             }),
-            (None, Some(after)) => Some(Cut {
+            (None, Some(after), false) => Some(Cut {
                 action: CutAction::Close,
                 after,
+                at_end: false,
             }),
-            (None, None) => None,
+            (None, None, true) => Some(Cut {
+                action: CutAction::Close,
+                after: u64::MAX,
+                at_end: true,
+            }),
+            (None, None, false) => None,
         };
         Ok(Misbehaviour {
             status: status(headers)?,
@@ -233,7 +247,8 @@ mod tests {
             m.cut,
             Some(Cut {
                 action: CutAction::Reset,
-                after: 3
+                after: 3,
+                at_end: false,
             })
         );
         assert!(m.omit_usage && m.split_bytes);
@@ -241,6 +256,10 @@ mod tests {
             (m.cached_tokens, m.reasoning_tokens, m.completion_tokens),
             (Some(7), Some(9), Some(4))
         );
+        let m = Misbehaviour::from_headers(&headers(&[(H_CLOSE_AT_END, "1")])).unwrap();
+        assert!(m
+            .cut
+            .is_some_and(|c| c.at_end && c.action == CutAction::Close));
     }
 
     #[test]

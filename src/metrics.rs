@@ -412,7 +412,7 @@ impl Registry {
         {
             use std::sync::atomic::Ordering::Relaxed;
             let b = &self.books;
-            let series: [(&str, &str, &str, u64); 12] = [
+            let series: [(&str, &str, &str, u64); 13] = [
                 ("bursar_ledger_commands_total", "counter", "Commands the ledger thread applied (leases, returns, resets, top-ups, budget changes).", b.commands.load(Relaxed)),
                 ("bursar_ledger_ring_settles_total", "counter", "Settles the ledger thread read from the workers' rings.", b.ring_settles.load(Relaxed)),
                 ("bursar_ledger_ring_duplicates_total", "counter", "Ring settles already in the books (replays after a crash).", b.ring_duplicates.load(Relaxed)),
@@ -423,7 +423,8 @@ impl Registry {
                 ("bursar_budget_overruns_total", "counter", "Strict charges beyond what the worker's lease covered (an output the provider did not cap, or a replay after a crash).", b.overruns.load(Relaxed)),
                 ("bursar_budget_soft_limits_reached_total", "counter", "Budgets whose spend crossed their soft limit in a period.", b.soft_limits_reached.load(Relaxed)),
                 ("bursar_ledger_journal_writable", "gauge", "1 while the ledger can write its journal; 0 while it cannot (disk full, I/O error): new requests are refused with 503 until it can.", u64::from(!b.journal_down.load(Relaxed))),
-                ("bursar_ledger_journal_write_failures_total", "counter", "Journal or snapshot writes that failed (a full disk, an I/O error); each retry counts.", b.journal_write_failures.load(Relaxed)),
+                ("bursar_ledger_journal_write_failures_total", "counter", "Journal writes that failed (a full disk, an I/O error); each retry counts.", b.journal_write_failures.load(Relaxed)),
+                ("bursar_ledger_snapshot_write_failures_total", "counter", "Snapshot writes that failed (a full disk, an I/O error); requests go on, the next checkpoint tries again.", b.snapshot_write_failures.load(Relaxed)),
                 ("bursar_ledger_journal_recoveries_total", "counter", "Times the journal became writable again after failing.", b.journal_recoveries.load(Relaxed)),
             ];
             write_series(&mut out, &series);

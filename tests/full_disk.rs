@@ -26,11 +26,16 @@ const CHAT: &str =
     r#"{"model":"mock-model","max_tokens":3,"messages":[{"role":"user","content":"hello"}]}"#;
 
 fn config(state_dir: &Path) -> String {
+    config_with(state_dir, "")
+}
+
+fn config_with(state_dir: &Path, extra: &str) -> String {
     format!(
         r#"
 [server]
 workers = 2
 state_dir = "{}"
+{extra}
 
 [[providers]]
 name = "inproc"
@@ -141,6 +146,20 @@ fn join(clients: Vec<std::thread::JoinHandle<(i128, u64)>>) -> (i128, u64) {
         .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
 }
 
+/// The tmpfs for a test, or `None` (having said why) when not root.
+fn tmpfs_or_skip(dir: &TempDir) -> Option<Tmpfs> {
+    let tmpfs = Tmpfs::mount(&dir.0);
+    if tmpfs.is_none() {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        assert!(!root, "running as root, but a tmpfs could not be mounted");
+        eprintln!("NOTE: not root: no tmpfs to fill; the full-disk test checked nothing");
+    }
+    tmpfs
+}
+
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -155,13 +174,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn a_full_disk_refuses_new_requests_and_loses_no_charge_a_client_saw() {
     let dir = TempDir::new("full-disk");
-    let Some(tmpfs) = Tmpfs::mount(&dir.0) else {
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-        assert!(!root, "running as root, but a tmpfs could not be mounted");
-        eprintln!("NOTE: not root: no tmpfs to fill; the full-disk test checked nothing");
+    let Some(tmpfs) = tmpfs_or_skip(&dir) else {
         return;
     };
     let state = tmpfs.0.join("state");
@@ -178,6 +191,10 @@ fn a_full_disk_refuses_new_requests_and_loses_no_charge_a_client_saw() {
     assert!(refused >= 4 && seen > 0, "{seen} {refused}");
     assert_eq!(metric(&gw, "bursar_ledger_journal_writable"), 0);
     assert!(metric(&gw, "bursar_ledger_journal_write_failures_total") > 0);
+    // An operator's change is not made while it could not be made durable.
+    let r = util::admin_request(&gw, ADMIN, "POST", "/admin/keys/k/reset", "");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("journal"), "{}", r.text());
     // The request log could not keep every row: counted, never silent.
     // (The writer counts a batch once it has tried the store and the spill.)
     wait_for("the request log counting what it could not keep", || {
@@ -232,4 +249,61 @@ fn a_full_disk_refuses_new_requests_and_loses_no_charge_a_client_saw() {
     let gw = gw.stop_and_restart(&[]);
     assert_eq!(util::spent_at(&gw, ADMIN, "keys/k"), total_seen);
     drop(gw);
+}
+
+/// Only the snapshot cannot be written (the journal still has room in the
+/// segment it preallocated): requests go on, the failure is counted, the
+/// half-written snapshot gives its blocks back, and once there is room a
+/// checkpoint succeeds. A 503 here would refuse traffic the journal can
+/// still record.
+#[test]
+fn a_snapshot_that_cannot_be_written_refuses_no_request() {
+    let dir = TempDir::new("full-disk-snapshot");
+    let Some(tmpfs) = tmpfs_or_skip(&dir) else {
+        return;
+    };
+    let state = tmpfs.0.join("state");
+    let filler = tmpfs.0.join("filler");
+    let gw = Gateway::start(
+        &config_with(&state, "\n[ledger]\nsnapshot_interval = \"1s\"\n"),
+        &[],
+    );
+    let mut c = Client::connect(gw.addr);
+    let mut total_seen = 0i128;
+    let send = |c: &mut Client| {
+        let r = c.post("/v1/chat/completions", KEY, CHAT, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        util::pico(r.cost_usd().unwrap())
+    };
+    for _ in 0..5 {
+        total_seen += send(&mut c);
+    }
+    fill(&filler);
+    wait_for("a snapshot failing", || {
+        total_seen += send(&mut c);
+        std::thread::sleep(Duration::from_millis(100));
+        metric(&gw, "bursar_ledger_snapshot_write_failures_total") > 0
+    });
+    // Every request above was admitted; the journal never went down.
+    assert_eq!(metric(&gw, "bursar_ledger_journal_writable"), 1);
+    assert_eq!(metric(&gw, "bursar_ledger_journal_write_failures_total"), 0);
+    let tmp_left: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        tmp_left.is_empty(),
+        "half-written snapshots kept: {tmp_left:?}"
+    );
+    let written = metric(&gw, "bursar_ledger_checkpoints_total");
+    std::fs::remove_file(&filler).unwrap();
+    wait_for("a snapshot written once there is room", || {
+        metric(&gw, "bursar_ledger_checkpoints_total") > written
+    });
+    total_seen += send(&mut c);
+    assert_eq!(util::spent_at(&gw, ADMIN, "keys/k"), total_seen);
+    let gw = gw.stop_and_restart(&[]);
+    assert_eq!(util::spent_at(&gw, ADMIN, "keys/k"), total_seen);
 }

@@ -81,7 +81,7 @@ use crate::budget::Budget;
 use crate::config::Config;
 use crate::ledger::{
     Charges, Command, EntityId, EntityKind, EntityView, Event, Ledger, LedgerConfig, LedgerError,
-    Reply,
+    Reply, SnapshotError,
 };
 
 /// Bound of the command channel shared by all workers and the control plane.
@@ -123,6 +123,13 @@ pub const DOZE_AFTER_IDLE_POLLS: u32 = 64;
 /// While the journal cannot be written, how often the ledger thread tries
 /// the batch again.
 pub const JOURNAL_RETRY_INTERVAL: Duration = Duration::from_millis(250);
+/// While the journal cannot be written, the most bytes of records its batch
+/// holds in memory. Past it the ledger thread takes no message until the
+/// batch is written (they wait in the bounded channel, [`LEDGER_QUEUE_MAX`]).
+/// Rarely near: workers admit nothing new and the control plane's changes
+/// are refused while the journal is down, so what still comes is the
+/// settles and lease returns of requests already in flight.
+pub const JOURNAL_DOWN_BATCH_BYTES_MAX: usize = 64 << 20;
 
 /// Most slots read from one ring per iteration, so one busy worker cannot
 /// starve the command channel.
@@ -219,6 +226,11 @@ pub enum BooksError {
     },
     #[error("the ledger thread is gone")]
     Stopped,
+    #[error(
+        "the ledger cannot write its journal (a full disk or an I/O error): no change is \
+         made until it can"
+    )]
+    JournalDown,
     #[error("the ledger queue is full")]
     QueueFull,
     #[error("could not start the ledger thread: {0}")]
@@ -347,8 +359,12 @@ pub struct BooksStats {
     /// workers refuse new requests (503) until it can; shared with every
     /// [`WorkerLink`].
     pub journal_down: Arc<AtomicBool>,
-    /// Journal or snapshot writes that failed (each retry counts).
+    /// Journal writes that failed (each retry counts).
     pub journal_write_failures: AtomicU64,
+    /// Snapshot writes that failed for an I/O reason (a full disk): the
+    /// journal holds everything, so requests go on; retried at the next
+    /// checkpoint.
+    pub snapshot_write_failures: AtomicU64,
     /// Times the journal became writable again after failing.
     pub journal_recoveries: AtomicU64,
 }
@@ -536,7 +552,13 @@ impl BooksHandle {
     }
 
     /// Applies a command and waits for the reply (blocking: control plane only).
+    ///
+    /// Refused with [`BooksError::JournalDown`] while the journal cannot be
+    /// written: a change the books could not make durable is not made.
     pub fn apply(&self, cmd: Command) -> Result<Reply, BooksError> {
+        if self.stats.journal_down.load(Ordering::Acquire) {
+            return Err(BooksError::JournalDown);
+        }
         let (tx, rx) = mpsc::channel();
         self.commands.send(Msg::Command {
             cmd,
@@ -829,6 +851,7 @@ impl Books {
             journal_down_since: None,
             journal_retry_ms: 0,
             journal_down_logged_ms: 0,
+            snapshot_failure_logged_ms: i64::MIN / 2,
             dozing: Arc::clone(&tx.dozing),
         };
         let join = std::thread::Builder::new()
@@ -944,6 +967,8 @@ struct LedgerThread {
     /// When to try the journal's batch again while it is down.
     journal_retry_ms: i64,
     journal_down_logged_ms: i64,
+    /// When a failed snapshot was last logged.
+    snapshot_failure_logged_ms: i64,
     /// Shared with every [`LedgerTx`]: set while the thread dozes.
     dozing: Arc<AtomicBool>,
 }
@@ -1010,12 +1035,32 @@ impl LedgerThread {
         }
     }
 
+    /// A snapshot write failed for an I/O reason: counted, logged (at most
+    /// once a minute), tried again at the next checkpoint.
+    fn snapshot_failed(&mut self, now: i64, e: &SnapshotError) {
+        self.stats
+            .snapshot_write_failures
+            .fetch_add(1, Ordering::Relaxed);
+        if now >= self.snapshot_failure_logged_ms + 60_000 {
+            log::error!(
+                "the ledger cannot write a snapshot: {e}. Requests go on (the journal holds \
+                 every charge); the next checkpoint tries again. A restart replays the journal \
+                 since the last snapshot"
+            );
+            self.snapshot_failure_logged_ms = now;
+        }
+    }
+
     /// One pass of the loop (see the module docs). While the journal is
     /// down, only messages are served and the batch is retried.
     fn iteration(&mut self, wait: &mut Duration, idle_polls: &mut u32) -> Result<Step, BooksError> {
         let mut flow = Flow::Continue;
         let mut taken = 0;
-        while matches!(flow, Flow::Continue) && taken < MSGS_PER_ITERATION_MAX {
+        // The journal down and its batch at its bound: messages wait in
+        // the channel until the batch is written.
+        let batch_full = self.journal_down_since.is_some()
+            && self.ledger.pending_bytes() >= JOURNAL_DOWN_BATCH_BYTES_MAX;
+        while !batch_full && matches!(flow, Flow::Continue) && taken < MSGS_PER_ITERATION_MAX {
             match self.rx.try_recv() {
                 Ok(msg) => flow = self.handle(msg)?,
                 Err(crossbeam_channel::TryRecvError::Empty) => break,
@@ -1091,9 +1136,18 @@ impl LedgerThread {
             // disk): a failed snapshot loses nothing, the journal has it all.
             self.next_checkpoint_ms = now + self.snapshot_interval_ms;
             self.save_histories();
-            self.ledger.checkpoint()?;
-            self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-            self.release_rings();
+            match self.ledger.checkpoint() {
+                Ok(_) => {
+                    self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                    self.release_rings();
+                }
+                // The journal was flushed and is whole; only the snapshot
+                // could not be written. Requests go on (a 503 here would
+                // refuse traffic the journal can still record); a restart
+                // replays more journal until a snapshot is written.
+                Err(LedgerError::Snapshot(e)) if e.is_io() => self.snapshot_failed(now, &e),
+                Err(e) => return Err(e.into()),
+            }
         }
         // A message sent after the drain above unparks this at once (the
         // park token is set even when the thread is not parked yet).

@@ -33,7 +33,7 @@ use rkyv::util::AlignedVec;
 
 use crate::budget::period::{Alignment, Period, Reset, ResetUnit};
 use crate::budget::{Budget, Mode};
-use crate::ledger::journal::sync_dir;
+use crate::ledger::journal::{sync_dir, JournalError};
 use crate::ledger::messages::{EntityId, EntityKind};
 use crate::ledger::state::{Books, EntityBooks, LedgerState, StateConfig};
 use crate::money::Money;
@@ -63,6 +63,14 @@ pub enum SnapshotError {
     Invalid { path: PathBuf, reason: String },
     #[error("snapshot encoding failed: {0}")]
     Encode(String),
+}
+
+impl SnapshotError {
+    /// A write or read failed for an I/O reason (a full disk, a failed
+    /// `fsync`), not because of what a file holds.
+    pub fn is_io(&self) -> bool {
+        matches!(self, SnapshotError::Io { .. })
+    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
@@ -249,18 +257,30 @@ pub fn write_snapshot(
 
     let path = dir.join(snapshot_name(journal_seq));
     let tmp = dir.join(format!("{}.tmp", snapshot_name(journal_seq)));
-    let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
-    file.write_all(&header).map_err(io_error(&tmp))?;
-    file.write_all(&body).map_err(io_error(&tmp))?;
-    if fsync {
-        file.sync_all().map_err(io_error(&tmp))?;
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&header)?;
+        file.write_all(&body)?;
+        if fsync {
+            file.sync_all()?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        // A snapshot cut short by a full disk gives its blocks back at
+        // once: the journal needs them more (it holds every charge).
+        let _ = fs::remove_file(&tmp);
+        return Err(io_error(&tmp)(e));
     }
-    drop(file);
     fs::rename(&tmp, &path).map_err(io_error(&path))?;
     if fsync {
-        sync_dir(dir).map_err(|e| SnapshotError::Invalid {
-            path: dir.to_path_buf(),
-            reason: e.to_string(),
+        // An I/O error like any other write's: retryable, not corruption.
+        sync_dir(dir).map_err(|e| match e {
+            JournalError::Io { path, source } => SnapshotError::Io { path, source },
+            other => SnapshotError::Invalid {
+                path: dir.to_path_buf(),
+                reason: other.to_string(),
+            },
         })?;
     }
     Ok(SnapshotInfo {

@@ -235,20 +235,25 @@ fn names(stderr: &str, rel: &Path) -> bool {
         || stderr.contains("settle-ring")
 }
 
-#[test]
-fn every_damaged_state_file_is_repaired_or_refused_never_silently_lost() {
-    let mock = Mock::start(&[]);
-    let config = config(&mock.base_url());
-    let mut gw = Gateway::start(&config, &[]);
-    // An admin change, so governance.json exists and a team is in the books.
+/// Team "ml" through the admin API: governance.json exists and the team
+/// (the registry's last entry) is in the books.
+fn create_team_ml(gw: &Gateway) {
     let r = util::admin_request(
-        &gw,
+        gw,
         ADMIN,
         "POST",
         "/admin/teams",
         r#"{"name":"ml","customer":"acme","budget":{"limit_usd":"2","reset":"1M","calendar_aligned":true}}"#,
     );
     assert_eq!(r.status, 201, "{}", r.text());
+}
+
+#[test]
+fn every_damaged_state_file_is_repaired_or_refused_never_silently_lost() {
+    let mock = Mock::start(&[]);
+    let config = config(&mock.base_url());
+    let mut gw = Gateway::start(&config, &[]);
+    create_team_ml(&gw);
     // Load across several snapshots, then a SIGKILL mid-load: rings with
     // pending settles, a journal tail after the last snapshot.
     let load = util::LoadUntilCut::start(gw.addr, 6, "sk-search-prod", &[], |t| {
@@ -424,14 +429,7 @@ fn damage_that_would_read_as_valid_data_is_refused() {
     let mock = Mock::start(&[]);
     let config = config(&mock.base_url());
     let gw = Gateway::start(&config, &[]);
-    let r = util::admin_request(
-        &gw,
-        ADMIN,
-        "POST",
-        "/admin/teams",
-        r#"{"name":"ml","customer":"acme","budget":{"limit_usd":"2","reset":"1M","calendar_aligned":true}}"#,
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
+    create_team_ml(&gw);
     let mut c = util::Client::connect(gw.addr);
     for _ in 0..5 {
         assert_eq!(

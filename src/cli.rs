@@ -185,6 +185,7 @@ fn verify_state(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> i32 {
         state_dir: state_dir.clone(),
         state,
         sqlite_log,
+        config: cfg,
     });
     println!("bursar verify-state: {}", state_dir.display());
     print!("{report}");

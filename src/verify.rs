@@ -33,6 +33,10 @@ pub enum Level {
     /// The gateway starts, but something outside the books needs an
     /// operator (the request log, alert history).
     Attention,
+    /// A start refuses, though nothing is damaged: what the state holds
+    /// does not fit the config (e.g. `governance.json`'s API definitions
+    /// against a rule of this build). Checked only with `--config`.
+    Refused,
     /// A start refuses: starting would lose money silently.
     Damaged,
 }
@@ -43,6 +47,7 @@ impl fmt::Display for Level {
             Level::Ok => "ok",
             Level::Repair => "repair",
             Level::Attention => "attention",
+            Level::Refused => "REFUSED",
             Level::Damaged => "DAMAGED",
         })
     }
@@ -83,7 +88,7 @@ impl Report {
 
     /// Whether a start would refuse.
     pub fn refuses(&self) -> bool {
-        self.worst() == Level::Damaged
+        self.worst() >= Level::Refused
     }
 }
 
@@ -97,6 +102,9 @@ impl fmt::Display for Report {
             Level::Repair => "ok: a start repairs what is listed, with every durable charge intact",
             Level::Attention => {
                 "ok for the books: a start keeps every durable charge; what is listed needs an operator"
+            }
+            Level::Refused => {
+                "REFUSED: a start refuses, the files are whole but do not fit the config; see the lines marked REFUSED"
             }
             Level::Damaged => {
                 "DAMAGED: a start refuses (it would lose money silently); see the lines marked DAMAGED"
@@ -113,6 +121,9 @@ pub struct VerifyConfig {
     pub state: StateConfig,
     /// The request log's SQLite file, if the gateway logs to SQLite.
     pub sqlite_log: Option<PathBuf>,
+    /// The gateway's config (`--config`): the admin API's definitions are
+    /// checked against it as a start does.
+    pub config: Option<crate::config::Config>,
 }
 
 /// Checks `config.state_dir` without changing anything in it.
@@ -126,7 +137,7 @@ pub fn verify(config: &VerifyConfig) -> Report {
     let books = ledger(dir, config.state, &mut report);
     rings(dir, books.as_ref().map(|b| b.journal_seq), &mut report);
     registry(dir, books.as_ref().and_then(|b| b.max_entity), &mut report);
-    overlay(dir, &mut report);
+    overlay(dir, config.config.as_ref(), &mut report);
     alerts(dir, &mut report);
     if let Some(path) = &config.sqlite_log {
         sqlite_log(dir, path, &mut report);
@@ -332,29 +343,38 @@ fn registry(dir: &Path, max_entity: Option<u32>, report: &mut Report) {
     }
 }
 
-fn overlay(dir: &Path, report: &mut Report) {
+fn overlay(dir: &Path, config: Option<&crate::config::Config>, report: &mut Report) {
     let file = crate::admin::OVERLAY_FILE;
     if !dir.join(file).exists() {
         report.add(Level::Ok, file, "absent: no admin API changes");
         return;
     }
-    match crate::admin::Overlay::load(dir) {
-        Ok(o) => report.add(
-            Level::Ok,
-            file,
-            format!(
-                "{} customers, {} teams, {} keys defined through the admin API",
-                o.customers.len(),
-                o.teams.len(),
-                o.keys.len()
-            ),
-        ),
-        Err(e) => report.add(
+    match (crate::admin::Overlay::load(dir), config) {
+        (Ok(o), Some(config)) if !o.is_empty() => {
+            // The start's own merge of the file and the overlay.
+            let mut config = config.clone();
+            config.server.state_dir = dir.to_path_buf();
+            match crate::admin::config_at_start(config) {
+                Ok(_) => report.add(Level::Ok, file, definitions(&o)),
+                Err(e) => report.add(Level::Refused, file, format!("{e:#}")),
+            }
+        }
+        (Ok(o), _) => report.add(Level::Ok, file, definitions(&o)),
+        (Err(e), _) => report.add(
             Level::Damaged,
             file,
             format!("{e}. A start refuses (budgets and keys would change silently)"),
         ),
     }
+}
+
+fn definitions(o: &crate::admin::Overlay) -> String {
+    format!(
+        "{} customers, {} teams, {} keys defined through the admin API",
+        o.customers.len(),
+        o.teams.len(),
+        o.keys.len()
+    )
 }
 
 fn alerts(dir: &Path, report: &mut Report) {

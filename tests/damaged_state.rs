@@ -493,3 +493,51 @@ fn damage_that_would_read_as_valid_data_is_refused() {
     // A tail moved forward by one position (low bit of its value).
     refuse("settle-ring-0.bin", &|b| b[128] ^= 1, "tail word");
 }
+
+/// Not damage: a `governance.json` written by an older build whose alert
+/// channel (defined through the API) uses `allow_private`, which this build
+/// allows only to channels in the config file. The start refuses naming
+/// the channel; `verify-state --config` says so too (REFUSED, exit 1) while
+/// the files themselves are whole.
+#[test]
+fn an_overlay_that_no_longer_fits_the_config_is_refused_by_the_start_and_by_verify_state() {
+    let mock = Mock::start(&[]);
+    let config = config(&mock.base_url());
+    let gw = Gateway::start(&config, &[]);
+    let r = util::admin_request(
+        &gw,
+        ADMIN,
+        "POST",
+        "/admin/alerts/channels",
+        r#"{"name":"hook","kind":"webhook","url":"https://example.com/h","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let gw = gw.stop_and_restart(&[]);
+    let mut gw = gw;
+    let _ = gw.child.kill();
+    let _ = gw.child.wait();
+    let dir = copy_of(&gw.dir.0.join("bursar-state"), &config);
+    // As an older build wrote it: no checksum, the channel reaching loopback.
+    let path = dir.0.join("bursar-state").join("governance.json");
+    let mut overlay: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    overlay.as_object_mut().unwrap().remove("checksum");
+    overlay["alert_channels"]["hook"]["allow_private"] = true.into();
+    overlay["alert_channels"]["hook"]["url"] = "http://127.0.0.1:9/h".into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&overlay).unwrap()).unwrap();
+    let verdict = verify(&dir);
+    assert_eq!(verdict.code, 1, "{}", verdict.text);
+    assert!(
+        verdict.text.contains("REFUSED") && verdict.text.contains("\"hook\""),
+        "{}",
+        verdict.text
+    );
+    assert!(!verdict.text.contains("DAMAGED"), "{}", verdict.text);
+    match start(dir) {
+        Started::Refused(e) => assert!(
+            e.contains("\"hook\"") && e.contains("api_channels_allow_private"),
+            "{e}"
+        ),
+        Started::Up(_) => panic!("started with an API channel that may not reach loopback"),
+    }
+}

@@ -47,6 +47,9 @@ fn frame(text: &[u8]) -> Vec<u8> {
         let headers: Vec<(&str, &str)> = spec
             .split(';')
             .filter_map(|h| h.split_once('='))
+            // The encoder refuses empty names as the decoder does (raw
+            // frames with one reach the decoder in the eventstream target).
+            .filter(|(n, _)| !n.is_empty())
             .map(|(n, v)| {
                 let mut end = n.len().min(255);
                 while !n.is_char_boundary(end) {

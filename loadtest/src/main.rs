@@ -1,8 +1,10 @@
-//! `bursar-load`: the mock OpenAI-compatible upstream and the open-loop load
-//! generator used to test, demo and capacity-plan bursar.
+//! `bursar-load`: the mock OpenAI-compatible upstream, the open-loop load
+//! generator and the connection flooder used to test, demo and capacity-plan
+//! bursar.
 //!
 //! This crate never imports the gateway's code, so it cannot share its bugs.
 
+mod flood;
 mod load;
 mod mock;
 
@@ -25,6 +27,8 @@ enum Command {
     Compare(load::CompareArgs),
     /// Ramp the rate in steps to find the highest rate that holds a latency objective.
     Capacity(load::CapacityArgs),
+    /// Hold idle keep-alive and slowloris connections open against a loopback port.
+    Flood(flood::FloodArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +38,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => load::run_main(args),
         Command::Compare(args) => load::compare_main(args),
         Command::Capacity(args) => load::capacity_main(args),
+        Command::Flood(args) => flood::main(args),
     }
 }

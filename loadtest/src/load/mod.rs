@@ -458,7 +458,7 @@ fn pin_to(cpus: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn raise_nofile(want: u64) {
+pub(crate) fn raise_nofile(want: u64) {
     // SAFETY: getrlimit/setrlimit on a local struct.
     unsafe {
         let mut lim: libc::rlimit = std::mem::zeroed();

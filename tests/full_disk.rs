@@ -195,6 +195,9 @@ fn a_full_disk_refuses_new_requests_and_loses_no_charge_a_client_saw() {
     let r = util::admin_request(&gw, ADMIN, "POST", "/admin/keys/k/reset", "");
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("journal"), "{}", r.text());
+    let r = util::admin_request(&gw, ADMIN, "POST", "/admin/keys", r#"{"name":"k2"}"#);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("journal"), "{}", r.text());
     // The request log could not keep every row: counted, never silent.
     // (The writer counts a batch once it has tried the store and the spill.)
     wait_for("the request log counting what it could not keep", || {

@@ -834,12 +834,18 @@ impl Governance {
         config: &Config,
         overlay: Option<(&Overlay, &Overlay)>,
     ) -> Result<u64, ChangeError> {
-        self.sync_books(config)
-            .map_err(|e| ChangeError::Internal(format!("the ledger refused the change: {e}")))?;
+        // A journal that cannot be written is the service being unavailable
+        // (503, as a reset gets), not an internal error.
+        let refused = |e: anyhow::Error| match e.downcast_ref::<crate::books::thread::BooksError>()
+        {
+            Some(crate::books::thread::BooksError::JournalDown) => {
+                ChangeError::Unavailable(e.to_string())
+            }
+            _ => ChangeError::Internal(format!("the ledger refused the change: {e}")),
+        };
+        self.sync_books(config).map_err(refused)?;
         if let Some((overlay, previous)) = overlay {
-            self.apply_adjustments(overlay, previous).map_err(|e| {
-                ChangeError::Internal(format!("the ledger refused the change: {e}"))
-            })?;
+            self.apply_adjustments(overlay, previous).map_err(refused)?;
             overlay
                 .save(&self.state_dir)
                 .map_err(|e| ChangeError::Internal(format!("cannot persist the change: {e}")))?;
